@@ -1,0 +1,263 @@
+//! The `LISTEN_FDS` protocol's environment: parsing it, and taking it out of the process
+//! environment once so no other process inherits it by accident.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::EnvError;
+
+/// How many fds were passed, starting at fd 3 (systemd's `sd_listen_fds` protocol).
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The pid the fds are meant for; when set and not ours, the fds are left alone.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Colon-separated names of the fds, one per fd (systemd's `FileDescriptorName=`).
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+
+/// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.
+pub const FIRST_INHERITED_FD: RawFd = 3;
+
+/// What the three variables say, once checked against each other and against this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListenEnv {
+    /// `LISTEN_FDS` is not set: nothing was inherited.
+    Absent,
+    /// `LISTEN_PID` names another process: the fds are not ours to use.
+    OtherProcess { listen_pid: u32 },
+    /// `count` fds from fd 3 are ours.
+    Fds {
+        count: usize,
+        /// One entry per fd; `None` where no name (or an empty one) was given.
+        names: Vec<Option<String>>,
+        /// `LISTEN_PID` as set (equal to our pid), or `None` when it was not set (Go grace).
+        listen_pid: Option<u32>,
+    },
+}
+
+/// Parses the three variables' values.
+///
+/// `our_pid` is this process's pid; `fd_limit` is the highest fd count this process may hold
+/// (its `RLIMIT_NOFILE`), which bounds a believable `LISTEN_FDS`.
+pub(crate) fn parse(
+    fds: Option<&str>,
+    pid: Option<&str>,
+    names: Option<&str>,
+    our_pid: u32,
+    fd_limit: usize,
+) -> Result<ListenEnv, EnvError> {
+    let Some(fds) = fds else {
+        return Ok(ListenEnv::Absent);
+    };
+    let max_count = fd_limit.saturating_sub(FIRST_INHERITED_FD as usize);
+    let count = fds
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n <= max_count)
+        .ok_or_else(|| EnvError::Malformed {
+            var: LISTEN_FDS,
+            value: fds.to_owned(),
+            expected: format!(
+                "a decimal count of inherited fds from 0 to {max_count} (fds 3 and up, below this process's fd limit of {fd_limit})"
+            ),
+        })?;
+    let listen_pid = match pid {
+        None => None,
+        Some(value) => {
+            Some(
+                value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| EnvError::Malformed {
+                        var: LISTEN_PID,
+                        value: value.to_owned(),
+                        expected: "a process id (a positive decimal number)".to_owned(),
+                    })?,
+            )
+        }
+    };
+    if let Some(listen_pid) = listen_pid {
+        if listen_pid != our_pid {
+            return Ok(ListenEnv::OtherProcess { listen_pid });
+        }
+    }
+    let names = match names {
+        None => vec![None; count],
+        Some(value) => {
+            let split: Vec<&str> = if value.is_empty() && count == 0 {
+                Vec::new()
+            } else {
+                value.split(':').collect()
+            };
+            if split.len() != count {
+                return Err(EnvError::NameCount {
+                    value: value.to_owned(),
+                    names: split.len(),
+                    fds: count,
+                });
+            }
+            split
+                .into_iter()
+                .map(|n| (!n.is_empty()).then(|| n.to_owned()))
+                .collect()
+        }
+    };
+    Ok(ListenEnv::Fds {
+        count,
+        names,
+        listen_pid,
+    })
+}
+
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Reads the three variables from the process environment and removes them, the first time
+/// it is called in a process; later calls return [`ListenEnv::Absent`], so the fds are only
+/// ever adopted once.
+pub(crate) fn take_from_process() -> Result<ListenEnv, EnvError> {
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(ListenEnv::Absent);
+    }
+    let fds = std::env::var_os(LISTEN_FDS);
+    let pid = std::env::var_os(LISTEN_PID);
+    let names = std::env::var_os(LISTEN_FDNAMES);
+    for var in [LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES] {
+        // SAFETY: environment writes race with concurrent reads (getenv) in other threads.
+        // This runs once per process, when the application first asks for its listeners,
+        // which it does at startup; the crate docs ask to do that before starting threads
+        // that read the environment. Leaving the variables would hand our fds' description
+        // to any subprocess the application starts.
+        unsafe { std::env::remove_var(var) };
+    }
+    let lossy = |v: &Option<OsString>| v.as_ref().map(|s| s.to_string_lossy().into_owned());
+    parse(
+        lossy(&fds).as_deref(),
+        lossy(&pid).as_deref(),
+        lossy(&names).as_deref(),
+        std::process::id(),
+        fd_limit(),
+    )
+}
+
+/// This process's soft limit on open fds.
+pub(crate) fn fd_limit() -> usize {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _hard)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: u32 = 4242;
+    const LIMIT: usize = 1024;
+
+    fn p(fds: Option<&str>, pid: Option<&str>, names: Option<&str>) -> Result<ListenEnv, EnvError> {
+        parse(fds, pid, names, PID, LIMIT)
+    }
+
+    #[test]
+    fn absent_when_listen_fds_unset() {
+        assert_eq!(p(None, None, None), Ok(ListenEnv::Absent));
+        assert_eq!(p(None, Some("1"), Some("a")), Ok(ListenEnv::Absent));
+    }
+
+    #[test]
+    fn go_grace_style_without_pid_or_names() {
+        assert_eq!(
+            p(Some("2"), None, None),
+            Ok(ListenEnv::Fds {
+                count: 2,
+                names: vec![None, None],
+                listen_pid: None
+            })
+        );
+    }
+
+    #[test]
+    fn systemd_style_with_our_pid_and_names() {
+        assert_eq!(
+            p(Some("3"), Some("4242"), Some("web::admin")),
+            Ok(ListenEnv::Fds {
+                count: 3,
+                names: vec![Some("web".into()), None, Some("admin".into())],
+                listen_pid: Some(PID)
+            })
+        );
+        assert_eq!(
+            p(Some("0"), Some("4242"), Some("")),
+            Ok(ListenEnv::Fds {
+                count: 0,
+                names: vec![],
+                listen_pid: Some(PID)
+            })
+        );
+    }
+
+    #[test]
+    fn another_process_pid_leaves_fds_alone() {
+        assert_eq!(
+            p(Some("2"), Some("1"), Some("x")),
+            Ok(ListenEnv::OtherProcess { listen_pid: 1 })
+        );
+    }
+
+    #[test]
+    fn malformed_listen_fds_is_named() {
+        for bad in ["abc", "-1", "99999", "", " 1", "1.0", "0x3", "1022"] {
+            match p(Some(bad), None, None) {
+                Err(EnvError::Malformed { var, value, .. }) => {
+                    assert_eq!(var, LISTEN_FDS);
+                    assert_eq!(value, bad);
+                }
+                other => panic!("LISTEN_FDS={bad:?} gave {other:?}"),
+            }
+        }
+        let msg = p(Some("abc"), None, None).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("LISTEN_FDS=\"abc\" is malformed: expected a decimal count"),
+            "{msg}"
+        );
+        // The largest count that fits under the fd limit is accepted.
+        assert!(p(Some("1021"), None, None).is_ok());
+    }
+
+    #[test]
+    fn malformed_listen_pid_is_named() {
+        for bad in ["abc", "-5", "0", "", "12x"] {
+            match p(Some("1"), Some(bad), None) {
+                Err(EnvError::Malformed { var, value, .. }) => {
+                    assert_eq!(var, LISTEN_PID);
+                    assert_eq!(value, bad);
+                }
+                other => panic!("LISTEN_PID={bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn name_count_mismatch_is_an_error() {
+        assert_eq!(
+            p(Some("2"), None, Some("one")),
+            Err(EnvError::NameCount {
+                value: "one".into(),
+                names: 1,
+                fds: 2
+            })
+        );
+        assert_eq!(
+            p(Some("1"), None, Some("a:b")),
+            Err(EnvError::NameCount {
+                value: "a:b".into(),
+                names: 2,
+                fds: 1
+            })
+        );
+        let msg = p(Some("1"), None, Some("a:b")).unwrap_err().to_string();
+        assert!(
+            msg.contains("LISTEN_FDNAMES=\"a:b\" has 2 name(s) but LISTEN_FDS=1"),
+            "{msg}"
+        );
+    }
+}

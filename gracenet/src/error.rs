@@ -1,0 +1,162 @@
+//! The errors gracenet returns: each names the input that was wrong and what was expected.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in gracenet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The inherited-socket environment (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) or the
+    /// fds it names are not what the protocol promises.
+    #[error(transparent)]
+    Env(#[from] EnvError),
+
+    /// An address string is not one of the forms [`listen`](crate::listen) accepts.
+    #[error("invalid listen address {addr:?}: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// What was expected instead.
+        reason: &'static str,
+    },
+
+    /// A host name in an address could not be resolved.
+    #[error("cannot resolve listen address {addr:?}: {source}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
+
+    /// A new socket could not be created, bound or set listening.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address (or `unix:` path) we tried to listen on.
+        addr: String,
+        /// The system's error (`EADDRINUSE`, `EACCES`, ...).
+        source: io::Error,
+    },
+
+    /// A Unix socket path is in use by a live process; gracenet never deletes such a path.
+    #[error("cannot listen on unix:{path}: a live process is listening on that path", path = path.display())]
+    UnixPathInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+
+    /// A Unix socket path exists and is not a socket; gracenet never deletes such a file.
+    #[error("cannot listen on unix:{path}: the path exists and is not a socket", path = path.display())]
+    UnixPathNotSocket {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// The program to start as the next process could not be found at startup.
+    #[error("cannot find the program to restart: {reason}")]
+    Executable {
+        /// What was looked for and where.
+        reason: String,
+    },
+
+    /// Starting the next process failed.
+    #[error("cannot start the next process {program}: {source}", program = program.display())]
+    Spawn {
+        /// The executable we tried to run.
+        program: PathBuf,
+        /// The system's error (from `fork`, `execve`, ...).
+        source: io::Error,
+    },
+
+    /// An argument or environment variable for the next process contains a NUL byte.
+    #[error("cannot start the next process: {what} contains a NUL byte")]
+    NulByte {
+        /// Which argument or variable.
+        what: String,
+    },
+
+    /// A system call on a socket or process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+/// The inherited-socket environment is malformed, or an fd it names is unusable.
+///
+/// Returned instead of ignoring the input, so a misconfigured supervisor or parent is noticed
+/// at startup rather than as a server that silently binds fresh sockets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// A variable's value does not parse.
+    #[error("{var}={value:?} is malformed: expected {expected}")]
+    Malformed {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value as found.
+        value: String,
+        /// What a valid value looks like.
+        expected: String,
+    },
+
+    /// `LISTEN_FDNAMES` has a different number of names than `LISTEN_FDS` has fds.
+    #[error(
+        "LISTEN_FDNAMES={value:?} has {names} name(s) but LISTEN_FDS={fds}: expected one colon-separated name per fd"
+    )]
+    NameCount {
+        /// The value of `LISTEN_FDNAMES`.
+        value: String,
+        /// How many names it holds.
+        names: usize,
+        /// The value of `LISTEN_FDS`.
+        fds: usize,
+    },
+
+    /// An fd in the inherited range is not open in this process.
+    #[error("LISTEN_FDS={count} names fd {fd}, but fd {fd} is not open: expected an inherited socket")]
+    FdNotOpen {
+        /// The fd number.
+        fd: RawFd,
+        /// The value of `LISTEN_FDS`.
+        count: usize,
+    },
+
+    /// An fd in the inherited range is open but is not a socket.
+    #[error("LISTEN_FDS={count} names fd {fd}, which is {found}: expected a socket")]
+    NotASocket {
+        /// The fd number.
+        fd: RawFd,
+        /// The value of `LISTEN_FDS`.
+        count: usize,
+        /// What it is instead ("a regular file", "a pipe", ...).
+        found: &'static str,
+    },
+
+    /// An inherited socket is of a kind gracenet cannot serve on.
+    #[error("LISTEN_FDS={count} names fd {fd}, which is {found}: expected {expected}")]
+    UnsupportedSocket {
+        /// The fd number.
+        fd: RawFd,
+        /// The value of `LISTEN_FDS`.
+        count: usize,
+        /// What the socket is ("a connected TCP stream socket", ...).
+        found: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+
+    /// The system refused to tell us about an inherited fd.
+    #[error("LISTEN_FDS={count} names fd {fd}, which cannot be inspected: {errno}")]
+    Inspect {
+        /// The fd number.
+        fd: RawFd,
+        /// The value of `LISTEN_FDS`.
+        count: usize,
+        /// The system's error.
+        errno: nix::errno::Errno,
+    },
+}

@@ -1,0 +1,464 @@
+//! The registry of sockets a process owns: inherited ones first, new ones bound on demand,
+//! all of them handed on to the next process.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use socket2::Type;
+
+use crate::addr::ListenAddr;
+use crate::bind::{self, UnixName};
+use crate::error::{EnvError, Error};
+use crate::inherited::{InheritedFds, Origin};
+use crate::socket::{LocalAddr, SocketInfo, SocketKind};
+
+/// A listening stream socket from [`Listeners::listen`]: TCP or Unix, by the address form.
+///
+/// Non-blocking, like every socket gracenet returns: the flag is shared with the other
+/// generation holding the socket, and a blocking `accept` could not be told to stop at a
+/// restart. Convert it to a tokio type with [`tokio::Listener::from_std`](crate::tokio::Listener::from_std).
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(std::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl Listener {
+    /// The address the socket is bound to, as the kernel reports it.
+    ///
+    /// # Errors
+    /// When `getsockname` fails, which it does not for a valid listener.
+    pub fn local_addr(&self) -> std::io::Result<LocalAddr> {
+        Ok(match self {
+            Listener::Tcp(l) => LocalAddr::Inet(l.local_addr()?),
+            Listener::Unix(l) => {
+                let a = l.local_addr()?;
+                match a.as_pathname() {
+                    Some(p) => LocalAddr::UnixPath(p.to_owned()),
+                    None => {
+                        use std::os::linux::net::SocketAddrExt;
+                        match a.as_abstract_name() {
+                            Some(n) => LocalAddr::UnixAbstract(n.to_vec()),
+                            None => LocalAddr::UnixUnnamed,
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// One socket in the registry.
+#[derive(Debug)]
+struct Entry {
+    /// The registry's own copy, which keeps the socket open for the next process even after
+    /// the application drops its listener.
+    fd: OwnedFd,
+    info: SocketInfo,
+    name: Option<String>,
+    /// Whether the application has asked for it (inherited sockets start unclaimed).
+    claimed: bool,
+}
+
+/// The sockets this process owns and will hand to the next one: inherited sockets first
+/// (returned by `listen` calls whose address or name matches), then new ones bound on demand.
+///
+/// Most programs use the process-wide registry through the free functions
+/// ([`listen`](crate::listen), [`listen_tcp`](crate::listen_tcp), ...). Inherited sockets that
+/// no `listen` call asks for stay open and are passed on to the next process, so a version
+/// that temporarily stops using a port does not lose it.
+#[derive(Debug)]
+pub struct Listeners {
+    entries: Mutex<Vec<Entry>>,
+    origin: Origin,
+}
+
+impl Listeners {
+    /// A registry that serves `listen` calls from `inherited` first.
+    pub fn new(inherited: InheritedFds) -> Self {
+        crate::spawn::Executable::capture();
+        let origin = inherited.origin();
+        let entries = inherited
+            .sockets
+            .into_iter()
+            .map(|s| Entry {
+                fd: s.fd,
+                info: s.info,
+                name: s.name,
+                claimed: false,
+            })
+            .collect();
+        Listeners {
+            entries: Mutex::new(entries),
+            origin,
+        }
+    }
+
+    /// A registry built from this process's `LISTEN_FDS` environment
+    /// ([`InheritedFds::from_env`]).
+    ///
+    /// # Errors
+    /// As [`InheritedFds::from_env`].
+    pub fn from_env() -> Result<Self, Error> {
+        Ok(Self::new(InheritedFds::from_env()?))
+    }
+
+    /// Where the inherited sockets came from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Returns a listening stream socket for `addr`, in any form [`ListenAddr`] accepts
+    /// (`":8080"`, `"127.0.0.1:0"`, `"localhost:8080"`, `"unix:/run/app.sock"`): the inherited
+    /// one that matches, else a new one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidAddress`] for a malformed address; [`Error::Bind`],
+    /// [`Error::UnixPathInUse`] or [`Error::UnixPathNotSocket`] when a new socket cannot be
+    /// bound.
+    pub fn listen(&self, addr: &str) -> Result<Listener, Error> {
+        self.listen_parsed(&addr.parse()?, None)
+    }
+
+    /// Like [`listen`](Self::listen), but an inherited socket named `name` (systemd's
+    /// `FileDescriptorName=`, `LISTEN_FDNAMES`) is taken whatever its address; a socket bound
+    /// here is passed on under that name.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen).
+    pub fn listen_named(&self, name: &str, addr: &str) -> Result<Listener, Error> {
+        self.listen_parsed(&addr.parse()?, Some(name))
+    }
+
+    fn listen_parsed(&self, addr: &ListenAddr, name: Option<&str>) -> Result<Listener, Error> {
+        let kind = if addr.is_ip() {
+            SocketKind::TcpListener
+        } else {
+            SocketKind::UnixListener
+        };
+        let fd = self.claim(addr, kind, name)?;
+        Ok(match kind {
+            SocketKind::TcpListener => Listener::Tcp(fd.into()),
+            _ => Listener::Unix(fd.into()),
+        })
+    }
+
+    /// Returns a TCP listener on `addr`: the inherited one that matches, else a new one.
+    /// An unspecified IPv6 address (`[::]`) is dual-stack; port 0 matches an inherited
+    /// socket on the same IP with any port.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when a new socket cannot be bound (address in use, permission).
+    pub fn listen_tcp(&self, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+        Ok(self.claim(&exact(addr), SocketKind::TcpListener, None)?.into())
+    }
+
+    /// Returns a Unix stream listener at `path`: the inherited one bound there, else a new
+    /// one. A socket file left by a dead process is replaced.
+    ///
+    /// # Errors
+    /// [`Error::UnixPathInUse`] when a live process listens there, [`Error::UnixPathNotSocket`]
+    /// when the path is another kind of file, [`Error::Bind`] otherwise.
+    pub fn listen_unix(&self, path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixListener, Error> {
+        let addr = ListenAddr::UnixPath(path.as_ref().to_owned());
+        Ok(self.claim(&addr, SocketKind::UnixListener, None)?.into())
+    }
+
+    /// Returns a UDP socket bound to `addr`: the inherited one that matches, else a new one,
+    /// so a DNS or syslog server keeps its socket (and queued datagrams) across restarts.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when a new socket cannot be bound.
+    pub fn listen_udp(&self, addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
+        Ok(self.claim(&exact(addr), SocketKind::Udp, None)?.into())
+    }
+
+    /// Returns a Unix datagram socket bound to `path`: the inherited one, else a new one.
+    ///
+    /// # Errors
+    /// As [`listen_unix`](Self::listen_unix).
+    pub fn listen_unix_datagram(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<std::os::unix::net::UnixDatagram, Error> {
+        let addr = ListenAddr::UnixPath(path.as_ref().to_owned());
+        Ok(self.claim(&addr, SocketKind::UnixDatagram, None)?.into())
+    }
+
+    /// The addresses of the sockets the application has asked for, in registry order.
+    pub fn addrs(&self) -> Vec<LocalAddr> {
+        self.lock()
+            .iter()
+            .filter(|e| e.claimed)
+            .map(|e| e.info.addr.clone())
+            .collect()
+    }
+
+    /// The addresses of inherited sockets nobody has asked for; they are kept open and
+    /// passed on at the next restart.
+    pub fn unclaimed(&self) -> Vec<LocalAddr> {
+        self.lock()
+            .iter()
+            .filter(|e| !e.claimed)
+            .map(|e| e.info.addr.clone())
+            .collect()
+    }
+
+    /// How many sockets the registry holds (claimed or not): the next process's `LISTEN_FDS`.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the registry holds no socket.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Copies of every socket and its name, in the order the next process receives them
+    /// (fds 3, 4, ...): inherited sockets in their inherited order, then new ones in the order
+    /// they were bound.
+    pub(crate) fn handoff(&self) -> Result<Vec<(OwnedFd, String)>, Error> {
+        let entries = self.lock();
+        let unclaimed: Vec<String> = entries
+            .iter()
+            .filter(|e| !e.claimed)
+            .map(|e| e.info.addr.to_string())
+            .collect();
+        if !unclaimed.is_empty() {
+            tracing::info!(
+                "passing on {} inherited socket(s) nobody asked for: {}",
+                unclaimed.len(),
+                unclaimed.join(", ")
+            );
+        }
+        entries
+            .iter()
+            .map(|e| {
+                let fd = e.fd.try_clone().map_err(|source| Error::Io {
+                    what: format!(
+                        "cannot duplicate the socket fd of {} for the next process",
+                        e.info.addr
+                    ),
+                    source,
+                })?;
+                Ok((fd, e.name.clone().unwrap_or_else(|| "unknown".to_owned())))
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        // A panic while holding the lock cannot leave the Vec half-updated (every change is
+        // one push or one flag), so a poisoned lock's data is still good.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds the inherited socket `addr` (or `name`) means, or binds a new one; returns a
+    /// copy of its fd for the application.
+    fn claim(&self, addr: &ListenAddr, kind: SocketKind, name: Option<&str>) -> Result<OwnedFd, Error> {
+        let mut entries = self.lock();
+        let resolved = addr.resolve()?;
+        let by_name = name.and_then(|n| {
+            entries
+                .iter()
+                .position(|e| !e.claimed && e.info.kind == kind && e.name.as_deref() == Some(n))
+        });
+        let found = by_name.or_else(|| {
+            entries
+                .iter()
+                .position(|e| !e.claimed && e.info.kind == kind && addr.matches(&e.info.addr, &resolved))
+        });
+        let index = match found {
+            Some(i) => {
+                entries[i].claimed = true;
+                tracing::debug!(addr = %entries[i].info.addr, "using inherited {kind}");
+                i
+            }
+            None => {
+                let fd = bind_new(addr, kind, &resolved)?;
+                let info = crate::socket::inspect(fd.as_fd()).map_err(|u| Error::Io {
+                    what: format!("cannot read the address of the new socket for {addr}"),
+                    source: std::io::Error::other(format!("{u:?}")),
+                })?;
+                entries.push(Entry {
+                    fd,
+                    info,
+                    name: name.map(str::to_owned),
+                    claimed: true,
+                });
+                entries.len() - 1
+            }
+        };
+        let entry = &entries[index];
+        entry.fd.try_clone().map_err(|source| Error::Io {
+            what: format!("cannot duplicate the socket fd of {}", entry.info.addr),
+            source,
+        })
+    }
+}
+
+/// A typed address means exactly what it says when binding, and Go's rules when matching.
+fn exact(addr: SocketAddr) -> ListenAddr {
+    if addr.ip().is_unspecified() && addr.is_ipv4() {
+        // 0.0.0.0 binds IPv4 only; it still matches an inherited wildcard socket.
+        ListenAddr::Ip(addr)
+    } else {
+        addr.into()
+    }
+}
+
+fn bind_new(addr: &ListenAddr, kind: SocketKind, resolved: &[SocketAddr]) -> Result<OwnedFd, Error> {
+    let ty = match kind {
+        SocketKind::TcpListener | SocketKind::UnixListener => Type::STREAM,
+        SocketKind::Udp | SocketKind::UnixDatagram => Type::DGRAM,
+    };
+    match addr {
+        ListenAddr::UnixPath(p) => bind::unix(UnixName::Path(p), ty),
+        ListenAddr::UnixAbstract(n) => bind::unix(UnixName::Abstract(n), ty),
+        _ => {
+            let mut last = None;
+            for a in resolved {
+                match bind::inet(*a, ty) {
+                    Ok(fd) => return Ok(fd),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| Error::InvalidAddress {
+                addr: addr.to_string(),
+                reason: "it resolves to no address",
+            }))
+        }
+    }
+}
+
+static PROCESS_LISTENERS: OnceLock<Result<Listeners, EnvError>> = OnceLock::new();
+
+/// This process's registry, built from its environment on first use.
+///
+/// # Errors
+/// [`Error::Env`] (every time) when the inherited environment was malformed.
+pub fn listeners() -> Result<&'static Listeners, Error> {
+    let result = PROCESS_LISTENERS.get_or_init(|| match InheritedFds::from_env() {
+        Ok(inherited) => Ok(Listeners::new(inherited)),
+        Err(Error::Env(e)) => Err(e),
+        Err(other) => Err(EnvError::Malformed {
+            var: crate::env::LISTEN_FDS,
+            value: String::new(),
+            expected: other.to_string(),
+        }),
+    });
+    result.as_ref().map_err(|e| Error::Env(e.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inherited::InheritedSocket;
+
+    fn inherited(sockets: Vec<(OwnedFd, Option<&str>)>) -> InheritedFds {
+        InheritedFds::for_tests(
+            sockets
+                .into_iter()
+                .map(|(fd, name)| InheritedSocket {
+                    info: crate::socket::inspect(fd.as_fd()).unwrap(),
+                    fd,
+                    name: name.map(str::to_owned),
+                })
+                .collect(),
+        )
+    }
+
+    fn tcp(addr: &str) -> OwnedFd {
+        std::net::TcpListener::bind(addr).unwrap().into()
+    }
+
+    #[test]
+    fn inherited_socket_is_returned_by_address_and_port_zero() {
+        let a = tcp("127.0.0.1:0");
+        let b = tcp("127.0.0.1:0");
+        let port_a = std::net::TcpListener::from(a.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let port_b = std::net::TcpListener::from(b.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let reg = Listeners::new(inherited(vec![(a, None), (b, None)]));
+        assert_eq!(reg.unclaimed().len(), 2);
+        // By exact address, out of order.
+        let lb = reg.listen_tcp(port_b).unwrap();
+        assert_eq!(lb.local_addr().unwrap(), port_b);
+        // Port 0 takes the next unclaimed one on that IP.
+        let la = reg.listen("127.0.0.1:0").unwrap();
+        assert_eq!(la.local_addr().unwrap(), LocalAddr::Inet(port_a));
+        assert!(reg.unclaimed().is_empty());
+        // A third port-0 request binds a new socket.
+        let lc = reg.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(lc.local_addr().unwrap(), port_a);
+        assert_eq!(reg.addrs().len(), 3);
+        // The application's copy accepts what reaches the inherited socket.
+        let _c = std::net::TcpStream::connect(port_b).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lb.accept().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queued connection never accepted"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn inherited_socket_is_returned_by_name_and_unasked_ones_are_kept() {
+        let web = tcp("127.0.0.1:0");
+        let admin = tcp("127.0.0.1:0");
+        let admin_addr = std::net::TcpListener::from(admin.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let reg = Listeners::new(inherited(vec![(web, Some("web")), (admin, Some("admin"))]));
+        let l = reg.listen_named("admin", "127.0.0.1:1").unwrap();
+        assert_eq!(l.local_addr().unwrap(), LocalAddr::Inet(admin_addr));
+        assert_eq!(reg.unclaimed().len(), 1);
+        let handoff = reg.handoff().unwrap();
+        let names: Vec<&str> = handoff.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["web", "admin"]);
+    }
+
+    #[test]
+    fn new_sockets_are_nonblocking_and_cloexec() {
+        let reg = Listeners::new(InheritedFds::none());
+        let l = reg.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(l.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        let flags = nix::fcntl::fcntl(&l, nix::fcntl::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        let (fd, name) = reg.handoff().unwrap().pop().unwrap();
+        assert_eq!(name, "unknown");
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::F_GETFD).unwrap();
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn udp_and_unix_datagram_are_matched_by_kind() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let reg = Listeners::new(inherited(vec![(udp.into(), None)]));
+        // A TCP request for the same address does not take the UDP socket.
+        let t = reg.listen_tcp(addr).unwrap();
+        assert_eq!(t.local_addr().unwrap(), addr);
+        assert_eq!(reg.unclaimed(), vec![LocalAddr::Inet(addr)]);
+        let u = reg.listen_udp(addr).unwrap();
+        assert_eq!(u.local_addr().unwrap(), addr);
+        assert!(reg.unclaimed().is_empty());
+    }
+}

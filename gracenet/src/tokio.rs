@@ -1,0 +1,195 @@
+//! Tokio versions of gracenet's listeners: the same sockets, accepted asynchronously.
+//!
+//! gracenet's std sockets are already non-blocking, so the plain tokio conversions work on
+//! them directly (`tokio::net::TcpListener::from_std(gracenet::listen_tcp(addr)?)`). This
+//! module adds the TCP-or-Unix [`Listener`] for address strings, and [`listen`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use ::tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::error::Error;
+use crate::socket::LocalAddr;
+
+/// A tokio listening socket, TCP or Unix, from an address string.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A Unix stream listener.
+    Unix(UnixListener),
+}
+
+/// Returns a tokio listener for `addr` from this process's registry ([`crate::listen`]).
+/// Must be called within a tokio runtime.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), gracenet::Error> {
+/// let listener = gracenet::tokio::listen(":8080")?;
+/// loop {
+///     let stream = listener.accept().await.map_err(|source| gracenet::Error::Io {
+///         what: "accept".into(),
+///         source,
+///     })?;
+///     // serve `stream`
+/// #   drop(stream);
+/// }
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`crate::listen`]; [`Error::Io`] when registering with the runtime fails.
+pub fn listen(addr: &str) -> Result<Listener, Error> {
+    Listener::from_std(crate::listen(addr)?).map_err(|source| Error::Io {
+        what: format!("cannot register the listener for {addr} with tokio"),
+        source,
+    })
+}
+
+impl Listener {
+    /// Registers a gracenet std listener with the current tokio runtime.
+    ///
+    /// # Errors
+    /// When no runtime is running, or registering the fd fails. Panics like
+    /// `TcpListener::from_std` when called outside a runtime.
+    pub fn from_std(listener: crate::Listener) -> io::Result<Self> {
+        Ok(match listener {
+            crate::Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                Listener::Tcp(TcpListener::from_std(l)?)
+            }
+            crate::Listener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                Listener::Unix(UnixListener::from_std(l)?)
+            }
+        })
+    }
+
+    /// Accepts the next connection.
+    ///
+    /// # Errors
+    /// The accept error, e.g. `EMFILE` when out of fds: the caller decides whether to back
+    /// off and retry.
+    pub async fn accept(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Listener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
+            Listener::Unix(l) => Stream::Unix(l.accept().await?.0),
+        })
+    }
+
+    /// The address the socket is bound to.
+    ///
+    /// # Errors
+    /// When `getsockname` fails.
+    pub fn local_addr(&self) -> io::Result<LocalAddr> {
+        use std::os::fd::AsFd;
+        crate::socket::inspect(self.as_fd())
+            .map(|info| info.addr)
+            .map_err(|u| io::Error::other(format!("{u:?}")))
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// An accepted connection, TCP or Unix.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix stream connection.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[::tokio::test]
+    async fn accepts_tcp_and_unix_through_one_type() {
+        let reg = crate::Listeners::new(crate::InheritedFds::none());
+        let tcp = Listener::from_std(reg.listen("127.0.0.1:0").unwrap()).unwrap();
+        let LocalAddr::Inet(addr) = tcp.local_addr().unwrap() else {
+            panic!("not an IP address")
+        };
+        let dir = std::env::temp_dir().join(format!("gracenet-tokio-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let unix = Listener::from_std(reg.listen(&format!("unix:{}", path.display())).unwrap()).unwrap();
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut s = tcp.accept().await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        let mut c = UnixStream::connect(&path).await.unwrap();
+        let mut s = unix.accept().await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
