@@ -234,6 +234,7 @@ fn spawn_exec(
         sources: &sources,
         moved: moved.as_mut_ptr(),
         err_pipe: err_write.as_raw_fd(),
+        fd_limit: RawFd::try_from(crate::env::fd_limit()).unwrap_or(RawFd::MAX),
     };
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
@@ -286,6 +287,8 @@ struct ChildPlan<'a> {
     /// Room for one fd per source: where the child moves each before placing it.
     moved: *mut RawFd,
     err_pipe: RawFd,
+    /// One past the highest fd this process can have open.
+    fd_limit: RawFd,
 }
 
 /// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
@@ -329,7 +332,8 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
         if rc != 0 {
-            for fd in first_free..first_free.saturating_add(65536) {
+            // Kernels before 5.11: mark each possible fd (bounded by our fd limit).
+            for fd in first_free..plan.fd_limit {
                 if fd != err_pipe {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
