@@ -14,6 +14,12 @@ pub const LISTEN_PID: &str = "LISTEN_PID";
 /// Colon-separated names of the fds, one per fd (systemd's `FileDescriptorName=`).
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
+/// The fd number of the readiness pipe's write end, in a process a gracenet generation
+/// started: the child writes one byte to it when serving.
+pub const GRACE_READY_FD: &str = "GRACE_READY_FD";
+/// This process's generation: 1 for the first, one more per restart.
+pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
+
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.
 pub const FIRST_INHERITED_FD: RawFd = 3;
 
@@ -118,17 +124,9 @@ pub(crate) fn take_from_process() -> Result<ListenEnv, EnvError> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(ListenEnv::Absent);
     }
-    let fds = std::env::var_os(LISTEN_FDS);
-    let pid = std::env::var_os(LISTEN_PID);
-    let names = std::env::var_os(LISTEN_FDNAMES);
-    for var in [LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES] {
-        // SAFETY: environment writes race with concurrent reads (getenv) in other threads.
-        // This runs once per process, when the application first asks for its listeners,
-        // which it does at startup; the crate docs ask to do that before starting threads
-        // that read the environment. Leaving the variables would hand our fds' description
-        // to any subprocess the application starts.
-        unsafe { std::env::remove_var(var) };
-    }
+    let fds = take_var(LISTEN_FDS);
+    let pid = take_var(LISTEN_PID);
+    let names = take_var(LISTEN_FDNAMES);
     let lossy = |v: &Option<OsString>| v.as_ref().map(|s| s.to_string_lossy().into_owned());
     parse(
         lossy(&fds).as_deref(),
@@ -137,6 +135,19 @@ pub(crate) fn take_from_process() -> Result<ListenEnv, EnvError> {
         std::process::id(),
         fd_limit(),
     )
+}
+
+/// Reads `var` and removes it from the process environment, so no subprocess inherits it.
+pub(crate) fn take_var(var: &str) -> Option<OsString> {
+    let value = std::env::var_os(var);
+    if value.is_some() {
+        // SAFETY: environment writes race with concurrent reads (getenv) in other threads.
+        // gracenet takes its variables once per process, when the application first asks for
+        // its listeners or starts its generation, which it does at startup; the crate docs ask
+        // to do that before starting threads that read the environment.
+        unsafe { std::env::remove_var(var) };
+    }
+    value
 }
 
 /// This process's soft limit on open fds.

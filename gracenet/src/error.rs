@@ -76,6 +76,10 @@ pub enum Error {
         what: String,
     },
 
+    /// [`Generation::start`](crate::Generation::start) was called a second time in this process.
+    #[error("a generation was already started in this process: call Generation::start once, in main")]
+    AlreadyStarted,
+
     /// A system call on a socket or process failed.
     #[error("{what}: {source}")]
     Io {

@@ -64,8 +64,16 @@ mod addr;
 mod bind;
 mod env;
 mod error;
+#[cfg(feature = "tokio")]
+mod generation;
 mod inherited;
 mod listeners;
+#[cfg(feature = "tokio")]
+mod pidfile;
+#[cfg(feature = "tokio")]
+mod readiness;
+#[cfg(feature = "tokio")]
+mod signals;
 mod socket;
 mod spawn;
 #[cfg(feature = "tokio")]
@@ -75,10 +83,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use addr::ListenAddr;
-pub use env::{FIRST_INHERITED_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
+pub use env::{FIRST_INHERITED_FD, GRACE_GENERATION, GRACE_READY_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 pub use error::{EnvError, Error};
+#[cfg(feature = "tokio")]
+pub use generation::{
+    ConnectionGuard, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder,
+    GracefulListener, Outcome, Phase, StopReason,
+};
 pub use inherited::{InheritedFds, Origin};
 pub use listeners::{Listener, Listeners, listeners};
+
 pub use socket::{LocalAddr, SocketKind};
 pub use spawn::{ChildProcess, Executable, NextProcess};
 

@@ -227,6 +227,14 @@ impl Listeners {
         self.lock().is_empty()
     }
 
+    /// Closes the registry's copies of every socket: the generation has handed over or is
+    /// stopping, and nothing is left to pass on. Never `shutdown(2)`, never unlinks a Unix
+    /// socket path: the next process may be serving on the same sockets.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn close_all(&self) {
+        self.lock().clear();
+    }
+
     /// Copies of every socket and its name, in the order the next process receives them
     /// (fds 3, 4, ...): inherited sockets in their inherited order, then new ones in the order
     /// they were bound.

@@ -126,7 +126,7 @@ impl Listeners {
 
 impl NextProcess<'_> {
     /// Sets an environment variable for the next process (on top of this process's own).
-    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
         self.env.push((key.into(), value.into()));
         self
     }

@@ -1,0 +1,107 @@
+//! The readiness handshake: a new process tells the one that started it "I am serving".
+//!
+//! gracenet's way is a pipe: the parent hands the write end to the child (its number in
+//! `GRACE_READY_FD`) and waits for one byte; end-of-file without it means the child died.
+//! Go grace's way, kept for compatibility, is `SIGTERM` to the parent pid.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::unistd::Pid;
+
+use crate::env::{GRACE_GENERATION, GRACE_READY_FD, take_var};
+use crate::error::EnvError;
+use crate::inherited::Origin;
+
+/// How this process tells its parent it is serving.
+#[derive(Debug)]
+pub(crate) enum ParentLink {
+    /// Write a byte to the readiness pipe.
+    Pipe(OwnedFd),
+    /// Go grace's protocol: `SIGTERM` to the parent.
+    GraceSignal(Pid),
+    /// Nobody to tell: a first start, or started by a supervisor (systemd,
+    /// `systemd-socket-activate`), which must never be signalled.
+    Nobody,
+}
+
+impl ParentLink {
+    /// Takes `GRACE_READY_FD` from the environment (removing it), or picks Go grace's signal
+    /// when the sockets came from a parent that set only `LISTEN_FDS`.
+    pub(crate) fn from_env(origin: Origin) -> Result<ParentLink, EnvError> {
+        if let Some(value) = take_var(GRACE_READY_FD) {
+            return ready_fd(&value).map(ParentLink::Pipe);
+        }
+        Ok(match origin {
+            Origin::Parent => match nix::unistd::getppid() {
+                p if p.as_raw() <= 1 => ParentLink::Nobody,
+                p => ParentLink::GraceSignal(p),
+            },
+            // With LISTEN_PID set, whoever started us is a supervisor, not a grace parent.
+            Origin::Activated | Origin::Fresh => ParentLink::Nobody,
+        })
+    }
+
+    /// Tells the parent. A parent that is already gone is not an error: there is nobody left
+    /// to hand over from.
+    pub(crate) fn notify(self) {
+        match self {
+            ParentLink::Pipe(fd) => match nix::unistd::write(fd.as_fd(), b"R") {
+                Ok(_) => tracing::debug!("told the parent we are ready (readiness pipe)"),
+                Err(e) => tracing::warn!("the parent is gone, nobody to tell we are ready: {e}"),
+            },
+            ParentLink::GraceSignal(pid) => match nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM) {
+                Ok(()) => tracing::debug!(
+                    parent = pid.as_raw(),
+                    "told the parent we are ready (SIGTERM, as Go grace)"
+                ),
+                Err(e) => tracing::warn!(parent = pid.as_raw(), "cannot signal the parent: {e}"),
+            },
+            ParentLink::Nobody => {}
+        }
+    }
+}
+
+fn ready_fd(value: &OsString) -> Result<OwnedFd, EnvError> {
+    let text = value.to_string_lossy();
+    let malformed = |expected: &str| EnvError::Malformed {
+        var: GRACE_READY_FD,
+        value: text.clone().into_owned(),
+        expected: expected.to_owned(),
+    };
+    let fd: RawFd = text
+        .parse()
+        .ok()
+        .filter(|&fd| fd >= 3)
+        .ok_or_else(|| malformed("an fd number of 3 or more"))?;
+    let borrowed = crate::socket::borrow_if_open(fd)
+        .map_err(|_| malformed("an open fd: the write end of the readiness pipe"))?;
+    let stat = nix::sys::stat::fstat(borrowed).map_err(|_| malformed("an fd that can be inspected"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(malformed(
+            "the write end of the readiness pipe (this fd is not a pipe)",
+        ));
+    }
+    crate::socket::set_cloexec(borrowed).map_err(|_| malformed("an fd whose flags can be set"))?;
+    // SAFETY: the fd is open and a pipe (checked above); GRACE_READY_FD hands it to this
+    // process, and take_var removed the variable, so nothing else takes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads `GRACE_GENERATION` (removing it); 1 when unset.
+pub(crate) fn generation_from_env() -> Result<u64, EnvError> {
+    match take_var(GRACE_GENERATION) {
+        None => Ok(1),
+        Some(value) => {
+            let text = value.to_string_lossy();
+            text.parse::<u64>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(|| EnvError::Malformed {
+                    var: GRACE_GENERATION,
+                    value: text.into_owned(),
+                    expected: "a generation number of 1 or more".to_owned(),
+                })
+        }
+    }
+}
