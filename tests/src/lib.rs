@@ -3,11 +3,13 @@
 //!
 //! Every wait here has a deadline; nothing sleeps as a means of synchronisation.
 
+pub mod lifeprobe;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Once;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -42,14 +44,18 @@ pub struct ProcessGuard {
 }
 
 impl ProcessGuard {
-    /// Starts `cmd` with stdout piped (read by [`Lines`]) and stderr inherited.
+    /// Starts `cmd` with stdout and stderr piped, both read line by line into one [`Lines`]
+    /// (so a test can wait for a log line as well as for output).
     pub fn spawn(mut cmd: Command) -> ProcessGuard {
         become_subreaper();
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let lines = child.stdout.take().map(Lines::new);
+        if let (Some(lines), Some(err)) = (lines.as_ref(), child.stderr.take()) {
+            lines.also_read(err);
+        }
         ProcessGuard { child, lines }
     }
 
@@ -63,9 +69,25 @@ impl ProcessGuard {
         self.child.stdin.as_mut().expect("stdin was not piped")
     }
 
-    /// The next line of its stdout that starts with `prefix`, within [`DEADLINE`].
+    /// The next line of its output that starts with `prefix`, within [`DEADLINE`].
     pub fn expect_line(&mut self, prefix: &str) -> String {
         self.lines.as_mut().expect("stdout was not piped").expect(prefix)
+    }
+
+    /// The next line of its output that contains `needle`, within [`DEADLINE`].
+    pub fn expect_log(&mut self, needle: &str) -> String {
+        self.lines
+            .as_mut()
+            .expect("stdout was not piped")
+            .expect_containing(needle)
+    }
+
+    /// Every output line seen so far.
+    pub fn seen(&mut self) -> Vec<String> {
+        self.lines
+            .as_mut()
+            .map(|l| l.drain_seen().to_vec())
+            .unwrap_or_default()
     }
 
     /// Waits for it to exit, within `timeout`; `None` if it is still running then.
@@ -154,10 +176,12 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A process's output, read by a thread so a test can wait for a line with a deadline.
+/// A process's output, read by threads so a test can wait for a line with a deadline.
 pub struct Lines {
+    tx: Sender<String>,
     rx: Receiver<String>,
     seen: Vec<String>,
+    unmatched: std::collections::VecDeque<String>,
 }
 
 impl Lines {
@@ -169,6 +193,19 @@ impl Lines {
     /// Starts reading any stream.
     pub fn from_reader(out: impl Read + Send + 'static) -> Lines {
         let (tx, rx) = channel();
+        let lines = Lines {
+            tx,
+            rx,
+            seen: Vec::new(),
+            unmatched: Default::default(),
+        };
+        lines.also_read(out);
+        lines
+    }
+
+    /// Reads another stream into the same lines.
+    pub fn also_read(&self, out: impl Read + Send + 'static) {
+        let tx = self.tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -177,31 +214,56 @@ impl Lines {
                 }
             }
         });
-        Lines { rx, seen: Vec::new() }
+    }
+
+    /// Every line seen so far by [`expect`](Self::expect), plus any that arrived since.
+    pub fn drain_seen(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.try_recv() {
+            self.seen.push(line.clone());
+            self.unmatched.push_back(line);
+        }
+        &self.seen
+    }
+
+    /// The next line containing `needle` anywhere, within [`DEADLINE`].
+    pub fn expect_containing(&mut self, needle: &str) -> String {
+        self.expect_matching(needle, |l| l.contains(needle))
     }
 
     /// The next line starting with `prefix`, within [`DEADLINE`]; panics with everything
     /// seen so far if none comes.
     pub fn expect(&mut self, prefix: &str) -> String {
+        self.expect_matching(prefix, |l| l.starts_with(prefix))
+    }
+
+    /// Lines from the process's stdout and stderr arrive through two threads, so their
+    /// relative order is not reliable: a match is looked for first among lines already
+    /// received and not yet matched, then among new ones.
+    fn expect_matching(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        if let Some(i) = self.unmatched.iter().position(|l| matches(l)) {
+            return self.unmatched.remove(i).unwrap_or_default();
+        }
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
+                    if matches(&line) {
                         return line;
                     }
+                    self.unmatched.push_back(line);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     panic!(
-                        "no line starting with {prefix:?} within {DEADLINE:?}; saw {:#?}",
+                        "no line matching {what:?} within {DEADLINE:?}; saw {:#?}",
                         self.seen
                     )
                 }
+                // Not while `self.tx` lives; kept so the match is total.
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!(
-                        "output ended before a line starting with {prefix:?}; saw {:#?}",
+                        "output ended before a line matching {what:?}; saw {:#?}",
                         self.seen
                     )
                 }
@@ -223,10 +285,15 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// Creates `$TMPDIR/grace-<tag>-<pid>-<n>`.
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// Creates `<base>/grace-<tag>-<pid>-<n>`.
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("grace-{tag}-{}-{n}", std::process::id()));
+        let dir = base.join(format!("grace-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -251,4 +318,124 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
+}
+
+/// Sends one line to the line server at `127.0.0.1:port` and returns its one-line answer.
+pub fn ask(port: u16) -> std::io::Result<String> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    converse(&stream)
+}
+
+/// Sends one line on an open connection and returns the one-line answer.
+pub fn converse(stream: &std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::Write;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    (&*stream).write_all(b"x\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+/// The pid at the start of an answer from a line server (`"<pid> ..."`).
+pub fn answer_pid(answer: &str) -> u32 {
+    answer
+        .split(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in answer {answer:?}"))
+}
+
+/// What a [`Prober`] saw.
+#[derive(Debug, Default)]
+pub struct ProbeStats {
+    /// Answers, by the pid that gave them.
+    pub by_pid: std::collections::BTreeMap<u32, usize>,
+    /// Every failure, as text.
+    pub failures: Vec<String>,
+}
+
+/// A client that keeps asking a line server, one new connection per question, from a thread,
+/// until stopped: at most [`Prober::MAX`] questions and [`Prober::MAX_TIME`].
+pub struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<ProbeStats>>,
+}
+
+impl Prober {
+    /// The most questions one prober asks.
+    pub const MAX: usize = 200_000;
+    /// The longest one prober runs.
+    pub const MAX_TIME: Duration = Duration::from_secs(60);
+
+    /// Starts asking `127.0.0.1:port`, pausing `pause` between questions.
+    pub fn start(port: u16, pause: Duration) -> Prober {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut stats = ProbeStats::default();
+            let started = Instant::now();
+            for _ in 0..Prober::MAX {
+                if flag.load(Ordering::Relaxed) || started.elapsed() > Prober::MAX_TIME {
+                    break;
+                }
+                match ask(port) {
+                    Ok(answer) => *stats.by_pid.entry(answer_pid(&answer)).or_default() += 1,
+                    Err(e) => stats.failures.push(e.to_string()),
+                }
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
+            }
+            stats
+        });
+        Prober {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops asking and returns what was seen.
+    pub fn stop(mut self) -> ProbeStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("prober thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Places `program` at `dest` (atomically, by rename, as a deploy does): a hard link when
+/// they share a filesystem, else a copy made by `cp`, so this process never holds the file
+/// open for writing (a fork elsewhere in the test process could inherit that fd and make
+/// exec fail with ETXTBSY).
+pub fn install_program(program: &Path, dest: &Path) {
+    let tmp = dest.with_extension("installing");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(program, &tmp).is_err() {
+        let status = Command::new("cp")
+            .arg(program)
+            .arg(&tmp)
+            .status()
+            .expect("run cp");
+        assert!(
+            status.success(),
+            "cp {} {}: {status}",
+            program.display(),
+            tmp.display()
+        );
+    }
+    std::fs::rename(&tmp, dest).expect("rename the new program into place");
 }

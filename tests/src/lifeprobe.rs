@@ -1,0 +1,114 @@
+//! `lifeprobe`: a test server on gracenet's `Generation`: each line a client sends is answered with
+//! `<pid> <generation> <version>`, so a test can tell which process served it. Knobs, from the
+//! environment (inherited by every generation):
+//! - `PROBE_FAIL_ONCE=PATH`: a generation >= 2 exits 1 before ready, if PATH does not exist
+//!   (it creates PATH first, so the next attempt works);
+//! - `PROBE_HANG_ONCE=PATH`: likewise, but never reports ready;
+//! - `PROBE_READY_TIMEOUT_MS`, `PROBE_STOP_TIMEOUT_MS`: the generation's timeouts;
+//! - `PROBE_PID_FILE=PATH`: the PID file.
+//!
+//! The version is the binary's name: `lifeprobe`, or `lifeprobe2`, the same program under
+//! another name that plays "a new version" in the binary-replacement test.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Runs the probe; `version` is what it answers as its version.
+pub fn main(version: &'static str) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(serve(version)),
+        Err(e) => {
+            eprintln!("lifeprobe: cannot start tokio: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(version: &'static str) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    match run(version).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lifeprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn knob_ms(name: &str) -> Option<Duration> {
+    std::env::var(name).ok()?.parse().ok().map(Duration::from_millis)
+}
+
+/// Whether this generation should play the failure at `var`: once, in generation 2 or later.
+fn fail_once(var: &str, generation: u64) -> bool {
+    let Some(marker) = std::env::var_os(var) else {
+        return false;
+    };
+    if generation < 2 || Path::new(&marker).exists() {
+        return false;
+    }
+    std::fs::write(&marker, b"").is_ok()
+}
+
+async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let mut builder = gracenet::Generation::builder();
+    if let Some(t) = knob_ms("PROBE_READY_TIMEOUT_MS") {
+        builder = builder.ready_timeout(t);
+    }
+    if let Some(t) = knob_ms("PROBE_STOP_TIMEOUT_MS") {
+        builder = builder.stop_timeout(t);
+    }
+    if let Some(path) = std::env::var_os("PROBE_PID_FILE") {
+        builder = builder.pid_file(path);
+    }
+    let generation = builder.start()?;
+    let number = generation.number();
+    let pid = std::process::id();
+    let mut listener = generation.listen(&addr)?;
+    println!(
+        "probe version={version} generation={number} pid={pid} addr={}",
+        listener.local_addr()
+    );
+    if fail_once("PROBE_FAIL_ONCE", number) {
+        println!("probe failing pid={pid}");
+        return Err("failing at startup, as asked".into());
+    }
+    if fail_once("PROBE_HANG_ONCE", number) {
+        println!("probe hanging pid={pid}");
+        // Never ready; the parent kills us at its ready timeout.
+        std::future::pending::<()>().await;
+    }
+    generation.ready()?;
+    while let Some(conn) = listener.accept().await {
+        let guard = generation.track();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (read, mut write) = tokio::io::split(conn);
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                let reply = format!("{pid} {number} {version}\n");
+                if write.write_all(reply.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(listener);
+    println!("probe stopped-accepting pid={pid}");
+    let outcome = generation.wait().await;
+    println!(
+        "probe exiting pid={pid} forced={} unfinished={}",
+        outcome.forced, outcome.unfinished
+    );
+    Ok(())
+}

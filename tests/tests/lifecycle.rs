@@ -1,0 +1,384 @@
+//! gracenet's restart lifecycle, driven from outside with real processes and real signals:
+//! hand-over, failures that cost nothing, coalescing, stop and drain, PID file, binary
+//! replacement, and Go grace's side of the protocol.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use grace_tests::{
+    DEADLINE, PidGuard, Prober, ProcessGuard, TempDir, answer_pid, ask, converse, field, install_program,
+    is_alive, wait_until,
+};
+use nix::sys::signal::Signal;
+
+const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
+
+/// A started generation, as its first output line describes it.
+struct Gen {
+    pid: u32,
+    port: u16,
+}
+
+fn parse_probe(line: &str) -> Gen {
+    let addr = field(line, "addr");
+    Gen {
+        pid: field(line, "pid").parse().unwrap(),
+        port: addr.rsplit(':').next().unwrap().parse().unwrap(),
+    }
+}
+
+/// Starts `program` (a lifeprobe) with `env`, and waits for its first line.
+fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, Gen) {
+    let mut cmd = Command::new(program);
+    cmd.arg("127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut guard = ProcessGuard::spawn(cmd);
+    let gen1 = parse_probe(&guard.expect_line("probe version="));
+    guard.expect_log("generation 1 serving");
+    (guard, gen1)
+}
+
+/// Sends SIGUSR2 to `pid` and waits for generation `number`'s first line.
+fn restart(guard: &mut ProcessGuard, pid: u32, number: u64) -> Gen {
+    signal(pid, Signal::SIGUSR2);
+    let line = guard.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), number.to_string(), "{line}");
+    parse_probe(&line)
+}
+
+fn signal(pid: u32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+}
+
+/// Whether `pid` has been reaped: not even a zombie is left.
+fn reaped(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn connect(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).expect("connect")
+}
+
+#[test]
+fn a_child_that_fails_at_startup_costs_nothing_and_the_next_restart_works() {
+    let dir = TempDir::new("fail-once");
+    let marker = dir.path().join("failed");
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[("PROBE_FAIL_ONCE", marker.to_str().unwrap())],
+    );
+    let prober = Prober::start(gen1.port, Duration::from_millis(1));
+
+    let failed = restart(&mut g, gen1.pid, 2);
+    let _failed_guard = PidGuard(failed.pid);
+    g.expect_line(&format!("probe failing pid={}", failed.pid));
+    let log = g.expect_log("restart failed: generation 2");
+    assert!(log.contains(&format!("(pid {})", failed.pid)), "{log}");
+    assert!(
+        log.contains("exited before it was ready (exit status: 1)"),
+        "{log}"
+    );
+    assert!(log.contains("still serving"), "{log}");
+    assert!(reaped(failed.pid), "the failed child is reaped, no zombie");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen1.pid);
+
+    let gen2 = restart(&mut g, gen1.pid, 2);
+    let _gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("stopped accepting");
+    assert!(wait_until(DEADLINE, || answer_pid(&ask(gen1.port).unwrap()) == gen2.pid));
+    let stats = prober.stop();
+    assert!(stats.failures.is_empty(), "failed requests: {:?}", stats.failures);
+    assert!(stats.by_pid.contains_key(&gen1.pid), "{stats:?}");
+    let status = g
+        .wait_timeout(DEADLINE)
+        .expect("generation 1 exits after handing over");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_child_that_never_gets_ready_is_killed_at_the_ready_timeout() {
+    let dir = TempDir::new("hang-once");
+    let marker = dir.path().join("hung");
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[
+            ("PROBE_HANG_ONCE", marker.to_str().unwrap()),
+            ("PROBE_READY_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let prober = Prober::start(gen1.port, Duration::from_millis(1));
+    let hung = restart(&mut g, gen1.pid, 2);
+    let _hung_guard = PidGuard(hung.pid);
+    g.expect_line(&format!("probe hanging pid={}", hung.pid));
+    let log = g.expect_log("restart failed: generation 2");
+    assert!(log.contains("not ready after 1.0 s; killed it"), "{log}");
+    assert!(reaped(hung.pid), "the hung child is killed and reaped");
+
+    let gen2 = restart(&mut g, gen1.pid, 2);
+    let _gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("stopped accepting");
+    let stats = prober.stop();
+    assert!(stats.failures.is_empty(), "failed requests: {:?}", stats.failures);
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+#[test]
+fn after_the_handover_the_old_process_accepts_nothing() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let gen2 = restart(&mut g, gen1.pid, 2);
+    let _gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("generation 1 stopped accepting");
+    // Every connection for two seconds, one per millisecond, is the new process's.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answers = 0;
+    while Instant::now() < until {
+        let answer = ask(gen1.port).expect("no connection is refused");
+        assert_eq!(
+            answer_pid(&answer),
+            gen2.pid,
+            "answered by the old process after the hand-over"
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(answers > 100, "only {answers} answers in 2 s");
+    // With no connection left, the old process is gone.
+    let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn twenty_sigusr2_in_a_second_make_one_new_generation() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    // Hold a connection so generation 1 stays alive (draining) while the signals arrive.
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    for _ in 0..20 {
+        signal(gen1.pid, Signal::SIGUSR2);
+        std::thread::sleep(Duration::from_millis(50)); // pacing, not synchronisation
+    }
+    let gen2 = parse_probe(&g.expect_line("probe version="));
+    let _gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("generation 1 stopped accepting");
+    drop(held);
+    let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
+    assert!(status.success(), "{status}");
+    let seen = g.seen();
+    let started = seen
+        .iter()
+        .filter(|l| l.contains("restart: started generation"))
+        .count();
+    let generations = seen.iter().filter(|l| l.starts_with("probe version=")).count();
+    assert_eq!(started, 1, "{seen:#?}");
+    assert_eq!(generations, 2, "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("coalesced") || l.contains("while stopping: ignored")),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn quick_successive_restarts_while_generation_one_still_drains() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    let mut guards = Vec::new();
+    let mut current = gen1.pid;
+    for number in 2..=4 {
+        let next = restart(&mut g, current, number);
+        guards.push(PidGuard(next.pid));
+        g.expect_log(&format!("generation {} stopped accepting", number - 1));
+        assert_eq!(answer_pid(&ask(gen1.port).unwrap()), next.pid);
+        current = next.pid;
+    }
+    // Generations 2 and 3 had no connections and are gone; generation 1 still serves its own.
+    assert!(wait_until(DEADLINE, || !guards[0].is_alive() && !guards[1].is_alive()));
+    assert!(is_alive(gen1.pid));
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    drop(held);
+    let status = g
+        .wait_timeout(DEADLINE)
+        .expect("generation 1 exits once its connection closes");
+    assert!(status.success(), "{status}");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), current);
+}
+
+#[test]
+fn sigterm_during_a_restart_ends_both_processes() {
+    let dir = TempDir::new("term-during");
+    let marker = dir.path().join("hung");
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[("PROBE_HANG_ONCE", marker.to_str().unwrap())],
+    );
+    let hung = restart(&mut g, gen1.pid, 2);
+    let _hung_guard = PidGuard(hung.pid);
+    g.expect_line(&format!("probe hanging pid={}", hung.pid));
+    g.signal(Signal::SIGTERM);
+    let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
+    assert!(status.success(), "{status}");
+    assert!(reaped(hung.pid), "the starting child is killed and reaped");
+    let log = g.seen().join("\n");
+    assert!(log.contains("SIGTERM while generation 2"), "{log}");
+}
+
+#[test]
+fn a_binary_replaced_on_disk_is_the_one_that_runs() {
+    let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "replace");
+    let app = dir.path().join("app");
+    install_program(Path::new(LIFEPROBE), &app);
+    let (mut g, gen1) = start(&app, &[]);
+    assert!(ask(gen1.port).unwrap().ends_with(" lifeprobe"));
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
+    let line_gen2 = {
+        signal(gen1.pid, Signal::SIGUSR2);
+        g.expect_line("probe version=lifeprobe2")
+    };
+    let gen2 = parse_probe(&line_gen2);
+    let _gen2_guard = PidGuard(gen2.pid);
+    let exe = std::fs::metadata(format!("/proc/{}/exe", gen2.pid)).unwrap();
+    let installed = std::fs::metadata(&app).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (exe.dev(), exe.ino()),
+        (installed.dev(), installed.ino()),
+        "/proc/PID/exe is the new file"
+    );
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
+}
+
+#[test]
+fn parent_killed_mid_drain_leaves_the_child_serving() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    let gen2 = restart(&mut g, gen1.pid, 2);
+    let gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("generation 1 stopped accepting");
+    g.signal(Signal::SIGKILL);
+    g.wait_timeout(DEADLINE).expect("generation 1 is killed");
+    assert!(gen2_guard.is_alive());
+    for _ in 0..20 {
+        assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+    }
+}
+
+#[test]
+fn child_killed_before_ready_leaves_the_parent_serving() {
+    let dir = TempDir::new("kill-child");
+    let marker = dir.path().join("hung");
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[("PROBE_HANG_ONCE", marker.to_str().unwrap())],
+    );
+    let prober = Prober::start(gen1.port, Duration::from_millis(1));
+    let hung = restart(&mut g, gen1.pid, 2);
+    g.expect_line(&format!("probe hanging pid={}", hung.pid));
+    signal(hung.pid, Signal::SIGKILL);
+    let log = g.expect_log("restart failed: generation 2");
+    assert!(
+        log.contains("signal: 9 (SIGKILL)") || log.contains("closed its readiness pipe"),
+        "{log}"
+    );
+    assert!(reaped(hung.pid));
+    let stats = prober.stop();
+    assert!(stats.failures.is_empty(), "failed requests: {:?}", stats.failures);
+    assert_eq!(stats.by_pid.keys().copied().collect::<Vec<_>>(), vec![gen1.pid]);
+}
+
+#[test]
+fn sigterm_drains_in_flight_connections_then_exits_zero() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    g.signal(Signal::SIGTERM);
+    g.expect_line("probe stopped-accepting");
+    // The open connection is still served while draining.
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    assert!(
+        g.wait_timeout(Duration::from_millis(200)).is_none(),
+        "exited with a connection open"
+    );
+    drop(held);
+    let status = g.wait_timeout(DEADLINE).expect("exits once drained");
+    assert!(status.success(), "{status}");
+    let exit = g.expect_line("probe exiting");
+    assert_eq!(field(&exit, "forced"), "false");
+}
+
+#[test]
+fn a_second_sigterm_during_the_drain_stops_at_once() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    g.signal(Signal::SIGTERM);
+    g.expect_line("probe stopped-accepting");
+    g.signal(Signal::SIGINT);
+    let status = g.wait_timeout(DEADLINE).expect("exits at the second signal");
+    assert!(status.success(), "{status}");
+    let exit = g.expect_line("probe exiting");
+    assert_eq!(field(&exit, "forced"), "true");
+    assert_eq!(field(&exit, "unfinished"), "1");
+    drop(held);
+}
+
+#[test]
+fn the_stop_timeout_ends_a_drain_that_does_not_finish() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[("PROBE_STOP_TIMEOUT_MS", "300")]);
+    let held = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
+    g.signal(Signal::SIGTERM);
+    let status = g.wait_timeout(DEADLINE).expect("exits at the stop timeout");
+    assert!(status.success(), "{status}");
+    let exit = g.expect_line("probe exiting");
+    assert_eq!(field(&exit, "forced"), "true");
+    drop(held);
+}
+
+#[test]
+fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
+    let dir = TempDir::new("pidfile");
+    let pid_file: PathBuf = dir.path().join("app.pid");
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[("PROBE_PID_FILE", pid_file.to_str().unwrap())],
+    );
+    let read = || {
+        std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read(), gen1.pid.to_string());
+    let gen2 = restart(&mut g, gen1.pid, 2);
+    let gen2_guard = PidGuard(gen2.pid);
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(
+        read(),
+        gen2.pid.to_string(),
+        "the new generation took it over when ready"
+    );
+    let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        read(),
+        gen2.pid.to_string(),
+        "the old generation leaves its successor's file"
+    );
+    signal(gen2.pid, Signal::SIGTERM);
+    g.expect_line(&format!("probe exiting pid={}", gen2.pid));
+    assert!(wait_until(DEADLINE, || !gen2_guard.is_alive()));
+    assert!(!pid_file.exists(), "removed at the final stop");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
