@@ -38,6 +38,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if listener.as_raw_fd() != 3 {
         return Err(format!("expected the listener at fd 3, got {}", listener.as_raw_fd()).into());
     }
+    // Before anything can tell the world we exist: an early SIGUSR2 would otherwise kill us.
+    let mut signals = SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT])?;
     // grace serves with blocking accepts.
     listener.set_nonblocking(false)?;
     println!(
@@ -61,7 +63,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             });
         }
     });
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT])?;
     if inherited {
         let ppid = nix::unistd::getppid();
         if ppid.as_raw() != 1 {
