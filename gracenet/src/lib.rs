@@ -48,6 +48,11 @@
 //! - **Hands the sockets on** ([`Listeners::spawn_next`]): the program resolved from `argv[0]`
 //!   at startup runs with the same arguments, directory and environment, the sockets at fds
 //!   3.. and `LISTEN_PID` set to its own pid, and no other fd.
+//! - **Runs the restart lifecycle** ([`Generation`], with the `tokio` feature): `SIGUSR2`
+//!   starts the next process and hands over once it reports ready; a next process that fails
+//!   or hangs is killed and reaped while this one keeps serving; `SIGTERM`/`SIGINT` stop
+//!   accepting and drain until a deadline; Go grace's "ready" (`SIGTERM` to the parent) is
+//!   spoken both ways. `examples/echo.rs` is a complete server on it.
 //!
 //! Every socket gracenet returns is non-blocking: `O_NONBLOCK` is shared by all processes
 //! holding the socket, and gracenet never clears it (a blocking `accept` in an old process
