@@ -196,15 +196,11 @@ fn spawn_exec(
         .collect::<Result<Vec<_>, _>>()?;
     let skip = |k: &OsStr| k == LISTEN_PID || overrides.iter().any(|(o, _)| o == k);
     let mut env = Vec::new();
-    for (k, v) in std::env::vars_os()
-        .filter(|(k, _)| !skip(k))
-        .chain(overrides.iter().cloned())
-    {
+    for (k, v) in std::env::vars_os().filter(|(k, _)| !skip(k)).chain(overrides.iter().cloned()) {
+        let name = k.to_string_lossy().into_owned();
         let mut kv = k.into_vec();
         kv.push(b'=');
         kv.extend(v.as_bytes());
-        let name =
-            String::from_utf8_lossy(&kv[..kv.iter().position(|&b| b == b'=').unwrap_or(0)]).into_owned();
         env.push(cstring(kv, || format!("environment variable {name}"))?);
     }
     // LISTEN_PID=<pid>, NUL-padded: the child writes its pid into it.
