@@ -1,6 +1,48 @@
-//! Graceful-restart HTTP serving on hyper, built on [`gracenet`].
+//! HTTP/1.1 and HTTP/2 servers, TLS included, that restart and stop without losing a request.
 //!
-//! Not written yet: issue 5 fills this crate. Until then it only re-exports `gracenet`, so the
-//! workspace layout is in place.
+//! The Rust counterpart of Go grace's `gracehttp.Serve`: several addresses, each with any
+//! tower or hyper service (an axum `Router` works as is) and optional TLS, served by one call
+//! that returns when the process is done. [`gracenet`] does the sockets and the restart
+//! lifecycle; this crate does HTTP:
+//!
+//! - **Protocols**: HTTP/1.1 with keep-alive and HTTP/2 with prior knowledge on cleartext;
+//!   HTTP/2 or HTTP/1.1 by ALPN over TLS (rustls, from PEM files or your own config).
+//! - **Drain without loss**: on a restart or stop, accepting stops; requests in flight finish;
+//!   the next request on each HTTP/1 keep-alive connection is answered with
+//!   `Connection: close`, so its client reconnects (to the new process) cleanly; HTTP/2
+//!   connections get GOAWAY; an HTTP/1 connection is closed only after it has been idle for a
+//!   short grace; at the stop timeout whatever remains is closed. Upgraded connections
+//!   (WebSockets) are waited for, and handlers can watch the [`Drain`] to close them politely
+//!   or to answer a health check with "draining".
+//! - **Logs** as grace writes them: `Serving 127.0.0.1:8080, [::]:8443 with pid 1234.`,
+//!   `Graceful handoff of ... with new pid 1240 and old pid 1234.`, `Exiting pid 1234.`
+//!
+//! ```no_run
+//! use http_body_util::Full;
+//!
+//! fn main() -> Result<(), gracehttp::Error> {
+//!     let hello = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(
+//!             format!("hello from pid {}\n", std::process::id()),
+//!         ))))
+//!     }));
+//!     // kill -USR2 <pid> restarts it; kill -TERM <pid> stops it; no request is lost.
+//!     gracehttp::Server::new().http(":8080", hello).serve()
+//! }
+//! ```
 
+#![warn(missing_docs)]
+
+mod connection;
+mod drain;
+mod error;
+mod server;
+mod service;
+mod tls;
+
+pub use drain::Drain;
+pub use error::Error;
 pub use gracenet;
+pub use server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, Server};
+pub use service::{BoxError, FromHyper, from_hyper};
+pub use tls::Tls;

@@ -196,7 +196,10 @@ fn spawn_exec(
         .collect::<Result<Vec<_>, _>>()?;
     let skip = |k: &OsStr| k == LISTEN_PID || overrides.iter().any(|(o, _)| o == k);
     let mut env = Vec::new();
-    for (k, v) in std::env::vars_os().filter(|(k, _)| !skip(k)).chain(overrides.iter().cloned()) {
+    for (k, v) in std::env::vars_os()
+        .filter(|(k, _)| !skip(k))
+        .chain(overrides.iter().cloned())
+    {
         let name = k.to_string_lossy().into_owned();
         let mut kv = k.into_vec();
         kv.push(b'=');

@@ -1,0 +1,36 @@
+//! What a request handler can learn about the server's drain: whether it has begun (for a
+//! health check that answers "draining"), and a future that resolves when it does (for a
+//! WebSocket or stream to close politely).
+
+use gracenet::{ConnectionGuard, Generation, Phase};
+
+/// The drain signal, in every request's extensions
+/// (`req.extensions().get::<gracehttp::Drain>()`).
+#[derive(Clone, Debug)]
+pub struct Drain {
+    generation: Generation,
+}
+
+impl Drain {
+    pub(crate) fn new(generation: Generation) -> Drain {
+        Drain { generation }
+    }
+
+    /// Whether this process has stopped accepting (a restart handed over, or a stop began).
+    /// A health check answering 503 now lets a load balancer move away early (lame duck).
+    pub fn is_draining(&self) -> bool {
+        matches!(self.generation.phase(), Phase::Draining { .. })
+    }
+
+    /// Resolves when the drain begins.
+    pub async fn draining(&self) {
+        self.generation.stopping().await
+    }
+
+    /// Holds the drain open (until the stop timeout at most) while the guard lives, for work
+    /// that outlives its request, such as a task spawned by a handler. Upgraded connections
+    /// (WebSockets) are tracked already.
+    pub fn track(&self) -> ConnectionGuard {
+        self.generation.track()
+    }
+}

@@ -1,0 +1,293 @@
+//! The server: several addresses, each with a service and optional TLS, served together and
+//! restarted together through gracenet's lifecycle.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gracenet::{Generation, GracefulListener, Origin, Outcome};
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::Semaphore;
+
+use crate::connection::{self, ConnConfig};
+use crate::drain::Drain;
+use crate::error::Error;
+use crate::service::{BoxError, Handler, handler};
+use crate::tls::Tls;
+
+/// How long an HTTP/1 connection that is between requests may stay open once the drain
+/// begins.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_millis(500);
+/// How long a client may take to send a request's headers (or finish a TLS handshake).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Site {
+    addr: String,
+    tls: Option<Tls>,
+    handler: Handler,
+}
+
+/// HTTP/1.1 and HTTP/2 servers on one or more addresses that restart (`SIGUSR2`) and stop
+/// (`SIGTERM`, `SIGINT`) without losing a request.
+///
+/// ```no_run
+/// # fn main() -> Result<(), gracehttp::Error> {
+/// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+/// # }));
+/// let tls = gracehttp::Tls::from_pem_files("cert.pem", "key.pem")?;
+/// gracehttp::Server::new()
+///     .http(":8080", app.clone())
+///     .https(":8443", tls, app)
+///     .serve()
+/// # }
+/// ```
+pub struct Server {
+    sites: Vec<Site>,
+    stop_timeout: Duration,
+    ready_timeout: Duration,
+    idle_grace: Duration,
+    header_read_timeout: Duration,
+    max_connections: Option<usize>,
+    pid_file: Option<PathBuf>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            sites: Vec::new(),
+            stop_timeout: gracenet::DEFAULT_STOP_TIMEOUT,
+            ready_timeout: gracenet::DEFAULT_READY_TIMEOUT,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: None,
+            pid_file: None,
+        }
+    }
+}
+
+impl Server {
+    /// A server with nothing to serve yet, and the default timeouts.
+    pub fn new() -> Server {
+        Server::default()
+    }
+
+    /// Serves `service` over cleartext HTTP/1.1 and HTTP/2 (prior knowledge) at `addr`, in
+    /// any form gracenet accepts (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`).
+    /// `service` is any tower service: an axum `Router`, `tower::service_fn`, or a hyper
+    /// service through [`from_hyper`](crate::from_hyper).
+    pub fn http<S, B>(self, addr: &str, service: S) -> Server
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.site(addr, None, handler(service))
+    }
+
+    /// Serves `service` over TLS at `addr`, HTTP/2 or HTTP/1.1 as ALPN decides.
+    pub fn https<S, B>(self, addr: &str, tls: Tls, service: S) -> Server
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.site(addr, Some(tls), handler(service))
+    }
+
+    fn site(mut self, addr: &str, tls: Option<Tls>, handler: Handler) -> Server {
+        self.sites.push(Site {
+            addr: addr.to_owned(),
+            tls,
+            handler,
+        });
+        self
+    }
+
+    /// How long a stopping process may drain before what remains is closed. Default 60 s.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Server {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// How long a new process may take to be ready before it is killed and this one keeps
+    /// serving. Default 30 s.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Server {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long, once draining, an HTTP/1 connection with no request in flight and no bytes
+    /// arriving may stay open before it is closed. A busy connection is not cut: its next
+    /// response carries `Connection: close`. Default 500 ms.
+    pub fn idle_grace(mut self, grace: Duration) -> Server {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// How long a client may take to send a request's headers, and to finish a TLS
+    /// handshake (slowloris defence). Default 10 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Server {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// At most this many connections at once, per address; more wait in the listen backlog.
+    pub fn max_connections(mut self, limit: usize) -> Server {
+        self.max_connections = Some(limit.max(1));
+        self
+    }
+
+    /// Keeps `path` naming the serving process (see gracenet's `GenerationBuilder::pid_file`).
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Server {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Serves until this process is done (a restart handed over, or a stop), on a tokio
+    /// runtime of its own: grace's `gracehttp.Serve`.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run); [`Error::Runtime`] when tokio cannot start.
+    pub fn serve(self) -> Result<(), Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        runtime.block_on(self.run()).map(|_| ())
+    }
+
+    /// Serves on the current tokio runtime until this process is done.
+    ///
+    /// # Errors
+    /// [`Error::NoServers`] with nothing to serve; [`Error::Net`] when the inherited
+    /// environment is malformed or an address cannot be listened on (nothing is served then).
+    pub async fn run(self) -> Result<Outcome, Error> {
+        if self.sites.is_empty() {
+            return Err(Error::NoServers);
+        }
+        let generation = Generation::builder()
+            .stop_timeout(self.stop_timeout)
+            .ready_timeout(self.ready_timeout);
+        let generation = match &self.pid_file {
+            Some(p) => generation.pid_file(p),
+            None => generation,
+        }
+        .start()?;
+        let listeners = self
+            .sites
+            .iter()
+            .map(|site| generation.listen(&site.addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        let addrs: Vec<&str> = listeners.iter().map(GracefulListener::local_addr).collect();
+        announce(&generation, &addrs.join(", "));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let config = ConnConfig {
+            builder,
+            idle_grace: self.idle_grace,
+        };
+        for (site, listener) in self.sites.into_iter().zip(listeners) {
+            let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+            tokio::spawn(accept_loop(
+                listener,
+                site,
+                generation.clone(),
+                config.clone(),
+                limit,
+                self.header_read_timeout,
+            ));
+        }
+        generation.ready()?;
+        let outcome = generation.wait().await;
+        tracing::info!(
+            generation = generation.number(),
+            "Exiting pid {}.",
+            std::process::id()
+        );
+        Ok(outcome)
+    }
+}
+
+/// grace's first log line, with the real addresses.
+fn announce(generation: &Generation, addrs: &str) {
+    let pid = std::process::id();
+    let number = generation.number();
+    match (generation.listeners().origin(), number) {
+        (Origin::Fresh, _) => tracing::info!(generation = number, "Serving {addrs} with pid {pid}."),
+        (Origin::Activated, 1) => tracing::info!(generation = number, "Listening on init activated {addrs}"),
+        _ => tracing::info!(
+            generation = number,
+            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
+            nix_ppid()
+        ),
+    }
+}
+
+fn nix_ppid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+async fn accept_loop(
+    mut listener: GracefulListener,
+    site: Site,
+    generation: Generation,
+    config: ConnConfig,
+    limit: Option<Arc<Semaphore>>,
+    handshake_timeout: Duration,
+) {
+    let acceptor = site.tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config));
+    let drain = Drain::new(generation.clone());
+    loop {
+        let permit = match &limit {
+            None => None,
+            Some(sem) => tokio::select! {
+                permit = sem.clone().acquire_owned() => permit.ok(),
+                _ = generation.stopping() => break,
+            },
+        };
+        let Some(stream) = listener.accept().await else {
+            break;
+        };
+        let guard = generation.track();
+        let handler = site.handler.clone();
+        let drain = drain.clone();
+        let config = config.clone();
+        match &acceptor {
+            None => {
+                tokio::spawn(async move {
+                    connection::serve(stream, guard, handler, drain, config).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection::serve(tls, guard, handler, drain, config).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake not finished within {handshake_timeout:?}"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Stopped accepting: the socket is now only the next process's (or closed).
+    drop(listener);
+}

@@ -1,0 +1,165 @@
+//! TLS settings for a server: rustls, from PEM files or a caller's own configuration, with
+//! ALPN offering HTTP/2 and HTTP/1.1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::Error;
+
+/// A TLS configuration for one server address.
+///
+/// Loaded by each process at startup, so a certificate renewed on disk is served after the
+/// next restart.
+#[derive(Clone)]
+pub struct Tls {
+    pub(crate) config: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("alpn", &self.config.alpn_protocols)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or
+    /// SEC1).
+    ///
+    /// # Errors
+    /// [`Error::TlsFile`] naming the file when it is missing, unreadable or holds no
+    /// certificate / key; [`Error::TlsConfig`] when the key does not fit the certificate.
+    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Tls, Error> {
+        let (cert, key) = (cert.as_ref(), key.as_ref());
+        let chain = read_chain(cert)?;
+        let key_der = read_key(key)?;
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key_der)
+            .map_err(|e| Error::TlsConfig {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Tls::from_config(config))
+    }
+
+    /// Uses a caller's rustls configuration. When it offers no ALPN protocols, `h2` and
+    /// `http/1.1` are offered.
+    pub fn from_config(mut config: ServerConfig) -> Tls {
+        if config.alpn_protocols.is_empty() {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        Tls {
+            config: Arc::new(config),
+        }
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::TlsFile {
+        what,
+        path: path.to_owned(),
+        reason: format!("cannot read it: {e}"),
+    })
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let bad = |reason: String| Error::TlsFile {
+        what: "certificate",
+        path: PathBuf::from(path),
+        reason,
+    };
+    let pem = read_file("certificate", path)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("malformed PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad(
+            "no \"BEGIN CERTIFICATE\" block: expected a PEM certificate chain".into(),
+        ));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    let pem = read_file("private key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::TlsFile {
+        what: "private key",
+        path: PathBuf::from(path),
+        reason: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no private key block: expected a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\"".into()
+            }
+            e => format!("malformed PEM: {e}"),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gracehttp-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_a_good_pair_and_offers_h2() {
+        let d = dir("good");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(d.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(d.join("k.pem"), cert.key_pair.serialize_pem()).unwrap();
+        let tls = Tls::from_pem_files(d.join("c.pem"), d.join("k.pem")).unwrap();
+        assert_eq!(
+            tls.config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bad_files_are_named_with_the_reason() {
+        let d = dir("bad");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(d.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(d.join("k.pem"), cert.key_pair.serialize_pem()).unwrap();
+        std::fs::write(d.join("other-k.pem"), other.key_pair.serialize_pem()).unwrap();
+        std::fs::write(d.join("garbage.pem"), "hello, not a certificate\n").unwrap();
+        std::fs::write(
+            d.join("broken.pem"),
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = |c: &str, k: &str| Tls::from_pem_files(d.join(c), d.join(k)).unwrap_err().to_string();
+
+        let e = err("missing.pem", "k.pem");
+        assert!(
+            e.contains("TLS certificate file") && e.contains("missing.pem: cannot read it"),
+            "{e}"
+        );
+        let e = err("garbage.pem", "k.pem");
+        assert!(e.contains("garbage.pem: no \"BEGIN CERTIFICATE\" block"), "{e}");
+        let e = err("broken.pem", "k.pem");
+        assert!(e.contains("broken.pem: malformed PEM"), "{e}");
+        let e = err("c.pem", "garbage.pem");
+        assert!(
+            e.contains("TLS private key file") && e.contains("no private key block"),
+            "{e}"
+        );
+        let e = err("c.pem", "missing-key.pem");
+        assert!(e.contains("missing-key.pem: cannot read it"), "{e}");
+        let e = err("c.pem", "other-k.pem");
+        assert!(e.starts_with("TLS configuration from"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
