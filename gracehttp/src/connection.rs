@@ -13,7 +13,7 @@ use bytes::Bytes;
 use gracenet::ConnectionGuard;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -117,7 +117,7 @@ impl Drop for InFlight {
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<BoxBody<Bytes, BoxError>>;
+    type Response = Response<UnsyncBoxBody<Bytes, BoxError>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 

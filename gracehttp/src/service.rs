@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 /// The error type handlers and bodies are boxed into.
@@ -19,7 +19,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A request handler with its service and body types erased.
 pub(crate) type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> BoxFuture<Result<Response<BoxBody<Bytes, BoxError>>, BoxError>>
+    dyn Fn(Request<Incoming>) -> BoxFuture<Result<Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>>
         + Send
         + Sync,
 >;
@@ -31,7 +31,7 @@ where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     Arc::new(move |req| {
@@ -41,7 +41,7 @@ where
                 .await
                 .map_err(Into::into)?;
             let response = service.call(req).await.map_err(Into::into)?;
-            Ok(response.map(|body| body.map_err(Into::into).boxed()))
+            Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
         })
     })
 }

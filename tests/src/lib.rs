@@ -3,6 +3,7 @@
 //!
 //! Every wait here has a deadline; nothing sleeps as a means of synchronisation.
 
+pub mod http;
 pub mod lifeprobe;
 
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,165 @@
+//! A test HTTP server on gracehttp, on three addresses (all `127.0.0.1:0`): the first two
+//! cleartext (HTTP/1.1 and HTTP/2 prior knowledge), the third TLS when `--tls-cert FILE
+//! --tls-key FILE` are given, else cleartext too. With `--axum` the service is an axum
+//! `Router`; otherwise a hyper `service_fn`.
+//!
+//! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/health` is
+//! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
+//! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
+//! client sends `close`. `PROBE_STOP_TIMEOUT_MS` sets the stop timeout.
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_tungstenite::tungstenite::Message;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("httpprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), gracehttp::Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let tls = match (flag("--tls-cert"), flag("--tls-key")) {
+        (Some(cert), Some(key)) => Some(gracehttp::Tls::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let mut server = gracehttp::Server::new();
+    if let Some(ms) = std::env::var("PROBE_STOP_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.stop_timeout(Duration::from_millis(ms));
+    }
+    if args.iter().any(|a| a == "--axum") {
+        let app = axum::Router::new().route(
+            "/pid",
+            axum::routing::get(|| async { format!("{} axum", std::process::id()) }),
+        );
+        server = server
+            .http("127.0.0.1:0", app.clone())
+            .http("127.0.0.1:0", app.clone());
+        server = match tls {
+            Some(tls) => server.https("127.0.0.1:0", tls, app),
+            None => server.http("127.0.0.1:0", app),
+        };
+    } else {
+        let app = gracehttp::from_hyper(hyper::service::service_fn(handle));
+        server = server
+            .http("127.0.0.1:0", app.clone())
+            .http("127.0.0.1:0", app.clone());
+        server = match tls {
+            Some(tls) => server.https("127.0.0.1:0", tls, app),
+            None => server.http("127.0.0.1:0", app),
+        };
+    }
+    server.serve()
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let pid = std::process::id();
+    let drain = req.extensions().get::<gracehttp::Drain>().cloned();
+    Ok(match req.uri().path() {
+        "/pid" => text(StatusCode::OK, pid.to_string()),
+        "/sleep" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, pid.to_string())
+        }
+        "/health" => match drain {
+            Some(d) if d.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining".into()),
+            _ => text(StatusCode::OK, "ok".into()),
+        },
+        "/ws" => websocket(req, drain),
+        _ => text(StatusCode::NOT_FOUND, "not found".into()),
+    })
+}
+
+fn websocket(mut req: Request<Incoming>, drain: Option<gracehttp::Drain>) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "not a WebSocket handshake".into());
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let pid = std::process::id();
+        let draining = async {
+            match &drain {
+                Some(d) => d.draining().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(draining);
+        let mut told = false;
+        loop {
+            tokio::select! {
+                _ = &mut draining, if !told => {
+                    told = true;
+                    if ws.send(Message::text(format!("draining {pid}"))).await.is_err() {
+                        return;
+                    }
+                }
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) if t.as_str() == "close" => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        if ws.send(Message::text(format!("{pid} {t}"))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let h = r.headers_mut();
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}

@@ -1,0 +1,317 @@
+//! gracehttp driven from outside: three ports and both protocols, TLS with ALPN, requests in
+//! flight across restarts, busy keep-alive and HTTP/2 clients that lose nothing, axum,
+//! WebSockets, bad certificates, renewed certificates, and stopping.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use grace_tests::http::{Hammer, get_h1, get_h2c, get_tls, write_cert};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, wait_until};
+use http::{StatusCode, Version};
+use nix::sys::signal::Signal;
+
+const HTTPPROBE: &str = env!("CARGO_BIN_EXE_httpprobe");
+
+struct Site {
+    pid: u32,
+    ports: Vec<u16>,
+}
+
+/// Reads grace's line `<first word> A, B, C with pid P.` (or the handoff form).
+fn parse_serving(line: &str, lead: &str) -> Site {
+    let rest = &line[line.find(lead).expect("lead") + lead.len()..];
+    let (addrs, tail) = rest.split_once(" with ").expect("' with '");
+    let ports = addrs
+        .split(", ")
+        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let pid = tail
+        .trim_start_matches("new ")
+        .trim_start_matches("pid ")
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    Site { pid, ports }
+}
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Site) {
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = g.expect_log("Serving ");
+    assert!(line.contains("generation=1"), "{line}");
+    let site = parse_serving(&line, "Serving ");
+    assert_eq!(site.pid, g.pid());
+    (g, site)
+}
+
+/// SIGUSR2 to `pid`; waits for the new process's handoff line and the old one to stop
+/// accepting. Returns the new pid.
+fn restart(g: &mut ProcessGuard, pid: u32, ports: &[u16]) -> u32 {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("kill -USR2");
+    let line = g.expect_log("Graceful handoff of ");
+    let site = parse_serving(&line, "Graceful handoff of ");
+    assert!(line.contains(&format!("and old pid {pid}.")), "{line}");
+    assert_eq!(site.ports, ports, "same addresses after the handoff");
+    site.pid
+}
+
+fn tls_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        dir.join("cert.pem").display().to_string(),
+        "--tls-key".into(),
+        dir.join("key.pem").display().to_string(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ports_speak_http1_h2c_and_tls_with_alpn() {
+    let dir = TempDir::new("three-ports");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let pid = site.pid.to_string();
+
+    let a = get_h1(site.ports[0], "/pid").await.unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_11, pid.as_str())
+    );
+    let a = get_h2c(site.ports[1], "/pid").await.unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_2, pid.as_str())
+    );
+    let (a, _) = get_tls(site.ports[2], "/pid", &root, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_2, pid.as_str())
+    );
+    let (a, _) = get_tls(site.ports[2], "/pid", &root, &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_11, pid.as_str())
+    );
+    let a = get_h1(site.ports[0], "/nope").await.unwrap();
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let port = site.ports[0];
+    let long = tokio::spawn(get_h1(port, "/sleep?ms=2000"));
+    // The request is in flight once the server has read it; /health on the same process
+    // proves it is up, and a short pause lets the long request's bytes arrive first.
+    assert_eq!(get_h1(port, "/health").await.unwrap().body, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    let quick = get_h1(port, "/pid").await.unwrap();
+    assert_eq!(
+        quick.body,
+        new.to_string(),
+        "a new request is answered by the new pid"
+    );
+    let long = long.await.unwrap().unwrap();
+    assert_eq!((long.status, long.body), (StatusCode::OK, site.pid.to_string()));
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("old process exits");
+    assert!(status.success(), "{status}");
+    tokio::task::block_in_place(|| g.expect_log(&format!("Exiting pid {}.", site.pid)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_keepalive_and_http2_clients_lose_nothing_across_three_restarts() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let mut hammers = Vec::new();
+    for _ in 0..4 {
+        hammers.push(Hammer::start(site.ports[0], "/pid", false, 200_000));
+        hammers.push(Hammer::start(site.ports[1], "/pid", true, 200_000));
+    }
+    let mut pids = vec![site.pid];
+    let mut guards = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await; // let load build up
+        let current = *pids.last().unwrap();
+        let new = tokio::task::block_in_place(|| restart(&mut g, current, &site.ports));
+        guards.push(PidGuard(new));
+        pids.push(new);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut failures = Vec::new();
+    let mut answered_by = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for h in hammers {
+        let stats = h.stop().await;
+        failures.extend(stats.failures);
+        for (body, n) in stats.by_body {
+            answered_by.insert(body);
+            total += n;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed of {total}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let last = pids.last().unwrap().to_string();
+    assert!(
+        answered_by.contains(&last),
+        "the last generation answered: {answered_by:?}"
+    );
+    assert!(
+        answered_by.len() >= 3,
+        "several generations answered: {answered_by:?}"
+    );
+    eprintln!("{total} requests, 0 failed, answered by {answered_by:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_router_is_served_restarted_and_stopped() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&["--axum"], &[]));
+    let a = get_h1(site.ports[0], "/pid").await.unwrap();
+    assert_eq!(a.body, format!("{} axum", site.pid));
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let new_guard = PidGuard(new);
+    assert!(wait_until(DEADLINE, || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(get_h2c(site.ports[1], "/pid"))
+        })
+        .map(|a| a.body == format!("{new} axum"))
+        .unwrap_or(false)
+    }));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), Signal::SIGTERM).unwrap();
+    tokio::task::block_in_place(|| g.expect_log(&format!("Exiting pid {new}.")));
+    assert!(wait_until(DEADLINE, || !new_guard.is_alive()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_stays_with_the_old_process_until_it_closes_on_the_drain_signal() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let port = site.ports[0];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws"), tcp)
+        .await
+        .unwrap();
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("the WebSocket ended: {other:?}"),
+        }
+    };
+    ws.send(Message::text("a")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, format!("{} a", site.pid));
+
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    assert_eq!(next_text(&mut ws).await, format!("draining {}", site.pid));
+    // Still exchanging with the old process, which stopped accepting but waits for us.
+    ws.send(Message::text("b")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, format!("{} b", site.pid));
+    assert_eq!(get_h1(port, "/pid").await.unwrap().body, new.to_string());
+    assert!(tokio::task::block_in_place(|| g.wait_timeout(Duration::from_millis(200))).is_none());
+    ws.send(Message::text("close")).await.unwrap();
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("old process exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_certificate_files_are_named_and_nothing_is_served() {
+    let dir = TempDir::new("bad-tls");
+    write_cert(dir.path(), "cert.pem", "key.pem");
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    for (cert, key, expect) in [
+        ("missing.pem", "key.pem", "missing.pem: cannot read it"),
+        (
+            "garbage.pem",
+            "key.pem",
+            "garbage.pem: no \"BEGIN CERTIFICATE\" block",
+        ),
+        ("cert.pem", "garbage.pem", "garbage.pem: no private key block"),
+    ] {
+        let mut cmd = Command::new(HTTPPROBE);
+        cmd.arg("--tls-cert")
+            .arg(dir.path().join(cert))
+            .arg("--tls-key")
+            .arg(dir.path().join(key));
+        let mut g = ProcessGuard::spawn(cmd);
+        let line = g.expect_log("httpprobe: TLS");
+        assert!(line.contains(expect), "{line}");
+        let status = g.wait_timeout(DEADLINE).expect("exits");
+        assert_eq!(status.code(), Some(1));
+        assert!(!g.seen().iter().any(|l| l.contains("Serving ")), "nothing served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
+    let dir = TempDir::new("renew");
+    let first = write_cert(dir.path(), "cert.pem", "key.pem");
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let tls_port = site.ports[2];
+    let (_, seen) = get_tls(tls_port, "/pid", &first, &[b"h2"]).await.unwrap();
+    assert_eq!(seen, first);
+    // Renew: new files written beside, then renamed over the old ones.
+    let second = write_cert(dir.path(), "cert.pem.new", "key.pem.new");
+    std::fs::rename(dir.path().join("key.pem.new"), dir.path().join("key.pem")).unwrap();
+    std::fs::rename(dir.path().join("cert.pem.new"), dir.path().join("cert.pem")).unwrap();
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    let (answer, seen) = get_tls(tls_port, "/pid", &second, &[b"h2"]).await.unwrap();
+    assert_eq!(seen, second, "the renewed certificate is served");
+    assert_eq!(answer.body, new.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=1500"));
+    assert_eq!(get_h1(site.ports[0], "/health").await.unwrap().body, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    g.signal(Signal::SIGTERM);
+    let long = long.await.unwrap().unwrap();
+    assert_eq!((long.status, long.body), (StatusCode::OK, site.pid.to_string()));
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_STOP_TIMEOUT_MS", "300")]));
+    let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=30000"));
+    assert_eq!(get_h1(site.ports[0], "/health").await.unwrap().body, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    g.signal(Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits at the stop timeout");
+    assert!(status.success(), "{status}");
+    assert!(long.await.unwrap().is_err(), "the unfinished request was cut");
+    assert!(
+        g.seen()
+            .iter()
+            .any(|l| l.contains("gave up on 1 unfinished connection"))
+    );
+}
