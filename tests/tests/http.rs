@@ -315,3 +315,71 @@ async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
             .any(|l| l.contains("gave up on 1 unfinished connection"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_closed_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_HEADER_TIMEOUT_MS", "300")]));
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    slow.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never the blank line
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the slow connection");
+    assert!(
+        !String::from_utf8_lossy(&buf).contains(&site.pid.to_string()),
+        "it was not served"
+    );
+    // Meanwhile a normal client is answered.
+    assert_eq!(
+        get_h1(site.ports[0], "/pid").await.unwrap().body,
+        site.pid.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_further_connections_in_the_backlog() {
+    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_MAX_CONNECTIONS", "1")]));
+    let port = site.ports[0];
+    let timed = |path: &'static str| async move {
+        let answer = get_h1(port, path).await;
+        (answer, std::time::Instant::now())
+    };
+    let long = tokio::spawn(timed("/sleep?ms=1000"));
+    tokio::time::sleep(Duration::from_millis(200)).await; // pacing: the long request first
+    let quick = tokio::spawn(timed("/pid"));
+    let (long, long_done) = long.await.unwrap();
+    let (quick, quick_done) = quick.await.unwrap();
+    assert_eq!(long.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        quick.unwrap().body,
+        site.pid.to_string(),
+        "served once a connection slot freed up"
+    );
+    assert!(
+        quick_done >= long_done,
+        "the second connection waited for the first to finish: {:?}",
+        long_done.duration_since(quick_done)
+    );
+}
+
+#[test]
+fn a_socket_activated_server_says_so_in_grace_words() {
+    let port = grace_tests::free_port();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg(format!("--listen=127.0.0.1:{port}")).arg(HTTPPROBE);
+    let mut g = ProcessGuard::spawn(cmd);
+    // The activator starts the server on the first connection.
+    let client = grace_tests::wait_until(DEADLINE, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(client);
+    let line = g.expect_log("Listening on init activated ");
+    assert!(
+        line.contains(&format!(
+            "Listening on init activated 127.0.0.1:{port}, 127.0.0.1:"
+        )),
+        "{line}"
+    );
+}

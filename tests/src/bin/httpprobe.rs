@@ -6,7 +6,8 @@
 //! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/health` is
 //! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
-//! client sends `close`. `PROBE_STOP_TIMEOUT_MS` sets the stop timeout.
+//! client sends `close`. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS` and
+//! `PROBE_MAX_CONNECTIONS` set the server's limits.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -42,11 +43,15 @@ fn run() -> Result<(), gracehttp::Error> {
         _ => None,
     };
     let mut server = gracehttp::Server::new();
-    if let Some(ms) = std::env::var("PROBE_STOP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = knob("PROBE_STOP_TIMEOUT_MS") {
         server = server.stop_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = knob("PROBE_HEADER_TIMEOUT_MS") {
+        server = server.header_read_timeout(Duration::from_millis(ms));
+    }
+    if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
+        server = server.max_connections(n as usize);
     }
     if args.iter().any(|a| a == "--axum") {
         let app = axum::Router::new().route(
