@@ -149,8 +149,3 @@ pub fn listen_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
 pub fn listen_unix_datagram(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixDatagram, Error> {
     listeners()?.listen_unix_datagram(path)
 }
-
-/// The README's code blocks, compiled as doctests so the quick start cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

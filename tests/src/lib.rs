@@ -440,3 +440,9 @@ pub fn install_program(program: &Path, dest: &Path) {
     }
     std::fs::rename(&tmp, dest).expect("rename the new program into place");
 }
+
+/// The README's code blocks, compiled as doctests (here, where every crate they use is a
+/// dependency) so the quick start cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
