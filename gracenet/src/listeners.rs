@@ -457,16 +457,23 @@ mod tests {
     }
 
     #[test]
-    fn udp_and_unix_datagram_are_matched_by_kind() {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap();
-        let reg = Listeners::new(inherited(vec![(udp.into(), None)]));
-        // A TCP request for the same address does not take the UDP socket.
+    fn sockets_are_matched_by_kind_as_well_as_address() {
+        // A TCP listener and a UDP socket on the same port (retrying until the UDP port is
+        // free too), both inherited: each request gets its own kind, nothing new is bound.
+        let (tcp, udp) = (0..20)
+            .find_map(|_| {
+                let tcp = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let udp = std::net::UdpSocket::bind(tcp.local_addr().ok()?).ok()?;
+                Some((tcp, udp))
+            })
+            .expect("a port free for both TCP and UDP");
+        let addr = tcp.local_addr().unwrap();
+        let reg = Listeners::new(inherited(vec![(udp.into(), None), (tcp.into(), None)]));
         let t = reg.listen_tcp(addr).unwrap();
         assert_eq!(t.local_addr().unwrap(), addr);
-        assert_eq!(reg.unclaimed(), vec![LocalAddr::Inet(addr)]);
         let u = reg.listen_udp(addr).unwrap();
         assert_eq!(u.local_addr().unwrap(), addr);
         assert!(reg.unclaimed().is_empty());
+        assert_eq!(reg.len(), 2, "nothing new was bound");
     }
 }
