@@ -1,6 +1,192 @@
-//! The `/sleep` demo server. Not written yet: issue 6 fills it.
+//! gracedemo: Go grace's demo server, in Rust. Three servers (`Zero  `, `First `, `Second`)
+//! answer `/sleep/?duration=20s` after sleeping that long; `kill -USR2 <pid>` restarts the
+//! process without losing a request, `kill -TERM <pid>` stops it gracefully.
+//!
+//! ```sh
+//! cargo run -p gracedemo
+//! curl 'http://localhost:48567/sleep/?duration=20s' &
+//! kill -USR2 <pid>
+//! curl 'http://localhost:48567/sleep/?duration=0s'
+//! ```
 
-fn main() {
-    eprintln!("gracedemo is not written yet (issue 6); see README.md");
-    std::process::exit(2);
+mod duration;
+mod gotime;
+mod handler;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Arg, ArgAction, Command};
+
+use crate::handler::Sleep;
+
+fn command() -> Command {
+    let addr = |name: &'static str, default: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .value_name("ADDR")
+            .default_value(default)
+            .help(help)
+    };
+    Command::new("gracedemo")
+        .about("Go grace's /sleep demo: restart with kill -USR2 <pid>, stop with kill -TERM <pid>")
+        .override_usage("gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed]")
+        .disable_help_flag(true)
+        .arg(addr("a0", ":48567", "Zero address to bind to."))
+        .arg(addr("a1", ":48568", "First address to bind to."))
+        .arg(addr("a2", ":48569", "Second address to bind to."))
+        .arg(
+            Arg::new("tls-cert")
+                .long("tls-cert")
+                .value_name("FILE")
+                .requires("tls-key")
+                .help("Serve all three addresses over TLS (HTTP/2 and HTTP/1.1) with this PEM certificate chain."),
+        )
+        .arg(
+            Arg::new("tls-key")
+                .long("tls-key")
+                .value_name("FILE")
+                .requires("tls-cert")
+                .help("The PEM private key for --tls-cert."),
+        )
+        .arg(
+            Arg::new("tls-self-signed")
+                .long("tls-self-signed")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("tls-cert")
+                .help("Serve over TLS with a certificate for localhost made at startup (for trying it)."),
+        )
+        .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
+}
+
+/// Go's flag package takes `-a0` as well as `--a0`; clap takes long flags with two dashes.
+fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut rest_is_positional = false;
+    for arg in args {
+        let s = arg.to_string_lossy();
+        if !rest_is_positional && s == "--" {
+            rest_is_positional = true;
+        } else if !rest_is_positional && s.starts_with('-') && !s.starts_with("--") && s.len() > 2 {
+            let mut long = OsString::from("-");
+            long.push(&arg);
+            out.push(long);
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let matches = match command().try_get_matches_from(normalize(std::env::args_os())) {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!(
+                "gracedemo: {}; see gracedemo -h",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_level(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(&matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gracedemo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
+    let started: Arc<str> = gotime::go_time(chrono::Local::now()).into();
+    let tls = match (
+        matches.get_one::<String>("tls-cert"),
+        matches.get_one::<String>("tls-key"),
+        matches.get_flag("tls-self-signed"),
+    ) {
+        (Some(cert), Some(key), _) => Some(gracehttp::Tls::from_pem_files(cert, key)?),
+        (_, _, true) => Some(self_signed()?),
+        _ => None,
+    };
+    let mut server = gracehttp::Server::new();
+    for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
+        let addr = matches
+            .get_one::<String>(flag)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let sleep = Sleep::new(name, started.clone());
+        let service = gracehttp::from_hyper(hyper::service::service_fn(move |req| sleep.clone().handle(req)));
+        server = match &tls {
+            Some(tls) => server.https(addr, tls.clone(), service),
+            None => server.http(addr, service),
+        };
+    }
+    server.serve()
+}
+
+fn self_signed() -> Result<gracehttp::Tls, gracehttp::Error> {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let cert = rcgen::generate_simple_self_signed(names).map_err(|e| gracehttp::Error::TlsConfig {
+        cert: "<self-signed>".into(),
+        key: "<self-signed>".into(),
+        reason: e.to_string(),
+    })?;
+    gracehttp::Tls::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.key_pair.serialize_pem().as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<clap::ArgMatches, clap::Error> {
+        let args = std::iter::once("gracedemo")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        command().try_get_matches_from(normalize(args))
+    }
+
+    #[test]
+    fn flags_as_go_writes_them() {
+        let m = parse(&[]).unwrap();
+        assert_eq!(m.get_one::<String>("a0").unwrap(), ":48567");
+        assert_eq!(m.get_one::<String>("a2").unwrap(), ":48569");
+        let m = parse(&["-a0", "127.0.0.1:1", "--a1=127.0.0.1:2", "-a2=127.0.0.1:3"]).unwrap();
+        assert_eq!(m.get_one::<String>("a0").unwrap(), "127.0.0.1:1");
+        assert_eq!(m.get_one::<String>("a1").unwrap(), "127.0.0.1:2");
+        assert_eq!(m.get_one::<String>("a2").unwrap(), "127.0.0.1:3");
+        assert_eq!(
+            parse(&["-h"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert_eq!(
+            parse(&["-help"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert!(parse(&["-x"]).is_err());
+        assert!(
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "--tls-cert needs --tls-key"
+        );
+    }
 }

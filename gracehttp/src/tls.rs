@@ -36,17 +36,22 @@ impl Tls {
     /// certificate / key; [`Error::TlsConfig`] when the key does not fit the certificate.
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Tls, Error> {
         let (cert, key) = (cert.as_ref(), key.as_ref());
-        let chain = read_chain(cert)?;
-        let key_der = read_key(key)?;
-        let config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .map_err(|e| Error::TlsConfig {
-                cert: cert.to_owned(),
-                key: key.to_owned(),
-                reason: e.to_string(),
-            })?;
-        Ok(Tls::from_config(config))
+        let chain = parse_chain(cert, &read_file("certificate", cert)?)?;
+        let key_der = parse_key(key, &read_file("private key", key)?)?;
+        build(cert, key, chain, key_der)
+    }
+
+    /// Builds the configuration from PEM text in memory (a certificate chain, leaf first, and
+    /// a private key), for certificates that do not come from files: generated at startup,
+    /// or fetched from a secret store.
+    ///
+    /// # Errors
+    /// As [`from_pem_files`](Self::from_pem_files), the files being named `<memory>`.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Tls, Error> {
+        let memory = Path::new("<memory>");
+        let chain = parse_chain(memory, cert_pem)?;
+        let key = parse_key(memory, key_pem)?;
+        build(memory, memory, chain, key)
     }
 
     /// Uses a caller's rustls configuration. When it offers no ALPN protocols, `h2` and
@@ -69,14 +74,30 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+fn build(
+    cert: &Path,
+    key: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+) -> Result<Tls, Error> {
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| Error::TlsConfig {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Tls::from_config(config))
+}
+
+fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
     let bad = |reason: String| Error::TlsFile {
         what: "certificate",
         path: PathBuf::from(path),
         reason,
     };
-    let pem = read_file("certificate", path)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
+    let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(format!("malformed PEM: {e}")))?;
     if chain.is_empty() {
@@ -87,9 +108,8 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
-    let pem = read_file("private key", path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| Error::TlsFile {
+fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::TlsFile {
         what: "private key",
         path: PathBuf::from(path),
         reason: match e {

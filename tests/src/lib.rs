@@ -83,6 +83,11 @@ impl ProcessGuard {
             .expect_containing(needle)
     }
 
+    /// Every output line, once it has exited and its output streams have ended.
+    pub fn output_after_exit(&mut self) -> Vec<String> {
+        self.lines.as_mut().map(Lines::all_after_end).unwrap_or_default()
+    }
+
     /// Every output line seen so far.
     pub fn seen(&mut self) -> Vec<String> {
         self.lines
@@ -183,6 +188,7 @@ pub struct Lines {
     rx: Receiver<String>,
     seen: Vec<String>,
     unmatched: std::collections::VecDeque<String>,
+    readers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Lines {
@@ -199,6 +205,7 @@ impl Lines {
             rx,
             seen: Vec::new(),
             unmatched: Default::default(),
+            readers: Default::default(),
         };
         lines.also_read(out);
         lines
@@ -207,7 +214,7 @@ impl Lines {
     /// Reads another stream into the same lines.
     pub fn also_read(&self, out: impl Read + Send + 'static) {
         let tx = self.tx.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 if tx.send(line).is_err() {
@@ -215,6 +222,24 @@ impl Lines {
                 }
             }
         });
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reader);
+    }
+
+    /// Every line, once the streams have ended (the process and any child holding them have
+    /// exited), waiting at most [`DEADLINE`] for that.
+    pub fn all_after_end(&mut self) -> Vec<String> {
+        let ended = wait_until(DEADLINE, || {
+            self.readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .all(|r| r.is_finished())
+        });
+        assert!(ended, "the output streams did not end within {DEADLINE:?}");
+        self.drain_seen().to_vec()
     }
 
     /// Every line seen so far by [`expect`](Self::expect), plus any that arrived since.
@@ -446,3 +471,34 @@ pub fn install_program(program: &Path, dest: &Path) {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The live processes whose environment holds `key=value`: a test marks the process it starts
+/// with a unique pair, and every generation inherits it, so this counts exactly that server's
+/// processes even with other tests running.
+pub fn pids_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) && is_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// A value unique to this call in this test process, for [`pids_with_env`].
+pub fn unique_marker() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -260,7 +260,10 @@ fn bad_certificate_files_are_named_and_nothing_is_served() {
         assert!(line.contains(expect), "{line}");
         let status = g.wait_timeout(DEADLINE).expect("exits");
         assert_eq!(status.code(), Some(1));
-        assert!(!g.seen().iter().any(|l| l.contains("Serving ")), "nothing served");
+        assert!(
+            !g.output_after_exit().iter().any(|l| l.contains("Serving ")),
+            "nothing served"
+        );
     }
 }
 
@@ -309,11 +312,7 @@ async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
     let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits at the stop timeout");
     assert!(status.success(), "{status}");
     assert!(long.await.unwrap().is_err(), "the unfinished request was cut");
-    assert!(
-        g.seen()
-            .iter()
-            .any(|l| l.contains("gave up on 1 unfinished connection"))
-    );
+    tokio::task::block_in_place(|| g.expect_log("gave up on 1 unfinished connection"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,12 +163,14 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
         std::thread::sleep(Duration::from_millis(50)); // pacing, not synchronisation
     }
     let gen2 = parse_probe(&g.expect_line("probe version="));
-    let _gen2_guard = PidGuard(gen2.pid);
+    let gen2_guard = PidGuard(gen2.pid);
     g.expect_log("generation 1 stopped accepting");
     drop(held);
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
-    let seen = g.seen();
+    // Every line, once generation 2 (which holds the output pipes too) is gone.
+    drop(gen2_guard);
+    let seen = g.output_after_exit();
     let started = seen
         .iter()
         .filter(|l| l.contains("restart: started generation"))
@@ -224,8 +226,7 @@ fn sigterm_during_a_restart_ends_both_processes() {
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
     assert!(reaped(hung.pid), "the starting child is killed and reaped");
-    let log = g.seen().join("\n");
-    assert!(log.contains("SIGTERM while generation 2"), "{log}");
+    g.expect_log("SIGTERM while generation 2");
 }
 
 #[test]

@@ -1,17 +1,220 @@
-//! `cargo xtask <task>`: the project's own automation. Tasks arrive with their issues
-//! (`bench`: issue 9, `demo`: issue 6).
+//! `cargo xtask <task>`: the project's own automation.
+//!
+//! - `demo`: the README walkthrough, live, narrated for a person watching.
+//! - `bench`: arrives with issue 9.
 
-fn main() {
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
     let task = std::env::args().nth(1);
-    match task.as_deref() {
+    let result = match task.as_deref() {
         None | Some("-h") | Some("--help") => {
             println!(
-                "usage: cargo xtask <task>\n\nNo tasks yet: `bench` and `demo` come with issues 9 and 6."
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  demo    run the README walkthrough live: a slow request, kill -USR2, a quick one"
             );
+            Ok(())
         }
-        Some(other) => {
-            eprintln!("error: unknown task {other:?}; run `cargo xtask --help` for the list");
-            std::process::exit(2);
+        Some("demo") => demo(),
+        Some(other) => Err(format!(
+            "unknown task {other:?}; run `cargo xtask --help` for the list"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Kills the demo server (every generation it started) if the walkthrough stops half-way.
+struct Server {
+    child: Child,
+    pids: Vec<u32>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn say(text: &str) {
+    println!("\n\x1b[1m{text}\x1b[0m");
+}
+
+fn shell(cmd: &str) {
+    println!("\x1b[36m$ {cmd}\x1b[0m");
+}
+
+/// Waits for the server's log line containing `needle`, echoing every log line.
+fn wait_log(logs: &Receiver<String>, needle: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = logs
+            .recv_timeout(left)
+            .map_err(|_| format!("gracedemo never logged {needle:?}"))?;
+        println!("  \x1b[2m│ {line}\x1b[0m");
+        if line.contains(needle) {
+            return Ok(line);
+        }
+    }
+}
+
+/// `GET path` on a new connection; returns the body.
+fn get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim_end().to_owned())
+        .unwrap_or(response))
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.split_once(marker).map(|(_, rest)| rest)
+}
+
+fn demo() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    say("Building gracedemo");
+    shell("cargo build -p gracedemo");
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "gracedemo"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build -p gracedemo failed".into());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("debug").join("gracedemo");
+
+    say("1. Start the demo (on free ports, so it cannot clash with anything)");
+    shell("gracedemo -a0 127.0.0.1:0 -a1 127.0.0.1:0 -a2 127.0.0.1:0");
+    let mut child = Command::new(&binary)
+        .args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, logs) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut server = Server {
+        pids: vec![child.id()],
+        child,
+    };
+    let serving = wait_log(&logs, "Serving ")?;
+    let old = server.child.id();
+    let port: u16 = after(&serving, "Serving ")
+        .and_then(|r| r.split([',', ' ']).next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or("cannot read the port from the Serving line")?;
+    println!("  gracedemo serves with pid {old}; the first server (Zero) is on port {port}");
+
+    say("2. A slow request, in the background");
+    shell(&format!("curl 'http://127.0.0.1:{port}/sleep/?duration=3s' &"));
+    let slow = std::thread::spawn(move || get(port, "/sleep/?duration=3s"));
+    std::thread::sleep(Duration::from_millis(200)); // let it reach the server before the restart
+
+    say("3. Restart: the old process starts a new one, which inherits the listening sockets");
+    shell(&format!("kill -USR2 {old}"));
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    let handoff = wait_log(&logs, "Graceful handoff of ")?;
+    let new: u32 = after(&handoff, "with new pid ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or("cannot read the new pid")?;
+    server.pids.push(new);
+    wait_log(&logs, "stopped accepting")?;
+    println!(
+        "  new pid {new} took over after {:.0?}; old pid {old} stopped accepting and drains",
+        started.elapsed()
+    );
+    println!(
+        "  processes alive now: {old} {}, {new} {}",
+        if alive(old) { "(alive)" } else { "(gone)" },
+        if alive(new) { "(alive)" } else { "(gone)" }
+    );
+
+    say("4. A quick request, while the slow one is still running");
+    shell(&format!("curl 'http://127.0.0.1:{port}/sleep/?duration=0s'"));
+    let quick = get(port, "/sleep/?duration=0s")?;
+    println!("  {quick}");
+    println!("  → answered by the NEW pid {new}");
+
+    say("5. The slow request finishes, from the OLD process");
+    let slow = slow.join().map_err(|_| "the slow request thread panicked")??;
+    println!("  {slow}");
+    println!("  → answered by the OLD pid {old}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(old) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "  old pid {old} {} {:.1?} after the restart",
+        if alive(old) { "is still running" } else { "exited" },
+        started.elapsed()
+    );
+
+    say("6. Stop: finish what is in flight, then exit");
+    shell(&format!("kill -TERM {new}"));
+    Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    wait_log(&logs, &format!("Exiting pid {new}."))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(new) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "  pid {new} {}",
+        if alive(new) { "is still running" } else { "exited" }
+    );
+    say("Done: no request was refused or lost across the restart.");
+    Ok(())
 }

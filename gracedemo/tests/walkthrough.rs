@@ -1,0 +1,256 @@
+//! The README's walkthrough, driven against the built gracedemo as a user would: a slow
+//! request in flight, `kill -USR2`, a quick request answered by the new pid while the slow one
+//! finishes from the old pid; then five more restarts checked the same way. Also TLS, Go's
+//! duration errors over HTTP, and bad flags.
+
+use std::process::Command;
+use std::time::Duration;
+
+use grace_tests::http::{get_h1, get_tls, write_cert};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, pids_with_env, unique_marker, wait_until};
+use http::StatusCode;
+use nix::sys::signal::Signal;
+
+const GRACEDEMO: &str = env!("CARGO_BIN_EXE_gracedemo");
+const MARKER: &str = "GRACEDEMO_TEST_MARKER";
+
+struct Demo {
+    guard: ProcessGuard,
+    pid: u32,
+    ports: Vec<u16>,
+    marker: String,
+}
+
+fn ports_of(line: &str, lead: &str) -> Vec<u16> {
+    let rest = &line[line.find(lead).expect("lead") + lead.len()..];
+    let (addrs, _) = rest.split_once(" with ").expect("' with '");
+    addrs
+        .split(", ")
+        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn start(extra: &[&str]) -> Demo {
+    let marker = unique_marker();
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .args(extra)
+        .env(MARKER, &marker);
+    let mut guard = ProcessGuard::spawn(cmd);
+    let line = guard.expect_log("Serving ");
+    let pid = guard.pid();
+    assert!(line.contains(&format!(" with pid {pid}.")), "{line}");
+    Demo {
+        ports: ports_of(&line, "Serving "),
+        pid,
+        guard,
+        marker,
+    }
+}
+
+fn pid_in(body: &str) -> u32 {
+    body.trim_end()
+        .trim_end_matches('.')
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+/// One restart of the walkthrough: slow request in flight, USR2, quick request from the new
+/// pid while both live, slow one from the old pid, then only the new one left.
+async fn walkthrough_step(demo: &mut Demo, old: u32, slow: &str) -> u32 {
+    let port = demo.ports[0];
+    let slow_path = format!("/sleep/?duration={slow}");
+    let slow_req = tokio::spawn(async move { get_h1(port, &slow_path).await });
+    // The slow request is in the server once it has been read; a beat of pacing lets it land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGUSR2).unwrap();
+    let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
+    assert!(line.contains(&format!("and old pid {old}.")), "{line}");
+    let new: u32 = line
+        .split(" with new pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let stopped = tokio::task::block_in_place(|| demo.guard.expect_log("stopped accepting"));
+    assert!(stopped.contains(&format!("pid={old}")), "{stopped}");
+    let quick = get_h1(port, "/sleep/?duration=0s").await.unwrap();
+    assert_eq!(
+        pid_in(&quick.body),
+        new,
+        "the quick request is answered by the new pid"
+    );
+    assert!(quick.body.starts_with("Zero   started at "), "{}", quick.body);
+    let mut both = vec![old, new];
+    both.sort();
+    assert_eq!(
+        pids_with_env(MARKER, &demo.marker),
+        both,
+        "both alive at one moment"
+    );
+    let slow_answer = slow_req.await.unwrap().unwrap();
+    assert_eq!(slow_answer.status, StatusCode::OK);
+    assert_eq!(
+        pid_in(&slow_answer.body),
+        old,
+        "the slow request finishes from the old pid"
+    );
+    assert!(
+        wait_until(DEADLINE, || pids_with_env(MARKER, &demo.marker) == vec![new]),
+        "only the new pid is left"
+    );
+    for (port, name) in demo.ports.iter().zip(["Zero  ", "First ", "Second"]) {
+        let a = get_h1(*port, "/sleep/?duration=0s").await.unwrap();
+        assert_eq!(pid_in(&a.body), new);
+        assert!(a.body.starts_with(&format!("{name} started at ")), "{}", a.body);
+    }
+    new
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_then_five_more_restarts() {
+    let mut demo = tokio::task::block_in_place(|| start(&[]));
+    let mut pid = demo.pid;
+    let mut guards = Vec::new();
+    pid = walkthrough_step(&mut demo, pid, "3s").await;
+    guards.push(PidGuard(pid));
+    for _ in 0..5 {
+        pid = walkthrough_step(&mut demo, pid, "1s").await;
+        guards.push(PidGuard(pid));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_and_paths_are_answered_as_go_answers_them() {
+    let demo = tokio::task::block_in_place(|| start(&[]));
+    let port = demo.ports[1];
+    for (duration, status, body) in [
+        ("abc", 400, "time: invalid duration \"abc\"\n"),
+        ("5", 400, "time: missing unit in duration \"5\"\n"),
+        ("5x", 400, "time: unknown unit \"x\" in duration \"5x\"\n"),
+        ("1%C2%B5s", 200, "slept for 1000 nanoseconds"),
+        ("-1s", 200, "slept for -1000000000 nanoseconds"),
+        ("1.5ms", 200, "slept for 1500000 nanoseconds"),
+    ] {
+        let a = get_h1(port, &format!("/sleep/?duration={duration}"))
+            .await
+            .unwrap();
+        assert_eq!(a.status.as_u16(), status, "{duration}");
+        if status == 400 {
+            assert_eq!(a.body, body, "{duration}");
+        } else {
+            assert!(a.body.starts_with("First  started at "), "{}", a.body);
+            assert!(a.body.contains(body), "{duration}: {}", a.body);
+            assert!(
+                a.body.ends_with(&format!(" from pid {}.\n", demo.pid)),
+                "{}",
+                a.body
+            );
+        }
+    }
+    let missing = get_h1(port, "/sleep/").await.unwrap();
+    assert_eq!(
+        (missing.status.as_u16(), missing.body.as_str()),
+        (400, "time: invalid duration \"\"\n")
+    );
+    let redirect = get_h1(port, "/sleep?duration=1s").await.unwrap();
+    assert_eq!(redirect.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        redirect.body,
+        "<a href=\"/sleep/?duration=1s\">Moved Permanently</a>.\n\n"
+    );
+    let other = get_h1(port, "/other").await.unwrap();
+    assert_eq!(
+        (other.status.as_u16(), other.body.as_str()),
+        (404, "404 page not found\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mode_answers_http2_across_a_restart() {
+    let dir = TempDir::new("demo-tls");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let mut demo = tokio::task::block_in_place(|| start(&["--tls-cert", &cert, "--tls-key", &key]));
+    let (a, _) = get_tls(demo.ports[2], "/sleep/?duration=0s", &root, &[b"h2"])
+        .await
+        .unwrap();
+    assert_eq!(a.version, http::Version::HTTP_2);
+    assert_eq!(pid_in(&a.body), demo.pid);
+    demo.guard.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
+    let new: u32 = line
+        .split(" with new pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let _new_guard = PidGuard(new);
+    tokio::task::block_in_place(|| demo.guard.expect_log("stopped accepting"));
+    let (a, _) = get_tls(demo.ports[2], "/sleep/?duration=0s", &root, &[b"h2"])
+        .await
+        .unwrap();
+    assert_eq!(a.version, http::Version::HTTP_2);
+    assert_eq!(pid_in(&a.body), new);
+}
+
+fn fails_with(args: &[&str], expect: &str) {
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args(args);
+    let mut g = ProcessGuard::spawn(cmd);
+    let status = g.wait_timeout(DEADLINE).expect("exits");
+    assert!(!status.success(), "{args:?} succeeded");
+    let output = g.output_after_exit();
+    let errors: Vec<&String> = output.iter().filter(|l| l.starts_with("gracedemo: ")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: one error line, got {output:?}");
+    assert!(errors[0].contains(expect), "{args:?}: {}", errors[0]);
+    assert!(!output.iter().any(|l| l.contains("Serving ")), "nothing served");
+}
+
+#[test]
+fn bad_flags_and_addresses_are_one_line_errors() {
+    fails_with(&["-x"], "unexpected argument '-x'");
+    fails_with(&["-nope"], "unexpected argument '--nope'");
+    fails_with(&["-a0"], "a value is required for '--a0 <ADDR>'");
+    fails_with(&["-a0", "nonsense"], "invalid listen address \"nonsense\"");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    fails_with(
+        &[
+            "-a0",
+            &format!("127.0.0.1:{port}"),
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+        ],
+        &format!("cannot listen on 127.0.0.1:{port}: Address already in use"),
+    );
+    fails_with(
+        &[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "-a0",
+            "127.0.0.1:0",
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+        ],
+        "TLS certificate file /nonexistent/cert.pem: cannot read it",
+    );
+}
+
+#[test]
+fn dash_h_prints_usage_and_exits_zero() {
+    let out = Command::new(GRACEDEMO).arg("-h").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("-a0") || text.contains("--a0"), "{text}");
+    assert!(text.contains("Zero address to bind to."), "{text}");
+}
