@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::env::{GRACE_GENERATION, GRACE_READY_FD};
 use crate::error::Error;
 use crate::listeners::{Listeners, listeners};
+use crate::notify::{Notifier, monotonic_usec};
 use crate::readiness::{ParentLink, generation_from_env};
 use crate::signals::{self, Request};
 use crate::spawn::ChildProcess;
@@ -146,6 +147,7 @@ impl GenerationBuilder {
             accepting: watch::channel(()).0,
             outcome: watch::channel(None).0,
             requests: requests_tx,
+            notifier: Notifier::from_env(),
         });
         tracing::info!(
             generation = number,
@@ -169,6 +171,17 @@ struct Shared {
     accepting: watch::Sender<()>,
     outcome: watch::Sender<Option<Outcome>>,
     requests: mpsc::UnboundedSender<Request>,
+    /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
+    notifier: Option<Notifier>,
+}
+
+impl Shared {
+    /// Tells systemd, if it is listening.
+    fn notify(&self, lines: &[String]) {
+        if let Some(n) = &self.notifier {
+            n.send(lines);
+        }
+    }
 }
 
 /// This process's generation of the server. Cheap to clone; every clone is the same
@@ -288,7 +301,6 @@ impl Generation {
             }
             starting
         });
-        link.notify();
         let addrs: Vec<String> = self
             .shared
             .listeners
@@ -296,6 +308,18 @@ impl Generation {
             .iter()
             .map(ToString::to_string)
             .collect();
+        let pid = std::process::id();
+        // MAINPID first: systemd must know the new main process before the old one exits.
+        self.shared.notify(&[
+            format!("MAINPID={pid}"),
+            "READY=1".into(),
+            format!(
+                "STATUS=Generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            ),
+        ]);
+        link.notify();
         tracing::info!(
             generation = self.shared.number,
             pid = std::process::id(),
@@ -485,6 +509,8 @@ struct Draining {
     reason: StopReason,
     deadline: Instant,
     accepting: bool,
+    /// Whether a stop was asked for during this drain: the next one stops at once.
+    stop_asked: bool,
 }
 
 /// The task that runs a generation's lifecycle.
@@ -577,6 +603,11 @@ impl Driver {
             );
             return;
         }
+        self.shared.notify(&[
+            "RELOADING=1".into(),
+            format!("MONOTONIC_USEC={}", monotonic_usec()),
+            format!("STATUS=Restarting: starting generation {}", self.number() + 1),
+        ]);
         match self.spawn_next() {
             Ok(p) => {
                 tracing::info!(
@@ -589,7 +620,10 @@ impl Driver {
                 );
                 self.restart = Some(p);
             }
-            Err(e) => tracing::error!(generation = self.number(), "restart failed, still serving: {e}"),
+            Err(e) => {
+                tracing::error!(generation = self.number(), "restart failed, still serving: {e}");
+                self.still_serving(&e.to_string());
+            }
         }
     }
 
@@ -637,6 +671,16 @@ impl Driver {
                 "{cause} after the drain ended: exiting now"
             );
             std::process::exit(1);
+        }
+        if let Some(d) = self.draining.as_mut().filter(|d| !d.stop_asked) {
+            // Draining after a hand-over (systemd's stop signals every process of the
+            // service): keep draining; a second signal stops at once.
+            d.stop_asked = true;
+            tracing::info!(
+                generation = self.number(),
+                "{cause} while draining after a restart: finishing the drain ({cause} again to stop at once)"
+            );
+            return;
         }
         if self.draining.is_some() {
             tracing::warn!(
@@ -709,6 +753,19 @@ impl Driver {
             self.number() + 1,
             if killed { "; killed it" } else { "" }
         );
+        self.still_serving(&format!("generation {} (pid {pid}) {why}", self.number() + 1));
+    }
+
+    /// A failed restart ends systemd's "reloading" state: this generation still serves.
+    fn still_serving(&self, why: &str) {
+        self.shared.notify(&[
+            "READY=1".into(),
+            format!(
+                "STATUS=Restart failed: {why}; generation {} still serving with pid {}",
+                self.number(),
+                std::process::id()
+            ),
+        ]);
     }
 
     fn begin_drain(&mut self, reason: StopReason) {
@@ -721,11 +778,28 @@ impl Driver {
             if let Some(path) = &self.shared.config.pid_file {
                 crate::pidfile::remove_if_ours(path);
             }
+            let timeout = self.shared.config.stop_timeout;
+            // Ask systemd to wait for the whole drain (TimeoutStopSec may be shorter).
+            self.shared.notify(&[
+                "STOPPING=1".into(),
+                format!(
+                    "EXTEND_TIMEOUT_USEC={}",
+                    (timeout + Duration::from_secs(5)).as_micros()
+                ),
+                format!(
+                    "STATUS=Stopping: generation {} draining {} connection(s), at most {:.0} s",
+                    self.number(),
+                    self.shared.connections.receiver_count(),
+                    timeout.as_secs_f64()
+                ),
+            ]);
         }
         self.draining = Some(Draining {
             reason,
             deadline,
             accepting: true,
+            // A drain that a stop began has had its first stop request.
+            stop_asked: reason == StopReason::Shutdown,
         });
     }
 

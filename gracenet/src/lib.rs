@@ -74,6 +74,8 @@ mod generation;
 mod inherited;
 mod listeners;
 #[cfg(feature = "tokio")]
+mod notify;
+#[cfg(feature = "tokio")]
 mod pidfile;
 #[cfg(feature = "tokio")]
 mod readiness;
@@ -98,6 +100,8 @@ pub use generation::{
 pub use inherited::{InheritedFds, Origin};
 pub use listeners::{Listener, Listeners, listeners};
 
+#[cfg(feature = "tokio")]
+pub use notify::NOTIFY_SOCKET;
 pub use socket::{LocalAddr, SocketKind};
 pub use spawn::{ChildProcess, Executable, NextProcess};
 

@@ -1,0 +1,73 @@
+//! gracedemo under `systemd-socket-activate`: three activated sockets (which gracedemo cannot
+//! have bound itself: the activator holds them), served, then handed on at a restart with
+//! their names.
+
+use std::process::Command;
+
+use grace_tests::http::get_h1;
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, free_port, wait_until};
+use nix::sys::signal::Signal;
+
+fn pid_in(body: &str) -> u32 {
+    body.trim_end()
+        .trim_end_matches('.')
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activated_sockets_are_served_and_survive_a_restart() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut cmd = Command::new("systemd-socket-activate");
+    for p in ports {
+        cmd.arg(format!("--listen=127.0.0.1:{p}"));
+    }
+    cmd.arg("--fdname=a:b:c").arg(env!("CARGO_BIN_EXE_gracedemo"));
+    for (flag, p) in ["-a0", "-a1", "-a2"].iter().zip(ports) {
+        cmd.arg(flag).arg(format!("127.0.0.1:{p}"));
+    }
+    let mut g = ProcessGuard::spawn(cmd);
+    // The activator starts gracedemo on the first connection.
+    assert!(wait_until(DEADLINE, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        ports[0]
+    ))
+    .is_ok()));
+    let line = tokio::task::block_in_place(|| g.expect_log("Listening on init activated "));
+    let want = format!(
+        "127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    assert!(line.contains(&want), "{line}");
+    let gen1 = g.pid();
+    for p in ports {
+        let a = get_h1(p, "/sleep/?duration=0s").await.unwrap();
+        assert_eq!(pid_in(&a.body), gen1, "the activator exec'd gracedemo in place");
+    }
+
+    g.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
+    assert!(line.contains(&want), "{line}");
+    let gen2: u32 = line
+        .split(" with new pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let _gen2_guard = PidGuard(gen2);
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting"));
+    for p in ports {
+        let a = get_h1(p, "/sleep/?duration=0s").await.unwrap();
+        assert_eq!(pid_in(&a.body), gen2, "the restarted process serves all three");
+    }
+    // The names came along: what gen2 was started with (its initial environment).
+    let environ = std::fs::read(format!("/proc/{gen2}/environ")).unwrap();
+    assert!(
+        environ.split(|&b| b == 0).any(|kv| kv == b"LISTEN_FDNAMES=a:b:c"),
+        "names passed on"
+    );
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("generation 1 exits");
+    assert!(status.success(), "{status}");
+}

@@ -1,0 +1,71 @@
+//! systemd's readiness protocol (`sd_notify`): datagrams of `KEY=VALUE` lines to the socket in
+//! `NOTIFY_SOCKET`, so a `Type=notify` (or `notify-reload`) service knows when the server is
+//! ready, reloading or stopping, and which pid is its main process across restarts.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+/// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// A connection to systemd's notification socket.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    socket: UnixDatagram,
+    addr: SocketAddr,
+    shown: String,
+}
+
+impl Notifier {
+    /// The notifier `NOTIFY_SOCKET` names, if it is set. The variable stays in the
+    /// environment: the next generation reports to the same socket. A value that cannot be
+    /// used is logged, never fatal.
+    pub(crate) fn from_env() -> Option<Notifier> {
+        let value = std::env::var_os(NOTIFY_SOCKET)?;
+        let shown = value.to_string_lossy().into_owned();
+        let addr = match shown.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None if shown.starts_with('/') => SocketAddr::from_pathname(&shown),
+            None => {
+                tracing::warn!(
+                    "NOTIFY_SOCKET={shown:?} is neither an absolute path nor @abstract: not notifying systemd"
+                );
+                return None;
+            }
+        };
+        let addr = match addr {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    "NOTIFY_SOCKET={shown:?} is not a usable socket address ({e}): not notifying systemd"
+                );
+                return None;
+            }
+        };
+        match UnixDatagram::unbound() {
+            Ok(socket) => Some(Notifier { socket, addr, shown }),
+            Err(e) => {
+                tracing::warn!("cannot create a socket to notify systemd: {e}");
+                None
+            }
+        }
+    }
+
+    /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
+    /// must not stop a server.
+    pub(crate) fn send(&self, lines: &[String]) {
+        let message = lines.join("\n");
+        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
+            tracing::warn!(socket = %self.shown, "cannot notify systemd ({}): {e}", message.replace('\n', " "));
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, for `MONOTONIC_USEC=` (required with `RELOADING=1` by
+/// `Type=notify-reload`).
+pub(crate) fn monotonic_usec() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000,
+        Err(_) => 0,
+    }
+}
