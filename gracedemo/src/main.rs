@@ -31,7 +31,9 @@ fn command() -> Command {
     };
     Command::new("gracedemo")
         .about("Go grace's /sleep demo: restart with kill -USR2 <pid>, stop with kill -TERM <pid>")
-        .override_usage("gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed]")
+        .override_usage(
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--supervise]",
+        )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
         .arg(addr("a1", ":48568", "First address to bind to."))
@@ -56,6 +58,12 @@ fn command() -> Command {
                 .action(ArgAction::SetTrue)
                 .conflicts_with("tls-cert")
                 .help("Serve over TLS with a certificate for localhost made at startup (for trying it)."),
+        )
+        .arg(
+            Arg::new("supervise")
+                .long("supervise")
+                .action(ArgAction::SetTrue)
+                .help("Stay as a small supervisor with a stable pid while generations come and go (on by default as pid 1, e.g. in a container)."),
         )
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
@@ -106,6 +114,15 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    if gracenet::should_supervise(matches.get_flag("supervise")) {
+        return match gracenet::supervise() {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("gracedemo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(&matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -73,7 +73,6 @@ mod error;
 mod generation;
 mod inherited;
 mod listeners;
-#[cfg(feature = "tokio")]
 mod notify;
 #[cfg(feature = "tokio")]
 mod pidfile;
@@ -83,6 +82,7 @@ mod readiness;
 mod signals;
 mod socket;
 mod spawn;
+mod supervisor;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
@@ -100,10 +100,10 @@ pub use generation::{
 pub use inherited::{InheritedFds, Origin};
 pub use listeners::{Listener, Listeners, listeners};
 
-#[cfg(feature = "tokio")]
 pub use notify::NOTIFY_SOCKET;
 pub use socket::{LocalAddr, SocketKind};
 pub use spawn::{ChildProcess, Executable, NextProcess};
+pub use supervisor::{GRACE_SUPERVISOR, should_supervise, supervise};
 
 /// [`Listeners::listen`] on this process's registry: a TCP or Unix listener for an address
 /// string (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`), inherited if it can be.

@@ -7,6 +7,8 @@
 //! - `PROBE_READY_TIMEOUT_MS`, `PROBE_STOP_TIMEOUT_MS`: the generation's timeouts;
 //! - `PROBE_PID_FILE=PATH`: the PID file.
 //!
+//! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself.
+//!
 //! The version is the binary's name: `lifeprobe`, or `lifeprobe2`, the same program under
 //! another name that plays "a new version" in the binary-replacement test.
 
@@ -18,6 +20,21 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Runs the probe; `version` is what it answers as its version.
 pub fn main(version: &'static str) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    // `--supervise` (or being pid 1): a supervisor that starts generation 1 and stays.
+    if gracenet::should_supervise(std::env::args().any(|a| a == "--supervise")) {
+        return match gracenet::supervise() {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("lifeprobe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(serve(version)),
         Err(e) => {
@@ -28,11 +45,6 @@ pub fn main(version: &'static str) -> ExitCode {
 }
 
 async fn serve(version: &'static str) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .init();
     match run(version).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,246 @@
+//! A small first process that stays while generations come and go, for places that need one
+//! stable pid: pid 1 of a container, supervisors that track one pid, a terminal.
+//!
+//! It starts generation 1 and nothing else, holds no socket, becomes the child subreaper (so
+//! every generation is reparented to it and every orphan is reaped), learns which pid is
+//! serving from the generations' own sd_notify messages (`MAINPID=`) on a private notify
+//! socket, forwards `SIGUSR2`, `SIGTERM`, `SIGINT` and `SIGHUP` to that pid, and exits with its
+//! status when it exits with no successor.
+
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::mpsc::{Sender, channel};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::iterator::Signals;
+
+use crate::error::Error;
+use crate::notify::{NOTIFY_SOCKET, Notifier};
+use crate::spawn::Executable;
+
+/// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
+/// never becomes a supervisor itself.
+pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
+
+/// Whether this process should run as a supervisor: asked for (`requested`, a `--supervise`
+/// flag, say) or pid 1, and not already a generation under a supervisor.
+pub fn should_supervise(requested: bool) -> bool {
+    std::env::var_os(GRACE_SUPERVISOR).is_none() && (requested || std::process::id() == 1)
+}
+
+enum Event {
+    Signal(i32),
+    Notify { lines: Vec<String>, sender: Option<i32> },
+}
+
+/// Runs this program as a supervisor until the serving generation exits with no successor,
+/// and returns the exit code to exit with (its code, or 128 + the signal that ended it).
+/// Call it first thing in `main`, before any listener exists, and exit with its code.
+///
+/// # Errors
+/// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set up;
+/// [`Error::Spawn`] when generation 1 cannot be started.
+pub fn supervise() -> Result<i32, Error> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source: std::io::Error| Error::Io { what, source }
+    };
+    let me = std::process::id();
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io("cannot become the child subreaper")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let upstream = Notifier::from_env();
+    // Private, abstract (no file to leave behind), and only our descendants are listened to.
+    let name = format!("grace-supervisor-{me}-{}", crate::notify::monotonic_usec());
+    let socket = UnixDatagram::bind_addr(
+        &SocketAddr::from_abstract_name(name.as_bytes()).map_err(io("cannot name the notify socket"))?,
+    )
+    .map_err(io("cannot bind the supervisor's notify socket"))?;
+    setsockopt(&socket, sockopt::PassCred, &true)
+        .map_err(|e| io("cannot ask for senders' credentials")(e.into()))?;
+
+    let (tx, rx) = channel();
+    let mut signals = Signals::new([SIGUSR2, SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        .map_err(io("cannot install the supervisor's signal handlers"))?;
+    let signal_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("supervisor-signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if signal_tx.send(Event::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(io("cannot start the signal thread"))?;
+    std::thread::Builder::new()
+        .name("supervisor-notify".into())
+        .spawn(move || read_notifications(socket, tx))
+        .map_err(io("cannot start the notify thread"))?;
+
+    let exe = Executable::current()?;
+    let mut cmd = Command::new(&exe.path);
+    cmd.args(exe.args.iter().skip(1))
+        .arg0(
+            exe.args
+                .first()
+                .cloned()
+                .unwrap_or_else(|| exe.path.clone().into()),
+        )
+        .env(NOTIFY_SOCKET, format!("@{name}"))
+        .env(GRACE_SUPERVISOR, me.to_string())
+        // Its own process group: a terminal's Ctrl-C reaches only us, and we forward it once.
+        .process_group(0);
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: exe.path.clone(),
+        source,
+    })?;
+    let mut serving = child.id() as i32;
+    tracing::info!(
+        supervisor = me,
+        pid = serving,
+        "supervising: started generation 1 with pid {serving}"
+    );
+
+    for event in rx {
+        match event {
+            Event::Signal(SIGCHLD) => {
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    let (pid, code) = match status {
+                        WaitStatus::Exited(pid, code) => (pid, code),
+                        WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
+                        WaitStatus::StillAlive => break,
+                        _ => continue,
+                    };
+                    if pid.as_raw() == serving {
+                        tracing::info!(
+                            supervisor = me,
+                            "the serving generation (pid {serving}) exited with no successor ({code}): exiting"
+                        );
+                        if let Some(up) = &upstream {
+                            up.send(&[
+                                "STOPPING=1".into(),
+                                format!("STATUS=Exiting: pid {serving} ended with {code}"),
+                            ]);
+                        }
+                        return Ok(code);
+                    }
+                    tracing::debug!(supervisor = me, "reaped pid {pid} ({code})");
+                }
+            }
+            Event::Signal(sig) => {
+                let Ok(signal) = Signal::try_from(sig) else {
+                    continue;
+                };
+                tracing::info!(
+                    supervisor = me,
+                    "forwarding {signal} to the serving pid {serving}"
+                );
+                if let Err(e) = nix::sys::signal::kill(Pid::from_raw(serving), signal) {
+                    tracing::warn!(supervisor = me, "cannot forward {signal} to pid {serving}: {e}");
+                }
+            }
+            Event::Notify { lines, sender } => {
+                if !sender.is_some_and(|pid| is_descendant(pid, me)) {
+                    tracing::warn!(
+                        supervisor = me,
+                        ?sender,
+                        "ignoring a notification from outside the server's processes"
+                    );
+                    continue;
+                }
+                if let Some(pid) = lines
+                    .iter()
+                    .find_map(|l| l.strip_prefix("MAINPID="))
+                    .and_then(|p| p.parse().ok())
+                {
+                    if pid != serving {
+                        tracing::info!(supervisor = me, "pid {pid} is now serving (was {serving})");
+                    }
+                    serving = pid;
+                }
+                if let Some(up) = &upstream {
+                    // To systemd, the supervisor is the service's main process throughout.
+                    let forwarded: Vec<String> = lines
+                        .iter()
+                        .map(|l| {
+                            if l.starts_with("MAINPID=") {
+                                format!("MAINPID={me}")
+                            } else {
+                                l.clone()
+                            }
+                        })
+                        .collect();
+                    up.send(&forwarded);
+                }
+            }
+        }
+    }
+    Ok(1)
+}
+
+/// Reads sd_notify datagrams with their senders' pids until the supervisor ends.
+fn read_notifications(socket: UnixDatagram, tx: Sender<Event>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (len, sender) =
+            match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                Ok(msg) => {
+                    let sender = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, sender)
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("the supervisor's notify socket failed: {e}");
+                    return;
+                }
+            };
+        let text = String::from_utf8_lossy(&buf[..len]);
+        let lines = text.lines().map(str::to_owned).collect();
+        if tx.send(Event::Notify { lines, sender }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether `pid` descends from `ancestor` (by walking parent pids, at most 64 steps).
+fn is_descendant(pid: i32, ancestor: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..64 {
+        let Some(parent) = parent_of(current) else {
+            return false;
+        };
+        if parent == ancestor as i32 {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; take what follows the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}

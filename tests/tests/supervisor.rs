@@ -1,0 +1,159 @@
+//! gracenet's supervisor: one stable pid that starts generation 1, forwards signals to the
+//! serving generation, reaps everything, and exits with the last generation's status. Also as
+//! pid 1 of a new pid namespace, as in a container.
+
+use std::process::Command;
+use std::time::Duration;
+
+use grace_tests::{DEADLINE, PidGuard, Prober, ProcessGuard, field, is_alive, wait_until};
+use nix::sys::signal::Signal;
+
+const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
+
+/// The pids of zombie processes whose parent is `parent`.
+fn zombies_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        if state == Some("Z") && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn probe_pid(line: &str) -> u32 {
+    field(line, "pid").parse().unwrap()
+}
+
+#[test]
+fn ten_restarts_under_load_behind_one_stable_pid() {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let supervisor = sup.pid();
+    let line = sup.expect_line("probe version=");
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let mut serving = probe_pid(&line);
+    assert_ne!(serving, supervisor, "the supervisor is not a generation");
+    let mut guards = vec![PidGuard(serving)];
+    sup.expect_log("generation 1 serving");
+    let prober = Prober::start(port, Duration::from_millis(1));
+    for number in 2..=11 {
+        sup.signal(Signal::SIGUSR2);
+        let forwarded = sup.expect_log("forwarding SIGUSR2");
+        assert!(
+            forwarded.contains(&format!("to the serving pid {serving}")),
+            "{forwarded}"
+        );
+        let line = sup.expect_line("probe version=");
+        assert_eq!(field(&line, "generation"), number.to_string());
+        let new = probe_pid(&line);
+        guards.push(PidGuard(new));
+        sup.expect_log(&format!("pid {new} is now serving (was {serving})"));
+        sup.expect_log(&format!("generation {} stopped accepting", number - 1));
+        let old = serving;
+        serving = new;
+        // The old generation drains and goes; the supervisor reaps it: no zombie lingers.
+        assert!(
+            wait_until(DEADLINE, || !is_alive(old) && zombies_of(supervisor).is_empty()),
+            "zombies: {:?}",
+            zombies_of(supervisor)
+        );
+        assert!(is_alive(supervisor), "the supervisor's pid never changes");
+    }
+    let stats = prober.stop();
+    assert!(stats.failures.is_empty(), "failed requests: {:?}", stats.failures);
+    assert!(stats.by_pid.contains_key(&serving), "{:?}", stats.by_pid);
+
+    sup.signal(Signal::SIGTERM);
+    sup.expect_log(&format!("forwarding SIGTERM to the serving pid {serving}"));
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(!is_alive(serving));
+}
+
+#[test]
+fn a_crashed_generation_with_no_successor_ends_the_supervisor_with_its_status() {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let gen1 = probe_pid(&sup.expect_line("probe version="));
+    let _g = PidGuard(gen1);
+    sup.expect_log("generation 1 serving");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gen1 as i32), Signal::SIGKILL).unwrap();
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits promptly");
+    assert_eq!(status.code(), Some(128 + 9), "{status}");
+}
+
+#[test]
+fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", LIFEPROBE, "127.0.0.1:0"]);
+    let mut ns = ProcessGuard::spawn(cmd);
+    let unshare = ns.pid();
+    // unshare forks the namespace's pid 1; without privileges it cannot.
+    let Some(line) = std::iter::from_fn(|| Some(ns.expect_log("")))
+        .take(50)
+        .find(|l| l.starts_with("probe version=") || l.contains("unshare:"))
+    else {
+        panic!("no output from unshare");
+    };
+    if line.contains("unshare:") {
+        eprintln!("skipped: cannot create a pid namespace here: {line}");
+        return;
+    }
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let gen1: u32 = probe_pid(&line);
+    assert_ne!(gen1, 1, "generation 1 is not the namespace's pid 1");
+    ns.expect_log("generation 1 serving");
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+    let pid1: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare's child");
+    let _guard = PidGuard(pid1);
+    let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        nspid.ends_with("\t1"),
+        "the supervisor is pid 1 in the namespace: {nspid:?}"
+    );
+    assert_eq!(grace_tests::answer_pid(&grace_tests::ask(port).unwrap()), gen1);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1 as i32), Signal::SIGUSR2).unwrap();
+    let line = ns.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), "2");
+    let gen2 = probe_pid(&line);
+    ns.expect_log("generation 1 stopped accepting");
+    assert!(wait_until(DEADLINE, || grace_tests::ask(port)
+        .map(|a| grace_tests::answer_pid(&a))
+        .ok()
+        == Some(gen2)));
+    assert!(is_alive(pid1), "the namespace's pid 1 outlives generation 1");
+    assert!(
+        ns.wait_timeout(Duration::from_millis(200)).is_none(),
+        "the namespace is still alive"
+    );
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1 as i32), Signal::SIGTERM).unwrap();
+    let status = ns
+        .wait_timeout(DEADLINE)
+        .expect("the namespace ends after a stop");
+    assert!(status.success(), "{status}");
+}
