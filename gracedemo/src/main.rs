@@ -9,17 +9,14 @@
 //! curl 'http://localhost:48567/sleep/?duration=0s'
 //! ```
 
-mod duration;
-mod gotime;
-mod handler;
-
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Arg, ArgAction, Command};
 
-use crate::handler::Sleep;
+use gracedemo::gotime;
+use gracedemo::handler::Sleep;
 
 fn command() -> Command {
     let addr = |name: &'static str, default: &'static str, help: &'static str| {

@@ -264,6 +264,10 @@ async fn accept_loop(
         let Some(stream) = listener.accept().await else {
             break;
         };
+        if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
+            // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        }
         let guard = generation.track();
         let handler = site.handler.clone();
         let drain = drain.clone();

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod lifeprobe;
+pub mod load;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
