@@ -3,6 +3,14 @@
 
 use chrono::{DateTime, Local, Offset};
 
+/// A local time, as [`go_time`] takes it.
+pub type LocalTime = DateTime<Local>;
+
+/// Now, in local time.
+pub fn now() -> LocalTime {
+    Local::now()
+}
+
 /// Formats `t` in Go's `Time.String` layout, without the monotonic-clock suffix. The zone is
 /// `UTC` at offset zero; elsewhere it is the numeric offset, as Go writes a zone it has no
 /// abbreviation for (chrono cannot read the system's abbreviations).

@@ -140,10 +140,20 @@ impl Hammer {
                 if *stopped.borrow_and_update() {
                     break;
                 }
-                let req = Request::get(uri.clone())
-                    .body(Empty::new())
-                    .expect("a valid request");
-                let result = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+                let result = tokio::time::timeout(Duration::from_secs(10), async {
+                    // Retry what the server's GOAWAY marked unprocessed, as real clients do.
+                    let mut attempts = 0;
+                    loop {
+                        let req = Request::get(uri.clone())
+                            .body(Empty::new())
+                            .expect("a valid request");
+                        match client.request(req).await {
+                            Err(e) if attempts < 3 && crate::load::unprocessed(&e) => attempts += 1,
+                            other => return other,
+                        }
+                    }
+                })
+                .await;
                 match result {
                     Ok(Ok(resp)) if resp.status() == StatusCode::OK => match finish(resp).await {
                         Ok(a) => *stats.by_body.entry(a.body).or_default() += 1,

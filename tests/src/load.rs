@@ -52,6 +52,9 @@ pub struct Failures {
     pub non_2xx: u64,
     /// Anything else.
     pub other: u64,
+    /// Not failures: HTTP/2 requests the server's GOAWAY marked unprocessed, retried on a
+    /// new connection as RFC 9113 (8.7) allows and real clients do.
+    pub retried_unprocessed: u64,
 }
 
 impl Failures {
@@ -66,6 +69,7 @@ impl Failures {
         self.timeout += o.timeout;
         self.non_2xx += o.non_2xx;
         self.other += o.other;
+        self.retried_unprocessed += o.retried_unprocessed;
     }
 }
 
@@ -90,12 +94,13 @@ impl LoadResult {
         self.samples.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// The latency at quantile `q` (0..=1) of requests started within `window` (all if None).
-    pub fn latency(&self, q: f64, window: Option<(Instant, Instant)>) -> Option<Duration> {
+    /// The latency at quantile `q` (0..=1) of requests started within any of `windows`, or
+    /// of all requests when `windows` is `None`.
+    pub fn latency(&self, q: f64, windows: Option<&[(Instant, Instant)]>) -> Option<Duration> {
         let mut l: Vec<Duration> = self
             .samples
             .iter()
-            .filter(|(s, _)| window.is_none_or(|(a, b)| *s >= a && *s < b))
+            .filter(|(s, _)| windows.is_none_or(|w| w.iter().any(|(a, b)| s >= a && s < b)))
             .map(|(_, d)| *d)
             .collect();
         if l.is_empty() {
@@ -116,6 +121,22 @@ fn client(cfg: &LoadConfig) -> Client<HttpConnector, Empty<Bytes>> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     b.build(connector)
+}
+
+/// Whether an HTTP/2 request failed because of the server's GOAWAY before it was processed
+/// (a new stream on a connection going away, or a stream above the last one the server
+/// will process): safe to retry, and every conforming client does. hyper-util's pooled
+/// client does not retry these by itself.
+pub fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            let goaway = h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            return goaway || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> (&'static str, String) {
@@ -162,18 +183,27 @@ pub async fn run_load(cfg: LoadConfig) -> LoadResult {
                 if Instant::now() >= until {
                     break;
                 }
-                let req = Request::get(uri.clone())
-                    .body(Empty::new())
-                    .expect("a valid request");
                 let t0 = Instant::now();
                 r.requests += 1;
+                let mut retried = 0;
                 let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-                    let resp = client.request(req).await?;
-                    let status = resp.status();
-                    let _ = resp.into_body().collect().await;
-                    Ok::<StatusCode, hyper_util::client::legacy::Error>(status)
+                    loop {
+                        let req = Request::get(uri.clone())
+                            .body(Empty::new())
+                            .expect("a valid request");
+                        match client.request(req).await {
+                            Ok(resp) => {
+                                let status = resp.status();
+                                let _ = resp.into_body().collect().await;
+                                return Ok::<StatusCode, hyper_util::client::legacy::Error>(status);
+                            }
+                            Err(e) if retried < 3 && unprocessed(&e) => retried += 1,
+                            Err(e) => return Err(e),
+                        }
+                    }
                 })
                 .await;
+                r.failures.retried_unprocessed += retried;
                 let kind = match outcome {
                     Ok(Ok(s)) if s.is_success() => {
                         r.samples.push((t0, t0.elapsed()));

@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's own automation.
 //!
 //! - `demo`: the README walkthrough, live, narrated for a person watching.
-//! - `bench`: arrives with issue 9.
+//! - `bench [--quick]`: restart under load, overhead against plain hyper, footprint.
+
+mod bench;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -15,11 +17,13 @@ fn main() -> ExitCode {
         None | Some("-h") | Some("--help") => {
             println!(
                 "usage: cargo xtask <task>\n\n\
-                 tasks:\n  demo    run the README walkthrough live: a slow request, kill -USR2, a quick one"
+                 tasks:\n  demo            run the README walkthrough live: a slow request, kill -USR2, a quick one\n  \
+                 bench [--quick]  restart under load, overhead against plain hyper, footprint"
             );
             Ok(())
         }
         Some("demo") => demo(),
+        Some("bench") => bench::run(std::env::args().any(|a| a == "--quick")),
         Some(other) => Err(format!(
             "unknown task {other:?}; run `cargo xtask --help` for the list"
         )),

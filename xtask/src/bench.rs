@@ -1,0 +1,549 @@
+//! `cargo xtask bench`: restart under load, overhead against plain hyper, footprint. Release
+//! builds, load from this process (separate from the servers), every failure counted by kind.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use grace_tests::load::{self, LoadConfig, LoadResult, RestartTiming, fd_count, rss_kib, who_answers};
+
+const PATH: &str = "/sleep/?duration=0s";
+const MARKER: &str = "GRACE_BENCH_MARKER";
+
+/// Sizes of one run.
+struct Plan {
+    quick: bool,
+    connections: usize,
+    load_for: Duration,
+    restart_every: Duration,
+    overhead_rounds: usize,
+    overhead_for: Duration,
+    restarts_for_footprint: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                connections: 8,
+                load_for: Duration::from_secs(2),
+                restart_every: Duration::from_millis(500),
+                overhead_rounds: 1,
+                overhead_for: Duration::from_secs(1),
+                restarts_for_footprint: 5,
+            }
+        } else {
+            Plan {
+                quick,
+                connections: 16,
+                load_for: Duration::from_secs(10),
+                restart_every: Duration::from_secs(1),
+                overhead_rounds: 3,
+                overhead_for: Duration::from_secs(3),
+                restarts_for_footprint: 20,
+            }
+        }
+    }
+}
+
+/// Every process a bench started (all generations carry the marker), killed at the end.
+struct Cleanup {
+    marker: String,
+    children: Vec<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in grace_tests::pids_with_env(MARKER, &self.marker) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn lines_of(child: &mut Child, stderr: bool) -> Receiver<String> {
+    let (tx, rx) = channel();
+    let out: Box<dyn std::io::Read + Send> = if stderr {
+        Box::new(child.stderr.take().expect("piped stderr"))
+    } else {
+        Box::new(child.stdout.take().expect("piped stdout"))
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &Receiver<String>, needle: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .map_err(|_| format!("never saw {needle:?}"))?;
+        if line.contains(needle) {
+            return Ok(line);
+        }
+    }
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.2}", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+struct ModeReport {
+    mode: String,
+    load: LoadResult,
+    restarts: Vec<RestartTiming>,
+}
+
+impl ModeReport {
+    fn windows(&self) -> Vec<(Instant, Instant)> {
+        self.restarts
+            .iter()
+            .map(|r| (r.at, r.at + Duration::from_millis(200)))
+            .collect()
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1048576.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem}, Linux {}, {rustc}", kernel.trim())
+}
+
+pub fn run(quick: bool) -> Result<(), String> {
+    let plan = Plan::new(quick);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building release binaries (gracedemo, baseline)...");
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "gracedemo",
+            "-p",
+            "xtask",
+            "--bin",
+            "gracedemo",
+            "--bin",
+            "baseline",
+        ])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("release build failed".into());
+    }
+    let release = target.join("release");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let mut cleanup = Cleanup {
+        marker: format!("{}-{}", std::process::id(), Instant::now().elapsed().as_nanos()),
+        children: Vec::new(),
+    };
+
+    // gracedemo, on free ports.
+    let mut demo = Command::new(release.join("gracedemo"))
+        .args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .env(MARKER, &cleanup.marker)
+        .env("RUST_LOG", "warn,gracehttp=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start gracedemo: {e}"))?;
+    let demo_log = lines_of(&mut demo, true);
+    cleanup.children.push(demo);
+    let serving = wait_line(&demo_log, "Serving ")?;
+    let port: u16 = serving
+        .split("Serving ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or("no port in the Serving line")?;
+    std::thread::spawn(move || for _ in demo_log {}); // keep draining its log
+
+    let mut baseline = Command::new(release.join("baseline"))
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the baseline: {e}"))?;
+    let base_out = lines_of(&mut baseline, false);
+    cleanup.children.push(baseline);
+    let base_port: u16 = wait_line(&base_out, "listening ")?
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or("no port from the baseline")?;
+
+    let first_pid = runtime
+        .block_on(who_answers(port, PATH))
+        .ok_or("gracedemo does not answer")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = (rss_kib(first_pid), fd_count(first_pid));
+
+    // 1. Restart under load, every mode.
+    let mut modes = Vec::new();
+    for (http2, keep_alive) in [(false, true), (false, false), (true, true), (true, false)] {
+        let cfg = LoadConfig {
+            port,
+            path: PATH.into(),
+            connections: plan.connections,
+            http2,
+            keep_alive,
+            duration: plan.load_for,
+            max_requests: 5_000_000,
+        };
+        let mode = cfg.mode();
+        eprintln!(
+            "restart under load: {mode} ({} connections, {:?}, SIGUSR2 every {:?})...",
+            plan.connections, plan.load_for, plan.restart_every
+        );
+        let (load, restarts) = runtime.block_on(load::restart_under_load(cfg, plan.restart_every));
+        modes.push(ModeReport { mode, load, restarts });
+    }
+
+    // 2. Overhead: the same handler on plain hyper and on gracehttp, alternately.
+    let mut base_runs = Vec::new();
+    let mut grace_runs = Vec::new();
+    for round in 0..plan.overhead_rounds {
+        for (which, p) in [("baseline", base_port), ("gracehttp", port)] {
+            eprintln!("overhead round {}: {which}...", round + 1);
+            let cfg = LoadConfig {
+                port: p,
+                path: PATH.into(),
+                connections: plan.connections,
+                http2: false,
+                keep_alive: true,
+                duration: plan.overhead_for,
+                max_requests: 10_000_000,
+            };
+            let r = runtime.block_on(load::run_load(cfg));
+            if which == "baseline" {
+                base_runs.push(r)
+            } else {
+                grace_runs.push(r)
+            }
+        }
+    }
+    let rps = |runs: &[LoadResult]| runs.iter().map(LoadResult::rps).sum::<f64>() / runs.len().max(1) as f64;
+    let p99 = |runs: &[LoadResult]| median(runs.iter().filter_map(|r| r.latency(0.99, None)).collect());
+    let (base_rps, grace_rps) = (rps(&base_runs), rps(&grace_runs));
+    let (base_p99, grace_p99) = (p99(&base_runs), p99(&grace_runs));
+    let base_failed: u64 = base_runs.iter().map(|r| r.failures.total()).sum();
+    let grace_failed: u64 = grace_runs.iter().map(|r| r.failures.total()).sum();
+
+    // 3. Footprint: idle (measured above), under load, after N more restarts.
+    let pid = runtime
+        .block_on(who_answers(port, PATH))
+        .ok_or("gracedemo stopped answering")?;
+    let load_cfg = LoadConfig {
+        port,
+        path: PATH.into(),
+        connections: plan.connections,
+        http2: false,
+        keep_alive: true,
+        duration: Duration::from_secs(2),
+        max_requests: 10_000_000,
+    };
+    let under = runtime.block_on(async {
+        let l = tokio::spawn(load::run_load(load_cfg));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = (rss_kib(pid), fd_count(pid));
+        let _ = l.await;
+        m
+    });
+    eprintln!("footprint: {} restarts in a row...", plan.restarts_for_footprint);
+    let mut current = pid;
+    for _ in 0..plan.restarts_for_footprint {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(current as i32),
+            nix::sys::signal::Signal::SIGUSR2,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match runtime.block_on(who_answers(port, PATH)) {
+                Some(p) if p != current => {
+                    current = p;
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = (rss_kib(current), fd_count(current));
+    let survivors = grace_tests::pids_with_env(MARKER, &cleanup.marker);
+
+    // Report.
+    let mut md = String::new();
+    let machine = machine();
+    let _ = writeln!(
+        md,
+        "Machine: {machine}. Build: release. Load: this process, loopback, {} connections.\n",
+        plan.connections
+    );
+    let _ = writeln!(
+        md,
+        "### Restart under load ({:?} per mode, `SIGUSR2` every {:?}, `GET {PATH}`)\n",
+        plan.load_for, plan.restart_every
+    );
+    let _ = writeln!(
+        md,
+        "| mode | requests | failed | refused | reset | timeout | non-2xx | restarts | p50 ms | p99 ms | max ms | p99 ms ≤200 ms after restarts | max ms ≤200 ms after | restart latency ms (median / max) | old process gone ms (median / max) | h2 GOAWAY-unprocessed, retried |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for m in &modes {
+        let w = m.windows();
+        let f = &m.load.failures;
+        let to_new = m.restarts.iter().map(|r| r.to_new_pid).collect::<Vec<_>>();
+        let gone = m.restarts.iter().filter_map(|r| r.old_gone).collect::<Vec<_>>();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
+            m.mode,
+            m.load.requests,
+            f.total(),
+            f.refused,
+            f.reset,
+            f.timeout,
+            f.non_2xx,
+            m.restarts.len(),
+            ms(m.load.latency(0.5, None)),
+            ms(m.load.latency(0.99, None)),
+            ms(m.load.latency(1.0, None)),
+            ms(m.load.latency(0.99, Some(&w))),
+            ms(m.load.latency(1.0, Some(&w))),
+            ms(median(to_new.clone())),
+            ms(to_new.iter().max().copied()),
+            ms(median(gone.clone())),
+            ms(gone.iter().max().copied()),
+            f.retried_unprocessed,
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### Overhead (same handler; plain hyper vs gracehttp; HTTP/1.1 keep-alive; {} alternating rounds of {:?})\n",
+        plan.overhead_rounds, plan.overhead_for
+    );
+    let _ = writeln!(md, "| server | requests/s | p99 ms | failed |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| plain hyper (baseline) | {base_rps:.0} | {} | {base_failed} |",
+        ms(base_p99)
+    );
+    let _ = writeln!(
+        md,
+        "| gracehttp | {grace_rps:.0} | {} | {grace_failed} |",
+        ms(grace_p99)
+    );
+    let rps_ratio = grace_rps / base_rps.max(1e-9);
+    let p99_ratio = match (grace_p99, base_p99) {
+        (Some(g), Some(b)) if !b.is_zero() => g.as_secs_f64() / b.as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let _ = writeln!(
+        md,
+        "| **ratio gracehttp / baseline** | **{rps_ratio:.3}** | **{p99_ratio:.3}** | |"
+    );
+    let _ = writeln!(md, "\n### Footprint (gracedemo)\n");
+    let _ = writeln!(md, "| when | RSS KiB | open fds |");
+    let _ = writeln!(md, "|---|---|---|");
+    let show = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let showf = |v: Option<usize>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        md,
+        "| idle, generation 1 | {} | {} |",
+        show(idle.0),
+        showf(idle.1)
+    );
+    let _ = writeln!(
+        md,
+        "| under load ({} connections) | {} | {} |",
+        plan.connections,
+        show(under.0),
+        showf(under.1)
+    );
+    let _ = writeln!(
+        md,
+        "| idle, after {} more restarts | {} | {} |",
+        plan.restarts_for_footprint,
+        show(after.0),
+        showf(after.1)
+    );
+    let _ = writeln!(
+        md,
+        "\nProcesses of the server left at the end: {} (expected 1).",
+        survivors.len()
+    );
+    println!("{md}");
+
+    // JSON, for machines.
+    let mut json = String::from("{\n");
+    let _ = writeln!(
+        json,
+        "  \"quick\": {},\n  \"machine\": {:?},\n  \"connections\": {},",
+        plan.quick, machine, plan.connections
+    );
+    json.push_str("  \"restart_under_load\": [\n");
+    for (i, m) in modes.iter().enumerate() {
+        let f = &m.load.failures;
+        let to_new: Vec<String> = m
+            .restarts
+            .iter()
+            .map(|r| format!("{:.3}", r.to_new_pid.as_secs_f64() * 1e3))
+            .collect();
+        let gone: Vec<String> = m
+            .restarts
+            .iter()
+            .map(|r| {
+                r.old_gone
+                    .map(|d| format!("{:.3}", d.as_secs_f64() * 1e3))
+                    .unwrap_or_else(|| "null".into())
+            })
+            .collect();
+        let _ = writeln!(
+            json,
+            "    {{\"mode\": {:?}, \"requests\": {}, \"failed\": {}, \"refused\": {}, \"reset\": {}, \"timeout\": {}, \"non_2xx\": {}, \"other\": {}, \"retried_unprocessed\": {}, \"p50_ms\": {}, \"p99_ms\": {}, \"max_ms\": {}, \"restart_latency_ms\": [{}], \"old_gone_ms\": [{}]}}{}",
+            m.mode,
+            m.load.requests,
+            f.total(),
+            f.refused,
+            f.reset,
+            f.timeout,
+            f.non_2xx,
+            f.other,
+            f.retried_unprocessed,
+            num(m.load.latency(0.5, None)),
+            num(m.load.latency(0.99, None)),
+            num(m.load.latency(1.0, None)),
+            to_new.join(", "),
+            gone.join(", "),
+            if i + 1 < modes.len() { "," } else { "" }
+        );
+    }
+    json.push_str("  ],\n");
+    let _ = writeln!(
+        json,
+        "  \"overhead\": {{\"baseline_rps\": {base_rps:.1}, \"gracehttp_rps\": {grace_rps:.1}, \"rps_ratio\": {rps_ratio:.4}, \"baseline_p99_ms\": {}, \"gracehttp_p99_ms\": {}, \"p99_ratio\": {}}},",
+        num(base_p99),
+        num(grace_p99),
+        if p99_ratio.is_finite() {
+            format!("{p99_ratio:.4}")
+        } else {
+            "null".into()
+        }
+    );
+    let _ = writeln!(
+        json,
+        "  \"footprint\": {{\"idle_rss_kib\": {}, \"idle_fds\": {}, \"load_rss_kib\": {}, \"load_fds\": {}, \"after_restarts\": {}, \"after_rss_kib\": {}, \"after_fds\": {}}},",
+        opt(idle.0),
+        opt(idle.1.map(|x| x as u64)),
+        opt(under.0),
+        opt(under.1.map(|x| x as u64)),
+        plan.restarts_for_footprint,
+        opt(after.0),
+        opt(after.1.map(|x| x as u64))
+    );
+    let _ = writeln!(json, "  \"processes_left\": {}\n}}", survivors.len());
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let file = dir.join(format!(
+        "bench-{}{stamp}.json",
+        if plan.quick { "quick-" } else { "" }
+    ));
+    std::fs::write(&file, json).map_err(|e| format!("{}: {e}", file.display()))?;
+    eprintln!("wrote {}", file.display());
+    if !plan.quick {
+        let doc = format!(
+            "# Benchmarks\n\nThe latest figures from `cargo xtask bench` (the exact command; `cargo xtask bench --quick` is a \
+             few-second version). Load comes from the xtask process on loopback through hyper's client; every failure is \
+             counted by kind. The machines are shared and noisy: compare the ratios, measured in the same run, more than \
+             the absolute numbers. The last column counts HTTP/2 requests that the old process's GOAWAY \
+             marked as not processed: RFC 9113 (8.7) makes them safe to retry, and real clients (browsers, Go, curl) \
+             retry them on a new connection; hyper-util's pooled client does not, so the load generator does. They are \
+             not failures: no request was lost, each was answered once.\n\n{md}\n"
+        );
+        std::fs::write(root.join("BENCHMARKS.md"), doc).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
+        eprintln!("wrote BENCHMARKS.md");
+    }
+    let failed: u64 = modes.iter().map(|m| m.load.failures.total()).sum();
+    if failed > 0 {
+        for m in &modes {
+            if !m.load.examples.is_empty() {
+                eprintln!("{}: {:?}", m.mode, m.load.examples);
+            }
+        }
+        return Err(format!("{failed} requests failed across restarts"));
+    }
+    Ok(())
+}
+
+fn num(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.3}", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "null".into())
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "null".into())
+}
