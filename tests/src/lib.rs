@@ -51,6 +51,17 @@ impl ProcessGuard {
     pub fn spawn(mut cmd: Command) -> ProcessGuard {
         become_subreaper();
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Start it as a shell would: with fds 0-2 only. The test harness may hold fds without
+        // close-on-exec (cargo's jobserver pipes); they are not the program's to leak.
+        // SAFETY: close_range is a single async-signal-safe system call, run between fork and
+        // exec; std's own error pipe is close-on-exec already.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));

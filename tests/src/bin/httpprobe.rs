@@ -6,7 +6,9 @@
 //! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/health` is
 //! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
-//! client sends `close`. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS` and
+//! client sends `close`. `/echo` reads the body and answers its length (400 when it is
+//! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
+//! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS` and
 //! `PROBE_MAX_CONNECTIONS` set the server's limits.
 
 use std::convert::Infallible;
@@ -36,6 +38,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), gracehttp::Error> {
+    if let Some(n) = std::env::var("PROBE_NOFILE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        // A low fd limit, to run out of fds on purpose.
+        if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n) {
+            eprintln!("httpprobe: cannot lower RLIMIT_NOFILE to {n}: {e}");
+        }
+    }
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let tls = match (flag("--tls-cert"), flag("--tls-key")) {
@@ -104,6 +115,24 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             _ => text(StatusCode::OK, "ok".into()),
         },
         "/ws" => websocket(req, drain),
+        "/echo" => {
+            use http_body_util::BodyExt;
+            match req.into_body().collect().await {
+                Ok(body) => text(StatusCode::OK, format!("{} bytes", body.to_bytes().len())),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("bad body: {e}")),
+            }
+        }
+        "/fds" => {
+            // A subprocess the application starts: which fds does it get?
+            let program = std::env::var("PROBE_NETPROBE").unwrap_or_default();
+            match tokio::process::Command::new(program).arg("fds").output().await {
+                Ok(out) => text(
+                    StatusCode::OK,
+                    String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                ),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found".into()),
     })
 }

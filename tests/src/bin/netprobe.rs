@@ -6,9 +6,11 @@
 //!   `spawn` starts generation 2 with `spawn_next`, `exit` exits. Generation 2 reports its
 //!   fds and the sockets it inherited, answers the connections queued before the handoff and
 //!   the datagram sent before it, then serves the Unix socket for a while.
-//! - `exec-with FD3 LISTEN_FDS LISTEN_PID LISTEN_FDNAMES`: puts a TCP listener, a file, a pipe,
-//!   a connected socket or nothing (`tcp|file|pipe|connected|none`) at fd 3, sets the
-//!   variables (`self` = our pid, `-` = unset) and execs itself as `report`.
+//! - `exec-with FD3 LISTEN_FDS LISTEN_PID LISTEN_FDNAMES [PROGRAM ARGS...]`: puts a TCP
+//!   listener, a file, a pipe, a connected socket or nothing (`tcp|file|pipe|connected|none`)
+//!   at fd 3, sets the variables (`self` = our pid, `-` = unset) and execs PROGRAM, or itself
+//!   as `report`.
+//! - `fds`: prints its open fds, comma-separated.
 //! - `report`: reads the environment through gracenet and prints what it found.
 //! - `activated ADDR NAME`: under `systemd-socket-activate`: listens on `ADDR` and by name
 //!   `NAME`, answers one connection on each.
@@ -23,9 +25,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("handoff") => handoff(&args[2]),
-        Some("exec-with") => exec_with(&args[2], &args[3], &args[4], &args[5]),
+        Some("exec-with") => exec_with(&args[2], &args[3], &args[4], &args[5], &args[6..]),
         Some("report") => report(),
         Some("activated") => activated(&args[2], &args[3]),
+        Some("fds") => open_fds().map(|fds| {
+            let fds: Vec<String> = fds.iter().map(i32::to_string).collect();
+            println!("{}", fds.join(","));
+        }),
         _ => Err("usage: netprobe handoff|exec-with|report|activated ...".into()),
     };
     if let Err(e) = result {
@@ -138,7 +144,7 @@ fn handoff(dir: &str) -> Result<()> {
     Ok(())
 }
 
-fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str) -> Result<()> {
+fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str, program: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt;
     // Keep the source objects alive until exec.
     let listener;
@@ -185,8 +191,18 @@ fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str) -> Result<()> {
             unsafe { libc::close(3) };
         }
     }
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("report");
+    let mut cmd = match program.split_first() {
+        Some((p, args)) => {
+            let mut c = std::process::Command::new(p);
+            c.args(args);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new(std::env::current_exe()?);
+            c.arg("report");
+            c
+        }
+    };
     let own = std::process::id().to_string();
     for (var, value) in [
         (gracenet::LISTEN_FDS, fds),

@@ -1,0 +1,321 @@
+//! A hostile world: malformed HTTP, slow clients, running out of fds, bad TLS, a bad
+//! readiness fd, and fd hygiene. Each case closes only the offending connection and a normal
+//! client is answered meanwhile; nothing panics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use grace_tests::http::{get_h1, get_tls, write_cert};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, wait_until};
+use nix::sys::signal::Signal;
+
+const HTTPPROBE: &str = env!("CARGO_BIN_EXE_httpprobe");
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Vec<u16>) {
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = g.expect_log("Serving ");
+    let rest = line
+        .split("Serving ")
+        .nth(1)
+        .unwrap()
+        .split(" with ")
+        .next()
+        .unwrap();
+    let ports = rest
+        .split(", ")
+        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    (g, ports)
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it (or 20 s).
+fn exchange(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn no_panics(g: &mut ProcessGuard) {
+    let seen = g.seen();
+    assert!(!seen.iter().any(|l| l.contains("panicked")), "{seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_closes_only_that_connection() {
+    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[]));
+    let port = ports[0];
+    let pid = g.pid().to_string();
+    // A normal keep-alive client, before, between and after.
+    let mut normal = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    normal.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut ask_normal = || {
+        normal.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = normal.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&pid), "{text}");
+    };
+    ask_normal();
+    let big = [
+        b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(),
+        &vec![b'a'; 1 << 20],
+        b"\r\n\r\n",
+    ]
+    .concat();
+    for (name, bytes, expect) in [
+        ("garbage", b"\x00\x01\x02garbage\r\n\r\n".to_vec(), "HTTP/1.1 400"),
+        ("1 MiB header", big, "HTTP/1.1 431"),
+        (
+            "bad chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let answer = exchange(port, &bytes);
+        assert!(answer.starts_with(expect), "{name}: {answer:?}");
+        assert!(!answer.contains(" 200 "), "{name} was served: {answer:?}");
+        ask_normal();
+    }
+    // Content-Length with Transfer-Encoding (request smuggling): hyper takes the chunked
+    // body as RFC 9112 6.3 says, drops Content-Length, answers once and closes, so whatever
+    // was smuggled behind the body is never read as a request.
+    let smuggled = exchange(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /pid HTTP/1.1\r\nHost: smuggled\r\n\r\n",
+    );
+    assert_eq!(
+        smuggled.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {smuggled:?}"
+    );
+    assert!(
+        smuggled.contains("connection: close") && smuggled.ends_with("5 bytes"),
+        "{smuggled:?}"
+    );
+    ask_normal();
+    // A well-formed body still works.
+    let ok = exchange(
+        port,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("5 bytes"), "{ok}");
+    no_panics(&mut g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_closed_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[("PROBE_HEADER_TIMEOUT_MS", "1500")]));
+    let port = ports[0];
+    let pid = g.pid().to_string();
+    let request = b"GET /pid HTTP/1.1\r\nHost: slowloris\r\n\r\n";
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        slow.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let started = Instant::now();
+            // One byte a second; the server should close us long before the request is whole.
+            for b in request.iter() {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return (true, started.elapsed()),
+                    Ok(Ok(_)) => return (false, started.elapsed()), // answered: not closed
+                    Err(_) => {}
+                }
+            }
+            (false, started.elapsed())
+        }));
+    }
+    // Meanwhile a normal client is answered, again and again.
+    for _ in 0..5 {
+        assert_eq!(get_h1(port, "/pid").await.unwrap().body, pid);
+        tokio::time::sleep(Duration::from_millis(300)).await; // pacing through the slow period
+    }
+    let mut closed = 0;
+    for t in slow {
+        let (was_closed, _) = t.await.unwrap();
+        closed += was_closed as usize;
+    }
+    assert_eq!(
+        closed, 200,
+        "every slow client was closed before finishing its headers"
+    );
+    assert_eq!(get_h1(port, "/pid").await.unwrap().body, pid);
+    no_panics(&mut g);
+}
+
+/// CPU time (user + system) of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // After the command: state(0) ppid(1) ... utime(11) stime(12).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_fds_backs_off_quietly_and_recovers() {
+    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[("PROBE_NOFILE", "64")]));
+    let port = ports[0];
+    let pid = g.pid();
+    // Hold idle connections until the server cannot accept any more (the rest wait in the
+    // backlog: the kernel completes their handshakes).
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    tokio::task::block_in_place(|| g.expect_log("accept failed"));
+    // While starved, no busy loop: at most a small fraction of a core over a second.
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks_per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let used = (cpu_ticks(pid) - c0) as f64 / ticks_per_sec / t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.5,
+        "accept loop used {:.0}% of a core while out of fds",
+        used * 100.0
+    );
+    // Free the fds: serving resumes.
+    drop(held);
+    let answered = wait_until(DEADLINE, || {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(get_h1(port, "/pid")))
+            .map(|a| a.body == pid.to_string())
+            .unwrap_or(false)
+    });
+    assert!(answered, "serving resumed once fds were free");
+    no_panics(&mut g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_closes_that_connection_and_serves_the_rest() {
+    let dir = TempDir::new("bad-tls-clients");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let cert = dir.path().join("cert.pem").display().to_string();
+    let key = dir.path().join("key.pem").display().to_string();
+    let (mut g, ports) = tokio::task::block_in_place(|| {
+        start(
+            &["--tls-cert", &cert, "--tls-key", &key],
+            &[("PROBE_HEADER_TIMEOUT_MS", "1000")],
+        )
+    });
+    let tls_port = ports[2];
+    let pid = g.pid().to_string();
+    let good = || async {
+        get_tls(tls_port, "/pid", &root, &[b"h2"])
+            .await
+            .map(|(a, _)| a.body)
+    };
+    // Plain HTTP to the TLS port.
+    let plain = tokio::task::block_in_place(|| exchange(tls_port, b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(!plain.contains(&pid), "{plain:?}");
+    assert_eq!(good().await.unwrap(), pid);
+    // Random bytes as a ClientHello.
+    let junk: Vec<u8> = (0..2048u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let answer = tokio::task::block_in_place(|| {
+        exchange(tls_port, &[&[0x16, 0x03, 0x01, 0x07, 0xff][..], &junk].concat())
+    });
+    assert!(!answer.contains(&pid));
+    assert_eq!(good().await.unwrap(), pid);
+    // A client that stops mid-handshake: closed at the handshake timeout.
+    let mut stalled = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap(); // a record header, then nothing
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::task::block_in_place(|| stalled.read_to_end(&mut buf));
+    assert!(
+        closed.is_ok(),
+        "the stalled handshake was closed by the server: {closed:?}"
+    );
+    assert_eq!(good().await.unwrap(), pid);
+    no_panics(&mut g);
+}
+
+#[test]
+fn a_readiness_fd_that_is_not_a_pipe_is_a_clear_error() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args([
+        "exec-with",
+        "file",
+        "-",
+        "-",
+        "-",
+        env!("CARGO_BIN_EXE_lifeprobe"),
+        "127.0.0.1:0",
+    ])
+    .env("GRACE_READY_FD", "3");
+    let mut g = ProcessGuard::spawn(cmd);
+    let status = g.wait_timeout(DEADLINE).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let out = g.output_after_exit();
+    let error = out
+        .iter()
+        .find(|l| l.starts_with("lifeprobe: "))
+        .unwrap_or_else(|| panic!("{out:#?}"));
+    assert!(
+        error.contains("GRACE_READY_FD=\"3\" is malformed: expected the write end of the readiness pipe (this fd is not a pipe)"),
+        "{error}"
+    );
+    for (value, expect) in [
+        ("abc", "an fd number of 3 or more"),
+        ("1", "an fd number of 3 or more"),
+        ("999", "an open fd"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeprobe"));
+        cmd.arg("127.0.0.1:0").env("GRACE_READY_FD", value);
+        let mut g = ProcessGuard::spawn(cmd);
+        let status = g.wait_timeout(DEADLINE).expect("exits");
+        assert_eq!(status.code(), Some(1), "GRACE_READY_FD={value}");
+        let out = g.output_after_exit();
+        assert!(
+            out.iter().any(
+                |l| l.contains(&format!("GRACE_READY_FD=\"{value}\" is malformed")) && l.contains(expect)
+            ),
+            "{out:#?}"
+        );
+        assert!(!out.iter().any(|l| l.contains("panicked")), "{out:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subprocess_started_by_a_handler_sees_only_fds_0_to_2() {
+    let (mut g, ports) =
+        tokio::task::block_in_place(|| start(&[], &[("PROBE_NETPROBE", env!("CARGO_BIN_EXE_netprobe"))]));
+    let port = ports[0];
+    // Keep other connections open too: none of them may leak.
+    let _open: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let a = get_h1(port, "/fds").await.unwrap();
+    assert_eq!(a.body, "0,1,2", "generation 1's subprocess");
+    // After a restart, the inherited sockets (fds 3.. at exec) must not leak either.
+    g.signal(Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
+    let new: u32 = line
+        .split(" with new pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let _guard = PidGuard(new);
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting"));
+    let a = get_h1(port, "/fds").await.unwrap();
+    assert_eq!(a.body, "0,1,2", "generation 2's subprocess");
+}
