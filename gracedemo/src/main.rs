@@ -57,6 +57,12 @@ fn command() -> Command {
                 .help("Serve over TLS with a certificate for localhost made at startup (for trying it)."),
         )
         .arg(
+            Arg::new("pid-file")
+                .long("pid-file")
+                .value_name("FILE")
+                .help("Keep FILE naming the serving process (written when ready, removed at the final stop)."),
+        )
+        .arg(
             Arg::new("supervise")
                 .long("supervise")
                 .action(ArgAction::SetTrue)
@@ -141,6 +147,9 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         _ => None,
     };
     let mut server = gracehttp::Server::new();
+    if let Some(path) = matches.get_one::<String>("pid-file") {
+        server = server.pid_file(path);
+    }
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)

@@ -167,6 +167,14 @@ fn classify(e: &hyper_util::client::legacy::Error) -> (&'static str, String) {
 
 /// Sends load as `cfg` says and returns what it saw.
 pub async fn run_load(cfg: LoadConfig) -> LoadResult {
+    run_load_until(cfg, std::sync::Arc::default()).await
+}
+
+/// Like [`run_load`], but also stops as soon as `stop` is set.
+pub async fn run_load_until(
+    cfg: LoadConfig,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> LoadResult {
     let started = Instant::now();
     let per_worker = (cfg.max_requests / cfg.connections.max(1) as u64).max(1);
     let uri: http::Uri = format!("http://127.0.0.1:{}{}", cfg.port, cfg.path)
@@ -177,10 +185,11 @@ pub async fn run_load(cfg: LoadConfig) -> LoadResult {
         let client = client(&cfg);
         let uri = uri.clone();
         let until = started + cfg.duration;
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::default();
             for _ in 0..per_worker {
-                if Instant::now() >= until {
+                if Instant::now() >= until || stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
                 let t0 = Instant::now();
