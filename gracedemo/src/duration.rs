@@ -101,6 +101,46 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     Ok(total as i64)
 }
 
+/// Go's `Duration.String`: `1h2m3.5s`, `1.5ms`, `2µs`, `0s`; the inverse of
+/// [`parse_duration`] (`parse_duration(&format_duration(d)) == Ok(d)` for every `d`).
+pub fn format_duration(nanos: i64) -> String {
+    let neg = nanos < 0;
+    let u = nanos.unsigned_abs();
+    let sign = if neg { "-" } else { "" };
+    // `v` as an integer part and a fraction of `prec` digits, trailing zeros (and a bare
+    // point) dropped.
+    let split = |v: u64, prec: u32| {
+        let scale = 10u64.pow(prec);
+        let frac = format!("{:0width$}", v % scale, width = prec as usize);
+        let frac = frac.trim_end_matches('0');
+        let frac = if frac.is_empty() {
+            String::new()
+        } else {
+            format!(".{frac}")
+        };
+        (v / scale, frac)
+    };
+    if u < 1_000_000_000 {
+        let (prec, unit) = match u {
+            0 => return "0s".to_owned(),
+            1..1_000 => (0, "ns"),
+            1_000..1_000_000 => (3, "\u{00b5}s"),
+            _ => (6, "ms"),
+        };
+        let (int, frac) = split(u, prec);
+        return format!("{sign}{int}{frac}{unit}");
+    }
+    let (secs, frac) = split(u, 9);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{sign}{h}h{m}m{s}{frac}s")
+    } else if secs >= 60 {
+        format!("{sign}{m}m{s}{frac}s")
+    } else {
+        format!("{sign}{s}{frac}s")
+    }
+}
+
 /// Consumes leading digits; `None` on overflow past 2^63, as Go's `leadingInt`.
 fn leading_int(s: &[u8]) -> Option<(u64, &[u8])> {
     let mut x: u64 = 0;
@@ -165,6 +205,52 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn formats_as_go_does() {
+        for (nanos, go) in [
+            (0, "0s"),
+            (1, "1ns"),
+            (1_100, "1.1\u{00b5}s"),
+            (2_200_000, "2.2ms"),
+            (3_300_000_000, "3.3s"),
+            (4 * 60_000_000_000 + 5_000_000_000, "4m5s"),
+            (3_600_000_000_000, "1h0m0s"),
+            (5_400_000_000_000, "1h30m0s"),
+            (-1_000_000_000, "-1s"),
+            (i64::MAX, "2562047h47m16.854775807s"),
+            (i64::MIN, "-2562047h47m16.854775808s"),
+        ] {
+            assert_eq!(format_duration(nanos), go, "{nanos}");
+        }
+    }
+
+    // Bounded in CI (proptest's default case count); PROPTEST_CASES=1000000 runs longer.
+    proptest! {
+        #[test]
+        fn parse_inverts_format(nanos in any::<i64>()) {
+            prop_assert_eq!(parse_duration(&format_duration(nanos)), Ok(nanos));
+        }
+
+        #[test]
+        fn nanoseconds_round_trip(nanos in any::<i64>()) {
+            prop_assert_eq!(parse_duration(&format!("{nanos}ns")), Ok(nanos));
+        }
+
+        #[test]
+        fn any_input_is_an_answer_never_a_panic(s in "\\PC{0,40}") {
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn duration_like_input_is_an_answer_never_a_panic(s in "[-+]?([0-9]{0,22}(\\.[0-9]{0,22})?(ns|us|µs|μs|ms|s|m|h|x|)){1,4}") {
+            match parse_duration(&s) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(e.starts_with("time: "), "{}", e),
+            }
+        }
+    }
 
     /// Inputs and what Go 1.22's `time.ParseDuration` returns for them (nanoseconds, or the
     /// error's text).

@@ -212,4 +212,24 @@ mod tests {
             "--tls-cert needs --tls-key"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        // Bounded in CI (proptest's default case count); PROPTEST_CASES=1000000 runs longer.
+        proptest! {
+            #[test]
+            fn any_arguments_are_an_answer_never_a_panic(args in proptest::collection::vec("-{0,2}[a-z0-9=:.\\-]{0,12}|\\PC{0,10}", 0..6)) {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let _ = parse(&args);
+            }
+
+            #[test]
+            fn an_address_flag_value_is_kept_as_given(flag in "a[012]", dashes in "-{1,2}", value in "[a-z0-9.:\\[\\]]{1,20}") {
+                let m = parse(&[&format!("{dashes}{flag}"), &value]).unwrap();
+                prop_assert_eq!(m.get_one::<String>(&flag).unwrap(), &value);
+            }
+        }
+    }
 }

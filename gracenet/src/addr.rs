@@ -311,4 +311,48 @@ mod tests {
         assert_eq!(addrs[0], "127.0.0.1:8080".parse().unwrap());
         assert_eq!(parse(":80").resolve().unwrap(), vec!["[::]:80".parse().unwrap()]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ip_addr() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (any::<u16>()).prop_map(|p| format!(":{p}")),
+                (any::<[u8; 4]>(), any::<u16>())
+                    .prop_map(|(ip, p)| format!("{}:{p}", std::net::Ipv4Addr::from(ip))),
+                (any::<[u8; 16]>(), any::<u16>())
+                    .prop_map(|(ip, p)| format!("[{}]:{p}", std::net::Ipv6Addr::from(ip))),
+                ("[a-z][a-z0-9-]{0,20}(\\.[a-z0-9-]{1,10}){0,2}", any::<u16>())
+                    .prop_map(|(h, p)| format!("{h}:{p}")),
+                "/[a-zA-Z0-9_./-]{1,60}".prop_map(|p| format!("unix:{p}")),
+                "[a-zA-Z0-9_.-]{1,30}".prop_map(|n| format!("unix:@{n}")),
+            ]
+        }
+
+        // Bounded in CI (proptest's default case count); PROPTEST_CASES=1000000 runs longer.
+        proptest! {
+            #[test]
+            fn parse_inverts_display(s in ip_addr()) {
+                let a: ListenAddr = s.parse().unwrap();
+                let again: ListenAddr = a.to_string().parse().unwrap();
+                prop_assert_eq!(again, a);
+            }
+
+            #[test]
+            fn any_input_is_an_answer_never_a_panic(s in "\\PC{0,60}") {
+                match s.parse::<ListenAddr>() {
+                    Ok(a) => { let _ = a.to_string(); }
+                    Err(e) => prop_assert!(e.to_string().starts_with("invalid listen address"), "{}", e),
+                }
+            }
+
+            #[test]
+            fn a_socket_matches_the_address_it_was_bound_at(ip in any::<[u8; 4]>(), port in 1u16..) {
+                let bound = std::net::SocketAddr::from((ip, port));
+                let want: ListenAddr = bound.to_string().parse().unwrap();
+                prop_assert!(want.matches(&LocalAddr::Inet(bound), &[]));
+            }
+        }
+    }
 }

@@ -271,4 +271,37 @@ mod tests {
             "{msg}"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        // Bounded in CI (proptest's default case count); PROPTEST_CASES=1000000 runs longer.
+        proptest! {
+            #[test]
+            fn any_values_are_an_answer_never_a_panic(
+                fds in proptest::option::of("\\PC{0,12}"),
+                pid in proptest::option::of("\\PC{0,12}"),
+                names in proptest::option::of("\\PC{0,40}"),
+            ) {
+                match parse(fds.as_deref(), pid.as_deref(), names.as_deref(), PID, LIMIT) {
+                    Ok(ListenEnv::Fds { count, names, .. }) => prop_assert_eq!(names.len(), count),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let msg = e.to_string();
+                        prop_assert!(msg.starts_with("LISTEN_"), "{}", msg);
+                    }
+                }
+            }
+
+            #[test]
+            fn well_formed_values_are_read_back(count in 0usize..50, names in proptest::collection::vec("[a-z]{0,8}", 50)) {
+                let names = &names[..count];
+                let joined = names.join(":");
+                let got = parse(Some(&count.to_string()), Some(&PID.to_string()), Some(&joined), PID, LIMIT).unwrap();
+                let want: Vec<Option<String>> = names.iter().map(|n| (!n.is_empty()).then(|| n.clone())).collect();
+                prop_assert_eq!(got, ListenEnv::Fds { count, names: want, listen_pid: Some(PID) });
+            }
+        }
+    }
 }
