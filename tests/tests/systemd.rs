@@ -190,3 +190,37 @@ fn the_example_units_pass_systemd_analyze_verify() {
         }
     }
 }
+
+#[test]
+fn under_a_supervisor_systemd_hears_the_supervisors_pid_as_mainpid() {
+    let dir = TempDir::new("notify-supervised");
+    let (path, rx) = notify_socket(dir.path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeprobe"));
+    cmd.args(["127.0.0.1:0", "--supervise"])
+        .env("NOTIFY_SOCKET", &path);
+    let mut g = ProcessGuard::spawn(cmd);
+    let supervisor = g.pid();
+    let line = g.expect_line("probe version=");
+    let gen1: u32 = field(&line, "pid").parse().unwrap();
+    let _gen1 = PidGuard(gen1);
+    let ready = next(&rx);
+    assert_eq!(
+        value(&ready, "MAINPID"),
+        Some(supervisor.to_string().as_str()),
+        "{ready:?}"
+    );
+    assert_eq!(value(&ready, "READY"), Some("1"), "{ready:?}");
+    g.signal(Signal::SIGUSR2);
+    assert_reloading(&next(&rx));
+    let ready = next(&rx);
+    assert_eq!(
+        value(&ready, "MAINPID"),
+        Some(supervisor.to_string().as_str()),
+        "{ready:?}"
+    );
+    let line = g.expect_line("probe version=");
+    let _gen2 = PidGuard(field(&line, "pid").parse().unwrap());
+    g.signal(Signal::SIGTERM);
+    let status = g.wait_timeout(DEADLINE).expect("the supervisor exits");
+    assert!(status.success(), "{status}");
+}
