@@ -14,13 +14,7 @@ async fn no_request_fails_across_restarts_in_any_mode() {
     cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"]);
     let mut g = ProcessGuard::spawn(cmd);
     let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
-    let port: u16 = line
-        .split("Serving ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let port = grace_tests::ports_in_grace_line(&line)[0];
     let mut guards = Vec::new();
     for (http2, keep_alive) in [(false, true), (false, false), (true, true), (true, false)] {
         let cfg = LoadConfig {

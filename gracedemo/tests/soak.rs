@@ -77,13 +77,7 @@ async fn fifty_restarts_under_load_lose_nothing_and_leak_nothing() {
     .env(MARKER, &marker);
     let mut g = ProcessGuard::spawn(cmd);
     let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
-    let port: u16 = line
-        .split("Serving ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let port = grace_tests::ports_in_grace_line(&line)[0];
     let first = g.pid();
     warm(port).await;
     let (first_rss, first_fds) = (rss_kib(first).unwrap(), fd_count(first).unwrap());

@@ -50,12 +50,7 @@ async fn activated_sockets_are_served_and_survive_a_restart() {
     g.signal(Signal::SIGUSR2);
     let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
     assert!(line.contains(&want), "{line}");
-    let gen2: u32 = line
-        .split(" with new pid ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let gen2 = grace_tests::new_pid_in_handoff(&line);
     let _gen2_guard = PidGuard(gen2);
     tokio::task::block_in_place(|| g.expect_log("stopped accepting"));
     for p in ports {

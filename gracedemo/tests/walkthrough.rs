@@ -21,15 +21,6 @@ struct Demo {
     marker: String,
 }
 
-fn ports_of(line: &str, lead: &str) -> Vec<u16> {
-    let rest = &line[line.find(lead).expect("lead") + lead.len()..];
-    let (addrs, _) = rest.split_once(" with ").expect("' with '");
-    addrs
-        .split(", ")
-        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
-        .collect()
-}
-
 fn start(extra: &[&str]) -> Demo {
     let marker = unique_marker();
     let mut cmd = Command::new(GRACEDEMO);
@@ -41,7 +32,7 @@ fn start(extra: &[&str]) -> Demo {
     let pid = guard.pid();
     assert!(line.contains(&format!(" with pid {pid}.")), "{line}");
     Demo {
-        ports: ports_of(&line, "Serving "),
+        ports: grace_tests::ports_in_grace_line(&line),
         pid,
         guard,
         marker,
@@ -68,12 +59,7 @@ async fn walkthrough_step(demo: &mut Demo, old: u32, slow: &str) -> u32 {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGUSR2).unwrap();
     let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
     assert!(line.contains(&format!("and old pid {old}.")), "{line}");
-    let new: u32 = line
-        .split(" with new pid ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let new = grace_tests::new_pid_in_handoff(&line);
     let stopped = tokio::task::block_in_place(|| demo.guard.expect_log("stopped accepting"));
     assert!(stopped.contains(&format!("pid={old}")), "{stopped}");
     let quick = get_h1(port, "/sleep/?duration=0s").await.unwrap();
@@ -182,12 +168,7 @@ async fn tls_mode_answers_http2_across_a_restart() {
     assert_eq!(pid_in(&a.body), demo.pid);
     demo.guard.signal(Signal::SIGUSR2);
     let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
-    let new: u32 = line
-        .split(" with new pid ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let new = grace_tests::new_pid_in_handoff(&line);
     let _new_guard = PidGuard(new);
     tokio::task::block_in_place(|| demo.guard.expect_log("stopped accepting"));
     let (a, _) = get_tls(demo.ports[2], "/sleep/?duration=0s", &root, &[b"h2"])

@@ -514,3 +514,33 @@ pub fn unique_marker() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+/// The ports in one of grace's address lines (`Serving A, B, C with pid P.`,
+/// `Graceful handoff of A, B with new pid N and old pid O.`,
+/// `Listening on init activated A, B`), in order.
+pub fn ports_in_grace_line(line: &str) -> Vec<u16> {
+    let rest = ["Serving ", "Graceful handoff of ", "Listening on init activated "]
+        .iter()
+        .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
+    let addrs = rest.split(" with ").next().unwrap_or(rest);
+    addrs
+        .split(", ")
+        .map(|a| {
+            a.trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no port in {a:?} of {line:?}"))
+        })
+        .collect()
+}
+
+/// The new pid in grace's `Graceful handoff of ... with new pid N and old pid O.` line.
+pub fn new_pid_in_handoff(line: &str) -> u32 {
+    line.split(" with new pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {line:?}"))
+}

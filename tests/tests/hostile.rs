@@ -21,17 +21,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Vec<u16>) {
     }
     let mut g = ProcessGuard::spawn(cmd);
     let line = g.expect_log("Serving ");
-    let rest = line
-        .split("Serving ")
-        .nth(1)
-        .unwrap()
-        .split(" with ")
-        .next()
-        .unwrap();
-    let ports = rest
-        .split(", ")
-        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
+    let ports = grace_tests::ports_in_grace_line(&line);
     (g, ports)
 }
 
@@ -308,12 +298,7 @@ async fn a_subprocess_started_by_a_handler_sees_only_fds_0_to_2() {
     // After a restart, the inherited sockets (fds 3.. at exec) must not leak either.
     g.signal(Signal::SIGUSR2);
     let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
-    let new: u32 = line
-        .split(" with new pid ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let new = grace_tests::new_pid_in_handoff(&line);
     let _guard = PidGuard(new);
     tokio::task::block_in_place(|| g.expect_log("stopped accepting"));
     let a = get_h1(port, "/fds").await.unwrap();

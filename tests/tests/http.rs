@@ -18,23 +18,21 @@ struct Site {
     ports: Vec<u16>,
 }
 
-/// Reads grace's line `<first word> A, B, C with pid P.` (or the handoff form).
-fn parse_serving(line: &str, lead: &str) -> Site {
-    let rest = &line[line.find(lead).expect("lead") + lead.len()..];
-    let (addrs, tail) = rest.split_once(" with ").expect("' with '");
-    let ports = addrs
-        .split(", ")
-        .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
-        .collect();
-    let pid = tail
-        .trim_start_matches("new ")
-        .trim_start_matches("pid ")
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    Site { pid, ports }
+/// Reads grace's line `Serving A, B, C with pid P.` (or the handoff form: the new pid).
+fn parse_serving(line: &str) -> Site {
+    let pid = if line.contains("Graceful handoff of ") {
+        grace_tests::new_pid_in_handoff(line)
+    } else {
+        let tail = line.split(" with pid ").nth(1).expect("' with pid '");
+        tail.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a pid")
+    };
+    Site {
+        pid,
+        ports: grace_tests::ports_in_grace_line(line),
+    }
 }
 
 fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Site) {
@@ -46,7 +44,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Site) {
     let mut g = ProcessGuard::spawn(cmd);
     let line = g.expect_log("Serving ");
     assert!(line.contains("generation=1"), "{line}");
-    let site = parse_serving(&line, "Serving ");
+    let site = parse_serving(&line);
     assert_eq!(site.pid, g.pid());
     (g, site)
 }
@@ -56,7 +54,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Site) {
 fn restart(g: &mut ProcessGuard, pid: u32, ports: &[u16]) -> u32 {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("kill -USR2");
     let line = g.expect_log("Graceful handoff of ");
-    let site = parse_serving(&line, "Graceful handoff of ");
+    let site = parse_serving(&line);
     assert!(line.contains(&format!("and old pid {pid}.")), "{line}");
     assert_eq!(site.ports, ports, "same addresses after the handoff");
     site.pid
