@@ -14,6 +14,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::mpsc::{Sender, channel};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
@@ -25,6 +26,10 @@ use signal_hook::iterator::Signals;
 use crate::error::Error;
 use crate::notify::{NOTIFY_SOCKET, Notifier};
 use crate::spawn::Executable;
+
+/// How long the supervisor waits, once the serving generation has exited, for a successor's
+/// `MAINPID=` that may still be in flight.
+const SUCCESSOR_GRACE: Duration = Duration::from_secs(1);
 
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
@@ -61,7 +66,8 @@ pub fn supervise() -> Result<i32, Error> {
         ));
     }
     let upstream = Notifier::from_env();
-    // Private, abstract (no file to leave behind), and only our descendants are listened to.
+    // Private, abstract (no file to leave behind), and only the server's own process group is
+    // listened to.
     let name = format!("grace-supervisor-{me}-{}", crate::notify::monotonic_usec());
     let socket = UnixDatagram::bind_addr(
         &SocketAddr::from_abstract_name(name.as_bytes()).map_err(io("cannot name the notify socket"))?,
@@ -107,23 +113,29 @@ pub fn supervise() -> Result<i32, Error> {
         source,
     })?;
     let mut serving = child.id() as i32;
+    // Generation 1 leads its own process group and every later generation inherits it: the
+    // group tells the server's processes apart from strangers on the abstract socket.
+    let group = serving;
     tracing::info!(
         supervisor = me,
         pid = serving,
         "supervising: started generation 1 with pid {serving}"
     );
 
-    for event in rx {
-        match event {
-            Event::Signal(SIGCHLD) => {
-                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    let (pid, code) = match status {
-                        WaitStatus::Exited(pid, code) => (pid, code),
-                        WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
-                        WaitStatus::StillAlive => break,
-                        _ => continue,
-                    };
-                    if pid.as_raw() == serving {
+    // Set when the serving generation has exited: exit with `code` at `deadline` unless a
+    // successor's MAINPID arrives first. The successor sent it before its parent could exit,
+    // but it reaches us through another thread than the exit does.
+    let mut ending: Option<(Instant, i32)> = None;
+    loop {
+        let event = match ending {
+            None => match rx.recv() {
+                Ok(e) => e,
+                Err(_) => return Ok(1),
+            },
+            Some((deadline, code)) => {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(e) => e,
+                    Err(_) => {
                         tracing::info!(
                             supervisor = me,
                             "the serving generation (pid {serving}) exited with no successor ({code}): exiting"
@@ -135,6 +147,21 @@ pub fn supervise() -> Result<i32, Error> {
                             ]);
                         }
                         return Ok(code);
+                    }
+                }
+            }
+        };
+        match event {
+            Event::Signal(SIGCHLD) => {
+                while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    let (pid, code) = match status {
+                        WaitStatus::Exited(pid, code) => (pid, code),
+                        WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
+                        WaitStatus::StillAlive => break,
+                        _ => continue,
+                    };
+                    if pid.as_raw() == serving {
+                        ending = Some((Instant::now() + SUCCESSOR_GRACE, code));
                     }
                     tracing::debug!(supervisor = me, "reaped pid {pid} ({code})");
                 }
@@ -152,7 +179,7 @@ pub fn supervise() -> Result<i32, Error> {
                 }
             }
             Event::Notify { lines, sender } => {
-                if !sender.is_some_and(|pid| is_descendant(pid, me)) {
+                if sender.is_none_or(|pid| process_group(pid) != Some(group)) {
                     tracing::warn!(
                         supervisor = me,
                         ?sender,
@@ -169,6 +196,7 @@ pub fn supervise() -> Result<i32, Error> {
                         tracing::info!(supervisor = me, "pid {pid} is now serving (was {serving})");
                     }
                     serving = pid;
+                    ending = None;
                 }
                 if let Some(up) = &upstream {
                     // To systemd, the supervisor is the service's main process throughout.
@@ -187,7 +215,6 @@ pub fn supervise() -> Result<i32, Error> {
             }
         }
     }
-    Ok(1)
 }
 
 /// Reads sd_notify datagrams with their senders' pids until the supervisor ends.
@@ -221,26 +248,10 @@ fn read_notifications(socket: UnixDatagram, tx: Sender<Event>) {
     }
 }
 
-/// Whether `pid` descends from `ancestor` (by walking parent pids, at most 64 steps).
-fn is_descendant(pid: i32, ancestor: u32) -> bool {
-    let mut current = pid;
-    for _ in 0..64 {
-        let Some(parent) = parent_of(current) else {
-            return false;
-        };
-        if parent == ancestor as i32 {
-            return true;
-        }
-        if parent <= 1 {
-            return false;
-        }
-        current = parent;
-    }
-    false
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
+/// The process group of `pid`, from /proc (`None` once it is gone).
+fn process_group(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; take what follows the last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses; take what
+    // follows the last ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }
