@@ -53,6 +53,12 @@
 //!   or hangs is killed and reaped while this one keeps serving; `SIGTERM`/`SIGINT` stop
 //!   accepting and drain until a deadline; Go grace's "ready" (`SIGTERM` to the parent) is
 //!   spoken both ways. `examples/echo.rs` is a complete server on it.
+//! - **Tells systemd** (when `NOTIFY_SOCKET` is set): `READY=1` and `MAINPID=` when serving,
+//!   `RELOADING=1` across a restart, `STOPPING=1` at a final stop, readable `STATUS=` lines.
+//! - **Keeps one stable pid** when asked ([`supervise`]): a small first process that starts
+//!   generation 1, forwards signals to whichever generation serves, reaps everything, and
+//!   exits with the last generation's status; for containers (pid 1), pid-tracking
+//!   supervisors and terminals.
 //!
 //! Every socket gracenet returns is non-blocking: `O_NONBLOCK` is shared by all processes
 //! holding the socket, and gracenet never clears it (a blocking `accept` in an old process
