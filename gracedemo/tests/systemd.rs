@@ -8,13 +8,9 @@ use grace_tests::http::get_h1;
 use grace_tests::{DEADLINE, PidGuard, ProcessGuard, free_port, wait_until};
 use nix::sys::signal::Signal;
 
+/// The pid at the end of a gracedemo answer ("... from pid N.").
 fn pid_in(body: &str) -> u32 {
-    body.trim_end()
-        .trim_end_matches('.')
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a pid")
+    grace_tests::load::pid_of(body).unwrap_or_else(|| panic!("no pid in {body:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

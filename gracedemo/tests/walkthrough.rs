@@ -39,13 +39,9 @@ fn start(extra: &[&str]) -> Demo {
     }
 }
 
+/// The pid at the end of a gracedemo answer ("... from pid N.").
 fn pid_in(body: &str) -> u32 {
-    body.trim_end()
-        .trim_end_matches('.')
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+    grace_tests::load::pid_of(body).unwrap_or_else(|| panic!("no pid in {body:?}"))
 }
 
 /// One restart of the walkthrough: slow request in flight, USR2, quick request from the new

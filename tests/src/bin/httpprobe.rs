@@ -64,29 +64,38 @@ fn run() -> Result<(), gracehttp::Error> {
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
     }
-    if args.iter().any(|a| a == "--axum") {
+    let server = if args.iter().any(|a| a == "--axum") {
         let app = axum::Router::new().route(
             "/pid",
             axum::routing::get(|| async { format!("{} axum", std::process::id()) }),
         );
-        server = server
-            .http("127.0.0.1:0", app.clone())
-            .http("127.0.0.1:0", app.clone());
-        server = match tls {
-            Some(tls) => server.https("127.0.0.1:0", tls, app),
-            None => server.http("127.0.0.1:0", app),
-        };
+        three_sites(server, app, tls)
     } else {
-        let app = gracehttp::from_hyper(hyper::service::service_fn(handle));
-        server = server
-            .http("127.0.0.1:0", app.clone())
-            .http("127.0.0.1:0", app.clone());
-        server = match tls {
-            Some(tls) => server.https("127.0.0.1:0", tls, app),
-            None => server.http("127.0.0.1:0", app),
-        };
-    }
+        three_sites(
+            server,
+            gracehttp::from_hyper(hyper::service::service_fn(handle)),
+            tls,
+        )
+    };
     server.serve()
+}
+
+/// Two cleartext addresses, and a third over TLS when there is a certificate.
+fn three_sites<S, B>(server: gracehttp::Server, app: S, tls: Option<gracehttp::Tls>) -> gracehttp::Server
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<gracehttp::BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<gracehttp::BoxError>,
+{
+    let server = server
+        .http("127.0.0.1:0", app.clone())
+        .http("127.0.0.1:0", app.clone());
+    match tls {
+        Some(tls) => server.https("127.0.0.1:0", tls, app),
+        None => server.http("127.0.0.1:0", app),
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
