@@ -171,3 +171,36 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
         .expect("the namespace ends after a stop");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn sigint_and_sighup_reach_the_serving_generation() {
+    // SIGINT: forwarded once (the generation runs in its own process group), so it drains
+    // and exits 0 rather than stopping at once as a second SIGINT would make it.
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let gen1 = probe_pid(&sup.expect_line("probe version="));
+    let _g1 = PidGuard(gen1);
+    sup.expect_log("generation 1 serving");
+    sup.signal(Signal::SIGINT);
+    sup.expect_log(&format!("forwarding SIGINT to the serving pid {gen1}"));
+    let exit = sup.expect_line(&format!("probe exiting pid={gen1}"));
+    assert_eq!(
+        field(&exit, "forced"),
+        "false",
+        "drained, not stopped at once: {exit}"
+    );
+    assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
+
+    // SIGHUP is the application's: lifeprobe does not handle it, so it ends the generation,
+    // and the supervisor ends with that status.
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let gen1 = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(gen1);
+    sup.expect_log("generation 1 serving");
+    sup.signal(Signal::SIGHUP);
+    sup.expect_log(&format!("forwarding SIGHUP to the serving pid {gen1}"));
+    assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(128 + 1));
+}
