@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use gracenet::{Generation, GracefulListener, Origin, Outcome};
-use http::{Request, Response};
-use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
@@ -17,7 +13,7 @@ use tokio::sync::Semaphore;
 use crate::connection::{self, ConnConfig};
 use crate::drain::Drain;
 use crate::error::Error;
-use crate::service::{BoxError, Handler, handler};
+use crate::service::{Handler, HttpService, handler};
 use crate::tls::Tls;
 
 /// How long an HTTP/1 connection that is between requests may stay open once the drain
@@ -81,26 +77,12 @@ impl Server {
     /// any form gracenet accepts (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`).
     /// `service` is any tower service: an axum `Router`, `tower::service_fn`, or a hyper
     /// service through [`from_hyper`](crate::from_hyper).
-    pub fn http<S, B>(self, addr: &str, service: S) -> Server
-    where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    pub fn http<S: HttpService>(self, addr: &str, service: S) -> Server {
         self.site(addr, None, handler(service))
     }
 
     /// Serves `service` over TLS at `addr`, HTTP/2 or HTTP/1.1 as ALPN decides.
-    pub fn https<S, B>(self, addr: &str, tls: Tls, service: S) -> Server
-    where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    pub fn https<S: HttpService>(self, addr: &str, tls: Tls, service: S) -> Server {
         self.site(addr, Some(tls), handler(service))
     }
 

@@ -24,9 +24,26 @@ pub(crate) type Handler = Arc<
         + Sync,
 >;
 
-/// Erases a tower service: each request gets its own clone, made ready, then called, as
-/// hyper-util's `TowerToHyperService` does.
-pub(crate) fn handler<S, B>(service: S) -> Handler
+/// A service gracehttp can serve: any tower service of HTTP requests that can be cloned per
+/// connection and sent between threads (an axum `Router`, `tower::service_fn`, a hyper
+/// service through [`from_hyper`]). Implemented for every such service; named so the bounds
+/// are written once.
+pub trait HttpService:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The response body.
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> HttpService for S
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -34,6 +51,12 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    type Body = B;
+}
+
+/// Erases a service: each request gets its own clone, made ready, then called, as
+/// hyper-util's `TowerToHyperService` does.
+pub(crate) fn handler<S: HttpService>(service: S) -> Handler {
     Arc::new(move |req| {
         let mut service = service.clone();
         Box::pin(async move {

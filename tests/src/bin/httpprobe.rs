@@ -81,14 +81,11 @@ fn run() -> Result<(), gracehttp::Error> {
 }
 
 /// Two cleartext addresses, and a third over TLS when there is a certificate.
-fn three_sites<S, B>(server: gracehttp::Server, app: S, tls: Option<gracehttp::Tls>) -> gracehttp::Server
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<gracehttp::BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<gracehttp::BoxError>,
-{
+fn three_sites<S: gracehttp::HttpService>(
+    server: gracehttp::Server,
+    app: S,
+    tls: Option<gracehttp::Tls>,
+) -> gracehttp::Server {
     let server = server
         .http("127.0.0.1:0", app.clone())
         .http("127.0.0.1:0", app.clone());
