@@ -160,7 +160,10 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         server = match &tls {
             Some(tls) => server.https(addr, tls.clone(), service),
             None => server.http(addr, service),
-        };
+        }
+        // Under socket activation, a socket named a0, a1 or a2 (FileDescriptorName=) serves
+        // that server whatever its address.
+        .named(flag);
     }
     server.serve()
 }

@@ -62,3 +62,34 @@ async fn activated_sockets_are_served_and_survive_a_restart() {
     let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("generation 1 exits");
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activated_sockets_are_found_by_file_descriptor_name() {
+    let ports = [free_port(), free_port(), free_port()];
+    let mut cmd = Command::new("systemd-socket-activate");
+    for p in ports {
+        cmd.arg(format!("--listen=127.0.0.1:{p}"));
+    }
+    // Named out of order, and gracedemo's own addresses match none of them: only the
+    // names (a0, a1, a2 = FileDescriptorName=) can tie each socket to its server.
+    cmd.arg("--fdname=a2:a0:a1").arg(env!("CARGO_BIN_EXE_gracedemo"));
+    for flag in ["-a0", "-a1", "-a2"] {
+        cmd.arg(flag).arg("127.0.0.2:0");
+    }
+    let mut g = ProcessGuard::spawn(cmd);
+    assert!(wait_until(DEADLINE, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        ports[0]
+    ))
+    .is_ok()));
+    let line = tokio::task::block_in_place(|| g.expect_log("Listening on init activated "));
+    assert_eq!(
+        grace_tests::ports_in_grace_line(&line),
+        vec![ports[1], ports[2], ports[0]],
+        "{line}"
+    );
+    for (port, name) in [(ports[1], "Zero  "), (ports[2], "First "), (ports[0], "Second")] {
+        let a = get_h1(port, "/sleep/?duration=0s").await.unwrap();
+        assert!(a.body.starts_with(&format!("{name} started at ")), "{}", a.body);
+    }
+}

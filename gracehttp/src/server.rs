@@ -24,6 +24,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Site {
     addr: String,
+    name: Option<String>,
     tls: Option<Tls>,
     handler: Handler,
 }
@@ -89,9 +90,20 @@ impl Server {
     fn site(mut self, addr: &str, tls: Option<Tls>, handler: Handler) -> Server {
         self.sites.push(Site {
             addr: addr.to_owned(),
+            name: None,
             tls,
             handler,
         });
+        self
+    }
+
+    /// Names the address added last. An inherited socket of that name (systemd's
+    /// `FileDescriptorName=`, `LISTEN_FDNAMES`) is served there whatever its address, and a
+    /// socket bound here is passed on under that name at each restart.
+    pub fn named(mut self, name: &str) -> Server {
+        if let Some(site) = self.sites.last_mut() {
+            site.name = Some(name.to_owned());
+        }
         self
     }
 
@@ -168,7 +180,10 @@ impl Server {
         let listeners = self
             .sites
             .iter()
-            .map(|site| generation.listen(&site.addr))
+            .map(|site| match &site.name {
+                Some(name) => generation.listen_named(name, &site.addr),
+                None => generation.listen(&site.addr),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let addrs: Vec<&str> = listeners.iter().map(GracefulListener::local_addr).collect();
         announce(&generation, &addrs.join(", "));

@@ -527,7 +527,10 @@ pub fn ports_in_grace_line(line: &str) -> Vec<u16> {
     addrs
         .split(", ")
         .map(|a| {
-            a.trim()
+            // The last address may be followed by log fields ("... generation=1").
+            a.split_whitespace()
+                .next()
+                .unwrap_or_default()
                 .rsplit(':')
                 .next()
                 .and_then(|p| p.parse().ok())
