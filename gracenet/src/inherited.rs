@@ -61,6 +61,11 @@ impl InheritedFds {
     /// socket that is not listening. When `LISTEN_PID` names another process, the fds are left
     /// alone (logged) and this returns [`InheritedFds::none`].
     pub fn from_env() -> Result<Self, Error> {
+        Ok(Self::take_from_env()?)
+    }
+
+    /// [`from_env`](Self::from_env), with the environment's own error type.
+    pub(crate) fn take_from_env() -> Result<Self, EnvError> {
         match env::take_from_process()? {
             ListenEnv::Absent => Ok(Self::none()),
             ListenEnv::OtherProcess { listen_pid } => {

@@ -358,15 +358,7 @@ static PROCESS_LISTENERS: OnceLock<Result<Listeners, EnvError>> = OnceLock::new(
 /// # Errors
 /// [`Error::Env`] (every time) when the inherited environment was malformed.
 pub fn listeners() -> Result<&'static Listeners, Error> {
-    let result = PROCESS_LISTENERS.get_or_init(|| match InheritedFds::from_env() {
-        Ok(inherited) => Ok(Listeners::new(inherited)),
-        Err(Error::Env(e)) => Err(e),
-        Err(other) => Err(EnvError::Malformed {
-            var: crate::env::LISTEN_FDS,
-            value: String::new(),
-            expected: other.to_string(),
-        }),
-    });
+    let result = PROCESS_LISTENERS.get_or_init(|| InheritedFds::take_from_env().map(Listeners::new));
     result.as_ref().map_err(|e| Error::Env(e.clone()))
 }
 
