@@ -41,21 +41,6 @@ async fn warm(port: u16) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-fn zombies_of(parent: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter(|c| {
-            std::fs::read_to_string(format!("/proc/{c}/stat"))
-                .map(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_restarts_under_load_lose_nothing_and_leak_nothing() {
     let tmp = TempDir::new("soak-tmp");
@@ -130,7 +115,7 @@ async fn fifty_restarts_under_load_lose_nothing_and_leak_nothing() {
         "{:?}",
         pids_with_env(MARKER, &marker)
     );
-    assert_eq!(zombies_of(serving), 0);
+    assert_eq!(grace_tests::zombies_of(serving), Vec::<u32>::new());
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
         serving.to_string()

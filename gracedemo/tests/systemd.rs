@@ -13,24 +13,33 @@ fn pid_in(body: &str) -> u32 {
     grace_tests::load::pid_of(body).unwrap_or_else(|| panic!("no pid in {body:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activated_sockets_are_served_and_survive_a_restart() {
-    let ports = [free_port(), free_port(), free_port()];
+/// `systemd-socket-activate` listening on `ports` with `names`, set to exec gracedemo with
+/// `addrs` as its -a0/-a1/-a2; started, and its first socket connected to (which makes it
+/// exec gracedemo).
+fn activate(ports: [u16; 3], names: &str, addrs: [String; 3]) -> ProcessGuard {
     let mut cmd = Command::new("systemd-socket-activate");
     for p in ports {
         cmd.arg(format!("--listen=127.0.0.1:{p}"));
     }
-    cmd.arg("--fdname=a:b:c").arg(env!("CARGO_BIN_EXE_gracedemo"));
-    for (flag, p) in ["-a0", "-a1", "-a2"].iter().zip(ports) {
-        cmd.arg(flag).arg(format!("127.0.0.1:{p}"));
+    cmd.arg(format!("--fdname={names}"))
+        .arg(env!("CARGO_BIN_EXE_gracedemo"));
+    for (flag, addr) in ["-a0", "-a1", "-a2"].iter().zip(addrs) {
+        cmd.arg(flag).arg(addr);
     }
-    let mut g = ProcessGuard::spawn(cmd);
-    // The activator starts gracedemo on the first connection.
+    let g = ProcessGuard::spawn(cmd);
     assert!(wait_until(DEADLINE, || std::net::TcpStream::connect((
         "127.0.0.1",
         ports[0]
     ))
     .is_ok()));
+    g
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activated_sockets_are_served_and_survive_a_restart() {
+    let ports = [free_port(), free_port(), free_port()];
+    // The activator starts gracedemo on the first connection.
+    let mut g = activate(ports, "a:b:c", ports.map(|p| format!("127.0.0.1:{p}")));
     let line = tokio::task::block_in_place(|| g.expect_log("Listening on init activated "));
     let want = format!(
         "127.0.0.1:{}, 127.0.0.1:{}, 127.0.0.1:{}",
@@ -66,22 +75,17 @@ async fn activated_sockets_are_served_and_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activated_sockets_are_found_by_file_descriptor_name() {
     let ports = [free_port(), free_port(), free_port()];
-    let mut cmd = Command::new("systemd-socket-activate");
-    for p in ports {
-        cmd.arg(format!("--listen=127.0.0.1:{p}"));
-    }
     // Named out of order, and gracedemo's own addresses match none of them: only the
     // names (a0, a1, a2 = FileDescriptorName=) can tie each socket to its server.
-    cmd.arg("--fdname=a2:a0:a1").arg(env!("CARGO_BIN_EXE_gracedemo"));
-    for flag in ["-a0", "-a1", "-a2"] {
-        cmd.arg(flag).arg("127.0.0.2:0");
-    }
-    let mut g = ProcessGuard::spawn(cmd);
-    assert!(wait_until(DEADLINE, || std::net::TcpStream::connect((
-        "127.0.0.1",
-        ports[0]
-    ))
-    .is_ok()));
+    let mut g = activate(
+        ports,
+        "a2:a0:a1",
+        [
+            "127.0.0.2:0".to_owned(),
+            "127.0.0.2:0".to_owned(),
+            "127.0.0.2:0".to_owned(),
+        ],
+    );
     let line = tokio::task::block_in_place(|| g.expect_log("Listening on init activated "));
     assert_eq!(
         grace_tests::ports_in_grace_line(&line),

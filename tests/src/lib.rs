@@ -547,3 +547,26 @@ pub fn new_pid_in_handoff(line: &str) -> u32 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no new pid in {line:?}"))
 }
+
+/// The pids of zombie processes whose parent is `parent` (found by parent pid, so children of
+/// any of its threads count).
+pub fn zombies_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        if state == Some("Z") && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}

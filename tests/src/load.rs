@@ -276,11 +276,6 @@ pub struct RestartTiming {
     pub old_gone: Option<Duration>,
 }
 
-/// Whether `pid` is alive (not a zombie).
-pub fn alive(pid: u32) -> bool {
-    crate::is_alive(pid)
-}
-
 /// Runs `cfg` against a server on `cfg.port`, sending `SIGUSR2` to the serving pid every
 /// `every` (the first after `every`), and times each restart.
 pub async fn restart_under_load(cfg: LoadConfig, every: Duration) -> (LoadResult, Vec<RestartTiming>) {
@@ -322,7 +317,7 @@ pub async fn restart_under_load(cfg: LoadConfig, every: Duration) -> (LoadResult
         let Some(to_new_pid) = to_new_pid else { break };
         drains.push(tokio::spawn(async move {
             while at.elapsed() < Duration::from_secs(30) {
-                if !alive(old) {
+                if !crate::is_alive(old) {
                     return Some(at.elapsed());
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -5,31 +5,21 @@
 use std::process::Command;
 use std::time::Duration;
 
-use grace_tests::{DEADLINE, PidGuard, Prober, ProcessGuard, field, is_alive, wait_until};
+use grace_tests::{DEADLINE, PidGuard, Prober, ProcessGuard, field, is_alive, wait_until, zombies_of};
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-/// The pids of zombie processes whose parent is `parent`.
-fn zombies_of(parent: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
-        if state == Some("Z") && ppid == Some(parent) {
-            found.push(pid);
-        }
-    }
-    found
+/// Starts lifeprobe under its supervisor and waits for generation 1 to serve. Returns the
+/// supervisor's guard, generation 1's pid, and a guard that kills generation 1.
+fn start_supervised() -> (ProcessGuard, u32, PidGuard) {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let gen1 = probe_pid(&sup.expect_line("probe version="));
+    let guard = PidGuard(gen1);
+    sup.expect_log("generation 1 serving");
+    (sup, gen1, guard)
 }
 
 fn probe_pid(line: &str) -> u32 {
@@ -85,12 +75,7 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
 
 #[test]
 fn a_crashed_generation_with_no_successor_ends_the_supervisor_with_its_status() {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
-    let gen1 = probe_pid(&sup.expect_line("probe version="));
-    let _g = PidGuard(gen1);
-    sup.expect_log("generation 1 serving");
+    let (mut sup, gen1, _g) = start_supervised();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(gen1 as i32), Signal::SIGKILL).unwrap();
     let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits promptly");
     assert_eq!(status.code(), Some(128 + 9), "{status}");
@@ -176,12 +161,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
 fn sigint_and_sighup_reach_the_serving_generation() {
     // SIGINT: forwarded once (the generation runs in its own process group), so it drains
     // and exits 0 rather than stopping at once as a second SIGINT would make it.
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
-    let gen1 = probe_pid(&sup.expect_line("probe version="));
-    let _g1 = PidGuard(gen1);
-    sup.expect_log("generation 1 serving");
+    let (mut sup, gen1, _g1) = start_supervised();
     sup.signal(Signal::SIGINT);
     sup.expect_log(&format!("forwarding SIGINT to the serving pid {gen1}"));
     let exit = sup.expect_line(&format!("probe exiting pid={gen1}"));
@@ -194,12 +174,7 @@ fn sigint_and_sighup_reach_the_serving_generation() {
 
     // SIGHUP is the application's: lifeprobe does not handle it, so it ends the generation,
     // and the supervisor ends with that status.
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
-    let gen1 = probe_pid(&sup.expect_line("probe version="));
-    let _g2 = PidGuard(gen1);
-    sup.expect_log("generation 1 serving");
+    let (mut sup, gen1, _g2) = start_supervised();
     sup.signal(Signal::SIGHUP);
     sup.expect_log(&format!("forwarding SIGHUP to the serving pid {gen1}"));
     assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(128 + 1));

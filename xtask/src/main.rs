@@ -95,15 +95,6 @@ fn get(port: u16, path: &str) -> Result<String, String> {
         .unwrap_or(response))
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.split_once(marker).map(|(_, rest)| rest)
 }
@@ -180,8 +171,16 @@ fn demo() -> Result<(), String> {
     );
     println!(
         "  processes alive now: {old} {}, {new} {}",
-        if alive(old) { "(alive)" } else { "(gone)" },
-        if alive(new) { "(alive)" } else { "(gone)" }
+        if grace_tests::is_alive(old) {
+            "(alive)"
+        } else {
+            "(gone)"
+        },
+        if grace_tests::is_alive(new) {
+            "(alive)"
+        } else {
+            "(gone)"
+        }
     );
 
     say("4. A quick request, while the slow one is still running");
@@ -195,12 +194,16 @@ fn demo() -> Result<(), String> {
     println!("  {slow}");
     println!("  → answered by the OLD pid {old}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(old) && Instant::now() < deadline {
+    while grace_tests::is_alive(old) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     println!(
         "  old pid {old} {} {:.1?} after the restart",
-        if alive(old) { "is still running" } else { "exited" },
+        if grace_tests::is_alive(old) {
+            "is still running"
+        } else {
+            "exited"
+        },
         started.elapsed()
     );
 
@@ -212,12 +215,16 @@ fn demo() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     wait_log(&logs, &format!("Exiting pid {new}."))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(new) && Instant::now() < deadline {
+    while grace_tests::is_alive(new) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     println!(
         "  pid {new} {}",
-        if alive(new) { "is still running" } else { "exited" }
+        if grace_tests::is_alive(new) {
+            "is still running"
+        } else {
+            "exited"
+        }
     );
     say("Done: no request was refused or lost across the restart.");
     Ok(())
