@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gracenet::{Generation, GracefulListener, Origin, Outcome};
+use gracenet::registry::Origin;
+use gracenet::{Generation, Outcome};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
@@ -185,7 +186,7 @@ impl Server {
                 None => generation.listen(&site.addr),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let addrs: Vec<&str> = listeners.iter().map(GracefulListener::local_addr).collect();
+        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
         announce(&generation, &addrs.join(", "));
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -224,7 +225,7 @@ impl Server {
 fn announce(generation: &Generation, addrs: &str) {
     let pid = std::process::id();
     let number = generation.number();
-    match (generation.listeners().origin(), number) {
+    match (generation.registry().origin(), number) {
         (Origin::Fresh, _) => tracing::info!(generation = number, "Serving {addrs} with pid {pid}."),
         (Origin::Activated, 1) => tracing::info!(generation = number, "Listening on init activated {addrs}"),
         _ => tracing::info!(
@@ -241,7 +242,7 @@ fn nix_ppid() -> u32 {
 }
 
 async fn accept_loop(
-    mut listener: GracefulListener,
+    mut listener: gracenet::GracefulListener,
     site: Site,
     generation: Generation,
     config: ConnConfig,

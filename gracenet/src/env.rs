@@ -2,26 +2,11 @@
 //! environment once so no other process inherits it by accident.
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::EnvError;
 
-/// How many fds were passed, starting at fd 3 (systemd's `sd_listen_fds` protocol).
-pub const LISTEN_FDS: &str = "LISTEN_FDS";
-/// The pid the fds are meant for; when set and not ours, the fds are left alone.
-pub const LISTEN_PID: &str = "LISTEN_PID";
-/// Colon-separated names of the fds, one per fd (systemd's `FileDescriptorName=`).
-pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-
-/// The fd number of the readiness pipe's write end, in a process a gracenet generation
-/// started: the child writes one byte to it when serving.
-pub const GRACE_READY_FD: &str = "GRACE_READY_FD";
-/// This process's generation: 1 for the first, one more per restart.
-pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
-
-/// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.
-pub const FIRST_INHERITED_FD: RawFd = 3;
+pub(crate) use crate::vars::{FIRST_INHERITED_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 
 /// What the three variables say, once checked against each other and against this process.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,21 +31,21 @@
 //!     assert_eq!(&client.await??, b"hello");
 //!
 //!     // At a restart: start the next process with every socket as fds 3, 4, ...
-//!     // (`gracenet::listeners()?.spawn_next()?`), let it take over, then stop accepting.
+//!     // (`gracenet::Generation` does it on SIGUSR2), let it take over, then stop accepting.
 //!     Ok(())
 //! }
 //! ```
 //!
 //! # What it does
 //! - **Inherits** `LISTEN_FDS` / `LISTEN_PID` / `LISTEN_FDNAMES` once per process
-//!   ([`InheritedFds`]), checks every fd (open, a socket, listening or datagram), marks it
+//!   ([`registry::InheritedFds`]), checks every fd (open, a socket, listening or datagram), marks it
 //!   close-on-exec and non-blocking, and removes the variables from the environment. A
 //!   malformed value is an [`EnvError`] naming the variable and what was expected.
-//! - **Listens, inheriting first** ([`Listeners`], [`listen`], [`listen_tcp`], [`listen_unix`],
+//! - **Listens, inheriting first** ([`registry::SocketRegistry`], [`listen`], [`listen_tcp`], [`listen_unix`],
 //!   [`listen_udp`], [`listen_unix_datagram`], [`listen_named`]): an inherited socket whose real
 //!   address (or `LISTEN_FDNAMES` name) matches is returned; otherwise a new one is bound. The
 //!   address forms and their meanings are [`ListenAddr`]'s.
-//! - **Hands the sockets on** ([`Listeners::spawn_next`]): the program resolved from `argv[0]`
+//! - **Hands the sockets on** ([`process::NextProcess`]): the program resolved from `argv[0]`
 //!   at startup runs with the same arguments, directory and environment, the sockets at fds
 //!   3.. and `LISTEN_PID` set to its own pid, and no other fd.
 //! - **Runs the restart lifecycle** ([`Generation`], with the `tokio` feature): `SIGUSR2`
@@ -65,9 +65,26 @@
 //! would keep taking connections after a restart). Use it with tokio ([`mod@tokio`]) or a poll
 //! loop.
 //!
-//! Call [`listeners`] (or any `listen` function) early in `main`, before starting threads:
-//! it reads and removes the environment variables, and records the program and working
-//! directory a restart will use.
+//! Call [`registry::registry`] (or any `listen` function, or [`Generation::start`]) early in
+//! `main`, before starting threads: the first call reads and removes the inherited
+//! environment variables, and records the program and working directory a restart will use.
+//!
+//! # The crate's layout
+//! | where | what |
+//! |---|---|
+//! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`supervise`], [`Error`] |
+//! | [`registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
+//! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
+//! | [`mod@tokio`] | tokio versions of the stream listeners |
+//! | [`vars`] | the environment variables' names |
+//!
+//! # Platforms
+//! Linux is the first platform: every feature, with `close_range`, `pipe2`, pidfd and
+//! abstract Unix sockets. Other POSIX systems (macOS, the BSDs) use a portable path for the
+//! same features, except the ones that have no equivalent there, which return an
+//! `Unsupported` error: abstract Unix socket names (`unix:@name`) and [`supervise`] (it needs
+//! Linux's child subreaper). The portable path is tested on Linux by building with
+//! `RUSTFLAGS='--cfg gracenet_portable'`; no other system is tested.
 
 #![warn(missing_docs)]
 
@@ -75,87 +92,88 @@ mod addr;
 mod bind;
 mod env;
 mod error;
-#[cfg(feature = "tokio")]
-mod generation;
 mod inherited;
-mod listeners;
+#[cfg(feature = "tokio")]
+mod lifecycle;
 mod notify;
-#[cfg(feature = "tokio")]
 mod pidfile;
-#[cfg(feature = "tokio")]
+pub mod process;
 mod readiness;
-#[cfg(feature = "tokio")]
-mod signals;
+pub mod registry;
 mod socket;
-mod spawn;
+mod startup;
 mod supervisor;
+mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod vars;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 pub use addr::ListenAddr;
-pub use env::{FIRST_INHERITED_FD, GRACE_GENERATION, GRACE_READY_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
-pub use generation::{
+pub use lifecycle::{
     ConnectionGuard, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder,
     GracefulListener, Outcome, Phase, StopReason,
 };
-pub use inherited::{InheritedFds, Origin};
-pub use listeners::{Listener, Listeners, listeners};
+pub use socket::LocalAddr;
+pub use supervisor::{should_supervise, supervise};
 
-pub use notify::NOTIFY_SOCKET;
-pub use socket::{LocalAddr, SocketKind};
-pub use spawn::{ChildProcess, Executable, NextProcess};
-pub use supervisor::{GRACE_SUPERVISOR, should_supervise, supervise};
+use registry::{StreamListener, registry};
 
-/// [`Listeners::listen`] on this process's registry: a TCP or Unix listener for an address
-/// string (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`), inherited if it can be.
+/// [`SocketRegistry::listen`](registry::SocketRegistry::listen) on this process's registry: a
+/// TCP or Unix listener for an address string (`":8080"`, `"127.0.0.1:0"`,
+/// `"unix:/run/app.sock"`), inherited if it can be.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen`].
-pub fn listen(addr: &str) -> Result<Listener, Error> {
-    listeners()?.listen(addr)
+/// As [`registry::registry`] and [`SocketRegistry::listen`](registry::SocketRegistry::listen).
+pub fn listen(addr: &str) -> Result<StreamListener, Error> {
+    registry()?.listen(addr)
 }
 
-/// [`Listeners::listen_named`] on this process's registry.
+/// [`SocketRegistry::listen_named`](registry::SocketRegistry::listen_named) on this process's
+/// registry.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen_named`].
-pub fn listen_named(name: &str, addr: &str) -> Result<Listener, Error> {
-    listeners()?.listen_named(name, addr)
+/// As [`registry::registry`] and [`SocketRegistry::listen_named`](registry::SocketRegistry::listen_named).
+pub fn listen_named(name: &str, addr: &str) -> Result<StreamListener, Error> {
+    registry()?.listen_named(name, addr)
 }
 
-/// [`Listeners::listen_tcp`] on this process's registry.
+/// [`SocketRegistry::listen_tcp`](registry::SocketRegistry::listen_tcp) on this process's
+/// registry.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen_tcp`].
+/// As [`registry::registry`] and [`SocketRegistry::listen_tcp`](registry::SocketRegistry::listen_tcp).
 pub fn listen_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
-    listeners()?.listen_tcp(addr)
+    registry()?.listen_tcp(addr)
 }
 
-/// [`Listeners::listen_unix`] on this process's registry.
+/// [`SocketRegistry::listen_unix`](registry::SocketRegistry::listen_unix) on this process's
+/// registry.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen_unix`].
+/// As [`registry::registry`] and [`SocketRegistry::listen_unix`](registry::SocketRegistry::listen_unix).
 pub fn listen_unix(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixListener, Error> {
-    listeners()?.listen_unix(path)
+    registry()?.listen_unix(path)
 }
 
-/// [`Listeners::listen_udp`] on this process's registry.
+/// [`SocketRegistry::listen_udp`](registry::SocketRegistry::listen_udp) on this process's
+/// registry.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen_udp`].
+/// As [`registry::registry`] and [`SocketRegistry::listen_udp`](registry::SocketRegistry::listen_udp).
 pub fn listen_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
-    listeners()?.listen_udp(addr)
+    registry()?.listen_udp(addr)
 }
 
-/// [`Listeners::listen_unix_datagram`] on this process's registry.
+/// [`SocketRegistry::listen_unix_datagram`](registry::SocketRegistry::listen_unix_datagram) on
+/// this process's registry.
 ///
 /// # Errors
-/// As [`listeners`] and [`Listeners::listen_unix_datagram`].
+/// As [`registry::registry`] and [`SocketRegistry::listen_unix_datagram`](registry::SocketRegistry::listen_unix_datagram).
 pub fn listen_unix_datagram(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixDatagram, Error> {
-    listeners()?.listen_unix_datagram(path)
+    registry()?.listen_unix_datagram(path)
 }

@@ -2,11 +2,9 @@
 //! `NOTIFY_SOCKET`, so a `Type=notify` (or `notify-reload`) service knows when the server is
 //! ready, reloading or stopping, and which pid is its main process across restarts.
 
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-/// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
-pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+pub(crate) use crate::vars::NOTIFY_SOCKET;
 
 /// A connection to systemd's notification socket.
 #[derive(Debug)]
@@ -24,7 +22,7 @@ impl Notifier {
         let value = std::env::var_os(NOTIFY_SOCKET)?;
         let shown = value.to_string_lossy().into_owned();
         let addr = match shown.strip_prefix('@') {
-            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            Some(name) => crate::sys::abstract_addr(name.as_bytes()),
             None if shown.starts_with('/') => SocketAddr::from_pathname(&shown),
             None => {
                 tracing::warn!(

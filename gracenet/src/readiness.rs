@@ -9,9 +9,9 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
 
-use crate::env::{GRACE_GENERATION, GRACE_READY_FD, take_var};
 use crate::error::EnvError;
 use crate::inherited::Origin;
+use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
 
 /// How this process tells its parent it is serving.
 #[derive(Debug)]
@@ -26,10 +26,10 @@ pub(crate) enum ParentLink {
 }
 
 impl ParentLink {
-    /// Takes `GRACE_READY_FD` from the environment (removing it), or picks Go grace's signal
-    /// when the sockets came from a parent that set only `LISTEN_FDS`.
-    pub(crate) fn from_env(origin: Origin) -> Result<ParentLink, EnvError> {
-        if let Some(value) = take_var(GRACE_READY_FD) {
+    /// The link `GRACE_READY_FD`'s value names, or Go grace's signal when the sockets came
+    /// from a parent that set only `LISTEN_FDS`.
+    pub(crate) fn new(ready_fd_var: Option<OsString>, origin: Origin) -> Result<ParentLink, EnvError> {
+        if let Some(value) = ready_fd_var {
             return ready_fd(&value).map(ParentLink::Pipe);
         }
         Ok(match origin {
@@ -88,19 +88,20 @@ fn ready_fd(value: &OsString) -> Result<OwnedFd, EnvError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Reads `GRACE_GENERATION` (removing it); 1 when unset.
-pub(crate) fn generation_from_env() -> Result<u64, EnvError> {
-    match take_var(GRACE_GENERATION) {
+/// Parses `GRACE_GENERATION`'s value; 1 when unset. The largest value is refused: its
+/// successor's number would not fit.
+pub(crate) fn parse_generation(value: Option<OsString>) -> Result<u64, EnvError> {
+    match value {
         None => Ok(1),
         Some(value) => {
             let text = value.to_string_lossy();
             text.parse::<u64>()
                 .ok()
-                .filter(|&n| n >= 1)
+                .filter(|&n| (1..u64::MAX).contains(&n))
                 .ok_or_else(|| EnvError::Malformed {
                     var: GRACE_GENERATION,
-                    value: text.into_owned(),
-                    expected: "a generation number of 1 or more".to_owned(),
+                    value: text.chars().take(64).collect(),
+                    expected: format!("a generation number from 1 to {}", u64::MAX - 1),
                 })
         }
     }

@@ -104,7 +104,7 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Unusable> {
     }
     let sock = SockRef::from(&fd);
     let errno = |e: std::io::Error| Unusable::Errno(Errno::from_raw(e.raw_os_error().unwrap_or(0)));
-    let domain = sock.domain().map_err(errno)?;
+    let domain = Domain::from(crate::sys::socket_family(fd).map_err(errno)?);
     let ty = sock.r#type().map_err(errno)?;
     let inet = domain == Domain::IPV4 || domain == Domain::IPV6;
     let unix = domain == Domain::UNIX;
@@ -116,7 +116,7 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Unusable> {
         return Err(Unusable::Unsupported(format!("a socket of family {domain:?}")));
     };
     let kind = if ty == Type::STREAM {
-        if !sock.is_listener().map_err(errno)? {
+        if !crate::sys::is_listening(fd).map_err(errno)? {
             let what = if inet { "TCP" } else { "Unix" };
             return Err(Unusable::Unsupported(format!(
                 "a {what} stream socket that is not listening (connected or unbound)"
@@ -143,8 +143,8 @@ pub(crate) fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Unusable> {
         LocalAddr::Inet(a)
     } else if let Some(p) = addr.as_pathname() {
         LocalAddr::UnixPath(p.to_owned())
-    } else if let Some(name) = addr.as_abstract_namespace() {
-        LocalAddr::UnixAbstract(name.to_owned())
+    } else if let Some(name) = crate::sys::sockaddr_abstract_name(&addr) {
+        LocalAddr::UnixAbstract(name)
     } else {
         LocalAddr::UnixUnnamed
     };

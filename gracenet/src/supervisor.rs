@@ -7,33 +7,26 @@
 //! socket, forwards `SIGUSR2`, `SIGTERM`, `SIGINT` and `SIGHUP` to that pid, and exits with its
 //! status when it exits with no successor.
 
-use std::io::IoSliceMut;
-use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::error::Error;
-use crate::notify::{NOTIFY_SOCKET, Notifier};
-use crate::spawn::Executable;
+use crate::notify::Notifier;
+use crate::process::Executable;
+use crate::vars::{GRACE_SUPERVISOR, NOTIFY_SOCKET};
 
 /// How long the supervisor waits, once the serving generation has exited, for a successor's
 /// `MAINPID=` that may still be in flight.
 const SUCCESSOR_GRACE: Duration = Duration::from_secs(1);
-
-/// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
-/// never becomes a supervisor itself.
-pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
 
 /// Whether this process should run as a supervisor: asked for (`requested`, a `--supervise`
 /// flag, say) or pid 1, and not already a generation under a supervisor.
@@ -59,22 +52,16 @@ pub fn supervise() -> Result<i32, Error> {
         move |source: std::io::Error| Error::Io { what, source }
     };
     let me = std::process::id();
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(io("cannot become the child subreaper")(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    crate::sys::become_subreaper().map_err(io("cannot become the child subreaper"))?;
     let upstream = Notifier::from_env();
     // Private, abstract (no file to leave behind), and only the server's own process group is
     // listened to.
     let name = format!("grace-supervisor-{me}-{}", crate::notify::monotonic_usec());
     let socket = UnixDatagram::bind_addr(
-        &SocketAddr::from_abstract_name(name.as_bytes()).map_err(io("cannot name the notify socket"))?,
+        &crate::sys::abstract_addr(name.as_bytes()).map_err(io("cannot name the notify socket"))?,
     )
     .map_err(io("cannot bind the supervisor's notify socket"))?;
-    setsockopt(&socket, sockopt::PassCred, &true)
-        .map_err(|e| io("cannot ask for senders' credentials")(e.into()))?;
+    crate::sys::pass_credentials(&socket).map_err(io("cannot ask for senders' credentials"))?;
 
     let (tx, rx) = channel();
     let mut signals = Signals::new([SIGUSR2, SIGTERM, SIGINT, SIGHUP, SIGCHLD])
@@ -179,7 +166,7 @@ pub fn supervise() -> Result<i32, Error> {
                 }
             }
             Event::Notify { lines, sender } => {
-                if sender.is_none_or(|pid| process_group(pid) != Some(group)) {
+                if sender.is_none_or(|pid| crate::sys::process_group(pid) != Some(group)) {
                     tracing::warn!(
                         supervisor = me,
                         ?sender,
@@ -221,37 +208,18 @@ pub fn supervise() -> Result<i32, Error> {
 fn read_notifications(socket: UnixDatagram, tx: Sender<Event>) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let (len, sender) =
-            match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
-                Ok(msg) => {
-                    let sender = msg.cmsgs().ok().and_then(|mut c| {
-                        c.find_map(|m| match m {
-                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-                            _ => None,
-                        })
-                    });
-                    (msg.bytes, sender)
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::warn!("the supervisor's notify socket failed: {e}");
-                    return;
-                }
-            };
+        let (len, sender) = match crate::sys::recv_with_sender(&socket, &mut buf) {
+            Ok(received) => received,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!("the supervisor's notify socket failed: {e}");
+                return;
+            }
+        };
         let text = String::from_utf8_lossy(&buf[..len]);
         let lines = text.lines().map(str::to_owned).collect();
         if tx.send(Event::Notify { lines, sender }).is_err() {
             return;
         }
     }
-}
-
-/// The process group of `pid`, from /proc (`None` once it is gone).
-fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses; take what
-    // follows the last ')'.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }

@@ -2,7 +2,7 @@
 //!
 //! gracenet's std sockets are already non-blocking, so the plain tokio conversions work on
 //! them directly (`tokio::net::TcpListener::from_std(gracenet::listen_tcp(addr)?)`). This
-//! module adds the TCP-or-Unix [`Listener`] for address strings, and [`listen`].
+//! module adds the TCP-or-Unix [`StreamListener`] for address strings, and [`listen`].
 
 use std::io;
 use std::pin::Pin;
@@ -16,7 +16,7 @@ use crate::socket::LocalAddr;
 
 /// A tokio listening socket, TCP or Unix, from an address string.
 #[derive(Debug)]
-pub enum Listener {
+pub enum StreamListener {
     /// A TCP listener.
     Tcp(TcpListener),
     /// A Unix stream listener.
@@ -42,28 +42,28 @@ pub enum Listener {
 ///
 /// # Errors
 /// As [`crate::listen`]; [`Error::Io`] when registering with the runtime fails.
-pub fn listen(addr: &str) -> Result<Listener, Error> {
-    Listener::from_std(crate::listen(addr)?).map_err(|source| Error::Io {
+pub fn listen(addr: &str) -> Result<StreamListener, Error> {
+    StreamListener::from_std(crate::listen(addr)?).map_err(|source| Error::Io {
         what: format!("cannot register the listener for {addr} with tokio"),
         source,
     })
 }
 
-impl Listener {
+impl StreamListener {
     /// Registers a gracenet std listener with the current tokio runtime.
     ///
     /// # Errors
     /// When no runtime is running, or registering the fd fails. Panics like
     /// `TcpListener::from_std` when called outside a runtime.
-    pub fn from_std(listener: crate::Listener) -> io::Result<Self> {
+    pub fn from_std(listener: crate::registry::StreamListener) -> io::Result<Self> {
         Ok(match listener {
-            crate::Listener::Tcp(l) => {
+            crate::registry::StreamListener::Tcp(l) => {
                 l.set_nonblocking(true)?;
-                Listener::Tcp(TcpListener::from_std(l)?)
+                StreamListener::Tcp(TcpListener::from_std(l)?)
             }
-            crate::Listener::Unix(l) => {
+            crate::registry::StreamListener::Unix(l) => {
                 l.set_nonblocking(true)?;
-                Listener::Unix(UnixListener::from_std(l)?)
+                StreamListener::Unix(UnixListener::from_std(l)?)
             }
         })
     }
@@ -75,8 +75,8 @@ impl Listener {
     /// off and retry.
     pub async fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
-            Listener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
-            Listener::Unix(l) => Stream::Unix(l.accept().await?.0),
+            StreamListener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
+            StreamListener::Unix(l) => Stream::Unix(l.accept().await?.0),
         })
     }
 
@@ -92,11 +92,11 @@ impl Listener {
     }
 }
 
-impl std::os::fd::AsFd for Listener {
+impl std::os::fd::AsFd for StreamListener {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix(l) => l.as_fd(),
+            StreamListener::Tcp(l) => l.as_fd(),
+            StreamListener::Unix(l) => l.as_fd(),
         }
     }
 }
@@ -167,8 +167,8 @@ mod tests {
 
     #[::tokio::test]
     async fn accepts_tcp_and_unix_through_one_type() {
-        let reg = crate::Listeners::new(crate::InheritedFds::none());
-        let tcp = Listener::from_std(reg.listen("127.0.0.1:0").unwrap()).unwrap();
+        let reg = crate::registry::SocketRegistry::new(crate::registry::InheritedFds::none());
+        let tcp = StreamListener::from_std(reg.listen("127.0.0.1:0").unwrap()).unwrap();
         let LocalAddr::Inet(addr) = tcp.local_addr().unwrap() else {
             panic!("not an IP address")
         };
@@ -176,7 +176,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.sock");
-        let unix = Listener::from_std(reg.listen(&format!("unix:{}", path.display())).unwrap()).unwrap();
+        let unix =
+            StreamListener::from_std(reg.listen(&format!("unix:{}", path.display())).unwrap()).unwrap();
 
         let mut c = TcpStream::connect(addr).await.unwrap();
         let mut s = tcp.accept().await.unwrap();

@@ -75,7 +75,7 @@ fn wait_readable(fd: BorrowedFd<'_>) -> Result<()> {
 
 fn handoff(dir: &str) -> Result<()> {
     let pid = std::process::id();
-    let inherited = std::env::var_os(gracenet::LISTEN_FDS).is_some();
+    let inherited = std::env::var_os(gracenet::vars::LISTEN_FDS).is_some();
     if inherited {
         // Before gracenet touches anything: what exactly did we receive?
         let fds = open_fds()?;
@@ -83,12 +83,12 @@ fn handoff(dir: &str) -> Result<()> {
         println!("gen2-fds pid={pid} fds={}", fds.join(","));
         println!(
             "gen2-env pid={pid} listen_pid={} listen_fds={} names={}",
-            std::env::var(gracenet::LISTEN_PID).unwrap_or_default(),
-            std::env::var(gracenet::LISTEN_FDS).unwrap_or_default(),
-            std::env::var(gracenet::LISTEN_FDNAMES).unwrap_or_default(),
+            std::env::var(gracenet::vars::LISTEN_PID).unwrap_or_default(),
+            std::env::var(gracenet::vars::LISTEN_FDS).unwrap_or_default(),
+            std::env::var(gracenet::vars::LISTEN_FDNAMES).unwrap_or_default(),
         );
     }
-    let reg = gracenet::listeners()?;
+    let reg = gracenet::registry::registry()?;
     let tcp = gracenet::listen_tcp("127.0.0.1:0".parse()?)?;
     let unix_path = format!("{dir}/s.sock");
     let unix = gracenet::listen_unix(&unix_path)?;
@@ -102,7 +102,8 @@ fn handoff(dir: &str) -> Result<()> {
         inode(unix.as_fd())?,
         udp.local_addr()?.port(),
         inode(udp.as_fd())?,
-        std::env::var_os(gracenet::LISTEN_FDS).is_some() || std::env::var_os(gracenet::LISTEN_PID).is_some(),
+        std::env::var_os(gracenet::vars::LISTEN_FDS).is_some()
+            || std::env::var_os(gracenet::vars::LISTEN_PID).is_some(),
     );
     if !inherited {
         // An fd some library opened without O_CLOEXEC: it must not reach the next process.
@@ -111,7 +112,8 @@ fn handoff(dir: &str) -> Result<()> {
         for line in std::io::stdin().lines() {
             match line?.as_str() {
                 "spawn" => {
-                    let child = reg.spawn_next()?;
+                    let exe = gracenet::process::Executable::current()?;
+                    let child = gracenet::process::NextProcess::new(exe, reg.handoff()?).spawn()?;
                     println!("spawned pid={}", child.pid());
                 }
                 "exit" => break,
@@ -205,12 +207,12 @@ fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str, program: &[String]) -
     };
     let own = std::process::id().to_string();
     for (var, value) in [
-        (gracenet::LISTEN_FDS, fds),
+        (gracenet::vars::LISTEN_FDS, fds),
         (
-            gracenet::LISTEN_PID,
+            gracenet::vars::LISTEN_PID,
             if pid == "self" { own.as_str() } else { pid },
         ),
-        (gracenet::LISTEN_FDNAMES, names),
+        (gracenet::vars::LISTEN_FDNAMES, names),
     ] {
         if value == "-" {
             cmd.env_remove(var);
@@ -225,7 +227,7 @@ fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str, program: &[String]) -
 fn report() -> Result<()> {
     let pid = std::process::id();
     // Kept alive until after the fd 3 check: adopted fds close when it drops.
-    let result = gracenet::InheritedFds::from_env();
+    let result = gracenet::registry::InheritedFds::from_env();
     match &result {
         Ok(inherited) => println!(
             "report pid={pid} ok origin={:?} count={}",
@@ -239,9 +241,9 @@ fn report() -> Result<()> {
     println!(
         "after fd3_open={fd3_open} env_left={}",
         [
-            gracenet::LISTEN_FDS,
-            gracenet::LISTEN_PID,
-            gracenet::LISTEN_FDNAMES
+            gracenet::vars::LISTEN_FDS,
+            gracenet::vars::LISTEN_PID,
+            gracenet::vars::LISTEN_FDNAMES
         ]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
@@ -252,7 +254,7 @@ fn report() -> Result<()> {
 
 fn activated(addr: &str, name: &str) -> Result<()> {
     let pid = std::process::id();
-    let reg = gracenet::listeners()?;
+    let reg = gracenet::registry::registry()?;
     let by_addr = gracenet::listen(addr)?;
     // The fallback address is deliberately another port: only the name can find the socket.
     let by_name = gracenet::listen_named(name, "127.0.0.1:0")?;
@@ -265,7 +267,7 @@ fn activated(addr: &str, name: &str) -> Result<()> {
     );
     for l in [&by_addr, &by_name] {
         wait_readable(l.as_fd())?;
-        let gracenet::Listener::Tcp(l) = l else {
+        let gracenet::registry::StreamListener::Tcp(l) = l else {
             return Err("expected TCP".into());
         };
         let (mut c, _) = l.accept()?;

@@ -1,62 +1,64 @@
 //! The registry of sockets a process owns: inherited ones first, new ones bound on demand,
 //! all of them handed on to the next process.
+//!
+//! Most programs use the process-wide registry through [`crate::listen`] and its siblings;
+//! this module is for what they do not cover.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use socket2::Type;
 
 use crate::addr::ListenAddr;
 use crate::bind::{self, UnixName};
-use crate::error::{EnvError, Error};
-use crate::inherited::{InheritedFds, Origin};
-use crate::socket::{LocalAddr, SocketInfo, SocketKind};
+use crate::error::Error;
+pub use crate::inherited::{InheritedFds, Origin};
+use crate::process::Handoff;
+pub use crate::socket::SocketKind;
+use crate::socket::{LocalAddr, SocketInfo};
 
-/// A listening stream socket from [`Listeners::listen`]: TCP or Unix, by the address form.
+/// A listening stream socket from [`SocketRegistry::listen`]: TCP or Unix, by the address form.
 ///
 /// Non-blocking, like every socket gracenet returns: the flag is shared with the other
 /// generation holding the socket, and a blocking `accept` could not be told to stop at a
-/// restart. Convert it to a tokio type with [`tokio::Listener::from_std`](crate::tokio::Listener::from_std).
+/// restart. Convert it to a tokio type with [`tokio::StreamListener::from_std`](crate::tokio::StreamListener::from_std).
 #[derive(Debug)]
-pub enum Listener {
+pub enum StreamListener {
     /// A TCP listener.
     Tcp(std::net::TcpListener),
     /// A Unix stream listener.
     Unix(std::os::unix::net::UnixListener),
 }
 
-impl Listener {
+impl StreamListener {
     /// The address the socket is bound to, as the kernel reports it.
     ///
     /// # Errors
     /// When `getsockname` fails, which it does not for a valid listener.
     pub fn local_addr(&self) -> std::io::Result<LocalAddr> {
         Ok(match self {
-            Listener::Tcp(l) => LocalAddr::Inet(l.local_addr()?),
-            Listener::Unix(l) => {
+            StreamListener::Tcp(l) => LocalAddr::Inet(l.local_addr()?),
+            StreamListener::Unix(l) => {
                 let a = l.local_addr()?;
                 match a.as_pathname() {
                     Some(p) => LocalAddr::UnixPath(p.to_owned()),
-                    None => {
-                        use std::os::linux::net::SocketAddrExt;
-                        match a.as_abstract_name() {
-                            Some(n) => LocalAddr::UnixAbstract(n.to_vec()),
-                            None => LocalAddr::UnixUnnamed,
-                        }
-                    }
+                    None => match crate::sys::abstract_name(&a) {
+                        Some(n) => LocalAddr::UnixAbstract(n),
+                        None => LocalAddr::UnixUnnamed,
+                    },
                 }
             }
         })
     }
 }
 
-impl AsFd for Listener {
+impl AsFd for StreamListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix(l) => l.as_fd(),
+            StreamListener::Tcp(l) => l.as_fd(),
+            StreamListener::Unix(l) => l.as_fd(),
         }
     }
 }
@@ -81,15 +83,14 @@ struct Entry {
 /// no `listen` call asks for stay open and are passed on to the next process, so a version
 /// that temporarily stops using a port does not lose it.
 #[derive(Debug)]
-pub struct Listeners {
+pub struct SocketRegistry {
     entries: Mutex<Vec<Entry>>,
     origin: Origin,
 }
 
-impl Listeners {
+impl SocketRegistry {
     /// A registry that serves `listen` calls from `inherited` first.
     pub fn new(inherited: InheritedFds) -> Self {
-        crate::spawn::Executable::capture();
         let origin = inherited.origin();
         let entries = inherited
             .sockets
@@ -101,19 +102,10 @@ impl Listeners {
                 claimed: false,
             })
             .collect();
-        Listeners {
+        SocketRegistry {
             entries: Mutex::new(entries),
             origin,
         }
-    }
-
-    /// A registry built from this process's `LISTEN_FDS` environment
-    /// ([`InheritedFds::from_env`]).
-    ///
-    /// # Errors
-    /// As [`InheritedFds::from_env`].
-    pub fn from_env() -> Result<Self, Error> {
-        Ok(Self::new(InheritedFds::from_env()?))
     }
 
     /// Where the inherited sockets came from.
@@ -129,7 +121,7 @@ impl Listeners {
     /// [`Error::InvalidAddress`] for a malformed address; [`Error::Bind`],
     /// [`Error::UnixPathInUse`] or [`Error::UnixPathNotSocket`] when a new socket cannot be
     /// bound.
-    pub fn listen(&self, addr: &str) -> Result<Listener, Error> {
+    pub fn listen(&self, addr: &str) -> Result<StreamListener, Error> {
         self.listen_parsed(&addr.parse()?, None)
     }
 
@@ -139,11 +131,11 @@ impl Listeners {
     ///
     /// # Errors
     /// As [`listen`](Self::listen).
-    pub fn listen_named(&self, name: &str, addr: &str) -> Result<Listener, Error> {
+    pub fn listen_named(&self, name: &str, addr: &str) -> Result<StreamListener, Error> {
         self.listen_parsed(&addr.parse()?, Some(name))
     }
 
-    fn listen_parsed(&self, addr: &ListenAddr, name: Option<&str>) -> Result<Listener, Error> {
+    fn listen_parsed(&self, addr: &ListenAddr, name: Option<&str>) -> Result<StreamListener, Error> {
         let kind = if addr.is_ip() {
             SocketKind::TcpListener
         } else {
@@ -151,8 +143,8 @@ impl Listeners {
         };
         let fd = self.claim(addr, kind, name)?;
         Ok(match kind {
-            SocketKind::TcpListener => Listener::Tcp(fd.into()),
-            _ => Listener::Unix(fd.into()),
+            SocketKind::TcpListener => StreamListener::Tcp(fd.into()),
+            _ => StreamListener::Unix(fd.into()),
         })
     }
 
@@ -235,10 +227,14 @@ impl Listeners {
         self.lock().clear();
     }
 
-    /// Copies of every socket and its name, in the order the next process receives them
-    /// (fds 3, 4, ...): inherited sockets in their inherited order, then new ones in the order
-    /// they were bound.
-    pub(crate) fn handoff(&self) -> Result<Vec<(OwnedFd, String)>, Error> {
+    /// What the next process needs: copies of every socket and its name, in the order the
+    /// next process receives them (fds 3, 4, ...): inherited sockets in their inherited order,
+    /// then new ones in the order they were bound. Feed it to
+    /// [`NextProcess::new`](crate::process::NextProcess::new).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when an fd cannot be duplicated (out of fds).
+    pub fn handoff(&self) -> Result<Handoff, Error> {
         let entries = self.lock();
         let unclaimed: Vec<String> = entries
             .iter()
@@ -246,7 +242,7 @@ impl Listeners {
             .map(|e| e.info.addr.to_string())
             .collect();
         if !unclaimed.is_empty() {
-            tracing::info!(
+            tracing::debug!(
                 "passing on {} inherited socket(s) nobody asked for: {}",
                 unclaimed.len(),
                 unclaimed.join(", ")
@@ -264,7 +260,8 @@ impl Listeners {
                 })?;
                 Ok((fd, e.name.clone().unwrap_or_else(|| "unknown".to_owned())))
             })
-            .collect()
+            .collect::<Result<_, Error>>()
+            .map(|sockets| Handoff { sockets })
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -351,15 +348,15 @@ fn bind_new(addr: &ListenAddr, kind: SocketKind, resolved: &[SocketAddr]) -> Res
     }
 }
 
-static PROCESS_LISTENERS: OnceLock<Result<Listeners, EnvError>> = OnceLock::new();
-
-/// This process's registry, built from its environment on first use.
+/// This process's registry, built from its environment on first use. The first call reads
+/// and removes every inherited variable (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`,
+/// `GRACE_READY_FD`, `GRACE_GENERATION`) and records the program a restart runs: make it
+/// before any thread exists (see the crate docs).
 ///
 /// # Errors
 /// [`Error::Env`] (every time) when the inherited environment was malformed.
-pub fn listeners() -> Result<&'static Listeners, Error> {
-    let result = PROCESS_LISTENERS.get_or_init(|| InheritedFds::take_from_env().map(Listeners::new));
-    result.as_ref().map_err(|e| Error::Env(e.clone()))
+pub fn registry() -> Result<&'static SocketRegistry, Error> {
+    crate::startup::startup().map(|s| &s.registry)
 }
 
 #[cfg(test)]
@@ -394,7 +391,7 @@ mod tests {
         let port_b = std::net::TcpListener::from(b.try_clone().unwrap())
             .local_addr()
             .unwrap();
-        let reg = Listeners::new(inherited(vec![(a, None), (b, None)]));
+        let reg = SocketRegistry::new(inherited(vec![(a, None), (b, None)]));
         assert_eq!(reg.unclaimed().len(), 2);
         // By exact address, out of order.
         let lb = reg.listen_tcp(port_b).unwrap();
@@ -426,23 +423,23 @@ mod tests {
         let admin_addr = std::net::TcpListener::from(admin.try_clone().unwrap())
             .local_addr()
             .unwrap();
-        let reg = Listeners::new(inherited(vec![(web, Some("web")), (admin, Some("admin"))]));
+        let reg = SocketRegistry::new(inherited(vec![(web, Some("web")), (admin, Some("admin"))]));
         let l = reg.listen_named("admin", "127.0.0.1:1").unwrap();
         assert_eq!(l.local_addr().unwrap(), LocalAddr::Inet(admin_addr));
         assert_eq!(reg.unclaimed().len(), 1);
         let handoff = reg.handoff().unwrap();
-        let names: Vec<&str> = handoff.iter().map(|(_, n)| n.as_str()).collect();
+        let names: Vec<&str> = handoff.sockets.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["web", "admin"]);
     }
 
     #[test]
     fn new_sockets_are_nonblocking_and_cloexec() {
-        let reg = Listeners::new(InheritedFds::none());
+        let reg = SocketRegistry::new(InheritedFds::none());
         let l = reg.listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(l.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
         let flags = nix::fcntl::fcntl(&l, nix::fcntl::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
-        let (fd, name) = reg.handoff().unwrap().pop().unwrap();
+        let (fd, name) = reg.handoff().unwrap().sockets.pop().unwrap();
         assert_eq!(name, "unknown");
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
@@ -460,7 +457,7 @@ mod tests {
             })
             .expect("a port free for both TCP and UDP");
         let addr = tcp.local_addr().unwrap();
-        let reg = Listeners::new(inherited(vec![(udp.into(), None), (tcp.into(), None)]));
+        let reg = SocketRegistry::new(inherited(vec![(udp.into(), None), (tcp.into(), None)]));
         let t = reg.listen_tcp(addr).unwrap();
         assert_eq!(t.local_addr().unwrap(), addr);
         let u = reg.listen_udp(addr).unwrap();

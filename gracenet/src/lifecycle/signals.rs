@@ -1,24 +1,32 @@
-//! The signals that drive a generation, with who sent them: `SIGUSR2` restarts, `SIGTERM` and
-//! `SIGINT` stop, and a `SIGTERM` from the child being started is Go grace's "I am ready".
+//! The requests that drive a generation, by signal or by call: `SIGUSR2` restarts, `SIGTERM`
+//! and `SIGINT` stop (with who sent them: a `SIGTERM` from the child being started is Go
+//! grace's "I am ready").
 
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::machine::{Event, StopCause};
 use crate::error::Error;
 
-/// What someone asked of the generation, by signal or by a call.
+/// What someone asked of the generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Request {
     /// `SIGUSR2` or `Generation::restart`.
     Restart,
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`, with the sender's pid when the kernel
     /// reports one.
-    Stop {
-        cause: &'static str,
-        sender: Option<i32>,
-    },
+    Stop { cause: StopCause, sender: Option<u32> },
+}
+
+impl From<Request> for Event {
+    fn from(r: Request) -> Event {
+        match r {
+            Request::Restart => Event::RestartRequested,
+            Request::Stop { cause, sender } => Event::StopRequested { cause, sender },
+        }
+    }
 }
 
 /// Starts a thread that forwards the signals to `tx` until the receiver is gone. The
@@ -36,8 +44,12 @@ pub(crate) fn forward(tx: UnboundedSender<Request>) -> Result<(), Error> {
                 let event = match origin.signal {
                     SIGUSR2 => Request::Restart,
                     signal => Request::Stop {
-                        cause: if signal == SIGINT { "SIGINT" } else { "SIGTERM" },
-                        sender: origin.process.map(|p| p.pid),
+                        cause: if signal == SIGINT {
+                            StopCause::Sigint
+                        } else {
+                            StopCause::Sigterm
+                        },
+                        sender: origin.process.map(|p| p.pid as u32),
                     },
                 };
                 if tx.send(event).is_err() {
@@ -50,4 +62,17 @@ pub(crate) fn forward(tx: UnboundedSender<Request>) -> Result<(), Error> {
             source,
         })?;
     Ok(())
+}
+
+/// Gives `cause`'s signal its default action now (a stop that came after the drain ended:
+/// the application is still running after `wait()`, and the operator wants it gone).
+pub(crate) fn default_action(cause: StopCause) {
+    let signal = match cause {
+        StopCause::Sigterm => SIGTERM,
+        StopCause::Sigint => SIGINT,
+        StopCause::Call => return,
+    };
+    if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
+        tracing::warn!("cannot apply the default action of {cause}: {e}");
+    }
 }

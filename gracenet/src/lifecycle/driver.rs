@@ -1,0 +1,376 @@
+//! The thin side of the lifecycle: waits for the next event, asks [`transition`] what to do,
+//! and does it (spawn, kill, notify, close listeners, PID file, report). No decision is
+//! taken here that the state machine could take.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+use super::generation::Shared;
+use super::machine::{Action, ChildFailure, Event, Note, Pending, State, Timeouts, transition};
+use super::signals::{self, Request};
+use super::{Outcome, Phase, StopReason};
+use crate::error::Error;
+use crate::notify::monotonic_usec;
+use crate::process::{ChildProcess, Executable, NextProcess};
+use crate::sys::ExitWatch;
+use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
+
+/// How long a child that closed its readiness pipe may take to exit on its own before it is
+/// killed: its own exit status says more than a kill's.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// A process of ours: the next generation, starting or serving.
+struct Child {
+    process: ChildProcess,
+    exit: ExitWatch,
+    /// The readiness pipe, while it is starting.
+    ready: Option<pipe::Receiver>,
+}
+
+/// Runs one generation's lifecycle.
+pub(super) struct Driver {
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    state: State,
+    timeouts: Timeouts,
+    /// The next generation while it starts.
+    pending: Option<Child>,
+    /// The generation that took over, until it exits (so it is reaped, not left a zombie).
+    successor: Option<Child>,
+}
+
+impl Driver {
+    pub(super) fn new(shared: Arc<Shared>, requests: mpsc::UnboundedReceiver<Request>) -> Self {
+        let timeouts = Timeouts {
+            ready: shared.config.ready_timeout,
+            stop: shared.config.stop_timeout,
+        };
+        Driver {
+            shared,
+            requests,
+            state: State::START,
+            timeouts,
+            pending: None,
+            successor: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let event = tokio::select! {
+                request = self.requests.recv() => match request {
+                    Some(r) => Event::from(r),
+                    None => return,
+                },
+                event = pending_event(self.state, self.pending.as_mut()) => event,
+                event = drain_event(&self.shared, self.state) => event,
+                event = successor_event(self.successor.as_mut()) => {
+                    // Reaped: nothing more to watch.
+                    self.successor = None;
+                    event
+                }
+            };
+            self.handle(event).await;
+        }
+    }
+
+    /// Feeds `event` to the state machine and performs its actions, which may produce
+    /// further events (a spawn's result).
+    async fn handle(&mut self, event: Event) {
+        let mut events = vec![event];
+        while let Some(event) = events.pop() {
+            tracing::trace!(?event, state = ?self.state, "event");
+            let (state, actions) = transition(self.state, event, Instant::now(), &self.timeouts);
+            self.state = state;
+            for action in actions {
+                if let Some(next) = self.perform(action).await {
+                    events.push(next);
+                }
+            }
+        }
+    }
+
+    async fn perform(&mut self, action: Action) -> Option<Event> {
+        let number = self.shared.number;
+        let next = number + 1;
+        match action {
+            Action::NotifyReloading => self.shared.notify(&[
+                "RELOADING=1".into(),
+                format!("MONOTONIC_USEC={}", monotonic_usec()),
+                format!("STATUS=Restarting: starting generation {next}"),
+            ]),
+            Action::Spawn => {
+                return Some(match self.spawn_next() {
+                    Ok(child) => {
+                        let pid = child.process.pid();
+                        self.pending = Some(child);
+                        Event::Spawned { pid }
+                    }
+                    Err(e) => Event::SpawnFailed { error: e.to_string() },
+                });
+            }
+            Action::RestartStarted { pid, timeout } => tracing::info!(
+                "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
+                timeout.as_secs_f64()
+            ),
+            Action::SpawnFailed { error } => {
+                tracing::error!("generation {number}: restart failed, still serving: {error}");
+                self.still_serving(&error);
+            }
+            Action::AbandonChild { pid, failure } => self.abandon(pid, failure).await,
+            Action::HandOver { successor } => {
+                tracing::info!("generation {next} (pid {successor}) is ready: handing over");
+                self.successor = self.pending.take().map(|mut c| {
+                    c.ready = None;
+                    c
+                });
+            }
+            Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
+            Action::Finish { reason, forced } => {
+                let unfinished = self.shared.connections.receiver_count();
+                let how = if forced {
+                    format!("gave up on {unfinished} unfinished connection(s)")
+                } else {
+                    "drained".to_owned()
+                };
+                tracing::info!(
+                    "generation {number} done ({how}); exiting pid {}",
+                    std::process::id()
+                );
+                self.shared.outcome.send_replace(Some(Outcome {
+                    reason,
+                    forced,
+                    unfinished,
+                }));
+            }
+            Action::LateStop { cause } => {
+                tracing::warn!(
+                    "generation {number}: {cause} after the drain ended: giving it its default action"
+                );
+                signals::default_action(cause);
+            }
+            Action::Note(note) => log_note(number, note, self.shared.connections.receiver_count()),
+        }
+        None
+    }
+
+    fn spawn_next(&self) -> Result<Child, Error> {
+        let io = |what: &str, source: std::io::Error| Error::Io {
+            what: what.to_owned(),
+            source,
+        };
+        let (read, write) =
+            crate::sys::pipe_cloexec().map_err(|e| io("cannot create the readiness pipe", e))?;
+        let ready = pipe::Receiver::from_owned_fd(read)
+            .map_err(|e| io("cannot register the readiness pipe with tokio", e))?;
+        let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
+        next.env(GRACE_GENERATION, (self.shared.number + 1).to_string());
+        let fd = next.pass_fd(write);
+        next.env(GRACE_READY_FD, fd.to_string());
+        let mut process = next.spawn()?;
+        let exit = match ExitWatch::new(process.pid()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = process.kill();
+                return Err(io("cannot watch the next process for its exit", e));
+            }
+        };
+        Ok(Child {
+            process,
+            exit,
+            ready: Some(ready),
+        })
+    }
+
+    /// Reaps a next generation that failed (killing it if it still runs) and says why.
+    async fn abandon(&mut self, pid: u32, failure: ChildFailure) {
+        let next = self.shared.number + 1;
+        let Some(mut child) = self.pending.take() else {
+            return;
+        };
+        if failure == ChildFailure::Gone {
+            // The pipe closed: the child exited, or is exiting. Let it end with its own
+            // status before killing it.
+            let _ = tokio::time::timeout(EXIT_GRACE, child.exit.exited()).await;
+        }
+        let (status, killed) = match child.process.try_wait() {
+            Ok(Some(status)) => (Some(status), false),
+            _ => (child.process.kill().ok(), true),
+        };
+        let why = match (&failure, status) {
+            (ChildFailure::Gone, Some(s)) if !killed => format!("exited before it was ready ({s})"),
+            (ChildFailure::Gone, _) => "closed its readiness pipe without reporting ready".to_owned(),
+            (ChildFailure::NotReady { timeout }, _) => {
+                format!("not ready after {:.1} s", timeout.as_secs_f64())
+            }
+            (ChildFailure::Stopping { cause }, _) => {
+                tracing::warn!(
+                    "generation {}: {cause} while generation {next} (pid {pid}) was starting: killed it ({status:?})",
+                    self.shared.number
+                );
+                return;
+            }
+        };
+        let killed_note = if killed { "; killed it" } else { "" };
+        tracing::error!("restart failed: generation {next} (pid {pid}) {why}{killed_note}; still serving");
+        self.still_serving(&format!("generation {next} (pid {pid}) {why}"));
+    }
+
+    /// A failed restart ends systemd's "reloading" state: this generation still serves.
+    fn still_serving(&self, why: &str) {
+        self.shared.notify(&[
+            "READY=1".into(),
+            format!(
+                "STATUS=Restart failed: {why}; generation {} still serving with pid {}",
+                self.shared.number,
+                std::process::id()
+            ),
+        ]);
+    }
+
+    fn begin_drain(&self, reason: StopReason, deadline: Instant) {
+        self.shared
+            .phase
+            .send_replace(Phase::Draining { reason, deadline });
+        self.shared.registry().close_all();
+        let timeout = self.timeouts.stop;
+        let connections = self.shared.connections.receiver_count();
+        if reason == StopReason::Shutdown {
+            if let Some(path) = &self.shared.config.pid_file {
+                crate::pidfile::remove_if_ours(path);
+            }
+            tracing::info!(
+                "generation {}: stopping, draining {connections} connection(s), at most {:.0} s",
+                self.shared.number,
+                timeout.as_secs_f64()
+            );
+            // Ask systemd to wait for the whole drain (TimeoutStopSec may be shorter).
+            self.shared.notify(&[
+                "STOPPING=1".into(),
+                format!(
+                    "EXTEND_TIMEOUT_USEC={}",
+                    (timeout + Duration::from_secs(5)).as_micros()
+                ),
+                format!(
+                    "STATUS=Stopping: generation {} draining {connections} connection(s), at most {:.0} s",
+                    self.shared.number,
+                    timeout.as_secs_f64()
+                ),
+            ]);
+        }
+    }
+}
+
+fn log_note(number: u64, note: Note, connections: usize) {
+    let next = number + 1;
+    match note {
+        Note::Coalesced { pending: Some(pid) } => {
+            tracing::info!(
+                "generation {number}: restart requested while generation {next} (pid {pid}) is starting: coalesced"
+            )
+        }
+        Note::Coalesced { pending: None } => {
+            tracing::info!(
+                "generation {number}: restart requested while generation {next} is being started: coalesced"
+            )
+        }
+        Note::RestartWhileStopping => {
+            tracing::info!("generation {number}: restart requested while stopping: ignored")
+        }
+        Note::FromSuccessor { cause } => {
+            tracing::debug!("ignoring {cause} from the generation that took over")
+        }
+        Note::KeepDraining { cause } => tracing::info!(
+            "generation {number}: {cause} while draining after a restart: finishing the drain ({cause} again to stop at once)"
+        ),
+        Note::StoppedAccepting => {
+            tracing::info!("generation {number} stopped accepting; draining {connections} connection(s)")
+        }
+        Note::SuccessorExited { pid, status } => {
+            tracing::warn!("generation {next} (pid {pid}), which took over, exited ({status})")
+        }
+    }
+}
+
+/// The next event about the starting generation: ready, gone, or too slow.
+async fn pending_event(state: State, child: Option<&mut Child>) -> Event {
+    let (
+        State::Serving {
+            pending: Some(Pending::Started { deadline, .. }),
+        },
+        Some(child),
+    ) = (state, child)
+    else {
+        return std::future::pending().await;
+    };
+    let Child { exit, ready, .. } = child;
+    let ready = async {
+        match ready {
+            Some(pipe) => read_ready(pipe).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        event = ready => event,
+        _ = exit.exited() => Event::ChildGone,
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::ReadyTimeout,
+    }
+}
+
+async fn read_ready(pipe: &pipe::Receiver) -> Event {
+    loop {
+        if pipe.readable().await.is_err() {
+            return Event::ChildGone;
+        }
+        let mut byte = [0u8; 1];
+        match pipe.try_read(&mut byte) {
+            Ok(0) => return Event::ChildGone,
+            Ok(_) => return Event::ChildReady,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Event::ChildGone,
+        }
+    }
+}
+
+/// The next event of a drain: every listener dropped, every connection done, or the
+/// deadline.
+async fn drain_event(shared: &Shared, state: State) -> Event {
+    let State::Draining {
+        deadline, accepting, ..
+    } = state
+    else {
+        return std::future::pending().await;
+    };
+    let deadline = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+    if accepting {
+        tokio::select! {
+            _ = shared.accepting.closed() => Event::StoppedAccepting,
+            _ = deadline => Event::DrainDeadline,
+        }
+    } else {
+        tokio::select! {
+            _ = shared.connections.closed() => Event::Drained,
+            _ = deadline => Event::DrainDeadline,
+        }
+    }
+}
+
+/// The successor's exit, once it happens (it is reaped here).
+async fn successor_event(child: Option<&mut Child>) -> Event {
+    let Some(child) = child else {
+        return std::future::pending().await;
+    };
+    child.exit.exited().await;
+    let status = match child.process.try_wait() {
+        Ok(Some(s)) => s.to_string(),
+        Ok(None) => "status unknown".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Event::SuccessorExited {
+        pid: child.process.pid(),
+        status,
+    }
+}

@@ -1,0 +1,372 @@
+//! The handle an application holds: [`Generation`], its settings ([`GenerationBuilder`]) and
+//! the guard that makes the drain wait for a connection ([`ConnectionGuard`]).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::driver::Driver;
+use super::graceful_listener::GracefulListener;
+use super::machine::StopCause;
+use super::signals::Request;
+use super::{DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Outcome, Phase, StopReason};
+use crate::error::Error;
+use crate::notify::Notifier;
+use crate::registry::{SocketRegistry, StreamListener};
+use crate::startup::Startup;
+
+/// Settings for [`Generation`]; start one with [`GenerationBuilder::start`].
+#[derive(Debug, Clone)]
+#[must_use = "a GenerationBuilder does nothing until start() is called"]
+pub struct GenerationBuilder {
+    pub(super) ready_timeout: Duration,
+    pub(super) stop_timeout: Duration,
+    pub(super) pid_file: Option<PathBuf>,
+    handle_signals: bool,
+}
+
+impl Default for GenerationBuilder {
+    fn default() -> Self {
+        GenerationBuilder {
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            pid_file: None,
+            handle_signals: true,
+        }
+    }
+}
+
+impl GenerationBuilder {
+    /// How long the next generation may take to report ready before it is killed and this
+    /// one keeps serving. Default 30 s.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a stopping generation may drain before unfinished work is abandoned.
+    /// Default 60 s.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// Keeps `path` naming the serving process: written (atomically) when this generation
+    /// is ready, taken over by the next, removed at a final stop.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Whether to handle `SIGUSR2`, `SIGTERM` and `SIGINT` (default yes). Without, only
+    /// [`Generation::restart`] and [`Generation::shutdown`] drive it.
+    pub fn handle_signals(mut self, yes: bool) -> Self {
+        self.handle_signals = yes;
+        self
+    }
+
+    /// Starts this process's generation: reads the inherited environment (see
+    /// [`registry`](crate::registry::registry)), installs the signal handlers and runs the
+    /// lifecycle on the current tokio runtime. Call it once, early in `main`.
+    ///
+    /// # Errors
+    /// [`Error::Env`] for a malformed inherited environment; [`Error::AlreadyStarted`] on a
+    /// second call; [`Error::Io`] when the signal handlers cannot be installed. Panics outside
+    /// a tokio runtime.
+    pub fn start(self) -> Result<Generation, Error> {
+        static STARTED: AtomicBool = AtomicBool::new(false);
+        let startup = crate::startup::startup()?;
+        if STARTED.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyStarted);
+        }
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        if self.handle_signals {
+            super::signals::forward(requests_tx.clone())?;
+        }
+        let number = startup.generation;
+        let shared = Arc::new(Shared {
+            number,
+            startup,
+            config: self,
+            phase: watch::channel(Phase::Starting).0,
+            connections: watch::channel(()).0,
+            accepting: watch::channel(()).0,
+            outcome: watch::channel(None).0,
+            requests: requests_tx,
+            notifier: Notifier::from_env(),
+        });
+        tracing::info!("generation {number} starting with pid {}", std::process::id());
+        // Every line the lifecycle logs carries this process's pid; the messages name the
+        // generation.
+        let span = tracing::info_span!("lifecycle", pid = std::process::id());
+        tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
+        Ok(Generation { shared })
+    }
+}
+
+/// What the handle and the driver share.
+pub(super) struct Shared {
+    pub number: u64,
+    pub startup: &'static Startup,
+    pub config: GenerationBuilder,
+    pub phase: watch::Sender<Phase>,
+    /// One receiver per tracked connection: the drain waits for them all to go.
+    pub connections: watch::Sender<()>,
+    /// One receiver per [`GracefulListener`]: "stopped accepting" is when they are all gone.
+    pub accepting: watch::Sender<()>,
+    pub outcome: watch::Sender<Option<Outcome>>,
+    pub requests: mpsc::UnboundedSender<Request>,
+    /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
+    pub notifier: Option<Notifier>,
+}
+
+impl Shared {
+    pub fn registry(&self) -> &'static SocketRegistry {
+        &self.startup.registry
+    }
+
+    /// Tells systemd, if it is listening.
+    pub fn notify(&self, lines: &[String]) {
+        if let Some(n) = &self.notifier {
+            n.send(lines);
+        }
+    }
+}
+
+/// This process's generation of the server. Cheap to clone; every clone is the same
+/// generation.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), gracenet::Error> {
+/// let generation = gracenet::Generation::start()?;
+/// let mut listener = generation.listen(":8080")?;
+/// generation.ready()?; // accepting: the previous generation may stop now
+/// while let Some(conn) = listener.accept().await {
+///     let guard = generation.track(); // the drain waits for it
+///     tokio::spawn(async move {
+///         // serve `conn` ...
+///         drop((conn, guard));
+///     });
+/// }
+/// drop(listener); // stopped accepting: a restart handed over, or a stop began
+/// let outcome = generation.wait().await; // in-flight connections finished, or the deadline
+/// # let _ = outcome;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Generation {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.shared.number)
+            .field("phase", &*self.shared.phase.borrow())
+            .finish()
+    }
+}
+
+impl Generation {
+    /// Starts this process's generation with the default settings
+    /// ([`GenerationBuilder::start`]).
+    ///
+    /// # Errors
+    /// As [`GenerationBuilder::start`].
+    pub fn start() -> Result<Generation, Error> {
+        GenerationBuilder::default().start()
+    }
+
+    /// Settings: timeouts, PID file, signals.
+    pub fn builder() -> GenerationBuilder {
+        GenerationBuilder::default()
+    }
+
+    /// This generation's number: 1 for the first process, one more per restart.
+    pub fn number(&self) -> u64 {
+        self.shared.number
+    }
+
+    /// The registry of sockets, for kinds [`listen`](Self::listen) does not cover (UDP,
+    /// Unix datagram). Stop using them when [`stopping`](Self::stopping) resolves.
+    pub fn registry(&self) -> &'static SocketRegistry {
+        self.shared.registry()
+    }
+
+    /// A listener for `addr` (inherited if it can be, see [`SocketRegistry::listen`]) whose
+    /// [`accept`](GracefulListener::accept) ends when this generation stops accepting.
+    ///
+    /// # Errors
+    /// As [`SocketRegistry::listen`]; [`Error::Io`] when registering with tokio fails.
+    pub fn listen(&self, addr: &str) -> Result<GracefulListener, Error> {
+        self.graceful(self.registry().listen(addr)?, addr)
+    }
+
+    /// Like [`listen`](Self::listen), taking an inherited socket by its `LISTEN_FDNAMES` name.
+    ///
+    /// # Errors
+    /// As [`listen`](Self::listen).
+    pub fn listen_named(&self, name: &str, addr: &str) -> Result<GracefulListener, Error> {
+        self.graceful(self.registry().listen_named(name, addr)?, addr)
+    }
+
+    fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
+        let local = listener.local_addr().map_err(|source| Error::Io {
+            what: format!("cannot read the address of the listener for {addr}"),
+            source,
+        })?;
+        let inner = crate::tokio::StreamListener::from_std(listener).map_err(|source| Error::Io {
+            what: format!("cannot register the listener for {addr} with tokio"),
+            source,
+        })?;
+        Ok(GracefulListener::new(
+            inner,
+            local,
+            self.shared.phase.subscribe(),
+            self.shared.accepting.subscribe(),
+        ))
+    }
+
+    /// Reports that this generation is serving (its accept loops are running): the parent
+    /// generation, if any, stops accepting and drains. Calling it again does nothing.
+    ///
+    /// Everything that can fail comes first: when the PID file cannot be written, the parent
+    /// is **not** told, this returns the error, and the parent (if any) keeps serving once
+    /// this process exits.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the PID file cannot be written.
+    pub fn ready(&self) -> Result<(), Error> {
+        let link = self
+            .shared
+            .startup
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(link) = link else { return Ok(()) };
+        if let Some(path) = self.shared.config.pid_file.as_deref() {
+            // The link is dropped unused on failure: a parent sees its pipe close and rolls
+            // back.
+            crate::pidfile::write(path)?;
+        }
+        self.shared.phase.send_if_modified(|p| {
+            let starting = *p == Phase::Starting;
+            if starting {
+                *p = Phase::Serving;
+            }
+            starting
+        });
+        let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
+        let pid = std::process::id();
+        // MAINPID first: systemd must know the new main process before the old one exits.
+        self.shared.notify(&[
+            format!("MAINPID={pid}"),
+            "READY=1".into(),
+            format!(
+                "STATUS=Generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            ),
+        ]);
+        link.notify();
+        tracing::info!(
+            "generation {} serving {} with pid {pid}",
+            self.shared.number,
+            addrs.join(", ")
+        );
+        let unclaimed = self.registry().unclaimed();
+        if !unclaimed.is_empty() {
+            let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "keeping inherited sockets nobody asked for, to pass on: {}",
+                list.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase.borrow().clone()
+    }
+
+    /// Resolves when this generation must stop accepting: a successor is serving, or a stop
+    /// began. For accept loops not built on [`GracefulListener`] (UDP servers, say).
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut phase = self.shared.phase.subscribe();
+        async move {
+            let _ = phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
+        }
+    }
+
+    /// When unfinished work will be abandoned, once draining.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        match *self.shared.phase.borrow() {
+            Phase::Draining { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// A guard for one connection (or any piece of in-flight work): the drain waits until
+    /// every guard is dropped, or the stop timeout.
+    pub fn track(&self) -> ConnectionGuard {
+        ConnectionGuard {
+            _connection: self.shared.connections.subscribe(),
+            phase: self.shared.phase.subscribe(),
+        }
+    }
+
+    /// Starts the next generation, as `SIGUSR2` does.
+    pub fn restart(&self) {
+        let _ = self.shared.requests.send(Request::Restart);
+    }
+
+    /// Stops this generation, as `SIGTERM` does.
+    pub fn shutdown(&self) {
+        let _ = self.shared.requests.send(Request::Stop {
+            cause: StopCause::Call,
+            sender: None,
+        });
+    }
+
+    /// Waits until this generation has stopped and drained (or given up at the stop
+    /// timeout). The application returns from `main` after it.
+    pub async fn wait(&self) -> Outcome {
+        let mut outcome = self.shared.outcome.subscribe();
+        loop {
+            if let Some(o) = *outcome.borrow_and_update() {
+                return o;
+            }
+            if outcome.changed().await.is_err() {
+                // The driver is gone without an outcome: it cannot happen while `self` holds
+                // the sender, but do not hang if it does.
+                return Outcome {
+                    reason: StopReason::Shutdown,
+                    forced: true,
+                    unfinished: self.shared.connections.receiver_count(),
+                };
+            }
+        }
+    }
+}
+
+/// Held for as long as one connection is open; the drain waits for every guard.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    _connection: watch::Receiver<()>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl ConnectionGuard {
+    /// Resolves when the generation starts draining, so a long-lived connection (a
+    /// WebSocket, a stream) can finish politely.
+    pub async fn draining(&mut self) {
+        let _ = self.phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
+    }
+}

@@ -1,0 +1,87 @@
+//! A listener whose accept loop ends when its generation stops accepting.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Phase;
+use crate::socket::LocalAddr;
+use crate::tokio::{Stream, StreamListener};
+
+/// A listener whose [`accept`](Self::accept) ends when its generation stops accepting.
+/// Accept errors (out of fds, say) are logged and retried with a back-off, never returned:
+/// they must not end serving.
+#[derive(Debug)]
+pub struct GracefulListener {
+    inner: StreamListener,
+    addr: LocalAddr,
+    phase: watch::Receiver<Phase>,
+    _accepting: watch::Receiver<()>,
+}
+
+impl GracefulListener {
+    pub(super) fn new(
+        inner: StreamListener,
+        addr: LocalAddr,
+        phase: watch::Receiver<Phase>,
+        accepting: watch::Receiver<()>,
+    ) -> GracefulListener {
+        GracefulListener {
+            inner,
+            addr,
+            phase,
+            _accepting: accepting,
+        }
+    }
+
+    /// The next connection, or `None` once the generation is stopping; then drop the
+    /// listener so this process holds the socket no longer.
+    pub async fn accept(&mut self) -> Option<Stream> {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                changed = self.phase.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                accepted = self.inner.accept() => match accepted {
+                    Ok(stream) => return Some(stream),
+                    Err(e) if is_per_connection(&e) => {}
+                    Err(e) => {
+                        tracing::warn!("accept failed on {}: {e}; retrying in {backoff:?}", self.addr);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.phase.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The address it listens on, as the kernel reports it (the real port for `:0`).
+    pub fn local_addr(&self) -> &LocalAddr {
+        &self.addr
+    }
+}
+
+/// Errors that concern only the connection being accepted: retry at once.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::EHOSTUNREACH
+        )
+    )
+}

@@ -1,0 +1,65 @@
+//! The restart lifecycle: one [`Generation`] per process, which starts the next one on
+//! `SIGUSR2`, hands over once it is serving, and drains on `SIGTERM`/`SIGINT`.
+//!
+//! Split by role: [`machine`] decides (a pure state machine, unit-tested), `driver` performs
+//! (spawn, kill, notify, close listeners, PID file), `generation` is the handle an
+//! application holds, and `graceful_listener` is its accept loop's end.
+
+mod driver;
+mod generation;
+mod graceful_listener;
+pub(crate) mod machine;
+mod signals;
+
+use std::time::{Duration, Instant};
+
+pub use generation::{ConnectionGuard, Generation, GenerationBuilder};
+pub use graceful_listener::GracefulListener;
+
+/// How long a new generation may take to report ready before it is killed.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping generation may drain (grace's httpdown default).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a generation is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Listening, not yet reported ready.
+    Starting,
+    /// Reported ready: serving, and the only generation accepting.
+    Serving,
+    /// Stop accepting; finish in-flight work by `deadline`.
+    Draining {
+        /// Why.
+        reason: StopReason,
+        /// When unfinished work is abandoned.
+        deadline: Instant,
+    },
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// A new generation with this pid is serving on the same sockets.
+    Restarted {
+        /// The new generation's pid.
+        successor: u32,
+    },
+    /// `SIGTERM`, `SIGINT` or [`Generation::shutdown`]: the server is going away.
+    Shutdown,
+}
+
+/// How a generation ended, from [`Generation::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// Whether it gave up on unfinished work (the stop timeout passed, or a second
+    /// `SIGTERM`/`SIGINT` arrived) rather than finishing it.
+    pub forced: bool,
+    /// How many tracked connections were still open at the end.
+    pub unfinished: usize,
+}

@@ -1,0 +1,113 @@
+//! The program a restart runs, resolved once at startup.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::error::Error;
+
+/// The program a restart runs, fixed when the process started: `argv[0]` looked up in `PATH`
+/// (or made absolute against the starting directory), so a binary replaced on disk at that
+/// path is the one that runs. `/proc/self/exe` would run the old one.
+#[derive(Debug, Clone)]
+pub struct Executable {
+    /// The path to exec.
+    pub path: PathBuf,
+    /// The full argument vector, `argv[0]` included, as this process received it.
+    pub args: Vec<OsString>,
+    /// The working directory this process started in.
+    pub dir: PathBuf,
+}
+
+static EXECUTABLE: OnceLock<Result<Executable, String>> = OnceLock::new();
+
+impl Executable {
+    /// Resolves the program now, once per process. Called when the first registry is built,
+    /// which programs do at startup, before any `chdir`.
+    pub(crate) fn capture() {
+        EXECUTABLE.get_or_init(resolve);
+    }
+
+    /// The program this process will restart as.
+    ///
+    /// # Errors
+    /// [`Error::Executable`] when neither `argv[0]` nor `/proc/self/exe` names a file.
+    pub fn current() -> Result<&'static Executable, Error> {
+        EXECUTABLE
+            .get_or_init(resolve)
+            .as_ref()
+            .map_err(|reason| Error::Executable {
+                reason: reason.clone(),
+            })
+    }
+}
+
+fn resolve() -> Result<Executable, String> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let dir = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+    let argv0 = args.first().cloned().unwrap_or_default();
+    let path = match lookup(&argv0, &dir, std::env::var_os("PATH").as_deref()) {
+        Some(p) => p,
+        None => {
+            let exe = std::env::current_exe().map_err(|e| {
+                format!("argv[0] {argv0:?} is not an executable file here or in PATH, and /proc/self/exe cannot be read: {e}")
+            })?;
+            tracing::warn!(
+                argv0 = ?argv0,
+                exe = %exe.display(),
+                "argv[0] does not name an executable file; restarts will run {}",
+                exe.display()
+            );
+            exe
+        }
+    };
+    Ok(Executable { path, args, dir })
+}
+
+/// `argv0` as the shell found it: a name with a slash is a path (relative to `dir`), one
+/// without is looked up in `PATH`.
+fn lookup(argv0: &OsStr, dir: &Path, path_var: Option<&OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exe = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if argv0.is_empty() {
+        return None;
+    }
+    if argv0.as_bytes().contains(&b'/') {
+        let p = dir.join(argv0);
+        return is_exe(&p).then_some(p);
+    }
+    std::env::split_paths(path_var?)
+        .map(|d| dir.join(d).join(argv0))
+        .find(|p| is_exe(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_follows_the_shell() {
+        let dir = Path::new("/");
+        assert_eq!(
+            lookup(OsStr::new("sh"), dir, Some(OsStr::new("/nonexistent:/bin"))),
+            Some("/bin/sh".into())
+        );
+        assert_eq!(lookup(OsStr::new("/bin/sh"), dir, None), Some("/bin/sh".into()));
+        assert_eq!(lookup(OsStr::new("bin/sh"), dir, None), Some("/bin/sh".into()));
+        assert_eq!(
+            lookup(OsStr::new("no-such-program-here"), dir, Some(OsStr::new("/bin"))),
+            None
+        );
+        assert_eq!(
+            lookup(OsStr::new("/etc/passwd"), dir, None),
+            None,
+            "not executable"
+        );
+        assert_eq!(lookup(OsStr::new(""), dir, None), None);
+    }
+}

@@ -1,0 +1,284 @@
+//! Starting the next process: the program as resolved at startup, with the sockets a
+//! [`Handoff`] carries as fds 3.. and `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` set.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use nix::errno::Errno;
+
+use super::{ChildProcess, Executable};
+use crate::error::Error;
+use crate::vars::{FIRST_INHERITED_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
+
+/// The sockets to hand to the next process, in order, each with its `LISTEN_FDNAMES` name
+/// (`unknown` for unnamed ones). Made by [`SocketRegistry::handoff`](crate::registry::SocketRegistry::handoff):
+/// the fds are this process's own duplicates, closed once the next process has them.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    pub(crate) sockets: Vec<(OwnedFd, String)>,
+}
+
+impl Handoff {
+    /// How many sockets it carries.
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Whether it carries none.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+/// The next process being prepared: the sockets of a [`Handoff`], plus extra environment
+/// variables and fds.
+///
+/// ```no_run
+/// # fn main() -> Result<(), gracenet::Error> {
+/// let registry = gracenet::registry::registry()?;
+/// let exe = gracenet::process::Executable::current()?;
+/// let child = gracenet::process::NextProcess::new(exe, registry.handoff()?).spawn()?;
+/// println!("started pid {}", child.pid());
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a NextProcess does nothing until spawn() is called"]
+pub struct NextProcess {
+    exe: &'static Executable,
+    handoff: Handoff,
+    env: Vec<(OsString, OsString)>,
+    extra_fds: Vec<OwnedFd>,
+}
+
+impl NextProcess {
+    /// Prepares `exe` to run with `handoff`'s sockets.
+    pub fn new(exe: &'static Executable, handoff: Handoff) -> NextProcess {
+        NextProcess {
+            exe,
+            handoff,
+            env: Vec::new(),
+            extra_fds: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for the next process (on top of this process's own).
+    pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Hands `fd` to the next process after the sockets, and returns the fd number it will
+    /// have there.
+    pub fn pass_fd(&mut self, fd: OwnedFd) -> RawFd {
+        self.extra_fds.push(fd);
+        FIRST_INHERITED_FD + (self.handoff.len() + self.extra_fds.len() - 1) as RawFd
+    }
+
+    /// Starts the program with the same arguments, starting directory and environment, plus:
+    /// - the handoff's sockets as fds 3, 4, ..., then any [`pass_fd`](Self::pass_fd) fds;
+    /// - `LISTEN_FDS` = the number of sockets, `LISTEN_FDNAMES` = their names joined by `:`,
+    ///   and `LISTEN_PID` = the child's own pid, set after `fork`, so `sd_listen_fds()` in any
+    ///   language accepts the fds.
+    ///
+    /// The child gets no other fd of this process: everything else is close-on-exec. Signal
+    /// masks are cleared and `SIGPIPE` restored to its default, as `std::process` does.
+    ///
+    /// # Errors
+    /// [`Error::Spawn`] when `fork` or `execve` fails (the reason comes back from the child
+    /// before it exits), [`Error::NulByte`] for an argument or variable with a NUL byte.
+    pub fn spawn(self) -> Result<ChildProcess, Error> {
+        let names: Vec<&str> = self.handoff.sockets.iter().map(|(_, n)| n.as_str()).collect();
+        let mut overrides: Vec<(OsString, OsString)> = vec![
+            (LISTEN_FDS.into(), self.handoff.len().to_string().into()),
+            (LISTEN_FDNAMES.into(), names.join(":").into()),
+        ];
+        overrides.extend(self.env);
+        let mut fds: Vec<OwnedFd> = self.handoff.sockets.into_iter().map(|(fd, _)| fd).collect();
+        fds.extend(self.extra_fds);
+        spawn_exec(self.exe, &overrides, &fds)
+    }
+}
+
+fn cstring(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<CString, Error> {
+    CString::new(bytes).map_err(|_| Error::NulByte { what: what() })
+}
+
+/// Room for any pid's decimal digits (u32) in `LISTEN_PID=`.
+const PID_DIGITS: usize = 10;
+
+fn spawn_exec(
+    exe: &Executable,
+    overrides: &[(OsString, OsString)],
+    fds: &[OwnedFd],
+) -> Result<ChildProcess, Error> {
+    // Everything the child needs is prepared here: after fork it may only make
+    // async-signal-safe calls, so no allocation.
+    let path = cstring(exe.path.clone().into_os_string().into_vec(), || {
+        "the program path".into()
+    })?;
+    let dir = cstring(exe.dir.clone().into_os_string().into_vec(), || {
+        "the working directory".into()
+    })?;
+    let args = exe
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| cstring(a.as_bytes().to_vec(), || format!("argument {i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let skip = |k: &OsStr| k == LISTEN_PID || overrides.iter().any(|(o, _)| o == k);
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os()
+        .filter(|(k, _)| !skip(k))
+        .chain(overrides.iter().cloned())
+    {
+        let name = k.to_string_lossy().into_owned();
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.as_bytes());
+        env.push(cstring(kv, || format!("environment variable {name}"))?);
+    }
+    // LISTEN_PID=<pid>, NUL-padded: the child writes its pid into it.
+    let mut listen_pid = format!("{LISTEN_PID}=").into_bytes();
+    let pid_at = listen_pid.len();
+    listen_pid.resize(pid_at + PID_DIGITS + 1, 0);
+
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(listen_pid.as_ptr().cast());
+    envp.push(std::ptr::null());
+
+    let sources: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut moved: Vec<RawFd> = vec![-1; sources.len()];
+    let (err_read, err_write) = crate::sys::pipe_cloexec().map_err(|source| Error::Spawn {
+        program: exe.path.clone(),
+        source,
+    })?;
+    let plan = ChildPlan {
+        path: path.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        dir: dir.as_ptr(),
+        pid_slot: listen_pid.as_mut_ptr().wrapping_add(pid_at),
+        sources: &sources,
+        moved: moved.as_mut_ptr(),
+        err_pipe: err_write.as_raw_fd(),
+        fd_limit: RawFd::try_from(crate::env::fd_limit()).unwrap_or(RawFd::MAX),
+    };
+
+    // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
+    // dup2, close_range or fcntl, sigprocmask, signal, chdir, getpid, execve, write, _exit) on memory
+    // prepared above, and never returns.
+    let pid = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => exec_child(&plan),
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Err(e) => {
+            return Err(Error::Spawn {
+                program: exe.path.clone(),
+                source: e.into(),
+            });
+        }
+    };
+    drop(err_write);
+    let mut child = ChildProcess::new(pid);
+    // The child writes errno here only if it could not exec; a successful exec closes the
+    // pipe (close-on-exec) and the read sees end-of-file.
+    let mut buf = [0u8; 4];
+    let n = loop {
+        match nix::unistd::read(&err_read, &mut buf) {
+            Err(Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    match n {
+        Ok(4) => {
+            let errno = i32::from_ne_bytes(buf);
+            let _ = child.wait();
+            Err(Error::Spawn {
+                program: exe.path.clone(),
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+        }
+        _ => {
+            tracing::debug!(pid = pid.as_raw(), program = %exe.path.display(), "started the next process");
+            Ok(child)
+        }
+    }
+}
+
+struct ChildPlan<'a> {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    dir: *const libc::c_char,
+    pid_slot: *mut u8,
+    sources: &'a [RawFd],
+    /// Room for one fd per source: where the child moves each before placing it.
+    moved: *mut RawFd,
+    err_pipe: RawFd,
+    /// One past the highest fd this process can have open.
+    fd_limit: RawFd,
+}
+
+/// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
+fn exec_child(plan: &ChildPlan<'_>) -> ! {
+    // SAFETY (whole block): raw async-signal-safe system calls in a freshly forked child on fds
+    // and memory the parent prepared; nothing here allocates or takes a lock.
+    unsafe {
+        let n = plan.sources.len() as RawFd;
+        let first_free = FIRST_INHERITED_FD + n;
+        let fail = |err_pipe: RawFd| -> ! {
+            let errno = crate::sys::errno();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err_pipe, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        };
+        // Move the error pipe and every source above the target range first, so placing fd i
+        // at 3+i never overwrites a source still to be placed.
+        let err_pipe = libc::fcntl(plan.err_pipe, libc::F_DUPFD_CLOEXEC, first_free);
+        if err_pipe < 0 {
+            fail(plan.err_pipe);
+        }
+        for (i, &src) in plan.sources.iter().enumerate() {
+            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free);
+            if fd < 0 {
+                fail(err_pipe);
+            }
+            *plan.moved.add(i) = fd;
+        }
+        for i in 0..plan.sources.len() {
+            // dup2 leaves the new fd without FD_CLOEXEC: it survives exec.
+            if libc::dup2(*plan.moved.add(i), FIRST_INHERITED_FD + i as RawFd) < 0 {
+                fail(err_pipe);
+            }
+        }
+        // Everything from first_free up closes on exec (the sources' copies, the error pipe,
+        // and any fd a library opened without O_CLOEXEC).
+        crate::sys::cloexec_from(first_free, plan.fd_limit, err_pipe);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::chdir(plan.dir) != 0 {
+            fail(err_pipe);
+        }
+        // LISTEN_PID: the decimal digits of our pid, NUL-terminated (the slot is zeroed).
+        let mut pid = libc::getpid() as u32;
+        let mut digits = [0u8; PID_DIGITS];
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (pid % 10) as u8;
+            len += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            *plan.pid_slot.add(i) = digits[len - 1 - i];
+        }
+        libc::execve(plan.path, plan.argv, plan.envp);
+        fail(err_pipe)
+    }
+}

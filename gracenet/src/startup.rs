@@ -1,0 +1,53 @@
+//! What this process inherited, read once: the sockets (`LISTEN_*`), the readiness link to the
+//! generation that started it (`GRACE_READY_FD`), its generation number (`GRACE_GENERATION`),
+//! and the program a restart will run. Every inherited variable is read and removed here, in
+//! one step, so the environment is touched once, as early as the application asks.
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::env::take_var;
+use crate::error::{EnvError, Error};
+use crate::inherited::InheritedFds;
+use crate::process::Executable;
+use crate::readiness::{ParentLink, parse_generation};
+use crate::registry::SocketRegistry;
+use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
+
+/// This process's start, as inherited.
+#[derive(Debug)]
+pub(crate) struct Startup {
+    pub registry: SocketRegistry,
+    pub generation: u64,
+    /// Taken by the generation when it reports ready.
+    pub link: Mutex<Option<ParentLink>>,
+}
+
+static STARTUP: OnceLock<Result<Startup, EnvError>> = OnceLock::new();
+
+/// Reads (the first time) and returns this process's start.
+///
+/// # Errors
+/// [`Error::Env`] (every time) when the inherited environment was malformed.
+pub(crate) fn startup() -> Result<&'static Startup, Error> {
+    STARTUP
+        .get_or_init(read)
+        .as_ref()
+        .map_err(|e| Error::Env(e.clone()))
+}
+
+fn read() -> Result<Startup, EnvError> {
+    tracing::debug!("platform support: {}", crate::sys::PLATFORM);
+    Executable::capture();
+    // Every variable is taken out of the environment before any is judged, so a malformed
+    // one does not leave the others for a subprocess to find.
+    let ready_fd = take_var(GRACE_READY_FD);
+    let generation = take_var(GRACE_GENERATION);
+    let inherited = InheritedFds::take_from_env()?;
+    let generation = parse_generation(generation)?;
+    let link = ParentLink::new(ready_fd, inherited.origin())?;
+    Ok(Startup {
+        registry: SocketRegistry::new(inherited),
+        generation,
+        link: Mutex::new(Some(link)),
+    })
+}

@@ -1,0 +1,119 @@
+//! Calls that are the same on every POSIX system.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A pipe whose ends are both close-on-exec, made with `pipe` and `fcntl`: another thread's
+/// `fork` between the two calls could leak the ends into its child, which only delays that
+/// child's end-of-file. Platforms with `pipe2` use it instead.
+#[allow(dead_code)]
+pub(crate) fn pipe_then_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe writes two fds into the array we pass; we own them from here on.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by pipe and are owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [&read, &write] {
+        crate::socket::set_cloexec(fd).map_err(io::Error::from)?;
+    }
+    Ok((read, write))
+}
+
+/// The address family of a socket, from `getsockname` (portable; Linux also has `SO_DOMAIN`).
+#[allow(dead_code)]
+pub(crate) fn family_from_name(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: sockaddr_storage is plain data for which all-zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `storage`, which is that large.
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(libc::c_int::from(storage.ss_family))
+}
+
+/// Whether a stream socket is listening, from `SO_ACCEPTCONN`.
+#[allow(dead_code)]
+pub(crate) fn accepts_connections(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `value`, whose size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value != 0)
+}
+
+/// Marks every fd from `first` below `limit` (but `keep`) close-on-exec, one `fcntl` each.
+/// Async-signal-safe: for a forked child.
+///
+/// # Safety
+/// Only `fcntl(F_SETFD)` is called; a caller must be prepared for every fd in the range to
+/// close at `exec`.
+#[allow(dead_code)]
+pub(crate) unsafe fn sweep_cloexec(first: RawFd, limit: RawFd, keep: RawFd) {
+    for fd in first..limit {
+        if fd != keep {
+            // SAFETY: F_SETFD on an fd that may not be open fails harmlessly with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// The calling thread's `errno`. Async-signal-safe.
+pub(crate) fn errno() -> i32 {
+    nix::errno::Errno::last_raw()
+}
+
+/// The process group of `pid` (`None` once it is gone).
+pub(crate) fn process_group(pid: i32) -> Option<i32> {
+    nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+        .ok()
+        .map(|p| p.as_raw())
+}
+
+/// Waits, in a thread of its own, until `pid` (our child) has exited, without reaping it
+/// (`waitid` with `WNOWAIT`), then resolves the returned receiver. Portable; Linux prefers a
+/// pidfd.
+#[cfg(feature = "tokio")]
+#[allow(dead_code)]
+pub(crate) fn exit_thread(pid: u32) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gracenet-wait-{pid}"))
+        .spawn(move || {
+            loop {
+                // SAFETY: siginfo_t is plain data; waitid fills it in.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waitid writes only `info`; WNOWAIT leaves the child to be reaped by
+                // its handle.
+                let rc = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if rc == 0 || errno() != libc::EINTR {
+                    // Exited, or no longer ours to wait for (reaped already): either way,
+                    // the process is gone.
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,139 @@
+//! Linux: the fast paths.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Which implementation this build uses, for logs and docs.
+pub(crate) const PLATFORM: &str = "linux";
+
+/// A pipe whose ends are both close-on-exec, atomically.
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// The address family of a socket (`SO_DOMAIN`).
+pub(crate) fn socket_family(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    Ok(socket2::SockRef::from(&fd).domain()?.into())
+}
+
+/// Whether a stream socket is listening.
+pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    socket2::SockRef::from(&fd).is_listener()
+}
+
+/// Marks every fd from `first` up (but `keep`) close-on-exec: `close_range`, or one `fcntl`
+/// per fd below `limit` on kernels before 5.11. Async-signal-safe: for a forked child.
+///
+/// # Safety
+/// As [`super::sweep_cloexec`].
+pub(crate) unsafe fn cloexec_from(first: RawFd, limit: RawFd, keep: RawFd) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags; `keep` is above `first`
+    // only when the caller placed it there, and then it is meant to close at exec too.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        // SAFETY: as documented for the caller.
+        unsafe { super::sweep_cloexec(first, limit, keep) };
+    }
+}
+
+/// The name of an abstract Unix socket address, if it is one.
+pub(crate) fn abstract_name(addr: &std::os::unix::net::SocketAddr) -> Option<Vec<u8>> {
+    use std::os::linux::net::SocketAddrExt;
+    addr.as_abstract_name().map(<[u8]>::to_vec)
+}
+
+/// The abstract name in a socket2 address, if it is one.
+pub(crate) fn sockaddr_abstract_name(addr: &socket2::SockAddr) -> Option<Vec<u8>> {
+    addr.as_abstract_namespace().map(<[u8]>::to_vec)
+}
+
+/// A socket address in Linux's abstract namespace.
+pub(crate) fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
+/// Makes this process the subreaper of its descendants: orphans are reparented to it.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Asks the kernel to attach each datagram's sender credentials (`SO_PASSCRED`).
+pub(crate) fn pass_credentials(socket: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::PassCred, &true).map_err(io::Error::from)
+}
+
+/// Receives one datagram into `buf`, with its sender's pid when the kernel attached it.
+pub(crate) fn recv_with_sender(
+    socket: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<i32>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let sender = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, sender))
+}
+
+/// Resolves once a child process has exited (without reaping it).
+#[cfg(feature = "tokio")]
+pub(crate) struct ExitWatch(Watch);
+
+#[cfg(feature = "tokio")]
+enum Watch {
+    /// A pidfd, readable once the process has exited (Linux 5.3+).
+    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
+    /// Older kernels: a thread in `waitid`.
+    Thread(tokio::sync::oneshot::Receiver<()>),
+}
+
+#[cfg(feature = "tokio")]
+impl ExitWatch {
+    /// Watches `pid`, our unreaped child. Must be called within a tokio runtime.
+    pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd (close-on-exec) or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and names the same pidfd
+            // until the AsyncFd is dropped.
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| e.into_parts().1)?;
+            return Ok(ExitWatch(Watch::Pidfd(fd)));
+        }
+        Ok(ExitWatch(Watch::Thread(super::exit_thread(pid)?)))
+    }
+
+    /// Resolves when the process has exited.
+    pub(crate) async fn exited(&mut self) {
+        match &mut self.0 {
+            Watch::Pidfd(fd) => {
+                // A pidfd stays readable once the process has exited: no need to clear it.
+                let _ = fd.readable().await;
+            }
+            Watch::Thread(rx) => {
+                let _ = rx.await;
+            }
+        }
+    }
+}

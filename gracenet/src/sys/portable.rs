@@ -1,0 +1,89 @@
+//! Any POSIX system: no `close_range`, `pipe2`, `SO_DOMAIN`, pidfd, abstract Unix names or
+//! subreaper. What has a portable equivalent uses it; the rest is `Unsupported`.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+
+/// Which implementation this build uses, for logs and docs.
+pub(crate) const PLATFORM: &str = "portable POSIX";
+
+/// A pipe whose ends are both close-on-exec.
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    super::pipe_then_cloexec()
+}
+
+/// The address family of a socket.
+pub(crate) fn socket_family(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    super::family_from_name(fd)
+}
+
+/// Whether a stream socket is listening.
+pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    super::accepts_connections(fd)
+}
+
+/// Marks every fd from `first` below `limit` (but `keep`) close-on-exec. Async-signal-safe.
+///
+/// # Safety
+/// As [`super::sweep_cloexec`].
+pub(crate) unsafe fn cloexec_from(first: RawFd, limit: RawFd, keep: RawFd) {
+    // SAFETY: as documented for the caller.
+    unsafe { super::sweep_cloexec(first, limit, keep) }
+}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what} is only available on Linux (this build uses the portable POSIX path)"),
+    )
+}
+
+/// Abstract Unix names are Linux's: none here.
+pub(crate) fn abstract_name(_addr: &std::os::unix::net::SocketAddr) -> Option<Vec<u8>> {
+    None
+}
+
+/// Abstract Unix names are Linux's: none here.
+pub(crate) fn sockaddr_abstract_name(_addr: &socket2::SockAddr) -> Option<Vec<u8>> {
+    None
+}
+
+/// Abstract Unix names are Linux's.
+pub(crate) fn abstract_addr(_name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    Err(unsupported("an abstract Unix socket name (unix:@name)"))
+}
+
+/// The child subreaper is Linux's (`PR_SET_CHILD_SUBREAPER`).
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    Err(unsupported("the supervisor (it needs the child subreaper)"))
+}
+
+/// Sender credentials on datagrams are Linux's (`SO_PASSCRED`).
+pub(crate) fn pass_credentials(_socket: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
+    Err(unsupported("sender credentials on a Unix datagram socket"))
+}
+
+/// Receives one datagram; the sender is unknown here.
+pub(crate) fn recv_with_sender(
+    socket: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<i32>)> {
+    Ok((socket.recv(buf)?, None))
+}
+
+/// Resolves once a child process has exited (without reaping it): a thread in `waitid`.
+#[cfg(feature = "tokio")]
+pub(crate) struct ExitWatch(tokio::sync::oneshot::Receiver<()>);
+
+#[cfg(feature = "tokio")]
+impl ExitWatch {
+    /// Watches `pid`, our unreaped child.
+    pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
+        Ok(ExitWatch(super::exit_thread(pid)?))
+    }
+
+    /// Resolves when the process has exited.
+    pub(crate) async fn exited(&mut self) {
+        let _ = (&mut self.0).await;
+    }
+}

@@ -1,0 +1,28 @@
+//! The environment variables gracenet reads and sets, by name.
+//!
+//! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`) are read once, when
+//! the process registry is first built ([`crate::registry::registry`]), and removed from the
+//! environment then.
+
+use std::os::fd::RawFd;
+
+/// How many fds were passed, starting at fd 3 (systemd's `sd_listen_fds` protocol).
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The pid the fds are meant for; when set and not ours, the fds are left alone.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Colon-separated names of the fds, one per fd (systemd's `FileDescriptorName=`).
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+
+/// The fd number of the readiness pipe's write end, in a process a gracenet generation
+/// started: the child writes one byte to it when serving.
+pub const GRACE_READY_FD: &str = "GRACE_READY_FD";
+/// This process's generation: 1 for the first, one more per restart.
+pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
+/// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
+/// never becomes a supervisor itself.
+pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
+/// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.
+pub const FIRST_INHERITED_FD: RawFd = 3;
