@@ -53,6 +53,7 @@ impl Sleep {
             Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, format!("{e}\n"))),
         };
         if nanos > 0 {
+            tracing::debug!("sleeping for {duration} from pid {}", std::process::id());
             let d = Duration::from_nanos(nanos as u64);
             match tokio::time::Instant::now().checked_add(d) {
                 Some(until) => tokio::time::sleep_until(until).await,

@@ -4,7 +4,6 @@
 //! duration errors over HTTP, and bad flags.
 
 use std::process::Command;
-use std::time::Duration;
 
 use grace_tests::http::{get_h1, get_tls, write_cert};
 use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, pids_with_env, unique_marker, wait_until};
@@ -26,7 +25,8 @@ fn start(extra: &[&str]) -> Demo {
     let mut cmd = Command::new(GRACEDEMO);
     cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
         .args(extra)
-        .env(MARKER, &marker);
+        .env(MARKER, &marker)
+        .env("RUST_LOG", "info,gracedemo=debug");
     let mut guard = ProcessGuard::spawn(cmd);
     let line = guard.expect_log("Serving ");
     let pid = guard.pid();
@@ -50,8 +50,9 @@ async fn walkthrough_step(demo: &mut Demo, old: u32, slow: &str) -> u32 {
     let port = demo.ports[0];
     let slow_path = format!("/sleep/?duration={slow}");
     let slow_req = tokio::spawn(async move { get_h1(port, &slow_path).await });
-    // The slow request is in the server once it has been read; a beat of pacing lets it land.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow request is in the server once the handler says it sleeps (a debug line).
+    let sleeping = format!("sleeping for {slow} from pid {old}");
+    tokio::task::block_in_place(|| demo.guard.expect_log(&sleeping));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), Signal::SIGUSR2).unwrap();
     let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
     assert!(line.contains(&format!("and old pid {old}.")), "{line}");

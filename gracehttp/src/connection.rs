@@ -1,6 +1,8 @@
 //! One accepted connection, served until it ends or the drain closes it without losing a
-//! request: HTTP/2 gets GOAWAY at once; an HTTP/1 connection gets `Connection: close` on its
-//! next response, or is closed once it has been idle for the idle grace.
+//! request: HTTP/2 gets GOAWAY at once (told by its preface, so one that never sent a request
+//! gets it too); an HTTP/1 connection gets `Connection: close` on its next response, or is
+//! closed once it has been idle for the idle grace. The drain wakes a connection only when
+//! something happens to it (a request finishes, its idle grace ends), never on a timer tick.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use crate::drain::Drain;
 use crate::service::{BoxError, Handler};
@@ -28,7 +31,15 @@ pub(crate) struct Activity {
     /// Milliseconds since `epoch` of the last byte read.
     last_read_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Whether the connection speaks HTTP/2: its first bytes were the HTTP/2 preface, or a
+    /// request arrived over HTTP/2.
     http2: AtomicBool,
+    /// Whether any byte has arrived (the preface check is done on the first ones).
+    seen_bytes: AtomicBool,
+    /// Set once the drain has begun: from then on a finished request wakes the connection.
+    draining: AtomicBool,
+    /// A request finished during the drain.
+    request_done: Notify,
 }
 
 impl Activity {
@@ -38,7 +49,27 @@ impl Activity {
             last_read_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
+            seen_bytes: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            request_done: Notify::new(),
         })
+    }
+
+    /// Looks at a connection's first bytes: the HTTP/2 preface marks it as HTTP/2 before any
+    /// request is read (a client that only sends PINGs must still get GOAWAY at a drain).
+    fn first_bytes(&self, bytes: &[u8]) {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        if !self.seen_bytes.swap(true, Ordering::Relaxed) {
+            let n = bytes.len().min(PREFACE.len());
+            if n > 0 && bytes[..n] == PREFACE[..n] {
+                self.http2.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// When the connection will have been idle for `grace`, counting from its last byte.
+    fn idle_at(&self, grace: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed)) + grace
     }
 
     fn touch(&self) {
@@ -72,6 +103,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.touch();
+            if !this.activity.seen_bytes.load(Ordering::Relaxed) {
+                this.activity.first_bytes(&buf.filled()[before..]);
+            }
         }
         r
     }
@@ -113,6 +147,9 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.draining.load(Ordering::Acquire) {
+            self.0.request_done.notify_one();
+        }
     }
 }
 
@@ -181,8 +218,10 @@ pub(crate) async fn serve<T>(
     tokio::pin!(draining);
     let mut drain_started = drain.is_draining();
     let mut closing = false;
-    let poll = Duration::from_millis(25).min(config.idle_grace.max(Duration::from_millis(1)));
     loop {
+        let busy = activity.in_flight.load(Ordering::Acquire) > 0;
+        let idle_at = tokio::time::Instant::from_std(activity.idle_at(config.idle_grace));
+        let waiting = drain_started && !closing;
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -190,13 +229,20 @@ pub(crate) async fn serve<T>(
                 }
                 return;
             }
-            _ = &mut draining, if !drain_started => drain_started = true,
-            _ = tokio::time::sleep(poll), if drain_started && !closing => {}
+            _ = &mut draining, if !drain_started => {
+                drain_started = true;
+                activity.draining.store(true, Ordering::Release);
+            }
+            // A request finished: the connection may be idle now.
+            _ = activity.request_done.notified(), if waiting && busy => {}
+            // No request in flight: close once no byte has come for the idle grace.
+            _ = tokio::time::sleep_until(idle_at), if waiting && !busy => {}
         }
         if drain_started && !closing {
             // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones elsewhere.
-            // HTTP/1: close only between requests, after the idle grace, so a request the
-            // client has already sent is answered (with `Connection: close`), not reset.
+            // HTTP/1 (or nothing sent yet): close only between requests, after the idle grace,
+            // so a request the client has already sent is answered (with `Connection: close`),
+            // not reset.
             let idle =
                 activity.in_flight.load(Ordering::Acquire) == 0 && activity.idle_for() >= config.idle_grace;
             if activity.http2.load(Ordering::Relaxed) || idle {

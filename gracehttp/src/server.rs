@@ -45,6 +45,7 @@ struct Site {
 ///     .serve()
 /// # }
 /// ```
+#[must_use = "a Server does nothing until serve() or run() is called"]
 pub struct Server {
     sites: Vec<Site>,
     stop_timeout: Duration,
@@ -53,6 +54,31 @@ pub struct Server {
     header_read_timeout: Duration,
     max_connections: Option<usize>,
     pid_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sites: Vec<String> = self
+            .sites
+            .iter()
+            .map(|s| {
+                let scheme = if s.tls.is_some() { "https" } else { "http" };
+                match &s.name {
+                    Some(n) => format!("{scheme} {} ({n})", s.addr),
+                    None => format!("{scheme} {}", s.addr),
+                }
+            })
+            .collect();
+        f.debug_struct("Server")
+            .field("sites", &sites)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("idle_grace", &self.idle_grace)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("pid_file", &self.pid_file)
+            .finish()
+    }
 }
 
 impl Default for Server {

@@ -31,7 +31,7 @@ pub enum Origin {
 /// checked to be an open listening or datagram socket and marked close-on-exec and
 /// non-blocking.
 ///
-/// Hand it to [`Listeners::new`](crate::Listeners::new), which serves `listen` calls from it
+/// Hand it to [`SocketRegistry::new`](crate::registry::SocketRegistry::new), which serves `listen` calls from it
 /// before binding anything new.
 #[derive(Debug)]
 pub struct InheritedFds {

@@ -73,7 +73,7 @@
 //! | where | what |
 //! |---|---|
 //! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`supervise`], [`Error`] |
-//! | [`registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
+//! | [`mod@registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
 //! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
 //! | [`mod@tokio`] | tokio versions of the stream listeners |
 //! | [`vars`] | the environment variables' names |

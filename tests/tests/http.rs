@@ -111,10 +111,8 @@ async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() 
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let port = site.ports[0];
     let long = tokio::spawn(get_h1(port, "/sleep?ms=2000"));
-    // The request is in flight once the server has read it; /health on the same process
-    // proves it is up, and a short pause lets the long request's bytes arrive first.
-    assert_eq!(get_h1(port, "/health").await.unwrap().body, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    // The request is in flight once the server says it has started it.
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=2000"));
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
     let _new_guard = PidGuard(new);
     tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
@@ -291,8 +289,8 @@ async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
 async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=1500"));
-    assert_eq!(get_h1(site.ports[0], "/health").await.unwrap().body, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    // The request is in flight once the server says it has started it.
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=1500"));
     g.signal(Signal::SIGTERM);
     let long = long.await.unwrap().unwrap();
     assert_eq!((long.status, long.body), (StatusCode::OK, site.pid.to_string()));
@@ -304,8 +302,8 @@ async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
 async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_STOP_TIMEOUT_MS", "300")]));
     let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=30000"));
-    assert_eq!(get_h1(site.ports[0], "/health").await.unwrap().body, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not synchronisation
+    // The request is in flight once the server says it has started it.
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=30000"));
     g.signal(Signal::SIGTERM);
     let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits at the stop timeout");
     assert!(status.success(), "{status}");
@@ -337,14 +335,15 @@ async fn a_client_that_never_finishes_its_headers_is_closed_at_the_header_read_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_further_connections_in_the_backlog() {
-    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_MAX_CONNECTIONS", "1")]));
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_MAX_CONNECTIONS", "1")]));
     let port = site.ports[0];
     let timed = |path: &'static str| async move {
         let answer = get_h1(port, path).await;
         (answer, std::time::Instant::now())
     };
     let long = tokio::spawn(timed("/sleep?ms=1000"));
-    tokio::time::sleep(Duration::from_millis(200)).await; // pacing: the long request first
+    // The long request holds the one connection slot once the server has started it.
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=1000"));
     let quick = tokio::spawn(timed("/pid"));
     let (long, long_done) = long.await.unwrap();
     let (quick, quick_done) = quick.await.unwrap();

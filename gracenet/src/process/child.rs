@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use crate::error::Error;
 
-/// The next process, started by [`NextProcess::spawn`]. Wait for it, signal it, or kill it by
+/// The next process, started by [`NextProcess::spawn`](super::NextProcess::spawn). Wait for it, signal it, or kill it by
 /// pid. Dropping the handle leaves the process running (it is the new server).
 #[derive(Debug)]
 pub struct ChildProcess {

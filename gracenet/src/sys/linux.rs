@@ -100,8 +100,8 @@ pub(crate) struct ExitWatch(Watch);
 enum Watch {
     /// A pidfd, readable once the process has exited (Linux 5.3+).
     Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
-    /// Older kernels: a thread in `waitid`.
-    Thread(tokio::sync::oneshot::Receiver<()>),
+    /// Older kernels: a thread in `waitid` (`None` once it has reported).
+    Thread(Option<tokio::sync::oneshot::Receiver<()>>),
 }
 
 #[cfg(feature = "tokio")]
@@ -121,18 +121,22 @@ impl ExitWatch {
             .map_err(|e| e.into_parts().1)?;
             return Ok(ExitWatch(Watch::Pidfd(fd)));
         }
-        Ok(ExitWatch(Watch::Thread(super::exit_thread(pid)?)))
+        Ok(ExitWatch(Watch::Thread(Some(super::exit_thread(pid)?))))
     }
 
-    /// Resolves when the process has exited.
+    /// Resolves when the process has exited (at once, every time after the first).
     pub(crate) async fn exited(&mut self) {
         match &mut self.0 {
             Watch::Pidfd(fd) => {
                 // A pidfd stays readable once the process has exited: no need to clear it.
                 let _ = fd.readable().await;
             }
-            Watch::Thread(rx) => {
-                let _ = rx.await;
+            Watch::Thread(slot) => {
+                if let Some(rx) = slot {
+                    let _ = rx.await;
+                    // A oneshot must not be polled again once it has completed.
+                    *slot = None;
+                }
             }
         }
     }

@@ -19,3 +19,38 @@ pub(crate) use portable::*;
 
 mod common;
 pub(crate) use common::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_uses_the_path_it_asked_for() {
+        let expected = if cfg!(any(not(target_os = "linux"), gracenet_portable)) {
+            "portable POSIX"
+        } else {
+            "linux"
+        };
+        assert_eq!(PLATFORM, expected);
+    }
+
+    #[test]
+    fn a_pipe_is_close_on_exec_at_both_ends() {
+        let (r, w) = pipe_cloexec().unwrap();
+        for fd in [&r, &w] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::F_GETFD).unwrap();
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        }
+    }
+
+    #[test]
+    fn a_listening_socket_is_told_from_a_bound_one() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&l);
+        assert!(is_listening(fd).unwrap());
+        assert_eq!(socket_family(fd).unwrap(), libc::AF_INET);
+        let u = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&u);
+        assert_eq!(socket_family(fd).unwrap(), libc::AF_INET6);
+    }
+}

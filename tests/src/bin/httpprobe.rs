@@ -113,6 +113,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
                 .and_then(|q| q.strip_prefix("ms="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
+            // Tests wait for this line: the request is in the server, not just sent.
+            tracing::info!("sleep request started ms={ms}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, pid.to_string())
         }
