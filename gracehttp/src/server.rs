@@ -196,7 +196,9 @@ impl Server {
         if self.sites.is_empty() {
             return Err(Error::NoServers);
         }
+        // gracehttp prints grace's own serving line (announce below): gracenet's is not repeated.
         let generation = Generation::builder()
+            .announce(false)
             .stop_timeout(self.stop_timeout)
             .ready_timeout(self.ready_timeout);
         let generation = match &self.pid_file {

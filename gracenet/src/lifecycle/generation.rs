@@ -28,6 +28,7 @@ pub struct GenerationBuilder {
     pub(super) stop_timeout: Duration,
     pub(super) pid_file: Option<PathBuf>,
     handle_signals: bool,
+    announce: bool,
 }
 
 impl Default for GenerationBuilder {
@@ -37,6 +38,7 @@ impl Default for GenerationBuilder {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             pid_file: None,
             handle_signals: true,
+            announce: true,
         }
     }
 }
@@ -67,6 +69,15 @@ impl GenerationBuilder {
     /// [`Generation::restart`] and [`Generation::shutdown`] drive it.
     pub fn handle_signals(mut self, yes: bool) -> Self {
         self.handle_signals = yes;
+        self
+    }
+
+    /// Whether [`Generation::ready`] logs "generation N serving ADDRS with pid P" at info
+    /// (default yes). An application that prints its own serving line (gracehttp prints Go
+    /// grace's `Serving ... with pid P.`) turns it off, so the event is logged once; the line
+    /// is then logged at debug.
+    pub fn announce(mut self, yes: bool) -> Self {
+        self.announce = yes;
         self
     }
 
@@ -275,11 +286,19 @@ impl Generation {
             ),
         ]);
         link.notify();
-        tracing::info!(
-            "generation {} serving {} with pid {pid}",
-            self.shared.number,
-            addrs.join(", ")
-        );
+        if self.shared.config.announce {
+            tracing::info!(
+                "generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            );
+        } else {
+            tracing::debug!(
+                "generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            );
+        }
         let unclaimed = self.registry().unclaimed();
         if !unclaimed.is_empty() {
             let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
