@@ -379,3 +379,81 @@ fn a_socket_activated_server_says_so_in_grace_words() {
         "{line}"
     );
 }
+
+/// Reads HTTP/2 frames from `c` until one of type `want` arrives (`None`: until the server
+/// closes the connection), answering PINGs as a live client does and sending one of its own
+/// every 100 ms (so the connection is never idle); returns whether it came by the deadline.
+fn read_until_frame(c: &mut std::net::TcpStream, want: Option<u8>) -> bool {
+    use std::io::{ErrorKind, Read, Write};
+    const PING: u8 = 0x6;
+    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while std::time::Instant::now() < deadline {
+        match c.read(&mut chunk) {
+            Ok(0) => return want.is_none(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                let _ = c.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+            }
+            Err(_) => return want.is_none(),
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..9 + len).collect();
+            if Some(frame[3]) == want {
+                return true;
+            }
+            if frame[3] == PING && frame[4] & 0x1 == 0 {
+                let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
+                ack.extend_from_slice(&frame[9..]);
+                let _ = c.write_all(&ack);
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
+    use std::io::{Read, Write};
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    // A stop timeout far longer than any test: the drain must end because the connections
+    // went, not because the timeout passed.
+    let (mut g, site) = start(&[], &[("PROBE_STOP_TIMEOUT_MS", "600000")]);
+    let mut h2 = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    // The server's SETTINGS: it has read the preface and holds the connection.
+    assert!(
+        read_until_frame(&mut h2, Some(SETTINGS)),
+        "no SETTINGS from the server"
+    );
+    // A connection that has sent nothing at all is closed at the idle grace.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", site.ports[1])).unwrap();
+    g.signal(Signal::SIGTERM);
+    assert!(
+        read_until_frame(&mut h2, Some(GOAWAY)),
+        "no GOAWAY for a connection with no request"
+    );
+    // A client with nothing in flight closes after GOAWAY (RFC 9113 §6.8), as curl does.
+    // (One that never closes is held until the stop timeout: issue 15's idle timeout.)
+    drop(h2);
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(
+        silent.read(&mut [0u8; 1]).unwrap_or(0),
+        0,
+        "the silent connection is closed"
+    );
+    let done = g.expect_log(" done (");
+    assert!(done.contains("done (drained)"), "{done}");
+    let status = g
+        .wait_timeout(DEADLINE)
+        .expect("the process exits once they are gone");
+    assert!(status.success(), "{status}");
+}
