@@ -84,36 +84,49 @@ pub(crate) fn process_group(pid: i32) -> Option<i32> {
         .map(|p| p.as_raw())
 }
 
-/// Waits, in a thread of its own, until `pid` (our child) has exited, without reaping it
-/// (`waitid` with `WNOWAIT`), then resolves the returned receiver. Portable; Linux prefers a
-/// pidfd.
+/// Resolves once a child process has exited (without reaping it), from a thread of its own
+/// in `waitid` with `WNOWAIT`. Portable; Linux prefers a pidfd and falls back to this.
 #[cfg(feature = "tokio")]
-#[allow(dead_code)]
-pub(crate) fn exit_thread(pid: u32) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("gracenet-wait-{pid}"))
-        .spawn(move || {
-            loop {
-                // SAFETY: siginfo_t is plain data; waitid fills it in.
-                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-                // SAFETY: waitid writes only `info`; WNOWAIT leaves the child to be reaped by
-                // its handle.
-                let rc = unsafe {
-                    libc::waitid(
-                        libc::P_PID,
-                        pid as libc::id_t,
-                        &mut info,
-                        libc::WEXITED | libc::WNOWAIT,
-                    )
-                };
-                if rc == 0 || errno() != libc::EINTR {
-                    // Exited, or no longer ours to wait for (reaped already): either way,
-                    // the process is gone.
-                    let _ = tx.send(());
-                    return;
+pub(crate) struct ExitThread(Option<tokio::sync::oneshot::Receiver<()>>);
+
+#[cfg(feature = "tokio")]
+impl ExitThread {
+    /// Watches `pid`, our unreaped child.
+    pub(crate) fn new(pid: u32) -> io::Result<ExitThread> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("gracenet-wait-{pid}"))
+            .spawn(move || {
+                loop {
+                    // SAFETY: siginfo_t is plain data; waitid fills it in.
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    // SAFETY: waitid writes only `info`; WNOWAIT leaves the child to be reaped
+                    // by its handle.
+                    let rc = unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOWAIT,
+                        )
+                    };
+                    if rc == 0 || errno() != libc::EINTR {
+                        // Exited, or no longer ours to wait for (reaped already): either way,
+                        // the process is gone.
+                        let _ = tx.send(());
+                        return;
+                    }
                 }
-            }
-        })?;
-    Ok(rx)
+            })?;
+        Ok(ExitThread(Some(rx)))
+    }
+
+    /// Resolves when the process has exited (at once, every time after the first).
+    pub(crate) async fn exited(&mut self) {
+        if let Some(rx) = &mut self.0 {
+            let _ = rx.await;
+            // A oneshot must not be polled again once it has completed.
+            self.0 = None;
+        }
+    }
 }

@@ -100,8 +100,8 @@ pub(crate) struct ExitWatch(Watch);
 enum Watch {
     /// A pidfd, readable once the process has exited (Linux 5.3+).
     Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
-    /// Older kernels: a thread in `waitid` (`None` once it has reported).
-    Thread(Option<tokio::sync::oneshot::Receiver<()>>),
+    /// Older kernels: a thread in `waitid`.
+    Thread(super::ExitThread),
 }
 
 #[cfg(feature = "tokio")]
@@ -121,7 +121,7 @@ impl ExitWatch {
             .map_err(|e| e.into_parts().1)?;
             return Ok(ExitWatch(Watch::Pidfd(fd)));
         }
-        Ok(ExitWatch(Watch::Thread(Some(super::exit_thread(pid)?))))
+        Ok(ExitWatch(Watch::Thread(super::ExitThread::new(pid)?)))
     }
 
     /// Resolves when the process has exited (at once, every time after the first).
@@ -131,13 +131,7 @@ impl ExitWatch {
                 // A pidfd stays readable once the process has exited: no need to clear it.
                 let _ = fd.readable().await;
             }
-            Watch::Thread(slot) => {
-                if let Some(rx) = slot {
-                    let _ = rx.await;
-                    // A oneshot must not be polled again once it has completed.
-                    *slot = None;
-                }
-            }
+            Watch::Thread(thread) => thread.exited().await,
         }
     }
 }

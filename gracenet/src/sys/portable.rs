@@ -73,21 +73,4 @@ pub(crate) fn recv_with_sender(
 
 /// Resolves once a child process has exited (without reaping it): a thread in `waitid`.
 #[cfg(feature = "tokio")]
-pub(crate) struct ExitWatch(Option<tokio::sync::oneshot::Receiver<()>>);
-
-#[cfg(feature = "tokio")]
-impl ExitWatch {
-    /// Watches `pid`, our unreaped child.
-    pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
-        Ok(ExitWatch(Some(super::exit_thread(pid)?)))
-    }
-
-    /// Resolves when the process has exited (at once, every time after the first).
-    pub(crate) async fn exited(&mut self) {
-        if let Some(rx) = &mut self.0 {
-            let _ = rx.await;
-            // A oneshot must not be polled again once it has completed.
-            self.0 = None;
-        }
-    }
-}
+pub(crate) type ExitWatch = super::ExitThread;
