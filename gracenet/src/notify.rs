@@ -49,6 +49,30 @@ impl Notifier {
         }
     }
 
+    /// Sends one message with `fds` attached (`SCM_RIGHTS`), as systemd's `FDSTORE=1` and
+    /// gracenet's supervisor take them.
+    ///
+    /// # Errors
+    /// The reason the message could not be sent (the caller decides whether that matters).
+    pub(crate) fn send_with_fds(&self, lines: &[String], fds: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let message = lines.join("\n");
+        // A socket of its own, connected to the target: sendmsg then needs no address.
+        let socket = UnixDatagram::unbound()?;
+        socket.connect_addr(&self.addr)?;
+        let iov = [std::io::IoSlice::new(message.as_bytes())];
+        let cmsgs = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+        sendmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            &iov,
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )?;
+        Ok(())
+    }
+
     /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
     /// must not stop a server.
     pub(crate) fn send(&self, lines: &[String]) {

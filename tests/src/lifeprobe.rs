@@ -5,7 +5,8 @@
 //!   (it creates PATH first, so the next attempt works);
 //! - `PROBE_HANG_ONCE=PATH`: likewise, but never reports ready;
 //! - `PROBE_READY_TIMEOUT_MS`, `PROBE_STOP_TIMEOUT_MS`: the generation's timeouts;
-//! - `PROBE_PID_FILE=PATH`: the PID file.
+//! - `PROBE_PID_FILE=PATH`: the PID file;
+//! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready.
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself.
 //!
@@ -99,6 +100,10 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
         println!("probe hanging pid={pid}");
         // Never ready; the parent kills us at its ready timeout.
         std::future::pending::<()>().await;
+    }
+    if let Some(delay) = knob_ms("PROBE_READY_DELAY_MS").filter(|_| number == 1) {
+        println!("probe delaying-ready pid={pid}");
+        tokio::time::sleep(delay).await;
     }
     generation.ready()?;
     while let Some(conn) = listener.accept().await {

@@ -73,12 +73,206 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
     assert!(!is_alive(serving));
 }
 
+/// Sends `signal` to `pid`.
+fn send(pid: u32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
 #[test]
-fn a_crashed_generation_with_no_successor_ends_the_supervisor_with_its_status() {
+fn a_crashed_serving_generation_is_replaced_on_the_same_sockets_and_no_connection_is_refused() {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let supervisor = sup.pid();
+    let line = sup.expect_line("probe version=");
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let mut serving = probe_pid(&line);
+    let mut guards = vec![PidGuard(serving)];
+    sup.expect_log("generation 1 serving");
+    // One new connection per question, without a pause: connections keep arriving while the
+    // serving process is dead.
+    let prober = Prober::start(port, Duration::ZERO);
+    for number in 2..=4 {
+        // Let it serve a while (200 answers of our own) before it dies.
+        for _ in 0..200 {
+            assert_eq!(grace_tests::answer_pid(&grace_tests::ask(port).unwrap()), serving);
+        }
+        send(serving, Signal::SIGKILL);
+        let died = sup.expect_log("died with no successor");
+        assert!(
+            died.contains(&format!("pid {serving}")) && died.contains("killed by SIGKILL"),
+            "{died}"
+        );
+        let line = sup.expect_line("probe version=");
+        assert_eq!(field(&line, "generation"), number.to_string(), "{line}");
+        serving = probe_pid(&line);
+        guards.push(PidGuard(serving));
+        // Its sockets are the same ones: the port did not change.
+        assert!(field(&line, "addr").ends_with(&format!(":{port}")), "{line}");
+        assert!(is_alive(supervisor), "the supervisor's pid never changes");
+    }
+    assert!(wait_until(DEADLINE, || grace_tests::ask(port)
+        .is_ok_and(|a| grace_tests::answer_pid(&a) == serving)));
+    let stats = prober.stop();
+    let refused: Vec<_> = stats.failures.iter().filter(|f| f.contains("refused")).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    // Only a question in flight on a killed process may fail: one per kill at most.
+    assert!(stats.failures.len() <= 3, "failures: {:?}", stats.failures);
+    assert!(
+        stats.by_pid.len() >= 4,
+        "every generation answered: {:?}",
+        stats.by_pid
+    );
+
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
+}
+
+#[test]
+fn a_crash_loop_backs_off_then_gives_up_with_a_clear_line_and_a_failure_status() {
     let (mut sup, gen1, _g) = start_supervised();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(gen1 as i32), Signal::SIGKILL).unwrap();
-    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits promptly");
+    let mut serving = gen1;
+    let mut guards = Vec::new();
+    for _ in 0..4 {
+        send(serving, Signal::SIGKILL);
+        sup.expect_log("died with no successor");
+        let line = sup.expect_line("probe version=");
+        serving = probe_pid(&line);
+        guards.push(PidGuard(serving));
+    }
+    send(serving, Signal::SIGKILL);
+    let line = sup.expect_log("giving up");
+    assert!(line.contains("5 crashes in 30 s"), "{line}");
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
     assert_eq!(status.code(), Some(128 + 9), "{status}");
+}
+
+#[test]
+fn generation_1_failing_before_ready_ends_the_supervisor_with_its_status() {
+    // A start-up error (here: an address that cannot be bound) is not a crash to retry.
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["203.0.113.1:1", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    sup.expect_log("exited before it was ready");
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(1), "{status}");
+}
+
+/// Opens a connection to generation 1 and checks it answers: the drain will wait for it.
+fn hold_connection(port: u16, gen1: u32) -> std::net::TcpStream {
+    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(
+        grace_tests::answer_pid(&grace_tests::converse(&conn).unwrap()),
+        gen1
+    );
+    conn
+}
+
+/// Supervised lifeprobe, restarted once while a connection holds generation 1 draining.
+/// Returns the supervisor, the port, generation 1 and 2, their guards, and the connection.
+fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>, std::net::TcpStream) {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"])
+        .env("PROBE_STOP_TIMEOUT_MS", "20000");
+    let mut sup = ProcessGuard::spawn(cmd);
+    let line = sup.expect_line("probe version=");
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let gen1 = probe_pid(&line);
+    let mut guards = vec![PidGuard(gen1)];
+    sup.expect_log("generation 1 serving");
+    let conn = hold_connection(port, gen1);
+    sup.signal(Signal::SIGUSR2);
+    let gen2 = probe_pid(&sup.expect_line("probe version="));
+    guards.push(PidGuard(gen2));
+    sup.expect_log("generation 1 stopped accepting; draining 1 connection(s)");
+    (sup, port, gen1, gen2, guards, conn)
+}
+
+#[test]
+fn a_stop_right_after_a_restart_waits_for_every_generation_then_exits() {
+    let (mut sup, _port, gen1, gen2, _guards, conn) = restarted_with_gen1_draining();
+    sup.signal(Signal::SIGTERM);
+    sup.expect_log(&format!("forwarding SIGTERM to the serving pid {gen2}"));
+    // Generation 2 has nothing to drain and goes; generation 1 (its parent, which reaps it)
+    // still drains our connection: the supervisor stays.
+    assert!(wait_until(DEADLINE, || !is_alive(gen2)), "generation 2 exits");
+    sup.expect_log(&format!("generation 2 (pid {gen2}) ended"));
+    assert!(is_alive(gen1), "generation 1 still drains");
+    assert!(
+        sup.wait_timeout(Duration::from_millis(300)).is_none(),
+        "the supervisor waits for generation 1"
+    );
+    drop(conn);
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .expect("the supervisor exits once all are gone");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(!is_alive(gen1));
+}
+
+#[test]
+fn a_killed_generation_2_is_replaced_while_its_parent_still_drains() {
+    let (mut sup, port, gen1, gen2, mut guards, conn) = restarted_with_gen1_draining();
+    // Generation 1 reaps generation 2: the supervisor learns of the exit from its pidfd.
+    send(gen2, Signal::SIGKILL);
+    let died = sup.expect_log("died with no successor");
+    assert!(died.contains(&format!("generation 2 (pid {gen2})")), "{died}");
+    let line = sup.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), "3");
+    let gen3 = probe_pid(&line);
+    guards.push(PidGuard(gen3));
+    assert!(wait_until(DEADLINE, || grace_tests::ask(port)
+        .is_ok_and(|a| grace_tests::answer_pid(&a) == gen3)));
+    // Generation 1 finishes its drain undisturbed.
+    assert_eq!(
+        grace_tests::answer_pid(&grace_tests::converse(&conn).unwrap()),
+        gen1
+    );
+    drop(conn);
+    assert!(wait_until(DEADLINE, || !is_alive(gen1)));
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
+}
+
+#[test]
+fn a_sigusr2_before_generation_1_is_ready_is_held_until_it_is() {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"])
+        .env("PROBE_READY_DELAY_MS", "500");
+    let mut sup = ProcessGuard::spawn(cmd);
+    let gen1 = probe_pid(&sup.expect_line("probe delaying-ready"));
+    let _g1 = PidGuard(gen1);
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log("holding it until then");
+    sup.expect_log("passing on the SIGUSR2 held for it");
+    let line = sup.expect_line("probe version=lifeprobe generation=2");
+    let _g2 = PidGuard(probe_pid(&line));
+    // Generation 1 was not killed by the signal: it drained and exited normally.
+    let exit = sup.expect_line(&format!("probe exiting pid={gen1}"));
+    assert_eq!(field(&exit, "forced"), "false", "{exit}");
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
+}
+
+#[test]
+fn when_the_supervisor_is_killed_the_generations_keep_serving() {
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.args(["127.0.0.1:0", "--supervise"]);
+    let mut sup = ProcessGuard::spawn(cmd);
+    let line = sup.expect_line("probe version=");
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let gen1 = probe_pid(&line);
+    let _g = PidGuard(gen1);
+    sup.expect_log("generation 1 serving");
+    sup.signal(Signal::SIGKILL);
+    assert!(sup.wait_timeout(DEADLINE).is_some());
+    // The documented answer: generations do not depend on the supervisor.
+    for _ in 0..10 {
+        assert_eq!(grace_tests::answer_pid(&grace_tests::ask(port).unwrap()), gen1);
+    }
+    // And they still stop when asked.
+    send(gen1, Signal::SIGTERM);
+    assert!(wait_until(DEADLINE, || !is_alive(gen1)));
 }
 
 #[test]

@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::notify::Notifier;
 use crate::registry::{SocketRegistry, StreamListener};
 use crate::startup::Startup;
+use crate::vars::GRACE_SUPERVISOR;
 
 /// Settings for [`Generation`]; start one with [`GenerationBuilder::start`].
 #[derive(Debug, Clone)]
@@ -275,8 +276,9 @@ impl Generation {
         });
         let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
         let pid = std::process::id();
-        // MAINPID first: systemd must know the new main process before the old one exits.
-        self.shared.notify(&[
+        // MAINPID first, and before the parent hears: systemd (or the supervisor) must know
+        // the new main process before the old one exits.
+        let lines = vec![
             format!("MAINPID={pid}"),
             "READY=1".into(),
             format!(
@@ -284,7 +286,22 @@ impl Generation {
                 self.shared.number,
                 addrs.join(", ")
             ),
-        ]);
+        ];
+        match &self.shared.notifier {
+            Some(notifier) if std::env::var_os(GRACE_SUPERVISOR).is_some() => {
+                // The supervisor keeps a copy of the sockets, to restart after a crash.
+                match self.registry().handoff() {
+                    Ok(handoff) => {
+                        crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot copy the sockets for the supervisor: {e}");
+                        notifier.send(&lines);
+                    }
+                }
+            }
+            _ => self.shared.notify(&lines),
+        }
         link.notify();
         if self.shared.config.announce {
             tracing::info!(

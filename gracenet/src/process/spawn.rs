@@ -49,6 +49,7 @@ pub struct NextProcess {
     handoff: Handoff,
     env: Vec<(OsString, OsString)>,
     extra_fds: Vec<OwnedFd>,
+    new_group: bool,
 }
 
 impl NextProcess {
@@ -59,12 +60,20 @@ impl NextProcess {
             handoff,
             env: Vec::new(),
             extra_fds: Vec::new(),
+            new_group: false,
         }
     }
 
     /// Sets an environment variable for the next process (on top of this process's own).
     pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts it as the leader of a new process group, so a terminal's Ctrl-C or a signal to
+    /// this process's group does not reach it.
+    pub fn new_process_group(&mut self) -> &mut Self {
+        self.new_group = true;
         self
     }
 
@@ -96,7 +105,7 @@ impl NextProcess {
         overrides.extend(self.env);
         let mut fds: Vec<OwnedFd> = self.handoff.sockets.into_iter().map(|(fd, _)| fd).collect();
         fds.extend(self.extra_fds);
-        spawn_exec(self.exe, &overrides, &fds)
+        spawn_exec(self.exe, &overrides, &fds, self.new_group)
     }
 }
 
@@ -111,6 +120,7 @@ fn spawn_exec(
     exe: &Executable,
     overrides: &[(OsString, OsString)],
     fds: &[OwnedFd],
+    new_group: bool,
 ) -> Result<ChildProcess, Error> {
     // Everything the child needs is prepared here: after fork it may only make
     // async-signal-safe calls, so no allocation.
@@ -165,10 +175,11 @@ fn spawn_exec(
         moved: moved.as_mut_ptr(),
         err_pipe: err_write.as_raw_fd(),
         fd_limit: RawFd::try_from(crate::env::fd_limit()).unwrap_or(RawFd::MAX),
+        new_group,
     };
 
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
-    // dup2, close_range or fcntl, sigprocmask, signal, chdir, getpid, execve, write, _exit) on memory
+    // dup2, close_range or fcntl, sigprocmask, signal, setpgid, chdir, getpid, execve, write, _exit) on memory
     // prepared above, and never returns.
     let pid = match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => exec_child(&plan),
@@ -219,6 +230,8 @@ struct ChildPlan<'a> {
     err_pipe: RawFd,
     /// One past the highest fd this process can have open.
     fd_limit: RawFd,
+    /// Whether to lead a new process group.
+    new_group: bool,
 }
 
 /// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
@@ -260,6 +273,9 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if plan.new_group && libc::setpgid(0, 0) != 0 {
+            fail(err_pipe);
+        }
         if libc::chdir(plan.dir) != 0 {
             fail(err_pipe);
         }

@@ -74,22 +74,71 @@ pub(crate) fn pass_credentials(socket: &std::os::unix::net::UnixDatagram) -> io:
     nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::PassCred, &true).map_err(io::Error::from)
 }
 
-/// Receives one datagram into `buf`, with its sender's pid when the kernel attached it.
-pub(crate) fn recv_with_sender(
+/// One datagram received by [`recv_with_fds`].
+pub(crate) struct Received {
+    pub len: usize,
+    /// The sender's pid, when the kernel attached its credentials.
+    pub sender: Option<i32>,
+    /// The fds that came with it (close-on-exec).
+    pub fds: Vec<OwnedFd>,
+    /// Whether some ancillary data (fds) did not fit and was dropped.
+    pub truncated: bool,
+}
+
+use nix::sys::socket::MsgFlags;
+
+/// The most fds one datagram may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Receives one datagram with its sender's pid and any fds passed with it (`SCM_RIGHTS`).
+pub(crate) fn recv_with_fds(
     socket: &std::os::unix::net::UnixDatagram,
     buf: &mut [u8],
-) -> io::Result<(usize, Option<i32>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
-    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    flags: MsgFlags,
+) -> io::Result<Received> {
+    use nix::sys::socket::{ControlMessageOwned, UnixCredentials, recvmsg};
+    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS_PER_MESSAGE]);
     let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
-    let sender = msg.cmsgs().ok().and_then(|mut c| {
-        c.find_map(|m| match m {
-            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-            _ => None,
-        })
-    });
-    Ok((msg.bytes, sender))
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        flags | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut received = Received {
+        len: msg.bytes,
+        sender: None,
+        fds: Vec::new(),
+        truncated: msg.flags.contains(MsgFlags::MSG_CTRUNC),
+    };
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => received.sender = Some(cred.pid()),
+                ControlMessageOwned::ScmRights(fds) => {
+                    // SAFETY: the kernel just installed these fds in this process for us;
+                    // nothing else owns them.
+                    received
+                        .fds
+                        .extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(received)
+}
+
+/// A pidfd for `pid` (Linux 5.3+): readable once the process has exited, and never names
+/// another process, even after the pid is reused.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Resolves once a child process has exited (without reaping it).
@@ -108,11 +157,7 @@ enum Watch {
 impl ExitWatch {
     /// Watches `pid`, our unreaped child. Must be called within a tokio runtime.
     pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd (close-on-exec) or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd >= 0 {
-            // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        if let Ok(fd) = pidfd_open(pid) {
             // SAFETY: the AsyncFd owns the OwnedFd, which stays open and names the same pidfd
             // until the AsyncFd is dropped.
             let fd = unsafe {

@@ -1,0 +1,582 @@
+//! A small first process that stays while generations come and go, for places that need one
+//! stable pid: systemd's main process, pid 1 of a container, a terminal.
+//!
+//! It starts generation 1 (passing on any socket-activated fds) and then:
+//! - learns which pid serves from the generations' own sd_notify messages (`MAINPID=`) on a
+//!   private notify socket, and forwards them to systemd as its own;
+//! - forwards `SIGUSR2`, `SIGTERM`, `SIGINT` and `SIGHUP` to the serving generation, holding a
+//!   `SIGUSR2` that arrives before that generation is ready until it is;
+//! - watches every generation that has served (a pidfd each, so it learns of an exit even
+//!   when another generation reaps it) and reaps every orphan (it is the child subreaper);
+//! - keeps a copy of the serving generation's listening sockets, so when that generation dies
+//!   without a successor (a signal, an abort, the OOM killer) it starts a new one on the same
+//!   sockets at once: connections wait in the backlog instead of being refused. A crash loop
+//!   backs off and ends after [`CRASH_LIMIT`](crashes::CRASH_LIMIT) crashes in 30 s;
+//! - after a stop, exits once the last generation has gone, with the serving one's status.
+//!
+//! If the supervisor itself is killed (`kill -9`), the generations are unaffected: they keep
+//! serving and draining, reparented to the next subreaper; what is lost is the crash restart
+//! and the stable pid.
+
+mod crashes;
+pub(crate) mod protocol;
+mod signals;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::socket::MsgFlags;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+
+use crate::error::Error;
+use crate::notify::Notifier;
+use crate::process::{Executable, Handoff, NextProcess};
+use crate::vars::{GRACE_GENERATION, GRACE_SUPERVISOR, NOTIFY_SOCKET};
+use crashes::{AfterCrash, CrashPolicy};
+use protocol::Message;
+use signals::SignalPipe;
+
+/// How many exit statuses of reaped processes are remembered, for generations whose end is
+/// noticed after they were reaped.
+const REAPED_MEMORY: usize = 64;
+
+/// Whether this process should run as a supervisor: asked for (`requested`, a `--supervise`
+/// flag, say) or pid 1, and not already a generation under a supervisor.
+pub fn should_supervise(requested: bool) -> bool {
+    std::env::var_os(GRACE_SUPERVISOR).is_none() && (requested || std::process::id() == 1)
+}
+
+/// Runs this program as a supervisor until the service ends, and returns the exit code to
+/// exit with: the serving generation's (its code, or 128 + the signal that ended it), or
+/// non-zero when a crash loop made it give up. Call it first thing in `main`, before any
+/// listener exists, and exit with its code.
+///
+/// # Errors
+/// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set up;
+/// [`Error::Env`] for malformed socket-activation variables; [`Error::Spawn`] when
+/// generation 1 cannot be started.
+pub fn supervise() -> Result<i32, Error> {
+    let mut supervisor = Supervisor::new()?;
+    supervisor.start_first()?;
+    Ok(supervisor.run())
+}
+
+/// The generation that serves (or is starting to).
+#[derive(Debug)]
+struct Serving {
+    pid: u32,
+    number: u64,
+    /// Said `READY=1`.
+    ready: bool,
+    /// Said `STOPPING=1`: its end is deliberate.
+    stopping: bool,
+    /// Signals forwarded to it whose default action ends a process: dying of one is not a
+    /// crash.
+    forwarded: Vec<Signal>,
+}
+
+/// A generation process being watched for its exit.
+struct Watched {
+    pid: u32,
+    /// None when the pidfd could not be opened: the exit is then learnt by reaping.
+    pidfd: Option<OwnedFd>,
+}
+
+struct Supervisor {
+    me: u32,
+    exe: &'static Executable,
+    socket: UnixDatagram,
+    /// `@name` of the socket, for the generations' `NOTIFY_SOCKET`.
+    socket_name: String,
+    upstream: Option<Notifier>,
+    signals: SignalPipe,
+    /// The process groups of the generations this supervisor started: notifications from
+    /// any other process are ignored.
+    groups: Vec<i32>,
+    watched: Vec<Watched>,
+    reaped: VecDeque<(u32, i32)>,
+    serving: Option<Serving>,
+    /// The serving generation's listening sockets, with their names.
+    store: Vec<(OwnedFd, String)>,
+    crashes: CrashPolicy,
+    /// When to start a generation after a crash.
+    restart_at: Option<Instant>,
+    /// The stop signal, once one arrived.
+    stopping: Option<Signal>,
+    /// A `SIGUSR2` that arrived before the serving generation was ready.
+    held_restart: bool,
+    /// The number of the generation a crash restart starts.
+    next_number: u64,
+    exit_code: i32,
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+impl Supervisor {
+    fn new() -> Result<Supervisor, Error> {
+        let me = std::process::id();
+        // Socket-activated fds (LISTEN_PID = ours) are read, checked and kept: generation 1
+        // gets them, with LISTEN_PID naming it.
+        let startup = crate::startup::startup()?;
+        let exe = Executable::current()?;
+        crate::sys::become_subreaper().map_err(io_error("cannot become the child subreaper"))?;
+        let upstream = Notifier::from_env();
+        // Private and abstract (no file to leave behind); senders are checked by process group.
+        let name = format!("grace-supervisor-{me}-{}", crate::notify::monotonic_usec());
+        let socket = UnixDatagram::bind_addr(
+            &crate::sys::abstract_addr(name.as_bytes()).map_err(io_error("cannot name the notify socket"))?,
+        )
+        .map_err(io_error("cannot bind the supervisor's notify socket"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(io_error("cannot make the notify socket non-blocking"))?;
+        crate::sys::pass_credentials(&socket).map_err(io_error("cannot ask for senders' credentials"))?;
+        let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGUSR2, SIGHUP, SIGCHLD])
+            .map_err(io_error("cannot install the supervisor's signal handlers"))?;
+        let store = startup.registry.handoff()?.sockets;
+        Ok(Supervisor {
+            me,
+            exe,
+            socket,
+            socket_name: format!("@{name}"),
+            upstream,
+            signals,
+            groups: Vec::new(),
+            watched: Vec::new(),
+            reaped: VecDeque::new(),
+            serving: None,
+            store,
+            crashes: CrashPolicy::default(),
+            restart_at: None,
+            stopping: None,
+            held_restart: false,
+            next_number: 2,
+            exit_code: 0,
+        })
+    }
+
+    fn start_first(&mut self) -> Result<(), Error> {
+        let pid = self.spawn(1)?;
+        tracing::info!(
+            supervisor = self.me,
+            pid,
+            "supervising: started generation 1 with pid {pid}"
+        );
+        Ok(())
+    }
+
+    /// Starts generation `number` on the stored sockets, in a process group of its own (a
+    /// terminal's Ctrl-C reaches only the supervisor, which forwards it once).
+    fn spawn(&mut self, number: u64) -> Result<u32, Error> {
+        let sockets = self
+            .store
+            .iter()
+            .map(|(fd, name)| {
+                fd.try_clone()
+                    .map(|fd| (fd, name.clone()))
+                    .map_err(io_error("cannot duplicate a stored socket"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut next = NextProcess::new(self.exe, Handoff { sockets });
+        next.env(NOTIFY_SOCKET, &self.socket_name)
+            .env(GRACE_SUPERVISOR, self.me.to_string())
+            .env(GRACE_GENERATION, number.to_string())
+            .new_process_group();
+        let child = next.spawn()?;
+        let pid = child.pid();
+        // It leads its own group; every generation it starts inherits the group.
+        self.groups.push(pid as i32);
+        self.watch(pid);
+        self.serving = Some(Serving {
+            pid,
+            number,
+            ready: false,
+            stopping: false,
+            forwarded: Vec::new(),
+        });
+        Ok(pid)
+    }
+
+    fn watch(&mut self, pid: u32) {
+        if self.watched.iter().any(|w| w.pid == pid) {
+            return;
+        }
+        let pidfd = match crate::sys::pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                // Gone already: the next look at exits finds it.
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    supervisor = self.me,
+                    "cannot watch pid {pid} ({e}): relying on reaping it"
+                );
+                None
+            }
+        };
+        self.watched.push(Watched { pid, pidfd });
+    }
+
+    fn run(&mut self) -> i32 {
+        loop {
+            if let Some(code) = self.finished() {
+                return code;
+            }
+            self.wait();
+            // Order matters: notifications first, so a successor's MAINPID=, sent before its
+            // parent could exit, is known before that exit is looked at.
+            self.read_notifications();
+            self.reap();
+            for (pid, code) in self.exited() {
+                self.generation_ended(pid, code);
+            }
+            for signal in self.signals.take() {
+                self.on_signal(signal);
+            }
+            if self.restart_at.is_some_and(|at| at <= Instant::now()) {
+                self.restart_at = None;
+                self.restart_after_crash();
+            }
+        }
+    }
+
+    /// The exit code, once nothing is left to supervise.
+    fn finished(&mut self) -> Option<i32> {
+        if self.serving.is_some() || self.restart_at.is_some() || !self.watched.is_empty() {
+            return None;
+        }
+        let code = self.exit_code;
+        tracing::info!(
+            supervisor = self.me,
+            "every generation has exited: exiting ({code})"
+        );
+        if let Some(up) = &self.upstream {
+            up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
+        }
+        Some(code)
+    }
+
+    /// Blocks until a notification, a signal or an exit, or the crash restart's time.
+    fn wait(&self) {
+        let mut fds = vec![
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.signals.fd(), PollFlags::POLLIN),
+        ];
+        fds.extend(
+            self.watched
+                .iter()
+                .filter_map(|w| w.pidfd.as_ref())
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let timeout = match self.restart_at {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        // EINTR (a signal) is a wake-up like any other.
+        let _ = poll(&mut fds, timeout);
+    }
+
+    fn read_notifications(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let received = match crate::sys::recv_with_fds(&self.socket, &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(supervisor = self.me, "the notify socket failed: {e}");
+                    return;
+                }
+            };
+            let message = Message::parse(&buf[..received.len]);
+            let ours = received
+                .sender
+                .and_then(crate::sys::process_group)
+                .is_some_and(|g| self.groups.contains(&g));
+            if !ours {
+                tracing::warn!(
+                    supervisor = self.me,
+                    sender = ?received.sender,
+                    "ignoring a notification from outside the server's processes"
+                );
+                continue;
+            }
+            if received.truncated {
+                tracing::warn!(
+                    supervisor = self.me,
+                    "a notification's sockets did not fit (more than {}): not kept",
+                    crate::sys::MAX_FDS_PER_MESSAGE
+                );
+            }
+            self.on_message(&message, received.sender, received.fds);
+        }
+    }
+
+    fn on_message(&mut self, message: &Message, sender: Option<i32>, fds: Vec<OwnedFd>) {
+        let number = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
+        if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok()) {
+            self.new_main_pid(pid, number);
+        }
+        let is_serving = |s: &Serving| sender.is_some_and(|p| p as u32 == s.pid);
+        if let Some(serving) = self.serving.as_mut().filter(|s| is_serving(s)) {
+            if message.flag("READY") && !serving.ready {
+                serving.ready = true;
+                if self.held_restart && self.stopping.is_none() {
+                    self.held_restart = false;
+                    tracing::info!(
+                        supervisor = self.me,
+                        "generation {} is ready: passing on the SIGUSR2 held for it",
+                        serving.number
+                    );
+                    forward(self.me, serving, Signal::SIGUSR2);
+                }
+            }
+            if message.flag("STOPPING") {
+                serving.stopping = true;
+            }
+            if let Some(names) = message.value(protocol::FDS) {
+                let names: Vec<String> = if names.is_empty() {
+                    Vec::new()
+                } else {
+                    names.split(':').map(str::to_owned).collect()
+                };
+                if names.len() == fds.len() {
+                    self.store = fds.into_iter().zip(names).collect();
+                } else {
+                    tracing::warn!(
+                        supervisor = self.me,
+                        "generation {} sent {} socket(s) for {} name(s): keeping the previous ones",
+                        serving.number,
+                        fds.len(),
+                        names.len()
+                    );
+                }
+            }
+        }
+        if let Some(up) = &self.upstream {
+            up.send(&message.upstream(self.me));
+        }
+    }
+
+    /// A generation says it is the main process now (it took over, or started after a crash).
+    fn new_main_pid(&mut self, pid: u32, number: Option<u64>) {
+        let previous = self.serving.as_ref().map(|s| (s.pid, s.number));
+        if previous.is_some_and(|(p, _)| p == pid) {
+            if let (Some(serving), Some(n)) = (self.serving.as_mut(), number) {
+                serving.number = n;
+            }
+            return;
+        }
+        if let Some((old, _)) = previous {
+            tracing::info!(supervisor = self.me, "pid {pid} is now serving (was {old})");
+        }
+        let number = number.or(previous.map(|(_, n)| n + 1)).unwrap_or(1);
+        let mut serving = Serving {
+            pid,
+            number,
+            ready: false,
+            stopping: false,
+            forwarded: Vec::new(),
+        };
+        // Someone serves: a crash restart still waiting is not needed.
+        self.restart_at = None;
+        if let Some(signal) = self.stopping {
+            // It took over while the stop was on its way to its parent: stop it too.
+            forward(self.me, &mut serving, signal);
+        }
+        self.serving = Some(serving);
+        self.watch(pid);
+    }
+
+    /// Reaps every exited child and orphan, remembering their statuses.
+    fn reap(&mut self) {
+        loop {
+            let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            tracing::debug!(supervisor = self.me, "reaped pid {pid} ({code})");
+            if self.reaped.len() == REAPED_MEMORY {
+                self.reaped.pop_front();
+            }
+            self.reaped.push_back((pid.as_raw() as u32, code));
+        }
+    }
+
+    /// The watched generations that have exited, with their statuses when this process
+    /// reaped them (another generation may have).
+    fn exited(&mut self) -> Vec<(u32, Option<i32>)> {
+        let reaped = &self.reaped;
+        let status = |pid: u32| reaped.iter().rev().find(|(p, _)| *p == pid).map(|&(_, c)| c);
+        let mut gone = Vec::new();
+        self.watched.retain(|w| {
+            let exited = match &w.pidfd {
+                Some(fd) => {
+                    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
+                }
+                None => status(w.pid).is_some() || !alive(w.pid),
+            };
+            if exited {
+                gone.push((w.pid, status(w.pid)));
+            }
+            !exited
+        });
+        gone
+    }
+
+    fn generation_ended(&mut self, pid: u32, code: Option<i32>) {
+        let shown = code.map_or_else(|| "status unknown".to_owned(), describe);
+        let Some(serving) = self.serving.take_if(|s| s.pid == pid) else {
+            tracing::debug!(
+                supervisor = self.me,
+                "pid {pid}, a previous generation, ended ({shown})"
+            );
+            return;
+        };
+        let n = serving.number;
+        let by_forwarded_signal =
+            code.is_some_and(|c| serving.forwarded.iter().any(|&s| c == 128 + s as i32));
+        if self.stopping.is_some() || serving.stopping || code == Some(0) || by_forwarded_signal {
+            tracing::info!(supervisor = self.me, "generation {n} (pid {pid}) ended ({shown})");
+            self.exit_code = code.unwrap_or(0);
+            return;
+        }
+        if !serving.ready && n == 1 {
+            tracing::error!(
+                supervisor = self.me,
+                "generation 1 (pid {pid}) exited before it was ready ({shown}): not restarting it"
+            );
+            self.exit_code = code.unwrap_or(1);
+            return;
+        }
+        self.crashed(n, pid, &shown, code);
+    }
+
+    fn crashed(&mut self, n: u64, pid: u32, shown: &str, code: Option<i32>) {
+        match self.crashes.record(Instant::now()) {
+            AfterCrash::Restart(delay) => {
+                let when = if delay.is_zero() {
+                    "now".to_owned()
+                } else {
+                    format!("in {} ms", delay.as_millis())
+                };
+                tracing::error!(
+                    supervisor = self.me,
+                    "generation {n} (pid {pid}) died with no successor ({shown}): starting generation {} on the same sockets {when}",
+                    n + 1
+                );
+                self.next_number = n + 1;
+                self.restart_at = Some(Instant::now() + delay);
+            }
+            AfterCrash::GiveUp { crashes } => {
+                tracing::error!(
+                    supervisor = self.me,
+                    "generation {n} (pid {pid}) died ({shown}): {crashes} crashes in {} s, giving up",
+                    self.crashes.window().as_secs()
+                );
+                self.exit_code = code.filter(|&c| c != 0).unwrap_or(1);
+            }
+        }
+    }
+
+    fn restart_after_crash(&mut self) {
+        let number = self.next_number;
+        match self.spawn(number) {
+            Ok(pid) => {
+                if let Some(up) = &self.upstream {
+                    up.send(&[format!(
+                        "STATUS=Restarted after a crash: generation {number} starting with pid {pid}"
+                    )]);
+                }
+                tracing::info!(
+                    supervisor = self.me,
+                    "started generation {number} with pid {pid} after the crash"
+                );
+            }
+            Err(e) => {
+                tracing::error!(supervisor = self.me, "cannot start generation {number}: {e}");
+                self.crashed(number - 1, 0, "could not start its successor", Some(1));
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        let Ok(signal) = Signal::try_from(signal) else {
+            return;
+        };
+        match signal {
+            Signal::SIGCHLD => {}
+            Signal::SIGTERM | Signal::SIGINT => {
+                if self.stopping.is_none() {
+                    self.stopping = Some(signal);
+                    self.held_restart = false;
+                    if self.restart_at.take().is_some() {
+                        tracing::info!(supervisor = self.me, "{signal}: not restarting after the crash");
+                    }
+                }
+                if let Some(serving) = self.serving.as_mut() {
+                    forward(self.me, serving, signal);
+                }
+            }
+            Signal::SIGUSR2 => match self.serving.as_mut() {
+                _ if self.stopping.is_some() => {
+                    tracing::info!(supervisor = self.me, "SIGUSR2 while stopping: ignored");
+                }
+                Some(serving) if serving.ready => forward(self.me, serving, signal),
+                _ => {
+                    self.held_restart = true;
+                    tracing::info!(
+                        supervisor = self.me,
+                        "SIGUSR2 before the serving generation is ready: holding it until then"
+                    );
+                }
+            },
+            _ => {
+                if let Some(serving) = self.serving.as_mut() {
+                    forward(self.me, serving, signal);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `signal` to the serving generation.
+fn forward(me: u32, serving: &mut Serving, signal: Signal) {
+    let pid = serving.pid;
+    tracing::info!(supervisor = me, "forwarding {signal} to the serving pid {pid}");
+    serving.forwarded.push(signal);
+    if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
+        tracing::warn!(supervisor = me, "cannot forward {signal} to pid {pid}: {e}");
+    }
+}
+
+/// Whether `pid` names a process (a zombie included).
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// "exit code 3", "killed by SIGKILL".
+fn describe(code: i32) -> String {
+    match Signal::try_from(code - 128) {
+        Ok(signal) if code > 128 => format!("killed by {signal}"),
+        _ => format!("exit code {code}"),
+    }
+}
