@@ -29,7 +29,7 @@ fn command() -> Command {
     Command::new("gracedemo")
         .about("Go grace's /sleep demo: restart with kill -USR2 <pid>, stop with kill -TERM <pid>")
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--supervise]",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -61,6 +61,27 @@ fn command() -> Command {
                 .long("pid-file")
                 .value_name("FILE")
                 .help("Keep FILE naming the serving process (written when ready, removed at the final stop)."),
+        )
+        .arg(
+            Arg::new("control-socket")
+                .long("control-socket")
+                .value_name("FILE")
+                .help("Answer restart and status requests on a Unix socket at FILE (mode 0600). With --reload or --status: the server to ask."),
+        )
+        .arg(
+            Arg::new("reload")
+                .long("reload")
+                .action(ArgAction::SetTrue)
+                .requires("control-socket")
+                .conflicts_with("status")
+                .help("Restart the server at --control-socket and wait: exit 0 once the new process serves, 1 with the reason if the restart failed (the old process keeps serving)."),
+        )
+        .arg(
+            Arg::new("status")
+                .long("status")
+                .action(ArgAction::SetTrue)
+                .requires("control-socket")
+                .help("Print the state of the server at --control-socket: generation, pid, connections, draining generations."),
         )
         .arg(
             Arg::new("supervise")
@@ -107,6 +128,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(code) = control_client(&matches) {
+        return code;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -135,6 +159,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--reload` and `--status`: a client of a running server's control socket.
+fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
+    let path = matches.get_one::<String>("control-socket")?;
+    let answer = if matches.get_flag("reload") {
+        gracenet::control::restart(path)
+    } else if matches.get_flag("status") {
+        gracenet::control::status(path)
+    } else {
+        return None;
+    };
+    Some(match answer {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gracedemo: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     let started: Arc<str> = gotime::go_time(chrono::Local::now()).into();
     let tls = match (
@@ -149,6 +195,9 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     let mut server = gracehttp::Server::new();
     if let Some(path) = matches.get_one::<String>("pid-file") {
         server = server.pid_file(path);
+    }
+    if let Some(path) = matches.get_one::<String>("control-socket") {
+        server = server.control_socket(path);
     }
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches

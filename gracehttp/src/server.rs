@@ -54,6 +54,7 @@ pub struct Server {
     header_read_timeout: Duration,
     max_connections: Option<usize>,
     pid_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for Server {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("max_connections", &self.max_connections)
             .field("pid_file", &self.pid_file)
+            .field("control_socket", &self.control_socket)
             .finish()
     }
 }
@@ -91,6 +93,7 @@ impl Default for Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             max_connections: None,
             pid_file: None,
+            control_socket: None,
         }
     }
 }
@@ -168,6 +171,13 @@ impl Server {
         self
     }
 
+    /// Answers `restart` (with its result) and `status` on a Unix socket at `path` (see
+    /// gracenet's `GenerationBuilder::control_socket` and `gracenet::control`).
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Server {
+        self.control_socket = Some(path.into());
+        self
+    }
+
     /// Keeps `path` naming the serving process (see gracenet's `GenerationBuilder::pid_file`).
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Server {
         self.pid_file = Some(path.into());
@@ -203,6 +213,10 @@ impl Server {
             .ready_timeout(self.ready_timeout);
         let generation = match &self.pid_file {
             Some(p) => generation.pid_file(p),
+            None => generation,
+        };
+        let generation = match &self.control_socket {
+            Some(p) => generation.control_socket(p),
             None => generation,
         }
         .start()?;

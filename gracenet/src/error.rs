@@ -80,6 +80,15 @@ pub enum Error {
     #[error("a generation was already started in this process: call Generation::start once, in main")]
     AlreadyStarted,
 
+    /// A request on a control socket failed or was refused (see [`crate::control`]).
+    #[error("control socket {path}: {reason}", path = path.display())]
+    Control {
+        /// The socket's path.
+        path: PathBuf,
+        /// What went wrong, or why the server refused.
+        reason: String,
+    },
+
     /// A system call on a socket or process failed.
     #[error("{what}: {source}")]
     Io {

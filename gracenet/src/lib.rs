@@ -90,6 +90,7 @@
 
 mod addr;
 mod bind;
+pub mod control;
 mod env;
 mod error;
 mod inherited;
@@ -116,7 +117,7 @@ pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
 pub use lifecycle::{
     ConnectionGuard, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder,
-    GracefulListener, Outcome, Phase, StopReason,
+    GracefulListener, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
 };
 pub use socket::LocalAddr;
 pub use supervisor::{should_supervise, supervise};

@@ -11,13 +11,15 @@ use crate::inherited::InheritedFds;
 use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
-use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_READY_FD};
 
 /// This process's start, as inherited.
 #[derive(Debug)]
 pub(crate) struct Startup {
     pub registry: SocketRegistry,
     pub generation: u64,
+    /// Older generations' pids (`GRACE_ANCESTORS`), oldest first.
+    pub ancestors: Vec<u32>,
     /// Taken by the generation when it reports ready.
     pub link: Mutex<Option<ParentLink>>,
 }
@@ -42,12 +44,22 @@ fn read() -> Result<Startup, EnvError> {
     // one does not leave the others for a subprocess to find.
     let ready_fd = take_var(GRACE_READY_FD);
     let generation = take_var(GRACE_GENERATION);
+    // Ours, and only informative (status): a malformed entry is skipped, never fatal.
+    let ancestors = take_var(GRACE_ANCESTORS)
+        .map(|v| {
+            v.to_string_lossy()
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let inherited = InheritedFds::take_from_env()?;
     let generation = parse_generation(generation)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     Ok(Startup {
         registry: SocketRegistry::new(inherited),
         generation,
+        ancestors,
         link: Mutex::new(Some(link)),
     })
 }

@@ -18,6 +18,10 @@ pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub const GRACE_READY_FD: &str = "GRACE_READY_FD";
 /// This process's generation: 1 for the first, one more per restart.
 pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
+/// The pids of the older generations that may still be draining, comma-separated, set by
+/// the generation that starts the next: the control socket's `status` lists those still
+/// running.
+pub const GRACE_ANCESTORS: &str = "GRACE_ANCESTORS";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";

@@ -6,9 +6,11 @@
 //! - `PROBE_HANG_ONCE=PATH`: likewise, but never reports ready;
 //! - `PROBE_READY_TIMEOUT_MS`, `PROBE_STOP_TIMEOUT_MS`: the generation's timeouts;
 //! - `PROBE_PID_FILE=PATH`: the PID file;
+//! - `PROBE_CONTROL_SOCKET=PATH`: the control socket;
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready.
 //!
-//! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself.
+//! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
+//! `--control PATH restart|status` it is a control-socket client, printing the answer.
 //!
 //! The version is the binary's name: `lifeprobe`, or `lifeprobe2`, the same program under
 //! another name that plays "a new version" in the binary-replacement test.
@@ -26,6 +28,25 @@ pub fn main(version: &'static str) -> ExitCode {
         .with_ansi(false)
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .init();
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, path, command] = &args[..]
+        && flag == "--control"
+    {
+        let answer = match command.as_str() {
+            "restart" => gracenet::control::restart(path),
+            _ => gracenet::control::status(path),
+        };
+        return match answer {
+            Ok(text) => {
+                println!("ok {text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("error {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // `--supervise` (or being pid 1): a supervisor that starts generation 1 and stays.
     if gracenet::should_supervise(std::env::args().any(|a| a == "--supervise")) {
         return match gracenet::supervise() {
@@ -83,6 +104,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = std::env::var_os("PROBE_PID_FILE") {
         builder = builder.pid_file(path);
+    }
+    if let Some(path) = std::env::var_os("PROBE_CONTROL_SOCKET") {
+        builder = builder.control_socket(path);
     }
     let generation = builder.start()?;
     let number = generation.number();

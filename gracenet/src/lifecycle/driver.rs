@@ -6,17 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::generation::Shared;
 use super::machine::{Action, ChildFailure, Event, Note, Pending, State, Timeouts, transition};
 use super::signals::{self, Request};
-use super::{Outcome, Phase, StopReason};
+use super::{Outcome, Phase, RestartError, RestartResult, StopReason, Successor};
 use crate::error::Error;
 use crate::notify::monotonic_usec;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
-use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_READY_FD};
+
+/// How many older generations' pids are passed on (for `status`).
+const MAX_ANCESTORS: usize = 16;
 
 /// How long a child that closed its readiness pipe may take to exit on its own before it is
 /// killed: its own exit status says more than a kill's.
@@ -40,6 +43,8 @@ pub(super) struct Driver {
     pending: Option<Child>,
     /// The generation that took over, until it exits (so it is reaped, not left a zombie).
     successor: Option<Child>,
+    /// Who asked for the restart under way and waits for its result.
+    waiting: Vec<oneshot::Sender<RestartResult>>,
 }
 
 impl Driver {
@@ -55,6 +60,7 @@ impl Driver {
             timeouts,
             pending: None,
             successor: None,
+            waiting: Vec::new(),
         }
     }
 
@@ -62,6 +68,10 @@ impl Driver {
         loop {
             let event = tokio::select! {
                 request = self.requests.recv() => match request {
+                    Some(Request::Restart { reply: Some(reply) }) => {
+                        self.waiting.push(reply);
+                        Event::RestartRequested
+                    }
                     Some(r) => Event::from(r),
                     None => return,
                 },
@@ -119,6 +129,11 @@ impl Driver {
             Action::SpawnFailed { error } => {
                 tracing::error!("generation {number}: restart failed, still serving: {error}");
                 self.still_serving(&error);
+                self.answer(Err(RestartError::Failed {
+                    generation: number,
+                    pid: std::process::id(),
+                    reason: error,
+                }));
             }
             Action::AbandonChild { pid, failure } => self.abandon(pid, failure).await,
             Action::HandOver { successor } => {
@@ -127,6 +142,10 @@ impl Driver {
                     c.ready = None;
                     c
                 });
+                self.answer(Ok(Successor {
+                    pid: successor,
+                    generation: next,
+                }));
             }
             Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
             Action::Finish { reason, forced } => {
@@ -145,6 +164,7 @@ impl Driver {
                     forced,
                     unfinished,
                 }));
+                self.answer(Err(self.stopping()));
             }
             Action::LateStop { cause } => {
                 tracing::warn!(
@@ -152,9 +172,28 @@ impl Driver {
                 );
                 signals::default_action(cause);
             }
-            Action::Note(note) => log_note(number, note, self.shared.connections.receiver_count()),
+            Action::Note(note) => {
+                if note == Note::RestartWhileStopping {
+                    self.answer(Err(self.stopping()));
+                }
+                log_note(number, note, self.shared.connections.receiver_count());
+            }
         }
         None
+    }
+
+    /// Gives everyone waiting for the restart under way its result.
+    fn answer(&mut self, result: RestartResult) {
+        for reply in self.waiting.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    fn stopping(&self) -> RestartError {
+        RestartError::Stopping {
+            generation: self.shared.number,
+            pid: std::process::id(),
+        }
     }
 
     fn spawn_next(&self) -> Result<Child, Error> {
@@ -168,6 +207,11 @@ impl Driver {
             .map_err(|e| io("cannot register the readiness pipe with tokio", e))?;
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         next.env(GRACE_GENERATION, (self.shared.number + 1).to_string());
+        let mut ancestors = self.shared.running_ancestors();
+        ancestors.push(std::process::id());
+        let keep = ancestors.len().saturating_sub(MAX_ANCESTORS);
+        let ancestors: Vec<String> = ancestors[keep..].iter().map(u32::to_string).collect();
+        next.env(GRACE_ANCESTORS, ancestors.join(","));
         let fd = next.pass_fd(write);
         next.env(GRACE_READY_FD, fd.to_string());
         let mut process = next.spawn()?;
@@ -211,12 +255,19 @@ impl Driver {
                     "generation {}: {cause} while generation {next} (pid {pid}) was starting: killed it ({status:?})",
                     self.shared.number
                 );
+                self.answer(Err(self.stopping()));
                 return;
             }
         };
         let killed_note = if killed { "; killed it" } else { "" };
         tracing::error!("restart failed: generation {next} (pid {pid}) {why}{killed_note}; still serving");
-        self.still_serving(&format!("generation {next} (pid {pid}) {why}"));
+        let reason = format!("generation {next} (pid {pid}) {why}");
+        self.still_serving(&reason);
+        self.answer(Err(RestartError::Failed {
+            generation: self.shared.number,
+            pid: std::process::id(),
+            reason,
+        }));
     }
 
     /// A failed restart ends systemd's "reloading" state: this generation still serves.

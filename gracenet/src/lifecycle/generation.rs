@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::driver::Driver;
 use super::graceful_listener::GracefulListener;
 use super::machine::StopCause;
 use super::signals::Request;
-use super::{DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Outcome, Phase, StopReason};
+use super::{
+    DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Outcome, Phase, RestartError, RestartResult, StopReason,
+};
 use crate::error::Error;
 use crate::notify::Notifier;
 use crate::registry::{SocketRegistry, StreamListener};
@@ -28,6 +30,7 @@ pub struct GenerationBuilder {
     pub(super) ready_timeout: Duration,
     pub(super) stop_timeout: Duration,
     pub(super) pid_file: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
     handle_signals: bool,
     announce: bool,
 }
@@ -38,6 +41,7 @@ impl Default for GenerationBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             pid_file: None,
+            control_socket: None,
             handle_signals: true,
             announce: true,
         }
@@ -63,6 +67,16 @@ impl GenerationBuilder {
     /// is ready, taken over by the next, removed at a final stop.
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Answers on a Unix socket at `path` (mode 0600, the server's user and root only): a
+    /// `restart` there returns the restart's result, which a signal cannot, and `status`
+    /// the server's state. Clients: [`control::restart`](crate::control::restart) and
+    /// [`control::status`](crate::control::status). The socket is passed on at every
+    /// restart; the serving generation answers.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
         self
     }
 
@@ -117,7 +131,22 @@ impl GenerationBuilder {
         // generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
-        Ok(Generation { shared })
+        let generation = Generation { shared };
+        if let Some(path) = &generation.shared.config.control_socket {
+            let listener =
+                generation.listen_named(crate::control::SOCKET_NAME, &format!("unix:{}", path.display()))?;
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
+                |source| Error::Io {
+                    what: format!(
+                        "cannot make the control socket {} private (mode 0600)",
+                        path.display()
+                    ),
+                    source,
+                },
+            )?;
+            tokio::spawn(crate::control::server::serve(listener, generation.clone()));
+        }
+        Ok(generation)
     }
 }
 
@@ -140,6 +169,22 @@ pub(super) struct Shared {
 impl Shared {
     pub fn registry(&self) -> &'static SocketRegistry {
         &self.startup.registry
+    }
+
+    /// The older generations still running (draining), oldest first: those of
+    /// `GRACE_ANCESTORS` that are alive and in this process's group.
+    pub fn running_ancestors(&self) -> Vec<u32> {
+        let group = crate::sys::process_group(std::process::id() as i32);
+        self.startup
+            .ancestors
+            .iter()
+            .copied()
+            .filter(|&pid| {
+                group.is_some()
+                    && crate::sys::process_group(pid as i32) == group
+                    && crate::sys::is_running(pid)
+            })
+            .collect()
     }
 
     /// Tells systemd, if it is listening.
@@ -327,6 +372,43 @@ impl Generation {
         Ok(())
     }
 
+    /// This generation's state as `key: value` lines (what the control socket's `status`
+    /// answers): generation, pid, phase, open connections, and the older generations still
+    /// draining.
+    pub fn status(&self) -> String {
+        let phase = match self.phase() {
+            Phase::Starting => "starting".to_owned(),
+            Phase::Serving => "serving".to_owned(),
+            Phase::Draining { reason, deadline } => format!(
+                "draining ({}, at most {:.0} s more)",
+                match reason {
+                    StopReason::Restarted { successor } => format!("handed over to pid {successor}"),
+                    StopReason::Shutdown => "stopping".to_owned(),
+                },
+                deadline.saturating_duration_since(Instant::now()).as_secs_f64()
+            ),
+        };
+        let draining: Vec<String> = self
+            .shared
+            .running_ancestors()
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
+        format!(
+            "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n",
+            self.shared.number,
+            std::process::id(),
+            self.shared.connections.receiver_count(),
+            addrs.join(", "),
+            if draining.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("pid {}", draining.join(", pid "))
+            }
+        )
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.shared.phase.borrow().clone()
@@ -358,9 +440,25 @@ impl Generation {
         }
     }
 
-    /// Starts the next generation, as `SIGUSR2` does.
-    pub fn restart(&self) {
-        let _ = self.shared.requests.send(Request::Restart);
+    /// Starts the next generation, as `SIGUSR2` does. The request is sent at once; await the
+    /// returned [`RestartRequest`] to learn the result: the successor once it serves, or why
+    /// the restart failed (this generation then keeps serving).
+    ///
+    /// ```no_run
+    /// # async fn f(generation: gracenet::Generation) {
+    /// match generation.restart().await {
+    ///     Ok(next) => println!("generation {} serves with pid {}", next.generation, next.pid),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn restart(&self) -> RestartRequest {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.shared.requests.send(Request::Restart { reply: Some(tx) });
+        RestartRequest {
+            reply: rx,
+            generation: self.shared.number,
+        }
     }
 
     /// Stops this generation, as `SIGTERM` does.
@@ -389,6 +487,27 @@ impl Generation {
                 };
             }
         }
+    }
+}
+
+/// A restart asked for by [`Generation::restart`]: already under way; await it for the result.
+#[derive(Debug)]
+pub struct RestartRequest {
+    reply: oneshot::Receiver<RestartResult>,
+    generation: u64,
+}
+
+impl std::future::IntoFuture for RestartRequest {
+    type Output = RestartResult;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = RestartResult> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.reply.await.unwrap_or(Err(RestartError::Stopping {
+                generation: self.generation,
+                pid: std::process::id(),
+            }))
+        })
     }
 }
 

@@ -13,7 +13,7 @@ mod signals;
 
 use std::time::{Duration, Instant};
 
-pub use generation::{ConnectionGuard, Generation, GenerationBuilder};
+pub use generation::{ConnectionGuard, Generation, GenerationBuilder, RestartRequest};
 pub use graceful_listener::GracefulListener;
 
 /// How long a new generation may take to report ready before it is killed.
@@ -63,3 +63,41 @@ pub struct Outcome {
     /// How many tracked connections were still open at the end.
     pub unfinished: usize,
 }
+
+/// The next generation, serving: what a successful restart produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Successor {
+    /// Its pid.
+    pub pid: u32,
+    /// Its generation number.
+    pub generation: u64,
+}
+
+/// Why a restart did not happen. Whatever the reason, the generation that was asked keeps
+/// serving (or keeps stopping, if it was).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestartError {
+    /// The next generation could not be started, died, or was not ready in time.
+    #[error("restart failed: {reason}; generation {generation} (pid {pid}) still serving")]
+    Failed {
+        /// The generation that is still serving.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// What went wrong, as logged.
+        reason: String,
+    },
+    /// This generation is stopping (or already handed over): it starts no successor.
+    #[error("generation {generation} (pid {pid}) is stopping: not restarting")]
+    Stopping {
+        /// This generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+/// What [`Generation::restart`] resolves to.
+pub type RestartResult = Result<Successor, RestartError>;

@@ -6,15 +6,19 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::SignalsInfo;
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
+use super::RestartResult;
 use super::machine::{Event, StopCause};
 use crate::error::Error;
 
 /// What someone asked of the generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Request {
-    /// `SIGUSR2` or `Generation::restart`.
-    Restart,
+    /// `SIGUSR2` or `Generation::restart` (which waits for the result on `reply`).
+    Restart {
+        reply: Option<oneshot::Sender<RestartResult>>,
+    },
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`, with the sender's pid when the kernel
     /// reports one.
     Stop { cause: StopCause, sender: Option<u32> },
@@ -23,7 +27,7 @@ pub(crate) enum Request {
 impl From<Request> for Event {
     fn from(r: Request) -> Event {
         match r {
-            Request::Restart => Event::RestartRequested,
+            Request::Restart { .. } => Event::RestartRequested,
             Request::Stop { cause, sender } => Event::StopRequested { cause, sender },
         }
     }
@@ -42,7 +46,7 @@ pub(crate) fn forward(tx: UnboundedSender<Request>) -> Result<(), Error> {
         .spawn(move || {
             for origin in signals.forever() {
                 let event = match origin.signal {
-                    SIGUSR2 => Request::Restart,
+                    SIGUSR2 => Request::Restart { reply: None },
                     signal => Request::Stop {
                         cause: if signal == SIGINT {
                             StopCause::Sigint

@@ -432,7 +432,7 @@ impl Supervisor {
                     let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
                     matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
                 }
-                None => status(w.pid).is_some() || !alive(w.pid),
+                None => status(w.pid).is_some() || !crate::sys::is_running(w.pid),
             };
             if exited {
                 gone.push((w.pid, status(w.pid)));
@@ -566,11 +566,6 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
         tracing::warn!(supervisor = me, "cannot forward {signal} to pid {pid}: {e}");
     }
-}
-
-/// Whether `pid` names a process (a zombie included).
-fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
 }
 
 /// "exit code 3", "killed by SIGKILL".

@@ -180,3 +180,13 @@ impl ExitWatch {
         }
     }
 }
+
+/// Whether `pid` is a process that has not exited (a zombie has).
+pub(crate) fn is_running(pid: u32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ...": the state follows the last ')'.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}

@@ -91,3 +91,8 @@ pub(crate) fn pidfd_open(_pid: u32) -> io::Result<OwnedFd> {
 /// Resolves once a child process has exited (without reaping it): a thread in `waitid`.
 #[cfg(feature = "tokio")]
 pub(crate) type ExitWatch = super::ExitThread;
+
+/// Whether `pid` names a process (a zombie cannot be told apart here).
+pub(crate) fn is_running(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
