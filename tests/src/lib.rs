@@ -6,6 +6,7 @@
 pub mod http;
 pub mod lifeprobe;
 pub mod load;
+pub mod systemd;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

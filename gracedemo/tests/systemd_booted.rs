@@ -1,0 +1,250 @@
+//! gracedemo under a real systemd (this machine's systemd, booted as pid 1 of new namespaces:
+//! `grace_tests::systemd`), with the units in `examples/systemd/` exactly as shipped:
+//! socket activation, reloads under load, a stop after reloads that drains, a reload that
+//! fails and says so, `systemctl restart` and `kill -9` under load with nothing refused.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use grace_tests::systemd::{BootedSystemd, NsLoad, http_get};
+use grace_tests::wait_until;
+
+const PORT: u16 = 48567;
+const CONTROL: &str = "/run/gracedemo/control";
+
+/// Boots systemd with gracedemo installed and its units (as shipped) enabled, and activates
+/// the service with a first request. Returns systemd and the first generation's pid (as the
+/// container sees it).
+fn boot_with_gracedemo(tag: &str) -> (BootedSystemd, u32) {
+    let systemd = BootedSystemd::boot(tag);
+    systemd.install(
+        Path::new(env!("CARGO_BIN_EXE_gracedemo")),
+        "/usr/local/bin/gracedemo",
+        0o755,
+    );
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd");
+    for unit in ["gracedemo.socket", "gracedemo.service"] {
+        systemd.install(&units.join(unit), &format!("/etc/systemd/system/{unit}"), 0o644);
+    }
+    let out = systemd.text(&["systemctl", "daemon-reload"]);
+    assert!(!out.contains("[stderr]"), "daemon-reload: {out}");
+    let out = systemd.run(&["systemctl", "start", "gracedemo.socket"]);
+    assert!(out.status.success(), "start the socket: {out:?}");
+    // The first connection starts the service (socket activation).
+    let body = systemd
+        .get(PORT, "/sleep/?duration=0s")
+        .unwrap_or_else(|e| panic!("the activated service answers: {e}\n{}", systemd.journal(None)));
+    let gen1 = pid_in(&body);
+    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+    (systemd, gen1)
+}
+
+fn pid_in(body: &str) -> u32 {
+    grace_tests::load::pid_of(body).unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+/// Whether `pid` (in the container's pid namespace) is a running process there.
+fn running_inside(systemd: &BootedSystemd, pid: u32) -> bool {
+    let state = systemd.text(&["sh", "-c", &format!("cat /proc/{pid}/stat 2>/dev/null")]);
+    state
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|s| s != 'Z')
+}
+
+/// The pid answering now.
+fn serving(systemd: &BootedSystemd) -> u32 {
+    pid_in(&systemd.get(PORT, "/sleep/?duration=0s").expect("an answer"))
+}
+
+#[test]
+fn reloads_under_load_then_a_stop_drains_the_request_in_flight() {
+    let (systemd, gen1) = boot_with_gracedemo("reload-stop");
+    let main_pid = systemd.property("gracedemo.service", "MainPID");
+    assert_ne!(main_pid, gen1.to_string(), "the main process is the supervisor");
+
+    let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
+    let mut previous = gen1;
+    for n in 2..=6 {
+        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+        assert!(
+            out.status.success(),
+            "reload {n}: {out:?}\n{}",
+            systemd.journal(Some("gracedemo.service"))
+        );
+        // The reload returned once the new generation served.
+        let now = serving(&systemd);
+        assert_ne!(now, previous, "reload {n}: a new process answers");
+        assert_eq!(
+            systemd.property("gracedemo.service", "MainPID"),
+            main_pid,
+            "MainPID stays"
+        );
+        let status = systemd.property("gracedemo.service", "StatusText");
+        assert!(status.contains(&format!("Generation {n} serving")), "{status}");
+        assert!(
+            wait_until(grace_tests::DEADLINE, || !running_inside(&systemd, previous)),
+            "the old generation {previous} drains and goes"
+        );
+        previous = now;
+    }
+    let stats = load.stop();
+    assert!(stats.failures.is_empty(), "failed: {:?}", stats.failures);
+    assert!(
+        stats.by_pid.len() >= 5,
+        "answers from every generation: {:?}",
+        stats.by_pid
+    );
+    eprintln!("5 reloads under load: {} requests, 0 failed", stats.ok);
+
+    // A 5 s request in flight, then a stop: answered, and the stop waits for it.
+    let slow = systemd.in_netns(|| http_get(PORT, "/sleep/?duration=5s", Duration::from_secs(30)));
+    assert!(
+        wait_until(grace_tests::DEADLINE, || {
+            systemd
+                .text(&[
+                    "/usr/local/bin/gracedemo",
+                    "--control-socket",
+                    CONTROL,
+                    "--status",
+                ])
+                .contains("connections: 1")
+        }),
+        "the slow request is in flight"
+    );
+    let started = Instant::now();
+    let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "stop: {out:?}");
+    let answer = slow.join().expect("client thread");
+    assert!(answer.is_ok(), "the request in flight was answered: {answer:?}");
+    assert!(took >= Duration::from_secs(3), "the stop drained ({took:?})");
+    assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
+    let journal = systemd.journal(Some("gracedemo.service"));
+    assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
+    assert!(!journal.contains("not our child"), "{journal}");
+}
+
+/// Replaces /usr/local/bin/gracedemo (keeping the good one as gracedemo.good) with a script.
+fn deploy_script(systemd: &BootedSystemd, script: &str) {
+    systemd.write("/usr/local/bin/gracedemo.new", script);
+    let out = systemd.run(&[
+        "sh",
+        "-c",
+        "chmod 755 /usr/local/bin/gracedemo.new && { [ -e /usr/local/bin/gracedemo.good ] || cp /usr/local/bin/gracedemo /usr/local/bin/gracedemo.good; } && mv /usr/local/bin/gracedemo.new /usr/local/bin/gracedemo",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_reload_whose_new_binary_fails_fails_and_the_old_process_keeps_serving() {
+    let (systemd, gen1) = boot_with_gracedemo("reload-fails");
+    // A broken build whose server cannot start (its --reload client still works, as in a
+    // real binary that fails on its configuration): the restart fails, and says why.
+    deploy_script(
+        &systemd,
+        "#!/bin/sh\ncase \"$*\" in *--reload*) exec /usr/local/bin/gracedemo.good \"$@\";; esac\necho 'cannot start: broken build' >&2\nexit 1\n",
+    );
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(!out.status.success(), "systemctl reload fails: {out:?}");
+    assert_eq!(serving(&systemd), gen1, "the old process still serves");
+    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+    let status = systemd.property("gracedemo.service", "StatusText");
+    assert!(
+        status.contains("Restart failed") && status.contains("exited before it was ready"),
+        "systemctl status says why: {status}"
+    );
+    let journal = systemd.journal(Some("gracedemo.service"));
+    assert!(
+        journal.contains("restart failed: generation 2"),
+        "the reload's own output says why:\n{journal}"
+    );
+
+    // A binary that is nothing but `exit 1`: the reload fails too, and nothing is lost.
+    deploy_script(&systemd, "#!/bin/sh\nexit 1\n");
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(serving(&systemd), gen1);
+
+    // With the good binary back, a reload works again.
+    let out = systemd.run(&["mv", "/usr/local/bin/gracedemo.good", "/usr/local/bin/gracedemo"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(serving(&systemd), gen1);
+    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+}
+
+#[test]
+fn systemctl_restart_under_load_refuses_no_connection() {
+    let (systemd, _gen1) = boot_with_gracedemo("restart");
+    let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
+    for _ in 0..2 {
+        let out = systemd.run(&["systemctl", "restart", "gracedemo.service"]);
+        assert!(out.status.success(), "restart: {out:?}");
+        assert!(serving(&systemd) > 0);
+    }
+    let stats = load.stop();
+    let refused: Vec<_> = stats
+        .failures
+        .iter()
+        .filter(|f| f.starts_with("refused"))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert!(stats.failures.is_empty(), "failed: {:?}", stats.failures);
+    assert!(
+        stats.by_pid.len() >= 3,
+        "three services answered: {:?}",
+        stats.by_pid
+    );
+    assert_eq!(
+        systemd.property("gracedemo.service", "NRestarts"),
+        "0",
+        "no failure restarts"
+    );
+}
+
+#[test]
+fn kill_9_of_the_serving_process_under_load_refuses_no_connection() {
+    let (systemd, gen1) = boot_with_gracedemo("kill9");
+    let main_pid = systemd.property("gracedemo.service", "MainPID");
+    let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
+    let mut victim = gen1;
+    for _ in 0..3 {
+        let out = systemd.run(&["kill", "-9", &victim.to_string()]);
+        assert!(out.status.success(), "{out:?}");
+        let mut now = victim;
+        assert!(
+            wait_until(grace_tests::DEADLINE, || {
+                now = systemd
+                    .get(PORT, "/sleep/?duration=0s")
+                    .map(|b| pid_in(&b))
+                    .unwrap_or(victim);
+                now != victim
+            }),
+            "a new generation serves after the crash"
+        );
+        assert_eq!(
+            systemd.property("gracedemo.service", "MainPID"),
+            main_pid,
+            "the supervisor stays"
+        );
+        victim = now;
+    }
+    let stats = load.stop();
+    let refused: Vec<_> = stats
+        .failures
+        .iter()
+        .filter(|f| f.starts_with("refused"))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    // Only requests in flight on a killed process may fail: at most one per client per kill.
+    assert!(stats.failures.len() <= 12, "failed: {:?}", stats.failures);
+    eprintln!(
+        "3 kill -9 under load: {} answered, {} failed ({:?}), 0 refused",
+        stats.ok,
+        stats.failures.len(),
+        stats.failures
+    );
+    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+}
