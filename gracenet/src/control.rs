@@ -29,9 +29,6 @@ use crate::error::Error;
 /// The `LISTEN_FDNAMES` name the control socket is passed on with.
 pub const SOCKET_NAME: &str = "grace-control";
 
-/// The longest command line a server reads.
-const MAX_COMMAND: usize = 64;
-
 /// How long a client waits for an answer: longer than any ready timeout a server would use.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -95,7 +92,8 @@ fn request(path: &Path, command: &str) -> Result<String, Error> {
 pub(crate) mod server {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-    use super::MAX_COMMAND;
+    /// The longest command line a server reads.
+    const MAX_COMMAND: usize = 64;
     use crate::lifecycle::{Generation, GracefulListener};
     use crate::tokio::Stream;
 

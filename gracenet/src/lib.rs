@@ -55,10 +55,15 @@
 //!   spoken both ways. `examples/echo.rs` is a complete server on it.
 //! - **Tells systemd** (when `NOTIFY_SOCKET` is set): `READY=1` and `MAINPID=` when serving,
 //!   `RELOADING=1` across a restart, `STOPPING=1` at a final stop, readable `STATUS=` lines.
+//! - **Reports a restart's result** ([`Generation::restart`] resolves to the successor or the
+//!   reason it failed) and answers `restart` and `status` on a private control socket
+//!   ([`GenerationBuilder::control_socket`], client: [`control`]), so `systemctl reload` and
+//!   deploy scripts learn when a restart failed.
 //! - **Keeps one stable pid** when asked ([`supervise`]): a small first process that starts
-//!   generation 1, forwards signals to whichever generation serves, reaps everything, and
-//!   exits with the last generation's status; for containers (pid 1), pid-tracking
-//!   supervisors and terminals.
+//!   generation 1, forwards signals to whichever generation serves, watches and reaps every
+//!   generation, keeps a copy of the sockets to start a new generation at once when the
+//!   serving one crashes, and exits after the last generation; for systemd's main process,
+//!   containers (pid 1), pid-tracking supervisors and terminals.
 //!
 //! Every socket gracenet returns is non-blocking: `O_NONBLOCK` is shared by all processes
 //! holding the socket, and gracenet never clears it (a blocking `accept` in an old process
@@ -75,6 +80,7 @@
 //! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`supervise`], [`Error`] |
 //! | [`mod@registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
 //! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
+//! | [`control`] | the control socket's client: a restart with its result, the server's status |
 //! | [`mod@tokio`] | tokio versions of the stream listeners |
 //! | [`vars`] | the environment variables' names |
 //!
@@ -97,6 +103,7 @@ mod inherited;
 #[cfg(feature = "tokio")]
 mod lifecycle;
 mod notify;
+#[cfg(feature = "tokio")]
 mod pidfile;
 pub mod process;
 mod readiness;

@@ -49,6 +49,7 @@ impl Notifier {
         }
     }
 
+    #[cfg(feature = "tokio")]
     /// Sends one message with `fds` attached (`SCM_RIGHTS`), as systemd's `FDSTORE=1` and
     /// gracenet's supervisor take them.
     ///

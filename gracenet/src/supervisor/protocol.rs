@@ -3,10 +3,8 @@
 //! systemd: the generation's number, and the names of the listening sockets it attaches
 //! (`SCM_RIGHTS`), which the supervisor keeps to start a new generation after a crash.
 
-use std::os::fd::AsRawFd;
-
-use crate::notify::Notifier;
-use crate::process::Handoff;
+#[cfg(feature = "tokio")]
+use crate::{notify::Notifier, process::Handoff};
 
 /// The generation's number.
 pub(crate) const GENERATION: &str = "X_GRACE_GENERATION";
@@ -59,6 +57,7 @@ impl Message {
     }
 }
 
+#[cfg(feature = "tokio")]
 /// A supervised generation's "ready" message: `lines` plus its number, with its listening
 /// sockets attached. Falls back to the plain message (logged) when the sockets cannot be sent,
 /// so the supervisor still learns who serves.
@@ -67,7 +66,11 @@ pub(crate) fn send_ready(notifier: &Notifier, mut lines: Vec<String>, number: u6
     let names: Vec<&str> = handoff.sockets.iter().map(|(_, n)| n.as_str()).collect();
     let mut with_fds = lines.clone();
     with_fds.push(format!("{FDS}={}", names.join(":")));
-    let fds: Vec<_> = handoff.sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    let fds: Vec<_> = handoff
+        .sockets
+        .iter()
+        .map(|(fd, _)| std::os::fd::AsRawFd::as_raw_fd(fd))
+        .collect();
     if let Err(e) = notifier.send_with_fds(&with_fds, &fds) {
         tracing::warn!(
             "cannot give the supervisor a copy of the listening sockets ({e}): it cannot restart this generation after a crash"
