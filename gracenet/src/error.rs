@@ -69,6 +69,19 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The next process could not enter the directory this one started in (removed, say, by a
+    /// deploy that deleted the old release).
+    #[error(
+        "cannot start the next process in {dir}, the directory this server started in: {source}",
+        dir = dir.display()
+    )]
+    StartDir {
+        /// The starting directory.
+        dir: PathBuf,
+        /// The system's error from `chdir`.
+        source: io::Error,
+    },
+
     /// An argument or environment variable for the next process contains a NUL byte.
     #[error("cannot start the next process: {what} contains a NUL byte")]
     NulByte {

@@ -6,25 +6,47 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 /// Writes our pid to `path` atomically (a temp file in the same directory, then `rename`), so
-/// a reader never sees a half-written or empty file.
+/// a reader never sees a half-written or empty file. The temp file has an unpredictable name
+/// and is created with `O_EXCL | O_NOFOLLOW` (mode 0644): a file or symlink planted in the
+/// directory is never followed, truncated or written through.
 pub(crate) fn write(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     let pid = std::process::id();
     let io = |what: &str, source| Error::Io {
         what: format!("cannot {what} the PID file {}", path.display()),
         source,
     };
-    let tmp = temp_path(path, pid);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            writeln!(f, "{pid}")?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("write", e));
+    let mut last = None;
+    // A name taken (by a planted file, say) is skipped, a few times at most.
+    for attempt in 0..8u32 {
+        let tmp = temp_path(path, pid, attempt);
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp);
+        let mut file = match created {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(io("write", e)),
+        };
+        let result = writeln!(file, "{pid}")
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("write", e));
+        }
+        return Ok(());
     }
-    Ok(())
+    Err(io(
+        "write",
+        last.unwrap_or_else(|| std::io::Error::other("no free temporary name")),
+    ))
 }
 
 /// Removes `path` if it still names us: a successor that took it over keeps it.
@@ -39,10 +61,30 @@ pub(crate) fn remove_if_ours(path: &Path) {
     }
 }
 
-fn temp_path(path: &Path, pid: u32) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{pid}.tmp"));
+/// `.<file>.<pid>.<random>.tmp` beside `path`: nobody can predict the name to plant a
+/// symlink at it.
+fn temp_path(path: &Path, pid: u32, attempt: u32) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(
+        ".{pid}.{:016x}.tmp",
+        unpredictable() ^ u64::from(attempt)
+    ));
     path.with_file_name(name)
+}
+
+/// 64 bits nobody outside this process can guess: std's per-process random hash keys, mixed
+/// with the clock.
+fn unpredictable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 #[cfg(test)]
@@ -71,6 +113,20 @@ mod tests {
         write(&path).unwrap();
         remove_if_ours(&path);
         assert!(!path.exists());
+        // A symlink planted where a predictable temp name would be, and a link at the PID
+        // file's own name: neither target is written.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!("app.pid.{}.tmp", std::process::id()))).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".app.pid.{}.tmp", std::process::id())))
+            .unwrap();
+        write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        remove_if_ours(&path);
         let err = write(&dir.join("missing-dir/app.pid")).unwrap_err();
         assert!(err.to_string().contains("cannot write the PID file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

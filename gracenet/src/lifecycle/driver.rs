@@ -206,6 +206,8 @@ impl Driver {
         let ready = pipe::Receiver::from_owned_fd(read)
             .map_err(|e| io("cannot register the readiness pipe with tokio", e))?;
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
+        // A group of its own, so a failed start is killed with everything it started.
+        next.new_process_group();
         next.env(GRACE_GENERATION, (self.shared.number + 1).to_string());
         let mut ancestors = self.shared.running_ancestors();
         ancestors.push(std::process::id());
@@ -240,8 +242,15 @@ impl Driver {
             // status before killing it.
             let _ = tokio::time::timeout(EXIT_GRACE, child.exit.exited()).await;
         }
+        // Everything it started goes with it (its process group): a wrapper that did not
+        // exec must not leave a descendant holding the sockets. The group is killed before
+        // the child is reaped, while its pid (the group's id) cannot be reused.
+        let exited = child.process.has_exited();
+        if let Err(e) = child.process.kill_group() {
+            tracing::warn!("generation {next} (pid {pid}): {e}");
+        }
         let (status, killed) = match child.process.try_wait() {
-            Ok(Some(status)) => (Some(status), false),
+            Ok(Some(status)) => (Some(status), !exited),
             _ => (child.process.kill().ok(), true),
         };
         let why = match (&failure, status) {

@@ -172,17 +172,20 @@ impl Shared {
     }
 
     /// The older generations still running (draining), oldest first: those of
-    /// `GRACE_ANCESTORS` that are alive and in this process's group.
+    /// `GRACE_ANCESTORS` still running and started before this process (a reused pid started
+    /// later).
     pub fn running_ancestors(&self) -> Vec<u32> {
-        let group = crate::sys::process_group(std::process::id() as i32);
+        let ours = crate::sys::start_time(std::process::id());
         self.startup
             .ancestors
             .iter()
             .copied()
             .filter(|&pid| {
-                group.is_some()
-                    && crate::sys::process_group(pid as i32) == group
-                    && crate::sys::is_running(pid)
+                crate::sys::is_running(pid)
+                    && match (crate::sys::start_time(pid), ours) {
+                        (Some(theirs), Some(ours)) => theirs <= ours,
+                        _ => true,
+                    }
             })
             .collect()
     }

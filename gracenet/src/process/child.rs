@@ -86,6 +86,48 @@ impl ChildProcess {
         })
     }
 
+    /// Whether it has exited, without reaping it (its pid stays reserved).
+    pub fn has_exited(&self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        // SAFETY: siginfo_t is plain data; waitid fills it in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only `info`; WNOWAIT leaves the child unreaped.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid.as_raw() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read for a waitid result (zero when nothing exited).
+        rc == 0 && unsafe { info.si_pid() } != 0
+    }
+
+    /// Kills with `SIGKILL` its whole process group: it and whatever it started (a wrapper
+    /// script that did not `exec`, say), when it leads a group of its own
+    /// ([`NextProcess::new_process_group`](super::NextProcess::new_process_group)). Safe while
+    /// it is not reaped: its pid, the group's id, cannot be reused until then. Returns whether
+    /// a signal was sent (no member left is not an error).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `killpg` fails for another reason.
+    pub fn kill_group(&self) -> Result<bool, Error> {
+        if self.status.is_some() {
+            return Ok(false);
+        }
+        match nix::sys::signal::killpg(self.pid, Signal::SIGKILL) {
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(e) => Err(Error::Io {
+                what: format!("cannot kill the process group {}", self.pid),
+                source: e.into(),
+            }),
+        }
+    }
+
     /// Kills it with `SIGKILL` and reaps it.
     ///
     /// # Errors

@@ -16,7 +16,9 @@ pub struct Executable {
     pub path: PathBuf,
     /// The full argument vector, `argv[0]` included, as this process received it.
     pub args: Vec<OsString>,
-    /// The working directory this process started in.
+    /// The working directory this process started in, as the shell named it: `$PWD` when it
+    /// names the same directory as `getcwd()`, so a symlink in it (`current -> releases/7`)
+    /// is followed again at each restart and a symlink-swap deploy runs what it points at now.
     pub dir: PathBuf,
 }
 
@@ -45,7 +47,8 @@ impl Executable {
 
 fn resolve() -> Result<Executable, String> {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let dir = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+    let dir = logical_dir(cwd, std::env::var_os("PWD").as_deref());
     let argv0 = args.first().cloned().unwrap_or_default();
     let path = match lookup(&argv0, &dir, std::env::var_os("PATH").as_deref()) {
         Some(p) => p,
@@ -63,6 +66,20 @@ fn resolve() -> Result<Executable, String> {
         }
     };
     Ok(Executable { path, args, dir })
+}
+
+/// `$PWD` if it is an absolute path naming the same directory as `cwd` (`getcwd()`, which has
+/// every symlink resolved), else `cwd`. Shells keep `$PWD` as the path the user typed.
+fn logical_dir(cwd: PathBuf, pwd: Option<&OsStr>) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let Some(pwd) = pwd.map(Path::new).filter(|p| p.is_absolute()) else {
+        return cwd;
+    };
+    let same = match (std::fs::metadata(pwd), std::fs::metadata(&cwd)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if same { pwd.to_owned() } else { cwd }
 }
 
 /// `argv0` as the shell found it: a name with a slash is a path (relative to `dir`), one
@@ -89,6 +106,22 @@ fn lookup(argv0: &OsStr, dir: &Path, path_var: Option<&OsStr>) -> Option<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_starting_directory_is_the_logical_one_when_pwd_is_true() {
+        let base = std::env::temp_dir().join(format!("gracenet-pwd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("releases/1")).unwrap();
+        std::os::unix::fs::symlink("releases/1", base.join("current")).unwrap();
+        let real = base.join("releases/1").canonicalize().unwrap();
+        let logical = base.join("current");
+        assert_eq!(logical_dir(real.clone(), Some(logical.as_os_str())), logical);
+        // A stale or relative $PWD is not believed.
+        assert_eq!(logical_dir(real.clone(), Some(base.as_os_str())), real);
+        assert_eq!(logical_dir(real.clone(), Some(OsStr::new("current"))), real);
+        assert_eq!(logical_dir(real.clone(), None), real);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn lookup_follows_the_shell() {

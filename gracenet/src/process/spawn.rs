@@ -113,6 +113,13 @@ fn cstring(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<CString, Err
     CString::new(bytes).map_err(|_| Error::NulByte { what: what() })
 }
 
+/// Which step of the forked child failed, reported with its errno: the error then names
+/// what is really missing (the starting directory, not the program).
+const STEP_FDS: i32 = 1;
+const STEP_GROUP: i32 = 2;
+const STEP_CHDIR: i32 = 3;
+const STEP_EXEC: i32 = 4;
+
 /// Room for any pid's decimal digits (u32) in `LISTEN_PID=`.
 const PID_DIGITS: usize = 10;
 
@@ -195,7 +202,7 @@ fn spawn_exec(
     let mut child = ChildProcess::new(pid);
     // The child writes errno here only if it could not exec; a successful exec closes the
     // pipe (close-on-exec) and the read sees end-of-file.
-    let mut buf = [0u8; 4];
+    let mut buf = [0u8; 8];
     let n = loop {
         match nix::unistd::read(&err_read, &mut buf) {
             Err(Errno::EINTR) => continue,
@@ -203,12 +210,21 @@ fn spawn_exec(
         }
     };
     match n {
-        Ok(4) => {
-            let errno = i32::from_ne_bytes(buf);
+        Ok(8) => {
+            let step = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
             let _ = child.wait();
-            Err(Error::Spawn {
-                program: exe.path.clone(),
-                source: std::io::Error::from_raw_os_error(errno),
+            let source = std::io::Error::from_raw_os_error(errno);
+            Err(if step == STEP_CHDIR {
+                Error::StartDir {
+                    dir: exe.dir.clone(),
+                    source,
+                }
+            } else {
+                Error::Spawn {
+                    program: exe.path.clone(),
+                    source,
+                }
             })
         }
         _ => {
@@ -241,9 +257,11 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
     unsafe {
         let n = plan.sources.len() as RawFd;
         let first_free = FIRST_INHERITED_FD + n;
-        let fail = |err_pipe: RawFd| -> ! {
+        let fail = |err_pipe: RawFd, step: i32| -> ! {
             let errno = crate::sys::errno();
-            let bytes = errno.to_ne_bytes();
+            let mut bytes = [0u8; 8];
+            bytes[..4].copy_from_slice(&step.to_ne_bytes());
+            bytes[4..].copy_from_slice(&errno.to_ne_bytes());
             libc::write(err_pipe, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(127)
         };
@@ -251,19 +269,19 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         // at 3+i never overwrites a source still to be placed.
         let err_pipe = libc::fcntl(plan.err_pipe, libc::F_DUPFD_CLOEXEC, first_free);
         if err_pipe < 0 {
-            fail(plan.err_pipe);
+            fail(plan.err_pipe, STEP_FDS);
         }
         for (i, &src) in plan.sources.iter().enumerate() {
             let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free);
             if fd < 0 {
-                fail(err_pipe);
+                fail(err_pipe, STEP_FDS);
             }
             *plan.moved.add(i) = fd;
         }
         for i in 0..plan.sources.len() {
             // dup2 leaves the new fd without FD_CLOEXEC: it survives exec.
             if libc::dup2(*plan.moved.add(i), FIRST_INHERITED_FD + i as RawFd) < 0 {
-                fail(err_pipe);
+                fail(err_pipe, STEP_FDS);
             }
         }
         // Everything from first_free up closes on exec (the sources' copies, the error pipe,
@@ -274,10 +292,10 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if plan.new_group && libc::setpgid(0, 0) != 0 {
-            fail(err_pipe);
+            fail(err_pipe, STEP_GROUP);
         }
         if libc::chdir(plan.dir) != 0 {
-            fail(err_pipe);
+            fail(err_pipe, STEP_CHDIR);
         }
         // LISTEN_PID: the decimal digits of our pid, NUL-terminated (the slot is zeroed).
         let mut pid = libc::getpid() as u32;
@@ -295,6 +313,6 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
             *plan.pid_slot.add(i) = digits[len - 1 - i];
         }
         libc::execve(plan.path, plan.argv, plan.envp);
-        fail(err_pipe)
+        fail(err_pipe, STEP_EXEC)
     }
 }

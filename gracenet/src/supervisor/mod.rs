@@ -3,7 +3,8 @@
 //!
 //! It starts generation 1 (passing on any socket-activated fds) and then:
 //! - learns which pid serves from the generations' own sd_notify messages (`MAINPID=`) on a
-//!   private notify socket, and forwards them to systemd as its own;
+//!   private notify socket (from its descendants only), and forwards them to systemd as its
+//!   own;
 //! - forwards `SIGUSR2`, `SIGTERM`, `SIGINT` and `SIGHUP` to the serving generation, holding a
 //!   `SIGUSR2` that arrives before that generation is ready until it is;
 //! - watches every generation that has served (a pidfd each, so it learns of an exit even
@@ -96,9 +97,6 @@ struct Supervisor {
     socket_name: String,
     upstream: Option<Notifier>,
     signals: SignalPipe,
-    /// The process groups of the generations this supervisor started: notifications from
-    /// any other process are ignored.
-    groups: Vec<i32>,
     watched: Vec<Watched>,
     reaped: VecDeque<(u32, i32)>,
     serving: Option<Serving>,
@@ -132,7 +130,7 @@ impl Supervisor {
         let exe = Executable::current()?;
         crate::sys::become_subreaper().map_err(io_error("cannot become the child subreaper"))?;
         let upstream = Notifier::from_env();
-        // Private and abstract (no file to leave behind); senders are checked by process group.
+        // Private and abstract (no file to leave behind); senders are checked by ancestry.
         let name = format!("grace-supervisor-{me}-{}", crate::notify::monotonic_usec());
         let socket = UnixDatagram::bind_addr(
             &crate::sys::abstract_addr(name.as_bytes()).map_err(io_error("cannot name the notify socket"))?,
@@ -152,7 +150,6 @@ impl Supervisor {
             socket_name: format!("@{name}"),
             upstream,
             signals,
-            groups: Vec::new(),
             watched: Vec::new(),
             reaped: VecDeque::new(),
             serving: None,
@@ -195,8 +192,6 @@ impl Supervisor {
             .new_process_group();
         let child = next.spawn()?;
         let pid = child.pid();
-        // It leads its own group; every generation it starts inherits the group.
-        self.groups.push(pid as i32);
         self.watch(pid);
         self.serving = Some(Serving {
             pid,
@@ -304,10 +299,11 @@ impl Supervisor {
                 }
             };
             let message = Message::parse(&buf[..received.len]);
+            // Only the server's own processes: every generation descends from this one (it is
+            // the subreaper, so even an orphaned one does).
             let ours = received
                 .sender
-                .and_then(crate::sys::process_group)
-                .is_some_and(|g| self.groups.contains(&g));
+                .is_some_and(|p| p > 0 && crate::sys::is_descendant(p as u32, self.me));
             if !ours {
                 tracing::warn!(
                     supervisor = self.me,

@@ -77,13 +77,6 @@ pub(crate) fn errno() -> i32 {
     nix::errno::Errno::last_raw()
 }
 
-/// The process group of `pid` (`None` once it is gone).
-pub(crate) fn process_group(pid: i32) -> Option<i32> {
-    nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
-        .ok()
-        .map(|p| p.as_raw())
-}
-
 /// Resolves once a child process has exited (without reaping it), from a thread of its own
 /// in `waitid` with `WNOWAIT`. Portable; Linux prefers a pidfd and falls back to this.
 #[cfg(feature = "tokio")]

@@ -184,9 +184,38 @@ impl ExitWatch {
 /// Whether `pid` is a process that has not exited (a zombie has).
 pub(crate) fn is_running(pid: u32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ...": the state follows the last ')'.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (state first), if readable.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22): a reused pid
+/// has a later one.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether `pid` descends from `ancestor` (its parent chain reaches it, within 64 steps).
+pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..64 {
+        let Some(parent) = stat_fields(current).and_then(|f| f.get(1)?.parse::<u32>().ok()) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
 }

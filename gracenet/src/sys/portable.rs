@@ -96,3 +96,13 @@ pub(crate) type ExitWatch = super::ExitThread;
 pub(crate) fn is_running(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
+
+/// Start times are not portable: unknown.
+pub(crate) fn start_time(_pid: u32) -> Option<u64> {
+    None
+}
+
+/// Parent chains are not portable (the supervisor, their one user, is Linux's).
+pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
+    false
+}
