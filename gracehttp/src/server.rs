@@ -190,6 +190,10 @@ impl Server {
     /// # Errors
     /// As [`run`](Self::run); [`Error::Runtime`] when tokio cannot start.
     pub fn serve(self) -> Result<(), Error> {
+        // The inherited environment is read first, while this is the process's only thread:
+        // its variables can then be removed soundly, and its fds are checked before the
+        // runtime opens any fd of its own (one could take a closed inherited fd's number).
+        gracenet::registry::registry()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

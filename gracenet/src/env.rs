@@ -46,7 +46,7 @@ pub(crate) fn parse(
         .filter(|&n| n <= max_count)
         .ok_or_else(|| EnvError::Malformed {
             var: LISTEN_FDS,
-            value: fds.to_owned(),
+            value: shown(fds),
             expected: format!(
                 "a decimal count of inherited fds from 0 to {max_count} (fds 3 and up, below this process's fd limit of {fd_limit})"
             ),
@@ -61,7 +61,7 @@ pub(crate) fn parse(
                     .filter(|&p| p > 0)
                     .ok_or_else(|| EnvError::Malformed {
                         var: LISTEN_PID,
-                        value: value.to_owned(),
+                        value: shown(value),
                         expected: "a process id (a positive decimal number)".to_owned(),
                     })?,
             )
@@ -82,7 +82,7 @@ pub(crate) fn parse(
             };
             if split.len() != count {
                 return Err(EnvError::NameCount {
-                    value: value.to_owned(),
+                    value: shown(value),
                     names: split.len(),
                     fds: count,
                 });
@@ -122,17 +122,31 @@ pub(crate) fn take_from_process() -> Result<ListenEnv, EnvError> {
     )
 }
 
-/// Reads `var` and removes it from the process environment, so no subprocess inherits it.
+/// Reads `var`, and removes it from the process environment (so no subprocess inherits it)
+/// if that is sound now: only while this is the process's one thread. Changing the
+/// environment while another thread may read it (`getenv` in a time zone lookup, a log
+/// filter) is undefined behaviour; a variable left in place is harmless, because the spawn
+/// sets `LISTEN_PID` to the process the variables are for, and gracenet ignores a copy meant
+/// for another pid.
 pub(crate) fn take_var(var: &str) -> Option<OsString> {
     let value = std::env::var_os(var);
-    if value.is_some() {
-        // SAFETY: environment writes race with concurrent reads (getenv) in other threads.
-        // gracenet takes its variables once per process, when the application first asks for
-        // its listeners or starts its generation, which it does at startup; the crate docs ask
-        // to do that before starting threads that read the environment.
+    if value.is_some() && crate::sys::single_threaded() {
+        // SAFETY: this process has one thread (checked just above, and this thread is running
+        // this code, so no thread can be created meanwhile): nothing reads the environment
+        // concurrently.
         unsafe { std::env::remove_var(var) };
     }
     value
+}
+
+/// A value as an error message shows it: at most 64 characters, then how long it was.
+pub(crate) fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        return value.to_owned();
+    }
+    let head: String = value.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", value.len())
 }
 
 /// This process's soft limit on open fds.

@@ -37,6 +37,8 @@ pub enum Origin {
 pub struct InheritedFds {
     pub(crate) sockets: Vec<InheritedSocket>,
     origin: Origin,
+    /// `LISTEN_PID` when it named another process: the variables are a copy meant for it.
+    pub(crate) meant_for: Option<u32>,
 }
 
 impl InheritedFds {
@@ -45,11 +47,15 @@ impl InheritedFds {
         InheritedFds {
             sockets: Vec::new(),
             origin: Origin::Fresh,
+            meant_for: None,
         }
     }
 
     /// Adopts the fds the environment names, and removes the three variables from the
-    /// environment so no subprocess sees them.
+    /// environment so no subprocess sees them — if no other thread runs yet (changing the
+    /// environment while another thread may read it is undefined behaviour); otherwise they
+    /// are left, and `LISTEN_PID` (naming this process) tells any subprocess they are not
+    /// its own.
     ///
     /// Only the first call in a process reads the environment; later calls return
     /// [`InheritedFds::none`], since the fds can only be owned once. Call it early, before
@@ -75,7 +81,10 @@ impl InheritedFds {
                     "LISTEN_PID={listen_pid} is not our pid {}: leaving the inherited fds alone",
                     std::process::id()
                 );
-                Ok(Self::none())
+                Ok(InheritedFds {
+                    meant_for: Some(listen_pid),
+                    ..Self::none()
+                })
             }
             ListenEnv::Fds {
                 count,
@@ -90,6 +99,7 @@ impl InheritedFds {
                 Ok(InheritedFds {
                     sockets: adopt(count, names)?,
                     origin,
+                    meant_for: None,
                 })
             }
         }
@@ -115,6 +125,7 @@ impl InheritedFds {
         InheritedFds {
             sockets,
             origin: Origin::Parent,
+            meant_for: None,
         }
     }
 }

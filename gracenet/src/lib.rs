@@ -70,9 +70,15 @@
 //! would keep taking connections after a restart). Use it with tokio ([`mod@tokio`]) or a poll
 //! loop.
 //!
-//! Call [`registry::registry`] (or any `listen` function, or [`Generation::start`]) early in
-//! `main`, before starting threads: the first call reads and removes the inherited
-//! environment variables, and records the program and working directory a restart will use.
+//! Call [`registry::registry`] (or any `listen` function, or [`Generation::start`]) first in
+//! `main`, before starting threads or a multi-threaded runtime (`#[tokio::main]` starts one
+//! before your code runs: call it in a plain `fn main` and build the runtime after). The first
+//! call checks the inherited fds (before anything else can open an fd at their numbers),
+//! records the program and working directory a restart will use, and reads the inherited
+//! environment variables. It removes them only while no other thread runs, because changing
+//! the environment while another thread may read it is undefined behaviour; left in place,
+//! they are harmless (`LISTEN_PID` names this process, so a subprocess ignores them all).
+//! gracehttp's `Server::serve` does this for you.
 //!
 //! # The crate's layout
 //! | where | what |

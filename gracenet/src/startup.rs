@@ -39,6 +39,13 @@ pub(crate) fn startup() -> Result<&'static Startup, Error> {
 
 fn read() -> Result<Startup, EnvError> {
     tracing::debug!("platform support: {}", crate::sys::PLATFORM);
+    if crate::sys::single_threaded() {
+        tracing::debug!("reading the inherited environment with one thread running: removing its variables");
+    } else {
+        tracing::debug!(
+            "reading the inherited environment with other threads running: leaving its variables in place (call gracenet::registry::registry() before starting threads to remove them)"
+        );
+    }
     Executable::capture();
     // Every variable is taken out of the environment before any is judged, so a malformed
     // one does not leave the others for a subprocess to find.
@@ -54,6 +61,19 @@ fn read() -> Result<Startup, EnvError> {
         })
         .unwrap_or_default();
     let inherited = InheritedFds::take_from_env()?;
+    if let Some(pid) = inherited.meant_for {
+        // A copy of a generation's variables, left in the environment of a process it
+        // started (see take_var): they are that pid's, not ours.
+        if ready_fd.is_some() || generation.is_some() {
+            tracing::debug!("ignoring GRACE_READY_FD and GRACE_GENERATION meant for pid {pid}");
+        }
+        return Ok(Startup {
+            registry: SocketRegistry::new(inherited),
+            generation: 1,
+            ancestors: Vec::new(),
+            link: Mutex::new(Some(ParentLink::Nobody)),
+        });
+    }
     let generation = parse_generation(generation)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     Ok(Startup {

@@ -110,3 +110,77 @@ fn malformed_values_are_errors_naming_the_variable() {
         }
     }
 }
+
+#[test]
+fn the_environment_is_changed_only_while_no_other_thread_runs() {
+    // Another thread running: reading the variables is fine, removing them would be
+    // undefined behaviour; they are left, and the fds still adopted.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args(["exec-with", "tcp", "1", "self", "web"])
+        .env("NETPROBE_THREAD", "1");
+    let mut probe = ProcessGuard::spawn(cmd);
+    let report = probe.expect_line("report ");
+    let after = probe.expect_line("after ");
+    assert!(report.contains(" ok origin=Activated count=1"), "{report}");
+    assert_eq!(field(&after, "env_left"), "true", "left in place: {after}");
+    // Alone, it removes them (the other tests above: env_left=false).
+    let (_, after) = probe_report("tcp", "1", "self", "web");
+    assert_eq!(field(&after, "env_left"), "false");
+}
+
+#[test]
+fn gracehttp_checks_inherited_fds_before_its_runtime_opens_any() {
+    // LISTEN_FDS=1 with fd 3 closed: the runtime's own fds must not be mistaken for it.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args([
+        "exec-with",
+        "none",
+        "1",
+        "-",
+        "-",
+        env!("CARGO_BIN_EXE_httpprobe"),
+    ]);
+    let mut probe = ProcessGuard::spawn(cmd);
+    let status = probe.wait_timeout(DEADLINE).expect("exits");
+    assert!(!status.success());
+    let out = probe.output_after_exit().join("\n");
+    assert!(
+        out.contains("LISTEN_FDS=1 names fd 3, but fd 3 is not open"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_huge_variable_is_cut_in_its_error() {
+    let names = vec!["n"; 5000].join(":");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args(["exec-with", "tcp", "1", "self", &names]);
+    let mut probe = ProcessGuard::spawn(cmd);
+    let report = probe.expect_line("report ");
+    assert!(report.contains("has 5000 name(s) but LISTEN_FDS=1"), "{report}");
+    assert!(report.contains("(9999 bytes)"), "{report}");
+    assert!(report.len() < 400, "{} bytes: {report}", report.len());
+}
+
+#[test]
+fn a_copy_of_a_generations_variables_meant_for_another_pid_is_ignored_whole() {
+    // What a subprocess of a multi-threaded server inherits (the variables could not be
+    // removed): LISTEN_PID names the server, so none of them is this process's.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netprobe"));
+    cmd.args([
+        "exec-with",
+        "tcp",
+        "1",
+        "1",
+        "-",
+        env!("CARGO_BIN_EXE_lifeprobe"),
+        "127.0.0.1:0",
+    ])
+    .env("GRACE_READY_FD", "abc")
+    .env("GRACE_GENERATION", "7");
+    let mut probe = ProcessGuard::spawn(cmd);
+    let line = probe.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), "1", "{line}");
+    let _guard = grace_tests::PidGuard(field(&line, "pid").parse().unwrap());
+    probe.expect_log("generation 1 serving");
+}

@@ -219,3 +219,8 @@ pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
     }
     false
 }
+
+/// Whether this process has exactly one thread (`/proc/self/stat`'s `num_threads`).
+pub(crate) fn single_threaded() -> bool {
+    stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
+}

@@ -106,3 +106,9 @@ pub(crate) fn start_time(_pid: u32) -> Option<u64> {
 pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
     false
 }
+
+/// The thread count has no portable source: assume others run (so the environment is never
+/// changed).
+pub(crate) fn single_threaded() -> bool {
+    false
+}

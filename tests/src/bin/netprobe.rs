@@ -226,6 +226,14 @@ fn exec_with(fd3: &str, fds: &str, pid: &str, names: &str, program: &[String]) -
 
 fn report() -> Result<()> {
     let pid = std::process::id();
+    // NETPROBE_THREAD=1: another thread is running when the environment is read (as under
+    // `#[tokio::main]`).
+    let (_keep, parked) = std::sync::mpsc::channel::<()>();
+    if std::env::var_os("NETPROBE_THREAD").is_some() {
+        std::thread::spawn(move || {
+            let _ = parked.recv();
+        });
+    }
     // Kept alive until after the fd 3 check: adopted fds close when it drops.
     let result = gracenet::registry::InheritedFds::from_env();
     match &result {
