@@ -28,6 +28,9 @@ fn command() -> Command {
     };
     Command::new("gracedemo")
         .about("Go grace's /sleep demo: restart with kill -USR2 <pid>, stop with kill -TERM <pid>")
+        .after_help(
+            "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once",
+        )
         .override_usage(
             "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
         )
@@ -214,7 +217,36 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         // that server whatever its address.
         .named(flag);
     }
+    // The inherited environment first, while this is the only thread; then SIGHUP's handler.
+    gracenet::registry::registry()?;
+    stop_gracefully_on_sighup();
     server.serve()
+}
+
+/// SIGHUP (a terminal closing, or an operator's habit) stops gracefully, as SIGTERM does,
+/// instead of killing the process with requests in flight (its default action).
+fn stop_gracefully_on_sighup() {
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP (it will end the process at once): {e}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("gracedemo-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                tracing::info!("SIGHUP: stopping gracefully, as for SIGTERM");
+                let me = nix::unistd::Pid::this();
+                if let Err(e) = nix::sys::signal::kill(me, nix::sys::signal::Signal::SIGTERM) {
+                    tracing::warn!("cannot stop on SIGHUP: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot handle SIGHUP (it will end the process at once): {e}");
+    }
 }
 
 fn self_signed() -> Result<gracehttp::Tls, gracehttp::Error> {

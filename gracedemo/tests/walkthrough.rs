@@ -232,3 +232,27 @@ fn dash_h_prints_usage_and_exits_zero() {
     assert!(text.contains("-a0") || text.contains("--a0"), "{text}");
     assert!(text.contains("Zero address to bind to."), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_stops_gracefully_and_h_says_so() {
+    let mut demo = tokio::task::block_in_place(|| start(&[]));
+    let (port, pid) = (demo.ports[0], demo.pid);
+    let slow = tokio::spawn(async move { get_h1(port, "/sleep/?duration=1s").await });
+    tokio::task::block_in_place(|| demo.guard.expect_log(&format!("sleeping for 1s from pid {pid}")));
+    demo.guard.signal(Signal::SIGHUP);
+    tokio::task::block_in_place(|| demo.guard.expect_log("SIGHUP: stopping gracefully"));
+    let answer = slow.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(pid_in(&answer.body), pid);
+    let status = tokio::task::block_in_place(|| demo.guard.wait_timeout(DEADLINE)).expect("exits");
+    assert!(
+        status.success(),
+        "drained and exited 0, not killed by SIGHUP: {status}"
+    );
+
+    let help = Command::new(GRACEDEMO).arg("-h").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("SIGHUP") && help.contains("the same as SIGTERM"),
+        "{help}"
+    );
+}

@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+mod certificate;
 mod connection;
 mod drain;
 mod error;

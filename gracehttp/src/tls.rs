@@ -99,26 +99,72 @@ fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
     };
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("malformed PEM: {e}")))?;
-    if chain.is_empty() {
+        .map_err(|e| bad(pem_problem(&e)))?;
+    let Some(leaf) = chain.first() else {
         return Err(bad(
             "no \"BEGIN CERTIFICATE\" block: expected a PEM certificate chain".into(),
         ));
-    }
+    };
+    warn_if_not_valid_now(path, leaf);
     Ok(chain)
 }
 
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::TlsFile {
+    let bad = |reason: String| Error::TlsFile {
         what: "private key",
         path: PathBuf::from(path),
-        reason: match e {
+        reason,
+    };
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(bad(format!(
+            "the key is encrypted with a passphrase, which a server cannot type: decrypt it once (`openssl pkey -in {} -out key.pem`, which asks for the passphrase) and give the decrypted file, readable only by the server's user",
+            path.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        bad(match e {
             rustls_pki_types::pem::Error::NoItemsFound => {
                 "no private key block: expected a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\"".into()
             }
-            e => format!("malformed PEM: {e}"),
-        },
+            e => pem_problem(&e),
+        })
     })
+}
+
+/// A PEM error as a sentence, never a dump of bytes.
+fn pem_problem(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    let text = |bytes: &[u8]| {
+        let s = String::from_utf8_lossy(bytes);
+        let s: String = s.chars().filter(|c| !c.is_control()).take(60).collect();
+        s
+    };
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "malformed PEM: a block has no \"-----END {}-----\" line (is the file cut short?)",
+            text(end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed PEM: a malformed BEGIN line {:?}", text(line))
+        }
+        E::Base64Decode(_) => "malformed PEM: a block's base64 text is invalid (is the file damaged?)".into(),
+        E::NoItemsFound => "no PEM block found".into(),
+        _ => "malformed PEM".into(),
+    }
+}
+
+/// Warns (once, when the configuration is built) about a leaf certificate outside its
+/// validity period: clients will refuse it, and the log says why before they do.
+fn warn_if_not_valid_now(path: &Path, leaf: &CertificateDer<'_>) {
+    if let Some(problem) =
+        crate::certificate::Validity::of(leaf).and_then(|v| v.problem(std::time::SystemTime::now()))
+    {
+        tracing::warn!(
+            "the TLS certificate {} {problem}: clients will refuse it; serving it anyway",
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -237,7 +237,25 @@ fn bad_certificate_files_are_named_and_nothing_is_served() {
     let dir = TempDir::new("bad-tls");
     write_cert(dir.path(), "cert.pem", "key.pem");
     std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    // An encrypted PKCS#8 key (its label is what matters), and a certificate cut short.
+    std::fs::write(
+        dir.path().join("encrypted.pem"),
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let whole = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
+    std::fs::write(dir.path().join("cut.pem"), &whole[..whole.len() / 2]).unwrap();
     for (cert, key, expect) in [
+        (
+            "cert.pem",
+            "encrypted.pem",
+            "encrypted.pem: the key is encrypted with a passphrase",
+        ),
+        (
+            "cut.pem",
+            "key.pem",
+            "cut.pem: malformed PEM: a block has no \"-----END CERTIFICATE-----\" line",
+        ),
         ("missing.pem", "key.pem", "missing.pem: cannot read it"),
         (
             "garbage.pem",
@@ -254,6 +272,7 @@ fn bad_certificate_files_are_named_and_nothing_is_served() {
         let mut g = ProcessGuard::spawn(cmd);
         let line = g.expect_log("httpprobe: TLS");
         assert!(line.contains(expect), "{line}");
+        assert!(!line.contains("[4"), "no byte dumps: {line}");
         let status = g.wait_timeout(DEADLINE).expect("exits");
         assert_eq!(status.code(), Some(1));
         assert!(
@@ -261,6 +280,30 @@ fn bad_certificate_files_are_named_and_nothing_is_served() {
             "nothing served"
         );
     }
+}
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning_at_start() {
+    let dir = TempDir::new("expired-tls");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.arg("--tls-cert")
+        .arg(dir.path().join("cert.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("key.pem"));
+    let mut g = ProcessGuard::spawn(cmd);
+    let warning = g.expect_log("expired on 2021-01-01 00:00:00 UTC");
+    assert!(
+        warning.contains("cert.pem") && warning.contains("clients will refuse it"),
+        "{warning}"
+    );
+    g.expect_log("Serving ");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
