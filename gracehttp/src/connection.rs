@@ -30,15 +30,19 @@ pub(crate) struct Activity {
     epoch: Instant,
     /// Milliseconds since `epoch` of the last byte read.
     last_read_ms: AtomicU64,
+    /// Milliseconds since `epoch` of the last request's start or end.
+    last_request_ms: AtomicU64,
+    /// Whether any request has started (its headers were read).
+    any_request: AtomicBool,
     in_flight: AtomicUsize,
     /// Whether the connection speaks HTTP/2: its first bytes were the HTTP/2 preface, or a
     /// request arrived over HTTP/2.
     http2: AtomicBool,
     /// Whether any byte has arrived (the preface check is done on the first ones).
     seen_bytes: AtomicBool,
-    /// Set once the drain has begun: from then on a finished request wakes the connection.
+    /// Set once the drain has begun.
     draining: AtomicBool,
-    /// A request finished during the drain.
+    /// The connection went from idle to busy or back: its loop re-arms its timers.
     request_done: Notify,
 }
 
@@ -47,6 +51,8 @@ impl Activity {
         Arc::new(Activity {
             epoch: Instant::now(),
             last_read_ms: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            any_request: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
@@ -80,6 +86,16 @@ impl Activity {
     fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    fn request_event(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection will have had no request in flight for `timeout`.
+    fn requests_idle_at(&self, timeout: Duration) -> Instant {
+        self.epoch + Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed)) + timeout
     }
 }
 
@@ -146,8 +162,10 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if self.0.draining.load(Ordering::Acquire) {
+        self.0.request_event();
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The connection may be idle now: its loop arms the idle timeout (or, draining,
+            // closes it).
             self.0.request_done.notify_one();
         }
     }
@@ -159,7 +177,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.activity.any_request.store(true, Ordering::Relaxed);
+        self.activity.request_event();
+        if self.activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Busy now: the connection's idle timers stand down.
+            self.activity.request_done.notify_one();
+        }
         let in_flight = InFlight(self.activity.clone());
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
@@ -186,11 +209,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 pub(crate) struct ConnConfig {
     pub builder: auto::Builder<TokioExecutor>,
     pub idle_grace: Duration,
+    /// From the accept to the first request's headers.
+    pub first_request_timeout: Duration,
+    /// With no request in flight.
+    pub idle_timeout: Duration,
 }
 
-/// Serves one connection to its end.
+/// Serves one connection, accepted at `accepted`, to its end.
 pub(crate) async fn serve<T>(
     io: T,
+    accepted: tokio::time::Instant,
     guard: ConnectionGuard,
     handler: Handler,
     drain: Drain,
@@ -218,9 +246,15 @@ pub(crate) async fn serve<T>(
     tokio::pin!(draining);
     let mut drain_started = drain.is_draining();
     let mut closing = false;
+    // When graceful_shutdown was called: a client that does not close after GOAWAY is closed
+    // once nothing has been in flight for the idle grace.
+    let mut closing_since = tokio::time::Instant::now();
+    let first_request_by = accepted + config.first_request_timeout;
     loop {
         let busy = activity.in_flight.load(Ordering::Acquire) > 0;
+        let started = activity.any_request.load(Ordering::Relaxed);
         let idle_at = tokio::time::Instant::from_std(activity.idle_at(config.idle_grace));
+        let requests_idle_at = tokio::time::Instant::from_std(activity.requests_idle_at(config.idle_timeout));
         let waiting = drain_started && !closing;
         tokio::select! {
             result = conn.as_mut() => {
@@ -233,10 +267,38 @@ pub(crate) async fn serve<T>(
                 drain_started = true;
                 activity.draining.store(true, Ordering::Release);
             }
-            // A request finished: the connection may be idle now.
-            _ = activity.request_done.notified(), if waiting && busy => {}
-            // No request in flight: close once no byte has come for the idle grace.
+            // Idle became busy or busy idle: re-arm the timers.
+            _ = activity.request_done.notified() => {}
+            // Draining, no request in flight: close once no byte has come for the idle grace.
             _ = tokio::time::sleep_until(idle_at), if waiting && !busy => {}
+            // Nothing but silence, a handshake, a preface or settings since the accept.
+            _ = tokio::time::sleep_until(first_request_by), if !started && !closing => {
+                if !activity.any_request.load(Ordering::Relaxed) {
+                    tracing::debug!(
+                        "closing a connection that sent no request within {:?} of its accept",
+                        config.first_request_timeout
+                    );
+                    return;
+                }
+            }
+            // No request in flight for the idle timeout (PINGs do not count).
+            _ = tokio::time::sleep_until(requests_idle_at), if started && !busy && !closing => {
+                if activity.in_flight.load(Ordering::Acquire) == 0
+                    && activity.requests_idle_at(config.idle_timeout) <= Instant::now()
+                {
+                    tracing::debug!("closing a connection idle for {:?}", config.idle_timeout);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    closing_since = tokio::time::Instant::now();
+                }
+            }
+            // Told to go (GOAWAY, or Connection: close) and still here with nothing in flight.
+            _ = tokio::time::sleep_until(closing_since + config.idle_grace), if closing && !busy => {
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("closing a connection that stayed after it was told to go");
+                    return;
+                }
+            }
         }
         if drain_started && !closing {
             // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones elsewhere.
@@ -248,6 +310,7 @@ pub(crate) async fn serve<T>(
             if activity.http2.load(Ordering::Relaxed) || idle {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                closing_since = tokio::time::Instant::now();
             }
         }
     }

@@ -20,8 +20,12 @@ use crate::tls::Tls;
 /// How long an HTTP/1 connection that is between requests may stay open once the drain
 /// begins.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_millis(500);
-/// How long a client may take to send a request's headers (or finish a TLS handshake).
+/// How long a client may take, from the connection's accept, to send its first request's
+/// headers (a TLS handshake and an HTTP/2 preface included), and any later request's headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection with no request in flight may stay open (HTTP/1 keep-alive, or an
+/// HTTP/2 connection with no open stream, PINGs or not) before it is closed (HTTP/2: GOAWAY).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Site {
     addr: String,
@@ -52,6 +56,7 @@ pub struct Server {
     ready_timeout: Duration,
     idle_grace: Duration,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     max_connections: Option<usize>,
     pid_file: Option<PathBuf>,
     control_socket: Option<PathBuf>,
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Server {
             .field("ready_timeout", &self.ready_timeout)
             .field("idle_grace", &self.idle_grace)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
@@ -91,6 +97,7 @@ impl Default for Server {
             ready_timeout: gracenet::DEFAULT_READY_TIMEOUT,
             idle_grace: DEFAULT_IDLE_GRACE,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
             pid_file: None,
             control_socket: None,
@@ -158,10 +165,19 @@ impl Server {
         self
     }
 
-    /// How long a client may take to send a request's headers, and to finish a TLS
-    /// handshake (slowloris defence). Default 10 s.
+    /// How long a client may take to send a request's headers (slowloris defence). For the
+    /// first request the time counts from the accept, whatever the client does meanwhile: a
+    /// TLS handshake, an HTTP/2 preface and settings, nothing at all. Default 10 s.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Server {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection with no request in flight may stay open: an HTTP/1 keep-alive
+    /// connection between requests, or an HTTP/2 connection with no open stream (PINGs do not
+    /// count). Then it is closed; HTTP/2 first gets GOAWAY. Default 120 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Server {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -244,6 +260,8 @@ impl Server {
         let config = ConnConfig {
             builder,
             idle_grace: self.idle_grace,
+            first_request_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
         };
         for (site, listener) in self.sites.into_iter().zip(listeners) {
             let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
@@ -308,6 +326,7 @@ async fn accept_loop(
         let Some(stream) = listener.accept().await else {
             break;
         };
+        let accepted = tokio::time::Instant::now();
         if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
             // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
@@ -319,15 +338,17 @@ async fn accept_loop(
         match &acceptor {
             None => {
                 tokio::spawn(async move {
-                    connection::serve(stream, guard, handler, drain, config).await;
+                    connection::serve(stream, accepted, guard, handler, drain, config).await;
                     drop(permit);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection::serve(tls, guard, handler, drain, config).await,
+                    // The handshake counts against the first request's deadline.
+                    match tokio::time::timeout_at(accepted + handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => connection::serve(tls, accepted, guard, handler, drain, config).await,
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake not finished within {handshake_timeout:?}"),
                     }

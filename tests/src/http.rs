@@ -75,17 +75,7 @@ pub async fn get_tls(
     root: &[u8],
     alpn: &[&[u8]],
 ) -> Result<(Answer, Vec<u8>), BoxError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(root.to_vec()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let tls = connector.connect("localhost".try_into()?, tcp).await?;
+    let tls = tls_connect(port, root, alpn).await?;
     let (_, session) = tls.get_ref();
     let peer = session
         .peer_certificates()
@@ -104,6 +94,26 @@ pub async fn get_tls(
         finish(send.send_request(request(path, Version::HTTP_11)).await?).await?
     };
     Ok((answer, peer))
+}
+
+/// A finished TLS handshake with `127.0.0.1:port`, trusting `root` (DER) for `localhost`,
+/// offering `alpn`.
+pub async fn tls_connect(
+    port: u16,
+    root: &[u8],
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(root.to_vec()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    Ok(connector.connect("localhost".try_into()?, tcp).await?)
 }
 
 /// What a [`Hammer`] saw.

@@ -500,3 +500,91 @@ fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
         .expect("the process exits once they are gone");
     assert!(status.success(), "{status}");
 }
+
+/// Reads until the server closes the connection (or [`DEADLINE`]); whether it closed.
+fn closed_by_server(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut sink = Vec::new();
+    c.read_to_end(&mut sink).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_at_the_header_read_timeout_whatever_they_sent() {
+    use std::io::Write;
+    let dir = TempDir::new("silent");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[("PROBE_HEADER_TIMEOUT_MS", "1000")]));
+    let plain = site.ports[0];
+    let mut cases = Vec::new();
+    for (what, bytes) in [
+        ("nothing", &b""[..]),
+        ("half an HTTP/2 preface", &b"PRI * HTTP/2.0\r\n"[..]),
+        (
+            "an HTTP/2 preface and SETTINGS",
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"[..],
+        ),
+    ] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", plain)).unwrap();
+        c.write_all(bytes).unwrap();
+        cases.push((what, c));
+    }
+    // A finished TLS handshake, then nothing.
+    let tls = grace_tests::http::tls_connect(site.ports[2], &root, &[b"h2"])
+        .await
+        .unwrap();
+    let tls_closed = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut tls = tls;
+        let mut sink = Vec::new();
+        tokio::time::timeout(DEADLINE, tls.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    });
+    for (what, mut c) in cases {
+        assert!(
+            tokio::task::block_in_place(|| closed_by_server(&mut c)),
+            "a connection that sent {what} is closed"
+        );
+    }
+    assert!(
+        tls_closed.await.unwrap(),
+        "a TLS connection that sent no request is closed"
+    );
+    // Normal clients are served throughout.
+    assert_eq!(get_h1(plain, "/pid").await.unwrap().body, site.pid.to_string());
+    assert!(!g.seen().iter().any(|l| l.contains("panicked")));
+}
+
+#[test]
+fn idle_connections_are_closed_at_the_idle_timeout_pings_or_not() {
+    use std::io::{Read, Write};
+    let (_g, site) = start(&[], &[("PROBE_IDLE_TIMEOUT_MS", "1000")]);
+    // HTTP/2: one request (HEADERS with the static-table :method GET, :scheme http, :path /
+    // and a literal :authority localhost), then only PINGs, every 100 ms: GOAWAY and a close
+    // all the same.
+    let mut h2 = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    h2.write_all(&[0, 0, 14, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x01, 0x09])
+        .unwrap();
+    h2.write_all(b"localhost").unwrap();
+    assert!(read_until_frame(&mut h2, Some(0x1)), "the response's HEADERS");
+    assert!(
+        read_until_frame(&mut h2, Some(0x7)),
+        "GOAWAY for an idle HTTP/2 connection"
+    );
+    assert!(read_until_frame(&mut h2, None), "then closed");
+    // HTTP/1.1 keep-alive: answered, then closed once idle.
+    let mut h1 = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
+    h1.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    h1.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert!(
+        closed_by_server(&mut h1),
+        "an idle keep-alive connection is closed"
+    );
+}

@@ -8,8 +8,8 @@
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
 //! client sends `close`. `/echo` reads the body and answers its length (400 when it is
 //! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
-//! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS` and
-//! `PROBE_MAX_CONNECTIONS` set the server's limits.
+//! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS`,
+//! `PROBE_IDLE_TIMEOUT_MS` and `PROBE_MAX_CONNECTIONS` set the server's limits.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -60,6 +60,9 @@ fn run() -> Result<(), gracehttp::Error> {
     }
     if let Some(ms) = knob("PROBE_HEADER_TIMEOUT_MS") {
         server = server.header_read_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = knob("PROBE_IDLE_TIMEOUT_MS") {
+        server = server.idle_timeout(Duration::from_millis(ms));
     }
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
