@@ -4,3 +4,4 @@
 pub mod duration;
 pub mod gotime;
 pub mod handler;
+pub mod logging;

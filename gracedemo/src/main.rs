@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use clap::{Arg, ArgAction, Command};
 
-use gracedemo::gotime;
 use gracedemo::handler::Sleep;
+use gracedemo::{gotime, logging};
 
 fn command() -> Command {
     let addr = |name: &'static str, default: &'static str, help: &'static str| {
@@ -134,16 +134,14 @@ fn main() -> ExitCode {
     if let Some(code) = control_client(&matches) {
         return code;
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_level(false)
-        .without_time()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // The inherited environment is read first, while this is the only thread (the log
+    // writer below starts one); its errors are reported once logging is up.
+    let inherited = gracenet::registry::registry().map(|_| ());
+    let _log = logging::init();
+    if let Err(e) = inherited {
+        eprintln!("gracedemo: {e}");
+        return ExitCode::FAILURE;
+    }
     if gracenet::should_supervise(matches.get_flag("supervise")) {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -217,8 +215,6 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         // that server whatever its address.
         .named(flag);
     }
-    // The inherited environment first, while this is the only thread; then SIGHUP's handler.
-    gracenet::registry::registry()?;
     stop_gracefully_on_sighup();
     server.serve()
 }

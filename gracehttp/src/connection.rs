@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::drain::Drain;
+use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, Handler};
 
 /// What the drain needs to know about a connection.
@@ -171,8 +172,40 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that keeps its request counted as in flight until the body has been sent
+/// (or dropped): a streaming response is work the drain and the idle timers wait for.
+pub(crate) struct TrackedBody {
+    inner: UnsyncBoxBody<Bytes, BoxError>,
+    in_flight: Option<InFlight>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<UnsyncBoxBody<Bytes, BoxError>>;
+    type Response = Response<TrackedBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -198,8 +231,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            drop(in_flight);
-            Ok(response)
+            Ok(response.map(|inner| TrackedBody {
+                inner,
+                in_flight: Some(in_flight),
+            }))
         })
     }
 }
@@ -213,6 +248,8 @@ pub(crate) struct ConnConfig {
     pub first_request_timeout: Duration,
     /// With no request in flight.
     pub idle_timeout: Duration,
+    /// What peers did wrong, reported together.
+    pub peer_errors: Arc<PeerErrors>,
 }
 
 /// Serves one connection, accepted at `accepted`, to its end.
@@ -255,11 +292,15 @@ pub(crate) async fn serve<T>(
         let started = activity.any_request.load(Ordering::Relaxed);
         let idle_at = tokio::time::Instant::from_std(activity.idle_at(config.idle_grace));
         let requests_idle_at = tokio::time::Instant::from_std(activity.requests_idle_at(config.idle_timeout));
+        // When the last request ended (its response sent).
+        let requests_grace_at = tokio::time::Instant::from_std(activity.requests_idle_at(Duration::ZERO));
         let waiting = drain_started && !closing;
+        let http2 = activity.http2.load(Ordering::Relaxed);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!("connection ended: {e}");
+                    config.peer_errors.record(&peer_errors::kind(&*e));
                 }
                 return;
             }
@@ -278,6 +319,7 @@ pub(crate) async fn serve<T>(
                         "closing a connection that sent no request within {:?} of its accept",
                         config.first_request_timeout
                     );
+                    config.peer_errors.record("no request within the header read timeout");
                     return;
                 }
             }
@@ -292,9 +334,14 @@ pub(crate) async fn serve<T>(
                     closing_since = tokio::time::Instant::now();
                 }
             }
-            // Told to go (GOAWAY, or Connection: close) and still here with nothing in flight.
-            _ = tokio::time::sleep_until(closing_since + config.idle_grace), if closing && !busy => {
-                if activity.in_flight.load(Ordering::Acquire) == 0 {
+            // HTTP/2 told to go (GOAWAY) and still here, with nothing in flight (every
+            // response sent) for the idle grace: closed. Any stream it opens now was refused
+            // by the GOAWAY, which clients retry. (HTTP/1 is closed by hyper itself, between
+            // requests: closing it from here could drop a request whose bytes are unread.)
+            _ = tokio::time::sleep_until(closing_since.max(requests_grace_at) + config.idle_grace), if closing && !busy && http2 => {
+                if activity.in_flight.load(Ordering::Acquire) == 0
+                    && activity.requests_idle_at(config.idle_grace) <= Instant::now()
+                {
                     tracing::debug!("closing a connection that stayed after it was told to go");
                     return;
                 }

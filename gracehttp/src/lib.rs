@@ -37,6 +37,7 @@ mod certificate;
 mod connection;
 mod drain;
 mod error;
+mod peer_errors;
 mod server;
 mod service;
 mod tls;

@@ -262,6 +262,7 @@ impl Server {
             idle_grace: self.idle_grace,
             first_request_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            peer_errors: Arc::default(),
         };
         for (site, listener) in self.sites.into_iter().zip(listeners) {
             let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
@@ -349,8 +350,16 @@ async fn accept_loop(
                     match tokio::time::timeout_at(accepted + handshake_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) => connection::serve(tls, accepted, guard, handler, drain, config).await,
-                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!("TLS handshake not finished within {handshake_timeout:?}"),
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            config.peer_errors.record("TLS handshake failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not finished within {handshake_timeout:?}");
+                            config
+                                .peer_errors
+                                .record("TLS handshake not finished within the header read timeout");
+                        }
                     }
                     drop(permit);
                 });

@@ -1,0 +1,76 @@
+//! Errors that remote peers cause (a protocol violation, a reset flood, a failed TLS
+//! handshake, a silent connection), counted and reported together: at most one line per
+//! 10 s however many peers misbehave, so a client cannot flood the log. Each one is also
+//! logged at debug.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long errors are gathered before they are reported.
+pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The most kinds kept apart in one report; the rest are counted as "other".
+const MAX_KINDS: usize = 8;
+
+/// Peer errors of one server since the last report.
+#[derive(Debug, Default)]
+pub(crate) struct PeerErrors {
+    kinds: Mutex<BTreeMap<String, u64>>,
+    /// A report is due: set by the first error after a report.
+    scheduled: AtomicBool,
+}
+
+impl PeerErrors {
+    /// Counts one error of `kind`; the first after a report schedules the next one.
+    pub(crate) fn record(self: &std::sync::Arc<Self>, kind: &str) {
+        {
+            let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+            let key = if kinds.contains_key(kind) || kinds.len() < MAX_KINDS {
+                kind.to_owned()
+            } else {
+                "other".to_owned()
+            };
+            *kinds.entry(key).or_default() += 1;
+        }
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REPORT_EVERY).await;
+                this.report();
+            });
+        }
+    }
+
+    fn report(&self) {
+        self.scheduled.store(false, Ordering::Release);
+        let kinds = std::mem::take(&mut *self.kinds.lock().unwrap_or_else(|p| p.into_inner()));
+        let total: u64 = kinds.values().sum();
+        if total == 0 {
+            return;
+        }
+        let detail: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        tracing::warn!(
+            "{total} connection(s) ended by errors from peers in the last {} s ({})",
+            REPORT_EVERY.as_secs(),
+            detail.join("; ")
+        );
+    }
+}
+
+/// A short, stable name for a connection error: its innermost cause, without numbers that
+/// would make every line different, at most 60 characters.
+pub(crate) fn kind(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    let text: String = inner
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(60)
+        .collect();
+    text
+}
