@@ -95,7 +95,9 @@
 //! abstract Unix sockets. Other POSIX systems (macOS, the BSDs) use a portable path for the
 //! same features, except the ones that have no equivalent there, which return an
 //! `Unsupported` error: abstract Unix socket names (`unix:@name`) and [`supervise`] (it needs
-//! Linux's child subreaper). The portable path is tested on Linux by building with
+//! Linux's child subreaper). The portable path also leaves the inherited environment
+//! variables in place (it cannot tell whether other threads run; see above why that is
+//! harmless). The portable path is tested on Linux by building with
 //! `RUSTFLAGS='--cfg gracenet_portable'`; no other system is tested.
 
 #![warn(missing_docs)]
