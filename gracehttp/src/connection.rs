@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gracenet::ConnectionGuard;
+use gracenet::tokio::PeerAddr;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -155,6 +156,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 #[derive(Clone)]
 struct ConnService {
     handler: Handler,
+    /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`).
+    peer: PeerAddr,
     activity: Arc<Activity>,
     drain: Drain,
 }
@@ -222,6 +225,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             self.activity.http2.store(true, Ordering::Relaxed);
         }
         req.extensions_mut().insert(self.drain.clone());
+        #[cfg(feature = "axum")]
+        if let PeerAddr::Tcp(addr) = &self.peer {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
+        }
+        req.extensions_mut().insert(self.peer.clone());
         let drain = self.drain.clone();
         let response = (self.handler)(req);
         Box::pin(async move {
@@ -256,6 +264,7 @@ pub(crate) struct ConnConfig {
 pub(crate) async fn serve<T>(
     io: T,
     accepted: tokio::time::Instant,
+    peer: PeerAddr,
     guard: ConnectionGuard,
     handler: Handler,
     drain: Drain,
@@ -271,6 +280,7 @@ pub(crate) async fn serve<T>(
     };
     let service = ConnService {
         handler,
+        peer,
         activity: activity.clone(),
         drain: drain.clone(),
     };

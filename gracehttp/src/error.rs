@@ -35,6 +35,13 @@ pub enum Error {
     #[error("nothing to serve: add at least one address with Server::http or Server::https")]
     NoServers,
 
+    /// [`Server::serve`](crate::Server::serve) was called from inside a tokio runtime (an
+    /// `async fn main`, say), where it cannot start its own.
+    #[error(
+        "Server::serve was called inside a tokio runtime, which cannot start another: call it from a plain fn main, or await Server::run instead"
+    )]
+    InsideRuntime,
+
     /// The tokio runtime could not be started.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),

@@ -45,6 +45,7 @@ mod tls;
 pub use drain::Drain;
 pub use error::Error;
 pub use gracenet;
+pub use gracenet::tokio::PeerAddr;
 pub use server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, Server};
 pub use service::{BoxError, FromHyper, HttpService, from_hyper};
 pub use tls::Tls;

@@ -27,12 +27,20 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 connection with no open stream, PINGs or not) before it is closed (HTTP/2: GOAWAY).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Makes an application's own listener (see [`Server::adopt_http`]).
+type MakeListener = Box<dyn FnOnce() -> std::io::Result<std::os::fd::OwnedFd> + Send>;
+
 struct Site {
     addr: String,
     name: Option<String>,
+    /// The application's own listener, registered under `name`, instead of `addr`.
+    make: Option<MakeListener>,
     tls: Option<Tls>,
     handler: Handler,
 }
+
+/// Called with the bound addresses before serving starts.
+type OnListening = Box<dyn FnOnce(&[gracenet::LocalAddr]) + Send>;
 
 /// HTTP/1.1 and HTTP/2 servers on one or more addresses that restart (`SIGUSR2`) and stop
 /// (`SIGTERM`, `SIGINT`) without losing a request.
@@ -60,6 +68,8 @@ pub struct Server {
     max_connections: Option<usize>,
     pid_file: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    generation: Option<Generation>,
+    on_listening: Option<OnListening>,
 }
 
 impl std::fmt::Debug for Server {
@@ -85,7 +95,8 @@ impl std::fmt::Debug for Server {
             .field("max_connections", &self.max_connections)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
-            .finish()
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,6 +112,8 @@ impl Default for Server {
             max_connections: None,
             pid_file: None,
             control_socket: None,
+            generation: None,
+            on_listening: None,
         }
     }
 }
@@ -128,9 +141,84 @@ impl Server {
         self.sites.push(Site {
             addr: addr.to_owned(),
             name: None,
+            make: None,
             tls,
             handler,
         });
+        self
+    }
+
+    /// Serves `service` (cleartext HTTP/1.1 and HTTP/2) on a listener the application makes
+    /// itself — a `std::net::TcpListener` or `UnixListener` bound with its own options —
+    /// registered under `name` and passed on at every restart. `make` runs only in a process
+    /// that did not inherit `name` (the first); later generations get the same socket.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), gracehttp::Error> {
+    /// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+    /// # }));
+    /// gracehttp::Server::new()
+    ///     .adopt_http("api", || std::net::TcpListener::bind("127.0.0.1:8080"), app)
+    ///     .serve()
+    /// # }
+    /// ```
+    pub fn adopt_http<L, F, S>(self, name: &str, make: F, service: S) -> Server
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        S: HttpService,
+    {
+        self.adopted(
+            name,
+            Box::new(move || make().map(Into::into)),
+            None,
+            handler(service),
+        )
+    }
+
+    /// [`adopt_http`](Self::adopt_http) over TLS.
+    pub fn adopt_https<L, F, S>(self, name: &str, make: F, tls: Tls, service: S) -> Server
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        S: HttpService,
+    {
+        self.adopted(
+            name,
+            Box::new(move || make().map(Into::into)),
+            Some(tls),
+            handler(service),
+        )
+    }
+
+    fn adopted(mut self, name: &str, make: MakeListener, tls: Option<Tls>, handler: Handler) -> Server {
+        self.sites.push(Site {
+            addr: name.to_owned(),
+            name: Some(name.to_owned()),
+            make: Some(make),
+            tls,
+            handler,
+        });
+        self
+    }
+
+    /// Serves on `generation`, already started by the application (which may serve raw
+    /// gracenet listeners on it too): one lifecycle for the whole process, restarted and
+    /// stopped together. Its settings (timeouts, PID file, control socket) are its
+    /// builder's; this server's `stop_timeout`, `ready_timeout`, `pid_file` and
+    /// `control_socket` are not used then. The server still calls
+    /// [`Generation::ready`](gracenet::Generation::ready) once its sites accept (calling it
+    /// again is harmless).
+    pub fn generation(mut self, generation: Generation) -> Server {
+        self.generation = Some(generation);
+        self
+    }
+
+    /// Calls `f` with every site's bound address (the real port for `:0`), in the order the
+    /// sites were added, once all are listening and before serving starts.
+    pub fn on_listening(mut self, f: impl FnOnce(&[gracenet::LocalAddr]) + Send + 'static) -> Server {
+        self.on_listening = Some(Box::new(f));
         self
     }
 
@@ -206,6 +294,9 @@ impl Server {
     /// # Errors
     /// As [`run`](Self::run); [`Error::Runtime`] when tokio cannot start.
     pub fn serve(self) -> Result<(), Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InsideRuntime);
+        }
         // The inherited environment is read first, while this is the process's only thread:
         // its variables can then be removed soundly, and its fds are checked before the
         // runtime opens any fd of its own (one could take a closed inherited fd's number).
@@ -222,32 +313,40 @@ impl Server {
     /// # Errors
     /// [`Error::NoServers`] with nothing to serve; [`Error::Net`] when the inherited
     /// environment is malformed or an address cannot be listened on (nothing is served then).
-    pub async fn run(self) -> Result<Outcome, Error> {
+    pub async fn run(mut self) -> Result<Outcome, Error> {
         if self.sites.is_empty() {
             return Err(Error::NoServers);
         }
-        // gracehttp prints grace's own serving line (announce below): gracenet's is not repeated.
-        let generation = Generation::builder()
-            .announce(false)
-            .stop_timeout(self.stop_timeout)
-            .ready_timeout(self.ready_timeout);
-        let generation = match &self.pid_file {
-            Some(p) => generation.pid_file(p),
-            None => generation,
+        let generation = match self.generation.take() {
+            Some(g) => g,
+            None => {
+                // gracehttp prints grace's own serving line (announce below): gracenet's is
+                // not repeated.
+                let mut builder = Generation::builder()
+                    .announce(false)
+                    .stop_timeout(self.stop_timeout)
+                    .ready_timeout(self.ready_timeout);
+                if let Some(p) = &self.pid_file {
+                    builder = builder.pid_file(p);
+                }
+                if let Some(p) = &self.control_socket {
+                    builder = builder.control_socket(p);
+                }
+                builder.start()?
+            }
         };
-        let generation = match &self.control_socket {
-            Some(p) => generation.control_socket(p),
-            None => generation,
+        let mut listeners = Vec::with_capacity(self.sites.len());
+        for site in &mut self.sites {
+            listeners.push(match (site.make.take(), &site.name) {
+                (Some(make), Some(name)) => generation.adopt(name, make)?,
+                (_, Some(name)) => generation.listen_named(name, &site.addr)?,
+                _ => generation.listen(&site.addr)?,
+            });
         }
-        .start()?;
-        let listeners = self
-            .sites
-            .iter()
-            .map(|site| match &site.name {
-                Some(name) => generation.listen_named(name, &site.addr),
-                None => generation.listen(&site.addr),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(f) = self.on_listening.take() {
+            let bound: Vec<gracenet::LocalAddr> = listeners.iter().map(|l| l.local_addr().clone()).collect();
+            f(&bound);
+        }
         let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
         announce(&generation, &addrs.join(", "));
 
@@ -328,6 +427,7 @@ async fn accept_loop(
             break;
         };
         let accepted = tokio::time::Instant::now();
+        let peer = stream.peer();
         if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
             // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
@@ -339,7 +439,7 @@ async fn accept_loop(
         match &acceptor {
             None => {
                 tokio::spawn(async move {
-                    connection::serve(stream, accepted, guard, handler, drain, config).await;
+                    connection::serve(stream, accepted, peer, guard, handler, drain, config).await;
                     drop(permit);
                 });
             }
@@ -349,7 +449,9 @@ async fn accept_loop(
                     // The handshake counts against the first request's deadline.
                     match tokio::time::timeout_at(accepted + handshake_timeout, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls)) => connection::serve(tls, accepted, guard, handler, drain, config).await,
+                        Ok(Ok(tls)) => {
+                            connection::serve(tls, accepted, peer, guard, handler, drain, config).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!("TLS handshake failed: {e}");
                             config.peer_errors.record("TLS handshake failed");
@@ -368,4 +470,21 @@ async fn accept_loop(
     }
     // Stopped accepting: the socket is now only the next process's (or closed).
     drop(listener);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serve_inside_a_runtime_is_an_error_not_a_panic() {
+        let app = crate::from_hyper(hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::new(),
+            )))
+        }));
+        let err = Server::new().http("127.0.0.1:0", app).serve().unwrap_err();
+        assert!(matches!(err, Error::InsideRuntime), "{err}");
+        assert!(err.to_string().contains("await Server::run instead"), "{err}");
+    }
 }

@@ -90,7 +90,9 @@ pub enum Error {
     },
 
     /// [`Generation::start`](crate::Generation::start) was called a second time in this process.
-    #[error("a generation was already started in this process: call Generation::start once, in main")]
+    #[error(
+        "a Generation was already started in this process (by your code, or by a library such as gracehttp's Server::run): start it once and share it (gracehttp: Server::generation)"
+    )]
     AlreadyStarted,
 
     /// A request on a control socket failed or was refused (see [`crate::control`]).

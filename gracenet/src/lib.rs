@@ -103,6 +103,8 @@
 #![warn(missing_docs)]
 
 mod addr;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod bind;
 pub mod control;
 mod env;

@@ -148,6 +148,76 @@ impl SocketRegistry {
         })
     }
 
+    /// A listening socket the application makes itself (its own `TcpListener` or
+    /// `UnixListener`, bound with whatever options it needs), registered under `name` so it
+    /// is passed on at every restart. In a process that inherited a socket named `name`,
+    /// that socket is returned and `make` is not called — which is what keeps a restart from
+    /// failing with "address in use" on the port its predecessor still holds.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), gracenet::Error> {
+    /// let registry = gracenet::registry::registry()?;
+    /// let listener = registry.adopt("api", || std::net::TcpListener::bind("127.0.0.1:8080"))?;
+    /// # let _ = listener; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `make` fails, or returns something that is not a listening TCP or
+    /// Unix stream socket.
+    pub fn adopt<L, F>(&self, name: &str, make: F) -> Result<StreamListener, Error>
+    where
+        L: Into<OwnedFd>,
+        F: FnOnce() -> std::io::Result<L>,
+    {
+        let mut entries = self.lock();
+        let inherited = entries.iter().position(|e| {
+            !e.claimed
+                && e.name.as_deref() == Some(name)
+                && matches!(e.info.kind, SocketKind::TcpListener | SocketKind::UnixListener)
+        });
+        let index = match inherited {
+            Some(i) => {
+                entries[i].claimed = true;
+                tracing::debug!(addr = %entries[i].info.addr, "using the inherited socket {name:?}");
+                i
+            }
+            None => {
+                let io = |what: String, source: std::io::Error| Error::Io { what, source };
+                let fd: OwnedFd = make()
+                    .map_err(|e| io(format!("cannot make the listener {name:?}"), e))?
+                    .into();
+                let info = crate::socket::inspect(fd.as_fd())
+                    .ok()
+                    .filter(|i| matches!(i.kind, SocketKind::TcpListener | SocketKind::UnixListener))
+                    .ok_or_else(|| {
+                        io(
+                            format!("cannot adopt {name:?}"),
+                            std::io::Error::other("expected a listening TCP or Unix stream socket"),
+                        )
+                    })?;
+                crate::socket::set_cloexec(&fd)
+                    .and_then(|()| crate::socket::set_nonblocking(&fd))
+                    .map_err(|e| io(format!("cannot prepare the listener {name:?}"), e.into()))?;
+                entries.push(Entry {
+                    fd,
+                    info,
+                    name: Some(name.to_owned()),
+                    claimed: true,
+                });
+                entries.len() - 1
+            }
+        };
+        let entry = &entries[index];
+        let fd = entry.fd.try_clone().map_err(|source| Error::Io {
+            what: format!("cannot duplicate the socket fd of {}", entry.info.addr),
+            source,
+        })?;
+        Ok(match entry.info.kind {
+            SocketKind::TcpListener => StreamListener::Tcp(fd.into()),
+            _ => StreamListener::Unix(fd.into()),
+        })
+    }
+
     /// Returns a TCP listener on `addr`: the inherited one that matches, else a new one.
     /// An unspecified IPv6 address (`[::]`) is dual-stack; port 0 matches an inherited
     /// socket on the same IP with any port.

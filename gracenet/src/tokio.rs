@@ -101,6 +101,48 @@ impl std::os::fd::AsFd for StreamListener {
     }
 }
 
+/// Who is at the other end of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// A TCP peer's address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix-socket peer's credentials (`SO_PEERCRED`).
+    Unix {
+        /// Its pid, when the system reports one.
+        pid: Option<i32>,
+        /// Its user id.
+        uid: u32,
+        /// Its group id.
+        gid: u32,
+    },
+    /// Not known (the system would not say).
+    Unknown,
+}
+
+impl PeerAddr {
+    /// The TCP address, for a TCP peer.
+    pub fn tcp(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            PeerAddr::Tcp(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix {
+                pid: Some(pid), uid, ..
+            } => write!(f, "unix peer pid {pid} uid {uid}"),
+            PeerAddr::Unix { uid, .. } => write!(f, "unix peer uid {uid}"),
+            PeerAddr::Unknown => write!(f, "unknown peer"),
+        }
+    }
+}
+
 /// An accepted connection, TCP or Unix.
 #[derive(Debug)]
 pub enum Stream {
@@ -108,6 +150,20 @@ pub enum Stream {
     Tcp(TcpStream),
     /// A Unix stream connection.
     Unix(UnixStream),
+}
+
+impl Stream {
+    /// Who is at the other end.
+    pub fn peer(&self) -> PeerAddr {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map_or(PeerAddr::Unknown, PeerAddr::Tcp),
+            Stream::Unix(s) => s.peer_cred().map_or(PeerAddr::Unknown, |c| PeerAddr::Unix {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            }),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -588,3 +588,29 @@ fn idle_connections_are_closed_at_the_idle_timeout_pings_or_not() {
         "an idle keep-alive connection is closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_own_listener_is_adopted_and_passed_on() {
+    // httpprobe --adopt binds its first address itself (std's TcpListener on port 0).
+    let (mut g, site) = tokio::task::block_in_place(|| start(&["--adopt"], &[]));
+    let own = site.ports[0];
+    assert_eq!(get_h1(own, "/pid").await.unwrap().body, site.pid.to_string());
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _g2 = PidGuard(new);
+    // The same port: the next generation got the adopted socket (named "own"), not a new one.
+    let answered = tokio::task::block_in_place(|| {
+        wait_until(DEADLINE, || {
+            tokio::runtime::Handle::current()
+                .block_on(get_h1(own, "/pid"))
+                .is_ok_and(|a| a.body == new.to_string())
+        })
+    });
+    assert!(answered, "the adopted socket is served by the new process");
+    let environ = std::fs::read(format!("/proc/{new}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"LISTEN_FDNAMES=own:")),
+        "passed on under its name"
+    );
+}

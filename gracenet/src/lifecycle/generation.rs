@@ -275,6 +275,20 @@ impl Generation {
         self.graceful(self.registry().listen_named(name, addr)?, addr)
     }
 
+    /// A listener the application makes itself, registered under `name` and passed on at
+    /// restarts; in a process that inherited `name`, the inherited socket (see
+    /// [`SocketRegistry::adopt`]).
+    ///
+    /// # Errors
+    /// As [`SocketRegistry::adopt`]; [`Error::Io`] when registering with tokio fails.
+    pub fn adopt<L, F>(&self, name: &str, make: F) -> Result<GracefulListener, Error>
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L>,
+    {
+        self.graceful(self.registry().adopt(name, make)?, name)
+    }
+
     fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
         let local = listener.local_addr().map_err(|source| Error::Io {
             what: format!("cannot read the address of the listener for {addr}"),
@@ -423,6 +437,23 @@ impl Generation {
         let mut phase = self.shared.phase.subscribe();
         async move {
             let _ = phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
+        }
+    }
+
+    /// Resolves when this generation's drain deadline passes: unfinished work is abandoned
+    /// then. For background tasks that finish politely on [`stopping`](Self::stopping) and
+    /// must be gone by this.
+    pub fn deadline(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut phase = self.shared.phase.subscribe();
+        async move {
+            let deadline = match phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await {
+                Ok(p) => match *p {
+                    Phase::Draining { deadline, .. } => deadline,
+                    _ => return,
+                },
+                Err(_) => return,
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
         }
     }
 

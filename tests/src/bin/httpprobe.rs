@@ -89,9 +89,13 @@ fn three_sites<S: gracehttp::HttpService>(
     app: S,
     tls: Option<gracehttp::Tls>,
 ) -> gracehttp::Server {
-    let server = server
-        .http("127.0.0.1:0", app.clone())
-        .http("127.0.0.1:0", app.clone());
+    // --adopt: the first address is the application's own listener, adopted under a name.
+    let server = if std::env::args().any(|a| a == "--adopt") {
+        server.adopt_http("own", || std::net::TcpListener::bind("127.0.0.1:0"), app.clone())
+    } else {
+        server.http("127.0.0.1:0", app.clone())
+    };
+    let server = server.http("127.0.0.1:0", app.clone());
     match tls {
         Some(tls) => server.https("127.0.0.1:0", tls, app),
         None => server.http("127.0.0.1:0", app),
