@@ -29,10 +29,10 @@ fn command() -> Command {
     Command::new("gracedemo")
         .about("Go grace's /sleep demo: restart with kill -USR2 <pid>, stop with kill -TERM <pid>")
         .after_help(
-            "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once",
+            "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -87,6 +87,12 @@ fn command() -> Command {
                 .help("Print the state of the server at --control-socket: generation, pid, connections, draining generations."),
         )
         .arg(
+            Arg::new("log-json")
+                .long("log-json")
+                .action(ArgAction::SetTrue)
+                .help("Log JSON lines (time, level, target, message, fields) instead of Go's log format, for log shippers."),
+        )
+        .arg(
             Arg::new("supervise")
                 .long("supervise")
                 .action(ArgAction::SetTrue)
@@ -137,16 +143,20 @@ fn main() -> ExitCode {
     // The inherited environment is read first, while this is the only thread (the log
     // writer below starts one); its errors are reported once logging is up.
     let inherited = gracenet::registry::registry().map(|_| ());
-    let _log = logging::init();
+    let _log = logging::init(if matches.get_flag("log-json") {
+        logging::Format::Json
+    } else {
+        logging::Format::Go
+    });
     if let Err(e) = inherited {
-        eprintln!("gracedemo: {e}");
+        tracing::error!("gracedemo: {e}");
         return ExitCode::FAILURE;
     }
     if gracenet::should_supervise(matches.get_flag("supervise")) {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
-                eprintln!("gracedemo: {e}");
+                tracing::error!("gracedemo: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -154,10 +164,32 @@ fn main() -> ExitCode {
     match run(&matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gracedemo: {e}");
+            tracing::error!("gracedemo: {}", explain(&e, &matches));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error as one line, naming the flag to change when it is an address's fault.
+fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
+    if let gracehttp::Error::Net(gracenet::Error::Bind { addr, source }) = e {
+        let flag = ["a0", "a1", "a2"].into_iter().find(|f| {
+            matches
+                .get_one::<String>(f)
+                .is_some_and(|v| addr_matches(v, addr))
+        });
+        if let Some(flag) = flag {
+            return format!(
+                "cannot listen on {addr} (-{flag}): {source}; choose another address with -{flag} ADDR"
+            );
+        }
+    }
+    e.to_string()
+}
+
+/// Whether the address as given (`:48567`, `127.0.0.1:0`) is the one gracenet reports.
+fn addr_matches(given: &str, reported: &str) -> bool {
+    given == reported || (given.starts_with(':') && reported.ends_with(given))
 }
 
 /// `--reload` and `--status`: a client of a running server's control socket.

@@ -21,7 +21,10 @@ fn activate(ports: [u16; 3], names: &str, addrs: [String; 3]) -> ProcessGuard {
     for p in ports {
         cmd.arg(format!("--listen=127.0.0.1:{p}"));
     }
+    // The lifecycle's detail ("stopped accepting") is logged at info, below gracedemo's
+    // default; the activator passes on only the variables it is told to.
     cmd.arg(format!("--fdname={names}"))
+        .arg("--setenv=RUST_LOG=info")
         .arg(env!("CARGO_BIN_EXE_gracedemo"));
     for (flag, addr) in ["-a0", "-a1", "-a2"].iter().zip(addrs) {
         cmd.arg(flag).arg(addr);

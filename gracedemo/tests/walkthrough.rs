@@ -46,7 +46,7 @@ fn pid_in(body: &str) -> u32 {
 
 /// One restart of the walkthrough: slow request in flight, USR2, quick request from the new
 /// pid while both live, slow one from the old pid, then only the new one left.
-async fn walkthrough_step(demo: &mut Demo, old: u32, slow: &str) -> u32 {
+async fn walkthrough_step(demo: &mut Demo, old: u32, old_generation: u64, slow: &str) -> u32 {
     let port = demo.ports[0];
     let slow_path = format!("/sleep/?duration={slow}");
     let slow_req = tokio::spawn(async move { get_h1(port, &slow_path).await });
@@ -57,8 +57,12 @@ async fn walkthrough_step(demo: &mut Demo, old: u32, slow: &str) -> u32 {
     let line = tokio::task::block_in_place(|| demo.guard.expect_log("Graceful handoff of "));
     assert!(line.contains(&format!("and old pid {old}.")), "{line}");
     let new = grace_tests::new_pid_in_handoff(&line);
+    // The old process's line (Go's format carries no pid field: the generation says which).
     let stopped = tokio::task::block_in_place(|| demo.guard.expect_log("stopped accepting"));
-    assert!(stopped.contains(&format!("pid={old}")), "{stopped}");
+    assert!(
+        stopped.contains(&format!("generation {old_generation} stopped accepting")),
+        "{stopped}"
+    );
     let quick = get_h1(port, "/sleep/?duration=0s").await.unwrap();
     assert_eq!(
         pid_in(&quick.body),
@@ -97,10 +101,10 @@ async fn the_readme_walkthrough_then_five_more_restarts() {
     let mut demo = tokio::task::block_in_place(|| start(&[]));
     let mut pid = demo.pid;
     let mut guards = Vec::new();
-    pid = walkthrough_step(&mut demo, pid, "3s").await;
+    pid = walkthrough_step(&mut demo, pid, 1, "3s").await;
     guards.push(PidGuard(pid));
-    for _ in 0..5 {
-        pid = walkthrough_step(&mut demo, pid, "1s").await;
+    for old_generation in 2..=6 {
+        pid = walkthrough_step(&mut demo, pid, old_generation, "1s").await;
         guards.push(PidGuard(pid));
     }
 }
@@ -182,7 +186,14 @@ fn fails_with(args: &[&str], expect: &str) {
     let status = g.wait_timeout(DEADLINE).expect("exits");
     assert!(!status.success(), "{args:?} succeeded");
     let output = g.output_after_exit();
-    let errors: Vec<&String> = output.iter().filter(|l| l.starts_with("gracedemo: ")).collect();
+    // Flag errors come before logging starts (plain lines); later ones are Go-format errors.
+    let errors: Vec<&str> = output
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("gracedemo: ")
+                .or_else(|| go_line(l).and_then(|r| r.strip_prefix("ERROR: gracedemo: ")))
+        })
+        .collect();
     assert_eq!(errors.len(), 1, "{args:?}: one error line, got {output:?}");
     assert!(errors[0].contains(expect), "{args:?}: {}", errors[0]);
     assert!(!output.iter().any(|l| l.contains("Serving ")), "nothing served");
@@ -205,7 +216,10 @@ fn bad_flags_and_addresses_are_one_line_errors() {
             "-a2",
             "127.0.0.1:0",
         ],
-        &format!("cannot listen on 127.0.0.1:{port}: Address already in use"),
+        // One line, naming the flag that picks another address.
+        &format!(
+            "cannot listen on 127.0.0.1:{port} (-a0): Address already in use (os error 98); choose another address with -a0 ADDR"
+        ),
     );
     fails_with(
         &[
@@ -255,4 +269,97 @@ async fn sighup_stops_gracefully_and_h_says_so() {
         help.contains("SIGHUP") && help.contains("the same as SIGTERM"),
         "{help}"
     );
+}
+
+/// Whether `line` starts with Go's `log` timestamp, `YYYY/MM/DD HH:MM:SS `; the rest.
+fn go_line(line: &str) -> Option<&str> {
+    let (stamp, rest) = line.split_at_checked(20)?;
+    let b = stamp.as_bytes();
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    let ok = digits.iter().all(|&i| b[i].is_ascii_digit())
+        && b[4] == b'/'
+        && b[7] == b'/'
+        && b[10] == b' '
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b' ';
+    ok.then_some(rest)
+}
+
+#[test]
+fn the_default_output_is_graces_lines_in_gos_log_format() {
+    let dir = TempDir::new("go-format");
+    let piddir = dir.path().join("run");
+    std::fs::create_dir_all(&piddir).unwrap();
+    let pid_file = piddir.join("g.pid");
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args([
+        "-a0",
+        "127.0.0.1:0",
+        "-a1",
+        "127.0.0.1:0",
+        "-a2",
+        "127.0.0.1:0",
+        "--pid-file",
+    ])
+    .arg(&pid_file)
+    .env_remove("RUST_LOG");
+    let mut g = ProcessGuard::spawn(cmd);
+    let pid = g.pid();
+    let first = g.expect_line("");
+    let rest = go_line(&first).unwrap_or_else(|| panic!("not Go's format: {first:?}"));
+    assert!(
+        rest.starts_with("Serving 127.0.0.1:") && rest.ends_with(&format!(" with pid {pid}.")),
+        "the first line is grace's: {first:?}"
+    );
+    let addrs = rest
+        .trim_start_matches("Serving ")
+        .trim_end_matches(&format!(" with pid {pid}."));
+    // A restart: the new process's handoff line.
+    g.signal(Signal::SIGUSR2);
+    let handoff = g.expect_log("Graceful handoff of ");
+    let new = grace_tests::new_pid_in_handoff(&handoff);
+    let _g2 = PidGuard(new);
+    assert_eq!(
+        go_line(&handoff),
+        Some(format!("Graceful handoff of {addrs} with new pid {new} and old pid {pid}.").as_str())
+    );
+    assert_eq!(
+        go_line(&g.expect_log(&format!("Exiting pid {pid}."))),
+        Some(format!("Exiting pid {pid}.").as_str())
+    );
+    // A restart that fails (its PID file cannot be written) is an error, marked as one.
+    std::fs::remove_dir_all(&piddir).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new as i32), Signal::SIGUSR2).unwrap();
+    let failed = g.expect_log("restart failed");
+    assert!(
+        go_line(&failed).is_some_and(|r| r.starts_with("ERROR: ")),
+        "{failed:?}"
+    );
+    let seen = g.seen();
+    for line in &seen {
+        assert!(go_line(line).is_some(), "every line in Go's format: {line:?}");
+        assert!(!line.contains("generation="), "no repeated fields: {line:?}");
+    }
+}
+
+#[test]
+fn log_json_writes_one_json_object_per_line() {
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args([
+        "-a0",
+        "127.0.0.1:0",
+        "-a1",
+        "127.0.0.1:0",
+        "-a2",
+        "127.0.0.1:0",
+        "--log-json",
+    ])
+    .env_remove("RUST_LOG");
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = g.expect_log("Serving ");
+    assert!(line.starts_with("{\"time\":\"") && line.ends_with('}'), "{line}");
+    assert!(line.contains(&format!("\"pid\":{},", g.pid())), "{line}");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    assert!(line.contains("\"message\":\"Serving 127.0.0.1:"), "{line}");
 }

@@ -17,8 +17,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // gracenet logs through `tracing`: a subscriber makes its lines visible (time, level,
+    // message; RUST_LOG picks the level).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

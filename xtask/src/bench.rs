@@ -163,12 +163,12 @@ pub fn run(quick: bool) -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Not --quiet: a first release build takes minutes, and cargo's progress says why.
     eprintln!("building release binaries (gracedemo, baseline)...");
     let status = Command::new(&cargo)
         .args([
             "build",
             "--release",
-            "--quiet",
             "-p",
             "gracedemo",
             "-p",
