@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gracenet::ConnectionGuard;
@@ -27,13 +27,14 @@ use crate::drain::Drain;
 use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, Handler};
 
-/// What the drain needs to know about a connection.
+/// What the connection's timers need to know, kept cheap for the hot path: counters and
+/// flags, no clock reads. The connection's one timer compares the counters with what they
+/// were when it was armed ("no byte since", "no request since").
 pub(crate) struct Activity {
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last byte read.
-    last_read_ms: AtomicU64,
-    /// Milliseconds since `epoch` of the last request's start or end.
-    last_request_ms: AtomicU64,
+    /// Reads that returned bytes.
+    reads: AtomicU64,
+    /// Requests started plus requests finished.
+    request_events: AtomicU64,
     /// Whether any request has started (its headers were read).
     any_request: AtomicBool,
     in_flight: AtomicUsize,
@@ -42,18 +43,18 @@ pub(crate) struct Activity {
     http2: AtomicBool,
     /// Whether any byte has arrived (the preface check is done on the first ones).
     seen_bytes: AtomicBool,
-    /// Set once the drain has begun.
+    /// Set once the drain has begun: from then on the last request finishing wakes the
+    /// connection, which may then close.
     draining: AtomicBool,
-    /// The connection went from idle to busy or back: its loop re-arms its timers.
+    /// The last request in flight finished during the drain.
     request_done: Notify,
 }
 
 impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
-            epoch: Instant::now(),
-            last_read_ms: AtomicU64::new(0),
-            last_request_ms: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            request_events: AtomicU64::new(0),
             any_request: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
@@ -75,30 +76,24 @@ impl Activity {
         }
     }
 
-    /// When the connection will have been idle for `grace`, counting from its last byte.
-    fn idle_at(&self, grace: Duration) -> Instant {
-        self.epoch + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed)) + grace
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_read_ms.store(ms, Ordering::Relaxed);
+    /// What the counters say now.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            reads: self.reads.load(Ordering::Relaxed),
+            request_events: self.request_events.load(Ordering::Relaxed),
+        }
     }
+}
 
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    fn request_event(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_request_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the connection will have had no request in flight for `timeout`.
-    fn requests_idle_at(&self, timeout: Duration) -> Instant {
-        self.epoch + Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed)) + timeout
-    }
+/// The counters when the connection's timer was armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Snapshot {
+    reads: u64,
+    request_events: u64,
 }
 
 /// The connection's transport, noting when bytes arrive. It also holds the generation's
@@ -120,7 +115,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.touch();
+            this.activity.reads.fetch_add(1, Ordering::Relaxed);
             if !this.activity.seen_bytes.load(Ordering::Relaxed) {
                 this.activity.first_bytes(&buf.filled()[before..]);
             }
@@ -166,10 +161,12 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.request_event();
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The connection may be idle now: its loop arms the idle timeout (or, draining,
-            // closes it).
+        self.0.request_events.fetch_add(1, Ordering::Relaxed);
+        // Draining, and idle now: the connection may close. HTTP/2: the connection's task is
+        // woken whenever it goes idle or busy, which gets its writes polled sooner (measured:
+        // 1.1x plain hyper's requests/s with it, 0.9x without, h2load -c64 -m10 on one core).
+        let idle = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        if idle && (self.0.draining.load(Ordering::Acquire) || self.0.http2.load(Ordering::Relaxed)) {
             self.0.request_done.notify_one();
         }
     }
@@ -210,40 +207,61 @@ impl http_body::Body for TrackedBody {
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<TrackedBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = ConnFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.activity.any_request.store(true, Ordering::Relaxed);
-        self.activity.request_event();
-        if self.activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            // Busy now: the connection's idle timers stand down.
-            self.activity.request_done.notify_one();
-        }
-        let in_flight = InFlight(self.activity.clone());
+        self.activity.request_events.fetch_add(1, Ordering::Relaxed);
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
             self.activity.http2.store(true, Ordering::Relaxed);
         }
+        if self.activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 && !http1 {
+            // HTTP/2: wake the connection's task (see `InFlight::drop`).
+            self.activity.request_done.notify_one();
+        }
+        let in_flight = InFlight(self.activity.clone());
         req.extensions_mut().insert(self.drain.clone());
         #[cfg(feature = "axum")]
         if let PeerAddr::Tcp(addr) = &self.peer {
             req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
         }
         req.extensions_mut().insert(self.peer.clone());
-        let drain = self.drain.clone();
-        let response = (self.handler)(req);
-        Box::pin(async move {
-            let mut response = response.await?;
-            if http1 && drain.is_draining() {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(response.map(|inner| TrackedBody {
-                inner,
-                in_flight: Some(in_flight),
-            }))
-        })
+        ConnFuture {
+            response: (self.handler)(req),
+            in_flight: Some(in_flight),
+            http1_drain: http1.then(|| self.drain.clone()),
+        }
+    }
+}
+
+/// A request being answered: the handler's future, then the response prepared for the
+/// drain (`Connection: close` on HTTP/1 once draining) with its body tracked. A named future
+/// rather than a boxed `async` block: one allocation fewer per request.
+pub(crate) struct ConnFuture {
+    response: crate::service::ResponseFuture,
+    in_flight: Option<InFlight>,
+    /// For HTTP/1 requests: the drain, checked when the response is ready.
+    http1_drain: Option<Drain>,
+}
+
+impl Future for ConnFuture {
+    type Output = Result<Response<TrackedBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut response = match this.response.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(r)) => r,
+        };
+        if this.http1_drain.as_ref().is_some_and(Drain::is_draining) {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, in_flight })))
     }
 }
 
@@ -293,19 +311,20 @@ pub(crate) async fn serve<T>(
     tokio::pin!(draining);
     let mut drain_started = drain.is_draining();
     let mut closing = false;
-    // When graceful_shutdown was called: a client that does not close after GOAWAY is closed
-    // once nothing has been in flight for the idle grace.
-    let mut closing_since = tokio::time::Instant::now();
-    let first_request_by = accepted + config.first_request_timeout;
+    // Whether the timer was armed for the idle timeout (not the first-request deadline).
+    let mut armed_idle = false;
+    // One timer, armed lazily: it fires at the next moment something may have to happen, and
+    // then the counters say whether it must (no per-request timer, no clock read per request).
+    let timer = tokio::time::sleep_until(accepted + config.first_request_timeout);
+    tokio::pin!(timer);
+    let mut armed = activity.snapshot();
+    // Far enough to mean "not armed".
+    let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    if drain_started {
+        arm(&mut timer, &mut armed, &activity, config.idle_grace);
+    }
     loop {
-        let busy = activity.in_flight.load(Ordering::Acquire) > 0;
-        let started = activity.any_request.load(Ordering::Relaxed);
-        let idle_at = tokio::time::Instant::from_std(activity.idle_at(config.idle_grace));
-        let requests_idle_at = tokio::time::Instant::from_std(activity.requests_idle_at(config.idle_timeout));
-        // When the last request ended (its response sent).
-        let requests_grace_at = tokio::time::Instant::from_std(activity.requests_idle_at(Duration::ZERO));
-        let waiting = drain_started && !closing;
-        let http2 = activity.http2.load(Ordering::Relaxed);
+        let mut fired = false;
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -317,58 +336,77 @@ pub(crate) async fn serve<T>(
             _ = &mut draining, if !drain_started => {
                 drain_started = true;
                 activity.draining.store(true, Ordering::Release);
-            }
-            // Idle became busy or busy idle: re-arm the timers.
-            _ = activity.request_done.notified() => {}
-            // Draining, no request in flight: close once no byte has come for the idle grace.
-            _ = tokio::time::sleep_until(idle_at), if waiting && !busy => {}
-            // Nothing but silence, a handshake, a preface or settings since the accept.
-            _ = tokio::time::sleep_until(first_request_by), if !started && !closing => {
-                if !activity.any_request.load(Ordering::Relaxed) {
-                    tracing::debug!(
-                        "closing a connection that sent no request within {:?} of its accept",
-                        config.first_request_timeout
-                    );
-                    config.peer_errors.record("no request within the header read timeout");
-                    return;
-                }
-            }
-            // No request in flight for the idle timeout (PINGs do not count).
-            _ = tokio::time::sleep_until(requests_idle_at), if started && !busy && !closing => {
-                if activity.in_flight.load(Ordering::Acquire) == 0
-                    && activity.requests_idle_at(config.idle_timeout) <= Instant::now()
-                {
-                    tracing::debug!("closing a connection idle for {:?}", config.idle_timeout);
+                if activity.http2.load(Ordering::Relaxed) {
+                    // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones
+                    // elsewhere.
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                    closing_since = tokio::time::Instant::now();
                 }
+                // HTTP/1 (or nothing sent yet): closed between requests once nothing has come
+                // for the idle grace, so a request already sent is answered (with
+                // `Connection: close`), not reset.
+                arm(&mut timer, &mut armed, &activity, config.idle_grace);
             }
-            // HTTP/2 told to go (GOAWAY) and still here, with nothing in flight (every
-            // response sent) for the idle grace: closed. Any stream it opens now was refused
-            // by the GOAWAY, which clients retry. (HTTP/1 is closed by hyper itself, between
-            // requests: closing it from here could drop a request whose bytes are unread.)
-            _ = tokio::time::sleep_until(closing_since.max(requests_grace_at) + config.idle_grace), if closing && !busy && http2 => {
-                if activity.in_flight.load(Ordering::Acquire) == 0
-                    && activity.requests_idle_at(config.idle_grace) <= Instant::now()
-                {
-                    tracing::debug!("closing a connection that stayed after it was told to go");
-                    return;
-                }
+            // Draining: the last request finished; the idle grace starts now.
+            _ = activity.request_done.notified() => {
+                if drain_started { arm(&mut timer, &mut armed, &activity, config.idle_grace); }
+                continue;
             }
+            _ = &mut timer => fired = true,
         }
-        if drain_started && !closing {
-            // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones elsewhere.
-            // HTTP/1 (or nothing sent yet): close only between requests, after the idle grace,
-            // so a request the client has already sent is answered (with `Connection: close`),
-            // not reset.
-            let idle =
-                activity.in_flight.load(Ordering::Acquire) == 0 && activity.idle_for() >= config.idle_grace;
-            if activity.http2.load(Ordering::Relaxed) || idle {
+        if !fired {
+            continue;
+        }
+        let now = activity.snapshot();
+        let quiet = now == armed; // no byte and no request since armed
+        let no_request = now.request_events == armed.request_events; // PINGs do not count
+        let busy = activity.busy();
+        let http2 = activity.http2.load(Ordering::Relaxed);
+        if closing {
+            // HTTP/2 told to go (GOAWAY) and still here, with nothing in flight (every
+            // response sent) and nothing since: closed. Any stream it opens now was refused by
+            // the GOAWAY, which clients retry. (HTTP/1 is closed by hyper itself, between
+            // requests: closing it from here could drop a request whose bytes are unread.)
+            if http2 && no_request && !busy {
+                tracing::debug!("closing a connection that stayed after it was told to go");
+                return;
+            }
+            if http2 {
+                arm(&mut timer, &mut armed, &activity, config.idle_grace);
+            } else {
+                timer.as_mut().reset(never());
+            }
+        } else if drain_started {
+            if quiet && !busy {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
-                closing_since = tokio::time::Instant::now();
             }
+            arm(&mut timer, &mut armed, &activity, config.idle_grace);
+        } else if !activity.any_request.load(Ordering::Relaxed) {
+            // Nothing but silence, a handshake, a preface or settings since the accept.
+            tracing::debug!(
+                "closing a connection that sent no request within {:?} of its accept",
+                config.first_request_timeout
+            );
+            config
+                .peer_errors
+                .record("no request within the header read timeout");
+            return;
+        } else if !busy && no_request && armed_idle {
+            // No request in flight or started for the idle timeout (PINGs do not count).
+            tracing::debug!("closing a connection idle for {:?}", config.idle_timeout);
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+            arm(&mut timer, &mut armed, &activity, config.idle_grace);
+        } else {
+            arm(&mut timer, &mut armed, &activity, config.idle_timeout);
+            armed_idle = true;
         }
     }
+}
+
+/// Arms the connection's timer `after` from now, remembering the counters.
+fn arm(timer: &mut Pin<&mut tokio::time::Sleep>, armed: &mut Snapshot, activity: &Activity, after: Duration) {
+    *armed = activity.snapshot();
+    timer.as_mut().reset(tokio::time::Instant::now() + after);
 }

@@ -2,7 +2,7 @@
 //! health check that answers "draining"), and a future that resolves when it does (for a
 //! WebSocket or stream to close politely).
 
-use gracenet::{ConnectionGuard, Generation, Phase};
+use gracenet::{ConnectionGuard, Generation};
 
 /// The drain signal, in every request's extensions
 /// (`req.extensions().get::<gracehttp::Drain>()`).
@@ -19,7 +19,7 @@ impl Drain {
     /// Whether this process has stopped accepting (a restart handed over, or a stop began).
     /// A health check answering 503 now lets a load balancer move away early (lame duck).
     pub fn is_draining(&self) -> bool {
-        matches!(self.generation.phase(), Phase::Draining { .. })
+        self.generation.is_draining()
     }
 
     /// Resolves when the drain begins.

@@ -17,12 +17,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// A handler's answer, with its service's future type erased.
+pub(crate) type ResponseFuture = BoxFuture<Result<Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>>;
+
 /// A request handler with its service and body types erased.
-pub(crate) type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> BoxFuture<Result<Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>>
-        + Send
-        + Sync,
->;
+pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> ResponseFuture + Send + Sync>;
 
 /// A service gracehttp can serve: any tower service of HTTP requests that can be cloned per
 /// connection and sent between threads (an axum `Router`, `tower::service_fn`, a hyper

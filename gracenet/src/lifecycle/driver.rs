@@ -293,6 +293,9 @@ impl Driver {
 
     fn begin_drain(&self, reason: StopReason, deadline: Instant) {
         self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared
             .phase
             .send_replace(Phase::Draining { reason, deadline });
         self.shared.registry().close_all();

@@ -123,6 +123,7 @@ impl GenerationBuilder {
             connections: watch::channel(()).0,
             accepting: watch::channel(()).0,
             outcome: watch::channel(None).0,
+            draining: AtomicBool::new(false),
             requests: requests_tx,
             notifier: Notifier::from_env(),
         });
@@ -161,6 +162,8 @@ pub(super) struct Shared {
     /// One receiver per [`GracefulListener`]: "stopped accepting" is when they are all gone.
     pub accepting: watch::Sender<()>,
     pub outcome: watch::Sender<Option<Outcome>>,
+    /// Set when the drain begins (with `phase`), for a cheap check per request.
+    pub draining: AtomicBool,
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
@@ -424,6 +427,12 @@ impl Generation {
                 format!("pid {}", draining.join(", pid "))
             }
         )
+    }
+
+    /// Whether this generation is draining (stopped accepting). One atomic load: cheap enough
+    /// for every request.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
     }
 
     /// The current phase.

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""gracedemo against the plain-hyper baseline, driven by an external load generator.
+
+The server is pinned to core 0 and the load generator (wrk for HTTP/1.1 keep-alive, h2load
+for h2c) to core 1, so the server's cost is not hidden in the client's. Rounds alternate
+baseline and gracedemo; each reports requests/s (from the load generator) and server CPU per
+request (utime+stime from /proc/<pid>/stat over the load). Ratios are gracedemo / baseline,
+per round and as the median.
+
+    cargo build --release -p gracedemo -p xtask --bin gracedemo --bin baseline
+    python3 xtask/scripts/overhead.py [--rounds 5] [--seconds 5] [--mode h1|h2|both]
+
+Needs wrk and h2load (Debian: wrk, nghttp2-client) and taskset. Loopback only; each server is
+killed by pid; every load is bounded in time.
+"""
+import argparse, os, re, signal, socket, statistics, subprocess, sys, time
+
+PATH = "/sleep/?duration=0s"
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+def start(kind, target):
+    port = free_port()
+    if kind == "baseline":
+        args = [f"{target}/baseline", f"127.0.0.1:{port}"]
+    else:
+        args = [f"{target}/gracedemo", "-a0", f"127.0.0.1:{port}",
+                "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
+    p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, port
+        except OSError:
+            time.sleep(0.02)
+    p.kill()
+    sys.exit(f"{kind} did not start")
+
+def load(mode, port, seconds, conns):
+    url = f"http://127.0.0.1:{port}{PATH}"
+    if mode == "h1":
+        cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        return rps, total, errors.group(0) if errors else ""
+    cmd = ["taskset", "-c", "1", "h2load", "-c", str(conns), "-m", "10", "-D", str(seconds), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    total = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    return rps, total, f"{failed} failed" if failed else ""
+
+def measure(kind, mode, target, seconds, conns):
+    p, port = start(kind, target)
+    try:
+        load(mode, port, 1, conns)  # warm-up
+        before = cpu_ticks(p.pid)
+        rps, total, errors = load(mode, port, seconds, conns)
+        ticks = cpu_ticks(p.pid) - before
+        hz = os.sysconf("SC_CLK_TCK")
+        us_per_req = ticks / hz * 1e6 / max(total, 1)
+        return rps, us_per_req, errors
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", default="target/release")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--mode", default="both", choices=["h1", "h2", "both"])
+    a = ap.parse_args()
+    modes = ["h1", "h2"] if a.mode == "both" else [a.mode]
+    for mode in modes:
+        rps_ratio, cpu_ratio = [], []
+        for r in range(a.rounds):
+            b = measure("baseline", mode, a.target, a.seconds, a.connections)
+            g = measure("gracedemo", mode, a.target, a.seconds, a.connections)
+            rps_ratio.append(g[0] / b[0])
+            cpu_ratio.append(g[1] / b[1])
+            print(f"{mode} round {r + 1}: baseline {b[0]:.0f} req/s {b[1]:.2f} us/req {b[2]} | "
+                  f"gracedemo {g[0]:.0f} req/s {g[1]:.2f} us/req {g[2]} | "
+                  f"ratio req/s {rps_ratio[-1]:.3f} cpu/req {cpu_ratio[-1]:.3f}", flush=True)
+        print(f"{mode}: median over {a.rounds} rounds: requests/s {statistics.median(rps_ratio):.3f}x "
+              f"(range {min(rps_ratio):.3f}-{max(rps_ratio):.3f}), CPU per request "
+              f"{statistics.median(cpu_ratio):.3f}x (range {min(cpu_ratio):.3f}-{max(cpu_ratio):.3f})")
+
+if __name__ == "__main__":
+    main()
