@@ -42,6 +42,27 @@ impl ParentLink {
         })
     }
 
+    /// Tells the parent this generation refuses what it was handed (`reason`): the parent
+    /// rolls back and reports the reason.
+    pub(crate) fn refuse(self, reason: &str) {
+        if let ParentLink::Pipe(fd) = self {
+            let mut message = b"X".to_vec();
+            message.extend(reason.as_bytes().iter().take(1024));
+            if let Err(e) = nix::unistd::write(fd.as_fd(), &message) {
+                tracing::warn!("cannot tell the parent why we refuse: {e}");
+            }
+        }
+    }
+
+    /// A copy of the channel to the parent, when there is one (for reading handed-over
+    /// state).
+    pub(crate) fn channel(&self) -> Option<std::io::Result<OwnedFd>> {
+        match self {
+            ParentLink::Pipe(fd) => Some(fd.try_clone()),
+            _ => None,
+        }
+    }
+
     /// Tells the parent. A parent that is already gone is not an error: there is nobody left
     /// to hand over from.
     pub(crate) fn notify(self) {
@@ -77,9 +98,10 @@ fn ready_fd(value: &OsString) -> Result<OwnedFd, EnvError> {
     let borrowed = crate::socket::borrow_if_open(fd)
         .map_err(|_| malformed("an open fd: the write end of the readiness pipe"))?;
     let stat = nix::sys::stat::fstat(borrowed).map_err(|_| malformed("an fd that can be inspected"))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+    let kind = stat.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
         return Err(malformed(
-            "the write end of the readiness pipe (this fd is not a pipe)",
+            "the write end of the readiness pipe (this fd is not a pipe or socket)",
         ));
     }
     crate::socket::set_cloexec(borrowed).map_err(|_| malformed("an fd whose flags can be set"))?;

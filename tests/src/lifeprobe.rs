@@ -7,6 +7,11 @@
 //! - `PROBE_READY_TIMEOUT_MS`, `PROBE_STOP_TIMEOUT_MS`: the generation's timeouts;
 //! - `PROBE_PID_FILE=PATH`: the PID file;
 //! - `PROBE_CONTROL_SOCKET=PATH`: the control socket;
+//! - `PROBE_STATE=1`: hands state to the next generation: `v1:<count>` (the number of
+//!   generations so far) padded with `PROBE_STATE_BYTES` bytes of a pattern; a new
+//!   generation reads it, checks it, and prints `probe state count=N bytes=M`;
+//!   `PROBE_STATE_REFUSE_ONCE=PATH` makes one generation >= 2 refuse it (`unknown version`);
+//!   `PROBE_STATE_STALL=1` makes the handing-over never finish;
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready.
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
@@ -108,9 +113,49 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = std::env::var_os("PROBE_CONTROL_SOCKET") {
         builder = builder.control_socket(path);
     }
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    if std::env::var_os("PROBE_STATE").is_some() {
+        let count = count.clone();
+        let padding = knob_ms("PROBE_STATE_BYTES").map_or(0, |d| d.as_millis() as usize);
+        let stall = std::env::var_os("PROBE_STATE_STALL").is_some();
+        builder = builder.hand_state(move || {
+            if stall {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            let mut state = format!("v1:{}:", count.load(std::sync::atomic::Ordering::Relaxed)).into_bytes();
+            state.extend((0..padding).map(|i| (i % 251) as u8));
+            state
+        });
+    }
     let generation = builder.start()?;
     let number = generation.number();
     let pid = std::process::id();
+    if std::env::var_os("PROBE_STATE").is_some() {
+        match generation.inherited_state().await? {
+            None => println!("probe state none pid={pid}"),
+            Some(state) => {
+                if fail_once("PROBE_STATE_REFUSE_ONCE", number) {
+                    generation.refuse("unknown version");
+                    return Err("refused the handed-over state".into());
+                }
+                let text = String::from_utf8_lossy(&state[..state.len().min(64)]).into_owned();
+                let mut parts = text.splitn(3, ':');
+                let (version, n) = (parts.next(), parts.next().and_then(|n| n.parse::<u64>().ok()));
+                let header = format!("v1:{}:", n.unwrap_or(0)).len();
+                let padding_ok = state[header..]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i % 251) as u8);
+                if version != Some("v1") || n.is_none() || !padding_ok {
+                    generation.refuse("malformed state");
+                    return Err("malformed state".into());
+                }
+                let n = n.unwrap_or(0) + 1;
+                count.store(n, std::sync::atomic::Ordering::Relaxed);
+                println!("probe state count={n} bytes={} pid={pid}", state.len());
+            }
+        }
+    }
     let mut listener = generation.listen(&addr)?;
     println!(
         "probe version={version} generation={number} pid={pid} addr={}",

@@ -260,7 +260,7 @@ fn a_readiness_fd_that_is_not_a_pipe_is_a_clear_error() {
         .find(|l| l.starts_with("lifeprobe: "))
         .unwrap_or_else(|| panic!("{out:#?}"));
     assert!(
-        error.contains("GRACE_READY_FD=\"3\" is malformed: expected the write end of the readiness pipe (this fd is not a pipe)"),
+        error.contains("GRACE_READY_FD=\"3\" is malformed: expected the write end of the readiness pipe (this fd is not a pipe or socket)"),
         "{error}"
     );
     for (value, expect) in [

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::unix::pipe;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::generation::Shared;
@@ -29,8 +30,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 struct Child {
     process: ChildProcess,
     exit: ExitWatch,
-    /// The readiness pipe, while it is starting.
-    ready: Option<pipe::Receiver>,
+    /// The channel's read side (readiness, or a refusal), while it is starting.
+    ready: Option<OwnedReadHalf>,
+    /// Why it refused what it was handed, if it did.
+    refusal: Option<String>,
 }
 
 /// Runs one generation's lifecycle.
@@ -201,10 +204,16 @@ impl Driver {
             what: what.to_owned(),
             source,
         };
-        let (read, write) =
-            crate::sys::pipe_cloexec().map_err(|e| io("cannot create the readiness pipe", e))?;
-        let ready = pipe::Receiver::from_owned_fd(read)
-            .map_err(|e| io("cannot register the readiness pipe with tokio", e))?;
+        // The channel to the next generation: readiness (or a refusal) comes back on it,
+        // handed-over state goes out on it.
+        let (ours, theirs) =
+            crate::sys::socketpair_cloexec().map_err(|e| io("cannot create the readiness channel", e))?;
+        let ours = std::os::unix::net::UnixStream::from(ours);
+        ours.set_nonblocking(true)
+            .map_err(|e| io("cannot make the readiness channel non-blocking", e))?;
+        let (ready, state_out) = tokio::net::UnixStream::from_std(ours)
+            .map_err(|e| io("cannot register the readiness channel with tokio", e))?
+            .into_split();
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
@@ -214,9 +223,10 @@ impl Driver {
         let keep = ancestors.len().saturating_sub(MAX_ANCESTORS);
         let ancestors: Vec<String> = ancestors[keep..].iter().map(u32::to_string).collect();
         next.env(GRACE_ANCESTORS, ancestors.join(","));
-        let fd = next.pass_fd(write);
+        let fd = next.pass_fd(theirs);
         next.env(GRACE_READY_FD, fd.to_string());
         let mut process = next.spawn()?;
+        self.hand_state(state_out, process.pid());
         let exit = match ExitWatch::new(process.pid()) {
             Ok(w) => w,
             Err(e) => {
@@ -228,7 +238,51 @@ impl Driver {
             process,
             exit,
             ready: Some(ready),
+            refusal: None,
         })
+    }
+
+    /// Streams the application's state (if it provides one) to the next generation: an
+    /// 8-byte length, then the bytes; then closes our side for writing, so a next generation
+    /// that asks for state and was given none reads end-of-file. Bounded by the ready
+    /// timeout: a provider or a reader that stalls cannot hold the restart.
+    fn hand_state(&self, mut out: tokio::net::unix::OwnedWriteHalf, pid: u32) {
+        let Some(provider) = self.shared.config.state.clone() else {
+            // Dropping the write half shuts it down: "no state".
+            return;
+        };
+        let timeout = self.timeouts.ready;
+        let next = self.shared.number + 1;
+        tokio::spawn(async move {
+            let handed = tokio::time::timeout(timeout, async {
+                // A thread of its own, not tokio's blocking pool: a provider that never
+                // returns must not hold this process's exit (a runtime waits for its pool).
+                let (tx, rx) = oneshot::channel();
+                std::thread::Builder::new()
+                    .name("gracenet-state".into())
+                    .spawn(move || {
+                        let _ = tx.send(provider());
+                    })?;
+                let bytes = rx
+                    .await
+                    .map_err(|_| std::io::Error::other("the state provider panicked"))?;
+                out.write_all(&(bytes.len() as u64).to_le_bytes()).await?;
+                out.write_all(&bytes).await?;
+                out.shutdown().await?;
+                Ok::<usize, std::io::Error>(bytes.len())
+            })
+            .await;
+            match handed {
+                Ok(Ok(n)) => tracing::info!("handed {n} byte(s) of state to generation {next} (pid {pid})"),
+                Ok(Err(e)) => {
+                    tracing::warn!("could not hand the state to generation {next} (pid {pid}): {e}")
+                }
+                Err(_) => tracing::warn!(
+                    "could not hand the state to generation {next} (pid {pid}) within {:.1} s",
+                    timeout.as_secs_f64()
+                ),
+            }
+        });
     }
 
     /// Reaps a next generation that failed (killing it if it still runs) and says why.
@@ -254,6 +308,10 @@ impl Driver {
             _ => (child.process.kill().ok(), true),
         };
         let why = match (&failure, status) {
+            (ChildFailure::Gone, _) if child.refusal.is_some() => format!(
+                "refused what it was handed: {}",
+                child.refusal.as_deref().unwrap_or_default()
+            ),
             (ChildFailure::Gone, Some(s)) if !killed => format!("exited before it was ready ({s})"),
             (ChildFailure::Gone, _) => "closed its readiness pipe without reporting ready".to_owned(),
             (ChildFailure::NotReady { timeout }, _) => {
@@ -369,10 +427,12 @@ async fn pending_event(state: State, child: Option<&mut Child>) -> Event {
     else {
         return std::future::pending().await;
     };
-    let Child { exit, ready, .. } = child;
+    let Child {
+        exit, ready, refusal, ..
+    } = child;
     let ready = async {
         match ready {
-            Some(pipe) => read_ready(pipe).await,
+            Some(channel) => read_ready(channel, refusal).await,
             None => std::future::pending().await,
         }
     };
@@ -383,14 +443,31 @@ async fn pending_event(state: State, child: Option<&mut Child>) -> Event {
     }
 }
 
-async fn read_ready(pipe: &pipe::Receiver) -> Event {
+/// Reads the next generation's answer: `R` (ready), or `X` and why it refuses what it was
+/// handed; end-of-file means it died.
+async fn read_ready(channel: &OwnedReadHalf, refusal: &mut Option<String>) -> Event {
     loop {
-        if pipe.readable().await.is_err() {
+        if channel.readable().await.is_err() {
             return Event::ChildGone;
         }
-        let mut byte = [0u8; 1];
-        match pipe.try_read(&mut byte) {
+        let mut buf = [0u8; 1025];
+        match channel.try_read(&mut buf) {
             Ok(0) => return Event::ChildGone,
+            Ok(n) if buf[0] == b'X' => {
+                let mut reason = String::from_utf8_lossy(&buf[1..n]).into_owned();
+                // The rest of the reason, if it came in pieces (1 KiB at most, briefly).
+                let rest = async {
+                    while reason.len() < 1024 && channel.readable().await.is_ok() {
+                        match channel.try_read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(m) => reason.push_str(&String::from_utf8_lossy(&buf[..m])),
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), rest).await;
+                *refusal = Some(reason);
+                return Event::ChildGone;
+            }
             Ok(_) => return Event::ChildReady,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return Event::ChildGone,

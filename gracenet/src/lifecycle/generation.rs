@@ -23,16 +23,37 @@ use crate::registry::{SocketRegistry, StreamListener};
 use crate::startup::Startup;
 use crate::vars::GRACE_SUPERVISOR;
 
+/// Makes the state handed to the next generation (see [`GenerationBuilder::hand_state`]).
+pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// The most state bytes a generation accepts by default.
+pub const DEFAULT_MAX_STATE: u64 = 256 * 1024 * 1024;
+
 /// Settings for [`Generation`]; start one with [`GenerationBuilder::start`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a GenerationBuilder does nothing until start() is called"]
 pub struct GenerationBuilder {
     pub(super) ready_timeout: Duration,
     pub(super) stop_timeout: Duration,
     pub(super) pid_file: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    pub(super) state: Option<StateProvider>,
+    max_state: u64,
     handle_signals: bool,
     announce: bool,
+}
+
+impl std::fmt::Debug for GenerationBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationBuilder")
+            .field("ready_timeout", &self.ready_timeout)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("pid_file", &self.pid_file)
+            .field("control_socket", &self.control_socket)
+            .field("hands_state", &self.state.is_some())
+            .field("max_state", &self.max_state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for GenerationBuilder {
@@ -42,6 +63,8 @@ impl Default for GenerationBuilder {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             pid_file: None,
             control_socket: None,
+            state: None,
+            max_state: DEFAULT_MAX_STATE,
             handle_signals: true,
             announce: true,
         }
@@ -77,6 +100,24 @@ impl GenerationBuilder {
     /// restart; the serving generation answers.
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Hands application state to the next generation at each restart: `state` is called
+    /// (on a blocking thread) when the next process has been started, and its bytes are
+    /// streamed to it; the next generation reads them with [`Generation::inherited_state`]
+    /// before it says ready, and may [`refuse`](Generation::refuse) them (the restart then
+    /// fails, and this generation keeps serving). Bounded by the ready timeout: a `state`
+    /// that stalls, or a next generation that does not read, cannot hold the restart.
+    pub fn hand_state(mut self, state: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Self {
+        self.state = Some(Arc::new(state));
+        self
+    }
+
+    /// The most bytes of handed-over state this generation accepts (default 256 MiB); more
+    /// is an error from [`Generation::inherited_state`].
+    pub fn max_state(mut self, bytes: u64) -> Self {
+        self.max_state = bytes;
         self
     }
 
@@ -433,6 +474,93 @@ impl Generation {
     /// for every request.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// The state the previous generation handed over ([`GenerationBuilder::hand_state`]):
+    /// `None` when there is no previous generation or it hands none. Read it once, before
+    /// [`ready`](Self::ready); check it, and [`refuse`](Self::refuse) it if it is not what
+    /// this version understands.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the state is larger than the limit ([`GenerationBuilder::max_state`]),
+    /// is cut short, or does not arrive within the ready timeout.
+    pub async fn inherited_state(&self) -> Result<Option<Vec<u8>>, Error> {
+        use tokio::io::AsyncReadExt;
+        let io = |what: String, source: std::io::Error| Error::Io { what, source };
+        let channel = {
+            let link = self.shared.startup.link.lock().unwrap_or_else(|p| p.into_inner());
+            match link.as_ref().and_then(crate::readiness::ParentLink::channel) {
+                Some(fd) => fd.map_err(|e| io("cannot read the handed-over state".into(), e))?,
+                None => return Ok(None),
+            }
+        };
+        let is_socket =
+            nix::sys::stat::fstat(&channel).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+        if !is_socket {
+            // A pipe, from a parent of an older gracenet: it hands no state.
+            return Ok(None);
+        }
+        let std_stream = std::os::unix::net::UnixStream::from(channel);
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|e| io("cannot read the handed-over state".into(), e))?;
+        let mut stream = tokio::net::UnixStream::from_std(std_stream)
+            .map_err(|e| io("cannot read the handed-over state".into(), e))?;
+        let max = self.shared.config.max_state;
+        let read = async {
+            let mut len = [0u8; 8];
+            let mut got = 0;
+            while got < 8 {
+                match stream.read(&mut len[got..]).await? {
+                    0 if got == 0 => return Ok(None),
+                    0 => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "cut short",
+                        ));
+                    }
+                    n => got += n,
+                }
+            }
+            let len = u64::from_le_bytes(len);
+            if len > max {
+                return Err(std::io::Error::other(format!(
+                    "{len} bytes offered, more than the limit of {max} (GenerationBuilder::max_state)"
+                )));
+            }
+            let mut bytes = vec![0u8; len as usize];
+            stream.read_exact(&mut bytes).await?;
+            Ok(Some(bytes))
+        };
+        match tokio::time::timeout(self.shared.config.ready_timeout, read).await {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(e)) => Err(io("cannot read the handed-over state".into(), e)),
+            Err(_) => Err(io(
+                "cannot read the handed-over state".into(),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "not handed within the ready timeout",
+                ),
+            )),
+        }
+    }
+
+    /// Refuses what the previous generation handed over (a state version this one does not
+    /// understand, say): the previous generation is told `reason`, rolls the restart back and
+    /// keeps serving. Return from `main` after it (with an error); this generation must not
+    /// serve. Does nothing in a generation that has no previous one.
+    pub fn refuse(&self, reason: &str) {
+        let link = self
+            .shared
+            .startup
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(link) = link {
+            tracing::error!("refusing what the previous generation handed over: {reason}");
+            link.refuse(reason);
+        }
     }
 
     /// The current phase.

@@ -13,7 +13,7 @@ mod signals;
 
 use std::time::{Duration, Instant};
 
-pub use generation::{ConnectionGuard, Generation, GenerationBuilder, RestartRequest};
+pub use generation::{ConnectionGuard, DEFAULT_MAX_STATE, Generation, GenerationBuilder, RestartRequest};
 pub use graceful_listener::GracefulListener;
 
 /// How long a new generation may take to report ready before it is killed.

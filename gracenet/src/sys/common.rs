@@ -21,6 +21,17 @@ pub(crate) fn pipe_then_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
+/// A connected pair of Unix stream sockets, both close-on-exec: the channel between a
+/// generation and the next (readiness one way, handed-over state the other).
+pub(crate) fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (a, b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::empty())?;
+    for fd in [&a, &b] {
+        crate::socket::set_cloexec(fd).map_err(io::Error::from)?;
+    }
+    Ok((a, b))
+}
+
 /// The address family of a socket, from `getsockname` (portable; Linux also has `SO_DOMAIN`).
 #[allow(dead_code)]
 pub(crate) fn family_from_name(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
