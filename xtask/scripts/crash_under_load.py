@@ -12,7 +12,7 @@ refused until something starts the server again.
     cargo build --release -p gracedemo
     python3 xtask/scripts/crash_under_load.py [--binary target/release/gracedemo] [--clients 4]
 
-Loopback only; every loop is bounded in count and time; every process is killed by pid.
+Loopback only; every loop is bounded in count and time; every process that answered is killed by pid.
 """
 import argparse, os, re, signal, socket, subprocess, sys, threading, time
 
@@ -57,6 +57,7 @@ def run(binary, supervise, clients, kills):
     counts = {"ok": 0, "refused": 0, "failed": 0}
     lock = threading.Lock()
     latest = {"pid": None}
+    seen = set()
     def client():
         os.sched_setaffinity(0, {1}) if os.cpu_count() > 1 else None
         for _ in range(1_000_000):
@@ -67,6 +68,7 @@ def run(binary, supervise, clients, kills):
                 counts[kind] += 1
                 if pid:
                     latest["pid"] = pid
+                    seen.add(pid)
     try:
         deadline = time.time() + 20
         while get(port)[0] != "ok":
@@ -93,9 +95,11 @@ def run(binary, supervise, clients, kills):
         return counts, killed, alive, server.pid
     finally:
         stop.set()
-        for pid in [server.pid]:
+        # Each generation leads its own process group: kill the supervisor and every pid
+        # that answered.
+        for pid in seen | {server.pid}:
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         server.wait(timeout=10)

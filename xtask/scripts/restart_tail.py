@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The latency tail across restarts, with an external load generator: gracedemo (release)
+pinned to core 0, `wrk -c64 -H 'Connection: close'` (a new connection per request) pinned to
+core 1, first without restarts, then with a `SIGUSR2` every second. Reports wrk's p50/p99/max
+for both, and for each restart the time from the signal to the first answer from the new pid.
+
+    cargo build --release -p gracedemo
+    python3 xtask/scripts/restart_tail.py [--seconds 10]
+
+Loopback only; bounded in time; every process that answered is killed at the end, by pid.
+"""
+import argparse, os, re, signal, socket, statistics, subprocess, sys, threading, time
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+SEEN = set()
+
+def who(port):
+    try:
+        c = socket.create_connection(("127.0.0.1", port), timeout=2)
+        c.sendall(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        c.close()
+        m = re.search(rb"from pid (\d+)", data)
+        if m:
+            SEEN.add(int(m.group(1)))
+        return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+def wrk(port, seconds):
+    url = f"http://127.0.0.1:{port}/sleep/?duration=0s"
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "--latency",
+                          "-H", "Connection: close", url], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    def ms(label):
+        m = re.search(label + r"\s+([\d.]+)(us|ms|s)", out)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+    maxm = re.search(r"Latency\s+[\d.]+\w+\s+[\d.]+\w+\s+([\d.]+)(us|ms|s)", out)
+    mx = float(maxm.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[maxm.group(2)]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"p50": ms("50%"), "p99": ms("99%"), "max": mx, "rps": rps,
+            "errors": errors.group(1) if errors else "none"}
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/gracedemo")
+    ap.add_argument("--seconds", type=int, default=10)
+    a = ap.parse_args()
+    port = free_port()
+    server = subprocess.Popen(["taskset", "-c", "0", a.binary, "-a0", f"127.0.0.1:{port}",
+                               "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"],
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 20
+        while who(port) is None:
+            if time.time() > deadline:
+                sys.exit("gracedemo did not start")
+            time.sleep(0.02)
+        quiet = wrk(port, a.seconds)
+        latencies = []
+        stop = threading.Event()
+        def restarter():
+            os.sched_setaffinity(0, {1})
+            for _ in range(a.seconds * 2):
+                if stop.wait(1.0):
+                    return
+                old = who(port)
+                if old is None:
+                    continue
+                t0 = time.monotonic()
+                os.kill(old, signal.SIGUSR2)
+                while time.monotonic() - t0 < 5:
+                    p = who(port)
+                    if p is not None and p != old:
+                        latencies.append((time.monotonic() - t0) * 1000)
+                        break
+        t = threading.Thread(target=restarter)
+        t.start()
+        busy = wrk(port, a.seconds)
+        stop.set()
+        t.join()
+        print(f"no restarts : p50 {quiet['p50']:.2f} ms, p99 {quiet['p99']:.2f} ms, max {quiet['max']:.2f} ms, "
+              f"{quiet['rps']:.0f} req/s, socket errors: {quiet['errors']}")
+        print(f"a restart/s : p50 {busy['p50']:.2f} ms, p99 {busy['p99']:.2f} ms, max {busy['max']:.2f} ms, "
+              f"{busy['rps']:.0f} req/s, socket errors: {busy['errors']}")
+        print(f"p99 ratio (restarts / none): {busy['p99'] / quiet['p99']:.2f}")
+        if latencies:
+            print(f"restart latency (signal -> first answer from the new pid), {len(latencies)} restarts: "
+                  f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
+    finally:
+        # Each generation leads its own process group: kill every pid that answered.
+        for pid in SEEN | {server.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.wait(timeout=10)
+
+if __name__ == "__main__":
+    main()
