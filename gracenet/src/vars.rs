@@ -13,8 +13,9 @@ pub const LISTEN_PID: &str = "LISTEN_PID";
 /// Colon-separated names of the fds, one per fd (systemd's `FileDescriptorName=`).
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
-/// The fd number of the readiness pipe's write end, in a process a gracenet generation
-/// started: the child writes one byte to it when serving.
+/// The fd number of the channel to the generation that started this process (one end of a
+/// Unix socket pair; a pipe's write end from older versions): the child writes one byte to it
+/// when serving (or `X` and a reason when it refuses), and reads handed-over state from it.
 pub const GRACE_READY_FD: &str = "GRACE_READY_FD";
 /// This process's generation: 1 for the first, one more per restart.
 pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
