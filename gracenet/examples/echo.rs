@@ -3,8 +3,8 @@
 //! ```sh
 //! cargo run -p gracenet --example echo -- 127.0.0.1:7000 &
 //! nc 127.0.0.1 7000            # each line comes back as "<pid> <line>"
-//! kill -USR2 <pid>             # new connections go to the new process; open ones
-//!                              # keep echoing from the old one until they close
+//! kill -USR2 <pid>             # the new process takes over: new connections, and the open
+//!                              # ones too (the same nc's next line is answered by the new pid)
 //! kill -TERM <pid>             # stop: finish open connections (up to 60 s), exit
 //! ```
 //!
@@ -13,7 +13,9 @@
 
 use std::process::ExitCode;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use gracenet::Generation;
+use gracenet::tokio::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,27 +51,67 @@ async fn run() -> Result<(), gracenet::Error> {
         listener.local_addr()
     );
     generation.ready()?;
-    while let Some(conn) = listener.accept().await {
-        let guard = generation.track();
+    // Connections the previous generation handed over: served like accepted ones, their
+    // unread bytes first.
+    if let Some(mut handed) = generation.inherited_connections().await? {
+        let generation = generation.clone();
         tokio::spawn(async move {
-            let _guard = guard; // the drain waits for this connection
-            let pid = std::process::id();
-            let (read, mut write) = tokio::io::split(conn);
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if write
-                    .write_all(format!("{pid} {line}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+            while let Some(c) = handed.next().await {
+                let guard = generation.track();
+                tokio::spawn(echo(c.stream, c.unread, generation.clone(), guard));
             }
         });
+    }
+    while let Some(conn) = listener.accept().await {
+        let guard = generation.track();
+        tokio::spawn(echo(conn, Vec::new(), generation.clone(), guard));
     }
     // Stopped accepting: a new generation serves new connections, or we are stopping.
     drop(listener);
     let outcome = generation.wait().await;
     println!("echo exiting pid={} outcome={outcome:?}", std::process::id());
     Ok(())
+}
+
+/// Echoes each line with our pid. When this generation drains after a restart, the
+/// connection is handed to the new one at the next quiet point (no partial line pending);
+/// when it is stopping, it goes on until the client closes.
+async fn echo(
+    mut conn: Stream,
+    mut pending: Vec<u8>,
+    generation: Generation,
+    _guard: gracenet::ConnectionGuard,
+) {
+    let pid = std::process::id();
+    let mut buf = [0u8; 4096];
+    let mut draining = std::pin::pin!(generation.stopping());
+    let mut drain_started = false;
+    let mut can_hand_over = true;
+    loop {
+        // Answer every whole line received so far.
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let mut reply = format!("{pid} ").into_bytes();
+            reply.extend_from_slice(&line);
+            if conn.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+        if drain_started && pending.is_empty() {
+            // Quiet: hand it over (what is unread stays in the socket for the new process).
+            if generation.hand_over(&conn, &pending, b"").await.is_ok() {
+                return;
+            }
+            // No successor (a stop): keep serving until the client closes.
+            drain_started = false;
+            can_hand_over = false;
+        }
+        tokio::select! {
+            read = conn.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            },
+            _ = &mut draining, if !drain_started && can_hand_over => drain_started = true,
+        }
+    }
 }

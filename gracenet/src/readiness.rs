@@ -64,21 +64,27 @@ impl ParentLink {
     }
 
     /// Tells the parent. A parent that is already gone is not an error: there is nobody left
-    /// to hand over from.
-    pub(crate) fn notify(self) {
+    /// to hand over from. Returns the channel, kept for connections the parent hands over.
+    pub(crate) fn notify(self) -> Option<OwnedFd> {
         match self {
-            ParentLink::Pipe(fd) => match nix::unistd::write(fd.as_fd(), b"R") {
-                Ok(_) => tracing::debug!("told the parent we are ready (readiness pipe)"),
-                Err(e) => tracing::warn!("the parent is gone, nobody to tell we are ready: {e}"),
-            },
-            ParentLink::GraceSignal(pid) => match nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM) {
-                Ok(()) => tracing::debug!(
-                    parent = pid.as_raw(),
-                    "told the parent we are ready (SIGTERM, as Go grace)"
-                ),
-                Err(e) => tracing::warn!(parent = pid.as_raw(), "cannot signal the parent: {e}"),
-            },
-            ParentLink::Nobody => {}
+            ParentLink::Pipe(fd) => {
+                match nix::unistd::write(fd.as_fd(), b"R") {
+                    Ok(_) => tracing::debug!("told the parent we are ready (readiness channel)"),
+                    Err(e) => tracing::warn!("the parent is gone, nobody to tell we are ready: {e}"),
+                }
+                Some(fd)
+            }
+            ParentLink::GraceSignal(pid) => {
+                match nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM) {
+                    Ok(()) => tracing::debug!(
+                        parent = pid.as_raw(),
+                        "told the parent we are ready (SIGTERM, as Go grace)"
+                    ),
+                    Err(e) => tracing::warn!(parent = pid.as_raw(), "cannot signal the parent: {e}"),
+                }
+                None
+            }
+            ParentLink::Nobody => None,
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
 use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_READY_FD};
 
+/// The length that means "no state" on the channel to the next generation.
+pub(super) const NO_STATE: u64 = u64::MAX;
+
 /// How many older generations' pids are passed on (for `status`).
 const MAX_ANCESTORS: usize = 16;
 
@@ -34,6 +37,8 @@ struct Child {
     ready: Option<OwnedReadHalf>,
     /// Why it refused what it was handed, if it did.
     refusal: Option<String>,
+    /// The channel's write side: state, then handed-over connections.
+    out: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
 }
 
 /// Runs one generation's lifecycle.
@@ -143,6 +148,12 @@ impl Driver {
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
                 self.successor = self.pending.take().map(|mut c| {
                     c.ready = None;
+                    // The successor's channel, for handing it live connections.
+                    *self
+                        .shared
+                        .successor_channel
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(c.out.clone());
                     c
                 });
                 self.answer(Ok(Successor {
@@ -226,7 +237,8 @@ impl Driver {
         let fd = next.pass_fd(theirs);
         next.env(GRACE_READY_FD, fd.to_string());
         let mut process = next.spawn()?;
-        self.hand_state(state_out, process.pid());
+        let out = Arc::new(tokio::sync::Mutex::new(state_out));
+        self.hand_state(out.clone(), process.pid());
         let exit = match ExitWatch::new(process.pid()) {
             Ok(w) => w,
             Err(e) => {
@@ -239,6 +251,7 @@ impl Driver {
             exit,
             ready: Some(ready),
             refusal: None,
+            out,
         })
     }
 
@@ -246,14 +259,18 @@ impl Driver {
     /// 8-byte length, then the bytes; then closes our side for writing, so a next generation
     /// that asks for state and was given none reads end-of-file. Bounded by the ready
     /// timeout: a provider or a reader that stalls cannot hold the restart.
-    fn hand_state(&self, mut out: tokio::net::unix::OwnedWriteHalf, pid: u32) {
-        let Some(provider) = self.shared.config.state.clone() else {
-            // Dropping the write half shuts it down: "no state".
-            return;
-        };
+    fn hand_state(&self, out: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>, pid: u32) {
+        let provider = self.shared.config.state.clone();
         let timeout = self.timeouts.ready;
         let next = self.shared.number + 1;
         tokio::spawn(async move {
+            // Held while the state is written: connections handed later queue behind it.
+            let mut out = out.lock().await;
+            let Some(provider) = provider else {
+                // "No state" (the channel stays open for handed-over connections).
+                let _ = tokio::time::timeout(timeout, out.write_all(&NO_STATE.to_le_bytes())).await;
+                return;
+            };
             let handed = tokio::time::timeout(timeout, async {
                 // A thread of its own, not tokio's blocking pool: a provider that never
                 // returns must not hold this process's exit (a runtime waits for its pool).
@@ -268,7 +285,6 @@ impl Driver {
                     .map_err(|_| std::io::Error::other("the state provider panicked"))?;
                 out.write_all(&(bytes.len() as u64).to_le_bytes()).await?;
                 out.write_all(&bytes).await?;
-                out.shutdown().await?;
                 Ok::<usize, std::io::Error>(bytes.len())
             })
             .await;

@@ -165,6 +165,9 @@ impl GenerationBuilder {
             accepting: watch::channel(()).0,
             outcome: watch::channel(None).0,
             draining: AtomicBool::new(false),
+            successor_channel: std::sync::Mutex::new(None),
+            parent_channel: std::sync::Mutex::new(None),
+            state_read: AtomicBool::new(false),
             requests: requests_tx,
             notifier: Notifier::from_env(),
         });
@@ -205,6 +208,14 @@ pub(super) struct Shared {
     pub outcome: watch::Sender<Option<Outcome>>,
     /// Set when the drain begins (with `phase`), for a cheap check per request.
     pub draining: AtomicBool,
+    /// The channel to the generation that took over, for handing it live connections.
+    pub successor_channel:
+        std::sync::Mutex<Option<Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>>>,
+    /// The channel from the generation that started this one, kept after ready for the
+    /// connections it hands over.
+    pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
+    /// Whether the handed-over state has been read off the parent channel.
+    pub state_read: AtomicBool,
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
@@ -408,7 +419,13 @@ impl Generation {
             }
             _ => self.shared.notify(&lines),
         }
-        link.notify();
+        if let Some(channel) = link.notify() {
+            *self
+                .shared
+                .parent_channel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(channel);
+        }
         if self.shared.config.announce {
             tracing::info!(
                 "generation {} serving {} with pid {pid}",
@@ -523,6 +540,9 @@ impl Generation {
                 }
             }
             let len = u64::from_le_bytes(len);
+            if len == super::driver::NO_STATE {
+                return Ok(None);
+            }
             if len > max {
                 return Err(std::io::Error::other(format!(
                     "{len} bytes offered, more than the limit of {max} (GenerationBuilder::max_state)"
@@ -532,6 +552,7 @@ impl Generation {
             stream.read_exact(&mut bytes).await?;
             Ok(Some(bytes))
         };
+        self.shared.state_read.store(true, Ordering::SeqCst);
         match tokio::time::timeout(self.shared.config.ready_timeout, read).await {
             Ok(Ok(state)) => Ok(state),
             Ok(Err(e)) => Err(io("cannot read the handed-over state".into(), e)),
@@ -543,6 +564,97 @@ impl Generation {
                 ),
             )),
         }
+    }
+
+    /// Hands a live connection to the generation that took over (once this one drains after
+    /// a restart): `stream`'s fd goes to the new process with `unread` (bytes read from it
+    /// but not handled) and `state` (anything the application attaches). On success, drop
+    /// `stream`: the connection is the new process's, and its client sees no close. Call it
+    /// where the connection is quiet (between requests or lines). The new process receives
+    /// it from [`inherited_connections`](Self::inherited_connections); if that process dies,
+    /// the connections it took close with it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when there is no successor to hand to (this generation is stopping, not
+    /// restarting, or the successor is gone), or sending fails: keep serving `stream` then.
+    pub async fn hand_over(
+        &self,
+        stream: &crate::tokio::Stream,
+        unread: &[u8],
+        state: &[u8],
+    ) -> Result<(), Error> {
+        use std::os::fd::AsRawFd;
+        let channel = self
+            .shared
+            .successor_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let io = |source: std::io::Error| Error::Io {
+            what: "cannot hand the connection to the next generation".into(),
+            source,
+        };
+        let Some(channel) = channel else {
+            return Err(io(std::io::Error::other("no generation took over from this one")));
+        };
+        let fd = match stream {
+            crate::tokio::Stream::Tcp(s) => s.as_raw_fd(),
+            crate::tokio::Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut out = channel.lock().await;
+        super::handover::send(&mut out, fd, unread, state)
+            .await
+            .map_err(io)
+    }
+
+    /// The connections the previous generation hands over (see [`hand_over`](Self::hand_over)),
+    /// as they arrive: serve each as if accepted (tracking it), its `unread` bytes first.
+    /// `None` in a first generation, or one started by Go grace or systemd. Call it after
+    /// [`ready`](Self::ready) (the previous generation hands connections over once this one
+    /// serves).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the channel cannot be read.
+    pub async fn inherited_connections(
+        &self,
+    ) -> Result<Option<super::handover::InheritedConnections>, Error> {
+        use tokio::io::AsyncReadExt;
+        let io = |source: std::io::Error| Error::Io {
+            what: "cannot receive handed-over connections".into(),
+            source,
+        };
+        let fd = self
+            .shared
+            .parent_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(fd) = fd else { return Ok(None) };
+        let is_socket =
+            nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+        if !is_socket {
+            return Ok(None);
+        }
+        let std_stream = std::os::unix::net::UnixStream::from(fd);
+        std_stream.set_nonblocking(true).map_err(io)?;
+        let mut channel = tokio::net::UnixStream::from_std(std_stream).map_err(io)?;
+        if !self.shared.state_read.swap(true, Ordering::SeqCst) {
+            // The state section comes first: skip it (this application does not read it).
+            let mut len = [0u8; 8];
+            if channel.read_exact(&mut len).await.is_err() {
+                return Ok(None);
+            }
+            let len = u64::from_le_bytes(len);
+            if len != super::driver::NO_STATE {
+                let skipped = tokio::io::copy(&mut (&mut channel).take(len), &mut tokio::io::sink())
+                    .await
+                    .map_err(io)?;
+                if skipped != len {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(super::handover::InheritedConnections::new(channel)))
     }
 
     /// Refuses what the previous generation handed over (a state version this one does not

@@ -8,6 +8,7 @@
 mod driver;
 mod generation;
 mod graceful_listener;
+mod handover;
 pub(crate) mod machine;
 mod signals;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use generation::{ConnectionGuard, DEFAULT_MAX_STATE, Generation, GenerationBuilder, RestartRequest};
 pub use graceful_listener::GracefulListener;
+pub use handover::{HandedConnection, InheritedConnections};
 
 /// How long a new generation may take to report ready before it is killed.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -224,3 +224,6 @@ pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
 pub(crate) fn single_threaded() -> bool {
     stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
 }
+
+/// `recvmsg` flags that make received fds close-on-exec atomically.
+pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC;

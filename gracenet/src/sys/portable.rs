@@ -112,3 +112,6 @@ pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
 pub(crate) fn single_threaded() -> bool {
     false
 }
+
+/// No atomic close-on-exec for received fds everywhere: the caller marks them after.
+pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::MsgFlags::empty();
