@@ -498,6 +498,23 @@ impl Generation {
     /// [`ready`](Self::ready); check it, and [`refuse`](Self::refuse) it if it is not what
     /// this version understands.
     ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let generation = gracenet::Generation::builder()
+    ///     .hand_state(|| b"v1:counter=7".to_vec()) // given to the next generation
+    ///     .start()?;
+    /// match generation.inherited_state().await? {
+    ///     None => {}                                  // a first start: nothing handed
+    ///     Some(s) if s.starts_with(b"v1:") => {}      // use it
+    ///     Some(_) => {
+    ///         generation.refuse("unknown state version"); // the old generation keeps serving
+    ///         return Err("refused".into());
+    ///     }
+    /// }
+    /// generation.ready()?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Io`] when the state is larger than the limit ([`GenerationBuilder::max_state`]),
     /// is cut short, or does not arrive within the ready timeout.
@@ -573,6 +590,27 @@ impl Generation {
     /// where the connection is quiet (between requests or lines). The new process receives
     /// it from [`inherited_connections`](Self::inherited_connections); if that process dies,
     /// the connections it took close with it.
+    ///
+    /// ```no_run
+    /// # async fn serve(generation: gracenet::Generation, conn: gracenet::tokio::Stream) {
+    /// // In a connection's task, at a quiet point once this generation drains:
+    /// generation.stopping().await;
+    /// if generation.hand_over(&conn, b"", b"session=42").await.is_ok() {
+    ///     return; // the new process serves it now; dropping `conn` closes nothing
+    /// }
+    /// // No successor (a stop): go on serving `conn` until the client closes.
+    /// # }
+    /// // In the new process, after ready():
+    /// # async fn receive(generation: gracenet::Generation) -> Result<(), gracenet::Error> {
+    /// if let Some(mut handed) = generation.inherited_connections().await? {
+    ///     while let Some(c) = handed.next().await {
+    ///         let _guard = generation.track();
+    ///         // serve c.stream, handling c.unread first; c.state is b"session=42"
+    /// #       drop(c);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Io`] when there is no successor to hand to (this generation is stopping, not
