@@ -20,13 +20,18 @@ struct Demo {
     marker: String,
 }
 
-fn start(extra: &[&str]) -> Demo {
-    let marker = unique_marker();
+/// gracedemo on three free loopback ports, with `extra` flags.
+fn loopback_demo(extra: &[&str]) -> Command {
     let mut cmd = Command::new(GRACEDEMO);
     cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
-        .args(extra)
-        .env(MARKER, &marker)
-        .env("RUST_LOG", "info,gracedemo=debug");
+        .args(extra);
+    cmd
+}
+
+fn start(extra: &[&str]) -> Demo {
+    let marker = unique_marker();
+    let mut cmd = loopback_demo(extra);
+    cmd.env(MARKER, &marker).env("RUST_LOG", "info,gracedemo=debug");
     let mut guard = ProcessGuard::spawn(cmd);
     let line = guard.expect_log("Serving ");
     let pid = guard.pid();
@@ -292,18 +297,8 @@ fn the_default_output_is_graces_lines_in_gos_log_format() {
     let piddir = dir.path().join("run");
     std::fs::create_dir_all(&piddir).unwrap();
     let pid_file = piddir.join("g.pid");
-    let mut cmd = Command::new(GRACEDEMO);
-    cmd.args([
-        "-a0",
-        "127.0.0.1:0",
-        "-a1",
-        "127.0.0.1:0",
-        "-a2",
-        "127.0.0.1:0",
-        "--pid-file",
-    ])
-    .arg(&pid_file)
-    .env_remove("RUST_LOG");
+    let mut cmd = loopback_demo(&["--pid-file"]);
+    cmd.arg(&pid_file).env_remove("RUST_LOG");
     let mut g = ProcessGuard::spawn(cmd);
     let pid = g.pid();
     let first = g.expect_line("");
@@ -345,17 +340,8 @@ fn the_default_output_is_graces_lines_in_gos_log_format() {
 
 #[test]
 fn log_json_writes_one_json_object_per_line() {
-    let mut cmd = Command::new(GRACEDEMO);
-    cmd.args([
-        "-a0",
-        "127.0.0.1:0",
-        "-a1",
-        "127.0.0.1:0",
-        "-a2",
-        "127.0.0.1:0",
-        "--log-json",
-    ])
-    .env_remove("RUST_LOG");
+    let mut cmd = loopback_demo(&["--log-json"]);
+    cmd.env_remove("RUST_LOG");
     let mut g = ProcessGuard::spawn(cmd);
     let line = g.expect_log("Serving ");
     assert!(line.starts_with("{\"time\":\"") && line.ends_with('}'), "{line}");

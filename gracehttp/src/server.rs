@@ -423,11 +423,10 @@ async fn accept_loop(
                 _ = generation.stopping() => break,
             },
         };
-        let Some(stream) = listener.accept().await else {
+        let Some((stream, peer)) = listener.accept_with_peer().await else {
             break;
         };
         let accepted = tokio::time::Instant::now();
-        let peer = stream.peer();
         if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
             // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);

@@ -55,8 +55,7 @@ impl axum::serve::Listener for Listener {
 
     async fn accept(&mut self) -> (Tracked, PeerAddr) {
         if let Some(listener) = self.inner.as_mut() {
-            if let Some(stream) = listener.accept().await {
-                let peer = stream.peer();
+            if let Some((stream, peer)) = listener.accept_with_peer().await {
                 return (
                     Tracked {
                         stream,

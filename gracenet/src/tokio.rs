@@ -74,9 +74,18 @@ impl StreamListener {
     /// The accept error, e.g. `EMFILE` when out of fds: the caller decides whether to back
     /// off and retry.
     pub async fn accept(&self) -> io::Result<Stream> {
+        Ok(self.accept_raw().await?.0)
+    }
+
+    /// Accepts the next connection, with its TCP peer's address as `accept(2)` returned it
+    /// (no further system call); `None` for a Unix stream.
+    pub(crate) async fn accept_raw(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)> {
         Ok(match self {
-            StreamListener::Tcp(l) => Stream::Tcp(l.accept().await?.0),
-            StreamListener::Unix(l) => Stream::Unix(l.accept().await?.0),
+            StreamListener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                (Stream::Tcp(stream), Some(peer))
+            }
+            StreamListener::Unix(l) => (Stream::Unix(l.accept().await?.0), None),
         })
     }
 

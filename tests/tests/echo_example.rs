@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 use grace_tests::{DEADLINE, PidGuard, ProcessGuard, answer_pid, ask, converse, field, wait_until};
 use nix::sys::signal::Signal;
@@ -64,10 +63,12 @@ fn a_thousand_connections_under_traffic_lose_and_repeat_no_line() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen_new = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let new_pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // 1,000 connections over 20 threads; each sends numbered lines and checks every reply.
     let threads: Vec<_> = (0..20)
         .map(|_| {
-            let (stop, seen_new, new_pid) = (stop.clone(), seen_new.clone(), new_pid.clone());
+            let (stop, seen_new, new_pid, answered) =
+                (stop.clone(), seen_new.clone(), new_pid.clone(), answered.clone());
             std::thread::spawn(move || -> Result<(usize, usize), String> {
                 let conns: Vec<TcpStream> = (0..50)
                     .map(|_| TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()))
@@ -109,6 +110,7 @@ fn a_thousand_connections_under_traffic_lose_and_repeat_no_line() {
                             return Err("reconnected".into());
                         }
                         sent += 1;
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
@@ -118,8 +120,12 @@ fn a_thousand_connections_under_traffic_lose_and_repeat_no_line() {
             })
         })
         .collect();
-    // Under traffic: restart once every connection has been answered a few times.
-    std::thread::sleep(Duration::from_millis(300));
+    // Under traffic: restart once the connections have been answered twice over.
+    assert!(
+        wait_until(DEADLINE, || answered.load(std::sync::atomic::Ordering::Relaxed)
+            >= 2000),
+        "traffic before the restart"
+    );
     echo.signal(Signal::SIGUSR2);
     let new: u32 = field(&echo.expect_line("echo generation=2"), "pid")
         .parse()

@@ -10,16 +10,40 @@ use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-/// Starts lifeprobe under its supervisor and waits for generation 1 to serve. Returns the
-/// supervisor's guard, generation 1's pid, and a guard that kills generation 1.
-fn start_supervised() -> (ProcessGuard, u32, PidGuard) {
+/// Generation 1 of a supervised lifeprobe, serving.
+struct Supervised {
+    sup: ProcessGuard,
+    gen1: u32,
+    port: u16,
+    /// Kills generation 1 at the end, whatever happens.
+    guard: PidGuard,
+}
+
+/// Starts lifeprobe under its supervisor with `env` and waits for generation 1 to serve.
+fn supervised(env: &[(&str, &str)]) -> Supervised {
     let mut cmd = Command::new(LIFEPROBE);
     cmd.args(["127.0.0.1:0", "--supervise"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut sup = ProcessGuard::spawn(cmd);
-    let gen1 = probe_pid(&sup.expect_line("probe version="));
+    let line = sup.expect_line("probe version=");
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let gen1 = probe_pid(&line);
     let guard = PidGuard(gen1);
     sup.expect_log("generation 1 serving");
-    (sup, gen1, guard)
+    Supervised {
+        sup,
+        gen1,
+        port,
+        guard,
+    }
+}
+
+/// [`supervised`] with no knobs: the supervisor, generation 1's pid, its guard.
+fn start_supervised() -> (ProcessGuard, u32, PidGuard) {
+    let s = supervised(&[]);
+    (s.sup, s.gen1, s.guard)
 }
 
 fn probe_pid(line: &str) -> u32 {
@@ -28,16 +52,15 @@ fn probe_pid(line: &str) -> u32 {
 
 #[test]
 fn ten_restarts_under_load_behind_one_stable_pid() {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
+    let Supervised {
+        mut sup,
+        gen1: mut serving,
+        port,
+        guard,
+    } = supervised(&[]);
     let supervisor = sup.pid();
-    let line = sup.expect_line("probe version=");
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    let mut serving = probe_pid(&line);
     assert_ne!(serving, supervisor, "the supervisor is not a generation");
-    let mut guards = vec![PidGuard(serving)];
-    sup.expect_log("generation 1 serving");
+    let mut guards = vec![guard];
     let prober = Prober::start(port, Duration::from_millis(1));
     for number in 2..=11 {
         sup.signal(Signal::SIGUSR2);
@@ -80,15 +103,14 @@ fn send(pid: u32, signal: Signal) {
 
 #[test]
 fn a_crashed_serving_generation_is_replaced_on_the_same_sockets_and_no_connection_is_refused() {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
+    let Supervised {
+        mut sup,
+        gen1: mut serving,
+        port,
+        guard,
+    } = supervised(&[]);
     let supervisor = sup.pid();
-    let line = sup.expect_line("probe version=");
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    let mut serving = probe_pid(&line);
-    let mut guards = vec![PidGuard(serving)];
-    sup.expect_log("generation 1 serving");
+    let mut guards = vec![guard];
     // One new connection per question, without a pause: connections keep arriving while the
     // serving process is dead.
     let prober = Prober::start(port, Duration::ZERO);
@@ -149,9 +171,11 @@ fn a_crash_loop_backs_off_then_gives_up_with_a_clear_line_and_a_failure_status()
 
 #[test]
 fn generation_1_failing_before_ready_ends_the_supervisor_with_its_status() {
-    // A start-up error (here: an address that cannot be bound) is not a crash to retry.
+    // A start-up error (here: an address already in use) is not a crash to retry.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["203.0.113.1:1", "--supervise"]);
+    cmd.arg(taken.local_addr().unwrap().to_string())
+        .arg("--supervise");
     let mut sup = ProcessGuard::spawn(cmd);
     sup.expect_log("exited before it was ready");
     let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
@@ -171,15 +195,13 @@ fn hold_connection(port: u16, gen1: u32) -> std::net::TcpStream {
 /// Supervised lifeprobe, restarted once while a connection holds generation 1 draining.
 /// Returns the supervisor, the port, generation 1 and 2, their guards, and the connection.
 fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>, std::net::TcpStream) {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"])
-        .env("PROBE_STOP_TIMEOUT_MS", "20000");
-    let mut sup = ProcessGuard::spawn(cmd);
-    let line = sup.expect_line("probe version=");
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    let gen1 = probe_pid(&line);
-    let mut guards = vec![PidGuard(gen1)];
-    sup.expect_log("generation 1 serving");
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard,
+    } = supervised(&[("PROBE_STOP_TIMEOUT_MS", "20000")]);
+    let mut guards = vec![guard];
     let conn = hold_connection(port, gen1);
     sup.signal(Signal::SIGUSR2);
     let gen2 = probe_pid(&sup.expect_line("probe version="));
@@ -256,14 +278,12 @@ fn a_sigusr2_before_generation_1_is_ready_is_held_until_it_is() {
 
 #[test]
 fn when_the_supervisor_is_killed_the_generations_keep_serving() {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    let mut sup = ProcessGuard::spawn(cmd);
-    let line = sup.expect_line("probe version=");
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    let gen1 = probe_pid(&line);
-    let _g = PidGuard(gen1);
-    sup.expect_log("generation 1 serving");
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard: _g,
+    } = supervised(&[]);
     sup.signal(Signal::SIGKILL);
     assert!(sup.wait_timeout(DEADLINE).is_some());
     // The documented answer: generations do not depend on the supervisor.

@@ -528,18 +528,12 @@ impl Generation {
                 None => return Ok(None),
             }
         };
-        let is_socket =
-            nix::sys::stat::fstat(&channel).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
-        if !is_socket {
-            // A pipe, from a parent of an older gracenet: it hands no state.
+        // A pipe, from a parent of an older gracenet, hands no state.
+        let Some(mut stream) =
+            channel_stream(channel).map_err(|e| io("cannot read the handed-over state".into(), e))?
+        else {
             return Ok(None);
-        }
-        let std_stream = std::os::unix::net::UnixStream::from(channel);
-        std_stream
-            .set_nonblocking(true)
-            .map_err(|e| io("cannot read the handed-over state".into(), e))?;
-        let mut stream = tokio::net::UnixStream::from_std(std_stream)
-            .map_err(|e| io("cannot read the handed-over state".into(), e))?;
+        };
         let max = self.shared.config.max_state;
         let read = async {
             let mut len = [0u8; 8];
@@ -668,14 +662,9 @@ impl Generation {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let Some(fd) = fd else { return Ok(None) };
-        let is_socket =
-            nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
-        if !is_socket {
+        let Some(mut channel) = channel_stream(fd).map_err(io)? else {
             return Ok(None);
-        }
-        let std_stream = std::os::unix::net::UnixStream::from(fd);
-        std_stream.set_nonblocking(true).map_err(io)?;
-        let mut channel = tokio::net::UnixStream::from_std(std_stream).map_err(io)?;
+        };
         if !self.shared.state_read.swap(true, Ordering::SeqCst) {
             // The state section comes first: skip it (this application does not read it).
             let mut len = [0u8; 8];
@@ -830,6 +819,18 @@ impl std::future::IntoFuture for RestartRequest {
             }))
         })
     }
+}
+
+/// The channel to the parent generation as a tokio stream; `None` when it is a pipe (from
+/// an older gracenet), which carries neither state nor connections.
+fn channel_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<Option<tokio::net::UnixStream>> {
+    let is_socket = nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+    if !is_socket {
+        return Ok(None);
+    }
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream).map(Some)
 }
 
 /// Held for as long as one connection is open; the drain waits for every guard.

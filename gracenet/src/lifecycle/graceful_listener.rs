@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use super::Phase;
 use crate::socket::LocalAddr;
-use crate::tokio::{Stream, StreamListener};
+use crate::tokio::{PeerAddr, Stream, StreamListener};
 
 /// A listener whose [`accept`](Self::accept) ends when its generation stops accepting.
 /// Accept errors (out of fds, say) are logged and retried with a back-off, never returned:
@@ -37,6 +37,21 @@ impl GracefulListener {
     /// The next connection, or `None` once the generation is stopping; then drop the
     /// listener so this process holds the socket no longer.
     pub async fn accept(&mut self) -> Option<Stream> {
+        self.accept_raw().await.map(|(stream, _)| stream)
+    }
+
+    /// Like [`accept`](Self::accept), with the peer: a TCP peer's address as `accept(2)`
+    /// returned it (no extra system call per connection), a Unix peer's credentials.
+    pub async fn accept_with_peer(&mut self) -> Option<(Stream, PeerAddr)> {
+        let (stream, tcp_peer) = self.accept_raw().await?;
+        let peer = match tcp_peer {
+            Some(addr) => PeerAddr::Tcp(addr),
+            None => stream.peer(),
+        };
+        Some((stream, peer))
+    }
+
+    async fn accept_raw(&mut self) -> Option<(Stream, Option<std::net::SocketAddr>)> {
         let mut backoff = Duration::from_millis(5);
         loop {
             if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
@@ -49,7 +64,7 @@ impl GracefulListener {
                         return None;
                     }
                 }
-                accepted = self.inner.accept() => match accepted {
+                accepted = self.inner.accept_raw() => match accepted {
                     Ok(stream) => return Some(stream),
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {

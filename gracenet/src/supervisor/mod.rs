@@ -463,10 +463,16 @@ impl Supervisor {
             self.exit_code = code.unwrap_or(1);
             return;
         }
-        self.crashed(n, pid, &shown, code);
+        self.crashed(
+            &format!("generation {n} (pid {pid}) died with no successor ({shown})"),
+            n + 1,
+            code,
+        );
     }
 
-    fn crashed(&mut self, n: u64, pid: u32, shown: &str, code: Option<i32>) {
+    /// Counts a crash (`what` happened; generation `next` would replace it) and schedules
+    /// the replacement, or gives up.
+    fn crashed(&mut self, what: &str, next: u64, code: Option<i32>) {
         match self.crashes.record(Instant::now()) {
             AfterCrash::Restart(delay) => {
                 let when = if delay.is_zero() {
@@ -476,16 +482,15 @@ impl Supervisor {
                 };
                 tracing::error!(
                     supervisor = self.me,
-                    "generation {n} (pid {pid}) died with no successor ({shown}): starting generation {} on the same sockets {when}",
-                    n + 1
+                    "{what}: starting generation {next} on the same sockets {when}"
                 );
-                self.next_number = n + 1;
+                self.next_number = next;
                 self.restart_at = Some(Instant::now() + delay);
             }
             AfterCrash::GiveUp { crashes } => {
                 tracing::error!(
                     supervisor = self.me,
-                    "generation {n} (pid {pid}) died ({shown}): {crashes} crashes in {} s, giving up",
+                    "{what}: {crashes} crashes in {} s, giving up",
                     self.crashes.window().as_secs()
                 );
                 self.exit_code = code.filter(|&c| c != 0).unwrap_or(1);
@@ -509,7 +514,11 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::error!(supervisor = self.me, "cannot start generation {number}: {e}");
-                self.crashed(number - 1, 0, "could not start its successor", Some(1));
+                self.crashed(
+                    &format!("generation {number} could not be started"),
+                    number,
+                    Some(1),
+                );
             }
         }
     }

@@ -83,6 +83,20 @@ pub(crate) unsafe fn sweep_cloexec(first: RawFd, limit: RawFd, keep: RawFd) {
     }
 }
 
+/// One datagram received by `recv_with_fds`.
+pub(crate) struct Received {
+    pub len: usize,
+    /// The sender's pid, when the kernel attached its credentials.
+    pub sender: Option<i32>,
+    /// The fds that came with it (close-on-exec).
+    pub fds: Vec<OwnedFd>,
+    /// Whether some ancillary data (fds) did not fit and was dropped.
+    pub truncated: bool,
+}
+
+/// The most fds one datagram may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+
 /// The calling thread's `errno`. Async-signal-safe.
 pub(crate) fn errno() -> i32 {
     nix::errno::Errno::last_raw()

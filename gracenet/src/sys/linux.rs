@@ -74,30 +74,16 @@ pub(crate) fn pass_credentials(socket: &std::os::unix::net::UnixDatagram) -> io:
     nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::PassCred, &true).map_err(io::Error::from)
 }
 
-/// One datagram received by [`recv_with_fds`].
-pub(crate) struct Received {
-    pub len: usize,
-    /// The sender's pid, when the kernel attached its credentials.
-    pub sender: Option<i32>,
-    /// The fds that came with it (close-on-exec).
-    pub fds: Vec<OwnedFd>,
-    /// Whether some ancillary data (fds) did not fit and was dropped.
-    pub truncated: bool,
-}
-
 use nix::sys::socket::MsgFlags;
-
-/// The most fds one datagram may carry (the kernel's `SCM_MAX_FD`).
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
 /// Receives one datagram with its sender's pid and any fds passed with it (`SCM_RIGHTS`).
 pub(crate) fn recv_with_fds(
     socket: &std::os::unix::net::UnixDatagram,
     buf: &mut [u8],
     flags: MsgFlags,
-) -> io::Result<Received> {
+) -> io::Result<super::Received> {
     use nix::sys::socket::{ControlMessageOwned, UnixCredentials, recvmsg};
-    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS_PER_MESSAGE]);
+    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; super::MAX_FDS_PER_MESSAGE]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -105,7 +91,7 @@ pub(crate) fn recv_with_fds(
         Some(&mut cmsg),
         flags | MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
-    let mut received = Received {
+    let mut received = super::Received {
         len: msg.bytes,
         sender: None,
         fds: Vec::new(),

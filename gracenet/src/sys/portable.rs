@@ -63,23 +63,12 @@ pub(crate) fn pass_credentials(_socket: &std::os::unix::net::UnixDatagram) -> io
     Err(unsupported("sender credentials on a Unix datagram socket"))
 }
 
-/// One datagram received by [`recv_with_fds`].
-pub(crate) struct Received {
-    pub len: usize,
-    pub sender: Option<i32>,
-    pub fds: Vec<OwnedFd>,
-    pub truncated: bool,
-}
-
-/// The most fds one datagram may carry.
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
-
 /// Passing fds with sender credentials is used by the supervisor only, which is Linux's.
 pub(crate) fn recv_with_fds(
     _socket: &std::os::unix::net::UnixDatagram,
     _buf: &mut [u8],
     _flags: nix::sys::socket::MsgFlags,
-) -> io::Result<Received> {
+) -> io::Result<super::Received> {
     Err(unsupported("receiving fds with sender credentials"))
 }
 
