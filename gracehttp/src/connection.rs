@@ -3,29 +3,36 @@
 //! gets it too); an HTTP/1 connection gets `Connection: close` on its next response, or is
 //! closed once it has been idle for the idle grace. The drain wakes a connection only when
 //! something happens to it (a request finishes, its idle grace ends), never on a timer tick.
+//!
+//! The hot path is a request on a keep-alive connection; it costs a few relaxed atomic
+//! operations here and nothing else: the service is called with its own types (no boxed
+//! future or body), no timer is armed or clock read per request (the connection's one timer
+//! checks counters every quarter of the header read timeout, and not at all while the
+//! connection is quiet), and nothing is registered with the drain or a waker while serving.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use gracenet::ConnectionGuard;
 use gracenet::tokio::PeerAddr;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
 
 use crate::drain::Drain;
 use crate::peer_errors::{self, PeerErrors};
-use crate::service::{BoxError, Handler};
+use crate::service::{BoxError, HttpService};
 
 /// What the connection's timers need to know, kept cheap for the hot path: counters and
 /// flags, no clock reads. The connection's one timer compares the counters with what they
@@ -35,6 +42,9 @@ pub(crate) struct Activity {
     reads: AtomicU64,
     /// Requests started plus requests finished.
     request_events: AtomicU64,
+    /// `reads` when the last request finished. More reads since, with nothing in flight, are
+    /// the next request's headers arriving (HTTP/1).
+    reads_at_done: AtomicU64,
     /// Whether any request has started (its headers were read).
     any_request: AtomicBool,
     in_flight: AtomicUsize,
@@ -46,21 +56,35 @@ pub(crate) struct Activity {
     /// Set once the drain has begun: from then on the last request finishing wakes the
     /// connection, which may then close.
     draining: AtomicBool,
-    /// The last request in flight finished during the drain.
-    request_done: Notify,
+    /// The connection went idle or busy while its task listens (draining, or HTTP/2).
+    went_idle: AtomicBool,
+    /// The connection's task, registered while it listens for `went_idle`.
+    waker: AtomicWaker,
+    /// Set by the connection's task when its timer is parked (nothing happened for a whole
+    /// check period); the next byte read then asks for the checks to resume.
+    parked: AtomicBool,
+    /// A byte arrived while parked.
+    unparked: AtomicBool,
+    /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
+    drain: Drain,
 }
 
 impl Activity {
-    fn new() -> Arc<Activity> {
+    fn new(drain: Drain) -> Arc<Activity> {
         Arc::new(Activity {
             reads: AtomicU64::new(0),
             request_events: AtomicU64::new(0),
+            reads_at_done: AtomicU64::new(0),
             any_request: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             http2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            request_done: Notify::new(),
+            went_idle: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            parked: AtomicBool::new(false),
+            unparked: AtomicBool::new(false),
+            drain,
         })
     }
 
@@ -78,6 +102,12 @@ impl Activity {
 
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Wakes the connection's task (registered only while it listens).
+    fn wake(&self) {
+        self.went_idle.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// What the counters say now.
@@ -119,6 +149,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
             if !this.activity.seen_bytes.load(Ordering::Relaxed) {
                 this.activity.first_bytes(&buf.filled()[before..]);
             }
+            if this.activity.parked.load(Ordering::Relaxed) {
+                this.activity.parked.store(false, Ordering::Relaxed);
+                this.activity.unparked.store(true, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -146,11 +180,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 }
 
-/// The per-connection hyper service: counts requests in flight, hands the handler the
-/// [`Drain`], and once draining asks HTTP/1 clients to close with their next response.
-#[derive(Clone)]
-struct ConnService {
-    handler: Handler,
+/// The per-connection hyper service: counts requests in flight, hands the service the
+/// [`Drain`] and the peer's address, and once draining asks HTTP/1 clients to close with
+/// their next response. Generic over the application's service, so its future and body are
+/// not boxed.
+struct ConnService<S> {
+    service: S,
     /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`).
     peer: PeerAddr,
     activity: Arc<Activity>,
@@ -161,25 +196,36 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.request_events.fetch_add(1, Ordering::Relaxed);
+        let activity = &self.0;
+        activity.request_events.fetch_add(1, Ordering::Relaxed);
+        activity
+            .reads_at_done
+            .store(activity.reads.load(Ordering::Relaxed), Ordering::Relaxed);
         // Draining, and idle now: the connection may close. HTTP/2: the connection's task is
         // woken whenever it goes idle or busy, which gets its writes polled sooner (measured:
         // 1.1x plain hyper's requests/s with it, 0.9x without, h2load -c64 -m10 on one core).
-        let idle = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
-        if idle && (self.0.draining.load(Ordering::Acquire) || self.0.http2.load(Ordering::Relaxed)) {
-            self.0.request_done.notify_one();
+        let idle = activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
+        if idle && (activity.draining.load(Ordering::Acquire) || activity.http2.load(Ordering::Relaxed)) {
+            activity.wake();
         }
     }
 }
 
-/// A response body that keeps its request counted as in flight until the body has been sent
-/// (or dropped): a streaming response is work the drain and the idle timers wait for.
-pub(crate) struct TrackedBody {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
-    in_flight: Option<InFlight>,
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until the body has been
+    /// sent (or dropped): a streaming response is work the drain and the idle timers wait for.
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
 }
 
-impl http_body::Body for TrackedBody {
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -187,12 +233,20 @@ impl http_body::Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.in_flight = None;
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                *this.in_flight = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.in_flight = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -204,10 +258,10 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<TrackedBody>;
+impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<S> {
+    type Response = Response<TrackedBody<S::Body>>;
     type Error = BoxError;
-    type Future = ConnFuture;
+    type Future = ConnFuture<S>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         self.activity.any_request.store(true, Ordering::Relaxed);
@@ -218,7 +272,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         if self.activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0 && !http1 {
             // HTTP/2: wake the connection's task (see `InFlight::drop`).
-            self.activity.request_done.notify_one();
+            self.activity.wake();
         }
         let in_flight = InFlight(self.activity.clone());
         req.extensions_mut().insert(self.drain.clone());
@@ -227,35 +281,92 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
         }
         req.extensions_mut().insert(self.peer.clone());
+        // Each request gets its own clone, made ready, then called, as tower's `Oneshot` and
+        // hyper-util's `TowerToHyperService` do. A service that is ready at once (an axum
+        // `Router`, a hyper service) is called at once: the future then holds no request.
+        let mut service = self.service.clone();
+        let ready = tower_service::Service::poll_ready(&mut service, &mut Context::from_waker(Waker::noop()));
+        let call = match ready {
+            Poll::Ready(Ok(())) => ServiceCall::Called {
+                future: tower_service::Service::call(&mut service, req),
+            },
+            Poll::Ready(Err(e)) => ServiceCall::Failed {
+                error: Some(e.into()),
+            },
+            // Polled again with the task's waker.
+            Poll::Pending => ServiceCall::Waiting {
+                waiting: Some(Box::new((service, req))),
+            },
+        };
         ConnFuture {
-            response: (self.handler)(req),
+            call,
             in_flight: Some(in_flight),
-            http1_drain: http1.then(|| self.drain.clone()),
+            http1,
         }
     }
 }
 
-/// A request being answered: the handler's future, then the response prepared for the
-/// drain (`Connection: close` on HTTP/1 once draining) with its body tracked. A named future
-/// rather than a boxed `async` block: one allocation fewer per request.
-pub(crate) struct ConnFuture {
-    response: crate::service::ResponseFuture,
-    in_flight: Option<InFlight>,
-    /// For HTTP/1 requests: the drain, checked when the response is ready.
-    http1_drain: Option<Drain>,
+pin_project_lite::pin_project! {
+    /// Where a request is in the application's service.
+    #[project = ServiceCallProj]
+    enum ServiceCall<S: HttpService> {
+        // Not ready when the request came: the service and the request, boxed (the rare
+        // path) to keep the common future small.
+        Waiting { waiting: Option<Box<(S, Request<Incoming>)>> },
+        // `poll_ready` failed.
+        Failed { error: Option<BoxError> },
+        // Called.
+        Called { #[pin] future: S::Future },
+    }
 }
 
-impl Future for ConnFuture {
-    type Output = Result<Response<TrackedBody>, BoxError>;
+pin_project_lite::pin_project! {
+    /// A request being answered: the service's future, then the response prepared for the
+    /// drain (`Connection: close` on HTTP/1 once draining) with its body tracked.
+    pub(crate) struct ConnFuture<S: HttpService> {
+        #[pin]
+        call: ServiceCall<S>,
+        in_flight: Option<InFlight>,
+        http1: bool,
+    }
+}
+
+impl<S: HttpService> Future for ConnFuture<S> {
+    type Output = Result<Response<TrackedBody<S::Body>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let mut response = match this.response.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(r)) => r,
+        let mut this = self.project();
+        let mut response = loop {
+            match this.call.as_mut().project() {
+                ServiceCallProj::Waiting { waiting } => {
+                    let Some((service, _)) = waiting.as_deref_mut() else {
+                        return Poll::Ready(Err("request polled after it was called".into()));
+                    };
+                    match tower_service::Service::poll_ready(service, cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let Some((mut service, request)) = waiting.take().map(|b| *b) else {
+                        return Poll::Ready(Err("request polled after it was called".into()));
+                    };
+                    let future = tower_service::Service::call(&mut service, request);
+                    this.call.set(ServiceCall::Called { future });
+                }
+                ServiceCallProj::Failed { error } => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "request polled after it failed".into())));
+                }
+                ServiceCallProj::Called { future } => match future.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(Ok(r)) => break r,
+                },
+            }
         };
-        if this.http1_drain.as_ref().is_some_and(Drain::is_draining) {
+        let draining = this.in_flight.as_ref().is_some_and(|f| f.0.drain.is_draining());
+        if *this.http1 && draining {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -270,34 +381,91 @@ impl Future for ConnFuture {
 pub(crate) struct ConnConfig {
     pub builder: auto::Builder<TokioExecutor>,
     pub idle_grace: Duration,
-    /// From the accept to the first request's headers.
-    pub first_request_timeout: Duration,
+    /// From the accept to the first request's headers; and for any later request's headers
+    /// (HTTP/1), from their first byte.
+    pub header_read_timeout: Duration,
     /// With no request in flight.
     pub idle_timeout: Duration,
     /// What peers did wrong, reported together.
     pub peer_errors: Arc<PeerErrors>,
 }
 
+/// What one site's connections share: its TLS acceptor, the drain, the configuration.
+pub(crate) struct SiteContext {
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub drain: Drain,
+    pub config: ConnConfig,
+}
+
+/// A connection just accepted, with what it holds.
+pub(crate) struct Accepted {
+    pub stream: gracenet::tokio::Stream,
+    pub peer: PeerAddr,
+    /// When it was accepted: the first request's deadline counts from here.
+    pub at: Instant,
+    /// Keeps the generation's drain waiting for this connection.
+    pub guard: ConnectionGuard,
+    /// Its place under the connection limit, if there is one.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves an accepted connection with `service`: the TLS handshake first on a TLS site
+/// (counted against the first request's deadline), then HTTP.
+pub(crate) async fn serve_accepted<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
+    let Accepted {
+        stream,
+        peer,
+        at,
+        guard,
+        permit,
+    } = accepted;
+    let config = &site.config;
+    match &site.acceptor {
+        None => serve(stream, at, peer, guard, service, &site.drain, config).await,
+        Some(acceptor) => {
+            let deadline = at + config.header_read_timeout;
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(tls, at, peer, guard, service, &site.drain, config).await,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    config.peer_errors.record("TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        "TLS handshake not finished within {:?}",
+                        config.header_read_timeout
+                    );
+                    config
+                        .peer_errors
+                        .record("TLS handshake not finished within the header read timeout");
+                }
+            }
+        }
+    }
+    drop(permit);
+}
+
 /// Serves one connection, accepted at `accepted`, to its end.
-pub(crate) async fn serve<T>(
+async fn serve<T, S>(
     io: T,
-    accepted: tokio::time::Instant,
+    accepted: Instant,
     peer: PeerAddr,
     guard: ConnectionGuard,
-    handler: Handler,
-    drain: Drain,
-    config: ConnConfig,
+    service: S,
+    drain: &Drain,
+    config: &ConnConfig,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService,
 {
-    let activity = Activity::new();
+    let activity = Activity::new(drain.clone());
     let io = TrackedIo {
         inner: io,
         activity: activity.clone(),
         _guard: guard,
     };
     let service = ConnService {
-        handler,
+        service,
         peer,
         activity: activity.clone(),
         drain: drain.clone(),
@@ -309,104 +477,262 @@ pub(crate) async fn serve<T>(
     tokio::pin!(conn);
     let draining = drain.draining();
     tokio::pin!(draining);
-    let mut drain_started = drain.is_draining();
-    let mut closing = false;
-    // Whether the timer was armed for the idle timeout (not the first-request deadline).
-    let mut armed_idle = false;
-    // One timer, armed lazily: it fires at the next moment something may have to happen, and
-    // then the counters say whether it must (no per-request timer, no clock read per request).
-    let timer = tokio::time::sleep_until(accepted + config.first_request_timeout);
+    let timer = tokio::time::sleep_until(accepted + config.header_read_timeout);
     tokio::pin!(timer);
-    let mut armed = activity.snapshot();
-    // Far enough to mean "not armed".
-    let never = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    if drain_started {
-        arm(&mut timer, &mut armed, &activity, config.idle_grace);
-    }
-    loop {
-        let mut fired = false;
-        tokio::select! {
-            result = conn.as_mut() => {
+    let mut watch = Watch::new(activity, drain.clone(), config);
+    std::future::poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 if let Err(e) = result {
                     tracing::debug!("connection ended: {e}");
                     config.peer_errors.record(&peer_errors::kind(&*e));
                 }
-                return;
+                return Poll::Ready(());
             }
-            _ = &mut draining, if !drain_started => {
-                drain_started = true;
-                activity.draining.store(true, Ordering::Release);
-                if activity.http2.load(Ordering::Relaxed) {
-                    // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones
-                    // elsewhere.
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+            match watch.poll_decide(cx, draining.as_mut(), timer.as_mut()) {
+                Decision::Wait => return Poll::Pending,
+                // Polled again at once: hyper sends GOAWAY or closes between requests.
+                Decision::Shutdown => conn.as_mut().graceful_shutdown(),
+                Decision::Close => return Poll::Ready(()),
+            }
+        }
+    })
+    .await;
+}
+
+/// What the connection's watch asks of it.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// Nothing now.
+    Wait,
+    /// Shut down gracefully: GOAWAY (HTTP/2), or close between requests (HTTP/1).
+    Shutdown,
+    /// Close now (a peer that sent no request in time).
+    Close,
+}
+
+/// The connection's deadlines and its part in the drain: one timer, checked against the
+/// activity counters when it fires, and nothing registered per request.
+struct Watch<'a> {
+    activity: Arc<Activity>,
+    drain: Drain,
+    config: &'a ConnConfig,
+    /// The task's waker when the drain's and the timer's registrations were last made: they
+    /// are made again only when it changes.
+    waker: Option<Waker>,
+    drain_started: bool,
+    /// Told to shut down (GOAWAY sent, or HTTP/1 closing between requests).
+    closing: bool,
+    /// The timer was reset since it was last polled (it must be polled to register).
+    rearmed: bool,
+    /// The counters when the timer was armed.
+    armed: Snapshot,
+    /// When a request was last seen in flight, started or finished.
+    active_at: Instant,
+    /// When the next request's headers were first seen arriving, incomplete (HTTP/1).
+    headers_since: Option<Instant>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(activity: Arc<Activity>, drain: Drain, config: &'a ConnConfig) -> Watch<'a> {
+        let armed = activity.snapshot();
+        Watch {
+            activity,
+            drain,
+            config,
+            waker: None,
+            drain_started: false,
+            closing: false,
+            rearmed: false,
+            armed,
+            active_at: Instant::now(),
+            headers_since: None,
+        }
+    }
+
+    /// How often a serving connection's counters are checked: the header read timeout is
+    /// then enforced within 1.5 times itself.
+    fn period(&self) -> Duration {
+        (self.config.header_read_timeout / 4)
+            .min(self.config.idle_timeout)
+            .max(Duration::from_millis(1))
+    }
+
+    fn arm(&mut self, timer: &mut Pin<&mut Sleep>, after: Duration) {
+        self.armed = self.activity.snapshot();
+        timer.as_mut().reset(Instant::now() + after);
+        self.rearmed = true;
+    }
+
+    fn begin_drain(&mut self, timer: &mut Pin<&mut Sleep>) -> Decision {
+        self.drain_started = true;
+        self.activity.parked.store(false, Ordering::Relaxed);
+        self.activity.draining.store(true, Ordering::Release);
+        // HTTP/1 (or nothing sent yet): closed between requests once nothing has come for the
+        // idle grace, so a request already sent is answered (with `Connection: close`), not
+        // reset.
+        self.arm(timer, self.config.idle_grace);
+        if self.activity.http2.load(Ordering::Relaxed) {
+            // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones
+            // elsewhere.
+            self.closing = true;
+            return Decision::Shutdown;
+        }
+        Decision::Wait
+    }
+
+    /// Looks at what happened since the last poll: the drain's start, a request finishing
+    /// while someone listens, the timer.
+    fn poll_decide(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut draining: Pin<&mut impl Future<Output = ()>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Decision {
+        loop {
+            // A new waker: every registration is made again (once per connection in practice).
+            let fresh = !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if fresh {
+                self.waker = Some(cx.waker().clone());
+                if self.drain.is_draining() && !self.drain_started {
+                    // Already draining when accepted.
+                    let decision = self.begin_drain(&mut timer);
+                    if decision != Decision::Wait {
+                        return decision;
+                    }
                 }
-                // HTTP/1 (or nothing sent yet): closed between requests once nothing has come
-                // for the idle grace, so a request already sent is answered (with
-                // `Connection: close`), not reset.
-                arm(&mut timer, &mut armed, &activity, config.idle_grace);
             }
-            // Draining: the last request finished; the idle grace starts now.
-            _ = activity.request_done.notified() => {
-                if drain_started { arm(&mut timer, &mut armed, &activity, config.idle_grace); }
+            // Registered before `went_idle` is looked at, so no wake-up is lost.
+            let listening = self.drain_started || self.activity.http2.load(Ordering::Relaxed);
+            if listening {
+                self.activity.waker.register(cx.waker());
+            }
+            // The drain's flag is set before its watchers are woken.
+            if !self.drain_started
+                && (fresh || self.drain.is_draining())
+                && draining.as_mut().poll(cx).is_ready()
+            {
+                let decision = self.begin_drain(&mut timer);
+                if decision != Decision::Wait {
+                    return decision;
+                }
                 continue;
             }
-            _ = &mut timer => fired = true,
+            if listening && self.activity.went_idle.swap(false, Ordering::AcqRel) && self.drain_started {
+                // Draining: the last request finished; the idle grace starts now.
+                self.arm(&mut timer, self.config.idle_grace);
+            }
+            if self.activity.unparked.load(Ordering::Relaxed) {
+                self.activity.unparked.store(false, Ordering::Relaxed);
+                // Bytes after a quiet period: checks resume.
+                let period = self.period();
+                self.arm(&mut timer, period);
+            }
+            if fresh || self.rearmed || timer.is_elapsed() {
+                self.rearmed = false;
+                if timer.as_mut().poll(cx).is_ready() {
+                    match self.check(&mut timer) {
+                        Decision::Wait => continue,
+                        decision => return decision,
+                    }
+                }
+            }
+            return Decision::Wait;
         }
-        if !fired {
-            continue;
-        }
-        let now = activity.snapshot();
-        let quiet = now == armed; // no byte and no request since armed
-        let no_request = now.request_events == armed.request_events; // PINGs do not count
-        let busy = activity.busy();
-        let http2 = activity.http2.load(Ordering::Relaxed);
-        if closing {
+    }
+
+    /// The timer fired: what the counters say must happen. Re-arms the timer.
+    fn check(&mut self, timer: &mut Pin<&mut Sleep>) -> Decision {
+        let now = self.activity.snapshot();
+        let quiet = now == self.armed; // no byte and no request since armed
+        let no_request = now.request_events == self.armed.request_events; // PINGs do not count
+        let busy = self.activity.busy();
+        let http2 = self.activity.http2.load(Ordering::Relaxed);
+        let grace = self.config.idle_grace;
+        if self.closing {
             // HTTP/2 told to go (GOAWAY) and still here, with nothing in flight (every
             // response sent) and nothing since: closed. Any stream it opens now was refused by
             // the GOAWAY, which clients retry. (HTTP/1 is closed by hyper itself, between
             // requests: closing it from here could drop a request whose bytes are unread.)
             if http2 && no_request && !busy {
                 tracing::debug!("closing a connection that stayed after it was told to go");
-                return;
+                return Decision::Close;
             }
             if http2 {
-                arm(&mut timer, &mut armed, &activity, config.idle_grace);
+                self.arm(timer, grace);
             } else {
-                timer.as_mut().reset(never());
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + Duration::from_secs(86_400 * 365));
             }
-        } else if drain_started {
+            return Decision::Wait;
+        }
+        if self.drain_started {
+            self.arm(timer, grace);
             if quiet && !busy {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+                self.closing = true;
+                return Decision::Shutdown;
             }
-            arm(&mut timer, &mut armed, &activity, config.idle_grace);
-        } else if !activity.any_request.load(Ordering::Relaxed) {
+            return Decision::Wait;
+        }
+        if !self.activity.any_request.load(Ordering::Relaxed) {
             // Nothing but silence, a handshake, a preface or settings since the accept.
             tracing::debug!(
                 "closing a connection that sent no request within {:?} of its accept",
-                config.first_request_timeout
+                self.config.header_read_timeout
             );
-            config
+            self.config
                 .peer_errors
                 .record("no request within the header read timeout");
-            return;
-        } else if !busy && no_request && armed_idle {
-            // No request in flight or started for the idle timeout (PINGs do not count).
-            tracing::debug!("closing a connection idle for {:?}", config.idle_timeout);
-            conn.as_mut().graceful_shutdown();
-            closing = true;
-            arm(&mut timer, &mut armed, &activity, config.idle_grace);
-        } else {
-            arm(&mut timer, &mut armed, &activity, config.idle_timeout);
-            armed_idle = true;
+            return Decision::Close;
         }
+        let at = Instant::now();
+        if busy || !no_request {
+            self.active_at = at;
+        }
+        // HTTP/1: bytes read since the last request finished, with none in flight, are the
+        // next request's headers. They arrived after the previous check (or the request
+        // finished after it), so closing once they have been seen for the header read
+        // timeout closes within 1.5 times it of their first byte.
+        let reads_at_done = self.activity.reads_at_done.load(Ordering::Relaxed);
+        let headers_pending = !busy && !http2 && now.reads != reads_at_done;
+        if !headers_pending {
+            self.headers_since = None;
+        } else if self.headers_since.is_none() || !no_request {
+            self.headers_since = Some(at);
+        } else if self
+            .headers_since
+            .is_some_and(|since| at.duration_since(since) >= self.config.header_read_timeout)
+        {
+            tracing::debug!(
+                "closing a connection whose request headers took longer than {:?}",
+                self.config.header_read_timeout
+            );
+            self.config
+                .peer_errors
+                .record("request headers not read within the header read timeout");
+            return Decision::Close;
+        }
+        if !busy && no_request && at.duration_since(self.active_at) >= self.config.idle_timeout {
+            // No request in flight or started for the idle timeout (PINGs do not count).
+            tracing::debug!("closing a connection idle for {:?}", self.config.idle_timeout);
+            self.closing = true;
+            self.arm(timer, grace);
+            return Decision::Shutdown;
+        }
+        if quiet && !busy {
+            // Nothing happened for a whole period: wait for the idle timeout, or for the next
+            // byte to resume the checks.
+            self.activity.parked.store(true, Ordering::Relaxed);
+            let idle_left = self
+                .config
+                .idle_timeout
+                .saturating_sub(at.duration_since(self.active_at));
+            self.arm(timer, idle_left);
+            return Decision::Wait;
+        }
+        let period = self.period();
+        self.arm(timer, period);
+        Decision::Wait
     }
-}
-
-/// Arms the connection's timer `after` from now, remembering the counters.
-fn arm(timer: &mut Pin<&mut tokio::time::Sleep>, armed: &mut Snapshot, activity: &Activity, after: Duration) {
-    *armed = activity.snapshot();
-    timer.as_mut().reset(tokio::time::Instant::now() + after);
 }

@@ -1,27 +1,19 @@
-//! Any tower service (an axum `Router`, `tower::service_fn`, ...) or hyper service, erased to
-//! one handler type so servers of different services can be served together.
+//! Any tower service (an axum `Router`, `tower::service_fn`, ...) or hyper service. A site's
+//! service type is erased once per connection (the connection's task is spawned by a typed
+//! function behind [`SiteService`]), never per request: requests are served with the
+//! service's own future and body types.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+
+use crate::connection::{self, Accepted, SiteContext};
 
 /// The error type handlers and bodies are boxed into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// A handler's answer, with its service's future type erased.
-pub(crate) type ResponseFuture = BoxFuture<Result<Response<UnsyncBoxBody<Bytes, BoxError>>, BoxError>>;
-
-/// A request handler with its service and body types erased.
-pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> ResponseFuture + Send + Sync>;
 
 /// A service gracehttp can serve: any tower service of HTTP requests that can be cloned per
 /// connection and sent between threads (an axum `Router`, `tower::service_fn`, a hyper
@@ -53,19 +45,24 @@ where
     type Body = B;
 }
 
-/// Erases a service: each request gets its own clone, made ready, then called, as
-/// hyper-util's `TowerToHyperService` does.
-pub(crate) fn handler<S: HttpService>(service: S) -> Handler {
-    Arc::new(move |req| {
-        let mut service = service.clone();
-        Box::pin(async move {
-            std::future::poll_fn(|cx| service.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            let response = service.call(req).await.map_err(Into::into)?;
-            Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
-        })
-    })
+/// A site's service with its type erased: spawns the task serving one accepted connection.
+pub(crate) trait SiteService: Send + Sync {
+    /// Serves `accepted` on its own task, to its end.
+    fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>);
+}
+
+/// The one implementation of [`SiteService`], for any service.
+struct Typed<S>(S);
+
+impl<S: HttpService> SiteService for Typed<S> {
+    fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>) {
+        tokio::spawn(connection::serve_accepted(self.0.clone(), accepted, site));
+    }
+}
+
+/// Erases `service`'s type.
+pub(crate) fn erase<S: HttpService>(service: S) -> Arc<dyn SiteService> {
+    Arc::new(Typed(service))
 }
 
 /// Adapts a hyper service (`hyper::service::service_fn`, say) to the tower service gracehttp

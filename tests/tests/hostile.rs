@@ -148,6 +148,111 @@ async fn slow_clients_are_closed_at_the_header_read_timeout() {
     no_panics(&mut g);
 }
 
+/// Reads one whole HTTP/1.1 response with a `Content-Length` from `s` (deadline: `DEADLINE`).
+fn read_response(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).expect("a response within the deadline");
+        assert!(n > 0, "closed before the whole response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A keep-alive connection's later requests get the header read timeout too (from their first
+/// byte), while a connection that merely waits between requests is kept until the idle timeout.
+#[test]
+fn a_slow_second_request_is_closed_and_a_quiet_keep_alive_is_kept() {
+    let (mut g, ports) = start(
+        &[],
+        &[
+            ("PROBE_HEADER_TIMEOUT_MS", "1000"),
+            ("PROBE_IDLE_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let port = ports[0];
+    let pid = g.pid().to_string();
+    let request = b"GET /pid HTTP/1.1\r\nHost: keep-alive\r\n\r\n";
+
+    // Quiet for three header timeouts between two requests: still answered on the same
+    // connection.
+    let mut quiet = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    quiet.write_all(request).unwrap();
+    assert!(read_response(&mut quiet).ends_with(&pid));
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(request).unwrap();
+    assert!(read_response(&mut slow).ends_with(&pid));
+
+    // The slow one trickles its second request, a byte every 100 ms (7 s in all).
+    let trickle =
+        b"GET /pid HTTP/1.1\r\nHost: slowloris\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    for b in trickle.iter() {
+        if slow.write_all(&[*b]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!(
+                "answered a request that never finished: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.expect("the slow request's connection was closed");
+    // Enforced within 1.5 times the timeout of the first byte; a second of slack for a busy
+    // machine.
+    assert!(
+        closed_after >= Duration::from_millis(1000),
+        "closed too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_millis(2500),
+        "closed too late: {closed_after:?}"
+    );
+
+    // The quiet connection has waited over three header timeouts: it is still served.
+    // (This wait is the scenario under test, not a synchronisation.)
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    quiet.write_all(request).unwrap();
+    assert!(
+        read_response(&mut quiet).ends_with(&pid),
+        "the quiet keep-alive connection was kept"
+    );
+    no_panics(&mut g);
+}
+
 /// CPU time (user + system) of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
