@@ -185,19 +185,10 @@ fn spawn_exec(
         new_group,
     };
 
-    // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
-    // dup2, close_range or fcntl, sigprocmask, signal, setpgid, chdir, getpid, execve, write, _exit) on memory
-    // prepared above, and never returns.
-    let pid = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => exec_child(&plan),
-        Ok(nix::unistd::ForkResult::Parent { child }) => child,
-        Err(e) => {
-            return Err(Error::Spawn {
-                program: exe.path.clone(),
-                source: e.into(),
-            });
-        }
-    };
+    let pid = start_child(&plan).map_err(|e| Error::Spawn {
+        program: exe.path.clone(),
+        source: e.into(),
+    })?;
     drop(err_write);
     let mut child = ChildProcess::new(pid);
     // The child writes errno here only if it could not exec; a successful exec closes the
@@ -230,6 +221,102 @@ fn spawn_exec(
         _ => {
             tracing::debug!(pid = pid.as_raw(), program = %exe.path.display(), "started the next process");
             Ok(child)
+        }
+    }
+}
+
+/// The child's stack while it shares this process's memory (Linux): `exec_child` and the
+/// calls it makes need a few KiB; glibc's `posix_spawn` uses about as much.
+#[cfg(target_os = "linux")]
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts the child running `exec_child(plan)`, returning its pid once it has exec'd (or
+/// failed). On Linux the child shares this process's memory until its `execve`, as
+/// `posix_spawn` does (`CLONE_VM | CLONE_VFORK`): a `fork` would copy the page tables of a
+/// process busy serving, and every page it writes afterwards would fault once (copy on
+/// write), on the very core and at the very moment a restart must be invisible. The calling
+/// thread waits the few hundred microseconds until the `execve`.
+#[cfg(target_os = "linux")]
+fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildPlan` borrowed by `start_child`, whose frame outlives
+        // the child's use of it (the parent is suspended until the child execs or exits).
+        let plan = unsafe { &*arg.cast::<ChildPlan<'_>>() };
+        // SAFETY: a child sharing the parent's memory, with every signal blocked and the
+        // parent suspended: exec_child resets the signal handlers before unblocking, and makes
+        // only async-signal-safe calls on memory prepared by the parent.
+        unsafe { reset_signal_handlers() };
+        exec_child(plan)
+    }
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down: its top, aligned to 16 bytes.
+    let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK);
+    let top = top.wrapping_sub(top as usize % 16);
+    // Every signal blocked while the child shares our memory: a handler (signal-hook's) must
+    // not run in it before it has reset the handlers to their defaults.
+    // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only read and write it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let plan_ptr: *const ChildPlan<'_> = plan;
+    // SAFETY: the child runs `entry` on its own stack (`stack`, alive until after the child
+    // has exec'd: CLONE_VFORK suspends this thread until then), sharing our memory; it only
+    // makes async-signal-safe system calls and writes only to `plan.moved` and
+    // `plan.pid_slot`, prepared for it.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            plan_ptr.cast_mut().cast(),
+        )
+    };
+    let errno = Errno::last();
+    // SAFETY: restores this thread's own mask, saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(errno);
+    }
+    Ok(nix::unistd::Pid::from_raw(pid))
+}
+
+/// Elsewhere: a plain `fork`.
+#[cfg(not(target_os = "linux"))]
+fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
+    // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
+    // dup2, close_range or fcntl, sigprocmask, signal, setpgid, chdir, getpid, execve, write,
+    // _exit) on memory prepared by the parent, and never returns.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => exec_child(plan),
+        nix::unistd::ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+/// In a child sharing its parent's memory, before any signal is unblocked: every signal
+/// with a handler goes back to its default action, so no handler of the parent's runs here.
+///
+/// # Safety
+/// Only in such a child, with every signal blocked.
+#[cfg(target_os = "linux")]
+unsafe fn reset_signal_handlers() {
+    for signal in 1..libc::SIGRTMAX() {
+        // SAFETY: sigaction only reads and writes the structs given; invalid signal numbers
+        // (SIGKILL, SIGSTOP, the ones libc reserves) fail harmlessly.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
         }
     }
 }
