@@ -30,7 +30,7 @@ use tracing_subscriber::registry::LookupSpan;
 pub const DEFAULT_FILTER: &str = "warn,gracehttp=info,gracedemo=info,h2=error";
 
 /// How many lines may wait for a slow reader before new ones are dropped.
-const BUFFERED_LINES: usize = 16_384;
+const BUFFERED_LINES: usize = 1_024;
 
 /// How often dropped lines are reported.
 const DROP_REPORT: Duration = Duration::from_secs(10);

@@ -206,10 +206,30 @@ pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
     false
 }
 
-/// Whether this process has exactly one thread (`/proc/self/stat`'s `num_threads`).
+/// Whether this process has exactly one thread. procfs gives `/proc/self/task` a link count
+/// of two plus the number of threads: one `statx`, where reading `/proc/self/stat`'s
+/// `num_threads` takes an open, reads and a parse (it is asked several times at startup, when
+/// a restart must be cheap). `/proc/self/stat` answers when the link count cannot be had.
 pub(crate) fn single_threaded() -> bool {
-    stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1)
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/task") {
+        Ok(m) if m.nlink() > 2 => m.nlink() == 3,
+        _ => stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1),
+    }
 }
 
 /// `recvmsg` flags that make received fds close-on-exec atomically.
 pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_count_from_the_link_count_agrees_with_proc_stat() {
+        // The test harness runs tests on threads of their own: never single-threaded here.
+        let from_stat = stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok());
+        assert!(from_stat.is_some_and(|n| n > 1), "{from_stat:?}");
+        assert!(!single_threaded());
+    }
+}
