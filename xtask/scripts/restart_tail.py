@@ -5,7 +5,7 @@ core 1, first without restarts, then with a `SIGUSR2` every second. Reports wrk'
 for both, and for each restart the time from the signal to the first answer from the new pid.
 
     cargo build --release -p gracedemo
-    python3 xtask/scripts/restart_tail.py [--seconds 10]
+    python3 xtask/scripts/restart_tail.py [--seconds 10] [--rounds 3]
 
 Loopback only; bounded in time; every process that answered is killed at the end, by pid.
 """
@@ -56,6 +56,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/gracedemo")
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="quiet and restarting runs alternate this many times; medians are reported")
     a = ap.parse_args()
     port = free_port()
     server = subprocess.Popen(["taskset", "-c", "0", a.binary, "-a0", f"127.0.0.1:{port}",
@@ -67,37 +69,43 @@ def main():
             if time.time() > deadline:
                 sys.exit("gracedemo did not start")
             time.sleep(0.02)
-        quiet = wrk(port, a.seconds)
-        latencies = []
-        stop = threading.Event()
-        def restarter():
-            os.sched_setaffinity(0, {1})
-            for _ in range(a.seconds * 2):
-                if stop.wait(1.0):
-                    return
-                old = who(port)
-                if old is None:
-                    continue
-                t0 = time.monotonic()
-                os.kill(old, signal.SIGUSR2)
-                while time.monotonic() - t0 < 5:
-                    p = who(port)
-                    if p is not None and p != old:
-                        latencies.append((time.monotonic() - t0) * 1000)
-                        break
-        t = threading.Thread(target=restarter)
-        t.start()
-        busy = wrk(port, a.seconds)
-        stop.set()
-        t.join()
-        print(f"no restarts : p50 {quiet['p50']:.2f} ms, p99 {quiet['p99']:.2f} ms, max {quiet['max']:.2f} ms, "
-              f"{quiet['rps']:.0f} req/s, socket errors: {quiet['errors']}")
-        print(f"a restart/s : p50 {busy['p50']:.2f} ms, p99 {busy['p99']:.2f} ms, max {busy['max']:.2f} ms, "
-              f"{busy['rps']:.0f} req/s, socket errors: {busy['errors']}")
-        print(f"p99 ratio (restarts / none): {busy['p99'] / quiet['p99']:.2f}")
+        quiets, busies, latencies = [], [], []
+        for _ in range(a.rounds):
+            quiets.append(wrk(port, a.seconds))
+            stop = threading.Event()
+            def restarter():
+                os.sched_setaffinity(0, {1})
+                for _ in range(a.seconds * 2):
+                    if stop.wait(1.0):
+                        return
+                    old = who(port)
+                    if old is None:
+                        continue
+                    t0 = time.monotonic()
+                    os.kill(old, signal.SIGUSR2)
+                    while time.monotonic() - t0 < 5:
+                        p = who(port)
+                        if p is not None and p != old:
+                            latencies.append((time.monotonic() - t0) * 1000)
+                            break
+            t = threading.Thread(target=restarter)
+            t.start()
+            busies.append(wrk(port, a.seconds))
+            stop.set()
+            t.join()
+        for label, runs in (("no restarts", quiets), ("a restart/s", busies)):
+            for r in runs:
+                print(f"{label} : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
+                      f"{r['rps']:.0f} req/s, socket errors: {r['errors']}")
+        ratios = [b["p99"] / q["p99"] for q, b in zip(quiets, busies)]
+        print(f"p99 ratio (restarts / none) per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
+        print(f"p99: median {statistics.median(q['p99'] for q in quiets):.2f} ms without restarts, "
+              f"{statistics.median(b['p99'] for b in busies):.2f} ms with a restart a second")
         if latencies:
             print(f"restart latency (signal -> first answer from the new pid), {len(latencies)} restarts: "
-                  f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
+                  f"median {statistics.median(latencies):.1f} ms, p90 {sorted(latencies)[int(len(latencies) * 0.9)]:.1f} ms, "
+                  f"max {max(latencies):.1f} ms")
     finally:
         # Each generation leads its own process group: kill every pid that answered.
         for pid in SEEN | {server.pid}:
