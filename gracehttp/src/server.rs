@@ -261,7 +261,11 @@ impl Server {
 
     /// How long a client may take to send a request's headers (slowloris defence). For the
     /// first request the time counts from the accept, whatever the client does meanwhile: a
-    /// TLS handshake, an HTTP/2 preface and settings, nothing at all. Default 10 s.
+    /// TLS handshake, an HTTP/2 preface and settings, nothing at all. For a later request on
+    /// an HTTP/1 keep-alive connection it counts from the request's first byte, and the
+    /// connection is closed within 1.5 times it (its counters are checked every quarter of
+    /// it, never per request); waiting between requests is the idle timeout's business.
+    /// Default 10 s.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Server {
         self.header_read_timeout = timeout;
         self

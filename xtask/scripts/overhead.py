@@ -85,6 +85,7 @@ def main():
     ap.add_argument("--mode", default="both", choices=["h1", "h2", "both"])
     a = ap.parse_args()
     modes = ["h1", "h2"] if a.mode == "both" else [a.mode]
+    result = []
     for mode in modes:
         rps_ratio, cpu_ratio = [], []
         for r in range(a.rounds):
@@ -98,6 +99,12 @@ def main():
         print(f"{mode}: median over {a.rounds} rounds: requests/s {statistics.median(rps_ratio):.3f}x "
               f"(range {min(rps_ratio):.3f}-{max(rps_ratio):.3f}), CPU per request "
               f"{statistics.median(cpu_ratio):.3f}x (range {min(cpu_ratio):.3f}-{max(cpu_ratio):.3f})")
+        result += [f"{mode}_rps={statistics.median(rps_ratio):.3f}",
+                   f"{mode}_rps_range={min(rps_ratio):.3f}-{max(rps_ratio):.3f}",
+                   f"{mode}_cpu={statistics.median(cpu_ratio):.3f}",
+                   f"{mode}_cpu_range={min(cpu_ratio):.3f}-{max(cpu_ratio):.3f}"]
+    # One line for `cargo xtask bench` to read.
+    print("result: " + " ".join(result))
 
 if __name__ == "__main__":
     main()

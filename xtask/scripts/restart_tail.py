@@ -109,10 +109,19 @@ def main():
               f"median {statistics.median(ratios):.2f}")
         print(f"p99: median {statistics.median(q['p99'] for q in quiets):.2f} ms without restarts, "
               f"{statistics.median(b['p99'] for b in busies):.2f} ms with a restart a second")
+        result = (f"p99_quiet={statistics.median(q['p99'] for q in quiets):.2f} "
+                  f"p99_restarts={statistics.median(b['p99'] for b in busies):.2f} "
+                  f"p99_ratio={statistics.median(ratios):.2f} "
+                  f"p99_ratio_range={min(ratios):.2f}-{max(ratios):.2f} "
+                  f"errors={'none' if all(r['errors'] == 'none' for r in quiets + busies) else 'some'}")
+        if latencies:
+            result += (f" restarts={len(latencies)} latency_median={statistics.median(latencies):.1f} "
+                       f"latency_p90={sorted(latencies)[int(len(latencies) * 0.9)]:.1f} latency_max={max(latencies):.1f}")
         if latencies:
             print(f"restart latency (signal -> first answer from the new pid), {len(latencies)} restarts: "
                   f"median {statistics.median(latencies):.1f} ms, p90 {sorted(latencies)[int(len(latencies) * 0.9)]:.1f} ms, "
                   f"max {max(latencies):.1f} ms")
+        print("result: " + result)
     finally:
         # Each generation leads its own process group: kill every pid that answered.
         for pid in SEEN | {server.pid}:

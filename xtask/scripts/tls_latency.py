@@ -68,6 +68,9 @@ def main():
         print(f"full handshakes: p50 {statistics.median(full):.3f} ms, p99 {q(full, 0.99):.3f} ms ({a.count} connections)")
         print(f"resumption offered: p50 {statistics.median(resumed):.3f} ms, p99 {q(resumed, 0.99):.3f} ms "
               f"({reused_count} of {a.count} resumed)")
+        print(f"result: full_p50={statistics.median(full):.3f} full_p99={q(full, 0.99):.3f} "
+              f"resumed_p50={statistics.median(resumed):.3f} resumed_p99={q(resumed, 0.99):.3f} "
+              f"resumed={reused_count} count={a.count}")
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=10)

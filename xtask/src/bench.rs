@@ -1,5 +1,8 @@
-//! `cargo xtask bench`: restart under load, overhead against plain hyper, footprint. Release
-//! builds, load from this process (separate from the servers), every failure counted by kind.
+//! `cargo xtask bench`: speed against plain hyper, the latency tail across restarts, new TLS
+//! connections, footprint and draining CPU, measured from outside the server (`wrk` and
+//! `h2load` on core 1, the server on core 0: see `external`); and every request across
+//! restarts in four modes, from this process's own client, which counts each failure by kind.
+//! `--quick` runs only that last part, briefly: a correctness check, no timing.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -10,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use grace_tests::load::{self, LoadConfig, LoadResult, RestartTiming, fd_count, rss_kib, who_answers};
 
+use crate::external::{self, Figures, get};
+
 const PATH: &str = "/sleep/?duration=0s";
 const MARKER: &str = "GRACE_BENCH_MARKER";
 
@@ -19,8 +24,6 @@ struct Plan {
     connections: usize,
     load_for: Duration,
     restart_every: Duration,
-    overhead_rounds: usize,
-    overhead_for: Duration,
     restarts_for_footprint: usize,
 }
 
@@ -32,8 +35,6 @@ impl Plan {
                 connections: 8,
                 load_for: Duration::from_secs(2),
                 restart_every: Duration::from_millis(500),
-                overhead_rounds: 1,
-                overhead_for: Duration::from_secs(1),
                 restarts_for_footprint: 5,
             }
         } else {
@@ -42,8 +43,6 @@ impl Plan {
                 connections: 16,
                 load_for: Duration::from_secs(10),
                 restart_every: Duration::from_secs(1),
-                overhead_rounds: 3,
-                overhead_for: Duration::from_secs(3),
                 restarts_for_footprint: 20,
             }
         }
@@ -158,6 +157,9 @@ fn machine() -> String {
 
 pub fn run(quick: bool) -> Result<(), String> {
     let plan = Plan::new(quick);
+    if !quick {
+        external::ensure_tools()?;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -214,20 +216,6 @@ pub fn run(quick: bool) -> Result<(), String> {
         .ok_or("no port in the Serving line")?;
     std::thread::spawn(move || for _ in demo_log {}); // keep draining its log
 
-    let mut baseline = Command::new(release.join("baseline"))
-        .arg("127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the baseline: {e}"))?;
-    let base_out = lines_of(&mut baseline, false);
-    cleanup.children.push(baseline);
-    let base_port: u16 = wait_line(&base_out, "listening ")?
-        .split(' ')
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .ok_or("no port from the baseline")?;
-
     let first_pid = runtime
         .block_on(who_answers(port, PATH))
         .ok_or("gracedemo does not answer")?;
@@ -255,37 +243,7 @@ pub fn run(quick: bool) -> Result<(), String> {
         modes.push(ModeReport { mode, load, restarts });
     }
 
-    // 2. Overhead: the same handler on plain hyper and on gracehttp, alternately.
-    let mut base_runs = Vec::new();
-    let mut grace_runs = Vec::new();
-    for round in 0..plan.overhead_rounds {
-        for (which, p) in [("baseline", base_port), ("gracehttp", port)] {
-            eprintln!("overhead round {}: {which}...", round + 1);
-            let cfg = LoadConfig {
-                port: p,
-                path: PATH.into(),
-                connections: plan.connections,
-                http2: false,
-                keep_alive: true,
-                duration: plan.overhead_for,
-                max_requests: 10_000_000,
-            };
-            let r = runtime.block_on(load::run_load(cfg));
-            if which == "baseline" {
-                base_runs.push(r)
-            } else {
-                grace_runs.push(r)
-            }
-        }
-    }
-    let rps = |runs: &[LoadResult]| runs.iter().map(LoadResult::rps).sum::<f64>() / runs.len().max(1) as f64;
-    let p99 = |runs: &[LoadResult]| median(runs.iter().filter_map(|r| r.latency(0.99, None)).collect());
-    let (base_rps, grace_rps) = (rps(&base_runs), rps(&grace_runs));
-    let (base_p99, grace_p99) = (p99(&base_runs), p99(&grace_runs));
-    let base_failed: u64 = base_runs.iter().map(|r| r.failures.total()).sum();
-    let grace_failed: u64 = grace_runs.iter().map(|r| r.failures.total()).sum();
-
-    // 3. Footprint: idle (measured above), under load, after N more restarts.
+    // 2. Footprint: idle (measured above), under load, after N more restarts.
     let pid = runtime
         .block_on(who_answers(port, PATH))
         .ok_or("gracedemo stopped answering")?;
@@ -326,18 +284,45 @@ pub fn run(quick: bool) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(500));
     let after = (rss_kib(current), fd_count(current));
     let survivors = grace_tests::pids_with_env(MARKER, &cleanup.marker);
+    drop(cleanup); // the servers above are done: the measurements below start their own
+
+    // 3. From outside: the server on core 0, the load generator on core 1.
+    let outside = if plan.quick {
+        None
+    } else {
+        let target_dir = release.to_string_lossy().into_owned();
+        let demo = release.join("gracedemo").to_string_lossy().into_owned();
+        Some(Outside {
+            speed: external::run_script(
+                &root,
+                "overhead.py",
+                &["--target", &target_dir, "--rounds", "5", "--seconds", "4"],
+            )?,
+            tail: external::run_script(
+                &root,
+                "restart_tail.py",
+                &["--binary", &demo, "--seconds", "8", "--rounds", "4"],
+            )?,
+            tls: external::run_script(&root, "tls_latency.py", &["--binary", &demo, "--count", "300"])?,
+            footprint: external::run_script(
+                &root,
+                "drain_cpu.py",
+                &["--binary", &demo, "--connections", "10000"],
+            )?,
+        })
+    };
 
     // Report.
     let mut md = String::new();
     let machine = machine();
     let _ = writeln!(
         md,
-        "Machine: {machine}. Build: release. Load: this process, loopback, {} connections.\n",
+        "### Every request across restarts (load from this process, loopback, {} connections; every failure counted by kind)\n",
         plan.connections
     );
     let _ = writeln!(
         md,
-        "### Restart under load ({:?} per mode, `SIGUSR2` every {:?}, `GET {PATH}`)\n",
+        "{:?} per mode, `SIGUSR2` every {:?}, `GET {PATH}`. The latencies here include this process's own client on the same two cores: the tail figures measured from outside are above.\n",
         plan.load_for, plan.restart_every
     );
     let _ = writeln!(
@@ -376,32 +361,6 @@ pub fn run(quick: bool) -> Result<(), String> {
             f.retried_unprocessed,
         );
     }
-    let _ = writeln!(
-        md,
-        "\n### Overhead (same handler; plain hyper vs gracehttp; HTTP/1.1 keep-alive; {} alternating rounds of {:?})\n",
-        plan.overhead_rounds, plan.overhead_for
-    );
-    let _ = writeln!(md, "| server | requests/s | p99 ms | failed |");
-    let _ = writeln!(md, "|---|---|---|---|");
-    let _ = writeln!(
-        md,
-        "| plain hyper (baseline) | {base_rps:.0} | {} | {base_failed} |",
-        ms(base_p99)
-    );
-    let _ = writeln!(
-        md,
-        "| gracehttp | {grace_rps:.0} | {} | {grace_failed} |",
-        ms(grace_p99)
-    );
-    let rps_ratio = grace_rps / base_rps.max(1e-9);
-    let p99_ratio = match (grace_p99, base_p99) {
-        (Some(g), Some(b)) if !b.is_zero() => g.as_secs_f64() / b.as_secs_f64(),
-        _ => f64::NAN,
-    };
-    let _ = writeln!(
-        md,
-        "| **ratio gracehttp / baseline** | **{rps_ratio:.3}** | **{p99_ratio:.3}** | |"
-    );
     let _ = writeln!(md, "\n### Footprint (gracedemo)\n");
     let _ = writeln!(md, "| when | RSS KiB | open fds |");
     let _ = writeln!(md, "|---|---|---|");
@@ -432,6 +391,10 @@ pub fn run(quick: bool) -> Result<(), String> {
         "\nProcesses of the server left at the end: {} (expected 1).",
         survivors.len()
     );
+    let md = match &outside {
+        Some(o) => format!("{}\n{md}", o.markdown(&machine)),
+        None => md,
+    };
     println!("{md}");
 
     // JSON, for machines.
@@ -479,17 +442,9 @@ pub fn run(quick: bool) -> Result<(), String> {
         );
     }
     json.push_str("  ],\n");
-    let _ = writeln!(
-        json,
-        "  \"overhead\": {{\"baseline_rps\": {base_rps:.1}, \"gracehttp_rps\": {grace_rps:.1}, \"rps_ratio\": {rps_ratio:.4}, \"baseline_p99_ms\": {}, \"gracehttp_p99_ms\": {}, \"p99_ratio\": {}}},",
-        num(base_p99),
-        num(grace_p99),
-        if p99_ratio.is_finite() {
-            format!("{p99_ratio:.4}")
-        } else {
-            "null".into()
-        }
-    );
+    if let Some(o) = &outside {
+        let _ = writeln!(json, "  \"outside\": {},", o.json());
+    }
     let _ = writeln!(
         json,
         "  \"footprint\": {{\"idle_rss_kib\": {}, \"idle_fds\": {}, \"load_rss_kib\": {}, \"load_fds\": {}, \"after_restarts\": {}, \"after_rss_kib\": {}, \"after_fds\": {}}},",
@@ -515,16 +470,14 @@ pub fn run(quick: bool) -> Result<(), String> {
     std::fs::write(&file, json).map_err(|e| format!("{}: {e}", file.display()))?;
     eprintln!("wrote {}", file.display());
     if !plan.quick {
-        let doc = format!(
-            "# Benchmarks\n\nThe latest figures from `cargo xtask bench` (the exact command; `cargo xtask bench --quick` is a \
-             few-second version). Load comes from the xtask process on loopback through hyper's client; every failure is \
-             counted by kind. The machines are shared and noisy: compare the ratios, measured in the same run, more than \
-             the absolute numbers. The last column counts HTTP/2 requests that the old process's GOAWAY \
-             marked as not processed: RFC 9113 (8.7) makes them safe to retry, and real clients (browsers, Go, curl) \
-             retry them on a new connection; hyper-util's pooled client does not, so the load generator does. They are \
-             not failures: no request was lost, each was answered once.\n\n{md}\n"
+        let path = root.join("BENCHMARKS.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let section = format!(
+            "The latest run of `cargo xtask bench` (written by it; the notes outside this part are written by hand). \
+             The machines are shared and noisy: the ratios, measured in the same run, say more than the absolute \
+             numbers.\n\n{md}"
         );
-        std::fs::write(root.join("BENCHMARKS.md"), doc).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
+        std::fs::write(&path, external::splice(&old, &section)).map_err(|e| format!("BENCHMARKS.md: {e}"))?;
         eprintln!("wrote BENCHMARKS.md");
     }
     let failed: u64 = modes.iter().map(|m| m.load.failures.total()).sum();
@@ -546,4 +499,107 @@ fn num(d: Option<Duration>) -> String {
 
 fn opt(v: Option<u64>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "null".into())
+}
+
+/// The figures measured from outside the server.
+struct Outside {
+    speed: Figures,
+    tail: Figures,
+    tls: Figures,
+    footprint: Figures,
+}
+
+impl Outside {
+    fn markdown(&self, machine: &str) -> String {
+        let (s, t, l, f) = (&self.speed, &self.tail, &self.tls, &self.footprint);
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Machine: {machine}. Release builds. The server is pinned to core 0; `wrk`, `h2load` and the \
+             clients to core 1; server CPU from `/proc/<pid>/stat`.\n"
+        );
+        let _ = writeln!(
+            md,
+            "### Against plain hyper (the same handler on hyper-util's auto builder, no grace), alternating rounds\n\n\
+             `python3 xtask/scripts/overhead.py --rounds 5 --seconds 4`\n\n\
+             | protocol | requests/s, gracedemo ÷ plain hyper | server CPU per request, gracedemo ÷ plain hyper | goal |\n\
+             |---|---|---|---|\n\
+             | HTTP/1.1 keep-alive (`wrk -t1 -c64`) | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n\
+             | h2c (`h2load -c64 -m10`) | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n",
+            get(s, "h1_rps"),
+            get(s, "h1_rps_range"),
+            get(s, "h1_cpu"),
+            get(s, "h1_cpu_range"),
+            get(s, "h2_rps"),
+            get(s, "h2_rps_range"),
+            get(s, "h2_cpu"),
+            get(s, "h2_cpu_range"),
+        );
+        let _ = writeln!(
+            md,
+            "### The latency tail across restarts (a new connection per request, `wrk -c64 -H 'Connection: close'`)\n\n\
+             `python3 xtask/scripts/restart_tail.py --seconds 8 --rounds 4`\n\n\
+             | | p99 | goal |\n|---|---|---|\n\
+             | no restarts | {} ms | |\n\
+             | a `SIGUSR2` every second | {} ms | |\n\
+             | ratio (median of the rounds' ratios) | **{}×** ({}) | ≤ 1.2× |\n\n\
+             Restart latency (signal → first answer from the new pid), {} restarts: median {} ms, p90 {} ms, \
+             **max {} ms** (goal: < 10 ms). Socket errors: {}.\n",
+            get(t, "p99_quiet"),
+            get(t, "p99_restarts"),
+            get(t, "p99_ratio"),
+            get(t, "p99_ratio_range"),
+            get(t, "restarts"),
+            get(t, "latency_median"),
+            get(t, "latency_p90"),
+            get(t, "latency_max"),
+            get(t, "errors"),
+        );
+        let _ = writeln!(
+            md,
+            "### New TLS connections (TLS 1.3, sequential; connect → whole answer; Python's `ssl` client)\n\n\
+             `python3 xtask/scripts/tls_latency.py --count 300`\n\n\
+             | | p50 | p99 |\n|---|---|---|\n\
+             | full handshake | {} ms | {} ms |\n\
+             | resumption offered ({} of {} resumed) | {} ms | {} ms |\n",
+            get(l, "full_p50"),
+            get(l, "full_p99"),
+            get(l, "resumed"),
+            get(l, "count"),
+            get(l, "resumed_p50"),
+            get(l, "resumed_p99"),
+        );
+        let _ = writeln!(
+            md,
+            "### Footprint and draining CPU ({} connections)\n\n\
+             `python3 xtask/scripts/drain_cpu.py --connections 10000`\n\n\
+             | | |\n|---|---|\n\
+             | RSS idle | {} KiB |\n\
+             | RSS with {} idle keep-alive connections | {} KiB |\n\
+             | CPU while serving {} sleeping requests | {} % of a core |\n\
+             | CPU while draining them after `SIGTERM` | {} % of a core |\n",
+            get(f, "connections"),
+            get(f, "rss_idle_kib"),
+            get(f, "connections"),
+            get(f, "rss_idle_connections_kib"),
+            get(f, "connections"),
+            get(f, "serving_cpu"),
+            get(f, "draining_cpu"),
+        );
+        md
+    }
+
+    fn json(&self) -> String {
+        let object = |f: &Figures| {
+            let fields: Vec<String> = f.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
+            format!("{{{}}}", fields.join(", "))
+        };
+        format!(
+            "{{\"speed\": {}, \"restart_tail\": {}, \"tls\": {}, \"footprint\": {}}}",
+            object(&self.speed),
+            object(&self.tail),
+            object(&self.tls),
+            object(&self.footprint)
+        )
+    }
 }

@@ -1,9 +1,11 @@
 //! `cargo xtask <task>`: the project's own automation.
 //!
 //! - `demo`: the README walkthrough, live, narrated for a person watching.
-//! - `bench [--quick]`: restart under load, overhead against plain hyper, footprint.
+//! - `bench [--quick]`: speed against plain hyper, the latency tail across restarts, TLS,
+//!   footprint (measured from outside the server); every request across restarts.
 
 mod bench;
+mod external;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
             println!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  demo            run the README walkthrough live: a slow request, kill -USR2, a quick one\n  \
-                 bench [--quick]  restart under load, overhead against plain hyper, footprint"
+                 bench [--quick]  speed, restart tail, TLS, footprint (wrk/h2load on another core); --quick: correctness only"
             );
             Ok(())
         }

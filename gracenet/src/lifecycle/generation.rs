@@ -364,6 +364,11 @@ impl Generation {
     /// Reports that this generation is serving (its accept loops are running): the parent
     /// generation, if any, stops accepting and drains. Calling it again does nothing.
     ///
+    /// Call it once every accept loop has been polled, not merely spawned: the parent stops
+    /// accepting when it hears, and until a loop of this process polls its listener,
+    /// connections wait in the queue. (On a busy machine a spawned task can wait milliseconds
+    /// for a worker thread; gracehttp waits for each accept loop's first poll.)
+    ///
     /// Everything that can fail comes first: when the PID file cannot be written, the parent
     /// is **not** told, this returns the error, and the parent (if any) keeps serving once
     /// this process exits.
