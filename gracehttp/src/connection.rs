@@ -409,9 +409,29 @@ pub(crate) struct Accepted {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Serves an accepted connection with `service`: the TLS handshake first on a TLS site
-/// (counted against the first request's deadline), then HTTP.
-pub(crate) async fn serve_accepted<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
+/// Serves an accepted connection of a cleartext site with `service`. (Its own function, not a
+/// branch of the TLS one: a task is as large as its future, and an idle connection should not
+/// carry room for a TLS session it does not have.)
+pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
+    let Accepted {
+        stream,
+        peer,
+        at,
+        guard,
+        permit,
+    } = accepted;
+    serve(stream, at, peer, guard, service, &site.drain, &site.config).await;
+    drop(permit);
+}
+
+/// Serves an accepted connection of a TLS site with `service`: the handshake first, counted
+/// against the first request's deadline.
+pub(crate) async fn serve_tls<S: HttpService>(
+    service: S,
+    accepted: Accepted,
+    site: Arc<SiteContext>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
     let Accepted {
         stream,
         peer,
@@ -420,26 +440,21 @@ pub(crate) async fn serve_accepted<S: HttpService>(service: S, accepted: Accepte
         permit,
     } = accepted;
     let config = &site.config;
-    match &site.acceptor {
-        None => serve(stream, at, peer, guard, service, &site.drain, config).await,
-        Some(acceptor) => {
-            let deadline = at + config.header_read_timeout;
-            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve(tls, at, peer, guard, service, &site.drain, config).await,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    config.peer_errors.record("TLS handshake failed");
-                }
-                Err(_) => {
-                    tracing::debug!(
-                        "TLS handshake not finished within {:?}",
-                        config.header_read_timeout
-                    );
-                    config
-                        .peer_errors
-                        .record("TLS handshake not finished within the header read timeout");
-                }
-            }
+    let deadline = at + config.header_read_timeout;
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(tls, at, peer, guard, service, &site.drain, config).await,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            config.peer_errors.record("TLS handshake failed");
+        }
+        Err(_) => {
+            tracing::debug!(
+                "TLS handshake not finished within {:?}",
+                config.header_read_timeout
+            );
+            config
+                .peer_errors
+                .record("TLS handshake not finished within the header read timeout");
         }
     }
     drop(permit);

@@ -56,7 +56,13 @@ struct Typed<S>(S);
 
 impl<S: HttpService> SiteService for Typed<S> {
     fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>) {
-        tokio::spawn(connection::serve_accepted(self.0.clone(), accepted, site));
+        let service = self.0.clone();
+        match site.acceptor.clone() {
+            None => drop(tokio::spawn(connection::serve_plain(service, accepted, site))),
+            Some(acceptor) => drop(tokio::spawn(connection::serve_tls(
+                service, accepted, site, acceptor,
+            ))),
+        }
     }
 }
 
