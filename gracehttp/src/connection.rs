@@ -11,6 +11,7 @@
 //! connection is quiet), and nothing is registered with the drain or a waker while serving.
 
 use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -67,10 +68,13 @@ pub(crate) struct Activity {
     unparked: AtomicBool,
     /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
     drain: Drain,
+    /// The connection's socket, to ask the kernel whether bytes wait unread before closing
+    /// an idle connection.
+    fd: RawFd,
 }
 
 impl Activity {
-    fn new(drain: Drain) -> Arc<Activity> {
+    fn new(drain: Drain, fd: RawFd) -> Arc<Activity> {
         Arc::new(Activity {
             reads: AtomicU64::new(0),
             request_events: AtomicU64::new(0),
@@ -85,6 +89,7 @@ impl Activity {
             parked: AtomicBool::new(false),
             unparked: AtomicBool::new(false),
             drain,
+            fd,
         })
     }
 
@@ -102,6 +107,11 @@ impl Activity {
 
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether the peer has sent bytes this process has not read yet (see [`unread_bytes`]).
+    fn unread_bytes(&self) -> bool {
+        unread_bytes(self.fd)
     }
 
     /// Wakes the connection's task (registered only while it listens).
@@ -178,6 +188,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// Whether bytes wait unread in socket `fd`. The activity counters only see what was read: a
+/// request can sit in the socket while the connection's task has not been polled (a starved
+/// machine), and closing an "idle" connection then would lose it. `fd` must be the open
+/// socket of a connection being served.
+fn unread_bytes(fd: RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`. The caller
+    // passes the socket of a connection it is serving, so `fd` is open; on an error nothing is
+    // written and `n` stays 0.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    rc == 0 && n > 0
 }
 
 /// The per-connection hyper service: counts requests in flight, hands the service the
@@ -420,7 +443,13 @@ pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, 
         guard,
         permit,
     } = accepted;
-    serve(stream, at, peer, guard, service, &site.drain, &site.config).await;
+    let origin = Origin {
+        fd: stream.as_fd().as_raw_fd(),
+        at,
+        peer,
+        guard,
+    };
+    serve(stream, origin, service, &site.drain, &site.config).await;
     drop(permit);
 }
 
@@ -441,8 +470,14 @@ pub(crate) async fn serve_tls<S: HttpService>(
     } = accepted;
     let config = &site.config;
     let deadline = at + config.header_read_timeout;
+    let origin = Origin {
+        fd: stream.as_fd().as_raw_fd(),
+        at,
+        peer,
+        guard,
+    };
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(tls, at, peer, guard, service, &site.drain, config).await,
+        Ok(Ok(tls)) => serve(tls, origin, service, &site.drain, config).await,
         Ok(Err(e)) => {
             tracing::debug!("TLS handshake failed: {e}");
             config.peer_errors.record("TLS handshake failed");
@@ -460,20 +495,25 @@ pub(crate) async fn serve_tls<S: HttpService>(
     drop(permit);
 }
 
-/// Serves one connection, accepted at `accepted`, to its end.
-async fn serve<T, S>(
-    io: T,
-    accepted: Instant,
+/// Where a connection came from, besides its transport.
+struct Origin {
+    /// Its socket (under TLS, the TCP socket).
+    fd: RawFd,
+    /// When it was accepted: the first request's deadline counts from here.
+    at: Instant,
     peer: PeerAddr,
+    /// Keeps the generation's drain waiting for this connection.
     guard: ConnectionGuard,
-    service: S,
-    drain: &Drain,
-    config: &ConnConfig,
-) where
+}
+
+/// Serves one connection to its end.
+async fn serve<T, S>(io: T, origin: Origin, service: S, drain: &Drain, config: &ConnConfig)
+where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService,
 {
-    let activity = Activity::new(drain.clone());
+    let Origin { fd, at, peer, guard } = origin;
+    let activity = Activity::new(drain.clone(), fd);
     let io = TrackedIo {
         inner: io,
         activity: activity.clone(),
@@ -492,7 +532,7 @@ async fn serve<T, S>(
     tokio::pin!(conn);
     let draining = drain.draining();
     tokio::pin!(draining);
-    let timer = tokio::time::sleep_until(accepted + config.header_read_timeout);
+    let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
     let mut watch = Watch::new(activity, drain.clone(), config);
     std::future::poll_fn(|cx| {
@@ -684,7 +724,7 @@ impl<'a> Watch<'a> {
         }
         if self.drain_started {
             self.arm(timer, grace);
-            if quiet && !busy {
+            if quiet && !busy && !self.activity.unread_bytes() {
                 self.closing = true;
                 return Decision::Shutdown;
             }
@@ -728,7 +768,11 @@ impl<'a> Watch<'a> {
                 .record("request headers not read within the header read timeout");
             return Decision::Close;
         }
-        if !busy && no_request && at.duration_since(self.active_at) >= self.config.idle_timeout {
+        if !busy
+            && no_request
+            && at.duration_since(self.active_at) >= self.config.idle_timeout
+            && !self.activity.unread_bytes()
+        {
             // No request in flight or started for the idle timeout (PINGs do not count).
             tracing::debug!("closing a connection idle for {:?}", self.config.idle_timeout);
             self.closing = true;
@@ -749,5 +793,25 @@ impl<'a> Watch<'a> {
         let period = self.period();
         self.arm(timer, period);
         Decision::Wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    use super::unread_bytes;
+
+    #[test]
+    fn bytes_waiting_in_the_socket_are_seen_and_gone_once_read() {
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        assert!(!unread_bytes(b.as_raw_fd()), "nothing sent yet");
+        a.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+        assert!(unread_bytes(b.as_raw_fd()), "a request waits unread");
+        let mut buf = [0u8; 64];
+        let n = b.read(&mut buf).expect("read");
+        assert_eq!(n, 16);
+        assert!(!unread_bytes(b.as_raw_fd()), "read: nothing waits");
     }
 }
