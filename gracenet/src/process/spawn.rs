@@ -227,7 +227,7 @@ fn spawn_exec(
 
 /// The child's stack while it shares this process's memory (Linux): `exec_child` and the
 /// calls it makes need a few KiB; glibc's `posix_spawn` uses about as much.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(gracenet_portable)))]
 const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts the child running `exec_child(plan)`, returning its pid once it has exec'd (or
@@ -236,7 +236,7 @@ const CHILD_STACK: usize = 64 * 1024;
 /// process busy serving, and every page it writes afterwards would fault once (copy on
 /// write), on the very core and at the very moment a restart must be invisible. The calling
 /// thread waits the few hundred microseconds until the `execve`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(gracenet_portable)))]
 fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
         // SAFETY: `arg` is the `ChildPlan` borrowed by `start_child`, whose frame outlives
@@ -285,8 +285,8 @@ fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
     Ok(nix::unistd::Pid::from_raw(pid))
 }
 
-/// Elsewhere: a plain `fork`.
-#[cfg(not(target_os = "linux"))]
+/// Elsewhere (and in the portable build): a plain `fork`.
+#[cfg(any(not(target_os = "linux"), gracenet_portable))]
 fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
     // SAFETY: the child runs only `exec_child`, which makes async-signal-safe calls (fcntl,
     // dup2, close_range or fcntl, sigprocmask, signal, setpgid, chdir, getpid, execve, write,
@@ -302,7 +302,7 @@ fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
 ///
 /// # Safety
 /// Only in such a child, with every signal blocked.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(gracenet_portable)))]
 unsafe fn reset_signal_handlers() {
     for signal in 1..libc::SIGRTMAX() {
         // SAFETY: sigaction only reads and writes the structs given; invalid signal numbers
