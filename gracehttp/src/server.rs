@@ -2,7 +2,8 @@
 //! restarted together through gracenet's lifecycle.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gracenet::registry::Origin;
@@ -372,28 +373,29 @@ impl Server {
             idle_timeout: self.idle_timeout,
             peer_errors: Arc::default(),
         };
-        let mut accepting = Vec::with_capacity(self.sites.len());
+        let (readied, ready_result) = tokio::sync::oneshot::channel();
+        let ready = Arc::new(ReadyWhenAccepting {
+            left: AtomicUsize::new(self.sites.len()),
+            generation: generation.clone(),
+            readied: Mutex::new(Some(readied)),
+        });
         for (site, listener) in self.sites.into_iter().zip(listeners) {
             let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-            let (started, started_rx) = tokio::sync::oneshot::channel();
-            accepting.push(started_rx);
             tokio::spawn(accept_loop(
                 listener,
                 site,
                 generation.clone(),
                 config.clone(),
                 limit,
-                started,
+                ready.clone(),
             ));
         }
-        // Ready only once every accept loop is running: the previous generation stops
-        // accepting when it hears, and a connection must never wait in a queue nobody polls
-        // (measured: 2 ms under load between the old process's last accept and the new one's
-        // first, while the new runtime's worker thread had not yet run).
-        for started in accepting {
-            let _ = started.await;
+        drop(ready);
+        match ready_result.await {
+            Ok(result) => result?,
+            // Every loop ended before the last one started (cannot happen: each tells first).
+            Err(_) => generation.ready()?,
         }
-        generation.ready()?;
         let outcome = generation.wait().await;
         tracing::info!(
             generation = generation.number(),
@@ -424,16 +426,42 @@ fn nix_ppid() -> u32 {
     unsafe { libc::getppid() as u32 }
 }
 
+/// Reports the generation ready once every accept loop is running, from the loop that starts
+/// last, on the thread running it. The previous generation stops accepting when it hears, so
+/// a connection must never wait in a queue nobody polls (measured: 2 ms under load between the
+/// old process's last accept and the new one's first, when READY was sent as the loops were
+/// spawned); and on a saturated core every hand-over between threads can wait a time slice,
+/// so READY does not go back through the thread that spawned the loops.
+struct ReadyWhenAccepting {
+    /// Accept loops not yet running.
+    left: AtomicUsize,
+    generation: Generation,
+    /// Where the result of `Generation::ready` goes (a PID file that cannot be written).
+    readied: Mutex<Option<tokio::sync::oneshot::Sender<Result<(), gracenet::Error>>>>,
+}
+
+impl ReadyWhenAccepting {
+    fn loop_started(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let result = self.generation.ready();
+            if let Some(readied) = self.readied.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = readied.send(result);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     mut listener: gracenet::GracefulListener,
     site: Site,
     generation: Generation,
     config: ConnConfig,
     limit: Option<Arc<Semaphore>>,
-    started: tokio::sync::oneshot::Sender<()>,
+    ready: Arc<ReadyWhenAccepting>,
 ) {
     // Told before the first accept, which this same poll then makes: the loop is running.
-    let _ = started.send(());
+    ready.loop_started();
+    drop(ready);
     let context = Arc::new(SiteContext {
         acceptor: site.tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
         drain: Drain::new(generation.clone()),
