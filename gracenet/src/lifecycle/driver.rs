@@ -238,7 +238,14 @@ impl Driver {
         next.env(GRACE_READY_FD, fd.to_string());
         let mut process = next.spawn()?;
         let out = Arc::new(tokio::sync::Mutex::new(state_out));
-        self.hand_state(out.clone(), process.pid());
+        // Locked here, before anything else can hold the channel: the state section must come
+        // first on it, before any connection handed over (the next process reads it first; a
+        // handed connection's bytes read as a state length would lose the connection, its fd
+        // discarded with them). A task spawned with an unlocked channel could lose that race
+        // to the first `hand_over` if it had not run yet.
+        // (A mutex made on the line above is never locked yet; were it, the task would wait.)
+        let locked = out.clone().try_lock_owned().ok();
+        self.hand_state(out.clone(), locked, process.pid());
         let exit = match ExitWatch::new(process.pid()) {
             Ok(w) => w,
             Err(e) => {
@@ -259,13 +266,22 @@ impl Driver {
     /// 8-byte length, then the bytes; then closes our side for writing, so a next generation
     /// that asks for state and was given none reads end-of-file. Bounded by the ready
     /// timeout: a provider or a reader that stalls cannot hold the restart.
-    fn hand_state(&self, out: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>, pid: u32) {
+    fn hand_state(
+        &self,
+        channel: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
+        locked: Option<tokio::sync::OwnedMutexGuard<tokio::net::unix::OwnedWriteHalf>>,
+        pid: u32,
+    ) {
         let provider = self.shared.config.state.clone();
         let timeout = self.timeouts.ready;
         let next = self.shared.number + 1;
         tokio::spawn(async move {
-            // Held while the state is written: connections handed later queue behind it.
-            let mut out = out.lock().await;
+            // Held (since before this task existed) while the state is written: connections
+            // handed later queue behind it.
+            let mut out = match locked {
+                Some(locked) => locked,
+                None => channel.lock_owned().await,
+            };
             let Some(provider) = provider else {
                 // "No state" (the channel stays open for handed-over connections).
                 let _ = tokio::time::timeout(timeout, out.write_all(&NO_STATE.to_le_bytes())).await;
