@@ -459,7 +459,8 @@ async fn accept_loop(
     limit: Option<Arc<Semaphore>>,
     ready: Arc<ReadyWhenAccepting>,
 ) {
-    // Told before the first accept, which this same poll then makes: the loop is running.
+    // Told at the loop's first poll, which goes straight on to wait on the listener: from here
+    // its worker thread takes connections as soon as the reactor reports them.
     ready.loop_started();
     drop(ready);
     let context = Arc::new(SiteContext {
