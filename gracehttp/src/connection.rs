@@ -211,8 +211,8 @@ struct ConnService<S> {
     service: S,
     /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`).
     peer: PeerAddr,
+    /// The connection's counters, and the drain given to every request.
     activity: Arc<Activity>,
-    drain: Drain,
 }
 
 struct InFlight(Arc<Activity>);
@@ -298,7 +298,7 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
             self.activity.wake();
         }
         let in_flight = InFlight(self.activity.clone());
-        req.extensions_mut().insert(self.drain.clone());
+        req.extensions_mut().insert(self.activity.drain.clone());
         #[cfg(feature = "axum")]
         if let PeerAddr::Tcp(addr) = &self.peer {
             req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
@@ -432,23 +432,24 @@ pub(crate) struct Accepted {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Accepted {
+    /// The transport, where it came from, and its place under the connection limit.
+    fn split(self) -> (gracenet::tokio::Stream, Origin, Option<OwnedSemaphorePermit>) {
+        let origin = Origin {
+            fd: self.stream.as_fd().as_raw_fd(),
+            at: self.at,
+            peer: self.peer,
+            guard: self.guard,
+        };
+        (self.stream, origin, self.permit)
+    }
+}
+
 /// Serves an accepted connection of a cleartext site with `service`. (Its own function, not a
 /// branch of the TLS one: a task is as large as its future, and an idle connection should not
 /// carry room for a TLS session it does not have.)
 pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
-    let Accepted {
-        stream,
-        peer,
-        at,
-        guard,
-        permit,
-    } = accepted;
-    let origin = Origin {
-        fd: stream.as_fd().as_raw_fd(),
-        at,
-        peer,
-        guard,
-    };
+    let (stream, origin, permit) = accepted.split();
     serve(stream, origin, service, &site.drain, &site.config).await;
     drop(permit);
 }
@@ -461,21 +462,9 @@ pub(crate) async fn serve_tls<S: HttpService>(
     site: Arc<SiteContext>,
     acceptor: tokio_rustls::TlsAcceptor,
 ) {
-    let Accepted {
-        stream,
-        peer,
-        at,
-        guard,
-        permit,
-    } = accepted;
+    let (stream, origin, permit) = accepted.split();
     let config = &site.config;
-    let deadline = at + config.header_read_timeout;
-    let origin = Origin {
-        fd: stream.as_fd().as_raw_fd(),
-        at,
-        peer,
-        guard,
-    };
+    let deadline = origin.at + config.header_read_timeout;
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve(tls, origin, service, &site.drain, config).await,
         Ok(Err(e)) => {
@@ -523,7 +512,6 @@ where
         service,
         peer,
         activity: activity.clone(),
-        drain: drain.clone(),
     };
     let conn = config
         .builder
@@ -534,7 +522,7 @@ where
     tokio::pin!(draining);
     let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
-    let mut watch = Watch::new(activity, drain.clone(), config);
+    let mut watch = Watch::new(activity, config);
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -570,7 +558,6 @@ enum Decision {
 /// activity counters when it fires, and nothing registered per request.
 struct Watch<'a> {
     activity: Arc<Activity>,
-    drain: Drain,
     config: &'a ConnConfig,
     /// The task's waker when the drain's and the timer's registrations were last made: they
     /// are made again only when it changes.
@@ -589,11 +576,10 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(activity: Arc<Activity>, drain: Drain, config: &'a ConnConfig) -> Watch<'a> {
+    fn new(activity: Arc<Activity>, config: &'a ConnConfig) -> Watch<'a> {
         let armed = activity.snapshot();
         Watch {
             activity,
-            drain,
             config,
             waker: None,
             drain_started: false,
@@ -649,7 +635,7 @@ impl<'a> Watch<'a> {
             let fresh = !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
             if fresh {
                 self.waker = Some(cx.waker().clone());
-                if self.drain.is_draining() && !self.drain_started {
+                if self.activity.drain.is_draining() && !self.drain_started {
                     // Already draining when accepted.
                     let decision = self.begin_drain(&mut timer);
                     if decision != Decision::Wait {
@@ -664,7 +650,7 @@ impl<'a> Watch<'a> {
             }
             // The drain's flag is set before its watchers are woken.
             if !self.drain_started
-                && (fresh || self.drain.is_draining())
+                && (fresh || self.activity.drain.is_draining())
                 && draining.as_mut().poll(cx).is_ready()
             {
                 let decision = self.begin_drain(&mut timer);

@@ -170,12 +170,7 @@ impl Server {
         F: FnOnce() -> std::io::Result<L> + Send + 'static,
         S: HttpService,
     {
-        self.adopted(
-            name,
-            Box::new(move || make().map(Into::into)),
-            None,
-            erase(service),
-        )
+        self.adopted(name, make, None, service)
     }
 
     /// [`adopt_http`](Self::adopt_http) over TLS.
@@ -185,27 +180,22 @@ impl Server {
         F: FnOnce() -> std::io::Result<L> + Send + 'static,
         S: HttpService,
     {
-        self.adopted(
-            name,
-            Box::new(move || make().map(Into::into)),
-            Some(tls),
-            erase(service),
-        )
+        self.adopted(name, make, Some(tls), service)
     }
 
-    fn adopted(
-        mut self,
-        name: &str,
-        make: MakeListener,
-        tls: Option<Tls>,
-        service: Arc<dyn SiteService>,
-    ) -> Server {
+    fn adopted<L, F, S>(mut self, name: &str, make: F, tls: Option<Tls>, service: S) -> Server
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        S: HttpService,
+    {
+        let make: MakeListener = Box::new(move || make().map(Into::into));
         self.sites.push(Site {
             addr: name.to_owned(),
             name: Some(name.to_owned()),
             make: Some(make),
             tls,
-            service,
+            service: erase(service),
         });
         self
     }

@@ -16,10 +16,7 @@ Loopback only; every loop is bounded in count and time; every process that answe
 """
 import argparse, os, re, signal, socket, subprocess, sys, threading, time
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopback import free_port
 
 def get(port):
     """'ok', pid | 'refused' | 'failed'."""

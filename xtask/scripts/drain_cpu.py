@@ -14,10 +14,7 @@ Loopback only; every wait has a deadline; the server is killed by pid at the end
 """
 import argparse, os, resource, signal, socket, subprocess, sys, time
 
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (after the state field)
+from loopback import cpu_ticks, free_port
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -28,11 +25,6 @@ def rss_kib(pid):
 
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 def main():
     ap = argparse.ArgumentParser()

@@ -15,17 +15,9 @@ killed by pid; every load is bounded in time.
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, time
 
+from loopback import cpu_ticks, free_port
+
 PATH = "/sleep/?duration=0s"
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 def start(kind, target):
     port = free_port()

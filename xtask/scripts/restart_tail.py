@@ -11,10 +11,7 @@ Loopback only; bounded in time; every process that answered is killed at the end
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, threading, time
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopback import free_port
 
 SEEN = set()
 
@@ -115,12 +112,11 @@ def main():
                   f"p99_ratio_range={min(ratios):.2f}-{max(ratios):.2f} "
                   f"errors={'none' if all(r['errors'] == 'none' for r in quiets + busies) else 'some'}")
         if latencies:
-            result += (f" restarts={len(latencies)} latency_median={statistics.median(latencies):.1f} "
-                       f"latency_p90={sorted(latencies)[int(len(latencies) * 0.9)]:.1f} latency_max={max(latencies):.1f}")
-        if latencies:
+            median, p90 = statistics.median(latencies), sorted(latencies)[int(len(latencies) * 0.9)]
+            result += (f" restarts={len(latencies)} latency_median={median:.1f} "
+                       f"latency_p90={p90:.1f} latency_max={max(latencies):.1f}")
             print(f"restart latency (signal -> first answer from the new pid), {len(latencies)} restarts: "
-                  f"median {statistics.median(latencies):.1f} ms, p90 {sorted(latencies)[int(len(latencies) * 0.9)]:.1f} ms, "
-                  f"max {max(latencies):.1f} ms")
+                  f"median {median:.1f} ms, p90 {p90:.1f} ms, max {max(latencies):.1f} ms")
         print("result: " + result)
     finally:
         # Each generation leads its own process group: kill every pid that answered.

@@ -11,10 +11,7 @@ Loopback only; bounded; the server is killed by pid at the end.
 """
 import argparse, os, signal, socket, ssl, statistics, subprocess, sys, time
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopback import free_port
 
 def one(port, ctx, session=None):
     t0 = time.perf_counter()

@@ -376,13 +376,7 @@ impl Generation {
     /// # Errors
     /// [`Error::Io`] when the PID file cannot be written.
     pub fn ready(&self) -> Result<(), Error> {
-        let link = self
-            .shared
-            .startup
-            .link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let link = self.take_link();
         let Some(link) = link else { return Ok(()) };
         if let Some(path) = self.shared.config.pid_file.as_deref() {
             // The link is dropped unused on failure: a parent sees its pipe close and rolls
@@ -689,18 +683,22 @@ impl Generation {
         Ok(Some(super::handover::InheritedConnections::new(channel)))
     }
 
+    /// The link to the previous generation (readiness or refusal), taken once.
+    fn take_link(&self) -> Option<crate::readiness::ParentLink> {
+        self.shared
+            .startup
+            .link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// Refuses what the previous generation handed over (a state version this one does not
     /// understand, say): the previous generation is told `reason`, rolls the restart back and
     /// keeps serving. Return from `main` after it (with an error); this generation must not
     /// serve. Does nothing in a generation that has no previous one.
     pub fn refuse(&self, reason: &str) {
-        let link = self
-            .shared
-            .startup
-            .link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let link = self.take_link();
         if let Some(link) = link {
             tracing::error!("refusing what the previous generation handed over: {reason}");
             link.refuse(reason);
