@@ -137,6 +137,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_state(state);
         gracehttp::Server::new()
             .generation(generation)
+            // ConnectInfo and the Drain in every request, as axum's
+            // `into_make_service_with_connect_info` asks for them.
+            .request_extensions(true)
             .http(&http_addr, app)
             .on_listening(move |addrs| {
                 println!(

@@ -5,7 +5,8 @@
 use gracenet::{ConnectionGuard, Generation};
 
 /// The drain signal, in every request's extensions
-/// (`req.extensions().get::<gracehttp::Drain>()`).
+/// (`req.extensions().get::<gracehttp::Drain>()`) when the server is asked for them
+/// ([`Server::request_extensions`](crate::Server::request_extensions)).
 #[derive(Clone, Debug)]
 pub struct Drain {
     generation: Generation,
@@ -18,6 +19,7 @@ impl Drain {
 
     /// Whether this process has stopped accepting (a restart handed over, or a stop began).
     /// A health check answering 503 now lets a load balancer move away early (lame duck).
+    #[inline]
     pub fn is_draining(&self) -> bool {
         self.generation.is_draining()
     }

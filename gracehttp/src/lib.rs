@@ -12,7 +12,8 @@
 //!   `Connection: close`, so its client reconnects (to the new process) cleanly; HTTP/2
 //!   connections get GOAWAY; an HTTP/1 connection is closed only after it has been idle for a
 //!   short grace; at the stop timeout whatever remains is closed. Upgraded connections
-//!   (WebSockets) are waited for, and handlers can watch the [`Drain`] to close them politely
+//!   (WebSockets) are waited for, and handlers can watch the [`Drain`] (in each request's
+//!   extensions, when asked for with [`Server::request_extensions`]) to close them politely
 //!   or to answer a health check with "draining".
 //! - **Logs** as grace writes them: `Serving 127.0.0.1:8080, [::]:8443 with pid 1234.`,
 //!   `Graceful handoff of ... with new pid 1240 and old pid 1234.`, `Exiting pid 1234.`

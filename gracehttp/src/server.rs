@@ -67,6 +67,7 @@ pub struct Server {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: Option<usize>,
+    request_extensions: bool,
     pid_file: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     generation: Option<Generation>,
@@ -94,6 +95,7 @@ impl std::fmt::Debug for Server {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("request_extensions", &self.request_extensions)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
             .field("generation", &self.generation)
@@ -111,6 +113,7 @@ impl Default for Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
+            request_extensions: false,
             pid_file: None,
             control_socket: None,
             generation: None,
@@ -276,6 +279,19 @@ impl Server {
         self
     }
 
+    /// Puts what the connection knows in every request's extensions: the [`Drain`]
+    /// (`req.extensions().get::<gracehttp::Drain>()`, axum's `Extension<gracehttp::Drain>`),
+    /// the peer's [`PeerAddr`](gracenet::tokio::PeerAddr), and with the `axum` feature axum's
+    /// `ConnectInfo<SocketAddr>` for TCP peers. Off by default, as in axum (where
+    /// `into_make_service_with_connect_info` asks for it): they cost four allocations per
+    /// request, about 4 % of a small keep-alive request (BENCHMARKS.md). Without them, a
+    /// handler learns of the drain from the [`Generation`] given to
+    /// [`generation`](Self::generation), kept in its state.
+    pub fn request_extensions(mut self, on: bool) -> Server {
+        self.request_extensions = on;
+        self
+    }
+
     /// Answers `restart` (with its result) and `status` on a Unix socket at `path` (see
     /// gracenet's `GenerationBuilder::control_socket` and `gracenet::control`).
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Server {
@@ -361,6 +377,7 @@ impl Server {
             idle_grace: self.idle_grace,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+            request_extensions: self.request_extensions,
             peer_errors: Arc::default(),
         };
         let (readied, ready_result) = tokio::sync::oneshot::channel();

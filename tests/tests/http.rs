@@ -107,6 +107,27 @@ async fn three_ports_speak_http1_h2c_and_tls_with_alpn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_extensions_carry_the_peer_only_when_asked_for() {
+    // Asked for (the probe's default): the peer, over HTTP/1.1 and HTTP/2.
+    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    for answer in [
+        get_h1(site.ports[0], "/peer").await.unwrap(),
+        get_h2c(site.ports[1], "/peer").await.unwrap(),
+    ] {
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.body.starts_with("127.0.0.1:"), "the peer: {}", answer.body);
+    }
+    // Not asked for (gracehttp's default): nothing is put in the request.
+    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_REQUEST_EXTENSIONS", "off")]));
+    for answer in [
+        get_h1(site.ports[0], "/peer").await.unwrap(),
+        get_h2c(site.ports[1], "/peer").await.unwrap(),
+    ] {
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "none"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let port = site.ports[0];

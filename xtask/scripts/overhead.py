@@ -7,7 +7,8 @@ baseline and gracedemo; each reports requests/s (from the load generator) and se
 request (utime+stime from /proc/<pid>/stat over the load). Ratios are gracedemo / baseline,
 per round and as the median.
 
-    cargo build --release -p gracedemo -p xtask --bin gracedemo --bin baseline
+    cargo build --release -p xtask --bin baseline
+    cargo build --release -p gracedemo    # alone, with the features a user gets
     python3 xtask/scripts/overhead.py [--rounds 5] [--seconds 5] [--mode h1|h2|both]
 
 Needs wrk and h2load (Debian: wrk, nghttp2-client) and taskset. Loopback only; each server is

@@ -488,6 +488,7 @@ impl Generation {
 
     /// Whether this generation is draining (stopped accepting). One atomic load: cheap enough
     /// for every request.
+    #[inline]
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
     }

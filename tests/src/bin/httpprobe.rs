@@ -53,7 +53,9 @@ fn run() -> Result<(), gracehttp::Error> {
         (Some(cert), Some(key)) => Some(gracehttp::Tls::from_pem_files(cert, key)?),
         _ => None,
     };
-    let mut server = gracehttp::Server::new();
+    // The drain and the peer in every request, unless PROBE_REQUEST_EXTENSIONS=off.
+    let extensions = std::env::var("PROBE_REQUEST_EXTENSIONS").map_or(true, |v| v != "off");
+    let mut server = gracehttp::Server::new().request_extensions(extensions);
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(ms) = knob("PROBE_STOP_TIMEOUT_MS") {
         server = server.stop_timeout(Duration::from_millis(ms));
@@ -113,6 +115,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     let drain = req.extensions().get::<gracehttp::Drain>().cloned();
     Ok(match req.uri().path() {
         "/pid" => text(StatusCode::OK, pid.to_string()),
+        // The peer from the request's extensions, "none" when it has none.
+        "/peer" => match req.extensions().get::<gracehttp::PeerAddr>() {
+            Some(peer) => text(StatusCode::OK, peer.to_string()),
+            None => text(StatusCode::OK, "none".into()),
+        },
         "/sleep" => {
             let ms: u64 = req
                 .uri()
