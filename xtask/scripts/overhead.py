@@ -9,7 +9,9 @@ per round and as the median.
 
     cargo build --release -p xtask --bin baseline
     cargo build --release -p gracedemo    # alone, with the features a user gets
-    python3 xtask/scripts/overhead.py [--rounds 5] [--seconds 5] [--mode h1|h2|both]
+    python3 xtask/scripts/overhead.py [--rounds 5] [--seconds 5] [--mode h1|h2|both] [--threads 1]
+
+--threads sets both servers' tokio worker threads (TOKIO_WORKER_THREADS), all on core 0.
 
 Needs wrk and h2load (Debian: wrk, nghttp2-client) and taskset. Loopback only; each server is
 killed by pid; every load is bounded in time.
@@ -20,15 +22,16 @@ from loopback import cpu_ticks, free_port
 
 PATH = "/sleep/?duration=0s"
 
-def start(kind, target):
+def start(kind, target, threads):
     port = free_port()
     if kind == "baseline":
         args = [f"{target}/baseline", f"127.0.0.1:{port}"]
     else:
         args = [f"{target}/gracedemo", "-a0", f"127.0.0.1:{port}",
                 "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
+    env = dict(os.environ, TOKIO_WORKER_THREADS=str(threads))
     p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -55,8 +58,8 @@ def load(mode, port, seconds, conns):
     failed = int(re.search(r"(\d+) failed", out).group(1))
     return rps, total, f"{failed} failed" if failed else ""
 
-def measure(kind, mode, target, seconds, conns):
-    p, port = start(kind, target)
+def measure(kind, mode, target, seconds, conns, threads):
+    p, port = start(kind, target, threads)
     try:
         load(mode, port, 1, conns)  # warm-up
         before = cpu_ticks(p.pid)
@@ -76,14 +79,15 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--mode", default="both", choices=["h1", "h2", "both"])
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     modes = ["h1", "h2"] if a.mode == "both" else [a.mode]
     result = []
     for mode in modes:
         rps_ratio, cpu_ratio = [], []
         for r in range(a.rounds):
-            b = measure("baseline", mode, a.target, a.seconds, a.connections)
-            g = measure("gracedemo", mode, a.target, a.seconds, a.connections)
+            b = measure("baseline", mode, a.target, a.seconds, a.connections, a.threads)
+            g = measure("gracedemo", mode, a.target, a.seconds, a.connections, a.threads)
             rps_ratio.append(g[0] / b[0])
             cpu_ratio.append(g[1] / b[1])
             print(f"{mode} round {r + 1}: baseline {b[0]:.0f} req/s {b[1]:.2f} us/req {b[2]} | "

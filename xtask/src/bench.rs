@@ -294,6 +294,20 @@ pub fn run(quick: bool) -> Result<(), String> {
                 "overhead.py",
                 &["--target", &target_dir, "--rounds", "5", "--seconds", "4"],
             )?,
+            speed_two_threads: external::run_script(
+                &root,
+                "overhead.py",
+                &[
+                    "--target",
+                    &target_dir,
+                    "--rounds",
+                    "5",
+                    "--seconds",
+                    "4",
+                    "--threads",
+                    "2",
+                ],
+            )?,
             tail: external::run_script(
                 &root,
                 "restart_tail.py",
@@ -500,6 +514,8 @@ fn opt(v: Option<u64>) -> String {
 /// The figures measured from outside the server.
 struct Outside {
     speed: Figures,
+    /// The same with two tokio worker threads in each server (both on core 0).
+    speed_two_threads: Figures,
     tail: Figures,
     tls: Figures,
     footprint: Figures,
@@ -507,7 +523,13 @@ struct Outside {
 
 impl Outside {
     fn markdown(&self, machine: &str) -> String {
-        let (s, t, l, f) = (&self.speed, &self.tail, &self.tls, &self.footprint);
+        let (s, s2, t, l, f) = (
+            &self.speed,
+            &self.speed_two_threads,
+            &self.tail,
+            &self.tls,
+            &self.footprint,
+        );
         let mut md = String::new();
         let _ = writeln!(
             md,
@@ -517,11 +539,13 @@ impl Outside {
         let _ = writeln!(
             md,
             "### Against plain hyper (the same handler on hyper-util's auto builder, no grace), alternating rounds\n\n\
-             `python3 xtask/scripts/overhead.py --rounds 5 --seconds 4`\n\n\
-             | protocol | requests/s, gracedemo ÷ plain hyper | server CPU per request, gracedemo ÷ plain hyper | goal |\n\
-             |---|---|---|---|\n\
-             | HTTP/1.1 keep-alive (`wrk -t1 -c64`) | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n\
-             | h2c (`h2load -c64 -m10`) | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n",
+             `python3 xtask/scripts/overhead.py --rounds 5 --seconds 4 [--threads 2]`\n\n\
+             | protocol | server threads | requests/s, gracedemo ÷ plain hyper | server CPU per request, gracedemo ÷ plain hyper | goal |\n\
+             |---|---|---|---|---|\n\
+             | HTTP/1.1 keep-alive (`wrk -t1 -c64`) | 1 | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n\
+             | h2c (`h2load -c64 -m10`) | 1 | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n\
+             | HTTP/1.1 keep-alive | 2 | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n\
+             | h2c | 2 | **{}×** ({}) | **{}×** ({}) | ≥ 0.97× and ≤ 1.03× |\n",
             get(s, "h1_rps"),
             get(s, "h1_rps_range"),
             get(s, "h1_cpu"),
@@ -530,6 +554,14 @@ impl Outside {
             get(s, "h2_rps_range"),
             get(s, "h2_cpu"),
             get(s, "h2_cpu_range"),
+            get(s2, "h1_rps"),
+            get(s2, "h1_rps_range"),
+            get(s2, "h1_cpu"),
+            get(s2, "h1_cpu_range"),
+            get(s2, "h2_rps"),
+            get(s2, "h2_rps_range"),
+            get(s2, "h2_cpu"),
+            get(s2, "h2_cpu_range"),
         );
         let _ = writeln!(
             md,
@@ -591,8 +623,9 @@ impl Outside {
             format!("{{{}}}", fields.join(", "))
         };
         format!(
-            "{{\"speed\": {}, \"restart_tail\": {}, \"tls\": {}, \"footprint\": {}}}",
+            "{{\"speed\": {}, \"speed_two_threads\": {}, \"restart_tail\": {}, \"tls\": {}, \"footprint\": {}}}",
             object(&self.speed),
+            object(&self.speed_two_threads),
             object(&self.tail),
             object(&self.tls),
             object(&self.footprint)
