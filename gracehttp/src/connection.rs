@@ -222,9 +222,9 @@ fn unread_bytes(fd: RawFd) -> bool {
 }
 
 /// The per-connection hyper service: counts requests in flight, hands the service the
-/// [`Drain`] and the peer's address when asked to, and once draining asks HTTP/1 clients to close with
-/// their next response. Generic over the application's service, so its future and body are
-/// not boxed.
+/// [`Drain`] and the peer's address when the server asks for request extensions, and once
+/// draining asks HTTP/1 clients to close with their next response. Generic over the
+/// application's service, so its future and body are not boxed.
 struct ConnService<S> {
     service: S,
     /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`) when
@@ -232,7 +232,7 @@ struct ConnService<S> {
     peer: PeerAddr,
     /// Whether requests get the drain and the peer's address in their extensions.
     extensions: bool,
-    /// The connection's counters, and the drain given to every request.
+    /// The connection's counters, and the drain (given to requests with `extensions`).
     activity: Arc<Activity>,
 }
 
