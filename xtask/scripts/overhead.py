@@ -7,6 +7,11 @@ baseline and gracedemo; each reports requests/s (from the load generator) and se
 request (utime+stime from /proc/<pid>/stat over the load). Ratios are gracedemo / baseline,
 per round and as the median.
 
+Then the same load side by side: both servers on core 0 at once, each with its own load
+generator on core 1, so a change in the host's speed slows both alike. Each gets half the core;
+the ratio of their CPU per request is the figure (rounds of the alternating kind range about
+twice as wide on a shared host).
+
     cargo build --release -p xtask --bin baseline
     cargo build --release -p gracedemo    # alone, with the features a user gets
     python3 xtask/scripts/overhead.py [--rounds 5] [--seconds 5] [--mode h1|h2|both] [--threads 1]
@@ -42,17 +47,23 @@ def start(kind, target, threads):
     p.kill()
     sys.exit(f"{kind} did not start")
 
-def load(mode, port, seconds, conns):
+def load_command(mode, port, seconds, conns):
     url = f"http://127.0.0.1:{port}{PATH}"
     if mode == "h1":
-        cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+        return ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url]
+    return ["taskset", "-c", "1", "h2load", "-c", str(conns), "-m", "10", "-D", str(seconds), url]
+
+def load(mode, port, seconds, conns):
+    return parse_load(mode, subprocess.run(load_command(mode, port, seconds, conns),
+                                           capture_output=True, text=True,
+                                           timeout=seconds + 30).stdout)
+
+def parse_load(mode, out):
+    if mode == "h1":
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         total = int(re.search(r"(\d+) requests in", out).group(1))
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         return rps, total, errors.group(0) if errors else ""
-    cmd = ["taskset", "-c", "1", "h2load", "-c", str(conns), "-m", "10", "-D", str(seconds), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     total = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
     failed = int(re.search(r"(\d+) failed", out).group(1))
@@ -71,6 +82,25 @@ def measure(kind, mode, target, seconds, conns, threads):
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=10)
+
+def side_by_side(mode, target, seconds, conns, threads):
+    """Both servers loaded at once on core 0; returns gracedemo's CPU per request / baseline's."""
+    servers = [start(kind, target, threads) for kind in ("baseline", "gracedemo")]
+    try:
+        for _, port in servers:
+            load(mode, port, 1, conns)  # warm-up
+        before = [cpu_ticks(p.pid) for p, _ in servers]
+        runs = [subprocess.Popen(load_command(mode, port, seconds, conns), stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True) for _, port in servers]
+        outs = [r.communicate(timeout=seconds + 30)[0] for r in runs]
+        ticks = [cpu_ticks(p.pid) - b for (p, _), b in zip(servers, before)]
+        totals = [parse_load(mode, out)[1] for out in outs]
+        per_req = [t / max(n, 1) for t, n in zip(ticks, totals)]
+        return per_req[1] / per_req[0]
+    finally:
+        for p, _ in servers:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=10)
 
 def main():
     ap = argparse.ArgumentParser()
@@ -96,6 +126,14 @@ def main():
         print(f"{mode}: median over {a.rounds} rounds: requests/s {statistics.median(rps_ratio):.3f}x "
               f"(range {min(rps_ratio):.3f}-{max(rps_ratio):.3f}), CPU per request "
               f"{statistics.median(cpu_ratio):.3f}x (range {min(cpu_ratio):.3f}-{max(cpu_ratio):.3f})")
+        side = []
+        for r in range(a.rounds):
+            side.append(side_by_side(mode, a.target, a.seconds, a.connections, a.threads))
+            print(f"{mode} side by side, round {r + 1}: CPU per request {side[-1]:.3f}x", flush=True)
+        print(f"{mode}: side by side, median over {a.rounds} rounds: CPU per request "
+              f"{statistics.median(side):.3f}x (range {min(side):.3f}-{max(side):.3f})")
+        result += [f"{mode}_side_cpu={statistics.median(side):.3f}",
+                   f"{mode}_side_cpu_range={min(side):.3f}-{max(side):.3f}"]
         result += [f"{mode}_rps={statistics.median(rps_ratio):.3f}",
                    f"{mode}_rps_range={min(rps_ratio):.3f}-{max(rps_ratio):.3f}",
                    f"{mode}_cpu={statistics.median(cpu_ratio):.3f}",
