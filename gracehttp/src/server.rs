@@ -284,10 +284,9 @@ impl Server {
     /// the peer's [`PeerAddr`](gracenet::tokio::PeerAddr), and with the `axum` feature axum's
     /// `ConnectInfo<SocketAddr>` for TCP peers. Off by default, as in axum (where
     /// `into_make_service_with_connect_info` asks for it): they cost four allocations per
-    /// request (five with `ConnectInfo`), about 4 % of a small keep-alive request
-    /// (BENCHMARKS.md). Without them, a
-    /// handler learns of the drain from the [`Generation`] given to
-    /// [`generation`](Self::generation), kept in its state.
+    /// request (five with `ConnectInfo`), about 3 % of a small keep-alive request
+    /// (BENCHMARKS.md). Without them, a handler learns of the drain from the [`Generation`]
+    /// given to [`generation`](Self::generation), kept in its state.
     pub fn request_extensions(mut self, on: bool) -> Server {
         self.request_extensions = on;
         self

@@ -16,7 +16,7 @@ Loopback only; every loop is bounded in count and time; every process that answe
 """
 import argparse, os, re, signal, socket, subprocess, sys, threading, time
 
-from loopback import free_port
+from loopback import ask_once, free_port
 
 def get(port):
     """'ok', pid | 'refused' | 'failed'."""
@@ -27,13 +27,7 @@ def get(port):
     except OSError:
         return "failed", None
     try:
-        c.sendall(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while len(data) < 65536:
-            chunk = c.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = ask_once(c)
         m = re.search(rb"from pid (\d+)", data)
         if data.startswith(b"HTTP/1.1 200") and m:
             return "ok", int(m.group(1))

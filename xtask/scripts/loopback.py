@@ -1,4 +1,5 @@
-"""What the measurement scripts share: a free loopback port, and a process's CPU time.
+"""What the measurement scripts share: a free loopback port, a process's CPU time, and one
+`Connection: close` request read to its end.
 
 Imported by the scripts beside it (Python puts a script's own directory on its path).
 """
@@ -15,3 +16,16 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+def ask_once(sock, host=b"x", limit=65536):
+    """Sends gracedemo's quick request on `sock` (`Connection: close`) and returns every byte of
+    the answer, read until the server closes (or `limit` bytes)."""
+    sock.sendall(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: " + host +
+                 b"\r\nConnection: close\r\n\r\n")
+    data = b""
+    while len(data) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -11,20 +11,14 @@ Loopback only; bounded in time; every process that answered is killed at the end
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, threading, time
 
-from loopback import free_port
+from loopback import ask_once, free_port
 
 SEEN = set()
 
 def who(port):
     try:
         c = socket.create_connection(("127.0.0.1", port), timeout=2)
-        c.sendall(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = c.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = ask_once(c)
         c.close()
         m = re.search(rb"from pid (\d+)", data)
         if m:

@@ -11,19 +11,13 @@ Loopback only; bounded; the server is killed by pid at the end.
 """
 import argparse, os, signal, socket, ssl, statistics, subprocess, sys, time
 
-from loopback import free_port
+from loopback import ask_once, free_port
 
 def one(port, ctx, session=None):
     t0 = time.perf_counter()
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
-    s.sendall(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = ask_once(s, host=b"localhost")
     elapsed = time.perf_counter() - t0
     reused = s.session_reused
     new_session = s.session

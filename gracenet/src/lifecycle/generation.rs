@@ -615,7 +615,7 @@ impl Generation {
         unread: &[u8],
         state: &[u8],
     ) -> Result<(), Error> {
-        use std::os::fd::AsRawFd;
+        use std::os::fd::{AsFd, AsRawFd};
         let channel = self
             .shared
             .successor_channel
@@ -629,12 +629,8 @@ impl Generation {
         let Some(channel) = channel else {
             return Err(io(std::io::Error::other("no generation took over from this one")));
         };
-        let fd = match stream {
-            crate::tokio::Stream::Tcp(s) => s.as_raw_fd(),
-            crate::tokio::Stream::Unix(s) => s.as_raw_fd(),
-        };
         let mut out = channel.lock().await;
-        super::handover::send(&mut out, fd, unread, state)
+        super::handover::send(&mut out, stream.as_fd().as_raw_fd(), unread, state)
             .await
             .map_err(io)
     }
