@@ -10,6 +10,7 @@
 //! checks counters every quarter of the header read timeout, and not at all while the
 //! connection is quiet), and nothing is registered with the drain or a waker while serving.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
@@ -235,7 +236,10 @@ fn unread_bytes(fd: RawFd) -> bool {
 /// draining asks HTTP/1 clients to close with their next response. Generic over the
 /// application's service, so its future and body are not boxed.
 struct ConnService<S> {
-    service: S,
+    /// The connection's instance of the application's service. hyper calls `call` from the
+    /// connection's task, one request at a time, so each request borrows it in turn: made
+    /// ready, then called, as tower asks, without a clone per request.
+    service: RefCell<S>,
     /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`) when
     /// `extensions` is set.
     peer: PeerAddr,
@@ -321,44 +325,32 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
     type Error = BoxError;
     type Future = ConnFuture<S>;
 
+    // The bookkeeping, the same for every service type, is out of line in `begin`; what is
+    // left is the application's call, inlined into hyper's.
+    #[inline]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        self.activity.any_request.store(true, Ordering::Relaxed);
-        let http1 = req.version() < Version::HTTP_2;
-        if !http1 {
-            self.activity.http2.store(true, Ordering::Relaxed);
-        }
-        add_one(&self.activity.request_events, http1);
-        if add_one(&self.activity.in_flight, http1) == 0 && !http1 {
-            // HTTP/2: wake the connection's task (see `InFlight::drop`).
-            self.activity.wake();
-        }
-        let in_flight = InFlight {
-            activity: self.activity.clone(),
-            http1,
-        };
-        if self.extensions {
-            req.extensions_mut().insert(self.activity.drain.clone());
-            #[cfg(feature = "axum")]
-            if let PeerAddr::Tcp(addr) = &self.peer {
-                req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
+        let (in_flight, http1) = begin(&self.activity, &self.peer, self.extensions, &mut req);
+        // Made ready, then called, as tower's `Oneshot` does. A service that is ready at once
+        // (an axum `Router`, a hyper service) is called at once: the future then holds no
+        // request. One that is not gets a clone for the request to wait on with its task's
+        // waker, as hyper-util's `TowerToHyperService` gives every request.
+        let call = match self.service.try_borrow_mut() {
+            Ok(mut service) => {
+                let ready = tower_service::Service::poll_ready(
+                    &mut *service,
+                    &mut Context::from_waker(Waker::noop()),
+                );
+                match ready {
+                    Poll::Ready(Ok(())) => ServiceCall::Called {
+                        future: tower_service::Service::call(&mut *service, req),
+                    },
+                    Poll::Ready(Err(e)) => failed::<S>(e),
+                    Poll::Pending => waiting(service.clone(), req),
+                }
             }
-            req.extensions_mut().insert(self.peer.clone());
-        }
-        // Each request gets its own clone, made ready, then called, as tower's `Oneshot` and
-        // hyper-util's `TowerToHyperService` do. A service that is ready at once (an axum
-        // `Router`, a hyper service) is called at once: the future then holds no request.
-        let mut service = self.service.clone();
-        let ready = tower_service::Service::poll_ready(&mut service, &mut Context::from_waker(Waker::noop()));
-        let call = match ready {
-            Poll::Ready(Ok(())) => ServiceCall::Called {
-                future: tower_service::Service::call(&mut service, req),
-            },
-            Poll::Ready(Err(e)) => ServiceCall::Failed {
-                error: Some(e.into()),
-            },
-            // Polled again with the task's waker.
-            Poll::Pending => ServiceCall::Waiting {
-                waiting: Some(Box::new((service, req))),
+            // Not reached: hyper does not call a connection's service from within its call.
+            Err(_) => ServiceCall::Failed {
+                error: Some("the connection's service was called while it was being called".into()),
             },
         };
         ConnFuture {
@@ -367,6 +359,59 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
             http1,
         }
     }
+}
+
+/// A service not ready when its request came: the service and the request are boxed (the
+/// rare path, out of line, so the common one stays small enough to be inlined).
+#[cold]
+#[inline(never)]
+fn waiting<S: HttpService>(service: S, req: Request<Incoming>) -> ServiceCall<S> {
+    ServiceCall::Waiting {
+        waiting: Some(Box::new((service, req))),
+    }
+}
+
+/// A service whose `poll_ready` failed (rare, out of line as [`waiting`]).
+#[cold]
+#[inline(never)]
+fn failed<S: HttpService>(error: S::Error) -> ServiceCall<S> {
+    ServiceCall::Failed {
+        error: Some(error.into()),
+    }
+}
+
+/// A request's start, for every service type alike: counts it in flight and gives it the
+/// extensions the server asks for. Returns its in-flight count and whether it is HTTP/1.
+#[inline(never)]
+fn begin(
+    activity: &Arc<Activity>,
+    peer: &PeerAddr,
+    extensions: bool,
+    req: &mut Request<Incoming>,
+) -> (InFlight, bool) {
+    activity.any_request.store(true, Ordering::Relaxed);
+    let http1 = req.version() < Version::HTTP_2;
+    if !http1 {
+        activity.http2.store(true, Ordering::Relaxed);
+    }
+    add_one(&activity.request_events, http1);
+    if add_one(&activity.in_flight, http1) == 0 && !http1 {
+        // HTTP/2: wake the connection's task (see `InFlight::drop`).
+        activity.wake();
+    }
+    if extensions {
+        req.extensions_mut().insert(activity.drain.clone());
+        #[cfg(feature = "axum")]
+        if let PeerAddr::Tcp(addr) = peer {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
+        }
+        req.extensions_mut().insert(peer.clone());
+    }
+    let in_flight = InFlight {
+        activity: activity.clone(),
+        http1,
+    };
+    (in_flight, http1)
 }
 
 pin_project_lite::pin_project! {
@@ -397,10 +442,21 @@ pin_project_lite::pin_project! {
 impl<S: HttpService> Future for ConnFuture<S> {
     type Output = Result<Response<TrackedBody<S::Body>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let mut response = loop {
+        loop {
             match this.call.as_mut().project() {
+                // The common case first, the response handed on as it comes.
+                ServiceCallProj::Called { future } => {
+                    return match future.poll(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Ok(response)) => {
+                            Poll::Ready(Ok(prepare(response, this.in_flight.take(), *this.http1)))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                    };
+                }
                 ServiceCallProj::Waiting { waiting } => {
                     let Some((service, _)) = waiting.as_deref_mut() else {
                         return Poll::Ready(Err("request polled after it was called".into()));
@@ -421,25 +477,22 @@ impl<S: HttpService> Future for ConnFuture<S> {
                         .take()
                         .unwrap_or_else(|| "request polled after it failed".into())));
                 }
-                ServiceCallProj::Called { future } => match future.poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Ready(Ok(r)) => break r,
-                },
             }
-        };
-        let draining = this
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.activity.drain.is_draining());
-        if *this.http1 && draining {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(response.map(|inner| TrackedBody { inner, in_flight })))
     }
+}
+
+/// The application's response as sent: `Connection: close` on HTTP/1 once draining, and its
+/// body tracked so the request stays in flight until the body is sent.
+#[inline]
+fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -> Response<TrackedBody<B>> {
+    let (mut parts, inner) = response.into_parts();
+    if http1 && in_flight.as_ref().is_some_and(|f| f.activity.drain.is_draining()) {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Response::from_parts(parts, TrackedBody { inner, in_flight })
 }
 
 /// How connections are served; shared by every connection of a server.
@@ -554,7 +607,7 @@ where
         _guard: guard,
     };
     let service = ConnService {
-        service,
+        service: RefCell::new(service),
         peer,
         extensions: config.request_extensions,
         activity: activity.clone(),

@@ -128,6 +128,73 @@ async fn request_extensions_carry_the_peer_only_when_asked_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
+    // Each instance of the probe's service is not ready at its first poll_ready and answers
+    // 500 when called without a ready poll_ready: every request on a keep-alive HTTP/1.1
+    // connection and on one HTTP/2 connection (all at once) must still get its 200.
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (_g, site) = tokio::task::block_in_place(|| start(&["--reluctant"], &[]));
+    let pid = site.pid.to_string();
+    let request = |version| {
+        let mut req = http::Request::get("http://127.0.0.1/pid")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        *req.version_mut() = version;
+        req
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..6 {
+        let resp = tokio::time::timeout(DEADLINE, h1.send_request(request(Version::HTTP_11)))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, pid.as_bytes()),
+            "HTTP/1.1 request {i}"
+        );
+    }
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[1]))
+        .await
+        .unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let mut h2 = h2.clone();
+        let req = request(Version::HTTP_2);
+        streams.spawn(async move {
+            let resp = h2.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        });
+    }
+    let answers = tokio::time::timeout(DEADLINE, streams.join_all())
+        .await
+        .expect("answers in time");
+    for answer in answers {
+        let (status, body) = answer.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, pid.as_bytes()),
+            "an HTTP/2 stream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let port = site.ports[0];

@@ -6,7 +6,8 @@
 //! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/health` is
 //! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
-//! client sends `close`. `/echo` reads the body and answers its length (400 when it is
+//! client sends `close`. With `--reluctant` the service is not ready at its first
+//! `poll_ready` and answers 500 when called without being made ready (see [`Reluctant`]). `/echo` reads the body and answers its length (400 when it is
 //! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
 //! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS`,
 //! `PROBE_IDLE_TIMEOUT_MS` and `PROBE_MAX_CONNECTIONS` set the server's limits.
@@ -75,6 +76,8 @@ fn run() -> Result<(), gracehttp::Error> {
             axum::routing::get(|| async { format!("{} axum", std::process::id()) }),
         );
         three_sites(server, app, tls)
+    } else if args.iter().any(|a| a == "--reluctant") {
+        three_sites(server, Reluctant::new(hyper::service::service_fn(handle)), tls)
     } else {
         three_sites(
             server,
@@ -83,6 +86,68 @@ fn run() -> Result<(), gracehttp::Error> {
         )
     };
     server.serve()
+}
+
+/// A tower service that keeps tower's contract strictly, to check the server does: each
+/// instance (a clone starts afresh) is not ready at its first `poll_ready` (it wakes the task
+/// and is ready at the next), and a call that was not preceded by a ready `poll_ready` on the
+/// same instance is answered 500.
+struct Reluctant<S> {
+    inner: S,
+    polled: bool,
+    ready: bool,
+}
+
+impl<S> Reluctant<S> {
+    fn new(inner: S) -> Self {
+        Reluctant {
+            inner,
+            polled: false,
+            ready: false,
+        }
+    }
+}
+
+impl<S: Clone> Clone for Reluctant<S> {
+    fn clone(&self) -> Self {
+        Reluctant::new(self.inner.clone())
+    }
+}
+
+type ProbeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+impl<S> tower_service::Service<Request<Incoming>> for Reluctant<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = ProbeFuture;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        if !self.ready && !self.polled {
+            self.polled = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> ProbeFuture {
+        if !std::mem::take(&mut self.ready) {
+            return Box::pin(async {
+                Ok(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "called without a ready poll_ready".into(),
+                ))
+            });
+        }
+        self.polled = false;
+        Box::pin(self.inner.call(req))
+    }
 }
 
 /// Two cleartext addresses, and a third over TLS when there is a certificate.
