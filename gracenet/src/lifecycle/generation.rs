@@ -230,17 +230,22 @@ impl Shared {
     /// `GRACE_ANCESTORS` still running and started before this process (a reused pid started
     /// later).
     pub fn running_ancestors(&self) -> Vec<u32> {
-        let ours = crate::sys::start_time(std::process::id());
+        // One read of /proc per ancestor, and of our own only if one is running (this is on
+        // the restart's path, on the serving core).
+        let mut ours = None;
         self.startup
             .ancestors
             .iter()
             .copied()
-            .filter(|&pid| {
-                crate::sys::is_running(pid)
-                    && match (crate::sys::start_time(pid), ours) {
+            .filter(|&pid| match crate::sys::running_start(pid) {
+                None => false,
+                Some(theirs) => {
+                    let ours = *ours.get_or_insert_with(|| crate::sys::start_time(std::process::id()));
+                    match (theirs, ours) {
                         (Some(theirs), Some(ours)) => theirs <= ours,
                         _ => true,
                     }
+                }
             })
             .collect()
     }

@@ -169,30 +169,43 @@ impl ExitWatch {
 
 /// Whether `pid` is a process that has not exited (a zombie has).
 pub(crate) fn is_running(pid: u32) -> bool {
-    // /proc/<pid>/stat: "pid (comm) S ...": the state follows the last ')'.
-    stat_fields(pid)
-        .and_then(|f| f.first().cloned())
-        .is_some_and(|state| state != "Z" && state != "X")
+    running_start(pid).is_some()
 }
 
-/// The fields of `/proc/<pid>/stat` after the command name (state first), if readable.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// `/proc/<pid>/stat`, if readable.
+fn read_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Field `index` of a `/proc/<pid>/stat` line, counted after the command name (0 is the
+/// state), parsed; without allocating (this runs on the restart's path).
+fn stat_field<T: std::str::FromStr>(stat: &str, index: usize) -> Option<T> {
     let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+    rest.split_ascii_whitespace().nth(index)?.parse().ok()
 }
 
-/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22): a reused pid
-/// has a later one.
+/// If `pid` is running (not a zombie): when it started, in clock ticks since boot
+/// (`/proc/<pid>/stat` field 22; a reused pid has a later one), `None` inside when unknown.
+/// One read of `/proc`.
+pub(crate) fn running_start(pid: u32) -> Option<Option<u64>> {
+    let stat = read_stat(pid)?;
+    let state: char = stat_field(&stat, 0)?;
+    if state == 'Z' || state == 'X' {
+        return None;
+    }
+    Some(stat_field(&stat, 19))
+}
+
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat` field 22).
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(19)?.parse().ok()
+    stat_field(&read_stat(pid)?, 19)
 }
 
 /// Whether `pid` descends from `ancestor` (its parent chain reaches it, within 64 steps).
 pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
     let mut current = pid;
     for _ in 0..64 {
-        let Some(parent) = stat_fields(current).and_then(|f| f.get(1)?.parse::<u32>().ok()) else {
+        let Some(parent) = read_stat(current).and_then(|s| stat_field::<u32>(&s, 1)) else {
             return false;
         };
         if parent == ancestor {
@@ -214,7 +227,7 @@ pub(crate) fn single_threaded() -> bool {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata("/proc/self/task") {
         Ok(m) if m.nlink() > 2 => m.nlink() == 3,
-        _ => stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok()) == Some(1),
+        _ => read_stat(std::process::id()).and_then(|s| stat_field::<u32>(&s, 17)) == Some(1),
     }
 }
 
@@ -228,8 +241,50 @@ mod tests {
     #[test]
     fn the_thread_count_from_the_link_count_agrees_with_proc_stat() {
         // The test harness runs tests on threads of their own: never single-threaded here.
-        let from_stat = stat_fields(std::process::id()).and_then(|f| f.get(17)?.parse::<u32>().ok());
+        let from_stat = read_stat(std::process::id()).and_then(|s| stat_field::<u32>(&s, 17));
         assert!(from_stat.is_some_and(|n| n > 1), "{from_stat:?}");
         assert!(!single_threaded());
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis_of_the_command_name() {
+        let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0";
+        assert_eq!(stat_field::<char>(stat, 0), Some('S'));
+        assert_eq!(stat_field::<u32>(stat, 1), Some(1));
+        assert_eq!(stat_field::<u64>(stat, 19), Some(12345));
+        assert_eq!(stat_field::<u64>(stat, 40), None);
+        assert_eq!(stat_field::<u64>("no command name", 0), None);
+    }
+
+    #[test]
+    fn a_running_process_has_a_start_time_and_a_zombie_is_not_running() {
+        let ours = running_start(std::process::id());
+        assert!(matches!(ours, Some(Some(t)) if t > 0), "{ours:?}");
+        /// Kills and reaps the child however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Reaped(std::process::Command::new("true").spawn().expect("spawn true"));
+        let pid = child.0.id();
+        // Not reaped yet: once it has exited it is a zombie, which is not running.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while running_start(pid).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`true` still running after 20 s"
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            read_stat(pid).is_some(),
+            "the zombie is still in /proc until reaped"
+        );
+        assert!(!is_running(pid));
+        child.0.wait().expect("reap true");
+        assert_eq!(running_start(pid), None, "reaped: gone");
     }
 }

@@ -91,6 +91,11 @@ pub(crate) fn start_time(_pid: u32) -> Option<u64> {
     None
 }
 
+/// If `pid` names a process: its start time, unknown here.
+pub(crate) fn running_start(pid: u32) -> Option<Option<u64>> {
+    is_running(pid).then_some(None)
+}
+
 /// Parent chains are not portable (the supervisor, their one user, is Linux's).
 pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
     false
