@@ -19,6 +19,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// connection and sent between threads (an axum `Router`, `tower::service_fn`, a hyper
 /// service through [`from_hyper`]). Implemented for every such service; named so the bounds
 /// are written once.
+///
+/// Each connection calls its own clone for each of its requests in turn, after `poll_ready`
+/// said it is ready, as tower's contract asks; a clone that is not ready at once is cloned
+/// again for the waiting request, which waits on that clone's `poll_ready`.
 pub trait HttpService:
     tower_service::Service<
         Request<Incoming>,
