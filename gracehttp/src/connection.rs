@@ -361,8 +361,8 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
     }
 }
 
-/// A service not ready when its request came: the service and the request are boxed (the
-/// rare path, out of line, so the common one stays small enough to be inlined).
+/// A service not ready when its request came: a clone of the service and the request are
+/// boxed for the request's future to wait on (the rare path, kept out of line).
 #[cold]
 #[inline(never)]
 fn waiting<S: HttpService>(service: S, req: Request<Incoming>) -> ServiceCall<S> {

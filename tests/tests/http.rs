@@ -151,6 +151,11 @@ async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
         .unwrap();
     tokio::spawn(conn);
     for i in 0..6 {
+        // The client's connection takes the next request once the last answer is read.
+        tokio::time::timeout(DEADLINE, h1.ready())
+            .await
+            .expect("the connection ready in time")
+            .unwrap();
         let resp = tokio::time::timeout(DEADLINE, h1.send_request(request(Version::HTTP_11)))
             .await
             .expect("an answer in time")
