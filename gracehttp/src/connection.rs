@@ -236,9 +236,13 @@ fn unread_bytes(fd: RawFd) -> bool {
 /// draining asks HTTP/1 clients to close with their next response. Generic over the
 /// application's service, so its future and body are not boxed.
 struct ConnService<S> {
+    /// The application's service as given, never polled: where fresh instances come from.
+    template: S,
     /// The connection's instance of the application's service. hyper calls `call` from the
     /// connection's task, one request at a time, so each request borrows it in turn: made
-    /// ready, then called, as tower asks, without a clone per request.
+    /// ready, then called, as tower asks, without a clone per request. An instance that is
+    /// not ready goes with its request (its `poll_ready` may hold a place in a queue that only
+    /// it can take, as tower's `ConcurrencyLimit` does) and a fresh one takes its place.
     service: RefCell<S>,
     /// Given to every request (and, with the `axum` feature, as axum's `ConnectInfo`) when
     /// `extensions` is set.
@@ -332,8 +336,9 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
         let (in_flight, http1) = begin(&self.activity, &self.peer, self.extensions, &mut req);
         // Made ready, then called, as tower's `Oneshot` does. A service that is ready at once
         // (an axum `Router`, a hyper service) is called at once: the future then holds no
-        // request. One that is not gets a clone for the request to wait on with its task's
-        // waker, as hyper-util's `TowerToHyperService` gives every request.
+        // request. One that is not goes with the request, which polls it again with its
+        // task's waker; one that failed is dropped. Either way the connection goes on with a
+        // fresh clone.
         let call = match self.service.try_borrow_mut() {
             Ok(mut service) => {
                 let ready = tower_service::Service::poll_ready(
@@ -344,8 +349,11 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
                     Poll::Ready(Ok(())) => ServiceCall::Called {
                         future: tower_service::Service::call(&mut *service, req),
                     },
-                    Poll::Ready(Err(e)) => failed::<S>(e),
-                    Poll::Pending => waiting(service.clone(), req),
+                    Poll::Ready(Err(e)) => {
+                        *service = self.template.clone();
+                        failed::<S>(e)
+                    }
+                    Poll::Pending => waiting(std::mem::replace(&mut *service, self.template.clone()), req),
                 }
             }
             // Not reached: hyper does not call a connection's service from within its call.
@@ -361,8 +369,8 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
     }
 }
 
-/// A service not ready when its request came: a clone of the service and the request are
-/// boxed for the request's future to wait on (the rare path, kept out of line).
+/// A service not ready when its request came: that instance and the request are boxed for
+/// the request's future to poll again (the rare path, kept out of line).
 #[cold]
 #[inline(never)]
 fn waiting<S: HttpService>(service: S, req: Request<Incoming>) -> ServiceCall<S> {
@@ -607,7 +615,8 @@ where
         _guard: guard,
     };
     let service = ConnService {
-        service: RefCell::new(service),
+        service: RefCell::new(service.clone()),
+        template: service,
         peer,
         extensions: config.request_extensions,
         activity: activity.clone(),

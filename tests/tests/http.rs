@@ -200,6 +200,31 @@ async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
+    // tower's ConcurrencyLimit of one, across connections: a request that finds the permit
+    // taken waits in the semaphore's queue, and must be the one given the permit when it is
+    // freed (were its place held by an instance nobody polls, it would wait forever).
+    let (mut g, site) = tokio::task::block_in_place(|| start(&["--limit1"], &[]));
+    let pid = site.pid.to_string();
+    let port = site.ports[0];
+    let holder = tokio::spawn(async move { get_h1(port, "/sleep?ms=500").await });
+    // The first request holds the permit (it logs its start) before the second is sent.
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=500"));
+    for _ in 0..2 {
+        let waiter = tokio::time::timeout(DEADLINE, get_h1(port, "/pid"))
+            .await
+            .expect("the waiting request is answered once the permit is free")
+            .unwrap();
+        assert_eq!(
+            (waiter.status, waiter.body.as_str()),
+            (StatusCode::OK, pid.as_str())
+        );
+    }
+    let held = holder.await.unwrap().unwrap();
+    assert_eq!((held.status, held.body.as_str()), (StatusCode::OK, pid.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let port = site.ports[0];

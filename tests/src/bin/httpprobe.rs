@@ -7,7 +7,8 @@
 //! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
 //! client sends `close`. With `--reluctant` the service is not ready at its first
-//! `poll_ready` and answers 500 when called without being made ready (see [`Reluctant`]). `/echo` reads the body and answers its length (400 when it is
+//! `poll_ready` and answers 500 when called without being made ready (see [`Reluctant`]);
+//! with `--limit1` it is behind tower's `ConcurrencyLimit` of one request at a time. `/echo` reads the body and answers its length (400 when it is
 //! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
 //! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS`,
 //! `PROBE_IDLE_TIMEOUT_MS` and `PROBE_MAX_CONNECTIONS` set the server's limits.
@@ -78,6 +79,12 @@ fn run() -> Result<(), gracehttp::Error> {
         three_sites(server, app, tls)
     } else if args.iter().any(|a| a == "--reluctant") {
         three_sites(server, Reluctant::new(hyper::service::service_fn(handle)), tls)
+    } else if args.iter().any(|a| a == "--limit1") {
+        // tower's ConcurrencyLimit of one request at a time, across all connections: an
+        // instance whose poll_ready waits holds a place in the semaphore's queue.
+        let limited =
+            tower::limit::ConcurrencyLimit::new(gracehttp::from_hyper(hyper::service::service_fn(handle)), 1);
+        three_sites(server, limited, tls)
     } else {
         three_sites(
             server,
