@@ -21,8 +21,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// are written once.
 ///
 /// Each connection calls its own clone for each of its requests in turn, after `poll_ready`
-/// said it is ready, as tower's contract asks; a clone that is not ready at once is cloned
-/// again for the waiting request, which waits on that clone's `poll_ready`.
+/// said it is ready, as tower's contract asks. A clone that is not ready at once goes with
+/// its request, which waits on that clone's `poll_ready` (a place it holds in a queue stays
+/// its own), and the connection goes on with a fresh clone.
 pub trait HttpService:
     tower_service::Service<
         Request<Incoming>,
