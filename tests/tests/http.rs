@@ -208,17 +208,40 @@ async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
     let pid = site.pid.to_string();
     let port = site.ports[0];
     let holder = tokio::spawn(async move { get_h1(port, "/sleep?ms=500").await });
-    // The first request holds the permit (it logs its start) before the second is sent.
+    // The first request holds the permit (it logs its start) before the others are sent.
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=500"));
+    // All waiting at once: two HTTP/1.1 connections, and two streams of one HTTP/2 connection.
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[1]))
+        .await
+        .unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut waiters = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let waiter = tokio::time::timeout(DEADLINE, get_h1(port, "/pid"))
-            .await
-            .expect("the waiting request is answered once the permit is free")
-            .unwrap();
-        assert_eq!(
-            (waiter.status, waiter.body.as_str()),
-            (StatusCode::OK, pid.as_str())
-        );
+        waiters.spawn(async move {
+            let a = get_h1(port, "/pid").await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((a.status, a.body))
+        });
+        let mut h2 = h2.clone();
+        waiters.spawn(async move {
+            let mut req = http::Request::get("http://127.0.0.1/pid").body(Empty::<bytes::Bytes>::new())?;
+            *req.version_mut() = Version::HTTP_2;
+            let resp = h2.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        });
+    }
+    let answers = tokio::time::timeout(DEADLINE, waiters.join_all())
+        .await
+        .expect("every waiting request is answered in its turn");
+    for answer in answers {
+        let (status, body) = answer.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, pid.as_str()));
     }
     let held = holder.await.unwrap().unwrap();
     assert_eq!((held.status, held.body.as_str()), (StatusCode::OK, pid.as_str()));
