@@ -50,21 +50,49 @@ fn request(path: &str, version: Version) -> Request<Empty<Bytes>> {
     req
 }
 
+/// A keep-alive HTTP/1.1 connection to `127.0.0.1:port`, for requests one after another
+/// ([`get_on_h1`]).
+pub type H1Connection = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// A cleartext HTTP/2 (prior knowledge) connection, for concurrent streams ([`get_on_h2`]).
+pub type H2Connection = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// Opens a keep-alive HTTP/1.1 connection to `127.0.0.1:port`.
+pub async fn connect_h1(port: u16) -> Result<H1Connection, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// Opens a cleartext HTTP/2 (prior knowledge) connection to `127.0.0.1:port`.
+pub async fn connect_h2c(port: u16) -> Result<H2Connection, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// GET `path` as the next request of a keep-alive HTTP/1.1 connection, once the connection
+/// can take it (the last answer read).
+pub async fn get_on_h1(conn: &mut H1Connection, path: &str) -> Result<Answer, BoxError> {
+    conn.ready().await?;
+    finish(conn.send_request(request(path, Version::HTTP_11)).await?).await
+}
+
+/// GET `path` as a new stream of an HTTP/2 connection (clones of it run streams at once).
+pub async fn get_on_h2(conn: &mut H2Connection, path: &str) -> Result<Answer, BoxError> {
+    finish(conn.send_request(request(path, Version::HTTP_2)).await?).await
+}
+
 /// GET `path` over HTTP/1.1 on a new connection to `127.0.0.1:port`.
 pub async fn get_h1(port: u16, path: &str) -> Result<Answer, BoxError> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    finish(send.send_request(request(path, Version::HTTP_11)).await?).await
+    get_on_h1(&mut connect_h1(port).await?, path).await
 }
 
 /// GET `path` over cleartext HTTP/2 (prior knowledge) on a new connection.
 pub async fn get_h2c(port: u16, path: &str) -> Result<Answer, BoxError> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    finish(send.send_request(request(path, Version::HTTP_2)).await?).await
+    get_on_h2(&mut connect_h2c(port).await?, path).await
 }
 
 /// GET `path` over TLS on a new connection, trusting `root` (DER) for `localhost`,

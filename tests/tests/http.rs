@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use grace_tests::http::{Hammer, get_h1, get_h2c, get_tls, write_cert};
+use grace_tests::http::{
+    Hammer, connect_h1, connect_h2c, get_h1, get_h2c, get_on_h1, get_on_h2, get_tls, write_cert,
+};
 use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, wait_until};
 use http::{StatusCode, Version};
 use nix::sys::signal::Signal;
@@ -132,68 +134,34 @@ async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
     // Each instance of the probe's service is not ready at its first poll_ready and answers
     // 500 when called without a ready poll_ready: every request on a keep-alive HTTP/1.1
     // connection and on one HTTP/2 connection (all at once) must still get its 200.
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let (_g, site) = tokio::task::block_in_place(|| start(&["--reluctant"], &[]));
     let pid = site.pid.to_string();
-    let request = |version| {
-        let mut req = http::Request::get("http://127.0.0.1/pid")
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("a request");
-        *req.version_mut() = version;
-        req
-    };
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
-        .await
-        .unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = connect_h1(site.ports[0]).await.unwrap();
     for i in 0..6 {
-        // The client's connection takes the next request once the last answer is read.
-        tokio::time::timeout(DEADLINE, h1.ready())
-            .await
-            .expect("the connection ready in time")
-            .unwrap();
-        let resp = tokio::time::timeout(DEADLINE, h1.send_request(request(Version::HTTP_11)))
+        let a = tokio::time::timeout(DEADLINE, get_on_h1(&mut h1, "/pid"))
             .await
             .expect("an answer in time")
             .unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
-            (status, &body[..]),
-            (StatusCode::OK, pid.as_bytes()),
+            (a.status, a.body.as_str()),
+            (StatusCode::OK, pid.as_str()),
             "HTTP/1.1 request {i}"
         );
     }
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[1]))
-        .await
-        .unwrap();
-    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let h2 = connect_h2c(site.ports[1]).await.unwrap();
     let mut streams = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let mut h2 = h2.clone();
-        let req = request(Version::HTTP_2);
-        streams.spawn(async move {
-            let resp = h2.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        });
+        streams.spawn(async move { get_on_h2(&mut h2, "/pid").await });
     }
     let answers = tokio::time::timeout(DEADLINE, streams.join_all())
         .await
         .expect("answers in time");
     for answer in answers {
-        let (status, body) = answer.unwrap();
+        let a = answer.unwrap();
         assert_eq!(
-            (status, &body[..]),
-            (StatusCode::OK, pid.as_bytes()),
+            (a.status, a.body.as_str()),
+            (StatusCode::OK, pid.as_str()),
             "an HTTP/2 stream"
         );
     }
@@ -211,37 +179,19 @@ async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
     // The first request holds the permit (it logs its start) before the others are sent.
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=500"));
     // All waiting at once: two HTTP/1.1 connections, and two streams of one HTTP/2 connection.
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[1]))
-        .await
-        .unwrap();
-    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let h2 = connect_h2c(site.ports[1]).await.unwrap();
     let mut waiters = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        waiters.spawn(async move {
-            let a = get_h1(port, "/pid").await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((a.status, a.body))
-        });
+        waiters.spawn(async move { get_h1(port, "/pid").await });
         let mut h2 = h2.clone();
-        waiters.spawn(async move {
-            let mut req = http::Request::get("http://127.0.0.1/pid").body(Empty::<bytes::Bytes>::new())?;
-            *req.version_mut() = Version::HTTP_2;
-            let resp = h2.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
-        });
+        waiters.spawn(async move { get_on_h2(&mut h2, "/pid").await });
     }
     let answers = tokio::time::timeout(DEADLINE, waiters.join_all())
         .await
         .expect("every waiting request is answered in its turn");
     for answer in answers {
-        let (status, body) = answer.unwrap();
-        assert_eq!((status, body.as_str()), (StatusCode::OK, pid.as_str()));
+        let a = answer.unwrap();
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, pid.as_str()));
     }
     let held = holder.await.unwrap().unwrap();
     assert_eq!((held.status, held.body.as_str()), (StatusCode::OK, pid.as_str()));
