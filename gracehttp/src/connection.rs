@@ -731,8 +731,31 @@ impl<'a> Watch<'a> {
     }
 
     /// Looks at what happened since the last poll: the drain's start, a request finishing
-    /// while someone listens, the timer.
+    /// while someone listens, the timer. Most polls are for the connection's own bytes, with
+    /// nothing here to see: that check is inlined, the rest is not.
+    #[inline]
     fn poll_decide(
+        &mut self,
+        cx: &mut Context<'_>,
+        draining: Pin<&mut impl Future<Output = ()>>,
+        timer: Pin<&mut Sleep>,
+    ) -> Decision {
+        let nothing_new = !self.rearmed
+            && !self.drain_started
+            && self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            && !self.activity.http2.load(Ordering::Relaxed)
+            && !self.activity.unparked.load(Ordering::Relaxed)
+            && !self.activity.drain.is_draining()
+            && !timer.is_elapsed();
+        if nothing_new {
+            return Decision::Wait;
+        }
+        self.look(cx, draining, timer)
+    }
+
+    /// [`Self::poll_decide`] when something may have happened.
+    #[inline(never)]
+    fn look(
         &mut self,
         cx: &mut Context<'_>,
         mut draining: Pin<&mut impl Future<Output = ()>>,
