@@ -175,6 +175,50 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Looks at bytes that have arrived and not been read, without reading them (the next read
+    /// returns them): copies them into `buf` once there are more than `seen` of them, or once
+    /// the peer has stopped sending (then as many as there are, perhaps `seen` again, or 0 if
+    /// it sent none). For telling a protocol by a connection's first bytes and leaving them
+    /// for whoever reads the connection next. At most `buf.len()` bytes are looked at;
+    /// `seen` should be less than that.
+    pub fn poll_peek(&self, cx: &mut Context<'_>, buf: &mut [u8], seen: usize) -> Poll<io::Result<usize>> {
+        // A peek leaves the bytes in the socket, so the socket stays readable while no new
+        // ones come: a peek that finds nothing new reports `WouldBlock`, which clears the
+        // readiness until the next event. Readable again at once with still nothing new, the
+        // event was the peer's end of stream (which stays set): no more will come.
+        let mut stalled = false;
+        loop {
+            std::task::ready!(match self {
+                Stream::Tcp(s) => s.poll_read_ready(cx),
+                Stream::Unix(s) => s.poll_read_ready(cx),
+            })?;
+            let peek = || {
+                use std::os::fd::{AsFd, AsRawFd};
+                let n = nix::sys::socket::recv(
+                    self.as_fd().as_raw_fd(),
+                    buf,
+                    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)?;
+                if n > seen || n == 0 || n >= buf.len() || stalled {
+                    Ok(n)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            };
+            let peeked = match self {
+                Stream::Tcp(s) => s.try_io(::tokio::io::Interest::READABLE, peek),
+                Stream::Unix(s) => s.try_io(::tokio::io::Interest::READABLE, peek),
+            };
+            match peeked {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => stalled = true,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
 impl std::os::fd::AsFd for Stream {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
@@ -272,5 +316,59 @@ mod tests {
         c.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whether `poll_peek` with `seen` is still waiting (polled once, without blocking).
+    fn peek_waits(s: &Stream, buf: &mut [u8], seen: usize) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        s.poll_peek(&mut cx, buf, seen).is_pending()
+    }
+
+    async fn peek(s: &Stream, buf: &mut [u8], seen: usize) -> usize {
+        let peeked = std::future::poll_fn(|cx| s.poll_peek(cx, buf, seen));
+        ::tokio::time::timeout(std::time::Duration::from_secs(10), peeked)
+            .await
+            .expect("peeked within 10 s")
+            .expect("peeked")
+    }
+
+    #[::tokio::test]
+    async fn a_peek_waits_for_more_than_it_has_seen_and_leaves_the_bytes_to_be_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut s = Stream::Tcp(listener.accept().await.unwrap().0);
+        let mut buf = [0u8; 8];
+        assert!(peek_waits(&s, &mut buf, 0), "nothing sent yet");
+        c.write_all(b"abc").await.unwrap();
+        assert_eq!(peek(&s, &mut buf, 0).await, 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert!(peek_waits(&s, &mut buf, 3), "nothing more than the 3 seen");
+        c.write_all(b"defghij").await.unwrap();
+        assert_eq!(peek(&s, &mut buf, 3).await, 8, "as many as fit");
+        assert_eq!(&buf, b"abcdefgh");
+        // Still there to be read.
+        let mut read = [0u8; 10];
+        s.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"abcdefghij");
+    }
+
+    #[::tokio::test]
+    async fn a_peek_ends_when_the_peer_stops_sending() {
+        // A Unix pair: the other kind of stream, and the end of the stream after some bytes.
+        let (mut c, s) = UnixStream::pair().unwrap();
+        let s = Stream::Unix(s);
+        let mut buf = [0u8; 8];
+        c.write_all(b"PRI").await.unwrap();
+        assert_eq!(peek(&s, &mut buf, 0).await, 3);
+        c.shutdown().await.unwrap();
+        assert_eq!(peek(&s, &mut buf, 3).await, 3, "no more will come: what there is");
+        drop(c);
+        let (c, s) = UnixStream::pair().unwrap();
+        drop(c);
+        assert_eq!(
+            peek(&Stream::Unix(s), &mut buf, 0).await,
+            0,
+            "closed without a byte"
+        );
     }
 }
