@@ -26,8 +26,6 @@ use gracenet::tokio::PeerAddr;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
@@ -35,6 +33,10 @@ use tokio::time::{Instant, Sleep};
 use crate::drain::Drain;
 use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, HttpService};
+
+mod protocol;
+pub(crate) use protocol::Builders;
+use protocol::{Cleartext, HttpConn, HttpConnection};
 
 /// What the connection's timers need to know, kept cheap for the hot path: counters and
 /// flags, no clock reads. The connection's one timer compares the counters with what they
@@ -50,11 +52,9 @@ pub(crate) struct Activity {
     /// Whether any request has started (its headers were read).
     any_request: AtomicBool,
     in_flight: AtomicU64,
-    /// Whether the connection speaks HTTP/2: its first bytes were the HTTP/2 preface, or a
-    /// request arrived over HTTP/2.
+    /// Whether the connection speaks HTTP/2 (told by ALPN or its first bytes, before any
+    /// request: a client that only sends PINGs must still get GOAWAY at a drain).
     http2: AtomicBool,
-    /// Whether any byte has arrived (the preface check is done on the first ones).
-    seen_bytes: AtomicBool,
     /// Set once the drain has begun: from then on the last request finishing wakes the
     /// connection, which may then close.
     draining: AtomicBool,
@@ -83,7 +83,6 @@ impl Activity {
             any_request: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             http2: AtomicBool::new(false),
-            seen_bytes: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             went_idle: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -92,18 +91,6 @@ impl Activity {
             drain,
             fd,
         })
-    }
-
-    /// Looks at a connection's first bytes: the HTTP/2 preface marks it as HTTP/2 before any
-    /// request is read (a client that only sends PINGs must still get GOAWAY at a drain).
-    fn first_bytes(&self, bytes: &[u8]) {
-        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-        if !self.seen_bytes.swap(true, Ordering::Relaxed) {
-            let n = bytes.len().min(PREFACE.len());
-            if n > 0 && bytes[..n] == PREFACE[..n] {
-                self.http2.store(true, Ordering::Relaxed);
-            }
-        }
     }
 
     fn busy(&self) -> bool {
@@ -184,9 +171,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
             // Only this task reads the transport: a load and a store, no locked instruction.
             let reads = this.activity.reads.load(Ordering::Relaxed);
             this.activity.reads.store(reads + 1, Ordering::Relaxed);
-            if !this.activity.seen_bytes.load(Ordering::Relaxed) {
-                this.activity.first_bytes(&buf.filled()[before..]);
-            }
             if this.activity.parked.load(Ordering::Relaxed) {
                 this.activity.parked.store(false, Ordering::Relaxed);
                 this.activity.unparked.store(true, Ordering::Relaxed);
@@ -215,6 +199,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Reads and drops what waits unread in socket `fd` (at most 64 KiB, never waiting), before
+/// it is closed. `fd` must be the open socket of a connection being served.
+fn discard_unread(fd: RawFd) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which it borrows for the
+        // call. The caller passes the socket of a connection it is serving, so `fd` is open;
+        // MSG_DONTWAIT makes the call return at once whatever the socket's mode.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 || (n as usize) < buf.len() {
+            return;
+        }
     }
 }
 
@@ -506,7 +505,7 @@ fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -
 /// How connections are served; shared by every connection of a server.
 #[derive(Clone)]
 pub(crate) struct ConnConfig {
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builders: Builders,
     pub idle_grace: Duration,
     /// From the accept to the first request's headers; and for any later request's headers
     /// (HTTP/1), from their first byte.
@@ -551,12 +550,17 @@ impl Accepted {
     }
 }
 
-/// Serves an accepted connection of a cleartext site with `service`. (Its own function, not a
-/// branch of the TLS one: a task is as large as its future, and an idle connection should not
-/// carry room for a TLS session it does not have.)
+/// Serves an accepted connection of a cleartext site with `service`: HTTP/2 if its first
+/// bytes are the HTTP/2 preface, else HTTP/1.1. (Its own function, not a branch of the TLS
+/// one: a task is as large as its future, and an idle connection should not carry room for a
+/// TLS session it does not have.)
 pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
     let (stream, origin, permit) = accepted.split();
-    serve(stream, origin, service, &site.drain, &site.config).await;
+    let config = &site.config;
+    serve(stream, origin, service, &site.drain, config, |io, service| {
+        Cleartext::new(io, service, &config.builders)
+    })
+    .await;
     drop(permit);
 }
 
@@ -572,7 +576,13 @@ pub(crate) async fn serve_tls<S: HttpService>(
     let config = &site.config;
     let deadline = origin.at + config.header_read_timeout;
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(tls, origin, service, &site.drain, config).await,
+        Ok(Ok(tls)) => {
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve(tls, origin, service, &site.drain, config, |io, service| {
+                HttpConn::new(http2, io, service, &config.builders)
+            })
+            .await;
+        }
         Ok(Err(e)) => {
             tracing::debug!("TLS handshake failed: {e}");
             config.peer_errors.record("TLS handshake failed");
@@ -601,11 +611,19 @@ struct Origin {
     guard: ConnectionGuard,
 }
 
-/// Serves one connection to its end.
-async fn serve<T, S>(io: T, origin: Origin, service: S, drain: &Drain, config: &ConnConfig)
-where
+/// Serves one connection to its end, with the HTTP connection `speak` makes of its transport
+/// and service.
+async fn serve<T, S, C>(
+    io: T,
+    origin: Origin,
+    service: S,
+    drain: &Drain,
+    config: &ConnConfig,
+    speak: impl FnOnce(TrackedIo<T>, ConnService<S>) -> C,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService,
+    C: HttpConnection,
 {
     let Origin { fd, at, peer, guard } = origin;
     let activity = Activity::new(drain.clone(), fd);
@@ -621,10 +639,7 @@ where
         extensions: config.request_extensions,
         activity: activity.clone(),
     };
-    let conn = config
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
+    let conn = speak(io, service);
     tokio::pin!(conn);
     let draining = drain.draining();
     tokio::pin!(draining);
@@ -644,7 +659,12 @@ where
                 Decision::Wait => return Poll::Pending,
                 // Polled again at once: hyper sends GOAWAY or closes between requests.
                 Decision::Shutdown => conn.as_mut().graceful_shutdown(),
-                Decision::Close => return Poll::Ready(()),
+                Decision::Close => {
+                    // Bytes left unread would turn the close into a reset, which can destroy
+                    // what was sent before it (a GOAWAY) and reads as a crash to the peer.
+                    discard_unread(fd);
+                    return Poll::Ready(());
+                }
             }
         }
     })

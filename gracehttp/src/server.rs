@@ -9,10 +9,9 @@ use std::time::Duration;
 use gracenet::registry::Origin;
 use gracenet::{Generation, Outcome};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::sync::Semaphore;
 
-use crate::connection::{Accepted, ConnConfig, SiteContext};
+use crate::connection::{Accepted, Builders, ConnConfig, SiteContext};
 use crate::drain::Drain;
 use crate::error::Error;
 use crate::service::{HttpService, SiteService, erase};
@@ -367,13 +366,14 @@ impl Server {
         let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
         announce(&generation, &addrs.join(", "));
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = hyper::server::conn::http1::Builder::new();
         // The header read timeout is the connection's own (connection.rs): hyper's would arm a
         // timer for every request (measured: 4-5 % of a keep-alive request's cost).
-        builder.http1().header_read_timeout(None);
-        builder.http2().timer(TokioTimer::new());
+        http1.header_read_timeout(None);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
         let config = ConnConfig {
-            builder,
+            builders: Builders { http1, http2 },
             idle_grace: self.idle_grace,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,

@@ -104,6 +104,12 @@ async fn three_ports_speak_http1_h2c_and_tls_with_alpn() {
         (a.status, a.version, a.body.as_str()),
         (StatusCode::OK, Version::HTTP_11, pid.as_str())
     );
+    // No ALPN at all: HTTP/1.1 (HTTP/2 over TLS is only by ALPN, RFC 9113 §3.3).
+    let (a, _) = get_tls(site.ports[2], "/pid", &root, &[]).await.unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_11, pid.as_str())
+    );
     let a = get_h1(site.ports[0], "/nope").await.unwrap();
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
@@ -647,6 +653,61 @@ async fn silent_connections_are_closed_at_the_header_read_timeout_whatever_they_
     // Normal clients are served throughout.
     assert_eq!(get_h1(plain, "/pid").await.unwrap().body, site.pid.to_string());
     assert!(!g.seen().iter().any(|l| l.contains("panicked")));
+}
+
+/// A cleartext connection's protocol is told by its first bytes however they arrive: the
+/// HTTP/2 preface in pieces is HTTP/2, a request whose method is `PRI` is HTTP/1.1, and a
+/// peer that stops partway through the preface is closed.
+#[test]
+fn a_cleartext_connection_is_told_by_its_first_bytes_however_they_arrive() {
+    use std::io::{Read, Write};
+    let (_g, site) = start(&[], &[]);
+    let port = site.ports[0];
+    // The preface in three writes (with Nagle off and a pause between them, three segments),
+    // then SETTINGS and a GET: the response's HEADERS come back.
+    let mut h2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    h2.set_nodelay(true).unwrap();
+    for piece in [&b"PRI * H"[..], &b"TTP/2.0\r\n\r\nS"[..], &b"M\r\n\r\n"[..]] {
+        h2.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    h2.write_all(b"\0\0\0\x04\0\0\0\0\0").unwrap();
+    h2.write_all(&[0, 0, 14, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84, 0x01, 0x09])
+        .unwrap();
+    h2.write_all(b"localhost").unwrap();
+    assert!(
+        read_until_frame(&mut h2, Some(0x1)),
+        "a preface in pieces is HTTP/2: the response's HEADERS"
+    );
+    // `PRI` as an HTTP/1.1 method: answered in HTTP/1.1.
+    let mut h1 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    h1.write_all(b"PRI /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    h1.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = Vec::new();
+    h1.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 "),
+        "answered in HTTP/1.1: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Part of the preface, then the end of the stream: closed (not reset), without waiting
+    // for the header read timeout.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        closed_by_server(&mut half),
+        "a peer that stopped partway is closed"
+    );
+    // Served throughout.
+    let a = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(get_h1(port, "/pid"))
+        .unwrap();
+    assert_eq!(a.body, site.pid.to_string());
 }
 
 #[test]
