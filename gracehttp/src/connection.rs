@@ -35,8 +35,10 @@ use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, HttpService};
 
 mod protocol;
+mod transport;
 pub(crate) use protocol::Builders;
 use protocol::{Cleartext, HttpConn, HttpConnection};
+use transport::Transport;
 
 /// What the connection's timers need to know, kept cheap for the hot path: counters and
 /// flags, no clock reads. The connection's one timer compares the counters with what they
@@ -578,9 +580,14 @@ pub(crate) async fn serve_tls<S: HttpService>(
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve(tls, origin, service, &site.drain, config, |io, service| {
-                HttpConn::new(http2, io, service, &config.builders)
-            })
+            serve(
+                Transport::Tls(Box::new(tls)),
+                origin,
+                service,
+                &site.drain,
+                config,
+                |io, service| HttpConn::new(http2, io, service, &config.builders),
+            )
             .await;
         }
         Ok(Err(e)) => {

@@ -12,7 +12,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{ConnService, TrackedIo};
+use super::{ConnService, TrackedIo, Transport};
 use crate::service::{BoxError, HttpService};
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
@@ -113,7 +113,7 @@ pin_project_lite::pin_project! {
             seen: usize,
             builders: &'a Builders,
         },
-        Speaking { #[pin] conn: HttpConn<gracenet::tokio::Stream, S> },
+        Speaking { #[pin] conn: HttpConn<Transport, S> },
         /// Told to finish before it said anything: closed.
         Closed,
     }
@@ -176,6 +176,11 @@ impl<S: HttpService> Cleartext<'_, S> {
                     };
                     let Some((io, service)) = parts.take() else {
                         return Poll::Ready(Ok(()));
+                    };
+                    let io = TrackedIo {
+                        inner: Transport::Plain(io.inner),
+                        activity: io.activity,
+                        _guard: io._guard,
                     };
                     let conn = HttpConn::new(http2, io, service, builders);
                     self.set(Cleartext::Speaking { conn });
