@@ -334,7 +334,11 @@ impl<S: HttpService> hyper::service::Service<Request<Incoming>> for ConnService<
     // left is the application's call, inlined into hyper's.
     #[inline]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
-        let (in_flight, http1) = begin(&self.activity, &self.peer, self.extensions, &mut req);
+        let http1 = req.version() < Version::HTTP_2;
+        if self.extensions {
+            give_extensions(&self.activity, &self.peer, &mut req);
+        }
+        let in_flight = begin(&self.activity, http1);
         // Made ready, then called, as tower's `Oneshot` does. A service that is ready at once
         // (an axum `Router`, a hyper service) is called at once: the future then holds no
         // request. One that is not goes with the request, which polls it again with its
@@ -389,17 +393,10 @@ fn failed<S: HttpService>(error: S::Error) -> ServiceCall<S> {
     }
 }
 
-/// A request's start, for every service type alike: counts it in flight and gives it the
-/// extensions the server asks for. Returns its in-flight count and whether it is HTTP/1.
+/// A request's start, for every service type alike: counts it in flight (HTTP/1 if `http1`).
 #[inline(never)]
-fn begin(
-    activity: &Arc<Activity>,
-    peer: &PeerAddr,
-    extensions: bool,
-    req: &mut Request<Incoming>,
-) -> (InFlight, bool) {
+fn begin(activity: &Arc<Activity>, http1: bool) -> InFlight {
     activity.any_request.store(true, Ordering::Relaxed);
-    let http1 = req.version() < Version::HTTP_2;
     if !http1 {
         activity.http2.store(true, Ordering::Relaxed);
     }
@@ -408,19 +405,22 @@ fn begin(
         // HTTP/2: wake the connection's task (see `InFlight::drop`).
         activity.wake();
     }
-    if extensions {
-        req.extensions_mut().insert(activity.drain.clone());
-        #[cfg(feature = "axum")]
-        if let PeerAddr::Tcp(addr) = peer {
-            req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
-        }
-        req.extensions_mut().insert(peer.clone());
-    }
-    let in_flight = InFlight {
+    InFlight {
         activity: activity.clone(),
         http1,
-    };
-    (in_flight, http1)
+    }
+}
+
+/// Gives a request the extensions the server was asked for: the drain and the peer's address
+/// (with the `axum` feature, also as axum's `ConnectInfo`).
+#[inline(never)]
+fn give_extensions(activity: &Activity, peer: &PeerAddr, req: &mut Request<Incoming>) {
+    req.extensions_mut().insert(activity.drain.clone());
+    #[cfg(feature = "axum")]
+    if let PeerAddr::Tcp(addr) = peer {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(*addr));
+    }
+    req.extensions_mut().insert(peer.clone());
 }
 
 pin_project_lite::pin_project! {
