@@ -3,7 +3,8 @@
 
 The server is pinned to core 0 and the load generator (wrk for HTTP/1.1 keep-alive, h2load
 for h2c) to core 1, so the server's cost is not hidden in the client's. Rounds alternate
-baseline and gracedemo; each reports requests/s (from the load generator) and server CPU per
+baseline and gracedemo, and which of them goes first alternates from round to round; each
+reports requests/s (from the load generator) and server CPU per
 request (utime+stime from /proc/<pid>/stat over the load). Ratios are gracedemo / baseline,
 per round and as the median.
 
@@ -116,8 +117,14 @@ def main():
     for mode in modes:
         rps_ratio, cpu_ratio = [], []
         for r in range(a.rounds):
-            b = measure("baseline", mode, a.target, a.seconds, a.connections, a.threads)
-            g = measure("gracedemo", mode, a.target, a.seconds, a.connections, a.threads)
+            # Which goes first alternates, so a host speeding up or slowing down within a round
+            # favours each server in turn rather than always the second.
+            if r % 2 == 0:
+                b = measure("baseline", mode, a.target, a.seconds, a.connections, a.threads)
+                g = measure("gracedemo", mode, a.target, a.seconds, a.connections, a.threads)
+            else:
+                g = measure("gracedemo", mode, a.target, a.seconds, a.connections, a.threads)
+                b = measure("baseline", mode, a.target, a.seconds, a.connections, a.threads)
             rps_ratio.append(g[0] / b[0])
             cpu_ratio.append(g[1] / b[1])
             print(f"{mode} round {r + 1}: baseline {b[0]:.0f} req/s {b[1]:.2f} us/req {b[2]} | "
