@@ -59,16 +59,38 @@ pub type H2Connection = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
 /// Opens a keep-alive HTTP/1.1 connection to `127.0.0.1:port`.
 pub async fn connect_h1(port: u16) -> Result<H1Connection, BoxError> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(send)
+    h1_over(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?).await
 }
 
 /// Opens a cleartext HTTP/2 (prior knowledge) connection to `127.0.0.1:port`.
 pub async fn connect_h2c(port: u16) -> Result<H2Connection, BoxError> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    h2_over(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?).await
+}
+
+/// Opens a keep-alive HTTP/1.1 connection over the Unix socket at `path`.
+pub async fn connect_h1_unix(path: &std::path::Path) -> Result<H1Connection, BoxError> {
+    h1_over(tokio::net::UnixStream::connect(path).await?).await
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection over the Unix socket at `path`.
+pub async fn connect_h2_unix(path: &std::path::Path) -> Result<H2Connection, BoxError> {
+    h2_over(tokio::net::UnixStream::connect(path).await?).await
+}
+
+async fn h1_over<T>(io: T) -> Result<H1Connection, BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn h2_over<T>(io: T) -> Result<H2Connection, BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
     tokio::spawn(conn);
     Ok(send)
 }

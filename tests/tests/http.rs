@@ -655,6 +655,44 @@ async fn silent_connections_are_closed_at_the_header_read_timeout_whatever_they_
     assert!(!g.seen().iter().any(|l| l.contains("panicked")));
 }
 
+/// HTTP over a Unix socket: HTTP/1.1 and HTTP/2 prior knowledge told apart by their first
+/// bytes (peeked on a Unix stream as on TCP), the peer given as its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_speaks_http1_and_http2_and_knows_its_peer() {
+    let dir = TempDir::new("unix-http");
+    let path = dir.path().join("http.sock");
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.env("PROBE_UNIX", &path);
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
+    assert!(line.contains(&path.display().to_string()), "{line}");
+    let pid = g.pid().to_string();
+
+    let mut h1 = grace_tests::http::connect_h1_unix(&path).await.unwrap();
+    let a = grace_tests::http::get_on_h1(&mut h1, "/pid").await.unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_11, pid.as_str())
+    );
+    let a = grace_tests::http::get_on_h1(&mut h1, "/peer").await.unwrap();
+    assert_eq!(
+        a.body,
+        format!(
+            "unix peer pid {} uid {}",
+            std::process::id(),
+            nix::unistd::getuid()
+        ),
+        "the peer's credentials"
+    );
+
+    let mut h2 = grace_tests::http::connect_h2_unix(&path).await.unwrap();
+    let a = grace_tests::http::get_on_h2(&mut h2, "/pid").await.unwrap();
+    assert_eq!(
+        (a.status, a.version, a.body.as_str()),
+        (StatusCode::OK, Version::HTTP_2, pid.as_str())
+    );
+}
+
 /// A cleartext connection's protocol is told by its first bytes however they arrive: the
 /// HTTP/2 preface in pieces is HTTP/2, a request whose method is `PRI` is HTTP/1.1, and a
 /// peer that stops partway through the preface is closed.

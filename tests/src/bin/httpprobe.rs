@@ -12,6 +12,7 @@
 //! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
 //! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS`,
 //! `PROBE_IDLE_TIMEOUT_MS` and `PROBE_MAX_CONNECTIONS` set the server's limits.
+//! `PROBE_UNIX=PATH` adds a cleartext site on a Unix socket at PATH (listed before the third).
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -170,6 +171,11 @@ fn three_sites<S: gracehttp::HttpService>(
         server.http("127.0.0.1:0", app.clone())
     };
     let server = server.http("127.0.0.1:0", app.clone());
+    // PROBE_UNIX=PATH: a fourth site, cleartext, on a Unix socket at PATH.
+    let server = match std::env::var("PROBE_UNIX") {
+        Ok(path) => server.http(&format!("unix:{path}"), app.clone()),
+        Err(_) => server,
+    };
     match tls {
         Some(tls) => server.https("127.0.0.1:0", tls, app),
         None => server.http("127.0.0.1:0", app),
