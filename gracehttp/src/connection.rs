@@ -69,6 +69,9 @@ pub(crate) struct Activity {
     parked: AtomicBool,
     /// A byte arrived while parked.
     unparked: AtomicBool,
+    /// How many bytes of a cleartext connection's first ones were peeked at and left in the
+    /// socket while its protocol is told (a beginning of the HTTP/2 preface); 0 once told.
+    peeked: AtomicU64,
     /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
     drain: Drain,
     /// The connection's socket, to ask the kernel whether bytes wait unread before closing
@@ -90,6 +93,7 @@ impl Activity {
             waker: AtomicWaker::new(),
             parked: AtomicBool::new(false),
             unparked: AtomicBool::new(false),
+            peeked: AtomicU64::new(0),
             drain,
             fd,
         })
@@ -99,9 +103,11 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    /// Whether the peer has sent bytes this process has not read yet (see [`unread_bytes`]).
+    /// Whether the peer has sent bytes this process has not read yet (see [`unread_bytes`]),
+    /// beyond the beginning of an HTTP/2 preface peeked at while the protocol is told: that
+    /// cannot be a request yet, and must not hold a drain.
     fn unread_bytes(&self) -> bool {
-        unread_bytes(self.fd)
+        unread_bytes(self.fd) > self.peeked.load(Ordering::Relaxed)
     }
 
     /// Wakes the connection's task (registered only while it listens).
@@ -219,17 +225,17 @@ fn discard_unread(fd: RawFd) {
     }
 }
 
-/// Whether bytes wait unread in socket `fd`. The activity counters only see what was read: a
+/// How many bytes wait unread in socket `fd`. The activity counters only see what was read: a
 /// request can sit in the socket while the connection's task has not been polled (a starved
 /// machine), and closing an "idle" connection then would lose it. `fd` must be the open
 /// socket of a connection being served.
-fn unread_bytes(fd: RawFd) -> bool {
+fn unread_bytes(fd: RawFd) -> u64 {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`. The caller
     // passes the socket of a connection it is serving, so `fd` is open; on an error nothing is
     // written and `n` stays 0.
     let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    rc == 0 && n > 0
+    if rc == 0 { u64::try_from(n).unwrap_or(0) } else { 0 }
 }
 
 /// The per-connection hyper service: counts requests in flight, hands the service the
@@ -950,12 +956,12 @@ mod tests {
     #[test]
     fn bytes_waiting_in_the_socket_are_seen_and_gone_once_read() {
         let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
-        assert!(!unread_bytes(b.as_raw_fd()), "nothing sent yet");
+        assert_eq!(unread_bytes(b.as_raw_fd()), 0, "nothing sent yet");
         a.write_all(b"GET / HTTP/1.1\r\n").expect("write");
-        assert!(unread_bytes(b.as_raw_fd()), "a request waits unread");
+        assert_eq!(unread_bytes(b.as_raw_fd()), 16, "a request waits unread");
         let mut buf = [0u8; 64];
         let n = b.read(&mut buf).expect("read");
         assert_eq!(n, 16);
-        assert!(!unread_bytes(b.as_raw_fd()), "read: nothing waits");
+        assert_eq!(unread_bytes(b.as_raw_fd()), 0, "read: nothing waits");
     }
 }

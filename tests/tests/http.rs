@@ -574,8 +574,11 @@ fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
         read_until_frame(&mut h2, Some(SETTINGS)),
         "no SETTINGS from the server"
     );
-    // A connection that has sent nothing at all is closed at the idle grace.
+    // A connection that has sent nothing at all is closed at the idle grace, and so is one
+    // that sent half a preface (its bytes wait unread while the protocol is told).
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", site.ports[1])).unwrap();
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", site.ports[1])).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     g.signal(Signal::SIGTERM);
     assert!(
         read_until_frame(&mut h2, Some(GOAWAY)),
@@ -589,6 +592,10 @@ fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
         silent.read(&mut [0u8; 1]).unwrap_or(0),
         0,
         "the silent connection is closed"
+    );
+    assert!(
+        closed_by_server(&mut half),
+        "the half preface's connection is closed (not reset)"
     );
     let done = g.expect_log(" done (");
     assert!(done.contains("done (drained)"), "{done}");

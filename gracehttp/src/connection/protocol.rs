@@ -6,6 +6,7 @@
 //! about 1 % of a small keep-alive request).
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use hyper::server::conn::{http1, http2};
@@ -171,9 +172,11 @@ impl<S: HttpService> Cleartext<'_, S> {
                         Told::Http1 => false,
                         Told::NotYet => {
                             *seen = n;
+                            io.activity.peeked.store(n as u64, Ordering::Relaxed);
                             continue;
                         }
                     };
+                    io.activity.peeked.store(0, Ordering::Relaxed);
                     let Some((io, service)) = parts.take() else {
                         return Poll::Ready(Ok(()));
                     };
@@ -194,7 +197,14 @@ impl<S: HttpService> HttpConnection for Cleartext<'_, S> {
     fn graceful_shutdown(mut self: Pin<&mut Self>) {
         match self.as_mut().project() {
             CleartextProj::Speaking { conn } => conn.graceful_shutdown(),
-            CleartextProj::Telling { .. } => self.set(Cleartext::Closed),
+            CleartextProj::Telling { parts, .. } => {
+                // What was peeked is read and dropped first: closed with it unread, the
+                // connection would be reset.
+                if let Some((io, _)) = parts.as_ref() {
+                    super::discard_unread(io.activity.fd);
+                }
+                self.set(Cleartext::Closed);
+            }
             CleartextProj::Closed => {}
         }
     }
