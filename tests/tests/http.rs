@@ -566,6 +566,10 @@ fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
     // A stop timeout far longer than any test: the drain must end because the connections
     // went, not because the timeout passed.
     let (mut g, site) = start(&[], &[("PROBE_STOP_TIMEOUT_MS", "600000")]);
+    // Half a preface (its bytes wait unread while the protocol is told), on the listener the
+    // HTTP/2 client uses next: accepted in order, so it is accepted once that one is answered.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     let mut h2 = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
@@ -574,11 +578,9 @@ fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
         read_until_frame(&mut h2, Some(SETTINGS)),
         "no SETTINGS from the server"
     );
-    // A connection that has sent nothing at all is closed at the idle grace, and so is one
-    // that sent half a preface (its bytes wait unread while the protocol is told).
+    // A connection that has sent nothing at all is closed at the idle grace, and so is the
+    // half preface.
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", site.ports[1])).unwrap();
-    let mut half = std::net::TcpStream::connect(("127.0.0.1", site.ports[1])).unwrap();
-    half.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
     g.signal(Signal::SIGTERM);
     assert!(
         read_until_frame(&mut h2, Some(GOAWAY)),
