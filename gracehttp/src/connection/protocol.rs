@@ -114,6 +114,7 @@ pin_project_lite::pin_project! {
             seen: usize,
             builders: &'a Builders,
         },
+        /// Told: hyper serves it.
         Speaking { #[pin] conn: HttpConn<Transport, S> },
         /// Told to finish before it said anything: closed.
         Closed,
