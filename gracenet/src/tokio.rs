@@ -185,8 +185,9 @@ impl Stream {
     pub fn poll_peek(&self, cx: &mut Context<'_>, buf: &mut [u8], seen: usize) -> Poll<io::Result<usize>> {
         // A peek leaves the bytes in the socket, so the socket stays readable while no new
         // ones come: a peek that finds nothing new reports `WouldBlock`, which clears the
-        // readiness until the next event. Readable again at once with still nothing new, the
-        // event was the peer's end of stream (which stays set): no more will come.
+        // readiness until the next event, unless the peer has stopped sending (asked of the
+        // kernel where it can say; elsewhere, readable again at once with still nothing new
+        // is taken for the end of the stream, whose readiness stays set).
         let mut stalled = false;
         loop {
             std::task::ready!(match self {
@@ -201,7 +202,8 @@ impl Stream {
                     nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
                 )
                 .map_err(io::Error::from)?;
-                if n > seen || n == 0 || n >= buf.len() || stalled {
+                let ended = || crate::sys::peer_stopped_sending(self.as_fd()).unwrap_or(stalled);
+                if n > seen || n == 0 || n >= buf.len() || ended() {
                     Ok(n)
                 } else {
                     Err(io::ErrorKind::WouldBlock.into())

@@ -234,6 +234,21 @@ pub(crate) fn single_threaded() -> bool {
 /// `recvmsg` flags that make received fds close-on-exec atomically.
 pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC;
 
+/// Whether the peer of socket `fd` has stopped sending (its FIN has arrived), whatever bytes
+/// still wait unread: `Some` where the system can tell.
+pub(crate) fn peer_stopped_sending(fd: BorrowedFd<'_>) -> Option<bool> {
+    // libc's poll: nix names no POLLRDHUP and drops the bits it does not name.
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd it is given, which this stack owns; `fd`
+    // is open for the borrow; a zero timeout returns at once.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    (rc >= 0).then_some(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,3 +109,8 @@ pub(crate) fn single_threaded() -> bool {
 
 /// No atomic close-on-exec for received fds everywhere: the caller marks them after.
 pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::MsgFlags::empty();
+
+/// Not told apart here from "nothing new yet" (no `POLLRDHUP`): `None`.
+pub(crate) fn peer_stopped_sending(_fd: BorrowedFd<'_>) -> Option<bool> {
+    None
+}
