@@ -160,17 +160,24 @@ async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
         let mut h2 = h2.clone();
         streams.spawn(async move { get_on_h2(&mut h2, "/pid").await });
     }
-    let answers = tokio::time::timeout(DEADLINE, streams.join_all())
-        .await
-        .expect("answers in time");
-    for answer in answers {
-        let a = answer.unwrap();
+    for a in all_answered(streams, "answers in time").await {
         assert_eq!(
             (a.status, a.body.as_str()),
             (StatusCode::OK, pid.as_str()),
             "an HTTP/2 stream"
         );
     }
+}
+
+/// Every request of `set`, answered within [`DEADLINE`] (else a panic saying `what`).
+async fn all_answered<E: std::fmt::Debug + Send + 'static>(
+    set: tokio::task::JoinSet<Result<grace_tests::http::Answer, E>>,
+    what: &str,
+) -> Vec<grace_tests::http::Answer> {
+    let answers = tokio::time::timeout(DEADLINE, set.join_all())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    answers.into_iter().map(|a| a.unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,11 +199,7 @@ async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
         let mut h2 = h2.clone();
         waiters.spawn(async move { get_on_h2(&mut h2, "/pid").await });
     }
-    let answers = tokio::time::timeout(DEADLINE, waiters.join_all())
-        .await
-        .expect("every waiting request is answered in its turn");
-    for answer in answers {
-        let a = answer.unwrap();
+    for a in all_answered(waiters, "every waiting request is answered in its turn").await {
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, pid.as_str()));
     }
     let held = holder.await.unwrap().unwrap();

@@ -17,14 +17,13 @@ is the copies of futures and requests, so both are reported apart from the rest 
 pid; every load is bounded in time. A server under callgrind runs ~50x slower, so the figures
 are instructions, never times.
 """
-import argparse, glob, os, re, shutil, signal, subprocess, sys, tempfile, time
+import argparse, glob, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
-from loopback import ask_once, free_port
+from loopback import ask_once, free_port, server_command
 
 PATH = "/sleep/?duration=0s"
 
 def wait_answering(port, proc, deadline_s=60):
-    import socket
     deadline = time.time() + deadline_s
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -77,11 +76,7 @@ def totals(dump):
 
 def measure(kind, target, seconds, cache, workdir):
     port = free_port()
-    if kind == "baseline":
-        args = [f"{target}/baseline", f"127.0.0.1:{port}"]
-    else:
-        args = [f"{target}/gracedemo", "-a0", f"127.0.0.1:{port}",
-                "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
+    args = server_command(kind, target, port)
     dump = os.path.join(workdir, f"{kind}.out")
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}"]
     if cache:

@@ -1,5 +1,5 @@
-"""What the measurement scripts share: a free loopback port, a process's CPU time, and one
-`Connection: close` request read to its end.
+"""What the measurement scripts share: a free loopback port, the command that starts a server,
+a process's CPU time, and one `Connection: close` request read to its end.
 
 Imported by the scripts beside it (Python puts a script's own directory on its path).
 """
@@ -10,6 +10,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+def server_command(kind, target, port):
+    """The command that starts `kind` ("baseline" or "gracedemo") from `target` (a release
+    directory) listening on 127.0.0.1:`port`; gracedemo's two other servers on free ports."""
+    if kind == "baseline":
+        return [f"{target}/baseline", f"127.0.0.1:{port}"]
+    return [f"{target}/gracedemo", "-a0", f"127.0.0.1:{port}",
+            "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
 
 def cpu_ticks(pid):
     """utime + stime of `pid`, in clock ticks (/proc/<pid>/stat, fields after the state)."""

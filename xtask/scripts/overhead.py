@@ -24,17 +24,13 @@ killed by pid; every load is bounded in time.
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, time
 
-from loopback import cpu_ticks, free_port
+from loopback import cpu_ticks, free_port, server_command
 
 PATH = "/sleep/?duration=0s"
 
 def start(kind, target, threads):
     port = free_port()
-    if kind == "baseline":
-        args = [f"{target}/baseline", f"127.0.0.1:{port}"]
-    else:
-        args = [f"{target}/gracedemo", "-a0", f"127.0.0.1:{port}",
-                "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
+    args = server_command(kind, target, port)
     env = dict(os.environ, TOKIO_WORKER_THREADS=str(threads))
     p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env)
