@@ -11,7 +11,7 @@ use crate::inherited::InheritedFds;
 use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD};
 
 /// This process's start, as inherited.
 #[derive(Debug)]
@@ -22,6 +22,9 @@ pub(crate) struct Startup {
     pub ancestors: Vec<u32>,
     /// Taken by the generation when it reports ready.
     pub link: Mutex<Option<ParentLink>>,
+    /// Started at idle CPU priority by the generation before (`GRACE_IDLE_START`): to leave
+    /// when ready.
+    pub idle_start: bool,
 }
 
 static STARTUP: OnceLock<Result<Startup, EnvError>> = OnceLock::new();
@@ -51,6 +54,7 @@ fn read() -> Result<Startup, EnvError> {
     // one does not leave the others for a subprocess to find.
     let ready_fd = take_var(GRACE_READY_FD);
     let generation = take_var(GRACE_GENERATION);
+    let idle_start = take_var(GRACE_IDLE_START).is_some_and(|v| v == "1");
     // Ours, and only informative (status): a malformed entry is skipped, never fatal.
     let ancestors = take_var(GRACE_ANCESTORS)
         .map(|v| {
@@ -72,6 +76,7 @@ fn read() -> Result<Startup, EnvError> {
             generation: 1,
             ancestors: Vec::new(),
             link: Mutex::new(Some(ParentLink::Nobody)),
+            idle_start: false,
         });
     }
     let generation = parse_generation(generation)?;
@@ -81,5 +86,6 @@ fn read() -> Result<Startup, EnvError> {
         generation,
         ancestors,
         link: Mutex::new(Some(link)),
+        idle_start,
     })
 }

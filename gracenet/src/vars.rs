@@ -1,8 +1,8 @@
 //! The environment variables gracenet reads and sets, by name.
 //!
-//! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`) are read once, when
-//! the process registry is first built ([`crate::registry::registry`]), and removed from the
-//! environment then.
+//! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`)
+//! are read once, when the process registry is first built ([`crate::registry::registry`]),
+//! and removed from the environment then.
 
 use std::os::fd::RawFd;
 
@@ -23,6 +23,10 @@ pub const GRACE_GENERATION: &str = "GRACE_GENERATION";
 /// the generation that starts the next: the control socket's `status` lists those still
 /// running.
 pub const GRACE_ANCESTORS: &str = "GRACE_ANCESTORS";
+/// Set (to `1`) by a generation that started this process at idle CPU priority
+/// (`SCHED_IDLE`): this process returns every thread to the normal policy when it is ready.
+/// Read and removed with the other inherited variables.
+pub const GRACE_IDLE_START: &str = "GRACE_IDLE_START";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";

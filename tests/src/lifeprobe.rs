@@ -81,6 +81,39 @@ async fn serve(version: &'static str) -> ExitCode {
     }
 }
 
+/// The CPU scheduling policies of this process's threads, as `/proc` gives them (field 41 of
+/// each thread's `stat`), named and comma-separated in thread order: `normal`, `idle`, ...
+fn thread_policies() -> String {
+    let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable();
+    let names: Vec<&str> = tids
+        .iter()
+        .filter_map(|tid| {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+            let policy: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(38)?
+                .parse()
+                .ok()?;
+            Some(match policy {
+                0 => "normal",
+                3 => "batch",
+                5 => "idle",
+                _ => "realtime",
+            })
+        })
+        .collect();
+    names.join(",")
+}
+
 fn knob_ms(name: &str) -> Option<Duration> {
     std::env::var(name).ok()?.parse().ok().map(Duration::from_millis)
 }
@@ -112,6 +145,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = std::env::var_os("PROBE_CONTROL_SOCKET") {
         builder = builder.control_socket(path);
+    }
+    if std::env::var_os("PROBE_NO_IDLE_START").is_some() {
+        builder = builder.idle_start(false);
     }
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     if std::env::var_os("PROBE_STATE").is_some() {
@@ -158,8 +194,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut listener = generation.listen(&addr)?;
     println!(
-        "probe version={version} generation={number} pid={pid} addr={}",
-        listener.local_addr()
+        "probe version={version} generation={number} pid={pid} addr={} policy={}",
+        listener.local_addr(),
+        thread_policies()
     );
     if fail_once("PROBE_FAIL_ONCE", number) {
         println!("probe failing pid={pid}");
@@ -175,6 +212,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(delay).await;
     }
     generation.ready()?;
+    if std::env::var_os("PROBE_REPORT_POLICY").is_some() {
+        println!("probe ready pid={pid} policy={}", thread_policies());
+    }
     while let Some(conn) = listener.accept().await {
         let guard = generation.track();
         tokio::spawn(async move {

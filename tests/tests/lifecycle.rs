@@ -383,3 +383,71 @@ fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
         "no temp file left"
     );
 }
+
+/// Whether the kernel lets this process (and so the probe it starts, with the same
+/// credentials and limits) leave the idle CPU priority: `CAP_SYS_NICE` in the initial user
+/// namespace, or an `RLIMIT_NICE` of at least 20 (nice 0).
+fn may_leave_idle_priority() -> bool {
+    let initial_namespace = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    let cap_sys_nice = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 23) != 0);
+    let (nice_limit, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE).unwrap();
+    (initial_namespace && cap_sys_nice) || nice_limit >= 20
+}
+
+fn all_threads(policies: &str, policy: &str) -> bool {
+    !policies.is_empty() && policies.split(',').all(|p| p == policy)
+}
+
+#[test]
+fn the_next_generation_starts_at_idle_priority_and_serves_at_normal_priority() {
+    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[("PROBE_REPORT_POLICY", "1")]);
+    let line = g.expect_line(&format!("probe ready pid={}", gen1.pid));
+    assert!(all_threads(field(&line, "policy"), "normal"), "{line}");
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    let starting = g.expect_line("probe version=");
+    let gen2 = parse_probe(&starting);
+    let _gen2_guard = PidGuard(gen2.pid);
+    // Before it is ready: every thread at idle priority, where it will be let back.
+    let expected = if may_leave_idle_priority() {
+        "idle"
+    } else {
+        "normal"
+    };
+    assert!(
+        all_threads(field(&starting, "policy"), expected),
+        "expected {expected}: {starting}"
+    );
+    // Ready, and serving: every thread back at normal priority.
+    let ready = g.expect_line(&format!("probe ready pid={}", gen2.pid));
+    assert!(all_threads(field(&ready, "policy"), "normal"), "{ready}");
+    g.expect_log("stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+#[test]
+fn the_next_generation_starts_at_normal_priority_when_idle_start_is_off() {
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[("PROBE_REPORT_POLICY", "1"), ("PROBE_NO_IDLE_START", "1")],
+    );
+    signal(gen1.pid, Signal::SIGUSR2);
+    let starting = g.expect_line("probe version=");
+    let gen2 = parse_probe(&starting);
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert!(all_threads(field(&starting, "policy"), "normal"), "{starting}");
+    let ready = g.expect_line(&format!("probe ready pid={}", gen2.pid));
+    assert!(all_threads(field(&ready, "policy"), "normal"), "{ready}");
+}

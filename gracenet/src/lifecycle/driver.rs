@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::notify::monotonic_usec;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD};
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
@@ -228,6 +228,10 @@ impl Driver {
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
+        if self.shared.config.idle_start && crate::sys::may_start_at_idle_priority() {
+            next.idle_priority();
+            next.env(GRACE_IDLE_START, "1");
+        }
         next.env(GRACE_GENERATION, (self.shared.number + 1).to_string());
         let mut ancestors = self.shared.running_ancestors();
         ancestors.push(std::process::id());

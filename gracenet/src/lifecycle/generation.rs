@@ -41,6 +41,7 @@ pub struct GenerationBuilder {
     max_state: u64,
     handle_signals: bool,
     announce: bool,
+    pub(super) idle_start: bool,
 }
 
 impl std::fmt::Debug for GenerationBuilder {
@@ -52,6 +53,7 @@ impl std::fmt::Debug for GenerationBuilder {
             .field("control_socket", &self.control_socket)
             .field("hands_state", &self.state.is_some())
             .field("max_state", &self.max_state)
+            .field("idle_start", &self.idle_start)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +69,7 @@ impl Default for GenerationBuilder {
             max_state: DEFAULT_MAX_STATE,
             handle_signals: true,
             announce: true,
+            idle_start: true,
         }
     }
 }
@@ -134,6 +137,24 @@ impl GenerationBuilder {
     /// is then logged at debug.
     pub fn announce(mut self, yes: bool) -> Self {
         self.announce = yes;
+        self
+    }
+
+    /// Whether the next generation starts at idle CPU priority (default yes, where it will be
+    /// allowed to return). Its start-up (`execve`, the dynamic loader, the runtime, the
+    /// listeners: a few milliseconds of CPU) then runs only on CPU time this generation
+    /// leaves, so a restart on a busy machine does not slow the requests being served; it
+    /// returns to normal priority (every thread, its nice value kept) when it is ready,
+    /// before this generation stops accepting. On a saturated machine the restart takes
+    /// longer (until the start-up has found its few milliseconds).
+    ///
+    /// Linux only (`SCHED_IDLE`), and only where the kernel will let the new process return:
+    /// with `CAP_SYS_NICE` (root, outside a user namespace) or an `RLIMIT_NICE` of at least
+    /// 20 − nice (systemd: `LimitNICE=20`; a shell: `ulimit -e 20`); elsewhere, and for a
+    /// process with a real-time or batch policy, the next generation starts at this one's
+    /// priority, as with `false`.
+    pub fn idle_start(mut self, yes: bool) -> Self {
+        self.idle_start = yes;
         self
     }
 
@@ -387,6 +408,10 @@ impl Generation {
             // The link is dropped unused on failure: a parent sees its pipe close and rolls
             // back.
             crate::pidfile::write(path)?;
+        }
+        if self.shared.startup.idle_start {
+            // Serving from now on: at normal priority before the parent stops accepting.
+            leave_idle_start();
         }
         self.shared.phase.send_if_modified(|p| {
             let starting = *p == Phase::Starting;
@@ -850,5 +875,17 @@ impl ConnectionGuard {
     /// WebSocket, a stream) can finish politely.
     pub async fn draining(&mut self) {
         let _ = self.phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
+    }
+}
+
+/// Returns this process from the idle CPU priority the generation before started it at.
+fn leave_idle_start() {
+    match crate::sys::leave_idle_priority() {
+        Ok(n) => tracing::debug!("left the idle CPU priority this generation started at ({n} thread(s))"),
+        Err(e) => tracing::error!(
+            "cannot leave the idle CPU priority this generation started at ({e}): it serves at idle \
+             priority; give it CAP_SYS_NICE or an RLIMIT_NICE of 20 (systemd: LimitNICE=20), or \
+             start generations at normal priority (GenerationBuilder::idle_start(false))"
+        ),
     }
 }

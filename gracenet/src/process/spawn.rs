@@ -50,6 +50,7 @@ pub struct NextProcess {
     env: Vec<(OsString, OsString)>,
     extra_fds: Vec<OwnedFd>,
     new_group: bool,
+    idle: bool,
 }
 
 impl NextProcess {
@@ -61,6 +62,7 @@ impl NextProcess {
             env: Vec::new(),
             extra_fds: Vec::new(),
             new_group: false,
+            idle: false,
         }
     }
 
@@ -74,6 +76,15 @@ impl NextProcess {
     /// this process's group does not reach it.
     pub fn new_process_group(&mut self) -> &mut Self {
         self.new_group = true;
+        self
+    }
+
+    /// Starts it at idle CPU priority (`SCHED_IDLE`, Linux): it then runs only on CPU time
+    /// no other process wants. Its threads inherit it; returning to normal priority is the
+    /// new process's own step, when it is ready ([`Generation::ready`](crate::Generation::ready)),
+    /// and needs the right to (`sys::may_start_at_idle_priority`).
+    pub(crate) fn idle_priority(&mut self) -> &mut Self {
+        self.idle = true;
         self
     }
 
@@ -105,7 +116,7 @@ impl NextProcess {
         overrides.extend(self.env);
         let mut fds: Vec<OwnedFd> = self.handoff.sockets.into_iter().map(|(fd, _)| fd).collect();
         fds.extend(self.extra_fds);
-        spawn_exec(self.exe, &overrides, &fds, self.new_group)
+        spawn_exec(self.exe, &overrides, &fds, self.new_group, self.idle)
     }
 }
 
@@ -128,6 +139,7 @@ fn spawn_exec(
     overrides: &[(OsString, OsString)],
     fds: &[OwnedFd],
     new_group: bool,
+    idle: bool,
 ) -> Result<ChildProcess, Error> {
     // Everything the child needs is prepared here: after fork it may only make
     // async-signal-safe calls, so no allocation.
@@ -183,6 +195,7 @@ fn spawn_exec(
         err_pipe: err_write.as_raw_fd(),
         fd_limit: RawFd::try_from(crate::env::fd_limit()).unwrap_or(RawFd::MAX),
         new_group,
+        idle,
     };
 
     let pid = start_child(&plan).map_err(|e| Error::Spawn {
@@ -337,6 +350,8 @@ struct ChildPlan<'a> {
     fd_limit: RawFd,
     /// Whether to lead a new process group.
     new_group: bool,
+    /// Whether to start at idle CPU priority.
+    idle: bool,
 }
 
 /// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
@@ -385,6 +400,9 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         }
         if libc::chdir(plan.dir) != 0 {
             fail(err_pipe, STEP_CHDIR);
+        }
+        if plan.idle {
+            crate::sys::enter_idle_priority();
         }
         // LISTEN_PID: the decimal digits of our pid, NUL-terminated (the slot is zeroed).
         let mut pid = libc::getpid() as u32;

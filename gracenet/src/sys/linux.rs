@@ -249,9 +249,130 @@ pub(crate) fn peer_stopped_sending(fd: BorrowedFd<'_>) -> Option<bool> {
     (rc >= 0).then_some(pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
 }
 
+/// Whether a process started at idle CPU priority (`SCHED_IDLE`) by this one will be allowed
+/// to return to this one's priority, as the kernel decides it: leaving `SCHED_IDLE` needs
+/// `CAP_SYS_NICE` (in the initial user namespace) or an `RLIMIT_NICE` that allows this
+/// process's nice value. Only for a calling thread of the normal policy (`SCHED_OTHER`): a
+/// real-time or batch process keeps its own policy for its children.
+pub(crate) fn may_start_at_idle_priority() -> bool {
+    // SAFETY: no pointers.
+    if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
+        return false;
+    }
+    if has_cap_sys_nice() {
+        return true;
+    }
+    // getpriority may return -1 as a value: errno tells the error apart.
+    // SAFETY: errno is this thread's; no pointers.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if nice == -1 && crate::sys::errno() != 0 {
+        return false;
+    }
+    let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE) else {
+        return false;
+    };
+    // The kernel's rule (`is_nice_reduction`): 20 - nice <= RLIMIT_NICE.
+    soft >= (20 - i64::from(nice)).max(0) as u64
+}
+
+/// `CAP_SYS_NICE` in this process's effective set, counted only in the initial user
+/// namespace (the kernel checks the capability there).
+fn has_cap_sys_nice() -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    let initial_namespace = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    if !initial_namespace {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
+/// Puts the calling thread at idle CPU priority. Async-signal-safe: for a forked child (its
+/// threads, after `execve`, inherit it). A failure leaves the normal priority: nothing to undo.
+pub(crate) fn enter_idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
+/// Returns every thread of this process that is at idle CPU priority to the normal policy
+/// (its nice value, kept by the kernel, comes back with it). Threads started meanwhile by a
+/// thread not yet returned are caught by a second look; the number of threads returned.
+///
+/// # Errors
+/// The first thread the system would not return (`EPERM` without the right to).
+pub(crate) fn leave_idle_priority() -> io::Result<usize> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let mut returned = 0;
+    for _ in 0..3 {
+        let mut found = 0;
+        for entry in std::fs::read_dir("/proc/self/task")?.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: no pointers.
+            if unsafe { libc::sched_getscheduler(tid) } != libc::SCHED_IDLE {
+                continue;
+            }
+            found += 1;
+            // SAFETY: `param` is a valid sched_param for the call's duration.
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } != 0 {
+                let e = io::Error::last_os_error();
+                // A thread that ended meanwhile is not an error.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e);
+                }
+            } else {
+                returned += 1;
+            }
+        }
+        if found == 0 {
+            break;
+        }
+    }
+    Ok(returned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_at_idle_priority_returns_exactly_when_the_rule_says_it_may() {
+        let allowed = may_start_at_idle_priority();
+        std::thread::spawn(move || {
+            enter_idle_priority();
+            // SAFETY: no pointers.
+            assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
+            let left = leave_idle_priority();
+            // SAFETY: no pointers.
+            let now = unsafe { libc::sched_getscheduler(0) };
+            if allowed {
+                assert!(left.expect("allowed to leave") >= 1);
+                assert_eq!(now, libc::SCHED_OTHER);
+            } else {
+                assert_eq!(left.expect_err("not allowed").raw_os_error(), Some(libc::EPERM));
+                assert_eq!(now, libc::SCHED_IDLE);
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn the_thread_count_from_the_link_count_agrees_with_proc_stat() {

@@ -114,3 +114,16 @@ pub(crate) const RECV_CLOEXEC: nix::sys::socket::MsgFlags = nix::sys::socket::Ms
 pub(crate) fn peer_stopped_sending(_fd: BorrowedFd<'_>) -> Option<bool> {
     None
 }
+
+/// No `SCHED_IDLE` here: the next process starts at this one's priority.
+pub(crate) fn may_start_at_idle_priority() -> bool {
+    false
+}
+
+/// Not reached (see [`may_start_at_idle_priority`]).
+pub(crate) fn enter_idle_priority() {}
+
+/// Nothing to return from.
+pub(crate) fn leave_idle_priority() -> io::Result<usize> {
+    Ok(0)
+}
