@@ -579,14 +579,17 @@ impl Outside {
              `python3 xtask/scripts/restart_tail.py --seconds 8 --rounds 4`\n\n\
              | | p99 | goal |\n|---|---|---|\n\
              | no restarts | {} ms | |\n\
-             | a `SIGUSR2` every second | {} ms | |\n\
-             | ratio (median of the rounds' ratios) | **{}×** ({}) | ≤ 1.2× |\n\n\
-             Restart latency (signal → first answer from the new pid), {} restarts: median {} ms, p90 {} ms, \
-             **max {} ms** (goal: < 10 ms). Socket errors: {}.\n",
+             | a `SIGUSR2` every second ({} generations took over) | {} ms | |\n\
+             | ratio (median of the rounds' ratios) | **{}×** ({}) | ≤ 1.2× |\n\
+             | a `SIGUSR2` every second, each restart timed by the prober on core 1 | {} ms | |\n\n\
+             Restart latency (signal → first answer from the new pid, in the probed runs), {} restarts: \
+             median {} ms, p90 {} ms, **max {} ms** (goal: < 10 ms). Socket errors: {}.\n",
             get(t, "p99_quiet"),
+            get(t, "took_over"),
             get(t, "p99_restarts"),
             get(t, "p99_ratio"),
             get(t, "p99_ratio_range"),
+            get(t, "p99_probed"),
             get(t, "restarts"),
             get(t, "latency_median"),
             get(t, "latency_p90"),
