@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""The latency tail across restarts, with an external load generator: gracedemo (release)
-pinned to core 0, `wrk -c64 -H 'Connection: close'` (a new connection per request) pinned to
-core 1. Each round makes three runs: without restarts; with a `SIGUSR2` every second (the p99
-figure); and with a `SIGUSR2` every second while a prober times each restart, from the signal
-to the first answer from the new pid (the restart latency figure).
+"""The latency tail across restarts: gracedemo (release) pinned to core 0, the load pinned to
+core 1, a new connection per request (64 at a time, `Connection: close`). Each round makes
+three runs:
 
-The two figures come from different runs because the prober disturbs what it measures: it
-shares core 1 with wrk, as a real-time thread (so its own wait for the core stays out of the
-latency it times), and while it polls for the new pid wrk waits for the core, which shows in
-wrk's own latency. The p99 runs find whom to signal in gracedemo's PID file, so nothing but
-the signal and wrk touches either core; the probed runs' p99 is reported too.
+1. no restarts, the load from `restartload` (xtask's load generator, a separate process):
+   every request timed from connect to the server's close;
+2. the same with a `SIGUSR2` a second, sent by `restartload` itself to the pid in
+   gracedemo's PID file. The p99 ratio is run 2's p99 over run 1's (the goal's figure); and
+   within run 2, `restartload` compares the requests that started within 100 ms of a signal
+   with the rest of the same run, which the host's drift between runs cannot move: the
+   within-run ratio, the restart's excess slow requests, the slowest near a restart;
+3. `wrk -c64 -H 'Connection: close'` with a `SIGUSR2` a second, while a prober times each
+   restart from the signal to the first answer from the new pid (the restart latency). The
+   prober shares core 1 as a real-time thread and wrk waits for it while it polls, so this
+   run's p99 (reported) is not the p99 figure.
 
-    cargo build --release -p gracedemo
+    cargo build --release -p gracedemo && cargo build --release -p xtask --bin restartload
     python3 xtask/scripts/restart_tail.py [--seconds 10] [--rounds 3]
 
 Loopback only; bounded in time; every process that served is killed at the end, by pid.
@@ -106,13 +110,30 @@ def settle(port, pid_file):
             return
         time.sleep(0.05)
 
+def restartload(tool, port, seconds, pid_file=None):
+    """`restartload`'s figures for `seconds` of load from core 1 (with `pid_file`, it also
+    signals the pid there once a second)."""
+    cmd = ["taskset", "-c", "1", tool, str(port), str(seconds)]
+    if pid_file:
+        cmd += ["--pid-file", pid_file]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("result: ")), None)
+    if line is None:
+        sys.exit(f"restartload printed no result: {out.stderr.strip()}")
+    return {k: float(v) for k, v in (kv.split("=") for kv in line[len("result: "):].split())}
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/gracedemo")
+    ap.add_argument("--restartload", default=None,
+                    help="the load generator (default: restartload beside --binary)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of the three runs; medians are reported")
     a = ap.parse_args()
+    tool = a.restartload or os.path.join(os.path.dirname(a.binary), "restartload")
+    if not os.access(tool, os.X_OK):
+        sys.exit(f"{tool} not found: cargo build --release -p xtask --bin restartload")
     port = free_port()
     tmp = tempfile.TemporaryDirectory(prefix="restart_tail-")
     pid_file = os.path.join(tmp.name, "gracedemo.pid")
@@ -127,33 +148,45 @@ def main():
             if time.time() > deadline:
                 sys.exit("gracedemo did not start")
             time.sleep(0.02)
-        quiets, busies, probed, latencies, took_over = [], [], [], [], 0
+        quiets, busies, probed, latencies = [], [], [], []
         for _ in range(a.rounds):
-            quiets.append(wrk(port, a.seconds))
-            pids_before = set(SEEN)
-            busies.append(with_restarts(port, pid_file, a.seconds))
-            took_over += len(SEEN - pids_before)
+            quiets.append(restartload(tool, port, a.seconds))
+            before = read_pid(pid_file)
+            busies.append(restartload(tool, port, a.seconds, pid_file))
+            settle(port, pid_file)
+            if read_pid(pid_file) == before:
+                sys.exit("no generation took over during the restarts")
             probed.append(with_restarts(port, pid_file, a.seconds, latencies))
-        for label, runs in (("no restarts", quiets), ("a restart/s", busies),
-                            ("a restart/s, probed", probed)):
-            for r in runs:
-                print(f"{label} : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
-                      f"{r['rps']:.0f} req/s, socket errors: {r['errors']}")
+        med = lambda runs, k: statistics.median(r[k] for r in runs)
+        for r in quiets:
+            print(f"no restarts          : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
+                  f"{r['requests']:.0f} requests, {r['errors']:.0f} errors")
+        for r in busies:
+            print(f"a restart/s          : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
+                  f"{r['requests']:.0f} requests, {r['errors']:.0f} errors; {r['signals']:.0f} signals; "
+                  f"p99 far from a restart {r['p99_far']:.2f} ms (within-run ratio {r['within_ratio']:.2f}), "
+                  f"slowest near one {r['near_max']:.2f} ms, {r['excess_per_restart']:.0f} excess slow per restart")
+        for r in probed:
+            print(f"a restart/s, probed (wrk): p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
+                  f"{r['rps']:.0f} req/s, socket errors: {r['errors']}")
         ratios = [b["p99"] / q["p99"] for q, b in zip(quiets, busies)]
+        within = [b["within_ratio"] for b in busies]
         print(f"p99 ratio (restarts / none) per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f}")
-        print(f"p99: median {statistics.median(q['p99'] for q in quiets):.2f} ms without restarts, "
-              f"{statistics.median(b['p99'] for b in busies):.2f} ms with a restart a second "
-              f"({took_over} new generations took over), "
-              f"{statistics.median(p['p99'] for p in probed):.2f} ms with the restarts probed")
-        runs = quiets + busies + probed
-        result = (f"p99_quiet={statistics.median(q['p99'] for q in quiets):.2f} "
-                  f"p99_restarts={statistics.median(b['p99'] for b in busies):.2f} "
+        print(f"within-run p99 ratio per round: {', '.join(f'{r:.2f}' for r in within)}; "
+              f"median {statistics.median(within):.2f}")
+        errors = sum(r["errors"] for r in quiets + busies)
+        result = (f"p99_quiet={med(quiets, 'p99'):.2f} "
+                  f"p99_restarts={med(busies, 'p99'):.2f} "
                   f"p99_ratio={statistics.median(ratios):.2f} "
                   f"p99_ratio_range={min(ratios):.2f}-{max(ratios):.2f} "
+                  f"within_ratio={statistics.median(within):.2f} "
+                  f"within_ratio_range={min(within):.2f}-{max(within):.2f} "
+                  f"near_max={max(b['near_max'] for b in busies):.2f} "
+                  f"excess_per_restart={med(busies, 'excess_per_restart'):.0f} "
                   f"p99_probed={statistics.median(p['p99'] for p in probed):.2f} "
-                  f"took_over={took_over} "
-                  f"errors={'none' if all(r['errors'] == 'none' for r in runs) else 'some'}")
+                  f"signals={sum(b['signals'] for b in busies):.0f} "
+                  f"errors={'none' if errors == 0 and all(p['errors'] == 'none' for p in probed) else 'some'}")
         if latencies:
             median, p90 = statistics.median(latencies), sorted(latencies)[int(len(latencies) * 0.9)]
             result += (f" restarts={len(latencies)} latency_median={median:.1f} "
