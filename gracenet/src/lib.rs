@@ -133,9 +133,9 @@ pub use addr::ListenAddr;
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
 pub use lifecycle::{
-    ConnectionGuard, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Generation,
-    GenerationBuilder, GracefulListener, HandedConnection, InheritedConnections, Outcome, Phase,
-    RestartError, RestartRequest, RestartResult, StopReason, Successor,
+    ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder, GracefulListener, HandedConnection,
+    InheritedConnections, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
 };
 pub use socket::LocalAddr;
 pub use supervisor::{should_supervise, supervise};

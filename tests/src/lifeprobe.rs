@@ -149,6 +149,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROBE_NO_IDLE_START").is_some() {
         builder = builder.idle_start(false);
     }
+    if let Some(t) = knob_ms("PROBE_IDLE_LIMIT_MS") {
+        builder = builder.idle_start_limit(t);
+    }
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     if std::env::var_os("PROBE_STATE").is_some() {
         let count = count.clone();
@@ -210,6 +213,10 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(delay) = knob_ms("PROBE_READY_DELAY_MS").filter(|_| number == 1) {
         println!("probe delaying-ready pid={pid}");
         tokio::time::sleep(delay).await;
+    }
+    if let Some(delay) = knob_ms("PROBE_NEXT_READY_DELAY_MS").filter(|_| number > 1) {
+        tokio::time::sleep(delay).await;
+        println!("probe before-ready pid={pid} policy={}", thread_policies());
     }
     generation.ready()?;
     if std::env::var_os("PROBE_REPORT_POLICY").is_some() {

@@ -451,3 +451,28 @@ fn the_next_generation_starts_at_normal_priority_when_idle_start_is_off() {
     let ready = g.expect_line(&format!("probe ready pid={}", gen2.pid));
     assert!(all_threads(field(&ready, "policy"), "normal"), "{ready}");
 }
+
+#[test]
+fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_priority() {
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[
+            ("PROBE_IDLE_LIMIT_MS", "300"),
+            ("PROBE_NEXT_READY_DELAY_MS", "1500"),
+        ],
+    );
+    signal(gen1.pid, Signal::SIGUSR2);
+    let starting = g.expect_line("probe version=");
+    let gen2 = parse_probe(&starting);
+    let _gen2_guard = PidGuard(gen2.pid);
+    if may_leave_idle_priority() {
+        assert!(all_threads(field(&starting, "policy"), "idle"), "{starting}");
+        let log = g.expect_log("still starting after 0.3 s at idle CPU priority");
+        assert!(log.contains(&format!("(pid {})", gen2.pid)), "{log}");
+    }
+    // Still not ready (it waits 1.5 s), and already at normal priority.
+    let before = g.expect_line(&format!("probe before-ready pid={}", gen2.pid));
+    assert!(all_threads(field(&before, "policy"), "normal"), "{before}");
+    g.expect_log("stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}

@@ -39,6 +39,50 @@ struct Child {
     refusal: Option<String>,
     /// The channel's write side: state, then handed-over connections.
     out: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
+    /// Returns it from idle CPU priority if it is still starting at the limit.
+    idle_limit: Option<IdleLimit>,
+}
+
+/// Returns a next generation started at idle CPU priority to normal priority once
+/// `idle_start_limit` has passed, so a machine with no idle time cannot hold its start past
+/// the ready timeout. Dropped when it is ready (it has returned itself) or before it is
+/// reaped: the pid is never touched after that (a reaped pid can be reused).
+struct IdleLimit {
+    live: Arc<std::sync::Mutex<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IdleLimit {
+    fn start(pid: u32, number: u64, limit: Duration) -> IdleLimit {
+        let live = Arc::new(std::sync::Mutex::new(true));
+        let task = tokio::spawn({
+            let live = live.clone();
+            async move {
+                tokio::time::sleep(limit).await;
+                let live = live.lock().unwrap_or_else(|p| p.into_inner());
+                if !*live {
+                    return;
+                }
+                match crate::sys::leave_idle_priority(Some(pid)) {
+                    Ok(n) => tracing::info!(
+                        "generation {number} (pid {pid}) still starting after {:.1} s at idle CPU priority: returned {n} thread(s) to normal priority",
+                        limit.as_secs_f64()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "generation {number} (pid {pid}): cannot return it from idle CPU priority: {e}"
+                    ),
+                }
+            }
+        });
+        IdleLimit { live, task }
+    }
+}
+
+impl Drop for IdleLimit {
+    fn drop(&mut self) {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.task.abort();
+    }
 }
 
 /// Runs one generation's lifecycle.
@@ -148,6 +192,7 @@ impl Driver {
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
                 self.successor = self.pending.take().map(|mut c| {
                     c.ready = None;
+                    c.idle_limit = None;
                     // The successor's channel, for handing it live connections.
                     *self
                         .shared
@@ -228,7 +273,8 @@ impl Driver {
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
-        if self.shared.config.idle_start && crate::sys::may_start_at_idle_priority() {
+        let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
+        if idle {
             next.idle_priority();
             next.env(GRACE_IDLE_START, "1");
         }
@@ -257,12 +303,20 @@ impl Driver {
                 return Err(io("cannot watch the next process for its exit", e));
             }
         };
+        let idle_limit = idle.then(|| {
+            IdleLimit::start(
+                process.pid(),
+                self.shared.number + 1,
+                self.shared.config.idle_start_limit,
+            )
+        });
         Ok(Child {
             process,
             exit,
             ready: Some(ready),
             refusal: None,
             out,
+            idle_limit,
         })
     }
 
@@ -327,6 +381,8 @@ impl Driver {
         let Some(mut child) = self.pending.take() else {
             return;
         };
+        // Before it can be reaped.
+        child.idle_limit = None;
         if failure == ChildFailure::Gone {
             // The pipe closed: the child exited, or is exiting. Let it end with its own
             // status before killing it.

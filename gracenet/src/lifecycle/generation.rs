@@ -29,6 +29,10 @@ pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 /// The most state bytes a generation accepts by default.
 pub const DEFAULT_MAX_STATE: u64 = 256 * 1024 * 1024;
 
+/// How long a next generation started at idle CPU priority may stay there by default (see
+/// [`GenerationBuilder::idle_start_limit`]).
+pub const DEFAULT_IDLE_START_LIMIT: Duration = Duration::from_millis(250);
+
 /// Settings for [`Generation`]; start one with [`GenerationBuilder::start`].
 #[derive(Clone)]
 #[must_use = "a GenerationBuilder does nothing until start() is called"]
@@ -42,6 +46,7 @@ pub struct GenerationBuilder {
     handle_signals: bool,
     announce: bool,
     pub(super) idle_start: bool,
+    pub(super) idle_start_limit: Duration,
 }
 
 impl std::fmt::Debug for GenerationBuilder {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for GenerationBuilder {
             .field("hands_state", &self.state.is_some())
             .field("max_state", &self.max_state)
             .field("idle_start", &self.idle_start)
+            .field("idle_start_limit", &self.idle_start_limit)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +76,7 @@ impl Default for GenerationBuilder {
             handle_signals: true,
             announce: true,
             idle_start: true,
+            idle_start_limit: DEFAULT_IDLE_START_LIMIT,
         }
     }
 }
@@ -155,6 +162,15 @@ impl GenerationBuilder {
     /// priority, as with `false`.
     pub fn idle_start(mut self, yes: bool) -> Self {
         self.idle_start = yes;
+        self
+    }
+
+    /// How long the next generation may stay at idle CPU priority (see
+    /// [`idle_start`](Self::idle_start)) before this one returns it to normal priority
+    /// (default 250 ms): on a machine busy enough to leave it almost no CPU, it then starts at
+    /// the usual share instead of running into the ready timeout.
+    pub fn idle_start_limit(mut self, limit: Duration) -> Self {
+        self.idle_start_limit = limit;
         self
     }
 
@@ -880,7 +896,7 @@ impl ConnectionGuard {
 
 /// Returns this process from the idle CPU priority the generation before started it at.
 fn leave_idle_start() {
-    match crate::sys::leave_idle_priority() {
+    match crate::sys::leave_idle_priority(None) {
         Ok(n) => tracing::debug!("left the idle CPU priority this generation started at ({n} thread(s))"),
         Err(e) => tracing::error!(
             "cannot leave the idle CPU priority this generation started at ({e}): it serves at idle \

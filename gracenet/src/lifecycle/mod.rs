@@ -14,7 +14,10 @@ mod signals;
 
 use std::time::{Duration, Instant};
 
-pub use generation::{ConnectionGuard, DEFAULT_MAX_STATE, Generation, GenerationBuilder, RestartRequest};
+pub use generation::{
+    ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, Generation, GenerationBuilder,
+    RestartRequest,
+};
 pub use graceful_listener::GracefulListener;
 pub use handover::{HandedConnection, InheritedConnections};
 

@@ -306,18 +306,23 @@ pub(crate) fn enter_idle_priority() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
-/// Returns every thread of this process that is at idle CPU priority to the normal policy
-/// (its nice value, kept by the kernel, comes back with it). Threads started meanwhile by a
-/// thread not yet returned are caught by a second look; the number of threads returned.
+/// Returns every thread of `process` (this one for `None`) that is at idle CPU priority to
+/// the normal policy (its nice value, kept by the kernel, comes back with it). Threads started
+/// meanwhile by a thread not yet returned are caught by a second look; the number of threads
+/// returned.
 ///
 /// # Errors
 /// The first thread the system would not return (`EPERM` without the right to).
-pub(crate) fn leave_idle_priority() -> io::Result<usize> {
+pub(crate) fn leave_idle_priority(process: Option<u32>) -> io::Result<usize> {
+    let tasks = match process {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_owned(),
+    };
     let param = libc::sched_param { sched_priority: 0 };
     let mut returned = 0;
     for _ in 0..3 {
         let mut found = 0;
-        for entry in std::fs::read_dir("/proc/self/task")?.flatten() {
+        for entry in std::fs::read_dir(&tasks)?.flatten() {
             let Some(tid) = entry
                 .file_name()
                 .to_str()
@@ -359,7 +364,7 @@ mod tests {
             enter_idle_priority();
             // SAFETY: no pointers.
             assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
-            let left = leave_idle_priority();
+            let left = leave_idle_priority(None);
             // SAFETY: no pointers.
             let now = unsafe { libc::sched_getscheduler(0) };
             if allowed {

@@ -124,6 +124,6 @@ pub(crate) fn may_start_at_idle_priority() -> bool {
 pub(crate) fn enter_idle_priority() {}
 
 /// Nothing to return from.
-pub(crate) fn leave_idle_priority() -> io::Result<usize> {
+pub(crate) fn leave_idle_priority(_process: Option<u32>) -> io::Result<usize> {
     Ok(0)
 }
