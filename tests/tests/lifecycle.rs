@@ -386,8 +386,12 @@ fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
 
 /// Whether the kernel lets this process (and so the probe it starts, with the same
 /// credentials and limits) leave the idle CPU priority: `CAP_SYS_NICE` in the initial user
-/// namespace, or an `RLIMIT_NICE` of at least 20 (nice 0).
+/// namespace, or an `RLIMIT_NICE` of at least 20 (nice 0). Never on gracenet's portable path,
+/// which has no `SCHED_IDLE`.
 fn may_leave_idle_priority() -> bool {
+    if cfg!(gracenet_portable) {
+        return false;
+    }
     let initial_namespace = std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false);
