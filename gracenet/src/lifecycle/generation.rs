@@ -31,7 +31,7 @@ pub const DEFAULT_MAX_STATE: u64 = 256 * 1024 * 1024;
 
 /// How long a next generation started at idle CPU priority may stay there by default (see
 /// [`GenerationBuilder::idle_start_limit`]).
-pub const DEFAULT_IDLE_START_LIMIT: Duration = Duration::from_millis(250);
+pub const DEFAULT_IDLE_START_LIMIT: Duration = Duration::from_millis(100);
 
 /// Settings for [`Generation`]; start one with [`GenerationBuilder::start`].
 #[derive(Clone)]
@@ -167,7 +167,7 @@ impl GenerationBuilder {
 
     /// How long the next generation may stay at idle CPU priority (see
     /// [`idle_start`](Self::idle_start)) before this one returns it to normal priority
-    /// (default 250 ms): on a machine busy enough to leave it almost no CPU, it then starts at
+    /// (default 100 ms): on a machine busy enough to leave it almost no CPU, it then starts at
     /// the usual share instead of running into the ready timeout.
     pub fn idle_start_limit(mut self, limit: Duration) -> Self {
         self.idle_start_limit = limit;
