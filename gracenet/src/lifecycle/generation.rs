@@ -152,8 +152,9 @@ impl GenerationBuilder {
     /// listeners: a few milliseconds of CPU) then runs only on CPU time this generation
     /// leaves, so a restart on a busy machine does not slow the requests being served; it
     /// returns to normal priority (every thread, its nice value kept) when it is ready,
-    /// before this generation stops accepting. On a saturated machine the restart takes
-    /// longer (until the start-up has found its few milliseconds).
+    /// before this generation stops accepting. On a busy machine the restart takes longer:
+    /// until the start-up has found its few milliseconds, or at most
+    /// [`idle_start_limit`](Self::idle_start_limit).
     ///
     /// Linux only (`SCHED_IDLE`), and only where the kernel will let the new process return:
     /// with `CAP_SYS_NICE` (root, outside a user namespace) or an `RLIMIT_NICE` of at least
