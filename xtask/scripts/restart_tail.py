@@ -64,15 +64,14 @@ def wrk(port, seconds):
     return {"p50": ms("50%"), "p99": ms("99%"), "max": mx, "rps": rps,
             "errors": errors.group(1) if errors else "none"}
 
-def restarter(port, pid_file, seconds, stop, latencies=None):
-    """A `SIGUSR2` every second, to the pid in `pid_file`, until `stop`. With `latencies` (a
-    list), also times each restart by probing, from core 1, for the new pid's first answer."""
+def prober(port, pid_file, seconds, stop, latencies):
+    """A `SIGUSR2` every second, to the pid in `pid_file`, until `stop`, each restart timed
+    into `latencies` by probing, from core 1, for the new pid's first answer."""
     os.sched_setaffinity(0, {1})
-    if latencies is not None:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        except (PermissionError, OSError):
-            pass
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (PermissionError, OSError):
+        pass
     for _ in range(seconds * 2):
         if stop.wait(1.0):
             break
@@ -81,8 +80,6 @@ def restarter(port, pid_file, seconds, stop, latencies=None):
             continue
         t0 = time.monotonic()
         os.kill(old, signal.SIGUSR2)
-        if latencies is None:
-            continue
         while time.monotonic() - t0 < 5:
             p = who(port)
             if p is not None and p != old:
@@ -90,10 +87,10 @@ def restarter(port, pid_file, seconds, stop, latencies=None):
                 break
             time.sleep(0.0002)  # leaves core 1 to wrk between probes
 
-def with_restarts(port, pid_file, seconds, latencies=None):
-    """wrk's figures for `seconds` while a restarter signals every second."""
+def probed_restarts(port, pid_file, seconds, latencies):
+    """wrk's figures for `seconds` while the prober restarts and times every second."""
     stop = threading.Event()
-    t = threading.Thread(target=restarter, args=(port, pid_file, seconds, stop, latencies))
+    t = threading.Thread(target=prober, args=(port, pid_file, seconds, stop, latencies))
     t.start()
     result = wrk(port, seconds)
     stop.set()
@@ -156,7 +153,7 @@ def main():
             settle(port, pid_file)
             if read_pid(pid_file) == before:
                 sys.exit("no generation took over during the restarts")
-            probed.append(with_restarts(port, pid_file, a.seconds, latencies))
+            probed.append(probed_restarts(port, pid_file, a.seconds, latencies))
         med = lambda runs, k: statistics.median(r[k] for r in runs)
         for r in quiets:
             print(f"no restarts          : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
