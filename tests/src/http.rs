@@ -147,12 +147,18 @@ pub async fn get_tls(
 }
 
 /// A finished TLS handshake with `127.0.0.1:port`, trusting `root` (DER) for `localhost`,
-/// offering `alpn`.
+/// offering `alpn`, as a new client (no session to resume).
 pub async fn tls_connect(
     port: u16,
     root: &[u8],
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    tls_connect_as(port, tls_client(root, alpn)?).await
+}
+
+/// A TLS client trusting `root` (DER) for `localhost`, offering `alpn`. Its connections
+/// share one session store: each offers the session (ticket) the last one was given.
+pub fn tls_client(root: &[u8], alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(root.to_vec()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -161,7 +167,15 @@ pub async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Ok(Arc::new(config))
+}
+
+/// A finished TLS handshake with `127.0.0.1:port` as `client` (see [`tls_client`]).
+pub async fn tls_connect_as(
+    port: u16,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+    let connector = tokio_rustls::TlsConnector::from(client);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     Ok(connector.connect("localhost".try_into()?, tcp).await?)
 }

@@ -428,6 +428,69 @@ async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
     assert_eq!(answer.body, new.to_string());
 }
 
+/// One `GET /pid` with `Connection: close` on `tls`, read to the end (so any session ticket
+/// sent after the handshake is read too); returns the body.
+async fn pid_over(mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /pid HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_string(&mut answer))
+        .await
+        .expect("the answer within the deadline")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_resumes_its_session_however_many_clients_came_between() {
+    use grace_tests::http::{tls_client, tls_connect, tls_connect_as};
+    use rustls::HandshakeKind::{Full, Resumed};
+    // More new clients between a client's two connections than a server-side session cache
+    // holds (rustls's default keeps 256 sessions, two per connection).
+    const OTHERS: usize = 300;
+    let dir = TempDir::new("resume");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let port = site.ports[2];
+    let client = tls_client(&root, &[b"http/1.1"]).unwrap();
+
+    let tls = tls_connect_as(port, client.clone()).await.unwrap();
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(Full));
+    pid_over(tls).await;
+    for _ in 0..OTHERS {
+        let other = tls_connect(port, &root, &[b"http/1.1"]).await.unwrap();
+        assert_eq!(other.get_ref().1.handshake_kind(), Some(Full), "a new client");
+        pid_over(other).await;
+    }
+    let tls = tls_connect_as(port, client.clone()).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(Resumed),
+        "the session resumes after {OTHERS} other clients"
+    );
+    assert_eq!(pid_over(tls).await, site.pid.to_string());
+
+    // A new process has its own ticket key: one full handshake with it, then resumed.
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    let tls = tls_connect_as(port, client.clone()).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(Full),
+        "a new process's first"
+    );
+    assert_eq!(pid_over(tls).await, new.to_string());
+    let tls = tls_connect_as(port, client).await.unwrap();
+    assert_eq!(tls.get_ref().1.handshake_kind(), Some(Resumed));
+    assert_eq!(pid_over(tls).await, new.to_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));

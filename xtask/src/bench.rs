@@ -614,17 +614,26 @@ impl Outside {
         );
         let _ = writeln!(
             md,
-            "### New TLS connections (TLS 1.3, sequential; connect → whole answer; Python's `ssl` client)\n\n\
-             `python3 xtask/scripts/tls_latency.py --count 300`\n\n\
-             | | p50 | p99 |\n|---|---|---|\n\
+            "### New TLS connections (TLS 1.3, sequential; connect → whole answer)\n\n\
+             `python3 xtask/scripts/tls_latency.py --count 300` (add `--other 'COMMAND'` to \
+             measure another server beside it, as BENCHMARKS' notes do for Go grace)\n\n\
+             | Python's `ssl` client | p50 | p99 |\n|---|---|---|\n\
              | full handshake | {} ms | {} ms |\n\
-             | resumption offered ({} of {} resumed) | {} ms | {} ms |\n",
+             | resumption offered ({} of {} resumed) | {} ms | {} ms |\n\n\
+             {} clients taking turns, each offering its last session: {} of {} resumed. \
+             wrk, one connection at a time, each resumed: {} ms per connection, {} µs of server \
+             CPU per connection.\n",
             get(l, "full_p50"),
             get(l, "full_p99"),
             get(l, "resumed"),
             get(l, "count"),
             get(l, "resumed_p50"),
             get(l, "resumed_p99"),
+            get(l, "clients"),
+            get(l, "clients_resumed"),
+            get(l, "clients_count"),
+            get(l, "wrk_conn_ms"),
+            get(l, "wrk_cpu_us"),
         );
         let _ = writeln!(
             md,
