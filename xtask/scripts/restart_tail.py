@@ -9,7 +9,9 @@ three runs:
    gracedemo's PID file. The p99 ratio is run 2's p99 over run 1's (the goal's figure); and
    within run 2, `restartload` compares the requests that started within 100 ms of a signal
    with the rest of the same run, which the host's drift between runs cannot move: the
-   within-run ratio, the restart's excess slow requests, the slowest near a restart;
+   within-run ratio, the restart's excess slow requests, the slowest near a restart; and the
+   restart latency under this load (signal → first answer from the new pid, read from the
+   pids the answers name);
 3. `wrk -c64 -H 'Connection: close'` with a `SIGUSR2` a second, while a prober times each
    restart from the signal to the first answer from the new pid (the restart latency). The
    prober shares core 1 as a real-time thread and wrk waits for it while it polls, so this
@@ -162,7 +164,9 @@ def main():
             print(f"a restart/s          : p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
                   f"{r['requests']:.0f} requests, {r['errors']:.0f} errors; {r['signals']:.0f} signals; "
                   f"p99 far from a restart {r['p99_far']:.2f} ms (within-run ratio {r['within_ratio']:.2f}), "
-                  f"slowest near one {r['near_max']:.2f} ms, {r['excess_per_restart']:.0f} excess slow per restart")
+                  f"slowest near one {r['near_max']:.2f} ms, {r['excess_per_restart']:.0f} excess slow per restart"
+                  + (f"; restart latency median {r['restart_median']:.1f} ms, max {r['restart_max']:.1f} ms"
+                     if "restart_median" in r else ""))
         for r in probed:
             print(f"a restart/s, probed (wrk): p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms, "
                   f"{r['rps']:.0f} req/s, socket errors: {r['errors']}")
@@ -184,6 +188,9 @@ def main():
                   f"p99_probed={statistics.median(p['p99'] for p in probed):.2f} "
                   f"signals={sum(b['signals'] for b in busies):.0f} "
                   f"errors={'none' if errors == 0 and all(p['errors'] == 'none' for p in probed) else 'some'}")
+        if all("restart_median" in b for b in busies):
+            result += (f" load_restart_median={med(busies, 'restart_median'):.1f} "
+                       f"load_restart_max={max(b['restart_max'] for b in busies):.1f}")
         if latencies:
             median, p90 = statistics.median(latencies), sorted(latencies)[int(len(latencies) * 0.9)]
             result += (f" restarts={len(latencies)} latency_median={median:.1f} "

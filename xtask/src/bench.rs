@@ -594,8 +594,9 @@ impl Outside {
              Requests that started within 100 ms of a signal: the slowest {} ms; slower than the same \
              run's far p99, {} more per restart than the 1 % expected. \
              Restart latency (signal → first answer from the new pid; runs of `wrk` with a prober, \
-             whose p99 is {} ms), {} restarts: median {} ms, p90 {} ms, **max {} ms** (goal: < 10 ms). \
-             Errors: {}.\n",
+             whose p99 is {} ms), {} restarts: median {} ms, p90 {} ms, **max {} ms** (goal: < 10 ms); \
+             under `restartload`'s heavier load (the runs with restarts above; read from the pids \
+             its answers name): median {} ms, max {} ms. Errors: {}.\n",
             get(t, "p99_quiet"),
             get(t, "signals"),
             get(t, "p99_restarts"),
@@ -610,6 +611,8 @@ impl Outside {
             get(t, "latency_median"),
             get(t, "latency_p90"),
             get(t, "latency_max"),
+            get(t, "load_restart_median"),
+            get(t, "load_restart_max"),
             get(t, "errors"),
         );
         let _ = writeln!(

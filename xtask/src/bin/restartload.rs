@@ -12,7 +12,10 @@
 //! - with signals: `p99_far`, the p99 of requests that started 100 ms or more after the last
 //!   signal (or before the first); `within_ratio` = `p99` / `p99_far`; `near_max`, the slowest
 //!   request that started within 100 ms of a signal; `excess_per_restart`, how many more of
-//!   those were slower than `p99_far` than the 1 % expected, per signal.
+//!   those were slower than `p99_far` than the 1 % expected, per signal;
+//! - with signals, when the answers name their pid (gracedemo's "… from pid N."): the restart
+//!   latency, from each signal to the first answer from a process not signalled yet, under this
+//!   same load: `restart_median`, `restart_max` (ms) and `restarts` (how many were seen).
 
 use std::time::{Duration, Instant};
 
@@ -52,9 +55,29 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// One request: connect, send, read to the server's close. Its start (since `t0`) and
-/// latency, or `None` when it failed.
-async fn one_request(port: u16, t0: Instant, buf: &mut Vec<u8>) -> Option<(Duration, Duration)> {
+/// A request that was answered: when it started (since `t0`), how long it took, and the pid
+/// its answer names.
+#[derive(Clone, Copy)]
+struct Answered {
+    start: Duration,
+    latency: Duration,
+    pid: Option<i32>,
+}
+
+/// The pid in an answer's "from pid N".
+fn pid_in(answer: &[u8]) -> Option<i32> {
+    const MARK: &[u8] = b"from pid ";
+    let at = answer.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let digits: Vec<u8> = answer[at..]
+        .iter()
+        .copied()
+        .take_while(u8::is_ascii_digit)
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// One request: connect, send, read to the server's close; `None` when it failed.
+async fn one_request(port: u16, t0: Instant, buf: &mut Vec<u8>) -> Option<Answered> {
     let start = Instant::now();
     let done = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
@@ -65,13 +88,18 @@ async fn one_request(port: u16, t0: Instant, buf: &mut Vec<u8>) -> Option<(Durat
     })
     .await;
     match done {
-        Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200") => Some((start - t0, start.elapsed())),
+        Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200") => Some(Answered {
+            start: start - t0,
+            latency: start.elapsed(),
+            pid: pid_in(buf),
+        }),
         _ => None,
     }
 }
 
-/// A `SIGUSR2` a second to the pid in `pid_file` until `end`; when each was sent (since `t0`).
-async fn signaller(pid_file: String, t0: Instant, end: Instant) -> Vec<Duration> {
+/// A `SIGUSR2` a second to the pid in `pid_file` until `end`; when each was sent (since `t0`),
+/// and to whom.
+async fn signaller(pid_file: String, t0: Instant, end: Instant) -> Vec<(Duration, i32)> {
     let mut sent = Vec::new();
     let second = Duration::from_secs(1);
     let mut tick = tokio::time::interval_at((t0 + second).into(), second);
@@ -86,10 +114,31 @@ async fn signaller(pid_file: String, t0: Instant, end: Instant) -> Vec<Duration>
         if let Some(pid) = pid {
             let signal = nix::sys::signal::Signal::SIGUSR2;
             if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok() {
-                sent.push(Instant::now() - t0);
+                sent.push((Instant::now() - t0, pid));
             }
         }
     }
+}
+
+/// For each signal, the time to the first answer (by its end) from a process not signalled
+/// up to then: the new process serving. Signals after which none came are left out.
+fn restart_latencies(requests: &[Answered], signals: &[(Duration, i32)]) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for (k, &(at, _)) in signals.iter().enumerate() {
+        let signalled = &signals[..=k];
+        let first = requests
+            .iter()
+            .filter_map(|r| {
+                let pid = r.pid?;
+                let end = r.start + r.latency;
+                (end > at && !signalled.iter().any(|&(_, p)| p == pid)).then_some(end)
+            })
+            .min();
+        if let Some(end) = first {
+            latencies.push(end - at);
+        }
+    }
+    latencies
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> f64 {
@@ -142,7 +191,7 @@ fn main() -> Result<(), String> {
         Ok::<_, String>((requests, errors, signals))
     })?;
 
-    let mut all: Vec<Duration> = requests.iter().map(|&(_, l)| l).collect();
+    let mut all: Vec<Duration> = requests.iter().map(|r| r.latency).collect();
     all.sort_unstable();
     let mut line = format!(
         "p50={:.2} p99={:.2} max={:.2} requests={} errors={errors} signals={}",
@@ -153,22 +202,23 @@ fn main() -> Result<(), String> {
         signals.len()
     );
     if !signals.is_empty() {
+        let times: Vec<Duration> = signals.iter().map(|&(at, _)| at).collect();
         // Near: started within NEAR after the latest signal before it.
         let near = |start: Duration| {
-            let i = signals.partition_point(|&s| s <= start);
-            i > 0 && start - signals[i - 1] < NEAR
+            let i = times.partition_point(|&s| s <= start);
+            i > 0 && start - times[i - 1] < NEAR
         };
         let mut far: Vec<Duration> = requests
             .iter()
-            .filter(|&&(s, _)| !near(s))
-            .map(|&(_, l)| l)
+            .filter(|r| !near(r.start))
+            .map(|r| r.latency)
             .collect();
         far.sort_unstable();
         let p99_far = quantile(&far, 0.99);
         let near_latencies: Vec<Duration> = requests
             .iter()
-            .filter(|&&(s, _)| near(s))
-            .map(|&(_, l)| l)
+            .filter(|r| near(r.start))
+            .map(|r| r.latency)
             .collect();
         let slow = near_latencies.iter().filter(|&&l| ms(l) > p99_far).count() as f64;
         let excess = (slow - 0.01 * near_latencies.len() as f64) / signals.len() as f64;
@@ -177,6 +227,16 @@ fn main() -> Result<(), String> {
             quantile(&all, 0.99) / p99_far.max(f64::MIN_POSITIVE),
             near_latencies.iter().max().map_or(0.0, |&d| ms(d)),
         );
+        let mut restarts = restart_latencies(&requests, &signals);
+        if !restarts.is_empty() {
+            restarts.sort_unstable();
+            line += &format!(
+                " restart_median={:.2} restart_max={:.2} restarts={}",
+                quantile(&restarts, 0.5),
+                restarts.last().map_or(0.0, |&d| ms(d)),
+                restarts.len()
+            );
+        }
     }
     println!("result: {line}");
     Ok(())
