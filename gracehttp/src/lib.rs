@@ -41,6 +41,7 @@ mod error;
 mod peer_errors;
 mod server;
 mod service;
+mod session_tickets;
 mod tls;
 
 pub use drain::Drain;

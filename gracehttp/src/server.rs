@@ -15,6 +15,7 @@ use crate::connection::{Accepted, Builders, ConnConfig, SiteContext};
 use crate::drain::Drain;
 use crate::error::Error;
 use crate::service::{HttpService, SiteService, erase};
+use crate::session_tickets::TicketKeys;
 use crate::tls::Tls;
 
 /// How long an HTTP/1 connection that is between requests may stay open once the drain
@@ -333,7 +334,16 @@ impl Server {
         if self.sites.is_empty() {
             return Err(Error::NoServers);
         }
+        // TLS session ticket keys, shared by the TLS sites and handed to the next process, so
+        // that clients resume their sessions across a restart.
+        let ticket_keys = self
+            .sites
+            .iter()
+            .any(|s| s.tls.as_ref().is_some_and(Tls::takes_ticket_keys))
+            .then(TicketKeys::new)
+            .flatten();
         let generation = match self.generation.take() {
+            // The application's: the state it hands over is its own.
             Some(g) => g,
             None => {
                 // gracehttp prints grace's own serving line (announce below): gracenet's is
@@ -348,9 +358,22 @@ impl Server {
                 if let Some(p) = &self.control_socket {
                     builder = builder.control_socket(p);
                 }
-                builder.start()?
+                if let Some(keys) = &ticket_keys {
+                    let keys = keys.clone();
+                    builder = builder.hand_state(move || keys.handed());
+                }
+                let generation = builder.start()?;
+                if let Some(keys) = &ticket_keys {
+                    adopt_ticket_keys(&generation, keys).await;
+                }
+                generation
             }
         };
+        if let Some(keys) = &ticket_keys {
+            for site in &mut self.sites {
+                site.tls = site.tls.take().map(|t| t.with_ticket_keys(keys));
+            }
+        }
         let mut listeners = Vec::with_capacity(self.sites.len());
         for site in &mut self.sites {
             listeners.push(match (site.make.take(), &site.name) {
@@ -410,6 +433,24 @@ impl Server {
             std::process::id()
         );
         Ok(outcome)
+    }
+}
+
+/// Takes the TLS session ticket keys the previous process handed over, if it did. Never fails
+/// the start: without them, clients make one full handshake with this process.
+async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
+    match generation.inherited_state().await {
+        Ok(None) => {}
+        Ok(Some(handed)) => {
+            if !keys.adopt(&handed) {
+                tracing::warn!(
+                    "the previous process handed over state that is not TLS session ticket keys: new keys (clients make one full handshake)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "TLS session ticket keys not taken from the previous process ({e}): new keys (clients make one full handshake)"
+        ),
     }
 }
 

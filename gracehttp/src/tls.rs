@@ -9,6 +9,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+use crate::session_tickets::TicketKeys;
 
 /// A TLS configuration for one server address.
 ///
@@ -17,11 +18,17 @@ use crate::error::Error;
 ///
 /// Built from PEM, it lets every client resume its session (a shorter handshake, without
 /// the certificate's signature) with a ticket that carries the session itself, one ticket per
-/// connection: no cache on the server to outgrow. The ticket key is each process's own, so
-/// after a restart a client makes one full handshake with the new process, then resumes.
+/// connection: no cache on the server to outgrow. The server hands its ticket keys to the next
+/// process at a restart, so clients resume with the new process too (when the server starts
+/// its own generation: with [`Server::generation`](crate::Server::generation) the state
+/// handed over is the application's, and a new process has new keys). Keys rotate every six
+/// hours. A configuration of the caller's own ([`Tls::from_config`]) is used as it is.
 #[derive(Clone)]
 pub struct Tls {
     pub(crate) config: Arc<ServerConfig>,
+    /// Built here from PEM, not the caller's own configuration: the server seals its session
+    /// tickets with the keys it hands from process to process.
+    server_tickets: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -67,6 +74,25 @@ impl Tls {
         }
         Tls {
             config: Arc::new(config),
+            server_tickets: false,
+        }
+    }
+
+    /// Whether the server gives this configuration its session ticket keys.
+    pub(crate) fn takes_ticket_keys(&self) -> bool {
+        self.server_tickets
+    }
+
+    /// This configuration with its session tickets sealed by `keys`, when it takes them.
+    pub(crate) fn with_ticket_keys(self, keys: &Arc<TicketKeys>) -> Tls {
+        if !self.server_tickets {
+            return self;
+        }
+        let mut config = ServerConfig::clone(&self.config);
+        config.ticketer = keys.clone();
+        Tls {
+            config: Arc::new(config),
+            server_tickets: true,
         }
     }
 }
@@ -97,13 +123,16 @@ fn build(
     // Resumption for every client, not only the last few hundred: rustls's default keeps
     // sessions in a 256-entry cache, which 128 clients making a connection per request fill
     // (two tickets each), so a busier server did full handshakes only. A ticket that carries
-    // its session (encrypted with a key this process rotates) needs no room on the server.
+    // its session (sealed with the server's keys: `with_ticket_keys`, handed from process to
+    // process) needs no room on the server. Until the server gives its keys, rustls's own.
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(problem)?;
     // One ticket per connection, as Go's crypto/tls: a client resuming makes a new ticket
     // each time, and the second ticket (rustls's default) cost each new connection ~7 % of
     // the client's CPU and the server a ticket's encryption, to be thrown away by most clients.
     config.send_tls13_tickets = 1;
-    Ok(Tls::from_config(config))
+    let mut tls = Tls::from_config(config);
+    tls.server_tickets = true;
+    Ok(tls)
 }
 
 fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {

@@ -445,7 +445,7 @@ async fn pid_over(mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_client_resumes_its_session_however_many_clients_came_between() {
+async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_restarts() {
     use grace_tests::http::{tls_client, tls_connect, tls_connect_as};
     use rustls::HandshakeKind::{Full, Resumed};
     // More new clients between a client's two connections than a server-side session cache
@@ -475,20 +475,23 @@ async fn a_tls_client_resumes_its_session_however_many_clients_came_between() {
     );
     assert_eq!(pid_over(tls).await, site.pid.to_string());
 
-    // A new process has its own ticket key: one full handshake with it, then resumed.
-    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
-    let _new_guard = PidGuard(new);
-    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
-    let tls = tls_connect_as(port, client.clone()).await.unwrap();
-    assert_eq!(
-        tls.get_ref().1.handshake_kind(),
-        Some(Full),
-        "a new process's first"
-    );
-    assert_eq!(pid_over(tls).await, new.to_string());
-    let tls = tls_connect_as(port, client).await.unwrap();
-    assert_eq!(tls.get_ref().1.handshake_kind(), Some(Resumed));
-    assert_eq!(pid_over(tls).await, new.to_string());
+    // The ticket keys are handed to the next process: the session the first process gave
+    // resumes with the second, and the second's with the third.
+    let (mut pid, mut guards) = (site.pid, Vec::new());
+    for generation in 1..=2 {
+        let new = tokio::task::block_in_place(|| restart(&mut g, pid, &site.ports));
+        guards.push(PidGuard(new));
+        tokio::task::block_in_place(|| g.expect_log(&format!("generation {generation} stopped accepting")));
+        let tls = tls_connect_as(port, client.clone()).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(Resumed),
+            "resumed with generation {}",
+            generation + 1
+        );
+        assert_eq!(pid_over(tls).await, new.to_string());
+        pid = new;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

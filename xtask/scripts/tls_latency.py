@@ -5,9 +5,10 @@ Three measures, each a new connection per request (connect → whole answer of o
 `Connection: close` request), with TCP_NODELAY as browsers, curl and wrk set it:
   - full handshakes (a new client each time) and resumed ones (one client offering the session
     its last connection was given): p50 and p99, sequential, Python's `ssl` (OpenSSL);
-  - many clients: `--clients` clients taking turns, each offering its own last session; the
-    share resumed after each client's first connection (a server that keeps sessions in a
-    bounded cache stops resuming once the clients outnumber it);
+  - many clients: `--clients` clients taking turns, each offering its own last session; how
+    many resumed on their second turn (a server that keeps sessions in a bounded cache stops
+    resuming once the clients outnumber it); then `SIGUSR2`, and each client once more: how
+    many resumed with the new process;
   - with wrk (when installed): one connection at a time for 3 s, wrk resuming each; the time
     per connection (1 / its rate) and the server's CPU per connection from /proc.
 
@@ -36,6 +37,34 @@ def one(port, ctx, session=None):
     s.close()
     assert data.startswith(b"HTTP/1.1 200"), data[:40]
     return elapsed * 1000, reused, new_session
+
+def pid_of(port, ctx):
+    """The pid the answer names ("... from pid N."), or None."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        found = re.search(rb"from pid (\d+)", ask_once(s, host=b"localhost"))
+    return int(found.group(1)) if found else None
+
+def restarted(server, port, ctx, pids):
+    """SIGUSR2 to the serving pid; waits (20 s at most) for answers from a new one."""
+    old = pid_of(port, ctx)
+    os.kill(old, signal.SIGUSR2)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        new = pid_of(port, ctx)
+        if new not in (None, old):
+            pids.add(new)
+            return True
+        time.sleep(0.01)
+    return False
+
+def take_turns(port, ctx, sessions):
+    """Each client connects once, offering its last session; how many resumed."""
+    resumed = 0
+    for i in range(len(sessions)):
+        _, reused, sessions[i] = one(port, ctx, sessions[i])
+        resumed += reused
+    return resumed
 
 def q(xs, p):
     return sorted(xs)[int(len(xs) * p)]
@@ -72,6 +101,7 @@ def measure(command, ctx, count, clients):
     argv = [part.replace("{port}", str(port)) for part in command(port)]
     server = subprocess.Popen(["taskset", "-c", "0"] + argv,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = {server.pid}
     try:
         wait_answering(port, ctx)
         full = [one(port, ctx)[0] for _ in range(count)]
@@ -81,22 +111,26 @@ def measure(command, ctx, count, clients):
             resumed.append(ms)
             reused_count += reused
         sessions = [None] * clients
-        many, many_reused = 0, 0
-        for i in range(clients * 2):
-            _, reused, sessions[i % clients] = one(port, ctx, sessions[i % clients])
-            if i >= clients:
-                many += 1
-                many_reused += reused
+        take_turns(port, ctx, sessions)
+        many_reused = take_turns(port, ctx, sessions)
         r = dict(full_p50=statistics.median(full), full_p99=q(full, 0.99),
                  resumed_p50=statistics.median(resumed), resumed_p99=q(resumed, 0.99),
                  resumed=reused_count, count=count,
-                 clients=clients, clients_resumed=many_reused, clients_count=many)
+                 clients=clients, clients_resumed=many_reused)
         w = wrk_per_connection(port, server.pid)
         if w:
             r["wrk_conn_ms"], r["wrk_cpu_us"] = w
+        # A restart, then each client once more: do the sessions outlive the process?
+        if not restarted(server, port, ctx, pids):
+            sys.exit(f"no new process answered on port {port} within 20 s of SIGUSR2")
+        r["after_restart_resumed"] = take_turns(port, ctx, sessions)
         return r
     finally:
-        server.send_signal(signal.SIGKILL)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         server.wait(timeout=10)
 
 def fmt(r):
@@ -148,7 +182,8 @@ def main():
     ours_r = summary(results["gracedemo"])
     print(f"full handshakes: p50 {ours_r['full_p50']:.3f} ms, p99 {ours_r['full_p99']:.3f} ms; "
           f"resumption offered: p50 {ours_r['resumed_p50']:.3f} ms ({ours_r['resumed']} of {a.count} resumed); "
-          f"{a.clients} clients taking turns: {ours_r['clients_resumed']} of {ours_r['clients_count']} resumed")
+          f"{a.clients} clients taking turns: {ours_r['clients_resumed']} resumed; "
+          f"after a restart: {ours_r['after_restart_resumed']} resumed")
     print("result:", fmt(ours_r))
     if a.other:
         theirs_r = summary(results["other"])

@@ -623,7 +623,8 @@ impl Outside {
              | Python's `ssl` client | p50 | p99 |\n|---|---|---|\n\
              | full handshake | {} ms | {} ms |\n\
              | resumption offered ({} of {} resumed) | {} ms | {} ms |\n\n\
-             {} clients taking turns, each offering its last session: {} of {} resumed. \
+             {} clients taking turns, each offering its last session: {} resumed; after a \
+             `SIGUSR2`, with the new process: {} resumed. \
              wrk, one connection at a time, each resumed: {} ms per connection, {} µs of server \
              CPU per connection.\n",
             get(l, "full_p50"),
@@ -634,7 +635,7 @@ impl Outside {
             get(l, "resumed_p99"),
             get(l, "clients"),
             get(l, "clients_resumed"),
-            get(l, "clients_count"),
+            get(l, "after_restart_resumed"),
             get(l, "wrk_conn_ms"),
             get(l, "wrk_cpu_us"),
         );
