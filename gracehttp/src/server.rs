@@ -342,6 +342,7 @@ impl Server {
             .any(|s| s.tls.as_ref().is_some_and(Tls::takes_ticket_keys))
             .then(TicketKeys::new)
             .flatten();
+        let ours = self.generation.is_none();
         let generation = match self.generation.take() {
             // The application's: the state it hands over is its own.
             Some(g) => g,
@@ -362,18 +363,20 @@ impl Server {
                     let keys = keys.clone();
                     builder = builder.hand_state(move || keys.handed());
                 }
-                let generation = builder.start()?;
-                if let Some(keys) = &ticket_keys {
-                    adopt_ticket_keys(&generation, keys).await;
-                }
-                generation
+                builder.start()?
             }
         };
-        if let Some(keys) = &ticket_keys {
-            for site in &mut self.sites {
-                site.tls = site.tls.take().map(|t| t.with_ticket_keys(keys));
+        // Read while the listeners are set up: the previous process sends the keys from a
+        // thread of its own, which can take a while to be scheduled.
+        let adopting = match (&ticket_keys, ours) {
+            (Some(keys), true) => {
+                let (keys, generation) = (keys.clone(), generation.clone());
+                Some(tokio::spawn(async move {
+                    adopt_ticket_keys(&generation, &keys).await
+                }))
             }
-        }
+            _ => None,
+        };
         let mut listeners = Vec::with_capacity(self.sites.len());
         for site in &mut self.sites {
             listeners.push(match (site.make.take(), &site.name) {
@@ -388,6 +391,15 @@ impl Server {
         }
         let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
         announce(&generation, &addrs.join(", "));
+        if let Some(adopting) = adopting {
+            // Before the first connection: a ticket the previous process gave then resumes.
+            let _ = adopting.await;
+        }
+        if let Some(keys) = &ticket_keys {
+            for site in &mut self.sites {
+                site.tls = site.tls.take().map(|t| t.with_ticket_keys(keys));
+            }
+        }
 
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // The header read timeout is the connection's own (connection.rs): hyper's would arm a
