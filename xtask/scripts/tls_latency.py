@@ -184,13 +184,16 @@ def main():
           f"resumption offered: p50 {ours_r['resumed_p50']:.3f} ms ({ours_r['resumed']} of {a.count} resumed); "
           f"{a.clients} clients taking turns: {ours_r['clients_resumed']} resumed; "
           f"after a restart: {ours_r['after_restart_resumed']} resumed")
-    print("result:", fmt(ours_r))
+    result = dict(ours_r)
     if a.other:
         theirs_r = summary(results["other"])
         ratios = {k: ours_r[k] / theirs_r[k] for k in ("full_p50", "resumed_p50", "wrk_conn_ms", "wrk_cpu_us")
                   if k in ours_r and k in theirs_r and theirs_r[k]}
         print("other: ", fmt(theirs_r))
         print("ratio (gracedemo / other):", fmt(ratios))
+        result.update({f"other_{k}": v for k, v in theirs_r.items()})
+        result.update({f"ratio_{k}": v for k, v in ratios.items()})
+    print("result:", fmt(result))
 
 if __name__ == "__main__":
     main()

@@ -155,7 +155,7 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem}, Linux {}, {rustc}", kernel.trim())
 }
 
-pub fn run(quick: bool) -> Result<(), String> {
+pub fn run(quick: bool, tls_other: Option<String>) -> Result<(), String> {
     let plan = Plan::new(quick);
     if !quick {
         external::ensure_tools()?;
@@ -322,7 +322,14 @@ pub fn run(quick: bool) -> Result<(), String> {
                 "restart_tail.py",
                 &["--binary", &demo, "--seconds", "8", "--rounds", "4"],
             )?,
-            tls: external::run_script(&root, "tls_latency.py", &["--binary", &demo, "--count", "300"])?,
+            tls: {
+                let mut args = vec!["--binary", &demo, "--count", "300"];
+                if let Some(other) = &tls_other {
+                    args.extend(["--other", other, "--rounds", "3"]);
+                }
+                external::run_script(&root, "tls_latency.py", &args)?
+            },
+            tls_other: tls_other.clone(),
             footprint: external::run_script(
                 &root,
                 "drain_cpu.py",
@@ -527,6 +534,8 @@ struct Outside {
     speed_two_threads: Figures,
     tail: Figures,
     tls: Figures,
+    /// The command of the server the TLS figures were measured beside, if any.
+    tls_other: Option<String>,
     footprint: Figures,
 }
 
@@ -639,6 +648,41 @@ impl Outside {
             get(l, "wrk_conn_ms"),
             get(l, "wrk_cpu_us"),
         );
+        if let Some(other) = self
+            .tls_other
+            .as_deref()
+            .filter(|_| l.contains_key("other_full_p50"))
+        {
+            let row = |what: &str, key: &str, unit: &str| {
+                format!(
+                    "| {what} | {} {unit} | {} {unit} | {} |\n",
+                    get(l, key),
+                    get(l, &format!("other_{key}")),
+                    l.get(&format!("ratio_{key}"))
+                        .map_or(String::new(), |r| format!("{r}×")),
+                )
+            };
+            let _ = writeln!(
+                md,
+                "Beside another server in alternating rounds (3 each; `--tls-other '{other}'`), the \
+                 same certificate:\n\n\
+                 | median of the rounds | gracedemo | other | ratio |\n|---|---|---|---|\n{}{}{}{}{}{}",
+                row("full handshake, p50", "full_p50", "ms"),
+                row("resumed, p50", "resumed_p50", "ms"),
+                row(
+                    "wrk, one connection at a time: per connection",
+                    "wrk_conn_ms",
+                    "ms"
+                ),
+                row("server CPU per connection", "wrk_cpu_us", "µs"),
+                row("clients taking turns: resumed", "clients_resumed", ""),
+                row(
+                    "the same after a `SIGUSR2`: resumed with the new process",
+                    "after_restart_resumed",
+                    ""
+                ),
+            );
+        }
         let _ = writeln!(
             md,
             "### Footprint and draining CPU ({} connections)\n\n\

@@ -1,8 +1,9 @@
 //! `cargo xtask <task>`: the project's own automation.
 //!
 //! - `demo`: the README walkthrough, live, narrated for a person watching.
-//! - `bench [--quick]`: speed against plain hyper, the latency tail across restarts, TLS,
-//!   footprint (measured from outside the server); every request across restarts.
+//! - `bench [--quick] [--tls-other COMMAND]`: speed against plain hyper, the latency tail
+//!   across restarts, TLS (beside another server started by COMMAND, when given), footprint
+//!   (measured from outside the server); every request across restarts.
 
 mod bench;
 mod external;
@@ -20,12 +21,24 @@ fn main() -> ExitCode {
             println!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  demo            run the README walkthrough live: a slow request, kill -USR2, a quick one\n  \
-                 bench [--quick]  speed, restart tail, TLS, footprint (wrk/h2load on another core); --quick: correctness only"
+                 bench [--quick]  speed, restart tail, TLS, footprint (wrk/h2load on another core); --quick: correctness only\n  \
+                 bench --tls-other 'COMMAND'  also measures new TLS connections to the server COMMAND starts\n                  \
+                 ({{port}}, {{cert}}, {{key}} replaced; see xtask/scripts/tls_latency.py), e.g. Go grace built by hand"
             );
             Ok(())
         }
         Some("demo") => demo(),
-        Some("bench") => bench::run(std::env::args().any(|a| a == "--quick")),
+        Some("bench") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let tls_other = args
+                .iter()
+                .position(|a| a == "--tls-other")
+                .map(|i| args.get(i + 1).cloned().ok_or("--tls-other needs a command"));
+            match tls_other.transpose() {
+                Ok(tls_other) => bench::run(args.iter().any(|a| a == "--quick"), tls_other),
+                Err(e) => Err(e.into()),
+            }
+        }
         Some(other) => Err(format!(
             "unknown task {other:?}; run `cargo xtask --help` for the list"
         )),
