@@ -21,6 +21,10 @@ pub(crate) const ROTATION: Duration = Duration::from_secs(6 * 60 * 60);
 const NAME_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
+/// The longest ticket opened. Ours hold a session without client certificates (gracehttp asks
+/// for none): a few hundred bytes. A longer one is refused unopened, as rustls's own ticketer
+/// does, so an attacker's guesses cannot come as large as the protocol allows.
+const LONGEST_TICKET: usize = 4096;
 /// What the handed-over bytes start with: a version, so a later format is not misread.
 const HANDED_TAG: &[u8] = b"gracehttp tls ticket keys v1\n";
 
@@ -171,6 +175,9 @@ impl TicketKeys {
     }
 
     fn open(&self, ticket: &[u8], at: u64) -> Option<Vec<u8>> {
+        if ticket.len() > LONGEST_TICKET {
+            return None;
+        }
         let (name, rest) = ticket.split_at_checked(NAME_LEN)?;
         let (nonce, sealed) = rest.split_at_checked(NONCE_LEN)?;
         let mut keys = self.keys();
@@ -233,6 +240,13 @@ mod tests {
         }
         assert_eq!(keys.decrypt(&ticket[..ticket.len() - 1]), None, "cut short");
         assert_eq!(keys.decrypt(&[]), None);
+        // Longer than any ticket of ours, though sealed with our key: refused unopened.
+        let long = keys.encrypt(&[7; LONGEST_TICKET]).unwrap();
+        assert_eq!(keys.decrypt(&long), None, "{} bytes", long.len());
+        let room = LONGEST_TICKET - NAME_LEN - NONCE_LEN - CHACHA20_POLY1305.tag_len();
+        let longest = keys.encrypt(&vec![7; room]).unwrap();
+        assert_eq!(longest.len(), LONGEST_TICKET);
+        assert!(keys.decrypt(&longest).is_some(), "the longest that opens");
         let other = TicketKeys::new().unwrap();
         assert_eq!(other.decrypt(&ticket), None, "another process's keys");
     }
