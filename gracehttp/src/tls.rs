@@ -111,21 +111,20 @@ fn build(
     chain: Vec<CertificateDer<'static>>,
     key_der: PrivateKeyDer<'static>,
 ) -> Result<Tls, Error> {
-    let problem = |e: rustls::Error| Error::TlsConfig {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        reason: e.to_string(),
-    };
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(problem)?;
+        .map_err(|e| Error::TlsConfig {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
     // Resumption for every client, not only the last few hundred: rustls's default keeps
     // sessions in a 256-entry cache, which 128 clients making a connection per request fill
-    // (two tickets each), so a busier server did full handshakes only. A ticket that carries
-    // its session (sealed with the server's keys: `with_ticket_keys`, handed from process to
-    // process) needs no room on the server. Until the server gives its keys, rustls's own.
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(problem)?;
+    // (two tickets each), so a busier server did full handshakes only. The server gives this
+    // configuration its ticket keys (`with_ticket_keys`): a ticket then carries its session,
+    // and needs no room on the server.
+    //
     // One ticket per connection, as Go's crypto/tls: a client resuming makes a new ticket
     // each time, and the second ticket (rustls's default) cost each new connection ~7 % of
     // the client's CPU and the server a ticket's encryption, to be thrown away by most clients.
