@@ -654,10 +654,11 @@ impl Outside {
             .filter(|_| l.contains_key("other_full_p50"))
         {
             let row = |what: &str, key: &str, unit: &str| {
+                let with_unit = |v: &str| format!("{v} {unit}").trim_end().to_owned();
                 format!(
-                    "| {what} | {} {unit} | {} {unit} | {} |\n",
-                    get(l, key),
-                    get(l, &format!("other_{key}")),
+                    "| {what} | {} | {} | {} |\n",
+                    with_unit(get(l, key)),
+                    with_unit(get(l, &format!("other_{key}"))),
                     l.get(&format!("ratio_{key}"))
                         .map_or(String::new(), |r| format!("{r}×")),
                 )
