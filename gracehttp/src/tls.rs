@@ -22,12 +22,13 @@ use crate::session_tickets::TicketKeys;
 /// process at a restart, so clients resume with the new process too (when the server starts
 /// its own generation: with [`Server::generation`](crate::Server::generation) the state
 /// handed over is the application's, and a new process has new keys). Keys rotate every six
-/// hours. A configuration of the caller's own ([`Tls::from_config`]) is used as it is.
+/// hours. A configuration of the caller's own ([`Tls::from_config`]) is given the keys too,
+/// unless it has a ticketer of its own or sends no tickets.
 #[derive(Clone)]
 pub struct Tls {
     pub(crate) config: Arc<ServerConfig>,
-    /// Built here from PEM, not the caller's own configuration: the server seals its session
-    /// tickets with the keys it hands from process to process.
+    /// No ticketer of its own: the server seals its session tickets with the keys it hands
+    /// from process to process.
     server_tickets: bool,
 }
 
@@ -67,14 +68,19 @@ impl Tls {
     }
 
     /// Uses a caller's rustls configuration. When it offers no ALPN protocols, `h2` and
-    /// `http/1.1` are offered.
+    /// `http/1.1` are offered. When it has no ticketer of its own (rustls's default) and
+    /// sends tickets, the server gives it its ticket keys, as for PEM files: sessions then
+    /// resume for any number of clients and across restarts, where rustls's default cache
+    /// holds 256 sessions and dies with the process. Set `send_tls13_tickets = 0` for no
+    /// tickets at all, or a ticketer of your own to keep it.
     pub fn from_config(mut config: ServerConfig) -> Tls {
         if config.alpn_protocols.is_empty() {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
+        let server_tickets = !config.ticketer.enabled() && config.send_tls13_tickets > 0;
         Tls {
             config: Arc::new(config),
-            server_tickets: false,
+            server_tickets,
         }
     }
 
@@ -129,9 +135,7 @@ fn build(
     // each time, and the second ticket (rustls's default) cost each new connection ~7 % of
     // the client's CPU and the server a ticket's encryption, to be thrown away by most clients.
     config.send_tls13_tickets = 1;
-    let mut tls = Tls::from_config(config);
-    tls.server_tickets = true;
-    Ok(tls)
+    Ok(Tls::from_config(config))
 }
 
 fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -213,6 +217,7 @@ fn warn_if_not_valid_now(path: &Path, leaf: &CertificateDer<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::server::ProducesTickets;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("gracehttp-tls-{tag}-{}", std::process::id()));
@@ -233,6 +238,48 @@ mod tests {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_configuration_without_a_ticketer_of_its_own_takes_the_servers_keys() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let config = || {
+            ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.cert.der().clone()],
+                    PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap(),
+                )
+                .unwrap()
+        };
+        let keys = TicketKeys::new().unwrap();
+        let given = Tls::from_config(config());
+        assert!(given.takes_ticket_keys(), "rustls's default: no ticketer");
+        let given = given.with_ticket_keys(&keys);
+        assert!(given.config.ticketer.enabled());
+        let sealed = given.config.ticketer.encrypt(b"session").unwrap();
+        assert_eq!(
+            keys.decrypt(&sealed).as_deref(),
+            Some(&b"session"[..]),
+            "sealed with the server's keys"
+        );
+
+        let mut no_tickets = config();
+        no_tickets.send_tls13_tickets = 0;
+        let kept = Tls::from_config(no_tickets).with_ticket_keys(&keys);
+        assert!(
+            !kept.config.ticketer.enabled(),
+            "no tickets asked for: none given"
+        );
+
+        let mut own = config();
+        own.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
+        let kept = Tls::from_config(own).with_ticket_keys(&keys);
+        assert_eq!(
+            keys.decrypt(&kept.config.ticketer.encrypt(b"session").unwrap()),
+            None,
+            "its own ticketer kept"
+        );
     }
 
     #[test]
