@@ -8,6 +8,7 @@
 //! previous key is still accepted, so a ticket lives between one and two rotations, and a key
 //! is forgotten after two.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +22,11 @@ pub(crate) const ROTATION: Duration = Duration::from_secs(6 * 60 * 60);
 const NAME_LEN: usize = 16;
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
-/// The longest ticket opened. Ours hold a session without client certificates (gracehttp asks
-/// for none): a few hundred bytes. A longer one is refused unopened, as rustls's own ticketer
-/// does, so an attacker's guesses cannot come as large as the protocol allows.
+/// Tickets up to this long are opened before any is sealed. A session without client
+/// certificates takes a few hundred bytes; one with them can take more, and the bound then
+/// grows to the longest ticket sealed (and is handed over with the keys). A longer ticket is
+/// refused unopened, as rustls's own ticketer does, so an attacker's guesses cannot come as
+/// large as the protocol allows.
 const LONGEST_TICKET: usize = 4096;
 /// What the handed-over bytes start with: a version, so a later format is not misread.
 const HANDED_TAG: &[u8] = b"gracehttp tls ticket keys v1\n";
@@ -68,6 +71,8 @@ struct Keys {
 pub(crate) struct TicketKeys {
     keys: Mutex<Keys>,
     random: SystemRandom,
+    /// The longest ticket opened: [`LONGEST_TICKET`], or the longest sealed.
+    longest: AtomicUsize,
 }
 
 impl std::fmt::Debug for TicketKeys {
@@ -93,6 +98,7 @@ impl TicketKeys {
                 previous: None,
             }),
             random,
+            longest: AtomicUsize::new(LONGEST_TICKET),
         }))
     }
 
@@ -106,6 +112,7 @@ impl TicketKeys {
     pub(crate) fn handed(&self) -> Vec<u8> {
         let keys = self.keys();
         let mut out = HANDED_TAG.to_vec();
+        out.extend_from_slice(&(self.longest.load(Ordering::Relaxed) as u64).to_be_bytes());
         for key in std::iter::once(&keys.current).chain(keys.previous.as_ref()) {
             out.extend_from_slice(&key.since.to_be_bytes());
             out.extend_from_slice(&key.name);
@@ -118,7 +125,10 @@ impl TicketKeys {
     /// (the keys stay this process's own), and `false` says so.
     pub(crate) fn adopt(&self, handed: &[u8]) -> bool {
         const ONE: usize = 8 + NAME_LEN + KEY_LEN;
-        let Some(body) = handed.strip_prefix(HANDED_TAG) else {
+        let Some((longest, body)) = handed
+            .strip_prefix(HANDED_TAG)
+            .and_then(|rest| rest.split_first_chunk::<8>())
+        else {
             return false;
         };
         if body.len() != ONE && body.len() != 2 * ONE {
@@ -137,6 +147,9 @@ impl TicketKeys {
             return false;
         };
         *self.keys() = Keys { current, previous };
+        let longest = usize::try_from(u64::from_be_bytes(*longest)).unwrap_or(usize::MAX);
+        self.longest
+            .fetch_max(longest.min(u16::MAX as usize), Ordering::Relaxed);
         true
     }
 
@@ -171,11 +184,12 @@ impl TicketKeys {
             )
             .ok()?;
         ticket.extend_from_slice(tag.as_ref());
+        self.longest.fetch_max(ticket.len(), Ordering::Relaxed);
         Some(ticket)
     }
 
     fn open(&self, ticket: &[u8], at: u64) -> Option<Vec<u8>> {
-        if ticket.len() > LONGEST_TICKET {
+        if ticket.len() > self.longest.load(Ordering::Relaxed) {
             return None;
         }
         let (name, rest) = ticket.split_at_checked(NAME_LEN)?;
@@ -240,13 +254,6 @@ mod tests {
         }
         assert_eq!(keys.decrypt(&ticket[..ticket.len() - 1]), None, "cut short");
         assert_eq!(keys.decrypt(&[]), None);
-        // Longer than any ticket of ours, though sealed with our key: refused unopened.
-        let long = keys.encrypt(&[7; LONGEST_TICKET]).unwrap();
-        assert_eq!(keys.decrypt(&long), None, "{} bytes", long.len());
-        let room = LONGEST_TICKET - NAME_LEN - NONCE_LEN - CHACHA20_POLY1305.tag_len();
-        let longest = keys.encrypt(&vec![7; room]).unwrap();
-        assert_eq!(longest.len(), LONGEST_TICKET);
-        assert!(keys.decrypt(&longest).is_some(), "the longest that opens");
         let other = TicketKeys::new().unwrap();
         assert_eq!(other.decrypt(&ticket), None, "another process's keys");
     }
@@ -262,6 +269,31 @@ mod tests {
         assert_eq!(
             old.decrypt(&new.encrypt(SESSION).unwrap()).as_deref(),
             Some(SESSION)
+        );
+    }
+
+    #[test]
+    fn a_ticket_longer_than_any_sealed_is_refused_and_the_bound_is_handed_over() {
+        let room = LONGEST_TICKET - NAME_LEN - NONCE_LEN - CHACHA20_POLY1305.tag_len();
+        let (sealer, opener) = (TicketKeys::new().unwrap(), TicketKeys::new().unwrap());
+        assert!(opener.adopt(&sealer.handed()));
+        let longest = sealer.encrypt(&vec![7; room]).unwrap();
+        assert_eq!(longest.len(), LONGEST_TICKET);
+        assert!(opener.decrypt(&longest).is_some(), "up to the bound: opened");
+        // A session with client certificates, say: longer than the bound. Whoever sealed it
+        // opens it; a process that sealed nothing so long refuses it, though its keys fit.
+        let long = sealer.encrypt(&vec![7; room + 1000]).unwrap();
+        assert_eq!(
+            sealer.decrypt(&long).as_deref().map(<[u8]>::len),
+            Some(room + 1000)
+        );
+        assert_eq!(opener.decrypt(&long), None, "longer than any it sealed");
+        // Handed over, the bound comes along.
+        let next = TicketKeys::new().unwrap();
+        assert!(next.adopt(&sealer.handed()));
+        assert!(
+            next.decrypt(&long).is_some(),
+            "the bound handed over with the keys"
         );
     }
 
