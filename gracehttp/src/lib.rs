@@ -7,6 +7,9 @@
 //!
 //! - **Protocols**: HTTP/1.1 with keep-alive and HTTP/2 with prior knowledge on cleartext;
 //!   HTTP/2 or HTTP/1.1 by ALPN over TLS (rustls, from PEM files or your own config).
+//! - **TLS sessions that outlive the process**: session tickets carry the session (no cache
+//!   on the server to outgrow) and their keys are handed to the next process at a restart, so
+//!   clients resume instead of all making a full handshake with the new process ([`Tls`]).
 //! - **Drain without loss**: on a restart or stop, accepting stops; requests in flight finish;
 //!   the next request on each HTTP/1 keep-alive connection is answered with
 //!   `Connection: close`, so its client reconnects (to the new process) cleanly; HTTP/2
