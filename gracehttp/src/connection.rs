@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 use crate::drain::Drain;
 use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, HttpService};
+use crate::tls::Tls;
 
 mod protocol;
 mod transport;
@@ -526,9 +527,9 @@ pub(crate) struct ConnConfig {
     pub peer_errors: Arc<PeerErrors>,
 }
 
-/// What one site's connections share: its TLS acceptor, the drain, the configuration.
+/// What one site's connections share: its TLS configuration, the drain, the configuration.
 pub(crate) struct SiteContext {
-    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Tls>,
     pub drain: Drain,
     pub config: ConnConfig,
 }
@@ -578,12 +579,25 @@ pub(crate) async fn serve_tls<S: HttpService>(
     service: S,
     accepted: Accepted,
     site: Arc<SiteContext>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Tls,
 ) {
     let (stream, origin, permit) = accepted.split();
     let config = &site.config;
     let deadline = origin.at + config.header_read_timeout;
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    let handshake = async {
+        if tls.chooses_by_client() {
+            // The ClientHello first: its cipher suites choose the configuration.
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let chosen = tls.for_client(start.client_hello().cipher_suites()).clone();
+            start.into_stream(chosen).await
+        } else {
+            tokio_rustls::TlsAcceptor::from(tls.config.clone())
+                .accept(stream)
+                .await
+        }
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => {
             let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             serve(

@@ -524,7 +524,7 @@ async fn accept_loop(
     ready.loop_started();
     drop(ready);
     let context = Arc::new(SiteContext {
-        acceptor: site.tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
+        tls: site.tls,
         drain: Drain::new(generation.clone()),
         config,
     });

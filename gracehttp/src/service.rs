@@ -62,11 +62,9 @@ struct Typed<S>(S);
 impl<S: HttpService> SiteService for Typed<S> {
     fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>) {
         let service = self.0.clone();
-        match site.acceptor.clone() {
+        match site.tls.clone() {
             None => drop(tokio::spawn(connection::serve_plain(service, accepted, site))),
-            Some(acceptor) => drop(tokio::spawn(connection::serve_tls(
-                service, accepted, site, acceptor,
-            ))),
+            Some(tls) => drop(tokio::spawn(connection::serve_tls(service, accepted, site, tls))),
         }
     }
 }

@@ -159,11 +159,29 @@ pub async fn tls_connect(
 /// A TLS client trusting `root` (DER) for `localhost`, offering `alpn`. Its connections
 /// share one session store: each offers the session (ticket) the last one was given.
 pub fn tls_client(root: &[u8], alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, BoxError> {
+    tls_client_offering(
+        root,
+        alpn,
+        rustls::crypto::ring::DEFAULT_CIPHER_SUITES,
+        rustls::DEFAULT_VERSIONS,
+    )
+}
+
+/// As [`tls_client`], offering `suites` in that order of preference, and `versions`.
+pub fn tls_client_offering(
+    root: &[u8],
+    alpn: &[&[u8]],
+    suites: &[rustls::SupportedCipherSuite],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ClientConfig>, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(root.to_vec()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::ring::default_provider()
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

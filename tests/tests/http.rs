@@ -495,6 +495,59 @@ async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_gets_aes_128_unless_it_prefers_chacha20() {
+    use grace_tests::http::{tls_client_offering, tls_connect_as};
+    use rustls::CipherSuite as C;
+    use rustls::crypto::ring::cipher_suite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 as TLS12_AES_128,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 as TLS12_AES_256,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 as TLS12_CHACHA, TLS13_AES_128_GCM_SHA256 as AES_128,
+        TLS13_AES_256_GCM_SHA384 as AES_256, TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
+    };
+    let (tls13, tls12) = (&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]);
+    let dir = TempDir::new("suites");
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let cases = [
+        // OpenSSL's order: AES-256 first. The server's preference: AES-128 (SHA-256).
+        (vec![AES_256, CHACHA, AES_128], tls13, C::TLS13_AES_128_GCM_SHA256),
+        // A client without AES instructions puts ChaCha20 first: it gets it.
+        (
+            vec![CHACHA, AES_256, AES_128],
+            tls13,
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        // Only AES-256 offered: AES-256.
+        (vec![AES_256], tls13, C::TLS13_AES_256_GCM_SHA384),
+        // TLS 1.2 alike.
+        (
+            vec![TLS12_AES_256, TLS12_CHACHA, TLS12_AES_128],
+            tls12,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            vec![TLS12_CHACHA, TLS12_AES_128],
+            tls12,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (offered, versions, expected) in cases {
+        let names: Vec<C> = offered.iter().map(|s| s.suite()).collect();
+        let client = tls_client_offering(&root, &[b"http/1.1"], &offered, versions).unwrap();
+        let tls = tls_connect_as(site.ports[2], client).await.unwrap();
+        let chosen = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(chosen, Some(expected), "offered {names:?}");
+        assert_eq!(
+            pid_over(tls).await,
+            site.pid.to_string(),
+            "answered over {expected:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
     let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
     let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=1500"));
