@@ -99,6 +99,8 @@ def wrk_per_connection(port, pid, seconds=3):
 def measure(command, ctx, count, clients):
     port = free_port()
     argv = [part.replace("{port}", str(port)) for part in command(port)]
+    if not shutil.which(argv[0]):
+        sys.exit(f"cannot start the server: {argv[0]!r} is not an executable file")
     server = subprocess.Popen(["taskset", "-c", "0"] + argv,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pids = {server.pid}
@@ -144,6 +146,8 @@ def main():
     ap.add_argument("--other", help="another server's command: {port}, {cert}, {key} replaced")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --other")
     a = ap.parse_args()
+    if a.other and not shutil.which(a.other.split()[0]):
+        sys.exit(f"--other: {a.other.split()[0]!r} is not an executable file")
     os.sched_setaffinity(0, {1})
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
