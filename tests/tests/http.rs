@@ -2,7 +2,6 @@
 //! flight across restarts, busy keep-alive and HTTP/2 clients that lose nothing, axum,
 //! WebSockets, bad certificates, renewed certificates, and stopping.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -62,22 +61,21 @@ fn restart(g: &mut ProcessGuard, pid: u32, ports: &[u16]) -> u32 {
     site.pid
 }
 
-fn tls_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--tls-cert".into(),
-        dir.join("cert.pem").display().to_string(),
-        "--tls-key".into(),
-        dir.join("key.pem").display().to_string(),
-    ]
+/// The probe serving TLS on its third port with a new certificate (`cert.pem` and `key.pem`
+/// in a temp dir of its own, named by `tag`): the dir, the certificate (DER), the process and
+/// its site.
+fn start_tls(tag: &str, env: &[(&str, &str)]) -> (TempDir, Vec<u8>, ProcessGuard, Site) {
+    let dir = TempDir::new(tag);
+    let root = write_cert(dir.path(), "cert.pem", "key.pem");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let (g, site) = start(&["--tls-cert", &cert, "--tls-key", &key], env);
+    (dir, root, g, site)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_ports_speak_http1_h2c_and_tls_with_alpn() {
-    let dir = TempDir::new("three-ports");
-    let root = write_cert(dir.path(), "cert.pem", "key.pem");
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let (_dir, root, _g, site) = tokio::task::block_in_place(|| start_tls("three-ports", &[]));
     let pid = site.pid.to_string();
 
     let a = get_h1(site.ports[0], "/pid").await.unwrap();
@@ -408,11 +406,7 @@ fn an_expired_certificate_is_served_with_a_warning_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
-    let dir = TempDir::new("renew");
-    let first = write_cert(dir.path(), "cert.pem", "key.pem");
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let (dir, first, mut g, site) = tokio::task::block_in_place(|| start_tls("renew", &[]));
     let tls_port = site.ports[2];
     let (_, seen) = get_tls(tls_port, "/pid", &first, &[b"h2"]).await.unwrap();
     assert_eq!(seen, first);
@@ -451,11 +445,7 @@ async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_re
     // More new clients between a client's two connections than a server-side session cache
     // holds (rustls's default keeps 256 sessions, two per connection).
     const OTHERS: usize = 300;
-    let dir = TempDir::new("resume");
-    let root = write_cert(dir.path(), "cert.pem", "key.pem");
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let (_dir, root, mut g, site) = tokio::task::block_in_place(|| start_tls("resume", &[]));
     let port = site.ports[2];
     let client = tls_client(&root, &[b"http/1.1"]).unwrap();
 
@@ -505,11 +495,7 @@ async fn a_tls_client_gets_aes_128_unless_it_prefers_chacha20() {
         TLS13_AES_256_GCM_SHA384 as AES_256, TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
     };
     let (tls13, tls12) = (&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]);
-    let dir = TempDir::new("suites");
-    let root = write_cert(dir.path(), "cert.pem", "key.pem");
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_g, site) = tokio::task::block_in_place(|| start(&args, &[]));
+    let (_dir, root, _g, site) = tokio::task::block_in_place(|| start_tls("suites", &[]));
     let cases = [
         // OpenSSL's order: AES-256 first. The server's preference: AES-128 (SHA-256).
         (vec![AES_256, CHACHA, AES_128], tls13, C::TLS13_AES_128_GCM_SHA256),
@@ -740,11 +726,8 @@ fn closed_by_server(c: &mut std::net::TcpStream) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_at_the_header_read_timeout_whatever_they_sent() {
     use std::io::Write;
-    let dir = TempDir::new("silent");
-    let root = write_cert(dir.path(), "cert.pem", "key.pem");
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut g, site) = tokio::task::block_in_place(|| start(&args, &[("PROBE_HEADER_TIMEOUT_MS", "1000")]));
+    let (_dir, root, mut g, site) =
+        tokio::task::block_in_place(|| start_tls("silent", &[("PROBE_HEADER_TIMEOUT_MS", "1000")]));
     let plain = site.ports[0];
     let mut cases = Vec::new();
     for (what, bytes) in [
