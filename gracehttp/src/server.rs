@@ -70,6 +70,7 @@ pub struct Server {
     request_extensions: bool,
     pid_file: Option<PathBuf>,
     control_socket: Option<PathBuf>,
+    standby: bool,
     generation: Option<Generation>,
     on_listening: Option<OnListening>,
 }
@@ -98,6 +99,7 @@ impl std::fmt::Debug for Server {
             .field("request_extensions", &self.request_extensions)
             .field("pid_file", &self.pid_file)
             .field("control_socket", &self.control_socket)
+            .field("standby", &self.standby)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
@@ -116,6 +118,7 @@ impl Default for Server {
             request_extensions: false,
             pid_file: None,
             control_socket: None,
+            standby: false,
             generation: None,
             on_listening: None,
         }
@@ -292,6 +295,16 @@ impl Server {
         self
     }
 
+    /// Keeps the next process started ahead, waiting, so a restart only wakes it (see gracenet's
+    /// `GenerationBuilder::standby`): the restart skips `execve`, the loader and what `main`
+    /// does before [`serve`](Self::serve) (or its first call into gracenet). Off by default.
+    /// With it, read configuration after that call, or the standby reads it when it starts
+    /// instead of at the restart.
+    pub fn standby(mut self, on: bool) -> Server {
+        self.standby = on;
+        self
+    }
+
     /// Answers `restart` (with its result) and `status` on a Unix socket at `path` (see
     /// gracenet's `GenerationBuilder::control_socket` and `gracenet::control`).
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Server {
@@ -352,7 +365,8 @@ impl Server {
                 let mut builder = Generation::builder()
                     .announce(false)
                     .stop_timeout(self.stop_timeout)
-                    .ready_timeout(self.ready_timeout);
+                    .ready_timeout(self.ready_timeout)
+                    .standby(self.standby);
                 if let Some(p) = &self.pid_file {
                     builder = builder.pid_file(p);
                 }

@@ -8,14 +8,28 @@ use crate::error::Error;
 /// Writes our pid to `path` atomically (a temp file in the same directory, then `rename`), so
 /// a reader never sees a half-written or empty file. The temp file has an unpredictable name
 /// and is created with `O_EXCL | O_NOFOLLOW` (mode 0644): a file or symlink planted in the
-/// directory is never followed, truncated or written through.
-pub(crate) fn write(path: &Path) -> Result<(), Error> {
+/// directory is never followed, truncated or written through. Not `fsync`ed: a PID file means
+/// nothing after the machine itself went down, `rename` alone keeps readers from a partial
+/// file, and the sync sat on the restart's path (the next process writes the file before it
+/// tells the previous one it is ready): under load it waited ~6 ms on the disk's journal here.
+///
+/// Returns the file it replaced, open: the caller closes it off that path, so the old file's
+/// blocks are freed there, not inside the `rename` — on a file system mounted with `discard`,
+/// freeing them waits for the disk (milliseconds, measured here, on the path above).
+pub(crate) fn write(path: &Path) -> Result<Option<std::fs::File>, Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let pid = std::process::id();
     let io = |what: &str, source| Error::Io {
         what: format!("cannot {what} the PID file {}", path.display()),
         source,
     };
+    // Read-only, never following a symlink; gone or unreadable is fine (nothing to defer).
+    let replaced = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()
+        .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
     let mut last = None;
     // A name taken (by a planted file, say) is skipped, a few times at most.
     for attempt in 0..8u32 {
@@ -34,14 +48,12 @@ pub(crate) fn write(path: &Path) -> Result<(), Error> {
             }
             Err(e) => return Err(io("write", e)),
         };
-        let result = writeln!(file, "{pid}")
-            .and_then(|()| file.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path));
+        let result = writeln!(file, "{pid}").and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
             return Err(io("write", e));
         }
-        return Ok(());
+        return Ok(replaced);
     }
     Err(io(
         "write",

@@ -13,6 +13,9 @@ use crate::error::EnvError;
 use crate::inherited::Origin;
 use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
 
+/// The byte that wakes a standby for its restart.
+pub(crate) const WAKE: u8 = b'G';
+
 /// How this process tells its parent it is serving.
 #[derive(Debug)]
 pub(crate) enum ParentLink {
@@ -40,6 +43,24 @@ impl ParentLink {
             // With LISTEN_PID set, whoever started us is a supervisor, not a grace parent.
             Origin::Activated | Origin::Fresh => ParentLink::Nobody,
         })
+    }
+
+    /// In a standby (`GRACE_STANDBY`): blocks until the parent wakes this process for a
+    /// restart (one `G` byte on the channel). `false` when the parent let it go instead: the
+    /// channel closed (the parent stopped, or started another process), or something else
+    /// came. Without a channel there is nobody to wait for: `true`.
+    pub(crate) fn wait_for_restart(&self) -> bool {
+        let ParentLink::Pipe(fd) = self else {
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        loop {
+            match nix::unistd::read(fd, &mut byte) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(1) => return byte[0] == WAKE,
+                _ => return false,
+            }
+        }
     }
 
     /// Tells the parent this generation refuses what it was handed (`reason`): the parent

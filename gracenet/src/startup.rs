@@ -11,7 +11,7 @@ use crate::inherited::InheritedFds;
 use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
 
 /// This process's start, as inherited.
 #[derive(Debug)]
@@ -50,11 +50,13 @@ fn read() -> Result<Startup, EnvError> {
         );
     }
     Executable::capture();
+    crate::sys::reserve_fd_table();
     // Every variable is taken out of the environment before any is judged, so a malformed
     // one does not leave the others for a subprocess to find.
     let ready_fd = take_var(GRACE_READY_FD);
     let generation = take_var(GRACE_GENERATION);
     let idle_start = take_var(GRACE_IDLE_START).is_some_and(|v| v == "1");
+    let standby = take_var(GRACE_STANDBY).is_some_and(|v| v == "1");
     // Ours, and only informative (status): a malformed entry is skipped, never fatal.
     let ancestors = take_var(GRACE_ANCESTORS)
         .map(|v| {
@@ -81,6 +83,14 @@ fn read() -> Result<Startup, EnvError> {
     }
     let generation = parse_generation(generation)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
+    if standby {
+        // Started ahead of a restart: everything so far (exec, the loader, main's first steps)
+        // is done; the rest waits for the restart itself.
+        if !link.wait_for_restart() {
+            tracing::debug!("the generation that started this standby let it go: exiting");
+            std::process::exit(0);
+        }
+    }
     Ok(Startup {
         registry: SocketRegistry::new(inherited),
         generation,

@@ -1,6 +1,7 @@
 //! The environment variables gracenet reads and sets, by name.
 //!
-//! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`)
+//! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`,
+//! `GRACE_STANDBY`)
 //! are read once, when the process registry is first built ([`crate::registry::registry`]),
 //! and removed from the environment then.
 
@@ -27,6 +28,12 @@ pub const GRACE_ANCESTORS: &str = "GRACE_ANCESTORS";
 /// (`SCHED_IDLE`): this process returns every thread to the normal policy when it is ready.
 /// Read and removed with the other inherited variables.
 pub const GRACE_IDLE_START: &str = "GRACE_IDLE_START";
+/// Set (to `1`) by a generation that starts this process ahead of the next restart, as its
+/// standby ([`GenerationBuilder::standby`](crate::GenerationBuilder::standby)): this process
+/// waits, in its first call into gracenet, until that generation wakes it for a restart, and
+/// exits quietly if the generation lets it go instead. Read and removed with the other
+/// inherited variables.
+pub const GRACE_STANDBY: &str = "GRACE_STANDBY";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";

@@ -12,7 +12,9 @@
 //!   generation reads it, checks it, and prints `probe state count=N bytes=M`;
 //!   `PROBE_STATE_REFUSE_ONCE=PATH` makes one generation >= 2 refuse it (`unknown version`);
 //!   `PROBE_STATE_STALL=1` makes the handing-over never finish;
-//! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready.
+//! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready;
+//! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
+//!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet.
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
 //! `--control PATH restart|status` it is a control-socket client, printing the answer.
@@ -28,6 +30,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Runs the probe; `version` is what it answers as its version.
 pub fn main(version: &'static str) -> ExitCode {
+    if std::env::var_os("PROBE_STANDBY").is_some() {
+        println!("probe main pid={}", std::process::id());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -151,6 +156,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(t) = knob_ms("PROBE_IDLE_LIMIT_MS") {
         builder = builder.idle_start_limit(t);
+    }
+    if std::env::var_os("PROBE_STANDBY").is_some() {
+        builder = builder.standby(true);
     }
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     if std::env::var_os("PROBE_STATE").is_some() {

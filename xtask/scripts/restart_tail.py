@@ -127,6 +127,8 @@ def main():
     ap.add_argument("--restartload", default=None,
                     help="the load generator (default: restartload beside --binary)")
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--server-args", default="",
+                    help="more flags for gracedemo, e.g. '--standby'")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of the three runs; medians are reported")
     a = ap.parse_args()
@@ -138,7 +140,7 @@ def main():
     pid_file = os.path.join(tmp.name, "gracedemo.pid")
     server = subprocess.Popen(["taskset", "-c", "0", a.binary, "-a0", f"127.0.0.1:{port}",
                                "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}",
-                               "--pid-file", pid_file],
+                               "--pid-file", pid_file, *a.server_args.split()],
                               stderr=subprocess.DEVNULL, start_new_session=True)
     SEEN.add(server.pid)
     try:

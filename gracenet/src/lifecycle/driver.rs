@@ -15,9 +15,10 @@ use super::signals::{self, Request};
 use super::{Outcome, Phase, RestartError, RestartResult, StopReason, Successor};
 use crate::error::Error;
 use crate::notify::monotonic_usec;
+use crate::process::FileIdentity;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD};
+use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
@@ -41,6 +42,20 @@ struct Child {
     out: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
     /// Returns it from idle CPU priority if it is still starting at the limit.
     idle_limit: Option<IdleLimit>,
+}
+
+/// The next generation's process, started ahead and waiting to be woken by a restart
+/// ([`GenerationBuilder::standby`](super::GenerationBuilder::standby)), with what it was
+/// started from: a restart that finds either changed starts a process afresh.
+struct Standby {
+    child: Child,
+    /// The program file's identity when it was started.
+    program: Option<FileIdentity>,
+    /// How many sockets it was handed.
+    sockets: usize,
+    /// Started at idle CPU priority: returned to normal when woken.
+    idle: bool,
+    started: Instant,
 }
 
 /// Returns a next generation started at idle CPU priority to normal priority once
@@ -97,6 +112,8 @@ pub(super) struct Driver {
     successor: Option<Child>,
     /// Who asked for the restart under way and waits for its result.
     waiting: Vec<oneshot::Sender<RestartResult>>,
+    /// The next generation's process started ahead, when the generation keeps one.
+    standby: Option<Standby>,
 }
 
 impl Driver {
@@ -113,6 +130,7 @@ impl Driver {
             pending: None,
             successor: None,
             waiting: Vec::new(),
+            standby: None,
         }
     }
 
@@ -124,9 +142,22 @@ impl Driver {
                         self.waiting.push(reply);
                         Event::RestartRequested
                     }
-                    Some(r) => Event::from(r),
+                    Some(Request::Ready) => {
+                        self.start_standby();
+                        continue;
+                    }
+                    Some(r) => match r.event() {
+                        Some(event) => event,
+                        None => continue,
+                    },
                     None => return,
                 },
+                why = standby_gone(self.standby.as_mut()) => {
+                    if let Some(standby) = self.standby.take() {
+                        self.let_go(standby, why);
+                    }
+                    continue;
+                }
                 event = pending_event(self.state, self.pending.as_mut()) => event,
                 event = drain_event(&self.shared, self.state) => event,
                 event = successor_event(self.successor.as_mut()) => {
@@ -180,6 +211,7 @@ impl Driver {
             ),
             Action::SpawnFailed { error } => {
                 tracing::error!("generation {number}: restart failed, still serving: {error}");
+                self.start_standby();
                 self.still_serving(&error);
                 self.answer(Err(RestartError::Failed {
                     generation: number,
@@ -187,7 +219,14 @@ impl Driver {
                     reason: error,
                 }));
             }
-            Action::AbandonChild { pid, failure } => self.abandon(pid, failure).await,
+            Action::AbandonChild { pid, failure } => {
+                let stopping = matches!(failure, ChildFailure::Stopping { .. });
+                self.abandon(pid, failure).await;
+                // Still serving: ready for the next try.
+                if !stopping {
+                    self.start_standby();
+                }
+            }
             Action::HandOver { successor } => {
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
                 self.successor = self.pending.take().map(|mut c| {
@@ -206,7 +245,12 @@ impl Driver {
                     generation: next,
                 }));
             }
-            Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
+            Action::BeginDrain { reason, deadline } => {
+                if let Some(standby) = self.standby.take() {
+                    self.let_go(standby, "this generation is draining");
+                }
+                self.begin_drain(reason, deadline)
+            }
             Action::Finish { reason, forced } => {
                 let unfinished = self.shared.connections.receiver_count();
                 let how = if forced {
@@ -255,7 +299,146 @@ impl Driver {
         }
     }
 
-    fn spawn_next(&self) -> Result<Child, Error> {
+    /// The next generation: the standby woken, when there is one still good for this restart;
+    /// otherwise a process started now.
+    fn spawn_next(&mut self) -> Result<Child, Error> {
+        if self.standby.is_some() {
+            match self.wake() {
+                Ok(child) => return Ok(child),
+                Err(why) => {
+                    if let Some(standby) = self.standby.take() {
+                        self.let_go(standby, why);
+                    }
+                }
+            }
+        }
+        let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
+        let (child, locked) = self.start_process(idle, false)?;
+        self.hand_state(child.out.clone(), locked, child.process.pid());
+        let idle_limit = idle.then(|| {
+            IdleLimit::start(
+                child.process.pid(),
+                self.shared.number + 1,
+                self.shared.config.idle_start_limit,
+            )
+        });
+        Ok(Child { idle_limit, ..child })
+    }
+
+    /// Starts the standby, when the generation keeps one and has none (once it is ready, and
+    /// again after a failed restart). A failure is logged: restarts then start a process.
+    fn start_standby(&mut self) {
+        if !self.shared.config.standby
+            || self.standby.is_some()
+            || !matches!(self.state, State::Serving { pending: None })
+        {
+            return;
+        }
+        let number = self.shared.number;
+        let program = Executable::current().ok().and_then(Executable::identity);
+        let sockets = self.shared.registry().len();
+        let idle = crate::sys::may_start_at_idle_priority();
+        match self.start_process(idle, true) {
+            Ok((child, _)) => {
+                let pid = child.process.pid();
+                tracing::info!(
+                    "generation {number}: started a standby for generation {} with pid {pid}",
+                    number + 1
+                );
+                self.shared
+                    .standby_pid
+                    .store(pid, std::sync::atomic::Ordering::Relaxed);
+                self.standby = Some(Standby {
+                    child,
+                    program,
+                    sockets,
+                    idle,
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => tracing::warn!(
+                "generation {number}: cannot start a standby ({e}); restarts will start a process"
+            ),
+        }
+    }
+
+    /// Wakes the standby for the restart under way, if it is still what a process started now
+    /// would be; otherwise says why not (it stays in `self.standby`, for the caller to let go).
+    fn wake(&mut self) -> Result<Child, &'static str> {
+        let Some(standby) = &self.standby else {
+            return Err("there is none");
+        };
+        if standby.child.process.has_exited() {
+            return Err("it has exited");
+        }
+        let program = Executable::current().ok().and_then(Executable::identity);
+        if program.is_none() || program != standby.program {
+            return Err("the program file has changed since it started");
+        }
+        if self.shared.registry().len() != standby.sockets {
+            return Err("this generation has opened sockets since it started");
+        }
+        let pid = standby.child.process.pid();
+        if standby.idle {
+            // Its remaining start is the restart's now: at normal priority before it runs.
+            if let Err(e) = crate::sys::leave_idle_priority(Some(pid)) {
+                tracing::warn!("cannot return the standby (pid {pid}) from idle CPU priority: {e}");
+            }
+        }
+        let Ok(locked) = standby.child.out.clone().try_lock_owned() else {
+            return Err("its channel is in use");
+        };
+        if let Err(e) = locked.try_write(&[crate::readiness::WAKE]) {
+            tracing::debug!("cannot wake the standby (pid {pid}): {e}");
+            return Err("it cannot be woken");
+        }
+        tracing::info!(
+            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago)",
+            self.shared.number,
+            standby.started.elapsed().as_secs_f64()
+        );
+        let out = standby.child.out.clone();
+        self.hand_state(out, Some(locked), pid);
+        self.shared
+            .standby_pid
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.standby.take().map(|s| s.child).ok_or("there is none")
+    }
+
+    /// Lets `standby` go (`why`): killed with anything it started, and reaped.
+    fn let_go(&self, standby: Standby, why: &str) {
+        let mut child = standby.child;
+        let pid = child.process.pid();
+        self.shared
+            .standby_pid
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let status = match child.process.try_wait() {
+            Ok(Some(status)) => format!(" ({status})"),
+            _ => String::new(),
+        };
+        if let Err(e) = child.process.kill_group() {
+            tracing::warn!("standby (pid {pid}): {e}");
+        }
+        let _ = child.process.kill();
+        tracing::info!(
+            "generation {}: let the standby (pid {pid}) go{status}: {why}",
+            self.shared.number
+        );
+    }
+
+    /// Starts the program with the sockets and the channel; a standby waits to be woken
+    /// (`GRACE_STANDBY`). Returns the channel's write side locked, for the state to go first.
+    fn start_process(
+        &self,
+        idle: bool,
+        standby: bool,
+    ) -> Result<
+        (
+            Child,
+            Option<tokio::sync::OwnedMutexGuard<tokio::net::unix::OwnedWriteHalf>>,
+        ),
+        Error,
+    > {
         let io = |what: &str, source: std::io::Error| Error::Io {
             what: what.to_owned(),
             source,
@@ -273,10 +456,12 @@ impl Driver {
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
-        let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
         if idle {
             next.idle_priority();
             next.env(GRACE_IDLE_START, "1");
+        }
+        if standby {
+            next.env(GRACE_STANDBY, "1");
         }
         next.env(GRACE_GENERATION, (self.shared.number + 1).to_string());
         let mut ancestors = self.shared.running_ancestors();
@@ -295,7 +480,6 @@ impl Driver {
         // to the first `hand_over` if it had not run yet.
         // (A mutex made on the line above is never locked yet; were it, the task would wait.)
         let locked = out.clone().try_lock_owned().ok();
-        self.hand_state(out.clone(), locked, process.pid());
         let exit = match ExitWatch::new(process.pid()) {
             Ok(w) => w,
             Err(e) => {
@@ -303,21 +487,15 @@ impl Driver {
                 return Err(io("cannot watch the next process for its exit", e));
             }
         };
-        let idle_limit = idle.then(|| {
-            IdleLimit::start(
-                process.pid(),
-                self.shared.number + 1,
-                self.shared.config.idle_start_limit,
-            )
-        });
-        Ok(Child {
+        let child = Child {
             process,
             exit,
             ready: Some(ready),
             refusal: None,
             out,
-            idle_limit,
-        })
+            idle_limit: None,
+        };
+        Ok((child, locked))
     }
 
     /// Streams the application's state (if it provides one) to the next generation: an
@@ -505,6 +683,41 @@ fn log_note(number: u64, note: Note, connections: usize) {
         Note::SuccessorExited { pid, status } => {
             tracing::warn!("generation {next} (pid {pid}), which took over, exited ({status})")
         }
+    }
+}
+
+/// Why the standby can no longer be woken, once it cannot: it exited, or it spoke before it
+/// was woken (a program that does not wait as a standby: it would serve beside this
+/// generation).
+async fn standby_gone(standby: Option<&mut Standby>) -> &'static str {
+    const GONE: &str = "it exited before a restart woke it";
+    let Some(standby) = standby else {
+        return std::future::pending().await;
+    };
+    let Child { exit, ready, .. } = &mut standby.child;
+    let spoke = async {
+        let Some(channel) = ready else {
+            return std::future::pending().await;
+        };
+        // Readiness can be spurious: only a byte, end-of-file or an error counts.
+        let mut byte = [0u8; 1];
+        loop {
+            if channel.readable().await.is_err() {
+                return GONE;
+            }
+            match channel.try_read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Ok(1) => {
+                    return "it wrote to its channel before a restart woke it (a program that does not wait as a standby)";
+                }
+                // End-of-file: its end closed, with the process.
+                _ => return GONE,
+            }
+        }
+    };
+    tokio::select! {
+        _ = exit.exited() => GONE,
+        why = spoke => why,
     }
 }
 

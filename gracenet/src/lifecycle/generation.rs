@@ -47,6 +47,7 @@ pub struct GenerationBuilder {
     announce: bool,
     pub(super) idle_start: bool,
     pub(super) idle_start_limit: Duration,
+    pub(super) standby: bool,
 }
 
 impl std::fmt::Debug for GenerationBuilder {
@@ -60,6 +61,7 @@ impl std::fmt::Debug for GenerationBuilder {
             .field("max_state", &self.max_state)
             .field("idle_start", &self.idle_start)
             .field("idle_start_limit", &self.idle_start_limit)
+            .field("standby", &self.standby)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +79,7 @@ impl Default for GenerationBuilder {
             announce: true,
             idle_start: true,
             idle_start_limit: DEFAULT_IDLE_START_LIMIT,
+            standby: false,
         }
     }
 }
@@ -175,6 +178,26 @@ impl GenerationBuilder {
         self
     }
 
+    /// Whether to keep the next generation's process started ahead, as a standby (default
+    /// no). Once this generation is ready it starts the program again (at idle CPU priority
+    /// where it will be allowed to return), and the new process waits in its first call into
+    /// gracenet ([`registry`](crate::registry::registry), [`Generation::start`], or any
+    /// `listen`); a restart then wakes it instead of starting a process, so `execve`, the
+    /// dynamic loader and whatever `main` does before that call are already done: the restart
+    /// takes the rest of the start only (on a busy core, a fraction of the time).
+    ///
+    /// A restart starts a process afresh instead, and lets the standby go, when the program
+    /// file at the path a restart runs has changed since (a deploy), when this generation has
+    /// opened a socket since, or when the standby has exited. Whatever `main` does before its
+    /// first call into gracenet runs when the standby starts, not at the restart: read
+    /// configuration after that call (gracenet's own first step is cheap). The standby shows
+    /// in `ps` and in the control socket's `status`; it exits when this generation stops or
+    /// hands over to another process, and whenever its channel to this one closes.
+    pub fn standby(mut self, yes: bool) -> Self {
+        self.standby = yes;
+        self
+    }
+
     /// Starts this process's generation: reads the inherited environment (see
     /// [`registry`](crate::registry::registry)), installs the signal handlers and runs the
     /// lifecycle on the current tokio runtime. Call it once, early in `main`.
@@ -206,6 +229,7 @@ impl GenerationBuilder {
             successor_channel: std::sync::Mutex::new(None),
             parent_channel: std::sync::Mutex::new(None),
             state_read: AtomicBool::new(false),
+            standby_pid: std::sync::atomic::AtomicU32::new(0),
             requests: requests_tx,
             notifier: Notifier::from_env(),
         });
@@ -254,6 +278,8 @@ pub(super) struct Shared {
     pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
+    /// The standby's pid, 0 when there is none (for `status`).
+    pub standby_pid: std::sync::atomic::AtomicU32,
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
@@ -421,10 +447,11 @@ impl Generation {
     pub fn ready(&self) -> Result<(), Error> {
         let link = self.take_link();
         let Some(link) = link else { return Ok(()) };
+        let mut replaced_pid_file = None;
         if let Some(path) = self.shared.config.pid_file.as_deref() {
             // The link is dropped unused on failure: a parent sees its pipe close and rolls
             // back.
-            crate::pidfile::write(path)?;
+            replaced_pid_file = crate::pidfile::write(path)?;
         }
         if self.shared.startup.idle_start {
             // Serving from now on: at normal priority before the parent stops accepting.
@@ -471,6 +498,18 @@ impl Generation {
                 .parent_channel
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(channel);
+        }
+        if let Some(file) = replaced_pid_file {
+            // Its blocks are freed when it closes, which can wait for the disk (see
+            // pidfile::write): on a thread of its own, not this one, which serves. (Were the
+            // thread not to start, the closure, file and all, is dropped here.)
+            let _ = std::thread::Builder::new()
+                .name("gracenet-pidfile".into())
+                .spawn(move || drop(file));
+        }
+        if self.shared.config.standby {
+            // The driver starts it (off this path: the parent is waiting to stop accepting).
+            let _ = self.shared.requests.send(Request::Ready);
         }
         if self.shared.config.announce {
             tracing::info!(
@@ -519,8 +558,12 @@ impl Generation {
             .map(u32::to_string)
             .collect();
         let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
+        let standby = match self.shared.standby_pid.load(Ordering::Relaxed) {
+            0 => String::new(),
+            pid => format!("standby: pid {pid}\n"),
+        };
         format!(
-            "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n",
+            "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n{standby}",
             self.shared.number,
             std::process::id(),
             self.shared.connections.receiver_count(),

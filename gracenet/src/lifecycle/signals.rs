@@ -22,13 +22,17 @@ pub(crate) enum Request {
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`, with the sender's pid when the kernel
     /// reports one.
     Stop { cause: StopCause, sender: Option<u32> },
+    /// `Generation::ready`, when the generation keeps a standby: time to start one.
+    Ready,
 }
 
-impl From<Request> for Event {
-    fn from(r: Request) -> Event {
-        match r {
-            Request::Restart { .. } => Event::RestartRequested,
-            Request::Stop { cause, sender } => Event::StopRequested { cause, sender },
+impl Request {
+    /// The state machine's event for it; `None` for a request only the driver acts on.
+    pub(crate) fn event(self) -> Option<Event> {
+        match self {
+            Request::Restart { .. } => Some(Event::RestartRequested),
+            Request::Stop { cause, sender } => Some(Event::StopRequested { cause, sender }),
+            Request::Ready => None,
         }
     }
 }

@@ -45,6 +45,36 @@ impl Executable {
     }
 }
 
+/// What identifies the file at a program's path: its device and inode, size, and times of
+/// last change. A deploy that replaces the file, rewrites it in place, or repoints a symlink
+/// on the way changes at least one of them.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Executable {
+    /// The identity of the file at [`path`](Self::path) now (following symlinks); `None` when
+    /// it cannot be read (then nothing started from it earlier can be trusted to be current).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn identity(&self) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
 fn resolve() -> Result<Executable, String> {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;

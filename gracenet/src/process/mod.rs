@@ -9,4 +9,6 @@ mod spawn;
 
 pub use child::ChildProcess;
 pub use executable::Executable;
+#[cfg(feature = "tokio")]
+pub(crate) use executable::FileIdentity;
 pub use spawn::{Handoff, NextProcess};

@@ -195,7 +195,6 @@ fn spawn_exec(
         err_pipe: err_write.as_raw_fd(),
         fd_limit: RawFd::try_from(crate::env::fd_limit()).unwrap_or(RawFd::MAX),
         new_group,
-        idle,
     };
 
     let pid = start_child(&plan).map_err(|e| Error::Spawn {
@@ -232,6 +231,12 @@ fn spawn_exec(
             })
         }
         _ => {
+            if idle {
+                // Set from here, once it has exec'd: set in the child before its `execve`, it
+                // held this thread (waiting in `vfork` for that `execve`) at idle priority too,
+                // for as long as busier threads kept the core (milliseconds, under load).
+                crate::sys::enter_idle_priority(Some(pid.as_raw() as u32));
+            }
             tracing::debug!(pid = pid.as_raw(), program = %exe.path.display(), "started the next process");
             Ok(child)
         }
@@ -350,8 +355,6 @@ struct ChildPlan<'a> {
     fd_limit: RawFd,
     /// Whether to lead a new process group.
     new_group: bool,
-    /// Whether to start at idle CPU priority.
-    idle: bool,
 }
 
 /// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
@@ -400,9 +403,6 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         }
         if libc::chdir(plan.dir) != 0 {
             fail(err_pipe, STEP_CHDIR);
-        }
-        if plan.idle {
-            crate::sys::enter_idle_priority();
         }
         // LISTEN_PID: the decimal digits of our pid, NUL-terminated (the slot is zeroed).
         let mut pid = libc::getpid() as u32;

@@ -21,6 +21,32 @@ pub(crate) fn pipe_then_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
+/// How many fds a process's table is grown to at its start ([`reserve_fd_table`]), at most.
+pub(crate) const RESERVED_FDS: usize = 4096;
+
+/// Grows this process's fd table to [`RESERVED_FDS`] (or the fd limit, if lower) now. A table
+/// grows when an fd past its end is first opened; with more than one thread, Linux then waits
+/// for an RCU grace period before it frees the old table, inside that `accept` (milliseconds
+/// on a busy core, measured on the first connections a new generation accepts). Done once, at
+/// the start, the table never needs to grow for the first thousands of connections. Costs
+/// ~40 KiB; fails silently (the table then grows as it would have).
+pub(crate) fn reserve_fd_table() {
+    let top = RESERVED_FDS.min(crate::env::fd_limit()).saturating_sub(1);
+    let Ok(top) = libc::c_int::try_from(top) else {
+        return;
+    };
+    let Ok((probe, _other)) = crate::sys::pipe_cloexec() else {
+        return;
+    };
+    // SAFETY: duplicates an fd we own to the lowest free number >= top; the copy is owned
+    // below and closed at once.
+    let fd = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) };
+    if fd >= 0 {
+        // SAFETY: `fd` was just created by fcntl and is owned by nothing else.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
 /// A connected pair of Unix stream sockets, both close-on-exec: the channel between a
 /// generation and the next (readiness one way, handed-over state the other).
 pub(crate) fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {

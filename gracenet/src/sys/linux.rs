@@ -298,12 +298,14 @@ fn has_cap_sys_nice() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
 }
 
-/// Puts the calling thread at idle CPU priority. Async-signal-safe: for a forked child (its
-/// threads, after `execve`, inherit it). A failure leaves the normal priority: nothing to undo.
-pub(crate) fn enter_idle_priority() {
+/// Puts a thread at idle CPU priority: the calling one for `None`, else the one whose id is
+/// given (a child just started has one thread, whose id is its pid; threads it starts inherit
+/// the policy). A failure leaves the normal priority: nothing to undo.
+pub(crate) fn enter_idle_priority(thread: Option<u32>) {
     let param = libc::sched_param { sched_priority: 0 };
+    let tid = thread.map_or(0, |t| t as libc::pid_t);
     // SAFETY: `param` is a valid sched_param for the call's duration.
-    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
 }
 
 /// Returns every thread of `process` (this one for `None`) that is at idle CPU priority to
@@ -361,7 +363,7 @@ mod tests {
     fn a_thread_at_idle_priority_returns_exactly_when_the_rule_says_it_may() {
         let allowed = may_start_at_idle_priority();
         std::thread::spawn(move || {
-            enter_idle_priority();
+            enter_idle_priority(None);
             // SAFETY: no pointers.
             assert_eq!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
             let left = leave_idle_priority(None);

@@ -44,6 +44,27 @@ mod tests {
     }
 
     #[test]
+    fn the_fd_table_is_grown_once_at_the_start() {
+        let size = || {
+            std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("FDSize:")?.trim().parse::<usize>().ok())
+            })
+        };
+        if size().is_none() {
+            return; // no /proc here: nothing to look at
+        }
+        reserve_fd_table();
+        let want = RESERVED_FDS.min(crate::env::fd_limit());
+        let got = size().unwrap_or_default();
+        assert!(got >= want, "FDSize {got}, expected at least {want}");
+        // Nothing left open at the top of the table.
+        let top = libc::c_int::try_from(want - 1).unwrap();
+        // SAFETY: F_GETFD only asks about the fd number.
+        assert_eq!(unsafe { libc::fcntl(top, libc::F_GETFD) }, -1);
+    }
+
+    #[test]
     fn a_listening_socket_is_told_from_a_bound_one() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsFd::as_fd(&l);

@@ -1,0 +1,200 @@
+//! The standby (`GenerationBuilder::standby`): the next generation's process started ahead and
+//! woken by the restart, driven from outside with real processes and signals. What it must
+//! never do: serve before it is woken, run a program that was replaced since it started,
+//! outlive the server, or make a restart fail when it is gone.
+
+use std::path::Path;
+use std::process::Command;
+
+use grace_tests::{
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive, wait_until,
+};
+use nix::sys::signal::Signal;
+
+const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
+
+/// A started generation, as its first output line describes it.
+struct Gen {
+    pid: u32,
+    port: u16,
+}
+
+fn parse_probe(line: &str) -> Gen {
+    let addr = field(line, "addr");
+    Gen {
+        pid: field(line, "pid").parse().unwrap(),
+        port: addr.rsplit(':').next().unwrap().parse().unwrap(),
+    }
+}
+
+/// Starts `program` (a lifeprobe keeping a standby) with `env`; waits for generation 1 to
+/// serve and for its standby, whose pid it returns with the generation.
+fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, Gen, u32) {
+    let mut cmd = Command::new(program);
+    cmd.arg("127.0.0.1:0").env("PROBE_STANDBY", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut guard = ProcessGuard::spawn(cmd);
+    let gen1 = parse_probe(&guard.expect_line("probe version="));
+    let standby = standby_started(&mut guard, 1);
+    (guard, gen1, standby)
+}
+
+/// Waits for generation `number`'s log line naming its standby; the standby's pid.
+fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
+    let line = guard.expect_log(&format!(
+        "generation {number}: started a standby for generation {} with pid ",
+        number + 1
+    ));
+    line.rsplit("with pid ")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+fn signal(pid: u32, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+}
+
+#[test]
+fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_own() {
+    let run = TempDir::new("standby-wake");
+    let control = run.path().join("control.sock");
+    let control_var = control.to_str().unwrap().to_owned();
+    let (mut g, gen1, standby) = start(
+        Path::new(LIFEPROBE),
+        &[
+            ("PROBE_CONTROL_SOCKET", &control_var),
+            ("PROBE_STATE", "1"),
+            ("PROBE_REPORT_POLICY", "1"),
+        ],
+    );
+    let _standby_guard = PidGuard(standby);
+    // It ran main's first steps, then waits in its first call into gracenet: no generation,
+    // no listener of its own; the server names it.
+    g.expect_line(&format!("probe main pid={standby}"));
+    assert!(is_alive(standby));
+    let status = gracenet::control::status(&control).unwrap();
+    assert!(
+        status.lines().any(|l| l == format!("standby: pid {standby}")),
+        "{status}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            answer_pid(&ask(gen1.port).unwrap()),
+            gen1.pid,
+            "only generation 1 serves"
+        );
+    }
+    let unwoken = g.seen();
+    assert!(
+        !unwoken
+            .iter()
+            .any(|l| l.starts_with("probe version=") && l.contains(&format!("pid={standby} "))),
+        "the standby started its generation before it was woken: {unwoken:#?}"
+    );
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    g.expect_log(&format!("woke the standby (pid {standby}"));
+    let line = g.expect_line("probe version=");
+    let gen2 = parse_probe(&line);
+    assert_eq!(gen2.pid, standby, "the standby is generation 2: {line}");
+    assert_eq!(field(&line, "generation"), "2", "{line}");
+    // Woken at normal priority: the rest of its start is the restart's.
+    assert!(field(&line, "policy").split(',').all(|p| p == "normal"), "{line}");
+    // The state was handed at the restart, not when the standby started.
+    let state = g.expect_line("probe state count=");
+    assert!(
+        state.starts_with("probe state count=2 ") && state.ends_with(&format!("pid={standby}")),
+        "{state}"
+    );
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), standby);
+    assert!(
+        wait_until(DEADLINE, || !is_alive(gen1.pid)),
+        "generation 1 did not exit"
+    );
+
+    // Generation 2 keeps a standby of its own, named in its status.
+    let next = standby_started(&mut g, 2);
+    let _next_guard = PidGuard(next);
+    assert_ne!(next, standby);
+    let status = gracenet::control::status(&control).unwrap();
+    assert!(status.lines().any(|l| l == format!("pid: {standby}")), "{status}");
+    assert!(
+        status.lines().any(|l| l == format!("standby: pid {next}")),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_program_replaced_since_the_standby_started_runs_fresh_and_the_standby_is_let_go() {
+    let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "standby-replace");
+    let app = dir.path().join("app");
+    install_program(Path::new(LIFEPROBE), &app);
+    let (mut g, gen1, standby) = start(&app, &[]);
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    assert!(let_go.contains("the program file has changed"), "{let_go}");
+    let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe2"));
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert_ne!(gen2.pid, standby);
+    assert!(!is_alive(standby), "the stale standby is gone");
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
+}
+
+#[test]
+fn a_standby_that_exited_costs_the_restart_nothing() {
+    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+    signal(standby, Signal::SIGKILL);
+    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    assert!(let_go.contains("exited before a restart woke it"), "{let_go}");
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    let gen2 = parse_probe(&g.expect_line("probe version="));
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert_ne!(gen2.pid, standby);
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+#[test]
+fn the_standby_goes_when_the_server_stops() {
+    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+    signal(gen1.pid, Signal::SIGTERM);
+    let status = g.wait_timeout(DEADLINE).expect("generation 1 did not stop");
+    assert!(status.success(), "{status}");
+    assert!(!is_alive(standby), "the standby outlived the server");
+}
+
+#[test]
+fn a_standby_whose_server_was_killed_exits_by_itself() {
+    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+    signal(gen1.pid, Signal::SIGKILL);
+    let _ = g.wait_timeout(DEADLINE);
+    // Its channel to the server closed: it leaves without serving.
+    assert!(
+        wait_until(DEADLINE, || !is_alive(standby)),
+        "the standby outlived its killed server"
+    );
+    let seen = g.seen();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.starts_with("probe version=") && l.contains(&format!("pid={standby} "))),
+        "the orphaned standby started serving: {seen:#?}"
+    );
+}
