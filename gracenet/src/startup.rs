@@ -83,6 +83,12 @@ fn read() -> Result<Startup, EnvError> {
     }
     let generation = parse_generation(generation)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
+    if idle_start && !standby {
+        // The parent set our first thread's policy once we had exec'd; threads started before
+        // that (a runtime built ahead of this call) are caught here. Not in a standby: woken
+        // early, it may already be back at normal priority, which is where it must stay.
+        crate::sys::enter_idle_priority_all();
+    }
     if standby {
         // Started ahead of a restart: everything so far (exec, the loader, main's first steps)
         // is done; the rest waits for the restart itself.

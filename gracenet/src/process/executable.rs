@@ -45,9 +45,11 @@ impl Executable {
     }
 }
 
-/// What identifies the file at a program's path: its device and inode, size, and times of
-/// last change. A deploy that replaces the file, rewrites it in place, or repoints a symlink
-/// on the way changes at least one of them.
+/// What identifies the file at a program's path: its device and inode, size, and time of last
+/// modification. A deploy that replaces the file or repoints a symlink on the way changes the
+/// inode; one that rewrites it in place changes the modification time (and cannot while a
+/// process runs it: `ETXTBSY`). Not the status-change time: a hard link made elsewhere (a
+/// backup, a release directory) changes it, and the file is the same.
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
@@ -55,7 +57,6 @@ pub(crate) struct FileIdentity {
     ino: u64,
     size: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Executable {
@@ -70,7 +71,6 @@ impl Executable {
             ino: m.ino(),
             size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
 }

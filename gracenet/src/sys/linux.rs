@@ -308,6 +308,21 @@ pub(crate) fn enter_idle_priority(thread: Option<u32>) {
     unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
 }
 
+/// Puts every thread of this process at idle CPU priority (a new process whose threads
+/// started before its parent set the policy of its first one). A failure leaves a thread where
+/// it was.
+pub(crate) fn enter_idle_priority_all() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for tid in tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()))
+    {
+        enter_idle_priority(Some(tid));
+    }
+}
+
 /// Returns every thread of `process` (this one for `None`) that is at idle CPU priority to
 /// the normal policy (its nice value, kept by the kernel, comes back with it). Threads started
 /// meanwhile by a thread not yet returned are caught by a second look; the number of threads
