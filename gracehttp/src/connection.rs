@@ -768,12 +768,17 @@ impl<'a> Watch<'a> {
         // idle grace, so a request already sent is answered (with `Connection: close`), not
         // reset.
         self.arm(timer, self.config.idle_grace);
-        if self.activity.http2.load(Ordering::Relaxed) {
-            // HTTP/2: GOAWAY now; the client finishes its streams and opens new ones
+        if self.activity.http2.load(Ordering::Relaxed) && self.activity.any_request.load(Ordering::Relaxed) {
+            // HTTP/2 in use: GOAWAY now; the client finishes its streams and opens new ones
             // elsewhere.
             self.closing = true;
             return Decision::Shutdown;
         }
+        // A connection with no request yet (accepted just before the drain, or opened ahead)
+        // waits for its first one for the idle grace: a GOAWAY before it would cost a client
+        // its request on a fresh connection (hyper-util's client retries only on a reused
+        // one), as Go's server waits for a new connection's first request before it counts
+        // it idle.
         Decision::Wait
     }
 
@@ -837,6 +842,16 @@ impl<'a> Watch<'a> {
                 }
                 continue;
             }
+            if self.drain_started
+                && !self.closing
+                && self.activity.http2.load(Ordering::Relaxed)
+                && self.activity.any_request.load(Ordering::Relaxed)
+            {
+                // Draining, and the first request has come on an HTTP/2 connection: GOAWAY now,
+                // which covers it (the client sends any further ones elsewhere).
+                self.closing = true;
+                return Decision::Shutdown;
+            }
             if listening && self.activity.went_idle.swap(false, Ordering::AcqRel) && self.drain_started {
                 // Draining: the last request finished; the idle grace starts now.
                 self.arm(&mut timer, self.config.idle_grace);
@@ -888,7 +903,9 @@ impl<'a> Watch<'a> {
         }
         if self.drain_started {
             self.arm(timer, grace);
-            if quiet && !busy && !self.activity.unread_bytes() {
+            if http2 || (quiet && !busy && !self.activity.unread_bytes()) {
+                // HTTP/2 here has sent no request for the whole grace (a first one would have
+                // been told to go at once): GOAWAY, whatever PINGs it sends.
                 self.closing = true;
                 return Decision::Shutdown;
             }

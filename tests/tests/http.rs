@@ -666,8 +666,96 @@ fn read_until_frame(c: &mut std::net::TcpStream, want: Option<u8>) -> bool {
     false
 }
 
+/// The frames `c` receives for `window` (type, flags, stream id, payload), answering PINGs as
+/// a live client does; stops early at the server's close.
+fn frames_for(c: &mut std::net::TcpStream, window: Duration) -> Vec<(u8, u8, u32, Vec<u8>)> {
+    use std::io::{ErrorKind, Read, Write};
+    const PING: u8 = 0x6;
+    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let until = std::time::Instant::now() + window;
+    let (mut buf, mut frames) = (Vec::new(), Vec::new());
+    let mut chunk = [0u8; 4096];
+    while std::time::Instant::now() < until {
+        match c.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let frame: Vec<u8> = buf.drain(..9 + len).collect();
+            let stream = u32::from_be_bytes([frame[5] & 0x7f, frame[6], frame[7], frame[8]]);
+            if frame[3] == PING && frame[4] & 0x1 == 0 {
+                let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
+                ack.extend_from_slice(&frame[9..]);
+                let _ = c.write_all(&ack);
+            }
+            frames.push((frame[3], frame[4], stream, frame[9..].to_vec()));
+        }
+    }
+    frames
+}
+
 #[test]
-fn an_http2_connection_that_only_pings_gets_goaway_at_once_when_draining() {
+fn a_fresh_http2_connection_at_a_drain_has_its_first_request_answered_before_goaway() {
+    use std::io::Write;
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    const GOAWAY: u8 = 0x7;
+    // A grace far longer than the test's own steps, so "not yet" is not a race.
+    let (mut g, site) = start(
+        &[],
+        &[
+            ("PROBE_STOP_TIMEOUT_MS", "600000"),
+            ("PROBE_IDLE_GRACE_MS", "5000"),
+        ],
+    );
+    // A client that has connected and spoken HTTP/2 but not sent its request yet, as a pooled
+    // client does between its handshake and its first request.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    assert!(
+        read_until_frame(&mut c, Some(SETTINGS)),
+        "no SETTINGS from the server"
+    );
+    g.signal(Signal::SIGTERM);
+    g.expect_log("stopping, draining");
+    // No GOAWAY yet: one now would cost this client its request (a pooled client retries only
+    // on a connection it has used before).
+    let early = frames_for(&mut c, Duration::from_millis(300));
+    assert!(
+        !early.iter().any(|f| f.0 == GOAWAY),
+        "GOAWAY before the first request: {early:?}"
+    );
+    // GET / on stream 1 (HPACK: :method GET, :scheme http, :path /, :authority localhost).
+    let block = b"\x82\x86\x84\x41\x09localhost";
+    let mut headers = vec![0, 0, block.len() as u8, HEADERS, 0x5, 0, 0, 0, 1];
+    headers.extend_from_slice(block);
+    c.write_all(&headers).unwrap();
+    let after = frames_for(&mut c, Duration::from_secs(3));
+    // Answered (the probe's 404 for `/` is an answer; a refused stream gets none).
+    assert!(
+        after.iter().any(|f| f.0 == HEADERS && f.2 == 1),
+        "stream 1 not answered: {after:?}"
+    );
+    // Then told to go, with stream 1 counted as processed.
+    let goaway = after.iter().find(|f| f.0 == GOAWAY).map(|f| {
+        let p = &f.3;
+        u32::from_be_bytes([p[0] & 0x7f, p[1], p[2], p[3]])
+    });
+    assert!(goaway.is_some_and(|last| last >= 1), "{after:?}");
+    drop(c);
+    let status = g.wait_timeout(DEADLINE).expect("the process exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_http2_connection_that_only_pings_gets_goaway_within_the_idle_grace_when_draining() {
     use std::io::{Read, Write};
     const SETTINGS: u8 = 0x4;
     const GOAWAY: u8 = 0x7;

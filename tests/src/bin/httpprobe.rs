@@ -11,7 +11,8 @@
 //! with `--limit1` it is behind tower's `ConcurrencyLimit` of one request at a time. `/echo` reads the body and answers its length (400 when it is
 //! malformed); `/fds` runs `$PROBE_NETPROBE fds` and answers the fds that subprocess got.
 //! `PROBE_NOFILE=N` lowers the fd limit at startup. `PROBE_STOP_TIMEOUT_MS`, `PROBE_HEADER_TIMEOUT_MS`,
-//! `PROBE_IDLE_TIMEOUT_MS` and `PROBE_MAX_CONNECTIONS` set the server's limits.
+//! `PROBE_IDLE_TIMEOUT_MS`, `PROBE_IDLE_GRACE_MS` and `PROBE_MAX_CONNECTIONS` set the server's
+//! limits.
 //! `PROBE_UNIX=PATH` adds a cleartext site on a Unix socket at PATH (listed before the third).
 
 use std::convert::Infallible;
@@ -68,6 +69,9 @@ fn run() -> Result<(), gracehttp::Error> {
     }
     if let Some(ms) = knob("PROBE_IDLE_TIMEOUT_MS") {
         server = server.idle_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = knob("PROBE_IDLE_GRACE_MS") {
+        server = server.idle_grace(Duration::from_millis(ms));
     }
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
