@@ -52,7 +52,8 @@
 //!   starts the next process and hands over once it reports ready; a next process that fails
 //!   or hangs is killed and reaped while this one keeps serving; `SIGTERM`/`SIGINT` stop
 //!   accepting and drain until a deadline; Go grace's "ready" (`SIGTERM` to the parent) is
-//!   spoken both ways. `examples/echo.rs` is a complete server on it.
+//!   spoken both ways. With [`GenerationBuilder::standby`] the next process is started ahead
+//!   and only woken by the restart. `examples/echo.rs` is a complete server on it.
 //! - **Tells systemd** (when `NOTIFY_SOCKET` is set): `READY=1` and `MAINPID=` when serving,
 //!   `RELOADING=1` across a restart, `STOPPING=1` at a final stop, readable `STATUS=` lines.
 //! - **Reports a restart's result** ([`Generation::restart`] resolves to the successor or the

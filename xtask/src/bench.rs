@@ -607,7 +607,7 @@ impl Outside {
             get(s2, "h2_side_cpu_range"),
         );
         let tb = &self.tail_standby;
-        let both = |key: &str| format!("{} | {}", get(t, key), get(tb, key));
+        let both = |key: &str, unit: &str| format!("{}{unit} | {}{unit}", get(t, key), get(tb, key));
         let pair = |median: &str, max: &str| {
             format!(
                 "{} / **{}** | {} / **{}**",
@@ -624,26 +624,26 @@ impl Outside {
              gracedemo as it starts by default (the next process started at the restart, at idle CPU \
              priority), and with `--standby` (the next process started ahead, woken by the restart)\n\n\
              | | default | `--standby` | goal |\n|---|---|---|---|\n\
-             | p99, no restarts | {} ms | |\n\
-             | p99, a `SIGUSR2` every second | {} ms | |\n\
+             | p99, no restarts | {} | |\n\
+             | p99, a `SIGUSR2` every second | {} | |\n\
              | ratio (median of the rounds' ratios) | **{}×** ({}) | **{}×** ({}) | ≤ 1.2× |\n\
-             | within the runs with restarts: all requests / those started 100 ms or more after a signal | {}× | |\n\
-             | requests started within 100 ms of a signal: the slowest, ms | {} | |\n\
+             | within the runs with restarts: all requests / those started 100 ms or more after a signal | {} | |\n\
+             | requests started within 100 ms of a signal: the slowest | {} | |\n\
              | the same: slower than the run's far p99, beyond the 1 % expected, per restart | {} | |\n\
              | restart latency (signal → first answer from the new pid), `wrk` with a prober: median / **max**, ms | {} / **{}** | {} / **{}** | max < 10 ms |\n\
              | restart latency under `restartload`'s heavier load (the runs with restarts above): median / **max**, ms | {} | max < 10 ms |\n\
              | restarts timed by the prober; signals in the p99 runs | {} / {} | {} / {} | |\n\
              | errors | {} | |\n\n\
              The prober's `wrk` runs have their own p99 ({} ms, {} ms), not the figure above.\n",
-            both("p99_quiet"),
-            both("p99_restarts"),
+            both("p99_quiet", " ms"),
+            both("p99_restarts", " ms"),
             get(t, "p99_ratio"),
             get(t, "p99_ratio_range"),
             get(tb, "p99_ratio"),
             get(tb, "p99_ratio_range"),
-            both("within_ratio"),
-            both("near_max"),
-            both("excess_per_restart"),
+            both("within_ratio", "×"),
+            both("near_max", " ms"),
+            both("excess_per_restart", ""),
             get(t, "latency_median"),
             get(t, "latency_max"),
             get(tb, "latency_median"),
@@ -653,7 +653,7 @@ impl Outside {
             get(t, "signals"),
             get(tb, "restarts"),
             get(tb, "signals"),
-            both("errors"),
+            both("errors", ""),
             get(t, "p99_probed"),
             get(tb, "p99_probed"),
         );
