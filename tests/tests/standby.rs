@@ -97,7 +97,9 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
     );
 
     signal(gen1.pid, Signal::SIGUSR2);
-    g.expect_log(&format!("woke the standby (pid {standby}"));
+    // Woken by the signal thread at the signal itself, before the lifecycle's task ran.
+    let woke = g.expect_log(&format!("woke the standby (pid {standby}"));
+    assert!(woke.contains("at the signal"), "{woke}");
     let line = g.expect_line("probe version=");
     let gen2 = parse_probe(&line);
     assert_eq!(gen2.pid, standby, "the standby is generation 2: {line}");

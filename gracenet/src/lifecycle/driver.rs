@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::generation::Shared;
 use super::machine::{Action, ChildFailure, Event, Note, Pending, State, Timeouts, transition};
 use super::signals::{self, Request};
+use super::standby::{SharedStandby, StandbyWake};
 use super::{Outcome, Phase, RestartError, RestartResult, StopReason, Successor};
 use crate::error::Error;
 use crate::notify::monotonic_usec;
-use crate::process::FileIdentity;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
 use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
@@ -44,17 +44,14 @@ struct Child {
     idle_limit: Option<IdleLimit>,
 }
 
+/// The channel to a next generation, locked for the state to go first.
+type LockedChannel = tokio::sync::OwnedMutexGuard<tokio::net::unix::OwnedWriteHalf>;
+
 /// The next generation's process, started ahead and waiting to be woken by a restart
-/// ([`GenerationBuilder::standby`](super::GenerationBuilder::standby)), with what it was
-/// started from: a restart that finds either changed starts a process afresh.
+/// ([`GenerationBuilder::standby`](super::GenerationBuilder::standby)); what it was started
+/// from, and how to wake it, is in the shared `StandbyWake`.
 struct Standby {
     child: Child,
-    /// The program file's identity when it was started.
-    program: Option<FileIdentity>,
-    /// How many sockets it was handed.
-    sockets: usize,
-    /// Started at idle CPU priority: returned to normal when woken.
-    idle: bool,
     started: Instant,
 }
 
@@ -152,7 +149,7 @@ impl Driver {
                     },
                     None => return,
                 },
-                why = standby_gone(self.standby.as_mut()) => {
+                why = standby_gone(self.standby.as_mut(), &self.shared.standby) => {
                     if let Some(standby) = self.standby.take() {
                         self.let_go(standby, why);
                     }
@@ -313,7 +310,7 @@ impl Driver {
             }
         }
         let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
-        let (child, locked) = self.start_process(idle, false)?;
+        let (child, locked, _) = self.start_process(idle, false)?;
         self.hand_state(child.out.clone(), locked, child.process.pid());
         let idle_limit = idle.then(|| {
             IdleLimit::start(
@@ -339,22 +336,30 @@ impl Driver {
         let sockets = self.shared.registry().len();
         let idle = crate::sys::may_start_at_idle_priority();
         match self.start_process(idle, true) {
-            Ok((child, _)) => {
+            Ok((child, _, channel)) => {
                 let pid = child.process.pid();
+                if let Some(channel) = channel {
+                    *self.shared.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(StandbyWake {
+                        pid,
+                        idle,
+                        program,
+                        sockets,
+                        channel,
+                        woken: false,
+                    });
+                }
+                self.standby = Some(Standby {
+                    child,
+                    started: Instant::now(),
+                });
+                self.shared
+                    .standby_pid
+                    .store(pid, std::sync::atomic::Ordering::Relaxed);
+                // Logged once `status` names it.
                 tracing::info!(
                     "generation {number}: started a standby for generation {} with pid {pid}",
                     number + 1
                 );
-                self.shared
-                    .standby_pid
-                    .store(pid, std::sync::atomic::Ordering::Relaxed);
-                self.standby = Some(Standby {
-                    child,
-                    program,
-                    sockets,
-                    idle,
-                    started: Instant::now(),
-                });
             }
             Err(e) => tracing::warn!(
                 "generation {number}: cannot start a standby ({e}); restarts will start a process"
@@ -362,51 +367,49 @@ impl Driver {
         }
     }
 
-    /// Wakes the standby for the restart under way, if it is still what a process started now
-    /// would be; otherwise says why not (it stays in `self.standby`, for the caller to let go).
+    /// Wakes the standby for the restart under way (the signal thread may have already), if it
+    /// is still what a process started now would be; otherwise says why not (it stays in
+    /// `self.standby`, for the caller to let go).
     fn wake(&mut self) -> Result<Child, &'static str> {
-        let Some(standby) = &self.standby else {
+        let handle = self
+            .shared
+            .standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut handle) = handle else {
+            return Err("it has no channel to be woken on");
+        };
+        let by_signal = handle.woken;
+        handle.wake(self.shared.registry())?;
+        let Some(standby) = self.standby.take() else {
             return Err("there is none");
         };
-        if standby.child.process.has_exited() {
-            return Err("it has exited");
-        }
-        let program = Executable::current().ok().and_then(Executable::identity);
-        if program.is_none() || program != standby.program {
-            return Err("the program file has changed since it started");
-        }
-        if self.shared.registry().len() != standby.sockets {
-            return Err("this generation has opened sockets since it started");
-        }
         let pid = standby.child.process.pid();
-        if standby.idle {
-            // Its remaining start is the restart's now: at normal priority before it runs.
-            if let Err(e) = crate::sys::leave_idle_priority(Some(pid)) {
-                tracing::warn!("cannot return the standby (pid {pid}) from idle CPU priority: {e}");
-            }
-        }
-        let Ok(locked) = standby.child.out.clone().try_lock_owned() else {
-            return Err("its channel is in use");
-        };
-        if let Err(e) = locked.try_write(&[crate::readiness::WAKE]) {
-            tracing::debug!("cannot wake the standby (pid {pid}): {e}");
-            return Err("it cannot be woken");
-        }
         tracing::info!(
-            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago)",
+            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago{})",
             self.shared.number,
-            standby.started.elapsed().as_secs_f64()
+            standby.started.elapsed().as_secs_f64(),
+            if by_signal { ", at the signal" } else { "" }
         );
-        let out = standby.child.out.clone();
-        self.hand_state(out, Some(locked), pid);
         self.shared
             .standby_pid
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.standby.take().map(|s| s.child).ok_or("there is none")
+        let locked = standby.child.out.clone().try_lock_owned().ok();
+        self.hand_state(standby.child.out.clone(), locked, pid);
+        Ok(standby.child)
     }
 
     /// Lets `standby` go (`why`): killed with anything it started, and reaped.
     fn let_go(&self, standby: Standby, why: &str) {
+        // Out of the signal thread's reach before its pid can be reaped.
+        drop(
+            self.shared
+                .standby
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         let mut child = standby.child;
         let pid = child.process.pid();
         self.shared
@@ -432,13 +435,7 @@ impl Driver {
         &self,
         idle: bool,
         standby: bool,
-    ) -> Result<
-        (
-            Child,
-            Option<tokio::sync::OwnedMutexGuard<tokio::net::unix::OwnedWriteHalf>>,
-        ),
-        Error,
-    > {
+    ) -> Result<(Child, Option<LockedChannel>, Option<std::os::fd::OwnedFd>), Error> {
         let io = |what: &str, source: std::io::Error| Error::Io {
             what: what.to_owned(),
             source,
@@ -450,6 +447,16 @@ impl Driver {
         let ours = std::os::unix::net::UnixStream::from(ours);
         ours.set_nonblocking(true)
             .map_err(|e| io("cannot make the readiness channel non-blocking", e))?;
+        // A standby's wake byte goes out on a copy, from whichever thread wakes it.
+        let wake_channel = if standby {
+            Some(
+                ours.try_clone()
+                    .map_err(|e| io("cannot copy the readiness channel", e))?
+                    .into(),
+            )
+        } else {
+            None
+        };
         let (ready, state_out) = tokio::net::UnixStream::from_std(ours)
             .map_err(|e| io("cannot register the readiness channel with tokio", e))?
             .into_split();
@@ -495,7 +502,7 @@ impl Driver {
             out,
             idle_limit: None,
         };
-        Ok((child, locked))
+        Ok((child, locked, wake_channel))
     }
 
     /// Streams the application's state (if it provides one) to the next generation: an
@@ -688,11 +695,19 @@ fn log_note(number: u64, note: Note, connections: usize) {
 
 /// Why the standby can no longer be woken, once it cannot: it exited, or it spoke before it
 /// was woken (a program that does not wait as a standby: it would serve beside this
-/// generation).
-async fn standby_gone(standby: Option<&mut Standby>) -> &'static str {
+/// generation). Once the signal thread has woken it, its words are for the restart: left
+/// unread.
+async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> &'static str {
     const GONE: &str = "it exited before a restart woke it";
     let Some(standby) = standby else {
         return std::future::pending().await;
+    };
+    let woken = || {
+        shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|h| h.woken)
     };
     let Child { exit, ready, .. } = &mut standby.child;
     let spoke = async {
@@ -704,6 +719,9 @@ async fn standby_gone(standby: Option<&mut Standby>) -> &'static str {
         loop {
             if channel.readable().await.is_err() {
                 return GONE;
+            }
+            if woken() {
+                return std::future::pending().await;
             }
             match channel.try_read(&mut byte) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

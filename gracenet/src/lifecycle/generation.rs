@@ -14,6 +14,7 @@ use super::driver::Driver;
 use super::graceful_listener::GracefulListener;
 use super::machine::StopCause;
 use super::signals::Request;
+use super::standby::SharedStandby;
 use super::{
     DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, Outcome, Phase, RestartError, RestartResult, StopReason,
 };
@@ -213,8 +214,9 @@ impl GenerationBuilder {
             return Err(Error::AlreadyStarted);
         }
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        let standby = SharedStandby::default();
         if self.handle_signals {
-            super::signals::forward(requests_tx.clone())?;
+            super::signals::forward(requests_tx.clone(), standby.clone(), &startup.registry)?;
         }
         let number = startup.generation;
         let shared = Arc::new(Shared {
@@ -230,6 +232,7 @@ impl GenerationBuilder {
             parent_channel: std::sync::Mutex::new(None),
             state_read: AtomicBool::new(false),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
+            standby,
             requests: requests_tx,
             notifier: Notifier::from_env(),
         });
@@ -280,6 +283,8 @@ pub(super) struct Shared {
     pub state_read: AtomicBool,
     /// The standby's pid, 0 when there is none (for `status`).
     pub standby_pid: std::sync::atomic::AtomicU32,
+    /// The standby's wake handle, shared with the signal thread.
+    pub standby: SharedStandby,
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
@@ -853,6 +858,7 @@ impl Generation {
     /// # }
     /// ```
     pub fn restart(&self) -> RestartRequest {
+        super::standby::wake_at_signal(&self.shared.standby, self.registry());
         let (tx, rx) = oneshot::channel();
         let _ = self.shared.requests.send(Request::Restart { reply: Some(tx) });
         RestartRequest {

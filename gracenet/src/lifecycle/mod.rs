@@ -3,7 +3,8 @@
 //!
 //! Split by role: [`machine`] decides (a pure state machine, unit-tested), `driver` performs
 //! (spawn, kill, notify, close listeners, PID file), `generation` is the handle an
-//! application holds, and `graceful_listener` is its accept loop's end.
+//! application holds, `graceful_listener` is its accept loop's end, and `standby` wakes the
+//! next generation started ahead.
 
 mod driver;
 mod generation;
@@ -11,6 +12,7 @@ mod graceful_listener;
 mod handover;
 pub(crate) mod machine;
 mod signals;
+mod standby;
 
 use std::time::{Duration, Instant};
 

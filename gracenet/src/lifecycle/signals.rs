@@ -10,7 +10,9 @@ use tokio::sync::oneshot;
 
 use super::RestartResult;
 use super::machine::{Event, StopCause};
+use super::standby::{SharedStandby, wake_at_signal};
 use crate::error::Error;
+use crate::registry::SocketRegistry;
 
 /// What someone asked of the generation.
 #[derive(Debug)]
@@ -39,7 +41,12 @@ impl Request {
 
 /// Starts a thread that forwards the signals to `tx` until the receiver is gone. The
 /// handlers replace the default actions (so `SIGTERM` no longer kills the process outright).
-pub(crate) fn forward(tx: UnboundedSender<Request>) -> Result<(), Error> {
+/// A `SIGUSR2` wakes the `standby`, if there is one, before it is forwarded.
+pub(crate) fn forward(
+    tx: UnboundedSender<Request>,
+    standby: SharedStandby,
+    registry: &'static SocketRegistry,
+) -> Result<(), Error> {
     let mut signals =
         SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT]).map_err(|source| Error::Io {
             what: "cannot install handlers for SIGUSR2, SIGTERM and SIGINT".into(),
@@ -50,7 +57,10 @@ pub(crate) fn forward(tx: UnboundedSender<Request>) -> Result<(), Error> {
         .spawn(move || {
             for origin in signals.forever() {
                 let event = match origin.signal {
-                    SIGUSR2 => Request::Restart { reply: None },
+                    SIGUSR2 => {
+                        wake_at_signal(&standby, registry);
+                        Request::Restart { reply: None }
+                    }
                     signal => Request::Stop {
                         cause: if signal == SIGINT {
                             StopCause::Sigint

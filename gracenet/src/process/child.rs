@@ -88,22 +88,7 @@ impl ChildProcess {
 
     /// Whether it has exited, without reaping it (its pid stays reserved).
     pub fn has_exited(&self) -> bool {
-        if self.status.is_some() {
-            return true;
-        }
-        // SAFETY: siginfo_t is plain data; waitid fills it in.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid writes only `info`; WNOWAIT leaves the child unreaped.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.pid.as_raw() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        // SAFETY: si_pid is valid to read for a waitid result (zero when nothing exited).
-        rc == 0 && unsafe { info.si_pid() } != 0
+        self.status.is_some() || crate::sys::has_exited(self.pid.as_raw() as u32)
     }
 
     /// Kills with `SIGKILL` its whole process group: it and whatever it started (a wrapper

@@ -21,6 +21,23 @@ pub(crate) fn pipe_then_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
+/// Whether our child `pid` has exited, without reaping it (its pid stays reserved).
+pub(crate) fn has_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes only `info`; WNOWAIT leaves the child unreaped.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read for a waitid result (zero when nothing exited).
+    rc == 0 && unsafe { info.si_pid() } != 0
+}
+
 /// How many fds a process's table is grown to at its start ([`reserve_fd_table`]), at most.
 pub(crate) const RESERVED_FDS: usize = 4096;
 
