@@ -1,7 +1,8 @@
 //! gracedemo under a real systemd (this machine's systemd, booted as pid 1 of new namespaces:
 //! `grace_tests::systemd`), with the units in `examples/systemd/` exactly as shipped:
 //! socket activation, reloads under load, a stop after reloads that drains, a reload that
-//! fails and says so, `systemctl restart` and `kill -9` under load with nothing refused.
+//! fails and says so, `systemctl restart` and `kill -9` under load with nothing refused; and
+//! with `--standby` added by a drop-in, reloads that wake it and a stop that leaves nothing.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +17,12 @@ const CONTROL: &str = "/run/gracedemo/control";
 /// the service with a first request. Returns systemd and the first generation's pid (as the
 /// container sees it).
 fn boot_with_gracedemo(tag: &str) -> (BootedSystemd, u32) {
+    boot_with_gracedemo_and(tag, &[])
+}
+
+/// [`boot_with_gracedemo`], with `extra` flags added to the service's command line (by a
+/// drop-in, as an administrator would).
+fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
     let systemd = BootedSystemd::boot(tag);
     systemd.install(
         Path::new(env!("CARGO_BIN_EXE_gracedemo")),
@@ -25,6 +32,17 @@ fn boot_with_gracedemo(tag: &str) -> (BootedSystemd, u32) {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd");
     for unit in ["gracedemo.socket", "gracedemo.service"] {
         systemd.install(&units.join(unit), &format!("/etc/systemd/system/{unit}"), 0o644);
+    }
+    if !extra.is_empty() {
+        let shipped = std::fs::read_to_string(units.join("gracedemo.service")).expect("the shipped unit");
+        let exec = shipped
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .expect("ExecStart in the shipped unit");
+        systemd.write(
+            "/etc/systemd/system/gracedemo.service.d/extra.conf",
+            &format!("[Service]\nExecStart=\n{exec} {}\n", extra.join(" ")),
+        );
     }
     let out = systemd.text(&["systemctl", "daemon-reload"]);
     assert!(!out.contains("[stderr]"), "daemon-reload: {out}");
@@ -247,4 +265,68 @@ fn kill_9_of_the_serving_process_under_load_refuses_no_connection() {
         stats.failures
     );
     assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+}
+
+/// The standby's pid, as `gracedemo --status` names it, once it does.
+fn standby_pid(systemd: &BootedSystemd) -> Option<u32> {
+    systemd
+        .text(&[
+            "/usr/local/bin/gracedemo",
+            "--control-socket",
+            CONTROL,
+            "--status",
+        ])
+        .lines()
+        .find_map(|l| l.strip_prefix("standby: pid ")?.trim().parse().ok())
+}
+
+#[test]
+fn with_the_standby_reloads_wake_it_and_a_stop_leaves_no_process_behind() {
+    let (systemd, gen1) = boot_with_gracedemo_and("standby", &["--standby"]);
+    let main_pid = systemd.property("gracedemo.service", "MainPID");
+    let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
+    let mut previous = gen1;
+    for n in 2..=4 {
+        let mut standby = None;
+        assert!(
+            wait_until(grace_tests::DEADLINE, || {
+                standby = standby_pid(&systemd);
+                standby.is_some()
+            }),
+            "generation {} names its standby",
+            n - 1
+        );
+        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+        assert!(
+            out.status.success(),
+            "reload {n}: {out:?}\n{}",
+            systemd.journal(Some("gracedemo.service"))
+        );
+        let now = serving(&systemd);
+        assert_eq!(Some(now), standby, "reload {n}: the standby took over");
+        assert_eq!(systemd.property("gracedemo.service", "MainPID"), main_pid);
+        assert!(
+            wait_until(grace_tests::DEADLINE, || !running_inside(&systemd, previous)),
+            "the old generation {previous} drains and goes"
+        );
+        previous = now;
+    }
+    let stats = load.stop();
+    assert!(stats.failures.is_empty(), "failed: {:?}", stats.failures);
+    assert!(
+        wait_until(grace_tests::DEADLINE, || standby_pid(&systemd).is_some()),
+        "the last generation keeps a standby"
+    );
+
+    let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
+    assert!(out.status.success(), "stop: {out:?}");
+    assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
+    let left = systemd.text(&[
+        "sh",
+        "-c",
+        "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
+    ]);
+    assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
+    let journal = systemd.journal(Some("gracedemo.service"));
+    assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
 }

@@ -159,7 +159,7 @@ fn a_standby_that_exited_costs_the_restart_nothing() {
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGKILL);
     let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
-    assert!(let_go.contains("exited before a restart woke it"), "{let_go}");
+    assert!(let_go.contains("exited before a restart took it"), "{let_go}");
 
     signal(gen1.pid, Signal::SIGUSR2);
     let gen2 = parse_probe(&g.expect_line("probe version="));

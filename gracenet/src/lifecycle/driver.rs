@@ -698,7 +698,7 @@ fn log_note(number: u64, note: Note, connections: usize) {
 /// generation). Once the signal thread has woken it, its words are for the restart: left
 /// unread.
 async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> &'static str {
-    const GONE: &str = "it exited before a restart woke it";
+    const GONE: &str = "it exited before a restart took it";
     let Some(standby) = standby else {
         return std::future::pending().await;
     };
