@@ -18,9 +18,13 @@ three runs:
    run's p99 (reported) is not the p99 figure.
 
     cargo build --release -p gracedemo && cargo build --release -p xtask --bin restartload
-    python3 xtask/scripts/restart_tail.py [--seconds 10] [--rounds 3]
+    python3 xtask/scripts/restart_tail.py [--seconds 10] [--rounds 3] [--server-args=--standby]
 
-Loopback only; bounded in time; every process that served is killed at the end, by pid.
+`--server-args` adds flags to gracedemo's command line (`--standby`: the next process started
+ahead and woken by the restart).
+
+Loopback only; bounded in time; every process that served, and any standby, is killed at the
+end, by pid.
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -202,8 +206,16 @@ def main():
         print("result: " + result)
     finally:
         settle(port, pid_file)
-        # Each generation leads its own process group: kill every pid that served.
+        # Each generation leads its own process group: kill every pid that served, and any
+        # child one keeps (a --standby).
+        children = set()
         for pid in SEEN | {server.pid}:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children.update(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                pass
+        for pid in SEEN | {server.pid} | children:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
