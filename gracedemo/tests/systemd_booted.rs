@@ -75,6 +75,33 @@ fn serving(systemd: &BootedSystemd) -> u32 {
     pid_in(&systemd.get(PORT, "/sleep/?duration=0s").expect("an answer"))
 }
 
+/// `systemctl reload` to generation `n`, checked: it succeeds once the new generation serves
+/// (a new pid answers, named in the status), MainPID stays `main_pid`, and `previous` drains
+/// and goes. Returns the pid answering now.
+fn reload(systemd: &BootedSystemd, n: u32, main_pid: &str, previous: u32) -> u32 {
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(
+        out.status.success(),
+        "reload {n}: {out:?}\n{}",
+        systemd.journal(Some("gracedemo.service"))
+    );
+    // The reload returned once the new generation served.
+    let now = serving(systemd);
+    assert_ne!(now, previous, "reload {n}: a new process answers");
+    assert_eq!(
+        systemd.property("gracedemo.service", "MainPID"),
+        main_pid,
+        "MainPID stays"
+    );
+    let status = systemd.property("gracedemo.service", "StatusText");
+    assert!(status.contains(&format!("Generation {n} serving")), "{status}");
+    assert!(
+        wait_until(grace_tests::DEADLINE, || !running_inside(systemd, previous)),
+        "the old generation {previous} drains and goes"
+    );
+    now
+}
+
 #[test]
 fn reloads_under_load_then_a_stop_drains_the_request_in_flight() {
     let (systemd, gen1) = boot_with_gracedemo("reload-stop");
@@ -84,27 +111,7 @@ fn reloads_under_load_then_a_stop_drains_the_request_in_flight() {
     let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
     let mut previous = gen1;
     for n in 2..=6 {
-        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
-        assert!(
-            out.status.success(),
-            "reload {n}: {out:?}\n{}",
-            systemd.journal(Some("gracedemo.service"))
-        );
-        // The reload returned once the new generation served.
-        let now = serving(&systemd);
-        assert_ne!(now, previous, "reload {n}: a new process answers");
-        assert_eq!(
-            systemd.property("gracedemo.service", "MainPID"),
-            main_pid,
-            "MainPID stays"
-        );
-        let status = systemd.property("gracedemo.service", "StatusText");
-        assert!(status.contains(&format!("Generation {n} serving")), "{status}");
-        assert!(
-            wait_until(grace_tests::DEADLINE, || !running_inside(&systemd, previous)),
-            "the old generation {previous} drains and goes"
-        );
-        previous = now;
+        previous = reload(&systemd, n, &main_pid, previous);
     }
     let stats = load.stop();
     assert!(stats.failures.is_empty(), "failed: {:?}", stats.failures);
@@ -296,20 +303,8 @@ fn with_the_standby_reloads_wake_it_and_a_stop_leaves_no_process_behind() {
             "generation {} names its standby",
             n - 1
         );
-        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
-        assert!(
-            out.status.success(),
-            "reload {n}: {out:?}\n{}",
-            systemd.journal(Some("gracedemo.service"))
-        );
-        let now = serving(&systemd);
-        assert_eq!(Some(now), standby, "reload {n}: the standby took over");
-        assert_eq!(systemd.property("gracedemo.service", "MainPID"), main_pid);
-        assert!(
-            wait_until(grace_tests::DEADLINE, || !running_inside(&systemd, previous)),
-            "the old generation {previous} drains and goes"
-        );
-        previous = now;
+        previous = reload(&systemd, n, &main_pid, previous);
+        assert_eq!(Some(previous), standby, "reload {n}: the standby took over");
     }
     let stats = load.stop();
     assert!(stats.failures.is_empty(), "failed: {:?}", stats.failures);

@@ -318,6 +318,29 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no field {key:?} in {line:?}"))
 }
 
+/// A lifeprobe generation, as its first line (`probe version=… pid=P addr=A …`) describes it.
+pub struct ProbeGen {
+    /// Its pid.
+    pub pid: u32,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// Reads a lifeprobe's `probe version=` line.
+pub fn parse_probe(line: &str) -> ProbeGen {
+    let addr = field(line, "addr");
+    ProbeGen {
+        pid: field(line, "pid").parse().unwrap(),
+        port: addr.rsplit(':').next().unwrap().parse().unwrap(),
+    }
+}
+
+/// Sends `signal` to `pid` (a process the test did not start itself, or did); panics naming
+/// both if it cannot.
+pub fn signal(pid: u32, signal: Signal) {
+    kill(Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+}
+
 /// A directory unique to one test, removed when dropped.
 pub struct TempDir(PathBuf);
 

@@ -6,16 +6,13 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive, wait_until,
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive, signal,
+    wait_until,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 const LIFEPROBE2: &str = env!("CARGO_BIN_EXE_lifeprobe2");
-
-fn signal(pid: u32, signal: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
-}
 
 fn pid_of(line: &str) -> u32 {
     field(line, "pid").parse().unwrap()

@@ -628,76 +628,96 @@ fn a_socket_activated_server_says_so_in_grace_words() {
     );
 }
 
-/// Reads HTTP/2 frames from `c` until one of type `want` arrives (`None`: until the server
-/// closes the connection), answering PINGs as a live client does and sending one of its own
-/// every 100 ms (so the connection is never idle); returns whether it came by the deadline.
-fn read_until_frame(c: &mut std::net::TcpStream, want: Option<u8>) -> bool {
-    use std::io::{ErrorKind, Read, Write};
-    const PING: u8 = 0x6;
-    c.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while std::time::Instant::now() < deadline {
-        match c.read(&mut chunk) {
-            Ok(0) => return want.is_none(),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                let _ = c.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-            }
-            Err(_) => return want.is_none(),
-        }
-        while buf.len() >= 9 {
-            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let frame: Vec<u8> = buf.drain(..9 + len).collect();
-            if Some(frame[3]) == want {
-                return true;
-            }
-            if frame[3] == PING && frame[4] & 0x1 == 0 {
-                let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
-                ack.extend_from_slice(&frame[9..]);
-                let _ = c.write_all(&ack);
-            }
-        }
-    }
-    false
+/// An HTTP/2 frame as read: type, flags, stream id, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+/// What [`read_frames`] saw.
+struct FramesRead {
+    frames: Vec<Frame>,
+    /// A frame `stop` asked for arrived.
+    stopped: bool,
+    /// The server closed the connection.
+    closed: bool,
 }
 
-/// The frames `c` receives for `window` (type, flags, stream id, payload), answering PINGs as
-/// a live client does; stops early at the server's close.
-fn frames_for(c: &mut std::net::TcpStream, window: Duration) -> Vec<(u8, u8, u32, Vec<u8>)> {
+/// Reads HTTP/2 frames from `c` for `window`, answering PINGs as a live client does, until
+/// `stop` holds for one or the server closes; with `ping_every`, also sends a PING of its own
+/// each time that long passes with nothing read (so the connection never looks idle).
+fn read_frames(
+    c: &mut std::net::TcpStream,
+    window: Duration,
+    ping_every: Option<Duration>,
+    stop: impl Fn(&Frame) -> bool,
+) -> FramesRead {
     use std::io::{ErrorKind, Read, Write};
     const PING: u8 = 0x6;
-    c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    c.set_read_timeout(Some(ping_every.unwrap_or(Duration::from_millis(20))))
+        .unwrap();
     let until = std::time::Instant::now() + window;
-    let (mut buf, mut frames) = (Vec::new(), Vec::new());
+    let mut read = FramesRead {
+        frames: Vec::new(),
+        stopped: false,
+        closed: false,
+    };
+    let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while std::time::Instant::now() < until {
         match c.read(&mut chunk) {
-            Ok(0) => break,
+            Ok(0) => {
+                read.closed = true;
+                return read;
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if ping_every.is_some() {
+                    let _ = c.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+                }
+            }
+            Err(_) => {
+                read.closed = true;
+                return read;
+            }
         }
         while buf.len() >= 9 {
             let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
             if buf.len() < 9 + len {
                 break;
             }
-            let frame: Vec<u8> = buf.drain(..9 + len).collect();
-            let stream = u32::from_be_bytes([frame[5] & 0x7f, frame[6], frame[7], frame[8]]);
-            if frame[3] == PING && frame[4] & 0x1 == 0 {
+            let raw: Vec<u8> = buf.drain(..9 + len).collect();
+            let stream = u32::from_be_bytes([raw[5] & 0x7f, raw[6], raw[7], raw[8]]);
+            let frame = (raw[3], raw[4], stream, raw[9..].to_vec());
+            if frame.0 == PING && frame.1 & 0x1 == 0 {
                 let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
-                ack.extend_from_slice(&frame[9..]);
+                ack.extend_from_slice(&frame.3);
                 let _ = c.write_all(&ack);
             }
-            frames.push((frame[3], frame[4], stream, frame[9..].to_vec()));
+            let done = stop(&frame);
+            read.frames.push(frame);
+            if done {
+                read.stopped = true;
+                return read;
+            }
         }
     }
-    frames
+    read
+}
+
+/// Reads HTTP/2 frames from `c` until one of type `want` arrives (`None`: until the server
+/// closes the connection), as a live client that PINGs every 100 ms; returns whether it came
+/// within [`DEADLINE`].
+fn read_until_frame(c: &mut std::net::TcpStream, want: Option<u8>) -> bool {
+    let read = read_frames(c, DEADLINE, Some(Duration::from_millis(100)), |f| {
+        Some(f.0) == want
+    });
+    match want {
+        Some(_) => read.stopped,
+        None => read.closed,
+    }
+}
+
+/// The frames `c` receives for `window` (or until the server closes), answering PINGs.
+fn frames_for(c: &mut std::net::TcpStream, window: Duration) -> Vec<Frame> {
+    read_frames(c, window, None, |_| false).frames
 }
 
 #[test]

@@ -8,29 +8,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grace_tests::{
-    DEADLINE, PidGuard, Prober, ProcessGuard, TempDir, answer_pid, ask, converse, field, install_program,
-    is_alive, wait_until,
+    DEADLINE, PidGuard, ProbeGen, Prober, ProcessGuard, TempDir, answer_pid, ask, converse, field,
+    install_program, is_alive, parse_probe, signal, wait_until,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-/// A started generation, as its first output line describes it.
-struct Gen {
-    pid: u32,
-    port: u16,
-}
-
-fn parse_probe(line: &str) -> Gen {
-    let addr = field(line, "addr");
-    Gen {
-        pid: field(line, "pid").parse().unwrap(),
-        port: addr.rsplit(':').next().unwrap().parse().unwrap(),
-    }
-}
-
 /// Starts `program` (a lifeprobe) with `env`, and waits for its first line.
-fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, Gen) {
+fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen) {
     let mut cmd = Command::new(program);
     cmd.arg("127.0.0.1:0");
     for (k, v) in env {
@@ -43,16 +29,11 @@ fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, Gen) {
 }
 
 /// Sends SIGUSR2 to `pid` and waits for generation `number`'s first line.
-fn restart(guard: &mut ProcessGuard, pid: u32, number: u64) -> Gen {
+fn restart(guard: &mut ProcessGuard, pid: u32, number: u64) -> ProbeGen {
     signal(pid, Signal::SIGUSR2);
     let line = guard.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), number.to_string(), "{line}");
     parse_probe(&line)
-}
-
-fn signal(pid: u32, signal: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-        .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
 }
 
 /// Whether `pid` has been reaped: not even a zombie is left.

@@ -7,29 +7,16 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive, wait_until,
+    DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive,
+    parse_probe, signal, wait_until,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-/// A started generation, as its first output line describes it.
-struct Gen {
-    pid: u32,
-    port: u16,
-}
-
-fn parse_probe(line: &str) -> Gen {
-    let addr = field(line, "addr");
-    Gen {
-        pid: field(line, "pid").parse().unwrap(),
-        port: addr.rsplit(':').next().unwrap().parse().unwrap(),
-    }
-}
-
 /// Starts `program` (a lifeprobe keeping a standby) with `env`; waits for generation 1 to
 /// serve and for its standby, whose pid it returns with the generation.
-fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, Gen, u32) {
+fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen, u32) {
     let mut cmd = Command::new(program);
     cmd.arg("127.0.0.1:0").env("PROBE_STANDBY", "1");
     for (k, v) in env {
@@ -51,11 +38,6 @@ fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
         .next()
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
-
-fn signal(pid: u32, signal: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-        .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, wait_until};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, signal, wait_until};
 use nix::sys::signal::Signal;
 
 /// Receives sd_notify datagrams on a socket in `dir`, one message (its lines) per datagram.
@@ -35,10 +35,6 @@ fn next(rx: &Receiver<Vec<String>>) -> Vec<String> {
 fn value<'a>(msg: &'a [String], key: &str) -> Option<&'a str> {
     msg.iter()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-}
-
-fn signal(pid: u32, sig: Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
 }
 
 /// Checks a "MAINPID=<pid>, READY=1" message and that `pid` is the one serving.
