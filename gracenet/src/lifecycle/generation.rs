@@ -109,8 +109,7 @@ impl GenerationBuilder {
 
     /// Answers on a Unix socket at `path` (mode 0600, the server's user and root only): a
     /// `restart` there returns the restart's result, which a signal cannot, and `status`
-    /// the server's state. Clients: [`control::restart`](crate::control::restart) and
-    /// [`control::status`](crate::control::status). The socket is passed on at every
+    /// the server's state. Client: [`control::Client`](crate::control::Client). The socket is passed on at every
     /// restart; the serving generation answers.
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
@@ -243,17 +242,7 @@ impl GenerationBuilder {
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         let generation = Generation { shared };
         if let Some(path) = &generation.shared.config.control_socket {
-            let listener =
-                generation.listen_named(crate::control::SOCKET_NAME, &format!("unix:{}", path.display()))?;
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
-                |source| Error::Io {
-                    what: format!(
-                        "cannot make the control socket {} private (mode 0600)",
-                        path.display()
-                    ),
-                    source,
-                },
-            )?;
+            let listener = crate::control::server::listen(&generation, path)?;
             tokio::spawn(crate::control::server::serve(listener, generation.clone()));
         }
         Ok(generation)
@@ -418,7 +407,7 @@ impl Generation {
         self.graceful(self.registry().adopt(name, make)?, name)
     }
 
-    fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
+    pub(crate) fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
         let local = listener.local_addr().map_err(|source| Error::Io {
             what: format!("cannot read the address of the listener for {addr}"),
             source,
