@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise]\n       gracedemo --control-socket FILE --reload | --status [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -85,6 +85,14 @@ fn command() -> Command {
                 .action(ArgAction::SetTrue)
                 .requires("control-socket")
                 .help("Print the state of the server at --control-socket: generation, pid, connections, draining generations."),
+        )
+        .arg(
+            Arg::new("control-timeout")
+                .long("control-timeout")
+                .value_name("DURATION")
+                .requires("control-socket")
+                .value_parser(control_timeout)
+                .help("With --reload or --status: give up after DURATION (Go's form: 10s, 1m30s) with a clear message. Default 45s for --reload (above the server's 30 s ready timeout, inside systemd's 90 s reload timeout), 5s for --status. A command the server had not read by then is never run."),
         )
         .arg(
             Arg::new("log-json")
@@ -198,13 +206,25 @@ fn addr_matches(given: &str, reported: &str) -> bool {
     given == reported || (given.starts_with(':') && reported.ends_with(given))
 }
 
+/// `--control-timeout`: a positive Go duration.
+fn control_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match gracedemo::duration::parse_duration(s)? {
+        n if n > 0 => Ok(std::time::Duration::from_nanos(n.unsigned_abs())),
+        _ => Err(format!("expected a positive duration such as 10s, got {s:?}")),
+    }
+}
+
 /// `--reload` and `--status`: a client of a running server's control socket.
 fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
     let path = matches.get_one::<String>("control-socket")?;
+    let mut client = gracenet::control::Client::new(path);
+    if let Some(timeout) = matches.get_one::<std::time::Duration>("control-timeout") {
+        client = client.timeout(*timeout);
+    }
     let answer = if matches.get_flag("reload") {
-        gracenet::control::restart(path)
+        client.restart()
     } else if matches.get_flag("status") {
-        gracenet::control::status(path)
+        client.status()
     } else {
         return None;
     };
