@@ -45,12 +45,13 @@ mod peer_errors;
 mod server;
 mod service;
 mod session_tickets;
+mod site;
 mod tls;
 
 pub use drain::Drain;
 pub use error::Error;
 pub use gracenet;
 pub use gracenet::tokio::PeerAddr;
-pub use server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, Server};
+pub use server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_IDLE_TIMEOUT, Server};
 pub use service::{BoxError, FromHyper, HttpService, from_hyper};
 pub use tls::Tls;

@@ -2,7 +2,7 @@
 //! restarted together through gracenet's lifecycle.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use gracenet::{Generation, Outcome};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::connection::{Accepted, Builders, ConnConfig, SiteContext};
-use crate::drain::Drain;
+use crate::connection::{Builders, ConnConfig};
 use crate::error::Error;
-use crate::service::{HttpService, SiteService, erase};
+use crate::service::HttpService;
 use crate::session_tickets::TicketKeys;
+use crate::site::{MakeListener, ReadyWhenAccepting, Site, SiteService, accept_loop, erase};
 use crate::tls::Tls;
 
 /// How long an HTTP/1 connection that is between requests may stay open once the drain
@@ -27,18 +27,6 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection with no request in flight may stay open (HTTP/1 keep-alive, or an
 /// HTTP/2 connection with no open stream, PINGs or not) before it is closed (HTTP/2: GOAWAY).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Makes an application's own listener (see [`Server::adopt_http`]).
-type MakeListener = Box<dyn FnOnce() -> std::io::Result<std::os::fd::OwnedFd> + Send>;
-
-struct Site {
-    addr: String,
-    name: Option<String>,
-    /// The application's own listener, registered under `name`, instead of `addr`.
-    make: Option<MakeListener>,
-    tls: Option<Tls>,
-    service: Arc<dyn SiteService>,
-}
 
 /// Called with the bound addresses before serving starts.
 type OnListening = Box<dyn FnOnce(&[gracenet::LocalAddr]) + Send>;
@@ -498,77 +486,6 @@ fn announce(generation: &Generation, addrs: &str) {
 fn nix_ppid() -> u32 {
     // SAFETY: getppid has no preconditions and cannot fail.
     unsafe { libc::getppid() as u32 }
-}
-
-/// Reports the generation ready once every accept loop is running, from the loop that starts
-/// last, on the thread running it. The previous generation stops accepting when it hears, so
-/// a connection must never wait in a queue nobody polls (measured: 2 ms under load between the
-/// old process's last accept and the new one's first, when READY was sent as the loops were
-/// spawned); and on a saturated core every hand-over between threads can wait a time slice,
-/// so READY does not go back through the thread that spawned the loops.
-struct ReadyWhenAccepting {
-    /// Accept loops not yet running.
-    left: AtomicUsize,
-    generation: Generation,
-    /// Where the result of `Generation::ready` goes (a PID file that cannot be written).
-    readied: Mutex<Option<tokio::sync::oneshot::Sender<Result<(), gracenet::Error>>>>,
-}
-
-impl ReadyWhenAccepting {
-    fn loop_started(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let result = self.generation.ready();
-            if let Some(readied) = self.readied.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                let _ = readied.send(result);
-            }
-        }
-    }
-}
-
-async fn accept_loop(
-    mut listener: gracenet::GracefulListener,
-    site: Site,
-    generation: Generation,
-    config: ConnConfig,
-    limit: Option<Arc<Semaphore>>,
-    ready: Arc<ReadyWhenAccepting>,
-) {
-    // Told at the loop's first poll, which goes straight on to wait on the listener: from here
-    // its worker thread takes connections as soon as the reactor reports them.
-    ready.loop_started();
-    drop(ready);
-    let context = Arc::new(SiteContext {
-        tls: site.tls,
-        drain: Drain::new(generation.clone()),
-        config,
-    });
-    loop {
-        let permit = match &limit {
-            None => None,
-            Some(sem) => tokio::select! {
-                permit = sem.clone().acquire_owned() => permit.ok(),
-                _ = generation.stopping() => break,
-            },
-        };
-        let Some((stream, peer)) = listener.accept_with_peer().await else {
-            break;
-        };
-        let at = tokio::time::Instant::now();
-        if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
-            // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        }
-        let accepted = Accepted {
-            stream,
-            peer,
-            at,
-            guard: generation.track(),
-            permit,
-        };
-        site.service.spawn(accepted, context.clone());
-    }
-    // Stopped accepting: the socket is now only the next process's (or closed).
-    drop(listener);
 }
 
 #[cfg(test)]
