@@ -205,6 +205,8 @@ fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, Option<std::io:
 pub(crate) mod server {
     use std::os::fd::AsFd;
     use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -261,6 +263,9 @@ pub(crate) mod server {
 
     /// Answers on `listener` until this generation stops accepting.
     pub(crate) async fn serve(mut listener: GracefulListener, generation: Generation) {
+        // The clients being answered: tracked like connections, not counted as ones in
+        // `status`.
+        let clients = Arc::new(AtomicUsize::new(0));
         while let Some(stream) = listener.accept().await {
             let Stream::Unix(stream) = stream else {
                 continue;
@@ -268,15 +273,17 @@ pub(crate) mod server {
             // The drain waits for every accepted client's answer: one accepted just before
             // the drain began is answered, not cut off when the process exits.
             let guard = generation.track();
-            let generation = generation.clone();
+            clients.fetch_add(1, Ordering::Relaxed);
+            let (generation, clients) = (generation.clone(), clients.clone());
             tokio::spawn(async move {
-                answer(stream, &generation).await;
+                answer(stream, &generation, &clients).await;
+                clients.fetch_sub(1, Ordering::Relaxed);
                 drop(guard);
             });
         }
     }
 
-    async fn answer(mut stream: tokio::net::UnixStream, generation: &Generation) {
+    async fn answer(mut stream: tokio::net::UnixStream, generation: &Generation, clients: &AtomicUsize) {
         // The command is read before the peer is judged: a refused client still gets its
         // answer, not a reset for unread bytes.
         let command = read_command(&mut stream).await;
@@ -290,7 +297,7 @@ pub(crate) mod server {
                     );
                     return;
                 }
-                run(&command, generation).await
+                run(&command, generation, clients).await
             }
         };
         let _ = stream.write_all(reply.as_bytes()).await;
@@ -366,7 +373,7 @@ pub(crate) mod server {
         }
     }
 
-    async fn run(command: &str, generation: &Generation) -> String {
+    async fn run(command: &str, generation: &Generation, clients: &AtomicUsize) -> String {
         if let Some(retry) = handed_over(generation) {
             return retry;
         }
@@ -387,7 +394,10 @@ pub(crate) mod server {
                     Err(e) => format!("error {e}\n"),
                 }
             }
-            "status" => format!("ok\n{}", generation.status()),
+            "status" => format!(
+                "ok\n{}",
+                generation.status_uncounting(clients.load(Ordering::Relaxed))
+            ),
             other => format!(
                 "error unknown command {:?}: expected \"restart\" or \"status\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()

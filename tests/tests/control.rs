@@ -79,6 +79,7 @@ fn a_restart_through_the_control_socket_answers_once_the_new_generation_serves()
     assert!(status.contains(&format!("pid: {serving}")), "{status}");
     assert!(status.contains("phase: serving"), "{status}");
     assert!(status.contains("draining generations: none"), "{status}");
+    assert!(status.contains("connections: 0"), "the asking client is not counted: {status}");
 }
 
 #[test]

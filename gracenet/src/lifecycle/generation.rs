@@ -127,6 +127,12 @@ impl GenerationBuilder {
         self
     }
 
+    /// Whether a [`hand_state`](Self::hand_state) provider is set: a library that would hand
+    /// state of its own (gracehttp's TLS session ticket keys) leaves the application's alone.
+    pub fn hands_state(&self) -> bool {
+        self.state.is_some()
+    }
+
     /// The most bytes of handed-over state this generation accepts (default 256 MiB); more
     /// is an error from [`Generation::inherited_state`].
     pub fn max_state(mut self, bytes: u64) -> Self {
@@ -533,6 +539,12 @@ impl Generation {
     /// answers): generation, pid, phase, open connections, and the older generations still
     /// draining.
     pub fn status(&self) -> String {
+        self.status_uncounting(0)
+    }
+
+    /// [`status`](Self::status), not counting `uncounted` of the tracked connections (the
+    /// control socket's own clients).
+    pub(crate) fn status_uncounting(&self, uncounted: usize) -> String {
         let phase = match self.phase() {
             Phase::Starting => "starting".to_owned(),
             Phase::Serving => "serving".to_owned(),
@@ -560,7 +572,7 @@ impl Generation {
             "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n{standby}",
             self.shared.number,
             std::process::id(),
-            self.shared.connections.receiver_count(),
+            self.shared.connections.receiver_count().saturating_sub(uncounted),
             addrs.join(", "),
             if draining.is_empty() {
                 "none".to_owned()
