@@ -251,14 +251,14 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         (_, _, true) => Some(self_signed()?),
         _ => None,
     };
-    let mut server = gracehttp::Server::new();
+    let mut lifecycle = gracenet::Generation::builder().standby(matches.get_flag("standby"));
     if let Some(path) = matches.get_one::<String>("pid-file") {
-        server = server.pid_file(path);
+        lifecycle = lifecycle.pid_file(path);
     }
     if let Some(path) = matches.get_one::<String>("control-socket") {
-        server = server.control_socket(path);
+        lifecycle = lifecycle.control_socket(path);
     }
-    server = server.standby(matches.get_flag("standby"));
+    let mut server = gracehttp::Server::new().lifecycle(lifecycle);
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)
@@ -266,13 +266,13 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
             .unwrap_or_default();
         let sleep = Sleep::new(name, started.clone());
         let service = gracehttp::from_hyper(hyper::service::service_fn(move |req| sleep.clone().handle(req)));
-        server = match &tls {
-            Some(tls) => server.https(addr, tls.clone(), service),
-            None => server.http(addr, service),
-        }
+        let site = match &tls {
+            Some(tls) => gracehttp::Site::https(addr, tls.clone(), service),
+            None => gracehttp::Site::http(addr, service),
+        };
         // Under socket activation, a socket named a0, a1 or a2 (FileDescriptorName=) serves
         // that server whatever its address.
-        .named(flag);
+        server = server.site(site.named(flag));
     }
     stop_gracefully_on_sighup();
     server.serve()

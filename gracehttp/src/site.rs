@@ -15,16 +15,128 @@ use crate::drain::Drain;
 use crate::service::HttpService;
 use crate::tls::Tls;
 
-/// Makes an application's own listener (see [`Server::adopt_http`]).
+/// Makes an application's own listener (see [`Site::adopt_http`]).
 pub(crate) type MakeListener = Box<dyn FnOnce() -> std::io::Result<std::os::fd::OwnedFd> + Send>;
 
-pub(crate) struct Site {
-    pub addr: String,
-    pub name: Option<String>,
+/// One address a [`Server`](crate::Server) serves, with its service and, over TLS, its
+/// certificate: cleartext ([`http`](Self::http)), TLS ([`https`](Self::https)), or on a
+/// listener the application makes itself ([`adopt_http`](Self::adopt_http),
+/// [`adopt_https`](Self::adopt_https)); optionally [`named`](Self::named).
+///
+/// ```no_run
+/// # fn main() -> Result<(), gracehttp::Error> {
+/// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
+/// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+/// # }));
+/// use gracehttp::{Server, Site};
+/// Server::new()
+///     .site(Site::http(":8080", app.clone()).named("public"))
+///     .site(Site::http("127.0.0.1:9090", app).named("admin"))
+///     .serve()
+/// # }
+/// ```
+#[must_use = "a Site is served once given to Server::site"]
+pub struct Site {
+    pub(crate) addr: String,
+    pub(crate) name: Option<String>,
     /// The application's own listener, registered under `name`, instead of `addr`.
-    pub make: Option<MakeListener>,
-    pub tls: Option<Tls>,
-    pub service: Arc<dyn SiteService>,
+    pub(crate) make: Option<MakeListener>,
+    pub(crate) tls: Option<Tls>,
+    pub(crate) service: Arc<dyn SiteService>,
+}
+
+impl Site {
+    /// Cleartext HTTP/1.1 and HTTP/2 (prior knowledge) at `addr`, in any form gracenet
+    /// accepts (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`). `service` is any tower
+    /// service: an axum `Router`, `tower::service_fn`, or a hyper service through
+    /// [`from_hyper`](crate::from_hyper).
+    pub fn http<S: HttpService>(addr: &str, service: S) -> Site {
+        Site {
+            addr: addr.to_owned(),
+            name: None,
+            make: None,
+            tls: None,
+            service: erase(service),
+        }
+    }
+
+    /// TLS at `addr`: HTTP/2 or HTTP/1.1 as ALPN decides.
+    pub fn https<S: HttpService>(addr: &str, tls: Tls, service: S) -> Site {
+        Site {
+            tls: Some(tls),
+            ..Site::http(addr, service)
+        }
+    }
+
+    /// Cleartext HTTP/1.1 and HTTP/2 on a listener the application makes itself (a
+    /// `std::net::TcpListener` or `UnixListener` bound with its own options), registered under
+    /// `name` and passed on at every restart. `make` runs only in a process that did not
+    /// inherit `name` (the first); later generations get the same socket.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), gracehttp::Error> {
+    /// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+    /// # }));
+    /// gracehttp::Server::new()
+    ///     .site(gracehttp::Site::adopt_http("api", || std::net::TcpListener::bind("127.0.0.1:8080"), app))
+    ///     .serve()
+    /// # }
+    /// ```
+    pub fn adopt_http<L, F, S>(name: &str, make: F, service: S) -> Site
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        S: HttpService,
+    {
+        Site {
+            name: Some(name.to_owned()),
+            make: Some(Box::new(move || make().map(Into::into))),
+            ..Site::http(name, service)
+        }
+    }
+
+    /// [`adopt_http`](Self::adopt_http) over TLS.
+    pub fn adopt_https<L, F, S>(name: &str, make: F, tls: Tls, service: S) -> Site
+    where
+        L: Into<std::os::fd::OwnedFd>,
+        F: FnOnce() -> std::io::Result<L> + Send + 'static,
+        S: HttpService,
+    {
+        Site {
+            tls: Some(tls),
+            ..Site::adopt_http(name, make, service)
+        }
+    }
+
+    /// Names the site. An inherited socket of that name (systemd's `FileDescriptorName=`,
+    /// `LISTEN_FDNAMES`) is served here whatever its address, a socket bound here is passed on
+    /// under that name at each restart, and [`Server::on_listening`](crate::Server::on_listening)
+    /// reports the site by it.
+    pub fn named(mut self, name: &str) -> Site {
+        self.name = Some(name.to_owned());
+        self
+    }
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        match &self.name {
+            Some(n) => write!(f, "{scheme} {} ({n})", self.addr),
+            None => write!(f, "{scheme} {}", self.addr),
+        }
+    }
+}
+
+/// A site listening, as [`Server::on_listening`](crate::Server::on_listening) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listening {
+    /// The site's name, if it was [`named`](Site::named) (or adopted).
+    pub name: Option<String>,
+    /// The address it listens on, as the kernel reports it (the real port for `:0`).
+    pub addr: gracenet::LocalAddr,
 }
 
 /// A site's service with its type erased: spawns the task serving one accepted connection.
