@@ -107,6 +107,7 @@ mod addr;
 #[cfg(feature = "axum")]
 pub mod axum;
 mod bind;
+mod cluster;
 pub mod control;
 mod env;
 mod error;
