@@ -91,6 +91,7 @@ fn command() -> Command {
                 .long("control-timeout")
                 .value_name("DURATION")
                 .requires("control-socket")
+                .allow_hyphen_values(true)
                 .value_parser(control_timeout)
                 .help("With --reload or --status: give up after DURATION (Go's form: 10s, 1m30s) with a clear message. Default 45s for --reload (above the server's 30 s ready timeout, inside systemd's 90 s reload timeout), 5s for --status. A command the server had not read by then is never run."),
         )
@@ -115,6 +116,22 @@ fn command() -> Command {
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
 
+/// clap's message up to its usage and hints, on one line (a list of missing arguments
+/// follows its first line).
+fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .split("\nUsage:")
+        .next()
+        .and_then(|m| m.split("For more information").next())
+        .unwrap_or("bad arguments");
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    message
+        .trim_start_matches("error: ")
+        .trim_end_matches([':', ' '])
+        .to_owned()
+}
+
 /// Go's flag package takes `-a0` as well as `--a0`; clap takes long flags with two dashes.
 fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     let mut out = Vec::new();
@@ -123,7 +140,13 @@ fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
         let s = arg.to_string_lossy();
         if !rest_is_positional && s == "--" {
             rest_is_positional = true;
-        } else if !rest_is_positional && s.starts_with('-') && !s.starts_with("--") && s.len() > 2 {
+        } else if !rest_is_positional
+            && s.starts_with('-')
+            && !s.starts_with("--")
+            && s.len() > 2
+            // A flag's name starts with a letter; `-1s` is a value (a negative duration).
+            && s[1..].starts_with(|c: char| c.is_ascii_alphabetic())
+        {
             let mut long = OsString::from("-");
             long.push(&arg);
             out.push(long);
@@ -142,12 +165,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "gracedemo: {}; see gracedemo -h",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("gracedemo: {}; see gracedemo -h", one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -230,7 +248,12 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
     };
     Some(match answer {
         Ok(text) => {
-            println!("{text}");
+            // Done, whether or not the answer can be shown (stdout closed or full): said on
+            // stderr, and the exit status is the command's.
+            use std::io::Write as _;
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+                eprintln!("gracedemo: cannot write the answer ({text:?}) to stdout: {e}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -350,6 +373,25 @@ mod tests {
             parse(&["--tls-cert", "c.pem"]).is_err(),
             "--tls-cert needs --tls-key"
         );
+    }
+
+    #[test]
+    fn control_client_flags_and_their_mistakes_are_named_on_one_line() {
+        let m = parse(&["--control-socket", "c", "--status", "--control-timeout", "2s"]).unwrap();
+        assert_eq!(
+            m.get_one::<std::time::Duration>("control-timeout"),
+            Some(&std::time::Duration::from_secs(2))
+        );
+        let e = one_line(&parse(&["--status"]).unwrap_err());
+        assert!(e.contains("were not provided: --control-socket <FILE>"), "{e}");
+        // A negative duration is a value, not a flag: named as such.
+        let e =
+            one_line(&parse(&["--control-socket", "c", "--status", "--control-timeout", "-1s"]).unwrap_err());
+        assert!(
+            e.contains("expected a positive duration such as 10s, got \"-1s\""),
+            "{e}"
+        );
+        assert!(!e.contains("For more information"), "{e}");
     }
 
     mod properties {

@@ -24,7 +24,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -113,48 +113,84 @@ impl Client {
     }
 
     fn ask(&self, command: &str, deadline: Instant, timeout: Duration) -> Result<Answer, Error> {
-        let late = || {
-            self.fail(format!(
-                "no answer to {command:?} within {:.1} s (is the server at its file descriptor \
-                 limit?); a command the server had not read by then is not run; wait longer \
-                 with a longer timeout",
-                timeout.as_secs_f64()
-            ))
+        let late = |read: bool| {
+            self.fail(if read || command != "restart" {
+                format!(
+                    "no answer to {command:?} within {:.1} s; if the server had read it, it goes \
+                     on: see --status (or raise the timeout)",
+                    timeout.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "no answer to {command:?} within {:.1} s (is the server at its file \
+                     descriptor limit?); a command the server had not read by then is not run",
+                    timeout.as_secs_f64()
+                )
+            })
         };
         let stream = connect(&self.path, deadline).map_err(|e| match e {
+            Some(e) if e.kind() == std::io::ErrorKind::PermissionDenied => self.fail(format!(
+                "cannot connect ({e}): run this as the server's user or root"
+            )),
             Some(e) => self.fail(format!(
                 "cannot connect ({e}): is the server running with this control socket?"
             )),
-            None => late(),
+            None => late(false),
         })?;
-        let remaining = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(late)?;
+        trusted(&stream, &self.path).map_err(|reason| self.fail(reason))?;
+        let remaining = |read| {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| late(read))
+        };
         stream
-            .set_read_timeout(Some(remaining))
-            .and_then(|()| stream.set_write_timeout(Some(remaining)))
+            .set_write_timeout(Some(remaining(false)?))
             .map_err(|e| self.fail(e.to_string()))?;
         (&stream)
             .write_all(format!("{command}\n").as_bytes())
             .map_err(|e| self.fail(format!("cannot send {command:?}: {e}")))?;
-        let mut answer = String::new();
-        match BufReader::new(&stream)
-            .take(64 * 1024)
-            .read_to_string(&mut answer)
-        {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(late());
+        // The whole answer by the deadline, however it trickles in.
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            stream
+                .set_read_timeout(Some(remaining(!answer.is_empty())?))
+                .map_err(|e| self.fail(e.to_string()))?;
+            match (&stream).read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) if answer.len() + n <= MAX_ANSWER => answer.extend_from_slice(&chunk[..n]),
+                Ok(_) => {
+                    return Err(self.fail(format!(
+                        "the answer to {command:?} is longer than {MAX_ANSWER} bytes: is this a \
+                         grace control socket?"
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(late(!answer.is_empty()));
+                }
+                Err(e) => return Err(self.fail(format!("no answer to {command:?}: {e}"))),
             }
-            Err(e) => return Err(self.fail(format!("no answer to {command:?}: {e}"))),
         }
-        let answer = answer.trim_end();
+        let answer = String::from_utf8_lossy(&answer);
+        // What the server says is shown as text: no control characters reach a terminal.
+        let answer: String = answer
+            .trim_end()
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
         if let Some(rest) = answer.strip_prefix("ok") {
             return Ok(Answer::Done(Ok(rest.trim_start().to_owned())));
         }
@@ -169,6 +205,46 @@ impl Client {
             None => self.fail(format!("unexpected answer {answer:?}")),
         })))
     }
+}
+
+/// The uid of the process at the other end.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).map(|c| c.uid())
+}
+
+/// The uid of the process at the other end.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
+    nix::unistd::getpeereid(stream).map(|(uid, _)| uid.as_raw())
+}
+
+/// The longest answer a client reads.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Whether the process answering on `stream` may be believed: it runs as this user, as
+/// root, or as the owner of the socket's directory (a service's runtime directory). In a
+/// directory anyone can write (`/tmp`), another user could have put a socket of their own at
+/// the path, and a deploy script would take its "ok" for the server's.
+fn trusted(stream: &UnixStream, path: &Path) -> Result<(), String> {
+    let peer = peer_uid(stream).map_err(|e| format!("cannot read the server's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let dir_owner = {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::metadata(dir).map(|m| m.uid()).ok()
+    };
+    if peer == me || peer == 0 || Some(peer) == dir_owner {
+        return Ok(());
+    }
+    Err(format!(
+        "the process answering there runs as uid {peer}, which is neither you (uid {me}), nor \
+         root, nor the owner of the socket's directory: not trusting it (another user's socket \
+         at this path?)"
+    ))
 }
 
 enum Answer {
@@ -240,8 +316,16 @@ pub(crate) mod server {
     /// there now may be someone else's.
     fn check_path(path: &Path) {
         use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::MetadataExt;
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {}
+            Ok(meta) if meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw() => {}
+            Ok(meta) if meta.file_type().is_socket() => tracing::warn!(
+                "the control socket {} is no longer reachable by its path: another user's socket \
+                 (uid {}) is there now (left alone); restarts by signal still work, and a full \
+                 stop and start makes the control socket again",
+                path.display(),
+                meta.uid()
+            ),
             Ok(meta) => tracing::warn!(
                 "the control socket {} is no longer reachable by its path: a {} is there now \
                  (left alone); restarts by signal still work, and a full stop and start makes \

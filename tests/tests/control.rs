@@ -79,7 +79,10 @@ fn a_restart_through_the_control_socket_answers_once_the_new_generation_serves()
     assert!(status.contains(&format!("pid: {serving}")), "{status}");
     assert!(status.contains("phase: serving"), "{status}");
     assert!(status.contains("draining generations: none"), "{status}");
-    assert!(status.contains("connections: 0"), "the asking client is not counted: {status}");
+    assert!(
+        status.contains("connections: 0"),
+        "the asking client is not counted: {status}"
+    );
 }
 
 #[test]
@@ -397,4 +400,68 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
         !server.seen().iter().any(|l| l.contains("restart requested")),
         "no restart was started"
     );
+}
+
+/// Another user's server at the path (a sticky directory anyone can write): the client does
+/// not take its word for the server's, and a generation that finds another user's socket at
+/// its path says so.
+#[test]
+fn a_client_does_not_trust_another_users_socket_at_the_path() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to run a server as uid 65534)"
+    );
+    let dir = TempDir::new("control-impostor");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_CONTROL_SOCKET", &socket)
+        .uid(65534)
+        .gid(65534);
+    let mut impostor = ProcessGuard::spawn(cmd);
+    impostor.expect_log("generation 1 serving");
+    let out = client(&socket, "status");
+    let answer = text(&out);
+    assert!(!out.status.success(), "{answer}");
+    assert!(answer.contains("runs as uid 65534"), "{answer}");
+    assert!(answer.contains("not trusting it"), "{answer}");
+    // Its own user is answered.
+    let out = Command::new(LIFEPROBE)
+        .arg("--control")
+        .arg(&socket)
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Root's server whose path was removed and taken by that user: the restart says so.
+    let own = dir.path().join("own");
+    let (mut server, gen1, _port) = start(&own, &[]);
+    let _g1 = PidGuard(gen1);
+    std::fs::remove_file(&own).unwrap();
+    std::fs::hard_link(&socket, &own).unwrap();
+    signal(gen1, Signal::SIGUSR2);
+    let gen2: u32 = field(&server.expect_line("probe version=lifeprobe generation=2"), "pid")
+        .parse()
+        .unwrap();
+    let _g2 = PidGuard(gen2);
+    server.expect_log("another user's socket (uid 65534) is there now");
+}
+
+#[test]
+fn the_same_path_for_the_pid_file_and_the_control_socket_is_refused_at_the_start() {
+    let dir = TempDir::new("control-pidfile");
+    let path = dir.path().join("both");
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_CONTROL_SOCKET", &path)
+        .env("PROBE_PID_FILE", dir.path().join(".").join("both"));
+    let mut server = ProcessGuard::spawn(cmd);
+    let status = server.wait_timeout(DEADLINE).expect("it exits");
+    assert!(!status.success());
+    let said = server.output_after_exit().join("\n");
+    assert!(said.contains("it is also the PID file's path"), "{said}");
 }

@@ -87,7 +87,11 @@ pub(crate) enum RolloutResult {
     Done { pids: Vec<u32> },
     /// A slot's restart failed: the rollout stopped. Slots restarted before it keep their new
     /// worker, the others their old one; all of them serve.
-    Failed { slot: usize, reason: String, restarted: usize },
+    Failed {
+        slot: usize,
+        reason: String,
+        restarted: usize,
+    },
     /// The cluster is stopping.
     Stopping,
 }
@@ -333,7 +337,11 @@ impl Cluster {
             beat: now,
             killed: false,
         };
-        let ours = self.slots.get(slot).and_then(|s| s.worker).is_some_and(|w| w.pid == pid);
+        let ours = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.worker)
+            .is_some_and(|w| w.pid == pid);
         let Some(s) = self.slots.get_mut(slot).filter(|_| !self.stopping || ours) else {
             // After a stop, or for a slot scaled away: it goes.
             self.retiring.push(pid);
@@ -469,7 +477,11 @@ impl Cluster {
                 continue;
             };
             if self.deadline_of(&w).is_some_and(|d| d <= now) {
-                let why = if w.ready { KillReason::Hung } else { KillReason::NotReady };
+                let why = if w.ready {
+                    KillReason::Hung
+                } else {
+                    KillReason::NotReady
+                };
                 // Killed: its exit is then a crash of the slot, which starts another.
                 actions.push(Action::Kill { pid: w.pid, why });
                 if let Some(w) = self.slots[slot].worker.as_mut() {
@@ -522,8 +534,8 @@ impl Cluster {
             let Some(slot) = r.queue.pop_front() else {
                 break;
             };
-            match self.slots.get_mut(slot) {
-                Some(s) => match s.worker {
+            if let Some(s) = self.slots.get_mut(slot) {
+                match s.worker {
                     Some(w) if w.ready => {
                         s.restarting = true;
                         in_progress += 1;
@@ -531,16 +543,11 @@ impl Cluster {
                     }
                     // Starting afresh (after a crash): it is already a new worker.
                     _ => r.done += 1,
-                },
-                None => {}
+                }
             }
         }
         if in_progress == 0 && r.queue.is_empty() {
-            let pids = self
-                .slots
-                .iter()
-                .map(|s| s.worker.map_or(0, |w| w.pid))
-                .collect();
+            let pids = self.slots.iter().map(|s| s.worker.map_or(0, |w| w.pid)).collect();
             self.end_rollout(|_| RolloutResult::Done { pids }, actions);
         }
     }
@@ -598,7 +605,13 @@ mod tests {
         let mut c = Cluster::new(settings(n));
         for (slot, a) in c.start().into_iter().enumerate() {
             let pid = 100 + slot as u32;
-            assert_eq!(a, Action::Start { slot, id: started(&a) });
+            assert_eq!(
+                a,
+                Action::Start {
+                    slot,
+                    id: started(&a)
+                }
+            );
             assert!(c.handle(Event::Started { id: started(&a), pid }, now).is_empty());
             assert!(c.handle(Event::Ready { slot, pid }, now).is_empty());
         }
@@ -627,7 +640,17 @@ mod tests {
         let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
         assert_eq!(a, vec![Action::Restart { slot: 1, pid: 101 }]);
         assert!(c.retiring.contains(&100), "the old worker drains");
-        assert!(c.handle(Event::Exited { pid: 100, clean: true }, now).is_empty(), "no crash");
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 100,
+                    clean: true
+                },
+                now
+            )
+            .is_empty(),
+            "no crash"
+        );
         let a = c.handle(Event::Ready { slot: 1, pid: 201 }, now);
         assert_eq!(a, vec![Action::Restart { slot: 2, pid: 102 }]);
         let a = c.handle(Event::Ready { slot: 2, pid: 202 }, now);
@@ -674,17 +697,44 @@ mod tests {
     fn a_crashed_worker_is_replaced_at_once_then_with_backoff_then_the_cluster_gives_up() {
         let now = Instant::now();
         let mut c = serving(2, now);
-        let a = c.handle(Event::Exited { pid: 100, clean: false }, now);
-        assert!(matches!(a[..], [Action::Start { slot: 0, .. }]), "the first crash: at once");
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
+        assert!(
+            matches!(a[..], [Action::Start { slot: 0, .. }]),
+            "the first crash: at once"
+        );
         assert_eq!(pids(&c), vec![0, 101], "slot 1 keeps serving meanwhile");
-        c.handle(Event::Started { id: started(&a[0]), pid: 300 }, now);
-        let a = c.handle(Event::Exited { pid: 300, clean: false }, now);
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 300,
+            },
+            now,
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 300,
+                clean: false,
+            },
+            now,
+        );
         assert!(a.is_empty(), "the second: after a backoff");
         assert_eq!(c.next_deadline(), Some(now + FIRST_BACKOFF));
         let mut a = c.handle(Event::Tick, now + FIRST_BACKOFF);
         assert!(matches!(a[..], [Action::Start { slot: 0, .. }]));
         for pid in 301..305 {
-            c.handle(Event::Started { id: started(&a[0]), pid }, now);
+            c.handle(
+                Event::Started {
+                    id: started(&a[0]),
+                    pid,
+                },
+                now,
+            );
             c.handle(Event::Exited { pid, clean: false }, now);
             a = c.handle(Event::Tick, now + Duration::from_secs(20));
             if c.gave_up {
@@ -693,7 +743,13 @@ mod tests {
         }
         assert!(c.gave_up, "5 crashes within the window");
         assert!(c.stopping);
-        let a = c.handle(Event::Exited { pid: 101, clean: true }, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: true,
+            },
+            now,
+        );
         assert_eq!(a, vec![Action::Exit { code: 1 }]);
     }
 
@@ -711,8 +767,17 @@ mod tests {
                 why: KillReason::Hung
             }]
         );
-        assert!(c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(), "killed once");
-        let a = c.handle(Event::Exited { pid: 100, clean: false }, now);
+        assert!(
+            c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
+            "killed once"
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
         assert!(matches!(a[..], [Action::Start { slot: 0, .. }]));
     }
 
@@ -721,7 +786,13 @@ mod tests {
         let now = Instant::now();
         let mut c = Cluster::new(settings(1));
         let a = c.start();
-        c.handle(Event::Started { id: started(&a[0]), pid: 5 }, now);
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 5,
+            },
+            now,
+        );
         let a = c.handle(Event::Tick, now + Duration::from_secs(30));
         assert_eq!(
             a,
@@ -750,9 +821,33 @@ mod tests {
         // The successor slot 0 was starting comes up: it is told to go too.
         let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
         assert_eq!(a, vec![Action::Stop { pid: 200 }]);
-        assert!(c.handle(Event::Exited { pid: 100, clean: true }, now).is_empty());
-        assert!(c.handle(Event::Exited { pid: 200, clean: true }, now).is_empty());
-        let a = c.handle(Event::Exited { pid: 101, clean: true }, now);
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 100,
+                    clean: true
+                },
+                now
+            )
+            .is_empty()
+        );
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 200,
+                    clean: true
+                },
+                now
+            )
+            .is_empty()
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: true,
+            },
+            now,
+        );
         assert_eq!(a, vec![Action::Exit { code: 0 }]);
         assert!(c.handle(Event::Tick, now).is_empty(), "nothing after the exit");
     }
@@ -763,10 +858,26 @@ mod tests {
         let mut c = serving(2, now);
         let a = c.handle(Event::Scale { workers: 3 }, now);
         assert!(matches!(a[..], [Action::Start { slot: 2, .. }]));
-        c.handle(Event::Started { id: started(&a[0]), pid: 102 }, now);
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 102,
+            },
+            now,
+        );
         let a = c.handle(Event::Scale { workers: 1 }, now);
         assert_eq!(a, vec![Action::Stop { pid: 101 }, Action::Stop { pid: 102 }]);
-        assert!(c.handle(Event::Exited { pid: 102, clean: true }, now).is_empty(), "no crash");
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 102,
+                    clean: true
+                },
+                now
+            )
+            .is_empty(),
+            "no crash"
+        );
         // A worker a removed slot's restart started is told to go.
         assert_eq!(
             c.handle(Event::Ready { slot: 1, pid: 900 }, now),
@@ -780,9 +891,24 @@ mod tests {
         let mut c = serving(1, now);
         c.handle(Event::RestartRequested { reply: 1 }, now);
         // The worker dies while its successor starts: the rollout fails, the slot restarts.
-        let a = c.handle(Event::Exited { pid: 100, clean: false }, now);
-        let start = a.iter().find(|a| matches!(a, Action::Start { slot: 0, .. })).expect("a start");
-        c.handle(Event::Started { id: started(start), pid: 300 }, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
+        let start = a
+            .iter()
+            .find(|a| matches!(a, Action::Start { slot: 0, .. }))
+            .expect("a start");
+        c.handle(
+            Event::Started {
+                id: started(start),
+                pid: 300,
+            },
+            now,
+        );
         // Its successor comes up anyway: stopped, the fresh worker keeps the slot.
         assert_eq!(
             c.handle(Event::Ready { slot: 0, pid: 200 }, now),
@@ -919,8 +1045,7 @@ mod tests {
                     None => return,
                 },
                 Step::RestartResult(i, ok) => {
-                    let Some((pid, slot)) = World::pick(w.restarting.iter().map(|(&p, &s)| (p, s)), i)
-                    else {
+                    let Some((pid, slot)) = World::pick(w.restarting.iter().map(|(&p, &s)| (p, s)), i) else {
                         return;
                     };
                     w.restarting.remove(&pid);
@@ -932,7 +1057,10 @@ mod tests {
                         w.live.insert(w.next_pid, slot);
                         // The old one drains and exits by itself once succeeded.
                         w.ended.insert(pid);
-                        Event::Ready { slot, pid: w.next_pid }
+                        Event::Ready {
+                            slot,
+                            pid: w.next_pid,
+                        }
                     } else {
                         Event::RestartFailed {
                             pid,

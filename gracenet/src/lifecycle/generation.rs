@@ -2,7 +2,7 @@
 //! the guard that makes the drain wait for a connection ([`ConnectionGuard`]).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -214,6 +214,14 @@ impl GenerationBuilder {
     /// a tokio runtime.
     pub fn start(self) -> Result<Generation, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
+        if let (Some(path), Some(pid_file)) = (&self.control_socket, &self.pid_file)
+            && same_path(pid_file, path)
+        {
+            return Err(Error::Control {
+                path: path.clone(),
+                reason: "it is also the PID file's path: give each its own".into(),
+            });
+        }
         let startup = crate::startup::startup()?;
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyStarted);
@@ -253,6 +261,21 @@ impl GenerationBuilder {
         }
         Ok(generation)
     }
+}
+
+/// Whether `a` and `b` name the same file (their directories resolved, the names compared).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        (
+            std::fs::canonicalize(dir).ok(),
+            p.file_name().map(ToOwned::to_owned),
+        )
+    };
+    a == b || resolved(a) == resolved(b)
 }
 
 /// What the handle and the driver share.
