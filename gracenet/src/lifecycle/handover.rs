@@ -223,9 +223,11 @@ impl Handover {
             self.give_up(&format!("sending it a connection failed: {e}"));
             return Err(e);
         }
+        let mut timed_out = false;
         let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
             Ok(answer) => answer,
             Err(_) => {
+                timed_out = true;
                 self.give_up(&format!(
                     "it did not answer for a connection within {:.1} s",
                     timeout.as_secs_f64()
@@ -248,6 +250,14 @@ impl Handover {
                     self.next
                 )))
             }
+            Err(_) if timed_out => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "generation {} did not answer within {:.1} s",
+                    self.next,
+                    timeout.as_secs_f64()
+                ),
+            )),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!(
@@ -622,5 +632,210 @@ fn stream_from(fd: OwnedFd) -> io::Result<Stream> {
         let s = std::net::TcpStream::from(fd);
         s.set_nonblocking(true)?;
         Ok(Stream::Tcp(tokio::net::TcpStream::from_std(s)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+    use super::{Handover, InheritedConnections};
+
+    /// A handing side and a receiving side, over a real socket pair.
+    fn channel() -> (Handover, InheritedConnections) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (input, out) = ours.into_split();
+        let handover = Handover::new(Arc::new(tokio::sync::Mutex::new(out)), Some(input), 2, 0);
+        (handover, InheritedConnections::new(theirs))
+    }
+
+    /// A loopback TCP connection: (client, server side).
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Writes `bytes` with `fds` attached, as a sender of another gracenet would.
+    fn send_raw(socket: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsg: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let n = sendmsg::<()>(socket.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None).unwrap();
+        assert_eq!(n, bytes.len());
+    }
+
+    fn header(tag: u8, unread: u32, state: u32, id: u64) -> Vec<u8> {
+        let mut h = vec![tag];
+        h.extend(unread.to_le_bytes());
+        h.extend(state.to_le_bytes());
+        if tag == super::FRAME {
+            h.extend(id.to_le_bytes());
+        }
+        h
+    }
+
+    async fn talk(client: &mut TcpStream, server: &mut (impl AsyncReadExt + Unpin), line: &[u8]) {
+        client.write_all(line).await.unwrap();
+        let mut got = vec![0u8; line.len()];
+        tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
+            .await
+            .expect("the line arrives")
+            .unwrap();
+        assert_eq!(got, line);
+    }
+
+    #[tokio::test]
+    async fn a_taken_connection_is_acknowledged_and_served_by_the_receiver() {
+        let (handover, mut inherited) = channel();
+        let (mut client, server) = connection().await;
+        let (offered, received) = tokio::join!(
+            handover.offer(server.as_fd(), b"unread", b"state", Duration::from_secs(5)),
+            inherited.next()
+        );
+        offered.expect("taken");
+        let mut c = received.expect("received");
+        assert_eq!(
+            (c.unread.as_slice(), c.state.as_slice()),
+            (&b"unread"[..], &b"state"[..])
+        );
+        drop(server);
+        talk(&mut client, &mut c.stream, b"after\n").await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_without_its_fd_is_answered_not_taken_and_the_stream_reads_on() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut inherited = InheritedConnections::new(theirs);
+        let receiving = tokio::spawn(async move { inherited.next().await.map(|c| c.unread) });
+        // The fd missing, as at the receiver's open-file limit (MSG_CTRUNC).
+        let mut frame = header(super::FRAME, 3, 0, 7);
+        frame.extend(b"abc");
+        send_raw(&ours, &frame, &[]);
+        let mut ours = ours;
+        let mut answer = [0u8; super::ANSWER];
+        ours.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[0], super::NOT_TAKEN);
+        assert_eq!(u64::from_le_bytes(answer[1..9].try_into().unwrap()), 7);
+        assert_eq!(answer[9], super::Refusal::FdMissing.code());
+        // Two fds where one was expected: both closed, not taken either.
+        let (_c1, s1) = connection().await;
+        let (_c2, s2) = connection().await;
+        let mut frame = header(super::FRAME, 0, 0, 8);
+        frame.truncate(super::FRAME_HEADER);
+        send_raw(&ours, &frame, &[s1.as_raw_fd(), s2.as_raw_fd()]);
+        ours.read_exact(&mut answer).await.unwrap();
+        assert_eq!(
+            (answer[0], answer[9]),
+            (super::NOT_TAKEN, super::Refusal::ExtraFds.code())
+        );
+        // The stream goes on: the next connection is taken.
+        let (input, out) = ours.into_split();
+        let handover = Handover::new(Arc::new(tokio::sync::Mutex::new(out)), Some(input), 2, 0);
+        let (_client, server) = connection().await;
+        handover
+            .offer(server.as_fd(), b"next", b"", Duration::from_secs(5))
+            .await
+            .expect("taken");
+        let unread = tokio::time::timeout(Duration::from_secs(5), receiving)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unread.as_deref(), Some(&b"next"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_cannot_use_stays_with_the_sender() {
+        let (handover, mut inherited) = channel();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (_, received) = tokio::join!(
+            async {
+                let refused = handover
+                    .offer(udp.as_fd(), b"", b"", Duration::from_secs(5))
+                    .await
+                    .expect_err("a datagram socket is not taken");
+                assert!(
+                    refused.to_string().contains("not a usable stream socket"),
+                    "{refused}"
+                );
+                let (_client, server) = connection().await;
+                handover
+                    .offer(server.as_fd(), b"", b"", Duration::from_secs(5))
+                    .await
+                    .expect("the next one is taken");
+            },
+            inherited.next()
+        );
+        assert!(received.is_some(), "the stream read on past the refused one");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_connection_stays_with_the_sender_and_a_late_receiver_does_not_take_it() {
+        let (handover, mut inherited) = channel();
+        let (mut client, mut server) = connection().await;
+        let e = handover
+            .offer(server.as_fd(), b"", b"", Duration::from_millis(200))
+            .await
+            .expect_err("nobody answered");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        // The receiver reads the frame late: its answer fails, so it closes its copy.
+        let late = tokio::time::timeout(Duration::from_secs(5), inherited.next())
+            .await
+            .unwrap();
+        assert!(late.is_none(), "taken after the sender gave it up: {late:?}");
+        // Still the sender's, and nothing more is offered on that channel.
+        talk(&mut client, &mut server, b"still here\n").await;
+        let (_c, other) = connection().await;
+        let closed = handover
+            .offer(other.as_fd(), b"", b"", Duration::from_secs(5))
+            .await
+            .expect_err("the channel was given up");
+        assert_eq!(closed.kind(), std::io::ErrorKind::BrokenPipe, "{closed}");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_gone_before_answering_leaves_the_connection_with_the_sender() {
+        let (handover, inherited) = channel();
+        drop(inherited);
+        let (mut client, mut server) = connection().await;
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            handover.offer(server.as_fd(), b"", b"", Duration::from_secs(30)),
+        )
+        .await
+        .expect("refused at once, not at the timeout")
+        .expect_err("nobody to take it");
+        assert_ne!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        talk(&mut client, &mut server, b"still here\n").await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_from_an_older_gracenet_is_taken_without_an_answer() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut inherited = InheritedConnections::new(theirs);
+        let (mut client, server) = connection().await;
+        let mut frame = header(super::LEGACY_FRAME, 2, 0, 0);
+        frame.extend(b"hi");
+        send_raw(&ours, &frame, &[server.as_raw_fd()]);
+        drop(server);
+        let mut c = tokio::time::timeout(Duration::from_secs(5), inherited.next())
+            .await
+            .unwrap()
+            .expect("taken");
+        assert_eq!(c.unread, b"hi");
+        talk(&mut client, &mut c.stream, b"x\n").await;
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            ours.try_read(&mut byte).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "no answer to an older sender"
+        );
     }
 }
