@@ -747,7 +747,11 @@ impl Generation {
     /// as they arrive: serve each as if accepted (tracking it), its `unread` bytes first.
     /// `None` in a first generation, or one started by Go grace or systemd. Call it after
     /// [`ready`](Self::ready) (the previous generation hands connections over once this one
-    /// serves).
+    /// serves), and keep calling [`next`](super::InheritedConnections::next) until it returns
+    /// `None`: a connection is this process's once `next` has returned it (the previous
+    /// generation is told then, and only then lets go of it); one this process cannot take
+    /// (it is out of fds, say) is answered so, and the previous generation goes on serving
+    /// it. The previous generation waits 10 s at most for an answer.
     ///
     /// # Errors
     /// [`Error::Io`] when the channel cannot be read.
