@@ -301,10 +301,14 @@ fn connections_the_new_process_has_no_fd_for_stay_with_the_old_one_and_none_is_l
         }
     });
     echo.expect_log("is ready: handing over");
-    // Every connection is offered at its next quiet point and answered within two lines;
+    // Every connection is offered at its next quiet point (at once: the client waits for
+    // each reply) and its line waits in the socket until the new process has answered for it;
     // from then on each has one owner: the new process if it took it, else the old one.
+    // Four rounds settle it; four more show each owner keeps it.
+    const ROUNDS: usize = 8;
+    const SETTLED: usize = 4;
     let mut owners = vec![Vec::new(); conns.len()];
-    for round in 0..6 {
+    for round in 0..ROUNDS {
         for (i, (c, r)) in conns.iter().zip(&mut readers).enumerate() {
             let pid = exchange(c, r, &format!("after {round} {i}"))
                 .unwrap_or_else(|e| panic!("connection {i} lost after the restart (round {round}): {e}"));
@@ -318,12 +322,12 @@ fn connections_the_new_process_has_no_fd_for_stay_with_the_old_one_and_none_is_l
             "connection {i} went back to the old process: {o:?}"
         );
         assert!(
-            o[2..].iter().all(|&p| p == o[2]),
+            o[SETTLED..].iter().all(|&p| p == o[SETTLED]),
             "connection {i} changed hands after its hand-over was decided: {o:?}"
         );
     }
-    let kept = owners.iter().filter(|o| o[5] == old).count();
-    let handed = owners.iter().filter(|o| o[5] == new).count();
+    let kept = owners.iter().filter(|o| o[SETTLED] == old).count();
+    let handed = owners.iter().filter(|o| o[SETTLED] == new).count();
     eprintln!(
         "{KEPT_OPEN} connections at a limit of {LIMIT} fds: {handed} taken by the new process, {kept} kept and served by the old one, none lost"
     );
