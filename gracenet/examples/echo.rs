@@ -4,7 +4,8 @@
 //! cargo run -p gracenet --example echo -- 127.0.0.1:7000 &
 //! nc 127.0.0.1 7000            # each line comes back as "<pid> <line>"
 //! kill -USR2 <pid>             # the new process takes over: new connections, and the open
-//!                              # ones too (the same nc's next line is answered by the new pid)
+//!                              # ones too (the same nc's next line is answered by the new pid;
+//!                              # one it cannot take, out of fds, stays with the old pid)
 //! kill -TERM <pid>             # stop: finish open connections (up to 60 s), exit
 //! ```
 //!
@@ -75,7 +76,7 @@ async fn run() -> Result<(), gracenet::Error> {
 
 /// Echoes each line with our pid. When this generation drains after a restart, the
 /// connection is handed to the new one at the next quiet point (no partial line pending);
-/// when it is stopping, it goes on until the client closes.
+/// when it is stopping, or the new one does not take it, it goes on until the client closes.
 async fn echo(
     mut conn: Stream,
     mut pending: Vec<u8>,
@@ -99,10 +100,12 @@ async fn echo(
         }
         if drain_started && pending.is_empty() {
             // Quiet: hand it over (what is unread stays in the socket for the new process).
+            // `Ok` once the new process has taken it.
             if generation.hand_over(&conn, &pending, b"").await.is_ok() {
                 return;
             }
-            // No successor (a stop): keep serving until the client closes.
+            // Not handed: no successor (a stop), or the new process did not take it (out of
+            // fds, gone). It is still ours: keep serving it until the client closes.
             drain_started = false;
             can_hand_over = false;
         }

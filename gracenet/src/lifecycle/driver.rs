@@ -34,7 +34,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 struct Child {
     process: ChildProcess,
     exit: ExitWatch,
-    /// The channel's read side (readiness, or a refusal), while it is starting.
+    /// The channel's read side (readiness, or a refusal), while it is starting; then the
+    /// hand-over's answers.
     ready: Option<OwnedReadHalf>,
     /// Why it refused what it was handed, if it did.
     refusal: Option<String>,
@@ -227,14 +228,17 @@ impl Driver {
             Action::HandOver { successor } => {
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
                 self.successor = self.pending.take().map(|mut c| {
-                    c.ready = None;
                     c.idle_limit = None;
-                    // The successor's channel, for handing it live connections.
+                    // The successor's channel, for handing it live connections: they go out
+                    // on its write side, and its answers (taken or not) come back on the
+                    // read side the readiness came on.
+                    let handover =
+                        super::handover::Handover::new(c.out.clone(), c.ready.take(), next, successor);
                     *self
                         .shared
                         .successor_channel
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(c.out.clone());
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handover));
                     c
                 });
             }

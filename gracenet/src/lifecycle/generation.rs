@@ -292,8 +292,7 @@ pub(super) struct Shared {
     /// Set when the drain begins (with `phase`), for a cheap check per request.
     pub draining: AtomicBool,
     /// The channel to the generation that took over, for handing it live connections.
-    pub successor_channel:
-        std::sync::Mutex<Option<Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>>>,
+    pub successor_channel: std::sync::Mutex<Option<Arc<super::handover::Handover>>>,
     /// The channel from the generation that started this one, kept after ready for the
     /// connections it hands over.
     pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
@@ -698,20 +697,34 @@ impl Generation {
 
     /// Hands a live connection to the generation that took over (once this one drains after
     /// a restart): `stream`'s fd goes to the new process with `unread` (bytes read from it
-    /// but not handled) and `state` (anything the application attaches). On success, drop
-    /// `stream`: the connection is the new process's, and its client sees no close. Call it
+    /// but not handled) and `state` (anything the application attaches), and this call waits
+    /// for the new process to answer. `Ok` once it has taken the connection: drop `stream`
+    /// then (its client sees no close; its next reply comes from the new process). Call it
     /// where the connection is quiet (between requests or lines). The new process receives
-    /// it from [`inherited_connections`](Self::inherited_connections); if that process dies,
-    /// the connections it took close with it.
+    /// it from [`inherited_connections`](Self::inherited_connections); if that process dies
+    /// later, the connections it took close with it.
+    ///
+    /// An error means the connection is still this process's, exactly as before the call,
+    /// and the new process will not serve it: keep serving `stream` (with your `unread`
+    /// bytes) until the client closes, as the drain expects. That is the case when there is
+    /// no successor (this generation is stopping, not restarting), when the new process did
+    /// not take it (its fd did not arrive: it is at its open-file limit, say), when the new
+    /// process exits or closes the channel before answering, or when no answer comes within
+    /// 10 s (then no more connections are offered to it: the rest stay here too).
+    ///
+    /// Let the call finish: do not cancel it (in a `select!`, say) once it has started. A
+    /// call dropped while it waits for the answer leaves the connection in both processes if
+    /// the new one takes it.
     ///
     /// ```no_run
     /// # async fn serve(generation: gracenet::Generation, conn: gracenet::tokio::Stream) {
     /// // In a connection's task, at a quiet point once this generation drains:
     /// generation.stopping().await;
     /// if generation.hand_over(&conn, b"", b"session=42").await.is_ok() {
-    ///     return; // the new process serves it now; dropping `conn` closes nothing
+    ///     return; // the new process took it; dropping `conn` closes nothing
     /// }
-    /// // No successor (a stop): go on serving `conn` until the client closes.
+    /// // Not handed (a stop, or the new process did not take it): go on serving `conn`
+    /// // until the client closes.
     /// # }
     /// // In the new process, after ready():
     /// # async fn receive(generation: gracenet::Generation) -> Result<(), gracenet::Error> {
@@ -726,15 +739,15 @@ impl Generation {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] when there is no successor to hand to (this generation is stopping, not
-    /// restarting, or the successor is gone), or sending fails: keep serving `stream` then.
+    /// [`Error::Io`] when the connection was not handed over (see above): keep serving
+    /// `stream`.
     pub async fn hand_over(
         &self,
         stream: &crate::tokio::Stream,
         unread: &[u8],
         state: &[u8],
     ) -> Result<(), Error> {
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsFd;
         let channel = self
             .shared
             .successor_channel
@@ -748,8 +761,8 @@ impl Generation {
         let Some(channel) = channel else {
             return Err(io(std::io::Error::other("no generation took over from this one")));
         };
-        let mut out = channel.lock().await;
-        super::handover::send(&mut out, stream.as_fd().as_raw_fd(), unread, state)
+        channel
+            .offer(stream.as_fd(), unread, state, super::handover::ANSWER_TIMEOUT)
             .await
             .map_err(io)
     }
@@ -758,7 +771,11 @@ impl Generation {
     /// as they arrive: serve each as if accepted (tracking it), its `unread` bytes first.
     /// `None` in a first generation, or one started by Go grace or systemd. Call it after
     /// [`ready`](Self::ready) (the previous generation hands connections over once this one
-    /// serves).
+    /// serves), and keep calling [`next`](super::InheritedConnections::next) until it returns
+    /// `None`: a connection is this process's once `next` has returned it (the previous
+    /// generation is told then, and only then lets go of it); one this process cannot take
+    /// (it is out of fds, say) is answered so, and the previous generation goes on serving
+    /// it. The previous generation waits 10 s at most for an answer.
     ///
     /// # Errors
     /// [`Error::Io`] when the channel cannot be read.

@@ -3,22 +3,405 @@
 //! and an application-defined state. The client sees no close and no reset: its next reply
 //! comes from the new process, on the same connection.
 //!
-//! On the channel, after the handed-over application state (see
-//! [`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)), each connection
-//! is a frame: `C`, the unread bytes' length and the state's length (u32, little-endian), with
-//! the connection's fd attached to these 9 bytes; then the unread bytes and the state.
+//! A hand-over is acknowledged. A connection is the new process's only once the new process
+//! has answered that it took it; until then the old process keeps its fd, and the
+//! application its unread bytes. When the answer is "not taken" (its fd did not arrive: the
+//! new process is at its open-file limit, say), when the channel closes first (the new
+//! process exited or crashed) or when no answer comes within [`ANSWER_TIMEOUT`], the
+//! connection stays with the old process, which serves it as before. A frame the new process
+//! cannot take costs that frame only: it answers "not taken" and reads on.
+//!
+//! # On the channel
+//! After the handed-over application state (see
+//! [`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)):
+//!
+//! - old to new, one frame per connection: `H`, the unread bytes' length and the state's
+//!   length (u32, little-endian) and the frame's id (u64, little-endian), with the
+//!   connection's fd attached to these 17 bytes; then the unread bytes and the state.
+//! - new to old, one answer per frame, 10 bytes: `A` (taken) or `N` (not taken), the frame's
+//!   id (u64, little-endian) and why not (0 with `A`; with `N`: 1 its fd did not arrive,
+//!   2 the fd is not a usable stream socket, 3 more than one fd came).
+//!
+//! Giving up on a missing answer is safe: the old process first shuts the channel down both
+//! ways, so an answer the new process writes after that fails (`EPIPE`) and it closes its
+//! copy of the connection instead of serving it, while an answer written before is still
+//! read. The kernel checks the shutdown and queues the answer under one lock: no answer falls
+//! between.
+//!
+//! A frame tagged `C` (9 bytes: the two lengths, no id) comes from an older gracenet, which
+//! reads no answers: it is taken without one.
 
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::unix::OwnedWriteHalf;
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, recvmsg, sendmsg};
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 
 use crate::tokio::Stream;
 
 /// The most bytes of unread data or state one handed connection may carry.
 pub(crate) const MAX_HANDED_BYTES: u32 = 16 * 1024 * 1024;
+
+/// How long the next generation may take to answer for a connection offered to it (sending
+/// included). Past it, this process gives up on the channel: the connection and every other
+/// one still unanswered stay here, and no more are offered.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A frame's tag: a connection, with an id to answer.
+const FRAME: u8 = b'H';
+/// An older gracenet's frame: a connection without an id, taken without an answer.
+const LEGACY_FRAME: u8 = b'C';
+const FRAME_HEADER: usize = 17;
+const LEGACY_HEADER: usize = 9;
+/// The answers' tags.
+const TAKEN: u8 = b'A';
+const NOT_TAKEN: u8 = b'N';
+const ANSWER: usize = 10;
+
+/// Why the next generation did not take a connection (an `N` answer's last byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its fd did not arrive (`MSG_CTRUNC`: the receiver is at its open-file limit).
+    FdMissing,
+    /// The fd is not a stream socket tokio can serve.
+    Unusable,
+    /// More than one fd came with it.
+    ExtraFds,
+    /// A reason this gracenet does not know (from a newer one).
+    Other(u8),
+}
+
+impl Refusal {
+    fn code(self) -> u8 {
+        match self {
+            Refusal::FdMissing => 1,
+            Refusal::Unusable => 2,
+            Refusal::ExtraFds => 3,
+            Refusal::Other(code) => code,
+        }
+    }
+
+    fn from_code(code: u8) -> Refusal {
+        match code {
+            1 => Refusal::FdMissing,
+            2 => Refusal::Unusable,
+            3 => Refusal::ExtraFds,
+            other => Refusal::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::FdMissing => f.write_str(
+                "its fd did not arrive (is the new process at its open-file limit, RLIMIT_NOFILE?)",
+            ),
+            Refusal::Unusable => f.write_str("its fd is not a usable stream socket"),
+            Refusal::ExtraFds => f.write_str("it came with more than one fd"),
+            Refusal::Other(code) => write!(f, "reason {code}"),
+        }
+    }
+}
+
+/// What the next generation answered for one frame.
+#[derive(Debug)]
+enum Answer {
+    Taken,
+    NotTaken(Refusal),
+}
+
+/// The sending side of the channel to the generation that took over: offers it connections
+/// and learns, per connection, whether it took it.
+pub(crate) struct Handover {
+    /// The channel's write side, shared with the state hand-over (which goes first).
+    out: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// The channel's fd, for shutting it down; open for as long as `out` is.
+    raw: Option<RawFd>,
+    waiting: Arc<Mutex<Waiting>>,
+    /// The next generation's number and pid, for the logs.
+    next: u64,
+    pid: u32,
+}
+
+/// The offers waiting for their answer.
+#[derive(Default)]
+struct Waiting {
+    last_id: u64,
+    answers: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Set once no more offers go out (the channel ended or was given up).
+    closed: bool,
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Handover {
+    /// The channel to generation `next` (pid `pid`): frames go out on `out`; the answers
+    /// come in on `answers`, read by a task of its own. Without `answers` nothing can be
+    /// acknowledged, so nothing is offered.
+    pub(crate) fn new(
+        out: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+        answers: Option<OwnedReadHalf>,
+        next: u64,
+        pid: u32,
+    ) -> Handover {
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let raw = answers.as_ref().map(|a| a.as_ref().as_raw_fd());
+        match answers {
+            Some(answers) => {
+                tokio::spawn(read_answers(answers, waiting.clone(), next, pid));
+            }
+            None => lock(&waiting).closed = true,
+        }
+        Handover {
+            out,
+            raw,
+            waiting,
+            next,
+            pid,
+        }
+    }
+
+    /// Offers the connection `conn` with `unread` and `state`, and waits for the answer, for
+    /// `timeout` at most. `Ok` once the next generation has taken it: close `conn` here then.
+    /// On an error it is still this process's, and the next generation will not serve it.
+    ///
+    /// Not cancel-safe once the frame is sent: let it finish (it is bounded by `timeout`).
+    pub(crate) async fn offer(
+        &self,
+        conn: BorrowedFd<'_>,
+        unread: &[u8],
+        state: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let len = |b: &[u8]| {
+            u32::try_from(b.len())
+                .ok()
+                .filter(|&n| n <= MAX_HANDED_BYTES)
+                .ok_or_else(|| io::Error::other(format!("more than {MAX_HANDED_BYTES} bytes to hand over")))
+        };
+        let (unread_len, state_len) = (len(unread)?, len(state)?);
+        let (id, mut answer) = {
+            let mut waiting = lock(&self.waiting);
+            if waiting.closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("the channel to generation {} is closed", self.next),
+                ));
+            }
+            waiting.last_id += 1;
+            let id = waiting.last_id;
+            let (tx, rx) = oneshot::channel();
+            waiting.answers.insert(id, tx);
+            (id, rx)
+        };
+        let mut header = [0u8; FRAME_HEADER];
+        header[0] = FRAME;
+        header[1..5].copy_from_slice(&unread_len.to_le_bytes());
+        header[5..9].copy_from_slice(&state_len.to_le_bytes());
+        header[9..17].copy_from_slice(&id.to_le_bytes());
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, self.send(conn, &header, unread, state)).await;
+        let failed = match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not sent within {:.1} s", timeout.as_secs_f64()),
+            )),
+        };
+        if let Some(e) = failed {
+            lock(&self.waiting).answers.remove(&id);
+            self.give_up(&format!("sending it a connection failed: {e}"));
+            return Err(e);
+        }
+        let mut timed_out = false;
+        let answer = match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                timed_out = true;
+                self.give_up(&format!(
+                    "it did not answer for a connection within {:.1} s",
+                    timeout.as_secs_f64()
+                ));
+                // Bounded: after the shutdown the reader reads the answers written before it,
+                // then end-of-file, and lets go of every offer still waiting.
+                answer.await
+            }
+        };
+        match answer {
+            Ok(Answer::Taken) => Ok(()),
+            Ok(Answer::NotTaken(why)) => {
+                tracing::warn!(
+                    "generation {} (pid {}) did not take a connection: {why}; it stays here",
+                    self.next,
+                    self.pid
+                );
+                Err(io::Error::other(format!(
+                    "generation {} did not take it: {why}",
+                    self.next
+                )))
+            }
+            Err(_) if timed_out => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "generation {} did not answer within {:.1} s",
+                    self.next,
+                    timeout.as_secs_f64()
+                ),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!(
+                    "the channel to generation {} closed before it answered",
+                    self.next
+                ),
+            )),
+        }
+    }
+
+    /// Writes one frame, the fd with its first bytes.
+    async fn send(&self, conn: BorrowedFd<'_>, header: &[u8], unread: &[u8], state: &[u8]) -> io::Result<()> {
+        let out = self.out.lock().await;
+        let socket: &UnixStream = out.as_ref();
+        // Declared after `out`, so dropped before it: a frame cut short (an error, or this
+        // future dropped) shuts the channel down while no other frame can follow it.
+        let mut cut = CutShort {
+            raw: self.raw,
+            waiting: &self.waiting,
+            done: false,
+        };
+        let sent = loop {
+            socket.writable().await?;
+            let attempt = socket.try_io(Interest::WRITABLE, || {
+                let iov = [io::IoSlice::new(header)];
+                let fds = [conn.as_raw_fd()];
+                let cmsg = [ControlMessage::ScmRights(&fds)];
+                sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(io::Error::from)
+            });
+            match attempt {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        send_all(socket, &header[sent..]).await?;
+        send_all(socket, unread).await?;
+        send_all(socket, state).await?;
+        cut.done = true;
+        Ok(())
+    }
+
+    /// Offers nothing more: shuts the channel down both ways (an answer the next generation
+    /// writes from now on fails there, and it closes that connection), so the offers still
+    /// waiting end with the answers already written, or as not taken.
+    fn give_up(&self, why: &str) {
+        let first = !std::mem::replace(&mut lock(&self.waiting).closed, true);
+        shut_down(self.raw);
+        if first {
+            tracing::warn!(
+                "generation {} (pid {}): {why}: handing it no more connections; those it did not take stay here",
+                self.next,
+                self.pid
+            );
+        }
+    }
+}
+
+/// Shuts the channel down when a frame was cut short (see [`Handover::send`]).
+struct CutShort<'a> {
+    raw: Option<RawFd>,
+    waiting: &'a Mutex<Waiting>,
+    done: bool,
+}
+
+impl Drop for CutShort<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(self.waiting).closed = true;
+            shut_down(self.raw);
+        }
+    }
+}
+
+fn shut_down(raw: Option<RawFd>) {
+    if let Some(raw) = raw {
+        // Already shut down, or the peer gone: nothing left to stop.
+        let _ = nix::sys::socket::shutdown(raw, Shutdown::Both);
+    }
+}
+
+/// Reads the next generation's answers and gives each to the offer waiting for it, until the
+/// channel ends; then every offer still waiting is told "not taken" (its sender dropped).
+async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, next: u64, pid: u32) {
+    let mut buf = [0u8; ANSWER];
+    let end = loop {
+        // End-of-file or an error both mean the next generation wrote its last answer (a
+        // read fails only once everything queued has been read).
+        if let Err(e) = input.read_exact(&mut buf).await {
+            break e;
+        }
+        let id = u64::from_le_bytes([buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]]);
+        let answer = match buf[0] {
+            TAKEN => Answer::Taken,
+            NOT_TAKEN => Answer::NotTaken(Refusal::from_code(buf[9])),
+            other => {
+                // Nothing after it can be trusted: no more answers.
+                shut_down(Some(input.as_ref().as_raw_fd()));
+                break io::Error::other(format!("an answer tagged {other:#04x}"));
+            }
+        };
+        let offer = lock(&waiting).answers.remove(&id);
+        match offer.map(|tx| tx.send(answer)) {
+            Some(Ok(())) => {}
+            Some(Err(Answer::Taken)) => tracing::error!(
+                "generation {next} (pid {pid}) took connection {id}, but the hand_over call that offered it was cancelled: both processes may serve it"
+            ),
+            Some(Err(_)) => {}
+            None => tracing::warn!(
+                "generation {next} (pid {pid}) answered for connection {id}, which waits for no answer"
+            ),
+        }
+    };
+    let left = {
+        let mut waiting = lock(&waiting);
+        waiting.closed = true;
+        std::mem::take(&mut waiting.answers)
+    };
+    if left.is_empty() {
+        tracing::debug!("the channel to generation {next} (pid {pid}) ended: {end}");
+    } else {
+        tracing::warn!(
+            "the channel to generation {next} (pid {pid}) ended ({end}) with {} connection(s) unanswered: they stay here",
+            left.len()
+        );
+    }
+}
+
+/// Writes all of `bytes` on `socket`, without `SIGPIPE` when the peer is gone.
+async fn send_all(socket: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        let attempt = socket.try_io(Interest::WRITABLE, || {
+            nix::sys::socket::send(socket.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+        });
+        match attempt {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// A connection the previous generation handed over.
 #[derive(Debug)]
@@ -32,140 +415,215 @@ pub struct HandedConnection {
     pub state: Vec<u8>,
 }
 
-/// Sends one connection's fd and data on the channel `out`.
-pub(crate) async fn send(
-    out: &mut OwnedWriteHalf,
-    conn: RawFd,
-    unread: &[u8],
-    state: &[u8],
-) -> io::Result<()> {
-    let len = |b: &[u8]| {
-        u32::try_from(b.len())
-            .ok()
-            .filter(|&n| n <= MAX_HANDED_BYTES)
-            .ok_or_else(|| io::Error::other(format!("more than {MAX_HANDED_BYTES} bytes to hand over")))
-    };
-    let mut header = [0u8; 9];
-    header[0] = b'C';
-    header[1..5].copy_from_slice(&len(unread)?.to_le_bytes());
-    header[5..9].copy_from_slice(&len(state)?.to_le_bytes());
-    let socket = out.as_ref();
-    let sent = loop {
-        socket.writable().await?;
-        let attempt = socket.try_io(Interest::WRITABLE, || {
-            let iov = [io::IoSlice::new(&header)];
-            let fds = [conn];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(io::Error::from)
-        });
-        match attempt {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    out.write_all(&header[sent..]).await?;
-    out.write_all(unread).await?;
-    out.write_all(state).await?;
-    out.flush().await
-}
-
-/// The connections the previous generation hands over, as they arrive.
+/// The connections the previous generation hands over, as they arrive. Each one this
+/// process takes is acknowledged as [`next`](Self::next) returns it; one it cannot take (its
+/// fd did not arrive, at the open-file limit) is answered "not taken" and stays with the
+/// previous generation, and the stream reads on.
 #[derive(Debug)]
 pub struct InheritedConnections {
-    channel: tokio::net::UnixStream,
+    /// `None` once the stream has ended; dropping it tells the previous generation that the
+    /// frames not yet read will not be taken.
+    channel: Option<UnixStream>,
+}
+
+/// One frame's outcome.
+enum Received {
+    Connection(HandedConnection),
+    /// Not taken (and answered so): read on.
+    Skipped,
+    /// The previous generation is done handing over.
+    End,
 }
 
 impl InheritedConnections {
-    pub(crate) fn new(channel: tokio::net::UnixStream) -> InheritedConnections {
-        InheritedConnections { channel }
-    }
-
-    /// The next handed connection; `None` once the previous generation is done handing over
-    /// (it closed the channel, or exited).
-    pub async fn next(&mut self) -> Option<HandedConnection> {
-        match self.receive().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("receiving a handed-over connection failed: {e}");
-                None
-            }
+    pub(crate) fn new(channel: UnixStream) -> InheritedConnections {
+        InheritedConnections {
+            channel: Some(channel),
         }
     }
 
-    async fn receive(&mut self) -> io::Result<Option<HandedConnection>> {
-        let mut header = [0u8; 9];
-        let mut got = 0;
-        let mut fd: Option<OwnedFd> = None;
-        while got < header.len() {
-            self.channel.readable().await?;
-            let read = self.channel.try_io(Interest::READABLE, || {
-                let mut iov = [io::IoSliceMut::new(&mut header[got..])];
-                let mut space = nix::cmsg_space!([RawFd; 1]);
-                let msg = recvmsg::<()>(
-                    self.channel.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    crate::sys::RECV_CLOEXEC,
-                )
-                .map_err(io::Error::from)?;
-                let mut received = Vec::new();
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            received.extend(fds);
-                        }
+    /// The next handed connection, taken (the previous generation has been told, and has
+    /// let go of it); `None` once the previous generation is done handing over (it closed
+    /// the channel, or exited), or the channel is unreadable.
+    pub async fn next(&mut self) -> Option<HandedConnection> {
+        loop {
+            let channel = self.channel.as_mut()?;
+            match receive(channel).await {
+                Ok(Received::Connection(c)) => return Some(c),
+                Ok(Received::Skipped) => continue,
+                Ok(Received::End) => {}
+                Err(e) => tracing::warn!("receiving handed-over connections failed: {e}; taking no more"),
+            }
+            self.channel = None;
+            return None;
+        }
+    }
+}
+
+/// The fds that came with one frame's header, and whether some were cut off.
+#[derive(Default)]
+struct Fds {
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+}
+
+impl Fds {
+    /// The frame's one fd; what else arrived is closed.
+    fn one(mut self) -> Result<OwnedFd, Refusal> {
+        match (self.truncated, self.fds.len()) {
+            (false, 1) => self.fds.pop().ok_or(Refusal::FdMissing),
+            (_, 0) => Err(Refusal::FdMissing),
+            _ => Err(Refusal::ExtraFds),
+        }
+    }
+}
+
+/// Reads one frame and answers it.
+async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
+    let mut header = [0u8; FRAME_HEADER];
+    let mut fds = Fds::default();
+    if !receive_header(channel, &mut header[..LEGACY_HEADER], &mut fds).await? {
+        return Ok(Received::End);
+    }
+    let id = match header[0] {
+        FRAME => {
+            if !receive_header(channel, &mut header[LEGACY_HEADER..], &mut fds).await? {
+                return Err(cut_short());
+            }
+            Some(u64::from_le_bytes([
+                header[9], header[10], header[11], header[12], header[13], header[14], header[15], header[16],
+            ]))
+        }
+        LEGACY_FRAME => None,
+        other => {
+            return Err(io::Error::other(format!(
+                "the channel carried a frame tagged {other:#04x}, not a connection"
+            )));
+        }
+    };
+    let unread_len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+    let state_len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+    if unread_len > MAX_HANDED_BYTES || state_len > MAX_HANDED_BYTES {
+        return Err(io::Error::other(format!(
+            "a handed-over connection carries {unread_len} unread and {state_len} state bytes, more than {MAX_HANDED_BYTES}"
+        )));
+    }
+    let mut unread = vec![0u8; unread_len as usize];
+    channel.read_exact(&mut unread).await?;
+    let mut state = vec![0u8; state_len as usize];
+    channel.read_exact(&mut state).await?;
+    let stream = fds
+        .one()
+        .and_then(|fd| stream_from(fd).map_err(|_| Refusal::Unusable));
+    let Some(id) = id else {
+        // An older gracenet's frame: nobody to answer.
+        return Ok(match stream {
+            Ok(stream) => Received::Connection(HandedConnection {
+                stream,
+                unread,
+                state,
+            }),
+            Err(why) => {
+                tracing::warn!("a handed-over connection could not be taken ({why}); it is lost");
+                Received::Skipped
+            }
+        });
+    };
+    match stream {
+        Ok(stream) => {
+            // Served only if the answer is out: an answer that fails means the previous
+            // generation gave up on the channel and serves the connection itself (dropping
+            // `stream` closes this copy only).
+            answer(channel, TAKEN, id, 0).await?;
+            Ok(Received::Connection(HandedConnection {
+                stream,
+                unread,
+                state,
+            }))
+        }
+        Err(why) => {
+            tracing::warn!(
+                "a handed-over connection could not be taken ({why}); it stays with the previous generation"
+            );
+            answer(channel, NOT_TAKEN, id, why.code()).await?;
+            Ok(Received::Skipped)
+        }
+    }
+}
+
+fn cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the channel closed in the middle of a frame",
+    )
+}
+
+/// Fills `header` from the channel with `recvmsg`, collecting the fds that come with it.
+/// `false` when the channel is at its end before the first byte.
+async fn receive_header(channel: &UnixStream, header: &mut [u8], fds: &mut Fds) -> io::Result<bool> {
+    let mut got = 0;
+    while got < header.len() {
+        channel.readable().await?;
+        let read = channel.try_io(Interest::READABLE, || {
+            let mut iov = [io::IoSliceMut::new(&mut header[got..])];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let msg = recvmsg::<()>(
+                channel.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                crate::sys::RECV_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut received = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        received.extend(fds);
                     }
                 }
-                Ok((msg.bytes, received))
-            });
-            let (n, fds) = match read {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            for raw in fds {
-                // SAFETY: the kernel just installed this fd in this process for us.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                crate::socket::set_cloexec(&owned).map_err(io::Error::from)?;
-                if fd.is_none() {
-                    fd = Some(owned);
-                }
             }
-            if n == 0 {
-                return Ok(None);
+            Ok((msg.bytes, received, msg.flags.contains(MsgFlags::MSG_CTRUNC)))
+        });
+        let (n, received, truncated) = match read {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        for raw in received {
+            // SAFETY: the kernel just installed this fd in this process for us; nothing
+            // else owns it.
+            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+            if crate::socket::set_cloexec(&owned).is_err() {
+                // Closed here, counted as missing: it must not leak into a child.
+                fds.truncated = true;
+                continue;
             }
-            got += n;
+            fds.fds.push(owned);
         }
-        if header[0] != b'C' {
-            return Err(io::Error::other(
-                "the channel carried something other than a connection",
-            ));
+        fds.truncated |= truncated;
+        if n == 0 {
+            return if got == 0 { Ok(false) } else { Err(cut_short()) };
         }
-        let fd = fd.ok_or_else(|| io::Error::other("a handed-over connection came without its fd"))?;
-        let unread_len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-        let state_len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
-        if unread_len > MAX_HANDED_BYTES || state_len > MAX_HANDED_BYTES {
-            return Err(io::Error::other(
-                "a handed-over connection carries too many bytes",
-            ));
-        }
-        let mut unread = vec![0u8; unread_len as usize];
-        self.channel.read_exact(&mut unread).await?;
-        let mut state = vec![0u8; state_len as usize];
-        self.channel.read_exact(&mut state).await?;
-        Ok(Some(HandedConnection {
-            stream: stream_from(fd)?,
-            unread,
-            state,
-        }))
+        got += n;
     }
+    Ok(true)
+}
+
+/// Answers frame `id`: `tag` (`A` or `N`) and why not.
+async fn answer(channel: &UnixStream, tag: u8, id: u64, why: u8) -> io::Result<()> {
+    let mut bytes = [0u8; ANSWER];
+    bytes[0] = tag;
+    bytes[1..9].copy_from_slice(&id.to_le_bytes());
+    bytes[9] = why;
+    send_all(channel, &bytes).await
 }
 
 /// A connected stream socket's fd as a tokio stream of the right kind.
 fn stream_from(fd: OwnedFd) -> io::Result<Stream> {
-    let family = crate::sys::socket_family(std::os::fd::AsFd::as_fd(&fd))?;
+    if socket2::SockRef::from(&fd).r#type()? != socket2::Type::STREAM {
+        return Err(io::Error::other("not a stream socket"));
+    }
+    let family = crate::sys::socket_family(fd.as_fd())?;
     if family == libc::AF_UNIX {
         let s = std::os::unix::net::UnixStream::from(fd);
         s.set_nonblocking(true)?;
@@ -174,5 +632,210 @@ fn stream_from(fd: OwnedFd) -> io::Result<Stream> {
         let s = std::net::TcpStream::from(fd);
         s.set_nonblocking(true)?;
         Ok(Stream::Tcp(tokio::net::TcpStream::from_std(s)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd, RawFd};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+    use super::{Handover, InheritedConnections};
+
+    /// A handing side and a receiving side, over a real socket pair.
+    fn channel() -> (Handover, InheritedConnections) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (input, out) = ours.into_split();
+        let handover = Handover::new(Arc::new(tokio::sync::Mutex::new(out)), Some(input), 2, 0);
+        (handover, InheritedConnections::new(theirs))
+    }
+
+    /// A loopback TCP connection: (client, server side).
+    async fn connection() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Writes `bytes` with `fds` attached, as a sender of another gracenet would.
+    fn send_raw(socket: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let iov = [std::io::IoSlice::new(bytes)];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsg: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        let n = sendmsg::<()>(socket.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None).unwrap();
+        assert_eq!(n, bytes.len());
+    }
+
+    fn header(tag: u8, unread: u32, state: u32, id: u64) -> Vec<u8> {
+        let mut h = vec![tag];
+        h.extend(unread.to_le_bytes());
+        h.extend(state.to_le_bytes());
+        if tag == super::FRAME {
+            h.extend(id.to_le_bytes());
+        }
+        h
+    }
+
+    async fn talk(client: &mut TcpStream, server: &mut (impl AsyncReadExt + Unpin), line: &[u8]) {
+        client.write_all(line).await.unwrap();
+        let mut got = vec![0u8; line.len()];
+        tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
+            .await
+            .expect("the line arrives")
+            .unwrap();
+        assert_eq!(got, line);
+    }
+
+    #[tokio::test]
+    async fn a_taken_connection_is_acknowledged_and_served_by_the_receiver() {
+        let (handover, mut inherited) = channel();
+        let (mut client, server) = connection().await;
+        let (offered, received) = tokio::join!(
+            handover.offer(server.as_fd(), b"unread", b"state", Duration::from_secs(5)),
+            inherited.next()
+        );
+        offered.expect("taken");
+        let mut c = received.expect("received");
+        assert_eq!(
+            (c.unread.as_slice(), c.state.as_slice()),
+            (&b"unread"[..], &b"state"[..])
+        );
+        drop(server);
+        talk(&mut client, &mut c.stream, b"after\n").await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_without_its_fd_is_answered_not_taken_and_the_stream_reads_on() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut inherited = InheritedConnections::new(theirs);
+        let receiving = tokio::spawn(async move { inherited.next().await.map(|c| c.unread) });
+        // The fd missing, as at the receiver's open-file limit (MSG_CTRUNC).
+        let mut frame = header(super::FRAME, 3, 0, 7);
+        frame.extend(b"abc");
+        send_raw(&ours, &frame, &[]);
+        let mut ours = ours;
+        let mut answer = [0u8; super::ANSWER];
+        ours.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[0], super::NOT_TAKEN);
+        assert_eq!(u64::from_le_bytes(answer[1..9].try_into().unwrap()), 7);
+        assert_eq!(answer[9], super::Refusal::FdMissing.code());
+        // Two fds where one was expected: both closed, not taken either.
+        let (_c1, s1) = connection().await;
+        let (_c2, s2) = connection().await;
+        let mut frame = header(super::FRAME, 0, 0, 8);
+        frame.truncate(super::FRAME_HEADER);
+        send_raw(&ours, &frame, &[s1.as_raw_fd(), s2.as_raw_fd()]);
+        ours.read_exact(&mut answer).await.unwrap();
+        assert_eq!(
+            (answer[0], answer[9]),
+            (super::NOT_TAKEN, super::Refusal::ExtraFds.code())
+        );
+        // The stream goes on: the next connection is taken.
+        let (input, out) = ours.into_split();
+        let handover = Handover::new(Arc::new(tokio::sync::Mutex::new(out)), Some(input), 2, 0);
+        let (_client, server) = connection().await;
+        handover
+            .offer(server.as_fd(), b"next", b"", Duration::from_secs(5))
+            .await
+            .expect("taken");
+        let unread = tokio::time::timeout(Duration::from_secs(5), receiving)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(unread.as_deref(), Some(&b"next"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_cannot_use_stays_with_the_sender() {
+        let (handover, mut inherited) = channel();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (_, received) = tokio::join!(
+            async {
+                let refused = handover
+                    .offer(udp.as_fd(), b"", b"", Duration::from_secs(5))
+                    .await
+                    .expect_err("a datagram socket is not taken");
+                assert!(
+                    refused.to_string().contains("not a usable stream socket"),
+                    "{refused}"
+                );
+                let (_client, server) = connection().await;
+                handover
+                    .offer(server.as_fd(), b"", b"", Duration::from_secs(5))
+                    .await
+                    .expect("the next one is taken");
+            },
+            inherited.next()
+        );
+        assert!(received.is_some(), "the stream read on past the refused one");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_connection_stays_with_the_sender_and_a_late_receiver_does_not_take_it() {
+        let (handover, mut inherited) = channel();
+        let (mut client, mut server) = connection().await;
+        let e = handover
+            .offer(server.as_fd(), b"", b"", Duration::from_millis(200))
+            .await
+            .expect_err("nobody answered");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        // The receiver reads the frame late: its answer fails, so it closes its copy.
+        let late = tokio::time::timeout(Duration::from_secs(5), inherited.next())
+            .await
+            .unwrap();
+        assert!(late.is_none(), "taken after the sender gave it up: {late:?}");
+        // Still the sender's, and nothing more is offered on that channel.
+        talk(&mut client, &mut server, b"still here\n").await;
+        let (_c, other) = connection().await;
+        let closed = handover
+            .offer(other.as_fd(), b"", b"", Duration::from_secs(5))
+            .await
+            .expect_err("the channel was given up");
+        assert_eq!(closed.kind(), std::io::ErrorKind::BrokenPipe, "{closed}");
+    }
+
+    #[tokio::test]
+    async fn a_receiver_gone_before_answering_leaves_the_connection_with_the_sender() {
+        let (handover, inherited) = channel();
+        drop(inherited);
+        let (mut client, mut server) = connection().await;
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            handover.offer(server.as_fd(), b"", b"", Duration::from_secs(30)),
+        )
+        .await
+        .expect("refused at once, not at the timeout")
+        .expect_err("nobody to take it");
+        assert_ne!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        talk(&mut client, &mut server, b"still here\n").await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_from_an_older_gracenet_is_taken_without_an_answer() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut inherited = InheritedConnections::new(theirs);
+        let (mut client, server) = connection().await;
+        let mut frame = header(super::LEGACY_FRAME, 2, 0, 0);
+        frame.extend(b"hi");
+        send_raw(&ours, &frame, &[server.as_raw_fd()]);
+        drop(server);
+        let mut c = tokio::time::timeout(Duration::from_secs(5), inherited.next())
+            .await
+            .unwrap()
+            .expect("taken");
+        assert_eq!(c.unread, b"hi");
+        talk(&mut client, &mut c.stream, b"x\n").await;
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            ours.try_read(&mut byte).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "no answer to an older sender"
+        );
     }
 }
