@@ -13,6 +13,8 @@
 //!   `PROBE_STATE_REFUSE_ONCE=PATH` makes one generation >= 2 refuse it (`unknown version`);
 //!   `PROBE_STATE_STALL=1` makes the handing-over never finish;
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready;
+//! - `PROBE_NEXT_START_DELAY_MS`: a generation >= 2 waits this long before its first call
+//!   into gracenet;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
 //! - `PROBE_SUPERVISOR_START_DELAY_MS`: the supervisor (`--supervise`), once its signals are
@@ -151,6 +153,12 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let next = std::env::var("GRACE_GENERATION").is_ok_and(|n| n != "1");
+    if let Some(delay) = knob_ms("PROBE_NEXT_START_DELAY_MS").filter(|_| next) {
+        // A start held up before its first call into gracenet (a starved core), for longer
+        // than the idle limit: the parent returns it to normal priority meanwhile.
+        tokio::time::sleep(delay).await;
+    }
     let mut builder = gracenet::Generation::builder();
     if let Some(t) = knob_ms("PROBE_READY_TIMEOUT_MS") {
         builder = builder.ready_timeout(t);
