@@ -439,6 +439,7 @@ fn a_sigusr2_while_the_supervisor_is_still_starting_waits_for_it_instead_of_kill
     let mut cmd = Command::new(LIFEPROBE);
     cmd.args(["127.0.0.1:0", "--supervise"])
         .env("PROBE_SUPERVISOR_START_DELAY_MS", "300");
+    let _sweep = Sweep::new(&mut cmd);
     let mut sup = ProcessGuard::spawn(cmd);
     sup.expect_line("probe supervisor-starting");
     sup.signal(Signal::SIGUSR2);
@@ -458,6 +459,31 @@ fn a_sigusr2_while_the_supervisor_is_still_starting_waits_for_it_instead_of_kill
     assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
 }
 
+/// The environment variable that marks one test's supervisor and every generation it starts.
+const MARK: &str = "SUPERVISOR_TEST_MARK";
+
+/// Kills, by pid, every process marked with its value when dropped: the generations a
+/// supervisor started, including one it started to replace a generation killed before it
+/// (a crash restart), which would otherwise outlive the test. Declared before the
+/// supervisor's guard, so it runs after that one has killed and reaped it.
+struct Sweep(String);
+
+impl Sweep {
+    fn new(cmd: &mut Command) -> Sweep {
+        let marker = grace_tests::unique_marker();
+        cmd.env(MARK, &marker);
+        Sweep(marker)
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for pid in grace_tests::pids_with_env(MARK, &self.0) {
+            drop(PidGuard(pid));
+        }
+    }
+}
+
 /// One start of a supervisor with a `SIGUSR2` sent `jitter` after its signals became safe
 /// (blocked or handled, whichever the kernel shows first): asserts it lives through it and
 /// restarts generation 1 for it, kills every process by pid, and returns how long after the
@@ -465,6 +491,7 @@ fn a_sigusr2_while_the_supervisor_is_still_starting_waits_for_it_instead_of_kill
 fn sigusr2_at_start(jitter: Duration) -> (Duration, Duration) {
     let mut cmd = Command::new(LIFEPROBE);
     cmd.args(["127.0.0.1:0", "--supervise"]);
+    let _sweep = Sweep::new(&mut cmd);
     let mut sup = ProcessGuard::spawn(cmd);
     let started = std::time::Instant::now();
     let pid = sup.pid();
@@ -500,7 +527,8 @@ fn sigusr2_at_start(jitter: Duration) -> (Duration, Duration) {
     let (Some(safe), Some(handled)) = (safe, handled) else {
         panic!("SIGUSR2 never became safe ({safe:?}) or handled ({handled:?}) in pid {pid}");
     };
-    // Dropping the guards kills the supervisor and both generations by pid and reaps them.
+    // Dropping the guards kills both generations, the supervisor and anything it started
+    // meanwhile by pid, and reaps them.
     (safe, handled)
 }
 

@@ -5,9 +5,9 @@ Each cycle starts `gracedemo --supervise` on three fresh loopback ports, polls
 /proc/PID/status until SIGUSR2 is safe (blocked in the main thread, `SigBlk`, or handled,
 `SigCgt`) and until it is handled, sends SIGUSR2 0-5 ms after it became safe, waits
 (`--wait`, 3 s by default), checks the supervisor did not die of it, then kills every process
-of that cycle by pid (`kill -9`; each cycle marks its processes with an environment variable,
-which every generation inherits, so one reparented away is found too) and waits for each to be
-gone. Prints the times from the spawn to "safe" and to "handled" (median, p99, max), and the
+of that cycle by pid (`kill -9`, the supervisor first; each cycle marks its processes with an
+environment variable, which every generation inherits, so one reparented away is found too)
+and waits for each to be gone. Prints the times from the spawn to "safe" and to "handled" (median, p99, max), and the
 deaths.
 
     cargo build -p gracedemo
@@ -100,16 +100,25 @@ def main():
         if rc is not None and rc < 0:
             deaths += 1
             print(f"cycle {i}: the supervisor died of signal {-rc}", file=sys.stderr)
-        pids = set(marked(value)) | {sup.pid}
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # The supervisor first: killed after a generation, it may start another in between (a
+        # crash restart), which outlives it (generations do not depend on it). Then every
+        # marked process, looked for again until none is left.
+        sup.kill()
         sup.wait()
         deadline = time.monotonic() + limit
-        while not all(gone(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while time.monotonic() < deadline:
+            pids = marked(value)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            while not all(gone(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            print(f"cycle {i}: processes left after {limit} s: {marked(value)}", file=sys.stderr)
     print(f"{args.cycles} cycles, {deaths} supervisor(s) died, {never} never safe or handled")
     if safe:
         print(f"spawn to SIGUSR2 safe (blocked or handled): {quantiles(safe)}")
