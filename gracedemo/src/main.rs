@@ -172,6 +172,13 @@ fn main() -> ExitCode {
     if let Some(code) = control_client(&matches) {
         return code;
     }
+    // A supervisor makes its signals safe before anything that can take time (the log
+    // writer's threads below, a busy core): a SIGUSR2 or SIGTERM sent while it starts waits
+    // for it instead of killing it.
+    let supervising = gracenet::should_supervise(matches.get_flag("supervise"));
+    if supervising {
+        gracenet::hold_supervisor_signals();
+    }
     // The inherited environment is read first, while this is the only thread (the log
     // writer below starts one); its errors are reported once logging is up.
     let inherited = gracenet::registry::registry().map(|_| ());
@@ -184,7 +191,7 @@ fn main() -> ExitCode {
         tracing::error!("gracedemo: {e}");
         return ExitCode::FAILURE;
     }
-    if gracenet::should_supervise(matches.get_flag("supervise")) {
+    if supervising {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {

@@ -140,7 +140,7 @@ pub use lifecycle::{
     InheritedConnections, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
 };
 pub use socket::LocalAddr;
-pub use supervisor::{should_supervise, supervise};
+pub use supervisor::{hold_supervisor_signals, should_supervise, supervise};
 
 use registry::{StreamListener, registry};
 

@@ -85,9 +85,11 @@ fn read() -> Result<Startup, EnvError> {
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before
-        // that (a runtime built ahead of this call) are caught here. Not in a standby: woken
-        // early, it may already be back at normal priority, which is where it must stay.
-        crate::sys::enter_idle_priority_all();
+        // that (a runtime built ahead of this call) are caught here, unless the parent has
+        // returned the first one to normal priority already (its idle limit passed before
+        // this start got here). Not in a standby: woken early, it may already be back at
+        // normal priority, which is where it must stay.
+        crate::sys::follow_first_thread_to_idle_priority();
     }
     if standby {
         // Started ahead of a restart: everything so far (exec, the loader, main's first steps)

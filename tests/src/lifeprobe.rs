@@ -13,8 +13,13 @@
 //!   `PROBE_STATE_REFUSE_ONCE=PATH` makes one generation >= 2 refuse it (`unknown version`);
 //!   `PROBE_STATE_STALL=1` makes the handing-over never finish;
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready;
+//! - `PROBE_NEXT_START_DELAY_MS`: a generation >= 2 waits this long before its first call
+//!   into gracenet;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
-//!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet.
+//!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
+//! - `PROBE_SUPERVISOR_START_DELAY_MS`: the supervisor (`--supervise`), once its signals are
+//!   held, prints `probe supervisor-starting pid=P` and waits this long before it supervises
+//!   (a slow start, made deterministic).
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
 //! `--control PATH restart|status` it is a control-socket client, printing the answer
@@ -33,6 +38,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub fn main(version: &'static str) -> ExitCode {
     if std::env::var_os("PROBE_STANDBY").is_some() {
         println!("probe main pid={}", std::process::id());
+    }
+    // As a supervisor: its signals are safe from here on (see gracenet::hold_supervisor_signals).
+    let supervising = gracenet::should_supervise(std::env::args().any(|a| a == "--supervise"));
+    if supervising {
+        gracenet::hold_supervisor_signals();
+        if let Some(delay) = knob_ms("PROBE_SUPERVISOR_START_DELAY_MS") {
+            // A slow start (a busy core, a slow set-up), made deterministic for a test.
+            println!("probe supervisor-starting pid={}", std::process::id());
+            std::thread::sleep(delay);
+        }
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -66,7 +81,7 @@ pub fn main(version: &'static str) -> ExitCode {
         };
     }
     // `--supervise` (or being pid 1): a supervisor that starts generation 1 and stays.
-    if gracenet::should_supervise(std::env::args().any(|a| a == "--supervise")) {
+    if supervising {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
@@ -146,6 +161,12 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let next = std::env::var("GRACE_GENERATION").is_ok_and(|n| n != "1");
+    if let Some(delay) = knob_ms("PROBE_NEXT_START_DELAY_MS").filter(|_| next) {
+        // A start held up before its first call into gracenet (a starved core), for longer
+        // than the idle limit: the parent returns it to normal priority meanwhile.
+        tokio::time::sleep(delay).await;
+    }
     let mut builder = gracenet::Generation::builder();
     if let Some(t) = knob_ms("PROBE_READY_TIMEOUT_MS") {
         builder = builder.ready_timeout(t);

@@ -438,6 +438,34 @@ fn the_next_generation_starts_at_normal_priority_when_idle_start_is_off() {
 }
 
 #[test]
+fn a_next_generation_returned_to_normal_priority_before_it_read_its_start_stays_there() {
+    // Generation 2 gets to its first call into gracenet only after its parent's idle limit
+    // (100 ms) returned it to normal priority: it must not put itself back at idle priority
+    // for the rest of its start (where a busy machine starves it for seconds: runnable, a few
+    // ms of CPU, no signal handlers yet).
+    let (mut g, gen1) = start(
+        Path::new(LIFEPROBE),
+        &[
+            ("PROBE_IDLE_LIMIT_MS", "100"),
+            ("PROBE_NEXT_START_DELAY_MS", "600"),
+            ("PROBE_NEXT_READY_DELAY_MS", "300"),
+        ],
+    );
+    signal(gen1.pid, Signal::SIGUSR2);
+    if may_leave_idle_priority() {
+        g.expect_log("still starting after 0.1 s at idle CPU priority");
+    }
+    let starting = g.expect_line("probe version=");
+    let gen2 = parse_probe(&starting);
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert!(all_threads(field(&starting, "policy"), "normal"), "{starting}");
+    let before = g.expect_line(&format!("probe before-ready pid={}", gen2.pid));
+    assert!(all_threads(field(&before, "policy"), "normal"), "{before}");
+    g.expect_log("stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+#[test]
 fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_priority() {
     let (mut g, gen1) = start(
         Path::new(LIFEPROBE),

@@ -53,17 +53,40 @@ pub fn should_supervise(requested: bool) -> bool {
     std::env::var_os(GRACE_SUPERVISOR).is_none() && (requested || std::process::id() == 1)
 }
 
+/// Makes the signals the supervisor handles (`SIGUSR2`, `SIGTERM`, `SIGINT`, `SIGHUP`) safe
+/// from this moment until [`supervise`] handles them: it blocks them in the calling thread, so
+/// one that arrives while the program is still starting (parsing arguments, setting up
+/// logging, waiting for a busy core) stays pending instead of ending the process (their
+/// default action), and reaches the supervisor once its handlers are in place. Threads started
+/// after this call inherit the blocking and keep it, so the supervisor's own thread is the one
+/// that handles them.
+///
+/// Call it first thing in `main` when [`should_supervise`] says yes, before any thread starts,
+/// from the thread that then calls [`supervise`] (which calls it too, for programs that call
+/// nothing before it). Only the window before the first instruction of `main` (the dynamic
+/// loader, the runtime's start, about a millisecond) is left: no code of the program runs
+/// there.
+pub fn hold_supervisor_signals() {
+    signals::hold();
+}
+
 /// Runs this program as a supervisor until the service ends, and returns the exit code to
 /// exit with: the serving generation's (its code, or 128 + the signal that ended it), or
 /// non-zero when a crash loop made it give up. Call it first thing in `main`, before any
-/// listener exists, and exit with its code.
+/// listener exists, and exit with its code; call [`hold_supervisor_signals`] before anything that can
+/// take time (threads, logging set-up), so a signal sent meanwhile waits for the supervisor.
 ///
 /// # Errors
 /// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set up;
 /// [`Error::Env`] for malformed socket-activation variables; [`Error::Spawn`] when
 /// generation 1 cannot be started.
 pub fn supervise() -> Result<i32, Error> {
-    let mut supervisor = Supervisor::new()?;
+    hold_supervisor_signals();
+    let supervisor = Supervisor::new();
+    // The handlers are in place (or an error ends the supervisor): a signal that waited while
+    // this process started is delivered now.
+    signals::release();
+    let mut supervisor = supervisor?;
     supervisor.start_first()?;
     Ok(supervisor.run())
 }
@@ -124,6 +147,9 @@ fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 impl Supervisor {
     fn new() -> Result<Supervisor, Error> {
         let me = std::process::id();
+        // First: the signals held since the start are handled as soon as they are released.
+        let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGUSR2, SIGHUP, SIGCHLD])
+            .map_err(io_error("cannot install the supervisor's signal handlers"))?;
         // Socket-activated fds (LISTEN_PID = ours) are read, checked and kept: generation 1
         // gets them, with LISTEN_PID naming it.
         let startup = crate::startup::startup()?;
@@ -140,8 +166,6 @@ impl Supervisor {
             .set_nonblocking(true)
             .map_err(io_error("cannot make the notify socket non-blocking"))?;
         crate::sys::pass_credentials(&socket).map_err(io_error("cannot ask for senders' credentials"))?;
-        let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGUSR2, SIGHUP, SIGCHLD])
-            .map_err(io_error("cannot install the supervisor's signal handlers"))?;
         let store = startup.registry.handoff()?.sockets;
         Ok(Supervisor {
             me,

@@ -1,10 +1,45 @@
-//! The supervisor's signals, as flags plus one wake-up fd its poll loop waits on.
+//! The supervisor's signals, as flags plus one wake-up fd its poll loop waits on; and the
+//! blocking that keeps them from killing it (their default action) while it starts.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+
+/// The signals the supervisor handles whose default action ends a process: one that arrives
+/// before the handlers are in place must wait (blocked, pending), not kill it.
+const HELD: [Signal; 4] = [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+fn held() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in HELD {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks [`HELD`] in the calling thread, and so in every thread it starts from now on (a new
+/// thread inherits its creator's mask): from here a signal waits, pending, for
+/// [`release`]. The mask is per thread and `execve` keeps it, but every child gracenet starts
+/// resets it before its `execve`.
+pub(crate) fn hold() {
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&held()), None) {
+        // Only EINVAL, for a bad `how`: not reachable with the constant above.
+        tracing::warn!("cannot block the supervisor's signals while it starts: {e}");
+    }
+}
+
+/// Unblocks [`HELD`] in the calling thread: a signal that waited is delivered now (to the
+/// handlers, once [`SignalPipe::install`] ran). Threads started while they were held keep
+/// them blocked, so the handlers run on this thread, the supervisor's own.
+pub(crate) fn release() {
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None) {
+        tracing::warn!("cannot unblock the supervisor's signals: {e}");
+    }
+}
 
 /// Signals that arrived since the last [`take`](SignalPipe::take), readable by `poll`.
 pub(crate) struct SignalPipe {

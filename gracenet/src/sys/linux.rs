@@ -308,10 +308,30 @@ pub(crate) fn enter_idle_priority(thread: Option<u32>) {
     unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
 }
 
-/// Puts every thread of this process at idle CPU priority (a new process whose threads
-/// started before its parent set the policy of its first one). A failure leaves a thread where
-/// it was.
-pub(crate) fn enter_idle_priority_all() {
+/// Puts every thread of this process at idle CPU priority while its first thread is there: the
+/// generation before sets that one once we have exec'd, and threads started before are caught
+/// up here. Does nothing when the first thread is at another policy: either the generation
+/// before has not set it yet (it will, and threads started from then on inherit it), or it has
+/// already returned it to normal priority at its idle limit (a start starved that long), where
+/// the process must stay, not go back to idle for the rest of its start. Looked at again after:
+/// a first thread returned meanwhile has every thread returned with it. A failure leaves a
+/// thread where it was.
+pub(crate) fn follow_first_thread_to_idle_priority() {
+    let pid = std::process::id() as libc::pid_t;
+    // SAFETY: no pointers; the process's first thread has the process's id.
+    let first_is_idle = || unsafe { libc::sched_getscheduler(pid) } == libc::SCHED_IDLE;
+    if !first_is_idle() {
+        return;
+    }
+    enter_idle_priority_all();
+    if !first_is_idle() {
+        let _ = leave_idle_priority(None);
+    }
+}
+
+/// Puts every thread of this process at idle CPU priority. A failure leaves a thread where it
+/// was.
+fn enter_idle_priority_all() {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };

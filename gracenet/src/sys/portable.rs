@@ -124,7 +124,7 @@ pub(crate) fn may_start_at_idle_priority() -> bool {
 pub(crate) fn enter_idle_priority(_thread: Option<u32>) {}
 
 /// Not reached (see [`may_start_at_idle_priority`]).
-pub(crate) fn enter_idle_priority_all() {}
+pub(crate) fn follow_first_thread_to_idle_priority() {}
 
 /// Nothing to return from.
 pub(crate) fn leave_idle_priority(_process: Option<u32>) -> io::Result<usize> {
