@@ -95,7 +95,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tokio` | yes | tokio listener types ([`mod@tokio`]) and the restart lifecycle ([`Generation`] and its types) |
-//! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation ([`mod@axum`]); implies `tokio` |
+//! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation (`gracenet::axum`); implies `tokio` |
 //!
 //! Without default features gracenet is the std listeners, the inheritance and
 //! [`process::NextProcess`], with no async runtime.
