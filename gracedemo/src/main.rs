@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise]\n       gracedemo --control-socket FILE --reload | --status",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise]\n       gracedemo --control-socket FILE --reload | --status [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -87,6 +87,15 @@ fn command() -> Command {
                 .help("Print the state of the server at --control-socket: generation, pid, connections, draining generations."),
         )
         .arg(
+            Arg::new("control-timeout")
+                .long("control-timeout")
+                .value_name("DURATION")
+                .requires("control-socket")
+                .allow_hyphen_values(true)
+                .value_parser(control_timeout)
+                .help("With --reload or --status: give up after DURATION (Go's form: 10s, 1m30s) with a clear message. Default 45s for --reload (above the server's 30 s ready timeout, inside systemd's 90 s reload timeout), 5s for --status. A command the server had not read by then is never run."),
+        )
+        .arg(
             Arg::new("log-json")
                 .long("log-json")
                 .action(ArgAction::SetTrue)
@@ -107,6 +116,22 @@ fn command() -> Command {
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
 
+/// clap's message up to its usage and hints, on one line (a list of missing arguments
+/// follows its first line).
+fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .split("\nUsage:")
+        .next()
+        .and_then(|m| m.split("For more information").next())
+        .unwrap_or("bad arguments");
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    message
+        .trim_start_matches("error: ")
+        .trim_end_matches([':', ' '])
+        .to_owned()
+}
+
 /// Go's flag package takes `-a0` as well as `--a0`; clap takes long flags with two dashes.
 fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     let mut out = Vec::new();
@@ -115,7 +140,13 @@ fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
         let s = arg.to_string_lossy();
         if !rest_is_positional && s == "--" {
             rest_is_positional = true;
-        } else if !rest_is_positional && s.starts_with('-') && !s.starts_with("--") && s.len() > 2 {
+        } else if !rest_is_positional
+            && s.starts_with('-')
+            && !s.starts_with("--")
+            && s.len() > 2
+            // A flag's name starts with a letter; `-1s` is a value (a negative duration).
+            && s[1..].starts_with(|c: char| c.is_ascii_alphabetic())
+        {
             let mut long = OsString::from("-");
             long.push(&arg);
             out.push(long);
@@ -134,12 +165,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "gracedemo: {}; see gracedemo -h",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("gracedemo: {}; see gracedemo -h", one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -198,19 +224,36 @@ fn addr_matches(given: &str, reported: &str) -> bool {
     given == reported || (given.starts_with(':') && reported.ends_with(given))
 }
 
+/// `--control-timeout`: a positive Go duration.
+fn control_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match gracedemo::duration::parse_duration(s)? {
+        n if n > 0 => Ok(std::time::Duration::from_nanos(n.unsigned_abs())),
+        _ => Err(format!("expected a positive duration such as 10s, got {s:?}")),
+    }
+}
+
 /// `--reload` and `--status`: a client of a running server's control socket.
 fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
     let path = matches.get_one::<String>("control-socket")?;
+    let mut client = gracenet::control::Client::new(path);
+    if let Some(timeout) = matches.get_one::<std::time::Duration>("control-timeout") {
+        client = client.timeout(*timeout);
+    }
     let answer = if matches.get_flag("reload") {
-        gracenet::control::restart(path)
+        client.restart()
     } else if matches.get_flag("status") {
-        gracenet::control::status(path)
+        client.status()
     } else {
         return None;
     };
     Some(match answer {
         Ok(text) => {
-            println!("{text}");
+            // Done, whether or not the answer can be shown (stdout closed or full): said on
+            // stderr, and the exit status is the command's.
+            use std::io::Write as _;
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
+                eprintln!("gracedemo: cannot write the answer ({text:?}) to stdout: {e}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -231,14 +274,14 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         (_, _, true) => Some(self_signed()?),
         _ => None,
     };
-    let mut server = gracehttp::Server::new();
+    let mut lifecycle = gracenet::Generation::builder().standby(matches.get_flag("standby"));
     if let Some(path) = matches.get_one::<String>("pid-file") {
-        server = server.pid_file(path);
+        lifecycle = lifecycle.pid_file(path);
     }
     if let Some(path) = matches.get_one::<String>("control-socket") {
-        server = server.control_socket(path);
+        lifecycle = lifecycle.control_socket(path);
     }
-    server = server.standby(matches.get_flag("standby"));
+    let mut server = gracehttp::Server::new().lifecycle(lifecycle);
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)
@@ -246,13 +289,13 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
             .unwrap_or_default();
         let sleep = Sleep::new(name, started.clone());
         let service = gracehttp::from_hyper(hyper::service::service_fn(move |req| sleep.clone().handle(req)));
-        server = match &tls {
-            Some(tls) => server.https(addr, tls.clone(), service),
-            None => server.http(addr, service),
-        }
+        let site = match &tls {
+            Some(tls) => gracehttp::Site::https(addr, tls.clone(), service),
+            None => gracehttp::Site::http(addr, service),
+        };
         // Under socket activation, a socket named a0, a1 or a2 (FileDescriptorName=) serves
         // that server whatever its address.
-        .named(flag);
+        server = server.site(site.named(flag));
     }
     stop_gracefully_on_sighup();
     server.serve()
@@ -330,6 +373,25 @@ mod tests {
             parse(&["--tls-cert", "c.pem"]).is_err(),
             "--tls-cert needs --tls-key"
         );
+    }
+
+    #[test]
+    fn control_client_flags_and_their_mistakes_are_named_on_one_line() {
+        let m = parse(&["--control-socket", "c", "--status", "--control-timeout", "2s"]).unwrap();
+        assert_eq!(
+            m.get_one::<std::time::Duration>("control-timeout"),
+            Some(&std::time::Duration::from_secs(2))
+        );
+        let e = one_line(&parse(&["--status"]).unwrap_err());
+        assert!(e.contains("were not provided: --control-socket <FILE>"), "{e}");
+        // A negative duration is a value, not a flag: named as such.
+        let e =
+            one_line(&parse(&["--control-socket", "c", "--status", "--control-timeout", "-1s"]).unwrap_err());
+        assert!(
+            e.contains("expected a positive duration such as 10s, got \"-1s\""),
+            "{e}"
+        );
+        assert!(!e.contains("For more information"), "{e}");
     }
 
     mod properties {

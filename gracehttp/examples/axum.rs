@@ -141,10 +141,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // `into_make_service_with_connect_info` asks for them.
             .request_extensions(true)
             .http(&http_addr, app)
-            .on_listening(move |addrs| {
+            .on_listening(move |sites| {
                 println!(
                     "listening on http {} raw {raw_bound} (pid {})",
-                    addrs[0],
+                    sites[0].addr,
                     std::process::id()
                 );
             })

@@ -55,14 +55,20 @@ mod peer_errors;
 mod server;
 mod service;
 mod session_tickets;
+mod site;
+mod timeouts;
 mod tls;
 
 pub use drain::Drain;
 pub use error::Error;
 pub use gracenet;
 pub use gracenet::tokio::PeerAddr;
-pub use server::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, Server};
+pub use server::Server;
 pub use service::{BoxError, FromHyper, HttpService, from_hyper};
+pub use site::{Listening, Site};
+pub use timeouts::{
+    ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_IDLE_TIMEOUT,
+};
 pub use tls::Tls;
 
 /// The README's examples, compiled as doctests so that they stay true.

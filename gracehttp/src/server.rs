@@ -1,107 +1,78 @@
 //! The server: several addresses, each with a service and optional TLS, served together and
 //! restarted together through gracenet's lifecycle.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use gracenet::registry::Origin;
-use gracenet::{Generation, Outcome};
+use gracenet::{Generation, GenerationBuilder, Outcome};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::connection::{Accepted, Builders, ConnConfig, SiteContext};
-use crate::drain::Drain;
+use crate::connection::{Builders, ConnConfig};
 use crate::error::Error;
-use crate::service::{HttpService, SiteService, erase};
+use crate::service::HttpService;
 use crate::session_tickets::TicketKeys;
+use crate::site::{Listening, ReadyWhenAccepting, Site, accept_loop};
+use crate::timeouts::ConnectionTimeouts;
 use crate::tls::Tls;
 
-/// How long an HTTP/1 connection that is between requests may stay open once the drain
-/// begins.
-pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_millis(500);
-/// How long a client may take, from the connection's accept, to send its first request's
-/// headers (a TLS handshake and an HTTP/2 preface included), and any later request's headers.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a connection with no request in flight may stay open (HTTP/1 keep-alive, or an
-/// HTTP/2 connection with no open stream, PINGs or not) before it is closed (HTTP/2: GOAWAY).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Called with the sites listening before serving starts.
+type OnListening = Box<dyn FnOnce(&[Listening]) + Send>;
 
-/// Makes an application's own listener (see [`Server::adopt_http`]).
-type MakeListener = Box<dyn FnOnce() -> std::io::Result<std::os::fd::OwnedFd> + Send>;
-
-struct Site {
-    addr: String,
-    name: Option<String>,
-    /// The application's own listener, registered under `name`, instead of `addr`.
-    make: Option<MakeListener>,
-    tls: Option<Tls>,
-    service: Arc<dyn SiteService>,
+/// The lifecycle a server serves on.
+enum Lifecycle {
+    /// Started by the server, with these settings.
+    Builder(GenerationBuilder),
+    /// Started by the application.
+    Started(Generation),
 }
-
-/// Called with the bound addresses before serving starts.
-type OnListening = Box<dyn FnOnce(&[gracenet::LocalAddr]) + Send>;
 
 /// HTTP/1.1 and HTTP/2 servers on one or more addresses that restart (`SIGUSR2`) and stop
 /// (`SIGTERM`, `SIGINT`) without losing a request.
+///
+/// What is served is a list of [`Site`]s (`.http(addr, app)` and `.https(addr, tls, app)`
+/// add the common ones); how the process restarts and stops (timeouts, PID file, control
+/// socket, standby) is gracenet's [`GenerationBuilder`], given with
+/// [`lifecycle`](Self::lifecycle), or a [`Generation`] the application started, given with
+/// [`generation`](Self::generation).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), gracehttp::Error> {
 /// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
 /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 /// # }));
+/// use std::time::Duration;
 /// let tls = gracehttp::Tls::from_pem_files("cert.pem", "key.pem")?;
 /// gracehttp::Server::new()
 ///     .http(":8080", app.clone())
 ///     .https(":8443", tls, app)
+///     .lifecycle(gracenet::Generation::builder().stop_timeout(Duration::from_secs(30)))
 ///     .serve()
 /// # }
 /// ```
 #[must_use = "a Server does nothing until serve() or run() is called"]
 pub struct Server {
     sites: Vec<Site>,
-    stop_timeout: Duration,
-    ready_timeout: Duration,
-    idle_grace: Duration,
-    header_read_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: ConnectionTimeouts,
     max_connections: Option<usize>,
     request_extensions: bool,
-    pid_file: Option<PathBuf>,
-    control_socket: Option<PathBuf>,
-    standby: bool,
-    generation: Option<Generation>,
+    lifecycle: Lifecycle,
     on_listening: Option<OnListening>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sites: Vec<String> = self
-            .sites
-            .iter()
-            .map(|s| {
-                let scheme = if s.tls.is_some() { "https" } else { "http" };
-                match &s.name {
-                    Some(n) => format!("{scheme} {} ({n})", s.addr),
-                    None => format!("{scheme} {}", s.addr),
-                }
-            })
-            .collect();
-        f.debug_struct("Server")
-            .field("sites", &sites)
-            .field("stop_timeout", &self.stop_timeout)
-            .field("ready_timeout", &self.ready_timeout)
-            .field("idle_grace", &self.idle_grace)
-            .field("header_read_timeout", &self.header_read_timeout)
-            .field("idle_timeout", &self.idle_timeout)
+        let mut d = f.debug_struct("Server");
+        d.field("sites", &self.sites)
+            .field("timeouts", &self.timeouts)
             .field("max_connections", &self.max_connections)
-            .field("request_extensions", &self.request_extensions)
-            .field("pid_file", &self.pid_file)
-            .field("control_socket", &self.control_socket)
-            .field("standby", &self.standby)
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+            .field("request_extensions", &self.request_extensions);
+        match &self.lifecycle {
+            Lifecycle::Builder(b) => d.field("lifecycle", b),
+            Lifecycle::Started(g) => d.field("generation", g),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -109,170 +80,88 @@ impl Default for Server {
     fn default() -> Self {
         Server {
             sites: Vec::new(),
-            stop_timeout: gracenet::DEFAULT_STOP_TIMEOUT,
-            ready_timeout: gracenet::DEFAULT_READY_TIMEOUT,
-            idle_grace: DEFAULT_IDLE_GRACE,
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            timeouts: ConnectionTimeouts::default(),
             max_connections: None,
             request_extensions: false,
-            pid_file: None,
-            control_socket: None,
-            standby: false,
-            generation: None,
+            lifecycle: Lifecycle::Builder(Generation::builder()),
             on_listening: None,
         }
     }
 }
 
 impl Server {
-    /// A server with nothing to serve yet, and the default timeouts.
+    /// A server with nothing to serve yet, the default timeouts and lifecycle.
     pub fn new() -> Server {
         Server::default()
     }
 
-    /// Serves `service` over cleartext HTTP/1.1 and HTTP/2 (prior knowledge) at `addr`, in
-    /// any form gracenet accepts (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`).
-    /// `service` is any tower service: an axum `Router`, `tower::service_fn`, or a hyper
-    /// service through [`from_hyper`](crate::from_hyper).
-    pub fn http<S: HttpService>(self, addr: &str, service: S) -> Server {
-        self.site(addr, None, erase(service))
-    }
-
-    /// Serves `service` over TLS at `addr`, HTTP/2 or HTTP/1.1 as ALPN decides.
-    pub fn https<S: HttpService>(self, addr: &str, tls: Tls, service: S) -> Server {
-        self.site(addr, Some(tls), erase(service))
-    }
-
-    fn site(mut self, addr: &str, tls: Option<Tls>, service: Arc<dyn SiteService>) -> Server {
-        self.sites.push(Site {
-            addr: addr.to_owned(),
-            name: None,
-            make: None,
-            tls,
-            service,
-        });
+    /// Serves `site`.
+    pub fn site(mut self, site: Site) -> Server {
+        self.sites.push(site);
         self
     }
 
-    /// Serves `service` (cleartext HTTP/1.1 and HTTP/2) on a listener the application makes
-    /// itself — a `std::net::TcpListener` or `UnixListener` bound with its own options —
-    /// registered under `name` and passed on at every restart. `make` runs only in a process
-    /// that did not inherit `name` (the first); later generations get the same socket.
+    /// Serves `service` over cleartext HTTP/1.1 and HTTP/2 at `addr`: short for
+    /// `.site(Site::http(addr, service))` (see [`Site::http`]).
+    pub fn http<S: HttpService>(self, addr: &str, service: S) -> Server {
+        self.site(Site::http(addr, service))
+    }
+
+    /// Serves `service` over TLS at `addr`: short for `.site(Site::https(addr, tls, service))`
+    /// (see [`Site::https`]).
+    pub fn https<S: HttpService>(self, addr: &str, tls: Tls, service: S) -> Server {
+        self.site(Site::https(addr, tls, service))
+    }
+
+    /// How the process restarts and stops: gracenet's settings (stop and ready timeouts, PID
+    /// file, control socket, standby, ...). The server starts the generation with them when it
+    /// runs, and hands the TLS session ticket keys to the next process with
+    /// [`hand_state`](GenerationBuilder::hand_state), unless `builder` hands state of its own
+    /// (clients then make one full handshake with each new process).
+    pub fn lifecycle(mut self, builder: GenerationBuilder) -> Server {
+        self.lifecycle = Lifecycle::Builder(builder);
+        self
+    }
+
+    /// Serves on `generation`, already started by the application (which may serve raw
+    /// gracenet listeners on it too): one lifecycle for the whole process, restarted and
+    /// stopped together, with its builder's settings. The server still calls
+    /// [`Generation::ready`](gracenet::Generation::ready) once its sites accept (calling it
+    /// again is harmless). The application's state is its own: TLS session ticket keys are
+    /// not handed over.
+    pub fn generation(mut self, generation: Generation) -> Server {
+        self.lifecycle = Lifecycle::Started(generation);
+        self
+    }
+
+    /// Calls `f` with every site listening (its name and its address, the real port for
+    /// `:0`), in the order the sites were added, before serving starts.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), gracehttp::Error> {
     /// # let app = gracehttp::from_hyper(hyper::service::service_fn(|_req| async {
     /// #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
     /// # }));
-    /// gracehttp::Server::new()
-    ///     .adopt_http("api", || std::net::TcpListener::bind("127.0.0.1:8080"), app)
+    /// use gracehttp::{Server, Site};
+    /// Server::new()
+    ///     .site(Site::http("127.0.0.1:0", app.clone()).named("public"))
+    ///     .site(Site::http("127.0.0.1:0", app).named("admin"))
+    ///     .on_listening(|sites| {
+    ///         for site in sites {
+    ///             println!("{}: {}", site.name.as_deref().unwrap_or("-"), site.addr);
+    ///         }
+    ///     })
     ///     .serve()
     /// # }
     /// ```
-    pub fn adopt_http<L, F, S>(self, name: &str, make: F, service: S) -> Server
-    where
-        L: Into<std::os::fd::OwnedFd>,
-        F: FnOnce() -> std::io::Result<L> + Send + 'static,
-        S: HttpService,
-    {
-        self.adopted(name, make, None, service)
-    }
-
-    /// [`adopt_http`](Self::adopt_http) over TLS.
-    pub fn adopt_https<L, F, S>(self, name: &str, make: F, tls: Tls, service: S) -> Server
-    where
-        L: Into<std::os::fd::OwnedFd>,
-        F: FnOnce() -> std::io::Result<L> + Send + 'static,
-        S: HttpService,
-    {
-        self.adopted(name, make, Some(tls), service)
-    }
-
-    fn adopted<L, F, S>(mut self, name: &str, make: F, tls: Option<Tls>, service: S) -> Server
-    where
-        L: Into<std::os::fd::OwnedFd>,
-        F: FnOnce() -> std::io::Result<L> + Send + 'static,
-        S: HttpService,
-    {
-        let make: MakeListener = Box::new(move || make().map(Into::into));
-        self.sites.push(Site {
-            addr: name.to_owned(),
-            name: Some(name.to_owned()),
-            make: Some(make),
-            tls,
-            service: erase(service),
-        });
-        self
-    }
-
-    /// Serves on `generation`, already started by the application (which may serve raw
-    /// gracenet listeners on it too): one lifecycle for the whole process, restarted and
-    /// stopped together. Its settings (timeouts, PID file, control socket) are its
-    /// builder's; this server's `stop_timeout`, `ready_timeout`, `pid_file` and
-    /// `control_socket` are not used then. The server still calls
-    /// [`Generation::ready`](gracenet::Generation::ready) once its sites accept (calling it
-    /// again is harmless).
-    pub fn generation(mut self, generation: Generation) -> Server {
-        self.generation = Some(generation);
-        self
-    }
-
-    /// Calls `f` with every site's bound address (the real port for `:0`), in the order the
-    /// sites were added, once all are listening and before serving starts.
-    pub fn on_listening(mut self, f: impl FnOnce(&[gracenet::LocalAddr]) + Send + 'static) -> Server {
+    pub fn on_listening(mut self, f: impl FnOnce(&[Listening]) + Send + 'static) -> Server {
         self.on_listening = Some(Box::new(f));
         self
     }
 
-    /// Names the address added last. An inherited socket of that name (systemd's
-    /// `FileDescriptorName=`, `LISTEN_FDNAMES`) is served there whatever its address, and a
-    /// socket bound here is passed on under that name at each restart.
-    pub fn named(mut self, name: &str) -> Server {
-        if let Some(site) = self.sites.last_mut() {
-            site.name = Some(name.to_owned());
-        }
-        self
-    }
-
-    /// How long a stopping process may drain before what remains is closed. Default 60 s.
-    pub fn stop_timeout(mut self, timeout: Duration) -> Server {
-        self.stop_timeout = timeout;
-        self
-    }
-
-    /// How long a new process may take to be ready before it is killed and this one keeps
-    /// serving. Default 30 s.
-    pub fn ready_timeout(mut self, timeout: Duration) -> Server {
-        self.ready_timeout = timeout;
-        self
-    }
-
-    /// How long, once draining, an HTTP/1 connection with no request in flight and no bytes
-    /// arriving may stay open before it is closed. A busy connection is not cut: its next
-    /// response carries `Connection: close`. Default 500 ms.
-    pub fn idle_grace(mut self, grace: Duration) -> Server {
-        self.idle_grace = grace;
-        self
-    }
-
-    /// How long a client may take to send a request's headers (slowloris defence). For the
-    /// first request the time counts from the accept, whatever the client does meanwhile: a
-    /// TLS handshake, an HTTP/2 preface and settings, nothing at all. For a later request on
-    /// an HTTP/1 keep-alive connection it counts from the request's first byte, and the
-    /// connection is closed within 1.5 times it (its counters are checked every quarter of
-    /// it, never per request); waiting between requests is the idle timeout's business.
-    /// Default 10 s.
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Server {
-        self.header_read_timeout = timeout;
-        self
-    }
-
-    /// How long a connection with no request in flight may stay open: an HTTP/1 keep-alive
-    /// connection between requests, or an HTTP/2 connection with no open stream (PINGs do not
-    /// count). Then it is closed; HTTP/2 first gets GOAWAY. Default 120 s.
-    pub fn idle_timeout(mut self, timeout: Duration) -> Server {
-        self.idle_timeout = timeout;
+    /// The connections' timeouts (see [`ConnectionTimeouts`]).
+    pub fn timeouts(mut self, timeouts: ConnectionTimeouts) -> Server {
+        self.timeouts = timeouts;
         self
     }
 
@@ -292,29 +181,6 @@ impl Server {
     /// given to [`generation`](Self::generation), kept in its state.
     pub fn request_extensions(mut self, on: bool) -> Server {
         self.request_extensions = on;
-        self
-    }
-
-    /// Keeps the next process started ahead, waiting, so a restart only wakes it (see gracenet's
-    /// `GenerationBuilder::standby`): the restart skips `execve`, the loader and what `main`
-    /// does before [`serve`](Self::serve) (or its first call into gracenet). Off by default.
-    /// With it, read configuration after that call, or the standby reads it when it starts
-    /// instead of at the restart.
-    pub fn standby(mut self, on: bool) -> Server {
-        self.standby = on;
-        self
-    }
-
-    /// Answers `restart` (with its result) and `status` on a Unix socket at `path` (see
-    /// gracenet's `GenerationBuilder::control_socket` and `gracenet::control`).
-    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Server {
-        self.control_socket = Some(path.into());
-        self
-    }
-
-    /// Keeps `path` naming the serving process (see gracenet's `GenerationBuilder::pid_file`).
-    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Server {
-        self.pid_file = Some(path.into());
         self
     }
 
@@ -355,31 +221,22 @@ impl Server {
             .any(|s| s.tls.as_ref().is_some_and(Tls::takes_ticket_keys))
             .then(TicketKeys::new)
             .flatten();
-        let ours = self.generation.is_none();
-        let generation = match self.generation.take() {
-            // The application's: the state it hands over is its own.
-            Some(g) => g,
-            None => {
-                // gracehttp prints grace's own serving line (announce below): gracenet's is
-                // not repeated.
-                let mut builder = Generation::builder()
-                    .announce(false)
-                    .stop_timeout(self.stop_timeout)
-                    .ready_timeout(self.ready_timeout)
-                    .standby(self.standby);
-                if let Some(p) = &self.pid_file {
-                    builder = builder.pid_file(p);
+        let (generation, ours) =
+            match std::mem::replace(&mut self.lifecycle, Lifecycle::Builder(Generation::builder())) {
+                // The application's: the state it hands over is its own.
+                Lifecycle::Started(g) => (g, false),
+                Lifecycle::Builder(builder) => {
+                    // gracehttp prints grace's own serving line (announce below): gracenet's is
+                    // not repeated.
+                    let mut builder = builder.announce(false);
+                    let ours = !builder.hands_state();
+                    if let (Some(keys), true) = (&ticket_keys, ours) {
+                        let keys = keys.clone();
+                        builder = builder.hand_state(move || keys.handed());
+                    }
+                    (builder.start()?, ours)
                 }
-                if let Some(p) = &self.control_socket {
-                    builder = builder.control_socket(p);
-                }
-                if let Some(keys) = &ticket_keys {
-                    let keys = keys.clone();
-                    builder = builder.hand_state(move || keys.handed());
-                }
-                builder.start()?
-            }
-        };
+            };
         // Read while the listeners are set up: the previous process sends the keys from a
         // thread of its own, which can take a while to be scheduled.
         let adopting = match (&ticket_keys, ours) {
@@ -400,7 +257,15 @@ impl Server {
             });
         }
         if let Some(f) = self.on_listening.take() {
-            let bound: Vec<gracenet::LocalAddr> = listeners.iter().map(|l| l.local_addr().clone()).collect();
+            let bound: Vec<Listening> = self
+                .sites
+                .iter()
+                .zip(&listeners)
+                .map(|(site, l)| Listening {
+                    name: site.name.clone(),
+                    addr: l.local_addr().clone(),
+                })
+                .collect();
             f(&bound);
         }
         let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
@@ -423,9 +288,9 @@ impl Server {
         http2.timer(TokioTimer::new());
         let config = ConnConfig {
             builders: Builders { http1, http2 },
-            idle_grace: self.idle_grace,
-            header_read_timeout: self.header_read_timeout,
-            idle_timeout: self.idle_timeout,
+            idle_grace: self.timeouts.idle_grace,
+            header_read_timeout: self.timeouts.header_read,
+            idle_timeout: self.timeouts.idle,
             request_extensions: self.request_extensions,
             peer_errors: Arc::default(),
         };
@@ -498,77 +363,6 @@ fn announce(generation: &Generation, addrs: &str) {
 fn nix_ppid() -> u32 {
     // SAFETY: getppid has no preconditions and cannot fail.
     unsafe { libc::getppid() as u32 }
-}
-
-/// Reports the generation ready once every accept loop is running, from the loop that starts
-/// last, on the thread running it. The previous generation stops accepting when it hears, so
-/// a connection must never wait in a queue nobody polls (measured: 2 ms under load between the
-/// old process's last accept and the new one's first, when READY was sent as the loops were
-/// spawned); and on a saturated core every hand-over between threads can wait a time slice,
-/// so READY does not go back through the thread that spawned the loops.
-struct ReadyWhenAccepting {
-    /// Accept loops not yet running.
-    left: AtomicUsize,
-    generation: Generation,
-    /// Where the result of `Generation::ready` goes (a PID file that cannot be written).
-    readied: Mutex<Option<tokio::sync::oneshot::Sender<Result<(), gracenet::Error>>>>,
-}
-
-impl ReadyWhenAccepting {
-    fn loop_started(&self) {
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let result = self.generation.ready();
-            if let Some(readied) = self.readied.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                let _ = readied.send(result);
-            }
-        }
-    }
-}
-
-async fn accept_loop(
-    mut listener: gracenet::GracefulListener,
-    site: Site,
-    generation: Generation,
-    config: ConnConfig,
-    limit: Option<Arc<Semaphore>>,
-    ready: Arc<ReadyWhenAccepting>,
-) {
-    // Told at the loop's first poll, which goes straight on to wait on the listener: from here
-    // its worker thread takes connections as soon as the reactor reports them.
-    ready.loop_started();
-    drop(ready);
-    let context = Arc::new(SiteContext {
-        tls: site.tls,
-        drain: Drain::new(generation.clone()),
-        config,
-    });
-    loop {
-        let permit = match &limit {
-            None => None,
-            Some(sem) => tokio::select! {
-                permit = sem.clone().acquire_owned() => permit.ok(),
-                _ = generation.stopping() => break,
-            },
-        };
-        let Some((stream, peer)) = listener.accept_with_peer().await else {
-            break;
-        };
-        let at = tokio::time::Instant::now();
-        if let gracenet::tokio::Stream::Tcp(tcp) = &stream {
-            // Small writes (HTTP/2 frames, TLS records) must not wait for Nagle's algorithm.
-            let _ = tcp.set_nodelay(true);
-        }
-        let accepted = Accepted {
-            stream,
-            peer,
-            at,
-            guard: generation.track(),
-            permit,
-        };
-        site.service.spawn(accepted, context.clone());
-    }
-    // Stopped accepting: the socket is now only the next process's (or closed).
-    drop(listener);
 }
 
 #[cfg(test)]

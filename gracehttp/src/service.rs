@@ -1,7 +1,6 @@
-//! Any tower service (an axum `Router`, `tower::service_fn`, ...) or hyper service. A site's
-//! service type is erased once per connection (the connection's task is spawned by a typed
-//! function behind [`SiteService`]), never per request: requests are served with the
-//! service's own future and body types.
+//! Any tower service (an axum `Router`, `tower::service_fn`, ...) or hyper service: the
+//! public service traits, with nothing of how connections are served (that is `site` and
+//! `connection`, which use these).
 
 use std::sync::Arc;
 
@@ -9,8 +8,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-
-use crate::connection::{self, Accepted, SiteContext};
 
 /// The error type handlers and bodies are boxed into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -48,30 +45,6 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = B;
-}
-
-/// A site's service with its type erased: spawns the task serving one accepted connection.
-pub(crate) trait SiteService: Send + Sync {
-    /// Serves `accepted` on its own task, to its end.
-    fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>);
-}
-
-/// The one implementation of [`SiteService`], for any service.
-struct Typed<S>(S);
-
-impl<S: HttpService> SiteService for Typed<S> {
-    fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>) {
-        let service = self.0.clone();
-        match site.tls.clone() {
-            None => drop(tokio::spawn(connection::serve_plain(service, accepted, site))),
-            Some(tls) => drop(tokio::spawn(connection::serve_tls(service, accepted, site, tls))),
-        }
-    }
-}
-
-/// Erases `service`'s type.
-pub(crate) fn erase<S: HttpService>(service: S) -> Arc<dyn SiteService> {
-    Arc::new(Typed(service))
 }
 
 /// Adapts a hyper service (`hyper::service::service_fn`, say) to the tower service gracehttp

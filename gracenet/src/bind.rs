@@ -93,8 +93,14 @@ pub(crate) fn unix(name: UnixName<'_>, ty: Type) -> Result<OwnedFd, Error> {
                 });
             }
             let probe = Socket::new(Domain::UNIX, ty, None).map_err(bind_err)?;
+            // Never waits: a live listener with a full backlog (one that does not accept)
+            // is in use too.
+            probe.set_nonblocking(true).map_err(bind_err)?;
             match probe.connect(&addr) {
                 Ok(()) => Err(Error::UnixPathInUse {
+                    path: path.to_owned(),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::UnixPathInUse {
                     path: path.to_owned(),
                 }),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
@@ -106,6 +112,280 @@ pub(crate) fn unix(name: UnixName<'_>, ty: Type) -> Result<OwnedFd, Error> {
             }
         }
         r => r.map_err(bind_err),
+    }
+}
+
+/// The longest socket path a client can connect to: `sun_path` less its final NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Binds a Unix stream listener at `path` that only its owner can connect to (mode 0600),
+/// without a moment in which the socket is reachable with a wider mode, and without
+/// changing the mode of anything by its path: the socket is made private before it is
+/// bound (Linux gives the file it binds the socket's own mode), bound at a temporary name
+/// beside `path` through a descriptor of the directory (so a directory renamed meanwhile does
+/// not redirect it), and linked (or, over a stale socket of a dead process, renamed) into
+/// place. Neither step follows a symlink at `path`, and in a sticky directory (`/tmp`)
+/// neither can replace another user's file. A live socket or any other file at `path` is an
+/// error, as for [`unix`].
+///
+/// The socket's own address (`getsockname`) names the temporary name: callers show `path`.
+///
+/// Keep `path` in a directory only the server's user (or root) can write, or a sticky one:
+/// in a directory anyone can write, anyone can replace the socket at any time.
+pub(crate) fn unix_private(path: &Path) -> Result<OwnedFd, Error> {
+    let shown = format!("unix:{}", path.display());
+    let bind_err = |source| Error::Bind {
+        addr: shown.clone(),
+        source,
+    };
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(bind_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the path is {} bytes long: a Unix socket's path can be at most {MAX_SOCKET_PATH}",
+                path.as_os_str().len()
+            ),
+        )));
+    }
+    let (Some(parent), Some(_)) = (path.parent(), path.file_name()) else {
+        return Err(bind_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "expected a path that names a file",
+        )));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let staged = private::bind(parent).map_err(bind_err)?;
+    place(&staged, path).map_err(|e| match e {
+        Placed::Io(e) => bind_err(e),
+        Placed::InUse => Error::UnixPathInUse {
+            path: path.to_owned(),
+        },
+        Placed::NotSocket => Error::UnixPathNotSocket {
+            path: path.to_owned(),
+        },
+    })?;
+    Ok(staged.into_socket())
+}
+
+/// Why a staged socket was not put at its path.
+enum Placed {
+    Io(io::Error),
+    InUse,
+    NotSocket,
+}
+
+/// Moves the staged socket to `path`: linked when nothing is there (link(2) fails if
+/// anything appeared meanwhile, and never follows it), renamed over a stale socket
+/// (rename(2) replaces the socket itself, never what a symlink points to).
+fn place(staged: &private::Staged, path: &Path) -> Result<(), Placed> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => staged.link_to(path).map_err(Placed::Io),
+        Err(e) => Err(Placed::Io(e)),
+        Ok(meta) if !meta.file_type().is_socket() => Err(Placed::NotSocket),
+        Ok(_) => match probe_unix(path) {
+            Ok(true) => Err(Placed::InUse),
+            Ok(false) => {
+                tracing::info!(path = %path.display(), "replacing stale Unix socket left by a process that is gone");
+                staged.rename_to(path).map_err(Placed::Io)
+            }
+            Err(e) => Err(Placed::Io(e)),
+        },
+    }
+}
+
+/// Whether a process listens at the socket `path`: a connection accepted or queued, or a
+/// full backlog (a live listener that does not accept), without ever waiting.
+fn probe_unix(path: &Path) -> io::Result<bool> {
+    let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A name a process of ours can hold for a moment: short (it must fit in `sun_path`) and
+/// unpredictable enough that another user cannot plant something there ahead of it.
+fn temporary_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let unique = nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(16);
+    format!(".g{:x}.{unique:x}", std::process::id())
+}
+
+/// Linux: the socket made 0600 with `fchmod` before `bind` (the bound file takes the
+/// socket's mode), bound at a temporary name in the target's directory through
+/// `/proc/self/fd/N/`, which also keeps the path short whatever the directory's.
+#[cfg(all(target_os = "linux", not(gracenet_portable)))]
+mod private {
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::Path;
+
+    use nix::fcntl::{AtFlags, OFlag, open, renameat};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
+    use socket2::{Domain, SockAddr, Socket, Type};
+
+    /// A listening socket at a temporary name in a directory.
+    pub(super) struct Staged {
+        name: TemporaryName,
+        socket: OwnedFd,
+    }
+
+    /// The temporary name, removed on drop unless renamed away.
+    struct TemporaryName {
+        dir: OwnedFd,
+        name: String,
+        renamed: std::cell::Cell<bool>,
+    }
+
+    pub(super) fn bind(parent: &Path) -> io::Result<Staged> {
+        let dir = open(
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        nix::sys::stat::fchmod(&socket, Mode::from_bits_truncate(0o600))?;
+        let mut last = None;
+        // Another file may hold the name (bind never replaces or follows one): try a few.
+        for _ in 0..16 {
+            let name = super::temporary_name();
+            let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+            match socket.bind(&SockAddr::unix(&at)?) {
+                Ok(()) => {
+                    let name = TemporaryName {
+                        dir,
+                        name,
+                        renamed: std::cell::Cell::new(false),
+                    };
+                    socket.listen(super::BACKLOG)?;
+                    socket.set_nonblocking(true)?;
+                    return Ok(Staged {
+                        name,
+                        socket: socket.into(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    }
+
+    impl Staged {
+        pub(super) fn link_to(&self, path: &Path) -> io::Result<()> {
+            let n = &self.name;
+            linkat(
+                &n.dir,
+                n.name.as_str(),
+                nix::fcntl::AT_FDCWD,
+                path,
+                AtFlags::empty(),
+            )
+            .map_err(io::Error::from)
+        }
+
+        pub(super) fn rename_to(&self, path: &Path) -> io::Result<()> {
+            let n = &self.name;
+            renameat(&n.dir, n.name.as_str(), nix::fcntl::AT_FDCWD, path).map_err(io::Error::from)?;
+            n.renamed.set(true);
+            Ok(())
+        }
+
+        pub(super) fn into_socket(self) -> OwnedFd {
+            self.socket
+        }
+    }
+
+    impl Drop for TemporaryName {
+        fn drop(&mut self) {
+            // Linked, or not placed: the temporary name goes.
+            if !self.renamed.get() {
+                let _ = unlinkat(&self.dir, self.name.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+}
+
+/// Elsewhere (and with `--cfg gracenet_portable`): bound and made 0600 inside a new
+/// directory only this user can enter, made beside the target. The directory is made 0700
+/// through its descriptor, whatever the umask. In a directory another user can write and
+/// that is not sticky, that user could swap the private directory while the socket is made
+/// private by its path: keep control sockets out of such directories.
+#[cfg(not(all(target_os = "linux", not(gracenet_portable))))]
+mod private {
+    use std::io;
+    use std::os::fd::OwnedFd;
+    use std::path::{Path, PathBuf};
+
+    use socket2::{Domain, SockAddr, Socket, Type};
+
+    pub(super) struct Staged {
+        dir: PrivateDir,
+        socket: OwnedFd,
+    }
+
+    /// The private directory, removed (with what is left in it) on drop.
+    struct PrivateDir(PathBuf);
+
+    pub(super) fn bind(parent: &Path) -> io::Result<Staged> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut last = None;
+        for _ in 0..16 {
+            let dir = parent.join(super::temporary_name());
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    let dir = PrivateDir(dir);
+                    let handle = std::fs::File::open(&dir.0)?;
+                    nix::sys::stat::fchmod(&handle, nix::sys::stat::Mode::from_bits_truncate(0o700))?;
+                    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+                    let at = dir.0.join("s");
+                    socket.bind(&SockAddr::unix(&at)?)?;
+                    std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+                    socket.listen(super::BACKLOG)?;
+                    socket.set_nonblocking(true)?;
+                    return Ok(Staged {
+                        dir,
+                        socket: socket.into(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+    }
+
+    impl Staged {
+        pub(super) fn link_to(&self, path: &Path) -> io::Result<()> {
+            std::fs::hard_link(self.dir.0.join("s"), path)
+        }
+
+        pub(super) fn rename_to(&self, path: &Path) -> io::Result<()> {
+            std::fs::rename(self.dir.0.join("s"), path)
+        }
+
+        pub(super) fn into_socket(self) -> OwnedFd {
+            self.socket
+        }
+    }
+
+    impl Drop for PrivateDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0.join("s"));
+            let _ = std::fs::remove_dir(&self.0);
+        }
     }
 }
 
@@ -167,6 +447,110 @@ mod tests {
         let err = unix(UnixName::Path(&path), Type::STREAM).unwrap_err();
         assert!(matches!(err, Error::UnixPathNotSocket { .. }), "{err:?}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".g"))
+            .collect()
+    }
+
+    #[test]
+    fn a_private_socket_is_mode_0600_at_its_path_and_leaves_nothing_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("private");
+        let path = dir.join("control");
+        let listener = UnixListener::from(unix_private(&path).unwrap());
+        let mode = std::fs::symlink_metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        assert_eq!(
+            leftovers(&dir),
+            Vec::<String>::new(),
+            "the private directory is gone"
+        );
+        // A stale socket of a dead process is replaced the same way.
+        drop(listener);
+        let listener = UnixListener::from(unix_private(&path).unwrap());
+        UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        assert_eq!(leftovers(&dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_private_socket_never_follows_or_replaces_a_symlink_or_a_live_socket() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("private-symlink");
+        let target = dir.join("target");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.join("control");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = unix_private(&path).unwrap_err();
+        assert!(matches!(err, Error::UnixPathNotSocket { .. }), "{err:?}");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        let meta = std::fs::metadata(&target).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o644,
+            "the target is untouched"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+        let live_path = dir.join("live");
+        let _live = UnixListener::bind(&live_path).unwrap();
+        let err = unix_private(&live_path).unwrap_err();
+        assert!(matches!(err, Error::UnixPathInUse { .. }), "{err:?}");
+        assert_eq!(leftovers(&dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_private_socket_fits_any_path_a_client_can_reach_and_names_the_limit_beyond() {
+        let dir = temp_dir("private-long");
+        let room = MAX_SOCKET_PATH - dir.as_os_str().len() - 1;
+        let path = dir.join("c".repeat(room));
+        assert_eq!(path.as_os_str().len(), MAX_SOCKET_PATH);
+        let listener = UnixListener::from(unix_private(&path).unwrap());
+        UnixStream::connect(&path).unwrap();
+        listener.accept().unwrap();
+        let longer = dir.join("c".repeat(room + 1));
+        let err = unix_private(&longer).unwrap_err().to_string();
+        assert!(err.contains("at most 107"), "{err}");
+        assert_eq!(leftovers(&dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_live_socket_that_does_not_accept_is_in_use_at_once() {
+        let dir = temp_dir("full-backlog");
+        let path = dir.join("busy");
+        let busy = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        busy.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        busy.listen(0).unwrap();
+        // Fill its backlog: a blocking connect would now wait for ever.
+        let mut queued = Vec::new();
+        for _ in 0..64 {
+            let c = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            c.set_nonblocking(true).unwrap();
+            let full = c.connect(&SockAddr::unix(&path).unwrap()).is_err();
+            queued.push(c);
+            if full {
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(unix_private(&path), Err(Error::UnixPathInUse { .. })));
+        assert!(matches!(
+            unix(UnixName::Path(&path), Type::STREAM),
+            Err(Error::UnixPathInUse { .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "no wait");
+        drop(busy);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

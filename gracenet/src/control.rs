@@ -4,85 +4,274 @@
 //! `docker exec … --reload` need to know.
 //!
 //! The socket is one of the generation's inherited sockets, so its path outlives every restart;
-//! the serving generation answers on it. It is made mode 0600, and a peer whose uid is neither
-//! the server's nor root's is refused (`SO_PEERCRED`).
+//! the serving generation answers on it. The first generation makes it private (mode 0600)
+//! before it can be reached, and a generation that inherits it never touches the path (a
+//! removed path is reported, never recreated, never followed). A peer whose uid is neither the
+//! server's nor root's is refused (`SO_PEERCRED`).
 //!
 //! The protocol is one line each way: the client sends `restart` or `status`; the server
-//! answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines) and closes.
+//! answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines) and closes. A
+//! generation that has already handed over answers `retry …`, and the client asks again (the
+//! new generation answers). A command whose client has gone by the time the server reads it
+//! is not run.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), gracenet::Error> {
 //! // In the server: gracenet::Generation::builder().control_socket("/run/app/control")
 //! // In the operator's tool:
-//! let answer = gracenet::control::restart("/run/app/control")?;
+//! let answer = gracenet::control::Client::new("/run/app/control").restart()?;
 //! println!("{answer}"); // "generation 3 serving with pid 4242"
 //! # Ok(()) }
 //! ```
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
 /// The `LISTEN_FDNAMES` name the control socket is passed on with.
 pub const SOCKET_NAME: &str = "grace-control";
 
-/// How long a client waits for an answer: longer than any ready timeout a server would use.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long [`Client::restart`] waits by default: longer than the default ready timeout
+/// ([`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT), 30 s) and well inside systemd's
+/// default reload timeout (90 s), so `ExecReload=` reports the failure itself.
+pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Asks the server behind the control socket at `path` to restart, and waits until the new
-/// generation serves or the restart failed. Returns the server's answer ("generation 3
-/// serving with pid 4242").
-///
-/// # Errors
-/// [`Error::Control`] when the restart failed (the reason the server gave: the old generation
-/// still serves) or the socket cannot be reached.
-pub fn restart(path: impl AsRef<Path>) -> Result<String, Error> {
-    request(path.as_ref(), "restart")
+/// How long [`Client::status`] waits by default: a server answers at once unless it cannot
+/// accept (at its file descriptor limit).
+pub const DEFAULT_STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of the control socket at a path: what `gracedemo --reload` and `--status` use.
+#[derive(Debug, Clone)]
+pub struct Client {
+    path: PathBuf,
+    timeout: Option<Duration>,
 }
 
-/// Reads the server's state: its generation, pid, phase, open connections and the older
-/// generations still draining, as `key: value` lines.
-///
-/// # Errors
-/// [`Error::Control`] when the socket cannot be reached or the server refuses.
-pub fn status(path: impl AsRef<Path>) -> Result<String, Error> {
-    request(path.as_ref(), "status")
-}
-
-fn request(path: &Path, command: &str) -> Result<String, Error> {
-    let fail = |reason: String| Error::Control {
-        path: path.to_owned(),
-        reason,
-    };
-    let stream = UnixStream::connect(path).map_err(|e| {
-        fail(format!(
-            "cannot connect ({e}): is the server running with this control socket?"
-        ))
-    })?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(|e| fail(e.to_string()))?;
-    (&stream)
-        .write_all(format!("{command}\n").as_bytes())
-        .map_err(|e| fail(format!("cannot send {command:?}: {e}")))?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .take(64 * 1024)
-        .read_to_string(&mut answer)
-        .map_err(|e| fail(format!("no answer to {command:?}: {e}")))?;
-    let answer = answer.trim_end();
-    if let Some(rest) = answer.strip_prefix("ok") {
-        return Ok(rest.trim_start().to_owned());
+impl Client {
+    /// A client of the control socket at `path`, with the default timeouts
+    /// ([`DEFAULT_RESTART_TIMEOUT`], [`DEFAULT_STATUS_TIMEOUT`]).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            timeout: None,
+        }
     }
-    match answer.strip_prefix("error") {
-        Some(reason) => Err(fail(reason.trim_start().to_owned())),
-        None if answer.is_empty() => Err(fail(format!(
-            "the server closed the connection without answering {command:?}"
-        ))),
-        None => Err(fail(format!("unexpected answer {answer:?}"))),
+
+    /// How long to wait, in all, for the answer (connecting included) before giving up.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Asks the server to restart, and waits until the new generation serves or the restart
+    /// failed. Returns the server's answer ("generation 3 serving with pid 4242").
+    ///
+    /// # Errors
+    /// [`Error::Control`] when the restart failed (the reason the server gave: the old
+    /// generation still serves), the socket cannot be reached, or no answer came within the
+    /// timeout (a restart the server had not yet read is then never run).
+    pub fn restart(&self) -> Result<String, Error> {
+        self.request("restart", self.timeout.unwrap_or(DEFAULT_RESTART_TIMEOUT))
+    }
+
+    /// Reads the server's state: its generation, pid, phase, open connections and the older
+    /// generations still draining, as `key: value` lines.
+    ///
+    /// # Errors
+    /// [`Error::Control`] when the socket cannot be reached, the server refuses, or no answer
+    /// came within the timeout.
+    pub fn status(&self) -> Result<String, Error> {
+        self.request("status", self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT))
+    }
+
+    fn request(&self, command: &str, timeout: Duration) -> Result<String, Error> {
+        let deadline = Instant::now() + timeout;
+        // A generation that has handed over says `retry`: the next one answers. Bounded by
+        // the deadline and a count.
+        for _ in 0..50 {
+            match self.ask(command, deadline, timeout)? {
+                Answer::Retry(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Answer::Retry(reason) => return Err(self.fail(reason)),
+                Answer::Done(answer) => return answer,
+            }
+        }
+        Err(self.fail(format!(
+            "every answer to {command:?} said to ask again: is the server restarting in a loop?"
+        )))
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        Error::Control {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn ask(&self, command: &str, deadline: Instant, timeout: Duration) -> Result<Answer, Error> {
+        let late = |read: bool| {
+            self.fail(if read || command != "restart" {
+                format!(
+                    "no answer to {command:?} within {:.1} s; if the server had read it, it goes \
+                     on: see --status (or raise the timeout)",
+                    timeout.as_secs_f64()
+                )
+            } else {
+                format!(
+                    "no answer to {command:?} within {:.1} s (is the server at its file \
+                     descriptor limit?); a command the server had not read by then is not run",
+                    timeout.as_secs_f64()
+                )
+            })
+        };
+        let stream = connect(&self.path, deadline).map_err(|e| match e {
+            Some(e) if e.kind() == std::io::ErrorKind::PermissionDenied => self.fail(format!(
+                "cannot connect ({e}): run this as the server's user or root"
+            )),
+            Some(e) => self.fail(format!(
+                "cannot connect ({e}): is the server running with this control socket?"
+            )),
+            None => late(false),
+        })?;
+        trusted(&stream, &self.path).map_err(|reason| self.fail(reason))?;
+        let remaining = |read| {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| late(read))
+        };
+        stream
+            .set_write_timeout(Some(remaining(false)?))
+            .map_err(|e| self.fail(e.to_string()))?;
+        (&stream)
+            .write_all(format!("{command}\n").as_bytes())
+            .map_err(|e| self.fail(format!("cannot send {command:?}: {e}")))?;
+        // The whole answer by the deadline, however it trickles in.
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            stream
+                .set_read_timeout(Some(remaining(!answer.is_empty())?))
+                .map_err(|e| self.fail(e.to_string()))?;
+            match (&stream).read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) if answer.len() + n <= MAX_ANSWER => answer.extend_from_slice(&chunk[..n]),
+                Ok(_) => {
+                    return Err(self.fail(format!(
+                        "the answer to {command:?} is longer than {MAX_ANSWER} bytes: is this a \
+                         grace control socket?"
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(late(!answer.is_empty()));
+                }
+                Err(e) => return Err(self.fail(format!("no answer to {command:?}: {e}"))),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        // What the server says is shown as text: no control characters reach a terminal.
+        let answer: String = answer
+            .trim_end()
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        if let Some(rest) = answer.strip_prefix("ok") {
+            return Ok(Answer::Done(Ok(rest.trim_start().to_owned())));
+        }
+        if let Some(reason) = answer.strip_prefix("retry") {
+            return Ok(Answer::Retry(reason.trim_start().to_owned()));
+        }
+        Ok(Answer::Done(Err(match answer.strip_prefix("error") {
+            Some(reason) => self.fail(reason.trim_start().to_owned()),
+            None if answer.is_empty() => self.fail(format!(
+                "the server closed the connection without answering {command:?}"
+            )),
+            None => self.fail(format!("unexpected answer {answer:?}")),
+        })))
+    }
+}
+
+/// The uid of the process at the other end.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).map(|c| c.uid())
+}
+
+/// The uid of the process at the other end.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
+    nix::unistd::getpeereid(stream).map(|(uid, _)| uid.as_raw())
+}
+
+/// The longest answer a client reads.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Whether the process answering on `stream` may be believed: it runs as this user, as
+/// root, or as the owner of the socket's directory (a service's runtime directory). In a
+/// directory anyone can write (`/tmp`), another user could have put a socket of their own at
+/// the path, and a deploy script would take its "ok" for the server's.
+fn trusted(stream: &UnixStream, path: &Path) -> Result<(), String> {
+    let peer = peer_uid(stream).map_err(|e| format!("cannot read the server's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let dir_owner = {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::metadata(dir).map(|m| m.uid()).ok()
+    };
+    if peer == me || peer == 0 || Some(peer) == dir_owner {
+        return Ok(());
+    }
+    Err(format!(
+        "the process answering there runs as uid {peer}, which is neither you (uid {me}), nor \
+         root, nor the owner of the socket's directory: not trusting it (another user's socket \
+         at this path?)"
+    ))
+}
+
+enum Answer {
+    Done(Result<String, Error>),
+    Retry(String),
+}
+
+/// Connects by the deadline. A server that does not accept (at its fd limit) lets the
+/// kernel queue a connection until its backlog is full; then `connect` would block: it is
+/// retried instead. `Err(None)`: the deadline passed.
+fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, Option<std::io::Error>> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let addr = SockAddr::unix(path).map_err(Some)?;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(Some)?;
+        socket.set_nonblocking(true).map_err(Some)?;
+        match socket.connect(&addr) {
+            Ok(()) => {
+                socket.set_nonblocking(false).map_err(Some)?;
+                return Ok(socket.into());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(None),
+            Err(e) => return Err(Some(e)),
+        }
     }
 }
 
@@ -90,33 +279,110 @@ fn request(path: &Path, command: &str) -> Result<String, Error> {
 /// [`control_socket`](crate::GenerationBuilder::control_socket).
 #[cfg(feature = "tokio")]
 pub(crate) mod server {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use std::os::fd::AsFd;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use crate::error::Error;
+    use crate::lifecycle::{Generation, GracefulListener, Phase, RestartError, StopReason};
+    use crate::socket::LocalAddr;
+    use crate::tokio::Stream;
 
     /// The longest command line a server reads.
     const MAX_COMMAND: usize = 64;
-    use crate::lifecycle::{Generation, GracefulListener};
-    use crate::tokio::Stream;
 
     /// How long a client may take to send its command.
     const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+    /// The control socket's listener: the inherited one, whose path this process never
+    /// touches, or (in the first generation) a new one made private before it is reachable.
+    pub(crate) fn listen(generation: &Generation, path: &Path) -> Result<GracefulListener, Error> {
+        let registry = generation.registry();
+        let (listener, inherited) =
+            registry.adopt_or(super::SOCKET_NAME, || crate::bind::unix_private(path))?;
+        // Its kernel address names where it was bound, not `path`.
+        registry.show_as(super::SOCKET_NAME, LocalAddr::UnixPath(path.to_owned()));
+        if inherited {
+            check_path(path);
+        }
+        generation.graceful(listener, &format!("unix:{}", path.display()))
+    }
+
+    /// Warns when the inherited control socket can no longer be reached by its path. The
+    /// path is only looked at (`lstat`), never followed, changed or recreated: whatever is
+    /// there now may be someone else's.
+    fn check_path(path: &Path) {
+        use std::os::unix::fs::FileTypeExt;
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw() => {}
+            Ok(meta) if meta.file_type().is_socket() => tracing::warn!(
+                "the control socket {} is no longer reachable by its path: another user's socket \
+                 (uid {}) is there now (left alone); restarts by signal still work, and a full \
+                 stop and start makes the control socket again",
+                path.display(),
+                meta.uid()
+            ),
+            Ok(meta) => tracing::warn!(
+                "the control socket {} is no longer reachable by its path: a {} is there now \
+                 (left alone); restarts by signal still work, and a full stop and start makes \
+                 the control socket again",
+                path.display(),
+                if meta.file_type().is_symlink() {
+                    "symlink"
+                } else {
+                    "file that is not a socket"
+                }
+            ),
+            Err(e) => tracing::warn!(
+                "the control socket {} is no longer reachable by its path ({e}); restarts by \
+                 signal still work, and a full stop and start makes the control socket again",
+                path.display()
+            ),
+        }
+    }
+
     /// Answers on `listener` until this generation stops accepting.
     pub(crate) async fn serve(mut listener: GracefulListener, generation: Generation) {
+        // The clients being answered: tracked like connections, not counted as ones in
+        // `status`.
+        let clients = Arc::new(AtomicUsize::new(0));
         while let Some(stream) = listener.accept().await {
             let Stream::Unix(stream) = stream else {
                 continue;
             };
-            tokio::spawn(answer(stream, generation.clone()));
+            // The drain waits for every accepted client's answer: one accepted just before
+            // the drain began is answered, not cut off when the process exits.
+            let guard = generation.track();
+            clients.fetch_add(1, Ordering::Relaxed);
+            let (generation, clients) = (generation.clone(), clients.clone());
+            tokio::spawn(async move {
+                answer(stream, &generation, &clients).await;
+                clients.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
+            });
         }
     }
 
-    async fn answer(mut stream: tokio::net::UnixStream, generation: Generation) {
+    async fn answer(mut stream: tokio::net::UnixStream, generation: &Generation, clients: &AtomicUsize) {
         // The command is read before the peer is judged: a refused client still gets its
         // answer, not a reset for unread bytes.
         let command = read_command(&mut stream).await;
         let reply = match (authorised(&stream), command) {
             (Err(reason), _) | (Ok(()), Err(reason)) => format!("error {reason}\n"),
-            (Ok(()), Ok(command)) => run(&command, &generation).await,
+            (Ok(()), Ok(command)) => {
+                if client_gone(&stream) {
+                    tracing::info!(
+                        "control socket: {:?} not run: its client left before it was read",
+                        command.chars().take(MAX_COMMAND).collect::<String>()
+                    );
+                    return;
+                }
+                run(&command, generation, clients).await
+            }
         };
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.shutdown().await;
@@ -130,6 +396,15 @@ pub(crate) mod server {
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    }
+
+    /// Whether the client has closed its end (`POLLHUP`: both directions shut). A client that
+    /// only shut its writing half (as `socat` does) still waits for the answer.
+    fn client_gone(stream: &tokio::net::UnixStream) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
     }
 
     /// Only the server's own user and root may control it.
@@ -166,31 +441,51 @@ pub(crate) mod server {
         }
     }
 
-    async fn run(command: &str, generation: &Generation) -> String {
+    /// `retry …` when this generation has handed over: the client asks again and the
+    /// generation now serving answers.
+    fn handed_over(generation: &Generation) -> Option<String> {
+        match generation.phase() {
+            Phase::Draining {
+                reason: StopReason::Restarted { successor },
+                ..
+            } => Some(format!(
+                "retry generation {} (pid {}) has handed over to pid {successor}: ask it\n",
+                generation.number(),
+                std::process::id()
+            )),
+            _ => None,
+        }
+    }
+
+    async fn run(command: &str, generation: &Generation, clients: &AtomicUsize) -> String {
+        if let Some(retry) = handed_over(generation) {
+            return retry;
+        }
         match command {
             "restart" => {
                 tracing::info!(
                     "control socket: restart requested (generation {})",
                     generation.number()
                 );
-                // The drain waits for this answer to be written.
-                let _guard = generation.track();
                 match generation.restart().await {
                     Ok(next) => format!(
                         "ok generation {} serving with pid {}\n",
                         next.generation, next.pid
                     ),
+                    Err(e @ RestartError::Stopping { .. }) => {
+                        handed_over(generation).unwrap_or_else(|| format!("error {e}\n"))
+                    }
                     Err(e) => format!("error {e}\n"),
                 }
             }
-            "status" => format!("ok\n{}", generation.status()),
+            "status" => format!(
+                "ok\n{}",
+                generation.status_uncounting(clients.load(Ordering::Relaxed))
+            ),
             other => format!(
                 "error unknown command {:?}: expected \"restart\" or \"status\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()
             ),
         }
     }
-
-    // `tokio::io::AsyncReadExt::take` for the reader above.
-    use tokio::io::AsyncReadExt as _;
 }

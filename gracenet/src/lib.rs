@@ -119,6 +119,7 @@ mod addr;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod bind;
+mod cluster;
 pub mod control;
 mod env;
 mod error;

@@ -169,6 +169,22 @@ impl SocketRegistry {
         L: Into<OwnedFd>,
         F: FnOnce() -> std::io::Result<L>,
     {
+        let make = || {
+            make().map(Into::into).map_err(|source| Error::Io {
+                what: format!("cannot make the listener {name:?}"),
+                source,
+            })
+        };
+        self.adopt_or(name, make).map(|(listener, _)| listener)
+    }
+
+    /// [`adopt`](Self::adopt) with a maker that returns gracenet's own error, and whether the
+    /// socket was inherited.
+    pub(crate) fn adopt_or(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<OwnedFd, Error>,
+    ) -> Result<(StreamListener, bool), Error> {
         let mut entries = self.lock();
         let inherited = entries.iter().position(|e| {
             !e.claimed
@@ -183,9 +199,7 @@ impl SocketRegistry {
             }
             None => {
                 let io = |what: String, source: std::io::Error| Error::Io { what, source };
-                let fd: OwnedFd = make()
-                    .map_err(|e| io(format!("cannot make the listener {name:?}"), e))?
-                    .into();
+                let fd = make()?;
                 let info = crate::socket::inspect(fd.as_fd())
                     .ok()
                     .filter(|i| matches!(i.kind, SocketKind::TcpListener | SocketKind::UnixListener))
@@ -212,10 +226,19 @@ impl SocketRegistry {
             what: format!("cannot duplicate the socket fd of {}", entry.info.addr),
             source,
         })?;
-        Ok(match entry.info.kind {
+        let listener = match entry.info.kind {
             SocketKind::TcpListener => StreamListener::Tcp(fd.into()),
             _ => StreamListener::Unix(fd.into()),
-        })
+        };
+        Ok((listener, inherited.is_some()))
+    }
+
+    /// Shows the socket named `name` as `addr` (in [`addrs`](Self::addrs) and logs) instead
+    /// of the address the kernel reports: for a socket bound at one path and moved to another.
+    pub(crate) fn show_as(&self, name: &str, addr: LocalAddr) {
+        if let Some(entry) = self.lock().iter_mut().find(|e| e.name.as_deref() == Some(name)) {
+            entry.info.addr = addr;
+        }
     }
 
     /// Returns a TCP listener on `addr`: the inherited one that matches, else a new one.

@@ -17,7 +17,8 @@
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet.
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
-//! `--control PATH restart|status` it is a control-socket client, printing the answer.
+//! `--control PATH restart|status` it is a control-socket client, printing the answer
+//! (`PROBE_CONTROL_TIMEOUT_MS`: its timeout).
 //!
 //! The version is the binary's name: `lifeprobe`, or `lifeprobe2`, the same program under
 //! another name that plays "a new version" in the binary-replacement test.
@@ -42,9 +43,16 @@ pub fn main(version: &'static str) -> ExitCode {
     if let [_, flag, path, command] = &args[..]
         && flag == "--control"
     {
+        let mut client = gracenet::control::Client::new(path);
+        if let Some(ms) = std::env::var("PROBE_CONTROL_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            client = client.timeout(std::time::Duration::from_millis(ms));
+        }
         let answer = match command.as_str() {
-            "restart" => gracenet::control::restart(path),
-            _ => gracenet::control::status(path),
+            "restart" => client.restart(),
+            _ => client.status(),
         };
         return match answer {
             Ok(text) => {

@@ -9,9 +9,12 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use std::time::Duration;
+
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, converse, field, is_alive, wait_until,
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, converse, field, is_alive, signal, wait_until,
 };
+use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
@@ -76,6 +79,10 @@ fn a_restart_through_the_control_socket_answers_once_the_new_generation_serves()
     assert!(status.contains(&format!("pid: {serving}")), "{status}");
     assert!(status.contains("phase: serving"), "{status}");
     assert!(status.contains("draining generations: none"), "{status}");
+    assert!(
+        status.contains("connections: 0"),
+        "the asking client is not counted: {status}"
+    );
 }
 
 #[test]
@@ -199,4 +206,262 @@ fn a_client_with_no_server_is_told_so() {
     let answer = text(&out);
     assert!(answer.contains("cannot connect"), "{answer}");
     assert!(answer.contains("is the server running"), "{answer}");
+}
+
+/// The path of a running server's control socket removed: every restart still works (the
+/// new generation inherits the socket and never touches the path), and says the socket is
+/// no longer reachable by its path.
+#[test]
+fn a_removed_control_socket_path_does_not_stop_restarts() {
+    let dir = TempDir::new("control-removed");
+    let socket = dir.path().join("control");
+    let (mut server, gen1, port) = start(&socket, &[]);
+    let mut guards = vec![PidGuard(gen1)];
+    std::fs::remove_file(&socket).unwrap();
+    let mut serving = gen1;
+    for number in 2..=3 {
+        signal(serving, Signal::SIGUSR2);
+        let line = server.expect_line(&format!("probe version=lifeprobe generation={number}"));
+        let new: u32 = field(&line, "pid").parse().unwrap();
+        guards.push(PidGuard(new));
+        server.expect_log("no longer reachable by its path");
+        assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == new));
+        serving = new;
+    }
+    assert!(
+        !socket.exists(),
+        "the path is never made again by an inheriting generation"
+    );
+}
+
+/// A world-writable sticky directory (like /tmp): after the operator removed the control
+/// socket, another user plants a symlink there to a file of root's. Neither a restart nor a
+/// new server follows it: the file keeps its mode, the link stays as it is.
+#[test]
+fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followed() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to plant the link as uid 65534)"
+    );
+    let dir = TempDir::new("control-symlink");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victims = TempDir::new("control-symlink-victim");
+    let victim = victims.path().join("root-file");
+    std::fs::write(&victim, b"root's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = dir.path().join("control");
+    let plant = || {
+        let out = Command::new("ln")
+            .arg("-s")
+            .arg(&victim)
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run ln as uid 65534");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+
+    let (mut server, gen1, port) = start(&socket, &[]);
+    let _g1 = PidGuard(gen1);
+    std::fs::remove_file(&socket).unwrap();
+    plant();
+    signal(gen1, Signal::SIGUSR2);
+    let gen2: u32 = field(&server.expect_line("probe version=lifeprobe generation=2"), "pid")
+        .parse()
+        .unwrap();
+    let _g2 = PidGuard(gen2);
+    server.expect_log("a symlink is there now");
+    assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == gen2));
+    assert_eq!(victim_mode(), 0o644, "the link's target keeps its mode");
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A new server at that path refuses it, naming it, and leaves it alone.
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0").env("PROBE_CONTROL_SOCKET", &socket);
+    let mut other = ProcessGuard::spawn(cmd);
+    let status = other.wait_timeout(DEADLINE).expect("the second server exits");
+    assert!(!status.success());
+    let said = other.output_after_exit().join("\n");
+    assert!(said.contains("exists and is not a socket"), "{said}");
+    assert_eq!(victim_mode(), 0o644);
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's");
+}
+
+/// Reloads one after another, each asked as soon as the previous one answered: every one
+/// succeeds and names a new generation. (The old generation used to answer, then accept the
+/// next client before its drain began, and close it or refuse it.) `CONTROL_RELOADS` sets
+/// the count (default 100).
+#[test]
+fn back_to_back_reloads_are_all_answered_by_the_serving_generation() {
+    let count: u64 = std::env::var("CONTROL_RELOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let dir = TempDir::new("control-back-to-back");
+    let socket = dir.path().join("control");
+    let (mut server, gen1, _port) = start(&socket, &[("PROBE_STANDBY", "1")]);
+    let mut guards = vec![PidGuard(gen1)];
+    let client = gracenet::control::Client::new(&socket);
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    for number in 2..=count + 1 {
+        assert!(started.elapsed() < Duration::from_secs(600), "bounded in time");
+        match client.restart() {
+            Ok(answer) => {
+                let pid: u32 = answer.rsplit(' ').next().unwrap().parse().unwrap();
+                guards.push(PidGuard(pid));
+                assert_eq!(answer, format!("generation {number} serving with pid {pid}"));
+            }
+            Err(e) => {
+                failures.push(format!("reload {}: {e}", number - 1));
+                break;
+            }
+        }
+        // Keep the guards list short: the drained ones are gone.
+        guards.retain(PidGuard::is_alive);
+    }
+    assert!(
+        failures.is_empty(),
+        "of {count} reloads: {failures:?}\n{}",
+        server.seen().join("\n")
+    );
+}
+
+/// A server at its fd limit cannot accept: `--status` and `--reload` give up at their timeout
+/// with a clear message, and the restart whose client left is never run once fds free up.
+#[test]
+fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run() {
+    let dir = TempDir::new("control-fd-limit");
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0").env("PROBE_CONTROL_SOCKET", &socket);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut server = ProcessGuard::spawn(cmd);
+    let line = server.expect_line("probe version=");
+    server.expect_log("generation 1 serving");
+    let gen1: u32 = field(&line, "pid").parse().unwrap();
+    let _g1 = PidGuard(gen1);
+    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    }
+    server.expect_log("accept failed");
+    let timed = |command: &str| {
+        let t0 = std::time::Instant::now();
+        let out = Command::new(LIFEPROBE)
+            .arg("--control")
+            .arg(&socket)
+            .arg(command)
+            .env("PROBE_CONTROL_TIMEOUT_MS", "1500")
+            .output()
+            .expect("run the control client");
+        (out, t0.elapsed())
+    };
+    for command in ["status", "restart"] {
+        let (out, took) = timed(command);
+        let answer = text(&out);
+        assert!(!out.status.success(), "{answer}");
+        assert!(
+            answer.contains(&format!("no answer to {command:?} within 1.5 s")),
+            "{answer}"
+        );
+        assert!(took < Duration::from_secs(15), "gave up at its timeout: {took:?}");
+    }
+    // The fds free up: the queued clients are accepted, and the commands whose clients
+    // left are not run.
+    drop(held);
+    server.expect_log("\"restart\" not run: its client left");
+    assert!(wait_until(DEADLINE, || answer_pid(
+        &ask(port).unwrap_or_default()
+    ) == gen1));
+    let status = text(&client(&socket, "status"));
+    assert!(status.contains("generation: 1"), "{status}");
+    assert!(
+        !server.seen().iter().any(|l| l.contains("restart requested")),
+        "no restart was started"
+    );
+}
+
+/// Another user's server at the path (a sticky directory anyone can write): the client does
+/// not take its word for the server's, and a generation that finds another user's socket at
+/// its path says so.
+#[test]
+fn a_client_does_not_trust_another_users_socket_at_the_path() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to run a server as uid 65534)"
+    );
+    let dir = TempDir::new("control-impostor");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_CONTROL_SOCKET", &socket)
+        .uid(65534)
+        .gid(65534);
+    let mut impostor = ProcessGuard::spawn(cmd);
+    impostor.expect_log("generation 1 serving");
+    let out = client(&socket, "status");
+    let answer = text(&out);
+    assert!(!out.status.success(), "{answer}");
+    assert!(answer.contains("runs as uid 65534"), "{answer}");
+    assert!(answer.contains("not trusting it"), "{answer}");
+    // Its own user is answered.
+    let out = Command::new(LIFEPROBE)
+        .arg("--control")
+        .arg(&socket)
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Root's server whose path was removed and taken by that user: the restart says so.
+    let own = dir.path().join("own");
+    let (mut server, gen1, _port) = start(&own, &[]);
+    let _g1 = PidGuard(gen1);
+    std::fs::remove_file(&own).unwrap();
+    std::fs::hard_link(&socket, &own).unwrap();
+    signal(gen1, Signal::SIGUSR2);
+    let gen2: u32 = field(&server.expect_line("probe version=lifeprobe generation=2"), "pid")
+        .parse()
+        .unwrap();
+    let _g2 = PidGuard(gen2);
+    server.expect_log("another user's socket (uid 65534) is there now");
+}
+
+#[test]
+fn the_same_path_for_the_pid_file_and_the_control_socket_is_refused_at_the_start() {
+    let dir = TempDir::new("control-pidfile");
+    let path = dir.path().join("both");
+    let mut cmd = Command::new(LIFEPROBE);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_CONTROL_SOCKET", &path)
+        .env("PROBE_PID_FILE", dir.path().join(".").join("both"));
+    let mut server = ProcessGuard::spawn(cmd);
+    let status = server.wait_timeout(DEADLINE).expect("it exits");
+    assert!(!status.success());
+    let said = server.output_after_exit().join("\n");
+    assert!(said.contains("it is also the PID file's path"), "{said}");
 }

@@ -58,7 +58,7 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
     // no listener of its own; the server names it.
     g.expect_line(&format!("probe main pid={standby}"));
     assert!(is_alive(standby));
-    let status = gracenet::control::status(&control).unwrap();
+    let status = gracenet::control::Client::new(&control).status().unwrap();
     assert!(
         status.lines().any(|l| l == format!("standby: pid {standby}")),
         "{status}"
@@ -105,7 +105,7 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
     let next = standby_started(&mut g, 2);
     let _next_guard = PidGuard(next);
     assert_ne!(next, standby);
-    let status = gracenet::control::status(&control).unwrap();
+    let status = gracenet::control::Client::new(&control).status().unwrap();
     assert!(status.lines().any(|l| l == format!("pid: {standby}")), "{status}");
     assert!(
         status.lines().any(|l| l == format!("standby: pid {next}")),

@@ -237,11 +237,11 @@ impl Driver {
                         .unwrap_or_else(|p| p.into_inner()) = Some(c.out.clone());
                     c
                 });
-                self.answer(Ok(Successor {
-                    pid: successor,
-                    generation: next,
-                }));
             }
+            Action::RestartSucceeded { successor } => self.answer(Ok(Successor {
+                pid: successor,
+                generation: next,
+            })),
             Action::BeginDrain { reason, deadline } => {
                 if let Some(standby) = self.standby.take() {
                     self.let_go(standby, "this generation is draining");

@@ -2,7 +2,7 @@
 //! the guard that makes the drain wait for a connection ([`ConnectionGuard`]).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -109,8 +109,7 @@ impl GenerationBuilder {
 
     /// Answers on a Unix socket at `path` (mode 0600, the server's user and root only): a
     /// `restart` there returns the restart's result, which a signal cannot, and `status`
-    /// the server's state. Clients: [`control::restart`](crate::control::restart) and
-    /// [`control::status`](crate::control::status). The socket is passed on at every
+    /// the server's state. Client: [`control::Client`](crate::control::Client). The socket is passed on at every
     /// restart; the serving generation answers.
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
@@ -126,6 +125,12 @@ impl GenerationBuilder {
     pub fn hand_state(mut self, state: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Self {
         self.state = Some(Arc::new(state));
         self
+    }
+
+    /// Whether a [`hand_state`](Self::hand_state) provider is set: a library that would hand
+    /// state of its own (gracehttp's TLS session ticket keys) leaves the application's alone.
+    pub fn hands_state(&self) -> bool {
+        self.state.is_some()
     }
 
     /// The most bytes of handed-over state this generation accepts (default 256 MiB); more
@@ -209,6 +214,14 @@ impl GenerationBuilder {
     /// a tokio runtime.
     pub fn start(self) -> Result<Generation, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
+        if let (Some(path), Some(pid_file)) = (&self.control_socket, &self.pid_file)
+            && same_path(pid_file, path)
+        {
+            return Err(Error::Control {
+                path: path.clone(),
+                reason: "it is also the PID file's path: give each its own".into(),
+            });
+        }
         let startup = crate::startup::startup()?;
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyStarted);
@@ -243,21 +256,26 @@ impl GenerationBuilder {
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         let generation = Generation { shared };
         if let Some(path) = &generation.shared.config.control_socket {
-            let listener =
-                generation.listen_named(crate::control::SOCKET_NAME, &format!("unix:{}", path.display()))?;
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(
-                |source| Error::Io {
-                    what: format!(
-                        "cannot make the control socket {} private (mode 0600)",
-                        path.display()
-                    ),
-                    source,
-                },
-            )?;
+            let listener = crate::control::server::listen(&generation, path)?;
             tokio::spawn(crate::control::server::serve(listener, generation.clone()));
         }
         Ok(generation)
     }
+}
+
+/// Whether `a` and `b` name the same file (their directories resolved, the names compared).
+fn same_path(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        (
+            std::fs::canonicalize(dir).ok(),
+            p.file_name().map(ToOwned::to_owned),
+        )
+    };
+    a == b || resolved(a) == resolved(b)
 }
 
 /// What the handle and the driver share.
@@ -418,7 +436,7 @@ impl Generation {
         self.graceful(self.registry().adopt(name, make)?, name)
     }
 
-    fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
+    pub(crate) fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
         let local = listener.local_addr().map_err(|source| Error::Io {
             what: format!("cannot read the address of the listener for {addr}"),
             source,
@@ -544,6 +562,12 @@ impl Generation {
     /// answers): generation, pid, phase, open connections, and the older generations still
     /// draining.
     pub fn status(&self) -> String {
+        self.status_uncounting(0)
+    }
+
+    /// [`status`](Self::status), not counting `uncounted` of the tracked connections (the
+    /// control socket's own clients).
+    pub(crate) fn status_uncounting(&self, uncounted: usize) -> String {
         let phase = match self.phase() {
             Phase::Starting => "starting".to_owned(),
             Phase::Serving => "serving".to_owned(),
@@ -571,7 +595,7 @@ impl Generation {
             "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n{standby}",
             self.shared.number,
             std::process::id(),
-            self.shared.connections.receiver_count(),
+            self.shared.connections.receiver_count().saturating_sub(uncounted),
             addrs.join(", "),
             if draining.is_empty() {
                 "none".to_owned()

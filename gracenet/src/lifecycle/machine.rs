@@ -121,8 +121,13 @@ pub(crate) enum Action {
     AbandonChild { pid: u32, failure: ChildFailure },
     /// The restart failed before a process existed.
     SpawnFailed { error: String },
-    /// The next generation is ready and takes over.
+    /// The next generation is ready and takes over: keep it as the successor (its channel
+    /// takes the live connections handed at the drain).
     HandOver { successor: u32 },
+    /// Answer the restart requests under way: the successor serves. After `BeginDrain`, so
+    /// that whoever hears the answer and asks again (a deploy script's next reload) reaches
+    /// the successor, never this generation's listeners.
+    RestartSucceeded { successor: u32 },
     /// Stop accepting, close this process's copies of the sockets, start the drain clock.
     BeginDrain { reason: StopReason, deadline: Instant },
     /// Report how the generation ended.
@@ -351,6 +356,7 @@ fn hand_over(successor: u32, now: Instant, t: &Timeouts) -> (State, Vec<Action>)
         vec![
             Action::HandOver { successor },
             Action::BeginDrain { reason, deadline },
+            Action::RestartSucceeded { successor },
         ],
     )
 }
@@ -466,7 +472,9 @@ mod tests {
                 Action::BeginDrain {
                     reason,
                     deadline: now + T.stop
-                }
+                },
+                // Answered once this generation has stopped accepting.
+                Action::RestartSucceeded { successor: 7 },
             ]
         );
         assert_eq!(

@@ -59,20 +59,25 @@ fn run() -> Result<(), gracehttp::Error> {
     };
     // The drain and the peer in every request, unless PROBE_REQUEST_EXTENSIONS=off.
     let extensions = std::env::var("PROBE_REQUEST_EXTENSIONS").map_or(true, |v| v != "off");
-    let mut server = gracehttp::Server::new().request_extensions(extensions);
     let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut lifecycle = gracenet::Generation::builder();
     if let Some(ms) = knob("PROBE_STOP_TIMEOUT_MS") {
-        server = server.stop_timeout(Duration::from_millis(ms));
+        lifecycle = lifecycle.stop_timeout(Duration::from_millis(ms));
     }
+    let mut timeouts = gracehttp::ConnectionTimeouts::default();
     if let Some(ms) = knob("PROBE_HEADER_TIMEOUT_MS") {
-        server = server.header_read_timeout(Duration::from_millis(ms));
+        timeouts = timeouts.header_read(Duration::from_millis(ms));
     }
     if let Some(ms) = knob("PROBE_IDLE_TIMEOUT_MS") {
-        server = server.idle_timeout(Duration::from_millis(ms));
+        timeouts = timeouts.idle(Duration::from_millis(ms));
     }
     if let Some(ms) = knob("PROBE_IDLE_GRACE_MS") {
-        server = server.idle_grace(Duration::from_millis(ms));
+        timeouts = timeouts.idle_grace(Duration::from_millis(ms));
     }
+    let mut server = gracehttp::Server::new()
+        .request_extensions(extensions)
+        .lifecycle(lifecycle)
+        .timeouts(timeouts);
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
     }
@@ -170,7 +175,11 @@ fn three_sites<S: gracehttp::HttpService>(
 ) -> gracehttp::Server {
     // --adopt: the first address is the application's own listener, adopted under a name.
     let server = if std::env::args().any(|a| a == "--adopt") {
-        server.adopt_http("own", || std::net::TcpListener::bind("127.0.0.1:0"), app.clone())
+        server.site(gracehttp::Site::adopt_http(
+            "own",
+            || std::net::TcpListener::bind("127.0.0.1:0"),
+            app.clone(),
+        ))
     } else {
         server.http("127.0.0.1:0", app.clone())
     };

@@ -1,0 +1,1144 @@
+//! The primary's decisions, with no I/O: its [`Cluster`] state, the [`Event`]s that reach it,
+//! and [`Cluster::handle`], which changes the state and says which [`Action`]s the driver must
+//! perform. Like the generation's machine (`lifecycle/machine.rs`), everything here is tested
+//! without processes: event by event, and with random event sequences against invariants.
+//!
+//! The model: `workers` slots, each served by one worker process at a time. A worker is an
+//! ordinary generation: a slot's restart is that worker's own restart (the primary sends it
+//! `SIGUSR2`; it starts its successor, hands over and drains), so state, connection and TLS
+//! ticket hand-over work per slot. The primary starts a worker itself only for a slot that
+//! has none: at the start, after a crash, after a worker was killed as hung, or when scaled
+//! up.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A restart request's identity, to answer it.
+pub(crate) type ReplyId = u64;
+
+/// A start's identity: the driver's report names the start it answers.
+pub(crate) type StartId = u64;
+
+/// What the decisions depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// How many slots, each served by one worker.
+    pub workers: usize,
+    /// How many slots restart at once in a rolling restart (each adds one process while its
+    /// successor starts). At least 1.
+    pub surge: usize,
+    /// How long a worker the primary started may take to say it is ready.
+    pub ready_timeout: Duration,
+    /// How long a ready worker may stay silent (no heartbeat) before it is killed as hung;
+    /// `None`: never.
+    pub worker_timeout: Option<Duration>,
+    /// How many crashes within [`CRASH_WINDOW`] end the cluster.
+    pub crash_limit: usize,
+}
+
+/// The window crashes are counted in.
+pub(crate) const CRASH_WINDOW: Duration = Duration::from_secs(30);
+/// The delay before the second crash restart of a slot in a window; it doubles after.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A worker process, as the primary knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Worker {
+    pub pid: u32,
+    /// Said it is ready (serving).
+    pub ready: bool,
+    /// Killed if not ready by then (workers the primary started); heartbeats count from here.
+    pub since: Instant,
+    /// Its last sign of life.
+    pub beat: Instant,
+    /// Killed (hung or never ready): its exit is on the way.
+    pub killed: bool,
+}
+
+/// One slot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Slot {
+    /// The worker serving it (or starting to).
+    pub worker: Option<Worker>,
+    /// The primary asked the driver to start a worker here (this start), and has not heard
+    /// back.
+    pub starting: Option<StartId>,
+    /// When a worker is to be started here after a crash (backoff).
+    pub restart_at: Option<Instant>,
+    /// Its worker was told to restart and has not yet been succeeded (or failed).
+    pub restarting: bool,
+}
+
+/// A rolling restart under way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Rollout {
+    /// Slots still to restart, in order.
+    pub queue: VecDeque<usize>,
+    /// Slots restarted so far.
+    pub done: usize,
+    /// Who waits for the result.
+    pub waiting: Vec<ReplyId>,
+}
+
+/// How a rolling restart ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RolloutResult {
+    /// Every slot serves with a new worker: their pids, by slot.
+    Done { pids: Vec<u32> },
+    /// A slot's restart failed: the rollout stopped. Slots restarted before it keep their new
+    /// worker, the others their old one; all of them serve.
+    Failed {
+        slot: usize,
+        reason: String,
+        restarted: usize,
+    },
+    /// The cluster is stopping.
+    Stopping,
+}
+
+/// The primary's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cluster {
+    pub settings: Settings,
+    pub slots: Vec<Slot>,
+    /// Workers that were succeeded or told to stop, until they exit: their exit is no crash.
+    pub retiring: Vec<u32>,
+    pub rollout: Option<Rollout>,
+    /// Rolling restarts asked for while one is under way: they run after it.
+    pub queued: Vec<ReplyId>,
+    /// A stop was asked for.
+    pub stopping: bool,
+    /// Gave up after a crash loop.
+    pub gave_up: bool,
+    /// Crash times within the window.
+    pub crashes: VecDeque<Instant>,
+    /// `Exit` was issued.
+    pub exited: bool,
+    /// Starts asked of the driver and not yet reported (some for slots gone since).
+    pub spawning: std::collections::BTreeSet<StartId>,
+    next_start: StartId,
+}
+
+/// What reaches the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The driver started a worker (after `Action::Start` with this `id`).
+    Started { id: StartId, pid: u32 },
+    /// The driver could not start the worker of start `id`.
+    StartFailed { id: StartId, reason: String },
+    /// A worker said it is ready (`READY=1`), naming its slot: a new pid in a slot is the
+    /// slot's old worker's successor.
+    Ready { slot: usize, pid: u32 },
+    /// A worker's own restart failed (it keeps serving).
+    RestartFailed { pid: u32, reason: String },
+    /// A sign of life from a worker (`WATCHDOG=1`).
+    Heartbeat { pid: u32 },
+    /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
+    Exited { pid: u32, clean: bool },
+    /// Time passed (the driver feeds it at [`Cluster::next_deadline`]).
+    Tick,
+    /// A rolling restart was asked for (`SIGUSR2`, the control socket).
+    RestartRequested { reply: ReplyId },
+    /// `SIGTERM`/`SIGINT`.
+    StopRequested,
+    /// Change the number of slots.
+    Scale { workers: usize },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start a worker for `slot` on the held sockets; feed back `Started` or `StartFailed`
+    /// with `id`.
+    Start { slot: usize, id: StartId },
+    /// Ask a worker to restart itself (`SIGUSR2`).
+    Restart { slot: usize, pid: u32 },
+    /// Ask a worker to drain and exit (`SIGTERM`).
+    Stop { pid: u32 },
+    /// End a worker at once (`SIGKILL`): hung, or never ready.
+    Kill { pid: u32, why: KillReason },
+    /// Answer a rolling restart request.
+    Reply { reply: ReplyId, result: RolloutResult },
+    /// Every worker is gone after a stop, or the cluster gave up: exit.
+    Exit { code: i32 },
+}
+
+/// Why a worker is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    /// Not ready within the ready timeout.
+    NotReady,
+    /// Ready, then silent for the worker timeout.
+    Hung,
+}
+
+impl Cluster {
+    /// A cluster about to start its workers: feed it [`Cluster::start`]'s actions first.
+    pub(crate) fn new(settings: Settings) -> Self {
+        let settings = Settings {
+            surge: settings.surge.max(1),
+            crash_limit: settings.crash_limit.max(1),
+            ..settings
+        };
+        Cluster {
+            settings,
+            slots: vec![Slot::default(); settings.workers],
+            retiring: Vec::new(),
+            rollout: None,
+            queued: Vec::new(),
+            stopping: false,
+            gave_up: false,
+            crashes: VecDeque::new(),
+            exited: false,
+            spawning: std::collections::BTreeSet::new(),
+            next_start: 0,
+        }
+    }
+
+    fn start_slot(&mut self, slot: usize, actions: &mut Vec<Action>) {
+        self.next_start += 1;
+        let id = self.next_start;
+        self.slots[slot].starting = Some(id);
+        self.spawning.insert(id);
+        actions.push(Action::Start { slot, id });
+    }
+
+    /// Starts a worker in every slot.
+    pub(crate) fn start(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for slot in 0..self.slots.len() {
+            self.start_slot(slot, &mut actions);
+        }
+        actions
+    }
+
+    /// The earliest time something is due (a ready or heartbeat deadline, a backoff): the
+    /// driver feeds `Tick` then.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                let worker = s.worker.and_then(|w| self.deadline_of(&w));
+                [worker, s.restart_at]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn deadline_of(&self, w: &Worker) -> Option<Instant> {
+        if w.killed {
+            None
+        } else if w.ready {
+            self.settings.worker_timeout.map(|t| w.beat + t)
+        } else {
+            Some(w.since + self.settings.ready_timeout)
+        }
+    }
+
+    fn slot_of(&self, pid: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.worker.is_some_and(|w| w.pid == pid))
+    }
+
+    /// Processes `event` at `now`.
+    pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.exited {
+            // Only a request still needs its answer.
+            if let Event::RestartRequested { reply } = event {
+                actions.push(Action::Reply {
+                    reply,
+                    result: RolloutResult::Stopping,
+                });
+            }
+            return actions;
+        }
+        match event {
+            Event::Started { id, pid } => {
+                self.spawning.remove(&id);
+                match self.slots.iter().position(|s| s.starting == Some(id)) {
+                    Some(slot) if !self.stopping => {
+                        self.slots[slot].starting = None;
+                        self.slots[slot].worker = Some(Worker {
+                            pid,
+                            ready: false,
+                            since: now,
+                            beat: now,
+                            killed: false,
+                        });
+                    }
+                    // Started as the stop came, for a slot scaled away, or for one a stray
+                    // took meanwhile: it goes.
+                    _ => {
+                        self.retiring.push(pid);
+                        actions.push(Action::Stop { pid });
+                    }
+                }
+            }
+            Event::StartFailed { id, .. } => {
+                self.spawning.remove(&id);
+                if let Some(slot) = self.slots.iter().position(|s| s.starting == Some(id)) {
+                    self.slots[slot].starting = None;
+                    self.crashed(slot, now, &mut actions);
+                }
+            }
+            Event::Ready { slot, pid } => self.ready(slot, pid, now, &mut actions),
+            Event::RestartFailed { pid, reason } => {
+                if let Some(slot) = self.slot_of(pid).filter(|&i| self.slots[i].restarting) {
+                    self.slots[slot].restarting = false;
+                    self.end_rollout(
+                        |done| RolloutResult::Failed {
+                            slot,
+                            reason,
+                            restarted: done,
+                        },
+                        &mut actions,
+                    );
+                }
+            }
+            Event::Heartbeat { pid } => {
+                if let Some(slot) = self.slot_of(pid)
+                    && let Some(w) = self.slots[slot].worker.as_mut()
+                {
+                    w.beat = now;
+                }
+            }
+            Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
+            Event::Tick => self.tick(now, &mut actions),
+            Event::RestartRequested { reply } => {
+                if self.stopping {
+                    actions.push(Action::Reply {
+                        reply,
+                        result: RolloutResult::Stopping,
+                    });
+                } else if self.rollout.is_some() {
+                    self.queued.push(reply);
+                } else {
+                    self.begin_rollout(vec![reply], &mut actions);
+                }
+            }
+            Event::StopRequested => self.stop(&mut actions),
+            Event::Scale { workers } => self.scale(workers, &mut actions),
+        }
+        self.maybe_exit(&mut actions);
+        actions
+    }
+
+    fn ready(&mut self, slot: usize, pid: u32, now: Instant, actions: &mut Vec<Action>) {
+        if self.retiring.contains(&pid) {
+            // Already told to go, or succeeded: it does not come back.
+            return;
+        }
+        let fresh = Worker {
+            pid,
+            ready: true,
+            since: now,
+            beat: now,
+            killed: false,
+        };
+        let ours = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.worker)
+            .is_some_and(|w| w.pid == pid);
+        let Some(s) = self.slots.get_mut(slot).filter(|_| !self.stopping || ours) else {
+            // After a stop, or for a slot scaled away: it goes.
+            self.retiring.push(pid);
+            actions.push(Action::Stop { pid });
+            return;
+        };
+        match s.worker {
+            Some(w) if w.pid == pid => {
+                if let Some(w) = s.worker.as_mut() {
+                    w.ready = true;
+                    w.beat = now;
+                }
+            }
+            // The slot's serving worker was succeeded by `pid` (its own restart, asked for by
+            // a rollout or not): the old one drains and exits by itself.
+            Some(old) if old.ready && !old.killed => {
+                s.worker = Some(fresh);
+                let was_restarting = std::mem::replace(&mut s.restarting, false);
+                self.retiring.push(old.pid);
+                if was_restarting {
+                    if let Some(r) = self.rollout.as_mut() {
+                        r.done += 1;
+                    }
+                    self.next_in_rollout(actions);
+                }
+            }
+            // The slot has a worker the primary is starting (or has killed): `pid` is a
+            // stray, the successor of a worker that crashed while handing over.
+            Some(_) => {
+                self.retiring.push(pid);
+                actions.push(Action::Stop { pid });
+            }
+            // A slot with none: the stray is welcome.
+            None => {
+                s.starting = None;
+                s.restart_at = None;
+                s.worker = Some(fresh);
+            }
+        }
+    }
+
+    fn exited(&mut self, pid: u32, clean: bool, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(i) = self.retiring.iter().position(|&p| p == pid) {
+            self.retiring.swap_remove(i);
+            return;
+        }
+        let Some(slot) = self.slot_of(pid) else {
+            return;
+        };
+        let restarting = std::mem::replace(&mut self.slots[slot].restarting, false);
+        self.slots[slot].worker = None;
+        if restarting {
+            self.end_rollout(
+                |done| RolloutResult::Failed {
+                    slot,
+                    reason: format!("worker {pid} exited during its restart"),
+                    restarted: done,
+                },
+                actions,
+            );
+        }
+        if clean && self.stopping {
+            return;
+        }
+        // A worker that ends on its own, cleanly or not, leaves its slot empty: that is a
+        // crash as far as the slot is concerned.
+        self.crashed(slot, now, actions);
+    }
+
+    /// The worker of `slot` is gone (or never started): start another, after a backoff, or
+    /// give up after a crash loop.
+    fn crashed(&mut self, slot: usize, now: Instant, actions: &mut Vec<Action>) {
+        if self.stopping || slot >= self.settings.workers {
+            return;
+        }
+        while self
+            .crashes
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= CRASH_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        self.crashes.push_back(now);
+        let n = self.crashes.len();
+        if n >= self.settings.crash_limit {
+            self.gave_up = true;
+            self.stop(actions);
+            return;
+        }
+        let delay = match n {
+            1 => Duration::ZERO,
+            n => FIRST_BACKOFF * (1u32 << (n - 2).min(16)),
+        };
+        if delay.is_zero() {
+            self.start_slot(slot, actions);
+        } else {
+            self.slots[slot].restart_at = Some(now + delay);
+        }
+    }
+
+    /// Every worker is told to drain and exit; every waiting request is answered.
+    fn stop(&mut self, actions: &mut Vec<Action>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for s in &mut self.slots {
+            s.restart_at = None;
+            s.restarting = false;
+            s.starting = None;
+            if let Some(w) = s.worker.take() {
+                self.retiring.push(w.pid);
+                actions.push(Action::Stop { pid: w.pid });
+            }
+        }
+        let waiting = self.rollout.take().map(|r| r.waiting).unwrap_or_default();
+        for reply in waiting.into_iter().chain(self.queued.drain(..)) {
+            actions.push(Action::Reply {
+                reply,
+                result: RolloutResult::Stopping,
+            });
+        }
+    }
+
+    fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for slot in 0..self.slots.len() {
+            let s = &mut self.slots[slot];
+            if s.restart_at.is_some_and(|t| t <= now) && !self.stopping {
+                s.restart_at = None;
+                self.start_slot(slot, actions);
+            }
+            let Some(w) = self.slots[slot].worker else {
+                continue;
+            };
+            if self.deadline_of(&w).is_some_and(|d| d <= now) {
+                let why = if w.ready {
+                    KillReason::Hung
+                } else {
+                    KillReason::NotReady
+                };
+                // Killed: its exit is then a crash of the slot, which starts another.
+                actions.push(Action::Kill { pid: w.pid, why });
+                if let Some(w) = self.slots[slot].worker.as_mut() {
+                    w.killed = true;
+                }
+            }
+        }
+    }
+
+    fn scale(&mut self, workers: usize, actions: &mut Vec<Action>) {
+        if self.stopping {
+            return;
+        }
+        let old = self.slots.len();
+        self.settings.workers = workers;
+        if workers > old {
+            for slot in old..workers {
+                self.slots.push(Slot::default());
+                self.start_slot(slot, actions);
+            }
+        } else {
+            for s in self.slots.drain(workers..) {
+                if let Some(w) = s.worker {
+                    self.retiring.push(w.pid);
+                    actions.push(Action::Stop { pid: w.pid });
+                }
+            }
+            if let Some(r) = self.rollout.as_mut() {
+                r.queue.retain(|&slot| slot < workers);
+            }
+        }
+    }
+
+    fn begin_rollout(&mut self, waiting: Vec<ReplyId>, actions: &mut Vec<Action>) {
+        self.rollout = Some(Rollout {
+            queue: (0..self.slots.len()).collect(),
+            done: 0,
+            waiting,
+        });
+        self.next_in_rollout(actions);
+    }
+
+    /// Restarts the next slots of the rollout, up to the surge; ends it when none is left.
+    fn next_in_rollout(&mut self, actions: &mut Vec<Action>) {
+        let Some(r) = self.rollout.as_mut() else {
+            return;
+        };
+        let mut in_progress = self.slots.iter().filter(|s| s.restarting).count();
+        while in_progress < self.settings.surge {
+            let Some(slot) = r.queue.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.slots.get_mut(slot) {
+                match s.worker {
+                    Some(w) if w.ready => {
+                        s.restarting = true;
+                        in_progress += 1;
+                        actions.push(Action::Restart { slot, pid: w.pid });
+                    }
+                    // Starting afresh (after a crash): it is already a new worker.
+                    _ => r.done += 1,
+                }
+            }
+        }
+        if in_progress == 0 && r.queue.is_empty() {
+            let pids = self.slots.iter().map(|s| s.worker.map_or(0, |w| w.pid)).collect();
+            self.end_rollout(|_| RolloutResult::Done { pids }, actions);
+        }
+    }
+
+    fn end_rollout(&mut self, result: impl FnOnce(usize) -> RolloutResult, actions: &mut Vec<Action>) {
+        let Some(r) = self.rollout.take() else {
+            return;
+        };
+        let result = result(r.done);
+        for reply in r.waiting {
+            actions.push(Action::Reply {
+                reply,
+                result: result.clone(),
+            });
+        }
+        // A failure stops the rollout; slots still restarting finish theirs.
+        for s in &mut self.slots {
+            if matches!(result, RolloutResult::Failed { .. }) {
+                s.restarting = false;
+            }
+        }
+        if !self.queued.is_empty() && !self.stopping {
+            let waiting = std::mem::take(&mut self.queued);
+            self.begin_rollout(waiting, actions);
+        }
+    }
+
+    fn maybe_exit(&mut self, actions: &mut Vec<Action>) {
+        let empty = self.slots.iter().all(|s| s.worker.is_none());
+        if self.stopping && empty && self.spawning.is_empty() && self.retiring.is_empty() && !self.exited {
+            self.exited = true;
+            actions.push(Action::Exit {
+                code: if self.gave_up { 1 } else { 0 },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(workers: usize) -> Settings {
+        Settings {
+            workers,
+            surge: 1,
+            ready_timeout: Duration::from_secs(30),
+            worker_timeout: Some(Duration::from_secs(10)),
+            crash_limit: 5,
+        }
+    }
+
+    /// A cluster of `n` ready workers, pids 100, 101, ...
+    fn serving(n: usize, now: Instant) -> Cluster {
+        let mut c = Cluster::new(settings(n));
+        for (slot, a) in c.start().into_iter().enumerate() {
+            let pid = 100 + slot as u32;
+            assert_eq!(
+                a,
+                Action::Start {
+                    slot,
+                    id: started(&a)
+                }
+            );
+            assert!(c.handle(Event::Started { id: started(&a), pid }, now).is_empty());
+            assert!(c.handle(Event::Ready { slot, pid }, now).is_empty());
+        }
+        c
+    }
+
+    /// The start id of a `Start` action.
+    fn started(a: &Action) -> StartId {
+        match a {
+            Action::Start { id, .. } => *id,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    fn pids(c: &Cluster) -> Vec<u32> {
+        c.slots.iter().map(|s| s.worker.map_or(0, |w| w.pid)).collect()
+    }
+
+    #[test]
+    fn a_rolling_restart_replaces_one_slot_at_a_time_and_answers_with_the_new_pids() {
+        let now = Instant::now();
+        let mut c = serving(3, now);
+        let a = c.handle(Event::RestartRequested { reply: 7 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 0, pid: 100 }]);
+        // Slot 0's successor is ready: the next slot is restarted, only then.
+        let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 1, pid: 101 }]);
+        assert!(c.retiring.contains(&100), "the old worker drains");
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 100,
+                    clean: true
+                },
+                now
+            )
+            .is_empty(),
+            "no crash"
+        );
+        let a = c.handle(Event::Ready { slot: 1, pid: 201 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 2, pid: 102 }]);
+        let a = c.handle(Event::Ready { slot: 2, pid: 202 }, now);
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                reply: 7,
+                result: RolloutResult::Done {
+                    pids: vec![200, 201, 202]
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_failed_slot_stops_the_rollout_and_the_rest_keep_serving() {
+        let now = Instant::now();
+        let mut c = serving(3, now);
+        c.handle(Event::RestartRequested { reply: 1 }, now);
+        c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        let a = c.handle(
+            Event::RestartFailed {
+                pid: 101,
+                reason: "exited before it was ready".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Failed {
+                    slot: 1,
+                    reason: "exited before it was ready".into(),
+                    restarted: 1
+                }
+            }]
+        );
+        assert_eq!(pids(&c), vec![200, 101, 102], "slot 0 keeps its new worker");
+        assert!(c.rollout.is_none());
+    }
+
+    #[test]
+    fn a_crashed_worker_is_replaced_at_once_then_with_backoff_then_the_cluster_gives_up() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
+        assert!(
+            matches!(a[..], [Action::Start { slot: 0, .. }]),
+            "the first crash: at once"
+        );
+        assert_eq!(pids(&c), vec![0, 101], "slot 1 keeps serving meanwhile");
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 300,
+            },
+            now,
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 300,
+                clean: false,
+            },
+            now,
+        );
+        assert!(a.is_empty(), "the second: after a backoff");
+        assert_eq!(c.next_deadline(), Some(now + FIRST_BACKOFF));
+        let mut a = c.handle(Event::Tick, now + FIRST_BACKOFF);
+        assert!(matches!(a[..], [Action::Start { slot: 0, .. }]));
+        for pid in 301..305 {
+            c.handle(
+                Event::Started {
+                    id: started(&a[0]),
+                    pid,
+                },
+                now,
+            );
+            c.handle(Event::Exited { pid, clean: false }, now);
+            a = c.handle(Event::Tick, now + Duration::from_secs(20));
+            if c.gave_up {
+                break;
+            }
+        }
+        assert!(c.gave_up, "5 crashes within the window");
+        assert!(c.stopping);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: true,
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 1 }]);
+    }
+
+    #[test]
+    fn a_silent_worker_is_killed_as_hung_and_replaced() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let later = now + Duration::from_secs(9);
+        c.handle(Event::Heartbeat { pid: 101 }, later);
+        let a = c.handle(Event::Tick, now + Duration::from_secs(10));
+        assert_eq!(
+            a,
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
+        assert!(
+            c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
+            "killed once"
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
+        assert!(matches!(a[..], [Action::Start { slot: 0, .. }]));
+    }
+
+    #[test]
+    fn a_worker_never_ready_is_killed_at_the_ready_timeout() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(1));
+        let a = c.start();
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 5,
+            },
+            now,
+        );
+        let a = c.handle(Event::Tick, now + Duration::from_secs(30));
+        assert_eq!(
+            a,
+            vec![Action::Kill {
+                pid: 5,
+                why: KillReason::NotReady
+            }]
+        );
+    }
+
+    #[test]
+    fn a_stop_drains_every_worker_answers_everyone_and_exits_after_the_last() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        c.handle(Event::RestartRequested { reply: 1 }, now);
+        c.handle(Event::RestartRequested { reply: 2 }, now);
+        let a = c.handle(Event::StopRequested, now);
+        assert!(a.contains(&Action::Stop { pid: 100 }));
+        assert!(a.contains(&Action::Stop { pid: 101 }));
+        for reply in [1, 2] {
+            assert!(a.contains(&Action::Reply {
+                reply,
+                result: RolloutResult::Stopping
+            }));
+        }
+        // The successor slot 0 was starting comes up: it is told to go too.
+        let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        assert_eq!(a, vec![Action::Stop { pid: 200 }]);
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 100,
+                    clean: true
+                },
+                now
+            )
+            .is_empty()
+        );
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 200,
+                    clean: true
+                },
+                now
+            )
+            .is_empty()
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: true,
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 0 }]);
+        assert!(c.handle(Event::Tick, now).is_empty(), "nothing after the exit");
+    }
+
+    #[test]
+    fn scaling_up_starts_slots_and_scaling_down_stops_their_workers() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(Event::Scale { workers: 3 }, now);
+        assert!(matches!(a[..], [Action::Start { slot: 2, .. }]));
+        c.handle(
+            Event::Started {
+                id: started(&a[0]),
+                pid: 102,
+            },
+            now,
+        );
+        let a = c.handle(Event::Scale { workers: 1 }, now);
+        assert_eq!(a, vec![Action::Stop { pid: 101 }, Action::Stop { pid: 102 }]);
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 102,
+                    clean: true
+                },
+                now
+            )
+            .is_empty(),
+            "no crash"
+        );
+        // A worker a removed slot's restart started is told to go.
+        assert_eq!(
+            c.handle(Event::Ready { slot: 1, pid: 900 }, now),
+            vec![Action::Stop { pid: 900 }]
+        );
+    }
+
+    #[test]
+    fn a_stray_successor_of_a_crashed_worker_does_not_displace_the_fresh_one() {
+        let now = Instant::now();
+        let mut c = serving(1, now);
+        c.handle(Event::RestartRequested { reply: 1 }, now);
+        // The worker dies while its successor starts: the rollout fails, the slot restarts.
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now,
+        );
+        let start = a
+            .iter()
+            .find(|a| matches!(a, Action::Start { slot: 0, .. }))
+            .expect("a start");
+        c.handle(
+            Event::Started {
+                id: started(start),
+                pid: 300,
+            },
+            now,
+        );
+        // Its successor comes up anyway: stopped, the fresh worker keeps the slot.
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, now),
+            vec![Action::Stop { pid: 200 }]
+        );
+        assert_eq!(pids(&c), vec![300]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        /// What the world does next, in terms the simulation turns into a valid event.
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// The driver reports a pending start (ok or failed), by index.
+            StartResult(usize, bool),
+            /// A live worker says ready (its own pid), by index.
+            Ready(usize),
+            /// A worker told to restart is succeeded, or fails, by index.
+            RestartResult(usize, bool),
+            /// A live process exits, cleanly or not, by index.
+            Exit(usize, bool),
+            /// A live worker beats, by index.
+            Beat(usize),
+            /// Time passes, in ms.
+            Tick(u64),
+            Restart,
+            Stop,
+            Scale(usize),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::StartResult(i, ok)),
+                any::<usize>().prop_map(Step::Ready),
+                (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
+                (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
+                any::<usize>().prop_map(Step::Beat),
+                (0u64..40_000).prop_map(Step::Tick),
+                Just(Step::Restart),
+                Just(Step::Stop),
+                (0usize..5).prop_map(Step::Scale),
+            ]
+        }
+
+        /// The processes and requests of a simulated world, checked against the machine.
+        #[derive(Default)]
+        struct World {
+            now_ms: u64,
+            next_pid: u32,
+            /// Starts the machine asked for (id, slot), not yet reported.
+            pending_starts: Vec<(StartId, usize)>,
+            /// Live processes and the slot each believes it serves.
+            live: BTreeMap<u32, usize>,
+            /// Workers told to restart, by pid, with their slot.
+            restarting: BTreeMap<u32, usize>,
+            /// Processes told to stop or killed.
+            ended: BTreeSet<u32>,
+            asked: BTreeSet<ReplyId>,
+            answered: BTreeMap<ReplyId, usize>,
+            next_reply: ReplyId,
+            exits: usize,
+        }
+
+        impl World {
+            fn perform(&mut self, actions: Vec<Action>) {
+                for a in actions {
+                    match a {
+                        Action::Start { slot, id } => self.pending_starts.push((id, slot)),
+                        Action::Restart { slot, pid } => {
+                            assert!(self.live.contains_key(&pid), "restart of a dead {pid}");
+                            self.restarting.insert(pid, slot);
+                        }
+                        Action::Stop { pid } | Action::Kill { pid, .. } => {
+                            self.ended.insert(pid);
+                        }
+                        Action::Reply { reply, .. } => {
+                            *self.answered.entry(reply).or_default() += 1;
+                        }
+                        Action::Exit { .. } => self.exits += 1,
+                    }
+                }
+            }
+
+            fn pick<T: Copy>(items: impl Iterator<Item = T>, i: usize) -> Option<T> {
+                let v: Vec<T> = items.collect();
+                (!v.is_empty()).then(|| v[i % v.len()])
+            }
+        }
+
+        fn check_invariants(c: &Cluster, w: &World) {
+            let restarting = c.slots.iter().filter(|s| s.restarting).count();
+            assert!(restarting <= c.settings.surge, "at most the surge restarting");
+            let mut seen = BTreeSet::new();
+            for s in &c.slots {
+                if let Some(wk) = s.worker {
+                    assert!(seen.insert(wk.pid), "a pid in two slots");
+                    assert!(!c.retiring.contains(&wk.pid), "a pid serving and retiring");
+                }
+                if !c.stopping {
+                    assert!(
+                        s.worker.is_some() || s.starting.is_some() || s.restart_at.is_some(),
+                        "an empty slot is being refilled: {c:?}"
+                    );
+                }
+            }
+            assert!(w.answered.values().all(|&n| n == 1), "one answer per request");
+            assert!(w.exits <= 1, "one exit");
+        }
+
+        fn apply(c: &mut Cluster, w: &mut World, step: Step) {
+            let now = |w: &World| START.with(|s| *s) + Duration::from_millis(w.now_ms);
+            let event = match step {
+                Step::StartResult(i, ok) => {
+                    if w.pending_starts.is_empty() {
+                        return;
+                    }
+                    let (id, slot) = w.pending_starts.remove(i % w.pending_starts.len());
+                    if ok {
+                        w.next_pid += 1;
+                        w.live.insert(w.next_pid, slot);
+                        Event::Started { id, pid: w.next_pid }
+                    } else {
+                        Event::StartFailed {
+                            id,
+                            reason: "no".into(),
+                        }
+                    }
+                }
+                Step::Ready(i) => match World::pick(w.live.iter().map(|(&p, &s)| (p, s)), i) {
+                    Some((pid, slot)) => Event::Ready { slot, pid },
+                    None => return,
+                },
+                Step::RestartResult(i, ok) => {
+                    let Some((pid, slot)) = World::pick(w.restarting.iter().map(|(&p, &s)| (p, s)), i) else {
+                        return;
+                    };
+                    w.restarting.remove(&pid);
+                    if !w.live.contains_key(&pid) {
+                        return;
+                    }
+                    if ok {
+                        w.next_pid += 1;
+                        w.live.insert(w.next_pid, slot);
+                        // The old one drains and exits by itself once succeeded.
+                        w.ended.insert(pid);
+                        Event::Ready {
+                            slot,
+                            pid: w.next_pid,
+                        }
+                    } else {
+                        Event::RestartFailed {
+                            pid,
+                            reason: "failed".into(),
+                        }
+                    }
+                }
+                Step::Exit(i, clean) => match World::pick(w.live.keys().copied(), i) {
+                    Some(pid) => {
+                        w.live.remove(&pid);
+                        Event::Exited { pid, clean }
+                    }
+                    None => return,
+                },
+                Step::Beat(i) => match World::pick(w.live.keys().copied(), i) {
+                    Some(pid) => Event::Heartbeat { pid },
+                    None => return,
+                },
+                Step::Tick(ms) => {
+                    w.now_ms += ms;
+                    Event::Tick
+                }
+                Step::Restart => {
+                    w.next_reply += 1;
+                    w.asked.insert(w.next_reply);
+                    Event::RestartRequested { reply: w.next_reply }
+                }
+                Step::Stop => Event::StopRequested,
+                Step::Scale(n) => Event::Scale { workers: n },
+            };
+            let actions = c.handle(event, now(w));
+            w.perform(actions);
+            check_invariants(c, w);
+        }
+
+        thread_local! {
+            static START: Instant = Instant::now();
+        }
+
+        proptest! {
+            #[test]
+            fn any_history_keeps_the_invariants_and_a_stop_always_ends_in_one_exit(
+                workers in 1usize..4,
+                surge in 1usize..3,
+                steps in proptest::collection::vec(step(), 0..120),
+            ) {
+                let mut c = Cluster::new(Settings { surge, ..settings(workers) });
+                let mut w = World::default();
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
+                }
+                // Then a stop, and the world winds down: every pending start reported, every
+                // process exits (those told to stop cleanly).
+                apply(&mut c, &mut w, Step::Stop);
+                for _ in 0..1000 {
+                    if w.exits == 1 {
+                        break;
+                    }
+                    if !w.pending_starts.is_empty() {
+                        apply(&mut c, &mut w, Step::StartResult(0, true));
+                    } else if let Some(&pid) = w.live.keys().next() {
+                        let clean = w.ended.contains(&pid);
+                        w.live.remove(&pid);
+                        let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
+                        w.perform(actions);
+                        check_invariants(&c, &w);
+                    } else {
+                        break;
+                    }
+                }
+                prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
+                for reply in &w.asked {
+                    prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
+                }
+                prop_assert!(w.live.is_empty());
+            }
+        }
+    }
+}
