@@ -22,11 +22,11 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
     let invalid = || format!("time: invalid duration {}", quote(orig));
     let mut rest = s.as_bytes();
     let mut neg = false;
-    if let Some(&c) = rest.first() {
-        if c == b'-' || c == b'+' {
-            neg = c == b'-';
-            rest = &rest[1..];
-        }
+    if let Some(&c) = rest.first()
+        && (c == b'-' || c == b'+')
+    {
+        neg = c == b'-';
+        rest = &rest[1..];
     }
     if rest == b"0" {
         return Ok(0);

@@ -1,9 +1,15 @@
 //! gracehttp's errors: each names the input (address, file) and what was wrong with it.
 
+use std::fmt;
 use std::path::PathBuf;
 
 /// Everything that can stop gracehttp from serving.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` form is its message followed by any cause the message does not already
+/// include, one `caused by:` line each, as [`gracenet::Error`]'s: what
+/// `fn main() -> Result<(), gracehttp::Error>` prints after `Error: `.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Listening, inheriting or the restart lifecycle failed (see [`gracenet::Error`]).
     #[error(transparent)]
@@ -45,4 +51,46 @@ pub enum Error {
     /// The tokio runtime could not be started.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Transparent: gracenet's own message and causes.
+            Error::Net(e) => fmt::Debug::fmt(e, f),
+            // No other variant has a source(): its message is all there is.
+            _ => fmt::Display::fmt(self, f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `fn main() -> Result<(), gracehttp::Error>` prints: the message, not
+    /// `Net(Bind { addr: .., source: Os { .. } })`.
+    #[test]
+    fn debug_is_the_message() {
+        let in_use = Error::from(gracenet::Error::Bind {
+            addr: "127.0.0.1:47012".into(),
+            source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+        });
+        let message = in_use.to_string();
+        assert!(
+            message.starts_with("cannot listen on 127.0.0.1:47012: "),
+            "{message}"
+        );
+        assert_eq!(format!("{in_use:?}"), message);
+
+        let tls = Error::TlsFile {
+            what: "certificate",
+            path: "/etc/app/cert.pem".into(),
+            reason: "cannot read it: No such file or directory (os error 2)".into(),
+        };
+        assert_eq!(
+            format!("{tls:?}"),
+            "TLS certificate file /etc/app/cert.pem: cannot read it: No such file or directory (os error 2)"
+        );
+    }
 }

@@ -34,8 +34,18 @@
 //!     gracehttp::Server::new().http(":8080", hello).serve()
 //! }
 //! ```
+//!
+//! # Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | no | axum's `ConnectInfo<SocketAddr>` in each request from a TCP peer (with [`Server::request_extensions`]), so axum handlers extracting it work unchanged |
+//!
+//! An axum `Router` is served without the feature. TLS is rustls with its aws-lc-rs provider
+//! (post-quantum key exchange included); a C compiler builds it.
 
 #![warn(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) marks the items a feature adds; stable builds ignore it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod certificate;
 mod connection;
@@ -60,3 +70,8 @@ pub use timeouts::{
     ConnectionTimeouts, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_IDLE_TIMEOUT,
 };
 pub use tls::Tls;
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -171,7 +171,7 @@ impl Server {
         self
     }
 
-    /// Puts what the connection knows in every request's extensions: the [`Drain`]
+    /// Puts what the connection knows in every request's extensions: the [`Drain`](crate::Drain)
     /// (`req.extensions().get::<gracehttp::Drain>()`, axum's `Extension<gracehttp::Drain>`),
     /// the peer's [`PeerAddr`](gracenet::tokio::PeerAddr), and with the `axum` feature axum's
     /// `ConnectInfo<SocketAddr>` for TCP peers. Off by default, as in axum (where

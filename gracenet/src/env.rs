@@ -67,10 +67,10 @@ pub(crate) fn parse(
             )
         }
     };
-    if let Some(listen_pid) = listen_pid {
-        if listen_pid != our_pid {
-            return Ok(ListenEnv::OtherProcess { listen_pid });
-        }
+    if let Some(listen_pid) = listen_pid
+        && listen_pid != our_pid
+    {
+        return Ok(ListenEnv::OtherProcess { listen_pid });
     }
     let names = match names {
         None => vec![None; count],

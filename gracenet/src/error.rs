@@ -1,11 +1,17 @@
 //! The errors gracenet returns: each names the input that was wrong and what was expected.
 
+use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in gracenet.
-#[derive(Debug, thiserror::Error)]
+///
+/// Its `Debug` form is its message followed by any cause the message does not already
+/// include, one `caused by:` line each: what `fn main() -> Result<(), gracenet::Error>`
+/// prints after `Error: `.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The inherited-socket environment (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) or the
     /// fds it names are not what the protocol promises.
@@ -118,7 +124,10 @@ pub enum Error {
 ///
 /// Returned instead of ignoring the input, so a misconfigured supervisor or parent is noticed
 /// at startup rather than as a server that silently binds fresh sockets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Its `Debug` form is its message, as [`Error`]'s.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EnvError {
     /// A variable's value does not parse.
     #[error("{var}={value:?} is malformed: expected {expected}")]
@@ -187,4 +196,86 @@ pub enum EnvError {
         /// The system's error.
         errno: nix::errno::Errno,
     },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        report(self, f)
+    }
+}
+
+impl fmt::Debug for EnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        report(self, f)
+    }
+}
+
+/// Writes `err`'s message, then each cause in its `source()` chain on a `caused by:` line,
+/// as anyhow does, leaving out a cause whose message is already in the text above (most of
+/// gracenet's messages end with their cause's): `main` returning the error shows what went
+/// wrong and why, each once, instead of the variant's fields.
+fn report(err: &dyn std::error::Error, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut shown = err.to_string();
+    f.write_str(&shown)?;
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !shown.contains(&text) {
+            write!(f, "\ncaused by: {text}")?;
+            shown.push('\n');
+            shown.push_str(&text);
+        }
+        cause = c.source();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `fn main() -> Result<(), gracenet::Error>` prints for an address in use: the
+    /// message, not the variant's fields (`Bind { addr: .., source: Os { code: 98, .. } }`).
+    #[test]
+    fn debug_is_the_message_and_its_causes() {
+        let in_use = Error::Bind {
+            addr: "127.0.0.1:47012".into(),
+            source: io::Error::from_raw_os_error(libc::EADDRINUSE),
+        };
+        let message = in_use.to_string();
+        assert!(
+            message.starts_with("cannot listen on 127.0.0.1:47012: "),
+            "{message}"
+        );
+        // The cause is in the message already: not repeated.
+        assert_eq!(format!("{in_use:?}"), message);
+
+        // A cause deeper than the message shows, on its own line.
+        #[derive(Debug, thiserror::Error)]
+        #[error("the handshake failed")]
+        struct Middle(#[source] Deepest);
+        #[derive(Debug, thiserror::Error)]
+        #[error("the peer closed the connection")]
+        struct Deepest;
+        let nested = Error::Io {
+            what: "cannot reach the next process".into(),
+            source: io::Error::other(Middle(Deepest)),
+        };
+        assert_eq!(
+            format!("{nested:?}"),
+            "cannot reach the next process: the handshake failed\ncaused by: the peer closed the connection"
+        );
+
+        let env = Error::from(EnvError::FdNotOpen { fd: 3, count: 1 });
+        assert_eq!(
+            format!("{env:?}"),
+            "LISTEN_FDS=1 names fd 3, but fd 3 is not open: expected an inherited socket"
+        );
+        let env = EnvError::NameCount {
+            value: "a:b".into(),
+            names: 2,
+            fds: 1,
+        };
+        assert_eq!(format!("{env:?}"), env.to_string());
+    }
 }

@@ -91,6 +91,15 @@
 //! | [`mod@tokio`] | tokio versions of the stream listeners |
 //! | [`vars`] | the environment variables' names |
 //!
+//! # Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio` | yes | tokio listener types ([`mod@tokio`]) and the restart lifecycle ([`Generation`] and its types) |
+//! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation (`gracenet::axum`); implies `tokio` |
+//!
+//! Without default features gracenet is the std listeners, the inheritance and
+//! [`process::NextProcess`], with no async runtime.
+//!
 //! # Platforms
 //! Linux is the first platform: every feature, with `close_range`, `pipe2`, pidfd and
 //! abstract Unix sockets. Other POSIX systems (macOS, the BSDs) use a portable path for the
@@ -102,9 +111,12 @@
 //! `RUSTFLAGS='--cfg gracenet_portable'`; no other system is tested.
 
 #![warn(missing_docs)]
+// docs.rs (nightly, `--cfg docsrs`) marks the items a feature adds; stable builds ignore it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod addr;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod bind;
 mod cluster;
@@ -125,6 +137,7 @@ mod startup;
 mod supervisor;
 mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 pub mod vars;
 
@@ -134,6 +147,7 @@ use std::path::Path;
 pub use addr::ListenAddr;
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use lifecycle::{
     ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder, GracefulListener, HandedConnection,
@@ -198,3 +212,8 @@ pub fn listen_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
 pub fn listen_unix_datagram(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixDatagram, Error> {
     registry()?.listen_unix_datagram(path)
 }
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

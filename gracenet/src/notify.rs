@@ -1,6 +1,13 @@
 //! systemd's readiness protocol (`sd_notify`): datagrams of `KEY=VALUE` lines to the socket in
 //! `NOTIFY_SOCKET`, so a `Type=notify` (or `notify-reload`) service knows when the server is
 //! ready, reloading or stopping, and which pid is its main process across restarts.
+//!
+//! Ours, not the `sd-notify` crate (0.5): that crate connects to `NOTIFY_SOCKET` as a file
+//! path only, so it cannot reach an abstract-namespace socket (`@name`), which sd_notify(3)
+//! allows and which gracenet's own supervisor gives its generations (a private socket that
+//! leaves no file behind); its fd passing (`FDSTORE=1`, which the supervisor's protocol
+//! uses) needs a further dependency (`sendfd`), where nix's `sendmsg` is already here; and it
+//! reads the variable and opens a socket at every call, where a `Notifier` resolves it once.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 

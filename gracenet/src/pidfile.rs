@@ -66,10 +66,8 @@ pub(crate) fn remove_if_ours(path: &Path) {
     let ours = std::fs::read_to_string(path)
         .map(|s| s.trim() == std::process::id().to_string())
         .unwrap_or(false);
-    if ours {
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(path = %path.display(), "cannot remove the PID file: {e}");
-        }
+    if ours && let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), "cannot remove the PID file: {e}");
     }
 }
 

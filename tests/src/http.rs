@@ -162,7 +162,7 @@ pub fn tls_client(root: &[u8], alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfi
     tls_client_offering(
         root,
         alpn,
-        rustls::crypto::ring::DEFAULT_CIPHER_SUITES,
+        rustls::crypto::aws_lc_rs::DEFAULT_CIPHER_SUITES,
         rustls::DEFAULT_VERSIONS,
     )
 }
@@ -178,7 +178,7 @@ pub fn tls_client_offering(
     roots.add(rustls::pki_types::CertificateDer::from(root.to_vec()))?;
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: suites.to_vec(),
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?

@@ -155,10 +155,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> (&'static str, String) {
                 return ("reset", text);
             }
         }
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
-                return ("reset", text);
-            }
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return ("reset", text);
         }
         source = s.source();
     }

@@ -488,7 +488,7 @@ async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_re
 async fn a_tls_client_gets_aes_128_unless_it_prefers_chacha20() {
     use grace_tests::http::{tls_client_offering, tls_connect_as};
     use rustls::CipherSuite as C;
-    use rustls::crypto::ring::cipher_suite::{
+    use rustls::crypto::aws_lc_rs::cipher_suite::{
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 as TLS12_AES_128,
         TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 as TLS12_AES_256,
         TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 as TLS12_CHACHA, TLS13_AES_128_GCM_SHA256 as AES_128,
