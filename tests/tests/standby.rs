@@ -8,7 +8,7 @@ use std::process::Command;
 
 use grace_tests::{
     DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive,
-    parse_probe, signal, wait_until,
+    parse_probe, signal, standby_started, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -26,18 +26,6 @@ fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen, u32) 
     let gen1 = parse_probe(&guard.expect_line("probe version="));
     let standby = standby_started(&mut guard, 1);
     (guard, gen1, standby)
-}
-
-/// Waits for generation `number`'s log line naming its standby; the standby's pid.
-fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
-    let line = guard.expect_log(&format!(
-        "generation {number}: started a standby for generation {} with pid ",
-        number + 1
-    ));
-    line.rsplit("with pid ")
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
 }
 
 #[test]

@@ -18,7 +18,10 @@ use crate::error::Error;
 use crate::notify::monotonic_usec;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
+use crate::vars::{
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
+    NOTIFY_SOCKET,
+};
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
@@ -467,6 +470,11 @@ impl Driver {
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
+        // Every gracenet variable the next process has is written here (the spawn passes on
+        // none of this process's own); those not set are absent.
+        if let Some(supervisor) = &self.shared.startup.supervisor {
+            next.env(GRACE_SUPERVISOR, supervisor);
+        }
         if idle {
             next.idle_priority();
             next.env(GRACE_IDLE_START, "1");
@@ -482,6 +490,12 @@ impl Driver {
         next.env(GRACE_ANCESTORS, ancestors.join(","));
         let fd = next.pass_fd(theirs);
         next.env(GRACE_READY_FD, fd.to_string());
+        // systemd's, not ours: the socket this generation reports to, whatever the program
+        // did to its own environment since. Without a notifier (unset, or unusable here) it
+        // is left as the environment has it, for systemd's other readers.
+        if let Some(notifier) = &self.shared.notifier {
+            next.env(NOTIFY_SOCKET, notifier.var());
+        }
         let mut process = next.spawn()?;
         let out = Arc::new(tokio::sync::Mutex::new(state_out));
         // Locked here, before anything else can hold the channel: the state section must come

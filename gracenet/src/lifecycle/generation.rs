@@ -22,7 +22,6 @@ use crate::error::Error;
 use crate::notify::Notifier;
 use crate::registry::{SocketRegistry, StreamListener};
 use crate::startup::Startup;
-use crate::vars::GRACE_SUPERVISOR;
 
 /// Makes the state handed to the next generation (see [`GenerationBuilder::hand_state`]).
 pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -500,7 +499,7 @@ impl Generation {
             ),
         ];
         match &self.shared.notifier {
-            Some(notifier) if std::env::var_os(GRACE_SUPERVISOR).is_some() => {
+            Some(notifier) if self.shared.startup.supervisor.is_some() => {
                 // The supervisor keeps a copy of the sockets, to restart after a crash.
                 match self.registry().handoff() {
                     Ok(handoff) => {
