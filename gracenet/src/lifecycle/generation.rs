@@ -193,7 +193,9 @@ impl GenerationBuilder {
     ///
     /// A restart starts a process afresh instead, and lets the standby go, when the program
     /// file at the path a restart runs has changed since (a deploy), when this generation has
-    /// opened a socket since, or when the standby has exited. Whatever `main` does before its
+    /// opened a socket since, when the standby has exited, or when, woken, it does not
+    /// acknowledge the wake within 250 ms (stopped, or starved of CPU: it is killed, and the
+    /// same restart goes on with a fresh process). Whatever `main` does before its
     /// first call into gracenet runs when the standby starts, not at the restart: read
     /// configuration after that call (gracenet's own first step is cheap). The standby shows
     /// in `ps` and in the control socket's `status`; it exits when this generation stops or
