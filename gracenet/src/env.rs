@@ -125,9 +125,10 @@ pub(crate) fn take_from_process() -> Result<ListenEnv, EnvError> {
 /// Reads `var`, and removes it from the process environment (so no subprocess inherits it)
 /// if that is sound now: only while this is the process's one thread. Changing the
 /// environment while another thread may read it (`getenv` in a time zone lookup, a log
-/// filter) is undefined behaviour; a variable left in place is harmless, because the spawn
-/// sets `LISTEN_PID` to the process the variables are for, and gracenet ignores a copy meant
-/// for another pid.
+/// filter) is undefined behaviour; a variable left in place is harmless: a process gracenet
+/// starts is given none of this process's copies (each of [`crate::vars::OWNED`] is written
+/// for it), and one the program starts itself finds a `LISTEN_PID` that is not its own, so
+/// gracenet there ignores the copy.
 pub(crate) fn take_var(var: &str) -> Option<OsString> {
     let value = std::env::var_os(var);
     if value.is_some() && crate::sys::single_threaded() {

@@ -19,12 +19,15 @@ pub(crate) struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
     shown: String,
+    /// `NOTIFY_SOCKET` as it was set, for the next generation's.
+    value: std::ffi::OsString,
 }
 
 impl Notifier {
     /// The notifier `NOTIFY_SOCKET` names, if it is set. The variable stays in the
-    /// environment: the next generation reports to the same socket. A value that cannot be
-    /// used is logged, never fatal.
+    /// environment (it is systemd's), and the next generation is given the same
+    /// ([`var`](Self::var)): it reports to the same socket. A value that cannot be used is
+    /// logged, never fatal.
     pub(crate) fn from_env() -> Option<Notifier> {
         let value = std::env::var_os(NOTIFY_SOCKET)?;
         let shown = value.to_string_lossy().into_owned();
@@ -48,12 +51,23 @@ impl Notifier {
             }
         };
         match UnixDatagram::unbound() {
-            Ok(socket) => Some(Notifier { socket, addr, shown }),
+            Ok(socket) => Some(Notifier {
+                socket,
+                addr,
+                shown,
+                value,
+            }),
             Err(e) => {
                 tracing::warn!("cannot create a socket to notify systemd: {e}");
                 None
             }
         }
+    }
+
+    /// `NOTIFY_SOCKET`'s value, as it named this notifier's socket.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn var(&self) -> &std::ffi::OsStr {
+        &self.value
     }
 
     #[cfg(feature = "tokio")]

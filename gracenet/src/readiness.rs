@@ -16,6 +16,11 @@ use crate::vars::{GRACE_GENERATION, GRACE_READY_FD};
 /// The byte that wakes a standby for its restart.
 pub(crate) const WAKE: u8 = b'G';
 
+/// The byte a woken standby answers [`WAKE`] with, first thing: "I run, and I take it". A
+/// standby that cannot run (stopped, starved) never sends it, and the generation that woke it
+/// starts a fresh process instead of waiting out the ready timeout.
+pub(crate) const WAKE_ACK: u8 = b'A';
+
 /// How this process tells its parent it is serving.
 #[derive(Debug)]
 pub(crate) enum ParentLink {
@@ -46,9 +51,10 @@ impl ParentLink {
     }
 
     /// In a standby (`GRACE_STANDBY`): blocks until the parent wakes this process for a
-    /// restart (one `G` byte on the channel). `false` when the parent let it go instead: the
-    /// channel closed (the parent stopped, or started another process), or something else
-    /// came. Without a channel there is nobody to wait for: `true`.
+    /// restart (one `G` byte on the channel), and acknowledges it at once ([`WAKE_ACK`]).
+    /// `false` when the parent let it go instead: the channel closed (the parent stopped, or
+    /// started another process), something else came, or the acknowledgement cannot be sent.
+    /// Without a channel there is nobody to wait for: `true`.
     pub(crate) fn wait_for_restart(&self) -> bool {
         let ParentLink::Pipe(fd) = self else {
             return true;
@@ -57,7 +63,14 @@ impl ParentLink {
         loop {
             match nix::unistd::read(fd, &mut byte) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                Ok(1) => return byte[0] == WAKE,
+                Ok(1) if byte[0] == WAKE => break,
+                _ => return false,
+            }
+        }
+        loop {
+            match nix::unistd::write(fd.as_fd(), &[WAKE_ACK]) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(1) => return true,
                 _ => return false,
             }
         }

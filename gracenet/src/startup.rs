@@ -11,7 +11,9 @@ use crate::inherited::InheritedFds;
 use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
+use crate::vars::{
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
+};
 
 /// This process's start, as inherited.
 #[derive(Debug)]
@@ -25,6 +27,10 @@ pub(crate) struct Startup {
     /// Started at idle CPU priority by the generation before (`GRACE_IDLE_START`): to leave
     /// when ready.
     pub idle_start: bool,
+    /// The supervisor this generation runs under (`GRACE_SUPERVISOR`, its pid), passed on to
+    /// the next generation. Read, not removed: [`should_supervise`](crate::should_supervise)
+    /// reads it too, and a program may ask that after gracenet has started.
+    pub supervisor: Option<std::ffi::OsString>,
 }
 
 static STARTUP: OnceLock<Result<Startup, EnvError>> = OnceLock::new();
@@ -66,6 +72,7 @@ fn read() -> Result<Startup, EnvError> {
                 .collect()
         })
         .unwrap_or_default();
+    let supervisor = std::env::var_os(GRACE_SUPERVISOR);
     let inherited = InheritedFds::take_from_env()?;
     if let Some(pid) = inherited.meant_for {
         // A copy of a generation's variables, left in the environment of a process it
@@ -79,6 +86,7 @@ fn read() -> Result<Startup, EnvError> {
             ancestors: Vec::new(),
             link: Mutex::new(Some(ParentLink::Nobody)),
             idle_start: false,
+            supervisor: None,
         });
     }
     let generation = parse_generation(generation)?;
@@ -105,5 +113,6 @@ fn read() -> Result<Startup, EnvError> {
         ancestors,
         link: Mutex::new(Some(link)),
         idle_start,
+        supervisor,
     })
 }

@@ -3,7 +3,12 @@
 //! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`,
 //! `GRACE_STANDBY`)
 //! are read once, when the process registry is first built ([`crate::registry::registry`]),
-//! and removed from the environment then.
+//! and removed from the environment then, when that is sound (only while the process has one
+//! thread: a `#[tokio::main]` program already runs its workers and keeps them).
+//!
+//! Whatever this process inherited, a process gracenet starts never inherits these: every
+//! variable in [`OWNED`] is written for each child, set to what that child is, or removed
+//! ([`NextProcess::spawn`](crate::process::NextProcess::spawn)).
 
 use std::os::fd::RawFd;
 
@@ -40,5 +45,66 @@ pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
+/// Every variable gracenet owns: [`NextProcess::spawn`](crate::process::NextProcess::spawn)
+/// sets each for the child it starts (to the value given with
+/// [`NextProcess::env`](crate::process::NextProcess::env), or to the sockets it hands for the
+/// `LISTEN_*` three) or removes it, so nothing of this process's own start (a `GRACE_STANDBY=1`
+/// a woken standby could not remove, say) passes to the next.
+///
+/// [`NOTIFY_SOCKET`] is not here: it is systemd's, meant for every process of the service, and
+/// a [`NextProcess`](crate::process::NextProcess) an application starts passes it on as it
+/// finds it. The restart lifecycle writes it too, to the socket the generation itself reports
+/// to: an application that unset it after gracenet read it (`sd_notify`'s
+/// `unset_environment`) still has a next generation that reports.
+pub const OWNED: &[&str] = &[
+    LISTEN_FDS,
+    LISTEN_PID,
+    LISTEN_FDNAMES,
+    GRACE_READY_FD,
+    GRACE_GENERATION,
+    GRACE_ANCESTORS,
+    GRACE_IDLE_START,
+    GRACE_STANDBY,
+    GRACE_SUPERVISOR,
+];
+
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.
 pub const FIRST_INHERITED_FD: RawFd = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variable this file names (each `pub const NAME: &str = "..."`), read from its
+    /// source: a variable added later without a place in [`OWNED`] fails here.
+    fn declared() -> Vec<String> {
+        include_str!("vars.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split_once(": &str = \""))
+            .filter_map(|(_, rest)| rest.split_once('"').map(|(value, _)| value.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn owned_covers_every_variable_but_systemds_notify_socket() {
+        let declared = declared();
+        assert!(
+            declared.len() >= 10,
+            "the source scan found too few: {declared:?}"
+        );
+        for var in &declared {
+            let owned = OWNED.contains(&var.as_str());
+            assert_eq!(
+                owned,
+                var != NOTIFY_SOCKET,
+                "{var}: every gracenet variable is written for each child (in OWNED); only systemd's NOTIFY_SOCKET is not"
+            );
+        }
+        assert_eq!(
+            OWNED.len(),
+            declared.len() - 1,
+            "OWNED names a variable twice: {OWNED:?}"
+        );
+    }
+}

@@ -335,6 +335,19 @@ pub fn parse_probe(line: &str) -> ProbeGen {
     }
 }
 
+/// Waits for generation `number`'s log line naming the standby it started (a lifeprobe with
+/// `PROBE_STANDBY=1`); the standby's pid.
+pub fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
+    let line = guard.expect_log(&format!(
+        "generation {number}: started a standby for generation {} with pid ",
+        number + 1
+    ));
+    line.rsplit("with pid ")
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
 /// Sends `signal` to `pid` (a process the test did not start itself, or did); panics naming
 /// both if it cannot.
 pub fn signal(pid: u32, signal: Signal) {

@@ -1,9 +1,17 @@
 //! The LISTEN_FDS environment as a supervisor or a careless parent may set it: each wrong
-//! value is an error naming the variable, never a panic, never silently ignored.
+//! value is an error naming the variable, never a panic, never silently ignored. And what a
+//! generation writes for the next: every gracenet variable set or removed, none of its own
+//! passed through.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
-use grace_tests::{DEADLINE, ProcessGuard, field};
+use grace_tests::{
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, parse_probe, signal,
+    standby_started, wait_until,
+};
+use nix::sys::signal::Signal;
 
 /// What `env_left` reads after a single-threaded process took the variables: removed on Linux;
 /// left on the portable path, which cannot count threads and so never changes the
@@ -188,4 +196,121 @@ fn a_copy_of_a_generations_variables_meant_for_another_pid_is_ignored_whole() {
     assert_eq!(field(&line, "generation"), "1", "{line}");
     let _guard = grace_tests::PidGuard(field(&line, "pid").parse().unwrap());
     probe.expect_log("generation 1 serving");
+}
+
+/// The gracenet variables (and systemd's `NOTIFY_SOCKET`) in the environment `pid` was
+/// started with: `/proc/PID/environ` is the block its `execve` got, whatever it did since.
+fn gracenet_vars(pid: u32) -> BTreeMap<String, String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read the environment");
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
+        .filter(|(k, _)| gracenet::vars::OWNED.contains(k) || *k == gracenet::vars::NOTIFY_SOCKET)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Checks that generation `number` (`pid`, started by `parent`) has exactly the variables a
+/// fresh, non-idle next generation is written: no standby's, no idle start's, no stale copy.
+fn assert_written_fresh(pid: u32, number: u64, parent: u32) {
+    let vars = gracenet_vars(pid);
+    let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "GRACE_ANCESTORS",
+            "GRACE_GENERATION",
+            "GRACE_READY_FD",
+            "LISTEN_FDNAMES",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+        ],
+        "generation {number} (pid {pid}) started with {vars:?}"
+    );
+    assert_eq!(vars["GRACE_GENERATION"], number.to_string(), "{vars:?}");
+    assert_eq!(vars["LISTEN_PID"], pid.to_string(), "{vars:?}");
+    assert_eq!(vars["LISTEN_FDS"], "1", "{vars:?}");
+    assert!(
+        vars["GRACE_ANCESTORS"].split(',').next_back() == Some(&parent.to_string()),
+        "{vars:?}"
+    );
+}
+
+/// A `#[tokio::main]`-style program (lifeprobe builds its multi-threaded runtime before its
+/// first call into gracenet, so its inherited variables stay in its environment) keeping a
+/// standby: the woken standby (generation 2) was started with `GRACE_STANDBY=1` and
+/// `GRACE_IDLE_START=1`; after the binary is replaced, its standby is let go and a fresh
+/// process started, which must not inherit them (it would wait to be woken, and exit 0).
+#[test]
+fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_a_deploy() {
+    let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-standby-deploy");
+    let app = dir.path().join("app");
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
+    let mut cmd = Command::new(&app);
+    // Fresh generations not at idle priority, so each variable's presence is known.
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_STANDBY", "1")
+        .env("PROBE_NO_IDLE_START", "1");
+    let mut g = ProcessGuard::spawn(cmd);
+    let gen1 = parse_probe(&g.expect_line("probe version="));
+    let standby = standby_started(&mut g, 1);
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    g.expect_log(&format!("woke the standby (pid {standby}"));
+    let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
+    assert_eq!(gen2.pid, standby, "the standby is generation 2");
+    // What the leak was made of: generation 2 started as a standby.
+    assert_eq!(
+        gracenet_vars(gen2.pid).get("GRACE_STANDBY").map(String::as_str),
+        Some("1")
+    );
+    assert!(wait_until(DEADLINE, || answer_pid(&ask(gen1.port).unwrap()) == gen2.pid));
+    let standby3 = standby_started(&mut g, 2);
+    let _standby3_guard = PidGuard(standby3);
+    g.expect_line(&format!("probe main pid={standby3}"));
+
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
+    signal(gen2.pid, Signal::SIGUSR2);
+    let let_go = g.expect_log(&format!("let the standby (pid {standby3}) go"));
+    assert!(let_go.contains("the program file has changed"), "{let_go}");
+    let line = g.expect_line("probe version=lifeprobe2 ");
+    let gen3 = parse_probe(&line);
+    let _gen3_guard = PidGuard(gen3.pid);
+    assert_eq!(field(&line, "generation"), "3", "{line}");
+    assert_written_fresh(gen3.pid, 3, gen2.pid);
+    g.expect_log("generation 2 stopped accepting");
+    assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
+}
+
+/// The same deploy without a standby, from a first process whose own environment held
+/// gracenet variables (started by a shell a generation ran, say): nothing of them reaches
+/// generation 2 or 3.
+#[test]
+fn no_stale_variable_reaches_the_next_generations_across_a_deploy_without_a_standby() {
+    let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-plain-deploy");
+    let app = dir.path().join("app");
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
+    let mut cmd = Command::new(&app);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_NO_IDLE_START", "1")
+        .env("GRACE_STANDBY", "1")
+        .env("GRACE_IDLE_START", "1");
+    let mut g = ProcessGuard::spawn(cmd);
+    let gen1 = parse_probe(&g.expect_line("probe version="));
+
+    signal(gen1.pid, Signal::SIGUSR2);
+    let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert_written_fresh(gen2.pid, 2, gen1.pid);
+    g.expect_log("generation 1 stopped accepting");
+
+    install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
+    signal(gen2.pid, Signal::SIGUSR2);
+    let gen3 = parse_probe(&g.expect_line("probe version=lifeprobe2 "));
+    let _gen3_guard = PidGuard(gen3.pid);
+    assert_written_fresh(gen3.pid, 3, gen2.pid);
+    g.expect_log("generation 2 stopped accepting");
+    assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
 }

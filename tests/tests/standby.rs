@@ -5,10 +5,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use grace_tests::{
     DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive,
-    parse_probe, signal, wait_until,
+    parse_probe, signal, standby_started, wait_until, zombies_of,
 };
 use nix::sys::signal::Signal;
 
@@ -26,18 +27,6 @@ fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen, u32) 
     let gen1 = parse_probe(&guard.expect_line("probe version="));
     let standby = standby_started(&mut guard, 1);
     (guard, gen1, standby)
-}
-
-/// Waits for generation `number`'s log line naming its standby; the standby's pid.
-fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
-    let line = guard.expect_log(&format!(
-        "generation {number}: started a standby for generation {} with pid ",
-        number + 1
-    ));
-    line.rsplit("with pid ")
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
 }
 
 #[test]
@@ -147,6 +136,62 @@ fn a_standby_that_exited_costs_the_restart_nothing() {
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_ne!(gen2.pid, standby);
+    g.expect_log("generation 1 stopped accepting");
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+/// A standby that cannot take the wake (stopped here; swapped out or starved alike) does not
+/// answer it: the restart lets it go at once (killed, reaped) and starts a fresh process for
+/// the same request, instead of waiting the whole ready timeout for a process that never runs.
+#[test]
+fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_restart() {
+    let run = TempDir::new("standby-stopped");
+    let control = run.path().join("control.sock");
+    let control_var = control.to_str().unwrap().to_owned();
+    let ready_timeout = Duration::from_secs(20);
+    let (mut g, gen1, standby) = start(
+        Path::new(LIFEPROBE),
+        &[
+            ("PROBE_CONTROL_SOCKET", &control_var),
+            ("PROBE_READY_TIMEOUT_MS", &ready_timeout.as_millis().to_string()),
+        ],
+    );
+    let _standby_guard = PidGuard(standby);
+    g.expect_line(&format!("probe main pid={standby}"));
+    signal(standby, Signal::SIGSTOP);
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(format!(
+            "/proc/{standby}/stat"
+        ))
+        .is_ok_and(|s| s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T')))),
+        "the standby did not stop"
+    );
+
+    let asked = Instant::now();
+    let answer = gracenet::control::Client::new(&control).restart();
+    let took = asked.elapsed();
+    println!("restart with a stopped standby took {took:?}");
+    let answer = answer.unwrap_or_else(|e| panic!("the restart failed after {took:?}: {e}"));
+    // Half the ready timeout: proof it was not waited out (the fresh start itself takes
+    // milliseconds).
+    assert!(
+        took < ready_timeout / 2,
+        "the restart took {took:?}: it waited for the stopped standby"
+    );
+    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    assert!(let_go.contains("did not acknowledge the wake"), "{let_go}");
+    let gen2 = parse_probe(&g.expect_line("probe version="));
+    let _gen2_guard = PidGuard(gen2.pid);
+    assert_ne!(gen2.pid, standby, "the stopped standby cannot serve");
+    assert_eq!(answer, format!("generation 2 serving with pid {}", gen2.pid));
+    // Killed and reaped: no process, not even a zombie, is left of it.
+    assert!(
+        wait_until(DEADLINE, || !Path::new(&format!("/proc/{standby}")).exists()),
+        "the stopped standby is still there"
+    );
+    assert!(zombies_of(gen1.pid).is_empty(), "{:?}", zombies_of(gen1.pid));
     g.expect_log("generation 1 stopped accepting");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }

@@ -12,13 +12,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::generation::Shared;
 use super::machine::{Action, ChildFailure, Event, Note, Pending, State, Timeouts, transition};
 use super::signals::{self, Request};
-use super::standby::{SharedStandby, StandbyWake};
+use super::standby::{SharedStandby, StandbyWake, WAKE_ACK_TIMEOUT};
 use super::{Outcome, Phase, RestartError, RestartResult, StopReason, Successor};
 use crate::error::Error;
 use crate::notify::monotonic_usec;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
-use crate::vars::{GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY};
+use crate::vars::{
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
+    NOTIFY_SOCKET,
+};
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
@@ -194,7 +197,7 @@ impl Driver {
                 format!("STATUS=Restarting: starting generation {next}"),
             ]),
             Action::Spawn => {
-                return Some(match self.spawn_next() {
+                return Some(match self.spawn_next().await {
                     Ok(child) => {
                         let pid = child.process.pid();
                         self.pending = Some(child);
@@ -300,15 +303,16 @@ impl Driver {
         }
     }
 
-    /// The next generation: the standby woken, when there is one still good for this restart;
-    /// otherwise a process started now.
-    fn spawn_next(&mut self) -> Result<Child, Error> {
+    /// The next generation: the standby woken, when there is one still good for this restart
+    /// and it acknowledges the wake in time; otherwise (it is let go) a process started now,
+    /// for the same restart.
+    async fn spawn_next(&mut self) -> Result<Child, Error> {
         if self.standby.is_some() {
-            match self.wake() {
+            match self.wake().await {
                 Ok(child) => return Ok(child),
                 Err(why) => {
                     if let Some(standby) = self.standby.take() {
-                        self.let_go(standby, why);
+                        self.let_go(standby, &why);
                     }
                 }
             }
@@ -349,7 +353,7 @@ impl Driver {
                         program,
                         sockets,
                         channel,
-                        woken: false,
+                        woken: None,
                     });
                 }
                 self.standby = Some(Standby {
@@ -372,9 +376,15 @@ impl Driver {
     }
 
     /// Wakes the standby for the restart under way (the signal thread may have already), if it
-    /// is still what a process started now would be; otherwise says why not (it stays in
-    /// `self.standby`, for the caller to let go).
-    fn wake(&mut self) -> Result<Child, &'static str> {
+    /// is still what a process started now would be, and waits for it to acknowledge the wake
+    /// (at most [`WAKE_ACK_TIMEOUT`] from the wake): a standby that cannot run (stopped,
+    /// starved) would otherwise hold the restart for the whole ready timeout. Otherwise says
+    /// why not (it stays in `self.standby`, for the caller to let go).
+    ///
+    /// The decision to let it go and start a fresh process is here, with the other standby
+    /// decisions (wake it or not, `standby_gone`), not in the state machine yet: to the machine
+    /// the restart is one `Spawn` either way.
+    async fn wake(&mut self) -> Result<Child, String> {
         let handle = self
             .shared
             .standby
@@ -382,19 +392,39 @@ impl Driver {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let Some(mut handle) = handle else {
-            return Err("it has no channel to be woken on");
+            return Err("it has no channel to be woken on".to_owned());
         };
-        let by_signal = handle.woken;
+        let by_signal = handle.woken.is_some();
         handle.wake(self.shared.registry())?;
+        let woken = handle.woken.unwrap_or_else(Instant::now);
+        let Some(standby) = self.standby.as_mut() else {
+            return Err("there is none".to_owned());
+        };
+        let Some(channel) = standby.child.ready.as_ref() else {
+            return Err("it has no channel to be woken on".to_owned());
+        };
+        let deadline = tokio::time::Instant::from_std(woken + WAKE_ACK_TIMEOUT);
+        match tokio::time::timeout_at(deadline, read_wake_ack(channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(why),
+            Err(_) => {
+                return Err(format!(
+                    "it did not acknowledge the wake within {} ms (stopped, or starved of CPU): starting a fresh process",
+                    WAKE_ACK_TIMEOUT.as_millis()
+                ));
+            }
+        }
+        let acked = woken.elapsed();
         let Some(standby) = self.standby.take() else {
-            return Err("there is none");
+            return Err("there is none".to_owned());
         };
         let pid = standby.child.process.pid();
         tracing::info!(
-            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago{})",
+            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago{}; acknowledged in {:.2} ms)",
             self.shared.number,
             standby.started.elapsed().as_secs_f64(),
-            if by_signal { ", at the signal" } else { "" }
+            if by_signal { ", at the signal" } else { "" },
+            acked.as_secs_f64() * 1000.0
         );
         self.shared
             .standby_pid
@@ -467,6 +497,11 @@ impl Driver {
         let mut next = NextProcess::new(Executable::current()?, self.shared.registry().handoff()?);
         // A group of its own, so a failed start is killed with everything it started.
         next.new_process_group();
+        // Every gracenet variable the next process has is written here (the spawn passes on
+        // none of this process's own); those not set are absent.
+        if let Some(supervisor) = &self.shared.startup.supervisor {
+            next.env(GRACE_SUPERVISOR, supervisor);
+        }
         if idle {
             next.idle_priority();
             next.env(GRACE_IDLE_START, "1");
@@ -482,6 +517,12 @@ impl Driver {
         next.env(GRACE_ANCESTORS, ancestors.join(","));
         let fd = next.pass_fd(theirs);
         next.env(GRACE_READY_FD, fd.to_string());
+        // systemd's, not ours: the socket this generation reports to, whatever the program
+        // did to its own environment since. Without a notifier (unset, or unusable here) it
+        // is left as the environment has it, for systemd's other readers.
+        if let Some(notifier) = &self.shared.notifier {
+            next.env(NOTIFY_SOCKET, notifier.var());
+        }
         let mut process = next.spawn()?;
         let out = Arc::new(tokio::sync::Mutex::new(state_out));
         // Locked here, before anything else can hold the channel: the state section must come
@@ -711,7 +752,7 @@ async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> 
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|h| h.woken)
+            .is_some_and(|h| h.woken.is_some())
     };
     let Child { exit, ready, .. } = &mut standby.child;
     let spoke = async {
@@ -767,6 +808,29 @@ async fn pending_event(state: State, child: Option<&mut Child>) -> Event {
         event = ready => event,
         _ = exit.exited() => Event::ChildGone,
         _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::ReadyTimeout,
+    }
+}
+
+/// Reads a woken standby's acknowledgement ([`WAKE_ACK`](crate::readiness::WAKE_ACK)), and
+/// only that byte: what follows (readiness, or a refusal) is the restart's to read.
+async fn read_wake_ack(channel: &OwnedReadHalf) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    loop {
+        if channel.readable().await.is_err() {
+            return Err("its channel failed before it acknowledged the wake".to_owned());
+        }
+        match channel.try_read(&mut byte) {
+            Ok(1) if byte[0] == crate::readiness::WAKE_ACK => return Ok(()),
+            Ok(1) => {
+                return Err(format!(
+                    "it answered the wake with {:?}, not its acknowledgement",
+                    char::from(byte[0])
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // End-of-file: it exited (or is exiting) instead.
+            _ => return Err("it exited when woken".to_owned()),
+        }
     }
 }
 

@@ -22,7 +22,6 @@ use crate::error::Error;
 use crate::notify::Notifier;
 use crate::registry::{SocketRegistry, StreamListener};
 use crate::startup::Startup;
-use crate::vars::GRACE_SUPERVISOR;
 
 /// Makes the state handed to the next generation (see [`GenerationBuilder::hand_state`]).
 pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -194,7 +193,9 @@ impl GenerationBuilder {
     ///
     /// A restart starts a process afresh instead, and lets the standby go, when the program
     /// file at the path a restart runs has changed since (a deploy), when this generation has
-    /// opened a socket since, or when the standby has exited. Whatever `main` does before its
+    /// opened a socket since, when the standby has exited, or when, woken, it does not
+    /// acknowledge the wake within 250 ms (stopped, or starved of CPU: it is killed, and the
+    /// same restart goes on with a fresh process). Whatever `main` does before its
     /// first call into gracenet runs when the standby starts, not at the restart: read
     /// configuration after that call (gracenet's own first step is cheap). The standby shows
     /// in `ps` and in the control socket's `status`; it exits when this generation stops or
@@ -500,7 +501,7 @@ impl Generation {
             ),
         ];
         match &self.shared.notifier {
-            Some(notifier) if std::env::var_os(GRACE_SUPERVISOR).is_some() => {
+            Some(notifier) if self.shared.startup.supervisor.is_some() => {
                 // The supervisor keeps a copy of the sockets, to restart after a crash.
                 match self.registry().handoff() {
                     Ok(handoff) => {

@@ -6,9 +6,21 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::process::{Executable, FileIdentity};
 use crate::registry::SocketRegistry;
+
+/// How long a woken standby has to acknowledge the wake
+/// ([`WAKE_ACK`](crate::readiness::WAKE_ACK)) before it is let go and a fresh process is
+/// started for the same restart. The acknowledgement is the standby's first step once it runs
+/// (a `read` returning, a one-byte `write`: microseconds), and it runs at normal priority by
+/// then; what the bound must cover is a runnable process waiting for a CPU on a loaded machine,
+/// or faulting a swapped-out page back in. Linux's fair scheduler serves every runnable task
+/// of a CPU within its period, 24 ms by default and 3 ms more per task beyond eight: 250 ms is
+/// some eighty runnable tasks per CPU. Shorter risks letting a healthy standby go (the cost:
+/// an ordinary fresh start); longer is what a stopped standby adds to its restart.
+pub(crate) const WAKE_ACK_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The standby's wake handle, while there is one (`None` otherwise). The driver puts it here
 /// when the standby starts and takes it out before it lets the standby go (so its pid is never
@@ -27,15 +39,16 @@ pub(crate) struct StandbyWake {
     pub sockets: usize,
     /// A copy of this side of the channel, for the wake byte.
     pub channel: OwnedFd,
-    /// Woken already (by the signal thread).
-    pub woken: bool,
+    /// When it was woken (by the signal thread, or the driver), once it has been: its
+    /// acknowledgement is due [`WAKE_ACK_TIMEOUT`] later.
+    pub woken: Option<Instant>,
 }
 
 impl StandbyWake {
     /// Wakes it if it is still what a process started now would be: back at normal priority,
     /// then the wake byte. Otherwise (or once woken) says why not, and leaves it as it is.
     pub(crate) fn wake(&mut self, registry: &SocketRegistry) -> Result<(), &'static str> {
-        if self.woken {
+        if self.woken.is_some() {
             return Ok(());
         }
         if crate::sys::has_exited(self.pid) {
@@ -64,7 +77,7 @@ impl StandbyWake {
                 _ => return Err("it cannot be woken"),
             }
         }
-        self.woken = true;
+        self.woken = Some(Instant::now());
         Ok(())
     }
 }

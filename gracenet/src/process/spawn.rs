@@ -9,7 +9,7 @@ use nix::errno::Errno;
 
 use super::{ChildProcess, Executable};
 use crate::error::Error;
-use crate::vars::{FIRST_INHERITED_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
+use crate::vars::{FIRST_INHERITED_FD, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, OWNED};
 
 /// The sockets to hand to the next process, in order, each with its `LISTEN_FDNAMES` name
 /// (`unknown` for unnamed ones). Made by [`SocketRegistry::handoff`](crate::registry::SocketRegistry::handoff):
@@ -66,7 +66,9 @@ impl NextProcess {
         }
     }
 
-    /// Sets an environment variable for the next process (on top of this process's own).
+    /// Sets an environment variable for the next process (on top of this process's own). One of
+    /// gracenet's own ([`vars::OWNED`](crate::vars::OWNED)) reaches the next process only when
+    /// set here: this process's copy is never passed on.
     pub fn env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> &mut Self {
         self.env.push((key.into(), value.into()));
         self
@@ -99,7 +101,10 @@ impl NextProcess {
     /// - the handoff's sockets as fds 3, 4, ..., then any [`pass_fd`](Self::pass_fd) fds;
     /// - `LISTEN_FDS` = the number of sockets, `LISTEN_FDNAMES` = their names joined by `:`,
     ///   and `LISTEN_PID` = the child's own pid, set after `fork`, so `sd_listen_fds()` in any
-    ///   language accepts the fds.
+    ///   language accepts the fds;
+    /// - every other variable of [`vars::OWNED`](crate::vars::OWNED) as set with
+    ///   [`env`](Self::env), or absent: whatever this process inherited of them (and could not
+    ///   remove, with threads running) stays here.
     ///
     /// The child gets no other fd of this process: everything else is close-on-exec. Signal
     /// masks are cleared and `SIGPIPE` restored to its default, as `std::process` does.
@@ -155,12 +160,8 @@ fn spawn_exec(
         .enumerate()
         .map(|(i, a)| cstring(a.as_bytes().to_vec(), || format!("argument {i}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let skip = |k: &OsStr| k == LISTEN_PID || overrides.iter().any(|(o, _)| o == k);
     let mut env = Vec::new();
-    for (k, v) in std::env::vars_os()
-        .filter(|(k, _)| !skip(k))
-        .chain(overrides.iter().cloned())
-    {
+    for (k, v) in child_env(std::env::vars_os(), overrides) {
         let name = k.to_string_lossy().into_owned();
         let mut kv = k.into_vec();
         kv.push(b'=');
@@ -241,6 +242,19 @@ fn spawn_exec(
             Ok(child)
         }
     }
+}
+
+/// The child's environment but `LISTEN_PID` (written after the fork): this process's own
+/// (`parent`), less every variable gracenet owns and every one `overrides` sets, then
+/// `overrides`. A gracenet variable is thus in the child exactly when `overrides` sets it.
+fn child_env<'a>(
+    parent: impl Iterator<Item = (OsString, OsString)> + 'a,
+    overrides: &'a [(OsString, OsString)],
+) -> impl Iterator<Item = (OsString, OsString)> + 'a {
+    let written = |k: &OsStr| OWNED.iter().any(|o| k == *o) || overrides.iter().any(|(o, _)| o == k);
+    parent
+        .filter(move |(k, _)| !written(k))
+        .chain(overrides.iter().cloned())
 }
 
 /// The child's stack while it shares this process's memory (Linux): `exec_child` and the
@@ -421,5 +435,43 @@ fn exec_child(plan: &ChildPlan<'_>) -> ! {
         }
         libc::execve(plan.path, plan.argv, plan.envp);
         fail(err_pipe, STEP_EXEC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vars::{GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, NOTIFY_SOCKET};
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    #[test]
+    fn no_gracenet_variable_of_the_parent_reaches_the_child_unless_written() {
+        // A woken standby's own start, still in its environment (threads were running).
+        let mut parent: Vec<(&str, &str)> = OWNED.iter().map(|k| (*k, "stale")).collect();
+        parent.extend([("PATH", "/bin"), (NOTIFY_SOCKET, "/run/notify")]);
+        let overrides = pairs(&[
+            (GRACE_GENERATION, "3"),
+            (GRACE_READY_FD, "4"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let child: Vec<(OsString, OsString)> = child_env(pairs(&parent).into_iter(), &overrides).collect();
+        assert_eq!(
+            child,
+            pairs(&[
+                (NOTIFY_SOCKET, "/run/notify"),
+                (GRACE_GENERATION, "3"),
+                (GRACE_READY_FD, "4"),
+                ("PATH", "/usr/bin"),
+            ]),
+        );
+        for var in [GRACE_STANDBY, GRACE_IDLE_START, LISTEN_PID] {
+            assert!(
+                child.iter().all(|(k, _)| k != var),
+                "{var} passed through: {child:?}"
+            );
+        }
     }
 }
