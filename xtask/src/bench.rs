@@ -5,15 +5,14 @@
 //! `--quick` runs only that last part, briefly: a correctness check, no timing.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use grace_tests::load::{self, LoadConfig, LoadResult, RestartTiming, fd_count, rss_kib, who_answers};
 
 use crate::external::{self, Figures, get};
+use crate::lines::{LogLines, serving_port};
 
 const PATH: &str = "/sleep/?duration=0s";
 const MARKER: &str = "GRACE_BENCH_MARKER";
@@ -66,36 +65,6 @@ impl Drop for Cleanup {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
-        }
-    }
-}
-
-fn lines_of(child: &mut Child, stderr: bool) -> Receiver<String> {
-    let (tx, rx) = channel();
-    let out: Box<dyn std::io::Read + Send> = if stderr {
-        Box::new(child.stderr.take().expect("piped stderr"))
-    } else {
-        Box::new(child.stdout.take().expect("piped stdout"))
-    };
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_line(rx: &Receiver<String>, needle: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .map_err(|_| format!("never saw {needle:?}"))?;
-        if line.contains(needle) {
-            return Ok(line);
         }
     }
 }
@@ -209,17 +178,12 @@ pub fn run(quick: bool, tls_other: Option<String>) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start gracedemo: {e}"))?;
-    let demo_log = lines_of(&mut demo, true);
+    let stderr = demo.stderr.take().ok_or("gracedemo's stderr is not piped")?;
     cleanup.children.push(demo);
-    let serving = wait_line(&demo_log, "Serving ")?;
-    let port: u16 = serving
-        .split("Serving ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or("no port in the Serving line")?;
-    std::thread::spawn(move || for _ in demo_log {}); // keep draining its log
+    let demo_log = LogLines::read("gracedemo", stderr);
+    let serving = demo_log.wait_for("Serving ")?;
+    let port = serving_port(&serving).ok_or("no port in gracedemo's Serving line")?;
+    demo_log.discard_the_rest();
 
     let first_pid = runtime
         .block_on(who_answers(port, PATH))

@@ -7,12 +7,14 @@
 
 mod bench;
 mod external;
+mod lines;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
+
+use lines::{LogLines, serving_port};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -76,19 +78,9 @@ fn shell(cmd: &str) {
     println!("\x1b[36m$ {cmd}\x1b[0m");
 }
 
-/// Waits for the server's log line containing `needle`, echoing every log line.
-fn wait_log(logs: &Receiver<String>, needle: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = logs
-            .recv_timeout(left)
-            .map_err(|_| format!("gracedemo never logged {needle:?}"))?;
-        println!("  \x1b[2m│ {line}\x1b[0m");
-        if line.contains(needle) {
-            return Ok(line);
-        }
-    }
+/// Shows one line of the server's log, dimmed under the narration.
+fn show_log(line: &str) {
+    println!("  \x1b[2m│ {line}\x1b[0m");
 }
 
 /// `GET path` on a new connection; returns the body.
@@ -140,25 +132,14 @@ fn demo() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, logs) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let logs = LogLines::read("gracedemo", stderr).echoing(show_log);
     let mut server = Server {
         pids: vec![child.id()],
         child,
     };
-    let serving = wait_log(&logs, "Serving ")?;
+    let serving = logs.wait_for("Serving ")?;
     let old = server.child.id();
-    let port: u16 = after(&serving, "Serving ")
-        .and_then(|r| r.split([',', ' ']).next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or("cannot read the port from the Serving line")?;
+    let port = serving_port(&serving).ok_or("cannot read the port from the Serving line")?;
     println!("  gracedemo serves with pid {old}; the first server (Zero) is on port {port}");
 
     say("2. A slow request, in the background");
@@ -173,13 +154,13 @@ fn demo() -> Result<(), String> {
         .args(["-USR2", &old.to_string()])
         .status()
         .map_err(|e| e.to_string())?;
-    let handoff = wait_log(&logs, "Graceful handoff of ")?;
+    let handoff = logs.wait_for("Graceful handoff of ")?;
     let new: u32 = after(&handoff, "with new pid ")
         .and_then(|r| r.split(' ').next())
         .and_then(|p| p.parse().ok())
         .ok_or("cannot read the new pid")?;
     server.pids.push(new);
-    wait_log(&logs, "stopped accepting")?;
+    logs.wait_for("stopped accepting")?;
     println!(
         "  new pid {new} took over after {:.0?}; old pid {old} stopped accepting and drains",
         started.elapsed()
@@ -228,7 +209,7 @@ fn demo() -> Result<(), String> {
         .args(["-TERM", &new.to_string()])
         .status()
         .map_err(|e| e.to_string())?;
-    wait_log(&logs, &format!("Exiting pid {new}."))?;
+    logs.wait_for(&format!("Exiting pid {new}."))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while grace_tests::is_alive(new) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
