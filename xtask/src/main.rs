@@ -160,7 +160,15 @@ fn demo() -> Result<(), String> {
         .and_then(|p| p.parse().ok())
         .ok_or("cannot read the new pid")?;
     server.pids.push(new);
-    logs.wait_for("stopped accepting")?;
+    // The old process stops accepting once the new one is ready; gracedemo does not log that
+    // by default, so wait (bounded) for the new pid to answer instead.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while grace_tests::load::pid_of(&get(port, "/sleep/?duration=0s")?) != Some(new) {
+        if Instant::now() > deadline {
+            return Err(format!("pid {new} did not answer within 10 s of the handoff"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     println!(
         "  new pid {new} took over after {:.0?}; old pid {old} stopped accepting and drains",
         started.elapsed()
