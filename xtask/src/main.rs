@@ -7,7 +7,9 @@
 
 mod bench;
 mod external;
+mod figures;
 mod lines;
+mod report;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
