@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: speed against plain hyper, the latency tail across restarts, new TLS
 //! connections, footprint and draining CPU, measured from outside the server (`wrk` and
-//! `h2load` on core 1, the server on core 0: see `external`); and every request across
-//! restarts in four modes, from this process's own client, which counts each failure by kind.
+//! `h2load` on core 1, the server on core 0: see `external`); a crash under load with and
+//! without the supervisor; and every request across restarts in four modes, from this
+//! process's own client, which counts each failure by kind.
 //! `--quick` runs only that last part, briefly: a correctness check, no timing.
+//!
+//! Not run here: instructions per request (`xtask/scripts/instructions.py`), which needs
+//! valgrind, which the bench does not install; [`APART`] is what the bench says about it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,13 +16,18 @@ use grace_tests::load::{self, LoadConfig, fd_count, rss_kib, who_answers};
 use tokio::runtime::Runtime;
 
 use crate::external;
-use crate::figures::{DrainCpu, Overhead, RestartTail, TlsLatency};
+use crate::figures::{CrashUnderLoad, DrainCpu, Overhead, RestartTail, TlsLatency};
 use crate::lines::{LogLines, serving_port};
 use crate::report::{self, Footprint, ModeFigures, Outside, Report, Usage};
 
 /// The request every in-process load sends.
 pub const PATH: &str = "/sleep/?duration=0s";
 const MARKER: &str = "GRACE_BENCH_MARKER";
+
+/// The measurement the bench leaves to a separate command, and why.
+pub const APART: &str = "not run by the bench: instructions and cache misses per request \
+    (callgrind) need valgrind, which the bench does not install; measure them with \
+    `python3 xtask/scripts/instructions.py [--cache]` (BENCHMARKS.md, \"Measured apart from the bench\")";
 
 /// Sizes of one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +88,7 @@ impl Paths {
 }
 
 /// Runs the bench: builds, measures, writes the report; fails when a request failed across
-/// restarts.
+/// restarts or a crash under the supervisor refused a connection.
 pub fn run(quick: bool, tls_other: Option<String>) -> Result<(), String> {
     let plan = Plan::new(quick);
     if !quick {
@@ -101,6 +110,9 @@ pub fn run(quick: bool, tls_other: Option<String>) -> Result<(), String> {
         outside,
     };
     write_report(&report, &paths)?;
+    if !quick {
+        eprintln!("{APART}");
+    }
     verdict(&report)
 }
 
@@ -325,6 +337,11 @@ fn measure_outside(paths: &Paths, tls_other: Option<String>) -> Result<Outside, 
         tls: TlsLatency::from_line(external::run_script(root, TlsLatency::SCRIPT, &tls_args)?)?,
         tls_other,
         footprint: DrainCpu::from_line(external::run_script(root, DrainCpu::SCRIPT, &drain_args)?)?,
+        crash: CrashUnderLoad::from_line(external::run_script(
+            root,
+            CrashUnderLoad::SCRIPT,
+            &["--binary", &demo],
+        )?)?,
     })
 }
 
@@ -353,7 +370,8 @@ fn write_report(report: &Report, paths: &Paths) -> Result<(), String> {
     Ok(())
 }
 
-/// The bench's own correctness check: no request failed across restarts.
+/// The bench's own correctness checks: no request failed across restarts; with the
+/// supervisor, a crash under load refused no connection.
 fn verdict(report: &Report) -> Result<(), String> {
     let mut wrong = Vec::new();
     let failed: u64 = report.modes.iter().map(|m| m.failures.total()).sum();
@@ -362,6 +380,26 @@ fn verdict(report: &Report) -> Result<(), String> {
             eprintln!("{}: {:?}", m.mode, m.examples);
         }
         wrong.push(format!("{failed} requests failed across restarts"));
+    }
+    if let Some(crash) = report.outside.as_ref().map(|o| &o.crash) {
+        let s = &crash.supervised;
+        eprintln!(
+            "crash under load: with --supervise, {} kill -9: {} answered, {} refused, {} failed in flight; \
+             without a supervisor, {} kill -9: {} answered, {} refused",
+            s.killed,
+            s.answered,
+            s.refused,
+            s.failed,
+            crash.unsupervised.killed,
+            crash.unsupervised.answered,
+            crash.unsupervised.refused
+        );
+        if s.killed == 0 || s.refused > 0 {
+            wrong.push(format!(
+                "a crash under load with --supervise: {} kill -9, {} connections refused (expected at least one kill and none refused)",
+                s.killed, s.refused
+            ));
+        }
     }
     if wrong.is_empty() {
         Ok(())
@@ -399,4 +437,34 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     format!("{cpu}, {cores} cores, {mem}, Linux {}, {rustc}", kernel.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::golden_report;
+
+    #[test]
+    fn a_refused_connection_under_the_supervisor_fails_the_bench() {
+        let with = |killed: u64, refused: u64| {
+            let mut report = golden_report();
+            let crash = &mut report.outside.as_mut().expect("a full run").crash;
+            crash.supervised.killed = killed;
+            crash.supervised.refused = refused;
+            verdict(&report)
+        };
+        assert_eq!(with(3, 0), Ok(()));
+        let e = with(3, 2).expect_err("a refused connection");
+        assert!(e.contains("2 connections refused"), "{e}");
+        let e = with(0, 0).expect_err("nothing was killed: nothing was checked");
+        assert!(e.contains("0 kill -9"), "{e}");
+    }
+
+    #[test]
+    fn failed_requests_fail_the_bench() {
+        let mut report = golden_report();
+        report.modes[1].failures.reset = 3;
+        let e = verdict(&report).expect_err("three requests failed");
+        assert_eq!(e, "3 requests failed across restarts");
+    }
 }

@@ -178,6 +178,17 @@ impl ResultLine {
     fn maybe_number(&self, key: &str) -> Result<Option<String>, FiguresError> {
         self.checked(key, Kind::Number)
     }
+
+    /// The integer value of `key`.
+    fn count(&self, key: &str) -> Result<u64, FiguresError> {
+        let v = self.number(key)?;
+        v.parse().map_err(|_| FiguresError::Malformed {
+            script: self.script.clone(),
+            key: key.to_owned(),
+            value: v,
+            expected: "a whole number",
+        })
+    }
 }
 
 /// One protocol's line of `overhead.py`: gracedemo ÷ plain hyper, median of the rounds and
@@ -413,6 +424,46 @@ impl DrainCpu {
     }
 }
 
+/// One run of `crash_under_load.py`: `kill -9` of the serving process under load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashRun {
+    /// Serving processes killed.
+    pub killed: u64,
+    pub answered: u64,
+    /// Connections refused: none while a supervisor holds the sockets.
+    pub refused: u64,
+    /// Requests that failed in flight (those the killed process held).
+    pub failed: u64,
+}
+
+/// `crash_under_load.py`: a crash under load with gracedemo's `--supervise`, and without.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrashUnderLoad {
+    pub supervised: CrashRun,
+    pub unsupervised: CrashRun,
+    pub line: ResultLine,
+}
+
+impl CrashUnderLoad {
+    pub const SCRIPT: &str = "crash_under_load.py";
+
+    pub fn from_line(line: ResultLine) -> Result<CrashUnderLoad, FiguresError> {
+        let run = |p: &str| -> Result<CrashRun, FiguresError> {
+            Ok(CrashRun {
+                killed: line.count(&format!("{p}_killed"))?,
+                answered: line.count(&format!("{p}_answered"))?,
+                refused: line.count(&format!("{p}_refused"))?,
+                failed: line.count(&format!("{p}_failed"))?,
+            })
+        };
+        Ok(CrashUnderLoad {
+            supervised: run("supervised")?,
+            unsupervised: run("unsupervised")?,
+            line,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,5 +579,18 @@ mod tests {
                 key: "load_restart_max".into()
             }
         );
+    }
+
+    #[test]
+    fn crash_counts_are_whole_numbers() {
+        let ok = "supervised_killed=3 supervised_answered=71370 supervised_refused=0 \
+                  supervised_failed=1 unsupervised_killed=1 unsupervised_answered=9000 \
+                  unsupervised_refused=403 unsupervised_failed=0";
+        let c = CrashUnderLoad::from_line(line(ok)).expect("every count present");
+        assert_eq!(c.supervised.refused, 0);
+        assert_eq!(c.unsupervised.refused, 403);
+        let e = CrashUnderLoad::from_line(line(&ok.replace("=71370", "=7.5")))
+            .expect_err("a fraction of an answer");
+        assert!(e.to_string().contains("a whole number"), "{e}");
     }
 }

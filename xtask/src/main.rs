@@ -3,7 +3,9 @@
 //! - `demo`: the README walkthrough, live, narrated for a person watching.
 //! - `bench [--quick] [--tls-other COMMAND]`: speed against plain hyper, the latency tail
 //!   across restarts, TLS (beside another server started by COMMAND, when given), footprint
-//!   (measured from outside the server); every request across restarts.
+//!   (measured from outside the server); a crash under load, with and without the
+//!   supervisor; every request across restarts. Instructions per request are measured apart
+//!   (`python3 xtask/scripts/instructions.py`: valgrind, which the bench does not install).
 
 mod bench;
 mod external;
@@ -25,9 +27,11 @@ fn main() -> ExitCode {
             println!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  demo            run the README walkthrough live: a slow request, kill -USR2, a quick one\n  \
-                 bench [--quick]  speed, restart tail, TLS, footprint (wrk/h2load on another core); --quick: correctness only\n  \
+                 bench [--quick]  speed, restart tail, TLS, footprint, a crash under load (wrk/h2load on another core); --quick: correctness only\n  \
                  bench --tls-other 'COMMAND'  also measures new TLS connections to the server COMMAND starts\n                  \
-                 ({{port}}, {{cert}}, {{key}} replaced; see xtask/scripts/tls_latency.py), e.g. Go grace built by hand"
+                 ({{port}}, {{cert}}, {{key}} replaced; see xtask/scripts/tls_latency.py), e.g. Go grace built by hand\n\n\
+                 {}",
+                bench::APART
             );
             Ok(())
         }

@@ -9,7 +9,8 @@ use grace_tests::load::{Failures, LoadResult, RestartTiming};
 
 use crate::bench::{PATH, Plan};
 use crate::figures::{
-    DrainCpu, Overhead, ProbedRestarts, RestartTail, ResultLine, TlsLatency, TlsRatios, TlsServer,
+    CrashUnderLoad, DrainCpu, Overhead, ProbedRestarts, RestartTail, ResultLine, TlsLatency, TlsRatios,
+    TlsServer,
 };
 
 /// One mode of "every request across restarts", summed up.
@@ -88,6 +89,7 @@ pub struct Outside {
     /// The command of the server the TLS figures were measured beside, if any.
     pub tls_other: Option<String>,
     pub footprint: DrainCpu,
+    pub crash: CrashUnderLoad,
 }
 
 /// Everything one run measured.
@@ -455,13 +457,14 @@ impl Outside {
             format!("{{{}}}", fields.join(", "))
         };
         format!(
-            "{{\"speed\": {}, \"speed_two_threads\": {}, \"restart_tail\": {}, \"restart_tail_standby\": {}, \"tls\": {}, \"footprint\": {}}}",
+            "{{\"speed\": {}, \"speed_two_threads\": {}, \"restart_tail\": {}, \"restart_tail_standby\": {}, \"tls\": {}, \"footprint\": {}, \"crash_under_load\": {}}}",
             object(&self.speed.line),
             object(&self.speed_two_threads.line),
             object(&self.tail.line),
             object(&self.tail_standby.line),
             object(&self.tls.line),
-            object(&self.footprint.line)
+            object(&self.footprint.line),
+            object(&self.crash.line)
         )
     }
 }
@@ -539,7 +542,7 @@ fn tls_beside_markdown(command: &str, ours: &TlsServer, other: &TlsServer, ratio
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::figures::ResultLine;
 
@@ -603,7 +606,7 @@ mod tests {
     }
 
     /// The figures of the run in the golden section.
-    fn golden_report() -> Report {
+    pub(crate) fn golden_report() -> Report {
         let tail = |text: &str| RestartTail::from_line(line("restart_tail.py", text)).expect("every key");
         Report {
             plan: Plan {
@@ -665,6 +668,12 @@ mod tests {
                 footprint: DrainCpu::from_line(line(
                     "drain_cpu.py",
                     "connections=10000 rss_idle_kib=5748 rss_idle_connections_kib=141832 serving_cpu=0.0 draining_cpu=5.0",
+                ))
+                .expect("every key"),
+                crash: CrashUnderLoad::from_line(line(
+                    "crash_under_load.py",
+                    "supervised_killed=3 supervised_answered=71370 supervised_refused=0 supervised_failed=1 \
+                     unsupervised_killed=1 unsupervised_answered=9000 unsupervised_refused=403 unsupervised_failed=0",
                 ))
                 .expect("every key"),
             }),
@@ -736,6 +745,7 @@ mod tests {
         let json = golden_report().json();
         assert!(json.contains("\"within_ratio_range\": \"0.97-1.03\""), "{json}");
         assert!(json.contains("\"latency_p90\": \"17.0\""), "{json}");
+        assert!(json.contains("\"crash_under_load\": {"), "{json}");
         assert!(
             json.contains("\"restart_latency_ms\": [46.600, 0.010, 0.010"),
             "{json}"
