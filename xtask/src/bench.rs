@@ -16,7 +16,7 @@ use grace_tests::load::{self, LoadConfig, fd_count, rss_kib, who_answers};
 use tokio::runtime::Runtime;
 
 use crate::external;
-use crate::figures::{CrashUnderLoad, DrainCpu, Overhead, RestartTail, TlsLatency};
+use crate::figures::Record;
 use crate::lines::{LogLines, serving_port};
 use crate::report::{self, Footprint, ModeFigures, Outside, Report, Usage};
 
@@ -306,43 +306,27 @@ fn measure_outside(paths: &Paths, tls_other: Option<String>) -> Result<Outside, 
     let root = &paths.root;
     let target = paths.release.to_string_lossy().into_owned();
     let demo = paths.gracedemo();
-    let overhead = |threads: &[&str]| -> Result<Overhead, String> {
-        let mut args = vec!["--target", &target, "--rounds", "5", "--seconds", "4"];
-        args.extend(threads);
-        Ok(Overhead::from_line(external::run_script(
-            root,
-            Overhead::SCRIPT,
-            &args,
-        )?)?)
-    };
-    let tail = |more: &[&str]| -> Result<RestartTail, String> {
-        let mut args = vec!["--binary", &demo, "--seconds", "8", "--rounds", "4"];
-        args.extend(more);
-        Ok(RestartTail::from_line(external::run_script(
-            root,
-            RestartTail::SCRIPT,
-            &args,
-        )?)?)
-    };
-    let mut tls_args = vec!["--binary", &demo, "--count", "300"];
+    let speed = ["--target", &target, "--rounds", "5", "--seconds", "4"];
+    let tail = ["--binary", &demo, "--seconds", "8", "--rounds", "4"];
+    let mut tls = vec!["--binary", &demo, "--count", "300"];
     if let Some(other) = &tls_other {
-        tls_args.extend(["--other", other, "--rounds", "3"]);
+        tls.extend(["--other", other, "--rounds", "3"]);
     }
-    let drain_args = ["--binary", &demo, "--connections", "10000"];
     Ok(Outside {
-        speed: overhead(&[])?,
-        speed_two_threads: overhead(&["--threads", "2"])?,
-        tail: tail(&[])?,
-        tail_standby: tail(&["--server-args=--standby"])?,
-        tls: TlsLatency::from_line(external::run_script(root, TlsLatency::SCRIPT, &tls_args)?)?,
+        speed: script(root, &speed)?,
+        speed_two_threads: script(root, &[&speed[..], &["--threads", "2"]].concat())?,
+        tail: script(root, &tail)?,
+        tail_standby: script(root, &[&tail[..], &["--server-args=--standby"]].concat())?,
+        tls: script(root, &tls)?,
         tls_other,
-        footprint: DrainCpu::from_line(external::run_script(root, DrainCpu::SCRIPT, &drain_args)?)?,
-        crash: CrashUnderLoad::from_line(external::run_script(
-            root,
-            CrashUnderLoad::SCRIPT,
-            &["--binary", &demo],
-        )?)?,
+        footprint: script(root, &["--binary", &demo, "--connections", "10000"])?,
+        crash: script(root, &["--binary", &demo])?,
     })
+}
+
+/// Runs `R`'s script with `args` and reads its figures.
+fn script<R: Record>(root: &Path, args: &[&str]) -> Result<R, String> {
+    Ok(R::from_line(external::run_script(root, R::SCRIPT, args)?)?)
 }
 
 /// Prints the Markdown; writes the JSON under `target/bench/`, and the Markdown into

@@ -191,6 +191,14 @@ impl ResultLine {
     }
 }
 
+/// A script's figures: the script, and how its `result:` line is read.
+pub trait Record: Sized {
+    /// The script in `xtask/scripts/`.
+    const SCRIPT: &'static str;
+    /// Reads the figures, failing on the first missing or malformed key.
+    fn from_line(line: ResultLine) -> Result<Self, FiguresError>;
+}
+
 /// One protocol's line of `overhead.py`: gracedemo ÷ plain hyper, median of the rounds and
 /// their range.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,10 +224,10 @@ pub struct Overhead {
     pub line: ResultLine,
 }
 
-impl Overhead {
-    pub const SCRIPT: &str = "overhead.py";
+impl Record for Overhead {
+    const SCRIPT: &str = "overhead.py";
 
-    pub fn from_line(line: ResultLine) -> Result<Overhead, FiguresError> {
+    fn from_line(line: ResultLine) -> Result<Overhead, FiguresError> {
         let protocol = |p: &str| -> Result<ProtocolOverhead, FiguresError> {
             Ok(ProtocolOverhead {
                 rps: line.number(&format!("{p}_rps"))?,
@@ -276,10 +284,10 @@ pub struct ProbedRestarts {
     pub latency_max: String,
 }
 
-impl RestartTail {
-    pub const SCRIPT: &str = "restart_tail.py";
+impl Record for RestartTail {
+    const SCRIPT: &str = "restart_tail.py";
 
-    pub fn from_line(line: ResultLine) -> Result<RestartTail, FiguresError> {
+    fn from_line(line: ResultLine) -> Result<RestartTail, FiguresError> {
         let load_restart = match line.maybe_number("load_restart_median")? {
             Some(median) => Some((median, line.number("load_restart_max")?)),
             None => None,
@@ -372,10 +380,10 @@ pub struct TlsRatios {
     pub wrk_cpu_us: Option<String>,
 }
 
-impl TlsLatency {
-    pub const SCRIPT: &str = "tls_latency.py";
+impl Record for TlsLatency {
+    const SCRIPT: &str = "tls_latency.py";
 
-    pub fn from_line(line: ResultLine) -> Result<TlsLatency, FiguresError> {
+    fn from_line(line: ResultLine) -> Result<TlsLatency, FiguresError> {
         let other = if line.raw("other_full_p50").is_some() {
             Some((
                 TlsServer::from_line(&line, "other_")?,
@@ -409,10 +417,10 @@ pub struct DrainCpu {
     pub line: ResultLine,
 }
 
-impl DrainCpu {
-    pub const SCRIPT: &str = "drain_cpu.py";
+impl Record for DrainCpu {
+    const SCRIPT: &str = "drain_cpu.py";
 
-    pub fn from_line(line: ResultLine) -> Result<DrainCpu, FiguresError> {
+    fn from_line(line: ResultLine) -> Result<DrainCpu, FiguresError> {
         Ok(DrainCpu {
             connections: line.number("connections")?,
             rss_idle_kib: line.number("rss_idle_kib")?,
@@ -444,10 +452,10 @@ pub struct CrashUnderLoad {
     pub line: ResultLine,
 }
 
-impl CrashUnderLoad {
-    pub const SCRIPT: &str = "crash_under_load.py";
+impl Record for CrashUnderLoad {
+    const SCRIPT: &str = "crash_under_load.py";
 
-    pub fn from_line(line: ResultLine) -> Result<CrashUnderLoad, FiguresError> {
+    fn from_line(line: ResultLine) -> Result<CrashUnderLoad, FiguresError> {
         let run = |p: &str| -> Result<CrashRun, FiguresError> {
             Ok(CrashRun {
                 killed: line.count(&format!("{p}_killed"))?,

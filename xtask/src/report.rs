@@ -544,7 +544,7 @@ fn tls_beside_markdown(command: &str, ours: &TlsServer, other: &TlsServer, ratio
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::figures::ResultLine;
+    use crate::figures::{Record, ResultLine};
 
     /// The section of BENCHMARKS.md that the bench wrote before its figures became typed
     /// records: the format the report keeps, byte for byte.
