@@ -12,6 +12,9 @@ refused until something starts the server again.
     cargo build --release -p gracedemo
     python3 xtask/scripts/crash_under_load.py [--binary target/release/gracedemo] [--clients 4]
 
+`cargo xtask bench` runs it (and fails if, with the supervisor, a connection was refused);
+its last line is `result: supervised_killed=N supervised_answered=N ... unsupervised_...`.
+
 Loopback only; every loop is bounded in count and time; every process that answered is killed by pid.
 """
 import argparse, os, re, signal, socket, subprocess, sys, threading, time
@@ -101,12 +104,18 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--kills", type=int, default=3)
     a = ap.parse_args()
+    result = []
     for supervise in (True, False):
         counts, killed, alive, pid = run(a.binary, supervise, a.clients, a.kills)
         name = "with --supervise" if supervise else "without a supervisor (as Go grace)"
         print(f"{name}: kill -9 of {len(killed)} serving process(es) {killed}: "
               f"{counts['ok']} answered, {counts['refused']} refused, {counts['failed']} failed in flight; "
-              f"first process (pid {pid}) {'still running' if alive else 'gone'}")
+              f"first process (pid {pid}) {'still running' if alive else 'gone'}", flush=True)
+        run_name = "supervised" if supervise else "unsupervised"
+        result += [f"{run_name}_killed={len(killed)}", f"{run_name}_answered={counts['ok']}",
+                   f"{run_name}_refused={counts['refused']}", f"{run_name}_failed={counts['failed']}"]
+    # One line for `cargo xtask bench` to read.
+    print("result: " + " ".join(result))
 
 if __name__ == "__main__":
     main()

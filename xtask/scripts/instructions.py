@@ -16,6 +16,10 @@ is the copies of futures and requests, so both are reported apart from the rest 
 (Debian: `apt-get install valgrind`), wrk and taskset. Loopback only; each server is killed by
 pid; every load is bounded in time. A server under callgrind runs ~50x slower, so the figures
 are instructions, never times.
+
+Not run by `cargo xtask bench`, which does not install valgrind (the bench says so at the end
+of a full run and in `cargo xtask --help`): run it by hand; BENCHMARKS.md keeps its last figures
+under "Measured apart from the bench".
 """
 import argparse, glob, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 

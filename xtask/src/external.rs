@@ -1,11 +1,12 @@
 //! The measurements `cargo xtask bench` makes from outside the server: the load generators
 //! (`wrk`, `h2load`) and the scripts in `xtask/scripts/` that pin the server to core 0 and
 //! the load to core 1, read the server's CPU from `/proc`, and alternate the baseline with
-//! gracedemo. Each script's last line is `result: key=value ...`, read here.
+//! gracedemo. Each script's last line is `result: key=value ...`, read by `figures`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use crate::figures::ResultLine;
 
 /// What the measurements need on the machine, with the Debian package that brings each.
 const TOOLS: &[(&str, &str)] = &[
@@ -57,12 +58,9 @@ pub fn ensure_tools() -> Result<(), String> {
     }
 }
 
-/// One script's figures.
-pub type Figures = BTreeMap<String, String>;
-
 /// Runs `xtask/scripts/<script>` from the workspace root with `args`, echoing what it prints,
-/// and returns its `result:` line as key/value pairs.
-pub fn run_script(root: &Path, script: &str, args: &[&str]) -> Result<Figures, String> {
+/// and returns its `result:` line (the records in `figures` read it).
+pub fn run_script(root: &Path, script: &str, args: &[&str]) -> Result<ResultLine, String> {
     eprintln!("{script} {}...", args.join(" "));
     let out = Command::new("python3")
         .arg(root.join("xtask/scripts").join(script))
@@ -78,21 +76,7 @@ pub fn run_script(root: &Path, script: &str, args: &[&str]) -> Result<Figures, S
     if !out.status.success() {
         return Err(format!("{script} failed ({})", out.status));
     }
-    let line = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("result: "))
-        .ok_or_else(|| format!("{script} printed no result line"))?;
-    Ok(line
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
-}
-
-/// A figure, or `?` when the script did not report it.
-pub fn get<'a>(figures: &'a Figures, key: &str) -> &'a str {
-    figures.get(key).map_or("?", String::as_str)
+    Ok(ResultLine::from_output(script, &text)?)
 }
 
 /// Replaces the part of `doc` between the bench's markers with `section` (adding the markers

@@ -3,16 +3,22 @@
 //! - `demo`: the README walkthrough, live, narrated for a person watching.
 //! - `bench [--quick] [--tls-other COMMAND]`: speed against plain hyper, the latency tail
 //!   across restarts, TLS (beside another server started by COMMAND, when given), footprint
-//!   (measured from outside the server); every request across restarts.
+//!   (measured from outside the server); a crash under load, with and without the
+//!   supervisor; every request across restarts. Instructions per request are measured apart
+//!   (`python3 xtask/scripts/instructions.py`: valgrind, which the bench does not install).
 
 mod bench;
 mod external;
+mod figures;
+mod lines;
+mod report;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
+
+use lines::{LogLines, serving_port};
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1);
@@ -21,9 +27,11 @@ fn main() -> ExitCode {
             println!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  demo            run the README walkthrough live: a slow request, kill -USR2, a quick one\n  \
-                 bench [--quick]  speed, restart tail, TLS, footprint (wrk/h2load on another core); --quick: correctness only\n  \
+                 bench [--quick]  speed, restart tail, TLS, footprint, a crash under load (wrk/h2load on another core); --quick: correctness only\n  \
                  bench --tls-other 'COMMAND'  also measures new TLS connections to the server COMMAND starts\n                  \
-                 ({{port}}, {{cert}}, {{key}} replaced; see xtask/scripts/tls_latency.py), e.g. Go grace built by hand"
+                 ({{port}}, {{cert}}, {{key}} replaced; see xtask/scripts/tls_latency.py), e.g. Go grace built by hand\n\n\
+                 {}",
+                bench::APART
             );
             Ok(())
         }
@@ -76,19 +84,9 @@ fn shell(cmd: &str) {
     println!("\x1b[36m$ {cmd}\x1b[0m");
 }
 
-/// Waits for the server's log line containing `needle`, echoing every log line.
-fn wait_log(logs: &Receiver<String>, needle: &str) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = logs
-            .recv_timeout(left)
-            .map_err(|_| format!("gracedemo never logged {needle:?}"))?;
-        println!("  \x1b[2m│ {line}\x1b[0m");
-        if line.contains(needle) {
-            return Ok(line);
-        }
-    }
+/// Shows one line of the server's log, dimmed under the narration.
+fn show_log(line: &str) {
+    println!("  \x1b[2m│ {line}\x1b[0m");
 }
 
 /// `GET path` on a new connection; returns the body.
@@ -140,25 +138,14 @@ fn demo() -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, logs) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let logs = LogLines::read("gracedemo", stderr).echoing(show_log);
     let mut server = Server {
         pids: vec![child.id()],
         child,
     };
-    let serving = wait_log(&logs, "Serving ")?;
+    let serving = logs.wait_for("Serving ")?;
     let old = server.child.id();
-    let port: u16 = after(&serving, "Serving ")
-        .and_then(|r| r.split([',', ' ']).next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or("cannot read the port from the Serving line")?;
+    let port = serving_port(&serving).ok_or("cannot read the port from the Serving line")?;
     println!("  gracedemo serves with pid {old}; the first server (Zero) is on port {port}");
 
     say("2. A slow request, in the background");
@@ -173,13 +160,21 @@ fn demo() -> Result<(), String> {
         .args(["-USR2", &old.to_string()])
         .status()
         .map_err(|e| e.to_string())?;
-    let handoff = wait_log(&logs, "Graceful handoff of ")?;
+    let handoff = logs.wait_for("Graceful handoff of ")?;
     let new: u32 = after(&handoff, "with new pid ")
         .and_then(|r| r.split(' ').next())
         .and_then(|p| p.parse().ok())
         .ok_or("cannot read the new pid")?;
     server.pids.push(new);
-    wait_log(&logs, "stopped accepting")?;
+    // The old process stops accepting once the new one is ready; gracedemo does not log that
+    // by default, so wait (bounded) for the new pid to answer instead.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while grace_tests::load::pid_of(&get(port, "/sleep/?duration=0s")?) != Some(new) {
+        if Instant::now() > deadline {
+            return Err(format!("pid {new} did not answer within 10 s of the handoff"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     println!(
         "  new pid {new} took over after {:.0?}; old pid {old} stopped accepting and drains",
         started.elapsed()
@@ -228,7 +223,7 @@ fn demo() -> Result<(), String> {
         .args(["-TERM", &new.to_string()])
         .status()
         .map_err(|e| e.to_string())?;
-    wait_log(&logs, &format!("Exiting pid {new}."))?;
+    logs.wait_for(&format!("Exiting pid {new}."))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while grace_tests::is_alive(new) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
