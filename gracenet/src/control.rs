@@ -472,6 +472,9 @@ pub(crate) mod server {
                         "ok generation {} serving with pid {}\n",
                         next.generation, next.pid
                     ),
+                    // Asked while the restart that handed over was under way: the new
+                    // generation runs it (the client asks again).
+                    Err(e @ RestartError::HandedOver { .. }) => format!("retry {e}\n"),
                     Err(e @ RestartError::Stopping { .. }) => {
                         handed_over(generation).unwrap_or_else(|| format!("error {e}\n"))
                     }

@@ -468,3 +468,51 @@ fn the_same_path_for_the_pid_file_and_the_control_socket_is_refused_at_the_start
     let said = server.output_after_exit().join("\n");
     assert!(said.contains("it is also the PID file's path"), "{said}");
 }
+
+/// A deploy script replaces the program and reloads while an earlier reload is still under
+/// way: its reload is its own (the new program runs), not folded into the earlier one, which
+/// started the old program.
+#[test]
+fn a_reload_asked_during_a_restart_gets_a_restart_of_its_own_with_the_program_now_in_place() {
+    let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "control-deploy-during");
+    let app = dir.path().join("app");
+    grace_tests::install_program(Path::new(LIFEPROBE), &app);
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(&app);
+    cmd.arg("127.0.0.1:0")
+        .env("PROBE_CONTROL_SOCKET", &socket)
+        // Each new generation takes a while to start: the second reload comes meanwhile.
+        .env("PROBE_NEXT_START_DELAY_MS", "800");
+    let mut server = ProcessGuard::spawn(cmd);
+    let line = server.expect_line("probe version=");
+    server.expect_log("generation 1 serving");
+    let gen1: u32 = field(&line, "pid").parse().unwrap();
+    let mut guards = vec![PidGuard(gen1)];
+    let first = std::thread::spawn({
+        let socket = socket.clone();
+        move || gracenet::control::Client::new(socket).restart()
+    });
+    server.expect_log("restart: started generation 2");
+    // The deploy: a new program, then its reload.
+    grace_tests::install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
+    let second = gracenet::control::Client::new(&socket).restart();
+    let first = first.join().expect("the first client");
+    let first = first.expect("the first reload");
+    let gen2: u32 = first.rsplit(' ').next().unwrap().parse().unwrap();
+    guards.push(PidGuard(gen2));
+    assert_eq!(first, format!("generation 2 serving with pid {gen2}"));
+    let second = second.expect("the second reload");
+    let gen3: u32 = second.rsplit(' ').next().unwrap().parse().unwrap();
+    guards.push(PidGuard(gen3));
+    assert_eq!(
+        second,
+        format!("generation 3 serving with pid {gen3}"),
+        "its own restart, after the first"
+    );
+    let line = server.expect_line("probe version=lifeprobe2");
+    assert_eq!(
+        field(&line, "pid").parse::<u32>().unwrap(),
+        gen3,
+        "the new program runs"
+    );
+}

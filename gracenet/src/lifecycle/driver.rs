@@ -1,7 +1,10 @@
-//! The thin side of the lifecycle: waits for the next event, asks [`transition`] what to do,
-//! and does it (spawn, kill, notify, close listeners, PID file, report). No decision is
-//! taken here that the state machine could take.
+//! The thin side of the lifecycle: turns I/O into the [`Machine`]'s events, and performs the
+//! actions it returns (spawn, wake or let go the standby, kill, notify, close listeners, PID
+//! file, reply). Every decision is the machine's; what is decided here is only how an action
+//! is done, and what its result was (an exit status, a refusal, a standby that did not answer
+//! the wake), fed back as an event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +13,10 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 
 use super::generation::Shared;
-use super::machine::{Action, ChildFailure, Event, Note, Pending, State, Timeouts, transition};
+use super::machine::{Action, ChildFailure, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
 use super::signals::{self, Request};
 use super::standby::{SharedStandby, StandbyWake, WAKE_ACK_TIMEOUT};
-use super::{Outcome, Phase, RestartError, RestartResult, StopReason, Successor};
+use super::{Outcome, Phase, RestartResult, StopReason};
 use crate::error::Error;
 use crate::notify::monotonic_usec;
 use crate::process::{ChildProcess, Executable, NextProcess};
@@ -105,14 +108,15 @@ impl Drop for IdleLimit {
 pub(super) struct Driver {
     shared: Arc<Shared>,
     requests: mpsc::UnboundedReceiver<Request>,
-    state: State,
+    machine: Machine,
     timeouts: Timeouts,
     /// The next generation while it starts.
     pending: Option<Child>,
     /// The generation that took over, until it exits (so it is reaped, not left a zombie).
     successor: Option<Child>,
-    /// Who asked for the restart under way and waits for its result.
-    waiting: Vec<oneshot::Sender<RestartResult>>,
+    /// Who waits for a restart's result, by the id the machine answers.
+    replies: HashMap<ReplyId, oneshot::Sender<RestartResult>>,
+    next_reply: ReplyId,
     /// The next generation's process started ahead, when the generation keeps one.
     standby: Option<Standby>,
 }
@@ -123,14 +127,20 @@ impl Driver {
             ready: shared.config.ready_timeout,
             stop: shared.config.stop_timeout,
         };
+        let me = Me {
+            generation: shared.number,
+            pid: std::process::id(),
+        };
+        let machine = Machine::new(me, timeouts, shared.config.standby);
         Driver {
             shared,
             requests,
-            state: State::START,
+            machine,
             timeouts,
             pending: None,
             successor: None,
-            waiting: Vec::new(),
+            replies: HashMap::new(),
+            next_reply: 0,
             standby: None,
         }
     }
@@ -139,28 +149,22 @@ impl Driver {
         loop {
             let event = tokio::select! {
                 request = self.requests.recv() => match request {
-                    Some(Request::Restart { reply: Some(reply) }) => {
-                        self.waiting.push(reply);
-                        Event::RestartRequested
-                    }
-                    Some(Request::Ready) => {
-                        self.start_standby();
-                        continue;
-                    }
-                    Some(r) => match r.event() {
-                        Some(event) => event,
-                        None => continue,
+                    Some(Request::Restart { reply }) => Event::RestartRequested {
+                        reply: reply.map(|tx| {
+                            self.next_reply += 1;
+                            self.replies.insert(self.next_reply, tx);
+                            self.next_reply
+                        }),
                     },
+                    Some(Request::Ready) => Event::Ready,
+                    Some(Request::Stop { cause, sender }) => Event::StopRequested { cause, sender },
                     None => return,
                 },
-                why = standby_gone(self.standby.as_mut(), &self.shared.standby) => {
-                    if let Some(standby) = self.standby.take() {
-                        self.let_go(standby, why);
-                    }
-                    continue;
+                (pid, why) = standby_gone(self.standby.as_mut(), &self.shared.standby) => {
+                    Event::StandbyGone { pid, why: why.to_owned() }
                 }
-                event = pending_event(self.state, self.pending.as_mut()) => event,
-                event = drain_event(&self.shared, self.state) => event,
+                event = pending_event(self.machine.state, self.pending.as_mut()) => event,
+                event = drain_event(&self.shared, self.machine.state) => event,
                 event = successor_event(self.successor.as_mut()) => {
                     // Reaped: nothing more to watch.
                     self.successor = None;
@@ -176,9 +180,8 @@ impl Driver {
     async fn handle(&mut self, event: Event) {
         let mut events = vec![event];
         while let Some(event) = events.pop() {
-            tracing::trace!(?event, state = ?self.state, "event");
-            let (state, actions) = transition(self.state, event, Instant::now(), &self.timeouts);
-            self.state = state;
+            tracing::trace!(?event, state = ?self.machine.state, "event");
+            let actions = self.machine.handle(event, Instant::now());
             for action in actions {
                 if let Some(next) = self.perform(action).await {
                     events.push(next);
@@ -197,7 +200,7 @@ impl Driver {
                 format!("STATUS=Restarting: starting generation {next}"),
             ]),
             Action::Spawn => {
-                return Some(match self.spawn_next().await {
+                return Some(match self.spawn_fresh() {
                     Ok(child) => {
                         let pid = child.process.pid();
                         self.pending = Some(child);
@@ -206,27 +209,36 @@ impl Driver {
                     Err(e) => Event::SpawnFailed { error: e.to_string() },
                 });
             }
-            Action::RestartStarted { pid, timeout } => tracing::info!(
-                "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
-                timeout.as_secs_f64()
-            ),
+            Action::WakeStandby { pid } => {
+                return Some(match self.wake().await {
+                    Ok(child) => {
+                        self.pending = Some(child);
+                        Event::StandbyWoken { pid }
+                    }
+                    Err(why) => Event::StandbyUnusable { pid, why },
+                });
+            }
+            Action::StartStandby => return Some(self.start_standby()),
+            Action::LetGoStandby { pid, why } => {
+                if let Some(standby) = self.standby.take_if(|s| s.child.process.pid() == pid) {
+                    self.let_go(standby, &why);
+                }
+            }
+            Action::RestartStarted { pid, timeout, woken } => {
+                if !woken {
+                    tracing::info!(
+                        "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
+                        timeout.as_secs_f64()
+                    );
+                }
+            }
             Action::SpawnFailed { error } => {
                 tracing::error!("generation {number}: restart failed, still serving: {error}");
-                self.start_standby();
-                self.still_serving(&error);
-                self.answer(Err(RestartError::Failed {
-                    generation: number,
-                    pid: std::process::id(),
-                    reason: error,
-                }));
             }
+            Action::StillServing { why } => self.still_serving(&why),
             Action::AbandonChild { pid, failure } => {
-                let stopping = matches!(failure, ChildFailure::Stopping { .. });
-                self.abandon(pid, failure).await;
-                // Still serving: ready for the next try.
-                if !stopping {
-                    self.start_standby();
-                }
+                let why = self.abandon(pid, failure).await;
+                return Some(Event::Abandoned { pid, why });
             }
             Action::HandOver { successor } => {
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
@@ -245,16 +257,12 @@ impl Driver {
                     c
                 });
             }
-            Action::RestartSucceeded { successor } => self.answer(Ok(Successor {
-                pid: successor,
-                generation: next,
-            })),
-            Action::BeginDrain { reason, deadline } => {
-                if let Some(standby) = self.standby.take() {
-                    self.let_go(standby, "this generation is draining");
+            Action::Reply { to, result } => {
+                if let Some(reply) = self.replies.remove(&to) {
+                    let _ = reply.send(result);
                 }
-                self.begin_drain(reason, deadline)
             }
+            Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
             Action::Finish { reason, forced } => {
                 let unfinished = self.shared.connections.receiver_count();
                 let how = if forced {
@@ -271,7 +279,6 @@ impl Driver {
                     forced,
                     unfinished,
                 }));
-                self.answer(Err(self.stopping()));
             }
             Action::LateStop { cause } => {
                 tracing::warn!(
@@ -279,44 +286,13 @@ impl Driver {
                 );
                 signals::default_action(cause);
             }
-            Action::Note(note) => {
-                if note == Note::RestartWhileStopping {
-                    self.answer(Err(self.stopping()));
-                }
-                log_note(number, note, self.shared.connections.receiver_count());
-            }
+            Action::Note(note) => log_note(number, note, self.shared.connections.receiver_count()),
         }
         None
     }
 
-    /// Gives everyone waiting for the restart under way its result.
-    fn answer(&mut self, result: RestartResult) {
-        for reply in self.waiting.drain(..) {
-            let _ = reply.send(result.clone());
-        }
-    }
-
-    fn stopping(&self) -> RestartError {
-        RestartError::Stopping {
-            generation: self.shared.number,
-            pid: std::process::id(),
-        }
-    }
-
-    /// The next generation: the standby woken, when there is one still good for this restart
-    /// and it acknowledges the wake in time; otherwise (it is let go) a process started now,
-    /// for the same restart.
-    async fn spawn_next(&mut self) -> Result<Child, Error> {
-        if self.standby.is_some() {
-            match self.wake().await {
-                Ok(child) => return Ok(child),
-                Err(why) => {
-                    if let Some(standby) = self.standby.take() {
-                        self.let_go(standby, &why);
-                    }
-                }
-            }
-        }
+    /// The next generation, started now (at idle CPU priority where it may return).
+    fn spawn_fresh(&mut self) -> Result<Child, Error> {
         let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
         let (child, locked, _) = self.start_process(idle, false)?;
         self.hand_state(child.out.clone(), locked, child.process.pid());
@@ -330,15 +306,8 @@ impl Driver {
         Ok(Child { idle_limit, ..child })
     }
 
-    /// Starts the standby, when the generation keeps one and has none (once it is ready, and
-    /// again after a failed restart). A failure is logged: restarts then start a process.
-    fn start_standby(&mut self) {
-        if !self.shared.config.standby
-            || self.standby.is_some()
-            || !matches!(self.state, State::Serving { pending: None })
-        {
-            return;
-        }
+    /// Starts the standby. A failure is logged: restarts then start a process.
+    fn start_standby(&mut self) -> Event {
         let number = self.shared.number;
         let program = Executable::current().ok().and_then(Executable::identity);
         let sockets = self.shared.registry().len();
@@ -347,6 +316,8 @@ impl Driver {
             Ok((child, _, channel)) => {
                 let pid = child.process.pid();
                 if let Some(channel) = channel {
+                    // From here the signal thread may wake it at a `SIGUSR2`: the wake the
+                    // machine asks for a restart in this state, done sooner.
                     *self.shared.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(StandbyWake {
                         pid,
                         idle,
@@ -368,10 +339,14 @@ impl Driver {
                     "generation {number}: started a standby for generation {} with pid {pid}",
                     number + 1
                 );
+                Event::StandbyStarted { pid }
             }
-            Err(e) => tracing::warn!(
-                "generation {number}: cannot start a standby ({e}); restarts will start a process"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    "generation {number}: cannot start a standby ({e}); restarts will start a process"
+                );
+                Event::StandbyStartFailed { error: e.to_string() }
+            }
         }
     }
 
@@ -381,9 +356,8 @@ impl Driver {
     /// starved) would otherwise hold the restart for the whole ready timeout. Otherwise says
     /// why not (it stays in `self.standby`, for the caller to let go).
     ///
-    /// The decision to let it go and start a fresh process is here, with the other standby
-    /// decisions (wake it or not, `standby_gone`), not in the state machine yet: to the machine
-    /// the restart is one `Spawn` either way.
+    /// What was found is the machine's to act on (`StandbyUnusable`: it lets it go and starts a
+    /// process for the same restart).
     async fn wake(&mut self) -> Result<Child, String> {
         let handle = self
             .shared
@@ -605,11 +579,12 @@ impl Driver {
         });
     }
 
-    /// Reaps a next generation that failed (killing it if it still runs) and says why.
-    async fn abandon(&mut self, pid: u32, failure: ChildFailure) {
+    /// Reaps a next generation that failed (killing it if it still runs) and says why, as
+    /// the restart's answer will.
+    async fn abandon(&mut self, pid: u32, failure: ChildFailure) -> String {
         let next = self.shared.number + 1;
         let Some(mut child) = self.pending.take() else {
-            return;
+            return format!("generation {next} (pid {pid}) is gone");
         };
         // Before it can be reaped.
         child.idle_limit = None;
@@ -639,24 +614,24 @@ impl Driver {
             (ChildFailure::NotReady { timeout }, _) => {
                 format!("not ready after {:.1} s", timeout.as_secs_f64())
             }
+            (ChildFailure::Unwanted, _) => {
+                tracing::info!(
+                    "generation {}: generation {next} (pid {pid}) started when no restart wanted it: killed it ({status:?})",
+                    self.shared.number
+                );
+                return format!("generation {next} (pid {pid}) was not wanted");
+            }
             (ChildFailure::Stopping { cause }, _) => {
                 tracing::warn!(
                     "generation {}: {cause} while generation {next} (pid {pid}) was starting: killed it ({status:?})",
                     self.shared.number
                 );
-                self.answer(Err(self.stopping()));
-                return;
+                return format!("generation {next} (pid {pid}) was killed: this generation is stopping");
             }
         };
         let killed_note = if killed { "; killed it" } else { "" };
         tracing::error!("restart failed: generation {next} (pid {pid}) {why}{killed_note}; still serving");
-        let reason = format!("generation {next} (pid {pid}) {why}");
-        self.still_serving(&reason);
-        self.answer(Err(RestartError::Failed {
-            generation: self.shared.number,
-            pid: std::process::id(),
-            reason,
-        }));
+        format!("generation {next} (pid {pid}) {why}")
     }
 
     /// A failed restart ends systemd's "reloading" state: this generation still serves.
@@ -723,6 +698,12 @@ fn log_note(number: u64, note: Note, connections: usize) {
         Note::RestartWhileStopping => {
             tracing::info!("generation {number}: restart requested while stopping: ignored")
         }
+        Note::HeldUntilReady => tracing::info!(
+            "generation {number}: restart requested before this generation is ready: it starts once ready"
+        ),
+        Note::Queued => tracing::info!(
+            "generation {number}: restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
+        ),
         Note::FromSuccessor { cause } => {
             tracing::debug!("ignoring {cause} from the generation that took over")
         }
@@ -742,11 +723,12 @@ fn log_note(number: u64, note: Note, connections: usize) {
 /// was woken (a program that does not wait as a standby: it would serve beside this
 /// generation). Once the signal thread has woken it, its words are for the restart: left
 /// unread.
-async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> &'static str {
+async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> (u32, &'static str) {
     const GONE: &str = "it exited before a restart took it";
     let Some(standby) = standby else {
         return std::future::pending().await;
     };
+    let pid = standby.child.process.pid();
     let woken = || {
         shared
             .lock()
@@ -778,10 +760,11 @@ async fn standby_gone(standby: Option<&mut Standby>, shared: &SharedStandby) -> 
             }
         }
     };
-    tokio::select! {
+    let why = tokio::select! {
         _ = exit.exited() => GONE,
         why = spoke => why,
-    }
+    };
+    (pid, why)
 }
 
 /// The next event about the starting generation: ready, gone, or too slow.

@@ -530,10 +530,10 @@ impl Generation {
                 .name("gracenet-pidfile".into())
                 .spawn(move || drop(file));
         }
-        if self.shared.config.standby {
-            // The driver starts it (off this path: the parent is waiting to stop accepting).
-            let _ = self.shared.requests.send(Request::Ready);
-        }
+        // The machine goes from starting to serving: restarts asked for meanwhile run now, and
+        // a standby is started (by the driver: off this path, the parent is waiting to stop
+        // accepting).
+        let _ = self.shared.requests.send(Request::Ready);
         if self.shared.config.announce {
             tracing::info!(
                 "generation {} serving {} with pid {pid}",
@@ -900,7 +900,6 @@ impl Generation {
     /// # }
     /// ```
     pub fn restart(&self) -> RestartRequest {
-        super::standby::wake_at_signal(&self.shared.standby, self.registry());
         let (tx, rx) = oneshot::channel();
         let _ = self.shared.requests.send(Request::Restart { reply: Some(tx) });
         RestartRequest {

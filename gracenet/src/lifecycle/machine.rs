@@ -1,10 +1,14 @@
-//! The restart lifecycle's decisions, with no I/O: a generation's [`State`], the [`Event`]s
-//! that reach it, and [`transition`], which says what the new state is and which [`Action`]s
-//! the driver must perform. Everything here is unit-tested without processes or sockets.
+//! The restart lifecycle's decisions, with no I/O: a generation's [`Machine`] (where it is,
+//! its standby, who waits for which restart), the [`Event`]s that reach it, and
+//! [`Machine::handle`], which says what changes and which [`Action`]s the driver must perform.
+//! Every decision is here (start, wake or let go the standby, hand over, give up on a child,
+//! reply to each restart request, stop); the driver, the signal thread and the API only turn
+//! I/O into events and actions into I/O. Everything here is tested without processes or
+//! sockets: event by event, and with random event sequences against invariants.
 
 use std::time::{Duration, Instant};
 
-use super::StopReason;
+use super::{RestartError, RestartResult, StopReason, Successor};
 
 /// The two timeouts the decisions depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +18,16 @@ pub(crate) struct Timeouts {
     /// How long a stopping generation may drain.
     pub stop: Duration,
 }
+
+/// Who this generation is: what its answers name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Me {
+    pub generation: u64,
+    pub pid: u32,
+}
+
+/// A restart request that waits for its result (`Generation::restart`, the control socket).
+pub(crate) type ReplyId = u64;
 
 /// What asked for a stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,18 +48,24 @@ impl std::fmt::Display for StopCause {
     }
 }
 
-/// The next generation while it starts: being spawned, or running and not yet ready.
+/// The next generation while it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pending {
+    /// `Action::WakeStandby` was issued; `StandbyWoken` or `StandbyUnusable` comes next.
+    Waking { pid: u32 },
     /// `Action::Spawn` was issued; `Spawned` or `SpawnFailed` comes next.
     Spawning,
-    /// Running with this pid; killed if not ready by `deadline`.
+    /// Running with this pid; given up on if not ready by `deadline`.
     Started { pid: u32, deadline: Instant },
+    /// Failed: `Action::AbandonChild` was issued; `Abandoned` (with why) comes next.
+    Abandoning { pid: u32 },
 }
 
 /// Where a generation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
+    /// Started, not yet ready (`Generation::ready`): restart requests wait for it.
+    Starting,
     /// Accepting; possibly starting the next generation.
     Serving { pending: Option<Pending> },
     /// Stopped (or stopping) accepting; in-flight work finishes by `deadline`.
@@ -63,16 +83,27 @@ pub(crate) enum State {
     Finished,
 }
 
-impl State {
-    /// A generation that has just started.
-    pub(crate) const START: State = State::Serving { pending: None };
+/// The next generation's process started ahead
+/// ([`GenerationBuilder::standby`](super::GenerationBuilder::standby)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standby {
+    /// The generation keeps none.
+    Off,
+    /// It keeps one and has none now.
+    None,
+    /// `Action::StartStandby` was issued; `StandbyStarted` or `StandbyStartFailed` next.
+    Starting,
+    /// Waiting to be woken.
+    Waiting { pid: u32 },
 }
 
 /// Something that happened to a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// `SIGUSR2` or `Generation::restart`.
-    RestartRequested,
+    /// `Generation::ready`: this generation serves.
+    Ready,
+    /// `SIGUSR2` (no reply) or `Generation::restart` and the control socket (a reply).
+    RestartRequested { reply: Option<ReplyId> },
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`; `sender` is the signalling pid when the
     /// kernel reports one.
     StopRequested { cause: StopCause, sender: Option<u32> },
@@ -80,12 +111,26 @@ pub(crate) enum Event {
     Spawned { pid: u32 },
     /// The next generation could not be started.
     SpawnFailed { error: String },
+    /// The standby took the wake: it is the next generation.
+    StandbyWoken { pid: u32 },
+    /// The standby is not what a process started now would be (the program file changed,
+    /// sockets were added), or did not take the wake in time: `why`.
+    StandbyUnusable { pid: u32, why: String },
+    /// A standby was started with this pid.
+    StandbyStarted { pid: u32 },
+    /// A standby could not be started.
+    StandbyStartFailed { error: String },
+    /// The standby exited, or its channel closed, while it waited.
+    StandbyGone { pid: u32, why: String },
     /// The next generation wrote its readiness byte.
     ChildReady,
     /// The next generation closed its readiness pipe, or exited, before it was ready.
     ChildGone,
     /// The ready timeout passed.
     ReadyTimeout,
+    /// The failed next generation is reaped; `why` it failed, as the driver saw it (its exit
+    /// status, or what it refused).
+    Abandoned { pid: u32, why: String },
     /// Every listener of this generation has been dropped.
     StoppedAccepting,
     /// Every tracked connection has ended.
@@ -105,6 +150,8 @@ pub(crate) enum ChildFailure {
     NotReady { timeout: Duration },
     /// A stop arrived while it was starting.
     Stopping { cause: StopCause },
+    /// It was started (or woken) when no restart wanted it any more.
+    Unwanted,
 }
 
 /// Something the driver must do, in order.
@@ -114,22 +161,34 @@ pub(crate) enum Action {
     NotifyReloading,
     /// Start the next generation; feed back `Spawned` or `SpawnFailed`.
     Spawn,
+    /// Wake the standby as the next generation (the signal thread may already have, at the
+    /// `SIGUSR2`); feed back `StandbyWoken` or `StandbyUnusable`.
+    WakeStandby { pid: u32 },
+    /// Start a standby; feed back `StandbyStarted` or `StandbyStartFailed`.
+    StartStandby,
+    /// Kill the standby (with what it started) and reap it.
+    LetGoStandby { pid: u32, why: String },
     /// A restart is under way: log it.
-    RestartStarted { pid: u32, timeout: Duration },
+    RestartStarted {
+        pid: u32,
+        timeout: Duration,
+        woken: bool,
+    },
     /// The next generation failed: reap it (killing it, with its process group, if it still
-    /// runs), report the failure, and tell systemd this generation still serves.
+    /// runs); feed back `Abandoned` with why.
     AbandonChild { pid: u32, failure: ChildFailure },
-    /// The restart failed before a process existed.
+    /// The restart failed before a process existed: say why.
     SpawnFailed { error: String },
+    /// Tell systemd this generation still serves after a failed restart (`why`).
+    StillServing { why: String },
     /// The next generation is ready and takes over: keep it as the successor (its channel
     /// takes the live connections handed at the drain).
     HandOver { successor: u32 },
-    /// Answer the restart requests under way: the successor serves. After `BeginDrain`, so
-    /// that whoever hears the answer and asks again (a deploy script's next reload) reaches
-    /// the successor, never this generation's listeners.
-    RestartSucceeded { successor: u32 },
     /// Stop accepting, close this process's copies of the sockets, start the drain clock.
     BeginDrain { reason: StopReason, deadline: Instant },
+    /// Answer one restart request. A success is answered after `BeginDrain`, so that whoever
+    /// hears it and asks again reaches the successor, never this generation's listeners.
+    Reply { to: ReplyId, result: RestartResult },
     /// Report how the generation ended.
     Finish { reason: StopReason, forced: bool },
     /// A stop arrived after the drain ended: the application is still running after
@@ -142,9 +201,13 @@ pub(crate) enum Action {
 /// Events that change nothing but are worth telling the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Note {
-    /// A restart was asked for while one is under way.
+    /// A signal asked for a restart while one is under way: it is that one.
     Coalesced { pending: Option<u32> },
-    /// A restart was asked for while stopping.
+    /// A restart was asked for before this generation was ready: it starts once ready.
+    HeldUntilReady,
+    /// A restart request (with a reply) came while one was under way: it is run after it.
+    Queued,
+    /// A signal asked for a restart while stopping.
     RestartWhileStopping,
     /// The successor signalled us (systemd signals every process of a service): ignored.
     FromSuccessor { cause: StopCause },
@@ -156,225 +219,440 @@ pub(crate) enum Note {
     SuccessorExited { pid: u32, status: String },
 }
 
-/// The lifecycle's one decision function: given where a generation is and what happened,
-/// where it is now and what to do.
-pub(crate) fn transition(state: State, event: Event, now: Instant, t: &Timeouts) -> (State, Vec<Action>) {
-    use Action as A;
-    use Event as E;
-    match (state, event) {
-        // ---- Serving: maybe with a next generation starting.
-        (State::Serving { pending: None }, E::RestartRequested) => (
-            State::Serving {
-                pending: Some(Pending::Spawning),
+/// A generation's decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Machine {
+    pub state: State,
+    pub standby: Standby,
+    me: Me,
+    timeouts: Timeouts,
+    /// The requests the restart under way answers.
+    waiting: Vec<ReplyId>,
+    /// Requests that came while a restart was under way, or before this generation was ready:
+    /// the next restart's. (A signal has no reply: `held_signal`.)
+    queued: Vec<ReplyId>,
+    /// A `SIGUSR2` came before this generation was ready.
+    held_signal: bool,
+}
+
+impl Machine {
+    /// A generation that has just started (not yet ready).
+    pub(crate) fn new(me: Me, timeouts: Timeouts, keeps_standby: bool) -> Machine {
+        Machine {
+            state: State::Starting,
+            standby: if keeps_standby {
+                Standby::None
+            } else {
+                Standby::Off
             },
-            vec![A::NotifyReloading, A::Spawn],
-        ),
-        (State::Serving { pending: Some(p) }, E::RestartRequested) => {
-            let pid = match p {
-                Pending::Started { pid, .. } => Some(pid),
-                Pending::Spawning => None,
-            };
-            (state, vec![A::Note(Note::Coalesced { pending: pid })])
+            me,
+            timeouts,
+            waiting: Vec::new(),
+            queued: Vec::new(),
+            held_signal: false,
         }
-        (
-            State::Serving {
-                pending: Some(Pending::Spawning),
-            },
-            E::Spawned { pid },
-        ) => (
-            State::Serving {
-                pending: Some(Pending::Started {
+    }
+
+    /// Processes `event` at `now`: the new state is in `self`, what to do is returned, in
+    /// order.
+    pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.step(event, now, &mut actions);
+        actions
+    }
+
+    fn step(&mut self, event: Event, now: Instant, actions: &mut Vec<Action>) {
+        use Event as E;
+        match event {
+            E::Ready => {
+                if self.state == State::Starting {
+                    self.state = State::Serving { pending: None };
+                    if self.held_signal || !self.queued.is_empty() {
+                        self.held_signal = false;
+                        let queued = std::mem::take(&mut self.queued);
+                        self.begin_restart(queued, actions);
+                    } else {
+                        self.start_standby(actions);
+                    }
+                }
+            }
+            E::RestartRequested { reply } => self.restart_requested(reply, actions),
+            E::StopRequested { cause, sender } => self.stop_requested(cause, sender, now, actions),
+            E::Spawned { pid } | E::StandbyWoken { pid }
+                if !matches!(
+                    (self.pending(), &event),
+                    (Some(Pending::Spawning), E::Spawned { .. })
+                ) && self.pending() != Some(Pending::Waking { pid }) =>
+            {
+                // Nothing waits for it (a stop came first): it goes.
+                actions.push(Action::AbandonChild {
                     pid,
-                    deadline: now + t.ready,
+                    failure: ChildFailure::Unwanted,
+                });
+            }
+            E::Spawned { pid } => {
+                if self.pending() == Some(Pending::Spawning) {
+                    self.set_pending(Pending::Started {
+                        pid,
+                        deadline: now + self.timeouts.ready,
+                    });
+                    actions.push(Action::RestartStarted {
+                        pid,
+                        timeout: self.timeouts.ready,
+                        woken: false,
+                    });
+                }
+            }
+            E::SpawnFailed { error } => {
+                if self.pending() == Some(Pending::Spawning) {
+                    actions.push(Action::SpawnFailed { error: error.clone() });
+                    self.restart_failed(error, actions);
+                }
+            }
+            E::StandbyWoken { pid } => {
+                if self.pending() == Some(Pending::Waking { pid }) {
+                    self.set_pending(Pending::Started {
+                        pid,
+                        deadline: now + self.timeouts.ready,
+                    });
+                    actions.push(Action::RestartStarted {
+                        pid,
+                        timeout: self.timeouts.ready,
+                        woken: true,
+                    });
+                }
+            }
+            E::StandbyUnusable { pid, why } => {
+                // It goes whatever the state.
+                actions.push(Action::LetGoStandby { pid, why });
+                if self.pending() == Some(Pending::Waking { pid }) {
+                    // The same restart goes on with a process started now.
+                    self.set_pending(Pending::Spawning);
+                    actions.push(Action::Spawn);
+                }
+            }
+            E::StandbyStarted { pid } if self.standby != Standby::Starting => {
+                actions.push(Action::LetGoStandby {
+                    pid,
+                    why: "started when none was wanted".into(),
+                });
+            }
+            E::StandbyStarted { pid } => {
+                if self.state == (State::Serving { pending: None }) {
+                    self.standby = Standby::Waiting { pid };
+                } else {
+                    self.standby = Standby::None;
+                    actions.push(Action::LetGoStandby {
+                        pid,
+                        why: "started as this generation stopped serving".into(),
+                    });
+                }
+            }
+            E::StandbyStartFailed { .. } => {
+                if self.standby == Standby::Starting {
+                    // Restarts start a process instead; a new standby is tried after the next
+                    // failed restart.
+                    self.standby = Standby::None;
+                }
+            }
+            E::StandbyGone { pid, why } => match (self.standby, self.pending()) {
+                (Standby::Waiting { pid: p }, _) if p == pid => {
+                    // Not started again here: a standby that dies at once (a broken deploy)
+                    // would loop. The next restart starts a process.
+                    self.standby = Standby::None;
+                    actions.push(Action::LetGoStandby { pid, why });
+                }
+                (_, Some(Pending::Waking { pid: p })) if p == pid => {
+                    self.step(E::StandbyUnusable { pid, why }, now, actions);
+                }
+                _ => {}
+            },
+            E::ChildReady => {
+                if let Some(Pending::Started { pid, .. }) = self.pending() {
+                    self.hand_over(pid, now, actions);
+                }
+            }
+            E::ChildGone | E::ReadyTimeout => {
+                if let Some(Pending::Started { pid, .. }) = self.pending() {
+                    let failure = if event == E::ChildGone {
+                        ChildFailure::Gone
+                    } else {
+                        ChildFailure::NotReady {
+                            timeout: self.timeouts.ready,
+                        }
+                    };
+                    self.set_pending(Pending::Abandoning { pid });
+                    actions.push(Action::AbandonChild { pid, failure });
+                }
+            }
+            E::Abandoned { pid, why } => {
+                if self.pending() == Some(Pending::Abandoning { pid }) {
+                    self.restart_failed(why, actions);
+                }
+            }
+            E::StoppedAccepting => {
+                if let State::Draining {
+                    accepting: accepting @ true,
+                    ..
+                } = &mut self.state
+                {
+                    *accepting = false;
+                    actions.push(Action::Note(Note::StoppedAccepting));
+                }
+            }
+            E::Drained | E::DrainDeadline => {
+                if let State::Draining { reason, .. } = self.state {
+                    self.state = State::Finished;
+                    actions.push(Action::Finish {
+                        reason,
+                        forced: event == E::DrainDeadline,
+                    });
+                }
+            }
+            E::SuccessorExited { pid, status } => {
+                if let State::Draining {
+                    successor: successor @ Some(_),
+                    ..
+                } = &mut self.state
+                    && *successor == Some(pid)
+                {
+                    *successor = None;
+                    actions.push(Action::Note(Note::SuccessorExited { pid, status }));
+                }
+            }
+        }
+    }
+
+    fn pending(&self) -> Option<Pending> {
+        match self.state {
+            State::Serving { pending } => pending,
+            _ => None,
+        }
+    }
+
+    fn set_pending(&mut self, p: Pending) {
+        self.state = State::Serving { pending: Some(p) };
+    }
+
+    fn restart_requested(&mut self, reply: Option<ReplyId>, actions: &mut Vec<Action>) {
+        match self.state {
+            State::Starting => {
+                match reply {
+                    Some(r) => self.queued.push(r),
+                    None => self.held_signal = true,
+                }
+                actions.push(Action::Note(Note::HeldUntilReady));
+            }
+            State::Serving { pending: None } => self.begin_restart(reply.into_iter().collect(), actions),
+            State::Serving { pending: Some(p) } => match reply {
+                // A request after the restart under way began (a deploy script's, after it
+                // replaced the program): its own restart, after this one.
+                Some(r) => {
+                    self.queued.push(r);
+                    actions.push(Action::Note(Note::Queued));
+                }
+                None => {
+                    let pid = match p {
+                        Pending::Started { pid, .. }
+                        | Pending::Waking { pid }
+                        | Pending::Abandoning { pid } => Some(pid),
+                        Pending::Spawning => None,
+                    };
+                    actions.push(Action::Note(Note::Coalesced { pending: pid }));
+                }
+            },
+            State::Draining { .. } | State::Finished => match reply {
+                Some(to) => actions.push(Action::Reply {
+                    to,
+                    result: Err(self.not_here()),
                 }),
+                None => actions.push(Action::Note(Note::RestartWhileStopping)),
             },
-            vec![A::RestartStarted {
+        }
+    }
+
+    /// Why a generation that is draining or done does not restart: it handed over (ask the
+    /// successor), or it is stopping.
+    fn not_here(&self) -> RestartError {
+        match self.state {
+            State::Draining {
+                reason: StopReason::Restarted { successor },
+                ..
+            } => RestartError::HandedOver {
+                generation: self.me.generation,
+                pid: self.me.pid,
+                successor,
+            },
+            _ => RestartError::Stopping {
+                generation: self.me.generation,
+                pid: self.me.pid,
+            },
+        }
+    }
+
+    /// Starts a restart for `waiting`: the standby woken when there is one, else a process.
+    fn begin_restart(&mut self, waiting: Vec<ReplyId>, actions: &mut Vec<Action>) {
+        self.waiting = waiting;
+        actions.push(Action::NotifyReloading);
+        match self.standby {
+            Standby::Waiting { pid } => {
+                self.standby = Standby::None;
+                self.set_pending(Pending::Waking { pid });
+                actions.push(Action::WakeStandby { pid });
+            }
+            _ => {
+                self.set_pending(Pending::Spawning);
+                actions.push(Action::Spawn);
+            }
+        }
+    }
+
+    fn start_standby(&mut self, actions: &mut Vec<Action>) {
+        if self.standby == Standby::None && self.state == (State::Serving { pending: None }) {
+            self.standby = Standby::Starting;
+            actions.push(Action::StartStandby);
+        }
+    }
+
+    /// The restart under way failed (`why`): its requests are answered; the requests queued
+    /// behind it get a restart of their own; otherwise a standby is started again.
+    fn restart_failed(&mut self, why: String, actions: &mut Vec<Action>) {
+        self.state = State::Serving { pending: None };
+        actions.push(Action::StillServing { why: why.clone() });
+        let result = Err(RestartError::Failed {
+            generation: self.me.generation,
+            pid: self.me.pid,
+            reason: why,
+        });
+        for to in std::mem::take(&mut self.waiting) {
+            actions.push(Action::Reply {
+                to,
+                result: result.clone(),
+            });
+        }
+        if self.queued.is_empty() {
+            self.start_standby(actions);
+        } else {
+            let queued = std::mem::take(&mut self.queued);
+            self.begin_restart(queued, actions);
+        }
+    }
+
+    fn hand_over(&mut self, successor: u32, now: Instant, actions: &mut Vec<Action>) {
+        let reason = StopReason::Restarted { successor };
+        let deadline = now + self.timeouts.stop;
+        self.state = State::Draining {
+            reason,
+            deadline,
+            accepting: true,
+            stop_asked: false,
+            successor: Some(successor),
+        };
+        actions.push(Action::HandOver { successor });
+        self.begin_drain(reason, deadline, actions);
+        let ok = Ok(Successor {
+            pid: successor,
+            generation: self.me.generation + 1,
+        });
+        for to in std::mem::take(&mut self.waiting) {
+            actions.push(Action::Reply {
+                to,
+                result: ok.clone(),
+            });
+        }
+        // Asked after this restart began: theirs is the successor's to run.
+        let handed = Err(self.not_here());
+        for to in std::mem::take(&mut self.queued) {
+            actions.push(Action::Reply {
+                to,
+                result: handed.clone(),
+            });
+        }
+    }
+
+    fn begin_drain(&mut self, reason: StopReason, deadline: Instant, actions: &mut Vec<Action>) {
+        if let Standby::Waiting { pid } = self.standby {
+            actions.push(Action::LetGoStandby {
                 pid,
-                timeout: t.ready,
-            }],
-        ),
-        (
-            State::Serving {
-                pending: Some(Pending::Spawning),
-            },
-            E::SpawnFailed { error },
-        ) => (State::START, vec![A::SpawnFailed { error }]),
-        (
-            State::Serving {
-                pending: Some(Pending::Started { pid, .. }),
-            },
-            E::ChildReady,
-        ) => hand_over(pid, now, t),
-        (
-            State::Serving {
-                pending: Some(Pending::Started { pid, .. }),
-            },
-            E::ChildGone,
-        ) => (
-            State::START,
-            vec![A::AbandonChild {
-                pid,
-                failure: ChildFailure::Gone,
-            }],
-        ),
-        (
-            State::Serving {
-                pending: Some(Pending::Started { pid, .. }),
-            },
-            E::ReadyTimeout,
-        ) => (
-            State::START,
-            vec![A::AbandonChild {
-                pid,
-                failure: ChildFailure::NotReady { timeout: t.ready },
-            }],
-        ),
-        (State::Serving { pending }, E::StopRequested { cause, sender }) => match pending {
-            // Go grace's child says "ready" with SIGTERM to its parent.
-            Some(Pending::Started { pid, .. }) if sender == Some(pid) => hand_over(pid, now, t),
-            Some(Pending::Started { pid, .. }) => {
-                let (state, mut actions) = stop(now, t);
-                actions.insert(
-                    0,
-                    A::AbandonChild {
+                why: "this generation is draining".into(),
+            });
+        }
+        if self.standby != Standby::Off {
+            self.standby = Standby::None;
+        }
+        actions.push(Action::BeginDrain { reason, deadline });
+    }
+
+    fn stop_requested(
+        &mut self,
+        cause: StopCause,
+        sender: Option<u32>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        match self.state {
+            State::Starting | State::Serving { .. } => {
+                match self.pending() {
+                    // Go grace's child says "ready" with SIGTERM to its parent.
+                    Some(Pending::Started { pid, .. }) if sender == Some(pid) => {
+                        return self.hand_over(pid, now, actions);
+                    }
+                    Some(Pending::Started { pid, .. }) => actions.push(Action::AbandonChild {
                         pid,
                         failure: ChildFailure::Stopping { cause },
-                    },
-                );
-                (state, actions)
+                    }),
+                    // A wake or a spawn under way: what it reports is not wanted any more
+                    // (`Unwanted`, below).
+                    _ => {}
+                }
+                let reason = StopReason::Shutdown;
+                let deadline = now + self.timeouts.stop;
+                self.state = State::Draining {
+                    reason,
+                    deadline,
+                    accepting: true,
+                    // A drain that a stop began has had its first stop request.
+                    stop_asked: true,
+                    successor: None,
+                };
+                self.begin_drain(reason, deadline, actions);
+                self.held_signal = false;
+                let stopping = Err(self.not_here());
+                let mut all = std::mem::take(&mut self.waiting);
+                all.append(&mut self.queued);
+                for to in all {
+                    actions.push(Action::Reply {
+                        to,
+                        result: stopping.clone(),
+                    });
+                }
             }
-            _ => stop(now, t),
-        },
-
-        // ---- Draining.
-        (State::Draining { .. }, E::RestartRequested) => (state, vec![A::Note(Note::RestartWhileStopping)]),
-        (
             State::Draining {
                 successor: Some(s), ..
-            },
-            E::StopRequested {
-                cause,
-                sender: Some(from),
-            },
-        ) if from == s => (state, vec![A::Note(Note::FromSuccessor { cause })]),
-        (
+            } if sender == Some(s) => actions.push(Action::Note(Note::FromSuccessor { cause })),
             State::Draining {
                 reason,
                 deadline,
                 accepting,
                 stop_asked: false,
                 successor,
-            },
-            E::StopRequested { cause, .. },
-        ) => (
-            State::Draining {
-                reason,
-                deadline,
-                accepting,
-                stop_asked: true,
-                successor,
-            },
-            vec![A::Note(Note::KeepDraining { cause })],
-        ),
-        (
-            State::Draining {
-                reason,
-                stop_asked: true,
-                ..
-            },
-            E::StopRequested { .. },
-        ) => (State::Finished, vec![A::Finish { reason, forced: true }]),
-        (
-            State::Draining {
-                reason,
-                deadline,
-                stop_asked,
-                successor,
-                accepting: true,
-            },
-            E::StoppedAccepting,
-        ) => (
-            State::Draining {
-                reason,
-                deadline,
-                accepting: false,
-                stop_asked,
-                successor,
-            },
-            vec![A::Note(Note::StoppedAccepting)],
-        ),
-        (State::Draining { reason, .. }, E::Drained) => (
-            State::Finished,
-            vec![A::Finish {
-                reason,
-                forced: false,
-            }],
-        ),
-        (State::Draining { reason, .. }, E::DrainDeadline) => {
-            (State::Finished, vec![A::Finish { reason, forced: true }])
+            } => {
+                self.state = State::Draining {
+                    reason,
+                    deadline,
+                    accepting,
+                    stop_asked: true,
+                    successor,
+                };
+                actions.push(Action::Note(Note::KeepDraining { cause }));
+            }
+            State::Draining { reason, .. } => {
+                self.state = State::Finished;
+                actions.push(Action::Finish { reason, forced: true });
+            }
+            State::Finished => actions.push(Action::LateStop { cause }),
         }
-        (
-            State::Draining {
-                reason,
-                deadline,
-                accepting,
-                stop_asked,
-                successor: Some(s),
-            },
-            E::SuccessorExited { pid, status },
-        ) if pid == s => (
-            State::Draining {
-                reason,
-                deadline,
-                accepting,
-                stop_asked,
-                successor: None,
-            },
-            vec![A::Note(Note::SuccessorExited { pid, status })],
-        ),
-
-        // ---- Finished: only a stop matters (the application outlived its drain).
-        (State::Finished, E::StopRequested { cause, .. }) => (State::Finished, vec![A::LateStop { cause }]),
-
-        // Anything else cannot change anything: a stale event from a child already given up
-        // on, a timer that fired after its state ended.
-        (state, _) => (state, Vec::new()),
     }
-}
-
-fn hand_over(successor: u32, now: Instant, t: &Timeouts) -> (State, Vec<Action>) {
-    let reason = StopReason::Restarted { successor };
-    let deadline = now + t.stop;
-    (
-        State::Draining {
-            reason,
-            deadline,
-            accepting: true,
-            stop_asked: false,
-            successor: Some(successor),
-        },
-        vec![
-            Action::HandOver { successor },
-            Action::BeginDrain { reason, deadline },
-            Action::RestartSucceeded { successor },
-        ],
-    )
-}
-
-fn stop(now: Instant, t: &Timeouts) -> (State, Vec<Action>) {
-    let reason = StopReason::Shutdown;
-    let deadline = now + t.stop;
-    (
-        State::Draining {
-            reason,
-            deadline,
-            accepting: true,
-            // A drain that a stop began has had its first stop request.
-            stop_asked: true,
-            successor: None,
-        },
-        vec![Action::BeginDrain { reason, deadline }],
-    )
 }
 
 #[cfg(test)]
@@ -385,16 +663,23 @@ mod tests {
         ready: Duration::from_secs(30),
         stop: Duration::from_secs(60),
     };
+    const ME: Me = Me {
+        generation: 1,
+        pid: 100,
+    };
 
-    /// Runs `events` from `state`, returning the final state and every action in order.
-    fn run(mut state: State, events: Vec<Event>, now: Instant) -> (State, Vec<Action>) {
-        let mut all = Vec::new();
-        for e in events {
-            let (s, a) = transition(state, e, now, &T);
-            state = s;
-            all.extend(a);
+    /// A ready generation, keeping a standby or not (none started yet).
+    fn serving(standby: bool) -> Machine {
+        let mut m = Machine::new(ME, T, standby);
+        m.handle(Event::Ready, Instant::now());
+        if standby {
+            assert_eq!(m.standby, Standby::Starting);
         }
-        (state, all)
+        m
+    }
+
+    fn restart(reply: Option<ReplyId>) -> Event {
+        Event::RestartRequested { reply }
     }
 
     fn term(sender: Option<u32>) -> Event {
@@ -404,24 +689,38 @@ mod tests {
         }
     }
 
-    /// A generation whose restart to `pid` is under way.
-    fn restarting(pid: u32, now: Instant) -> State {
-        run(
-            State::START,
-            vec![Event::RestartRequested, Event::Spawned { pid }],
-            now,
-        )
-        .0
+    fn run(m: &mut Machine, events: Vec<Event>, now: Instant) -> Vec<Action> {
+        events.into_iter().flat_map(|e| m.handle(e, now)).collect()
+    }
+
+    /// A generation whose restart to `pid` is under way, for request 1.
+    fn restarting(pid: u32, now: Instant) -> Machine {
+        let mut m = serving(false);
+        run(&mut m, vec![restart(Some(1)), Event::Spawned { pid }], now);
+        m
+    }
+
+    fn replies(actions: &[Action]) -> Vec<(ReplyId, RestartResult)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reply { to, result } => Some((*to, result.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
     fn restart_spawns_then_waits_with_the_ready_deadline() {
         let now = Instant::now();
-        let (s, a) = transition(State::START, Event::RestartRequested, now, &T);
-        assert_eq!(a, vec![Action::NotifyReloading, Action::Spawn]);
-        let (s, a) = transition(s, Event::Spawned { pid: 7 }, now, &T);
+        let mut m = serving(false);
         assert_eq!(
-            s,
+            m.handle(restart(None), now),
+            vec![Action::NotifyReloading, Action::Spawn]
+        );
+        let a = m.handle(Event::Spawned { pid: 7 }, now);
+        assert_eq!(
+            m.state,
             State::Serving {
                 pending: Some(Pending::Started {
                     pid: 7,
@@ -433,37 +732,103 @@ mod tests {
             a,
             vec![Action::RestartStarted {
                 pid: 7,
-                timeout: T.ready
+                timeout: T.ready,
+                woken: false
             }]
         );
     }
 
     #[test]
-    fn restart_requests_during_a_restart_are_coalesced() {
+    fn a_restart_asked_before_ready_waits_for_it() {
         let now = Instant::now();
-        let (s, a) = transition(
-            State::Serving {
-                pending: Some(Pending::Spawning),
-            },
-            Event::RestartRequested,
-            now,
-            &T,
-        );
-        assert_eq!(a, vec![Action::Note(Note::Coalesced { pending: None })]);
+        let mut m = Machine::new(ME, T, false);
         assert_eq!(
-            s,
-            State::Serving {
-                pending: Some(Pending::Spawning)
-            }
+            m.handle(restart(Some(1)), now),
+            vec![Action::Note(Note::HeldUntilReady)]
         );
-        let (_, a) = run(restarting(7, now), vec![Event::RestartRequested; 3], now);
-        assert_eq!(a, vec![Action::Note(Note::Coalesced { pending: Some(7) }); 3]);
+        assert_eq!(
+            m.handle(restart(None), now),
+            vec![Action::Note(Note::HeldUntilReady)]
+        );
+        assert_eq!(m.state, State::Starting);
+        assert_eq!(
+            m.handle(Event::Ready, now),
+            vec![Action::NotifyReloading, Action::Spawn]
+        );
+        m.handle(Event::Spawned { pid: 7 }, now);
+        let a = m.handle(Event::ChildReady, now);
+        assert_eq!(replies(&a).len(), 1, "the held request is the restart's");
     }
 
     #[test]
-    fn ready_child_takes_over_and_the_drain_starts() {
+    fn signals_during_a_restart_are_coalesced_requests_with_a_reply_are_queued() {
         let now = Instant::now();
-        let (s, a) = transition(restarting(7, now), Event::ChildReady, now, &T);
+        let mut m = restarting(7, now);
+        let a = run(&mut m, vec![restart(None); 3], now);
+        assert_eq!(a, vec![Action::Note(Note::Coalesced { pending: Some(7) }); 3]);
+        assert_eq!(m.handle(restart(Some(2)), now), vec![Action::Note(Note::Queued)]);
+        // The restart succeeds: request 1 gets the successor, request 2 (asked after it
+        // began) is sent to the successor.
+        let a = m.handle(Event::ChildReady, now);
+        assert_eq!(
+            replies(&a),
+            vec![
+                (
+                    1,
+                    Ok(Successor {
+                        pid: 7,
+                        generation: 2
+                    })
+                ),
+                (
+                    2,
+                    Err(RestartError::HandedOver {
+                        generation: 1,
+                        pid: 100,
+                        successor: 7
+                    })
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_queued_behind_a_failed_restart_gets_its_own() {
+        let now = Instant::now();
+        let mut m = restarting(7, now);
+        m.handle(restart(Some(2)), now);
+        m.handle(Event::ChildGone, now);
+        let a = m.handle(
+            Event::Abandoned {
+                pid: 7,
+                why: "gone".into(),
+            },
+            now,
+        );
+        assert!(matches!(
+            &replies(&a)[..],
+            [(1, Err(RestartError::Failed { .. }))]
+        ));
+        assert!(a.ends_with(&[Action::NotifyReloading, Action::Spawn]), "{a:?}");
+        m.handle(Event::Spawned { pid: 8 }, now);
+        let a = m.handle(Event::ChildReady, now);
+        assert_eq!(
+            replies(&a),
+            vec![(
+                2,
+                Ok(Successor {
+                    pid: 8,
+                    generation: 2
+                })
+            )]
+        );
+    }
+
+    #[test]
+    fn ready_child_takes_over_the_drain_starts_then_the_reply() {
+        let now = Instant::now();
+        let mut m = restarting(7, now);
+        let a = m.handle(Event::ChildReady, now);
         let reason = StopReason::Restarted { successor: 7 };
         assert_eq!(
             a,
@@ -474,11 +839,17 @@ mod tests {
                     deadline: now + T.stop
                 },
                 // Answered once this generation has stopped accepting.
-                Action::RestartSucceeded { successor: 7 },
+                Action::Reply {
+                    to: 1,
+                    result: Ok(Successor {
+                        pid: 7,
+                        generation: 2
+                    })
+                },
             ]
         );
         assert_eq!(
-            s,
+            m.state,
             State::Draining {
                 reason,
                 deadline: now + T.stop,
@@ -487,19 +858,118 @@ mod tests {
                 successor: Some(7)
             }
         );
+        // Asked afterwards: sent to the successor.
+        assert_eq!(
+            replies(&m.handle(restart(Some(5)), now)),
+            vec![(
+                5,
+                Err(RestartError::HandedOver {
+                    generation: 1,
+                    pid: 100,
+                    successor: 7
+                })
+            )]
+        );
+    }
+
+    #[test]
+    fn the_standby_is_started_once_ready_woken_by_a_restart_and_let_go_when_unusable() {
+        let now = Instant::now();
+        let mut m = serving(true);
+        m.handle(Event::StandbyStarted { pid: 50 }, now);
+        assert_eq!(m.standby, Standby::Waiting { pid: 50 });
+        assert_eq!(
+            m.handle(restart(Some(1)), now),
+            vec![Action::NotifyReloading, Action::WakeStandby { pid: 50 }]
+        );
+        assert_eq!(
+            m.handle(Event::StandbyWoken { pid: 50 }, now),
+            vec![Action::RestartStarted {
+                pid: 50,
+                timeout: T.ready,
+                woken: true
+            }]
+        );
+        // Its restart failed: a new standby.
+        m.handle(Event::ChildGone, now);
+        let a = m.handle(
+            Event::Abandoned {
+                pid: 50,
+                why: "gone".into(),
+            },
+            now,
+        );
+        assert!(a.ends_with(&[Action::StartStandby]), "{a:?}");
+        m.handle(Event::StandbyStarted { pid: 51 }, now);
+        m.handle(restart(None), now);
+        // Unusable (the program changed): let go, and the same restart spawns.
+        let a = m.handle(
+            Event::StandbyUnusable {
+                pid: 51,
+                why: "the program file has changed".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::LetGoStandby {
+                    pid: 51,
+                    why: "the program file has changed".into()
+                },
+                Action::Spawn
+            ]
+        );
+    }
+
+    #[test]
+    fn a_standby_that_dies_is_let_go_not_started_again_and_a_drain_lets_one_go() {
+        let now = Instant::now();
+        let mut m = serving(true);
+        m.handle(Event::StandbyStarted { pid: 50 }, now);
+        let a = m.handle(
+            Event::StandbyGone {
+                pid: 50,
+                why: "it exited".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::LetGoStandby {
+                pid: 50,
+                why: "it exited".into()
+            }]
+        );
+        assert_eq!(m.standby, Standby::None);
+        assert_eq!(
+            m.handle(restart(None), now),
+            vec![Action::NotifyReloading, Action::Spawn]
+        );
+        let mut m = serving(true);
+        m.handle(Event::StandbyStarted { pid: 50 }, now);
+        let a = m.handle(term(None), now);
+        assert_eq!(
+            a[0],
+            Action::LetGoStandby {
+                pid: 50,
+                why: "this generation is draining".into()
+            }
+        );
     }
 
     #[test]
     fn sigterm_from_the_pending_child_is_go_graces_ready() {
         let now = Instant::now();
-        let (_, a) = transition(restarting(7, now), term(Some(7)), now, &T);
-        assert_eq!(a[0], Action::HandOver { successor: 7 });
+        let mut m = restarting(7, now);
+        assert_eq!(m.handle(term(Some(7)), now)[0], Action::HandOver { successor: 7 });
     }
 
     #[test]
-    fn sigterm_from_anyone_else_during_a_restart_kills_the_child_and_stops() {
+    fn sigterm_from_anyone_else_during_a_restart_kills_the_child_answers_and_stops() {
         let now = Instant::now();
-        let (s, a) = transition(restarting(7, now), term(Some(1)), now, &T);
+        let mut m = restarting(7, now);
+        let a = m.handle(term(Some(1)), now);
         assert_eq!(
             a,
             vec![
@@ -512,10 +982,17 @@ mod tests {
                 Action::BeginDrain {
                     reason: StopReason::Shutdown,
                     deadline: now + T.stop
+                },
+                Action::Reply {
+                    to: 1,
+                    result: Err(RestartError::Stopping {
+                        generation: 1,
+                        pid: 100
+                    })
                 }
             ]
         );
-        assert!(matches!(s, State::Draining { stop_asked: true, .. }));
+        assert!(matches!(m.state, State::Draining { stop_asked: true, .. }));
     }
 
     #[test]
@@ -525,73 +1002,105 @@ mod tests {
             (Event::ChildGone, ChildFailure::Gone),
             (Event::ReadyTimeout, ChildFailure::NotReady { timeout: T.ready }),
         ] {
-            let (s, a) = transition(restarting(7, now), event, now, &T);
-            assert_eq!(s, State::START);
-            assert_eq!(a, vec![Action::AbandonChild { pid: 7, failure }]);
+            let mut m = restarting(7, now);
+            assert_eq!(
+                m.handle(event, now),
+                vec![Action::AbandonChild { pid: 7, failure }]
+            );
+            let why = "generation 2 (pid 7) exited before it was ready (exit status: 3)";
+            let a = m.handle(
+                Event::Abandoned {
+                    pid: 7,
+                    why: why.into(),
+                },
+                now,
+            );
+            assert_eq!(m.state, State::Serving { pending: None });
+            assert_eq!(a[0], Action::StillServing { why: why.into() });
+            assert_eq!(
+                replies(&a),
+                vec![(
+                    1,
+                    Err(RestartError::Failed {
+                        generation: 1,
+                        pid: 100,
+                        reason: why.into()
+                    })
+                )]
+            );
             // ... and a later restart tries again.
-            let (_, a) = transition(s, Event::RestartRequested, now, &T);
-            assert_eq!(a, vec![Action::NotifyReloading, Action::Spawn]);
+            assert_eq!(
+                m.handle(restart(None), now),
+                vec![Action::NotifyReloading, Action::Spawn]
+            );
         }
     }
 
     #[test]
     fn a_spawn_failure_is_reported_and_serving_goes_on() {
-        let (s, a) = run(
-            State::START,
+        let now = Instant::now();
+        let mut m = serving(false);
+        let a = run(
+            &mut m,
             vec![
-                Event::RestartRequested,
+                restart(Some(3)),
                 Event::SpawnFailed {
                     error: "no such file".into(),
                 },
             ],
-            Instant::now(),
+            now,
         );
-        assert_eq!(s, State::START);
+        assert_eq!(m.state, State::Serving { pending: None });
+        assert!(a.contains(&Action::SpawnFailed {
+            error: "no such file".into()
+        }));
         assert_eq!(
-            a.last(),
-            Some(&Action::SpawnFailed {
-                error: "no such file".into()
-            })
+            replies(&a),
+            vec![(
+                3,
+                Err(RestartError::Failed {
+                    generation: 1,
+                    pid: 100,
+                    reason: "no such file".into()
+                })
+            )]
         );
     }
 
     #[test]
     fn a_stop_drains_and_a_second_stop_ends_it_at_once() {
         let now = Instant::now();
-        let (s, a) = transition(State::START, term(None), now, &T);
+        let mut m = serving(false);
         assert_eq!(
-            a,
+            m.handle(term(None), now),
             vec![Action::BeginDrain {
                 reason: StopReason::Shutdown,
                 deadline: now + T.stop
             }]
         );
-        let (s, a) = transition(s, term(None), now, &T);
-        assert_eq!(s, State::Finished);
         assert_eq!(
-            a,
+            m.handle(term(None), now),
             vec![Action::Finish {
                 reason: StopReason::Shutdown,
                 forced: true
             }]
         );
+        assert_eq!(m.state, State::Finished);
     }
 
     #[test]
     fn a_stop_while_draining_after_a_restart_keeps_draining_once() {
         let now = Instant::now();
-        let draining = transition(restarting(7, now), Event::ChildReady, now, &T).0;
-        let (s, a) = transition(draining, term(Some(1)), now, &T);
+        let mut m = restarting(7, now);
+        m.handle(Event::ChildReady, now);
         assert_eq!(
-            a,
+            m.handle(term(Some(1)), now),
             vec![Action::Note(Note::KeepDraining {
                 cause: StopCause::Sigterm
             })]
         );
-        let (s, a) = transition(s, term(Some(1)), now, &T);
-        assert_eq!(s, State::Finished);
         assert_eq!(
-            a,
+            m.handle(term(Some(1)), now),
             vec![Action::Finish {
                 reason: StopReason::Restarted { successor: 7 },
                 forced: true
@@ -602,9 +1111,11 @@ mod tests {
     #[test]
     fn signals_from_the_successor_are_ignored() {
         let now = Instant::now();
-        let draining = transition(restarting(7, now), Event::ChildReady, now, &T).0;
-        let (s, a) = run(draining, vec![term(Some(7)), term(Some(7))], now);
-        assert_eq!(s, draining);
+        let mut m = restarting(7, now);
+        m.handle(Event::ChildReady, now);
+        let before = m.clone();
+        let a = run(&mut m, vec![term(Some(7)), term(Some(7))], now);
+        assert_eq!(m, before);
         assert_eq!(
             a,
             vec![
@@ -617,20 +1128,34 @@ mod tests {
     }
 
     #[test]
-    fn restart_while_draining_is_ignored() {
+    fn a_restart_while_stopping_is_answered_stopping() {
         let now = Instant::now();
-        let (s, _) = transition(State::START, term(None), now, &T);
-        let (s2, a) = transition(s, Event::RestartRequested, now, &T);
-        assert_eq!(s2, s);
-        assert_eq!(a, vec![Action::Note(Note::RestartWhileStopping)]);
+        let mut m = serving(false);
+        m.handle(term(None), now);
+        assert_eq!(
+            m.handle(restart(None), now),
+            vec![Action::Note(Note::RestartWhileStopping)]
+        );
+        assert_eq!(
+            replies(&m.handle(restart(Some(4)), now)),
+            vec![(
+                4,
+                Err(RestartError::Stopping {
+                    generation: 1,
+                    pid: 100
+                })
+            )]
+        );
     }
 
     #[test]
     fn the_drain_ends_when_connections_end_or_at_the_deadline() {
         let now = Instant::now();
-        let draining = transition(State::START, term(None), now, &T).0;
-        let (s, a) = run(draining, vec![Event::StoppedAccepting, Event::Drained], now);
-        assert_eq!(s, State::Finished);
+        let mut draining = serving(false);
+        draining.handle(term(None), now);
+        let mut m = draining.clone();
+        let a = run(&mut m, vec![Event::StoppedAccepting, Event::Drained], now);
+        assert_eq!(m.state, State::Finished);
         assert_eq!(
             a,
             vec![
@@ -641,9 +1166,9 @@ mod tests {
                 }
             ]
         );
-        let (_, a) = transition(draining, Event::DrainDeadline, now, &T);
+        let mut m = draining;
         assert_eq!(
-            a,
+            m.handle(Event::DrainDeadline, now),
             vec![Action::Finish {
                 reason: StopReason::Shutdown,
                 forced: true
@@ -654,18 +1179,18 @@ mod tests {
     #[test]
     fn the_successor_exiting_while_we_drain_is_noted_once() {
         let now = Instant::now();
-        let draining = transition(restarting(7, now), Event::ChildReady, now, &T).0;
+        let mut m = restarting(7, now);
+        m.handle(Event::ChildReady, now);
         let exited = Event::SuccessorExited {
             pid: 7,
             status: "signal: 9 (SIGKILL)".into(),
         };
-        let (s, a) = run(draining, vec![exited.clone(), exited], now);
-        assert!(matches!(s, State::Draining { successor: None, .. }));
+        let a = run(&mut m, vec![exited.clone(), exited], now);
+        assert!(matches!(m.state, State::Draining { successor: None, .. }));
         assert_eq!(a.len(), 1);
         // With the successor gone, a SIGTERM from its old pid is an ordinary stop request.
-        let (_, a) = transition(s, term(Some(7)), now, &T);
         assert_eq!(
-            a,
+            m.handle(term(Some(7)), now),
             vec![Action::Note(Note::KeepDraining {
                 cause: StopCause::Sigterm
             })]
@@ -675,7 +1200,8 @@ mod tests {
     #[test]
     fn a_stop_after_the_drain_is_a_late_stop() {
         let now = Instant::now();
-        let (_, a) = run(State::START, vec![term(None), Event::Drained, term(None)], now);
+        let mut m = serving(false);
+        let a = run(&mut m, vec![term(None), Event::Drained, term(None)], now);
         assert_eq!(
             a.last(),
             Some(&Action::LateStop {
@@ -687,34 +1213,288 @@ mod tests {
     #[test]
     fn stale_events_change_nothing() {
         let now = Instant::now();
-        for state in [
-            State::START,
-            transition(State::START, term(None), now, &T).0,
-            State::Finished,
-        ] {
+        let mut stopping = serving(false);
+        stopping.handle(term(None), now);
+        let mut finished = stopping.clone();
+        finished.handle(Event::Drained, now);
+        for m in [serving(false), stopping, finished, Machine::new(ME, T, false)] {
+            // A process nobody waits for any more goes.
+            for event in [Event::Spawned { pid: 9 }, Event::StandbyWoken { pid: 9 }] {
+                let mut after = m.clone();
+                assert_eq!(
+                    after.handle(event, now),
+                    vec![Action::AbandonChild {
+                        pid: 9,
+                        failure: ChildFailure::Unwanted
+                    }]
+                );
+                assert_eq!(after, m);
+            }
             for event in [
                 Event::ChildReady,
                 Event::ChildGone,
                 Event::ReadyTimeout,
-                Event::Spawned { pid: 9 },
+                Event::SpawnFailed { error: "x".into() },
+                Event::Abandoned {
+                    pid: 9,
+                    why: "x".into(),
+                },
+                Event::StandbyGone {
+                    pid: 9,
+                    why: "x".into(),
+                },
                 Event::SuccessorExited {
                     pid: 9,
                     status: String::new(),
                 },
             ] {
-                assert_eq!(transition(state, event, now, &T), (state, Vec::new()));
+                let mut after = m.clone();
+                assert_eq!(after.handle(event.clone(), now), Vec::new(), "{event:?} in {m:?}");
+                assert_eq!(after, m);
             }
         }
         // Drain events outside a drain.
         for event in [Event::StoppedAccepting, Event::Drained, Event::DrainDeadline] {
-            assert_eq!(
-                transition(State::START, event.clone(), now, &T),
-                (State::START, Vec::new())
+            let mut m = serving(false);
+            assert_eq!(m.handle(event, now), Vec::new());
+            assert_eq!(m, serving(false));
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        /// What the world does next; the simulation turns it into an event that can happen.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Ready,
+            Restart(bool),
+            Stop(u8),
+            /// The driver's answer to the pending spawn or wake, or to a standby start.
+            Answer(bool),
+            ChildReady,
+            ChildGone,
+            ReadyTimeout,
+            StandbyGone,
+            StoppedAccepting,
+            Drained,
+            DrainDeadline,
+            SuccessorExited,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                Just(Step::Ready),
+                any::<bool>().prop_map(Step::Restart),
+                (0u8..3).prop_map(Step::Stop),
+                any::<bool>().prop_map(Step::Answer),
+                Just(Step::ChildReady),
+                Just(Step::ChildGone),
+                Just(Step::ReadyTimeout),
+                Just(Step::StandbyGone),
+                Just(Step::StoppedAccepting),
+                Just(Step::Drained),
+                Just(Step::DrainDeadline),
+                Just(Step::SuccessorExited),
+            ]
+        }
+
+        /// The processes and requests of a simulated world, checked against the machine.
+        #[derive(Default)]
+        struct World {
+            next_pid: u32,
+            next_reply: ReplyId,
+            /// Driver work asked for and not yet answered.
+            spawn_asked: bool,
+            wake_asked: Option<u32>,
+            standby_asked: bool,
+            abandon_asked: Option<u32>,
+            /// Every child started, and whether it was handed over, abandoned or let go.
+            children: BTreeMap<u32, &'static str>,
+            standbys_woken: BTreeSet<u32>,
+            asked: BTreeSet<ReplyId>,
+            answered: BTreeMap<ReplyId, usize>,
+            handovers: usize,
+            finished: usize,
+            accepting_stopped_at_success: bool,
+        }
+
+        impl World {
+            fn perform(&mut self, actions: &[Action]) {
+                let mut drain_begun = false;
+                for a in actions {
+                    match a {
+                        Action::Spawn => self.spawn_asked = true,
+                        Action::WakeStandby { pid } => {
+                            assert!(self.standbys_woken.insert(*pid), "standby {pid} woken twice");
+                            self.wake_asked = Some(*pid);
+                        }
+                        Action::StartStandby => self.standby_asked = true,
+                        Action::LetGoStandby { pid, .. } => {
+                            assert_eq!(
+                                self.children.insert(*pid, "let go"),
+                                Some("started"),
+                                "let go {pid}"
+                            );
+                        }
+                        Action::AbandonChild { pid, .. } => {
+                            assert_eq!(self.children.insert(*pid, "abandoned"), Some("started"));
+                            self.abandon_asked = Some(*pid);
+                        }
+                        Action::HandOver { successor } => {
+                            self.handovers += 1;
+                            assert_eq!(self.children.insert(*successor, "successor"), Some("started"));
+                        }
+                        Action::BeginDrain { .. } => drain_begun = true,
+                        Action::Reply { to, result } => {
+                            *self.answered.entry(*to).or_default() += 1;
+                            if result.is_ok() {
+                                // A success is told only once this generation stopped accepting.
+                                self.accepting_stopped_at_success &= drain_begun;
+                            }
+                        }
+                        Action::Finish { .. } => self.finished += 1,
+                        _ => {}
+                    }
+                }
+            }
+
+            fn start(&mut self) -> u32 {
+                self.next_pid += 1;
+                self.children.insert(self.next_pid, "started");
+                self.next_pid
+            }
+        }
+
+        fn apply(m: &mut Machine, w: &mut World, step: Step, now: Instant) {
+            let event = match step {
+                Step::Ready => Event::Ready,
+                Step::Restart(with_reply) => Event::RestartRequested {
+                    reply: with_reply.then(|| {
+                        w.next_reply += 1;
+                        w.asked.insert(w.next_reply);
+                        w.next_reply
+                    }),
+                },
+                Step::Stop(from) => Event::StopRequested {
+                    cause: StopCause::Sigterm,
+                    sender: match (from, m.pending()) {
+                        (1, Some(Pending::Started { pid, .. })) => Some(pid),
+                        (2, _) => match m.state {
+                            State::Draining { successor, .. } => successor,
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                },
+                Step::Answer(ok) => {
+                    if let Some(pid) = w.abandon_asked.take() {
+                        Event::Abandoned {
+                            pid,
+                            why: "gone".into(),
+                        }
+                    } else if let Some(pid) = w.wake_asked.take() {
+                        if ok {
+                            Event::StandbyWoken { pid }
+                        } else {
+                            Event::StandbyUnusable {
+                                pid,
+                                why: "changed".into(),
+                            }
+                        }
+                    } else if std::mem::take(&mut w.spawn_asked) {
+                        if ok {
+                            Event::Spawned { pid: w.start() }
+                        } else {
+                            Event::SpawnFailed { error: "no".into() }
+                        }
+                    } else if std::mem::take(&mut w.standby_asked) {
+                        if ok {
+                            Event::StandbyStarted { pid: w.start() }
+                        } else {
+                            Event::StandbyStartFailed { error: "no".into() }
+                        }
+                    } else {
+                        return;
+                    }
+                }
+                Step::ChildReady => Event::ChildReady,
+                Step::ChildGone => Event::ChildGone,
+                Step::ReadyTimeout => Event::ReadyTimeout,
+                Step::StandbyGone => match m.standby {
+                    Standby::Waiting { pid } => Event::StandbyGone {
+                        pid,
+                        why: "exited".into(),
+                    },
+                    _ => return,
+                },
+                Step::StoppedAccepting => Event::StoppedAccepting,
+                Step::Drained => Event::Drained,
+                Step::DrainDeadline => Event::DrainDeadline,
+                Step::SuccessorExited => match m.state {
+                    State::Draining {
+                        successor: Some(pid), ..
+                    } => Event::SuccessorExited {
+                        pid,
+                        status: "exit 0".into(),
+                    },
+                    _ => return,
+                },
+            };
+            let actions = m.handle(event, now);
+            w.perform(&actions);
+            // Invariants after every step.
+            assert!(w.handovers <= 1, "handed over twice");
+            assert!(w.finished <= 1, "finished twice");
+            assert!(w.answered.values().all(|&n| n == 1), "a request answered twice");
+            assert!(
+                w.accepting_stopped_at_success,
+                "a success told before the drain began"
             );
-            assert_eq!(
-                transition(State::Finished, event, now, &T),
-                (State::Finished, Vec::new())
-            );
+            if let Standby::Waiting { pid } = m.standby {
+                assert_eq!(
+                    w.children.get(&pid),
+                    Some(&"started"),
+                    "a waiting standby is live"
+                );
+                assert!(
+                    matches!(m.state, State::Serving { .. }),
+                    "a standby only while serving"
+                );
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_history_keeps_the_invariants_and_a_stop_ends_everything(
+                standby in any::<bool>(),
+                steps in proptest::collection::vec(step(), 0..80),
+            ) {
+                let now = Instant::now();
+                let mut m = Machine::new(ME, T, standby);
+                let mut w = World { accepting_stopped_at_success: true, ..World::default() };
+                for s in steps {
+                    apply(&mut m, &mut w, s, now);
+                }
+                // Then a stop; the driver answers what it was asked; the drain ends by its
+                // deadline.
+                apply(&mut m, &mut w, Step::Stop(0), now);
+                for _ in 0..4 {
+                    apply(&mut m, &mut w, Step::Answer(true), now);
+                }
+                apply(&mut m, &mut w, Step::DrainDeadline, now);
+                prop_assert_eq!(m.state, State::Finished, "a stop reaches Finished by its deadline");
+                prop_assert_eq!(w.finished, 1);
+                for r in &w.asked {
+                    prop_assert_eq!(w.answered.get(r), Some(&1), "request {} answered exactly once", r);
+                }
+                // Every child started was handed over, abandoned or let go.
+                for (pid, fate) in &w.children {
+                    prop_assert!(*fate != "started", "child {} left behind", pid);
+                }
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The restart lifecycle: one [`Generation`] per process, which starts the next one on
 //! `SIGUSR2`, hands over once it is serving, and drains on `SIGTERM`/`SIGINT`.
 //!
-//! Split by role: [`machine`] decides (a pure state machine, unit-tested), `driver` performs
-//! (spawn, kill, notify, close listeners, PID file), `generation` is the handle an
-//! application holds, `graceful_listener` is its accept loop's end, and `standby` wakes the
-//! next generation started ahead.
+//! Split by role: [`machine`] decides everything (a pure state machine: starting → serving →
+//! draining → finished, the restart under way, the standby, the reply to each restart
+//! request; unit- and property-tested), `driver` turns I/O into its events and performs its
+//! actions (spawn, wake, kill, notify, close listeners, PID file, replies), `generation` is the
+//! handle an application holds, `graceful_listener` is its accept loop's end, `handover`
+//! carries connections to the next generation, and `standby` wakes the next generation
+//! started ahead.
 
 mod driver;
 mod generation;
@@ -96,13 +99,25 @@ pub enum RestartError {
         /// What went wrong, as logged.
         reason: String,
     },
-    /// This generation is stopping (or already handed over): it starts no successor.
+    /// This generation is stopping: it starts no successor.
     #[error("generation {generation} (pid {pid}) is stopping: not restarting")]
     Stopping {
         /// This generation.
         generation: u64,
         /// Its pid.
         pid: u32,
+    },
+    /// This generation handed over to `successor` before this request's restart could run
+    /// (it was asked during the restart that did): ask the successor. The control socket's
+    /// client does so by itself.
+    #[error("generation {generation} (pid {pid}) has handed over to pid {successor}: ask it to restart")]
+    HandedOver {
+        /// This generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// The generation serving now.
+        successor: u32,
     },
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::RestartResult;
-use super::machine::{Event, StopCause};
+use super::machine::StopCause;
 use super::standby::{SharedStandby, wake_at_signal};
 use crate::error::Error;
 use crate::registry::SocketRegistry;
@@ -24,19 +24,8 @@ pub(crate) enum Request {
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`, with the sender's pid when the kernel
     /// reports one.
     Stop { cause: StopCause, sender: Option<u32> },
-    /// `Generation::ready`, when the generation keeps a standby: time to start one.
+    /// `Generation::ready`: the generation serves.
     Ready,
-}
-
-impl Request {
-    /// The state machine's event for it; `None` for a request only the driver acts on.
-    pub(crate) fn event(self) -> Option<Event> {
-        match self {
-            Request::Restart { .. } => Some(Event::RestartRequested),
-            Request::Stop { cause, sender } => Some(Event::StopRequested { cause, sender }),
-            Request::Ready => None,
-        }
-    }
 }
 
 /// Starts a thread that forwards the signals to `tx` until the receiver is gone. The

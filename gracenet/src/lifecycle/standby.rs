@@ -1,8 +1,11 @@
 //! Waking the standby ([`GenerationBuilder::standby`](super::GenerationBuilder::standby)):
 //! what it was started from, and the one step that wakes it, shared by the lifecycle's driver
-//! and the signal thread. The signal thread wakes it the moment `SIGUSR2` arrives, without
-//! waiting for the driver's task to be polled (on a busy worker: 1-5 ms, measured); the driver
-//! then takes it as the next generation.
+//! and the signal thread. Whether to wake it is the machine's decision (`Action::WakeStandby`,
+//! for a restart asked while it waits); the driver puts the wake handle here exactly while the
+//! machine would decide so for a `SIGUSR2`, so the signal thread performs that same wake the
+//! moment the signal arrives, without waiting for the driver's task to be polled (on a busy
+//! worker: 1-5 ms, measured). The driver then performs the machine's `WakeStandby`, finding
+//! it done, and reports what came of it.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
