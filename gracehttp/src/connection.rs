@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,7 +78,8 @@ pub(crate) struct Activity {
     /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
     drain: Drain,
     /// The connection's socket, to ask the kernel whether bytes wait unread before closing
-    /// an idle connection.
+    /// an idle connection. Not owned: the transport owns it. Read only through
+    /// [`socket`](Self::socket).
     fd: RawFd,
 }
 
@@ -110,7 +111,21 @@ impl Activity {
     /// beyond the beginning of an HTTP/2 preface peeked at while the protocol is told: that
     /// cannot be a request yet, and must not hold a drain.
     fn unread_bytes(&self) -> bool {
-        unread_bytes(self.fd) > self.peeked.load(Ordering::Relaxed)
+        unread_bytes(self.socket()) > self.peeked.load(Ordering::Relaxed)
+    }
+
+    /// The connection's socket, borrowed.
+    ///
+    /// Called only while the transport that owns the socket lives: from the connection's
+    /// [`Watch`] and `serve`'s close (both inside `serve`'s poll loop, while `conn`, which
+    /// owns the transport, is pinned in `serve`'s frame and not yet dropped), and from a
+    /// cleartext connection's shutdown, which holds the transport itself. No other holder of
+    /// the `Activity` (the service, a request in flight) calls it.
+    fn socket(&self) -> BorrowedFd<'_> {
+        // SAFETY: `fd` is the socket of the transport `serve` was given, open for as long as
+        // that transport lives; every caller (see above) runs while it does, and the borrow
+        // ends with the call that takes it.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
     }
 
     /// Wakes the connection's task (registered only while it listens).
@@ -213,31 +228,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 }
 
-/// Reads and drops what waits unread in socket `fd` (at most 64 KiB, never waiting), before
-/// it is closed. `fd` must be the open socket of a connection being served.
-fn discard_unread(fd: RawFd) {
+/// Reads and drops what waits unread in `socket` (at most 64 KiB, never waiting), before it
+/// is closed.
+fn discard_unread(socket: BorrowedFd<'_>) {
     let mut buf = [0u8; 4096];
     for _ in 0..16 {
         // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which it borrows for the
-        // call. The caller passes the socket of a connection it is serving, so `fd` is open;
-        // MSG_DONTWAIT makes the call return at once whatever the socket's mode.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        // call; `socket` is open for the borrow's life (a `BorrowedFd`). MSG_DONTWAIT makes
+        // the call return at once whatever the socket's mode.
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n <= 0 || (n as usize) < buf.len() {
             return;
         }
     }
 }
 
-/// How many bytes wait unread in socket `fd`. The activity counters only see what was read: a
+/// How many bytes wait unread in `socket`. The activity counters only see what was read: a
 /// request can sit in the socket while the connection's task has not been polled (a starved
-/// machine), and closing an "idle" connection then would lose it. `fd` must be the open
-/// socket of a connection being served.
-fn unread_bytes(fd: RawFd) -> u64 {
+/// machine), and closing an "idle" connection then would lose it.
+fn unread_bytes(socket: BorrowedFd<'_>) -> u64 {
     let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`. The caller
-    // passes the socket of a connection it is serving, so `fd` is open; on an error nothing is
-    // written and `n` stays 0.
-    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at `n`; `socket` is
+    // open for the borrow's life (a `BorrowedFd`). On an error nothing is written and `n`
+    // stays 0.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
     if rc == 0 { u64::try_from(n).unwrap_or(0) } else { 0 }
 }
 
@@ -674,7 +695,7 @@ async fn serve<T, S, C>(
     tokio::pin!(draining);
     let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
-    let mut watch = Watch::new(activity, config);
+    let mut watch = Watch::new(activity.clone(), config);
     std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
@@ -691,7 +712,7 @@ async fn serve<T, S, C>(
                 Decision::Close => {
                     // Bytes left unread would turn the close into a reset, which can destroy
                     // what was sent before it (a GOAWAY) and reads as a crash to the peer.
-                    discard_unread(fd);
+                    discard_unread(activity.socket());
                     return Poll::Ready(());
                 }
             }
@@ -703,19 +724,19 @@ async fn serve<T, S, C>(
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     use super::unread_bytes;
 
     #[test]
     fn bytes_waiting_in_the_socket_are_seen_and_gone_once_read() {
         let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
-        assert_eq!(unread_bytes(b.as_raw_fd()), 0, "nothing sent yet");
+        assert_eq!(unread_bytes(b.as_fd()), 0, "nothing sent yet");
         a.write_all(b"GET / HTTP/1.1\r\n").expect("write");
-        assert_eq!(unread_bytes(b.as_raw_fd()), 16, "a request waits unread");
+        assert_eq!(unread_bytes(b.as_fd()), 16, "a request waits unread");
         let mut buf = [0u8; 64];
         let n = b.read(&mut buf).expect("read");
         assert_eq!(n, 16);
-        assert_eq!(unread_bytes(b.as_raw_fd()), 0, "read: nothing waits");
+        assert_eq!(unread_bytes(b.as_fd()), 0, "read: nothing waits");
     }
 }

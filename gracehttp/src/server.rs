@@ -355,14 +355,9 @@ fn announce(generation: &Generation, addrs: &str) {
         _ => tracing::info!(
             generation = number,
             "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-            nix_ppid()
+            std::os::unix::process::parent_id()
         ),
     }
-}
-
-fn nix_ppid() -> u32 {
-    // SAFETY: getppid has no preconditions and cannot fail.
-    unsafe { libc::getppid() as u32 }
 }
 
 #[cfg(test)]

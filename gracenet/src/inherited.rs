@@ -1,6 +1,6 @@
 //! The sockets a process inherited through `LISTEN_FDS`, checked and adopted once.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::env::{self, FIRST_INHERITED_FD, ListenEnv};
 use crate::error::{EnvError, Error};
@@ -130,10 +130,17 @@ impl InheritedFds {
     }
 }
 
-/// Checks fds 3..3+count, then takes ownership of them. Nothing is adopted (or closed) unless
-/// every fd passes, so an error leaves the fds exactly as they were.
+/// Takes ownership of fds 3..3+count and checks each. Nothing is kept (or closed) unless
+/// every fd passes: on an error the fds taken so far are given back unclosed, so an error
+/// leaves the fds exactly as they were.
 fn adopt(count: usize, names: Vec<Option<String>>) -> Result<Vec<InheritedSocket>, EnvError> {
-    let mut checked = Vec::with_capacity(count);
+    let mut checked: Vec<(OwnedFd, SocketInfo)> = Vec::with_capacity(count);
+    let give_back = |checked: Vec<(OwnedFd, SocketInfo)>| {
+        for (fd, _) in checked {
+            // Not ours after all: left open, as it came.
+            let _ = fd.into_raw_fd();
+        }
+    };
     for i in 0..count {
         // `count` is bounded by the fd limit (env::parse), so this cannot overflow.
         let fd = FIRST_INHERITED_FD + i as RawFd;
@@ -148,21 +155,33 @@ fn adopt(count: usize, names: Vec<Option<String>>) -> Result<Vec<InheritedSocket
             },
             Unusable::Errno(errno) => EnvError::Inspect { fd, count, errno },
         };
-        let borrowed = socket::borrow_if_open(fd).map_err(unusable)?;
-        let info = socket::inspect(borrowed).map_err(unusable)?;
-        socket::set_cloexec(borrowed).map_err(|errno| EnvError::Inspect { fd, count, errno })?;
-        socket::set_nonblocking(borrowed).map_err(|errno| EnvError::Inspect { fd, count, errno })?;
-        checked.push((fd, info));
+        // SAFETY: under the LISTEN_FDS protocol fds 3..3+count are handed to this process,
+        // and env::take_from_process hands them out once per process, so nothing else owns
+        // or closes them; each is taken here once.
+        let owned = match unsafe { socket::own_if_open(fd) } {
+            Ok(owned) => owned,
+            Err(u) => {
+                give_back(checked);
+                return Err(unusable(u));
+            }
+        };
+        let checks = socket::inspect(owned.as_fd()).map_err(unusable).and_then(|info| {
+            socket::set_cloexec(owned.as_fd()).map_err(|errno| EnvError::Inspect { fd, count, errno })?;
+            socket::set_nonblocking(owned.as_fd()).map_err(|errno| EnvError::Inspect { fd, count, errno })?;
+            Ok(info)
+        });
+        match checks {
+            Ok(info) => checked.push((owned, info)),
+            Err(e) => {
+                let _ = owned.into_raw_fd();
+                give_back(checked);
+                return Err(e);
+            }
+        }
     }
     Ok(checked
         .into_iter()
         .zip(names)
-        .map(|((fd, info), name)| {
-            // SAFETY: fd is open and a socket (checked above). Under the LISTEN_FDS protocol
-            // fds 3..3+count belong to this process, and env::take_from_process hands them
-            // out once per process, so nothing else owns or closes them.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            InheritedSocket { fd, info, name }
-        })
+        .map(|((fd, info), name)| InheritedSocket { fd, info, name })
         .collect())
 }

@@ -5,7 +5,7 @@
 //! Go grace's way, kept for compatibility, is `SIGTERM` to the parent pid.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
 
@@ -135,19 +135,28 @@ fn ready_fd(value: &OsString) -> Result<OwnedFd, EnvError> {
         .ok()
         .filter(|&fd| fd >= 3)
         .ok_or_else(|| malformed("an fd number of 3 or more"))?;
-    let borrowed = crate::socket::borrow_if_open(fd)
+    // SAFETY: GRACE_READY_FD hands the fd to this process, and take_var removed the
+    // variable, so this runs once per process and nothing else owns or closes it.
+    let owned = unsafe { crate::socket::own_if_open(fd) }
         .map_err(|_| malformed("an open fd: the write end of the readiness pipe"))?;
-    let stat = nix::sys::stat::fstat(borrowed).map_err(|_| malformed("an fd that can be inspected"))?;
-    let kind = stat.st_mode & libc::S_IFMT;
-    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
-        return Err(malformed(
-            "the write end of the readiness pipe (this fd is not a pipe or socket)",
-        ));
+    let checked = (|| {
+        let stat = nix::sys::stat::fstat(&owned).map_err(|_| malformed("an fd that can be inspected"))?;
+        let kind = stat.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+            return Err(malformed(
+                "the write end of the readiness pipe (this fd is not a pipe or socket)",
+            ));
+        }
+        crate::socket::set_cloexec(owned.as_fd()).map_err(|_| malformed("an fd whose flags can be set"))
+    })();
+    match checked {
+        Ok(()) => Ok(owned),
+        Err(e) => {
+            // Not the readiness pipe: left open, as it came.
+            let _ = owned.into_raw_fd();
+            Err(e)
+        }
     }
-    crate::socket::set_cloexec(borrowed).map_err(|_| malformed("an fd whose flags can be set"))?;
-    // SAFETY: the fd is open and a pipe (checked above); GRACE_READY_FD hands it to this
-    // process, and take_var removed the variable, so nothing else takes it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Parses `GRACE_GENERATION`'s value; 1 when unset. The largest value is refused: its

@@ -1,7 +1,7 @@
 //! What a socket fd is: its kind and its real local address, read from the kernel.
 
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -73,8 +73,12 @@ pub(crate) enum Unusable {
     Errno(Errno),
 }
 
-/// Checks that `fd` is open, and returns a borrow of it.
-pub(crate) fn borrow_if_open(fd: RawFd) -> Result<BorrowedFd<'static>, Unusable> {
+/// Checks that `fd` is open, and takes ownership of it.
+///
+/// # Safety
+/// `fd` must be this process's to own (no other owner will use or close it): under the
+/// LISTEN_FDS protocol fds 3.. are handed to the process, and the caller takes each once.
+pub(crate) unsafe fn own_if_open(fd: RawFd) -> Result<OwnedFd, Unusable> {
     // SAFETY: F_GETFD reads the fd's flags and has no effect; on a closed fd it fails EBADF.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     if flags == -1 {
@@ -83,9 +87,9 @@ pub(crate) fn borrow_if_open(fd: RawFd) -> Result<BorrowedFd<'static>, Unusable>
             e => Unusable::Errno(e),
         });
     }
-    // SAFETY: the fd is open (checked just above); the caller owns it for the rest of the
-    // process under the LISTEN_FDS protocol, which hands fds 3.. to us.
-    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+    // SAFETY: the fd is open (checked just above), and the caller guarantees that it is ours
+    // to own: nothing else uses or closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Reads what kind of socket `fd` is and where it is bound.
@@ -175,7 +179,6 @@ pub(crate) fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn inspects_listeners_and_datagram_sockets() {
@@ -213,8 +216,10 @@ mod tests {
     #[test]
     fn closed_fd_is_not_open() {
         // Far above any fd limit, so no other test thread can have it open.
-        assert_eq!(borrow_if_open(999_999).unwrap_err(), Unusable::NotOpen);
+        // SAFETY: no fd there is anyone's.
+        assert_eq!(unsafe { own_if_open(999_999) }.unwrap_err(), Unusable::NotOpen);
         let file = std::fs::File::open("/proc/self/status").unwrap();
-        assert!(borrow_if_open(file.as_raw_fd()).is_ok());
+        // SAFETY: `file` gives its fd up to the OwnedFd, which closes it.
+        assert!(unsafe { own_if_open(std::os::fd::IntoRawFd::into_raw_fd(file)) }.is_ok());
     }
 }

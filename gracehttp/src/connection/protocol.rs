@@ -202,7 +202,7 @@ impl<S: HttpService> HttpConnection for Cleartext<'_, S> {
                 // What was peeked is read and dropped first: closed with it unread, the
                 // connection would be reset.
                 if let Some((io, _)) = parts.as_ref() {
-                    super::discard_unread(io.activity.fd);
+                    super::discard_unread(io.activity.socket());
                 }
                 self.set(Cleartext::Closed);
             }

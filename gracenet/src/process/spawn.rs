@@ -100,7 +100,7 @@ impl NextProcess {
     /// Starts the program with the same arguments, starting directory and environment, plus:
     /// - the handoff's sockets as fds 3, 4, ..., then any [`pass_fd`](Self::pass_fd) fds;
     /// - `LISTEN_FDS` = the number of sockets, `LISTEN_FDNAMES` = their names joined by `:`,
-    ///   and `LISTEN_PID` = the child's own pid, set after `fork`, so `sd_listen_fds()` in any
+    ///   and `LISTEN_PID` = the child's own pid, set in the child before `execve`, so `sd_listen_fds()` in any
     ///   language accepts the fds;
     /// - every other variable of [`vars::OWNED`](crate::vars::OWNED) as set with
     ///   [`env`](Self::env), or absent: whatever this process inherited of them (and could not
@@ -110,7 +110,7 @@ impl NextProcess {
     /// masks are cleared and `SIGPIPE` restored to its default, as `std::process` does.
     ///
     /// # Errors
-    /// [`Error::Spawn`] when `fork` or `execve` fails (the reason comes back from the child
+    /// [`Error::Spawn`] when starting the child or its `execve` fails (the reason comes back from the child
     /// before it exits), [`Error::NulByte`] for an argument or variable with a NUL byte.
     pub fn spawn(self) -> Result<ChildProcess, Error> {
         let names: Vec<&str> = self.handoff.sockets.iter().map(|(_, n)| n.as_str()).collect();
@@ -129,7 +129,7 @@ fn cstring(bytes: Vec<u8>, what: impl FnOnce() -> String) -> Result<CString, Err
     CString::new(bytes).map_err(|_| Error::NulByte { what: what() })
 }
 
-/// Which step of the forked child failed, reported with its errno: the error then names
+/// Which step of the child failed, reported with its errno: the error then names
 /// what is really missing (the starting directory, not the program).
 const STEP_FDS: i32 = 1;
 const STEP_GROUP: i32 = 2;
@@ -146,8 +146,9 @@ fn spawn_exec(
     new_group: bool,
     idle: bool,
 ) -> Result<ChildProcess, Error> {
-    // Everything the child needs is prepared here: after fork it may only make
-    // async-signal-safe calls, so no allocation.
+    // Everything the child needs is prepared here: once started (a `CLONE_VM | CLONE_VFORK`
+    // child on Linux, a `fork` elsewhere) it may only make async-signal-safe calls, so no
+    // allocation.
     let path = cstring(exe.path.clone().into_os_string().into_vec(), || {
         "the program path".into()
     })?;
@@ -244,7 +245,7 @@ fn spawn_exec(
     }
 }
 
-/// The child's environment but `LISTEN_PID` (written after the fork): this process's own
+/// The child's environment but `LISTEN_PID` (written by the child itself): this process's own
 /// (`parent`), less every variable gracenet owns and every one `overrides` sets, then
 /// `overrides`. A gracenet variable is thus in the child exactly when `overrides` sets it.
 fn child_env<'a>(
@@ -278,7 +279,9 @@ fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
         // parent suspended: exec_child resets the signal handlers before unblocking, and makes
         // only async-signal-safe calls on memory prepared by the parent.
         unsafe { reset_signal_handlers() };
-        exec_child(plan)
+        // SAFETY: this is the child started by `clone` below, with the parent suspended until
+        // it execs or exits.
+        unsafe { exec_child(plan) }
     }
     // Not zeroed: a stack needs no initial contents, and zeroing 64 KiB (faulting in every
     // page) cost the serving core more than the child uses.
@@ -326,7 +329,8 @@ fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
     // dup2, close_range or fcntl, sigprocmask, signal, setpgid, chdir, getpid, execve, write,
     // _exit) on memory prepared by the parent, and never returns.
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => exec_child(plan),
+        // SAFETY: this is the forked child.
+        nix::unistd::ForkResult::Child => unsafe { exec_child(plan) },
         nix::unistd::ForkResult::Parent { child } => Ok(child),
     }
 }
@@ -338,7 +342,8 @@ fn start_child(plan: &ChildPlan<'_>) -> Result<nix::unistd::Pid, Errno> {
 /// Only in such a child, with every signal blocked.
 #[cfg(all(target_os = "linux", not(gracenet_portable)))]
 unsafe fn reset_signal_handlers() {
-    for signal in 1..libc::SIGRTMAX() {
+    // Every signal number, SIGRTMAX included (real-time signals run up to and with it).
+    for signal in 1..=libc::SIGRTMAX() {
         // SAFETY: sigaction only reads and writes the structs given; invalid signal numbers
         // (SIGKILL, SIGSTOP, the ones libc reserves) fail harmlessly.
         unsafe {
@@ -371,10 +376,16 @@ struct ChildPlan<'a> {
     new_group: bool,
 }
 
-/// In the forked child: put the fds in place, write our pid into `LISTEN_PID`, exec.
-fn exec_child(plan: &ChildPlan<'_>) -> ! {
-    // SAFETY (whole block): raw async-signal-safe system calls in a freshly forked child on fds
-    // and memory the parent prepared; nothing here allocates or takes a lock.
+/// In the child: put the fds in place, write our pid into `LISTEN_PID`, exec.
+///
+/// # Safety
+/// Only in the child `start_child` started (a `CLONE_VM | CLONE_VFORK` child on Linux, a
+/// forked one elsewhere), before it has done anything else: in the parent it would move the
+/// parent's fds, and `_exit` or `execve` it.
+unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
+    // SAFETY (whole block): the caller runs this in the just-started child; raw
+    // async-signal-safe system calls on fds and memory the parent prepared; nothing here
+    // allocates or takes a lock.
     unsafe {
         let n = plan.sources.len() as RawFd;
         let first_free = FIRST_INHERITED_FD + n;

@@ -111,7 +111,7 @@ pub(crate) fn accepts_connections(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 /// Marks every fd from `first` below `limit` (but `keep`) close-on-exec, one `fcntl` each.
-/// Async-signal-safe: for a forked child.
+/// Async-signal-safe: for the child between its start and its `execve`.
 ///
 /// # Safety
 /// Only `fcntl(F_SETFD)` is called; a caller must be prepared for every fd in the range to

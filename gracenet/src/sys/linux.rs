@@ -22,7 +22,7 @@ pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 /// Marks every fd from `first` up (but `keep`) close-on-exec: `close_range`, or one `fcntl`
-/// per fd below `limit` on kernels before 5.11. Async-signal-safe: for a forked child.
+/// per fd below `limit` on kernels before 5.11. Async-signal-safe: for the child between its start and its `execve`.
 ///
 /// # Safety
 /// As [`super::sweep_cloexec`].
