@@ -181,7 +181,7 @@ fn main() -> ExitCode {
     }
     // The inherited environment is read first, while this is the only thread (the log
     // writer below starts one); its errors are reported once logging is up.
-    let inherited = gracenet::registry::registry().map(|_| ());
+    let inherited = gracenet::registry().map(|_| ());
     let _log = logging::init(if matches.get_flag("log-json") {
         logging::Format::Json
     } else {

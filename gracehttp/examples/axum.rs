@@ -99,7 +99,7 @@ async fn raw_echo(mut listener: gracenet::GracefulListener, generation: gracenet
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The inherited environment first, while this is the only thread.
-    gracenet::registry::registry()?;
+    gracenet::registry()?;
     tracing_subscriber::fmt().with_target(false).without_time().init();
     let mut args = std::env::args().skip(1);
     let http_addr = args.next().unwrap_or_else(|| "127.0.0.1:3000".into());

@@ -196,7 +196,7 @@ impl Server {
         // The inherited environment is read first, while this is the process's only thread:
         // its variables can then be removed soundly, and its fds are checked before the
         // runtime opens any fd of its own (one could take a closed inherited fd's number).
-        gracenet::registry::registry()?;
+        gracenet::registry()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

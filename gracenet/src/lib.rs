@@ -71,7 +71,7 @@
 //! would keep taking connections after a restart). Use it with tokio ([`mod@tokio`]) or a poll
 //! loop.
 //!
-//! Call [`registry::registry`] (or any `listen` function, or [`Generation::start`]) first in
+//! Call [`registry()`] (or any `listen` function, or [`Generation::start`]) first in
 //! `main`, before starting threads or a multi-threaded runtime (`#[tokio::main]` starts one
 //! before your code runs: call it in a plain `fn main` and build the runtime after). The first
 //! call checks the inherited fds (before anything else can open an fd at their numbers),
@@ -84,7 +84,7 @@
 //! # The crate's layout
 //! | where | what |
 //! |---|---|
-//! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`supervise`], [`Error`] |
+//! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`registry()`] (this process's sockets), [`supervise`], [`Error`] |
 //! | [`mod@registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
 //! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
 //! | [`control`] | the control socket's client: a restart with its result, the server's status |
@@ -154,17 +154,18 @@ pub use lifecycle::{
     InheritedConnections, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
 };
 pub use socket::LocalAddr;
+pub use startup::registry;
 pub use supervisor::{hold_supervisor_signals, should_supervise, supervise};
 
-use registry::{StreamListener, registry};
+use registry::StdStreamListener;
 
 /// [`SocketRegistry::listen`](registry::SocketRegistry::listen) on this process's registry: a
 /// TCP or Unix listener for an address string (`":8080"`, `"127.0.0.1:0"`,
 /// `"unix:/run/app.sock"`), inherited if it can be.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen`](registry::SocketRegistry::listen).
-pub fn listen(addr: &str) -> Result<StreamListener, Error> {
+/// As [`registry()`] and [`SocketRegistry::listen`](registry::SocketRegistry::listen).
+pub fn listen(addr: &str) -> Result<StdStreamListener, Error> {
     registry()?.listen(addr)
 }
 
@@ -172,8 +173,8 @@ pub fn listen(addr: &str) -> Result<StreamListener, Error> {
 /// registry.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen_named`](registry::SocketRegistry::listen_named).
-pub fn listen_named(name: &str, addr: &str) -> Result<StreamListener, Error> {
+/// As [`registry()`] and [`SocketRegistry::listen_named`](registry::SocketRegistry::listen_named).
+pub fn listen_named(name: &str, addr: &str) -> Result<StdStreamListener, Error> {
     registry()?.listen_named(name, addr)
 }
 
@@ -181,7 +182,7 @@ pub fn listen_named(name: &str, addr: &str) -> Result<StreamListener, Error> {
 /// registry.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen_tcp`](registry::SocketRegistry::listen_tcp).
+/// As [`registry()`] and [`SocketRegistry::listen_tcp`](registry::SocketRegistry::listen_tcp).
 pub fn listen_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
     registry()?.listen_tcp(addr)
 }
@@ -190,7 +191,7 @@ pub fn listen_tcp(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
 /// registry.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen_unix`](registry::SocketRegistry::listen_unix).
+/// As [`registry()`] and [`SocketRegistry::listen_unix`](registry::SocketRegistry::listen_unix).
 pub fn listen_unix(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixListener, Error> {
     registry()?.listen_unix(path)
 }
@@ -199,7 +200,7 @@ pub fn listen_unix(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixLis
 /// registry.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen_udp`](registry::SocketRegistry::listen_udp).
+/// As [`registry()`] and [`SocketRegistry::listen_udp`](registry::SocketRegistry::listen_udp).
 pub fn listen_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
     registry()?.listen_udp(addr)
 }
@@ -208,7 +209,7 @@ pub fn listen_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
 /// this process's registry.
 ///
 /// # Errors
-/// As [`registry::registry`] and [`SocketRegistry::listen_unix_datagram`](registry::SocketRegistry::listen_unix_datagram).
+/// As [`registry()`] and [`SocketRegistry::listen_unix_datagram`](registry::SocketRegistry::listen_unix_datagram).
 pub fn listen_unix_datagram(path: impl AsRef<Path>) -> Result<std::os::unix::net::UnixDatagram, Error> {
     registry()?.listen_unix_datagram(path)
 }

@@ -19,28 +19,29 @@ use crate::process::Handoff;
 pub use crate::socket::SocketKind;
 use crate::socket::{LocalAddr, SocketInfo};
 
-/// A listening stream socket from [`SocketRegistry::listen`]: TCP or Unix, by the address form.
+/// A listening stream socket from [`SocketRegistry::listen`], as a std type: TCP or Unix, by
+/// the address form. (Its tokio counterpart is [`tokio::StreamListener`](crate::tokio::StreamListener).)
 ///
 /// Non-blocking, like every socket gracenet returns: the flag is shared with the other
 /// generation holding the socket, and a blocking `accept` could not be told to stop at a
 /// restart. Convert it to a tokio type with [`tokio::StreamListener::from_std`](crate::tokio::StreamListener::from_std).
 #[derive(Debug)]
-pub enum StreamListener {
+pub enum StdStreamListener {
     /// A TCP listener.
     Tcp(std::net::TcpListener),
     /// A Unix stream listener.
     Unix(std::os::unix::net::UnixListener),
 }
 
-impl StreamListener {
+impl StdStreamListener {
     /// The address the socket is bound to, as the kernel reports it.
     ///
     /// # Errors
     /// When `getsockname` fails, which it does not for a valid listener.
     pub fn local_addr(&self) -> std::io::Result<LocalAddr> {
         Ok(match self {
-            StreamListener::Tcp(l) => LocalAddr::Inet(l.local_addr()?),
-            StreamListener::Unix(l) => {
+            StdStreamListener::Tcp(l) => LocalAddr::Inet(l.local_addr()?),
+            StdStreamListener::Unix(l) => {
                 let a = l.local_addr()?;
                 match a.as_pathname() {
                     Some(p) => LocalAddr::UnixPath(p.to_owned()),
@@ -54,11 +55,11 @@ impl StreamListener {
     }
 }
 
-impl AsFd for StreamListener {
+impl AsFd for StdStreamListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            StreamListener::Tcp(l) => l.as_fd(),
-            StreamListener::Unix(l) => l.as_fd(),
+            StdStreamListener::Tcp(l) => l.as_fd(),
+            StdStreamListener::Unix(l) => l.as_fd(),
         }
     }
 }
@@ -121,7 +122,7 @@ impl SocketRegistry {
     /// [`Error::InvalidAddress`] for a malformed address; [`Error::Bind`],
     /// [`Error::UnixPathInUse`] or [`Error::UnixPathNotSocket`] when a new socket cannot be
     /// bound.
-    pub fn listen(&self, addr: &str) -> Result<StreamListener, Error> {
+    pub fn listen(&self, addr: &str) -> Result<StdStreamListener, Error> {
         self.listen_parsed(&addr.parse()?, None)
     }
 
@@ -131,11 +132,11 @@ impl SocketRegistry {
     ///
     /// # Errors
     /// As [`listen`](Self::listen).
-    pub fn listen_named(&self, name: &str, addr: &str) -> Result<StreamListener, Error> {
+    pub fn listen_named(&self, name: &str, addr: &str) -> Result<StdStreamListener, Error> {
         self.listen_parsed(&addr.parse()?, Some(name))
     }
 
-    fn listen_parsed(&self, addr: &ListenAddr, name: Option<&str>) -> Result<StreamListener, Error> {
+    fn listen_parsed(&self, addr: &ListenAddr, name: Option<&str>) -> Result<StdStreamListener, Error> {
         let kind = if addr.is_ip() {
             SocketKind::TcpListener
         } else {
@@ -143,8 +144,8 @@ impl SocketRegistry {
         };
         let fd = self.claim(addr, kind, name)?;
         Ok(match kind {
-            SocketKind::TcpListener => StreamListener::Tcp(fd.into()),
-            _ => StreamListener::Unix(fd.into()),
+            SocketKind::TcpListener => StdStreamListener::Tcp(fd.into()),
+            _ => StdStreamListener::Unix(fd.into()),
         })
     }
 
@@ -156,7 +157,7 @@ impl SocketRegistry {
     ///
     /// ```no_run
     /// # fn main() -> Result<(), gracenet::Error> {
-    /// let registry = gracenet::registry::registry()?;
+    /// let registry = gracenet::registry()?;
     /// let listener = registry.adopt("api", || std::net::TcpListener::bind("127.0.0.1:8080"))?;
     /// # let _ = listener; Ok(()) }
     /// ```
@@ -164,7 +165,7 @@ impl SocketRegistry {
     /// # Errors
     /// [`Error::Io`] when `make` fails, or returns something that is not a listening TCP or
     /// Unix stream socket.
-    pub fn adopt<L, F>(&self, name: &str, make: F) -> Result<StreamListener, Error>
+    pub fn adopt<L, F>(&self, name: &str, make: F) -> Result<StdStreamListener, Error>
     where
         L: Into<OwnedFd>,
         F: FnOnce() -> std::io::Result<L>,
@@ -184,7 +185,7 @@ impl SocketRegistry {
         &self,
         name: &str,
         make: impl FnOnce() -> Result<OwnedFd, Error>,
-    ) -> Result<(StreamListener, bool), Error> {
+    ) -> Result<(StdStreamListener, bool), Error> {
         let mut entries = self.lock();
         let inherited = entries.iter().position(|e| {
             !e.claimed
@@ -227,8 +228,8 @@ impl SocketRegistry {
             source,
         })?;
         let listener = match entry.info.kind {
-            SocketKind::TcpListener => StreamListener::Tcp(fd.into()),
-            _ => StreamListener::Unix(fd.into()),
+            SocketKind::TcpListener => StdStreamListener::Tcp(fd.into()),
+            _ => StdStreamListener::Unix(fd.into()),
         };
         Ok((listener, inherited.is_some()))
     }
@@ -439,17 +440,6 @@ fn bind_new(addr: &ListenAddr, kind: SocketKind, resolved: &[SocketAddr]) -> Res
             }))
         }
     }
-}
-
-/// This process's registry, built from its environment on first use. The first call reads
-/// and removes every inherited variable (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`,
-/// `GRACE_READY_FD`, `GRACE_GENERATION`) and records the program a restart runs: make it
-/// before any thread exists (see the crate docs).
-///
-/// # Errors
-/// [`Error::Env`] (every time) when the inherited environment was malformed.
-pub fn registry() -> Result<&'static SocketRegistry, Error> {
-    crate::startup::startup().map(|s| &s.registry)
 }
 
 #[cfg(test)]

@@ -33,6 +33,17 @@ pub(crate) struct Startup {
     pub supervisor: Option<std::ffi::OsString>,
 }
 
+/// This process's registry, built from its environment on first use. The first call reads
+/// and removes every inherited variable (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`,
+/// `GRACE_READY_FD`, `GRACE_GENERATION`) and records the program a restart runs: make it
+/// before any thread exists (see the crate docs).
+///
+/// # Errors
+/// [`Error::Env`] (every time) when the inherited environment was malformed.
+pub fn registry() -> Result<&'static SocketRegistry, Error> {
+    startup().map(|s| &s.registry)
+}
+
 static STARTUP: OnceLock<Result<Startup, EnvError>> = OnceLock::new();
 
 /// Reads (the first time) and returns this process's start.
@@ -52,7 +63,7 @@ fn read() -> Result<Startup, EnvError> {
         tracing::debug!("reading the inherited environment with one thread running: removing its variables");
     } else {
         tracing::debug!(
-            "reading the inherited environment with other threads running: leaving its variables in place (call gracenet::registry::registry() before starting threads to remove them)"
+            "reading the inherited environment with other threads running: leaving its variables in place (call gracenet::registry() before starting threads to remove them)"
         );
     }
     Executable::capture();

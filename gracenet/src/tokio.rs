@@ -55,13 +55,13 @@ impl StreamListener {
     /// # Errors
     /// When no runtime is running, or registering the fd fails. Panics like
     /// `TcpListener::from_std` when called outside a runtime.
-    pub fn from_std(listener: crate::registry::StreamListener) -> io::Result<Self> {
+    pub fn from_std(listener: crate::registry::StdStreamListener) -> io::Result<Self> {
         Ok(match listener {
-            crate::registry::StreamListener::Tcp(l) => {
+            crate::registry::StdStreamListener::Tcp(l) => {
                 l.set_nonblocking(true)?;
                 StreamListener::Tcp(TcpListener::from_std(l)?)
             }
-            crate::registry::StreamListener::Unix(l) => {
+            crate::registry::StdStreamListener::Unix(l) => {
                 l.set_nonblocking(true)?;
                 StreamListener::Unix(UnixListener::from_std(l)?)
             }

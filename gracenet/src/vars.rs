@@ -2,7 +2,7 @@
 //!
 //! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`,
 //! `GRACE_STANDBY`)
-//! are read once, when the process registry is first built ([`crate::registry::registry`]),
+//! are read once, when the process registry is first built ([`crate::registry()`]),
 //! and removed from the environment then, when that is sound (only while the process has one
 //! thread: a `#[tokio::main]` program already runs its workers and keeps them).
 //!

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::notify::Notifier;
-use crate::registry::{SocketRegistry, StreamListener};
+use crate::registry::{SocketRegistry, StdStreamListener};
 use crate::startup::Startup;
 
 /// Makes the state handed to the next generation (see [`GenerationBuilder::hand_state`]).
@@ -186,7 +186,7 @@ impl GenerationBuilder {
     /// Whether to keep the next generation's process started ahead, as a standby (default
     /// no). Once this generation is ready it starts the program again (at idle CPU priority
     /// where it will be allowed to return), and the new process waits in its first call into
-    /// gracenet ([`registry`](crate::registry::registry), [`Generation::start`], or any
+    /// gracenet ([`registry`](crate::registry()), [`Generation::start`], or any
     /// `listen`); a restart then wakes it instead of starting a process, so `execve`, the
     /// dynamic loader and whatever `main` does before that call are already done: the restart
     /// takes the rest of the start only (on a busy core, a fraction of the time).
@@ -206,7 +206,7 @@ impl GenerationBuilder {
     }
 
     /// Starts this process's generation: reads the inherited environment (see
-    /// [`registry`](crate::registry::registry)), installs the signal handlers and runs the
+    /// [`registry`](crate::registry())), installs the signal handlers and runs the
     /// lifecycle on the current tokio runtime. Call it once, early in `main`.
     ///
     /// # Errors
@@ -436,7 +436,11 @@ impl Generation {
         self.graceful(self.registry().adopt(name, make)?, name)
     }
 
-    pub(crate) fn graceful(&self, listener: StreamListener, addr: &str) -> Result<GracefulListener, Error> {
+    pub(crate) fn graceful(
+        &self,
+        listener: StdStreamListener,
+        addr: &str,
+    ) -> Result<GracefulListener, Error> {
         let local = listener.local_addr().map_err(|source| Error::Io {
             what: format!("cannot read the address of the listener for {addr}"),
             source,

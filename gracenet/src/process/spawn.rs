@@ -36,7 +36,7 @@ impl Handoff {
 ///
 /// ```no_run
 /// # fn main() -> Result<(), gracenet::Error> {
-/// let registry = gracenet::registry::registry()?;
+/// let registry = gracenet::registry()?;
 /// let exe = gracenet::process::Executable::current()?;
 /// let child = gracenet::process::NextProcess::new(exe, registry.handoff()?).spawn()?;
 /// println!("started pid {}", child.pid());

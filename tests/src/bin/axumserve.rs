@@ -8,7 +8,7 @@ use axum::routing::get;
 use gracenet::tokio::PeerAddr;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    gracenet::registry::registry()?;
+    gracenet::registry()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -88,7 +88,7 @@ fn handoff(dir: &str) -> Result<()> {
             std::env::var(gracenet::vars::LISTEN_FDNAMES).unwrap_or_default(),
         );
     }
-    let reg = gracenet::registry::registry()?;
+    let reg = gracenet::registry()?;
     let tcp = gracenet::listen_tcp("127.0.0.1:0".parse()?)?;
     let unix_path = format!("{dir}/s.sock");
     let unix = gracenet::listen_unix(&unix_path)?;
@@ -262,7 +262,7 @@ fn report() -> Result<()> {
 
 fn activated(addr: &str, name: &str) -> Result<()> {
     let pid = std::process::id();
-    let reg = gracenet::registry::registry()?;
+    let reg = gracenet::registry()?;
     let by_addr = gracenet::listen(addr)?;
     // The fallback address is deliberately another port: only the name can find the socket.
     let by_name = gracenet::listen_named(name, "127.0.0.1:0")?;
@@ -275,7 +275,7 @@ fn activated(addr: &str, name: &str) -> Result<()> {
     );
     for l in [&by_addr, &by_name] {
         wait_readable(l.as_fd())?;
-        let gracenet::registry::StreamListener::Tcp(l) = l else {
+        let gracenet::registry::StdStreamListener::Tcp(l) = l else {
             return Err("expected TCP".into());
         };
         let (mut c, _) = l.accept()?;
