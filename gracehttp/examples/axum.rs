@@ -113,14 +113,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         // A background task: works until the drain begins, then stops.
         let state = AppState::default();
-        let (ticks, stopping) = (state.ticks.clone(), generation.stopping());
+        let (ticks, draining) = (state.ticks.clone(), generation.draining());
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_millis(100));
-            tokio::pin!(stopping);
+            tokio::pin!(draining);
             loop {
                 tokio::select! {
                     _ = interval.tick() => { ticks.fetch_add(1, Ordering::Relaxed); }
-                    _ = &mut stopping => break,
+                    _ = &mut draining => break,
                 }
             }
             println!(

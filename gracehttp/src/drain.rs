@@ -24,9 +24,20 @@ impl Drain {
         self.generation.is_draining()
     }
 
-    /// Resolves when the drain begins.
+    /// Resolves when the drain begins ([`Generation::draining`]).
     pub async fn draining(&self) {
-        self.generation.stopping().await
+        self.generation.draining().await
+    }
+
+    /// When unfinished work will be abandoned, once draining ([`Generation::drain_deadline`]).
+    pub fn drain_deadline(&self) -> Option<std::time::Instant> {
+        self.generation.drain_deadline()
+    }
+
+    /// Resolves when the drain's deadline passes ([`Generation::drain_deadline_reached`]):
+    /// what is still running then is abandoned.
+    pub async fn drain_deadline_reached(&self) {
+        self.generation.drain_deadline_reached().await
     }
 
     /// Holds the drain open (until the stop timeout at most) while the guard lives, for work

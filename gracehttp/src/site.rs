@@ -210,7 +210,7 @@ pub(crate) async fn accept_loop(
             None => None,
             Some(sem) => tokio::select! {
                 permit = sem.clone().acquire_owned() => permit.ok(),
-                _ = generation.stopping() => break,
+                _ = generation.draining() => break,
             },
         };
         let Some((stream, peer)) = listener.accept_with_peer().await else {

@@ -85,7 +85,7 @@ async fn echo(
 ) {
     let pid = std::process::id();
     let mut buf = [0u8; 4096];
-    let mut draining = std::pin::pin!(generation.stopping());
+    let mut draining = std::pin::pin!(generation.draining());
     let mut drain_started = false;
     let mut can_hand_over = true;
     loop {

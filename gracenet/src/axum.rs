@@ -7,10 +7,10 @@
 //! let generation = gracenet::Generation::start()?;
 //! let listener = gracenet::axum::Listener::new(&generation, generation.listen(":8080")?);
 //! generation.ready()?;
-//! let serve = axum::serve(listener, app).with_graceful_shutdown(generation.stopping());
+//! let serve = axum::serve(listener, app).with_graceful_shutdown(generation.draining());
 //! tokio::select! {
 //!     _ = serve => {}                  // every connection finished
-//!     _ = generation.deadline() => {}  // the stop timeout: abandon the rest
+//!     _ = generation.drain_deadline_reached() => {}  // the stop timeout: abandon the rest
 //! }
 //! generation.wait().await;
 //! # Ok(()) }
@@ -32,7 +32,7 @@ use crate::tokio::{PeerAddr, Stream};
 /// generation, and its peer addresses are [`PeerAddr`]s (extract them with
 /// `ConnectInfo<gracenet::tokio::PeerAddr>` after `into_make_service_with_connect_info`).
 /// Once the generation stops accepting, `accept` waits forever: end `axum::serve` with
-/// `.with_graceful_shutdown(generation.stopping())`.
+/// `.with_graceful_shutdown(generation.draining())`.
 #[derive(Debug)]
 pub struct Listener {
     inner: Option<GracefulListener>,

@@ -400,7 +400,7 @@ impl Generation {
     }
 
     /// The registry of sockets, for kinds [`listen`](Self::listen) does not cover (UDP,
-    /// Unix datagram). Stop using them when [`stopping`](Self::stopping) resolves.
+    /// Unix datagram). Stop using them when [`draining`](Self::draining) resolves.
     pub fn registry(&self) -> &'static SocketRegistry {
         self.shared.registry()
     }
@@ -724,7 +724,7 @@ impl Generation {
     /// ```no_run
     /// # async fn serve(generation: gracenet::Generation, conn: gracenet::tokio::Stream) {
     /// // In a connection's task, at a quiet point once this generation drains:
-    /// generation.stopping().await;
+    /// generation.draining().await;
     /// if generation.hand_over(&conn, b"", b"session=42").await.is_ok() {
     ///     return; // the new process took it; dropping `conn` closes nothing
     /// }
@@ -843,14 +843,23 @@ impl Generation {
         }
     }
 
-    /// The current phase.
+    /// The current phase: the full view of the drain (starting, serving, or draining, why,
+    /// and until when). The drain's other views, all read from it: [`is_draining`]
+    /// (a cheap check), [`draining`] (a future: the drain begins), [`drain_deadline`]
+    /// (when it must end) and [`drain_deadline_reached`] (a future: it has ended).
+    ///
+    /// [`is_draining`]: Self::is_draining
+    /// [`draining`]: Self::draining
+    /// [`drain_deadline`]: Self::drain_deadline
+    /// [`drain_deadline_reached`]: Self::drain_deadline_reached
     pub fn phase(&self) -> Phase {
         self.shared.phase.borrow().clone()
     }
 
-    /// Resolves when this generation must stop accepting: a successor is serving, or a stop
-    /// began. For accept loops not built on [`GracefulListener`] (UDP servers, say).
-    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// Resolves when the drain begins: this generation must stop accepting (a successor is
+    /// serving, or a stop began). For accept loops not built on [`GracefulListener`] (UDP
+    /// servers, say) and background tasks.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut phase = self.shared.phase.subscribe();
         async move {
             let _ = phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
@@ -858,9 +867,9 @@ impl Generation {
     }
 
     /// Resolves when this generation's drain deadline passes: unfinished work is abandoned
-    /// then. For background tasks that finish politely on [`stopping`](Self::stopping) and
+    /// then. For background tasks that finish politely on [`draining`](Self::draining) and
     /// must be gone by this.
-    pub fn deadline(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn drain_deadline_reached(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut phase = self.shared.phase.subscribe();
         async move {
             let deadline = match phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await {
@@ -874,7 +883,7 @@ impl Generation {
         }
     }
 
-    /// When unfinished work will be abandoned, once draining.
+    /// When unfinished work will be abandoned, once draining; `None` before the drain.
     pub fn drain_deadline(&self) -> Option<Instant> {
         match *self.shared.phase.borrow() {
             Phase::Draining { deadline, .. } => Some(deadline),

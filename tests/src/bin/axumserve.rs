@@ -32,10 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         generation.ready()?;
         let serve = axum::serve(listener, app.into_make_service_with_connect_info::<PeerAddr>())
-            .with_graceful_shutdown(generation.stopping());
+            .with_graceful_shutdown(generation.draining());
         tokio::select! {
             result = serve.into_future() => result?,
-            _ = generation.deadline() => {}
+            _ = generation.drain_deadline_reached() => {}
         }
         let outcome = generation.wait().await;
         println!(
