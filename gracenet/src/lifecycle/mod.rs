@@ -1,28 +1,47 @@
 //! The restart lifecycle: one [`Generation`] per process, which starts the next one on
 //! `SIGUSR2`, hands over once it is serving, and drains on `SIGTERM`/`SIGINT`.
 //!
-//! Split by role: [`machine`] decides everything (a pure state machine: starting → serving →
-//! draining → finished, the restart under way, the standby, the reply to each restart
-//! request; unit- and property-tested), `driver` turns I/O into its events and performs its
-//! actions (spawn, wake, kill, notify, close listeners, PID file, replies), `generation` is the
-//! handle an application holds, `graceful_listener` is its accept loop's end, `handover`
-//! carries connections to the next generation, and `standby` wakes the next generation
-//! started ahead.
+//! Split by role:
+//!
+//! | file | what |
+//! |---|---|
+//! | [`machine`] | decides everything: a pure state machine (starting → serving → draining → finished, the restart under way, the standby, the reply to each restart request); unit- and property-tested |
+//! | `driver` | turns I/O into the machine's events and performs its actions (spawn, wake, kill, notify, close listeners, PID file, replies) |
+//! | `child` | a next generation's process: starting it with the sockets and the channel, its priority limit, reaping a failed one |
+//! | `shared` | what the handle and the driver share ([`Generation`]'s settings, phase, channels) |
+//! | `builder` | [`GenerationBuilder`] and the start: the only place the driver is spawned |
+//! | `generation` | the handle an application holds: listeners, restart, shutdown, wait |
+//! | `ready`, `status` | [`Generation::ready`] (PID file, priority, systemd, the supervisor's copy, the parent), [`Generation::status`] |
+//! | `drain` | the drain's views ([`Generation::phase`] and the rest) and [`ConnectionGuard`] |
+//! | `transfer` | state and connections handed between generations, the application's side |
+//! | `channel` | the parent-to-child channel's layout and its state section |
+//! | `handover` | the connection frames on that channel, acknowledged |
+//! | `sd_notify` | every line the lifecycle tells systemd, worded in one place |
+//! | `graceful_listener` | an accept loop's end |
+//! | `signals`, `standby` | the signal thread, and the standby it may wake |
 
+mod builder;
+mod channel;
+mod child;
+mod drain;
 mod driver;
 mod generation;
 mod graceful_listener;
 mod handover;
 pub(crate) mod machine;
+mod ready;
+mod sd_notify;
+mod shared;
 mod signals;
 mod standby;
+mod status;
+mod transfer;
 
 use std::time::{Duration, Instant};
 
-pub use generation::{
-    ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, Generation, GenerationBuilder,
-    RestartRequest,
-};
+pub use builder::{DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, GenerationBuilder};
+pub use drain::ConnectionGuard;
+pub use generation::{Generation, RestartRequest};
 pub use graceful_listener::GracefulListener;
 pub use handover::{HandedConnection, InheritedConnections};
 

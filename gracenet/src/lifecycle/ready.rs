@@ -1,0 +1,118 @@
+//! [`Generation::ready`]: the moment a generation starts serving, and everything that goes
+//! with it (the PID file, the CPU priority, the phase, systemd and the supervisor, the parent).
+
+use super::generation::Generation;
+use super::signals::Request;
+use super::{Phase, sd_notify};
+use crate::error::Error;
+
+impl Generation {
+    /// Reports that this generation is serving (its accept loops are running): the parent
+    /// generation, if any, stops accepting and drains. Calling it again does nothing.
+    ///
+    /// Call it once every accept loop has been polled, not merely spawned: the parent stops
+    /// accepting when it hears, and until a loop of this process polls its listener,
+    /// connections wait in the queue. (On a busy machine a spawned task can wait milliseconds
+    /// for a worker thread; gracehttp waits for each accept loop's first poll.)
+    ///
+    /// Everything that can fail comes first: when the PID file cannot be written, the parent
+    /// is **not** told, this returns the error, and the parent (if any) keeps serving once
+    /// this process exits.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the PID file cannot be written.
+    pub fn ready(&self) -> Result<(), Error> {
+        let link = self.take_link();
+        let Some(link) = link else { return Ok(()) };
+        let mut replaced_pid_file = None;
+        if let Some(path) = self.shared.config.pid_file.as_deref() {
+            // The link is dropped unused on failure: a parent sees its pipe close and rolls
+            // back.
+            replaced_pid_file = crate::pidfile::write(path)?;
+        }
+        if self.shared.startup.idle_start {
+            // Serving from now on: at normal priority before the parent stops accepting.
+            leave_idle_start();
+        }
+        self.shared.phase.send_if_modified(|p| {
+            let starting = *p == Phase::Starting;
+            if starting {
+                *p = Phase::Serving;
+            }
+            starting
+        });
+        let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
+        let pid = std::process::id();
+        // MAINPID first, and before the parent hears: systemd (or the supervisor) must know
+        // the new main process before the old one exits.
+        let lines = sd_notify::serving(self.shared.number, pid, &addrs.join(", "));
+        match &self.shared.notifier {
+            Some(notifier) if self.shared.startup.supervisor.is_some() => {
+                // The supervisor keeps a copy of the sockets, to restart after a crash.
+                match self.registry().handoff() {
+                    Ok(handoff) => {
+                        crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot copy the sockets for the supervisor: {e}");
+                        notifier.send(&lines);
+                    }
+                }
+            }
+            _ => self.shared.notify(&lines),
+        }
+        if let Some(channel) = link.notify() {
+            *self
+                .shared
+                .parent_channel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(channel);
+        }
+        if let Some(file) = replaced_pid_file {
+            // Its blocks are freed when it closes, which can wait for the disk (see
+            // pidfile::write): on a thread of its own, not this one, which serves. (Were the
+            // thread not to start, the closure, file and all, is dropped here.)
+            let _ = std::thread::Builder::new()
+                .name("gracenet-pidfile".into())
+                .spawn(move || drop(file));
+        }
+        // The machine goes from starting to serving: restarts asked for meanwhile run now, and
+        // a standby is started (by the driver: off this path, the parent is waiting to stop
+        // accepting).
+        let _ = self.shared.requests.send(Request::Ready);
+        if self.shared.config.announce {
+            tracing::info!(
+                "generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            );
+        } else {
+            tracing::debug!(
+                "generation {} serving {} with pid {pid}",
+                self.shared.number,
+                addrs.join(", ")
+            );
+        }
+        let unclaimed = self.registry().unclaimed();
+        if !unclaimed.is_empty() {
+            let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                "keeping inherited sockets nobody asked for, to pass on: {}",
+                list.join(", ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Returns this process from the idle CPU priority the generation before started it at.
+fn leave_idle_start() {
+    match crate::sys::leave_idle_priority(None) {
+        Ok(n) => tracing::debug!("left the idle CPU priority this generation started at ({n} thread(s))"),
+        Err(e) => tracing::error!(
+            "cannot leave the idle CPU priority this generation started at ({e}): it serves at idle \
+             priority; give it CAP_SYS_NICE or an RLIMIT_NICE of 20 (systemd: LimitNICE=20), or \
+             start generations at normal priority (GenerationBuilder::idle_start(false))"
+        ),
+    }
+}

@@ -1,0 +1,103 @@
+//! What the [`Generation`](super::Generation) handle and the driver share: the settings,
+//! the phase and its watchers, the channels to the generations before and after.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::signals::Request;
+use super::standby::SharedStandby;
+use super::{Outcome, Phase};
+use crate::notify::Notifier;
+use crate::registry::SocketRegistry;
+use crate::startup::Startup;
+
+/// Makes the state handed to the next generation (see
+/// [`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)).
+pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// A generation's settings, as [`GenerationBuilder`](super::GenerationBuilder) sets them
+/// (each documented at its setter).
+#[derive(Clone)]
+pub(super) struct Settings {
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub pid_file: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub state: Option<StateProvider>,
+    pub max_state: u64,
+    pub handle_signals: bool,
+    pub announce: bool,
+    pub idle_start: bool,
+    pub idle_start_limit: Duration,
+    pub standby: bool,
+}
+
+/// What the handle and the driver share.
+pub(super) struct Shared {
+    pub number: u64,
+    pub startup: &'static Startup,
+    pub config: Settings,
+    pub phase: watch::Sender<Phase>,
+    /// One receiver per tracked connection: the drain waits for them all to go.
+    pub connections: watch::Sender<()>,
+    /// One receiver per [`GracefulListener`](super::GracefulListener): "stopped accepting" is when they are all gone.
+    pub accepting: watch::Sender<()>,
+    pub outcome: watch::Sender<Option<Outcome>>,
+    /// Set when the drain begins (with `phase`), for a cheap check per request.
+    pub draining: AtomicBool,
+    /// The channel to the generation that took over, for handing it live connections.
+    pub successor_channel: std::sync::Mutex<Option<Arc<super::handover::Handover>>>,
+    /// The channel from the generation that started this one, kept after ready for the
+    /// connections it hands over.
+    pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
+    /// Whether the handed-over state has been read off the parent channel.
+    pub state_read: AtomicBool,
+    /// The standby's pid, 0 when there is none (for `status`).
+    pub standby_pid: std::sync::atomic::AtomicU32,
+    /// The standby's wake handle, shared with the signal thread.
+    pub standby: SharedStandby,
+    pub requests: mpsc::UnboundedSender<Request>,
+    /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
+    pub notifier: Option<Notifier>,
+}
+
+impl Shared {
+    pub fn registry(&self) -> &'static SocketRegistry {
+        &self.startup.registry
+    }
+
+    /// The older generations still running (draining), oldest first: those of
+    /// `GRACE_ANCESTORS` still running and started before this process (a reused pid started
+    /// later).
+    pub fn running_ancestors(&self) -> Vec<u32> {
+        // One read of /proc per ancestor, and of our own only if one is running (this is on
+        // the restart's path, on the serving core).
+        let mut ours = None;
+        self.startup
+            .ancestors
+            .iter()
+            .copied()
+            .filter(|&pid| match crate::sys::running_start(pid) {
+                None => false,
+                Some(theirs) => {
+                    let ours = *ours.get_or_insert_with(|| crate::sys::start_time(std::process::id()));
+                    match (theirs, ours) {
+                        (Some(theirs), Some(ours)) => theirs <= ours,
+                        _ => true,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Tells systemd, if it is listening.
+    pub fn notify(&self, lines: &[String]) {
+        if let Some(n) = &self.notifier {
+            n.send(lines);
+        }
+    }
+}
