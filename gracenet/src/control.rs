@@ -11,6 +11,9 @@
 //!
 //! The protocol is one line each way: the client sends `restart` or `status`; the server
 //! answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines) and closes. A
+//! restart that did not happen is answered `error failed: …` (the old generation still
+//! serves) or `error stopping: …`, so a client tells them apart ([`ControlError`], in
+//! [`Error::Control`]); a client that does not know these words shows the line as it reads. A
 //! generation that has already handed over answers `retry …`, and the client asks again (the
 //! new generation answers). A command whose client has gone by the time the server reads it
 //! is not run.
@@ -30,6 +33,31 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+
+/// What kind of failure an [`Error::Control`] is, for a caller that acts on it: a deploy
+/// script rolls back on [`RestartFailed`](Self::RestartFailed), waits for the service
+/// manager on [`Stopping`](Self::Stopping), and retries or alerts on
+/// [`Unreachable`](Self::Unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The restart was tried and failed (the next generation could not start, died, was not
+    /// ready in time, or refused what it was handed): the generation that was asked still
+    /// serves. The server's [`RestartError::Failed`](crate::RestartError::Failed).
+    RestartFailed,
+    /// The server is stopping: it starts no new generation. The server's
+    /// [`RestartError::Stopping`](crate::RestartError::Stopping).
+    Stopping,
+    /// The server could not be reached, was not trusted, or gave no answer within the
+    /// timeout (or its serving generation could not be found after hand-overs).
+    Unreachable,
+    /// The server answered with another error (an unknown command), or with something that
+    /// is not a control socket's answer.
+    Refused,
+    /// The control socket's setting is wrong (in the server: its path is also the PID
+    /// file's).
+    Setup,
+}
 
 /// The `LISTEN_FDNAMES` name the control socket is passed on with.
 pub const SOCKET_NAME: &str = "grace-control";
@@ -70,9 +98,11 @@ impl Client {
     /// failed. Returns the server's answer ("generation 3 serving with pid 4242").
     ///
     /// # Errors
-    /// [`Error::Control`] when the restart failed (the reason the server gave: the old
-    /// generation still serves), the socket cannot be reached, or no answer came within the
-    /// timeout (a restart the server had not yet read is then never run).
+    /// [`Error::Control`], its `kind` saying which: [`ControlError::RestartFailed`] when the
+    /// restart failed (the reason the server gave; the old generation still serves),
+    /// [`ControlError::Stopping`] when the server is stopping, [`ControlError::Unreachable`]
+    /// when the socket cannot be reached or no answer came within the timeout (a restart the
+    /// server had not yet read is then never run).
     pub fn restart(&self) -> Result<String, Error> {
         self.request("restart", self.timeout.unwrap_or(DEFAULT_RESTART_TIMEOUT))
     }
@@ -105,9 +135,15 @@ impl Client {
         )))
     }
 
+    /// The server could not be reached, or did not answer: `reason`.
     fn fail(&self, reason: String) -> Error {
+        self.fail_as(ControlError::Unreachable, reason)
+    }
+
+    fn fail_as(&self, kind: ControlError, reason: String) -> Error {
         Error::Control {
             path: self.path.clone(),
+            kind,
             reason,
         }
     }
@@ -161,10 +197,13 @@ impl Client {
                 Ok(0) => break,
                 Ok(n) if answer.len() + n <= MAX_ANSWER => answer.extend_from_slice(&chunk[..n]),
                 Ok(_) => {
-                    return Err(self.fail(format!(
-                        "the answer to {command:?} is longer than {MAX_ANSWER} bytes: is this a \
+                    return Err(self.fail_as(
+                        ControlError::Refused,
+                        format!(
+                            "the answer to {command:?} is longer than {MAX_ANSWER} bytes: is this a \
                          grace control socket?"
-                    )));
+                        ),
+                    ));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e)
@@ -198,13 +237,44 @@ impl Client {
             return Ok(Answer::Retry(reason.trim_start().to_owned()));
         }
         Ok(Answer::Done(Err(match answer.strip_prefix("error") {
-            Some(reason) => self.fail(reason.trim_start().to_owned()),
+            Some(reason) => {
+                let (kind, reason) = read_error(reason.trim_start());
+                self.fail_as(kind, reason)
+            }
             None if answer.is_empty() => self.fail(format!(
                 "the server closed the connection without answering {command:?}"
             )),
-            None => self.fail(format!("unexpected answer {answer:?}")),
+            None => self.fail_as(ControlError::Refused, format!("unexpected answer {answer:?}")),
         })))
     }
+}
+
+/// The kind word of an `error` answer to `restart` that failed, and of one whose server is
+/// stopping: `error failed: REASON; generation N (pid P) still serving`, `error stopping:
+/// MESSAGE`. A client that does not know the words shows them as they read.
+const FAILED: &str = "failed:";
+const STOPPING: &str = "stopping:";
+
+/// Reads an `error` answer (what follows `error `): its kind, and the reason as the server's
+/// error says it. Also reads a server from before the kind words, by its messages.
+fn read_error(answer: &str) -> (ControlError, String) {
+    if let Some(rest) = answer.strip_prefix(FAILED) {
+        return (
+            ControlError::RestartFailed,
+            format!("restart failed: {}", rest.trim_start()),
+        );
+    }
+    if let Some(rest) = answer.strip_prefix(STOPPING) {
+        return (ControlError::Stopping, rest.trim_start().to_owned());
+    }
+    let kind = if answer.starts_with("restart failed:") {
+        ControlError::RestartFailed
+    } else if answer.contains(" is stopping: not restarting") {
+        ControlError::Stopping
+    } else {
+        ControlError::Refused
+    };
+    (kind, answer.to_owned())
 }
 
 /// The uid of the process at the other end.
@@ -441,6 +511,23 @@ pub(crate) mod server {
         }
     }
 
+    /// The `error` answer to a restart that did not happen, with its kind word (see
+    /// [`read_error`](super::read_error)).
+    pub(super) fn restart_error_answer(e: &RestartError) -> String {
+        match e {
+            RestartError::Failed {
+                generation,
+                pid,
+                reason,
+            } => format!(
+                "error {} {reason}; generation {generation} (pid {pid}) still serving\n",
+                super::FAILED
+            ),
+            RestartError::Stopping { .. } => format!("error {} {e}\n", super::STOPPING),
+            _ => format!("error {e}\n"),
+        }
+    }
+
     /// `retry …` when this generation has handed over: the client asks again and the
     /// generation now serving answers.
     fn handed_over(generation: &Generation) -> Option<String> {
@@ -476,9 +563,9 @@ pub(crate) mod server {
                     // generation runs it (the client asks again).
                     Err(e @ RestartError::HandedOver { .. }) => format!("retry {e}\n"),
                     Err(e @ RestartError::Stopping { .. }) => {
-                        handed_over(generation).unwrap_or_else(|| format!("error {e}\n"))
+                        handed_over(generation).unwrap_or_else(|| restart_error_answer(&e))
                     }
-                    Err(e) => format!("error {e}\n"),
+                    Err(e) => restart_error_answer(&e),
                 }
             }
             "status" => format!(
@@ -489,6 +576,69 @@ pub(crate) mod server {
                 "error unknown command {:?}: expected \"restart\" or \"status\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn a_restart_error_reaches_the_client_with_its_kind_and_its_words() {
+        use crate::RestartError;
+        let cases = [
+            (
+                RestartError::Failed {
+                    generation: 1,
+                    pid: 42,
+                    reason: "generation 2 (pid 43) exited before it was ready (exit status: 1)".into(),
+                },
+                ControlError::RestartFailed,
+                FAILED,
+            ),
+            (
+                RestartError::Stopping {
+                    generation: 1,
+                    pid: 42,
+                },
+                ControlError::Stopping,
+                STOPPING,
+            ),
+        ];
+        for (error, kind, word) in cases {
+            let line = server::restart_error_answer(&error);
+            let answer = line.trim_end().strip_prefix("error ").expect("an error answer");
+            assert!(answer.starts_with(word), "the kind word on the wire: {line:?}");
+            assert_eq!(read_error(answer), (kind, error.to_string()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_from_a_server_without_the_kind_words_is_still_read() {
+        // What servers answered before the kind words: the error's message alone.
+        let failed = "restart failed: not ready after 30.0 s; generation 1 (pid 42) still serving";
+        assert_eq!(
+            read_error(failed),
+            (ControlError::RestartFailed, failed.to_owned())
+        );
+        let stopping = "generation 1 (pid 42) is stopping: not restarting";
+        assert_eq!(
+            read_error(stopping),
+            (ControlError::Stopping, stopping.to_owned())
+        );
+        let unknown = "unknown command \"reload\": expected \"restart\" or \"status\"";
+        assert_eq!(read_error(unknown), (ControlError::Refused, unknown.to_owned()));
+    }
+
+    #[test]
+    fn a_server_that_cannot_be_reached_is_told_apart() {
+        let dir = std::env::temp_dir().join(format!("gracenet-control-unreachable-{}", std::process::id()));
+        let client = Client::new(dir.join("no-such-socket")).timeout(Duration::from_secs(2));
+        match client.restart() {
+            Err(Error::Control { kind, .. }) => assert_eq!(kind, ControlError::Unreachable),
+            other => panic!("expected an unreachable server: {other:?}"),
         }
     }
 }

@@ -106,6 +106,9 @@ pub enum Error {
     Control {
         /// The socket's path.
         path: PathBuf,
+        /// Which kind of failure: a restart that failed, a server stopping, a server that
+        /// could not be reached, ...
+        kind: crate::control::ControlError,
         /// What went wrong, or why the server refused.
         reason: String,
     },

@@ -22,7 +22,8 @@
 //!   (a slow start, made deterministic).
 //!
 //! With `--supervise` (or as pid 1) it runs as gracenet's supervisor of itself; with
-//! `--control PATH restart|status` it is a control-socket client, printing the answer
+//! `--control PATH restart|status` it is a control-socket client, printing the answer (an
+//! error with its kind: `error kind=RestartFailed …`)
 //! (`PROBE_CONTROL_TIMEOUT_MS`: its timeout).
 //!
 //! The version is the binary's name: `lifeprobe`, or `lifeprobe2`, the same program under
@@ -75,7 +76,11 @@ pub fn main(version: &'static str) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                println!("error {e}");
+                // The kind, for the tests to tell a failed restart from an unreachable server.
+                match &e {
+                    gracenet::Error::Control { kind, .. } => println!("error kind={kind:?} {e}"),
+                    _ => println!("error {e}"),
+                }
                 ExitCode::FAILURE
             }
         };

@@ -95,6 +95,10 @@ fn a_failed_restart_is_reported_with_its_reason_and_the_old_generation_keeps_ser
     let out = client(&socket, "restart");
     let answer = text(&out);
     assert!(!out.status.success(), "the client fails: {answer}");
+    assert!(
+        answer.starts_with("error kind=RestartFailed "),
+        "the client tells a failed restart from the others: {answer}"
+    );
     assert!(answer.contains("restart failed"), "{answer}");
     assert!(
         answer.contains("exited before it was ready"),
@@ -207,6 +211,7 @@ fn a_client_with_no_server_is_told_so() {
     let out = client(&dir.path().join("control"), "restart");
     assert!(!out.status.success());
     let answer = text(&out);
+    assert!(answer.starts_with("error kind=Unreachable "), "{answer}");
     assert!(answer.contains("cannot connect"), "{answer}");
     assert!(answer.contains("is the server running"), "{answer}");
 }

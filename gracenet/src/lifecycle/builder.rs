@@ -202,6 +202,7 @@ impl GenerationBuilder {
         {
             return Err(Error::Control {
                 path: path.clone(),
+                kind: crate::control::ControlError::Setup,
                 reason: "it is also the PID file's path: give each its own".into(),
             });
         }
