@@ -219,7 +219,7 @@ impl GenerationBuilder {
         let shared = Arc::new(Shared {
             number,
             startup,
-            config: settings,
+            settings,
             phase: watch::channel(Phase::Starting).0,
             connections: watch::channel(()).0,
             accepting: watch::channel(()).0,
@@ -239,7 +239,7 @@ impl GenerationBuilder {
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         let generation = Generation { shared };
-        if let Some(path) = &generation.shared.config.control_socket {
+        if let Some(path) = &generation.shared.settings.control_socket {
             let listener = crate::control::server::listen(&generation, path)?;
             tokio::spawn(crate::control::server::serve(listener, generation.clone()));
         }

@@ -184,8 +184,8 @@ pub(super) fn hand_state(
     locked: Option<tokio::sync::OwnedMutexGuard<tokio::net::unix::OwnedWriteHalf>>,
     pid: u32,
 ) {
-    let provider = shared.config.state.clone();
-    let timeout = shared.config.ready_timeout;
+    let provider = shared.settings.state.clone();
+    let timeout = shared.settings.ready_timeout;
     let next = shared.number + 1;
     tokio::spawn(async move {
         // Held (since before this task existed) while the state is written: connections

@@ -48,14 +48,14 @@ pub(super) struct Driver {
 impl Driver {
     pub(super) fn new(shared: Arc<Shared>, requests: mpsc::UnboundedReceiver<Request>) -> Self {
         let timeouts = Timeouts {
-            ready: shared.config.ready_timeout,
-            stop: shared.config.stop_timeout,
+            ready: shared.settings.ready_timeout,
+            stop: shared.settings.stop_timeout,
         };
         let me = Me {
             generation: shared.number,
             pid: std::process::id(),
         };
-        let machine = Machine::new(me, timeouts, shared.config.standby);
+        let machine = Machine::new(me, timeouts, shared.settings.standby);
         Driver {
             shared,
             requests,
@@ -213,14 +213,14 @@ impl Driver {
 
     /// The next generation, started now (at idle CPU priority where it may return).
     fn spawn_fresh(&mut self) -> Result<Child, Error> {
-        let idle = self.shared.config.idle_start && crate::sys::may_start_at_idle_priority();
+        let idle = self.shared.settings.idle_start && crate::sys::may_start_at_idle_priority();
         let (child, locked, _) = child::start_process(&self.shared, idle, false)?;
         child::hand_state(&self.shared, child.out.clone(), locked, child.process.pid());
         let idle_limit = idle.then(|| {
             IdleLimit::start(
                 child.process.pid(),
                 self.shared.number + 1,
-                self.shared.config.idle_start_limit,
+                self.shared.settings.idle_start_limit,
             )
         });
         Ok(Child { idle_limit, ..child })
@@ -377,7 +377,7 @@ impl Driver {
         let timeout = self.timeouts.stop;
         let connections = self.shared.connections.receiver_count();
         if reason == StopReason::Shutdown {
-            if let Some(path) = &self.shared.config.pid_file {
+            if let Some(path) = &self.shared.settings.pid_file {
                 crate::pidfile::remove_if_ours(path);
             }
             tracing::info!(

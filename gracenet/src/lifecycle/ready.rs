@@ -25,7 +25,7 @@ impl Generation {
         let link = self.take_link();
         let Some(link) = link else { return Ok(()) };
         let mut replaced_pid_file = None;
-        if let Some(path) = self.shared.config.pid_file.as_deref() {
+        if let Some(path) = self.shared.settings.pid_file.as_deref() {
             // The link is dropped unused on failure: a parent sees its pipe close and rolls
             // back.
             replaced_pid_file = crate::pidfile::write(path)?;
@@ -46,21 +46,7 @@ impl Generation {
         // MAINPID first, and before the parent hears: systemd (or the supervisor) must know
         // the new main process before the old one exits.
         let lines = sd_notify::serving(self.shared.number, pid, &addrs.join(", "));
-        match &self.shared.notifier {
-            Some(notifier) if self.shared.startup.supervisor.is_some() => {
-                // The supervisor keeps a copy of the sockets, to restart after a crash.
-                match self.registry().handoff() {
-                    Ok(handoff) => {
-                        crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot copy the sockets for the supervisor: {e}");
-                        notifier.send(&lines);
-                    }
-                }
-            }
-            _ => self.shared.notify(&lines),
-        }
+        self.tell_serving(lines);
         if let Some(channel) = link.notify() {
             *self
                 .shared
@@ -80,7 +66,7 @@ impl Generation {
         // a standby is started (by the driver: off this path, the parent is waiting to stop
         // accepting).
         let _ = self.shared.requests.send(Request::Ready);
-        if self.shared.config.announce {
+        if self.shared.settings.announce {
             tracing::info!(
                 "generation {} serving {} with pid {pid}",
                 self.shared.number,
@@ -102,6 +88,26 @@ impl Generation {
             );
         }
         Ok(())
+    }
+
+    /// Tells systemd this generation serves; under a supervisor, with a copy of the sockets
+    /// (it keeps them to start a generation at once after a crash).
+    fn tell_serving(&self, lines: Vec<String>) {
+        match &self.shared.notifier {
+            Some(notifier) if self.shared.startup.supervisor.is_some() => {
+                // The supervisor keeps a copy of the sockets, to restart after a crash.
+                match self.registry().handoff() {
+                    Ok(handoff) => {
+                        crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot copy the sockets for the supervisor: {e}");
+                        notifier.send(&lines);
+                    }
+                }
+            }
+            _ => self.shared.notify(&lines),
+        }
     }
 }
 

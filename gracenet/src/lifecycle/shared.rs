@@ -40,7 +40,7 @@ pub(super) struct Settings {
 pub(super) struct Shared {
     pub number: u64,
     pub startup: &'static Startup,
-    pub config: Settings,
+    pub settings: Settings,
     pub phase: watch::Sender<Phase>,
     /// One receiver per tracked connection: the drain waits for them all to go.
     pub connections: watch::Sender<()>,

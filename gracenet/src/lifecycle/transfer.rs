@@ -51,10 +51,10 @@ impl Generation {
         else {
             return Ok(None);
         };
-        let max = self.shared.config.max_state;
+        let max = self.shared.settings.max_state;
         let read = channel::read_state(&mut stream, max);
         self.shared.state_read.store(true, Ordering::SeqCst);
-        match tokio::time::timeout(self.shared.config.ready_timeout, read).await {
+        match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
             Ok(Ok(state)) => Ok(state),
             Ok(Err(e)) => Err(io("cannot read the handed-over state".into(), e)),
             Err(_) => Err(io(
