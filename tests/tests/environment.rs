@@ -107,6 +107,14 @@ fn malformed_values_are_errors_naming_the_variable() {
             "-",
             "which is a TCP stream socket that is not listening",
         ),
+        // fd 3 is good and already taken when fd 4 fails: it is given back, not closed.
+        (
+            "tcp",
+            "2",
+            "-",
+            "-",
+            "LISTEN_FDS=2 names fd 4, but fd 4 is not open",
+        ),
     ] {
         let (report, after) = probe_report(fd3, fds, pid, names);
         let error = report.split_once("error=").map(|(_, e)| e).unwrap_or_else(|| {
