@@ -714,3 +714,54 @@ fn giving_up_after_a_crash_loop_leaves_no_generation_behind() {
         grace_tests::pids_with_env(MARK, &sweep.0)
     );
 }
+
+#[test]
+fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart() {
+    let (sweep, s) = supervised_slow_restarts("1000", &[]);
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard: _g1,
+    } = s;
+    let supervisor = sup.pid();
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {gen1}"));
+    let successor = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(successor);
+    // The supervisor is held (SIGSTOP) while generation 1 dies and its successor, now an
+    // orphan of the supervisor, reports ready: the supervisor then sees both at once.
+    sup.signal(Signal::SIGSTOP);
+    send(gen1, Signal::SIGKILL);
+    let ready = sup.expect_log("generation 2 serving");
+    assert!(ready.contains(&format!("with pid {successor}")), "{ready}");
+    sup.signal(Signal::SIGCONT);
+    // It is generation 1's successor: it serves, and no crash restart starts.
+    sup.expect_log(&format!("pid {successor} is now serving (was {gen1})"));
+    assert_eq!(
+        one_pid_answers(port),
+        Some(successor),
+        "200 answers in a row from one pid"
+    );
+    let mut left = grace_tests::pids_with_env(MARK, &sweep.0);
+    left.retain(|&p| p != supervisor);
+    assert_eq!(left, vec![successor], "the server's processes");
+
+    sup.signal(Signal::SIGTERM);
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
+        "left running: {:?}",
+        grace_tests::pids_with_env(MARK, &sweep.0)
+    );
+    let output = sup.output_after_exit();
+    assert!(
+        !output
+            .iter()
+            .any(|l| l.contains("died with no successor") || l.contains("stray")),
+        "{output:#?}"
+    );
+}
