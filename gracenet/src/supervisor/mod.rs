@@ -161,6 +161,8 @@ struct Supervisor {
     gave_up: bool,
     /// When the processes still there after a stop are killed.
     kill_at: Option<Instant>,
+    /// The processes killed since, each logged once.
+    killed: Vec<u32>,
     /// Whether this process has children (reparented orphans included), as last reaped.
     children_left: bool,
 }
@@ -215,6 +217,7 @@ impl Supervisor {
             strays: Vec::new(),
             gave_up: false,
             kill_at: None,
+            killed: Vec::new(),
             children_left: true,
         })
     }
@@ -575,11 +578,14 @@ impl Supervisor {
         left.sort_unstable();
         left.dedup();
         for pid in left.into_iter().filter(|&p| crate::sys::is_running(p)) {
-            tracing::warn!(
-                supervisor = self.me,
-                "pid {pid} is still there {} s after the stop: killing it",
-                KILL_AFTER.as_secs()
-            );
+            if !self.killed.contains(&pid) {
+                tracing::warn!(
+                    supervisor = self.me,
+                    "pid {pid} is still there {} s after the stop: killing it",
+                    KILL_AFTER.as_secs()
+                );
+                self.killed.push(pid);
+            }
             signal_pid(self.me, pid, Signal::SIGKILL);
         }
     }
