@@ -406,11 +406,11 @@ impl Supervisor {
             tracing::debug!(supervisor = self.me, sender = ?sender, "ignoring a stopped stray's notification");
             return;
         }
-        if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok()) {
-            if from_stray(&self.strays, pid) || !self.new_main_pid(pid, number) {
-                // Not the server's main process: systemd must not hear of it.
-                return;
-            }
+        if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok())
+            && (from_stray(&self.strays, pid) || !self.new_main_pid(pid, number))
+        {
+            // Not the server's main process: systemd must not hear of it.
+            return;
         }
         let is_serving = |s: &Serving| sender.is_some_and(|p| p as u32 == s.pid);
         if let Some(serving) = self.serving.as_mut().filter(|s| is_serving(s)) {
