@@ -15,6 +15,9 @@
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready;
 //! - `PROBE_NEXT_START_DELAY_MS`: a generation >= 2 waits this long before its first call
 //!   into gracenet;
+//! - `PROBE_NEXT_READY_DELAY_MS`: a generation >= 2 (a crash restart's too) waits this long,
+//!   listening, before it reports ready (a slow restart), then prints
+//!   `probe before-ready pid=P`;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
 //! - `PROBE_SUPERVISOR_START_DELAY_MS`: the supervisor (`--supervise`), once its signals are

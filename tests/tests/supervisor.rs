@@ -569,3 +569,199 @@ fn measure_time_from_spawn_to_safe_signals_over_200_starts() {
         "a start took over 100 ms to make SIGUSR2 safe"
     );
 }
+
+/// Whether 200 questions in a row, asked within `DEADLINE`, are all answered by one pid:
+/// that pid once they are (questions that fail or change pid start the count again).
+fn one_pid_answers(port: u16) -> Option<u32> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let (mut pid, mut run) = (0, 0);
+    while run < 200 {
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        match grace_tests::ask(port) {
+            Ok(answer) if grace_tests::answer_pid(&answer) == pid => run += 1,
+            Ok(answer) => (pid, run) = (grace_tests::answer_pid(&answer), 1),
+            Err(_) => run = 0,
+        }
+    }
+    Some(pid)
+}
+
+/// A supervised lifeprobe whose generations >= 2 take `delay_ms` to become ready, marked for
+/// [`Sweep`] (declared first: it is dropped after the supervisor's guard).
+fn supervised_slow_restarts(delay_ms: &str, env: &[(&str, &str)]) -> (Sweep, Supervised) {
+    let sweep = Sweep(grace_tests::unique_marker());
+    let mut all = vec![(MARK, sweep.0.as_str()), ("PROBE_NEXT_READY_DELAY_MS", delay_ms)];
+    all.extend_from_slice(env);
+    let s = supervised(&all);
+    (sweep, s)
+}
+
+#[test]
+fn a_serving_generation_killed_while_its_successor_starts_leaves_one_generation_serving() {
+    let dir = grace_tests::TempDir::new("splitbrain");
+    let pid_file = dir.path().join("pid");
+    let (sweep, s) = supervised_slow_restarts("1500", &[("PROBE_PID_FILE", pid_file.to_str().unwrap())]);
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard: _g1,
+    } = s;
+    let supervisor = sup.pid();
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {gen1}"));
+    // Generation 2 starts as generation 1's child and waits 1.5 s before it is ready...
+    let orphan = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(orphan);
+    // ... and its parent dies meanwhile: the supervisor starts a generation 2 of its own.
+    send(gen1, Signal::SIGKILL);
+    sup.expect_log("died with no successor");
+    let line = sup.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), "2", "{line}");
+    let restarted = probe_pid(&line);
+    let _g3 = PidGuard(restarted);
+    assert_ne!(restarted, orphan);
+
+    // One of the two is stopped, and the other one answers every question.
+    assert!(
+        wait_until(DEADLINE, || is_alive(orphan) != is_alive(restarted)),
+        "both generation 2s (pids {orphan} and {restarted}) still run, or neither does"
+    );
+    let (serving, stray) = if is_alive(orphan) {
+        (orphan, restarted)
+    } else {
+        (restarted, orphan)
+    };
+    assert_eq!(
+        one_pid_answers(port),
+        Some(serving),
+        "200 answers in a row from one pid"
+    );
+    // The PID file names it: the stopped one did not claim it.
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        serving.to_string(),
+        "the PID file names the serving pid"
+    );
+    let mut left = grace_tests::pids_with_env(MARK, &sweep.0);
+    left.retain(|&p| p != supervisor);
+    assert_eq!(left, vec![serving], "the server's processes");
+
+    // A stop ends everything.
+    sup.signal(Signal::SIGTERM);
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
+        "left running: {:?}",
+        grace_tests::pids_with_env(MARK, &sweep.0)
+    );
+    // The stray was stopped, said why, and never reported ready (so it claimed neither the
+    // PID file nor the main pid).
+    let output = sup.output_after_exit();
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains(&format!("stopping pid {stray}, a stray generation"))),
+        "{output:#?}"
+    );
+    assert!(
+        !output
+            .iter()
+            .any(|l| l.contains("serving") && l.contains(&format!("with pid {stray}"))),
+        "{output:#?}"
+    );
+}
+
+#[test]
+fn giving_up_after_a_crash_loop_leaves_no_generation_behind() {
+    let (sweep, s) = supervised_slow_restarts("2000", &[]);
+    let Supervised {
+        mut sup,
+        gen1,
+        guard: _g1,
+        ..
+    } = s;
+    let mut guards = Vec::new();
+    // Four crashes: generation 1, then each replacement as soon as it has started.
+    let mut serving = gen1;
+    for _ in 0..4 {
+        send(serving, Signal::SIGKILL);
+        sup.expect_log("died with no successor");
+        serving = probe_pid(&sup.expect_line("probe version="));
+        guards.push(PidGuard(serving));
+    }
+    // A restart of the fifth: held until it is ready, then forwarded; its successor starts...
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {serving}"));
+    let successor = probe_pid(&sup.expect_line("probe version="));
+    guards.push(PidGuard(successor));
+    // ... when its parent dies: the fifth crash in 30 s.
+    send(serving, Signal::SIGKILL);
+    let line = sup.expect_log("giving up");
+    assert!(line.contains("5 crashes in 30 s"), "{line}");
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
+    assert_eq!(status.code(), Some(128 + 9), "{status}");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
+        "left running after the supervisor gave up: {:?} (the successor was {successor})",
+        grace_tests::pids_with_env(MARK, &sweep.0)
+    );
+}
+
+#[test]
+fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart() {
+    let (sweep, s) = supervised_slow_restarts("1000", &[]);
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard: _g1,
+    } = s;
+    let supervisor = sup.pid();
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {gen1}"));
+    let successor = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(successor);
+    // The supervisor is held (SIGSTOP) while generation 1 dies and its successor, now an
+    // orphan of the supervisor, reports ready: the supervisor then sees both at once.
+    sup.signal(Signal::SIGSTOP);
+    send(gen1, Signal::SIGKILL);
+    let ready = sup.expect_log("generation 2 serving");
+    assert!(ready.contains(&format!("with pid {successor}")), "{ready}");
+    sup.signal(Signal::SIGCONT);
+    // It is generation 1's successor: it serves, and no crash restart starts.
+    sup.expect_log(&format!("pid {successor} is now serving (was {gen1})"));
+    assert_eq!(
+        one_pid_answers(port),
+        Some(successor),
+        "200 answers in a row from one pid"
+    );
+    let mut left = grace_tests::pids_with_env(MARK, &sweep.0);
+    left.retain(|&p| p != supervisor);
+    assert_eq!(left, vec![successor], "the server's processes");
+
+    sup.signal(Signal::SIGTERM);
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
+        "left running: {:?}",
+        grace_tests::pids_with_env(MARK, &sweep.0)
+    );
+    let output = sup.output_after_exit();
+    assert!(
+        !output
+            .iter()
+            .any(|l| l.contains("died with no successor") || l.contains("stray")),
+        "{output:#?}"
+    );
+}

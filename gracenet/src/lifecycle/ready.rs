@@ -19,11 +19,25 @@ impl Generation {
     /// is **not** told, this returns the error, and the parent (if any) keeps serving once
     /// this process exits.
     ///
+    /// A generation stopped before it is ready (`SIGTERM` while it starts) reports nothing:
+    /// it does not serve, so it neither writes the PID file nor tells its parent, systemd or
+    /// a supervisor.
+    ///
     /// # Errors
     /// [`Error::Io`] when the PID file cannot be written.
     pub fn ready(&self) -> Result<(), Error> {
         let link = self.take_link();
         let Some(link) = link else { return Ok(()) };
+        if matches!(*self.shared.phase.borrow(), Phase::Draining { .. }) {
+            // Stopped before it was ready (a supervisor stops a stray generation so): it will
+            // not serve, so it must not claim the PID file or the main pid. The link is
+            // dropped: a parent that waits sees it close and keeps serving.
+            tracing::info!(
+                "generation {} was stopped before it was ready: not reporting ready",
+                self.shared.number
+            );
+            return Ok(());
+        }
         let mut replaced_pid_file = None;
         if let Some(path) = self.shared.settings.pid_file.as_deref() {
             // The link is dropped unused on failure: a parent sees its pipe close and rolls

@@ -13,7 +13,17 @@
 //!   without a successor (a signal, an abort, the OOM killer) it starts a new one on the same
 //!   sockets at once: connections wait in the backlog instead of being refused. A crash loop
 //!   backs off and ends after [`CRASH_LIMIT`](crashes::CRASH_LIMIT) crashes in 30 s;
-//! - after a stop, exits once the last generation has gone, with the serving one's status.
+//! - lets at most one generation serve: a generation that says it is ready while another
+//!   serves, and is not that one's successor, is a stray (a successor started by a generation
+//!   that then died, when a crash restart already replaces it) and is stopped; when the
+//!   serving generation dies without a successor, its successors still starting (orphans,
+//!   reparented to the supervisor) are stopped before a new generation is started, so the
+//!   crash restart is the only candidate. If none serves, the first to say it is ready does;
+//! - a stop (or giving up after a crash loop) reaches every process it has: the serving
+//!   generation, the draining ones, every stray and orphan; those still there
+//!   [`KILL_AFTER`] later are killed (`SIGKILL`);
+//! - after a stop, exits once the last generation (and every child) has gone, with the
+//!   serving one's status.
 //!
 //! If the supervisor itself is killed (`kill -9`), the generations are unaffected: they keep
 //! serving and draining, reparented to the next subreaper; what is lost is the crash restart
@@ -26,7 +36,7 @@ mod signals;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
@@ -46,6 +56,15 @@ use signals::SignalPipe;
 /// How many exit statuses of reaped processes are remembered, for generations whose end is
 /// noticed after they were reaped.
 const REAPED_MEMORY: usize = 64;
+
+/// How long after a stop (or giving up) the processes still there are killed (`SIGKILL`): a
+/// generation's default stop timeout and a margin, so a drain of the default length is never
+/// cut short.
+pub(crate) const KILL_AFTER: Duration = Duration::from_secs(crate::DEFAULT_STOP_TIMEOUT.as_secs() + 10);
+
+/// How often the supervisor looks for processes left to kill once [`KILL_AFTER`] has passed
+/// (a killed process's children are reparented to it).
+const KILL_AGAIN: Duration = Duration::from_millis(100);
 
 /// Whether this process should run as a supervisor: asked for (`requested`, a `--supervise`
 /// flag, say) or pid 1, and not already a generation under a supervisor.
@@ -135,6 +154,17 @@ struct Supervisor {
     /// The number of the generation a crash restart starts.
     next_number: u64,
     exit_code: i32,
+    /// Processes told to stop because they must not serve (strays and orphaned successors):
+    /// they never serve, and their messages are not passed on.
+    strays: Vec<u32>,
+    /// A crash loop made it give up: the exit code is kept whatever ends after.
+    gave_up: bool,
+    /// When the processes still there after a stop are killed.
+    kill_at: Option<Instant>,
+    /// The processes killed since, each logged once.
+    killed: Vec<u32>,
+    /// Whether this process has children (reparented orphans included), as last reaped.
+    children_left: bool,
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -184,6 +214,11 @@ impl Supervisor {
             held_restart: false,
             next_number: 2,
             exit_code: 0,
+            strays: Vec::new(),
+            gave_up: false,
+            kill_at: None,
+            killed: Vec::new(),
+            children_left: true,
         })
     }
 
@@ -268,12 +303,24 @@ impl Supervisor {
                 self.restart_at = None;
                 self.restart_after_crash();
             }
+            if self.kill_at.is_some_and(|at| at <= Instant::now()) {
+                self.kill_the_rest();
+            }
         }
     }
 
     /// The exit code, once nothing is left to supervise.
     fn finished(&mut self) -> Option<i32> {
         if self.serving.is_some() || self.restart_at.is_some() || !self.watched.is_empty() {
+            return None;
+        }
+        self.reap();
+        if self.children_left {
+            // An orphan never heard from (a successor still starting) is ended, not left
+            // behind: with no generation left, this is a stop.
+            if self.stopping.is_none() {
+                self.stop_all(Signal::SIGTERM, "no generation is left");
+            }
             return None;
         }
         let code = self.exit_code;
@@ -299,7 +346,12 @@ impl Supervisor {
                 .filter_map(|w| w.pidfd.as_ref())
                 .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
         );
-        let timeout = match self.restart_at {
+        let kill = self.kill_at.map(|at| at.max(Instant::now() + KILL_AGAIN));
+        let next = match (self.restart_at, kill) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match next {
             None => PollTimeout::NONE,
             Some(at) => {
                 let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
@@ -349,8 +401,16 @@ impl Supervisor {
 
     fn on_message(&mut self, message: &Message, sender: Option<i32>, fds: Vec<OwnedFd>) {
         let number = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
-        if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok()) {
-            self.new_main_pid(pid, number);
+        let from_stray = |strays: &[u32], pid: u32| strays.contains(&pid);
+        if sender.is_some_and(|p| from_stray(&self.strays, p as u32)) {
+            tracing::debug!(supervisor = self.me, sender = ?sender, "ignoring a stopped stray's notification");
+            return;
+        }
+        if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok())
+            && (from_stray(&self.strays, pid) || !self.new_main_pid(pid, number))
+        {
+            // Not the server's main process: systemd must not hear of it.
+            return;
         }
         let is_serving = |s: &Serving| sender.is_some_and(|p| p as u32 == s.pid);
         if let Some(serving) = self.serving.as_mut().filter(|s| is_serving(s)) {
@@ -394,13 +454,42 @@ impl Supervisor {
     }
 
     /// A generation says it is the main process now (it took over, or started after a crash).
-    fn new_main_pid(&mut self, pid: u32, number: Option<u64>) {
+    /// Returns false when it is a stray instead, which is stopped: another serves, and it is
+    /// not that one's successor.
+    fn new_main_pid(&mut self, pid: u32, number: Option<u64>) -> bool {
         let previous = self.serving.as_ref().map(|s| (s.pid, s.number));
         if previous.is_some_and(|(p, _)| p == pid) {
             if let (Some(serving), Some(n)) = (self.serving.as_mut(), number) {
                 serving.number = n;
             }
-            return;
+            return true;
+        }
+        if let Some(current) = self.serving.as_ref() {
+            let parent = crate::sys::parent_of(pid);
+            // Its parent serves; or its parent has just died (it was reparented to this
+            // process) and it was the serving one, whose exit is not yet looked at.
+            let successor = parent == Some(current.pid)
+                || (parent == Some(self.me) && !crate::sys::is_running(current.pid));
+            if !successor {
+                let (current_pid, current_number) = (current.pid, current.number);
+                if current.ready {
+                    self.stop_stray(
+                        pid,
+                        &format!(
+                            "it says it is ready while generation {current_number} (pid {current_pid}) \
+                             serves and it is not that one's successor (its parent is {})",
+                            parent.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+                        ),
+                    );
+                    return false;
+                }
+                // The serving one is still starting (a crash restart): the first to be ready
+                // serves, the other must not.
+                self.stop_stray(
+                    current_pid,
+                    &format!("pid {pid} became ready first and serves in its place"),
+                );
+            }
         }
         if let Some((old, _)) = previous {
             tracing::info!(supervisor = self.me, "pid {pid} is now serving (was {old})");
@@ -421,15 +510,102 @@ impl Supervisor {
         }
         self.serving = Some(serving);
         self.watch(pid);
+        true
     }
 
-    /// Reaps every exited child and orphan, remembering their statuses.
+    /// Stops `pid`, a process that must not serve (`why`), and keeps watching it: it has just
+    /// started and drains nothing.
+    fn stop_stray(&mut self, pid: u32, why: &str) {
+        if self.strays.contains(&pid) {
+            return;
+        }
+        tracing::warn!(
+            supervisor = self.me,
+            "stopping pid {pid}, a stray generation: {why}"
+        );
+        self.strays.push(pid);
+        self.watch(pid);
+        signal_pid(self.me, pid, Signal::SIGTERM);
+    }
+
+    /// Stops every successor still starting of a serving generation that died (orphans
+    /// reparented to this process, never heard from): a new generation replaces it, and
+    /// only one may serve.
+    fn stop_orphans(&mut self, dead: u32) {
+        for pid in crate::sys::children_of(self.me) {
+            let known = self.watched.iter().any(|w| w.pid == pid);
+            if !known && crate::sys::is_running(pid) {
+                self.stop_stray(
+                    pid,
+                    &format!("a successor of pid {dead} still starting when pid {dead} died"),
+                );
+            }
+        }
+    }
+
+    /// Sends `signal` to every process this one has: the serving generation (as a forwarded
+    /// signal), and every child (draining generations, strays, orphans); the ones still
+    /// there [`KILL_AFTER`] after the first stop are killed.
+    fn stop_all(&mut self, signal: Signal, why: &str) {
+        if self.stopping.is_none() {
+            self.stopping = Some(signal);
+            self.held_restart = false;
+            self.kill_at = Some(Instant::now() + KILL_AFTER);
+            if self.restart_at.take().is_some() {
+                tracing::info!(supervisor = self.me, "{why}: not restarting after the crash");
+            }
+        }
+        let serving = self.serving.as_mut().map(|serving| {
+            forward(self.me, serving, signal);
+            serving.pid
+        });
+        let mut others: Vec<u32> = crate::sys::children_of(self.me);
+        others.extend(self.watched.iter().map(|w| w.pid));
+        others.sort_unstable();
+        others.dedup();
+        for pid in others.into_iter().filter(|&p| Some(p) != serving) {
+            if crate::sys::is_running(pid) {
+                tracing::info!(supervisor = self.me, "{why}: sending {signal} to pid {pid}");
+                signal_pid(self.me, pid, signal);
+            }
+        }
+    }
+
+    /// Kills every process still there once [`KILL_AFTER`] has passed since the stop.
+    fn kill_the_rest(&mut self) {
+        let mut left: Vec<u32> = crate::sys::children_of(self.me);
+        left.extend(self.watched.iter().map(|w| w.pid));
+        left.sort_unstable();
+        left.dedup();
+        for pid in left.into_iter().filter(|&p| crate::sys::is_running(p)) {
+            if !self.killed.contains(&pid) {
+                tracing::warn!(
+                    supervisor = self.me,
+                    "pid {pid} is still there {} s after the stop: killing it",
+                    KILL_AFTER.as_secs()
+                );
+                self.killed.push(pid);
+            }
+            signal_pid(self.me, pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Reaps every exited child and orphan, remembering their statuses, and notes whether any
+    /// child is left.
     fn reap(&mut self) {
         loop {
             let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, code),
                 Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) => {
+                    self.children_left = true;
+                    return;
+                }
+                Err(nix::errno::Errno::ECHILD) => {
+                    self.children_left = false;
+                    return;
+                }
+                Err(_) => return,
                 Ok(_) => continue,
             };
             tracing::debug!(supervisor = self.me, "reaped pid {pid} ({code})");
@@ -464,6 +640,12 @@ impl Supervisor {
 
     fn generation_ended(&mut self, pid: u32, code: Option<i32>) {
         let shown = code.map_or_else(|| "status unknown".to_owned(), describe);
+        self.strays.retain(|&p| p != pid);
+        if self.serving.as_ref().is_some_and(|s| s.pid == pid) {
+            // A successor says so before its parent can exit (it is told only after): its
+            // message is here now if there is one, even when it came after the last read.
+            self.read_notifications();
+        }
         let Some(serving) = self.serving.take_if(|s| s.pid == pid) else {
             tracing::debug!(
                 supervisor = self.me,
@@ -476,7 +658,9 @@ impl Supervisor {
             code.is_some_and(|c| serving.forwarded.iter().any(|&s| c == 128 + s as i32));
         if self.stopping.is_some() || serving.stopping || code == Some(0) || by_forwarded_signal {
             tracing::info!(supervisor = self.me, "generation {n} (pid {pid}) ended ({shown})");
-            self.exit_code = code.unwrap_or(0);
+            if !self.gave_up {
+                self.exit_code = code.unwrap_or(0);
+            }
             return;
         }
         if !serving.ready && n == 1 {
@@ -487,6 +671,8 @@ impl Supervisor {
             self.exit_code = code.unwrap_or(1);
             return;
         }
+        // Its successors still starting (orphans now) are stopped: the restart replaces it.
+        self.stop_orphans(pid);
         self.crashed(
             &format!("generation {n} (pid {pid}) died with no successor ({shown})"),
             n + 1,
@@ -518,6 +704,8 @@ impl Supervisor {
                     self.crashes.window().as_secs()
                 );
                 self.exit_code = code.filter(|&c| c != 0).unwrap_or(1);
+                self.gave_up = true;
+                self.stop_all(Signal::SIGTERM, "giving up");
             }
         }
     }
@@ -553,18 +741,7 @@ impl Supervisor {
         };
         match signal {
             Signal::SIGCHLD => {}
-            Signal::SIGTERM | Signal::SIGINT => {
-                if self.stopping.is_none() {
-                    self.stopping = Some(signal);
-                    self.held_restart = false;
-                    if self.restart_at.take().is_some() {
-                        tracing::info!(supervisor = self.me, "{signal}: not restarting after the crash");
-                    }
-                }
-                if let Some(serving) = self.serving.as_mut() {
-                    forward(self.me, serving, signal);
-                }
-            }
+            Signal::SIGTERM | Signal::SIGINT => self.stop_all(signal, signal.as_ref()),
             Signal::SIGUSR2 => match self.serving.as_mut() {
                 _ if self.stopping.is_some() => {
                     tracing::info!(supervisor = self.me, "SIGUSR2 while stopping: ignored");
@@ -592,8 +769,13 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     let pid = serving.pid;
     tracing::info!(supervisor = me, "forwarding {signal} to the serving pid {pid}");
     serving.forwarded.push(signal);
+    signal_pid(me, pid, signal);
+}
+
+/// Sends `signal` to `pid`, logging a failure (`me` is the supervisor, for the log).
+fn signal_pid(me: u32, pid: u32, signal: Signal) {
     if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
-        tracing::warn!(supervisor = me, "cannot forward {signal} to pid {pid}: {e}");
+        tracing::warn!(supervisor = me, "cannot send {signal} to pid {pid}: {e}");
     }
 }
 

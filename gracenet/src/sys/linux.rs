@@ -219,6 +219,29 @@ pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// The parent of `pid` (`/proc/<pid>/stat` field 4), if it exists.
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(&read_stat(pid)?, 1)
+}
+
+/// The processes whose parent is `parent`, zombies included (one scan of `/proc`: for the
+/// supervisor, to find the orphans reparented to it).
+/// Empty when `/proc` is another pid namespace's (its pids would name other processes here).
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
+    let ours = std::fs::read_link("/proc/self")
+        .is_ok_and(|p| p.to_str().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id()));
+    if !ours {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent))
+        .collect()
+}
+
 /// Whether this process has exactly one thread. procfs gives `/proc/self/task` a link count
 /// of two plus the number of threads: one `statx`, where reading `/proc/self/stat`'s
 /// `num_threads` takes an open, reads and a parse (it is asked several times at startup, when

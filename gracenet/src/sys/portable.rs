@@ -101,6 +101,16 @@ pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
     false
 }
 
+/// Parents are not portable (the supervisor, their one user, is Linux's): unknown.
+pub(crate) fn parent_of(_pid: u32) -> Option<u32> {
+    None
+}
+
+/// Children are not portable (the supervisor, their one user, is Linux's): none known.
+pub(crate) fn children_of(_parent: u32) -> Vec<u32> {
+    Vec::new()
+}
+
 /// The thread count has no portable source: assume others run (so the environment is never
 /// changed).
 pub(crate) fn single_threaded() -> bool {
