@@ -218,8 +218,18 @@ fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
                 .is_some_and(|v| addr_matches(v, addr))
         });
         if let Some(flag) = flag {
+            // Go's ports lie in Linux's ephemeral range (32768-60999): a client's connection
+            // can hold one for a while.
+            let ephemeral = if source.kind() == std::io::ErrorKind::AddrInUse
+                && [":48567", ":48568", ":48569"].iter().any(|p| addr.ends_with(p))
+            {
+                " (Go grace's default ports lie in Linux's ephemeral port range, so a client \
+                 connection can hold one for a while)"
+            } else {
+                ""
+            };
             return format!(
-                "cannot listen on {addr} (-{flag}): {source}; choose another address with -{flag} ADDR"
+                "cannot listen on {addr} (-{flag}): {source}{ephemeral}; choose another address with -{flag} ADDR"
             );
         }
     }
@@ -380,6 +390,24 @@ mod tests {
             parse(&["--tls-cert", "c.pem"]).is_err(),
             "--tls-cert needs --tls-key"
         );
+    }
+
+    #[test]
+    fn an_address_in_use_names_the_flag_and_for_gos_ports_why() {
+        let m = parse(&[]).unwrap();
+        let in_use = |addr: &str| {
+            gracehttp::Error::Net(gracenet::Error::Bind {
+                addr: addr.into(),
+                source: std::io::ErrorKind::AddrInUse.into(),
+            })
+        };
+        let e = explain(&in_use("[::]:48568"), &m);
+        assert!(e.contains("(-a1)"), "{e}");
+        assert!(e.contains("ephemeral port range"), "{e}");
+        assert!(e.ends_with("choose another address with -a1 ADDR"), "{e}");
+        let m = parse(&["-a0", "127.0.0.1:9"]).unwrap();
+        let e = explain(&in_use("127.0.0.1:9"), &m);
+        assert!(!e.contains("ephemeral"), "only Go's ports: {e}");
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>
     sup.signal(Signal::SIGUSR2);
     let gen2 = probe_pid(&sup.expect_line("probe version="));
     guards.push(PidGuard(gen2));
-    sup.expect_log("generation 1 stopped accepting; draining 1 connection(s)");
+    sup.expect_log("generation 1 stopped accepting; draining 1 connection(s) or task(s)");
     (sup, port, gen1, gen2, guards, conn)
 }
 

@@ -186,7 +186,7 @@ impl Driver {
             Action::Finish { reason, forced } => {
                 let unfinished = self.shared.connections.receiver_count();
                 let how = if forced {
-                    format!("gave up on {unfinished} unfinished connection(s)")
+                    format!("gave up on {unfinished} unfinished connection(s) or task(s)")
                 } else {
                     "drained".to_owned()
                 };
@@ -381,7 +381,7 @@ impl Driver {
                 crate::pidfile::remove_if_ours(path);
             }
             tracing::info!(
-                "generation {}: stopping, draining {connections} connection(s), at most {:.0} s",
+                "generation {}: stopping, draining {connections} connection(s) or task(s), at most {:.0} s",
                 self.shared.number,
                 timeout.as_secs_f64()
             );
@@ -421,7 +421,9 @@ fn log_note(number: u64, note: Note, connections: usize) {
             "generation {number}: {cause} while draining after a restart: finishing the drain ({cause} again to stop at once)"
         ),
         Note::StoppedAccepting => {
-            tracing::info!("generation {number} stopped accepting; draining {connections} connection(s)")
+            tracing::info!(
+                "generation {number} stopped accepting; draining {connections} connection(s) or task(s)"
+            )
         }
         Note::SuccessorExited { pid, status } => {
             tracing::warn!("generation {next} (pid {pid}), which took over, exited ({status})")

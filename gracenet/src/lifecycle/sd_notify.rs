@@ -43,7 +43,7 @@ pub(super) fn stopping(number: u64, connections: usize, timeout: Duration) -> Ve
             (timeout + Duration::from_secs(5)).as_micros()
         ),
         format!(
-            "STATUS=Stopping: generation {number} draining {connections} connection(s), at most {:.0} s",
+            "STATUS=Stopping: generation {number} draining {connections} connection(s) or task(s), at most {:.0} s",
             timeout.as_secs_f64()
         ),
     ]
