@@ -32,6 +32,14 @@ fn start(socket: &Path, env: &[(&str, &str)]) -> (ProcessGuard, u32, u16) {
     (server, field(&line, "pid").parse().unwrap(), port)
 }
 
+/// A directory anyone can write, sticky (like /tmp), for a test that needs root (`why`).
+fn sticky_dir(tag: &str, why: &str) -> TempDir {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root ({why})");
+    let dir = TempDir::new(tag);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
 /// Runs the client: `lifeprobe --control SOCKET COMMAND`.
 fn client(socket: &Path, command: &str) -> Output {
     Command::new(LIFEPROBE)
@@ -247,12 +255,7 @@ fn a_removed_control_socket_path_does_not_stop_restarts() {
 /// new server follows it: the file keeps its mode, the link stays as it is.
 #[test]
 fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followed() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (to plant the link as uid 65534)"
-    );
-    let dir = TempDir::new("control-symlink");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dir = sticky_dir("control-symlink", "to plant the link as uid 65534");
     let victims = TempDir::new("control-symlink-victim");
     let victim = victims.path().join("root-file");
     std::fs::write(&victim, b"root's").unwrap();
@@ -415,12 +418,7 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
 /// its path says so.
 #[test]
 fn a_client_does_not_trust_another_users_socket_at_the_path() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (to run a server as uid 65534)"
-    );
-    let dir = TempDir::new("control-impostor");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dir = sticky_dir("control-impostor", "to run a server as uid 65534");
     let socket = dir.path().join("control");
     let mut cmd = Command::new(LIFEPROBE);
     cmd.arg("127.0.0.1:0")

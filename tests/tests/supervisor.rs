@@ -572,6 +572,21 @@ fn measure_time_from_spawn_to_safe_signals_over_200_starts() {
 
 /// Whether 200 questions in a row, asked within `DEADLINE`, are all answered by one pid:
 /// that pid once they are (questions that fail or change pid start the count again).
+/// `SIGTERM` to the supervisor: it exits 0 and no process marked `mark` is left. Its output.
+fn stop_leaves_nothing(sup: &mut ProcessGuard, mark: &str) -> Vec<String> {
+    sup.signal(Signal::SIGTERM);
+    let status = sup
+        .wait_timeout(DEADLINE)
+        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, mark).is_empty()),
+        "left running: {:?}",
+        grace_tests::pids_with_env(MARK, mark)
+    );
+    sup.output_after_exit()
+}
+
 fn one_pid_answers(port: u16) -> Option<u32> {
     let deadline = std::time::Instant::now() + DEADLINE;
     let (mut pid, mut run) = (0, 0);
@@ -650,19 +665,9 @@ fn a_serving_generation_killed_while_its_successor_starts_leaves_one_generation_
     assert_eq!(left, vec![serving], "the server's processes");
 
     // A stop ends everything.
-    sup.signal(Signal::SIGTERM);
-    let status = sup
-        .wait_timeout(DEADLINE)
-        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
-    assert_eq!(status.code(), Some(0), "{status}");
-    assert!(
-        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
-        "left running: {:?}",
-        grace_tests::pids_with_env(MARK, &sweep.0)
-    );
+    let output = stop_leaves_nothing(&mut sup, &sweep.0);
     // The stray was stopped, said why, and never reported ready (so it claimed neither the
     // PID file nor the main pid).
-    let output = sup.output_after_exit();
     assert!(
         output
             .iter()
@@ -747,17 +752,7 @@ fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart()
     left.retain(|&p| p != supervisor);
     assert_eq!(left, vec![successor], "the server's processes");
 
-    sup.signal(Signal::SIGTERM);
-    let status = sup
-        .wait_timeout(DEADLINE)
-        .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
-    assert_eq!(status.code(), Some(0), "{status}");
-    assert!(
-        wait_until(DEADLINE, || grace_tests::pids_with_env(MARK, &sweep.0).is_empty()),
-        "left running: {:?}",
-        grace_tests::pids_with_env(MARK, &sweep.0)
-    );
-    let output = sup.output_after_exit();
+    let output = stop_leaves_nothing(&mut sup, &sweep.0);
     assert!(
         !output
             .iter()
