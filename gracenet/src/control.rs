@@ -119,12 +119,21 @@ impl Client {
 
     fn request(&self, command: &str, timeout: Duration) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
-        // A generation that has handed over says `retry`: the next one answers. Bounded by
-        // the deadline and a count.
-        for _ in 0..50 {
-            match self.ask(command, deadline, timeout)? {
-                Answer::Retry(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
+        // A generation that has handed over says `retry`: the next one answers. A restart
+        // asked again says so (`restart again`): it joins a restart the new generation has
+        // under way (one begun after the hand-over, so after this request), so a burst of
+        // requests asked during one restart is answered by the next one, not one each.
+        // Bounded by the deadline and a count, with a backoff.
+        let mut asked = command;
+        let mut pause = Duration::from_millis(5);
+        for _ in 0..200 {
+            match self.ask(asked, deadline, timeout)? {
+                Answer::Retry(_) if Instant::now() + pause < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    if command == "restart" {
+                        asked = "restart again";
+                    }
                 }
                 Answer::Retry(reason) => return Err(self.fail(reason)),
                 Answer::Done(answer) => return answer,
@@ -549,12 +558,22 @@ pub(crate) mod server {
             return retry;
         }
         match command {
-            "restart" => {
+            "restart" | "restart again" => {
                 tracing::info!(
-                    "control socket: restart requested (generation {})",
-                    generation.number()
+                    "control socket: restart requested (generation {}{})",
+                    generation.number(),
+                    if command == "restart" {
+                        ""
+                    } else {
+                        "; asked again after a hand-over"
+                    }
                 );
-                match generation.restart().await {
+                let request = if command == "restart" {
+                    generation.restart()
+                } else {
+                    generation.restart_rejoining()
+                };
+                match request.await {
                     Ok(next) => format!(
                         "ok generation {} serving with pid {}\n",
                         next.generation, next.pid

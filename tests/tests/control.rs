@@ -519,3 +519,46 @@ fn a_reload_asked_during_a_restart_gets_a_restart_of_its_own_with_the_program_no
         "the new program runs"
     );
 }
+
+/// Thirty reloads at once, without a standby: each is answered with success, and those
+/// asked during one restart share the next instead of one restart each. (They used to fail
+/// half the time: "every answer said to ask again".)
+#[test]
+fn concurrent_reloads_all_succeed_and_share_restarts() {
+    let dir = TempDir::new("control-concurrent");
+    let socket = dir.path().join("control");
+    let (mut server, gen1, port) = start(&socket, &[]);
+    let _g1 = PidGuard(gen1);
+    let clients: Vec<_> = (0..30)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || gracenet::control::Client::new(socket).restart())
+        })
+        .collect();
+    let answers: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("a client thread"))
+        .collect();
+    let mut guards = Vec::new();
+    let mut generations = std::collections::BTreeSet::new();
+    for answer in &answers {
+        let answer = answer.as_ref().expect("every reload succeeds");
+        let pid: u32 = answer.rsplit(' ').next().unwrap().parse().unwrap();
+        let generation: u64 = answer.split(' ').nth(1).unwrap().parse().unwrap();
+        generations.insert(generation);
+        guards.push(PidGuard(pid));
+    }
+    assert!(
+        generations.len() <= 4,
+        "30 reloads shared a few restarts, not one each: {generations:?}"
+    );
+    let last = *generations.iter().max().unwrap();
+    let serving = answer_pid(&ask(port).unwrap());
+    assert!(
+        server
+            .seen()
+            .iter()
+            .any(|l| l.contains(&format!("generation={last} pid={serving}"))),
+        "the last generation serves"
+    );
+}

@@ -80,6 +80,11 @@ impl Driver {
                             self.next_reply
                         }),
                     },
+                    Some(Request::Rejoin { reply }) => {
+                        self.next_reply += 1;
+                        self.replies.insert(self.next_reply, reply);
+                        Event::RejoinRequested { reply: self.next_reply }
+                    }
                     Some(Request::Ready) => Event::Ready,
                     Some(Request::Stop { cause, sender }) => Event::StopRequested { cause, sender },
                     None => return,

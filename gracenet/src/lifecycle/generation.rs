@@ -135,6 +135,18 @@ impl Generation {
         }
     }
 
+    /// [`restart`](Self::restart) for a request asked again after the generation it was first
+    /// asked of handed over to this one (the control socket's `retry`): it joins a restart
+    /// under way instead of waiting for one of its own.
+    pub(crate) fn restart_rejoining(&self) -> RestartRequest {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.shared.requests.send(Request::Rejoin { reply: tx });
+        RestartRequest {
+            reply: rx,
+            generation: self.shared.number,
+        }
+    }
+
     /// Stops this generation, as `SIGTERM` does.
     pub fn shutdown(&self) {
         let _ = self.shared.requests.send(Request::Stop {

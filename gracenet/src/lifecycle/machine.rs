@@ -104,6 +104,10 @@ pub(crate) enum Event {
     Ready,
     /// `SIGUSR2` (no reply) or `Generation::restart` and the control socket (a reply).
     RestartRequested { reply: Option<ReplyId> },
+    /// A restart request asked again after the generation it first asked had handed over
+    /// (the control client, told `retry`): any restart this generation began satisfies it
+    /// (each began after that hand-over, so after the request), so it joins one under way.
+    RejoinRequested { reply: ReplyId },
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`; `sender` is the signalling pid when the
     /// kernel reports one.
     StopRequested { cause: StopCause, sender: Option<u32> },
@@ -277,6 +281,10 @@ impl Machine {
                 }
             }
             E::RestartRequested { reply } => self.restart_requested(reply, actions),
+            E::RejoinRequested { reply } => match self.state {
+                State::Serving { pending: Some(_) } => self.waiting.push(reply),
+                _ => self.restart_requested(Some(reply), actions),
+            },
             E::StopRequested { cause, sender } => self.stop_requested(cause, sender, now, actions),
             E::Spawned { pid } | E::StandbyWoken { pid }
                 if !matches!(
@@ -793,6 +801,29 @@ mod tests {
     }
 
     #[test]
+    fn a_request_asked_again_after_a_hand_over_joins_the_restart_under_way() {
+        let now = Instant::now();
+        let mut m = restarting(7, now);
+        assert!(m.handle(Event::RejoinRequested { reply: 2 }, now).is_empty());
+        let a = m.handle(Event::ChildReady, now);
+        let ok = Ok(Successor {
+            pid: 7,
+            generation: 2,
+        });
+        assert_eq!(
+            replies(&a),
+            vec![(1, ok.clone()), (2, ok)],
+            "one restart for both"
+        );
+        // With none under way, it begins one.
+        let mut m = serving(false);
+        assert_eq!(
+            m.handle(Event::RejoinRequested { reply: 3 }, now),
+            vec![Action::NotifyReloading, Action::Spawn]
+        );
+    }
+
+    #[test]
     fn a_request_queued_behind_a_failed_restart_gets_its_own() {
         let now = Instant::now();
         let mut m = restarting(7, now);
@@ -1271,6 +1302,7 @@ mod tests {
         enum Step {
             Ready,
             Restart(bool),
+            Rejoin,
             Stop(u8),
             /// The driver's answer to the pending spawn or wake, or to a standby start.
             Answer(bool),
@@ -1288,6 +1320,7 @@ mod tests {
             prop_oneof![
                 Just(Step::Ready),
                 any::<bool>().prop_map(Step::Restart),
+                Just(Step::Rejoin),
                 (0u8..3).prop_map(Step::Stop),
                 any::<bool>().prop_map(Step::Answer),
                 Just(Step::ChildReady),
@@ -1378,6 +1411,11 @@ mod tests {
                         w.next_reply
                     }),
                 },
+                Step::Rejoin => {
+                    w.next_reply += 1;
+                    w.asked.insert(w.next_reply);
+                    Event::RejoinRequested { reply: w.next_reply }
+                }
                 Step::Stop(from) => Event::StopRequested {
                     cause: StopCause::Sigterm,
                     sender: match (from, m.pending()) {

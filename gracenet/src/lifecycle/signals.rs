@@ -21,6 +21,9 @@ pub(crate) enum Request {
     Restart {
         reply: Option<oneshot::Sender<RestartResult>>,
     },
+    /// A restart asked again after the generation first asked had handed over (the control
+    /// socket's `retry`): joins a restart under way.
+    Rejoin { reply: oneshot::Sender<RestartResult> },
     /// `SIGTERM`, `SIGINT` or `Generation::shutdown`, with the sender's pid when the kernel
     /// reports one.
     Stop { cause: StopCause, sender: Option<u32> },
