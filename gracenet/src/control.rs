@@ -387,7 +387,9 @@ pub(crate) mod server {
         if inherited {
             check_path(path);
         }
-        generation.graceful(listener, &format!("unix:{}", path.display()))
+        Ok(generation
+            .graceful(listener, &format!("unix:{}", path.display()))?
+            .shown_as(LocalAddr::UnixPath(path.to_owned())))
     }
 
     /// Warns when the inherited control socket can no longer be reached by its path. The

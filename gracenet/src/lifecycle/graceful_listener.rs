@@ -80,6 +80,13 @@ impl GracefulListener {
         }
     }
 
+    /// Shown (in logs, `local_addr`) as `addr`: for a socket bound at a temporary name and
+    /// moved to its path (the control socket).
+    pub(crate) fn shown_as(mut self, addr: LocalAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
     /// The address it listens on, as the kernel reports it (the real port for `:0`).
     pub fn local_addr(&self) -> &LocalAddr {
         &self.addr
