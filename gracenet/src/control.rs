@@ -539,8 +539,9 @@ pub(crate) mod server {
         }
     }
 
-    /// `retry …` when this generation has handed over: the client asks again and the
-    /// generation now serving answers.
+    /// `retry …` for a `status` asked of a generation that has handed over: the client asks
+    /// again and the generation now serving answers. (A `restart` learns it from the machine:
+    /// `RestartError::HandedOver`.)
     fn handed_over(generation: &Generation) -> Option<String> {
         match generation.phase() {
             Phase::Draining {
@@ -556,9 +557,6 @@ pub(crate) mod server {
     }
 
     async fn run(command: &str, generation: &Generation, clients: &AtomicUsize) -> String {
-        if let Some(retry) = handed_over(generation) {
-            return retry;
-        }
         match command {
             "restart" | "restart again" => {
                 tracing::info!(
@@ -580,19 +578,19 @@ pub(crate) mod server {
                         "ok generation {} serving with pid {}\n",
                         next.generation, next.pid
                     ),
-                    // Asked while the restart that handed over was under way: the new
-                    // generation runs it (the client asks again).
+                    // This generation has handed over (the machine decides so, whenever the
+                    // request came): the new generation runs it; the client asks again.
                     Err(e @ RestartError::HandedOver { .. }) => format!("retry {e}\n"),
-                    Err(e @ RestartError::Stopping { .. }) => {
-                        handed_over(generation).unwrap_or_else(|| restart_error_answer(&e))
-                    }
                     Err(e) => restart_error_answer(&e),
                 }
             }
-            "status" => format!(
-                "ok\n{}",
-                generation.status_uncounting(clients.load(Ordering::Relaxed))
-            ),
+            // The state is the serving generation's to tell.
+            "status" => handed_over(generation).unwrap_or_else(|| {
+                format!(
+                    "ok\n{}",
+                    generation.status_uncounting(clients.load(Ordering::Relaxed))
+                )
+            }),
             other => format!(
                 "error unknown command {:?}: expected \"restart\" or \"status\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()
