@@ -196,7 +196,7 @@ impl GenerationBuilder {
     /// a tokio runtime.
     pub fn start(self) -> Result<Generation, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
-        let settings = self.settings;
+        let mut settings = self.settings;
         if let (Some(path), Some(pid_file)) = (&settings.control_socket, &settings.pid_file)
             && same_path(pid_file, path)
         {
@@ -209,6 +209,17 @@ impl GenerationBuilder {
         let startup = crate::startup::startup()?;
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyStarted);
+        }
+        if let Some(worker) = startup.worker {
+            // A cluster's primary owns both, for every worker.
+            let pid_file = settings.pid_file.take();
+            let control_socket = settings.control_socket.take();
+            if pid_file.is_some() || control_socket.is_some() {
+                tracing::debug!(
+                    "worker {}: the cluster's primary keeps the PID file and the control socket",
+                    worker.slot
+                );
+            }
         }
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let standby = SharedStandby::default();
@@ -238,6 +249,9 @@ impl GenerationBuilder {
         // generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
+        if let Some(worker) = shared.startup.worker {
+            tokio::spawn(super::heartbeat::run(shared.clone(), worker.heartbeat));
+        }
         let generation = Generation { shared };
         if let Some(path) = &generation.shared.settings.control_socket {
             let listener = crate::control::server::listen(&generation, path)?;
