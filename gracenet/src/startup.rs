@@ -44,12 +44,15 @@ pub(crate) struct WorkerRole {
     pub slot: usize,
     /// How often it tells the primary it is alive.
     pub heartbeat: std::time::Duration,
+    /// The primary's load table, as the primary's fd number (`GRACE_LOAD_FD`).
+    pub load_fd: Option<std::os::fd::RawFd>,
 }
 
 impl WorkerRole {
     fn read(
         slot: Option<std::ffi::OsString>,
         heartbeat: Option<std::ffi::OsString>,
+        load_fd: Option<std::ffi::OsString>,
     ) -> Result<Option<WorkerRole>, EnvError> {
         let Some(slot) = slot else { return Ok(None) };
         let malformed = |var: &'static str, value: &std::ffi::OsStr, expected: &str| EnvError::Malformed {
@@ -79,9 +82,20 @@ impl WorkerRole {
                     )
                 })?,
         };
+        let load_fd = match load_fd {
+            None => None,
+            Some(fd) => Some(
+                fd.to_string_lossy()
+                    .parse::<std::os::fd::RawFd>()
+                    .ok()
+                    .filter(|&n| n >= 0)
+                    .ok_or_else(|| malformed(crate::vars::GRACE_LOAD_FD, &fd, "an fd number"))?,
+            ),
+        };
         Ok(Some(WorkerRole {
             slot: slot_n,
             heartbeat,
+            load_fd,
         }))
     }
 }
@@ -139,6 +153,7 @@ fn read() -> Result<Startup, EnvError> {
     let supervisor = std::env::var_os(GRACE_SUPERVISOR);
     let worker = take_var(GRACE_WORKER);
     let heartbeat = take_var(crate::vars::GRACE_HEARTBEAT_MS);
+    let load_fd = take_var(crate::vars::GRACE_LOAD_FD);
     let inherited = InheritedFds::take_from_env()?;
     if let Some(pid) = inherited.meant_for {
         // A copy of a generation's variables, left in the environment of a process it
@@ -157,7 +172,7 @@ fn read() -> Result<Startup, EnvError> {
         });
     }
     let generation = parse_generation(generation)?;
-    let worker = WorkerRole::read(worker, heartbeat)?;
+    let worker = WorkerRole::read(worker, heartbeat, load_fd)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before

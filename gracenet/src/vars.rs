@@ -50,6 +50,10 @@ pub const GRACE_WORKER: &str = "GRACE_WORKER";
 /// How often a worker sends its heartbeat to the primary, in milliseconds; set with
 /// [`GRACE_WORKER`].
 pub const GRACE_HEARTBEAT_MS: &str = "GRACE_HEARTBEAT_MS";
+/// The fd number, in the primary's process, of the cluster's load table (shared memory a
+/// worker opens through `/proc` to publish its open connections; see
+/// `gracenet::cluster`); set with [`GRACE_WORKER`].
+pub const GRACE_LOAD_FD: &str = "GRACE_LOAD_FD";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -76,6 +80,7 @@ pub const OWNED: &[&str] = &[
     GRACE_SUPERVISOR,
     GRACE_WORKER,
     GRACE_HEARTBEAT_MS,
+    GRACE_LOAD_FD,
 ];
 
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.

@@ -36,6 +36,7 @@
 //! (`WATCHDOG=1`) from its tokio runtime; it leaves the control socket and the PID file to
 //! the primary.
 
+pub(crate) mod balance;
 pub(crate) mod machine;
 mod primary;
 

@@ -23,7 +23,9 @@ use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::supervisor::protocol::{self, Message};
 use crate::supervisor::{Children, KILL_AFTER, SignalPipe, describe, signal_pid};
-use crate::vars::{GRACE_GENERATION, GRACE_HEARTBEAT_MS, GRACE_SUPERVISOR, GRACE_WORKER, NOTIFY_SOCKET};
+use crate::vars::{
+    GRACE_GENERATION, GRACE_HEARTBEAT_MS, GRACE_LOAD_FD, GRACE_SUPERVISOR, GRACE_WORKER, NOTIFY_SOCKET,
+};
 
 /// How long a worker stopped as hung (or never ready) has after `SIGTERM` before `SIGKILL`.
 const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -40,6 +42,7 @@ struct WorkerInfo {
     generation: u64,
     since: Instant,
     connections: usize,
+    accepted: u64,
 }
 
 /// Who waits for a rolling restart's result.
@@ -94,6 +97,8 @@ pub(crate) struct Primary {
     /// Told systemd it is ready (every slot served once).
     announced: bool,
     started: Instant,
+    /// The workers' open connections, for the balance (`None` if it could not be made).
+    load: Option<super::balance::LoadTable>,
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -150,6 +155,19 @@ impl Primary {
             crash_limit: crate::supervisor::CRASH_LIMIT,
         });
         let workers = settings.workers.max(1);
+        let load = match super::balance::LoadTable::create() {
+            Ok(table) => {
+                table.set_slots(workers);
+                Some(table)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    primary = me,
+                    "cannot make the load table ({e}): workers accept without balancing"
+                );
+                None
+            }
+        };
         Ok(Primary {
             me,
             exe,
@@ -177,6 +195,7 @@ impl Primary {
             kill_all_at: None,
             announced: false,
             started: Instant::now(),
+            load,
         })
     }
 
@@ -371,6 +390,9 @@ impl Primary {
             .env(GRACE_WORKER, slot.to_string())
             .env(GRACE_HEARTBEAT_MS, self.heartbeat.as_millis().max(1).to_string())
             .new_process_group();
+        if let Some(table) = &self.load {
+            next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
+        }
         match next.spawn() {
             Ok(child) => {
                 let pid = child.pid();
@@ -387,6 +409,7 @@ impl Primary {
                         generation,
                         since: Instant::now(),
                         connections: 0,
+                        accepted: 0,
                     },
                 );
                 tracing::info!(primary = self.me, "cluster: started worker {slot} with pid {pid}");
@@ -433,6 +456,9 @@ impl Primary {
                 && let Some(info) = self.info.get_mut(&pid)
             {
                 info.connections = n;
+                if let Some(a) = message.value(protocol::ACCEPTED).and_then(|n| n.parse().ok()) {
+                    info.accepted = a;
+                }
             }
             self.events.push_back(Event::Heartbeat { pid });
         }
@@ -481,6 +507,7 @@ impl Primary {
             generation: 1,
             since: Instant::now(),
             connections: 0,
+            accepted: 0,
         });
         if let Some(g) = generation {
             info.generation = g;
@@ -590,6 +617,9 @@ impl Primary {
         tracing::info!(primary = self.me, "cluster: scaling to {workers} worker(s)");
         self.generations.resize(workers.max(self.generations.len()), 0);
         self.replaced.resize(workers.max(self.replaced.len()), 0);
+        if let Some(table) = &self.load {
+            table.set_slots(workers);
+        }
         self.events.push_back(Event::Scale { workers });
     }
 
@@ -817,10 +847,11 @@ impl Primary {
                         "starting"
                     };
                     out.push_str(&format!(
-                        "worker {slot}: pid {}, generation {}, {phase}, connections {}, up {} s, restarts {restarts}\n",
+                        "worker {slot}: pid {}, generation {}, {phase}, connections {}, accepted {}, up {} s, restarts {restarts}\n",
                         w.pid,
                         info.map_or(0, |i| i.generation),
                         info.map_or(0, |i| i.connections),
+                        info.map_or(0, |i| i.accepted),
                         info.map_or(0, |i| now.duration_since(i.since).as_secs()),
                     ));
                 }

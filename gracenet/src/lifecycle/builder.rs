@@ -243,6 +243,7 @@ impl GenerationBuilder {
             standby,
             requests: requests_tx,
             notifier: Notifier::from_env(),
+            accepted: Arc::default(),
         });
         tracing::info!("generation {number} starting with pid {}", std::process::id());
         // Every line the lifecycle logs carries this process's pid; the messages name the
@@ -250,6 +251,13 @@ impl GenerationBuilder {
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         if let Some(worker) = shared.startup.worker {
+            let primary = shared
+                .startup
+                .supervisor
+                .as_ref()
+                .and_then(|p| p.to_str())
+                .and_then(|p| p.parse().ok());
+            crate::cluster::balance::open_for_worker(primary, worker.load_fd, worker.slot);
             tokio::spawn(super::heartbeat::run(shared.clone(), worker.heartbeat));
         }
         let generation = Generation { shared };

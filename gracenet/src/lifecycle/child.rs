@@ -133,6 +133,9 @@ pub(super) fn start_process(
             crate::vars::GRACE_HEARTBEAT_MS,
             worker.heartbeat.as_millis().to_string(),
         );
+        if let Some(fd) = worker.load_fd {
+            next.env(crate::vars::GRACE_LOAD_FD, fd.to_string());
+        }
     }
     if idle {
         next.idle_priority();

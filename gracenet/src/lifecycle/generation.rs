@@ -111,6 +111,7 @@ impl Generation {
             local,
             self.shared.phase.subscribe(),
             self.shared.accepting.subscribe(),
+            self.shared.clone(),
         ))
     }
 

@@ -18,6 +18,9 @@ pub(crate) const RESTART_FAILED: &str = "X_GRACE_RESTART_FAILED";
 /// A worker's open connections, in its heartbeat.
 pub(crate) const CONNECTIONS: &str = "X_GRACE_CONNECTIONS";
 
+/// The connections a worker has accepted, in its heartbeat.
+pub(crate) const ACCEPTED: &str = "X_GRACE_ACCEPTED";
+
 /// One notification message, as lines.
 #[derive(Debug)]
 pub(crate) struct Message {
