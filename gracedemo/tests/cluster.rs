@@ -435,3 +435,52 @@ fn sigterm_drains_every_worker_and_leaves_no_process() {
         "the control socket file is removed at the end"
     );
 }
+
+/// One keep-alive request on `stream`; the pid that answered.
+fn pid_on(stream: &mut std::net::TcpStream) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    stream
+        .write_all(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    for _ in 0..64 {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    grace_tests::load::pid_of(&String::from_utf8_lossy(&body))
+}
+
+#[test]
+fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
+    let c = TestCluster::start("2", &[]);
+    let pids = c.pids();
+    // 64 connections at once: they wait in the accept queue together.
+    let mut streams: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    let mut by_pid = std::collections::BTreeMap::new();
+    for s in &mut streams {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let pid = pid_on(s).expect("an answer");
+        *by_pid.entry(pid).or_insert(0usize) += 1;
+    }
+    assert_eq!(by_pid.values().sum::<usize>(), 64);
+    // Without the balance one worker took 63 or 64 of them (the busiest wins every race).
+    for pid in &pids {
+        let share = by_pid.get(pid).copied().unwrap_or(0);
+        assert!(
+            (16..=48).contains(&share),
+            "worker pid {pid} took {share} of 64 keep-alive connections: {by_pid:?}"
+        );
+    }
+    eprintln!("64 keep-alive connections over 2 workers: {by_pid:?}");
+}
