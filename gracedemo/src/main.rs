@@ -127,7 +127,7 @@ fn command() -> Command {
                 .long("workers")
                 .value_name("N|auto")
                 .value_parser(workers)
-                .help("Run N worker processes on the same sockets under a primary process (implies --supervise): a crash of one loses nothing, SIGUSR2 / SIGHUP / --reload restart them one at a time, SIGTTIN / SIGTTOU add or remove one. 0 or auto: one per core."),
+                .help("Run N worker processes on the same sockets under a primary process (implies --supervise): a crash of one loses nothing, SIGUSR2 / --reload restart them one at a time, SIGTTIN / SIGTTOU add or remove one. 0 or auto: one per core."),
         )
         .arg(
             Arg::new("worker-timeout")
@@ -217,26 +217,8 @@ fn main() -> ExitCode {
         tracing::error!("gracedemo: {e}");
         return ExitCode::FAILURE;
     }
-    if let (true, Some(workers)) = (supervising, workers) {
-        let mut cluster = gracenet::Cluster::builder().workers(workers);
-        if let Some(timeout) = matches.get_one::<Option<std::time::Duration>>("worker-timeout") {
-            cluster = cluster.worker_timeout(*timeout);
-        }
-        if let Some(path) = matches.get_one::<String>("control-socket") {
-            cluster = cluster.control_socket(path);
-        }
-        if let Some(path) = matches.get_one::<String>("pid-file") {
-            cluster = cluster.pid_file(path);
-        }
-        return match cluster.run() {
-            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-            Err(e) => {
-                tracing::error!("gracedemo: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if supervising {
+    // With --workers, the server itself becomes the cluster's primary (Server::workers).
+    if supervising && workers.is_none() {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
@@ -367,6 +349,12 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         lifecycle = lifecycle.control_socket(path);
     }
     let mut server = gracehttp::Server::new().lifecycle(lifecycle);
+    if let Some(n) = matches.get_one::<usize>("workers") {
+        server = server.workers(*n);
+    }
+    if let Some(timeout) = matches.get_one::<Option<std::time::Duration>>("worker-timeout") {
+        server = server.worker_timeout(*timeout);
+    }
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)

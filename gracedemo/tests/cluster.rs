@@ -59,7 +59,7 @@ impl TestCluster {
         .args(extra)
         .env(MARK, &marker);
         let mut primary = ProcessGuard::spawn(cmd);
-        let line = primary.expect_log("127.0.0.1:");
+        let line = primary.expect_log("Worker 0 serving ");
         let port = grace_tests::ports_in_grace_line(&line)[0];
         let cluster = TestCluster {
             primary,
@@ -374,7 +374,7 @@ fn a_broken_new_binary_stops_the_rollout_and_reload_says_why() {
     .arg(&control)
     .env(MARK, &marker);
     let mut primary = ProcessGuard::spawn(cmd);
-    let port = grace_tests::ports_in_grace_line(&primary.expect_log("127.0.0.1:"))[0];
+    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
     let c = TestCluster {
         primary,
         marker,

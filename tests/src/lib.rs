@@ -554,12 +554,17 @@ pub fn unique_marker() -> String {
 
 /// The ports in one of grace's address lines (`Serving A, B, C with pid P.`,
 /// `Graceful handoff of A, B with new pid N and old pid O.`,
-/// `Listening on init activated A, B`), in order.
+/// `Listening on init activated A, B`, `Worker 0 serving A, B with pid P.`), in order.
 pub fn ports_in_grace_line(line: &str) -> Vec<u16> {
-    let rest = ["Serving ", "Graceful handoff of ", "Listening on init activated "]
-        .iter()
-        .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
+    let rest = [
+        "Serving ",
+        " serving ",
+        "Graceful handoff of ",
+        "Listening on init activated ",
+    ]
+    .iter()
+    .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
+    .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
     let addrs = rest.split(" with ").next().unwrap_or(rest);
     addrs
         .split(", ")

@@ -19,7 +19,7 @@
 //! The primary holds the listening sockets (from socket activation, or a copy from the first
 //! worker, which binds them), keeps the stable pid (systemd's main process, a container's
 //! pid 1), owns the control socket and the PID file, and:
-//! - `SIGUSR2`, `SIGHUP` or the control socket's `restart`: a rolling restart. Each worker in
+//! - `SIGUSR2` or the control socket's `restart`: a rolling restart. Each worker in
 //!   turn is asked to restart (`SIGUSR2`); once its successor is ready, the next one is. A
 //!   worker whose restart fails stops the rollout: the workers already replaced keep their new
 //!   process, the others their old one, all of them serve; the control client gets the
@@ -30,7 +30,8 @@
 //!   (`SIGTERM`, `SIGKILL` half a second later) and replaced; so is one not ready within the
 //!   ready timeout;
 //! - `SIGTTIN` / `SIGTTOU` or the control socket's `scale N` add or drain workers;
-//! - `SIGTERM` / `SIGINT` drain every worker and exit once all are gone.
+//! - `SIGTERM`, `SIGINT` or `SIGHUP` (a terminal closing) drain every worker, and the
+//!   primary exits once all are gone.
 //!
 //! Each worker knows its slot (`GRACE_WORKER`), says it when ready, and sends a heartbeat
 //! (`WATCHDOG=1`) from its tokio runtime; it leaves the control socket and the PID file to

@@ -585,7 +585,9 @@ impl Primary {
 
     fn on_signal(&mut self, signal: i32) {
         match signal {
-            SIGTERM | SIGINT => {
+            // SIGHUP (a terminal closing) stops gracefully too, as it does a single generation
+            // of gracedemo, rather than ending the primary (its default action).
+            SIGTERM | SIGINT | SIGHUP => {
                 tracing::info!(primary = self.me, "cluster: stopping every worker");
                 if let Some(up) = &self.upstream {
                     up.send(&[
@@ -595,10 +597,9 @@ impl Primary {
                 }
                 self.events.push_back(Event::StopRequested);
             }
-            SIGUSR2 | SIGHUP => {
-                let name = if signal == SIGUSR2 { "SIGUSR2" } else { "SIGHUP" };
-                tracing::info!(primary = self.me, "cluster: {name}: rolling restart");
-                self.restart(Waiter::Signal(name));
+            SIGUSR2 => {
+                tracing::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
+                self.restart(Waiter::Signal("SIGUSR2"));
             }
             SIGTTIN | SIGTTOU => {
                 let n = self.machine.settings.workers;

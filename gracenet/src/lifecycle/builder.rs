@@ -186,6 +186,20 @@ impl GenerationBuilder {
         self
     }
 
+    /// The settings of a cluster's primary that runs workers with this builder's settings: its
+    /// control socket, PID file and ready timeout become the primary's (each worker leaves
+    /// them alone). Add the number of workers and run it ([`ClusterBuilder::run`](crate::ClusterBuilder::run)).
+    pub fn cluster(&self) -> crate::ClusterBuilder {
+        let mut cluster = crate::Cluster::builder().ready_timeout(self.settings.ready_timeout);
+        if let Some(path) = &self.settings.control_socket {
+            cluster = cluster.control_socket(path);
+        }
+        if let Some(path) = &self.settings.pid_file {
+            cluster = cluster.pid_file(path);
+        }
+        cluster
+    }
+
     /// Starts this process's generation: reads the inherited environment (see
     /// [`registry`](crate::registry())), installs the signal handlers and runs the
     /// lifecycle on the current tokio runtime. Call it once, early in `main`.
