@@ -1,5 +1,9 @@
-//! Spreading connections evenly over a cluster's workers.
+//! Spreading connections evenly over a cluster's workers that share one listening socket.
 //!
+//! Workers usually do not share one: each has a TCP listener of its own in one
+//! `SO_REUSEPORT` group (`bind::reuseport_sibling`), and the kernel spreads connections by
+//! hash. What is shared is what cannot be so: Unix sockets, and sockets a service manager
+//! passes without `SO_REUSEPORT` (systemd's, unless `ReusePort=yes`). For those:
 //! N processes accepting on one socket do not share it evenly: each new connection wakes
 //! every waiting worker, and the one already running (the busiest) takes it first, so one
 //! worker ends up with nearly every keep-alive connection (measured here: 64 of 65 with two

@@ -838,8 +838,14 @@ mod tests {
         }
         assert!(!c.gave_up, "deaths after ready back off but never give up");
         // (Later ones shrink again as the first crashes leave the 30 s window.)
-        assert!(delays[..7].windows(2).all(|w| w[0] <= w[1]), "the backoff grows: {delays:?}");
-        assert!(delays.iter().all(|&d| d <= MAX_BACKOFF), "and is capped: {delays:?}");
+        assert!(
+            delays[..7].windows(2).all(|w| w[0] <= w[1]),
+            "the backoff grows: {delays:?}"
+        );
+        assert!(
+            delays.iter().all(|&d| d <= MAX_BACKOFF),
+            "and is capped: {delays:?}"
+        );
     }
 
     #[test]

@@ -70,9 +70,14 @@ pub(crate) struct Primary {
     children: Children,
     machine: Machine,
     heartbeat: Duration,
-    /// The listening sockets every worker gets, with their names: `None` until known (the
-    /// first worker binds them and sends a copy when ready).
+    /// The listening sockets, with their names, that each slot's sockets are made from:
+    /// `None` until known (the first worker binds them and sends a copy when ready).
     store: Option<Vec<(OwnedFd, String)>>,
+    /// Each slot's own sockets: a TCP listener bound with `SO_REUSEPORT` gets a sibling per
+    /// slot in its reuseport group (so a connection waits in, and wakes, one worker only);
+    /// other sockets are shared. Kept while the slot exists, so a worker's replacement
+    /// (after a crash or a hang) takes over the connections queued for it.
+    slot_sockets: Vec<Option<Vec<(OwnedFd, String)>>>,
     /// A worker started before the sockets were known (it binds them).
     binding: Option<u32>,
     /// Starts that wait for the sockets.
@@ -179,6 +184,7 @@ impl Primary {
             machine,
             heartbeat,
             store: (!activated.is_empty()).then_some(activated),
+            slot_sockets: (0..workers).map(|_| None).collect(),
             binding: None,
             deferred: Vec::new(),
             info: HashMap::new(),
@@ -366,18 +372,12 @@ impl Primary {
             self.deferred.push((slot, id));
             return;
         }
-        let sockets = match self.store.as_ref().map(|store| {
-            store
-                .iter()
-                .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
-                .collect::<Result<Vec<_>, _>>()
-        }) {
-            None => Vec::new(),
-            Some(Ok(sockets)) => sockets,
-            Some(Err(e)) => {
+        let sockets = match self.sockets_for(slot) {
+            Ok(sockets) => sockets,
+            Err(e) => {
                 self.events.push_back(Event::StartFailed {
                     id,
-                    reason: format!("cannot duplicate a listening socket: {e}"),
+                    reason: format!("cannot make worker {slot}'s listening sockets: {e}"),
                 });
                 return;
             }
@@ -422,6 +422,34 @@ impl Primary {
                     reason: e.to_string(),
                 });
             }
+        }
+    }
+
+    /// Copies of `slot`'s sockets for its next worker, made from the store the first time
+    /// (none while the first worker binds them).
+    fn sockets_for(&mut self, slot: usize) -> std::io::Result<Vec<(OwnedFd, String)>> {
+        if self.slot_sockets.len() <= slot {
+            self.slot_sockets.resize_with(slot + 1, || None);
+        }
+        if self.slot_sockets[slot].is_none()
+            && let Some(store) = &self.store
+        {
+            let mut own = Vec::with_capacity(store.len());
+            for (fd, name) in store {
+                let fd = match crate::bind::reuseport_sibling(fd)? {
+                    Some(sibling) => sibling,
+                    None => fd.try_clone()?,
+                };
+                own.push((fd, name.clone()));
+            }
+            self.slot_sockets[slot] = Some(own);
+        }
+        match &self.slot_sockets[slot] {
+            Some(own) => own
+                .iter()
+                .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
+                .collect(),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -486,10 +514,24 @@ impl Primary {
                 names.split(':').map(str::to_owned).collect()
             };
             if names.len() == fds.len() {
-                let first = self.store.is_none();
-                self.store = Some(fds.into_iter().zip(names).collect());
-                if first {
-                    self.binding = None;
+                let sockets: Vec<(OwnedFd, String)> = fds.into_iter().zip(names).collect();
+                if self.store.is_none() {
+                    match sockets
+                        .iter()
+                        .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(copy) => self.store = Some(copy),
+                        Err(e) => {
+                            tracing::warn!(primary = self.me, "cannot copy the first worker's sockets: {e}")
+                        }
+                    }
+                }
+                if self.slot_sockets.len() <= slot {
+                    self.slot_sockets.resize_with(slot + 1, || None);
+                }
+                self.slot_sockets[slot] = Some(sockets);
+                if self.store.is_some() && self.binding.take().is_some() {
                     for (slot, id) in std::mem::take(&mut self.deferred) {
                         self.start(slot, id);
                     }
@@ -620,6 +662,25 @@ impl Primary {
         self.replaced.resize(workers.max(self.replaced.len()), 0);
         if let Some(table) = &self.load {
             table.set_slots(workers);
+        }
+        if workers < self.slot_sockets.len() {
+            // The removed slots' own listeners close with their workers: connections queued
+            // in them are reset, unless the kernel moves them to the other listeners.
+            if self.slot_sockets[workers..]
+                .iter()
+                .flatten()
+                .flatten()
+                .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
+                && std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+                    .map_or(true, |v| v.trim() == "0")
+            {
+                tracing::warn!(
+                    primary = self.me,
+                    "scaling down: connections queued at the removed workers' own listeners are reset \
+                     as they close (net.ipv4.tcp_migrate_req=1 moves them to the other workers)"
+                );
+            }
+            self.slot_sockets.truncate(workers);
         }
         self.events.push_back(Event::Scale { workers });
     }

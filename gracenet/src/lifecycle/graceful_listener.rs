@@ -20,6 +20,9 @@ pub struct GracefulListener {
     phase: watch::Receiver<Phase>,
     _accepting: watch::Receiver<()>,
     shared: Arc<Shared>,
+    /// Other processes accept from this very socket (no `SO_REUSEPORT` listener of its own):
+    /// in a cluster, the balance applies.
+    shared_queue: bool,
 }
 
 impl std::fmt::Debug for GracefulListener {
@@ -39,7 +42,12 @@ impl GracefulListener {
         accepting: watch::Receiver<()>,
         shared: Arc<Shared>,
     ) -> GracefulListener {
+        use std::os::fd::AsFd;
+        let own_queue = socket2::SockRef::from(&inner.as_fd())
+            .reuse_port()
+            .unwrap_or(false);
         GracefulListener {
+            shared_queue: !own_queue,
             inner,
             addr,
             phase,
@@ -119,6 +127,10 @@ impl GracefulListener {
         let Some((table, slot)) = crate::cluster::balance::worker_table() else {
             return;
         };
+        if !self.shared_queue {
+            // Its own queue: a connection left there waits for this worker alone.
+            return;
+        }
         let started = tokio::time::Instant::now();
         let until = started + crate::cluster::balance::MAX_DEFER;
         for _ in 0..64 {
