@@ -125,7 +125,10 @@ mod env;
 mod error;
 mod inherited;
 #[cfg(feature = "tokio")]
+mod json;
+#[cfg(feature = "tokio")]
 mod lifecycle;
+pub mod metrics;
 mod notify;
 #[cfg(feature = "tokio")]
 mod pidfile;
