@@ -4,9 +4,9 @@
 //! Without the feature there is no dependency and nothing is recorded.
 //!
 //! Every name starts with `grace_` and carries its unit (`_seconds`, `_bytes`); counters end
-//! in `_total`. Each is described once ([`describe`]), when the first generation (or the
+//! in `_total`. Each is described once (`describe()`), when the first generation (or the
 //! supervisor) starts: install the recorder before [`Generation::start`](crate::Generation::start)
-//! (or [`supervise`](crate::supervise)), or call [`describe`] after installing it.
+//! (or [`supervise`](crate::supervise)), or call `describe()` after installing it.
 //!
 //! | name | kind | labels | recorded by | what |
 //! |---|---|---|---|---|

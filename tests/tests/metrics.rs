@@ -124,3 +124,65 @@ fn answering_pid(port: u16) -> Option<u32> {
         .find_map(|l| l.strip_prefix("hello from pid "))
         .and_then(|p| p.trim().parse().ok())
 }
+
+/// `/metrics` of whichever process answers on `port` (blocking, for `wait_until`).
+fn scrape_blocking(port: u16) -> String {
+    grace_tests::systemd::http_get(port, "/metrics", DEADLINE).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restart_is_counted_where_it_is_scraped_and_carried_on_to_the_next_generation() {
+    // Installed as a deploy does, so a broken program can take its place.
+    let dir = grace_tests::TempDir::new("metrics-failed");
+    let app = dir.path().join("app");
+    grace_tests::install_program(std::path::Path::new(METRICS_APP), &app);
+    let mut g = ProcessGuard::spawn({
+        let mut cmd = Command::new(&app);
+        cmd.arg("127.0.0.1:0");
+        cmd
+    });
+    let (first, port) = listening(&tokio::task::block_in_place(|| {
+        g.expect_line("listening on http ")
+    }));
+
+    // A broken deploy: the next generation exits before it is ready.
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    grace_tests::install_program(&broken, &app);
+    g.signal(Signal::SIGUSR2);
+    tokio::task::block_in_place(|| g.expect_log("restart failed"));
+    // The generation that still serves counts it, with how long the attempt took.
+    let exited = r#"grace_restarts_total{result="exited"}"#;
+    let text = scrape(port).await;
+    assert_eq!(sample(&text, exited), Some(1.0), "{text}");
+    assert_eq!(sample(&text, HANDED_OVER), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"grace_restart_duration_seconds_count{result="exited"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "grace_generation"), Some(1.0), "{text}");
+
+    // Fixed: the next restart hands over, and the new generation shows both.
+    grace_tests::install_program(std::path::Path::new(METRICS_APP), &app);
+    g.signal(Signal::SIGUSR2);
+    let (second, _) = listening(&tokio::task::block_in_place(|| {
+        g.expect_line("listening on http ")
+    }));
+    let _second = PidGuard(second);
+    assert_ne!(second, first);
+    let mut text = String::new();
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || {
+            text = scrape_blocking(port);
+            sample(&text, "grace_generation") == Some(2.0)
+        })),
+        "generation 2 answers: {text}"
+    );
+    assert_eq!(sample(&text, exited), Some(1.0), "carried on: {text}");
+    assert_eq!(sample(&text, HANDED_OVER), Some(1.0), "{text}");
+    let status =
+        tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("the first generation exits");
+    assert!(status.success(), "{status}");
+}
