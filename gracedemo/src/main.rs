@@ -491,6 +491,14 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("For more information"), "{e}");
+        // --json is a form of --status, nothing else.
+        assert!(
+            parse(&["--control-socket", "c", "--status", "--json"])
+                .unwrap()
+                .get_flag("json")
+        );
+        let e = one_line(&parse(&["--control-socket", "c", "--reload", "--json"]).unwrap_err());
+        assert!(e.contains("--status"), "{e}");
     }
 
     mod properties {

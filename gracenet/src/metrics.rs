@@ -186,11 +186,11 @@ pub(crate) fn inherit(restarts: Option<&std::ffi::OsStr>) {
 }
 
 /// The value of `GRACE_RESTARTS` for a child: this lineage's restart counts; `None` (the
-/// variable removed) without the feature.
+/// variable removed) while they are all zero, and without the feature.
 #[inline]
 pub(crate) fn restarts_for_child() -> Option<String> {
     #[cfg(feature = "metrics")]
-    return Some(lineage::encode());
+    return Some(lineage::encode()).filter(|counts| !counts.is_empty());
     #[cfg(not(feature = "metrics"))]
     None
 }
