@@ -188,8 +188,21 @@ fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     out
 }
 
+/// The command line read, with what clap cannot say: `--json` needs `--status` (clap counts
+/// a flag's default as present, so `requires` cannot).
+fn parse_args(args: impl Iterator<Item = OsString>) -> Result<clap::ArgMatches, clap::Error> {
+    let matches = command().try_get_matches_from(normalize(args))?;
+    if matches.get_flag("json") && !matches.get_flag("status") {
+        return Err(command().error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--json is a form of --status: add --status",
+        ));
+    }
+    Ok(matches)
+}
+
 fn main() -> ExitCode {
-    let matches = match command().try_get_matches_from(normalize(std::env::args_os())) {
+    let matches = match parse_args(std::env::args_os()) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             let _ = e.print();
@@ -429,7 +442,7 @@ mod tests {
         let args = std::iter::once("gracedemo")
             .chain(args.iter().copied())
             .map(OsString::from);
-        command().try_get_matches_from(normalize(args))
+        parse_args(args)
     }
 
     #[test]
@@ -497,8 +510,13 @@ mod tests {
                 .unwrap()
                 .get_flag("json")
         );
-        let e = one_line(&parse(&["--control-socket", "c", "--reload", "--json"]).unwrap_err());
-        assert!(e.contains("--status"), "{e}");
+        for without_status in [
+            &["--control-socket", "c", "--reload", "--json"][..],
+            &["--control-socket", "c", "--json"],
+        ] {
+            let e = one_line(&parse(without_status).unwrap_err());
+            assert!(e.contains("--json is a form of --status: add --status"), "{e}");
+        }
     }
 
     mod properties {
