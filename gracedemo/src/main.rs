@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION]]\n       gracedemo --control-socket FILE --reload | --status | --scale N [--control-timeout DURATION]",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -94,6 +94,12 @@ fn command() -> Command {
                 .conflicts_with_all(["status", "reload"])
                 .value_parser(clap::value_parser!(u16).range(1..=1024))
                 .help("Ask the cluster at --control-socket (one started with --workers) to run N workers: more are started, the extra ones drain."),
+        )
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("With --status: print the state as one JSON object (generation, pid, phase, drain, connections, listening, draining_generations, standby, restart, uptime_seconds)."),
         )
         .arg(
             Arg::new("control-timeout")
@@ -182,8 +188,21 @@ fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     out
 }
 
+/// The command line read, with what clap cannot say: `--json` needs `--status` (clap counts
+/// a flag's default as present, so `requires` cannot).
+fn parse_args(args: impl Iterator<Item = OsString>) -> Result<clap::ArgMatches, clap::Error> {
+    let matches = command().try_get_matches_from(normalize(args))?;
+    if matches.get_flag("json") && !matches.get_flag("status") {
+        return Err(command().error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--json is a form of --status: add --status",
+        ));
+    }
+    Ok(matches)
+}
+
 fn main() -> ExitCode {
-    let matches = match command().try_get_matches_from(normalize(std::env::args_os())) {
+    let matches = match parse_args(std::env::args_os()) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             let _ = e.print();
@@ -306,6 +325,8 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
     }
     let answer = if matches.get_flag("reload") {
         client.restart()
+    } else if matches.get_flag("status") && matches.get_flag("json") {
+        client.status_json()
     } else if let Some(n) = matches.get_one::<u16>("scale") {
         client.scale(usize::from(*n))
     } else if matches.get_flag("status") {
@@ -421,7 +442,7 @@ mod tests {
         let args = std::iter::once("gracedemo")
             .chain(args.iter().copied())
             .map(OsString::from);
-        command().try_get_matches_from(normalize(args))
+        parse_args(args)
     }
 
     #[test]
@@ -483,6 +504,19 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("For more information"), "{e}");
+        // --json is a form of --status, nothing else.
+        assert!(
+            parse(&["--control-socket", "c", "--status", "--json"])
+                .unwrap()
+                .get_flag("json")
+        );
+        for without_status in [
+            &["--control-socket", "c", "--reload", "--json"][..],
+            &["--control-socket", "c", "--json"],
+        ] {
+            let e = one_line(&parse(without_status).unwrap_err());
+            assert!(e.contains("--json is a form of --status: add --status"), "{e}");
+        }
     }
 
     mod properties {

@@ -39,6 +39,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `axum` | no | axum's `ConnectInfo<SocketAddr>` in each request from a TCP peer (with [`Server::request_extensions`]), so axum handlers extracting it work unchanged |
+//! | `metrics` | no | gracenet's figures (restarts by result, drains, hand-overs) through the `metrics` facade, for the exporter the application installs (`gracenet::metrics` lists them; `examples/metrics.rs` serves them to Prometheus on the application's own site) |
 //!
 //! An axum `Router` is served without the feature. TLS is rustls with its aws-lc-rs provider
 //! (post-quantum key exchange included); a C compiler builds it.

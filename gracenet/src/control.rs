@@ -9,8 +9,9 @@
 //! removed path is reported, never recreated, never followed). A peer whose uid is neither the
 //! server's nor root's is refused (`SO_PEERCRED`).
 //!
-//! The protocol is one line each way: the client sends `restart` or `status`; the server
-//! answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines) and closes. A
+//! The protocol is one line each way: the client sends `restart`, `status` or `status json`;
+//! the server answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines; for
+//! `status json`, `ok` and then one line of JSON) and closes. A
 //! restart that did not happen is answered `error failed: …` (the old generation still
 //! serves) or `error stopping: …`, so a client tells them apart ([`ControlError`], in
 //! [`Error::Control`]); a client that does not know these words shows the line as it reads. A
@@ -129,6 +130,17 @@ impl Client {
             &format!("scale {workers}"),
             self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT),
         )
+    }
+
+    /// Reads the server's state as one JSON object (the members are
+    /// [`Generation::status_json`](crate::Generation::status_json)'s), for scripts and
+    /// monitoring.
+    ///
+    /// # Errors
+    /// As [`status`](Self::status); a server from before the JSON form answers
+    /// [`ControlError::Refused`] (an unknown command).
+    pub fn status_json(&self) -> Result<String, Error> {
+        self.request("status json", self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT))
     }
 
     fn request(&self, command: &str, timeout: Duration) -> Result<String, Error> {
@@ -528,7 +540,7 @@ pub(crate) mod server {
         let mut reader = BufReader::new(stream).take(MAX_COMMAND as u64);
         match tokio::time::timeout(COMMAND_TIMEOUT, reader.read_line(&mut line)).await {
             Err(_) => Err(format!(
-                "no command within {} s: expected \"restart\" or \"status\"",
+                "no command within {} s: expected \"restart\", \"status\" or \"status json\"",
                 COMMAND_TIMEOUT.as_secs()
             )),
             Ok(Err(e)) => Err(format!("cannot read the command: {e}")),
@@ -605,8 +617,14 @@ pub(crate) mod server {
                     generation.status_uncounting(clients.load(Ordering::Relaxed))
                 )
             }),
+            "status json" => handed_over(generation).unwrap_or_else(|| {
+                format!(
+                    "ok\n{}\n",
+                    generation.status_json_uncounting(clients.load(Ordering::Relaxed))
+                )
+            }),
             other => format!(
-                "error unknown command {:?}: expected \"restart\" or \"status\"\n",
+                "error unknown command {:?}: expected \"restart\", \"status\" or \"status json\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()
             ),
         }

@@ -87,7 +87,8 @@
 //! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`registry()`] (this process's sockets), [`supervise`], [`Error`] |
 //! | [`mod@registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
 //! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
-//! | [`control`] | the control socket's client: a restart with its result, the server's status |
+//! | [`control`] | the control socket's client: a restart with its result, the server's status (text or JSON) |
+//! | [`mod@metrics`] | the figures recorded with the `metrics` feature, by name |
 //! | [`mod@tokio`] | tokio versions of the stream listeners |
 //! | [`vars`] | the environment variables' names |
 //!
@@ -96,6 +97,7 @@
 //! |---|---|---|
 //! | `tokio` | yes | tokio listener types ([`mod@tokio`]) and the restart lifecycle ([`Generation`] and its types) |
 //! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation (`gracenet::axum`); implies `tokio` |
+//! | `metrics` | no | figures an operator graphs (restarts by result and their latency, drains, hand-overs, the supervisor's crashes) recorded through the [`metrics`](https://docs.rs/metrics) facade, for the exporter the application installs: the table is in [`mod@metrics`] |
 //!
 //! Without default features gracenet is the std listeners, the inheritance and
 //! [`process::NextProcess`], with no async runtime.
@@ -125,7 +127,10 @@ mod env;
 mod error;
 mod inherited;
 #[cfg(feature = "tokio")]
+mod json;
+#[cfg(feature = "tokio")]
 mod lifecycle;
+pub mod metrics;
 mod notify;
 #[cfg(feature = "tokio")]
 mod pidfile;

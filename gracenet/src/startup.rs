@@ -4,6 +4,7 @@
 //! one step, so the environment is touched once, as early as the application asks.
 
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use crate::env::take_var;
 use crate::error::{EnvError, Error};
@@ -12,8 +13,8 @@ use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
 use crate::vars::{
-    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
-    GRACE_WORKER,
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_RESTARTS, GRACE_STANDBY,
+    GRACE_SUPERVISOR, GRACE_WORKER,
 };
 
 /// This process's start, as inherited.
@@ -35,6 +36,9 @@ pub(crate) struct Startup {
     /// This process is a cluster's worker (`GRACE_WORKER`, `GRACE_HEARTBEAT_MS`), passed on
     /// to its successor.
     pub worker: Option<WorkerRole>,
+    /// When this process's start was read (a standby's: when it was woken): what a
+    /// generation's start-up time and uptime count from.
+    pub started: Instant,
 }
 
 /// A worker's place in its cluster.
@@ -141,6 +145,7 @@ fn read() -> Result<Startup, EnvError> {
     let generation = take_var(GRACE_GENERATION);
     let idle_start = take_var(GRACE_IDLE_START).is_some_and(|v| v == "1");
     let standby = take_var(GRACE_STANDBY).is_some_and(|v| v == "1");
+    let restarts = take_var(GRACE_RESTARTS);
     // Ours, and only informative (status): a malformed entry is skipped, never fatal.
     let ancestors = take_var(GRACE_ANCESTORS)
         .map(|v| {
@@ -169,6 +174,7 @@ fn read() -> Result<Startup, EnvError> {
             idle_start: false,
             supervisor: None,
             worker: None,
+            started: Instant::now(),
         });
     }
     let generation = parse_generation(generation)?;
@@ -190,6 +196,7 @@ fn read() -> Result<Startup, EnvError> {
             std::process::exit(0);
         }
     }
+    crate::metrics::inherit(restarts.as_deref());
     Ok(Startup {
         registry: SocketRegistry::new(inherited),
         generation,
@@ -198,5 +205,6 @@ fn read() -> Result<Startup, EnvError> {
         idle_start,
         supervisor,
         worker,
+        started: Instant::now(),
     })
 }

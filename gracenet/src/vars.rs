@@ -1,7 +1,7 @@
 //! The environment variables gracenet reads and sets, by name.
 //!
 //! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`,
-//! `GRACE_STANDBY`)
+//! `GRACE_STANDBY`, `GRACE_RESTARTS`)
 //! are read once, when the process registry is first built ([`crate::registry()`]),
 //! and removed from the environment then, when that is sound (only while the process has one
 //! thread: a `#[tokio::main]` program already runs its workers and keeps them).
@@ -39,6 +39,11 @@ pub const GRACE_IDLE_START: &str = "GRACE_IDLE_START";
 /// exits quietly if the generation lets it go instead. Read and removed with the other
 /// inherited variables.
 pub const GRACE_STANDBY: &str = "GRACE_STANDBY";
+/// The restart counts of the generations before (`result:count,…`), set by a generation
+/// built with the `metrics` feature for the next one, which counts on from them
+/// (`grace_restarts_total`, see [`crate::metrics`]). Read and removed with the other inherited
+/// variables; an entry that cannot be read is skipped.
+pub const GRACE_RESTARTS: &str = "GRACE_RESTARTS";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
@@ -77,6 +82,7 @@ pub const OWNED: &[&str] = &[
     GRACE_ANCESTORS,
     GRACE_IDLE_START,
     GRACE_STANDBY,
+    GRACE_RESTARTS,
     GRACE_SUPERVISOR,
     GRACE_WORKER,
     GRACE_HEARTBEAT_MS,

@@ -204,7 +204,9 @@ fn an_unknown_or_missing_command_is_answered_with_what_is_expected() {
     };
     let answer = ask_raw(b"reboot\n");
     assert!(
-        answer.starts_with("error unknown command \"reboot\": expected \"restart\" or \"status\""),
+        answer.starts_with(
+            "error unknown command \"reboot\": expected \"restart\", \"status\" or \"status json\""
+        ),
         "{answer}"
     );
     assert!(ask_raw(&[0xff; 4096]).starts_with("error"), "garbage");

@@ -220,8 +220,16 @@ fn gracenet_vars(pid: u32) -> BTreeMap<String, String> {
 
 /// Checks that generation `number` (`pid`, started by `parent`) has exactly the variables a
 /// fresh, non-idle next generation is written: no standby's, no idle start's, no stale copy.
+/// (This crate builds gracenet with its `metrics` feature: the restart counts of the
+/// generations before, every one a hand-over here, are passed on once there are any.)
 fn assert_written_fresh(pid: u32, number: u64, parent: u32) {
-    let vars = gracenet_vars(pid);
+    let mut vars = gracenet_vars(pid);
+    let restarts = vars.remove("GRACE_RESTARTS");
+    assert_eq!(
+        restarts,
+        (number > 2).then(|| format!("handed_over:{}", number - 2)),
+        "generation {number} (pid {pid}): the restarts before the one that started it"
+    );
     let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
     assert_eq!(
         keys,

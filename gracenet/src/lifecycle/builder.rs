@@ -253,6 +253,8 @@ impl GenerationBuilder {
             successor_channel: std::sync::Mutex::new(None),
             parent_channel: std::sync::Mutex::new(None),
             state_read: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
+            next_pid: std::sync::atomic::AtomicU32::new(0),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
             standby,
             requests: requests_tx,
@@ -260,6 +262,7 @@ impl GenerationBuilder {
             accepted: Arc::default(),
         });
         tracing::info!("generation {number} starting with pid {}", std::process::id());
+        crate::metrics::generation_started(number);
         // Every line the lifecycle logs carries this process's pid; the messages name the
         // generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());

@@ -16,8 +16,8 @@ use crate::error::Error;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
 use crate::vars::{
-    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
-    NOTIFY_SOCKET,
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_RESTARTS, GRACE_STANDBY,
+    GRACE_SUPERVISOR, NOTIFY_SOCKET,
 };
 
 /// How many older generations' pids are passed on (for `status`).
@@ -145,6 +145,9 @@ pub(super) fn start_process(
         next.env(GRACE_STANDBY, "1");
     }
     next.env(GRACE_GENERATION, (shared.number + 1).to_string());
+    if let Some(restarts) = crate::metrics::restarts_for_child() {
+        next.env(GRACE_RESTARTS, restarts);
+    }
     let mut ancestors = shared.running_ancestors();
     ancestors.push(std::process::id());
     let keep = ancestors.len().saturating_sub(MAX_ANCESTORS);

@@ -6,18 +6,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::child::{self, Child, IdleLimit};
-use super::machine::{Action, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
+use super::machine::{Action, ChildFailure, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
 use super::sd_notify;
 use super::shared::Shared;
 use super::signals::{self, Request};
 use super::standby::{SharedStandby, StandbyWake, WAKE_ACK_TIMEOUT};
 use super::{Outcome, Phase, RestartResult, StopReason};
 use crate::error::Error;
+use crate::metrics::RestartOutcome;
 use crate::process::Executable;
 
 /// The next generation's process, started ahead and waiting to be woken by a restart
@@ -43,6 +45,10 @@ pub(super) struct Driver {
     next_reply: ReplyId,
     /// The next generation's process started ahead, when the generation keeps one.
     standby: Option<Standby>,
+    /// When the restart under way was asked for (its latency's start), and when the drain
+    /// began: for the figures ([`crate::metrics`]).
+    restart_began: Option<Instant>,
+    drain_began: Option<Instant>,
 }
 
 impl Driver {
@@ -66,6 +72,8 @@ impl Driver {
             replies: HashMap::new(),
             next_reply: 0,
             standby: None,
+            restart_began: None,
+            drain_began: None,
         }
     }
 
@@ -123,7 +131,11 @@ impl Driver {
         let number = self.shared.number;
         let next = number + 1;
         match action {
-            Action::NotifyReloading => self.shared.notify(&sd_notify::reloading(next)),
+            Action::NotifyReloading => {
+                self.restart_began = Some(Instant::now());
+                self.shared.restart.store(true, Ordering::Relaxed);
+                self.shared.notify(&sd_notify::reloading(next));
+            }
             Action::Spawn => {
                 return Some(match self.spawn_fresh() {
                     Ok(child) => {
@@ -150,6 +162,7 @@ impl Driver {
                 }
             }
             Action::RestartStarted { pid, timeout, woken } => {
+                self.shared.next_pid.store(pid, Ordering::Relaxed);
                 if !woken {
                     tracing::info!(
                         "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
@@ -158,14 +171,21 @@ impl Driver {
                 }
             }
             Action::SpawnFailed { error } => {
+                self.restart_ended(RestartOutcome::SpawnFailed);
                 tracing::error!("generation {number}: restart failed, still serving: {error}");
             }
             Action::StillServing { why } => self.still_serving(&why),
             Action::AbandonChild { pid, failure } => {
+                self.restart_ended(match failure {
+                    ChildFailure::Gone => RestartOutcome::Exited,
+                    ChildFailure::NotReady { .. } => RestartOutcome::NotReady,
+                    ChildFailure::Stopping { .. } | ChildFailure::Unwanted => RestartOutcome::Cancelled,
+                });
                 let why = child::abandon(self.pending.take(), self.shared.number, pid, failure).await;
                 return Some(Event::Abandoned { pid, why });
             }
             Action::HandOver { successor } => {
+                self.restart_ended(RestartOutcome::HandedOver);
                 tracing::info!("generation {next} (pid {successor}) is ready: handing over");
                 self.successor = self.pending.take().map(|mut c| {
                     c.idle_limit = None;
@@ -189,6 +209,9 @@ impl Driver {
             }
             Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
             Action::Finish { reason, forced } => {
+                if let Some(began) = self.drain_began {
+                    crate::metrics::drain_ended(began.elapsed(), forced);
+                }
                 let unfinished = self.shared.connections.receiver_count();
                 let how = if forced {
                     format!("gave up on {unfinished} unfinished connection(s) or task(s)")
@@ -362,6 +385,14 @@ impl Driver {
         );
     }
 
+    /// The restart under way ended so: counted, with its latency when it was asked for, and
+    /// no longer shown as under way.
+    fn restart_ended(&mut self, outcome: RestartOutcome) {
+        crate::metrics::restart_ended(outcome, self.restart_began.take().map(|t| t.elapsed()));
+        self.shared.restart.store(false, Ordering::Relaxed);
+        self.shared.next_pid.store(0, Ordering::Relaxed);
+    }
+
     /// A failed restart ends systemd's "reloading" state: this generation still serves.
     fn still_serving(&self, why: &str) {
         let mut lines = sd_notify::restart_failed(self.shared.number, std::process::id(), why);
@@ -372,7 +403,9 @@ impl Driver {
         self.shared.notify(&lines);
     }
 
-    fn begin_drain(&self, reason: StopReason, deadline: Instant) {
+    fn begin_drain(&mut self, reason: StopReason, deadline: Instant) {
+        self.drain_began = Some(Instant::now());
+        crate::metrics::drain_began();
         self.shared
             .draining
             .store(true, std::sync::atomic::Ordering::Release);

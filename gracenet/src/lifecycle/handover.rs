@@ -449,7 +449,7 @@ impl InheritedConnections {
         loop {
             let channel = self.channel.as_mut()?;
             match receive(channel).await {
-                Ok(Received::Connection(c)) => return Some(c),
+                Ok(Received::Connection(c)) => return Some(crate::metrics::connection_inherited(c)),
                 Ok(Received::Skipped) => continue,
                 Ok(Received::End) => {}
                 Err(e) => tracing::warn!("receiving handed-over connections failed: {e}; taking no more"),

@@ -61,6 +61,8 @@ impl Generation {
         // the new main process before the old one exits.
         let lines = sd_notify::serving(self.shared.number, pid, &addrs.join(", "));
         self.tell_serving(lines);
+        // Started by a generation's restart (not a first start, systemd or a supervisor).
+        let restarted = !matches!(link, crate::readiness::ParentLink::Nobody);
         if let Some(channel) = link.notify() {
             *self
                 .shared
@@ -79,6 +81,7 @@ impl Generation {
         // The machine goes from starting to serving: restarts asked for meanwhile run now, and
         // a standby is started (by the driver: off this path, the parent is waiting to stop
         // accepting).
+        crate::metrics::ready(self.shared.startup.started.elapsed(), restarted);
         let _ = self.shared.requests.send(Request::Ready);
         if self.shared.settings.announce {
             tracing::info!(

@@ -56,6 +56,10 @@ pub(super) struct Shared {
     pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
+    /// Whether a restart is under way, and the next generation's pid once it runs (0 before),
+    /// for `status`.
+    pub restart: AtomicBool,
+    pub next_pid: std::sync::atomic::AtomicU32,
     /// The standby's pid, 0 when there is none (for `status`).
     pub standby_pid: std::sync::atomic::AtomicU32,
     /// The standby's wake handle, shared with the signal thread.

@@ -55,7 +55,7 @@ impl Generation {
         let read = channel::read_state(&mut stream, max);
         self.shared.state_read.store(true, Ordering::SeqCst);
         match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
-            Ok(Ok(state)) => Ok(state),
+            Ok(Ok(state)) => Ok(crate::metrics::state_inherited(state)),
             Ok(Err(e)) => Err(io("cannot read the handed-over state".into(), e)),
             Err(_) => Err(io(
                 "cannot read the handed-over state".into(),
@@ -136,6 +136,8 @@ impl Generation {
         channel
             .offer(stream.as_fd(), unread, state, ANSWER_TIMEOUT)
             .await
+            .inspect(|()| crate::metrics::connection_handed(true))
+            .inspect_err(|_| crate::metrics::connection_handed(false))
             .map_err(io)
     }
 

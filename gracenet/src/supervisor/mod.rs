@@ -189,6 +189,7 @@ impl Supervisor {
             .map_err(io_error("cannot make the notify socket non-blocking"))?;
         crate::sys::pass_credentials(&socket).map_err(io_error("cannot ask for senders' credentials"))?;
         let store = startup.registry.handoff()?.sockets;
+        crate::metrics::supervisor_started();
         Ok(Supervisor {
             me,
             exe,
@@ -591,6 +592,7 @@ impl Supervisor {
             }
             return;
         }
+        crate::metrics::supervisor_crash();
         if !serving.ready && n == 1 {
             tracing::error!(
                 supervisor = self.me,
@@ -642,6 +644,7 @@ impl Supervisor {
         let number = self.next_number;
         match self.spawn(number) {
             Ok(pid) => {
+                crate::metrics::supervisor_respawn();
                 if let Some(up) = &self.upstream {
                     up.send(&[format!(
                         "STATUS=Restarted after a crash: generation {number} starting with pid {pid}"
