@@ -53,7 +53,15 @@ fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
         .get(PORT, "/sleep/?duration=0s")
         .unwrap_or_else(|e| panic!("the activated service answers: {e}\n{}", systemd.journal(None)));
     let gen1 = pid_in(&body);
-    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+    // Ready once every process it starts is (a cluster's workers all): a request can be
+    // answered a moment before.
+    assert!(
+        wait_until(grace_tests::DEADLINE, || systemd
+            .property("gracedemo.service", "ActiveState")
+            == "active"),
+        "the service becomes active: {}",
+        systemd.property("gracedemo.service", "ActiveState")
+    );
     (systemd, gen1)
 }
 

@@ -70,6 +70,7 @@ fn in_cluster() -> bool {
 /// same address in the same reuseport group, listening and non-blocking. `None` when
 /// `template` is not such a socket (a Unix socket, or one bound without `SO_REUSEPORT`, as
 /// systemd's are unless `ReusePort=yes`): then it is shared as it is.
+#[cfg(feature = "tokio")]
 pub(crate) fn reuseport_sibling(template: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let t = socket2::SockRef::from(template);
     let Some(addr) = t.local_addr()?.as_socket() else {

@@ -121,6 +121,8 @@ mod addr;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod bind;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod cluster;
 pub mod control;
 mod env;
@@ -150,6 +152,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use addr::ListenAddr;
+#[cfg(feature = "tokio")]
 pub use cluster::{Cluster, ClusterBuilder};
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]

@@ -41,6 +41,9 @@ pub(crate) struct Startup {
     pub started: Instant,
 }
 
+/// How often a worker sends its heartbeat when its primary does not say.
+pub(crate) const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A worker's place in its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct WorkerRole {
@@ -71,7 +74,7 @@ impl WorkerRole {
             .filter(|&n| n < 100_000)
             .ok_or_else(|| malformed(GRACE_WORKER, &slot, "a worker slot number from 0 to 99999"))?;
         let heartbeat = match heartbeat {
-            None => crate::cluster::DEFAULT_HEARTBEAT,
+            None => DEFAULT_HEARTBEAT,
             Some(ms) => ms
                 .to_string_lossy()
                 .parse::<u64>()

@@ -51,7 +51,7 @@ use crate::error::Error;
 pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a worker sends its heartbeat when no worker timeout asks for more often.
-pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_HEARTBEAT: Duration = crate::startup::DEFAULT_HEARTBEAT;
 
 /// A cluster's primary, to be run ([`Cluster::builder`]).
 #[derive(Debug)]

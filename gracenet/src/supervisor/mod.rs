@@ -48,6 +48,7 @@ use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::vars::{GRACE_GENERATION, GRACE_SUPERVISOR, NOTIFY_SOCKET};
 pub(crate) use children::{Children, describe, signal_pid};
+#[cfg(feature = "tokio")]
 pub(crate) use crashes::CRASH_LIMIT;
 use crashes::{AfterCrash, CrashPolicy};
 use protocol::Message;
@@ -56,7 +57,7 @@ pub(crate) use signals::SignalPipe;
 /// How long after a stop (or giving up) the processes still there are killed (`SIGKILL`): a
 /// generation's default stop timeout and a margin, so a drain of the default length is never
 /// cut short.
-pub(crate) const KILL_AFTER: Duration = Duration::from_secs(crate::DEFAULT_STOP_TIMEOUT.as_secs() + 10);
+pub(crate) const KILL_AFTER: Duration = Duration::from_secs(60 + 10);
 
 /// How often the supervisor looks for processes left to kill once [`KILL_AFTER`] has passed
 /// (a killed process's children are reparented to it).
@@ -701,4 +702,15 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     tracing::info!(supervisor = me, "forwarding {signal} to the serving pid {pid}");
     serving.forwarded.push(signal);
     signal_pid(me, pid, signal);
+}
+
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    #[test]
+    fn kill_after_is_the_default_stop_timeout_and_a_margin() {
+        assert_eq!(
+            super::KILL_AFTER,
+            crate::DEFAULT_STOP_TIMEOUT + std::time::Duration::from_secs(10)
+        );
+    }
 }
