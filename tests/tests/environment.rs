@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, parse_probe, signal,
-    standby_started, wait_until,
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, lifeprobe,
+    parse_probe, signal, standby_started, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -254,13 +254,11 @@ fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-standby-deploy");
     let app = dir.path().join("app");
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
-    let mut cmd = Command::new(&app);
     // Fresh generations not at idle priority, so each variable's presence is known.
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_STANDBY", "1")
-        .env("PROBE_NO_IDLE_START", "1");
-    let mut g = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&g.expect_line("probe version="));
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        &app,
+        &[("PROBE_STANDBY", "1"), ("PROBE_NO_IDLE_START", "1")],
+    ));
     let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
@@ -300,13 +298,14 @@ fn no_stale_variable_reaches_the_next_generations_across_a_deploy_without_a_stan
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-plain-deploy");
     let app = dir.path().join("app");
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
-    let mut cmd = Command::new(&app);
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_NO_IDLE_START", "1")
-        .env("GRACE_STANDBY", "1")
-        .env("GRACE_IDLE_START", "1");
-    let mut g = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&g.expect_line("probe version="));
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        &app,
+        &[
+            ("PROBE_NO_IDLE_START", "1"),
+            ("GRACE_STANDBY", "1"),
+            ("GRACE_IDLE_START", "1"),
+        ],
+    ));
 
     signal(gen1.pid, Signal::SIGUSR2);
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));

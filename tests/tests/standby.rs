@@ -4,44 +4,31 @@
 //! outlive the server, or make a restart fail when it is gone.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive,
-    parse_probe, signal, standby_started, wait_until, zombies_of,
+    DEADLINE, PidGuard, TempDir, answer_pid, ask, field, install_program, is_alive, lifeprobe, parse_probe,
+    signal, standby_started, start_lifeprobe, wait_until, zombies_of,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
-
-/// Starts `program` (a lifeprobe keeping a standby) with `env`; waits for generation 1 to
-/// serve and for its standby, whose pid it returns with the generation.
-fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen, u32) {
-    let mut cmd = Command::new(program);
-    cmd.arg("127.0.0.1:0").env("PROBE_STANDBY", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut guard = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&guard.expect_line("probe version="));
-    let standby = standby_started(&mut guard, 1);
-    (guard, gen1, standby)
-}
 
 #[test]
 fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_own() {
     let run = TempDir::new("standby-wake");
     let control = run.path().join("control.sock");
     let control_var = control.to_str().unwrap().to_owned();
-    let (mut g, gen1, standby) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
+            ("PROBE_STANDBY", "1"),
             ("PROBE_CONTROL_SOCKET", &control_var),
             ("PROBE_STATE", "1"),
             ("PROBE_REPORT_POLICY", "1"),
         ],
-    );
+    ));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     // It ran main's first steps, then waits in its first call into gracenet: no generation,
     // no listener of its own; the server names it.
@@ -107,7 +94,8 @@ fn a_program_replaced_since_the_standby_started_runs_fresh_and_the_standby_is_le
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "standby-replace");
     let app = dir.path().join("app");
     install_program(Path::new(LIFEPROBE), &app);
-    let (mut g, gen1, standby) = start(&app, &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(&app, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
@@ -125,7 +113,8 @@ fn a_program_replaced_since_the_standby_started_runs_fresh_and_the_standby_is_le
 
 #[test]
 fn a_standby_that_exited_costs_the_restart_nothing() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGKILL);
@@ -149,13 +138,15 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
     let control = run.path().join("control.sock");
     let control_var = control.to_str().unwrap().to_owned();
     let ready_timeout = Duration::from_secs(20);
-    let (mut g, gen1, standby) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
+            ("PROBE_STANDBY", "1"),
             ("PROBE_CONTROL_SOCKET", &control_var),
             ("PROBE_READY_TIMEOUT_MS", &ready_timeout.as_millis().to_string()),
         ],
-    );
+    ));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGSTOP);
@@ -198,7 +189,8 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
 
 #[test]
 fn the_standby_goes_when_the_server_stops() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(gen1.pid, Signal::SIGTERM);
@@ -209,7 +201,8 @@ fn the_standby_goes_when_the_server_stops() {
 
 #[test]
 fn a_standby_whose_server_was_killed_exits_by_itself() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(gen1.pid, Signal::SIGKILL);
