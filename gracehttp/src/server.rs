@@ -318,11 +318,9 @@ impl Server {
             Err(_) => generation.ready()?,
         }
         let outcome = generation.wait().await;
-        tracing::info!(
-            generation = generation.number(),
-            "Exiting pid {}.",
-            std::process::id()
-        );
+        grace_line(&generation, || {
+            tracing::info!("Exiting pid {}.", std::process::id())
+        });
         Ok(outcome)
     }
 }
@@ -340,7 +338,8 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
             }
         }
         Err(e) => tracing::warn!(
-            "TLS session ticket keys not taken from the previous process ({e}): new keys (clients make one full handshake)"
+            error = %e,
+            "TLS session ticket keys not taken from the previous process: new keys (clients make one full handshake)"
         ),
     }
 }
@@ -348,16 +347,24 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
 /// grace's first log line, with the real addresses.
 fn announce(generation: &Generation, addrs: &str) {
     let pid = std::process::id();
-    let number = generation.number();
-    match (generation.registry().origin(), number) {
-        (Origin::Fresh, _) => tracing::info!(generation = number, "Serving {addrs} with pid {pid}."),
-        (Origin::Activated, 1) => tracing::info!(generation = number, "Listening on init activated {addrs}"),
-        _ => tracing::info!(
-            generation = number,
-            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-            std::os::unix::process::parent_id()
-        ),
-    }
+    grace_line(generation, || {
+        match (generation.registry().origin(), generation.number()) {
+            (Origin::Fresh, _) => tracing::info!("Serving {addrs} with pid {pid}."),
+            (Origin::Activated, 1) => tracing::info!("Listening on init activated {addrs}"),
+            _ => tracing::info!(
+                "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
+                std::os::unix::process::parent_id()
+            ),
+        }
+    });
+}
+
+/// Logs one of grace's own lines (`log`), the exception to the crate's convention of a fixed
+/// message with the values in fields: their wording, values and all, is Go grace's, which
+/// operators and scripts match on. The generation is a field of a `grace` span around it, so
+/// a formatter that prints only messages (Go's format) prints the line exactly.
+fn grace_line(generation: &Generation, log: impl FnOnce()) {
+    tracing::info_span!("grace", generation = generation.number()).in_scope(log);
 }
 
 #[cfg(test)]

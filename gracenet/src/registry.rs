@@ -195,7 +195,7 @@ impl SocketRegistry {
         let index = match inherited {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, "using the inherited socket {name:?}");
+                tracing::debug!(addr = %entries[i].info.addr, name, "using the inherited socket of that name");
                 i
             }
             None => {
@@ -337,9 +337,9 @@ impl SocketRegistry {
             .collect();
         if !unclaimed.is_empty() {
             tracing::debug!(
-                "passing on {} inherited socket(s) nobody asked for: {}",
-                unclaimed.len(),
-                unclaimed.join(", ")
+                count = unclaimed.len(),
+                addrs = %unclaimed.join(", "),
+                "passing on inherited sockets nobody asked for"
             );
         }
         entries
@@ -382,7 +382,7 @@ impl SocketRegistry {
         let index = match found {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, "using inherited {kind}");
+                tracing::debug!(addr = %entries[i].info.addr, %kind, "using an inherited socket");
                 i
             }
             None => {

@@ -360,15 +360,15 @@ pub fn start_lifeprobe(cmd: Command) -> (ProcessGuard, ProbeGen) {
 }
 
 /// Starts a line server that prints `<first_line>… pid=P addr=A` once listening (lifeprobe, or
-/// gracenet's echo example with `echo generation=1`) and waits for its `generation 1 serving`
-/// log; its guard and generation 1.
+/// gracenet's echo example with `echo generation=1`) and waits for generation 1's `ready and
+/// serving` log; its guard and generation 1.
 pub fn start_line_server(cmd: Command, first_line: &str) -> (ProcessGuard, ProbeGen) {
     let mut guard = ProcessGuard::spawn(cmd);
     let gen1 = parse_probe(&guard.expect_line(first_line));
     // Under a supervisor (or a shell) generation 1 is not the guarded process: it is killed
     // too should it never serve.
     let on_failure = PidGuard(gen1.pid);
-    guard.expect_log("generation 1 serving");
+    guard.expect_log("ready and serving generation=1 ");
     std::mem::forget(on_failure);
     (guard, gen1)
 }
@@ -432,13 +432,12 @@ pub fn start_axumserve(cmd: Command) -> (ProcessGuard, u16) {
 /// `PROBE_STANDBY=1`); the standby's pid.
 pub fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
     let line = guard.expect_log(&format!(
-        "generation {number}: started a standby for generation {} with pid ",
+        "started a standby for the next generation generation={number} next={} ",
         number + 1
     ));
-    line.rsplit("with pid ")
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+    field(&line, "pid")
+        .parse()
+        .unwrap_or_else(|e| panic!("no pid in {line:?}: {e}"))
 }
 
 /// Sends `signal` to `pid` (a process the test did not start itself, or did); panics naming

@@ -286,7 +286,7 @@ fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followe
         .parse()
         .unwrap();
     let _g2 = PidGuard(gen2);
-    server.expect_log("a symlink is there now");
+    server.expect_log("found=\"a symlink\"");
     assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == gen2));
     assert_eq!(victim_mode(), 0o644, "the link's target keeps its mode");
     assert!(
@@ -398,7 +398,7 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
     // The fds free up: the queued clients are accepted, and the commands whose clients
     // left are not run.
     drop(held);
-    server.expect_log("\"restart\" not run: its client left");
+    server.expect_log("command not run: its client left before it was read command=restart");
     assert!(wait_until(DEADLINE, || answer_pid(
         &ask(port).unwrap_or_default()
     ) == gen1));
@@ -451,7 +451,7 @@ fn a_client_does_not_trust_another_users_socket_at_the_path() {
         .parse()
         .unwrap();
     let _g2 = PidGuard(gen2);
-    server.expect_log("another user's socket (uid 65534) is there now");
+    server.expect_log("found=\"another user\'s socket\" owner=65534");
 }
 
 #[test]
@@ -484,7 +484,7 @@ fn a_reload_asked_during_a_restart_gets_a_restart_of_its_own_with_the_program_no
         let socket = socket.clone();
         move || gracenet::control::Client::new(socket).restart()
     });
-    server.expect_log("restart: started generation 2");
+    server.expect_log("restart: started the next generation generation=1 next=2 ");
     // The deploy: a new program, then its reload.
     grace_tests::install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     let second = gracenet::control::Client::new(&socket).restart();

@@ -136,7 +136,7 @@ fn a_symlink_planted_beside_the_pid_file_is_never_written_through() {
     signal(gen1, Signal::SIGUSR2);
     let gen2 = pid_of(&g.expect_line("probe version="));
     let _g2 = PidGuard(gen2);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|s| s.trim() == gen2.to_string())));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");

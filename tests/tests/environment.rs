@@ -203,7 +203,7 @@ fn a_copy_of_a_generations_variables_meant_for_another_pid_is_ignored_whole() {
     let line = probe.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "1", "{line}");
     let _guard = grace_tests::PidGuard(field(&line, "pid").parse().unwrap());
-    probe.expect_log("generation 1 serving");
+    probe.expect_log("ready and serving generation=1 ");
 }
 
 /// The gracenet variables (and systemd's `NOTIFY_SOCKET`) in the environment `pid` was
@@ -264,7 +264,7 @@ fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_
     g.expect_line(&format!("probe main pid={standby}"));
 
     signal(gen1.pid, Signal::SIGUSR2);
-    g.expect_log(&format!("woke the standby (pid {standby}"));
+    g.expect_log(&format!("restart: woke the standby pid={standby} "));
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
     assert_eq!(gen2.pid, standby, "the standby is generation 2");
     // What the leak was made of: generation 2 started as a standby.
@@ -279,14 +279,14 @@ fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_
 
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     signal(gen2.pid, Signal::SIGUSR2);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby3}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby3} "));
     assert!(let_go.contains("the program file has changed"), "{let_go}");
     let line = g.expect_line("probe version=lifeprobe2 ");
     let gen3 = parse_probe(&line);
     let _gen3_guard = PidGuard(gen3.pid);
     assert_eq!(field(&line, "generation"), "3", "{line}");
     assert_written_fresh(gen3.pid, 3, gen2.pid);
-    g.expect_log("generation 2 stopped accepting");
+    g.expect_log("stopped accepting generation=2 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
 }
 
@@ -311,13 +311,13 @@ fn no_stale_variable_reaches_the_next_generations_across_a_deploy_without_a_stan
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_written_fresh(gen2.pid, 2, gen1.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
 
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     signal(gen2.pid, Signal::SIGUSR2);
     let gen3 = parse_probe(&g.expect_line("probe version=lifeprobe2 "));
     let _gen3_guard = PidGuard(gen3.pid);
     assert_written_fresh(gen3.pid, 3, gen2.pid);
-    g.expect_log("generation 2 stopped accepting");
+    g.expect_log("stopped accepting generation=2 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
 }

@@ -183,7 +183,7 @@ async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() 
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=2000"));
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
     let _new_guard = PidGuard(new);
-    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting generation=1 "));
     let quick = get_h1(port, "/pid").await.unwrap();
     assert_eq!(
         quick.body,
@@ -386,7 +386,7 @@ async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
     std::fs::rename(dir.path().join("cert.pem.new"), dir.path().join("cert.pem")).unwrap();
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
     let _new_guard = PidGuard(new);
-    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting generation=1 "));
     let (answer, seen) = get_tls(tls_port, "/pid", &second, &[b"h2"]).await.unwrap();
     assert_eq!(seen, second, "the renewed certificate is served");
     assert_eq!(answer.body, new.to_string());
@@ -441,7 +441,7 @@ async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_re
     for generation in 1..=2 {
         let new = tokio::task::block_in_place(|| restart(&mut g, pid, &site.ports));
         guards.push(PidGuard(new));
-        tokio::task::block_in_place(|| g.expect_log(&format!("generation {generation} stopped accepting")));
+        tokio::task::block_in_place(|| g.expect_log(&format!("stopped accepting generation={generation} ")));
         let tls = tls_connect_as(port, client.clone()).await.unwrap();
         assert_eq!(
             tls.get_ref().1.handshake_kind(),
@@ -528,7 +528,7 @@ async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
     let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits at the stop timeout");
     assert!(status.success(), "{status}");
     assert!(long.await.unwrap().is_err(), "the unfinished request was cut");
-    tokio::task::block_in_place(|| g.expect_log("gave up on 1 unfinished connection"));
+    tokio::task::block_in_place(|| g.expect_log("done: gave up on unfinished connections or tasks; exiting"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,7 +721,7 @@ fn a_fresh_http2_connection_at_a_drain_has_its_first_request_answered_before_goa
         "no SETTINGS from the server"
     );
     g.signal(Signal::SIGTERM);
-    g.expect_log("stopping, draining");
+    g.expect_log("stopping: draining connections and tasks");
     // No GOAWAY yet: one now would cost this client its request (a pooled client retries only
     // on a connection it has used before).
     let early = frames_for(&mut c, Duration::from_millis(300));
@@ -792,8 +792,8 @@ fn an_http2_connection_that_only_pings_gets_goaway_within_the_idle_grace_when_dr
         closed_by_server(&mut half),
         "the half preface's connection is closed (not reset)"
     );
-    let done = g.expect_log(" done (");
-    assert!(done.contains("done (drained)"), "{done}");
+    let done = g.expect_log(" done: ");
+    assert!(done.contains("done: drained; exiting"), "{done}");
     let status = g
         .wait_timeout(DEADLINE)
         .expect("the process exits once they are gone");

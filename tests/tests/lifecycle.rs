@@ -44,13 +44,13 @@ fn a_child_that_fails_at_startup_costs_nothing_and_the_next_restart_works() {
     let failed = restart(&mut g, gen1.pid, 2);
     let _failed_guard = PidGuard(failed.pid);
     g.expect_line(&format!("probe failing pid={}", failed.pid));
-    let log = g.expect_log("restart failed: generation 2");
-    assert!(log.contains(&format!("(pid {})", failed.pid)), "{log}");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
+    assert!(log.contains(&format!(" pid={} ", failed.pid)), "{log}");
     assert!(
         log.contains("exited before it was ready (exit status: 1)"),
         "{log}"
     );
-    assert!(log.contains("still serving"), "{log}");
+    assert!(log.contains("keeps serving"), "{log}");
     assert!(reaped(failed.pid), "the failed child is reaped, no zombie");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen1.pid);
 
@@ -82,8 +82,8 @@ fn a_child_that_never_gets_ready_is_killed_at_the_ready_timeout() {
     let hung = restart(&mut g, gen1.pid, 2);
     let _hung_guard = PidGuard(hung.pid);
     g.expect_line(&format!("probe hanging pid={}", hung.pid));
-    let log = g.expect_log("restart failed: generation 2");
-    assert!(log.contains("not ready after 1.0 s; killed it"), "{log}");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
+    assert!(log.contains("reason=not ready after 1.0 s killed=true"), "{log}");
     assert!(reaped(hung.pid), "the hung child is killed and reaped");
 
     let gen2 = restart(&mut g, gen1.pid, 2);
@@ -99,7 +99,7 @@ fn after_the_handover_the_old_process_accepts_nothing() {
     let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let gen2 = restart(&mut g, gen1.pid, 2);
     let _gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     // Every connection for two seconds, one per millisecond, is the new process's.
     let until = Instant::now() + Duration::from_secs(2);
     let mut answers = 0;
@@ -131,7 +131,7 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
     }
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     drop(held);
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
@@ -140,7 +140,7 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
     let seen = g.output_after_exit();
     let started = seen
         .iter()
-        .filter(|l| l.contains("restart: started generation"))
+        .filter(|l| l.contains("restart: started the next generation"))
         .count();
     let generations = seen.iter().filter(|l| l.starts_with("probe version=")).count();
     assert_eq!(started, 1, "{seen:#?}");
@@ -162,7 +162,7 @@ fn quick_successive_restarts_while_generation_one_still_drains() {
     for number in 2..=4 {
         let next = restart(&mut g, current, number);
         guards.push(PidGuard(next.pid));
-        g.expect_log(&format!("generation {} stopped accepting", number - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", number - 1));
         assert_eq!(answer_pid(&ask(gen1.port).unwrap()), next.pid);
         current = next.pid;
     }
@@ -193,7 +193,9 @@ fn sigterm_during_a_restart_ends_both_processes() {
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
     assert!(reaped(hung.pid), "the starting child is killed and reaped");
-    g.expect_log("SIGTERM while generation 2");
+    g.expect_log(
+        "stopping while the next generation was starting: killed it generation=1 cause=SIGTERM next=2 ",
+    );
 }
 
 #[test]
@@ -218,7 +220,7 @@ fn a_binary_replaced_on_disk_is_the_one_that_runs() {
         (installed.dev(), installed.ino()),
         "/proc/PID/exe is the new file"
     );
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
 }
 
@@ -229,7 +231,7 @@ fn parent_killed_mid_drain_leaves_the_child_serving() {
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     let gen2 = restart(&mut g, gen1.pid, 2);
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     g.signal(Signal::SIGKILL);
     g.wait_timeout(DEADLINE).expect("generation 1 is killed");
     assert!(gen2_guard.is_alive());
@@ -250,7 +252,7 @@ fn child_killed_before_ready_leaves_the_parent_serving() {
     let hung = restart(&mut g, gen1.pid, 2);
     g.expect_line(&format!("probe hanging pid={}", hung.pid));
     signal(hung.pid, Signal::SIGKILL);
-    let log = g.expect_log("restart failed: generation 2");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
     assert!(
         log.contains("signal: 9 (SIGKILL)") || log.contains("closed its readiness pipe"),
         "{log}"
@@ -327,7 +329,7 @@ fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
     assert_eq!(read(), gen1.pid.to_string());
     let gen2 = restart(&mut g, gen1.pid, 2);
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(
         read(),
         gen2.pid.to_string(),
@@ -439,7 +441,7 @@ fn a_next_generation_returned_to_normal_priority_before_it_read_its_start_stays_
     ));
     signal(gen1.pid, Signal::SIGUSR2);
     if may_leave_idle_priority() {
-        g.expect_log("still starting after 0.1 s at idle CPU priority");
+        g.expect_log("still starting at idle CPU priority: returned it to normal priority next=2 ");
     }
     let starting = g.expect_line("probe version=");
     let gen2 = parse_probe(&starting);
@@ -466,8 +468,8 @@ fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_prio
     let _gen2_guard = PidGuard(gen2.pid);
     if may_leave_idle_priority() {
         assert!(all_threads(field(&starting, "policy"), "idle"), "{starting}");
-        let log = g.expect_log("still starting after 0.3 s at idle CPU priority");
-        assert!(log.contains(&format!("(pid {})", gen2.pid)), "{log}");
+        let log = g.expect_log("still starting at idle CPU priority: returned it to normal priority next=2 ");
+        assert!(log.contains(&format!(" pid={} after_s=0.3 ", gen2.pid)), "{log}");
     }
     // Still not ready (it waits 1.5 s), and already at normal priority.
     let before = g.expect_line(&format!("probe before-ready pid={}", gen2.pid));

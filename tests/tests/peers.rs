@@ -64,7 +64,9 @@ fn gracenet_parent_hands_its_socket_to_a_go_grace_child() {
     assert_eq!(field(&line, "inherited"), "true");
     assert_eq!(field(&line, "port"), port.to_string());
     // Its SIGTERM is read as "ready" (it comes from the child being started), not as a stop.
-    g.expect_log(&format!("generation 2 (pid {go_pid}) is ready: handing over"));
+    g.expect_log(&format!(
+        "the next generation is ready: handing over generation=1 next=2 pid={go_pid}"
+    ));
     let status = g
         .wait_timeout(DEADLINE)
         .expect("the gracenet parent exits after the hand-over");
@@ -100,7 +102,7 @@ fn a_socket_activated_server_never_signals_whoever_started_the_activator() {
     let gen1 = answer_pid(&first);
     let line = sh.expect_line("probe version=");
     assert_eq!(field(&line, "pid"), gen1.to_string());
-    sh.expect_log("generation 1 serving");
+    sh.expect_log("ready and serving generation=1 ");
     assert!(
         sh.wait_timeout(std::time::Duration::from_millis(200)).is_none(),
         "the shell was signalled"
@@ -111,7 +113,7 @@ fn a_socket_activated_server_never_signals_whoever_started_the_activator() {
     assert_eq!(field(&line, "generation"), "2");
     let gen2: u32 = field(&line, "pid").parse().unwrap();
     let gen2_guard = PidGuard(gen2);
-    sh.expect_log("generation 1 stopped accepting");
+    sh.expect_log("stopped accepting generation=1 ");
     assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == gen2));
     // Generation 1 ends, so the activator's command ends and the shell goes on normally:
     // it was not killed by a signal.

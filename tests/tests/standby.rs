@@ -56,8 +56,8 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
 
     signal(gen1.pid, Signal::SIGUSR2);
     // Woken by the signal thread at the signal itself, before the lifecycle's task ran.
-    let woke = g.expect_log(&format!("woke the standby (pid {standby}"));
-    assert!(woke.contains("at the signal"), "{woke}");
+    let woke = g.expect_log(&format!("restart: woke the standby pid={standby} "));
+    assert!(woke.contains(" at_signal=true "), "{woke}");
     let line = g.expect_line("probe version=");
     let gen2 = parse_probe(&line);
     assert_eq!(gen2.pid, standby, "the standby is generation 2: {line}");
@@ -70,7 +70,7 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
         state.starts_with("probe state count=2 ") && state.ends_with(&format!("pid={standby}")),
         "{state}"
     );
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), standby);
     assert!(
         wait_until(DEADLINE, || !is_alive(gen1.pid)),
@@ -101,13 +101,13 @@ fn a_program_replaced_since_the_standby_started_runs_fresh_and_the_standby_is_le
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
 
     signal(gen1.pid, Signal::SIGUSR2);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("the program file has changed"), "{let_go}");
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe2"));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_ne!(gen2.pid, standby);
     assert!(!is_alive(standby), "the stale standby is gone");
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
 }
 
@@ -118,14 +118,14 @@ fn a_standby_that_exited_costs_the_restart_nothing() {
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGKILL);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("exited before a restart took it"), "{let_go}");
 
     signal(gen1.pid, Signal::SIGUSR2);
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_ne!(gen2.pid, standby);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }
 
@@ -171,7 +171,7 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
         took < ready_timeout / 2,
         "the restart took {took:?}: it waited for the stopped standby"
     );
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("did not acknowledge the wake"), "{let_go}");
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let _gen2_guard = PidGuard(gen2.pid);
@@ -183,7 +183,7 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
         "the stopped standby is still there"
     );
     assert!(zombies_of(gen1.pid).is_empty(), "{:?}", zombies_of(gen1.pid));
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }
 

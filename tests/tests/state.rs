@@ -23,7 +23,7 @@ fn a_counter_survives_ten_restarts() {
         assert_eq!(field(&state, "count"), n.to_string(), "{state}");
         serving = field(&state, "pid").parse().unwrap();
         guards.push(PidGuard(serving));
-        g.expect_log(&format!("generation {} stopped accepting", n - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", n - 1));
     }
     assert!(wait_until(DEADLINE, || ask(port).is_ok_and(|a| answer_pid(&a) == serving)));
 }
@@ -71,7 +71,7 @@ fn sixty_four_mebibytes_of_state_arrive_whole() {
     let _g2 = PidGuard(field(&state, "pid").parse().unwrap());
     let bytes: usize = field(&state, "bytes").parse().unwrap();
     assert_eq!(bytes, size + "v1:1:".len(), "{state}");
-    g.expect_log("handed 67108869 byte(s) of state to generation 2");
+    g.expect_log("handed the state over bytes=67108869 next=2 ");
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn a_handing_over_that_stalls_cannot_hold_the_restart_past_the_ready_timeout() {
     // Generation 2 waits for state that never comes; the ready timeout ends it.
     let failed = g.expect_log("restart failed");
     assert!(failed.contains("not ready after 1.5 s"), "{failed}");
-    g.expect_log("could not hand the state to generation 2");
+    g.expect_log("could not hand the state over: timed out next=2 ");
     assert_eq!(
         answer_pid(&ask(port).unwrap()),
         gen1,

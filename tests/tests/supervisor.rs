@@ -76,7 +76,7 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
         let new = probe_pid(&line);
         guards.push(PidGuard(new));
         sup.expect_log(&format!("pid {new} is now serving (was {serving})"));
-        sup.expect_log(&format!("generation {} stopped accepting", number - 1));
+        sup.expect_log(&format!("stopped accepting generation={} ", number - 1));
         let old = serving;
         serving = new;
         // The old generation drains and goes; the supervisor reaps it: no zombie lingers.
@@ -208,7 +208,7 @@ fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>
     sup.signal(Signal::SIGUSR2);
     let gen2 = probe_pid(&sup.expect_line("probe version="));
     guards.push(PidGuard(gen2));
-    sup.expect_log("generation 1 stopped accepting; draining 1 connection(s) or task(s)");
+    sup.expect_log("stopped accepting generation=1 connections=1");
     (sup, port, gen1, gen2, guards, conn)
 }
 
@@ -320,7 +320,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
     let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
     let gen1: u32 = probe_pid(&line);
     assert_ne!(gen1, 1, "generation 1 is not the namespace's pid 1");
-    ns.expect_log("generation 1 serving");
+    ns.expect_log("ready and serving generation=1 ");
     let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
     let pid1: u32 = children
         .split_whitespace()
@@ -344,7 +344,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
     let line = ns.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "2");
     let gen2 = probe_pid(&line);
-    ns.expect_log("generation 1 stopped accepting");
+    ns.expect_log("stopped accepting generation=1 ");
     let mut last = None;
     let served = wait_until(DEADLINE, || {
         last = Some(grace_tests::ask(port).map(|a| grace_tests::answer_pid(&a)));
@@ -732,8 +732,8 @@ fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart()
     // orphan of the supervisor, reports ready: the supervisor then sees both at once.
     sup.signal(Signal::SIGSTOP);
     send(gen1, Signal::SIGKILL);
-    let ready = sup.expect_log("generation 2 serving");
-    assert!(ready.contains(&format!("with pid {successor}")), "{ready}");
+    let ready = sup.expect_log("ready and serving generation=2 ");
+    assert!(ready.contains(&format!(" pid={successor} ")), "{ready}");
     sup.signal(Signal::SIGCONT);
     // It is generation 1's successor: it serves, and no crash restart starts.
     sup.expect_log(&format!("pid {successor} is now serving (was {gen1})"));

@@ -80,7 +80,7 @@ fn sd_notify_messages_follow_the_serving_pid_across_restarts_and_stop() {
         assert_eq!(field(&line, "generation"), number.to_string());
         let pid: u32 = field(&line, "pid").parse().unwrap();
         guards.push(PidGuard(pid));
-        g.expect_log(&format!("generation {} stopped accepting", number - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", number - 1));
         assert_ready(&next(&rx), pid, port);
         serving = pid;
     }

@@ -233,9 +233,9 @@ impl GenerationBuilder {
             requests: requests_tx,
             notifier: Notifier::from_env(),
         });
-        tracing::info!("generation {number} starting with pid {}", std::process::id());
-        // Every line the lifecycle logs carries this process's pid; the messages name the
-        // generation.
+        tracing::info!(generation = number, pid = std::process::id(), "starting");
+        // Every line the lifecycle logs carries this process's pid; their `generation` field
+        // names the generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         let generation = Generation { shared };

@@ -68,7 +68,7 @@ impl GracefulListener {
                     Ok(stream) => return Some(stream),
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
-                        tracing::warn!("accept failed on {}: {e}; retrying in {backoff:?}", self.addr);
+                        tracing::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = self.phase.changed() => {}

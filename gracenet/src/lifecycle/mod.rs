@@ -29,6 +29,7 @@ mod generation;
 mod graceful_listener;
 mod handover;
 pub(crate) mod machine;
+mod messages;
 mod ready;
 mod sd_notify;
 mod shared;

@@ -192,7 +192,7 @@ impl Generation {
     pub fn refuse(&self, reason: &str) {
         let link = self.take_link();
         if let Some(link) = link {
-            tracing::error!("refusing what the previous generation handed over: {reason}");
+            tracing::error!(%reason, "refusing what the previous generation handed over");
             link.refuse(reason);
         }
     }
