@@ -477,3 +477,17 @@ fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_prio
     g.expect_log("stopped accepting");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }
+
+/// A connection offered to the next generation when none took over (no restart ran) is
+/// refused as that, `Error::NoSuccessor`, not as an I/O failure, and stays served here.
+#[test]
+fn a_hand_over_with_no_successor_is_refused_as_such_and_the_connection_stays() {
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_HAND_OVER_EARLY", "1")]));
+    let conn = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&conn).unwrap()), gen1.pid, "served here");
+    let line = g.expect_line("probe hand-over ");
+    assert_eq!(
+        line,
+        format!("probe hand-over refused=no-successor pid={}", gen1.pid)
+    );
+}
