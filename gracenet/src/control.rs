@@ -117,6 +117,20 @@ impl Client {
         self.request("status", self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT))
     }
 
+    /// Asks a cluster's primary ([`crate::Cluster`]) to run `workers` workers: more are
+    /// started, the extra ones drain. Returns the primary's answer.
+    ///
+    /// # Errors
+    /// [`Error::Control`] when the socket cannot be reached, the server refuses (a server
+    /// that is not a cluster does not know the command), or no answer came within the
+    /// timeout.
+    pub fn scale(&self, workers: usize) -> Result<String, Error> {
+        self.request(
+            &format!("scale {workers}"),
+            self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT),
+        )
+    }
+
     fn request(&self, command: &str, timeout: Duration) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
         // A generation that has handed over says `retry`: the next one answers. A restart

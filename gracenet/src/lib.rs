@@ -123,7 +123,7 @@ mod addr;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod bind;
-mod cluster;
+pub mod cluster;
 pub mod control;
 mod env;
 mod error;
@@ -149,6 +149,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use addr::ListenAddr;
+pub use cluster::{Cluster, ClusterBuilder};
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

@@ -42,6 +42,18 @@ pub const GRACE_STANDBY: &str = "GRACE_STANDBY";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
+/// Set in every worker a cluster's primary starts (to the worker's slot, from 0), and passed
+/// on by each worker to its successor: a worker says its slot when it is ready, leaves the
+/// control socket and the PID file to the primary, and sends heartbeats
+/// ([`gracenet::cluster`](crate::cluster)).
+pub const GRACE_WORKER: &str = "GRACE_WORKER";
+/// How often a worker sends its heartbeat to the primary, in milliseconds; set with
+/// [`GRACE_WORKER`].
+pub const GRACE_HEARTBEAT_MS: &str = "GRACE_HEARTBEAT_MS";
+/// The fd number, in the primary's process, of the cluster's load table (shared memory a
+/// worker opens through `/proc` to publish its open connections; see
+/// `gracenet::cluster`); set with [`GRACE_WORKER`].
+pub const GRACE_LOAD_FD: &str = "GRACE_LOAD_FD";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -66,6 +78,9 @@ pub const OWNED: &[&str] = &[
     GRACE_IDLE_START,
     GRACE_STANDBY,
     GRACE_SUPERVISOR,
+    GRACE_WORKER,
+    GRACE_HEARTBEAT_MS,
+    GRACE_LOAD_FD,
 ];
 
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.

@@ -613,6 +613,60 @@ pub fn install_program(program: &Path, dest: &Path) {
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+/// The guide's code blocks (`docs/*.md`), compiled as doctests the same way, one item per
+/// chapter so a failure names its file. A block that is not Rust says so (`sh`, `toml`,
+/// `text`); an unmarked one is compiled as Rust. This crate is never packaged, so these files
+/// outside it can be included.
+#[cfg(doctest)]
+mod guide_doctests {
+    #[doc = include_str!("../../docs/README.md")]
+    struct Index;
+    #[doc = include_str!("../../docs/lifecycle.md")]
+    struct Lifecycle;
+    #[doc = include_str!("../../docs/sockets.md")]
+    struct Sockets;
+    #[doc = include_str!("../../docs/http.md")]
+    struct Http;
+    #[doc = include_str!("../../docs/systemd.md")]
+    struct Systemd;
+    #[doc = include_str!("../../docs/supervisor.md")]
+    struct Supervisor;
+    #[doc = include_str!("../../docs/control.md")]
+    struct Control;
+    #[doc = include_str!("../../docs/handover.md")]
+    struct Handover;
+    #[doc = include_str!("../../docs/cluster.md")]
+    struct Cluster;
+    #[doc = include_str!("../../docs/demo.md")]
+    struct Demo;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    struct Benchmarks;
+    #[doc = include_str!("../../docs/reliability.md")]
+    struct Reliability;
+}
+
+/// A chapter added to `docs/` without a line in `guide_doctests` would go untested: this
+/// fails naming it.
+#[test]
+fn every_guide_chapter_is_doctested() {
+    let source = include_str!("lib.rs");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut chapters = 0;
+    for entry in std::fs::read_dir(&docs).expect("read docs/") {
+        let name = entry.expect("a docs/ entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".md") {
+            chapters += 1;
+            let line = format!("include_str!(\"../../docs/{name}\")");
+            assert!(
+                source.contains(&line),
+                "docs/{name} is not in guide_doctests: add `#[doc = {line}]`"
+            );
+        }
+    }
+    assert!(chapters > 0, "no chapter found in {}", docs.display());
+}
+
 /// The live processes whose environment holds `key=value`: a test marks the process it starts
 /// with a unique pair, and every generation inherits it, so this counts exactly that server's
 /// processes even with other tests running.
@@ -646,12 +700,17 @@ pub fn unique_marker() -> String {
 
 /// The ports in one of grace's address lines (`Serving A, B, C with pid P.`,
 /// `Graceful handoff of A, B with new pid N and old pid O.`,
-/// `Listening on init activated A, B`), in order.
+/// `Listening on init activated A, B`, `Worker 0 serving A, B with pid P.`), in order.
 pub fn ports_in_grace_line(line: &str) -> Vec<u16> {
-    let rest = ["Serving ", "Graceful handoff of ", "Listening on init activated "]
-        .iter()
-        .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
+    let rest = [
+        "Serving ",
+        " serving ",
+        "Graceful handoff of ",
+        "Listening on init activated ",
+    ]
+    .iter()
+    .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
+    .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
     let addrs = rest.split(" with ").next().unwrap_or(rest);
     addrs
         .split(", ")

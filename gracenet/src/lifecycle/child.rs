@@ -128,6 +128,17 @@ pub(super) fn start_process(
     if let Some(supervisor) = &shared.startup.supervisor {
         next.env(GRACE_SUPERVISOR, supervisor);
     }
+    if let Some(worker) = shared.startup.worker {
+        // The successor serves the same slot of the same cluster.
+        next.env(crate::vars::GRACE_WORKER, worker.slot.to_string());
+        next.env(
+            crate::vars::GRACE_HEARTBEAT_MS,
+            worker.heartbeat.as_millis().to_string(),
+        );
+        if let Some(fd) = worker.load_fd {
+            next.env(crate::vars::GRACE_LOAD_FD, fd.to_string());
+        }
+    }
     if idle {
         next.idle_priority();
         next.env(GRACE_IDLE_START, "1");

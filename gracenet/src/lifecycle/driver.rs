@@ -384,11 +384,12 @@ impl Driver {
 
     /// A failed restart ends systemd's "reloading" state: this generation still serves.
     fn still_serving(&self, why: &str) {
-        self.shared.notify(&sd_notify::restart_failed(
-            self.shared.number,
-            std::process::id(),
-            why,
-        ));
+        let mut lines = sd_notify::restart_failed(self.shared.number, std::process::id(), why);
+        if self.shared.startup.worker.is_some() {
+            // The primary's rolling restart stops here, and says why.
+            lines.push(format!("{}={why}", crate::supervisor::protocol::RESTART_FAILED));
+        }
+        self.shared.notify(&lines);
     }
 
     fn begin_drain(&self, reason: StopReason, deadline: Instant) {

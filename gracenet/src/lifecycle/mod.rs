@@ -28,6 +28,7 @@ mod driver;
 mod generation;
 mod graceful_listener;
 mod handover;
+mod heartbeat;
 pub(crate) mod machine;
 mod messages;
 mod ready;

@@ -99,7 +99,10 @@ impl Generation {
 
     /// Tells systemd this generation serves; under a supervisor, with a copy of the sockets
     /// (it keeps them to start a generation at once after a crash).
-    fn tell_serving(&self, lines: Vec<String>) {
+    fn tell_serving(&self, mut lines: Vec<String>) {
+        if let Some(worker) = self.shared.startup.worker {
+            lines.push(format!("{}={}", crate::supervisor::protocol::WORKER, worker.slot));
+        }
         match &self.shared.notifier {
             Some(notifier) if self.shared.startup.supervisor.is_some() => {
                 // The supervisor keeps a copy of the sockets, to restart after a crash.

@@ -63,6 +63,9 @@ pub(super) struct Shared {
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
+    /// Connections accepted by this generation's graceful listeners (the control socket's
+    /// clients included), for a cluster's `status` and its balance.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
