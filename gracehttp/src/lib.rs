@@ -20,6 +20,8 @@
 //!   or to answer a health check with "draining".
 //! - **Logs** as grace writes them: `Serving 127.0.0.1:8080, [::]:8443 with pid 1234.`,
 //!   `Graceful handoff of ... with new pid 1240 and old pid 1234.`, `Exiting pid 1234.`
+//!   (Go grace's wording, values and all, in a `grace` span carrying the `generation`); every
+//!   other event, as gracenet's, is a fixed message with its values in fields.
 //!
 //! ```no_run
 //! use http_body_util::Full;

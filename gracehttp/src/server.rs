@@ -359,11 +359,9 @@ impl Server {
             Err(_) => generation.ready()?,
         }
         let outcome = generation.wait().await;
-        tracing::info!(
-            generation = generation.number(),
-            "Exiting pid {}.",
-            std::process::id()
-        );
+        grace_line(&generation, || {
+            tracing::info!("Exiting pid {}.", std::process::id())
+        });
         Ok(outcome)
     }
 }
@@ -381,7 +379,8 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
             }
         }
         Err(e) => tracing::warn!(
-            "TLS session ticket keys not taken from the previous process ({e}): new keys (clients make one full handshake)"
+            error = %e,
+            "TLS session ticket keys not taken from the previous process: new keys (clients make one full handshake)"
         ),
     }
 }
@@ -389,27 +388,33 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
 /// grace's first log line, with the real addresses.
 fn announce(generation: &Generation, addrs: &str) {
     let pid = std::process::id();
-    let number = generation.number();
     let from_primary = generation.worker_slot().filter(|_| {
         std::env::var(gracenet::vars::GRACE_SUPERVISOR).ok()
             == Some(std::os::unix::process::parent_id().to_string())
     });
-    if let Some(slot) = from_primary {
-        tracing::info!(
-            generation = number,
-            "Worker {slot} serving {addrs} with pid {pid}."
-        );
-        return;
-    }
-    match (generation.registry().origin(), number) {
-        (Origin::Fresh, _) => tracing::info!(generation = number, "Serving {addrs} with pid {pid}."),
-        (Origin::Activated, 1) => tracing::info!(generation = number, "Listening on init activated {addrs}"),
-        _ => tracing::info!(
-            generation = number,
-            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-            std::os::unix::process::parent_id()
-        ),
-    }
+    grace_line(generation, || {
+        if let Some(slot) = from_primary {
+            tracing::info!("Worker {slot} serving {addrs} with pid {pid}.");
+            return;
+        }
+        match (generation.registry().origin(), generation.number()) {
+            (Origin::Fresh, _) => tracing::info!("Serving {addrs} with pid {pid}."),
+            (Origin::Activated, 1) => tracing::info!("Listening on init activated {addrs}"),
+            _ => tracing::info!(
+                "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
+                std::os::unix::process::parent_id()
+            ),
+        }
+    });
+}
+
+/// Logs one of grace's own lines (`log`), the exception to the crate's convention of a fixed
+/// message with the values in fields: their wording, values and all, is Go grace's (and, for
+/// a cluster's workers, `Worker N serving …` in the same style), which operators and scripts
+/// match on. The generation is a field of a `grace` span around it, so a formatter that
+/// prints only messages (Go's format) prints the line exactly.
+fn grace_line(generation: &Generation, log: impl FnOnce()) {
+    tracing::info_span!("grace", generation = generation.number()).in_scope(log);
 }
 
 #[cfg(test)]

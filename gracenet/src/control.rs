@@ -418,6 +418,12 @@ pub(crate) mod server {
             .shown_as(LocalAddr::UnixPath(path.to_owned())))
     }
 
+    /// What is logged when the inherited control socket can no longer be reached by its path
+    /// (the fields say what is there now).
+    const UNREACHABLE: &str = "the control socket is no longer reachable by its path: what is \
+                               there now is left alone; restarts by signal still work, and a full \
+                               stop and start makes the control socket again";
+
     /// Warns when the inherited control socket can no longer be reached by its path. The
     /// path is only looked at (`lstat`), never followed, changed or recreated: whatever is
     /// there now may be someone else's.
@@ -427,28 +433,21 @@ pub(crate) mod server {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw() => {}
             Ok(meta) if meta.file_type().is_socket() => tracing::warn!(
-                "the control socket {} is no longer reachable by its path: another user's socket \
-                 (uid {}) is there now (left alone); restarts by signal still work, and a full \
-                 stop and start makes the control socket again",
-                path.display(),
-                meta.uid()
+                path = %path.display(),
+                found = "another user's socket",
+                owner = meta.uid(),
+                "{UNREACHABLE}"
             ),
             Ok(meta) => tracing::warn!(
-                "the control socket {} is no longer reachable by its path: a {} is there now \
-                 (left alone); restarts by signal still work, and a full stop and start makes \
-                 the control socket again",
-                path.display(),
-                if meta.file_type().is_symlink() {
-                    "symlink"
+                path = %path.display(),
+                found = if meta.file_type().is_symlink() {
+                    "a symlink"
                 } else {
-                    "file that is not a socket"
-                }
+                    "a file that is not a socket"
+                },
+                "{UNREACHABLE}"
             ),
-            Err(e) => tracing::warn!(
-                "the control socket {} is no longer reachable by its path ({e}); restarts by \
-                 signal still work, and a full stop and start makes the control socket again",
-                path.display()
-            ),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "{UNREACHABLE}"),
         }
     }
 
@@ -483,8 +482,8 @@ pub(crate) mod server {
             (Ok(()), Ok(command)) => {
                 if client_gone(&stream) {
                     tracing::info!(
-                        "control socket: {:?} not run: its client left before it was read",
-                        command.chars().take(MAX_COMMAND).collect::<String>()
+                        command = %command.chars().take(MAX_COMMAND).collect::<String>(),
+                        "control socket: command not run: its client left before it was read"
                     );
                     return;
                 }
@@ -523,11 +522,7 @@ pub(crate) mod server {
         if cred.uid() == ours || cred.uid() == 0 {
             Ok(())
         } else {
-            tracing::warn!(
-                "control socket: refused a client with uid {} (pid {:?})",
-                cred.uid(),
-                cred.pid()
-            );
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a client");
             Err(format!(
                 "permission denied: uid {} may not control this server (uid {ours})",
                 cred.uid()
@@ -586,13 +581,9 @@ pub(crate) mod server {
         match command {
             "restart" | "restart again" => {
                 tracing::info!(
-                    "control socket: restart requested (generation {}{})",
-                    generation.number(),
-                    if command == "restart" {
-                        ""
-                    } else {
-                        "; asked again after a hand-over"
-                    }
+                    generation = generation.number(),
+                    again_after_hand_over = command != "restart",
+                    "control socket: restart requested"
                 );
                 let request = if command == "restart" {
                     generation.restart()

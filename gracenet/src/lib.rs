@@ -65,6 +65,10 @@
 //!   generation, keeps a copy of the sockets to start a new generation at once when the
 //!   serving one crashes, and exits after the last generation; for systemd's main process,
 //!   containers (pid 1), pid-tracking supervisors and terminals.
+//! - **Logs** through `tracing` only, never printing: each event a fixed message with its
+//!   values in fields (`stopped accepting generation=1 connections=3`), named alike across
+//!   events: `generation` (the logging process's), `next` (the one being started), `pid` (the
+//!   process the event is about), `error` / `reason` (why).
 //!
 //! Every socket gracenet returns is non-blocking: `O_NONBLOCK` is shared by all processes
 //! holding the socket, and gracenet never clears it (a blocking `accept` in an old process

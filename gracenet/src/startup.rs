@@ -132,7 +132,7 @@ pub(crate) fn startup() -> Result<&'static Startup, Error> {
 }
 
 fn read() -> Result<Startup, EnvError> {
-    tracing::debug!("platform support: {}", crate::sys::PLATFORM);
+    tracing::debug!(platform = crate::sys::PLATFORM, "platform support");
     if crate::sys::single_threaded() {
         tracing::debug!("reading the inherited environment with one thread running: removing its variables");
     } else {
@@ -167,7 +167,10 @@ fn read() -> Result<Startup, EnvError> {
         // A copy of a generation's variables, left in the environment of a process it
         // started (see take_var): they are that pid's, not ours.
         if ready_fd.is_some() || generation.is_some() {
-            tracing::debug!("ignoring GRACE_READY_FD and GRACE_GENERATION meant for pid {pid}");
+            tracing::debug!(
+                meant_for = pid,
+                "ignoring GRACE_READY_FD and GRACE_GENERATION meant for another process"
+            );
         }
         return Ok(Startup {
             registry: SocketRegistry::new(inherited),

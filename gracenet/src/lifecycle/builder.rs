@@ -230,8 +230,8 @@ impl GenerationBuilder {
             let control_socket = settings.control_socket.take();
             if pid_file.is_some() || control_socket.is_some() {
                 tracing::debug!(
-                    "worker {}: the cluster's primary keeps the PID file and the control socket",
-                    worker.slot
+                    worker = worker.slot,
+                    "the cluster's primary keeps the PID file and the control socket"
                 );
             }
         }
@@ -261,10 +261,10 @@ impl GenerationBuilder {
             notifier: Notifier::from_env(),
             accepted: Arc::default(),
         });
-        tracing::info!("generation {number} starting with pid {}", std::process::id());
+        tracing::info!(generation = number, pid = std::process::id(), "starting");
         crate::metrics::generation_started(number);
-        // Every line the lifecycle logs carries this process's pid; the messages name the
-        // generation.
+        // Every line the lifecycle logs carries this process's pid; their `generation` field
+        // names the generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
         if let Some(worker) = shared.startup.worker {

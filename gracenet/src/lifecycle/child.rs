@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::oneshot;
 
-use super::channel;
 use super::machine::{ChildFailure, Event};
 use super::shared::Shared;
+use super::{channel, messages};
 use crate::error::Error;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
@@ -65,14 +65,16 @@ impl IdleLimit {
                 if !*live {
                     return;
                 }
+                let after_s = limit.as_secs_f64();
                 match crate::sys::leave_idle_priority(Some(pid)) {
-                    Ok(n) => tracing::info!(
-                        "generation {number} (pid {pid}) still starting after {:.1} s at idle CPU priority: returned {n} thread(s) to normal priority",
-                        limit.as_secs_f64()
+                    Ok(threads) => tracing::info!(
+                        next = number,
+                        pid,
+                        after_s,
+                        threads,
+                        "still starting at idle CPU priority: returned it to normal priority"
                     ),
-                    Err(e) => tracing::warn!(
-                        "generation {number} (pid {pid}): cannot return it from idle CPU priority: {e}"
-                    ),
+                    Err(e) => tracing::warn!(next = number, pid, error = %e, "{}", messages::NOT_FROM_IDLE),
                 }
             }
         });
@@ -230,13 +232,14 @@ pub(super) fn hand_state(
         })
         .await;
         match handed {
-            Ok(Ok(n)) => tracing::info!("handed {n} byte(s) of state to generation {next} (pid {pid})"),
-            Ok(Err(e)) => {
-                tracing::warn!("could not hand the state to generation {next} (pid {pid}): {e}")
-            }
+            Ok(Ok(bytes)) => tracing::info!(bytes, next, pid, "handed the state over"),
+            Ok(Err(e)) => tracing::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED),
             Err(_) => tracing::warn!(
-                "could not hand the state to generation {next} (pid {pid}) within {:.1} s",
-                timeout.as_secs_f64()
+                next,
+                pid,
+                timeout_s = timeout.as_secs_f64(),
+                "{}: timed out",
+                messages::STATE_NOT_HANDED
             ),
         }
     });
@@ -261,7 +264,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
     // the child is reaped, while its pid (the group's id) cannot be reused.
     let exited = child.process.has_exited();
     if let Err(e) = child.process.kill_group() {
-        tracing::warn!("generation {next} (pid {pid}): {e}");
+        tracing::warn!(next, pid, error = %e, "cannot kill the next generation's process group");
     }
     let (status, killed) = match child.process.try_wait() {
         Ok(Some(status)) => (Some(status), !exited),
@@ -279,21 +282,27 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
         }
         (ChildFailure::Unwanted, _) => {
             tracing::info!(
-                "generation {}: generation {next} (pid {pid}) started when no restart wanted it: killed it ({status:?})",
-                number
+                generation = number,
+                next,
+                pid,
+                status = ?status,
+                "the next generation started when no restart wanted it: killed it"
             );
             return format!("generation {next} (pid {pid}) was not wanted");
         }
         (ChildFailure::Stopping { cause }, _) => {
             tracing::warn!(
-                "generation {}: {cause} while generation {next} (pid {pid}) was starting: killed it ({status:?})",
-                number
+                generation = number,
+                %cause,
+                next,
+                pid,
+                status = ?status,
+                "stopping while the next generation was starting: killed it"
             );
             return format!("generation {next} (pid {pid}) was killed: this generation is stopping");
         }
     };
-    let killed_note = if killed { "; killed it" } else { "" };
-    tracing::error!("restart failed: generation {next} (pid {pid}) {why}{killed_note}; still serving");
+    tracing::error!(generation = number, next, pid, reason = %why, killed, "{}", messages::RESTART_FAILED);
     format!("generation {next} (pid {pid}) {why}")
 }
 

@@ -13,11 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::child::{self, Child, IdleLimit};
 use super::machine::{Action, ChildFailure, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
-use super::sd_notify;
 use super::shared::Shared;
 use super::signals::{self, Request};
 use super::standby::{SharedStandby, StandbyWake, WAKE_ACK_TIMEOUT};
 use super::{Outcome, Phase, RestartResult, StopReason};
+use super::{messages, sd_notify};
 use crate::error::Error;
 use crate::metrics::RestartOutcome;
 use crate::process::Executable;
@@ -165,14 +165,17 @@ impl Driver {
                 self.shared.next_pid.store(pid, Ordering::Relaxed);
                 if !woken {
                     tracing::info!(
-                        "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
-                        timeout.as_secs_f64()
+                        generation = number,
+                        next,
+                        pid,
+                        timeout_s = timeout.as_secs_f64(),
+                        "restart: started the next generation"
                     );
                 }
             }
             Action::SpawnFailed { error } => {
                 self.restart_ended(RestartOutcome::SpawnFailed);
-                tracing::error!("generation {number}: restart failed, still serving: {error}");
+                tracing::error!(generation = number, next, %error, "{}", messages::RESTART_FAILED);
             }
             Action::StillServing { why } => self.still_serving(&why),
             Action::AbandonChild { pid, failure } => {
@@ -186,7 +189,12 @@ impl Driver {
             }
             Action::HandOver { successor } => {
                 self.restart_ended(RestartOutcome::HandedOver);
-                tracing::info!("generation {next} (pid {successor}) is ready: handing over");
+                tracing::info!(
+                    generation = number,
+                    next,
+                    pid = successor,
+                    "the next generation is ready: handing over"
+                );
                 self.successor = self.pending.take().map(|mut c| {
                     c.idle_limit = None;
                     // The successor's channel, for handing it live connections: they go out
@@ -213,15 +221,17 @@ impl Driver {
                     crate::metrics::drain_ended(began.elapsed(), forced);
                 }
                 let unfinished = self.shared.connections.receiver_count();
-                let how = if forced {
-                    format!("gave up on {unfinished} unfinished connection(s) or task(s)")
+                let pid = std::process::id();
+                if forced {
+                    tracing::info!(
+                        generation = number,
+                        pid,
+                        unfinished,
+                        "done: gave up on unfinished connections or tasks; exiting"
+                    );
                 } else {
-                    "drained".to_owned()
-                };
-                tracing::info!(
-                    "generation {number} done ({how}); exiting pid {}",
-                    std::process::id()
-                );
+                    tracing::info!(generation = number, pid, "done: drained; exiting");
+                }
                 self.shared.outcome.send_replace(Some(Outcome {
                     reason,
                     forced,
@@ -230,7 +240,9 @@ impl Driver {
             }
             Action::LateStop { cause } => {
                 tracing::warn!(
-                    "generation {number}: {cause} after the drain ended: giving it its default action"
+                    generation = number,
+                    %cause,
+                    "stop signal after the drain ended: giving it its default action"
                 );
                 signals::default_action(cause);
             }
@@ -284,14 +296,18 @@ impl Driver {
                     .store(pid, std::sync::atomic::Ordering::Relaxed);
                 // Logged once `status` names it.
                 tracing::info!(
-                    "generation {number}: started a standby for generation {} with pid {pid}",
-                    number + 1
+                    generation = number,
+                    next = number + 1,
+                    pid,
+                    "started a standby for the next generation"
                 );
                 Event::StandbyStarted { pid }
             }
             Err(e) => {
                 tracing::warn!(
-                    "generation {number}: cannot start a standby ({e}); restarts will start a process"
+                    generation = number,
+                    error = %e,
+                    "cannot start a standby: restarts will start a process"
                 );
                 Event::StandbyStartFailed { error: e.to_string() }
             }
@@ -342,11 +358,12 @@ impl Driver {
         };
         let pid = standby.child.process.pid();
         tracing::info!(
-            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago{}; acknowledged in {:.2} ms)",
-            self.shared.number,
-            standby.started.elapsed().as_secs_f64(),
-            if by_signal { ", at the signal" } else { "" },
-            acked.as_secs_f64() * 1000.0
+            pid,
+            generation = self.shared.number,
+            started_s_ago = standby.started.elapsed().as_secs_f64(),
+            at_signal = by_signal,
+            acknowledged_ms = acked.as_secs_f64() * 1000.0,
+            "restart: woke the standby"
         );
         self.shared
             .standby_pid
@@ -372,16 +389,19 @@ impl Driver {
             .standby_pid
             .store(0, std::sync::atomic::Ordering::Relaxed);
         let status = match child.process.try_wait() {
-            Ok(Some(status)) => format!(" ({status})"),
-            _ => String::new(),
+            Ok(Some(status)) => status.to_string(),
+            _ => "running".to_owned(),
         };
         if let Err(e) = child.process.kill_group() {
-            tracing::warn!("standby (pid {pid}): {e}");
+            tracing::warn!(pid, error = %e, "cannot kill the standby's process group");
         }
         let _ = child.process.kill();
         tracing::info!(
-            "generation {}: let the standby (pid {pid}) go{status}: {why}",
-            self.shared.number
+            pid,
+            generation = self.shared.number,
+            %status,
+            reason = why,
+            "let the standby go"
         );
     }
 
@@ -420,9 +440,10 @@ impl Driver {
                 crate::pidfile::remove_if_ours(path);
             }
             tracing::info!(
-                "generation {}: stopping, draining {connections} connection(s) or task(s), at most {:.0} s",
-                self.shared.number,
-                timeout.as_secs_f64()
+                generation = self.shared.number,
+                connections,
+                timeout_s = timeout.as_secs_f64(),
+                "stopping: draining connections and tasks"
             );
             // Ask systemd to wait for the whole drain (TimeoutStopSec may be shorter).
             self.shared
@@ -434,38 +455,39 @@ impl Driver {
 fn log_note(number: u64, note: Note, connections: usize) {
     let next = number + 1;
     match note {
-        Note::Coalesced { pending: Some(pid) } => {
-            tracing::info!(
-                "generation {number}: restart requested while generation {next} (pid {pid}) is starting: coalesced"
-            )
-        }
-        Note::Coalesced { pending: None } => {
-            tracing::info!(
-                "generation {number}: restart requested while generation {next} is being started: coalesced"
-            )
-        }
+        Note::Coalesced { pending: Some(pid) } => tracing::info!(
+            generation = number,
+            next,
+            pid,
+            "restart requested while the next generation is starting: coalesced"
+        ),
+        Note::Coalesced { pending: None } => tracing::info!(
+            generation = number,
+            next,
+            "restart requested while the next generation is being started: coalesced"
+        ),
         Note::RestartWhileStopping => {
-            tracing::info!("generation {number}: restart requested while stopping: ignored")
+            tracing::info!(generation = number, "restart requested while stopping: ignored")
         }
         Note::HeldUntilReady => tracing::info!(
-            "generation {number}: restart requested before this generation is ready: it starts once ready"
+            generation = number,
+            "restart requested before this generation is ready: it starts once ready"
         ),
         Note::Queued => tracing::info!(
-            "generation {number}: restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
+            generation = number,
+            "restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
         ),
         Note::FromSuccessor { cause } => {
-            tracing::debug!("ignoring {cause} from the generation that took over")
+            tracing::debug!(%cause, "ignoring a signal from the generation that took over")
         }
         Note::KeepDraining { cause } => tracing::info!(
-            "generation {number}: {cause} while draining after a restart: finishing the drain ({cause} again to stop at once)"
+            generation = number,
+            %cause,
+            "stop signal while draining after a restart: finishing the drain (the same signal again stops at once)"
         ),
-        Note::StoppedAccepting => {
-            tracing::info!(
-                "generation {number} stopped accepting; draining {connections} connection(s) or task(s)"
-            )
-        }
+        Note::StoppedAccepting => tracing::info!(generation = number, connections, "stopped accepting"),
         Note::SuccessorExited { pid, status } => {
-            tracing::warn!("generation {next} (pid {pid}), which took over, exited ({status})")
+            tracing::warn!(next, pid, %status, "the generation that took over exited")
         }
     }
 }

@@ -94,7 +94,7 @@ impl GracefulListener {
                     }
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
-                        tracing::warn!("accept failed on {}: {e}; retrying in {backoff:?}", self.addr);
+                        tracing::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = self.phase.changed() => {}

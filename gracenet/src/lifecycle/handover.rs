@@ -241,9 +241,10 @@ impl Handover {
             Ok(Answer::Taken) => Ok(()),
             Ok(Answer::NotTaken(why)) => {
                 tracing::warn!(
-                    "generation {} (pid {}) did not take a connection: {why}; it stays here",
-                    self.next,
-                    self.pid
+                    next = self.next,
+                    pid = self.pid,
+                    reason = %why,
+                    "the next generation did not take a connection: it stays here"
                 );
                 Err(io::Error::other(format!(
                     "generation {} did not take it: {why}",
@@ -309,9 +310,10 @@ impl Handover {
         shut_down(self.raw);
         if first {
             tracing::warn!(
-                "generation {} (pid {}): {why}: handing it no more connections; those it did not take stay here",
-                self.next,
-                self.pid
+                next = self.next,
+                pid = self.pid,
+                reason = %why,
+                "handing the next generation no more connections; those it did not take stay here"
             );
         }
     }
@@ -364,11 +366,17 @@ async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, ne
         match offer.map(|tx| tx.send(answer)) {
             Some(Ok(())) => {}
             Some(Err(Answer::Taken)) => tracing::error!(
-                "generation {next} (pid {pid}) took connection {id}, but the hand_over call that offered it was cancelled: both processes may serve it"
+                next,
+                pid,
+                connection = id,
+                "the next generation took a connection whose hand_over call was cancelled: both processes may serve it"
             ),
             Some(Err(_)) => {}
             None => tracing::warn!(
-                "generation {next} (pid {pid}) answered for connection {id}, which waits for no answer"
+                next,
+                pid,
+                connection = id,
+                "the next generation answered for a connection that waits for no answer"
             ),
         }
     };
@@ -378,11 +386,14 @@ async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, ne
         std::mem::take(&mut waiting.answers)
     };
     if left.is_empty() {
-        tracing::debug!("the channel to generation {next} (pid {pid}) ended: {end}");
+        tracing::debug!(next, pid, %end, "the channel to the next generation ended");
     } else {
         tracing::warn!(
-            "the channel to generation {next} (pid {pid}) ended ({end}) with {} connection(s) unanswered: they stay here",
-            left.len()
+            next,
+            pid,
+            %end,
+            unanswered = left.len(),
+            "the channel to the next generation ended with connections unanswered: they stay here"
         );
     }
 }
@@ -452,7 +463,9 @@ impl InheritedConnections {
                 Ok(Received::Connection(c)) => return Some(crate::metrics::connection_inherited(c)),
                 Ok(Received::Skipped) => continue,
                 Ok(Received::End) => {}
-                Err(e) => tracing::warn!("receiving handed-over connections failed: {e}; taking no more"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more")
+                }
             }
             self.channel = None;
             return None;
@@ -524,7 +537,7 @@ async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
                 state,
             }),
             Err(why) => {
-                tracing::warn!("a handed-over connection could not be taken ({why}); it is lost");
+                tracing::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
                 Received::Skipped
             }
         });
@@ -543,7 +556,9 @@ async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
         }
         Err(why) => {
             tracing::warn!(
-                "a handed-over connection could not be taken ({why}); it stays with the previous generation"
+                reason = %why,
+                "{}: it stays with the previous generation",
+                super::messages::CONNECTION_NOT_TAKEN
             );
             answer(channel, NOT_TAKEN, id, why.code()).await?;
             Ok(Received::Skipped)

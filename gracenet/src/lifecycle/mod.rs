@@ -30,6 +30,7 @@ mod graceful_listener;
 mod handover;
 mod heartbeat;
 pub(crate) mod machine;
+mod messages;
 mod ready;
 mod sd_notify;
 mod shared;

@@ -111,8 +111,8 @@ impl Generation {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] when the connection was not handed over (see above): keep serving
-    /// `stream`.
+    /// [`Error::NoSuccessor`] when no generation took over from this one; [`Error::Io`] when
+    /// the new process did not take it (see above). Either way: keep serving `stream`.
     pub async fn hand_over(
         &self,
         stream: &crate::tokio::Stream,
@@ -131,7 +131,7 @@ impl Generation {
             source,
         };
         let Some(channel) = channel else {
-            return Err(io(std::io::Error::other("no generation took over from this one")));
+            return Err(Error::NoSuccessor);
         };
         channel
             .offer(stream.as_fd(), unread, state, ANSWER_TIMEOUT)
@@ -194,7 +194,7 @@ impl Generation {
     pub fn refuse(&self, reason: &str) {
         let link = self.take_link();
         if let Some(link) = link {
-            tracing::error!("refusing what the previous generation handed over: {reason}");
+            tracing::error!(%reason, "refusing what the previous generation handed over");
             link.refuse(reason);
         }
     }
