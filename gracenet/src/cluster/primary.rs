@@ -168,7 +168,7 @@ impl Primary {
             Err(e) => {
                 tracing::warn!(
                     primary = me,
-                    "cannot make the load table ({e}): workers accept without balancing"
+                    error = %e, "cannot make the load table: workers accept without balancing"
                 );
                 None
             }
@@ -258,7 +258,8 @@ impl Primary {
         }
         tracing::info!(
             primary = self.me,
-            "cluster: every worker has exited: exiting ({code})"
+            code,
+            "cluster: every worker has exited: exiting"
         );
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
@@ -322,11 +323,11 @@ impl Primary {
             match action {
                 Action::Start { slot, id } => self.start(slot, id),
                 Action::Restart { slot, pid } => {
-                    tracing::info!(primary = self.me, "cluster: restarting worker {slot} (pid {pid})");
+                    tracing::info!(primary = self.me, slot, pid, "cluster: restarting a worker");
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::Stop { pid } => {
-                    tracing::info!(primary = self.me, "cluster: stopping pid {pid}");
+                    tracing::info!(primary = self.me, pid, "cluster: stopping a worker");
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
                 Action::Kill { pid, why } => {
@@ -346,7 +347,7 @@ impl Primary {
                     };
                     tracing::error!(
                         primary = self.me,
-                        "cluster: worker pid {pid} was {why}: stopping it to replace it"
+                        pid, reason = %why, "cluster: stopping a worker to replace it"
                     );
                     signal_pid(self.me, pid, Signal::SIGTERM);
                     self.kills.push((pid, Instant::now() + KILL_GRACE));
@@ -412,11 +413,11 @@ impl Primary {
                         accepted: 0,
                     },
                 );
-                tracing::info!(primary = self.me, "cluster: started worker {slot} with pid {pid}");
+                tracing::info!(primary = self.me, slot, pid, "cluster: started a worker");
                 self.events.push_back(Event::Started { id, pid });
             }
             Err(e) => {
-                tracing::error!(primary = self.me, "cluster: cannot start worker {slot}: {e}");
+                tracing::error!(primary = self.me, slot, error = %e, "cluster: cannot start a worker");
                 self.events.push_back(Event::StartFailed {
                     id,
                     reason: e.to_string(),
@@ -461,7 +462,7 @@ impl Primary {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(primary = self.me, "the notify socket failed: {e}");
+                    tracing::warn!(primary = self.me, error = %e, "cluster: the notify socket failed");
                     return;
                 }
             };
@@ -470,7 +471,7 @@ impl Primary {
                 .filter(|&p| p > 0 && crate::sys::is_descendant(p as u32, self.me))
                 .map(|p| p as u32)
             else {
-                tracing::warn!(primary = self.me, sender = ?received.sender, "ignoring a notification from outside the cluster's processes");
+                tracing::warn!(primary = self.me, sender = ?received.sender, "cluster: ignoring a notification from outside the cluster's processes");
                 continue;
             };
             let message = Message::parse(&buf[..received.len]);
@@ -523,7 +524,7 @@ impl Primary {
                     {
                         Ok(copy) => self.store = Some(copy),
                         Err(e) => {
-                            tracing::warn!(primary = self.me, "cannot copy the first worker's sockets: {e}")
+                            tracing::warn!(primary = self.me, error = %e, "cluster: cannot copy the first worker's sockets")
                         }
                     }
                 }
@@ -558,10 +559,7 @@ impl Primary {
             }
         }
         self.children.watch(pid);
-        tracing::info!(
-            primary = self.me,
-            "cluster: worker {slot} is serving with pid {pid}"
-        );
+        tracing::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
         self.events.push_back(Event::Ready { slot, pid });
         self.drain_events();
         self.announce();
@@ -580,7 +578,7 @@ impl Primary {
         if all {
             self.announced = true;
             let n = self.machine.slots.len();
-            tracing::info!(primary = self.me, "cluster: {n} worker(s) serving");
+            tracing::info!(primary = self.me, workers = n, "cluster: every worker is serving");
             if let Some(up) = &self.upstream {
                 up.send(&[
                     format!("MAINPID={}", self.me),
@@ -610,13 +608,13 @@ impl Primary {
             Some(slot) if self.exit.is_none() && !self.machine.stopping => {
                 tracing::error!(
                     primary = self.me,
-                    "cluster: worker {slot} (pid {pid}) ended ({shown}): replacing it"
+                    slot, pid, status = %shown, "cluster: a worker ended: replacing it"
                 );
                 if let Some(r) = self.replaced.get_mut(slot) {
                     *r += 1;
                 }
             }
-            _ => tracing::info!(primary = self.me, "cluster: pid {pid} ended ({shown})"),
+            _ => tracing::info!(primary = self.me, pid, status = %shown, "cluster: a process ended"),
         }
         self.info.remove(&pid);
         self.events.push_back(Event::Exited {
@@ -657,7 +655,7 @@ impl Primary {
     }
 
     fn scale(&mut self, workers: usize) {
-        tracing::info!(primary = self.me, "cluster: scaling to {workers} worker(s)");
+        tracing::info!(primary = self.me, workers, "cluster: scaling");
         self.generations.resize(workers.max(self.generations.len()), 0);
         self.replaced.resize(workers.max(self.replaced.len()), 0);
         if let Some(table) = &self.load {
@@ -740,14 +738,16 @@ impl Primary {
                 if answer.starts_with("ok") {
                     tracing::info!(
                         primary = self.me,
-                        "cluster: {name} rolling restart: {}",
-                        answer.trim_end()
+                        signal = name,
+                        answer = answer.trim_end(),
+                        "cluster: rolling restart done"
                     );
                 } else {
                     tracing::error!(
                         primary = self.me,
-                        "cluster: {name} rolling restart: {}",
-                        answer.trim_end()
+                        signal = name,
+                        answer = answer.trim_end(),
+                        "cluster: rolling restart failed"
                     );
                 }
             }
@@ -762,8 +762,9 @@ impl Primary {
             if crate::sys::is_running(pid) {
                 tracing::warn!(
                     primary = self.me,
-                    "cluster: pid {pid} still there {} ms after SIGTERM: killing it",
-                    KILL_GRACE.as_millis()
+                    pid,
+                    grace_ms = KILL_GRACE.as_millis() as u64,
+                    "cluster: still there after SIGTERM: killing it"
                 );
                 signal_pid(self.me, pid, Signal::SIGKILL);
             }
@@ -796,7 +797,7 @@ impl Primary {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        tracing::warn!(primary = self.me, "control socket: cannot accept: {e}");
+                        tracing::warn!(primary = self.me, error = %e, "control socket: cannot accept");
                         break;
                     }
                 }
@@ -1034,7 +1035,10 @@ fn authorised(stream: &UnixStream) -> Result<(), String> {
     if cred.uid() == ours || cred.uid() == 0 {
         Ok(())
     } else {
-        tracing::warn!("control socket: refused a client with uid {}", cred.uid());
+        tracing::warn!(
+            uid = cred.uid(),
+            "control socket: refused a client of another user"
+        );
         Err(format!(
             "permission denied: uid {} may not control this server (uid {ours})",
             cred.uid()
