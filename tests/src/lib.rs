@@ -637,6 +637,8 @@ mod guide_doctests {
     struct Handover;
     #[doc = include_str!("../../docs/cluster.md")]
     struct Cluster;
+    #[doc = include_str!("../../docs/metrics.md")]
+    struct Metrics;
     #[doc = include_str!("../../docs/demo.md")]
     struct Demo;
     #[doc = include_str!("../../docs/benchmarks.md")]
