@@ -265,7 +265,13 @@ impl Primary {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
         }
         if let Some((_, path)) = &self.control {
-            let _ = std::fs::remove_file(path);
+            // Only a socket of this user's is removed (what is there now may be another's).
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            let ours = std::fs::symlink_metadata(path)
+                .is_ok_and(|m| m.file_type().is_socket() && m.uid() == nix::unistd::geteuid().as_raw());
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
         }
         if let Some(path) = &self.pid_file {
             crate::pidfile::remove_if_ours(path);
