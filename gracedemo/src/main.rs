@@ -298,7 +298,11 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     if let Some(path) = matches.get_one::<String>("control-socket") {
         lifecycle = lifecycle.control_socket(path);
     }
-    let mut server = gracehttp::Server::new().lifecycle(lifecycle);
+    // Keep-alive clients stay connected across a restart: their connections go to the new
+    // process between requests.
+    let mut server = gracehttp::Server::new()
+        .lifecycle(lifecycle)
+        .hand_over_connections(true);
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)

@@ -17,6 +17,22 @@ impl Drain {
         Drain { generation }
     }
 
+    /// The generation drained.
+    pub(crate) fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
+    /// Whether the drain is a restart's: a new process serves (not a stop).
+    pub(crate) fn restarting(&self) -> bool {
+        matches!(
+            self.generation.phase(),
+            gracenet::Phase::Draining {
+                reason: gracenet::StopReason::Restarted { .. },
+                ..
+            }
+        )
+    }
+
     /// Whether this process has stopped accepting (a restart handed over, or a stop began).
     /// A health check answering 503 now lets a load balancer move away early (lame duck).
     #[inline]
