@@ -1026,3 +1026,81 @@ async fn the_applications_own_listener_is_adopted_and_passed_on() {
         "passed on under its name"
     );
 }
+
+/// Keep-alive HTTP/1.1 connections handed to the new process at a restart (gracehttp's
+/// default when it starts the lifecycle): over TCP and over a Unix socket, the new process
+/// answers the next request on the same connection and knows the same peer; an HTTP/2
+/// connection still gets GOAWAY (its next stream is refused, and a new connection is served
+/// by the new process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_keep_alive_connection_keeps_its_peer_and_http2_still_gets_goaway() {
+    let dir = TempDir::new("handed-peer");
+    let path = dir.path().join("http.sock");
+    let path_text = path.display().to_string();
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.env("PROBE_UNIX", &path);
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
+    assert!(line.contains(&path_text), "{line}");
+    // The TCP ports (the Unix socket's address has none).
+    let ports: Vec<u16> = line
+        .split("127.0.0.1:")
+        .skip(1)
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let site = Site { pid: g.pid(), ports };
+    let old = site.pid.to_string();
+    let mut tcp = connect_h1(site.ports[0]).await.unwrap();
+    let mut unix = grace_tests::http::connect_h1_unix(&path).await.unwrap();
+    let mut h2 = connect_h2c(site.ports[1]).await.unwrap();
+    let mut peers = Vec::new();
+    for conn in [&mut tcp, &mut unix] {
+        assert_eq!(get_on_h1(conn, "/pid").await.unwrap().body, old);
+        peers.push(get_on_h1(conn, "/peer").await.unwrap().body);
+    }
+    assert_eq!(get_on_h2(&mut h2, "/pid").await.unwrap().body, old);
+    assert!(peers[0].starts_with("127.0.0.1:"), "{}", peers[0]);
+    let me = format!("unix peer pid {} ", std::process::id());
+    assert!(peers[1].starts_with(&me), "{}", peers[1]);
+
+    grace_tests::signal(site.pid, Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
+    let new = grace_tests::new_pid_in_handoff(&line);
+    let _new_guard = PidGuard(new);
+    let new = new.to_string();
+    for (conn, peer) in [&mut tcp, &mut unix].into_iter().zip(&peers) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let a = get_on_h1(conn, "/pid")
+                .await
+                .expect("the same connection answers");
+            assert_eq!(a.connection, None, "not asked to close");
+            if a.body == new {
+                break;
+            }
+            assert_eq!(a.body, old);
+            assert!(tokio::time::Instant::now() < deadline, "still on the old pid");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            &get_on_h1(conn, "/peer").await.unwrap().body,
+            peer,
+            "the same peer"
+        );
+    }
+    // HTTP/2 is drained as before: GOAWAY, and the old process exits once it is gone.
+    assert!(
+        tokio::time::timeout(DEADLINE, h2.ready())
+            .await
+            .expect("GOAWAY in time")
+            .is_err()
+            || get_on_h2(&mut h2, "/pid").await.is_err(),
+        "the HTTP/2 connection was told to go"
+    );
+    drop(h2);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits"
+    );
+    assert_eq!(get_h2c(site.ports[1], "/pid").await.unwrap().body, new);
+}
