@@ -139,16 +139,24 @@ impl Activity {
     }
 
     /// Whether the connection is to be handed to the next process: it can be, and this
-    /// generation drains for a restart. Asked once draining; decided at the first ask.
+    /// generation drains for a restart. Asked once draining; decided at the first ask once
+    /// the drain's reason is known. Until then (a response prepared just as the drain begins)
+    /// a restart is assumed: the response does not ask the client to close; if the drain is a
+    /// stop, the connection is closed between requests at the idle grace instead.
     fn hands_over(&self) -> bool {
         match self.hand_over.load(Ordering::Relaxed) {
             HANDING => true,
-            CAN => {
-                let restarting = self.drain.restarting();
-                let now = if restarting { HANDING } else { CANNOT };
-                self.hand_over.store(now, Ordering::Relaxed);
-                restarting
-            }
+            CAN => match self.drain.restarting() {
+                Some(true) => {
+                    self.hand_over.store(HANDING, Ordering::Relaxed);
+                    true
+                }
+                Some(false) => {
+                    self.hand_over.store(CANNOT, Ordering::Relaxed);
+                    false
+                }
+                None => true,
+            },
             _ => false,
         }
     }

@@ -22,15 +22,15 @@ impl Drain {
         &self.generation
     }
 
-    /// Whether the drain is a restart's: a new process serves (not a stop).
-    pub(crate) fn restarting(&self) -> bool {
-        matches!(
-            self.generation.phase(),
-            gracenet::Phase::Draining {
-                reason: gracenet::StopReason::Restarted { .. },
-                ..
+    /// Whether the drain is a restart's (a new process serves) or a stop's; `None` while the
+    /// drain's reason is not yet published (gracenet sets the drain's flag first).
+    pub(crate) fn restarting(&self) -> Option<bool> {
+        match self.generation.phase() {
+            gracenet::Phase::Draining { reason, .. } => {
+                Some(matches!(reason, gracenet::StopReason::Restarted { .. }))
             }
-        )
+            _ => None,
+        }
     }
 
     /// Whether this process has stopped accepting (a restart handed over, or a stop began).
