@@ -1104,3 +1104,39 @@ async fn a_handed_over_keep_alive_connection_keeps_its_peer_and_http2_still_gets
     );
     assert_eq!(get_h2c(site.ports[1], "/pid").await.unwrap().body, new);
 }
+
+/// A keep-alive connection the new process does not take (it never answers for it) stays with
+/// the old process, which gives up waiting for the answer and serves it as before: the next
+/// request is answered by the old pid with `Connection: close`, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_new_process_does_not_take_is_served_by_the_old_one_as_before() {
+    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_TAKE_NO_HANDED", "1")]));
+    let old = site.pid.to_string();
+    let mut h1 = connect_h1(site.ports[0]).await.unwrap();
+    assert_eq!(get_on_h1(&mut h1, "/pid").await.unwrap().body, old);
+    // A request in flight at the restart: its answer does not ask the client to close (the
+    // connection is to be handed over once it is answered).
+    let slow = tokio::spawn(async move {
+        let a = get_on_h1(&mut h1, "/sleep?ms=1000").await;
+        (a, h1)
+    });
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=1000"));
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    let (a, mut h1) = slow.await.unwrap();
+    let a = a.unwrap();
+    assert_eq!((a.body.as_str(), a.connection), (old.as_str(), None));
+    // Offered to the new process, which does not answer: the old one waits (10 s at most),
+    // then serves the connection as before.
+    let a = tokio::time::timeout(DEADLINE, get_on_h1(&mut h1, "/pid"))
+        .await
+        .expect("answered within the old process's wait for the answer")
+        .expect("the next request is answered");
+    assert_eq!(a.body, old, "by the old process, which kept the connection");
+    assert_eq!(a.connection.as_deref(), Some("close"), "drained as before");
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits once its connection is closed"
+    );
+    assert_eq!(get_h1(site.ports[0], "/pid").await.unwrap().body, new.to_string());
+}
