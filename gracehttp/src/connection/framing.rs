@@ -122,9 +122,11 @@ impl Framing {
 /// (leading empty lines included, which hyper skips too), `Ok(None)` while it is not, `Err`
 /// when it is not a head hyper would take.
 fn parse(bytes: &[u8]) -> Result<Option<(usize, After)>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let used = match req.parse(bytes) {
+    // Left uninitialised, as hyper does: zeroing room for every header costs more than
+    // parsing a small head.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let used = match req.parse_with_uninit_headers(bytes, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),

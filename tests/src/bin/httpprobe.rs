@@ -14,8 +14,9 @@
 //! `PROBE_IDLE_TIMEOUT_MS`, `PROBE_IDLE_GRACE_MS` and `PROBE_MAX_CONNECTIONS` set the server's
 //! limits.
 //! `PROBE_UNIX=PATH` adds a cleartext site on a Unix socket at PATH (listed before the third).
-//! `PROBE_TAKE_NO_HANDED=1`: the first generation hands its keep-alive connections to the
-//! next, which does not take them.
+//! Keep-alive connections are handed to the next process at a restart;
+//! `PROBE_TAKE_NO_HANDED=1`: the first generation hands them to the next, which does not take
+//! them.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -76,8 +77,10 @@ fn run() -> Result<(), gracehttp::Error> {
     if let Some(ms) = knob("PROBE_IDLE_GRACE_MS") {
         timeouts = timeouts.idle_grace(Duration::from_millis(ms));
     }
+    // Keep-alive connections handed to the next process at a restart.
     let mut server = gracehttp::Server::new()
         .request_extensions(extensions)
+        .hand_over_connections(true)
         .timeouts(timeouts);
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
