@@ -646,7 +646,8 @@ impl<S: HttpService> Future for ConnFuture<S> {
     }
 }
 
-/// The application's response as sent: `Connection: close` on HTTP/1 once draining, and its
+/// The application's response as sent: `Connection: close` on HTTP/1 once draining (unless
+/// the connection is to be handed to the next process), and its
 /// body tracked so the request stays in flight until the body is sent.
 #[inline]
 fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -> Response<TrackedBody<B>> {
