@@ -283,3 +283,32 @@ fn pipelined_and_partial_requests_read_by_the_old_process_are_answered_by_the_ne
         assert_eq!(client.answer().expect("a pipelined answer").pid(), new.0);
     }
 }
+
+#[test]
+fn a_handed_over_connection_is_drained_by_a_stop_like_an_accepted_one() {
+    let (mut demo, port) = start(&[]);
+    let old = demo.pid();
+    let mut client = Client::connect(port);
+    assert_eq!(client.ask().expect("first request").pid(), old);
+    let new = restart(&mut demo, old);
+    let deadline = Instant::now() + DEADLINE;
+    while client.ask().expect("served on the same connection").pid() != new.0 {
+        assert!(Instant::now() < deadline, "still answered by the old pid");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A request in flight on the handed connection when the new process is told to stop: the
+    // drain waits for it, and its answer asks the client to close (nobody takes over).
+    client
+        .send(b"GET /sleep/?duration=1s HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    demo.expect_log(&format!("sleeping for 1s from pid {}", new.0));
+    grace_tests::signal(new.0, Signal::SIGTERM);
+    let answer = client.answer().expect("the request in flight is answered");
+    assert_eq!(answer.pid(), new.0);
+    assert!(answer.head.contains("connection: close"), "{:?}", answer.head);
+    assert!(client.fill().is_err(), "then the connection is closed");
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(new.0)),
+        "the new pid exits once its connections are done"
+    );
+}
