@@ -369,7 +369,11 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     if let Some(path) = matches.get_one::<String>("control-socket") {
         lifecycle = lifecycle.control_socket(path);
     }
-    let mut server = gracehttp::Server::new().lifecycle(lifecycle);
+    // Keep-alive clients stay connected across a restart: their connections go to the new
+    // process between requests.
+    let mut server = gracehttp::Server::new()
+        .lifecycle(lifecycle)
+        .hand_over_connections(true);
     if let Some(n) = matches.get_one::<usize>("workers") {
         server = server.workers(*n);
     }

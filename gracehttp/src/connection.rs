@@ -4,6 +4,13 @@
 //! closed once it has been idle for the idle grace. The drain wakes a connection only when
 //! something happens to it (a request finishes, its idle grace ends), never on a timer tick.
 //!
+//! At a restart, a cleartext HTTP/1.1 connection is handed to the next process instead
+//! (when the server hands connections over): a request in flight finishes here, its response
+//! without `Connection: close`; then, once hyper waits for the next request's head, the
+//! connection goes to the new process with the bytes hyper holds of that head (see
+//! [`framing`]), and the new process serves its next request. One the new process does not
+//! take is drained here as before.
+//!
 //! The hot path is a request on a keep-alive connection; it costs a few relaxed atomic
 //! operations here and nothing else: the service is called with its own types (no boxed
 //! future or body), no timer is armed or clock read per request (the connection's one timer
@@ -15,7 +22,8 @@ use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -35,12 +43,14 @@ use crate::peer_errors::{self, PeerErrors};
 use crate::service::{BoxError, HttpService};
 use crate::tls::Tls;
 
+mod framing;
 mod protocol;
 mod transport;
 mod watch;
+use framing::Framing;
 pub(crate) use protocol::Builders;
 use protocol::{Cleartext, HttpConn, HttpConnection};
-use transport::Transport;
+use transport::{Rewound, Transport};
 use watch::{Decision, Watch};
 
 /// What the connection's timers need to know, kept cheap for the hot path: counters and
@@ -75,6 +85,18 @@ pub(crate) struct Activity {
     /// How many bytes of a cleartext connection's first ones were peeked at and left in the
     /// socket while its protocol is told (a beginning of the HTTP/2 preface); 0 once told.
     peeked: AtomicU64,
+    /// Whether the connection is handed to the next process at a restart: [`CANNOT`],
+    /// [`CAN`] (a cleartext HTTP/1 connection of a server that hands connections over) or
+    /// [`HANDING`] (it can, and the generation drains for a restart).
+    hand_over: AtomicU8,
+    /// Set by the transport while handing: hyper waits for the next request's head with
+    /// nothing in flight, and nothing more is read (see [`TrackedIo`]).
+    quiet: AtomicBool,
+    /// The transport's last write would have blocked: hyper still holds response bytes.
+    /// Kept only for a connection that can be handed over.
+    write_blocked: AtomicBool,
+    /// When `quiet`: the bytes hyper holds unparsed, the next request head's beginning.
+    held: Mutex<Vec<u8>>,
     /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
     drain: Drain,
     /// The connection's socket, to ask the kernel whether bytes wait unread before closing
@@ -98,6 +120,10 @@ impl Activity {
             parked: AtomicBool::new(false),
             unparked: AtomicBool::new(false),
             peeked: AtomicU64::new(0),
+            hand_over: AtomicU8::new(CANNOT),
+            quiet: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
             drain,
             fd,
         })
@@ -105,6 +131,34 @@ impl Activity {
 
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Requests begun on this connection (each is counted once begun and once finished).
+    fn started(&self) -> u64 {
+        (self.request_events.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)) / 2
+    }
+
+    /// Whether the connection is to be handed to the next process: it can be, and this
+    /// generation drains for a restart. Asked once draining; decided at the first ask once
+    /// the drain's reason is known. Until then (a response prepared just as the drain begins)
+    /// a restart is assumed: the response does not ask the client to close; if the drain is a
+    /// stop, the connection is closed between requests at the idle grace instead.
+    fn hands_over(&self) -> bool {
+        match self.hand_over.load(Ordering::Relaxed) {
+            HANDING => true,
+            CAN => match self.drain.restarting() {
+                Some(true) => {
+                    self.hand_over.store(HANDING, Ordering::Relaxed);
+                    true
+                }
+                Some(false) => {
+                    self.hand_over.store(CANNOT, Ordering::Relaxed);
+                    false
+                }
+                None => true,
+            },
+            _ => false,
+        }
     }
 
     /// Whether the peer has sent bytes this process has not read yet (see [`unread_bytes`]),
@@ -117,8 +171,9 @@ impl Activity {
     /// The connection's socket, borrowed.
     ///
     /// Called only while the transport that owns the socket lives: from the connection's
-    /// [`Watch`] and `serve`'s close (both inside `serve`'s poll loop, while `conn`, which
-    /// owns the transport, is pinned in `serve`'s frame and not yet dropped), and from a
+    /// [`Watch`], `serve`'s close and `serve`'s hand-over offer (all inside `serve`'s loop,
+    /// while `conn`, which owns the transport, is pinned in `serve`'s frame and not yet
+    /// dropped), and from a
     /// cleartext connection's shutdown, which holds the transport itself. No other holder of
     /// the `Activity` (the service, a request in flight) calls it.
     fn socket(&self) -> BorrowedFd<'_> {
@@ -142,6 +197,15 @@ impl Activity {
         }
     }
 }
+
+/// [`Activity::hand_over`]: not handed over (TLS, HTTP/2, a server that does not hand
+/// connections over, a connection whose bytes could not be followed or that the next process
+/// did not take).
+const CANNOT: u8 = 0;
+/// [`Activity::hand_over`]: handed over if the generation drains for a restart.
+const CAN: u8 = 1;
+/// [`Activity::hand_over`]: being handed over.
+const HANDING: u8 = 2;
 
 /// Adds one to `counter` and returns what it was. An HTTP/1 connection's counters have one
 /// writer, the connection's task (hyper serves its requests and sends their bodies there): a
@@ -178,10 +242,57 @@ struct Snapshot {
 /// The connection's transport, noting when bytes arrive. It also holds the generation's
 /// connection guard, so the drain waits for the connection even after an upgrade hands the
 /// transport to the application (a WebSocket).
+///
+/// For a connection that can be handed over, it follows the requests in the bytes it gives
+/// hyper; once handing, it gives hyper no more bytes when hyper asks for the next request's
+/// head with nothing in flight, and tells the connection's task it is quiet.
 pub(crate) struct TrackedIo<T> {
     inner: T,
     activity: Arc<Activity>,
     _guard: ConnectionGuard,
+    /// Request boundaries, for a connection that can be handed over.
+    framing: Option<Framing>,
+}
+
+impl<T> TrackedIo<T> {
+    /// Whether hyper has gone quiet for a hand-over (see the type's docs); notes so.
+    #[cold]
+    fn quiet_for_hand_over(&self) -> bool {
+        let activity = &self.activity;
+        let Some(framing) = &self.framing else {
+            return false;
+        };
+        if activity.hand_over.load(Ordering::Relaxed) != HANDING || activity.busy() {
+            return false;
+        }
+        let Some(held) = framing.partial_head(activity.started()) else {
+            return false;
+        };
+        *activity.held.lock().unwrap_or_else(|p| p.into_inner()) = held.to_vec();
+        activity.quiet.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Follows `bytes`, just given to hyper; stops following (for good) what cannot be.
+    fn follow(&mut self, bytes: &[u8]) {
+        if let Some(framing) = &mut self.framing {
+            framing.delivered(bytes);
+            if framing.lost() {
+                self.framing = None;
+                self.activity.hand_over.store(CANNOT, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes whether a write would block, for a connection that can be handed over.
+    #[inline]
+    fn note_write<R>(&self, r: &Poll<R>) {
+        if self.framing.is_some() {
+            self.activity
+                .write_blocked
+                .store(r.is_pending(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
@@ -191,9 +302,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.framing.is_some() && this.quiet_for_hand_over() {
+            // Handed over from here, unless the next process does not take it: then the
+            // connection's task polls hyper again, which asks again.
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if this.framing.is_some() {
+                this.follow(&buf.filled()[before..]);
+            }
             // Only this task reads the transport: a load and a store, no locked instruction.
             let reads = this.activity.reads.load(Ordering::Relaxed);
             this.activity.reads.store(reads + 1, Ordering::Relaxed);
@@ -208,7 +327,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note_write(&r);
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -221,7 +343,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note_write(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -521,12 +646,18 @@ impl<S: HttpService> Future for ConnFuture<S> {
     }
 }
 
-/// The application's response as sent: `Connection: close` on HTTP/1 once draining, and its
+/// The application's response as sent: `Connection: close` on HTTP/1 once draining (unless
+/// the connection is to be handed to the next process), and its
 /// body tracked so the request stays in flight until the body is sent.
 #[inline]
 fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -> Response<TrackedBody<B>> {
     let (mut parts, inner) = response.into_parts();
-    if http1 && in_flight.as_ref().is_some_and(|f| f.activity.drain.is_draining()) {
+    // Not on a connection handed to the next process: its client stays.
+    if http1
+        && in_flight
+            .as_ref()
+            .is_some_and(|f| f.activity.drain.is_draining() && !f.activity.hands_over())
+    {
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -548,6 +679,8 @@ pub(crate) struct ConnConfig {
     pub request_extensions: bool,
     /// What peers did wrong, reported together.
     pub peer_errors: Arc<PeerErrors>,
+    /// Whether cleartext HTTP/1 connections are handed to the next process at a restart.
+    pub hand_over: bool,
 }
 
 /// What one site's connections share: its TLS configuration, the drain, the configuration.
@@ -555,6 +688,36 @@ pub(crate) struct SiteContext {
     pub tls: Option<Tls>,
     pub drain: Drain,
     pub config: ConnConfig,
+    /// What goes with each connection handed to the next process: which site it is
+    /// ([`hand_over_state`]).
+    pub hand_over_state: Vec<u8>,
+}
+
+/// What a connection of the site named `key` (its name, or its address) is handed over with:
+/// the next process serves it on the site of the same key.
+pub(crate) fn hand_over_state(key: &str) -> Vec<u8> {
+    format!("{HAND_OVER_TAG}{key}").into_bytes()
+}
+
+/// The site key in what a handed-over connection came with, if gracehttp handed it.
+pub(crate) fn handed_site_key(state: &[u8]) -> Option<&str> {
+    std::str::from_utf8(state.strip_prefix(HAND_OVER_TAG.as_bytes())?).ok()
+}
+
+/// Starts what a connection is handed over with: the next process checks it is gracehttp's
+/// HTTP/1.1 connection (and of this version of the hand-over).
+const HAND_OVER_TAG: &str = "gracehttp http/1.1 v1 site=";
+
+/// A connection the previous process handed over, to serve as if accepted.
+pub(crate) struct Handed {
+    pub stream: gracenet::tokio::Stream,
+    /// What the previous process had read of the next request: hyper reads it first.
+    pub unread: Vec<u8>,
+    pub peer: PeerAddr,
+    /// When it was taken: the idle timeout counts from here.
+    pub at: Instant,
+    /// Keeps the generation's drain waiting for this connection.
+    pub guard: ConnectionGuard,
 }
 
 /// A connection just accepted, with what it holds.
@@ -577,6 +740,7 @@ impl Accepted {
             at: self.at,
             peer: self.peer,
             guard: self.guard,
+            handed: false,
         };
         (self.stream, origin, self.permit)
     }
@@ -589,11 +753,33 @@ impl Accepted {
 pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, site: Arc<SiteContext>) {
     let (stream, origin, permit) = accepted.split();
     let config = &site.config;
-    serve(stream, origin, service, &site.drain, config, |io, service| {
+    serve(stream, origin, service, &site, |io, service| {
         Cleartext::new(io, service, &config.builders)
     })
     .await;
     drop(permit);
+}
+
+/// Serves a connection the previous process handed over, on the site it came from: HTTP/1.1
+/// (only such connections are handed), the bytes the previous process had read first.
+pub(crate) async fn serve_handed<S: HttpService>(service: S, handed: Handed, site: Arc<SiteContext>) {
+    let origin = Origin {
+        fd: handed.stream.as_fd().as_raw_fd(),
+        at: handed.at,
+        peer: handed.peer,
+        guard: handed.guard,
+        handed: true,
+    };
+    let transport = if handed.unread.is_empty() {
+        Transport::Plain(handed.stream)
+    } else {
+        Transport::Rewound(Box::new(Rewound::new(handed.unread, handed.stream)))
+    };
+    let builders = &site.config.builders;
+    serve(transport, origin, service, &site, |io, service| {
+        HttpConn::new(false, io, service, builders)
+    })
+    .await;
 }
 
 /// Serves an accepted connection of a TLS site with `service`: the handshake first, counted
@@ -627,8 +813,7 @@ pub(crate) async fn serve_tls<S: HttpService>(
                 Transport::Tls(Box::new(tls)),
                 origin,
                 service,
-                &site.drain,
-                config,
+                &site,
                 |io, service| HttpConn::new(http2, io, service, &config.builders),
             )
             .await;
@@ -659,28 +844,53 @@ struct Origin {
     peer: PeerAddr,
     /// Keeps the generation's drain waiting for this connection.
     guard: ConnectionGuard,
+    /// Handed over by the previous process, between two requests.
+    handed: bool,
+}
+
+/// How [`serve`]'s polling ends.
+enum Served {
+    /// The connection is done.
+    Done,
+    /// Quiet between requests while handing: to be handed over.
+    Quiet,
 }
 
 /// Serves one connection to its end, with the HTTP connection `speak` makes of its transport
-/// and service.
+/// and service; or until it is handed to the next process.
 async fn serve<T, S, C>(
     io: T,
     origin: Origin,
     service: S,
-    drain: &Drain,
-    config: &ConnConfig,
+    site: &SiteContext,
     speak: impl FnOnce(TrackedIo<T>, ConnService<S>) -> C,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService,
     C: HttpConnection,
 {
-    let Origin { fd, at, peer, guard } = origin;
+    let (drain, config) = (&site.drain, &site.config);
+    let Origin {
+        fd,
+        at,
+        peer,
+        guard,
+        handed,
+    } = origin;
     let activity = Activity::new(drain.clone(), fd);
+    if config.hand_over && site.tls.is_none() {
+        activity.hand_over.store(CAN, Ordering::Relaxed);
+    }
+    if handed {
+        // Between requests, as any keep-alive connection: the idle timeout applies, not the
+        // first request's deadline.
+        activity.any_request.store(true, Ordering::Relaxed);
+    }
     let io = TrackedIo {
         inner: io,
         activity: activity.clone(),
         _guard: guard,
+        framing: (handed && config.hand_over).then(Framing::new),
     };
     let service = ConnService {
         service: RefCell::new(service.clone()),
@@ -696,29 +906,72 @@ async fn serve<T, S, C>(
     let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
     let mut watch = Watch::new(activity.clone(), config);
-    std::future::poll_fn(|cx| {
-        loop {
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended");
-                    config.peer_errors.record(&peer_errors::kind(&*e));
+    loop {
+        let served = std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended");
+                        config.peer_errors.record(&peer_errors::kind(&*e));
+                    }
+                    return Poll::Ready(Served::Done);
                 }
-                return Poll::Ready(());
+                if activity.quiet.load(Ordering::Relaxed) && !activity.write_blocked.load(Ordering::Relaxed) {
+                    return Poll::Ready(Served::Quiet);
+                }
+                match watch.poll_decide(cx, draining.as_mut(), timer.as_mut()) {
+                    Decision::Wait => return Poll::Pending,
+                    // Polled again at once: hyper sends GOAWAY or closes between requests.
+                    Decision::Shutdown => conn.as_mut().graceful_shutdown(),
+                    // Polled again at once: hyper goes quiet between requests.
+                    Decision::HandOver => {}
+                    Decision::Close => {
+                        // Bytes left unread would turn the close into a reset, which can
+                        // destroy what was sent before it (a GOAWAY) and reads as a crash to
+                        // the peer.
+                        discard_unread(activity.socket());
+                        return Poll::Ready(Served::Done);
+                    }
+                }
             }
-            match watch.poll_decide(cx, draining.as_mut(), timer.as_mut()) {
-                Decision::Wait => return Poll::Pending,
-                // Polled again at once: hyper sends GOAWAY or closes between requests.
-                Decision::Shutdown => conn.as_mut().graceful_shutdown(),
-                Decision::Close => {
-                    // Bytes left unread would turn the close into a reset, which can destroy
-                    // what was sent before it (a GOAWAY) and reads as a crash to the peer.
-                    discard_unread(activity.socket());
-                    return Poll::Ready(());
+        })
+        .await;
+        match served {
+            Served::Done => return,
+            Served::Quiet => {
+                if offer(&activity, &site.hand_over_state).await {
+                    // The next process has it: dropping hyper's connection closes only this
+                    // process's fd; the client sees nothing.
+                    return;
                 }
+                // Still ours: served as before, and drained as before.
+                activity.hand_over.store(CANNOT, Ordering::Relaxed);
+                activity.quiet.store(false, Ordering::Relaxed);
             }
         }
-    })
-    .await;
+    }
+}
+
+/// Offers the quiet connection to the next process, with the bytes hyper holds of its next
+/// request; whether the next process took it.
+async fn offer(activity: &Activity, state: &[u8]) -> bool {
+    let held = std::mem::take(&mut *activity.held.lock().unwrap_or_else(|p| p.into_inner()));
+    // hyper owns the connection's stream: a second fd for the same socket is offered, and
+    // both are closed here once the next process has it.
+    let stream = match transport::stream_of(activity.socket()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection to the next process: it stays here");
+            return false;
+        }
+    };
+    match activity.drain.generation().hand_over(&stream, &held, state).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection not handed over: it stays here");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

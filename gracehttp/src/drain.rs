@@ -17,6 +17,22 @@ impl Drain {
         Drain { generation }
     }
 
+    /// The generation drained.
+    pub(crate) fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
+    /// Whether the drain is a restart's (a new process serves) or a stop's; `None` while the
+    /// drain's reason is not yet published (gracenet sets the drain's flag first).
+    pub(crate) fn restarting(&self) -> Option<bool> {
+        match self.generation.phase() {
+            gracenet::Phase::Draining { reason, .. } => {
+                Some(matches!(reason, gracenet::StopReason::Restarted { .. }))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether this process has stopped accepting (a restart handed over, or a stop began).
     /// A health check answering 503 now lets a load balancer move away early (lame duck).
     #[inline]

@@ -10,8 +10,13 @@
 //! - **TLS sessions that outlive the process**: session tickets carry the session (no cache
 //!   on the server to outgrow) and their keys are handed to the next process at a restart, so
 //!   clients resume instead of all making a full handshake with the new process ([`Tls`]).
+//! - **Keep-alive connections that outlive the process**: at a restart, each cleartext
+//!   HTTP/1.1 keep-alive connection is handed to the new process between two requests, open,
+//!   with whatever the old process had read of the next request; the new process answers it.
+//!   A keep-alive client never reconnects (when asked for with
+//!   [`Server::hand_over_connections`]; TLS connections cannot be, and drain as below).
 //! - **Drain without loss**: on a restart or stop, accepting stops; requests in flight finish;
-//!   the next request on each HTTP/1 keep-alive connection is answered with
+//!   the next request on each HTTP/1 keep-alive connection not handed over is answered with
 //!   `Connection: close`, so its client reconnects (to the new process) cleanly; HTTP/2
 //!   connections get GOAWAY; an HTTP/1 connection is closed only after it has been idle for a
 //!   short grace; at the stop timeout whatever remains is closed. Upgraded connections

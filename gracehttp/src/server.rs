@@ -9,11 +9,12 @@ use gracenet::{Generation, GenerationBuilder, Outcome};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::connection::{Builders, ConnConfig};
+use crate::connection::{Builders, ConnConfig, SiteContext, hand_over_state};
+use crate::drain::Drain;
 use crate::error::Error;
 use crate::service::HttpService;
 use crate::session_tickets::TicketKeys;
-use crate::site::{Listening, ReadyWhenAccepting, Site, accept_loop};
+use crate::site::{Listening, ReadyWhenAccepting, Served, Site, accept_loop, serve_handed};
 use crate::timeouts::ConnectionTimeouts;
 use crate::tls::Tls;
 
@@ -57,6 +58,9 @@ pub struct Server {
     timeouts: ConnectionTimeouts,
     max_connections: Option<usize>,
     request_extensions: bool,
+    /// Whether keep-alive connections are handed to the next process (see
+    /// [`Server::hand_over_connections`]).
+    hand_over: bool,
     lifecycle: Lifecycle,
     on_listening: Option<OnListening>,
     workers: Option<usize>,
@@ -70,7 +74,8 @@ impl std::fmt::Debug for Server {
             .field("timeouts", &self.timeouts)
             .field("max_connections", &self.max_connections)
             .field("request_extensions", &self.request_extensions)
-            .field("workers", &self.workers);
+            .field("workers", &self.workers)
+            .field("hand_over", &self.hand_over);
         match &self.lifecycle {
             Lifecycle::Builder(b) => d.field("lifecycle", b),
             Lifecycle::Started(g) => d.field("generation", g),
@@ -86,6 +91,7 @@ impl Default for Server {
             timeouts: ConnectionTimeouts::default(),
             max_connections: None,
             request_extensions: false,
+            hand_over: false,
             lifecycle: Lifecycle::Builder(Generation::builder()),
             on_listening: None,
             workers: None,
@@ -208,6 +214,40 @@ impl Server {
         self
     }
 
+    /// Whether, at a restart, cleartext HTTP/1.1 keep-alive connections are handed to the new
+    /// process instead of being asked to reconnect. On: a request in flight finishes here
+    /// (its response without `Connection: close`), then the connection, open, goes to the new
+    /// process with the bytes already read of the next request, and the new process answers
+    /// that request: a keep-alive client never reconnects. Off: its next response says
+    /// `Connection: close`, or it is closed once idle, and the client reconnects (to the new
+    /// process). HTTP/2 connections get GOAWAY either way.
+    ///
+    /// What is not handed over is drained as when off: TLS connections (rustls can export a
+    /// session's traffic secrets, `dangerous_extract_secrets`, but cannot build a session
+    /// from them in another process), a connection whose bytes this process cannot follow
+    /// between requests (a chunked request body, an upgrade, a request saying
+    /// `Connection: close`), and one the new process does not take (it is out of fds, or
+    /// gone: nothing is lost, the connection stays here). If the new process dies, the
+    /// connections it took close with it, as its accepted ones do.
+    ///
+    /// Off by default, as [`request_extensions`](Self::request_extensions) is, for its cost:
+    /// following where each request ends (so that the bytes already read of the next one go
+    /// along) takes about 2 % of the CPU of a small keep-alive request (measured: `wrk -c64`,
+    /// gracedemo with it on and off side by side on one core), while a reconnect costs the
+    /// server one accept per client per restart. Turn it on where clients should not see a
+    /// restart at all (clients that do not retry, long-lived keep-alive flows through a load
+    /// balancer or a NAT). A server that starts the lifecycle itself (with the default builder
+    /// or [`lifecycle`](Self::lifecycle)) takes the connections the previous process hands
+    /// over whatever this setting, so processes with it on and off can follow each other.
+    /// With [`generation`](Self::generation), the application may hand its own connections
+    /// over on that generation ([`Generation::hand_over`]): the server takes handed
+    /// connections there only with this on ([`Generation::inherited_connections`] then
+    /// belongs to the server).
+    pub fn hand_over_connections(mut self, on: bool) -> Server {
+        self.hand_over = on;
+        self
+    }
+
     /// Serves until this process is done (a restart handed over, or a stop), on a tokio
     /// runtime of its own: grace's `gracehttp.Serve`.
     ///
@@ -262,6 +302,9 @@ impl Server {
             .any(|s| s.tls.as_ref().is_some_and(Tls::takes_ticket_keys))
             .then(TicketKeys::new)
             .flatten();
+        // The lifecycle is the server's own: nobody else takes handed-over connections.
+        let own_lifecycle = matches!(self.lifecycle, Lifecycle::Builder(_));
+        let hand_over = self.hand_over;
         let (generation, ours) =
             match std::mem::replace(&mut self.lifecycle, Lifecycle::Builder(Generation::builder())) {
                 // The application's: the state it hands over is its own.
@@ -334,6 +377,7 @@ impl Server {
             idle_timeout: self.timeouts.idle,
             request_extensions: self.request_extensions,
             peer_errors: Arc::default(),
+            hand_over,
         };
         let (readied, ready_result) = tokio::sync::oneshot::channel();
         let ready = Arc::new(ReadyWhenAccepting {
@@ -341,13 +385,29 @@ impl Server {
             generation: generation.clone(),
             readied: Mutex::new(Some(readied)),
         });
+        let mut served = Vec::with_capacity(self.sites.len());
         for (site, listener) in self.sites.into_iter().zip(listeners) {
+            // A handed-over connection goes to the site of the same name, or address.
+            let key = site
+                .name
+                .clone()
+                .unwrap_or_else(|| listener.local_addr().to_string());
+            let context = Arc::new(SiteContext {
+                tls: site.tls,
+                drain: Drain::new(generation.clone()),
+                config: config.clone(),
+                hand_over_state: hand_over_state(&key),
+            });
+            let site = Served {
+                service: site.service,
+                context,
+            };
+            served.push((site.context.hand_over_state.clone(), site.clone()));
             let limit = self.max_connections.map(|n| Arc::new(Semaphore::new(n)));
             tokio::spawn(accept_loop(
                 listener,
                 site,
                 generation.clone(),
-                config.clone(),
                 limit,
                 ready.clone(),
             ));
@@ -357,6 +417,10 @@ impl Server {
             Ok(result) => result?,
             // Every loop ended before the last one started (cannot happen: each tells first).
             Err(_) => generation.ready()?,
+        }
+        if hand_over || own_lifecycle {
+            // Served: the previous process hands its keep-alive connections over now.
+            tokio::spawn(serve_handed(generation.clone(), served));
         }
         let outcome = generation.wait().await;
         grace_line(&generation, || {

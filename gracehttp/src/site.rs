@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use gracenet::Generation;
 use tokio::sync::Semaphore;
 
-use crate::connection::{self, Accepted, ConnConfig, SiteContext};
-use crate::drain::Drain;
+use crate::connection::{self, Accepted, Handed, SiteContext};
 use crate::service::HttpService;
 use crate::tls::Tls;
 
@@ -143,6 +142,8 @@ pub struct Listening {
 pub(crate) trait SiteService: Send + Sync {
     /// Serves `accepted` on its own task, to its end.
     fn spawn(&self, accepted: Accepted, site: Arc<SiteContext>);
+    /// Serves `handed` (a cleartext HTTP/1.1 connection) on its own task, to its end.
+    fn spawn_handed(&self, handed: Handed, site: Arc<SiteContext>);
 }
 
 /// The one implementation of [`SiteService`], for any service.
@@ -155,6 +156,14 @@ impl<S: HttpService> SiteService for Typed<S> {
             None => drop(tokio::spawn(connection::serve_plain(service, accepted, site))),
             Some(tls) => drop(tokio::spawn(connection::serve_tls(service, accepted, site, tls))),
         }
+    }
+
+    fn spawn_handed(&self, handed: Handed, site: Arc<SiteContext>) {
+        drop(tokio::spawn(connection::serve_handed(
+            self.0.clone(),
+            handed,
+            site,
+        )));
     }
 }
 
@@ -188,11 +197,17 @@ impl ReadyWhenAccepting {
     }
 }
 
+/// A site as its connections are served: its service and what its connections share.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub service: Arc<dyn SiteService>,
+    pub context: Arc<SiteContext>,
+}
+
 pub(crate) async fn accept_loop(
     mut listener: gracenet::GracefulListener,
-    site: Site,
+    site: Served,
     generation: Generation,
-    config: ConnConfig,
     limit: Option<Arc<Semaphore>>,
     ready: Arc<ReadyWhenAccepting>,
 ) {
@@ -200,11 +215,7 @@ pub(crate) async fn accept_loop(
     // its worker thread takes connections as soon as the reactor reports them.
     ready.loop_started();
     drop(ready);
-    let context = Arc::new(SiteContext {
-        tls: site.tls,
-        drain: Drain::new(generation.clone()),
-        config,
-    });
+    let Served { service, context } = site;
     loop {
         let permit = match &limit {
             None => None,
@@ -228,8 +239,51 @@ pub(crate) async fn accept_loop(
             guard: generation.track(),
             permit,
         };
-        site.service.spawn(accepted, context.clone());
+        service.spawn(accepted, context.clone());
     }
     // Stopped accepting: the socket is now only the next process's (or closed).
     drop(listener);
+}
+
+/// Serves the connections the previous process hands over, each on the site it was handed
+/// from (by the site's key, in what it came with), as they arrive. One gracehttp did not hand,
+/// or of a site this process does not serve, is closed between its requests (it is this
+/// process's once taken).
+pub(crate) async fn serve_handed(generation: Generation, sites: Vec<(Vec<u8>, Served)>) {
+    let mut handed = match generation.inherited_connections().await {
+        Ok(Some(handed)) => handed,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take the connections the previous process hands over");
+            return;
+        }
+    };
+    let mut taken = 0u64;
+    while let Some(c) = handed.next().await {
+        let Some((_, site)) = sites.iter().find(|(state, _)| *state == c.state) else {
+            let key = connection::handed_site_key(&c.state);
+            tracing::warn!(
+                "closing a connection handed over for {}: no such site here",
+                key.map_or_else(
+                    || "something other than gracehttp".to_owned(),
+                    |k| format!("site {k}")
+                )
+            );
+            continue;
+        };
+        taken += 1;
+        let peer = c.stream.peer();
+        if let gracenet::tokio::Stream::Tcp(tcp) = &c.stream {
+            let _ = tcp.set_nodelay(true);
+        }
+        let conn = Handed {
+            stream: c.stream,
+            unread: c.unread,
+            peer,
+            at: tokio::time::Instant::now(),
+            guard: generation.track(),
+        };
+        site.service.spawn_handed(conn, site.context.clone());
+    }
+    tracing::debug!(taken, "took the connections the previous process handed over");
 }

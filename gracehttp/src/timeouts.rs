@@ -64,7 +64,8 @@ impl ConnectionTimeouts {
 
     /// How long, once draining, an HTTP/1 connection with no request in flight and no bytes
     /// arriving may stay open before it is closed. A busy connection is not cut: its next
-    /// response carries `Connection: close`.
+    /// response carries `Connection: close` (or, handed to the next process at a restart, it
+    /// is not closed at all: see [`Server::hand_over_connections`](crate::Server::hand_over_connections)).
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.idle_grace = grace;
         self

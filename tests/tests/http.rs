@@ -1004,3 +1004,119 @@ async fn the_applications_own_listener_is_adopted_and_passed_on() {
         "passed on under its name"
     );
 }
+
+/// Keep-alive HTTP/1.1 connections handed to the new process at a restart (gracehttp's
+/// default when it starts the lifecycle): over TCP and over a Unix socket, the new process
+/// answers the next request on the same connection and knows the same peer; an HTTP/2
+/// connection still gets GOAWAY (its next stream is refused, and a new connection is served
+/// by the new process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_keep_alive_connection_keeps_its_peer_and_http2_still_gets_goaway() {
+    let dir = TempDir::new("handed-peer");
+    let path = dir.path().join("http.sock");
+    let path_text = path.display().to_string();
+    let mut cmd = Command::new(HTTPPROBE);
+    cmd.env("PROBE_UNIX", &path);
+    let mut g = ProcessGuard::spawn(cmd);
+    let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
+    assert!(line.contains(&path_text), "{line}");
+    // The TCP ports (the Unix socket's address has none).
+    let ports: Vec<u16> = line
+        .split("127.0.0.1:")
+        .skip(1)
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let site = Site { pid: g.pid(), ports };
+    let old = site.pid.to_string();
+    let mut tcp = connect_h1(site.ports[0]).await.unwrap();
+    let mut unix = grace_tests::http::connect_h1_unix(&path).await.unwrap();
+    let mut h2 = connect_h2c(site.ports[1]).await.unwrap();
+    let mut peers = Vec::new();
+    for conn in [&mut tcp, &mut unix] {
+        assert_eq!(get_on_h1(conn, "/pid").await.unwrap().body, old);
+        peers.push(get_on_h1(conn, "/peer").await.unwrap().body);
+    }
+    assert_eq!(get_on_h2(&mut h2, "/pid").await.unwrap().body, old);
+    assert!(peers[0].starts_with("127.0.0.1:"), "{}", peers[0]);
+    let me = format!("unix peer pid {} ", std::process::id());
+    assert!(peers[1].starts_with(&me), "{}", peers[1]);
+
+    grace_tests::signal(site.pid, Signal::SIGUSR2);
+    let line = tokio::task::block_in_place(|| g.expect_log("Graceful handoff of "));
+    let new = grace_tests::new_pid_in_handoff(&line);
+    let _new_guard = PidGuard(new);
+    let new = new.to_string();
+    for (conn, peer) in [&mut tcp, &mut unix].into_iter().zip(&peers) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let a = get_on_h1(conn, "/pid")
+                .await
+                .expect("the same connection answers");
+            assert_eq!(a.connection, None, "not asked to close");
+            if a.body == new {
+                break;
+            }
+            assert_eq!(a.body, old);
+            assert!(tokio::time::Instant::now() < deadline, "still on the old pid");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            &get_on_h1(conn, "/peer").await.unwrap().body,
+            peer,
+            "the same peer"
+        );
+    }
+    // HTTP/2 is drained as before: GOAWAY, and the old process exits once it is gone.
+    assert!(
+        tokio::time::timeout(DEADLINE, h2.ready())
+            .await
+            .expect("GOAWAY in time")
+            .is_err()
+            || get_on_h2(&mut h2, "/pid").await.is_err(),
+        "the HTTP/2 connection was told to go"
+    );
+    drop(h2);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits"
+    );
+    assert_eq!(get_h2c(site.ports[1], "/pid").await.unwrap().body, new);
+}
+
+/// A keep-alive connection the new process does not take (it never answers for it) stays with
+/// the old process, which gives up waiting for the answer and serves it as before: the next
+/// request is answered by the old pid with `Connection: close`, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_new_process_does_not_take_is_served_by_the_old_one_as_before() {
+    let (mut g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_TAKE_NO_HANDED", "1")]))
+    });
+    let old = site.pid.to_string();
+    let mut h1 = connect_h1(site.ports[0]).await.unwrap();
+    assert_eq!(get_on_h1(&mut h1, "/pid").await.unwrap().body, old);
+    // A request in flight at the restart: its answer does not ask the client to close (the
+    // connection is to be handed over once it is answered).
+    let slow = tokio::spawn(async move {
+        let a = get_on_h1(&mut h1, "/sleep?ms=1000").await;
+        (a, h1)
+    });
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=1000"));
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new_guard = PidGuard(new);
+    let (a, mut h1) = slow.await.unwrap();
+    let a = a.unwrap();
+    assert_eq!((a.body.as_str(), a.connection), (old.as_str(), None));
+    // Offered to the new process, which does not answer: the old one waits (10 s at most),
+    // then serves the connection as before.
+    let a = tokio::time::timeout(DEADLINE, get_on_h1(&mut h1, "/pid"))
+        .await
+        .expect("answered within the old process's wait for the answer")
+        .expect("the next request is answered");
+    assert_eq!(a.body, old, "by the old process, which kept the connection");
+    assert_eq!(a.connection.as_deref(), Some("close"), "drained as before");
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits once its connection is closed"
+    );
+    assert_eq!(get_h1(site.ports[0], "/pid").await.unwrap().body, new.to_string());
+}

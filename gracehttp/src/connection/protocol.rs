@@ -181,10 +181,19 @@ impl<S: HttpService> Cleartext<'_, S> {
                     let Some((io, service)) = parts.take() else {
                         return Poll::Ready(Ok(()));
                     };
+                    // HTTP/1 that can be handed over: its requests are followed from here.
+                    let framing = if http2 {
+                        io.activity.hand_over.store(super::CANNOT, Ordering::Relaxed);
+                        None
+                    } else {
+                        (io.activity.hand_over.load(Ordering::Relaxed) != super::CANNOT)
+                            .then(super::Framing::new)
+                    };
                     let io = TrackedIo {
                         inner: Transport::Plain(io.inner),
                         activity: io.activity,
                         _guard: io._guard,
+                        framing,
                     };
                     let conn = HttpConn::new(http2, io, service, builders);
                     self.set(Cleartext::Speaking { conn });

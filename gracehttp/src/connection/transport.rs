@@ -1,12 +1,15 @@
 //! A connection's bytes, cleartext or TLS, as one type: hyper's connection code (the HTTP/1
 //! dispatcher with its read and write buffers, the HTTP/2 codec) is then compiled once, not
 //! once per transport, and the compiler inlines its write path as it does for plain hyper. A
-//! TLS session is boxed, so a cleartext connection's task does not carry room for one.
+//! TLS session is boxed, so a cleartext connection's task does not carry room for one; so is
+//! a handed-over connection's first bytes.
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use gracenet::tokio::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::server::TlsStream;
@@ -17,6 +20,37 @@ pub(crate) enum Transport {
     Plain(Stream),
     /// TLS, after its handshake.
     Tls(Box<TlsStream<Stream>>),
+    /// Cleartext, handed over by the previous process with bytes it had read: those first.
+    Rewound(Box<Rewound>),
+}
+
+/// A handed-over connection's bytes read by the previous process, then its socket.
+pub(crate) struct Rewound {
+    unread: Bytes,
+    stream: Stream,
+}
+
+impl Rewound {
+    pub(crate) fn new(unread: Vec<u8>, stream: Stream) -> Rewound {
+        Rewound {
+            unread: Bytes::from(unread),
+            stream,
+        }
+    }
+}
+
+/// A stream of its own for the socket `socket` (a second fd for it), TCP or Unix as it is.
+pub(crate) fn stream_of(socket: BorrowedFd<'_>) -> io::Result<Stream> {
+    let fd: OwnedFd = socket.try_clone_to_owned()?;
+    let unix = std::os::unix::net::UnixStream::from(fd);
+    // A TCP socket's address is not a Unix one.
+    if unix.local_addr().is_ok() {
+        unix.set_nonblocking(true)?;
+        return tokio::net::UnixStream::from_std(unix).map(Stream::Unix);
+    }
+    let tcp = std::net::TcpStream::from(OwnedFd::from(unix));
+    tcp.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(tcp).map(Stream::Tcp)
 }
 
 impl AsyncRead for Transport {
@@ -25,6 +59,15 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Transport::Rewound(r) => {
+                if r.unread.is_empty() {
+                    return Pin::new(&mut r.stream).poll_read(cx, buf);
+                }
+                let n = r.unread.len().min(buf.remaining());
+                buf.put_slice(&r.unread[..n]);
+                r.unread.advance(n);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }
@@ -35,6 +78,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Transport::Rewound(r) => Pin::new(&mut r.stream).poll_write(cx, buf),
         }
     }
 
@@ -43,6 +87,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Transport::Rewound(r) => Pin::new(&mut r.stream).poll_flush(cx),
         }
     }
 
@@ -51,6 +96,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Transport::Rewound(r) => Pin::new(&mut r.stream).poll_shutdown(cx),
         }
     }
 
@@ -63,6 +109,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Transport::Rewound(r) => Pin::new(&mut r.stream).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -71,6 +118,7 @@ impl AsyncWrite for Transport {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Rewound(r) => r.stream.is_write_vectored(),
         }
     }
 }

@@ -21,6 +21,9 @@ pub(super) enum Decision {
     Wait,
     /// Shut down gracefully: GOAWAY (HTTP/2), or close between requests (HTTP/1).
     Shutdown,
+    /// Hand the connection to the next process between requests (HTTP/1): poll it again,
+    /// so that it goes quiet once nothing is in flight.
+    HandOver,
     /// Close now (a peer that sent no request in time).
     Close,
 }
@@ -95,6 +98,9 @@ impl<'a> Watch<'a> {
         // its request on a fresh connection (hyper-util's client retries only on a reused
         // one), as Go's server waits for a new connection's first request before it counts
         // it idle.
+        if self.activity.hands_over() {
+            return Decision::HandOver;
+        }
         Decision::Wait
     }
 

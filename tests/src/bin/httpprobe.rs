@@ -14,6 +14,9 @@
 //! `PROBE_IDLE_TIMEOUT_MS`, `PROBE_IDLE_GRACE_MS` and `PROBE_MAX_CONNECTIONS` set the server's
 //! limits.
 //! `PROBE_UNIX=PATH` adds a cleartext site on a Unix socket at PATH (listed before the third).
+//! Keep-alive connections are handed to the next process at a restart;
+//! `PROBE_TAKE_NO_HANDED=1`: the first generation hands them to the next, which does not take
+//! them.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -74,9 +77,10 @@ fn run() -> Result<(), gracehttp::Error> {
     if let Some(ms) = knob("PROBE_IDLE_GRACE_MS") {
         timeouts = timeouts.idle_grace(Duration::from_millis(ms));
     }
+    // Keep-alive connections handed to the next process at a restart.
     let mut server = gracehttp::Server::new()
         .request_extensions(extensions)
-        .lifecycle(lifecycle)
+        .hand_over_connections(true)
         .timeouts(timeouts);
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
@@ -102,7 +106,26 @@ fn run() -> Result<(), gracehttp::Error> {
             tls,
         )
     };
-    server.serve()
+    if std::env::var_os("PROBE_TAKE_NO_HANDED").is_none() {
+        return server.lifecycle(lifecycle).serve();
+    }
+    // PROBE_TAKE_NO_HANDED: the first generation hands its keep-alive connections over, the
+    // later ones do not take them (they never answer: the one before keeps them).
+    gracenet::registry()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(gracehttp::Error::Runtime)?;
+    runtime.block_on(async move {
+        let generation = lifecycle.start()?;
+        let first = generation.number() == 1;
+        server
+            .generation(generation)
+            .hand_over_connections(first)
+            .run()
+            .await
+            .map(|_| ())
+    })
 }
 
 /// A tower service that keeps tower's contract strictly, to check the server does: each

@@ -1,0 +1,241 @@
+//! Where HTTP/1.1 requests begin and end in the bytes a cleartext connection has given hyper,
+//! so that a connection can be handed to the next process between requests: when hyper waits
+//! for more bytes with no request in flight, the bytes it holds unparsed are exactly the
+//! beginning of the next request's head ([`Framing::partial_head`]), which go along with the
+//! connection. hyper does not give its read buffer back from a connection that supports
+//! upgrades, so the bytes are followed here instead: each request head is found (httparse,
+//! as hyper parses it) and its body skipped by its `Content-Length`. What cannot be followed
+//! that cheaply (a chunked body, a head over 64 KiB, a request that ends the connection, a
+//! head hyper would reject) stops the following for good: that connection stays with this
+//! process and is drained as before.
+
+/// The longest request head followed; a longer one stops the following.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields parsed in one head (hyper's default limit is 100).
+const MAX_HEADERS: usize = 128;
+
+/// Where the bytes given to hyper stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Between requests, or in a head: these bytes of the next head have come (none, between
+    /// requests).
+    Head(Vec<u8>),
+    /// In a request body: this many bytes of it are still to come.
+    Body(u64),
+    /// Lost: the bytes can no longer be followed.
+    Lost,
+}
+
+/// Follows request boundaries in a connection's bytes (see the module's docs).
+#[derive(Debug)]
+pub(crate) struct Framing {
+    state: State,
+    /// Request heads seen complete.
+    heads: u64,
+}
+
+/// What a complete head says of what follows it.
+enum After {
+    /// A body of this many bytes (0: none), then the next request.
+    Body(u64),
+    /// Nothing that can be followed.
+    Lost,
+}
+
+impl Framing {
+    /// At a connection's start (or a handed connection's, before the bytes handed with it).
+    pub(crate) fn new() -> Framing {
+        Framing {
+            state: State::Head(Vec::new()),
+            heads: 0,
+        }
+    }
+
+    /// Notes `bytes`, just given to hyper.
+    pub(crate) fn delivered(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Lost => return,
+                State::Body(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::Head(partial) => {
+                    // The common case, a head that came whole in one read: parsed where it is.
+                    let parsed = if partial.is_empty() {
+                        parse(bytes)
+                    } else {
+                        let had = partial.len();
+                        partial.extend_from_slice(bytes);
+                        parse(partial).map(|p| p.map(|(used, after)| (used - had, after)))
+                    };
+                    match parsed {
+                        Ok(Some((used, after))) => {
+                            self.heads += 1;
+                            bytes = &bytes[used..];
+                            self.state = match after {
+                                After::Body(0) => State::Head(Vec::new()),
+                                After::Body(n) => State::Body(n),
+                                After::Lost => State::Lost,
+                            };
+                        }
+                        Ok(None) => {
+                            if partial.is_empty() {
+                                partial.extend_from_slice(bytes);
+                            }
+                            if partial.len() > MAX_HEAD {
+                                self.state = State::Lost;
+                            }
+                            return;
+                        }
+                        Err(()) => {
+                            self.state = State::Lost;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the bytes can no longer be followed.
+    pub(crate) fn lost(&self) -> bool {
+        self.state == State::Lost
+    }
+
+    /// The bytes hyper holds unparsed, when they are only the beginning of the next request's
+    /// head (perhaps none) and `started` requests (those hyper has begun serving) are every
+    /// head seen: `None` in a body, with a complete head hyper has not begun yet, or lost.
+    pub(crate) fn partial_head(&self, started: u64) -> Option<&[u8]> {
+        match &self.state {
+            State::Head(partial) if started == self.heads => Some(partial),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a head at the start of `bytes`: `Ok(Some((length, after)))` once it is complete
+/// (leading empty lines included, which hyper skips too), `Ok(None)` while it is not, `Err`
+/// when it is not a head hyper would take.
+fn parse(bytes: &[u8]) -> Result<Option<(usize, After)>, ()> {
+    // Left uninitialised, as hyper does: zeroing room for every header costs more than
+    // parsing a small head.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let used = match req.parse_with_uninit_headers(bytes, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    if req.version != Some(1) {
+        // HTTP/1.0: the connection ends after the response unless asked to stay; not followed.
+        return Ok(Some((used, After::Lost)));
+    }
+    let mut length: Option<u64> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                // Unreadable or conflicting: hyper answers 400 and closes.
+                _ => return Ok(Some((used, After::Lost))),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("connection") && has_token(h.value, b"close"))
+        {
+            // A chunked body (not followed), or a connection that ends after this request.
+            return Ok(Some((used, After::Lost)));
+        }
+    }
+    if req.method == Some("CONNECT") || req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade")) {
+        // If the service accepts, the bytes after the head are another protocol's.
+        return Ok(Some((used, After::Lost)));
+    }
+    Ok(Some((used, After::Body(length.unwrap_or(0)))))
+}
+
+/// Whether the comma-separated header `value` lists `token` (ASCII case ignored).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[test]
+    fn whole_requests_leave_nothing_pending() {
+        let mut f = Framing::new();
+        assert_eq!(f.partial_head(0), Some(&b""[..]), "a fresh connection");
+        f.delivered(GET);
+        assert_eq!(f.partial_head(0), None, "a head hyper has not begun");
+        assert_eq!(f.partial_head(1), Some(&b""[..]));
+        f.delivered(b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel");
+        assert_eq!(f.partial_head(2), None, "in a body");
+        f.delivered(b"lo");
+        assert_eq!(f.partial_head(2), Some(&b""[..]));
+    }
+
+    #[test]
+    fn a_pipelined_beginning_is_what_hyper_holds() {
+        let mut f = Framing::new();
+        let mut bytes = GET.to_vec();
+        bytes.extend_from_slice(b"GET /b HTTP/1.1\r\nHo");
+        f.delivered(&bytes);
+        assert_eq!(f.partial_head(1), Some(&b"GET /b HTTP/1.1\r\nHo"[..]));
+        f.delivered(b"st: x\r\n");
+        assert_eq!(f.partial_head(1), Some(&b"GET /b HTTP/1.1\r\nHost: x\r\n"[..]));
+        f.delivered(b"\r\n");
+        assert_eq!(f.partial_head(2), Some(&b""[..]));
+        // Two whole requests in one read, then a third's beginning.
+        let mut f = Framing::new();
+        let mut bytes = [GET, GET].concat();
+        bytes.extend_from_slice(b"\r\nGET");
+        f.delivered(&bytes);
+        assert_eq!(f.partial_head(2), Some(&b"\r\nGET"[..]));
+    }
+
+    #[test]
+    fn a_body_split_anywhere_is_skipped_by_its_length() {
+        let all = b"PUT /c HTTP/1.1\r\ncontent-length: 10\r\n\r\n0123456789GET /d HTTP/1.1\r\n\r\n";
+        for cut in 0..all.len() {
+            let mut f = Framing::new();
+            f.delivered(&all[..cut]);
+            f.delivered(&all[cut..]);
+            assert_eq!(f.partial_head(2), Some(&b""[..]), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_followed_is_lost_for_good() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"\x00\x01 not http\r\n\r\n",
+        ] {
+            let mut f = Framing::new();
+            f.delivered(head);
+            assert!(f.lost(), "{}", String::from_utf8_lossy(head));
+            f.delivered(GET);
+            assert_eq!(f.partial_head(1), None);
+        }
+        let mut f = Framing::new();
+        f.delivered(&vec![b'a'; super::MAX_HEAD + 1]);
+        assert!(f.lost(), "a head too long to follow");
+    }
+}
