@@ -113,6 +113,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// The previous generation's final state did not come (see
+    /// [`InheritedState::final_state`](crate::InheritedState::final_state)): the writes it
+    /// acknowledged after its snapshot are not here.
+    #[error("the previous generation's final state did not come: {reason}")]
+    FinalState {
+        /// Why: it exited first, it was over the limit, or it was too late.
+        reason: String,
+    },
+
+    /// Handed-over state is of a version this program does not read (see
+    /// [`state::decode`](crate::state::decode)).
+    #[error(
+        "the handed-over state is {found}, and this program reads version {expected} only: refuse it (the old generation keeps serving) or read both versions"
+    )]
+    StateVersion {
+        /// The version tag found, as written (or what was found instead of a tag).
+        found: String,
+        /// The version this program reads.
+        expected: u32,
+    },
+
+    /// Handed-over state of the right version did not decode, or state did not encode (see
+    /// [`state`](crate::state)).
+    #[error("handed-over state version {version}: {reason}")]
+    StateFormat {
+        /// The version tag.
+        version: u32,
+        /// The serializer's error.
+        reason: String,
+    },
+
     /// A system call on a socket or process failed.
     #[error("{what}: {source}")]
     Io {

@@ -134,6 +134,9 @@ mod readiness;
 pub mod registry;
 mod socket;
 mod startup;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod state;
 mod supervisor;
 mod sys;
 #[cfg(feature = "tokio")]
@@ -151,7 +154,8 @@ pub use error::{EnvError, Error};
 pub use lifecycle::{
     ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder, GracefulListener, HandedConnection,
-    InheritedConnections, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
+    InheritedConnections, InheritedState, Outcome, Phase, RestartError, RestartRequest, RestartResult,
+    StopReason, Successor,
 };
 pub use socket::LocalAddr;
 pub use startup::registry;

@@ -188,6 +188,10 @@ impl Driver {
                 }
             }
             Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
+            Action::HandFinalState { successor } => {
+                let child = self.successor.as_ref().filter(|c| c.process.pid() == successor);
+                child::hand_final_state(&self.shared, child, successor).await;
+            }
             Action::Finish { reason, forced } => {
                 let unfinished = self.shared.connections.receiver_count();
                 let how = if forced {

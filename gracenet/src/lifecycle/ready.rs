@@ -62,11 +62,7 @@ impl Generation {
         let lines = sd_notify::serving(self.shared.number, pid, &addrs.join(", "));
         self.tell_serving(lines);
         if let Some(channel) = link.notify() {
-            *self
-                .shared
-                .parent_channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(channel);
+            self.read_parent_channel(channel);
         }
         if let Some(file) = replaced_pid_file {
             // Its blocks are freed when it closes, which can wait for the disk (see
