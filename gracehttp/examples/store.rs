@@ -37,10 +37,6 @@ use tokio::sync::{Mutex, watch};
 /// 404 (the old process's stop timeout and ready timeout, gracenet's defaults, bound it).
 const MERGE_WAIT: Duration = Duration::from_secs(90);
 
-/// How long handing the store over may wait for the final state of the process before this
-/// one to be merged (under gracenet's default ready timeout, 30 s, which bounds a hand-over).
-const HAND_WAIT: Duration = Duration::from_secs(20);
-
 /// What is handed over: every item, by id.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Items {
@@ -96,17 +92,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let items = Arc::new(Mutex::new(Items::default()));
-        let (merged_tx, merged) = watch::channel(true);
-        let (handed, waited) = (items.clone(), merged.clone());
+        let handed = items.clone();
         let generation = gracenet::Generation::builder()
             .announce(false)
             // Called at the restart (the snapshot) and after the drain (the final state).
             .hand_state(move || {
-                let (items, mut merged) = (handed.clone(), waited.clone());
+                let items = handed.clone();
                 async move {
-                    // A restart soon after the last one: what the process before handed
-                    // last goes on to the next one too (within gracenet's ready timeout).
-                    let _ = tokio::time::timeout(HAND_WAIT, merged.wait_for(|m| *m)).await;
                     let items = items.lock().await;
                     match gracenet::state::encode(version, &*items) {
                         Ok(bytes) => bytes,
@@ -118,40 +110,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
             .start()?;
-        if let Some(mut inherited) = generation.inherited_state().await? {
-            let snapshot = std::mem::take(&mut inherited.snapshot);
-            match gracenet::state::decode::<Items>(version, &snapshot) {
-                Ok(loaded) => *items.lock().await = loaded,
-                Err(e) => {
-                    // The old process keeps serving, with all its items.
-                    generation.refuse(&e.to_string());
-                    return Err(e.into());
-                }
-            }
-            merged_tx.send_replace(false);
-            let (items, version) = (items.clone(), version);
-            tokio::spawn(async move {
-                // Once the old process has drained: its last writes.
-                match inherited
-                    .final_state()
-                    .await
-                    .and_then(|b| gracenet::state::decode::<Items>(version, &b))
-                {
-                    Ok(last) => {
-                        let mut items = items.lock().await;
-                        let before = items.items.len();
-                        items.items.extend(last.items);
-                        println!(
-                            "merged the final state: {} item(s) written after the snapshot (pid {})",
-                            items.items.len() - before,
-                            std::process::id()
-                        );
+        let merged = match generation.inherited_state().await? {
+            None => watch::channel(true).1,
+            Some(mut inherited) => {
+                let snapshot = std::mem::take(&mut inherited.snapshot);
+                match gracenet::state::decode::<Items>(version, &snapshot) {
+                    Ok(loaded) => *items.lock().await = loaded,
+                    Err(e) => {
+                        // The old process keeps serving, with all its items.
+                        generation.refuse(&e.to_string());
+                        return Err(e.into());
                     }
-                    Err(e) => tracing::error!("{e}"),
                 }
-                merged_tx.send_replace(true);
-            });
-        }
+                let (merged_tx, merged) = watch::channel(false);
+                let items = items.clone();
+                tokio::spawn(async move {
+                    // Once the old process has drained: its last writes. Held until merged:
+                    // this process hands its own final state after that, so a restart soon
+                    // after this one hands these items on too.
+                    match inherited.final_state().await {
+                        Ok(last) => match gracenet::state::decode::<Items>(version, &last) {
+                            Ok(last) => {
+                                let mut items = items.lock().await;
+                                let before = items.items.len();
+                                items.items.extend(last.items);
+                                println!(
+                                    "merged the final state: {} item(s) written after the snapshot (pid {})",
+                                    items.items.len() - before,
+                                    std::process::id()
+                                );
+                            }
+                            Err(e) => tracing::error!("{e}"),
+                        },
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                    merged_tx.send_replace(true);
+                });
+                merged
+            }
+        };
         let app = App {
             items,
             next: Arc::new((generation.number() << 32).into()),

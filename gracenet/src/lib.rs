@@ -153,7 +153,7 @@ pub use error::{EnvError, Error};
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use lifecycle::{
     ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder, GracefulListener, HandedConnection,
+    DEFAULT_STOP_TIMEOUT, FinalState, Generation, GenerationBuilder, GracefulListener, HandedConnection,
     InheritedConnections, InheritedState, Outcome, Phase, RestartError, RestartRequest, RestartResult,
     StopReason, Successor,
 };

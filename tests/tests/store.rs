@@ -211,3 +211,36 @@ fn a_new_process_whose_predecessor_dies_before_its_final_state_serves_on_and_say
     let (status, _) = request(port, "POST", "/items", "after").unwrap();
     assert_eq!(status, 201);
 }
+
+#[test]
+fn a_write_acknowledged_late_in_a_long_drain_reaches_a_process_two_restarts_on() {
+    let (mut g, first, port) = start(STORE.as_ref(), &[]);
+    let _g1 = PidGuard(first);
+    // A write in flight in the first process: its body is not finished yet.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.write_all(
+        b"POST /items HTTP/1.1\r\nHost: store\r\nConnection: close\r\nContent-Length: 9\r\n\r\nlate",
+    )
+    .unwrap();
+    let second = restart(first, port);
+    let _g2 = PidGuard(second);
+    g.expect_log("generation 1 stopped accepting; draining 1 connection");
+    // The second process is restarted while the first still drains: its own drain ends at
+    // once, but its final state must wait for the first one's.
+    let third = restart(second, port);
+    let _g3 = PidGuard(third);
+    g.expect_log("generation 2 stopped accepting");
+    // Now the first process acknowledges the write, after both snapshots were taken.
+    held.write_all(b" item").unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let id = json_u64(&answer, "id").expect("201 names the id");
+    assert_eq!(
+        request(port, "GET", &format!("/items/{id}"), "").unwrap(),
+        (200, "late item".to_owned()),
+        "the write the first process acknowledged last is in the third"
+    );
+    assert_eq!(serving_pid(port), Some(third));
+}

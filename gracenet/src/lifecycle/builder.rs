@@ -108,7 +108,9 @@ impl GenerationBuilder {
     /// says ready, and may [`refuse`](Generation::refuse) it (the restart then fails, and
     /// this generation keeps serving); once it serves, it awaits the final state
     /// ([`InheritedState::final_state`](super::InheritedState::final_state)) and merges it
-    /// with what it wrote meanwhile. Both hand-overs are bounded by the ready timeout: a
+    /// with what it wrote meanwhile; its own final state waits for that merge (the
+    /// [`FinalState`](super::FinalState) dropped), so restarts in quick succession pass every
+    /// write on. Both hand-overs are bounded by the ready timeout: a
     /// `state` that stalls, or a next generation that does not read, cannot hold the restart
     /// or the exit. A drain cut short by the stop timeout ends with requests still running:
     /// a write they acknowledge after the final state was taken is not in it. Heavy
@@ -260,6 +262,7 @@ impl GenerationBuilder {
             inbox: std::sync::Mutex::new(None),
             final_tx: std::sync::Mutex::new(Some(final_tx)),
             final_rx: std::sync::Mutex::new(Some(final_rx)),
+            merged: std::sync::Mutex::new(None),
             state_read: AtomicBool::new(false),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
             standby,

@@ -208,14 +208,27 @@ pub(super) fn hand_state(
 }
 
 /// Hands the successor the final state, once the drain has ended (nothing is in flight any
-/// more): the provider's bytes after every connection frame. Waits for it, bounded by the
-/// ready timeout (a successor that does not read, or a provider that stalls, cannot hold
+/// more) and this generation has merged its own predecessor's (see
+/// [`FinalState`](super::FinalState)): the provider's bytes after every connection frame.
+/// Waits for it, bounded by the ready timeout (a successor that does not read, or a provider that stalls, cannot hold
 /// the exit); a successor that exited makes it fail at once.
 pub(super) async fn hand_final_state(shared: &Shared, successor: Option<&Child>, pid: u32) {
     let next = shared.number + 1;
     let (Some(provider), Some(child)) = (shared.settings.state.clone(), successor) else {
         return;
     };
+    let merged = shared.merged.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(merged) = merged {
+        // This generation's predecessor's final state first (it may still be draining).
+        let wait = shared.settings.stop_timeout + shared.settings.ready_timeout;
+        if tokio::time::timeout(wait, merged).await.is_err() {
+            tracing::warn!(
+                "generation {}: the final state of the generation before is not merged after {:.1} s: handing generation {next} the state without it",
+                shared.number,
+                wait.as_secs_f64()
+            );
+        }
+    }
     let timeout = shared.settings.ready_timeout;
     let handed = tokio::time::timeout(timeout, async {
         let bytes = provide(&provider).await?;

@@ -22,7 +22,7 @@ pub(super) type StateProvider =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>> + Send + Sync>;
 
 /// The final state, as the channel's reader found it: the bytes, or why none came.
-pub(super) type FinalState = Result<Vec<u8>, String>;
+pub(super) type FinalBytes = Result<Vec<u8>, String>;
 
 /// A generation's settings, as [`GenerationBuilder`](super::GenerationBuilder) sets them
 /// (each documented at its setter).
@@ -60,9 +60,14 @@ pub(super) struct Shared {
     /// channel from ready on (until the application takes them).
     pub inbox: std::sync::Mutex<Option<super::handover::InheritedConnections>>,
     /// Where the channel's reader puts the previous generation's final state (taken at ready).
-    pub final_tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<FinalState>>>,
+    pub final_tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<FinalBytes>>>,
     /// Where [`InheritedState`](super::InheritedState) waits for it (taken with the snapshot).
-    pub final_rx: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<FinalState>>>,
+    pub final_rx: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<FinalBytes>>>,
+    /// Once this generation has read handed-over state: resolves when the application is
+    /// done with its predecessor's final state (merged, or it will not come). This
+    /// generation's own final state waits for it, so a restart soon after the last one
+    /// hands that state on.
+    pub merged: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
     /// The standby's pid, 0 when there is none (for `status`).

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::channel;
 use super::generation::Generation;
 use super::handover::{ANSWER_TIMEOUT, FinalSlot, InheritedConnections};
-use super::shared::FinalState;
+use super::shared::FinalBytes;
 use crate::error::Error;
 
 /// The state the previous generation handed over: the snapshot it took when the restart
@@ -21,9 +21,29 @@ use crate::error::Error;
 pub struct InheritedState {
     /// The bytes the previous generation's provider returned when the restart began.
     pub snapshot: Vec<u8>,
-    last: Option<oneshot::Receiver<FinalState>>,
+    last: Option<oneshot::Receiver<FinalBytes>>,
     /// How long the previous generation may take to drain and hand the final state.
     wait: Duration,
+    /// Dropped once the application is done with the final state (see [`FinalState`]).
+    merged: Option<oneshot::Sender<()>>,
+}
+
+/// The previous generation's final state ([`InheritedState::final_state`]): its bytes
+/// (`&*final_state`). Drop it once they are merged: this generation hands its own final state
+/// only then (or after its stop and ready timeouts), so that a restart soon after this one
+/// hands these writes on too.
+#[derive(Debug)]
+pub struct FinalState {
+    bytes: Vec<u8>,
+    _merged: Option<oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for FinalState {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl InheritedState {
@@ -31,10 +51,8 @@ impl InheritedState {
     /// (nothing in flight any more). Await it once this generation serves (it comes after the
     /// drain, which begins when this generation is [`ready`](Generation::ready)), and merge
     /// it with what this generation has written since: the snapshot's writes are in it too.
-    /// Merge it before this generation hands its own final state: a restart soon after this
-    /// one would otherwise hand on a state without it, so let the
-    /// [`hand_state`](super::GenerationBuilder::hand_state) provider wait for the merge
-    /// (gracehttp's `store` example does, with a `watch` channel).
+    /// Hold the [`FinalState`] until it is merged: this generation hands its own final state
+    /// once it is dropped, so a restart soon after this one hands these writes on too.
     ///
     /// ```no_run
     /// # async fn f(generation: gracenet::Generation) -> Result<(), gracenet::Error> {
@@ -42,8 +60,8 @@ impl InheritedState {
     ///     let snapshot = std::mem::take(&mut handed.snapshot); // load it before ready()
     ///     # drop(snapshot);
     ///     generation.ready()?;
-    ///     let last = handed.final_state().await?; // merge it: the writes made since the snapshot
-    ///     # drop(last);
+    ///     let last = handed.final_state().await?; // the writes made since the snapshot too
+    ///     // merge &*last into the store, then drop it
     /// }
     /// # Ok(()) }
     /// ```
@@ -55,7 +73,7 @@ impl InheritedState {
     /// this generation's stop timeout plus its ready timeout (the longest a drain and a
     /// hand-over take when both generations share the settings). Writes the previous
     /// generation acknowledged after the snapshot are then lost: say so to the operator.
-    pub async fn final_state(mut self) -> Result<Vec<u8>, Error> {
+    pub async fn final_state(mut self) -> Result<FinalState, Error> {
         let failed = |reason: String| Error::FinalState { reason };
         let Some(last) = self.last.take() else {
             return Err(failed(
@@ -63,7 +81,10 @@ impl InheritedState {
             ));
         };
         match tokio::time::timeout(self.wait, last).await {
-            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Ok(bytes))) => Ok(FinalState {
+                bytes,
+                _merged: self.merged.take(),
+            }),
             Ok(Ok(Err(why))) => Err(failed(why)),
             Ok(Err(_)) => Err(failed(
                 "this generation did not read its parent's channel (it was not ready, or the channel is a pipe)"
@@ -139,15 +160,20 @@ impl Generation {
                 ));
             }
         };
-        Ok(snapshot.map(|snapshot| InheritedState {
-            snapshot,
-            last: self
-                .shared
-                .final_rx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-            wait: self.shared.settings.stop_timeout + self.shared.settings.ready_timeout,
+        Ok(snapshot.map(|snapshot| {
+            let (merged, merging) = oneshot::channel();
+            *self.shared.merged.lock().unwrap_or_else(|p| p.into_inner()) = Some(merging);
+            InheritedState {
+                snapshot,
+                merged: Some(merged),
+                last: self
+                    .shared
+                    .final_rx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+                wait: self.shared.settings.stop_timeout + self.shared.settings.ready_timeout,
+            }
         }))
     }
 
