@@ -29,7 +29,8 @@
 //! between.
 //!
 //! A frame tagged `C` (9 bytes: the two lengths, no id) comes from an older gracenet, which
-//! reads no answers: it is taken without one.
+//! reads no answers: it is taken without one. The last frame, tagged `F`, is the previous
+//! generation's final state (`channel`'s): the reader here passes it on.
 
 use std::collections::HashMap;
 use std::io;

@@ -17,7 +17,6 @@ use crate::error::Error;
 /// The state the previous generation handed over: the snapshot it took when the restart
 /// began ([`snapshot`](Self::snapshot)), and the final state it hands once its drain has
 /// ended ([`final_state`](Self::final_state)), with every write it acknowledged.
-#[derive(Debug)]
 pub struct InheritedState {
     /// The bytes the previous generation's provider returned when the restart began.
     pub snapshot: Vec<u8>,
@@ -32,10 +31,26 @@ pub struct InheritedState {
 /// (`&*final_state`). Drop it once they are merged: this generation hands its own final state
 /// only then (or after its stop and ready timeouts), so that a restart soon after this one
 /// hands these writes on too.
-#[derive(Debug)]
 pub struct FinalState {
     bytes: Vec<u8>,
     _merged: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for InheritedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InheritedState")
+            .field("snapshot_bytes", &self.snapshot.len())
+            .field("final_pending", &self.last.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FinalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalState")
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::ops::Deref for FinalState {
