@@ -263,6 +263,7 @@ impl GenerationBuilder {
             final_tx: std::sync::Mutex::new(Some(final_tx)),
             final_rx: std::sync::Mutex::new(Some(final_rx)),
             merged: std::sync::Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
             state_read: AtomicBool::new(false),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
             standby,

@@ -68,6 +68,9 @@ pub(super) struct Shared {
     /// generation's own final state waits for it, so a restart soon after the last one
     /// hands that state on.
     pub merged: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// The runtime the generation was started on, for tasks started from any thread
+    /// ([`Generation::ready`](super::Generation::ready) may be called outside it).
+    pub runtime: tokio::runtime::Handle,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
     /// The standby's pid, 0 when there is none (for `status`).

@@ -197,6 +197,8 @@ impl Generation {
     /// [`inherited_connections`](Self::inherited_connections), its final state for
     /// [`InheritedState::final_state`].
     pub(super) fn read_parent_channel(&self, fd: std::os::fd::OwnedFd) {
+        // `ready` may be called outside the runtime: the channel and its reader need it.
+        let _runtime = self.shared.runtime.enter();
         let channel = match channel::open(fd) {
             Ok(Some(channel)) => channel,
             // A pipe, from an older gracenet: neither connections nor a final state.
