@@ -123,7 +123,7 @@ pub enum Error {
     },
 
     /// Handed-over state is of a version this program does not read (see
-    /// [`state::decode`](crate::state::decode)).
+    /// `gracenet::state::decode`, feature `serde`).
     #[error(
         "the handed-over state is {found}, and this program reads version {expected} only: refuse it (the old generation keeps serving) or read both versions"
     )]
@@ -135,7 +135,7 @@ pub enum Error {
     },
 
     /// Handed-over state of the right version did not decode, or state did not encode (see
-    /// [`state`](crate::state)).
+    /// `gracenet::state`, feature `serde`).
     #[error("handed-over state version {version}: {reason}")]
     StateFormat {
         /// The version tag.

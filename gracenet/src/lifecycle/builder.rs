@@ -109,13 +109,13 @@ impl GenerationBuilder {
     /// this generation keeps serving); once it serves, it awaits the final state
     /// ([`InheritedState::final_state`](super::InheritedState::final_state)) and merges it
     /// with what it wrote meanwhile; its own final state waits for that merge (the
-    /// [`FinalState`](super::FinalState) dropped), so restarts in quick succession pass every
-    /// write on. Both hand-overs are bounded by the ready timeout: a
-    /// `state` that stalls, or a next generation that does not read, cannot hold the restart
-    /// or the exit. A drain cut short by the stop timeout ends with requests still running:
-    /// a write they acknowledge after the final state was taken is not in it. Heavy
-    /// synchronous work belongs in `tokio::task::spawn_blocking` inside `state`. Typed state:
-    /// [`state::encode`](crate::state::encode) (feature `serde`).
+    /// [`FinalState`](super::FinalState) dropped; at most its stop and ready timeouts), so
+    /// restarts in quick succession pass every write on. Each hand-over is bounded by the
+    /// ready timeout: a `state` that stalls, or a next generation that does not read, cannot
+    /// hold the restart or the exit. A drain cut short by the stop timeout ends with requests
+    /// still running: a write they acknowledge after the final state was taken is not in it.
+    /// Heavy synchronous work belongs in `tokio::task::spawn_blocking` inside `state`. Typed
+    /// state: `gracenet::state::{encode, decode}` (feature `serde`).
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), gracenet::Error> {
