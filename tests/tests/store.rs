@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, install_program, wait_until};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, Sweep, TempDir, install_program, wait_until};
 use nix::sys::signal::Signal;
 
 const STORE: &str = env!("CARGO_BIN_EXE_store-app");
@@ -52,13 +52,15 @@ fn serving_pid(port: u16) -> Option<u32> {
         .map(|p| p as u32)
 }
 
-/// Starts the store at `program` (port 0): its guard, pid and port.
-fn start(program: &std::path::Path, env: &[(&str, &str)]) -> (ProcessGuard, u32, u16) {
+/// Starts the store at `program` (port 0): its guards (every generation it starts is killed
+/// by pid at the end, even one the test never learnt the pid of), pid and port.
+fn start(program: &std::path::Path, env: &[(&str, &str)]) -> ((Sweep, ProcessGuard), u32, u16) {
     let mut cmd = Command::new(program);
     cmd.arg("127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let sweep = Sweep::new(&mut cmd);
     let mut g = ProcessGuard::spawn(cmd);
     let line = g.expect_line("store on ");
     let port = line
@@ -69,7 +71,7 @@ fn start(program: &std::path::Path, env: &[(&str, &str)]) -> (ProcessGuard, u32,
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     let pid = g.pid();
     assert!(wait_until(DEADLINE, || serving_pid(port) == Some(pid)));
-    (g, pid, port)
+    ((sweep, g), pid, port)
 }
 
 /// Restarts the store serving on `port` as `pid`, and waits for another process to answer.
@@ -88,7 +90,7 @@ fn restart(pid: u32, port: u16) -> u32 {
 
 #[test]
 fn no_acknowledged_write_is_lost_across_ten_restarts() {
-    let (_g, first, port) = start(STORE.as_ref(), &[]);
+    let ((_sweep, _g), first, port) = start(STORE.as_ref(), &[]);
     let mut guards = vec![PidGuard(first)];
     // (id, body) of every write answered 201.
     let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
@@ -160,7 +162,7 @@ fn a_program_that_reads_another_state_version_is_refused_and_the_old_one_keeps_s
     let dir = TempDir::new("store-version");
     let program = dir.path().join("store");
     install_program(STORE.as_ref(), &program);
-    let (mut g, first, port) = start(&program, &[]);
+    let ((_sweep, mut g), first, port) = start(&program, &[]);
     let _g1 = PidGuard(first);
     let (status, answer) = request(port, "POST", "/items", "kept").unwrap();
     assert_eq!(status, 201, "{answer}");
@@ -189,7 +191,7 @@ fn a_program_that_reads_another_state_version_is_refused_and_the_old_one_keeps_s
 
 #[test]
 fn a_new_process_whose_predecessor_dies_before_its_final_state_serves_on_and_says_so() {
-    let (mut g, first, port) = start(STORE.as_ref(), &[]);
+    let ((_sweep, mut g), first, port) = start(STORE.as_ref(), &[]);
     let _g1 = PidGuard(first);
     // A request in flight holds the old process's drain open: its body never ends.
     let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -214,7 +216,7 @@ fn a_new_process_whose_predecessor_dies_before_its_final_state_serves_on_and_say
 
 #[test]
 fn a_write_acknowledged_late_in_a_long_drain_reaches_a_process_two_restarts_on() {
-    let (mut g, first, port) = start(STORE.as_ref(), &[]);
+    let ((_sweep, mut g), first, port) = start(STORE.as_ref(), &[]);
     let _g1 = PidGuard(first);
     // A write in flight in the first process: its body is not finished yet.
     let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
