@@ -1,11 +1,14 @@
 //! gracedemo's log output.
 //!
 //! - **Go's format** by default, as grace's own demo prints it: every line starts with
-//!   `YYYY/MM/DD HH:MM:SS ` (local time), warnings and errors say `WARN: ` / `ERROR: `, and a
-//!   line is its message alone (no `key=value` fields). By default only grace's own lines
+//!   `YYYY/MM/DD HH:MM:SS ` (local time), warnings and errors say `WARN: ` / `ERROR: `, then
+//!   the message and the event's own fields (`restart failed: … generation=1 next=2 pid=42
+//!   reason="…"`; the libraries put values in fields, not in messages). grace's own lines
 //!   (`Serving … with pid P.`, `Graceful handoff of … with new pid N and old pid O.`,
-//!   `Exiting pid P.`) and warnings and errors from everything else are shown; `RUST_LOG`
-//!   chooses more (`RUST_LOG=info` adds the lifecycle's detail).
+//!   `Exiting pid P.`) have no fields of their own and print exactly as Go grace's. Spans'
+//!   fields are left out. By default only grace's lines and warnings and errors from
+//!   everything else are shown; `RUST_LOG` chooses more (`RUST_LOG=info` adds the
+//!   lifecycle's detail).
 //! - **JSON lines** (`--log-json`), for log shippers: `time`, `level`, `target`, `message`,
 //!   the event's fields and its spans' fields (`pid`, `generation`).
 //! - Written to stderr through a lossy, non-blocking writer, so a stalled reader (a full
@@ -89,7 +92,8 @@ pub fn init(format: Format) -> Logging {
     Logging { _guard: guard }
 }
 
-/// Go's `log` package format: `YYYY/MM/DD HH:MM:SS message`.
+/// Go's `log` package format: `YYYY/MM/DD HH:MM:SS message`, then the event's fields as
+/// `key=value` (a value with spaces or quotes in it quoted).
 struct GoFormat;
 
 impl<S, N> FormatEvent<S, N> for GoFormat
@@ -113,7 +117,15 @@ where
         }
         let mut fields = Fields::default();
         event.record(&mut fields);
-        writeln!(writer, "{}", fields.message)
+        write!(writer, "{}", fields.message)?;
+        for (key, value) in &fields.others {
+            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '"') {
+                write!(writer, " {key}={value:?}")?;
+            } else {
+                write!(writer, " {key}={value}")?;
+            }
+        }
+        writeln!(writer)
     }
 }
 

@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise]\n       gracedemo --control-socket FILE --reload | --status [--control-timeout DURATION]",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -87,6 +87,21 @@ fn command() -> Command {
                 .help("Print the state of the server at --control-socket: generation, pid, connections, draining generations."),
         )
         .arg(
+            Arg::new("scale")
+                .long("scale")
+                .value_name("N")
+                .requires("control-socket")
+                .conflicts_with_all(["status", "reload"])
+                .value_parser(clap::value_parser!(u16).range(1..=1024))
+                .help("Ask the cluster at --control-socket (one started with --workers) to run N workers: more are started, the extra ones drain."),
+        )
+        .arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("With --status: print the state as one JSON object (generation, pid, phase, drain, connections, listening, draining_generations, standby, restart, uptime_seconds)."),
+        )
+        .arg(
             Arg::new("control-timeout")
                 .long("control-timeout")
                 .value_name("DURATION")
@@ -112,6 +127,22 @@ fn command() -> Command {
                 .long("supervise")
                 .action(ArgAction::SetTrue)
                 .help("Stay as a small supervisor with a stable pid while generations come and go (on by default as pid 1, e.g. in a container)."),
+        )
+        .arg(
+            Arg::new("workers")
+                .long("workers")
+                .value_name("N|auto")
+                .value_parser(workers)
+                .help("Run N worker processes on the same sockets under a primary process (implies --supervise): a crash of one loses nothing, SIGUSR2 / --reload restart them one at a time, SIGTTIN / SIGTTOU add or remove one. 0 or auto: one per core."),
+        )
+        .arg(
+            Arg::new("worker-timeout")
+                .long("worker-timeout")
+                .value_name("DURATION")
+                .requires("workers")
+                .allow_hyphen_values(true)
+                .value_parser(worker_timeout)
+                .help("With --workers: a worker whose runtime is silent this long (Go's form: 30s, 1m) is stopped and replaced; 0 turns the watchdog off. Default 30s."),
         )
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
@@ -157,8 +188,21 @@ fn normalize(args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     out
 }
 
+/// The command line read, with what clap cannot say: `--json` needs `--status` (clap counts
+/// a flag's default as present, so `requires` cannot).
+fn parse_args(args: impl Iterator<Item = OsString>) -> Result<clap::ArgMatches, clap::Error> {
+    let matches = command().try_get_matches_from(normalize(args))?;
+    if matches.get_flag("json") && !matches.get_flag("status") {
+        return Err(command().error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--json is a form of --status: add --status",
+        ));
+    }
+    Ok(matches)
+}
+
 fn main() -> ExitCode {
-    let matches = match command().try_get_matches_from(normalize(std::env::args_os())) {
+    let matches = match parse_args(std::env::args_os()) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             let _ = e.print();
@@ -175,7 +219,8 @@ fn main() -> ExitCode {
     // A supervisor makes its signals safe before anything that can take time (the log
     // writer's threads below, a busy core): a SIGUSR2 or SIGTERM sent while it starts waits
     // for it instead of killing it.
-    let supervising = gracenet::should_supervise(matches.get_flag("supervise"));
+    let workers = matches.get_one::<usize>("workers").copied();
+    let supervising = gracenet::should_supervise(matches.get_flag("supervise") || workers.is_some());
     if supervising {
         gracenet::hold_supervisor_signals();
     }
@@ -191,7 +236,8 @@ fn main() -> ExitCode {
         tracing::error!("gracedemo: {e}");
         return ExitCode::FAILURE;
     }
-    if supervising {
+    // With --workers, the server itself becomes the cluster's primary (Server::workers).
+    if supervising && workers.is_none() {
         return match gracenet::supervise() {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
@@ -241,6 +287,27 @@ fn addr_matches(given: &str, reported: &str) -> bool {
     given == reported || (given.starts_with(':') && reported.ends_with(given))
 }
 
+/// `--workers`: a number of workers, or `auto` (one per core).
+fn workers(s: &str) -> Result<usize, String> {
+    match s {
+        "auto" | "0" => Ok(gracenet::cluster::default_workers()),
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| format!("expected a number of workers from 1 to 1024, or auto, got {s:?}")),
+    }
+}
+
+/// `--worker-timeout`: a Go duration, 0 for none.
+fn worker_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
+    match gracedemo::duration::parse_duration(s)? {
+        0 => Ok(None),
+        n if n > 0 => Ok(Some(std::time::Duration::from_nanos(n.unsigned_abs()))),
+        _ => Err(format!("expected a duration such as 30s (0 for none), got {s:?}")),
+    }
+}
+
 /// `--control-timeout`: a positive Go duration.
 fn control_timeout(s: &str) -> Result<std::time::Duration, String> {
     match gracedemo::duration::parse_duration(s)? {
@@ -258,6 +325,10 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
     }
     let answer = if matches.get_flag("reload") {
         client.restart()
+    } else if matches.get_flag("status") && matches.get_flag("json") {
+        client.status_json()
+    } else if let Some(n) = matches.get_one::<u16>("scale") {
+        client.scale(usize::from(*n))
     } else if matches.get_flag("status") {
         client.status()
     } else {
@@ -299,6 +370,12 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         lifecycle = lifecycle.control_socket(path);
     }
     let mut server = gracehttp::Server::new().lifecycle(lifecycle);
+    if let Some(n) = matches.get_one::<usize>("workers") {
+        server = server.workers(*n);
+    }
+    if let Some(timeout) = matches.get_one::<Option<std::time::Duration>>("worker-timeout") {
+        server = server.worker_timeout(*timeout);
+    }
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)
@@ -365,7 +442,7 @@ mod tests {
         let args = std::iter::once("gracedemo")
             .chain(args.iter().copied())
             .map(OsString::from);
-        command().try_get_matches_from(normalize(args))
+        parse_args(args)
     }
 
     #[test]
@@ -427,6 +504,19 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("For more information"), "{e}");
+        // --json is a form of --status, nothing else.
+        assert!(
+            parse(&["--control-socket", "c", "--status", "--json"])
+                .unwrap()
+                .get_flag("json")
+        );
+        for without_status in [
+            &["--control-socket", "c", "--reload", "--json"][..],
+            &["--control-socket", "c", "--json"],
+        ] {
+            let e = one_line(&parse(without_status).unwrap_err());
+            assert!(e.contains("--json is a form of --status: add --status"), "{e}");
+        }
     }
 
     mod properties {

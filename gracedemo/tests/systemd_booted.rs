@@ -53,7 +53,15 @@ fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
         .get(PORT, "/sleep/?duration=0s")
         .unwrap_or_else(|e| panic!("the activated service answers: {e}\n{}", systemd.journal(None)));
     let gen1 = pid_in(&body);
-    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+    // Ready once every process it starts is (a cluster's workers all): a request can be
+    // answered a moment before.
+    assert!(
+        wait_until(grace_tests::DEADLINE, || systemd
+            .property("gracedemo.service", "ActiveState")
+            == "active"),
+        "the service becomes active: {}",
+        systemd.property("gracedemo.service", "ActiveState")
+    );
     (systemd, gen1)
 }
 
@@ -181,7 +189,7 @@ fn a_reload_whose_new_binary_fails_fails_and_the_old_process_keeps_serving() {
     );
     let journal = systemd.journal(Some("gracedemo.service"));
     assert!(
-        journal.contains("restart failed: generation 2"),
+        journal.contains("restart failed: this generation keeps serving") && journal.contains(" next=2 "),
         "the reload's own output says why:\n{journal}"
     );
 
@@ -324,4 +332,112 @@ fn with_the_standby_reloads_wake_it_and_a_stop_leaves_no_process_behind() {
     assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
     let journal = systemd.journal(Some("gracedemo.service"));
     assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
+}
+
+/// The workers' pids, as `gracedemo --status` lists them (slot order).
+fn worker_pids(systemd: &BootedSystemd) -> Vec<u32> {
+    systemd
+        .text(&[
+            "/usr/local/bin/gracedemo",
+            "--control-socket",
+            CONTROL,
+            "--status",
+        ])
+        .lines()
+        .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
+        .filter_map(|l| l.split_once(": pid ")?.1.split(',').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_cluster_reloads_one_worker_at_a_time_survives_a_kill_and_stops_clean() {
+    let (systemd, first) = boot_with_gracedemo_and("cluster", &["--workers", "2"]);
+    let main_pid = systemd.property("gracedemo.service", "MainPID");
+    assert_ne!(main_pid, first.to_string(), "the main process is the primary");
+    let mut workers = Vec::new();
+    assert!(
+        wait_until(grace_tests::DEADLINE, || {
+            workers = worker_pids(&systemd);
+            workers.len() == 2
+        }),
+        "two workers serve: {workers:?}"
+    );
+    let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
+    // A reload is a rolling restart: it returns once both workers are new.
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(
+        out.status.success(),
+        "reload: {out:?}\n{}",
+        systemd.journal(Some("gracedemo.service"))
+    );
+    let after = worker_pids(&systemd);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.iter().all(|p| !workers.contains(p)),
+        "{workers:?} -> {after:?}"
+    );
+    assert_eq!(
+        systemd.property("gracedemo.service", "MainPID"),
+        main_pid,
+        "MainPID stays"
+    );
+    // kill -9 of one worker under load: replaced, nothing refused.
+    let out = systemd.run(&["kill", "-9", &after[0].to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut now = Vec::new();
+    assert!(
+        wait_until(grace_tests::DEADLINE, || {
+            now = worker_pids(&systemd);
+            now.len() == 2 && !now.contains(&after[0])
+        }),
+        "the killed worker is replaced: {now:?}"
+    );
+    let stats = load.stop();
+    let refused: Vec<_> = stats
+        .failures
+        .iter()
+        .filter(|f| f.starts_with("refused"))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert!(
+        stats.failures.len() <= 4,
+        "more failed than one worker had in flight: {:?}",
+        stats.failures
+    );
+    assert!(
+        stats.by_pid.len() >= 4,
+        "workers of both rounds answered: {:?}",
+        stats.by_pid
+    );
+
+    // A broken deploy: the rollout stops at the first worker, the reload fails and says why.
+    deploy_script(
+        &systemd,
+        "#!/bin/sh\ncase \"$*\" in *--reload*|*--status*) exec /usr/local/bin/gracedemo.good \"$@\";; esac\necho 'cannot start: broken build' >&2\nexit 1\n",
+    );
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(!out.status.success(), "systemctl reload fails: {out:?}");
+    assert_eq!(worker_pids(&systemd), now, "both workers still serve");
+    assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+    let status = systemd.property("gracedemo.service", "StatusText");
+    assert!(
+        status.contains("failed") && status.contains("worker 0"),
+        "systemctl status says why: {status}"
+    );
+
+    let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
+    assert!(out.status.success(), "stop: {out:?}");
+    assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
+    let left = systemd.text(&[
+        "sh",
+        "-c",
+        "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
+    ]);
+    assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
+    let journal = systemd.journal(Some("gracedemo.service"));
+    // (The worker killed above is logged "killed by SIGKILL"; systemd killed nothing.)
+    let systemd_killed = journal
+        .lines()
+        .any(|l| l.contains("systemd[1]") && l.contains("SIGKILL"));
+    assert!(!systemd_killed, "no SIGKILL from systemd:\n{journal}");
 }

@@ -103,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     match gracenet::state::encode(version, &*items) {
                         Ok(bytes) => bytes,
                         Err(e) => {
-                            tracing::error!("cannot hand the store over: {e}");
+                            tracing::error!(error = %e, "cannot hand the store over");
                             Vec::new()
                         }
                     }
@@ -140,9 +140,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     std::process::id()
                                 );
                             }
-                            Err(e) => tracing::error!("{e}"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "the old process's last writes are not here")
+                            }
                         },
-                        Err(e) => tracing::error!("{e}"),
+                        Err(e) => tracing::error!(error = %e, "the old process's last writes are not here"),
                     }
                     merged_tx.send_replace(true);
                 });

@@ -634,13 +634,13 @@ pub(crate) async fn serve_tls<S: HttpService>(
             .await;
         }
         Ok(Err(e)) => {
-            tracing::debug!("TLS handshake failed: {e}");
+            tracing::debug!(error = %e, "TLS handshake failed");
             config.peer_errors.record("TLS handshake failed");
         }
         Err(_) => {
             tracing::debug!(
-                "TLS handshake not finished within {:?}",
-                config.header_read_timeout
+                timeout = ?config.header_read_timeout,
+                "TLS handshake not finished within the header read timeout"
             );
             config
                 .peer_errors
@@ -700,7 +700,7 @@ async fn serve<T, S, C>(
         loop {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 if let Err(e) = result {
-                    tracing::debug!("connection ended: {e}");
+                    tracing::debug!(error = %e, "connection ended");
                     config.peer_errors.record(&peer_errors::kind(&*e));
                 }
                 return Poll::Ready(());

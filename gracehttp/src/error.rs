@@ -48,6 +48,15 @@ pub enum Error {
     )]
     InsideRuntime,
 
+    /// [`Server::workers`](crate::Server::workers) was set on a server that cannot become a
+    /// cluster's primary: one given a started generation, or run with
+    /// [`Server::run`](crate::Server::run) (inside a runtime) instead of
+    /// [`Server::serve`](crate::Server::serve).
+    #[error(
+        "Server::workers needs Server::serve with a lifecycle builder (Server::lifecycle): the cluster's primary starts before any runtime or generation"
+    )]
+    WorkersNeedServe,
+
     /// The tokio runtime could not be started.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),

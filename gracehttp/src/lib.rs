@@ -20,6 +20,8 @@
 //!   or to answer a health check with "draining".
 //! - **Logs** as grace writes them: `Serving 127.0.0.1:8080, [::]:8443 with pid 1234.`,
 //!   `Graceful handoff of ... with new pid 1240 and old pid 1234.`, `Exiting pid 1234.`
+//!   (Go grace's wording, values and all, in a `grace` span carrying the `generation`); every
+//!   other event, as gracenet's, is a fixed message with its values in fields.
 //!
 //! ```no_run
 //! use http_body_util::Full;
@@ -39,6 +41,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `axum` | no | axum's `ConnectInfo<SocketAddr>` in each request from a TCP peer (with [`Server::request_extensions`]), so axum handlers extracting it work unchanged |
+//! | `metrics` | no | gracenet's figures (restarts by result, drains, hand-overs) through the `metrics` facade, for the exporter the application installs (`gracenet::metrics` lists them; `examples/metrics.rs` serves them to Prometheus on the application's own site) |
 //!
 //! An axum `Router` is served without the feature. TLS is rustls with its aws-lc-rs provider
 //! (post-quantum key exchange included); a C compiler builds it.

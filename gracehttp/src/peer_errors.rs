@@ -52,9 +52,10 @@ impl PeerErrors {
         }
         let detail: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         tracing::warn!(
-            "{total} connection(s) ended by errors from peers in the last {} s ({})",
-            REPORT_EVERY.as_secs(),
-            detail.join("; ")
+            connections = total,
+            seconds = REPORT_EVERY.as_secs(),
+            kinds = %detail.join("; "),
+            "connections ended by errors from peers"
         );
     }
 }

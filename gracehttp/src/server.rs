@@ -59,6 +59,8 @@ pub struct Server {
     request_extensions: bool,
     lifecycle: Lifecycle,
     on_listening: Option<OnListening>,
+    workers: Option<usize>,
+    worker_timeout: Option<Option<std::time::Duration>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -67,7 +69,8 @@ impl std::fmt::Debug for Server {
         d.field("sites", &self.sites)
             .field("timeouts", &self.timeouts)
             .field("max_connections", &self.max_connections)
-            .field("request_extensions", &self.request_extensions);
+            .field("request_extensions", &self.request_extensions)
+            .field("workers", &self.workers);
         match &self.lifecycle {
             Lifecycle::Builder(b) => d.field("lifecycle", b),
             Lifecycle::Started(g) => d.field("generation", g),
@@ -85,6 +88,8 @@ impl Default for Server {
             request_extensions: false,
             lifecycle: Lifecycle::Builder(Generation::builder()),
             on_listening: None,
+            workers: None,
+            worker_timeout: None,
         }
     }
 }
@@ -123,6 +128,25 @@ impl Server {
     /// `store` example).
     pub fn lifecycle(mut self, builder: GenerationBuilder) -> Server {
         self.lifecycle = Lifecycle::Builder(builder);
+        self
+    }
+
+    /// Serves with `n` worker processes on the same sockets (0: one per core), under a primary
+    /// process that keeps the stable pid, replaces a worker that dies or hangs, and restarts
+    /// them one at a time on `SIGUSR2` (see [`gracenet::cluster`]). The lifecycle's control
+    /// socket, PID file and ready timeout become the primary's. Needs
+    /// [`serve`](Self::serve): in the primary, `serve` does not return (the process exits
+    /// with the cluster's exit code); in each worker, it serves as usual.
+    pub fn workers(mut self, n: usize) -> Server {
+        self.workers = Some(n);
+        self
+    }
+
+    /// With [`workers`](Self::workers): how long a worker's runtime may stay silent before
+    /// it is replaced (`None`: never); default
+    /// [`gracenet::cluster::DEFAULT_WORKER_TIMEOUT`].
+    pub fn worker_timeout(mut self, timeout: Option<std::time::Duration>) -> Server {
+        self.worker_timeout = Some(timeout);
         self
     }
 
@@ -196,6 +220,20 @@ impl Server {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::InsideRuntime);
         }
+        if let Some(n) = self.workers
+            && gracenet::should_supervise(true)
+        {
+            let Lifecycle::Builder(lifecycle) = &self.lifecycle else {
+                return Err(Error::WorkersNeedServe);
+            };
+            gracenet::hold_supervisor_signals();
+            let mut cluster = lifecycle.cluster().workers(n);
+            if let Some(timeout) = self.worker_timeout {
+                cluster = cluster.worker_timeout(timeout);
+            }
+            let code = cluster.run()?;
+            std::process::exit(code);
+        }
         // The inherited environment is read first, while this is the process's only thread:
         // its variables can then be removed soundly, and its fds are checked before the
         // runtime opens any fd of its own (one could take a closed inherited fd's number).
@@ -215,6 +253,9 @@ impl Server {
     pub async fn run(mut self) -> Result<Outcome, Error> {
         if self.sites.is_empty() {
             return Err(Error::NoServers);
+        }
+        if self.workers.is_some() && gracenet::should_supervise(true) {
+            return Err(Error::WorkersNeedServe);
         }
         // TLS session ticket keys, shared by the TLS sites and handed to the next process, so
         // that clients resume their sessions across a restart.
@@ -324,11 +365,9 @@ impl Server {
             Err(_) => generation.ready()?,
         }
         let outcome = generation.wait().await;
-        tracing::info!(
-            generation = generation.number(),
-            "Exiting pid {}.",
-            std::process::id()
-        );
+        grace_line(&generation, || {
+            tracing::info!("Exiting pid {}.", std::process::id())
+        });
         Ok(outcome)
     }
 }
@@ -346,7 +385,8 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
             }
         }
         Err(e) => tracing::warn!(
-            "TLS session ticket keys not taken from the previous process ({e}): new keys (clients make one full handshake)"
+            error = %e,
+            "TLS session ticket keys not taken from the previous process: new keys (clients make one full handshake)"
         ),
     }
 }
@@ -354,16 +394,33 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
 /// grace's first log line, with the real addresses.
 fn announce(generation: &Generation, addrs: &str) {
     let pid = std::process::id();
-    let number = generation.number();
-    match (generation.registry().origin(), number) {
-        (Origin::Fresh, _) => tracing::info!(generation = number, "Serving {addrs} with pid {pid}."),
-        (Origin::Activated, 1) => tracing::info!(generation = number, "Listening on init activated {addrs}"),
-        _ => tracing::info!(
-            generation = number,
-            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-            std::os::unix::process::parent_id()
-        ),
-    }
+    let from_primary = generation.worker_slot().filter(|_| {
+        std::env::var(gracenet::vars::GRACE_SUPERVISOR).ok()
+            == Some(std::os::unix::process::parent_id().to_string())
+    });
+    grace_line(generation, || {
+        if let Some(slot) = from_primary {
+            tracing::info!("Worker {slot} serving {addrs} with pid {pid}.");
+            return;
+        }
+        match (generation.registry().origin(), generation.number()) {
+            (Origin::Fresh, _) => tracing::info!("Serving {addrs} with pid {pid}."),
+            (Origin::Activated, 1) => tracing::info!("Listening on init activated {addrs}"),
+            _ => tracing::info!(
+                "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
+                std::os::unix::process::parent_id()
+            ),
+        }
+    });
+}
+
+/// Logs one of grace's own lines (`log`), the exception to the crate's convention of a fixed
+/// message with the values in fields: their wording, values and all, is Go grace's (and, for
+/// a cluster's workers, `Worker N serving …` in the same style), which operators and scripts
+/// match on. The generation is a field of a `grace` span around it, so a formatter that
+/// prints only messages (Go's format) prints the line exactly.
+fn grace_line(generation: &Generation, log: impl FnOnce()) {
+    tracing::info_span!("grace", generation = generation.number()).in_scope(log);
 }
 
 #[cfg(test)]

@@ -287,8 +287,9 @@ fn warn_if_not_valid_now(path: &Path, leaf: &CertificateDer<'_>) {
         crate::certificate::Validity::of(leaf).and_then(|v| v.problem(std::time::SystemTime::now()))
     {
         tracing::warn!(
-            "the TLS certificate {} {problem}: clients will refuse it; serving it anyway",
-            path.display()
+            path = %path.display(),
+            %problem,
+            "the TLS certificate is not valid now: clients will refuse it; serving it anyway"
         );
     }
 }

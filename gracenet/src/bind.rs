@@ -44,6 +44,12 @@ fn inet_once(addr: SocketAddr, ty: Type) -> io::Result<OwnedFd> {
     // socket2 creates sockets with SOCK_CLOEXEC.
     let socket = Socket::new(Domain::for_address(addr), ty, None)?;
     socket.set_reuse_address(true)?;
+    if ty == Type::STREAM && in_cluster() {
+        // Each worker of a cluster gets a listener of its own in one SO_REUSEPORT group (the
+        // primary makes the others next to this one): the kernel spreads new connections
+        // over them, and a connection wakes only the worker whose queue it is in.
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
@@ -53,6 +59,36 @@ fn inet_once(addr: SocketAddr, ty: Type) -> io::Result<OwnedFd> {
     }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Whether this process is a cluster's worker.
+fn in_cluster() -> bool {
+    crate::startup::startup().is_ok_and(|s| s.worker.is_some())
+}
+
+/// A TCP listener next to `template` (a listening socket with `SO_REUSEPORT`): bound to the
+/// same address in the same reuseport group, listening and non-blocking. `None` when
+/// `template` is not such a socket (a Unix socket, or one bound without `SO_REUSEPORT`, as
+/// systemd's are unless `ReusePort=yes`): then it is shared as it is.
+#[cfg(feature = "tokio")]
+pub(crate) fn reuseport_sibling(template: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    let t = socket2::SockRef::from(template);
+    let Some(addr) = t.local_addr()?.as_socket() else {
+        return Ok(None);
+    };
+    if t.r#type()? != Type::STREAM || !t.reuse_port()? || !t.is_listener()? {
+        return Ok(None);
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(t.only_v6()?)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(Some(socket.into()))
 }
 
 /// Where a Unix socket is bound.
@@ -552,6 +588,38 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "no wait");
         drop(busy);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reuseport_listener_gets_a_sibling_on_its_port_and_others_none() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        let template: OwnedFd = socket.into();
+        let sibling = reuseport_sibling(&template).unwrap().expect("a sibling");
+        let port = |fd: &OwnedFd| {
+            socket2::SockRef::from(fd)
+                .local_addr()
+                .unwrap()
+                .as_socket()
+                .unwrap()
+                .port()
+        };
+        assert_eq!(port(&sibling), port(&template));
+        assert!(socket2::SockRef::from(&sibling).is_listener().unwrap());
+        // A connection reaches one of the two queues.
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port(&template))).unwrap();
+        // Without SO_REUSEPORT (systemd's sockets by default), or not TCP: shared as it is.
+        let plain: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
+        assert!(reuseport_sibling(&plain).unwrap().is_none());
+        let dir = std::env::temp_dir().join(format!("gracenet-sibling-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let unix: OwnedFd = std::os::unix::net::UnixListener::bind(&dir).unwrap().into();
+        assert!(reuseport_sibling(&unix).unwrap().is_none());
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

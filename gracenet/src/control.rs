@@ -9,8 +9,9 @@
 //! removed path is reported, never recreated, never followed). A peer whose uid is neither the
 //! server's nor root's is refused (`SO_PEERCRED`).
 //!
-//! The protocol is one line each way: the client sends `restart` or `status`; the server
-//! answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines) and closes. A
+//! The protocol is one line each way: the client sends `restart`, `status` or `status json`;
+//! the server answers `ok …` or `error …` (for `status`, `ok` and then `key: value` lines; for
+//! `status json`, `ok` and then one line of JSON) and closes. A
 //! restart that did not happen is answered `error failed: …` (the old generation still
 //! serves) or `error stopping: …`, so a client tells them apart ([`ControlError`], in
 //! [`Error::Control`]); a client that does not know these words shows the line as it reads. A
@@ -115,6 +116,31 @@ impl Client {
     /// came within the timeout.
     pub fn status(&self) -> Result<String, Error> {
         self.request("status", self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT))
+    }
+
+    /// Asks a cluster's primary ([`crate::Cluster`]) to run `workers` workers: more are
+    /// started, the extra ones drain. Returns the primary's answer.
+    ///
+    /// # Errors
+    /// [`Error::Control`] when the socket cannot be reached, the server refuses (a server
+    /// that is not a cluster does not know the command), or no answer came within the
+    /// timeout.
+    pub fn scale(&self, workers: usize) -> Result<String, Error> {
+        self.request(
+            &format!("scale {workers}"),
+            self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT),
+        )
+    }
+
+    /// Reads the server's state as one JSON object (the members are
+    /// [`Generation::status_json`](crate::Generation::status_json)'s), for scripts and
+    /// monitoring.
+    ///
+    /// # Errors
+    /// As [`status`](Self::status); a server from before the JSON form answers
+    /// [`ControlError::Refused`] (an unknown command).
+    pub fn status_json(&self) -> Result<String, Error> {
+        self.request("status json", self.timeout.unwrap_or(DEFAULT_STATUS_TIMEOUT))
     }
 
     fn request(&self, command: &str, timeout: Duration) -> Result<String, Error> {
@@ -392,6 +418,12 @@ pub(crate) mod server {
             .shown_as(LocalAddr::UnixPath(path.to_owned())))
     }
 
+    /// What is logged when the inherited control socket can no longer be reached by its path
+    /// (the fields say what is there now).
+    const UNREACHABLE: &str = "the control socket is no longer reachable by its path: what is \
+                               there now is left alone; restarts by signal still work, and a full \
+                               stop and start makes the control socket again";
+
     /// Warns when the inherited control socket can no longer be reached by its path. The
     /// path is only looked at (`lstat`), never followed, changed or recreated: whatever is
     /// there now may be someone else's.
@@ -401,28 +433,21 @@ pub(crate) mod server {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw() => {}
             Ok(meta) if meta.file_type().is_socket() => tracing::warn!(
-                "the control socket {} is no longer reachable by its path: another user's socket \
-                 (uid {}) is there now (left alone); restarts by signal still work, and a full \
-                 stop and start makes the control socket again",
-                path.display(),
-                meta.uid()
+                path = %path.display(),
+                found = "another user's socket",
+                owner = meta.uid(),
+                "{UNREACHABLE}"
             ),
             Ok(meta) => tracing::warn!(
-                "the control socket {} is no longer reachable by its path: a {} is there now \
-                 (left alone); restarts by signal still work, and a full stop and start makes \
-                 the control socket again",
-                path.display(),
-                if meta.file_type().is_symlink() {
-                    "symlink"
+                path = %path.display(),
+                found = if meta.file_type().is_symlink() {
+                    "a symlink"
                 } else {
-                    "file that is not a socket"
-                }
+                    "a file that is not a socket"
+                },
+                "{UNREACHABLE}"
             ),
-            Err(e) => tracing::warn!(
-                "the control socket {} is no longer reachable by its path ({e}); restarts by \
-                 signal still work, and a full stop and start makes the control socket again",
-                path.display()
-            ),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "{UNREACHABLE}"),
         }
     }
 
@@ -457,8 +482,8 @@ pub(crate) mod server {
             (Ok(()), Ok(command)) => {
                 if client_gone(&stream) {
                     tracing::info!(
-                        "control socket: {:?} not run: its client left before it was read",
-                        command.chars().take(MAX_COMMAND).collect::<String>()
+                        command = %command.chars().take(MAX_COMMAND).collect::<String>(),
+                        "control socket: command not run: its client left before it was read"
                     );
                     return;
                 }
@@ -497,11 +522,7 @@ pub(crate) mod server {
         if cred.uid() == ours || cred.uid() == 0 {
             Ok(())
         } else {
-            tracing::warn!(
-                "control socket: refused a client with uid {} (pid {:?})",
-                cred.uid(),
-                cred.pid()
-            );
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a client");
             Err(format!(
                 "permission denied: uid {} may not control this server (uid {ours})",
                 cred.uid()
@@ -514,7 +535,7 @@ pub(crate) mod server {
         let mut reader = BufReader::new(stream).take(MAX_COMMAND as u64);
         match tokio::time::timeout(COMMAND_TIMEOUT, reader.read_line(&mut line)).await {
             Err(_) => Err(format!(
-                "no command within {} s: expected \"restart\" or \"status\"",
+                "no command within {} s: expected \"restart\", \"status\" or \"status json\"",
                 COMMAND_TIMEOUT.as_secs()
             )),
             Ok(Err(e)) => Err(format!("cannot read the command: {e}")),
@@ -560,13 +581,9 @@ pub(crate) mod server {
         match command {
             "restart" | "restart again" => {
                 tracing::info!(
-                    "control socket: restart requested (generation {}{})",
-                    generation.number(),
-                    if command == "restart" {
-                        ""
-                    } else {
-                        "; asked again after a hand-over"
-                    }
+                    generation = generation.number(),
+                    again_after_hand_over = command != "restart",
+                    "control socket: restart requested"
                 );
                 let request = if command == "restart" {
                     generation.restart()
@@ -591,8 +608,14 @@ pub(crate) mod server {
                     generation.status_uncounting(clients.load(Ordering::Relaxed))
                 )
             }),
+            "status json" => handed_over(generation).unwrap_or_else(|| {
+                format!(
+                    "ok\n{}\n",
+                    generation.status_json_uncounting(clients.load(Ordering::Relaxed))
+                )
+            }),
             other => format!(
-                "error unknown command {:?}: expected \"restart\" or \"status\"\n",
+                "error unknown command {:?}: expected \"restart\", \"status\" or \"status json\"\n",
                 other.chars().take(MAX_COMMAND).collect::<String>()
             ),
         }

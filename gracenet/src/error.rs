@@ -144,6 +144,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// The socket made for [`SocketRegistry::adopt`](crate::registry::SocketRegistry::adopt)
+    /// is not a listening stream socket, so it cannot be served on nor passed on as one.
+    #[error(
+        "cannot adopt {name:?}: the socket made for it is {found}; expected a listening TCP or \
+         Unix stream socket (bound, and listen() called on it)"
+    )]
+    NotAListener {
+        /// The name it was to be registered under.
+        name: String,
+        /// What it is instead ("a UDP socket", "a TCP stream socket that is not listening
+        /// (connected or unbound)", ...).
+        found: String,
+    },
+
+    /// [`Generation::hand_over`](crate::Generation::hand_over) was called in a generation that
+    /// no other took over from (it is stopping, or has not restarted): the connection stays
+    /// this process's to serve.
+    #[error(
+        "cannot hand the connection over: no generation took over from this one (it is not \
+         draining after a restart); keep serving it"
+    )]
+    NoSuccessor,
+
     /// A system call on a socket or process failed.
     #[error("{what}: {source}")]
     Io {

@@ -78,8 +78,7 @@ impl InheritedFds {
                 tracing::info!(
                     listen_pid,
                     pid = std::process::id(),
-                    "LISTEN_PID={listen_pid} is not our pid {}: leaving the inherited fds alone",
-                    std::process::id()
+                    "LISTEN_PID names another process: leaving the inherited fds alone"
                 );
                 Ok(InheritedFds {
                     meant_for: Some(listen_pid),

@@ -65,6 +65,10 @@
 //!   generation, keeps a copy of the sockets to start a new generation at once when the
 //!   serving one crashes, and exits after the last generation; for systemd's main process,
 //!   containers (pid 1), pid-tracking supervisors and terminals.
+//! - **Logs** through `tracing` only, never printing: each event a fixed message with its
+//!   values in fields (`stopped accepting generation=1 connections=3`), named alike across
+//!   events: `generation` (the logging process's), `next` (the one being started), `pid` (the
+//!   process the event is about), `error` / `reason` (why).
 //!
 //! Every socket gracenet returns is non-blocking: `O_NONBLOCK` is shared by all processes
 //! holding the socket, and gracenet never clears it (a blocking `accept` in an old process
@@ -87,7 +91,8 @@
 //! | the root | what a server author uses: [`Generation`], [`listen`] and its siblings, [`registry()`] (this process's sockets), [`supervise`], [`Error`] |
 //! | [`mod@registry`] | the sockets a process owns ([`registry::SocketRegistry`]) and what it inherited |
 //! | [`process`] | the program a restart runs, starting it with the sockets, the child's handle |
-//! | [`control`] | the control socket's client: a restart with its result, the server's status |
+//! | [`control`] | the control socket's client: a restart with its result, the server's status (text or JSON) |
+//! | [`mod@metrics`] | the figures recorded with the `metrics` feature, by name |
 //! | [`mod@tokio`] | tokio versions of the stream listeners |
 //! | [`vars`] | the environment variables' names |
 //!
@@ -96,6 +101,7 @@
 //! |---|---|---|
 //! | `tokio` | yes | tokio listener types ([`mod@tokio`]) and the restart lifecycle ([`Generation`] and its types) |
 //! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation (`gracenet::axum`); implies `tokio` |
+//! | `metrics` | no | figures an operator graphs (restarts by result and their latency, drains, hand-overs, the supervisor's crashes) recorded through the [`metrics`](https://docs.rs/metrics) facade, for the exporter the application installs: the table is in [`mod@metrics`] |
 //!
 //! Without default features gracenet is the std listeners, the inheritance and
 //! [`process::NextProcess`], with no async runtime.
@@ -119,13 +125,18 @@ mod addr;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod bind;
-mod cluster;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod cluster;
 pub mod control;
 mod env;
 mod error;
 mod inherited;
 #[cfg(feature = "tokio")]
+mod json;
+#[cfg(feature = "tokio")]
 mod lifecycle;
+pub mod metrics;
 mod notify;
 #[cfg(feature = "tokio")]
 mod pidfile;
@@ -148,6 +159,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use addr::ListenAddr;
+#[cfg(feature = "tokio")]
+pub use cluster::{Cluster, ClusterBuilder};
 pub use error::{EnvError, Error};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

@@ -36,7 +36,8 @@ impl Notifier {
             None if shown.starts_with('/') => SocketAddr::from_pathname(&shown),
             None => {
                 tracing::warn!(
-                    "NOTIFY_SOCKET={shown:?} is neither an absolute path nor @abstract: not notifying systemd"
+                    notify_socket = %shown,
+                    "NOTIFY_SOCKET is neither an absolute path nor @abstract: not notifying systemd"
                 );
                 return None;
             }
@@ -45,7 +46,9 @@ impl Notifier {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(
-                    "NOTIFY_SOCKET={shown:?} is not a usable socket address ({e}): not notifying systemd"
+                    notify_socket = %shown,
+                    error = %e,
+                    "NOTIFY_SOCKET is not a usable socket address: not notifying systemd"
                 );
                 return None;
             }
@@ -58,7 +61,7 @@ impl Notifier {
                 value,
             }),
             Err(e) => {
-                tracing::warn!("cannot create a socket to notify systemd: {e}");
+                tracing::warn!(error = %e, "cannot create a socket to notify systemd");
                 None
             }
         }
@@ -100,7 +103,12 @@ impl Notifier {
     pub(crate) fn send(&self, lines: &[String]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
-            tracing::warn!(socket = %self.shown, "cannot notify systemd ({}): {e}", message.replace('\n', " "));
+            tracing::warn!(
+                socket = %self.shown,
+                lines = %message.replace('\n', " "),
+                error = %e,
+                "cannot notify systemd"
+            );
         }
     }
 }

@@ -67,7 +67,7 @@ pub(crate) fn remove_if_ours(path: &Path) {
         .map(|s| s.trim() == std::process::id().to_string())
         .unwrap_or(false);
     if ours && let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), "cannot remove the PID file: {e}");
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file");
     }
 }
 

@@ -83,7 +83,7 @@ impl ParentLink {
             let mut message = b"X".to_vec();
             message.extend(reason.as_bytes().iter().take(1024));
             if let Err(e) = nix::unistd::write(fd.as_fd(), &message) {
-                tracing::warn!("cannot tell the parent why we refuse: {e}");
+                tracing::warn!(error = %e, "cannot tell the parent why we refuse");
             }
         }
     }
@@ -104,7 +104,7 @@ impl ParentLink {
             ParentLink::Pipe(fd) => {
                 match nix::unistd::write(fd.as_fd(), b"R") {
                     Ok(_) => tracing::debug!("told the parent we are ready (readiness channel)"),
-                    Err(e) => tracing::warn!("the parent is gone, nobody to tell we are ready: {e}"),
+                    Err(e) => tracing::warn!(error = %e, "the parent is gone, nobody to tell we are ready"),
                 }
                 Some(fd)
             }
@@ -114,7 +114,7 @@ impl ParentLink {
                         parent = pid.as_raw(),
                         "told the parent we are ready (SIGTERM, as Go grace)"
                     ),
-                    Err(e) => tracing::warn!(parent = pid.as_raw(), "cannot signal the parent: {e}"),
+                    Err(e) => tracing::warn!(parent = pid.as_raw(), error = %e, "cannot signal the parent"),
                 }
                 None
             }

@@ -17,7 +17,7 @@ use crate::error::Error;
 pub use crate::inherited::{InheritedFds, Origin};
 use crate::process::Handoff;
 pub use crate::socket::SocketKind;
-use crate::socket::{LocalAddr, SocketInfo};
+use crate::socket::{LocalAddr, SocketInfo, Unusable};
 
 /// A listening stream socket from [`SocketRegistry::listen`], as a std type: TCP or Unix, by
 /// the address form. (Its tokio counterpart is [`tokio::StreamListener`](crate::tokio::StreamListener).)
@@ -163,8 +163,8 @@ impl SocketRegistry {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] when `make` fails, or returns something that is not a listening TCP or
-    /// Unix stream socket.
+    /// [`Error::Io`] when `make` fails; [`Error::NotAListener`] when it returns something that
+    /// is not a listening TCP or Unix stream socket.
     pub fn adopt<L, F>(&self, name: &str, make: F) -> Result<StdStreamListener, Error>
     where
         L: Into<OwnedFd>,
@@ -195,21 +195,29 @@ impl SocketRegistry {
         let index = match inherited {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, "using the inherited socket {name:?}");
+                tracing::debug!(addr = %entries[i].info.addr, name, "using the inherited socket of that name");
                 i
             }
             None => {
                 let io = |what: String, source: std::io::Error| Error::Io { what, source };
                 let fd = make()?;
-                let info = crate::socket::inspect(fd.as_fd())
-                    .ok()
-                    .filter(|i| matches!(i.kind, SocketKind::TcpListener | SocketKind::UnixListener))
-                    .ok_or_else(|| {
-                        io(
-                            format!("cannot adopt {name:?}"),
-                            std::io::Error::other("expected a listening TCP or Unix stream socket"),
-                        )
-                    })?;
+                let not_a_listener = |found: String| Error::NotAListener {
+                    name: name.to_owned(),
+                    found,
+                };
+                let info = match crate::socket::inspect(fd.as_fd()) {
+                    Ok(i) if matches!(i.kind, SocketKind::TcpListener | SocketKind::UnixListener) => i,
+                    Ok(i) => return Err(not_a_listener(format!("a {}", i.kind))),
+                    Err(Unusable::NotASocket(found)) => return Err(not_a_listener(found.to_owned())),
+                    Err(Unusable::Unsupported(found)) => return Err(not_a_listener(found)),
+                    Err(Unusable::NotOpen) => return Err(not_a_listener("not an open fd".to_owned())),
+                    Err(Unusable::Errno(e)) => {
+                        return Err(io(
+                            format!("cannot inspect the socket made for {name:?}"),
+                            e.into(),
+                        ));
+                    }
+                };
                 crate::socket::set_cloexec(&fd)
                     .and_then(|()| crate::socket::set_nonblocking(&fd))
                     .map_err(|e| io(format!("cannot prepare the listener {name:?}"), e.into()))?;
@@ -337,9 +345,9 @@ impl SocketRegistry {
             .collect();
         if !unclaimed.is_empty() {
             tracing::debug!(
-                "passing on {} inherited socket(s) nobody asked for: {}",
-                unclaimed.len(),
-                unclaimed.join(", ")
+                count = unclaimed.len(),
+                addrs = %unclaimed.join(", "),
+                "passing on inherited sockets nobody asked for"
             );
         }
         entries
@@ -382,14 +390,14 @@ impl SocketRegistry {
         let index = match found {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, "using inherited {kind}");
+                tracing::debug!(addr = %entries[i].info.addr, %kind, "using an inherited socket");
                 i
             }
             None => {
                 let fd = bind_new(addr, kind, &resolved)?;
                 let info = crate::socket::inspect(fd.as_fd()).map_err(|u| Error::Io {
                     what: format!("cannot read the address of the new socket for {addr}"),
-                    source: std::io::Error::other(format!("{u:?}")),
+                    source: u.into_io(),
                 })?;
                 entries.push(Entry {
                     fd,
@@ -547,5 +555,39 @@ mod tests {
         assert_eq!(u.local_addr().unwrap(), addr);
         assert!(reg.unclaimed().is_empty());
         assert_eq!(reg.len(), 2, "nothing new was bound");
+    }
+
+    /// A socket that cannot serve as a listener is a typed error naming what it is, not an
+    /// I/O failure: no system call failed, the application handed over the wrong thing.
+    #[test]
+    fn adopting_what_is_not_a_listener_names_what_it_is() {
+        let reg = SocketRegistry::new(InheritedFds::none());
+        let err = reg
+            .adopt("metrics", || std::net::UdpSocket::bind("127.0.0.1:0"))
+            .unwrap_err();
+        match &err {
+            Error::NotAListener { name, found } => {
+                assert_eq!(name, "metrics");
+                assert_eq!(found, "a UDP socket");
+            }
+            other => panic!("expected NotAListener, got {other:?}"),
+        }
+        assert!(
+            err.to_string().starts_with(
+                "cannot adopt \"metrics\": the socket made for it is a UDP socket; expected a listening"
+            ),
+            "{err}"
+        );
+        // A TCP socket never set listening (connected, say).
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let err = reg
+            .adopt("client", || std::net::TcpStream::connect(addr))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::NotAListener { found, .. } if found.contains("not listening")),
+            "{err:?}"
+        );
+        assert_eq!(reg.len(), 0, "neither was registered");
     }
 }

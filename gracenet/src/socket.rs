@@ -73,6 +73,21 @@ pub(crate) enum Unusable {
     Errno(Errno),
 }
 
+impl Unusable {
+    /// As an I/O error, for a socket this process made itself (where only a failed system
+    /// call is expected): the errno as it is, anything else as the errno that says it.
+    pub(crate) fn into_io(self) -> std::io::Error {
+        match self {
+            Unusable::Errno(e) => e.into(),
+            Unusable::NotOpen => Errno::EBADF.into(),
+            Unusable::NotASocket(found) => {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{found}, not a socket"))
+            }
+            Unusable::Unsupported(found) => std::io::Error::new(std::io::ErrorKind::Unsupported, found),
+        }
+    }
+}
+
 /// Checks that `fd` is open, and takes ownership of it.
 ///
 /// # Safety

@@ -4,6 +4,7 @@
 //! one step, so the environment is touched once, as early as the application asks.
 
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use crate::env::take_var;
 use crate::error::{EnvError, Error};
@@ -12,7 +13,8 @@ use crate::process::Executable;
 use crate::readiness::{ParentLink, parse_generation};
 use crate::registry::SocketRegistry;
 use crate::vars::{
-    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_RESTARTS, GRACE_STANDBY,
+    GRACE_SUPERVISOR, GRACE_WORKER,
 };
 
 /// This process's start, as inherited.
@@ -31,6 +33,78 @@ pub(crate) struct Startup {
     /// the next generation. Read, not removed: [`should_supervise`](crate::should_supervise)
     /// reads it too, and a program may ask that after gracenet has started.
     pub supervisor: Option<std::ffi::OsString>,
+    /// This process is a cluster's worker (`GRACE_WORKER`, `GRACE_HEARTBEAT_MS`), passed on
+    /// to its successor.
+    pub worker: Option<WorkerRole>,
+    /// When this process's start was read (a standby's: when it was woken): what a
+    /// generation's start-up time and uptime count from.
+    pub started: Instant,
+}
+
+/// How often a worker sends its heartbeat when its primary does not say.
+pub(crate) const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A worker's place in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerRole {
+    /// Its slot, from 0.
+    pub slot: usize,
+    /// How often it tells the primary it is alive.
+    pub heartbeat: std::time::Duration,
+    /// The primary's load table, as the primary's fd number (`GRACE_LOAD_FD`).
+    pub load_fd: Option<std::os::fd::RawFd>,
+}
+
+impl WorkerRole {
+    fn read(
+        slot: Option<std::ffi::OsString>,
+        heartbeat: Option<std::ffi::OsString>,
+        load_fd: Option<std::ffi::OsString>,
+    ) -> Result<Option<WorkerRole>, EnvError> {
+        let Some(slot) = slot else { return Ok(None) };
+        let malformed = |var: &'static str, value: &std::ffi::OsStr, expected: &str| EnvError::Malformed {
+            var,
+            value: value.to_string_lossy().chars().take(64).collect(),
+            expected: expected.into(),
+        };
+        let slot_n = slot
+            .to_string_lossy()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n < 100_000)
+            .ok_or_else(|| malformed(GRACE_WORKER, &slot, "a worker slot number from 0 to 99999"))?;
+        let heartbeat = match heartbeat {
+            None => DEFAULT_HEARTBEAT,
+            Some(ms) => ms
+                .to_string_lossy()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| (1..=3_600_000).contains(&n))
+                .map(std::time::Duration::from_millis)
+                .ok_or_else(|| {
+                    malformed(
+                        crate::vars::GRACE_HEARTBEAT_MS,
+                        &ms,
+                        "milliseconds from 1 to 3600000",
+                    )
+                })?,
+        };
+        let load_fd = match load_fd {
+            None => None,
+            Some(fd) => Some(
+                fd.to_string_lossy()
+                    .parse::<std::os::fd::RawFd>()
+                    .ok()
+                    .filter(|&n| n >= 0)
+                    .ok_or_else(|| malformed(crate::vars::GRACE_LOAD_FD, &fd, "an fd number"))?,
+            ),
+        };
+        Ok(Some(WorkerRole {
+            slot: slot_n,
+            heartbeat,
+            load_fd,
+        }))
+    }
 }
 
 /// This process's registry, built from its environment on first use. The first call reads
@@ -58,7 +132,7 @@ pub(crate) fn startup() -> Result<&'static Startup, Error> {
 }
 
 fn read() -> Result<Startup, EnvError> {
-    tracing::debug!("platform support: {}", crate::sys::PLATFORM);
+    tracing::debug!(platform = crate::sys::PLATFORM, "platform support");
     if crate::sys::single_threaded() {
         tracing::debug!("reading the inherited environment with one thread running: removing its variables");
     } else {
@@ -74,6 +148,7 @@ fn read() -> Result<Startup, EnvError> {
     let generation = take_var(GRACE_GENERATION);
     let idle_start = take_var(GRACE_IDLE_START).is_some_and(|v| v == "1");
     let standby = take_var(GRACE_STANDBY).is_some_and(|v| v == "1");
+    let restarts = take_var(GRACE_RESTARTS);
     // Ours, and only informative (status): a malformed entry is skipped, never fatal.
     let ancestors = take_var(GRACE_ANCESTORS)
         .map(|v| {
@@ -84,12 +159,18 @@ fn read() -> Result<Startup, EnvError> {
         })
         .unwrap_or_default();
     let supervisor = std::env::var_os(GRACE_SUPERVISOR);
+    let worker = take_var(GRACE_WORKER);
+    let heartbeat = take_var(crate::vars::GRACE_HEARTBEAT_MS);
+    let load_fd = take_var(crate::vars::GRACE_LOAD_FD);
     let inherited = InheritedFds::take_from_env()?;
     if let Some(pid) = inherited.meant_for {
         // A copy of a generation's variables, left in the environment of a process it
         // started (see take_var): they are that pid's, not ours.
         if ready_fd.is_some() || generation.is_some() {
-            tracing::debug!("ignoring GRACE_READY_FD and GRACE_GENERATION meant for pid {pid}");
+            tracing::debug!(
+                meant_for = pid,
+                "ignoring GRACE_READY_FD and GRACE_GENERATION meant for another process"
+            );
         }
         return Ok(Startup {
             registry: SocketRegistry::new(inherited),
@@ -98,9 +179,12 @@ fn read() -> Result<Startup, EnvError> {
             link: Mutex::new(Some(ParentLink::Nobody)),
             idle_start: false,
             supervisor: None,
+            worker: None,
+            started: Instant::now(),
         });
     }
     let generation = parse_generation(generation)?;
+    let worker = WorkerRole::read(worker, heartbeat, load_fd)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before
@@ -118,6 +202,7 @@ fn read() -> Result<Startup, EnvError> {
             std::process::exit(0);
         }
     }
+    crate::metrics::inherit(restarts.as_deref());
     Ok(Startup {
         registry: SocketRegistry::new(inherited),
         generation,
@@ -125,5 +210,7 @@ fn read() -> Result<Startup, EnvError> {
         link: Mutex::new(Some(link)),
         idle_start,
         supervisor,
+        worker,
+        started: Instant::now(),
     })
 }

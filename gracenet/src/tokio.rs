@@ -97,7 +97,7 @@ impl StreamListener {
         use std::os::fd::AsFd;
         crate::socket::inspect(self.as_fd())
             .map(|info| info.addr)
-            .map_err(|u| io::Error::other(format!("{u:?}")))
+            .map_err(crate::socket::Unusable::into_io)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The environment variables gracenet reads and sets, by name.
 //!
 //! The inherited ones (`LISTEN_*`, `GRACE_READY_FD`, `GRACE_GENERATION`, `GRACE_IDLE_START`,
-//! `GRACE_STANDBY`)
+//! `GRACE_STANDBY`, `GRACE_RESTARTS`)
 //! are read once, when the process registry is first built ([`crate::registry()`]),
 //! and removed from the environment then, when that is sound (only while the process has one
 //! thread: a `#[tokio::main]` program already runs its workers and keeps them).
@@ -39,9 +39,26 @@ pub const GRACE_IDLE_START: &str = "GRACE_IDLE_START";
 /// exits quietly if the generation lets it go instead. Read and removed with the other
 /// inherited variables.
 pub const GRACE_STANDBY: &str = "GRACE_STANDBY";
+/// The restart counts of the generations before (`result:count,…`), set by a generation
+/// built with the `metrics` feature for the next one, which counts on from them
+/// (`grace_restarts_total`, see [`crate::metrics`]). Read and removed with the other inherited
+/// variables; an entry that cannot be read is skipped.
+pub const GRACE_RESTARTS: &str = "GRACE_RESTARTS";
 /// Set in every generation a supervisor starts (to the supervisor's pid), so a generation
 /// never becomes a supervisor itself.
 pub const GRACE_SUPERVISOR: &str = "GRACE_SUPERVISOR";
+/// Set in every worker a cluster's primary starts (to the worker's slot, from 0), and passed
+/// on by each worker to its successor: a worker says its slot when it is ready, leaves the
+/// control socket and the PID file to the primary, and sends heartbeats
+/// ([`gracenet::cluster`](crate::cluster)).
+pub const GRACE_WORKER: &str = "GRACE_WORKER";
+/// How often a worker sends its heartbeat to the primary, in milliseconds; set with
+/// [`GRACE_WORKER`].
+pub const GRACE_HEARTBEAT_MS: &str = "GRACE_HEARTBEAT_MS";
+/// The fd number, in the primary's process, of the cluster's load table (shared memory a
+/// worker opens through `/proc` to publish its open connections; see
+/// `gracenet::cluster`); set with [`GRACE_WORKER`].
+pub const GRACE_LOAD_FD: &str = "GRACE_LOAD_FD";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -65,7 +82,11 @@ pub const OWNED: &[&str] = &[
     GRACE_ANCESTORS,
     GRACE_IDLE_START,
     GRACE_STANDBY,
+    GRACE_RESTARTS,
     GRACE_SUPERVISOR,
+    GRACE_WORKER,
+    GRACE_HEARTBEAT_MS,
+    GRACE_LOAD_FD,
 ];
 
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.

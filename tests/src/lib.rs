@@ -8,6 +8,7 @@ pub mod lifeprobe;
 pub mod load;
 pub mod systemd;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -319,6 +320,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// A lifeprobe generation, as its first line (`probe version=… pid=P addr=A …`) describes it.
+#[derive(Debug, Clone, Copy)]
 pub struct ProbeGen {
     /// Its pid.
     pub pid: u32,
@@ -335,17 +337,107 @@ pub fn parse_probe(line: &str) -> ProbeGen {
     }
 }
 
+/// The command for `program` with `args` and `env` (set on top of this process's environment).
+pub fn command(program: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The command for a lifeprobe serving on 127.0.0.1:0 with `env`: `program` is the lifeprobe
+/// binary (`env!("CARGO_BIN_EXE_lifeprobe")`) or a copy of it installed elsewhere.
+pub fn lifeprobe(program: impl AsRef<OsStr>, env: &[(&str, &str)]) -> Command {
+    command(program, &["127.0.0.1:0"], env)
+}
+
+/// Starts a lifeprobe (`cmd`: from [`lifeprobe`], or a shell or supervisor that runs one) and
+/// waits for generation 1 to serve; its guard and generation 1.
+pub fn start_lifeprobe(cmd: Command) -> (ProcessGuard, ProbeGen) {
+    start_line_server(cmd, "probe version=")
+}
+
+/// Starts a line server that prints `<first_line>… pid=P addr=A` once listening (lifeprobe, or
+/// gracenet's echo example with `echo generation=1`) and waits for generation 1's `ready and
+/// serving` log; its guard and generation 1.
+pub fn start_line_server(cmd: Command, first_line: &str) -> (ProcessGuard, ProbeGen) {
+    let mut guard = ProcessGuard::spawn(cmd);
+    let gen1 = parse_probe(&guard.expect_line(first_line));
+    // Under a supervisor (or a shell) generation 1 is not the guarded process: it is killed
+    // too should it never serve.
+    let on_failure = PidGuard(gen1.pid);
+    guard.expect_log("ready and serving generation=1 ");
+    std::mem::forget(on_failure);
+    (guard, gen1)
+}
+
+/// An httpprobe (or any gracehttp server) as grace's line `Serving A, B, C with pid P.` (or
+/// `Graceful handoff of A, B with new pid N and old pid O.`) describes it.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The serving pid (the new one, after a hand-over).
+    pub pid: u32,
+    /// Its ports, in the order of its addresses.
+    pub ports: Vec<u16>,
+}
+
+/// Reads grace's line `Serving A, B, C with pid P.` or the hand-over form (the new pid).
+pub fn parse_serving(line: &str) -> Site {
+    let pid = if line.contains("Graceful handoff of ") {
+        new_pid_in_handoff(line)
+    } else {
+        line.split(" with pid ")
+            .nth(1)
+            .and_then(|tail| tail.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid after ' with pid ' in {line:?}"))
+    };
+    Site {
+        pid,
+        ports: ports_in_grace_line(line),
+    }
+}
+
+/// Starts an httpprobe (`cmd`, from [`command`]) and waits for generation 1's `Serving …`
+/// line; its guard and site.
+pub fn start_httpprobe(cmd: Command) -> (ProcessGuard, Site) {
+    let mut guard = ProcessGuard::spawn(cmd);
+    let line = guard.expect_log("Serving ");
+    assert!(line.contains("generation=1"), "{line}");
+    let site = parse_serving(&line);
+    assert_eq!(site.pid, guard.pid(), "{line}");
+    (guard, site)
+}
+
+/// The port in axumserve's line `axumserve listening on ADDR pid P`.
+pub fn axumserve_port(line: &str) -> u16 {
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// Starts an axumserve (`cmd`, from [`command`]) and waits for its `axumserve listening on`
+/// line; its guard and port.
+pub fn start_axumserve(cmd: Command) -> (ProcessGuard, u16) {
+    let mut guard = ProcessGuard::spawn(cmd);
+    let line = guard.expect_line("axumserve listening on ");
+    (guard, axumserve_port(&line))
+}
+
 /// Waits for generation `number`'s log line naming the standby it started (a lifeprobe with
 /// `PROBE_STANDBY=1`); the standby's pid.
 pub fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
     let line = guard.expect_log(&format!(
-        "generation {number}: started a standby for generation {} with pid ",
+        "started a standby for the next generation generation={number} next={} ",
         number + 1
     ));
-    line.rsplit("with pid ")
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+    field(&line, "pid")
+        .parse()
+        .unwrap_or_else(|e| panic!("no pid in {line:?}: {e}"))
 }
 
 /// Sends `signal` to `pid` (a process the test did not start itself, or did); panics naming
@@ -521,6 +613,60 @@ pub fn install_program(program: &Path, dest: &Path) {
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+/// The guide's code blocks (`docs/*.md`), compiled as doctests the same way, one item per
+/// chapter so a failure names its file. A block that is not Rust says so (`sh`, `toml`,
+/// `text`); an unmarked one is compiled as Rust. This crate is never packaged, so these files
+/// outside it can be included.
+#[cfg(doctest)]
+mod guide_doctests {
+    #[doc = include_str!("../../docs/README.md")]
+    struct Index;
+    #[doc = include_str!("../../docs/lifecycle.md")]
+    struct Lifecycle;
+    #[doc = include_str!("../../docs/sockets.md")]
+    struct Sockets;
+    #[doc = include_str!("../../docs/http.md")]
+    struct Http;
+    #[doc = include_str!("../../docs/systemd.md")]
+    struct Systemd;
+    #[doc = include_str!("../../docs/supervisor.md")]
+    struct Supervisor;
+    #[doc = include_str!("../../docs/control.md")]
+    struct Control;
+    #[doc = include_str!("../../docs/handover.md")]
+    struct Handover;
+    #[doc = include_str!("../../docs/cluster.md")]
+    struct Cluster;
+    #[doc = include_str!("../../docs/demo.md")]
+    struct Demo;
+    #[doc = include_str!("../../docs/benchmarks.md")]
+    struct Benchmarks;
+    #[doc = include_str!("../../docs/reliability.md")]
+    struct Reliability;
+}
+
+/// A chapter added to `docs/` without a line in `guide_doctests` would go untested: this
+/// fails naming it.
+#[test]
+fn every_guide_chapter_is_doctested() {
+    let source = include_str!("lib.rs");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut chapters = 0;
+    for entry in std::fs::read_dir(&docs).expect("read docs/") {
+        let name = entry.expect("a docs/ entry").file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".md") {
+            chapters += 1;
+            let line = format!("include_str!(\"../../docs/{name}\")");
+            assert!(
+                source.contains(&line),
+                "docs/{name} is not in guide_doctests: add `#[doc = {line}]`"
+            );
+        }
+    }
+    assert!(chapters > 0, "no chapter found in {}", docs.display());
+}
+
 /// The live processes whose environment holds `key=value`: a test marks the process it starts
 /// with a unique pair, and every generation inherits it, so this counts exactly that server's
 /// processes even with other tests running.
@@ -581,12 +727,17 @@ pub fn unique_marker() -> String {
 
 /// The ports in one of grace's address lines (`Serving A, B, C with pid P.`,
 /// `Graceful handoff of A, B with new pid N and old pid O.`,
-/// `Listening on init activated A, B`), in order.
+/// `Listening on init activated A, B`, `Worker 0 serving A, B with pid P.`), in order.
 pub fn ports_in_grace_line(line: &str) -> Vec<u16> {
-    let rest = ["Serving ", "Graceful handoff of ", "Listening on init activated "]
-        .iter()
-        .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
+    let rest = [
+        "Serving ",
+        " serving ",
+        "Graceful handoff of ",
+        "Listening on init activated ",
+    ]
+    .iter()
+    .find_map(|lead| line.split_once(lead).map(|(_, r)| r))
+    .unwrap_or_else(|| panic!("not one of grace's address lines: {line:?}"));
     let addrs = rest.split(" with ").next().unwrap_or(rest);
     addrs
         .split(", ")

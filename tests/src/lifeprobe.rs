@@ -18,6 +18,10 @@
 //! - `PROBE_NEXT_READY_DELAY_MS`: a generation >= 2 (a crash restart's too) waits this long,
 //!   listening, before it reports ready (a slow restart), then prints
 //!   `probe before-ready pid=P`;
+//! - `PROBE_HAND_OVER_EARLY=1`: offers each connection it accepts to the next generation
+//!   (`Generation::hand_over`) before serving it, and prints the outcome:
+//!   `probe hand-over refused=no-successor pid=P` when no generation took over (the typed
+//!   `Error::NoSuccessor`), `refused=other … <error>` or `taken`;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
 //! - `PROBE_SUPERVISOR_START_DELAY_MS`: the supervisor (`--supervise`), once its signals are
@@ -272,7 +276,20 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROBE_REPORT_POLICY").is_some() {
         println!("probe ready pid={pid} policy={}", thread_policies());
     }
+    let hand_over_early = std::env::var_os("PROBE_HAND_OVER_EARLY").is_some();
     while let Some(conn) = listener.accept().await {
+        if hand_over_early {
+            match generation.hand_over(&conn, b"", b"").await {
+                Ok(()) => {
+                    println!("probe hand-over taken pid={pid}");
+                    continue;
+                }
+                Err(gracenet::Error::NoSuccessor) => {
+                    println!("probe hand-over refused=no-successor pid={pid}")
+                }
+                Err(e) => println!("probe hand-over refused=other pid={pid} {e}"),
+            }
+        }
         let guard = generation.track();
         tokio::spawn(async move {
             let _guard = guard;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use grace_tests::http::get_h1;
 use grace_tests::load::{LoadConfig, restart_under_load, who_answers};
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, is_alive, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProcessGuard, command, is_alive, start_axumserve, start_httpprobe, wait_until,
+};
 use nix::sys::signal::Signal;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -147,11 +149,8 @@ fn read_status_and_body(reader: &mut BufReader<std::net::TcpStream>) -> (u16, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_serve_on_gracenets_listener_restarts_and_drains_and_gives_connect_info() {
-    let mut cmd = Command::new(AXUMSERVE);
-    cmd.arg("127.0.0.1:0");
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = tokio::task::block_in_place(|| g.expect_line("axumserve listening on "));
-    let port = port_of(line.split_whitespace().nth(3).unwrap());
+    let (mut g, port) =
+        tokio::task::block_in_place(|| start_axumserve(command(AXUMSERVE, &["127.0.0.1:0"], &[])));
     let pid = g.pid();
     let peer = get_h1(port, "/peer").await.unwrap().body;
     assert!(peer.starts_with("127.0.0.1:"), "ConnectInfo<PeerAddr>: {peer}");
@@ -203,16 +202,15 @@ async fn what_gracehttp_adds_over_axum_serve_under_restarts() {
         ("axum::serve", AXUMSERVE, vec!["127.0.0.1:0"]),
         ("gracehttp", HTTPPROBE, vec![]),
     ] {
-        let mut cmd = Command::new(program);
-        cmd.args(&args);
-        let mut g = ProcessGuard::spawn(cmd);
-        let port = if name == "gracehttp" {
-            let line = tokio::task::block_in_place(|| g.expect_log("Serving "));
-            grace_tests::ports_in_grace_line(&line)[0]
-        } else {
-            let line = tokio::task::block_in_place(|| g.expect_line("axumserve listening on "));
-            port_of(line.split_whitespace().nth(3).unwrap())
-        };
+        let cmd = command(program, &args, &[]);
+        let (_g, port) = tokio::task::block_in_place(|| {
+            if name == "gracehttp" {
+                let (g, site) = start_httpprobe(cmd);
+                (g, site.ports[0])
+            } else {
+                start_axumserve(cmd)
+            }
+        });
         let cfg = LoadConfig {
             port,
             path: "/pid".into(),

@@ -3,6 +3,7 @@
 //! Driven with real processes: lifeprobe as the server, and lifeprobe's client mode
 //! (`--control PATH restart|status`, which calls `gracenet::control`) as the operator's tool.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -12,24 +13,18 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, converse, field, is_alive, signal, wait_until,
+    DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, converse, field, is_alive,
+    lifeprobe, signal, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-/// lifeprobe serving on 127.0.0.1:0 with a control socket at `socket`; its guard, pid and port.
-fn start(socket: &Path, env: &[(&str, &str)]) -> (ProcessGuard, u32, u16) {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_CONTROL_SOCKET", socket);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut server = ProcessGuard::spawn(cmd);
-    let line = server.expect_line("probe version=");
-    server.expect_log("generation 1 serving");
-    let port = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    (server, field(&line, "pid").parse().unwrap(), port)
+/// The command for a lifeprobe (`program`) serving with a control socket at `socket`, and `env`.
+fn with_control(program: impl AsRef<OsStr>, socket: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = lifeprobe(program, env);
+    cmd.env("PROBE_CONTROL_SOCKET", socket);
+    cmd
 }
 
 /// A directory anyone can write, sticky (like /tmp), for a test that needs root (`why`).
@@ -58,7 +53,7 @@ fn text(out: &Output) -> String {
 fn a_restart_through_the_control_socket_answers_once_the_new_generation_serves() {
     let dir = TempDir::new("control-restart");
     let socket = dir.path().join("control");
-    let (mut server, gen1, port) = start(&socket, &[]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let mut guards = vec![PidGuard(gen1)];
     let mut serving = gen1;
     for number in 2..=4 {
@@ -98,7 +93,11 @@ fn a_failed_restart_is_reported_with_its_reason_and_the_old_generation_keeps_ser
     let dir = TempDir::new("control-fail");
     let socket = dir.path().join("control");
     let marker = dir.path().join("failed-once");
-    let (mut server, gen1, port) = start(&socket, &[("PROBE_FAIL_ONCE", marker.to_str().unwrap())]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(
+        LIFEPROBE,
+        &socket,
+        &[("PROBE_FAIL_ONCE", marker.to_str().unwrap())],
+    ));
     let _g = PidGuard(gen1);
     let out = client(&socket, "restart");
     let answer = text(&out);
@@ -134,7 +133,11 @@ fn a_failed_restart_is_reported_with_its_reason_and_the_old_generation_keeps_ser
 fn status_lists_the_older_generations_still_draining() {
     let dir = TempDir::new("control-status");
     let socket = dir.path().join("control");
-    let (mut server, gen1, port) = start(&socket, &[("PROBE_STOP_TIMEOUT_MS", "20000")]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(
+        LIFEPROBE,
+        &socket,
+        &[("PROBE_STOP_TIMEOUT_MS", "20000")],
+    ));
     let _g1 = PidGuard(gen1);
     let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert_eq!(answer_pid(&converse(&conn).unwrap()), gen1);
@@ -167,7 +170,7 @@ fn the_control_socket_answers_only_the_servers_user() {
     );
     let dir = TempDir::new("control-private");
     let socket = dir.path().join("control");
-    let (_server, gen1, _port) = start(&socket, &[]);
+    let (_server, ProbeGen { pid: gen1, .. }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let _g = PidGuard(gen1);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "private to its owner");
@@ -191,7 +194,7 @@ fn the_control_socket_answers_only_the_servers_user() {
 fn an_unknown_or_missing_command_is_answered_with_what_is_expected() {
     let dir = TempDir::new("control-unknown");
     let socket = dir.path().join("control");
-    let (_server, gen1, port) = start(&socket, &[]);
+    let (_server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let _g = PidGuard(gen1);
     let ask_raw = |bytes: &[u8]| {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -204,7 +207,9 @@ fn an_unknown_or_missing_command_is_answered_with_what_is_expected() {
     };
     let answer = ask_raw(b"reboot\n");
     assert!(
-        answer.starts_with("error unknown command \"reboot\": expected \"restart\" or \"status\""),
+        answer.starts_with(
+            "error unknown command \"reboot\": expected \"restart\", \"status\" or \"status json\""
+        ),
         "{answer}"
     );
     assert!(ask_raw(&[0xff; 4096]).starts_with("error"), "garbage");
@@ -231,7 +236,7 @@ fn a_client_with_no_server_is_told_so() {
 fn a_removed_control_socket_path_does_not_stop_restarts() {
     let dir = TempDir::new("control-removed");
     let socket = dir.path().join("control");
-    let (mut server, gen1, port) = start(&socket, &[]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let mut guards = vec![PidGuard(gen1)];
     std::fs::remove_file(&socket).unwrap();
     let mut serving = gen1;
@@ -274,7 +279,7 @@ fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followe
     };
     let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
 
-    let (mut server, gen1, port) = start(&socket, &[]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let _g1 = PidGuard(gen1);
     std::fs::remove_file(&socket).unwrap();
     plant();
@@ -283,7 +288,7 @@ fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followe
         .parse()
         .unwrap();
     let _g2 = PidGuard(gen2);
-    server.expect_log("a symlink is there now");
+    server.expect_log("found=\"a symlink\"");
     assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == gen2));
     assert_eq!(victim_mode(), 0o644, "the link's target keeps its mode");
     assert!(
@@ -294,9 +299,7 @@ fn a_symlink_planted_at_the_control_socket_path_by_another_user_is_never_followe
     );
 
     // A new server at that path refuses it, naming it, and leaves it alone.
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_CONTROL_SOCKET", &socket);
-    let mut other = ProcessGuard::spawn(cmd);
+    let mut other = ProcessGuard::spawn(with_control(LIFEPROBE, &socket, &[]));
     let status = other.wait_timeout(DEADLINE).expect("the second server exits");
     assert!(!status.success());
     let said = other.output_after_exit().join("\n");
@@ -323,7 +326,8 @@ fn back_to_back_reloads_are_all_answered_by_the_serving_generation() {
         .unwrap_or(100);
     let dir = TempDir::new("control-back-to-back");
     let socket = dir.path().join("control");
-    let (mut server, gen1, _port) = start(&socket, &[("PROBE_STANDBY", "1")]);
+    let (mut server, ProbeGen { pid: gen1, .. }) =
+        start_lifeprobe(with_control(LIFEPROBE, &socket, &[("PROBE_STANDBY", "1")]));
     let mut guards = vec![PidGuard(gen1)];
     let client = gracenet::control::Client::new(&socket);
     let started = std::time::Instant::now();
@@ -357,8 +361,7 @@ fn back_to_back_reloads_are_all_answered_by_the_serving_generation() {
 fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run() {
     let dir = TempDir::new("control-fd-limit");
     let socket = dir.path().join("control");
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_CONTROL_SOCKET", &socket);
+    let mut cmd = with_control(LIFEPROBE, &socket, &[]);
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child before exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -366,12 +369,8 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
                 .map_err(std::io::Error::from)
         });
     }
-    let mut server = ProcessGuard::spawn(cmd);
-    let line = server.expect_line("probe version=");
-    server.expect_log("generation 1 serving");
-    let gen1: u32 = field(&line, "pid").parse().unwrap();
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(cmd);
     let _g1 = PidGuard(gen1);
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
     let mut held = Vec::new();
     for _ in 0..100 {
         held.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
@@ -401,7 +400,7 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
     // The fds free up: the queued clients are accepted, and the commands whose clients
     // left are not run.
     drop(held);
-    server.expect_log("\"restart\" not run: its client left");
+    server.expect_log("command not run: its client left before it was read command=restart");
     assert!(wait_until(DEADLINE, || answer_pid(
         &ask(port).unwrap_or_default()
     ) == gen1));
@@ -424,13 +423,9 @@ fn a_control_client_gives_up_at_its_timeout_and_a_command_left_behind_is_not_run
 fn a_client_does_not_trust_another_users_socket_at_the_path() {
     let dir = sticky_dir("control-impostor", "to run a server as uid 65534");
     let socket = dir.path().join("control");
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_CONTROL_SOCKET", &socket)
-        .uid(65534)
-        .gid(65534);
-    let mut impostor = ProcessGuard::spawn(cmd);
-    impostor.expect_log("generation 1 serving");
+    let mut cmd = with_control(LIFEPROBE, &socket, &[]);
+    cmd.uid(65534).gid(65534);
+    let (_impostor, _) = start_lifeprobe(cmd);
     let out = client(&socket, "status");
     let answer = text(&out);
     assert!(!out.status.success(), "{answer}");
@@ -449,7 +444,7 @@ fn a_client_does_not_trust_another_users_socket_at_the_path() {
 
     // Root's server whose path was removed and taken by that user: the restart says so.
     let own = dir.path().join("own");
-    let (mut server, gen1, _port) = start(&own, &[]);
+    let (mut server, ProbeGen { pid: gen1, .. }) = start_lifeprobe(with_control(LIFEPROBE, &own, &[]));
     let _g1 = PidGuard(gen1);
     std::fs::remove_file(&own).unwrap();
     std::fs::hard_link(&socket, &own).unwrap();
@@ -458,17 +453,15 @@ fn a_client_does_not_trust_another_users_socket_at_the_path() {
         .parse()
         .unwrap();
     let _g2 = PidGuard(gen2);
-    server.expect_log("another user's socket (uid 65534) is there now");
+    server.expect_log("found=\"another user\'s socket\" owner=65534");
 }
 
 #[test]
 fn the_same_path_for_the_pid_file_and_the_control_socket_is_refused_at_the_start() {
     let dir = TempDir::new("control-pidfile");
     let path = dir.path().join("both");
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_CONTROL_SOCKET", &path)
-        .env("PROBE_PID_FILE", dir.path().join(".").join("both"));
+    let mut cmd = with_control(LIFEPROBE, &path, &[]);
+    cmd.env("PROBE_PID_FILE", dir.path().join(".").join("both"));
     let mut server = ProcessGuard::spawn(cmd);
     let status = server.wait_timeout(DEADLINE).expect("it exits");
     assert!(!status.success());
@@ -485,21 +478,15 @@ fn a_reload_asked_during_a_restart_gets_a_restart_of_its_own_with_the_program_no
     let app = dir.path().join("app");
     grace_tests::install_program(Path::new(LIFEPROBE), &app);
     let socket = dir.path().join("control");
-    let mut cmd = Command::new(&app);
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_CONTROL_SOCKET", &socket)
-        // Each new generation takes a while to start: the second reload comes meanwhile.
-        .env("PROBE_NEXT_START_DELAY_MS", "800");
-    let mut server = ProcessGuard::spawn(cmd);
-    let line = server.expect_line("probe version=");
-    server.expect_log("generation 1 serving");
-    let gen1: u32 = field(&line, "pid").parse().unwrap();
+    // Each new generation takes a while to start: the second reload comes meanwhile.
+    let cmd = with_control(&app, &socket, &[("PROBE_NEXT_START_DELAY_MS", "800")]);
+    let (mut server, ProbeGen { pid: gen1, .. }) = start_lifeprobe(cmd);
     let mut guards = vec![PidGuard(gen1)];
     let first = std::thread::spawn({
         let socket = socket.clone();
         move || gracenet::control::Client::new(socket).restart()
     });
-    server.expect_log("restart: started generation 2");
+    server.expect_log("restart: started the next generation generation=1 next=2 ");
     // The deploy: a new program, then its reload.
     grace_tests::install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     let second = gracenet::control::Client::new(&socket).restart();
@@ -531,7 +518,7 @@ fn a_reload_asked_during_a_restart_gets_a_restart_of_its_own_with_the_program_no
 fn concurrent_reloads_all_succeed_and_share_restarts() {
     let dir = TempDir::new("control-concurrent");
     let socket = dir.path().join("control");
-    let (mut server, gen1, port) = start(&socket, &[]);
+    let (mut server, ProbeGen { pid: gen1, port }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
     let _g1 = PidGuard(gen1);
     let clients: Vec<_> = (0..30)
         .map(|_| {

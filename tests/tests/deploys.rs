@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive, signal,
-    wait_until,
+    DEADLINE, PidGuard, ProbeGen, TempDir, answer_pid, ask, command, field, install_program, is_alive,
+    lifeprobe, signal, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -16,10 +16,6 @@ const LIFEPROBE2: &str = env!("CARGO_BIN_EXE_lifeprobe2");
 
 fn pid_of(line: &str) -> u32 {
     field(line, "pid").parse().unwrap()
-}
-
-fn port_of(line: &str) -> u16 {
-    field(line, "addr").rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// `releases/1/lifeprobe` (version lifeprobe), `releases/2/lifeprobe` (version lifeprobe2),
@@ -41,15 +37,12 @@ fn swap_current(dir: &Path, n: u32) {
     std::fs::rename(&tmp, dir.join("current")).unwrap();
 }
 
-/// Starts lifeprobe through `sh` (which keeps `$PWD` logical, as every shell does) with
-/// `script`, run in `dir`.
-fn start_via_shell(dir: &Path, script: &str) -> (ProcessGuard, u32, u16) {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg(script).current_dir(dir).env("PWD", dir);
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=lifeprobe ");
-    g.expect_log("generation 1 serving");
-    (g, pid_of(&line), port_of(&line))
+/// The command that starts lifeprobe through `sh` (which keeps `$PWD` logical, as every shell
+/// does) with `script`, run in `dir`.
+fn via_shell(dir: &Path, script: &str) -> Command {
+    let mut cmd = command("sh", &["-c", script], &[]);
+    cmd.current_dir(dir).env("PWD", dir);
+    cmd
 }
 
 #[test]
@@ -64,7 +57,12 @@ fn a_symlink_swap_deploy_restarts_into_what_current_points_at_now() {
     for (script, delete_old) in variants {
         let dir = TempDir::new("symlink-deploy");
         releases(dir.path());
-        let (mut g, gen1, port) = start_via_shell(dir.path(), script);
+        let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(via_shell(dir.path(), script));
+        assert_eq!(
+            ask(port).unwrap(),
+            format!("{gen1} 1 lifeprobe"),
+            "{script} ran releases/1"
+        );
         let _g1 = PidGuard(gen1);
         swap_current(dir.path(), 2);
         if delete_old {
@@ -89,13 +87,9 @@ fn a_start_directory_that_is_gone_is_named_as_what_is_missing() {
     let dir = TempDir::new("gone-dir");
     releases(dir.path());
     let real = dir.path().join("releases/1");
-    let mut cmd = Command::new(real.join("lifeprobe"));
-    cmd.arg("127.0.0.1:0").current_dir(&real).env_remove("PWD");
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let gen1 = pid_of(&line);
-    let port = port_of(&line);
-    g.expect_log("generation 1 serving");
+    let mut cmd = lifeprobe(real.join("lifeprobe"), &[]);
+    cmd.current_dir(&real).env_remove("PWD");
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(cmd);
     std::fs::remove_dir_all(&real).unwrap();
     signal(gen1, Signal::SIGUSR2);
     let failed = g.expect_log("restart failed");
@@ -112,12 +106,8 @@ fn a_pid_file_that_cannot_be_written_fails_the_restart_not_the_service() {
     let piddir = dir.path().join("run");
     std::fs::create_dir_all(&piddir).unwrap();
     let pid_file = piddir.join("g.pid");
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_PID_FILE", &pid_file);
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let (gen1, port) = (pid_of(&line), port_of(&line));
-    g.expect_log("generation 1 serving");
+    let probe_pid_file = ("PROBE_PID_FILE", pid_file.to_str().unwrap());
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(lifeprobe(LIFEPROBE, &[probe_pid_file]));
     std::fs::remove_dir_all(&piddir).unwrap();
     let prober = grace_tests::Prober::start(port, std::time::Duration::from_millis(1));
     signal(gen1, Signal::SIGUSR2);
@@ -136,11 +126,8 @@ fn a_symlink_planted_beside_the_pid_file_is_never_written_through() {
     let pid_file = dir.path().join("g.pid");
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_PID_FILE", &pid_file);
-    let mut g = ProcessGuard::spawn(cmd);
-    let gen1 = pid_of(&g.expect_line("probe version="));
-    g.expect_log("generation 1 serving");
+    let probe_pid_file = ("PROBE_PID_FILE", pid_file.to_str().unwrap());
+    let (mut g, ProbeGen { pid: gen1, .. }) = start_lifeprobe(lifeprobe(LIFEPROBE, &[probe_pid_file]));
     // The next process's pid is predictable enough to plant links for many of them, at every
     // name the old code used (`<file>.<pid>.tmp`).
     for pid in gen1 + 1..gen1 + 200 {
@@ -149,7 +136,7 @@ fn a_symlink_planted_beside_the_pid_file_is_never_written_through() {
     signal(gen1, Signal::SIGUSR2);
     let gen2 = pid_of(&g.expect_line("probe version="));
     let _g2 = PidGuard(gen2);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|s| s.trim() == gen2.to_string())));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
@@ -160,12 +147,8 @@ fn a_wrapper_that_does_not_exec_is_killed_with_everything_it_started() {
     let dir = TempDir::new("wrapper");
     let program = dir.path().join("server");
     install_program(Path::new(LIFEPROBE), &program);
-    let mut cmd = Command::new(&program);
-    cmd.arg("127.0.0.1:0").env("PROBE_READY_TIMEOUT_MS", "1000");
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let (gen1, port) = (pid_of(&line), port_of(&line));
-    g.expect_log("generation 1 serving");
+    let (mut g, ProbeGen { pid: gen1, port }) =
+        start_lifeprobe(lifeprobe(&program, &[("PROBE_READY_TIMEOUT_MS", "1000")]));
     // The deploy puts a wrapper in place that runs the real binary as a child (no exec).
     let real = dir.path().join("server.real");
     install_program(Path::new(LIFEPROBE), &real);

@@ -6,25 +6,18 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
 
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, answer_pid, ask, converse, field, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProbeGen, answer_pid, ask, command, converse, field, start_line_server, wait_until,
+};
 use nix::sys::signal::Signal;
 
-fn start() -> (ProcessGuard, u32, u16) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
-    cmd.arg("127.0.0.1:0");
-    let mut echo = ProcessGuard::spawn(cmd);
-    let line = echo.expect_line("echo generation=1");
-    let old: u32 = field(&line, "pid").parse().unwrap();
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    echo.expect_log("generation 1 serving");
-    (echo, old, port)
-}
+const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 
 #[test]
 fn open_connections_are_handed_to_the_new_process_and_answered_by_it() {
-    let (mut echo, old, port) = start();
+    let (mut echo, ProbeGen { pid: old, port }) =
+        start_line_server(command(ECHO, &["127.0.0.1:0"], &[]), "echo generation=1");
     let open: Vec<_> = (0..3)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -59,7 +52,8 @@ fn open_connections_are_handed_to_the_new_process_and_answered_by_it() {
 
 #[test]
 fn a_thousand_connections_under_traffic_lose_and_repeat_no_line() {
-    let (mut echo, old, port) = start();
+    let (mut echo, ProbeGen { pid: old, port }) =
+        start_line_server(command(ECHO, &["127.0.0.1:0"], &[]), "echo generation=1");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen_new = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let new_pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -154,7 +148,8 @@ fn a_thousand_connections_under_traffic_lose_and_repeat_no_line() {
 
 #[test]
 fn connections_handed_to_a_process_that_dies_close_with_it() {
-    let (mut echo, old, port) = start();
+    let (mut echo, ProbeGen { pid: old, port }) =
+        start_line_server(command(ECHO, &["127.0.0.1:0"], &[]), "echo generation=1");
     let open: Vec<_> = (0..3)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -219,7 +214,8 @@ fn connections_the_new_process_has_no_fd_for_stay_with_the_old_one_and_none_is_l
     const KEPT_OPEN: usize = 142;
     const FREED: usize = 20;
     const LIMIT: u64 = 150;
-    let (mut echo, old, port) = start();
+    let (mut echo, ProbeGen { pid: old, port }) =
+        start_line_server(command(ECHO, &["127.0.0.1:0"], &[]), "echo generation=1");
     // 162 connections, each answered; then the first 20 are closed, leaving low fd numbers
     // free in the old process for what its restart opens (the channel, the pidfd) under the
     // lower limit.

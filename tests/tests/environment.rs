@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, parse_probe, signal,
-    standby_started, wait_until,
+    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, install_program, lifeprobe,
+    parse_probe, signal, standby_started, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -203,7 +203,7 @@ fn a_copy_of_a_generations_variables_meant_for_another_pid_is_ignored_whole() {
     let line = probe.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "1", "{line}");
     let _guard = grace_tests::PidGuard(field(&line, "pid").parse().unwrap());
-    probe.expect_log("generation 1 serving");
+    probe.expect_log("ready and serving generation=1 ");
 }
 
 /// The gracenet variables (and systemd's `NOTIFY_SOCKET`) in the environment `pid` was
@@ -220,8 +220,16 @@ fn gracenet_vars(pid: u32) -> BTreeMap<String, String> {
 
 /// Checks that generation `number` (`pid`, started by `parent`) has exactly the variables a
 /// fresh, non-idle next generation is written: no standby's, no idle start's, no stale copy.
+/// (This crate builds gracenet with its `metrics` feature: the restart counts of the
+/// generations before, every one a hand-over here, are passed on once there are any.)
 fn assert_written_fresh(pid: u32, number: u64, parent: u32) {
-    let vars = gracenet_vars(pid);
+    let mut vars = gracenet_vars(pid);
+    let restarts = vars.remove("GRACE_RESTARTS");
+    assert_eq!(
+        restarts,
+        (number > 2).then(|| format!("handed_over:{}", number - 2)),
+        "generation {number} (pid {pid}): the restarts before the one that started it"
+    );
     let keys: Vec<&str> = vars.keys().map(String::as_str).collect();
     assert_eq!(
         keys,
@@ -254,19 +262,17 @@ fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-standby-deploy");
     let app = dir.path().join("app");
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
-    let mut cmd = Command::new(&app);
     // Fresh generations not at idle priority, so each variable's presence is known.
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_STANDBY", "1")
-        .env("PROBE_NO_IDLE_START", "1");
-    let mut g = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&g.expect_line("probe version="));
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        &app,
+        &[("PROBE_STANDBY", "1"), ("PROBE_NO_IDLE_START", "1")],
+    ));
     let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
 
     signal(gen1.pid, Signal::SIGUSR2);
-    g.expect_log(&format!("woke the standby (pid {standby}"));
+    g.expect_log(&format!("restart: woke the standby pid={standby} "));
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
     assert_eq!(gen2.pid, standby, "the standby is generation 2");
     // What the leak was made of: generation 2 started as a standby.
@@ -281,14 +287,14 @@ fn a_woken_standby_passes_none_of_its_own_variables_to_a_fresh_generation_after_
 
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     signal(gen2.pid, Signal::SIGUSR2);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby3}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby3} "));
     assert!(let_go.contains("the program file has changed"), "{let_go}");
     let line = g.expect_line("probe version=lifeprobe2 ");
     let gen3 = parse_probe(&line);
     let _gen3_guard = PidGuard(gen3.pid);
     assert_eq!(field(&line, "generation"), "3", "{line}");
     assert_written_fresh(gen3.pid, 3, gen2.pid);
-    g.expect_log("generation 2 stopped accepting");
+    g.expect_log("stopped accepting generation=2 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
 }
 
@@ -300,25 +306,26 @@ fn no_stale_variable_reaches_the_next_generations_across_a_deploy_without_a_stan
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "env-plain-deploy");
     let app = dir.path().join("app");
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe")), &app);
-    let mut cmd = Command::new(&app);
-    cmd.arg("127.0.0.1:0")
-        .env("PROBE_NO_IDLE_START", "1")
-        .env("GRACE_STANDBY", "1")
-        .env("GRACE_IDLE_START", "1");
-    let mut g = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&g.expect_line("probe version="));
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        &app,
+        &[
+            ("PROBE_NO_IDLE_START", "1"),
+            ("GRACE_STANDBY", "1"),
+            ("GRACE_IDLE_START", "1"),
+        ],
+    ));
 
     signal(gen1.pid, Signal::SIGUSR2);
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe "));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_written_fresh(gen2.pid, 2, gen1.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
 
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     signal(gen2.pid, Signal::SIGUSR2);
     let gen3 = parse_probe(&g.expect_line("probe version=lifeprobe2 "));
     let _gen3_guard = PidGuard(gen3.pid);
     assert_written_fresh(gen3.pid, 3, gen2.pid);
-    g.expect_log("generation 2 stopped accepting");
+    g.expect_log("stopped accepting generation=2 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 3 lifeprobe2", gen3.pid));
 }

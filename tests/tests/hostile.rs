@@ -8,22 +8,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grace_tests::http::{get_h1, get_tls, write_cert};
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, wait_until};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, Site, TempDir, command, start_httpprobe, wait_until};
 use nix::sys::signal::Signal;
 
 const HTTPPROBE: &str = env!("CARGO_BIN_EXE_httpprobe");
-
-fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Vec<u16>) {
-    let mut cmd = Command::new(HTTPPROBE);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_log("Serving ");
-    let ports = grace_tests::ports_in_grace_line(&line);
-    (g, ports)
-}
 
 /// Sends `bytes` on a new connection and reads until the server closes it (or 20 s).
 fn exchange(port: u16, bytes: &[u8]) -> String {
@@ -42,7 +30,8 @@ fn no_panics(g: &mut ProcessGuard) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http_closes_only_that_connection() {
-    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (mut g, Site { ports, .. }) =
+        tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     let port = ports[0];
     let pid = g.pid().to_string();
     // A normal keep-alive client, before, between and after.
@@ -106,7 +95,9 @@ async fn malformed_http_closes_only_that_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_closed_at_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[("PROBE_HEADER_TIMEOUT_MS", "1500")]));
+    let (mut g, Site { ports, .. }) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_HEADER_TIMEOUT_MS", "1500")]))
+    });
     let port = ports[0];
     let pid = g.pid().to_string();
     let request = b"GET /pid HTTP/1.1\r\nHost: slowloris\r\n\r\n";
@@ -191,13 +182,14 @@ fn read_response(s: &mut TcpStream) -> String {
 /// byte), while a connection that merely waits between requests is kept until the idle timeout.
 #[test]
 fn a_slow_second_request_is_closed_and_a_quiet_keep_alive_is_kept() {
-    let (mut g, ports) = start(
+    let (mut g, Site { ports, .. }) = start_httpprobe(command(
+        HTTPPROBE,
         &[],
         &[
             ("PROBE_HEADER_TIMEOUT_MS", "1000"),
             ("PROBE_IDLE_TIMEOUT_MS", "60000"),
         ],
-    );
+    ));
     let port = ports[0];
     let pid = g.pid().to_string();
     let request = b"GET /pid HTTP/1.1\r\nHost: keep-alive\r\n\r\n";
@@ -276,7 +268,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_fds_backs_off_quietly_and_recovers() {
-    let (mut g, ports) = tokio::task::block_in_place(|| start(&[], &[("PROBE_NOFILE", "64")]));
+    let (mut g, Site { ports, .. }) =
+        tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_NOFILE", "64")])));
     let port = ports[0];
     let pid = g.pid();
     // Hold idle connections until the server cannot accept any more (the rest wait in the
@@ -316,11 +309,12 @@ async fn bad_tls_closes_that_connection_and_serves_the_rest() {
     let root = write_cert(dir.path(), "cert.pem", "key.pem");
     let cert = dir.path().join("cert.pem").display().to_string();
     let key = dir.path().join("key.pem").display().to_string();
-    let (mut g, ports) = tokio::task::block_in_place(|| {
-        start(
+    let (mut g, Site { ports, .. }) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(
+            HTTPPROBE,
             &["--tls-cert", &cert, "--tls-key", &key],
             &[("PROBE_HEADER_TIMEOUT_MS", "1000")],
-        )
+        ))
     });
     let tls_port = ports[2];
     let pid = g.pid().to_string();
@@ -404,8 +398,13 @@ fn a_readiness_fd_that_is_not_a_pipe_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subprocess_started_by_a_handler_sees_only_fds_0_to_2() {
-    let (mut g, ports) =
-        tokio::task::block_in_place(|| start(&[], &[("PROBE_NETPROBE", env!("CARGO_BIN_EXE_netprobe"))]));
+    let (mut g, Site { ports, .. }) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(
+            HTTPPROBE,
+            &[],
+            &[("PROBE_NETPROBE", env!("CARGO_BIN_EXE_netprobe"))],
+        ))
+    });
     let port = ports[0];
     // Keep other connections open too: none of them may leak.
     let _open: Vec<TcpStream> = (0..3)

@@ -8,47 +8,13 @@ use std::time::Duration;
 use grace_tests::http::{
     Hammer, connect_h1, connect_h2c, get_h1, get_h2c, get_on_h1, get_on_h2, get_tls, write_cert,
 };
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProcessGuard, Site, TempDir, command, parse_serving, start_httpprobe, wait_until,
+};
 use http::{StatusCode, Version};
 use nix::sys::signal::Signal;
 
 const HTTPPROBE: &str = env!("CARGO_BIN_EXE_httpprobe");
-
-struct Site {
-    pid: u32,
-    ports: Vec<u16>,
-}
-
-/// Reads grace's line `Serving A, B, C with pid P.` (or the handoff form: the new pid).
-fn parse_serving(line: &str) -> Site {
-    let pid = if line.contains("Graceful handoff of ") {
-        grace_tests::new_pid_in_handoff(line)
-    } else {
-        let tail = line.split(" with pid ").nth(1).expect("' with pid '");
-        tail.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("a pid")
-    };
-    Site {
-        pid,
-        ports: grace_tests::ports_in_grace_line(line),
-    }
-}
-
-fn start(args: &[&str], env: &[(&str, &str)]) -> (ProcessGuard, Site) {
-    let mut cmd = Command::new(HTTPPROBE);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_log("Serving ");
-    assert!(line.contains("generation=1"), "{line}");
-    let site = parse_serving(&line);
-    assert_eq!(site.pid, g.pid());
-    (g, site)
-}
 
 /// SIGUSR2 to `pid`; waits for the new process's handoff line and the old one to stop
 /// accepting. Returns the new pid.
@@ -69,7 +35,7 @@ fn start_tls(tag: &str, env: &[(&str, &str)]) -> (TempDir, Vec<u8>, ProcessGuard
     let root = write_cert(dir.path(), "cert.pem", "key.pem");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let (g, site) = start(&["--tls-cert", &cert, "--tls-key", &key], env);
+    let (g, site) = start_httpprobe(command(HTTPPROBE, &["--tls-cert", &cert, "--tls-key", &key], env));
     (dir, root, g, site)
 }
 
@@ -115,7 +81,7 @@ async fn three_ports_speak_http1_h2c_and_tls_with_alpn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_extensions_carry_the_peer_only_when_asked_for() {
     // Asked for (the probe's default): the peer, over HTTP/1.1 and HTTP/2.
-    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (_g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     for answer in [
         get_h1(site.ports[0], "/peer").await.unwrap(),
         get_h2c(site.ports[1], "/peer").await.unwrap(),
@@ -124,7 +90,9 @@ async fn request_extensions_carry_the_peer_only_when_asked_for() {
         assert!(answer.body.starts_with("127.0.0.1:"), "the peer: {}", answer.body);
     }
     // Not asked for (gracehttp's default): nothing is put in the request.
-    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_REQUEST_EXTENSIONS", "off")]));
+    let (_g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_REQUEST_EXTENSIONS", "off")]))
+    });
     for answer in [
         get_h1(site.ports[0], "/peer").await.unwrap(),
         get_h2c(site.ports[1], "/peer").await.unwrap(),
@@ -138,7 +106,8 @@ async fn a_service_not_ready_at_once_is_made_ready_before_every_call() {
     // Each instance of the probe's service is not ready at its first poll_ready and answers
     // 500 when called without a ready poll_ready: every request on a keep-alive HTTP/1.1
     // connection and on one HTTP/2 connection (all at once) must still get its 200.
-    let (_g, site) = tokio::task::block_in_place(|| start(&["--reluctant"], &[]));
+    let (_g, site) =
+        tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &["--reluctant"], &[])));
     let pid = site.pid.to_string();
     let mut h1 = connect_h1(site.ports[0]).await.unwrap();
     for i in 0..6 {
@@ -183,7 +152,8 @@ async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
     // tower's ConcurrencyLimit of one, across connections: a request that finds the permit
     // taken waits in the semaphore's queue, and must be the one given the permit when it is
     // freed (were its place held by an instance nobody polls, it would wait forever).
-    let (mut g, site) = tokio::task::block_in_place(|| start(&["--limit1"], &[]));
+    let (mut g, site) =
+        tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &["--limit1"], &[])));
     let pid = site.pid.to_string();
     let port = site.ports[0];
     let holder = tokio::spawn(async move { get_h1(port, "/sleep?ms=500").await });
@@ -206,14 +176,14 @@ async fn a_request_waiting_for_a_concurrency_limit_gets_its_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     let port = site.ports[0];
     let long = tokio::spawn(get_h1(port, "/sleep?ms=2000"));
     // The request is in flight once the server says it has started it.
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=2000"));
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
     let _new_guard = PidGuard(new);
-    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting generation=1 "));
     let quick = get_h1(port, "/pid").await.unwrap();
     assert_eq!(
         quick.body,
@@ -229,7 +199,7 @@ async fn a_long_request_finishes_in_the_old_process_while_the_new_one_answers() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_keepalive_and_http2_clients_lose_nothing_across_three_restarts() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     let mut hammers = Vec::new();
     for _ in 0..4 {
         hammers.push(Hammer::start(site.ports[0], "/pid", false, 200_000));
@@ -276,7 +246,7 @@ async fn busy_keepalive_and_http2_clients_lose_nothing_across_three_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_axum_router_is_served_restarted_and_stopped() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&["--axum"], &[]));
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &["--axum"], &[])));
     let a = get_h1(site.ports[0], "/pid").await.unwrap();
     assert_eq!(a.body, format!("{} axum", site.pid));
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
@@ -298,7 +268,7 @@ async fn a_websocket_stays_with_the_old_process_until_it_closes_on_the_drain_sig
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     let port = site.ports[0];
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws"), tcp)
@@ -416,7 +386,7 @@ async fn a_certificate_renewed_on_disk_is_served_after_a_restart() {
     std::fs::rename(dir.path().join("cert.pem.new"), dir.path().join("cert.pem")).unwrap();
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
     let _new_guard = PidGuard(new);
-    tokio::task::block_in_place(|| g.expect_log("generation 1 stopped accepting"));
+    tokio::task::block_in_place(|| g.expect_log("stopped accepting generation=1 "));
     let (answer, seen) = get_tls(tls_port, "/pid", &second, &[b"h2"]).await.unwrap();
     assert_eq!(seen, second, "the renewed certificate is served");
     assert_eq!(answer.body, new.to_string());
@@ -471,7 +441,7 @@ async fn a_tls_client_resumes_its_session_after_many_other_clients_and_across_re
     for generation in 1..=2 {
         let new = tokio::task::block_in_place(|| restart(&mut g, pid, &site.ports));
         guards.push(PidGuard(new));
-        tokio::task::block_in_place(|| g.expect_log(&format!("generation {generation} stopped accepting")));
+        tokio::task::block_in_place(|| g.expect_log(&format!("stopped accepting generation={generation} ")));
         let tls = tls_connect_as(port, client.clone()).await.unwrap();
         assert_eq!(
             tls.get_ref().1.handshake_kind(),
@@ -535,7 +505,7 @@ async fn a_tls_client_gets_aes_128_unless_it_prefers_chacha20() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[]));
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
     let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=1500"));
     // The request is in flight once the server says it has started it.
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=1500"));
@@ -548,7 +518,9 @@ async fn sigterm_lets_a_long_request_finish_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_STOP_TIMEOUT_MS", "300")]));
+    let (mut g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_STOP_TIMEOUT_MS", "300")]))
+    });
     let long = tokio::spawn(get_h1(site.ports[0], "/sleep?ms=30000"));
     // The request is in flight once the server says it has started it.
     tokio::task::block_in_place(|| g.expect_log("sleep request started ms=30000"));
@@ -556,13 +528,15 @@ async fn a_stop_timeout_shorter_than_the_request_ends_it_at_the_timeout() {
     let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits at the stop timeout");
     assert!(status.success(), "{status}");
     assert!(long.await.unwrap().is_err(), "the unfinished request was cut");
-    tokio::task::block_in_place(|| g.expect_log("gave up on 1 unfinished connection"));
+    tokio::task::block_in_place(|| g.expect_log("done: gave up on unfinished connections or tasks; exiting"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_closed_at_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_HEADER_TIMEOUT_MS", "300")]));
+    let (_g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_HEADER_TIMEOUT_MS", "300")]))
+    });
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
         .await
         .unwrap();
@@ -583,7 +557,9 @@ async fn a_client_that_never_finishes_its_headers_is_closed_at_the_header_read_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_further_connections_in_the_backlog() {
-    let (mut g, site) = tokio::task::block_in_place(|| start(&[], &[("PROBE_MAX_CONNECTIONS", "1")]));
+    let (mut g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_MAX_CONNECTIONS", "1")]))
+    });
     let port = site.ports[0];
     let timed = |path: &'static str| async move {
         let answer = get_h1(port, path).await;
@@ -727,13 +703,14 @@ fn a_fresh_http2_connection_at_a_drain_has_its_first_request_answered_before_goa
     const HEADERS: u8 = 0x1;
     const GOAWAY: u8 = 0x7;
     // A grace far longer than the test's own steps, so "not yet" is not a race.
-    let (mut g, site) = start(
+    let (mut g, site) = start_httpprobe(command(
+        HTTPPROBE,
         &[],
         &[
             ("PROBE_STOP_TIMEOUT_MS", "600000"),
             ("PROBE_IDLE_GRACE_MS", "5000"),
         ],
-    );
+    ));
     // A client that has connected and spoken HTTP/2 but not sent its request yet, as a pooled
     // client does between its handshake and its first request.
     let mut c = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
@@ -744,7 +721,7 @@ fn a_fresh_http2_connection_at_a_drain_has_its_first_request_answered_before_goa
         "no SETTINGS from the server"
     );
     g.signal(Signal::SIGTERM);
-    g.expect_log("stopping, draining");
+    g.expect_log("stopping: draining connections and tasks");
     // No GOAWAY yet: one now would cost this client its request (a pooled client retries only
     // on a connection it has used before).
     let early = frames_for(&mut c, Duration::from_millis(300));
@@ -781,7 +758,7 @@ fn an_http2_connection_that_only_pings_gets_goaway_within_the_idle_grace_when_dr
     const GOAWAY: u8 = 0x7;
     // A stop timeout far longer than any test: the drain must end because the connections
     // went, not because the timeout passed.
-    let (mut g, site) = start(&[], &[("PROBE_STOP_TIMEOUT_MS", "600000")]);
+    let (mut g, site) = start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_STOP_TIMEOUT_MS", "600000")]));
     // Half a preface (its bytes wait unread while the protocol is told), on the listener the
     // HTTP/2 client uses next: accepted in order, so it is accepted once that one is answered.
     let mut half = std::net::TcpStream::connect(("127.0.0.1", site.ports[0])).unwrap();
@@ -815,8 +792,8 @@ fn an_http2_connection_that_only_pings_gets_goaway_within_the_idle_grace_when_dr
         closed_by_server(&mut half),
         "the half preface's connection is closed (not reset)"
     );
-    let done = g.expect_log(" done (");
-    assert!(done.contains("done (drained)"), "{done}");
+    let done = g.expect_log(" done: ");
+    assert!(done.contains("done: drained; exiting"), "{done}");
     let status = g
         .wait_timeout(DEADLINE)
         .expect("the process exits once they are gone");
@@ -921,7 +898,7 @@ async fn a_unix_socket_speaks_http1_and_http2_and_knows_its_peer() {
 #[test]
 fn a_cleartext_connection_is_told_by_its_first_bytes_however_they_arrive() {
     use std::io::{Read, Write};
-    let (_g, site) = start(&[], &[]);
+    let (_g, site) = start_httpprobe(command(HTTPPROBE, &[], &[]));
     let port = site.ports[0];
     // The preface in three writes (with Nagle off and a pause between them, three segments),
     // then SETTINGS and a GET: the response's HEADERS come back.
@@ -973,7 +950,7 @@ fn a_cleartext_connection_is_told_by_its_first_bytes_however_they_arrive() {
 #[test]
 fn idle_connections_are_closed_at_the_idle_timeout_pings_or_not() {
     use std::io::{Read, Write};
-    let (_g, site) = start(&[], &[("PROBE_IDLE_TIMEOUT_MS", "1000")]);
+    let (_g, site) = start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_IDLE_TIMEOUT_MS", "1000")]));
     // HTTP/2: one request (HEADERS with the static-table :method GET, :scheme http, :path /
     // and a literal :authority localhost), then only PINGs, every 100 ms: GOAWAY and a close
     // all the same.
@@ -1004,7 +981,8 @@ fn idle_connections_are_closed_at_the_idle_timeout_pings_or_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_applications_own_listener_is_adopted_and_passed_on() {
     // httpprobe --adopt binds its first address itself (std's TcpListener on port 0).
-    let (mut g, site) = tokio::task::block_in_place(|| start(&["--adopt"], &[]));
+    let (mut g, site) =
+        tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &["--adopt"], &[])));
     let own = site.ports[0];
     assert_eq!(get_h1(own, "/pid").await.unwrap().body, site.pid.to_string());
     let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));

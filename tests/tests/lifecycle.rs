@@ -4,29 +4,15 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grace_tests::{
     DEADLINE, PidGuard, ProbeGen, Prober, ProcessGuard, TempDir, answer_pid, ask, converse, field,
-    install_program, is_alive, parse_probe, signal, wait_until,
+    install_program, is_alive, lifeprobe, parse_probe, signal, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
-
-/// Starts `program` (a lifeprobe) with `env`, and waits for its first line.
-fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen) {
-    let mut cmd = Command::new(program);
-    cmd.arg("127.0.0.1:0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut guard = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&guard.expect_line("probe version="));
-    guard.expect_log("generation 1 serving");
-    (guard, gen1)
-}
 
 /// Sends SIGUSR2 to `pid` and waits for generation `number`'s first line.
 fn restart(guard: &mut ProcessGuard, pid: u32, number: u64) -> ProbeGen {
@@ -49,22 +35,22 @@ fn connect(port: u16) -> TcpStream {
 fn a_child_that_fails_at_startup_costs_nothing_and_the_next_restart_works() {
     let dir = TempDir::new("fail-once");
     let marker = dir.path().join("failed");
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[("PROBE_FAIL_ONCE", marker.to_str().unwrap())],
-    );
+    ));
     let prober = Prober::start(gen1.port, Duration::from_millis(1));
 
     let failed = restart(&mut g, gen1.pid, 2);
     let _failed_guard = PidGuard(failed.pid);
     g.expect_line(&format!("probe failing pid={}", failed.pid));
-    let log = g.expect_log("restart failed: generation 2");
-    assert!(log.contains(&format!("(pid {})", failed.pid)), "{log}");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
+    assert!(log.contains(&format!(" pid={} ", failed.pid)), "{log}");
     assert!(
         log.contains("exited before it was ready (exit status: 1)"),
         "{log}"
     );
-    assert!(log.contains("still serving"), "{log}");
+    assert!(log.contains("keeps serving"), "{log}");
     assert!(reaped(failed.pid), "the failed child is reaped, no zombie");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen1.pid);
 
@@ -85,19 +71,19 @@ fn a_child_that_fails_at_startup_costs_nothing_and_the_next_restart_works() {
 fn a_child_that_never_gets_ready_is_killed_at_the_ready_timeout() {
     let dir = TempDir::new("hang-once");
     let marker = dir.path().join("hung");
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
             ("PROBE_HANG_ONCE", marker.to_str().unwrap()),
             ("PROBE_READY_TIMEOUT_MS", "1000"),
         ],
-    );
+    ));
     let prober = Prober::start(gen1.port, Duration::from_millis(1));
     let hung = restart(&mut g, gen1.pid, 2);
     let _hung_guard = PidGuard(hung.pid);
     g.expect_line(&format!("probe hanging pid={}", hung.pid));
-    let log = g.expect_log("restart failed: generation 2");
-    assert!(log.contains("not ready after 1.0 s; killed it"), "{log}");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
+    assert!(log.contains("reason=not ready after 1.0 s killed=true"), "{log}");
     assert!(reaped(hung.pid), "the hung child is killed and reaped");
 
     let gen2 = restart(&mut g, gen1.pid, 2);
@@ -110,10 +96,10 @@ fn a_child_that_never_gets_ready_is_killed_at_the_ready_timeout() {
 
 #[test]
 fn after_the_handover_the_old_process_accepts_nothing() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let gen2 = restart(&mut g, gen1.pid, 2);
     let _gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     // Every connection for two seconds, one per millisecond, is the new process's.
     let until = Instant::now() + Duration::from_secs(2);
     let mut answers = 0;
@@ -135,7 +121,7 @@ fn after_the_handover_the_old_process_accepts_nothing() {
 
 #[test]
 fn twenty_sigusr2_in_a_second_make_one_new_generation() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     // Hold a connection so generation 1 stays alive (draining) while the signals arrive.
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
@@ -145,7 +131,7 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
     }
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     drop(held);
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
@@ -154,7 +140,7 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
     let seen = g.output_after_exit();
     let started = seen
         .iter()
-        .filter(|l| l.contains("restart: started generation"))
+        .filter(|l| l.contains("restart: started the next generation"))
         .count();
     let generations = seen.iter().filter(|l| l.starts_with("probe version=")).count();
     assert_eq!(started, 1, "{seen:#?}");
@@ -168,7 +154,7 @@ fn twenty_sigusr2_in_a_second_make_one_new_generation() {
 
 #[test]
 fn quick_successive_restarts_while_generation_one_still_drains() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     let mut guards = Vec::new();
@@ -176,7 +162,7 @@ fn quick_successive_restarts_while_generation_one_still_drains() {
     for number in 2..=4 {
         let next = restart(&mut g, current, number);
         guards.push(PidGuard(next.pid));
-        g.expect_log(&format!("generation {} stopped accepting", number - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", number - 1));
         assert_eq!(answer_pid(&ask(gen1.port).unwrap()), next.pid);
         current = next.pid;
     }
@@ -196,10 +182,10 @@ fn quick_successive_restarts_while_generation_one_still_drains() {
 fn sigterm_during_a_restart_ends_both_processes() {
     let dir = TempDir::new("term-during");
     let marker = dir.path().join("hung");
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[("PROBE_HANG_ONCE", marker.to_str().unwrap())],
-    );
+    ));
     let hung = restart(&mut g, gen1.pid, 2);
     let _hung_guard = PidGuard(hung.pid);
     g.expect_line(&format!("probe hanging pid={}", hung.pid));
@@ -207,7 +193,9 @@ fn sigterm_during_a_restart_ends_both_processes() {
     let status = g.wait_timeout(DEADLINE).expect("generation 1 exits");
     assert!(status.success(), "{status}");
     assert!(reaped(hung.pid), "the starting child is killed and reaped");
-    g.expect_log("SIGTERM while generation 2");
+    g.expect_log(
+        "stopping while the next generation was starting: killed it generation=1 cause=SIGTERM next=2 ",
+    );
 }
 
 #[test]
@@ -215,7 +203,7 @@ fn a_binary_replaced_on_disk_is_the_one_that_runs() {
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "replace");
     let app = dir.path().join("app");
     install_program(Path::new(LIFEPROBE), &app);
-    let (mut g, gen1) = start(&app, &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(&app, &[]));
     assert!(ask(gen1.port).unwrap().ends_with(" lifeprobe"));
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
     let line_gen2 = {
@@ -232,18 +220,18 @@ fn a_binary_replaced_on_disk_is_the_one_that_runs() {
         (installed.dev(), installed.ino()),
         "/proc/PID/exe is the new file"
     );
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
 }
 
 #[test]
 fn parent_killed_mid_drain_leaves_the_child_serving() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     let gen2 = restart(&mut g, gen1.pid, 2);
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     g.signal(Signal::SIGKILL);
     g.wait_timeout(DEADLINE).expect("generation 1 is killed");
     assert!(gen2_guard.is_alive());
@@ -256,15 +244,15 @@ fn parent_killed_mid_drain_leaves_the_child_serving() {
 fn child_killed_before_ready_leaves_the_parent_serving() {
     let dir = TempDir::new("kill-child");
     let marker = dir.path().join("hung");
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[("PROBE_HANG_ONCE", marker.to_str().unwrap())],
-    );
+    ));
     let prober = Prober::start(gen1.port, Duration::from_millis(1));
     let hung = restart(&mut g, gen1.pid, 2);
     g.expect_line(&format!("probe hanging pid={}", hung.pid));
     signal(hung.pid, Signal::SIGKILL);
-    let log = g.expect_log("restart failed: generation 2");
+    let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
     assert!(
         log.contains("signal: 9 (SIGKILL)") || log.contains("closed its readiness pipe"),
         "{log}"
@@ -277,7 +265,7 @@ fn child_killed_before_ready_leaves_the_parent_serving() {
 
 #[test]
 fn sigterm_drains_in_flight_connections_then_exits_zero() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     g.signal(Signal::SIGTERM);
@@ -297,7 +285,7 @@ fn sigterm_drains_in_flight_connections_then_exits_zero() {
 
 #[test]
 fn a_second_sigterm_during_the_drain_stops_at_once() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[]));
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     g.signal(Signal::SIGTERM);
@@ -313,7 +301,7 @@ fn a_second_sigterm_during_the_drain_stops_at_once() {
 
 #[test]
 fn the_stop_timeout_ends_a_drain_that_does_not_finish() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[("PROBE_STOP_TIMEOUT_MS", "300")]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STOP_TIMEOUT_MS", "300")]));
     let held = connect(gen1.port);
     assert_eq!(answer_pid(&converse(&held).unwrap()), gen1.pid);
     g.signal(Signal::SIGTERM);
@@ -328,10 +316,10 @@ fn the_stop_timeout_ends_a_drain_that_does_not_finish() {
 fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
     let dir = TempDir::new("pidfile");
     let pid_file: PathBuf = dir.path().join("app.pid");
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[("PROBE_PID_FILE", pid_file.to_str().unwrap())],
-    );
+    ));
     let read = || {
         std::fs::read_to_string(&pid_file)
             .unwrap_or_default()
@@ -341,7 +329,7 @@ fn the_pid_file_names_the_serving_process_and_goes_at_the_final_stop() {
     assert_eq!(read(), gen1.pid.to_string());
     let gen2 = restart(&mut g, gen1.pid, 2);
     let gen2_guard = PidGuard(gen2.pid);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(
         read(),
         gen2.pid.to_string(),
@@ -397,7 +385,7 @@ fn all_threads(policies: &str, policy: &str) -> bool {
 
 #[test]
 fn the_next_generation_starts_at_idle_priority_and_serves_at_normal_priority() {
-    let (mut g, gen1) = start(Path::new(LIFEPROBE), &[("PROBE_REPORT_POLICY", "1")]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_REPORT_POLICY", "1")]));
     let line = g.expect_line(&format!("probe ready pid={}", gen1.pid));
     assert!(all_threads(field(&line, "policy"), "normal"), "{line}");
 
@@ -424,10 +412,10 @@ fn the_next_generation_starts_at_idle_priority_and_serves_at_normal_priority() {
 
 #[test]
 fn the_next_generation_starts_at_normal_priority_when_idle_start_is_off() {
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[("PROBE_REPORT_POLICY", "1"), ("PROBE_NO_IDLE_START", "1")],
-    );
+    ));
     signal(gen1.pid, Signal::SIGUSR2);
     let starting = g.expect_line("probe version=");
     let gen2 = parse_probe(&starting);
@@ -443,17 +431,17 @@ fn a_next_generation_returned_to_normal_priority_before_it_read_its_start_stays_
     // (100 ms) returned it to normal priority: it must not put itself back at idle priority
     // for the rest of its start (where a busy machine starves it for seconds: runnable, a few
     // ms of CPU, no signal handlers yet).
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
             ("PROBE_IDLE_LIMIT_MS", "100"),
             ("PROBE_NEXT_START_DELAY_MS", "600"),
             ("PROBE_NEXT_READY_DELAY_MS", "300"),
         ],
-    );
+    ));
     signal(gen1.pid, Signal::SIGUSR2);
     if may_leave_idle_priority() {
-        g.expect_log("still starting after 0.1 s at idle CPU priority");
+        g.expect_log("still starting at idle CPU priority: returned it to normal priority next=2 ");
     }
     let starting = g.expect_line("probe version=");
     let gen2 = parse_probe(&starting);
@@ -467,25 +455,39 @@ fn a_next_generation_returned_to_normal_priority_before_it_read_its_start_stays_
 
 #[test]
 fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_priority() {
-    let (mut g, gen1) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
             ("PROBE_IDLE_LIMIT_MS", "300"),
             ("PROBE_NEXT_READY_DELAY_MS", "1500"),
         ],
-    );
+    ));
     signal(gen1.pid, Signal::SIGUSR2);
     let starting = g.expect_line("probe version=");
     let gen2 = parse_probe(&starting);
     let _gen2_guard = PidGuard(gen2.pid);
     if may_leave_idle_priority() {
         assert!(all_threads(field(&starting, "policy"), "idle"), "{starting}");
-        let log = g.expect_log("still starting after 0.3 s at idle CPU priority");
-        assert!(log.contains(&format!("(pid {})", gen2.pid)), "{log}");
+        let log = g.expect_log("still starting at idle CPU priority: returned it to normal priority next=2 ");
+        assert!(log.contains(&format!(" pid={} after_s=0.3 ", gen2.pid)), "{log}");
     }
     // Still not ready (it waits 1.5 s), and already at normal priority.
     let before = g.expect_line(&format!("probe before-ready pid={}", gen2.pid));
     assert!(all_threads(field(&before, "policy"), "normal"), "{before}");
     g.expect_log("stopped accepting");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
+}
+
+/// A connection offered to the next generation when none took over (no restart ran) is
+/// refused as that, `Error::NoSuccessor`, not as an I/O failure, and stays served here.
+#[test]
+fn a_hand_over_with_no_successor_is_refused_as_such_and_the_connection_stays() {
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_HAND_OVER_EARLY", "1")]));
+    let conn = connect(gen1.port);
+    assert_eq!(answer_pid(&converse(&conn).unwrap()), gen1.pid, "served here");
+    let line = g.expect_line("probe hand-over ");
+    assert_eq!(
+        line,
+        format!("probe hand-over refused=no-successor pid={}", gen1.pid)
+    );
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::Command;
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, free_port, install_program, wait_until,
+    DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, free_port, install_program,
+    lifeprobe, signal, start_lifeprobe, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -15,10 +16,6 @@ const GOGRACE: &str = env!("CARGO_BIN_EXE_gograce");
 fn app_dir(tag: &str) -> TempDir {
     // Beside the built binaries, so installing one is a hard link, never a write.
     TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), tag)
-}
-
-fn usr2(pid: u32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGUSR2).expect("kill -USR2");
 }
 
 #[test]
@@ -34,7 +31,7 @@ fn go_grace_parent_hands_its_socket_to_a_gracenet_child() {
 
     // Deploy the Rust server over the Go one, then ask Go grace to restart.
     install_program(Path::new(LIFEPROBE), &app);
-    usr2(go_pid);
+    signal(go_pid, Signal::SIGUSR2);
     let spawned: u32 = field(&g.expect_line("gograce spawned"), "pid").parse().unwrap();
     let _rust_guard = PidGuard(spawned);
     let line = g.expect_line("probe version=");
@@ -57,23 +54,19 @@ fn gracenet_parent_hands_its_socket_to_a_go_grace_child() {
     let dir = app_dir("rust-to-go");
     let app = dir.path().join("app");
     install_program(Path::new(LIFEPROBE), &app);
-    let mut cmd = Command::new(&app);
-    cmd.arg("127.0.0.1:0");
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let rust_pid: u32 = field(&line, "pid").parse().unwrap();
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    g.expect_log("generation 1 serving");
+    let (mut g, ProbeGen { pid: rust_pid, port }) = start_lifeprobe(lifeprobe(&app, &[]));
 
     install_program(Path::new(GOGRACE), &app);
-    usr2(rust_pid);
+    signal(rust_pid, Signal::SIGUSR2);
     let line = g.expect_line("gograce pid=");
     let go_pid: u32 = field(&line, "pid").parse().unwrap();
     let _go_guard = PidGuard(go_pid);
     assert_eq!(field(&line, "inherited"), "true");
     assert_eq!(field(&line, "port"), port.to_string());
     // Its SIGTERM is read as "ready" (it comes from the child being started), not as a stop.
-    g.expect_log(&format!("generation 2 (pid {go_pid}) is ready: handing over"));
+    g.expect_log(&format!(
+        "the next generation is ready: handing over generation=1 next=2 pid={go_pid}"
+    ));
     let status = g
         .wait_timeout(DEADLINE)
         .expect("the gracenet parent exits after the hand-over");
@@ -109,18 +102,18 @@ fn a_socket_activated_server_never_signals_whoever_started_the_activator() {
     let gen1 = answer_pid(&first);
     let line = sh.expect_line("probe version=");
     assert_eq!(field(&line, "pid"), gen1.to_string());
-    sh.expect_log("generation 1 serving");
+    sh.expect_log("ready and serving generation=1 ");
     assert!(
         sh.wait_timeout(std::time::Duration::from_millis(200)).is_none(),
         "the shell was signalled"
     );
 
-    usr2(gen1);
+    signal(gen1, Signal::SIGUSR2);
     let line = sh.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "2");
     let gen2: u32 = field(&line, "pid").parse().unwrap();
     let gen2_guard = PidGuard(gen2);
-    sh.expect_log("generation 1 stopped accepting");
+    sh.expect_log("stopped accepting generation=1 ");
     assert!(wait_until(DEADLINE, || answer_pid(&ask(port).unwrap()) == gen2));
     // Generation 1 ends, so the activator's command ends and the shell goes on normally:
     // it was not killed by a signal.

@@ -4,44 +4,31 @@
 //! outlive the server, or make a restart fail when it is gone.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use grace_tests::{
-    DEADLINE, PidGuard, ProbeGen, ProcessGuard, TempDir, answer_pid, ask, field, install_program, is_alive,
-    parse_probe, signal, standby_started, wait_until, zombies_of,
+    DEADLINE, PidGuard, TempDir, answer_pid, ask, field, install_program, is_alive, lifeprobe, parse_probe,
+    signal, standby_started, start_lifeprobe, wait_until, zombies_of,
 };
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
-
-/// Starts `program` (a lifeprobe keeping a standby) with `env`; waits for generation 1 to
-/// serve and for its standby, whose pid it returns with the generation.
-fn start(program: &Path, env: &[(&str, &str)]) -> (ProcessGuard, ProbeGen, u32) {
-    let mut cmd = Command::new(program);
-    cmd.arg("127.0.0.1:0").env("PROBE_STANDBY", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut guard = ProcessGuard::spawn(cmd);
-    let gen1 = parse_probe(&guard.expect_line("probe version="));
-    let standby = standby_started(&mut guard, 1);
-    (guard, gen1, standby)
-}
 
 #[test]
 fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_own() {
     let run = TempDir::new("standby-wake");
     let control = run.path().join("control.sock");
     let control_var = control.to_str().unwrap().to_owned();
-    let (mut g, gen1, standby) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
+            ("PROBE_STANDBY", "1"),
             ("PROBE_CONTROL_SOCKET", &control_var),
             ("PROBE_STATE", "1"),
             ("PROBE_REPORT_POLICY", "1"),
         ],
-    );
+    ));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     // It ran main's first steps, then waits in its first call into gracenet: no generation,
     // no listener of its own; the server names it.
@@ -69,8 +56,8 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
 
     signal(gen1.pid, Signal::SIGUSR2);
     // Woken by the signal thread at the signal itself, before the lifecycle's task ran.
-    let woke = g.expect_log(&format!("woke the standby (pid {standby}"));
-    assert!(woke.contains("at the signal"), "{woke}");
+    let woke = g.expect_log(&format!("restart: woke the standby pid={standby} "));
+    assert!(woke.contains(" at_signal=true "), "{woke}");
     let line = g.expect_line("probe version=");
     let gen2 = parse_probe(&line);
     assert_eq!(gen2.pid, standby, "the standby is generation 2: {line}");
@@ -83,7 +70,7 @@ fn a_restart_wakes_the_standby_which_takes_over_with_the_state_and_starts_its_ow
         state.starts_with("probe state count=2 ") && state.ends_with(&format!("pid={standby}")),
         "{state}"
     );
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), standby);
     assert!(
         wait_until(DEADLINE, || !is_alive(gen1.pid)),
@@ -107,36 +94,38 @@ fn a_program_replaced_since_the_standby_started_runs_fresh_and_the_standby_is_le
     let dir = TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "standby-replace");
     let app = dir.path().join("app");
     install_program(Path::new(LIFEPROBE), &app);
-    let (mut g, gen1, standby) = start(&app, &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(&app, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     install_program(Path::new(env!("CARGO_BIN_EXE_lifeprobe2")), &app);
 
     signal(gen1.pid, Signal::SIGUSR2);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("the program file has changed"), "{let_go}");
     let gen2 = parse_probe(&g.expect_line("probe version=lifeprobe2"));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_ne!(gen2.pid, standby);
     assert!(!is_alive(standby), "the stale standby is gone");
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(ask(gen1.port).unwrap(), format!("{} 2 lifeprobe2", gen2.pid));
 }
 
 #[test]
 fn a_standby_that_exited_costs_the_restart_nothing() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGKILL);
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("exited before a restart took it"), "{let_go}");
 
     signal(gen1.pid, Signal::SIGUSR2);
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let _gen2_guard = PidGuard(gen2.pid);
     assert_ne!(gen2.pid, standby);
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }
 
@@ -149,13 +138,15 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
     let control = run.path().join("control.sock");
     let control_var = control.to_str().unwrap().to_owned();
     let ready_timeout = Duration::from_secs(20);
-    let (mut g, gen1, standby) = start(
-        Path::new(LIFEPROBE),
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
         &[
+            ("PROBE_STANDBY", "1"),
             ("PROBE_CONTROL_SOCKET", &control_var),
             ("PROBE_READY_TIMEOUT_MS", &ready_timeout.as_millis().to_string()),
         ],
-    );
+    ));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(standby, Signal::SIGSTOP);
@@ -180,7 +171,7 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
         took < ready_timeout / 2,
         "the restart took {took:?}: it waited for the stopped standby"
     );
-    let let_go = g.expect_log(&format!("let the standby (pid {standby}) go"));
+    let let_go = g.expect_log(&format!("let the standby go pid={standby} "));
     assert!(let_go.contains("did not acknowledge the wake"), "{let_go}");
     let gen2 = parse_probe(&g.expect_line("probe version="));
     let _gen2_guard = PidGuard(gen2.pid);
@@ -192,13 +183,14 @@ fn a_stopped_standby_is_let_go_at_the_wake_and_a_fresh_process_takes_the_same_re
         "the stopped standby is still there"
     );
     assert!(zombies_of(gen1.pid).is_empty(), "{:?}", zombies_of(gen1.pid));
-    g.expect_log("generation 1 stopped accepting");
+    g.expect_log("stopped accepting generation=1 ");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen2.pid);
 }
 
 #[test]
 fn the_standby_goes_when_the_server_stops() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(gen1.pid, Signal::SIGTERM);
@@ -209,7 +201,8 @@ fn the_standby_goes_when_the_server_stops() {
 
 #[test]
 fn a_standby_whose_server_was_killed_exits_by_itself() {
-    let (mut g, gen1, standby) = start(Path::new(LIFEPROBE), &[]);
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STANDBY", "1")]));
+    let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     g.expect_line(&format!("probe main pid={standby}"));
     signal(gen1.pid, Signal::SIGKILL);

@@ -3,42 +3,27 @@
 //! survives ten restarts, a refusal that rolls the restart back, 64 MiB of state (its final
 //! state too, though the new generation never asks for it), and a handing-over that stalls.
 
-use std::process::Command;
-
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProbeGen, TempDir, answer_pid, ask, field, lifeprobe, signal, start_lifeprobe,
+    wait_until,
+};
 use nix::sys::signal::Signal;
 
 const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
-fn start(env: &[(&str, &str)]) -> (ProcessGuard, u32, u16) {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.arg("127.0.0.1:0").env("PROBE_STATE", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    g.expect_log("generation 1 serving");
-    let port = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    (g, field(&line, "pid").parse().unwrap(), port)
-}
-
-fn usr2(pid: u32) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGUSR2).unwrap();
-}
-
 #[test]
 fn a_counter_survives_ten_restarts() {
-    let (mut g, gen1, port) = start(&[]);
+    let (mut g, ProbeGen { pid: gen1, port }) =
+        start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STATE", "1")]));
     let mut guards = vec![PidGuard(gen1)];
     let mut serving = gen1;
     for n in 2..=11 {
-        usr2(serving);
+        signal(serving, Signal::SIGUSR2);
         let state = g.expect_line("probe state count=");
         assert_eq!(field(&state, "count"), n.to_string(), "{state}");
         serving = field(&state, "pid").parse().unwrap();
         guards.push(PidGuard(serving));
-        g.expect_log(&format!("generation {} stopped accepting", n - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", n - 1));
     }
     assert!(wait_until(DEADLINE, || ask(port).is_ok_and(|a| answer_pid(&a) == serving)));
 }
@@ -47,9 +32,15 @@ fn a_counter_survives_ten_restarts() {
 fn a_refused_state_rolls_the_restart_back_and_says_why() {
     let dir = TempDir::new("state-refused");
     let marker = dir.path().join("refused-once");
-    let (mut g, gen1, port) = start(&[("PROBE_STATE_REFUSE_ONCE", marker.to_str().unwrap())]);
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[
+            ("PROBE_STATE", "1"),
+            ("PROBE_STATE_REFUSE_ONCE", marker.to_str().unwrap()),
+        ],
+    ));
     let _g1 = PidGuard(gen1);
-    usr2(gen1);
+    signal(gen1, Signal::SIGUSR2);
     let failed = g.expect_log("restart failed");
     assert!(
         failed.contains("refused what it was handed: unknown version"),
@@ -61,7 +52,7 @@ fn a_refused_state_rolls_the_restart_back_and_says_why() {
         "the old generation keeps serving"
     );
     // The next attempt is accepted, and the counter went on.
-    usr2(gen1);
+    signal(gen1, Signal::SIGUSR2);
     let state = g.expect_line("probe state count=");
     let _g2 = PidGuard(field(&state, "pid").parse().unwrap());
     assert_eq!(field(&state, "count"), "2", "{state}");
@@ -70,29 +61,39 @@ fn a_refused_state_rolls_the_restart_back_and_says_why() {
 #[test]
 fn sixty_four_mebibytes_of_state_arrive_whole() {
     let size = 64 * 1024 * 1024;
-    let (mut g, gen1, _port) = start(&[("PROBE_STATE_BYTES", &size.to_string())]);
+    let (mut g, ProbeGen { pid: gen1, .. }) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[("PROBE_STATE", "1"), ("PROBE_STATE_BYTES", &size.to_string())],
+    ));
     let _g1 = PidGuard(gen1);
-    usr2(gen1);
+    signal(gen1, Signal::SIGUSR2);
     let state = g.expect_line("probe state count=");
     let _g2 = PidGuard(field(&state, "pid").parse().unwrap());
     let bytes: usize = field(&state, "bytes").parse().unwrap();
     assert_eq!(bytes, size + "v1:1:".len(), "{state}");
-    g.expect_log("handed 67108869 byte(s) of state to generation 2");
+    g.expect_log("handed the state over bytes=67108869 next=2 ");
     // The final state too, after the drain, though generation 2 never asks for it: it is read
     // and dropped there, and does not hold generation 1's exit.
-    g.expect_log("handed 67108869 byte(s) of final state to generation 2");
-    g.expect_log("generation 1 done (drained)");
+    g.expect_log("handed the final state over bytes=67108869 next=2 ");
+    g.expect_log("done: drained; exiting generation=1 ");
 }
 
 #[test]
 fn a_handing_over_that_stalls_cannot_hold_the_restart_past_the_ready_timeout() {
-    let (mut g, gen1, port) = start(&[("PROBE_STATE_STALL", "1"), ("PROBE_READY_TIMEOUT_MS", "1500")]);
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[
+            ("PROBE_STATE", "1"),
+            ("PROBE_STATE_STALL", "1"),
+            ("PROBE_READY_TIMEOUT_MS", "1500"),
+        ],
+    ));
     let _g1 = PidGuard(gen1);
-    usr2(gen1);
+    signal(gen1, Signal::SIGUSR2);
     // Generation 2 waits for state that never comes; the ready timeout ends it.
     let failed = g.expect_log("restart failed");
     assert!(failed.contains("not ready after 1.5 s"), "{failed}");
-    g.expect_log("could not hand the state to generation 2");
+    g.expect_log("could not hand the state over: timed out next=2 ");
     assert_eq!(
         answer_pid(&ask(port).unwrap()),
         gen1,

@@ -56,7 +56,8 @@ fn serving_pid(port: u16) -> Option<u32> {
 /// by pid at the end, even one the test never learnt the pid of), pid and port.
 fn start(program: &std::path::Path, env: &[(&str, &str)]) -> ((Sweep, ProcessGuard), u32, u16) {
     let mut cmd = Command::new(program);
-    cmd.arg("127.0.0.1:0");
+    // Log lines without colours, their fields as `key=value`.
+    cmd.arg("127.0.0.1:0").env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -199,7 +200,7 @@ fn a_new_process_whose_predecessor_dies_before_its_final_state_serves_on_and_say
         .unwrap();
     let second = restart(first, port);
     let _g2 = PidGuard(second);
-    g.expect_log("generation 1 stopped accepting; draining 1 connection");
+    g.expect_log("stopped accepting generation=1 connections=1");
     // The old process dies in its drain, before its final state.
     grace_tests::signal(first, Signal::SIGKILL);
     let lost = g.expect_log("final state did not come");
@@ -227,12 +228,12 @@ fn a_write_acknowledged_late_in_a_long_drain_reaches_a_process_two_restarts_on()
     .unwrap();
     let second = restart(first, port);
     let _g2 = PidGuard(second);
-    g.expect_log("generation 1 stopped accepting; draining 1 connection");
+    g.expect_log("stopped accepting generation=1 connections=1");
     // The second process is restarted while the first still drains: its own drain ends at
     // once, but its final state must wait for the first one's.
     let third = restart(second, port);
     let _g3 = PidGuard(third);
-    g.expect_log("generation 2 stopped accepting");
+    g.expect_log("stopped accepting generation=2 ");
     // Now the first process acknowledges the write, after both snapshots were taken.
     held.write_all(b" item").unwrap();
     let mut answer = String::new();

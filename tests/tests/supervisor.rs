@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use grace_tests::{
-    DEADLINE, PidGuard, Prober, ProcessGuard, SWEEP_MARK as MARK, Sweep, field, is_alive, wait_until,
-    zombies_of,
+    DEADLINE, PidGuard, Prober, ProcessGuard, SWEEP_MARK as MARK, Sweep, command, field, is_alive,
+    start_lifeprobe, wait_until, zombies_of,
 };
 use nix::sys::signal::Signal;
 
@@ -24,22 +24,12 @@ struct Supervised {
 
 /// Starts lifeprobe under its supervisor with `env` and waits for generation 1 to serve.
 fn supervised(env: &[(&str, &str)]) -> Supervised {
-    let mut cmd = Command::new(LIFEPROBE);
-    cmd.args(["127.0.0.1:0", "--supervise"]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut sup = ProcessGuard::spawn(cmd);
-    let line = sup.expect_line("probe version=");
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
-    let gen1 = probe_pid(&line);
-    let guard = PidGuard(gen1);
-    sup.expect_log("generation 1 serving");
+    let (sup, gen1) = start_lifeprobe(command(LIFEPROBE, &["127.0.0.1:0", "--supervise"], env));
     Supervised {
         sup,
-        gen1,
-        port,
-        guard,
+        gen1: gen1.pid,
+        port: gen1.port,
+        guard: PidGuard(gen1.pid),
     }
 }
 
@@ -47,6 +37,15 @@ fn supervised(env: &[(&str, &str)]) -> Supervised {
 fn start_supervised() -> (ProcessGuard, u32, PidGuard) {
     let s = supervised(&[]);
     (s.sup, s.gen1, s.guard)
+}
+
+/// Sends SIGUSR2 to the supervisor, which forwards it to `serving`; the next generation's pid
+/// (once it has printed its first line) and its guard.
+fn forwarded_restart(sup: &mut ProcessGuard, serving: u32) -> (u32, PidGuard) {
+    sup.signal(Signal::SIGUSR2);
+    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {serving}"));
+    let next = probe_pid(&sup.expect_line("probe version="));
+    (next, PidGuard(next))
 }
 
 fn probe_pid(line: &str) -> u32 {
@@ -77,7 +76,7 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
         let new = probe_pid(&line);
         guards.push(PidGuard(new));
         sup.expect_log(&format!("pid {new} is now serving (was {serving})"));
-        sup.expect_log(&format!("generation {} stopped accepting", number - 1));
+        sup.expect_log(&format!("stopped accepting generation={} ", number - 1));
         let old = serving;
         serving = new;
         // The old generation drains and goes; the supervisor reaps it: no zombie lingers.
@@ -209,7 +208,7 @@ fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>
     sup.signal(Signal::SIGUSR2);
     let gen2 = probe_pid(&sup.expect_line("probe version="));
     guards.push(PidGuard(gen2));
-    sup.expect_log("generation 1 stopped accepting; draining 1 connection(s) or task(s)");
+    sup.expect_log("stopped accepting generation=1 connections=1");
     (sup, port, gen1, gen2, guards, conn)
 }
 
@@ -321,7 +320,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
     let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
     let gen1: u32 = probe_pid(&line);
     assert_ne!(gen1, 1, "generation 1 is not the namespace's pid 1");
-    ns.expect_log("generation 1 serving");
+    ns.expect_log("ready and serving generation=1 ");
     let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
     let pid1: u32 = children
         .split_whitespace()
@@ -345,7 +344,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
     let line = ns.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "2");
     let gen2 = probe_pid(&line);
-    ns.expect_log("generation 1 stopped accepting");
+    ns.expect_log("stopped accepting generation=1 ");
     let mut last = None;
     let served = wait_until(DEADLINE, || {
         last = Some(grace_tests::ask(port).map(|a| grace_tests::answer_pid(&a)));
@@ -603,11 +602,8 @@ fn a_serving_generation_killed_while_its_successor_starts_leaves_one_generation_
         guard: _g1,
     } = s;
     let supervisor = sup.pid();
-    sup.signal(Signal::SIGUSR2);
-    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {gen1}"));
     // Generation 2 starts as generation 1's child and waits 1.5 s before it is ready...
-    let orphan = probe_pid(&sup.expect_line("probe version="));
-    let _g2 = PidGuard(orphan);
+    let (orphan, _g2) = forwarded_restart(&mut sup, gen1);
     // ... and its parent dies meanwhile: the supervisor starts a generation 2 of its own.
     send(gen1, Signal::SIGKILL);
     sup.expect_log("died with no successor");
@@ -679,10 +675,8 @@ fn giving_up_after_a_crash_loop_leaves_no_generation_behind() {
         guards.push(PidGuard(serving));
     }
     // A restart of the fifth: held until it is ready, then forwarded; its successor starts...
-    sup.signal(Signal::SIGUSR2);
-    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {serving}"));
-    let successor = probe_pid(&sup.expect_line("probe version="));
-    guards.push(PidGuard(successor));
+    let (successor, guard) = forwarded_restart(&mut sup, serving);
+    guards.push(guard);
     // ... when its parent dies: the fifth crash in 30 s.
     send(serving, Signal::SIGKILL);
     let line = sup.expect_log("giving up");
@@ -708,16 +702,13 @@ fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart()
         guard: _g1,
     } = s;
     let supervisor = sup.pid();
-    sup.signal(Signal::SIGUSR2);
-    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {gen1}"));
-    let successor = probe_pid(&sup.expect_line("probe version="));
-    let _g2 = PidGuard(successor);
+    let (successor, _g2) = forwarded_restart(&mut sup, gen1);
     // The supervisor is held (SIGSTOP) while generation 1 dies and its successor, now an
     // orphan of the supervisor, reports ready: the supervisor then sees both at once.
     sup.signal(Signal::SIGSTOP);
     send(gen1, Signal::SIGKILL);
-    let ready = sup.expect_log("generation 2 serving");
-    assert!(ready.contains(&format!("with pid {successor}")), "{ready}");
+    let ready = sup.expect_log("ready and serving generation=2 ");
+    assert!(ready.contains(&format!(" pid={successor} ")), "{ready}");
     sup.signal(Signal::SIGCONT);
     // It is generation 1's successor: it serves, and no crash restart starts.
     sup.expect_log(&format!("pid {successor} is now serving (was {gen1})"));

@@ -8,8 +8,13 @@ use std::process::Command;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, answer_pid, ask, field, signal, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProbeGen, TempDir, answer_pid, ask, command, field, lifeprobe, signal,
+    start_lifeprobe, wait_until,
+};
 use nix::sys::signal::Signal;
+
+const LIFEPROBE: &str = env!("CARGO_BIN_EXE_lifeprobe");
 
 /// Receives sd_notify datagrams on a socket in `dir`, one message (its lines) per datagram.
 fn notify_socket(dir: &Path) -> (std::path::PathBuf, Receiver<Vec<String>>) {
@@ -61,12 +66,9 @@ fn assert_reloading(msg: &[String]) {
 fn sd_notify_messages_follow_the_serving_pid_across_restarts_and_stop() {
     let dir = TempDir::new("notify");
     let (path, rx) = notify_socket(dir.path());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeprobe"));
-    cmd.arg("127.0.0.1:0").env("NOTIFY_SOCKET", &path);
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let gen1: u32 = field(&line, "pid").parse().unwrap();
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let mut cmd = lifeprobe(LIFEPROBE, &[]);
+    cmd.env("NOTIFY_SOCKET", &path);
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(cmd);
 
     assert_ready(&next(&rx), gen1, port);
     let mut guards = Vec::new();
@@ -78,7 +80,7 @@ fn sd_notify_messages_follow_the_serving_pid_across_restarts_and_stop() {
         assert_eq!(field(&line, "generation"), number.to_string());
         let pid: u32 = field(&line, "pid").parse().unwrap();
         guards.push(PidGuard(pid));
-        g.expect_log(&format!("generation {} stopped accepting", number - 1));
+        g.expect_log(&format!("stopped accepting generation={} ", number - 1));
         assert_ready(&next(&rx), pid, port);
         serving = pid;
     }
@@ -108,14 +110,9 @@ fn a_failed_restart_tells_systemd_the_old_process_still_serves() {
     let dir = TempDir::new("notify-fail");
     let (path, rx) = notify_socket(dir.path());
     let marker = dir.path().join("failed");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeprobe"));
-    cmd.arg("127.0.0.1:0")
-        .env("NOTIFY_SOCKET", &path)
-        .env("PROBE_FAIL_ONCE", &marker);
-    let mut g = ProcessGuard::spawn(cmd);
-    let line = g.expect_line("probe version=");
-    let gen1: u32 = field(&line, "pid").parse().unwrap();
-    let port: u16 = field(&line, "addr").rsplit(':').next().unwrap().parse().unwrap();
+    let mut cmd = lifeprobe(LIFEPROBE, &[]);
+    cmd.env("NOTIFY_SOCKET", &path).env("PROBE_FAIL_ONCE", &marker);
+    let (g, ProbeGen { pid: gen1, port }) = start_lifeprobe(cmd);
     assert_ready(&next(&rx), gen1, port);
     g.signal(Signal::SIGUSR2);
     assert_reloading(&next(&rx));
@@ -159,7 +156,7 @@ fn the_example_units_pass_systemd_analyze_verify() {
         let dir = TempDir::new("units");
         // verify checks that ExecStart exists: point it at a real executable.
         let text = std::fs::read_to_string(units.join(service)).unwrap();
-        let text = text.replace("/usr/local/bin/gracedemo", env!("CARGO_BIN_EXE_lifeprobe"));
+        let text = text.replace("/usr/local/bin/gracedemo", LIFEPROBE);
         std::fs::write(dir.path().join("gracedemo.service"), text).unwrap();
         std::fs::copy(
             units.join("gracedemo.socket"),
@@ -191,14 +188,11 @@ fn the_example_units_pass_systemd_analyze_verify() {
 fn under_a_supervisor_systemd_hears_the_supervisors_pid_as_mainpid() {
     let dir = TempDir::new("notify-supervised");
     let (path, rx) = notify_socket(dir.path());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeprobe"));
-    cmd.args(["127.0.0.1:0", "--supervise"])
-        .env("NOTIFY_SOCKET", &path);
-    let mut g = ProcessGuard::spawn(cmd);
+    let mut cmd = command(LIFEPROBE, &["127.0.0.1:0", "--supervise"], &[]);
+    cmd.env("NOTIFY_SOCKET", &path);
+    let (mut g, gen1) = start_lifeprobe(cmd);
     let supervisor = g.pid();
-    let line = g.expect_line("probe version=");
-    let gen1: u32 = field(&line, "pid").parse().unwrap();
-    let _gen1 = PidGuard(gen1);
+    let _gen1 = PidGuard(gen1.pid);
     let ready = next(&rx);
     assert_eq!(
         value(&ready, "MAINPID"),

@@ -9,7 +9,7 @@ merged by the new one after. Times come from the moment each output line is read
 
 - restart: SIGUSR2 sent -> the new process's "Graceful handoff" line (it has decoded the
   snapshot and serves);
-- snapshot: SIGUSR2 sent -> the old process's "handed N byte(s) of state" (taken, encoded,
+- snapshot: SIGUSR2 sent -> the old process's "handed the state over" (taken, encoded,
   written: the new process has read most of it, as a socket buffer holds little);
 - final: the old process's "stopped accepting" -> the new process's "merged the final state"
   (drain end, the provider again, the bytes, decoding and merging).
@@ -92,7 +92,7 @@ def main():
     ap.add_argument("--restarts", type=int, default=3)
     args = ap.parse_args()
     port, run = free_port(), f"{os.getpid()}-{time.time_ns()}"
-    env = dict(os.environ, **{MARK: run})
+    env = dict(os.environ, **{MARK: run, "NO_COLOR": "1"})
     proc = subprocess.Popen(
         [args.binary, f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
     )
@@ -109,7 +109,7 @@ def main():
         for n in range(args.restarts):
             sent = time.monotonic()
             os.kill(pid, signal.SIGUSR2)
-            snap_at, snap = out.wait("byte(s) of state to generation")
+            snap_at, snap = out.wait("handed the state over bytes=")
             ready_at, _ = out.wait("Graceful handoff")
             stopped_at, _ = out.wait("stopped accepting")
             merged_at, _ = out.wait("merged the final state")
@@ -117,7 +117,7 @@ def main():
             assert answer["count"] == count, (answer, count)
             assert answer["pid"] != pid, answer
             pid = answer["pid"]
-            state_bytes = int(snap.split("handed ")[1].split(" ")[0])
+            state_bytes = int(snap.split("bytes=")[1].split(" ")[0])
             rows.append((ready_at - sent, snap_at - sent, merged_at - stopped_at))
             print(
                 f"restart {n + 1}: {state_bytes / 2**20:.1f} MiB of state; restart {1000 * (ready_at - sent):.0f} ms, "

@@ -203,26 +203,20 @@ impl Report {
         let _ = writeln!(md, "\n### Footprint (gracedemo)\n");
         let _ = writeln!(md, "| when | RSS KiB | open fds |");
         let _ = writeln!(md, "|---|---|---|");
-        let _ = writeln!(
-            md,
-            "| idle, generation 1 | {} | {} |",
-            show(fp.idle.0),
-            showf(fp.idle.1)
-        );
-        let _ = writeln!(
-            md,
-            "| under load ({} connections) | {} | {} |",
-            plan.connections,
-            show(fp.under_load.0),
-            showf(fp.under_load.1)
-        );
-        let _ = writeln!(
-            md,
-            "| idle, after {} more restarts | {} | {} |",
-            plan.restarts_for_footprint,
-            show(fp.after_restarts.0),
-            showf(fp.after_restarts.1)
-        );
+        let rows = [
+            ("idle, generation 1".to_owned(), fp.idle),
+            (
+                format!("under load ({} connections)", plan.connections),
+                fp.under_load,
+            ),
+            (
+                format!("idle, after {} more restarts", plan.restarts_for_footprint),
+                fp.after_restarts,
+            ),
+        ];
+        for (when, (rss, fds)) in rows {
+            let _ = writeln!(md, "| {when} | {} | {} |", show(rss), showf(fds));
+        }
         let _ = writeln!(
             md,
             "\nProcesses of the server left at the end: {} (expected 1).",

@@ -32,14 +32,33 @@ pub(crate) struct Settings {
     /// How long a ready worker may stay silent (no heartbeat) before it is killed as hung;
     /// `None`: never.
     pub worker_timeout: Option<Duration>,
-    /// How many crashes within [`CRASH_WINDOW`] end the cluster.
+    /// How many workers failing to start (exiting before they are ready) within
+    /// [`CRASH_WINDOW`] end the cluster.
     pub crash_limit: usize,
 }
 
 /// The window crashes are counted in.
 pub(crate) const CRASH_WINDOW: Duration = Duration::from_secs(30);
-/// The delay before the second crash restart of a slot in a window; it doubles after.
+/// The delay before the second crash restart in a window; it doubles after, up to
+/// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest a slot waits for its next worker after crashes.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A worker that dies after serving this long is replaced at once and not counted as a crash
+/// loop: it was killed or failed on its own, not at its start.
+pub(crate) const STABLE: Duration = Duration::from_secs(1);
+
+/// How a slot lost its worker, for the crash policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    /// Never ready (could not start, exited or was killed before it was ready): counts toward
+    /// giving up.
+    BootFailure,
+    /// Ready, then gone within [`STABLE`]: backs off.
+    Early,
+    /// Ready for at least [`STABLE`]: replaced at once.
+    Late,
+}
 
 /// A worker process, as the primary knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +66,8 @@ pub(crate) struct Worker {
     pub pid: u32,
     /// Said it is ready (serving).
     pub ready: bool,
-    /// Killed if not ready by then (workers the primary started); heartbeats count from here.
+    /// When it started (killed if not ready by `since + ready_timeout`), then when it became
+    /// ready (a death within [`STABLE`] of it backs off); heartbeats count from here.
     pub since: Instant,
     /// Its last sign of life.
     pub beat: Instant,
@@ -110,8 +130,10 @@ pub(crate) struct Cluster {
     pub stopping: bool,
     /// Gave up after a crash loop.
     pub gave_up: bool,
-    /// Crash times within the window.
+    /// Times of crashes that back off (boot failures and early deaths) within the window.
     pub crashes: VecDeque<Instant>,
+    /// Times of boot failures within the window: `crash_limit` of them end the cluster.
+    pub boot_failures: VecDeque<Instant>,
     /// `Exit` was issued.
     pub exited: bool,
     /// Starts asked of the driver and not yet reported (some for slots gone since).
@@ -189,6 +211,7 @@ impl Cluster {
             stopping: false,
             gave_up: false,
             crashes: VecDeque::new(),
+            boot_failures: VecDeque::new(),
             exited: false,
             spawning: std::collections::BTreeSet::new(),
             next_start: 0,
@@ -280,7 +303,7 @@ impl Cluster {
                 self.spawning.remove(&id);
                 if let Some(slot) = self.slots.iter().position(|s| s.starting == Some(id)) {
                     self.slots[slot].starting = None;
-                    self.crashed(slot, now, &mut actions);
+                    self.crashed(slot, now, Loss::BootFailure, &mut actions);
                 }
             }
             Event::Ready { slot, pid } => self.ready(slot, pid, now, &mut actions),
@@ -352,6 +375,7 @@ impl Cluster {
             Some(w) if w.pid == pid => {
                 if let Some(w) = s.worker.as_mut() {
                     w.ready = true;
+                    w.since = now;
                     w.beat = now;
                 }
             }
@@ -391,6 +415,11 @@ impl Cluster {
         let Some(slot) = self.slot_of(pid) else {
             return;
         };
+        let loss = match self.slots[slot].worker {
+            Some(w) if w.ready && now.saturating_duration_since(w.since) >= STABLE => Loss::Late,
+            Some(w) if w.ready => Loss::Early,
+            _ => Loss::BootFailure,
+        };
         let restarting = std::mem::replace(&mut self.slots[slot].restarting, false);
         self.slots[slot].worker = None;
         if restarting {
@@ -408,32 +437,42 @@ impl Cluster {
         }
         // A worker that ends on its own, cleanly or not, leaves its slot empty: that is a
         // crash as far as the slot is concerned.
-        self.crashed(slot, now, actions);
+        self.crashed(slot, now, loss, actions);
     }
 
-    /// The worker of `slot` is gone (or never started): start another, after a backoff, or
-    /// give up after a crash loop.
-    fn crashed(&mut self, slot: usize, now: Instant, actions: &mut Vec<Action>) {
+    /// The worker of `slot` is gone (or never started): start another, at once after a
+    /// worker that served a while, else after a backoff; give up after `crash_limit` boot
+    /// failures in the window (a build that cannot start).
+    fn crashed(&mut self, slot: usize, now: Instant, loss: Loss, actions: &mut Vec<Action>) {
         if self.stopping || slot >= self.settings.workers {
             return;
         }
-        while self
-            .crashes
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) >= CRASH_WINDOW)
-        {
-            self.crashes.pop_front();
+        let recent = |times: &mut VecDeque<Instant>| {
+            while times
+                .front()
+                .is_some_and(|&t| now.saturating_duration_since(t) >= CRASH_WINDOW)
+            {
+                times.pop_front();
+            }
+        };
+        recent(&mut self.crashes);
+        recent(&mut self.boot_failures);
+        if loss == Loss::BootFailure {
+            self.boot_failures.push_back(now);
+            if self.boot_failures.len() >= self.settings.crash_limit {
+                self.gave_up = true;
+                self.stop(actions);
+                return;
+            }
         }
-        self.crashes.push_back(now);
-        let n = self.crashes.len();
-        if n >= self.settings.crash_limit {
-            self.gave_up = true;
-            self.stop(actions);
-            return;
-        }
-        let delay = match n {
-            1 => Duration::ZERO,
-            n => FIRST_BACKOFF * (1u32 << (n - 2).min(16)),
+        let delay = if loss == Loss::Late {
+            Duration::ZERO
+        } else {
+            self.crashes.push_back(now);
+            match self.crashes.len() {
+                1 => Duration::ZERO,
+                n => (FIRST_BACKOFF * (1u32 << (n - 2).min(16))).min(MAX_BACKOFF),
+            }
         };
         if delay.is_zero() {
             self.start_slot(slot, actions);
@@ -751,6 +790,62 @@ mod tests {
             now,
         );
         assert_eq!(a, vec![Action::Exit { code: 1 }]);
+    }
+
+    #[test]
+    fn workers_killed_after_serving_a_while_are_replaced_at_once_however_often() {
+        let mut now = Instant::now();
+        let mut c = serving(2, now);
+        let mut pid = 100;
+        for n in 0..20u32 {
+            now += STABLE;
+            c.handle(Event::Heartbeat { pid: 101 }, now);
+            let a = c.handle(Event::Exited { pid, clean: false }, now);
+            let [Action::Start { slot: 0, id }] = a[..] else {
+                panic!("death {n} of a worker that served {STABLE:?}: replaced at once, got {a:?}")
+            };
+            pid = 1000 + n;
+            c.handle(Event::Started { id, pid }, now);
+            c.handle(Event::Ready { slot: 0, pid }, now);
+        }
+        assert!(!c.gave_up && !c.stopping, "an operator's kills are no crash loop");
+        // One that dies right after it is ready backs off, and still never ends the cluster.
+        let mut delays = Vec::new();
+        for n in 0..10u32 {
+            now += Duration::from_millis(100);
+            c.handle(Event::Heartbeat { pid: 101 }, now);
+            let a = c.handle(Event::Exited { pid, clean: false }, now);
+            let id = match a[..] {
+                [Action::Start { id, .. }] => {
+                    delays.push(Duration::ZERO);
+                    id
+                }
+                [] => {
+                    let at = c.slots[0].restart_at.expect("a restart is due");
+                    delays.push(at - now);
+                    now = at;
+                    c.handle(Event::Heartbeat { pid: 101 }, now);
+                    match c.handle(Event::Tick, now)[..] {
+                        [Action::Start { id, .. }] => id,
+                        ref other => panic!("expected a start after the backoff: {other:?}"),
+                    }
+                }
+                ref other => panic!("unexpected {other:?}"),
+            };
+            pid = 2000 + n;
+            c.handle(Event::Started { id, pid }, now);
+            c.handle(Event::Ready { slot: 0, pid }, now);
+        }
+        assert!(!c.gave_up, "deaths after ready back off but never give up");
+        // (Later ones shrink again as the first crashes leave the 30 s window.)
+        assert!(
+            delays[..7].windows(2).all(|w| w[0] <= w[1]),
+            "the backoff grows: {delays:?}"
+        );
+        assert!(
+            delays.iter().all(|&d| d <= MAX_BACKOFF),
+            "and is capped: {delays:?}"
+        );
     }
 
     #[test]

@@ -1,15 +1,149 @@
 //! Cluster in a node: N worker processes of the program on the same listening sockets, under
-//! one primary (today's supervisor grown up: it holds the sockets and the stable pid, forwards
-//! signals, owns the control socket). One worker failing loses nothing: the others keep
-//! accepting on the same sockets while the primary starts its replacement; a hung worker is
-//! noticed by its silence and replaced; a rolling restart replaces the workers one slot at a
-//! time, each by its own restart (so state, connection and TLS ticket hand-over work per
-//! worker).
+//! one primary process (the [supervisor](crate::supervise) grown up). One worker failing loses
+//! nothing: the others keep accepting on the same sockets while the primary starts its
+//! replacement; a hung worker is noticed by its silence and replaced; a rolling restart
+//! replaces the workers one at a time, each by its own restart, so state, connection and TLS
+//! ticket hand-over work per worker.
 //!
-//! The primary's decisions are a pure state machine ([`machine`]), tested like the
-//! generation's. The driver that performs its actions on real processes comes next; until
-//! then nothing outside the tests uses it.
+//! ```no_run
+//! # fn main() -> Result<(), gracenet::Error> {
+//! // First thing in main: the primary runs until the service ends; a worker goes on.
+//! if gracenet::should_supervise(true) {
+//!     let code = gracenet::Cluster::builder().workers(4).run()?;
+//!     std::process::exit(code);
+//! }
+//! // ... a worker: an ordinary generation (Generation::builder().start(), gracehttp::Server ...)
+//! # Ok(()) }
+//! ```
+//!
+//! The primary holds the listening sockets (from socket activation, or a copy from the first
+//! worker, which binds them), keeps the stable pid (systemd's main process, a container's
+//! pid 1), owns the control socket and the PID file, and:
+//! - `SIGUSR2` or the control socket's `restart`: a rolling restart. Each worker in
+//!   turn is asked to restart (`SIGUSR2`); once its successor is ready, the next one is. A
+//!   worker whose restart fails stops the rollout: the workers already replaced keep their new
+//!   process, the others their old one, all of them serve; the control client gets the
+//!   failure and its reason. A restart asked for during a rollout runs after it.
+//! - a worker that dies is replaced at once on the same sockets (a crash loop backs off, and
+//!   5 crashes in 30 s end the cluster);
+//! - a worker silent for the worker timeout (default [`DEFAULT_WORKER_TIMEOUT`]) is stopped
+//!   (`SIGTERM`, `SIGKILL` half a second later) and replaced; so is one not ready within the
+//!   ready timeout;
+//! - `SIGTTIN` / `SIGTTOU` or the control socket's `scale N` add or drain workers;
+//! - `SIGTERM`, `SIGINT` or `SIGHUP` (a terminal closing) drain every worker, and the
+//!   primary exits once all are gone.
+//!
+//! Each worker knows its slot (`GRACE_WORKER`), says it when ready, and sends a heartbeat
+//! (`WATCHDOG=1`) from its tokio runtime; it leaves the control socket and the PID file to
+//! the primary.
 
-#![allow(dead_code)]
-
+pub(crate) mod balance;
 pub(crate) mod machine;
+mod primary;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How long a ready worker may stay silent before it is replaced, unless set otherwise
+/// ([`ClusterBuilder::worker_timeout`]): gunicorn's default.
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a worker sends its heartbeat when no worker timeout asks for more often.
+pub(crate) const DEFAULT_HEARTBEAT: Duration = crate::startup::DEFAULT_HEARTBEAT;
+
+/// A cluster's primary, to be run ([`Cluster::builder`]).
+#[derive(Debug)]
+pub struct Cluster;
+
+impl Cluster {
+    /// The settings of a cluster's primary: one worker per core unless told otherwise.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            workers: default_workers(),
+            worker_timeout: Some(DEFAULT_WORKER_TIMEOUT),
+            ready_timeout: crate::DEFAULT_READY_TIMEOUT,
+            surge: 1,
+            control_socket: None,
+            pid_file: None,
+        }
+    }
+}
+
+/// One worker per core the process may run on (at least 1).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The settings of a cluster's primary ([`Cluster::builder`]).
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub(crate) workers: usize,
+    pub(crate) worker_timeout: Option<Duration>,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) surge: usize,
+    pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) pid_file: Option<PathBuf>,
+}
+
+impl ClusterBuilder {
+    /// How many workers serve (at least 1; 0 means one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = if n == 0 { default_workers() } else { n };
+        self
+    }
+
+    /// How long a ready worker may stay silent (no heartbeat) before it is replaced; `None`:
+    /// never. Default [`DEFAULT_WORKER_TIMEOUT`].
+    pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.worker_timeout = timeout;
+        self
+    }
+
+    /// How long a worker the primary starts may take to be ready before it is replaced.
+    /// Default [`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How many workers restart at once in a rolling restart (each one more process while
+    /// its successor starts). Default 1.
+    pub fn surge(mut self, n: usize) -> Self {
+        self.surge = n.max(1);
+        self
+    }
+
+    /// The control socket's path: the primary answers `restart` (a rolling restart, with its
+    /// result), `status` (every worker) and `scale N` on it; the workers leave it alone.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.control_socket = Some(path.into());
+        self
+    }
+
+    /// A PID file holding the primary's pid (the stable one) while it runs.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Runs this process as the cluster's primary until the service ends, and returns the
+    /// exit code to exit with (0 after a stop, non-zero when a crash loop made it give up).
+    /// Call it first thing in `main` when [`should_supervise`](crate::should_supervise)
+    /// says yes, before any listener or thread exists
+    /// ([`hold_supervisor_signals`](crate::hold_supervisor_signals) before anything that
+    /// can take time).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set
+    /// up; [`Error::Env`] for malformed socket-activation variables; [`Error::Bind`] or
+    /// [`Error::Control`] for the control socket; [`Error::Spawn`] when the first worker
+    /// cannot be started.
+    pub fn run(self) -> Result<i32, Error> {
+        crate::hold_supervisor_signals();
+        let primary = primary::Primary::new(self);
+        crate::supervisor::release_signals();
+        primary?.run()
+    }
+}

@@ -218,6 +218,20 @@ impl GenerationBuilder {
         self
     }
 
+    /// The settings of a cluster's primary that runs workers with this builder's settings: its
+    /// control socket, PID file and ready timeout become the primary's (each worker leaves
+    /// them alone). Add the number of workers and run it ([`ClusterBuilder::run`](crate::ClusterBuilder::run)).
+    pub fn cluster(&self) -> crate::ClusterBuilder {
+        let mut cluster = crate::Cluster::builder().ready_timeout(self.settings.ready_timeout);
+        if let Some(path) = &self.settings.control_socket {
+            cluster = cluster.control_socket(path);
+        }
+        if let Some(path) = &self.settings.pid_file {
+            cluster = cluster.pid_file(path);
+        }
+        cluster
+    }
+
     /// Starts this process's generation: reads the inherited environment (see
     /// [`registry`](crate::registry())), installs the signal handlers and runs the
     /// lifecycle on the current tokio runtime. Call it once, early in `main`.
@@ -228,7 +242,7 @@ impl GenerationBuilder {
     /// a tokio runtime.
     pub fn start(self) -> Result<Generation, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
-        let settings = self.settings;
+        let mut settings = self.settings;
         if let (Some(path), Some(pid_file)) = (&settings.control_socket, &settings.pid_file)
             && same_path(pid_file, path)
         {
@@ -241,6 +255,17 @@ impl GenerationBuilder {
         let startup = crate::startup::startup()?;
         if STARTED.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyStarted);
+        }
+        if let Some(worker) = startup.worker {
+            // A cluster's primary owns both, for every worker.
+            let pid_file = settings.pid_file.take();
+            let control_socket = settings.control_socket.take();
+            if pid_file.is_some() || control_socket.is_some() {
+                tracing::debug!(
+                    worker = worker.slot,
+                    "the cluster's primary keeps the PID file and the control socket"
+                );
+            }
         }
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let standby = SharedStandby::default();
@@ -265,16 +290,30 @@ impl GenerationBuilder {
             merged: std::sync::Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
             state_read: AtomicBool::new(false),
+            restart: AtomicBool::new(false),
+            next_pid: std::sync::atomic::AtomicU32::new(0),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
             standby,
             requests: requests_tx,
             notifier: Notifier::from_env(),
+            accepted: Arc::default(),
         });
-        tracing::info!("generation {number} starting with pid {}", std::process::id());
-        // Every line the lifecycle logs carries this process's pid; the messages name the
-        // generation.
+        tracing::info!(generation = number, pid = std::process::id(), "starting");
+        crate::metrics::generation_started(number);
+        // Every line the lifecycle logs carries this process's pid; their `generation` field
+        // names the generation.
         let span = tracing::info_span!("lifecycle", pid = std::process::id());
         tokio::spawn(Driver::new(shared.clone(), requests_rx).run().instrument(span));
+        if let Some(worker) = shared.startup.worker {
+            let primary = shared
+                .startup
+                .supervisor
+                .as_ref()
+                .and_then(|p| p.to_str())
+                .and_then(|p| p.parse().ok());
+            crate::cluster::balance::open_for_worker(primary, worker.load_fd, worker.slot);
+            tokio::spawn(super::heartbeat::run(shared.clone(), worker.heartbeat));
+        }
         let generation = Generation { shared };
         if let Some(path) = &generation.shared.settings.control_socket {
             let listener = crate::control::server::listen(&generation, path)?;

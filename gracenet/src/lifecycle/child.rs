@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use tokio::net::unix::OwnedReadHalf;
 
-use super::channel;
 use super::machine::{ChildFailure, Event};
 use super::shared::Shared;
+use super::{channel, messages};
 use crate::error::Error;
 use crate::process::{ChildProcess, Executable, NextProcess};
 use crate::sys::ExitWatch;
 use crate::vars::{
-    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_STANDBY, GRACE_SUPERVISOR,
-    NOTIFY_SOCKET,
+    GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_RESTARTS, GRACE_STANDBY,
+    GRACE_SUPERVISOR, NOTIFY_SOCKET,
 };
 
 /// How many older generations' pids are passed on (for `status`).
@@ -64,14 +64,16 @@ impl IdleLimit {
                 if !*live {
                     return;
                 }
+                let after_s = limit.as_secs_f64();
                 match crate::sys::leave_idle_priority(Some(pid)) {
-                    Ok(n) => tracing::info!(
-                        "generation {number} (pid {pid}) still starting after {:.1} s at idle CPU priority: returned {n} thread(s) to normal priority",
-                        limit.as_secs_f64()
+                    Ok(threads) => tracing::info!(
+                        next = number,
+                        pid,
+                        after_s,
+                        threads,
+                        "still starting at idle CPU priority: returned it to normal priority"
                     ),
-                    Err(e) => tracing::warn!(
-                        "generation {number} (pid {pid}): cannot return it from idle CPU priority: {e}"
-                    ),
+                    Err(e) => tracing::warn!(next = number, pid, error = %e, "{}", messages::NOT_FROM_IDLE),
                 }
             }
         });
@@ -125,6 +127,17 @@ pub(super) fn start_process(
     if let Some(supervisor) = &shared.startup.supervisor {
         next.env(GRACE_SUPERVISOR, supervisor);
     }
+    if let Some(worker) = shared.startup.worker {
+        // The successor serves the same slot of the same cluster.
+        next.env(crate::vars::GRACE_WORKER, worker.slot.to_string());
+        next.env(
+            crate::vars::GRACE_HEARTBEAT_MS,
+            worker.heartbeat.as_millis().to_string(),
+        );
+        if let Some(fd) = worker.load_fd {
+            next.env(crate::vars::GRACE_LOAD_FD, fd.to_string());
+        }
+    }
     if idle {
         next.idle_priority();
         next.env(GRACE_IDLE_START, "1");
@@ -133,6 +146,9 @@ pub(super) fn start_process(
         next.env(GRACE_STANDBY, "1");
     }
     next.env(GRACE_GENERATION, (shared.number + 1).to_string());
+    if let Some(restarts) = crate::metrics::restarts_for_child() {
+        next.env(GRACE_RESTARTS, restarts);
+    }
     let mut ancestors = shared.running_ancestors();
     ancestors.push(std::process::id());
     let keep = ancestors.len().saturating_sub(MAX_ANCESTORS);
@@ -203,7 +219,7 @@ pub(super) fn hand_state(
             Ok::<usize, std::io::Error>(bytes.len())
         })
         .await;
-        log_handed("state", handed, next, pid, timeout);
+        log_handed(Handed::Snapshot, handed, next, pid, timeout);
     });
 }
 
@@ -223,9 +239,10 @@ pub(super) async fn hand_final_state(shared: &Shared, successor: Option<&Child>,
         let wait = shared.settings.stop_timeout + shared.settings.ready_timeout;
         if tokio::time::timeout(wait, merged).await.is_err() {
             tracing::warn!(
-                "generation {}: the final state of the generation before is not merged after {:.1} s: handing generation {next} the state without it",
-                shared.number,
-                wait.as_secs_f64()
+                generation = shared.number,
+                next,
+                wait_s = wait.as_secs_f64(),
+                "the final state of the generation before is not merged: handing the next one the state without it"
             );
         }
     }
@@ -238,7 +255,7 @@ pub(super) async fn hand_final_state(shared: &Shared, successor: Option<&Child>,
         Ok::<usize, std::io::Error>(bytes.len())
     })
     .await;
-    log_handed("final state", handed, next, pid, timeout);
+    log_handed(Handed::Final, handed, next, pid, timeout);
 }
 
 /// Runs the application's state provider in a task of its own (a panic in it is an error,
@@ -250,22 +267,45 @@ async fn provide(provider: &super::shared::StateProvider) -> std::io::Result<Vec
 }
 
 fn log_handed(
-    what: &str,
+    what: Handed,
     handed: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
     next: u64,
     pid: u32,
     timeout: Duration,
 ) {
-    match handed {
-        Ok(Ok(n)) => tracing::info!("handed {n} byte(s) of {what} to generation {next} (pid {pid})"),
-        Ok(Err(e)) => {
-            tracing::error!("could not hand the {what} to generation {next} (pid {pid}): {e}")
+    let timeout_s = timeout.as_secs_f64();
+    match (what, handed) {
+        (Handed::Snapshot, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the state over"),
+        (Handed::Final, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the final state over"),
+        (Handed::Snapshot, Ok(Err(e))) => {
+            tracing::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED)
         }
-        Err(_) => tracing::error!(
-            "could not hand the {what} to generation {next} (pid {pid}) within {:.1} s",
-            timeout.as_secs_f64()
-        ),
+        (Handed::Snapshot, Err(_)) => {
+            tracing::warn!(next, pid, timeout_s, "{}: timed out", messages::STATE_NOT_HANDED)
+        }
+        // The writes acknowledged since the snapshot are lost with it.
+        (Handed::Final, Ok(Err(e))) => {
+            tracing::error!(next, pid, error = %e, "{}", messages::FINAL_STATE_NOT_HANDED)
+        }
+        (Handed::Final, Err(_)) => {
+            tracing::error!(
+                next,
+                pid,
+                timeout_s,
+                "{}: timed out",
+                messages::FINAL_STATE_NOT_HANDED
+            )
+        }
     }
+}
+
+/// Which of a restart's two state hand-overs.
+#[derive(Clone, Copy)]
+enum Handed {
+    /// At the restart.
+    Snapshot,
+    /// After the drain.
+    Final,
 }
 
 /// Reaps a next generation that failed (killing it if it still runs) and says why, as
@@ -287,7 +327,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
     // the child is reaped, while its pid (the group's id) cannot be reused.
     let exited = child.process.has_exited();
     if let Err(e) = child.process.kill_group() {
-        tracing::warn!("generation {next} (pid {pid}): {e}");
+        tracing::warn!(next, pid, error = %e, "cannot kill the next generation's process group");
     }
     let (status, killed) = match child.process.try_wait() {
         Ok(Some(status)) => (Some(status), !exited),
@@ -305,21 +345,27 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
         }
         (ChildFailure::Unwanted, _) => {
             tracing::info!(
-                "generation {}: generation {next} (pid {pid}) started when no restart wanted it: killed it ({status:?})",
-                number
+                generation = number,
+                next,
+                pid,
+                status = ?status,
+                "the next generation started when no restart wanted it: killed it"
             );
             return format!("generation {next} (pid {pid}) was not wanted");
         }
         (ChildFailure::Stopping { cause }, _) => {
             tracing::warn!(
-                "generation {}: {cause} while generation {next} (pid {pid}) was starting: killed it ({status:?})",
-                number
+                generation = number,
+                %cause,
+                next,
+                pid,
+                status = ?status,
+                "stopping while the next generation was starting: killed it"
             );
             return format!("generation {next} (pid {pid}) was killed: this generation is stopping");
         }
     };
-    let killed_note = if killed { "; killed it" } else { "" };
-    tracing::error!("restart failed: generation {next} (pid {pid}) {why}{killed_note}; still serving");
+    tracing::error!(generation = number, next, pid, reason = %why, killed, "{}", messages::RESTART_FAILED);
     format!("generation {next} (pid {pid}) {why}")
 }
 

@@ -70,6 +70,7 @@ impl Generation {
     /// A guard for one connection (or any piece of in-flight work): the drain waits until
     /// every guard is dropped, or the stop timeout.
     pub fn track(&self) -> ConnectionGuard {
+        crate::metrics::connections(1);
         ConnectionGuard {
             _connection: self.shared.connections.subscribe(),
             phase: self.shared.phase.subscribe(),
@@ -89,5 +90,12 @@ impl ConnectionGuard {
     /// WebSocket, a stream) can finish politely.
     pub async fn draining(&mut self) {
         let _ = self.phase.wait_for(|p| matches!(p, Phase::Draining { .. })).await;
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        crate::metrics::connections(-1);
     }
 }

@@ -6,18 +6,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::child::{self, Child, IdleLimit};
-use super::machine::{Action, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
-use super::sd_notify;
+use super::machine::{Action, ChildFailure, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
 use super::shared::Shared;
 use super::signals::{self, Request};
 use super::standby::{SharedStandby, StandbyWake, WAKE_ACK_TIMEOUT};
 use super::{Outcome, Phase, RestartResult, StopReason};
+use super::{messages, sd_notify};
 use crate::error::Error;
+use crate::metrics::RestartOutcome;
 use crate::process::Executable;
 
 /// The next generation's process, started ahead and waiting to be woken by a restart
@@ -43,6 +45,10 @@ pub(super) struct Driver {
     next_reply: ReplyId,
     /// The next generation's process started ahead, when the generation keeps one.
     standby: Option<Standby>,
+    /// When the restart under way was asked for (its latency's start), and when the drain
+    /// began: for the figures ([`crate::metrics`]).
+    restart_began: Option<Instant>,
+    drain_began: Option<Instant>,
 }
 
 impl Driver {
@@ -66,6 +72,8 @@ impl Driver {
             replies: HashMap::new(),
             next_reply: 0,
             standby: None,
+            restart_began: None,
+            drain_began: None,
         }
     }
 
@@ -123,7 +131,11 @@ impl Driver {
         let number = self.shared.number;
         let next = number + 1;
         match action {
-            Action::NotifyReloading => self.shared.notify(&sd_notify::reloading(next)),
+            Action::NotifyReloading => {
+                self.restart_began = Some(Instant::now());
+                self.shared.restart.store(true, Ordering::Relaxed);
+                self.shared.notify(&sd_notify::reloading(next));
+            }
             Action::Spawn => {
                 return Some(match self.spawn_fresh() {
                     Ok(child) => {
@@ -150,23 +162,39 @@ impl Driver {
                 }
             }
             Action::RestartStarted { pid, timeout, woken } => {
+                self.shared.next_pid.store(pid, Ordering::Relaxed);
                 if !woken {
                     tracing::info!(
-                        "generation {number}: restart: started generation {next} with pid {pid}; waiting up to {:.1} s for it to be ready",
-                        timeout.as_secs_f64()
+                        generation = number,
+                        next,
+                        pid,
+                        timeout_s = timeout.as_secs_f64(),
+                        "restart: started the next generation"
                     );
                 }
             }
             Action::SpawnFailed { error } => {
-                tracing::error!("generation {number}: restart failed, still serving: {error}");
+                self.restart_ended(RestartOutcome::SpawnFailed);
+                tracing::error!(generation = number, next, %error, "{}", messages::RESTART_FAILED);
             }
             Action::StillServing { why } => self.still_serving(&why),
             Action::AbandonChild { pid, failure } => {
+                self.restart_ended(match failure {
+                    ChildFailure::Gone => RestartOutcome::Exited,
+                    ChildFailure::NotReady { .. } => RestartOutcome::NotReady,
+                    ChildFailure::Stopping { .. } | ChildFailure::Unwanted => RestartOutcome::Cancelled,
+                });
                 let why = child::abandon(self.pending.take(), self.shared.number, pid, failure).await;
                 return Some(Event::Abandoned { pid, why });
             }
             Action::HandOver { successor } => {
-                tracing::info!("generation {next} (pid {successor}) is ready: handing over");
+                self.restart_ended(RestartOutcome::HandedOver);
+                tracing::info!(
+                    generation = number,
+                    next,
+                    pid = successor,
+                    "the next generation is ready: handing over"
+                );
                 self.successor = self.pending.take().map(|mut c| {
                     c.idle_limit = None;
                     // The successor's channel, for handing it live connections: they go out
@@ -193,16 +221,21 @@ impl Driver {
                 child::hand_final_state(&self.shared, child, successor).await;
             }
             Action::Finish { reason, forced } => {
+                if let Some(began) = self.drain_began {
+                    crate::metrics::drain_ended(began.elapsed(), forced);
+                }
                 let unfinished = self.shared.connections.receiver_count();
-                let how = if forced {
-                    format!("gave up on {unfinished} unfinished connection(s) or task(s)")
+                let pid = std::process::id();
+                if forced {
+                    tracing::info!(
+                        generation = number,
+                        pid,
+                        unfinished,
+                        "done: gave up on unfinished connections or tasks; exiting"
+                    );
                 } else {
-                    "drained".to_owned()
-                };
-                tracing::info!(
-                    "generation {number} done ({how}); exiting pid {}",
-                    std::process::id()
-                );
+                    tracing::info!(generation = number, pid, "done: drained; exiting");
+                }
                 self.shared.outcome.send_replace(Some(Outcome {
                     reason,
                     forced,
@@ -211,7 +244,9 @@ impl Driver {
             }
             Action::LateStop { cause } => {
                 tracing::warn!(
-                    "generation {number}: {cause} after the drain ended: giving it its default action"
+                    generation = number,
+                    %cause,
+                    "stop signal after the drain ended: giving it its default action"
                 );
                 signals::default_action(cause);
             }
@@ -265,14 +300,18 @@ impl Driver {
                     .store(pid, std::sync::atomic::Ordering::Relaxed);
                 // Logged once `status` names it.
                 tracing::info!(
-                    "generation {number}: started a standby for generation {} with pid {pid}",
-                    number + 1
+                    generation = number,
+                    next = number + 1,
+                    pid,
+                    "started a standby for the next generation"
                 );
                 Event::StandbyStarted { pid }
             }
             Err(e) => {
                 tracing::warn!(
-                    "generation {number}: cannot start a standby ({e}); restarts will start a process"
+                    generation = number,
+                    error = %e,
+                    "cannot start a standby: restarts will start a process"
                 );
                 Event::StandbyStartFailed { error: e.to_string() }
             }
@@ -323,11 +362,12 @@ impl Driver {
         };
         let pid = standby.child.process.pid();
         tracing::info!(
-            "generation {}: restart: woke the standby (pid {pid}, started {:.1} s ago{}; acknowledged in {:.2} ms)",
-            self.shared.number,
-            standby.started.elapsed().as_secs_f64(),
-            if by_signal { ", at the signal" } else { "" },
-            acked.as_secs_f64() * 1000.0
+            pid,
+            generation = self.shared.number,
+            started_s_ago = standby.started.elapsed().as_secs_f64(),
+            at_signal = by_signal,
+            acknowledged_ms = acked.as_secs_f64() * 1000.0,
+            "restart: woke the standby"
         );
         self.shared
             .standby_pid
@@ -353,29 +393,43 @@ impl Driver {
             .standby_pid
             .store(0, std::sync::atomic::Ordering::Relaxed);
         let status = match child.process.try_wait() {
-            Ok(Some(status)) => format!(" ({status})"),
-            _ => String::new(),
+            Ok(Some(status)) => status.to_string(),
+            _ => "running".to_owned(),
         };
         if let Err(e) = child.process.kill_group() {
-            tracing::warn!("standby (pid {pid}): {e}");
+            tracing::warn!(pid, error = %e, "cannot kill the standby's process group");
         }
         let _ = child.process.kill();
         tracing::info!(
-            "generation {}: let the standby (pid {pid}) go{status}: {why}",
-            self.shared.number
+            pid,
+            generation = self.shared.number,
+            %status,
+            reason = why,
+            "let the standby go"
         );
+    }
+
+    /// The restart under way ended so: counted, with its latency when it was asked for, and
+    /// no longer shown as under way.
+    fn restart_ended(&mut self, outcome: RestartOutcome) {
+        crate::metrics::restart_ended(outcome, self.restart_began.take().map(|t| t.elapsed()));
+        self.shared.restart.store(false, Ordering::Relaxed);
+        self.shared.next_pid.store(0, Ordering::Relaxed);
     }
 
     /// A failed restart ends systemd's "reloading" state: this generation still serves.
     fn still_serving(&self, why: &str) {
-        self.shared.notify(&sd_notify::restart_failed(
-            self.shared.number,
-            std::process::id(),
-            why,
-        ));
+        let mut lines = sd_notify::restart_failed(self.shared.number, std::process::id(), why);
+        if self.shared.startup.worker.is_some() {
+            // The primary's rolling restart stops here, and says why.
+            lines.push(format!("{}={why}", crate::supervisor::protocol::RESTART_FAILED));
+        }
+        self.shared.notify(&lines);
     }
 
-    fn begin_drain(&self, reason: StopReason, deadline: Instant) {
+    fn begin_drain(&mut self, reason: StopReason, deadline: Instant) {
+        self.drain_began = Some(Instant::now());
+        crate::metrics::drain_began();
         self.shared
             .draining
             .store(true, std::sync::atomic::Ordering::Release);
@@ -390,9 +444,10 @@ impl Driver {
                 crate::pidfile::remove_if_ours(path);
             }
             tracing::info!(
-                "generation {}: stopping, draining {connections} connection(s) or task(s), at most {:.0} s",
-                self.shared.number,
-                timeout.as_secs_f64()
+                generation = self.shared.number,
+                connections,
+                timeout_s = timeout.as_secs_f64(),
+                "stopping: draining connections and tasks"
             );
             // Ask systemd to wait for the whole drain (TimeoutStopSec may be shorter).
             self.shared
@@ -404,38 +459,39 @@ impl Driver {
 fn log_note(number: u64, note: Note, connections: usize) {
     let next = number + 1;
     match note {
-        Note::Coalesced { pending: Some(pid) } => {
-            tracing::info!(
-                "generation {number}: restart requested while generation {next} (pid {pid}) is starting: coalesced"
-            )
-        }
-        Note::Coalesced { pending: None } => {
-            tracing::info!(
-                "generation {number}: restart requested while generation {next} is being started: coalesced"
-            )
-        }
+        Note::Coalesced { pending: Some(pid) } => tracing::info!(
+            generation = number,
+            next,
+            pid,
+            "restart requested while the next generation is starting: coalesced"
+        ),
+        Note::Coalesced { pending: None } => tracing::info!(
+            generation = number,
+            next,
+            "restart requested while the next generation is being started: coalesced"
+        ),
         Note::RestartWhileStopping => {
-            tracing::info!("generation {number}: restart requested while stopping: ignored")
+            tracing::info!(generation = number, "restart requested while stopping: ignored")
         }
         Note::HeldUntilReady => tracing::info!(
-            "generation {number}: restart requested before this generation is ready: it starts once ready"
+            generation = number,
+            "restart requested before this generation is ready: it starts once ready"
         ),
         Note::Queued => tracing::info!(
-            "generation {number}: restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
+            generation = number,
+            "restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
         ),
         Note::FromSuccessor { cause } => {
-            tracing::debug!("ignoring {cause} from the generation that took over")
+            tracing::debug!(%cause, "ignoring a signal from the generation that took over")
         }
         Note::KeepDraining { cause } => tracing::info!(
-            "generation {number}: {cause} while draining after a restart: finishing the drain ({cause} again to stop at once)"
+            generation = number,
+            %cause,
+            "stop signal while draining after a restart: finishing the drain (the same signal again stops at once)"
         ),
-        Note::StoppedAccepting => {
-            tracing::info!(
-                "generation {number} stopped accepting; draining {connections} connection(s) or task(s)"
-            )
-        }
+        Note::StoppedAccepting => tracing::info!(generation = number, connections, "stopped accepting"),
         Note::SuccessorExited { pid, status } => {
-            tracing::warn!("generation {next} (pid {pid}), which took over, exited ({status})")
+            tracing::warn!(next, pid, %status, "the generation that took over exited")
         }
     }
 }

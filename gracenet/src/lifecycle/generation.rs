@@ -56,6 +56,12 @@ impl Generation {
         self.shared.number
     }
 
+    /// This process's slot in a cluster (from 0), when it is a cluster's worker
+    /// ([`crate::cluster`]); `None` otherwise.
+    pub fn worker_slot(&self) -> Option<usize> {
+        self.shared.startup.worker.map(|w| w.slot)
+    }
+
     /// The registry of sockets, for kinds [`listen`](Self::listen) does not cover (UDP,
     /// Unix datagram). Stop using them when [`draining`](Self::draining) resolves.
     pub fn registry(&self) -> &'static SocketRegistry {
@@ -111,6 +117,7 @@ impl Generation {
             local,
             self.shared.phase.subscribe(),
             self.shared.accepting.subscribe(),
+            self.shared.clone(),
         ))
     }
 

@@ -1,22 +1,37 @@
 //! A listener whose accept loop ends when its generation stops accepting.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::Phase;
+use super::shared::Shared;
 use crate::socket::LocalAddr;
 use crate::tokio::{PeerAddr, Stream, StreamListener};
 
 /// A listener whose [`accept`](Self::accept) ends when its generation stops accepting.
 /// Accept errors (out of fds, say) are logged and retried with a back-off, never returned:
 /// they must not end serving.
-#[derive(Debug)]
 pub struct GracefulListener {
     inner: StreamListener,
     addr: LocalAddr,
     phase: watch::Receiver<Phase>,
     _accepting: watch::Receiver<()>,
+    shared: Arc<Shared>,
+    /// Other processes accept from this very socket (no `SO_REUSEPORT` listener of its own):
+    /// in a cluster, the balance applies.
+    shared_queue: bool,
+}
+
+impl std::fmt::Debug for GracefulListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GracefulListener")
+            .field("inner", &self.inner)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GracefulListener {
@@ -25,12 +40,19 @@ impl GracefulListener {
         addr: LocalAddr,
         phase: watch::Receiver<Phase>,
         accepting: watch::Receiver<()>,
+        shared: Arc<Shared>,
     ) -> GracefulListener {
+        use std::os::fd::AsFd;
+        let own_queue = socket2::SockRef::from(&inner.as_fd())
+            .reuse_port()
+            .unwrap_or(false);
         GracefulListener {
+            shared_queue: !own_queue,
             inner,
             addr,
             phase,
             _accepting: accepting,
+            shared,
         }
     }
 
@@ -57,6 +79,7 @@ impl GracefulListener {
             if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
                 return None;
             }
+            self.leave_to_lighter_workers().await;
             tokio::select! {
                 biased;
                 changed = self.phase.changed() => {
@@ -65,10 +88,13 @@ impl GracefulListener {
                     }
                 }
                 accepted = self.inner.accept_raw() => match accepted {
-                    Ok(stream) => return Some(stream),
+                    Ok(stream) => {
+                        self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                        return Some(stream);
+                    }
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
-                        tracing::warn!("accept failed on {}: {e}; retrying in {backoff:?}", self.addr);
+                        tracing::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = self.phase.changed() => {}
@@ -94,6 +120,38 @@ impl GracefulListener {
 }
 
 /// Errors that concern only the connection being accepted: retry at once.
+impl GracefulListener {
+    /// In a cluster, waits (at most `balance::MAX_DEFER`) while this worker holds clearly
+    /// more connections than the lightest live worker, so that one takes the next.
+    async fn leave_to_lighter_workers(&mut self) {
+        let Some((table, slot)) = crate::cluster::balance::worker_table() else {
+            return;
+        };
+        if !self.shared_queue {
+            // Its own queue: a connection left there waits for this worker alone.
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let until = started + crate::cluster::balance::MAX_DEFER;
+        for _ in 0..64 {
+            let now = crate::cluster::balance::now_us();
+            let mine = self.shared.connections.receiver_count() as u64;
+            if *self.phase.borrow() == Phase::Serving {
+                table.report(*slot, mine, now);
+            }
+            let lightest = table.lightest_other(*slot, now);
+            if !crate::cluster::balance::should_defer(mine, lightest) || tokio::time::Instant::now() >= until
+            {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+                _ = self.phase.changed() => return,
+            }
+        }
+    }
+}
+
 fn is_per_connection(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),

@@ -242,9 +242,10 @@ impl Handover {
             Ok(Answer::Taken) => Ok(()),
             Ok(Answer::NotTaken(why)) => {
                 tracing::warn!(
-                    "generation {} (pid {}) did not take a connection: {why}; it stays here",
-                    self.next,
-                    self.pid
+                    next = self.next,
+                    pid = self.pid,
+                    reason = %why,
+                    "the next generation did not take a connection: it stays here"
                 );
                 Err(io::Error::other(format!(
                     "generation {} did not take it: {why}",
@@ -310,9 +311,10 @@ impl Handover {
         shut_down(self.raw);
         if first {
             tracing::warn!(
-                "generation {} (pid {}): {why}: handing it no more connections; those it did not take stay here",
-                self.next,
-                self.pid
+                next = self.next,
+                pid = self.pid,
+                reason = %why,
+                "handing the next generation no more connections; those it did not take stay here"
             );
         }
     }
@@ -365,11 +367,17 @@ async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, ne
         match offer.map(|tx| tx.send(answer)) {
             Some(Ok(())) => {}
             Some(Err(Answer::Taken)) => tracing::error!(
-                "generation {next} (pid {pid}) took connection {id}, but the hand_over call that offered it was cancelled: both processes may serve it"
+                next,
+                pid,
+                connection = id,
+                "the next generation took a connection whose hand_over call was cancelled: both processes may serve it"
             ),
             Some(Err(_)) => {}
             None => tracing::warn!(
-                "generation {next} (pid {pid}) answered for connection {id}, which waits for no answer"
+                next,
+                pid,
+                connection = id,
+                "the next generation answered for a connection that waits for no answer"
             ),
         }
     };
@@ -379,11 +387,14 @@ async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, ne
         std::mem::take(&mut waiting.answers)
     };
     if left.is_empty() {
-        tracing::debug!("the channel to generation {next} (pid {pid}) ended: {end}");
+        tracing::debug!(next, pid, %end, "the channel to the next generation ended");
     } else {
         tracing::warn!(
-            "the channel to generation {next} (pid {pid}) ended ({end}) with {} connection(s) unanswered: they stay here",
-            left.len()
+            next,
+            pid,
+            %end,
+            unanswered = left.len(),
+            "the channel to the next generation ended with connections unanswered: they stay here"
         );
     }
 }
@@ -514,18 +525,20 @@ impl InheritedConnections {
                 self.inbox.arrived.notified().await;
                 continue;
             };
-            let Some(id) = id else { return Some(conn) };
+            let Some(id) = id else {
+                return Some(crate::metrics::connection_inherited(conn));
+            };
             // Served only if the answer is out: an answer that fails means the previous
             // generation gave up on the channel and serves the connection itself (dropping
             // `conn` closes this copy only).
             if let Err(e) = answer(self.answers.as_ref().as_ref(), TAKEN, id, 0).await {
-                tracing::warn!("receiving handed-over connections failed: {e}; taking no more");
+                tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
                 let mut queue = lock_queue(&self.inbox);
                 queue.ended = true;
                 queue.offered.clear();
                 return None;
             }
-            return Some(conn);
+            return Some(crate::metrics::connection_inherited(conn));
         }
     }
 }
@@ -595,7 +608,7 @@ async fn read_frames(
                 Ok(Received::Final(len)) => {
                     let got = read_final(&mut input, len, last.as_ref().map_or(0, |l| l.max)).await;
                     if let Err(e) = &got {
-                        tracing::warn!("the previous generation's final state: {e}");
+                        tracing::warn!(error = %e, "the previous generation's final state was not taken");
                     }
                     if let Some(slot) = last.take() {
                         let _ = slot.tx.send(got);
@@ -603,7 +616,7 @@ async fn read_frames(
                 }
                 Ok(Received::End) => break "the previous generation closed the channel".to_owned(),
                 Err(e) => {
-                    tracing::warn!("receiving handed-over connections failed: {e}; taking no more");
+                    tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
                     break e.to_string();
                 }
             }
@@ -714,11 +727,13 @@ async fn receive(channel: &mut OwnedReadHalf, answers: &UnixStream) -> io::Resul
             match id {
                 None => {
                     // An older gracenet's frame: nobody to answer.
-                    tracing::warn!("a handed-over connection could not be taken ({why}); it is lost");
+                    tracing::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
                 }
                 Some(id) => {
                     tracing::warn!(
-                        "a handed-over connection could not be taken ({why}); it stays with the previous generation"
+                        reason = %why,
+                        "{}: it stays with the previous generation",
+                        super::messages::CONNECTION_NOT_TAKEN
                     );
                     answer(answers, NOT_TAKEN, id, why.code()).await?;
                 }

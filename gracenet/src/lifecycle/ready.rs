@@ -3,7 +3,7 @@
 
 use super::generation::Generation;
 use super::signals::Request;
-use super::{Phase, sd_notify};
+use super::{Phase, messages, sd_notify};
 use crate::error::Error;
 
 impl Generation {
@@ -33,8 +33,8 @@ impl Generation {
             // not serve, so it must not claim the PID file or the main pid. The link is
             // dropped: a parent that waits sees it close and keeps serving.
             tracing::info!(
-                "generation {} was stopped before it was ready: not reporting ready",
-                self.shared.number
+                generation = self.shared.number,
+                "stopped before it was ready: not reporting ready"
             );
             return Ok(());
         }
@@ -61,6 +61,8 @@ impl Generation {
         // the new main process before the old one exits.
         let lines = sd_notify::serving(self.shared.number, pid, &addrs.join(", "));
         self.tell_serving(lines);
+        // Started by a generation's restart (not a first start, systemd or a supervisor).
+        let restarted = !matches!(link, crate::readiness::ParentLink::Nobody);
         if let Some(channel) = link.notify() {
             self.read_parent_channel(channel);
         }
@@ -75,26 +77,20 @@ impl Generation {
         // The machine goes from starting to serving: restarts asked for meanwhile run now, and
         // a standby is started (by the driver: off this path, the parent is waiting to stop
         // accepting).
+        crate::metrics::ready(self.shared.startup.started.elapsed(), restarted);
         let _ = self.shared.requests.send(Request::Ready);
+        let (generation, addrs) = (self.shared.number, addrs.join(", "));
         if self.shared.settings.announce {
-            tracing::info!(
-                "generation {} serving {} with pid {pid}",
-                self.shared.number,
-                addrs.join(", ")
-            );
+            tracing::info!(generation, pid, %addrs, "{}", messages::SERVING);
         } else {
-            tracing::debug!(
-                "generation {} serving {} with pid {pid}",
-                self.shared.number,
-                addrs.join(", ")
-            );
+            tracing::debug!(generation, pid, %addrs, "{}", messages::SERVING);
         }
         let unclaimed = self.registry().unclaimed();
         if !unclaimed.is_empty() {
             let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
             tracing::info!(
-                "keeping inherited sockets nobody asked for, to pass on: {}",
-                list.join(", ")
+                addrs = %list.join(", "),
+                "keeping inherited sockets nobody asked for, to pass on"
             );
         }
         Ok(())
@@ -102,7 +98,10 @@ impl Generation {
 
     /// Tells systemd this generation serves; under a supervisor, with a copy of the sockets
     /// (it keeps them to start a generation at once after a crash).
-    fn tell_serving(&self, lines: Vec<String>) {
+    fn tell_serving(&self, mut lines: Vec<String>) {
+        if let Some(worker) = self.shared.startup.worker {
+            lines.push(format!("{}={}", crate::supervisor::protocol::WORKER, worker.slot));
+        }
         match &self.shared.notifier {
             Some(notifier) if self.shared.startup.supervisor.is_some() => {
                 // The supervisor keeps a copy of the sockets, to restart after a crash.
@@ -111,7 +110,7 @@ impl Generation {
                         crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
                     }
                     Err(e) => {
-                        tracing::warn!("cannot copy the sockets for the supervisor: {e}");
+                        tracing::warn!(error = %e, "cannot copy the sockets for the supervisor");
                         notifier.send(&lines);
                     }
                 }
@@ -124,9 +123,10 @@ impl Generation {
 /// Returns this process from the idle CPU priority the generation before started it at.
 fn leave_idle_start() {
     match crate::sys::leave_idle_priority(None) {
-        Ok(n) => tracing::debug!("left the idle CPU priority this generation started at ({n} thread(s))"),
+        Ok(threads) => tracing::debug!(threads, "left the idle CPU priority this generation started at"),
         Err(e) => tracing::error!(
-            "cannot leave the idle CPU priority this generation started at ({e}): it serves at idle \
+            error = %e,
+            "cannot leave the idle CPU priority this generation started at: it serves at idle \
              priority; give it CAP_SYS_NICE or an RLIMIT_NICE of 20 (systemd: LimitNICE=20), or \
              start generations at normal priority (GenerationBuilder::idle_start(false))"
         ),

@@ -73,6 +73,10 @@ pub(super) struct Shared {
     pub runtime: tokio::runtime::Handle,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
+    /// Whether a restart is under way, and the next generation's pid once it runs (0 before),
+    /// for `status`.
+    pub restart: AtomicBool,
+    pub next_pid: std::sync::atomic::AtomicU32,
     /// The standby's pid, 0 when there is none (for `status`).
     pub standby_pid: std::sync::atomic::AtomicU32,
     /// The standby's wake handle, shared with the signal thread.
@@ -80,6 +84,9 @@ pub(super) struct Shared {
     pub requests: mpsc::UnboundedSender<Request>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     pub notifier: Option<Notifier>,
+    /// Connections accepted by this generation's graceful listeners (the control socket's
+    /// clients included), for a cluster's `status` and its balance.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {

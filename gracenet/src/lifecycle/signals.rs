@@ -83,6 +83,6 @@ pub(crate) fn default_action(cause: StopCause) {
         StopCause::Call => return,
     };
     if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
-        tracing::warn!("cannot apply the default action of {cause}: {e}");
+        tracing::warn!(%cause, error = %e, "cannot apply the default action of the signal");
     }
 }

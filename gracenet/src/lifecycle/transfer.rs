@@ -163,7 +163,7 @@ impl Generation {
         let read = channel::read_state(&mut stream, max);
         self.shared.state_read.store(true, Ordering::SeqCst);
         let snapshot = match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
-            Ok(Ok(state)) => state,
+            Ok(Ok(state)) => crate::metrics::state_inherited(state),
             Ok(Err(e)) => return Err(io("cannot read the handed-over state".into(), e)),
             Err(_) => {
                 return Err(io(
@@ -204,7 +204,7 @@ impl Generation {
             // A pipe, from an older gracenet: neither connections nor a final state.
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!("cannot read the channel from the previous generation: {e}");
+                tracing::warn!(error = %e, "cannot read the channel from the previous generation");
                 return;
             }
         };
@@ -268,8 +268,8 @@ impl Generation {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] when the connection was not handed over (see above): keep serving
-    /// `stream`.
+    /// [`Error::NoSuccessor`] when no generation took over from this one; [`Error::Io`] when
+    /// the new process did not take it (see above). Either way: keep serving `stream`.
     pub async fn hand_over(
         &self,
         stream: &crate::tokio::Stream,
@@ -288,11 +288,13 @@ impl Generation {
             source,
         };
         let Some(channel) = channel else {
-            return Err(io(std::io::Error::other("no generation took over from this one")));
+            return Err(Error::NoSuccessor);
         };
         channel
             .offer(stream.as_fd(), unread, state, ANSWER_TIMEOUT)
             .await
+            .inspect(|()| crate::metrics::connection_handed(true))
+            .inspect_err(|_| crate::metrics::connection_handed(false))
             .map_err(io)
     }
 
@@ -331,7 +333,7 @@ impl Generation {
     pub fn refuse(&self, reason: &str) {
         let link = self.take_link();
         if let Some(link) = link {
-            tracing::error!("refusing what the previous generation handed over: {reason}");
+            tracing::error!(%reason, "refusing what the previous generation handed over");
             link.refuse(reason);
         }
     }

@@ -89,8 +89,7 @@ fn resolve() -> Result<Executable, String> {
             tracing::warn!(
                 argv0 = ?argv0,
                 exe = %exe.display(),
-                "argv[0] does not name an executable file; restarts will run {}",
-                exe.display()
+                "argv[0] does not name an executable file; restarts will run exe"
             );
             exe
         }

@@ -29,11 +29,11 @@
 //! serving and draining, reparented to the next subreaper; what is lost is the crash restart
 //! and the stable pid.
 
+mod children;
 mod crashes;
 pub(crate) mod protocol;
 mod signals;
 
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -41,26 +41,23 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::socket::MsgFlags;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 
 use crate::error::Error;
 use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::vars::{GRACE_GENERATION, GRACE_SUPERVISOR, NOTIFY_SOCKET};
+pub(crate) use children::{Children, describe, signal_pid};
+#[cfg(feature = "tokio")]
+pub(crate) use crashes::CRASH_LIMIT;
 use crashes::{AfterCrash, CrashPolicy};
 use protocol::Message;
-use signals::SignalPipe;
-
-/// How many exit statuses of reaped processes are remembered, for generations whose end is
-/// noticed after they were reaped.
-const REAPED_MEMORY: usize = 64;
+pub(crate) use signals::SignalPipe;
 
 /// How long after a stop (or giving up) the processes still there are killed (`SIGKILL`): a
 /// generation's default stop timeout and a margin, so a drain of the default length is never
 /// cut short.
-pub(crate) const KILL_AFTER: Duration = Duration::from_secs(crate::DEFAULT_STOP_TIMEOUT.as_secs() + 10);
+pub(crate) const KILL_AFTER: Duration = Duration::from_secs(60 + 10);
 
 /// How often the supervisor looks for processes left to kill once [`KILL_AFTER`] has passed
 /// (a killed process's children are reparented to it).
@@ -87,6 +84,12 @@ pub fn should_supervise(requested: bool) -> bool {
 /// there.
 pub fn hold_supervisor_signals() {
     signals::hold();
+}
+
+/// Delivers the signals held since [`hold_supervisor_signals`], once their handlers are in
+/// place.
+pub(crate) fn release_signals() {
+    signals::release();
 }
 
 /// Runs this program as a supervisor until the service ends, and returns the exit code to
@@ -124,13 +127,6 @@ struct Serving {
     forwarded: Vec<Signal>,
 }
 
-/// A generation process being watched for its exit.
-struct Watched {
-    pid: u32,
-    /// None when the pidfd could not be opened: the exit is then learnt by reaping.
-    pidfd: Option<OwnedFd>,
-}
-
 struct Supervisor {
     me: u32,
     exe: &'static Executable,
@@ -139,8 +135,7 @@ struct Supervisor {
     socket_name: String,
     upstream: Option<Notifier>,
     signals: SignalPipe,
-    watched: Vec<Watched>,
-    reaped: VecDeque<(u32, i32)>,
+    children: Children,
     serving: Option<Serving>,
     /// The serving generation's listening sockets, with their names.
     store: Vec<(OwnedFd, String)>,
@@ -163,8 +158,6 @@ struct Supervisor {
     kill_at: Option<Instant>,
     /// The processes killed since, each logged once.
     killed: Vec<u32>,
-    /// Whether this process has children (reparented orphans included), as last reaped.
-    children_left: bool,
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -197,6 +190,7 @@ impl Supervisor {
             .map_err(io_error("cannot make the notify socket non-blocking"))?;
         crate::sys::pass_credentials(&socket).map_err(io_error("cannot ask for senders' credentials"))?;
         let store = startup.registry.handoff()?.sockets;
+        crate::metrics::supervisor_started();
         Ok(Supervisor {
             me,
             exe,
@@ -204,8 +198,7 @@ impl Supervisor {
             socket_name: format!("@{name}"),
             upstream,
             signals,
-            watched: Vec::new(),
-            reaped: VecDeque::new(),
+            children: Children::new(me),
             serving: None,
             store,
             crashes: CrashPolicy::default(),
@@ -218,7 +211,6 @@ impl Supervisor {
             gave_up: false,
             kill_at: None,
             killed: Vec::new(),
-            children_left: true,
         })
     }
 
@@ -263,24 +255,7 @@ impl Supervisor {
     }
 
     fn watch(&mut self, pid: u32) {
-        if self.watched.iter().any(|w| w.pid == pid) {
-            return;
-        }
-        let pidfd = match crate::sys::pidfd_open(pid) {
-            Ok(fd) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                // Gone already: the next look at exits finds it.
-                None
-            }
-            Err(e) => {
-                tracing::warn!(
-                    supervisor = self.me,
-                    "cannot watch pid {pid} ({e}): relying on reaping it"
-                );
-                None
-            }
-        };
-        self.watched.push(Watched { pid, pidfd });
+        self.children.watch(pid);
     }
 
     fn run(&mut self) -> i32 {
@@ -311,11 +286,11 @@ impl Supervisor {
 
     /// The exit code, once nothing is left to supervise.
     fn finished(&mut self) -> Option<i32> {
-        if self.serving.is_some() || self.restart_at.is_some() || !self.watched.is_empty() {
+        if self.serving.is_some() || self.restart_at.is_some() || !self.children.none_watched() {
             return None;
         }
         self.reap();
-        if self.children_left {
+        if self.children.any_left() {
             // An orphan never heard from (a successor still starting) is ended, not left
             // behind: with no generation left, this is a stop.
             if self.stopping.is_none() {
@@ -340,12 +315,7 @@ impl Supervisor {
             PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.signals.fd(), PollFlags::POLLIN),
         ];
-        fds.extend(
-            self.watched
-                .iter()
-                .filter_map(|w| w.pidfd.as_ref())
-                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
-        );
+        fds.extend(self.children.poll_fds());
         let kill = self.kill_at.map(|at| at.max(Instant::now() + KILL_AGAIN));
         let next = match (self.restart_at, kill) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -533,7 +503,7 @@ impl Supervisor {
     /// only one may serve.
     fn stop_orphans(&mut self, dead: u32) {
         for pid in crate::sys::children_of(self.me) {
-            let known = self.watched.iter().any(|w| w.pid == pid);
+            let known = self.children.is_watched(pid);
             if !known && crate::sys::is_running(pid) {
                 self.stop_stray(
                     pid,
@@ -560,7 +530,7 @@ impl Supervisor {
             serving.pid
         });
         let mut others: Vec<u32> = crate::sys::children_of(self.me);
-        others.extend(self.watched.iter().map(|w| w.pid));
+        others.extend(self.children.pids());
         others.sort_unstable();
         others.dedup();
         for pid in others.into_iter().filter(|&p| Some(p) != serving) {
@@ -574,7 +544,7 @@ impl Supervisor {
     /// Kills every process still there once [`KILL_AFTER`] has passed since the stop.
     fn kill_the_rest(&mut self) {
         let mut left: Vec<u32> = crate::sys::children_of(self.me);
-        left.extend(self.watched.iter().map(|w| w.pid));
+        left.extend(self.children.pids());
         left.sort_unstable();
         left.dedup();
         for pid in left.into_iter().filter(|&p| crate::sys::is_running(p)) {
@@ -590,52 +560,12 @@ impl Supervisor {
         }
     }
 
-    /// Reaps every exited child and orphan, remembering their statuses, and notes whether any
-    /// child is left.
     fn reap(&mut self) {
-        loop {
-            let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
-                Ok(WaitStatus::StillAlive) => {
-                    self.children_left = true;
-                    return;
-                }
-                Err(nix::errno::Errno::ECHILD) => {
-                    self.children_left = false;
-                    return;
-                }
-                Err(_) => return,
-                Ok(_) => continue,
-            };
-            tracing::debug!(supervisor = self.me, "reaped pid {pid} ({code})");
-            if self.reaped.len() == REAPED_MEMORY {
-                self.reaped.pop_front();
-            }
-            self.reaped.push_back((pid.as_raw() as u32, code));
-        }
+        self.children.reap();
     }
 
-    /// The watched generations that have exited, with their statuses when this process
-    /// reaped them (another generation may have).
     fn exited(&mut self) -> Vec<(u32, Option<i32>)> {
-        let reaped = &self.reaped;
-        let status = |pid: u32| reaped.iter().rev().find(|(p, _)| *p == pid).map(|&(_, c)| c);
-        let mut gone = Vec::new();
-        self.watched.retain(|w| {
-            let exited = match &w.pidfd {
-                Some(fd) => {
-                    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                    matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
-                }
-                None => status(w.pid).is_some() || !crate::sys::is_running(w.pid),
-            };
-            if exited {
-                gone.push((w.pid, status(w.pid)));
-            }
-            !exited
-        });
-        gone
+        self.children.exited()
     }
 
     fn generation_ended(&mut self, pid: u32, code: Option<i32>) {
@@ -663,6 +593,7 @@ impl Supervisor {
             }
             return;
         }
+        crate::metrics::supervisor_crash();
         if !serving.ready && n == 1 {
             tracing::error!(
                 supervisor = self.me,
@@ -714,6 +645,7 @@ impl Supervisor {
         let number = self.next_number;
         match self.spawn(number) {
             Ok(pid) => {
+                crate::metrics::supervisor_respawn();
                 if let Some(up) = &self.upstream {
                     up.send(&[format!(
                         "STATUS=Restarted after a crash: generation {number} starting with pid {pid}"
@@ -772,17 +704,13 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     signal_pid(me, pid, signal);
 }
 
-/// Sends `signal` to `pid`, logging a failure (`me` is the supervisor, for the log).
-fn signal_pid(me: u32, pid: u32, signal: Signal) {
-    if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
-        tracing::warn!(supervisor = me, "cannot send {signal} to pid {pid}: {e}");
-    }
-}
-
-/// "exit code 3", "killed by SIGKILL".
-fn describe(code: i32) -> String {
-    match Signal::try_from(code - 128) {
-        Ok(signal) if code > 128 => format!("killed by {signal}"),
-        _ => format!("exit code {code}"),
+#[cfg(all(test, feature = "tokio"))]
+mod tests {
+    #[test]
+    fn kill_after_is_the_default_stop_timeout_and_a_margin() {
+        assert_eq!(
+            super::KILL_AFTER,
+            crate::DEFAULT_STOP_TIMEOUT + std::time::Duration::from_secs(10)
+        );
     }
 }

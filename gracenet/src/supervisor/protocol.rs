@@ -11,6 +11,16 @@ pub(crate) const GENERATION: &str = "X_GRACE_GENERATION";
 /// The `LISTEN_FDNAMES`-style names of the attached sockets, joined by `:`.
 pub(crate) const FDS: &str = "X_GRACE_FDS";
 
+/// A worker's slot, in its "ready" message (see [`crate::cluster`]).
+pub(crate) const WORKER: &str = "X_GRACE_WORKER";
+/// A worker's restart failed (the reason): it still serves.
+pub(crate) const RESTART_FAILED: &str = "X_GRACE_RESTART_FAILED";
+/// A worker's open connections, in its heartbeat.
+pub(crate) const CONNECTIONS: &str = "X_GRACE_CONNECTIONS";
+
+/// The connections a worker has accepted, in its heartbeat.
+pub(crate) const ACCEPTED: &str = "X_GRACE_ACCEPTED";
+
 /// One notification message, as lines.
 #[derive(Debug)]
 pub(crate) struct Message {

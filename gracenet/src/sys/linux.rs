@@ -413,6 +413,33 @@ pub(crate) fn leave_idle_priority(process: Option<u32>) -> io::Result<usize> {
     Ok(returned)
 }
 
+/// An anonymous shared-memory file of `size` bytes (`memfd_create`), close-on-exec.
+pub(crate) fn shared_memory(name: &str, size: usize) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a plain system call with a NUL-terminated name; the returned fd is new and ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::unistd::ftruncate(&fd, size as libc::off_t).map_err(io::Error::from)?;
+    Ok(fd)
+}
+
+/// Opens another process's fd `fd` anew (through `/proc/PID/fd`), read-write: a worker
+/// reaches its primary's shared memory so. Needs the right to inspect that process (the same
+/// user).
+pub(crate) fn open_fd_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(format!("/proc/{pid}/fd/{fd}"))?;
+    Ok(OwnedFd::from(file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

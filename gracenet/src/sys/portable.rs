@@ -140,3 +140,13 @@ pub(crate) fn follow_first_thread_to_idle_priority() {}
 pub(crate) fn leave_idle_priority(_process: Option<u32>) -> io::Result<usize> {
     Ok(0)
 }
+
+/// Shared-memory files are a Linux feature here (`memfd_create`).
+pub(crate) fn shared_memory(_name: &str, _size: usize) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Needs `/proc/PID/fd`.
+pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}

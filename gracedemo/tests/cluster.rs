@@ -1,0 +1,486 @@
+//! `gracedemo --workers N`: N worker processes on the same sockets under one primary, driven
+//! as an operator would (signals, the control socket, `kill -9`, `SIGSTOP`), with real load.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use grace_tests::load::{LoadConfig, run_load_until};
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, pids_with_env, unique_marker, wait_until};
+use nix::sys::signal::Signal;
+
+const MARK: &str = "GRACEDEMO_CLUSTER_TEST";
+
+/// A cluster under test: the primary, and every process marked as this cluster's killed and
+/// reaped when dropped, even when the test fails.
+struct TestCluster {
+    primary: ProcessGuard,
+    marker: String,
+    port: u16,
+    control: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let _guards: Vec<PidGuard> = pids_with_env(MARK, &self.marker)
+            .into_iter()
+            .filter(|&p| p != self.primary.pid())
+            .map(PidGuard)
+            .collect();
+    }
+}
+
+/// One worker's line of `status`.
+#[derive(Debug, Clone, PartialEq)]
+struct WorkerLine {
+    slot: usize,
+    pid: Option<u32>,
+    serving: bool,
+}
+
+impl TestCluster {
+    fn start(workers: &str, extra: &[&str]) -> TestCluster {
+        let dir = TempDir::new("cluster");
+        let control = dir.path().join("control");
+        let marker = unique_marker();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+        cmd.args([
+            "-a0",
+            "127.0.0.1:0",
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+            "--workers",
+            workers,
+        ])
+        .arg("--control-socket")
+        .arg(&control)
+        .args(extra)
+        .env(MARK, &marker);
+        let mut primary = ProcessGuard::spawn(cmd);
+        let line = primary.expect_log("Worker 0 serving ");
+        let port = grace_tests::ports_in_grace_line(&line)[0];
+        let cluster = TestCluster {
+            primary,
+            marker,
+            port,
+            control,
+            _dir: dir,
+        };
+        let n: usize = workers.parse().expect("a number of workers");
+        assert!(
+            wait_until(DEADLINE, || {
+                let w = cluster.workers();
+                w.len() == n && w.iter().all(|w| w.serving)
+            }),
+            "the {n} workers never all served: {}",
+            cluster.status()
+        );
+        cluster
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_gracedemo"))
+            .arg("--control-socket")
+            .arg(&self.control)
+            .args(args)
+            .output()
+            .expect("run gracedemo as a control client")
+    }
+
+    fn status(&self) -> String {
+        String::from_utf8_lossy(&self.ctl(&["--status"]).stdout).into_owned()
+    }
+
+    fn workers(&self) -> Vec<WorkerLine> {
+        self.status()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("worker ")?;
+                let (slot, rest) = rest.split_once(": ")?;
+                let pid = rest
+                    .strip_prefix("pid ")
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|p| p.parse().ok());
+                Some(WorkerLine {
+                    slot: slot.parse().ok()?,
+                    pid,
+                    serving: rest.contains(", serving,"),
+                })
+            })
+            .collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.workers().iter().filter_map(|w| w.pid).collect()
+    }
+
+    /// Every process of this cluster but the primary.
+    fn others(&self) -> Vec<u32> {
+        pids_with_env(MARK, &self.marker)
+            .into_iter()
+            .filter(|&p| p != self.primary.pid())
+            .collect()
+    }
+
+    fn load(&self, keep_alive: bool, duration: Duration) -> LoadConfig {
+        LoadConfig {
+            port: self.port,
+            path: "/sleep/?duration=0s".into(),
+            connections: 4,
+            http2: false,
+            keep_alive,
+            duration,
+            max_requests: 200_000,
+        }
+    }
+}
+
+/// Whether one request on a new connection is answered `200`.
+fn http_ok(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(DEADLINE));
+    let _ = s.write_all(b"GET /sleep/?duration=0s HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// The pids that answered `n` requests, each on a new connection.
+async fn answering_pids(port: u16, n: usize) -> std::collections::BTreeMap<u32, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        if let Some(pid) = grace_tests::load::who_answers(port, "/sleep/?duration=0s").await {
+            *seen.entry(pid).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_serve_the_same_sockets_and_status_lists_each() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let workers = tokio::task::block_in_place(|| c.workers());
+    assert_eq!(workers.iter().map(|w| w.slot).collect::<Vec<_>>(), vec![0, 1]);
+    let pids = c.pids();
+    assert_eq!(pids.len(), 2, "{workers:?}");
+    assert_ne!(pids[0], pids[1]);
+    let status = tokio::task::block_in_place(|| c.status());
+    assert!(
+        status.contains(&format!("primary: pid {}", c.primary.pid())),
+        "{status}"
+    );
+    // Both workers accept on the one socket: connections reach each.
+    let seen = answering_pids(c.port, 200).await;
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        200,
+        "every request answered: {seen:?}"
+    );
+    for pid in &pids {
+        assert!(
+            seen.contains_key(pid),
+            "worker pid {pid} answered none of 200 connections: {seen:?}"
+        );
+    }
+    assert!(
+        seen.keys().all(|p| pids.contains(p)),
+        "only workers answer: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_replaces_every_worker_and_fails_no_request() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let before = c.pids();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads = [true, false].map(|keep_alive| {
+        tokio::spawn(run_load_until(
+            c.load(keep_alive, Duration::from_secs(30)),
+            stop.clone(),
+        ))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::task::block_in_place(|| c.ctl(&["--reload"]));
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "--reload: {answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for load in loads {
+        let load = load.await.expect("load task");
+        assert!(
+            load.requests > 50,
+            "too little load to show anything: {}",
+            load.requests
+        );
+        assert_eq!(
+            load.failures.total(),
+            0,
+            "{} of {} failed: {:?} {:?}",
+            load.failures.total(),
+            load.requests,
+            load.failures,
+            load.examples
+        );
+    }
+    let after = c.pids();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "every worker replaced: {before:?} -> {after:?}"
+    );
+    for pid in &after {
+        assert!(
+            answer.contains(&pid.to_string()),
+            "the answer names the new pids: {answer}"
+        );
+    }
+    // The old workers drain and exit.
+    assert!(
+        wait_until(DEADLINE, || before.iter().all(|&p| !grace_tests::is_alive(p))),
+        "old workers still running: {before:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_load_refuses_nothing() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let victim = c.pids()[0];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(run_load_until(
+        c.load(false, Duration::from_secs(30)),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    grace_tests::signal(victim, Signal::SIGKILL);
+    let replaced = tokio::task::block_in_place(|| {
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(victim))
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load = load.await.expect("load task");
+    assert!(replaced, "the killed worker was not replaced: {}", c.status());
+    assert!(load.requests > 50, "too little load: {}", load.requests);
+    assert_eq!(
+        load.failures.refused, 0,
+        "refused: {:?} {:?}",
+        load.failures, load.examples
+    );
+    // At most the killed worker's requests in flight (one per client connection).
+    assert!(
+        load.failures.total() <= 4,
+        "more failed than the killed worker had in flight: {:?} {:?}",
+        load.failures,
+        load.examples
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_replaced_after_the_worker_timeout() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &["--worker-timeout", "1s"]));
+    let [hung, other] = c.pids()[..] else {
+        panic!("two workers expected: {}", c.status())
+    };
+    let _unstop = PidGuard(hung);
+    let stopped_at = Instant::now();
+    grace_tests::signal(hung, Signal::SIGSTOP);
+    let replaced = tokio::task::block_in_place(|| {
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w[0].serving && w[0].pid.is_some_and(|p| p != hung)
+        })
+    });
+    let took = stopped_at.elapsed();
+    assert!(replaced, "the stopped worker was not replaced: {}", c.status());
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(hung)),
+        "the stopped worker was not killed"
+    );
+    assert_eq!(c.pids()[1], other, "the other worker was left alone");
+    // The watchdog's bound, generously: timeout (1 s) + a heartbeat + the kill grace + a start.
+    assert!(took < Duration::from_secs(10), "replaced only after {took:?}");
+    eprintln!("a SIGSTOPped worker was replaced {took:?} after it stopped (worker timeout 1 s)");
+    // The cluster still answers.
+    let seen = answering_pids(c.port, 20).await;
+    assert_eq!(seen.values().sum::<usize>(), 20, "{seen:?}");
+}
+
+#[test]
+fn scale_adds_and_drains_workers() {
+    let c = TestCluster::start("1", &[]);
+    let out = c.ctl(&["--scale", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 3 && w.iter().all(|w| w.serving)
+        }),
+        "not 3 serving workers: {}",
+        c.status()
+    );
+    let three = c.pids();
+    // SIGTTOU takes one away; --scale 1 another.
+    c.primary.signal(Signal::SIGTTOU);
+    assert!(wait_until(DEADLINE, || c.workers().len() == 2), "{}", c.status());
+    let out = c.ctl(&["--scale", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(DEADLINE, || c.workers().len() == 1), "{}", c.status());
+    assert_eq!(c.pids(), vec![three[0]], "the first worker stays");
+    assert!(
+        wait_until(DEADLINE, || three[1..].iter().all(|&p| !grace_tests::is_alive(p))),
+        "the workers scaled away did not exit"
+    );
+    // A bad count is refused with the reason.
+    let out = c.ctl(&["--scale", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--scale"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_broken_new_binary_stops_the_rollout_and_reload_says_why() {
+    let bin = TempDir::new("cluster-bin");
+    let app = bin.path().join("app");
+    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    let dir = TempDir::new("cluster");
+    let control = dir.path().join("control");
+    let marker = unique_marker();
+    let mut cmd = Command::new(&app);
+    cmd.args([
+        "-a0",
+        "127.0.0.1:0",
+        "-a1",
+        "127.0.0.1:0",
+        "-a2",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ])
+    .arg("--control-socket")
+    .arg(&control)
+    .env(MARK, &marker);
+    let mut primary = ProcessGuard::spawn(cmd);
+    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
+    let c = TestCluster {
+        primary,
+        marker,
+        port,
+        control,
+        _dir: dir,
+    };
+    assert!(wait_until(DEADLINE, || c
+        .workers()
+        .iter()
+        .filter(|w| w.serving)
+        .count()
+        == 2));
+    let before = c.pids();
+    // The deploy ships a binary that cannot start.
+    let broken = bin.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&broken, &app).expect("deploy the broken binary");
+    let out = c.ctl(&["--reload"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "--reload succeeded with a broken binary: {said}"
+    );
+    assert!(
+        said.contains("worker 0") && said.contains("still serving"),
+        "{said}"
+    );
+    // The rollout stopped at the first worker: both old workers serve.
+    assert_eq!(c.pids(), before, "{}", c.status());
+    assert!(c.workers().iter().all(|w| w.serving), "{}", c.status());
+    assert!(http_ok(c.port), "the old workers answer");
+    // A fixed deploy rolls out.
+    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    let out = c.ctl(&["--reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.pids().iter().all(|p| !before.contains(p)), "{}", c.status());
+}
+
+#[test]
+fn sigterm_drains_every_worker_and_leaves_no_process() {
+    let mut c = TestCluster::start("2", &[]);
+    let pids = c.pids();
+    c.primary.signal(Signal::SIGTERM);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        pids.iter().all(|&p| !grace_tests::is_alive(p)),
+        "workers left: {pids:?}"
+    );
+    assert!(c.others().is_empty(), "processes left: {:?}", c.others());
+    assert!(
+        !c.control.exists(),
+        "the control socket file is removed at the end"
+    );
+}
+
+/// One keep-alive request on `stream`; the pid that answered.
+fn pid_on(stream: &mut std::net::TcpStream) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    stream
+        .write_all(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    for _ in 0..64 {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    grace_tests::load::pid_of(&String::from_utf8_lossy(&body))
+}
+
+#[test]
+fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
+    let c = TestCluster::start("2", &[]);
+    let pids = c.pids();
+    // 64 connections at once: they wait in the accept queue together.
+    let mut streams: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    let mut by_pid = std::collections::BTreeMap::new();
+    for s in &mut streams {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let pid = pid_on(s).expect("an answer");
+        *by_pid.entry(pid).or_insert(0usize) += 1;
+    }
+    assert_eq!(by_pid.values().sum::<usize>(), 64);
+    // Without the balance one worker took 63 or 64 of them (the busiest wins every race).
+    for pid in &pids {
+        let share = by_pid.get(pid).copied().unwrap_or(0);
+        assert!(
+            (16..=48).contains(&share),
+            "worker pid {pid} took {share} of 64 keep-alive connections: {by_pid:?}"
+        );
+    }
+    eprintln!("64 keep-alive connections over 2 workers: {by_pid:?}");
+}

@@ -1,0 +1,235 @@
+//! Spreading connections evenly over a cluster's workers that share one listening socket.
+//!
+//! Workers usually do not share one: each has a TCP listener of its own in one
+//! `SO_REUSEPORT` group (`bind::reuseport_sibling`), and the kernel spreads connections by
+//! hash. What is shared is what cannot be so: Unix sockets, and sockets a service manager
+//! passes without `SO_REUSEPORT` (systemd's, unless `ReusePort=yes`). For those:
+//! N processes accepting on one socket do not share it evenly: each new connection wakes
+//! every waiting worker, and the one already running (the busiest) takes it first, so one
+//! worker ends up with nearly every keep-alive connection (measured here: 64 of 65 with two
+//! workers on two cores). The workers therefore publish their open connections in a small
+//! table of shared memory the primary creates, and a worker holding clearly more than the
+//! lightest live worker waits a moment before accepting, leaving the connection to that one.
+//! A worker counts as live while its runtime stamps its entry (every
+//! [`STAMP_EVERY`]); a hung or stopped worker is never waited for, and no accept waits more
+//! than [`MAX_DEFER`] in all, so the balance can only delay a connection, never strand it.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The most slots the table holds.
+pub(crate) const MAX_SLOTS: usize = 1024;
+
+/// How often a serving worker stamps its entry.
+pub(crate) const STAMP_EVERY: Duration = Duration::from_millis(100);
+
+/// A worker whose stamp is older than this is not waited for.
+const LIVE: Duration = Duration::from_millis(300);
+
+/// The longest an accept waits, in all, for lighter workers.
+pub(crate) const MAX_DEFER: Duration = Duration::from_millis(10);
+
+/// One slot's entry, a cache line of its own (no false sharing between workers).
+#[repr(C, align(64))]
+struct Entry {
+    /// Open connections of the slot's serving worker; in entry 0, the number of slots.
+    open: AtomicU64,
+    /// When it was last stamped, in microseconds of `CLOCK_MONOTONIC` (system-wide); 0: never.
+    stamp: AtomicU64,
+}
+
+const ENTRIES: usize = MAX_SLOTS + 1;
+const SIZE: usize = ENTRIES * std::mem::size_of::<Entry>();
+
+/// The shared table: entry 0 says how many slots there are, entry `1 + slot` is a slot's.
+pub(crate) struct LoadTable {
+    entries: NonNull<Entry>,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only read and written through atomics, from any thread.
+unsafe impl Send for LoadTable {}
+// SAFETY: as above.
+unsafe impl Sync for LoadTable {}
+
+impl LoadTable {
+    /// A new, zeroed table (the primary's).
+    pub(crate) fn create() -> io::Result<LoadTable> {
+        let fd = crate::sys::shared_memory("grace-cluster-load", SIZE)?;
+        Self::map(fd)
+    }
+
+    /// The primary's table, opened from a worker: `pid`'s fd `fd`.
+    pub(crate) fn open(pid: u32, fd: RawFd) -> io::Result<LoadTable> {
+        let fd = crate::sys::open_fd_of(pid, fd)?;
+        let len = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(io::Error::from)?
+            .st_size;
+        if usize::try_from(len).ok() != Some(SIZE) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the load table is {len} bytes, expected {SIZE}"),
+            ));
+        }
+        Self::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<LoadTable> {
+        // SAFETY: a new shared mapping of `SIZE` bytes of a file of exactly that size; the
+        // kernel picks the address. It stays mapped until `drop`.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let entries =
+            NonNull::new(ptr.cast::<Entry>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(LoadTable { entries, fd })
+    }
+
+    /// The fd workers open it by (the primary's).
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn entry(&self, index: usize) -> &Entry {
+        debug_assert!(index < ENTRIES);
+        // SAFETY: `index` is below ENTRIES (callers bound it), the mapping holds ENTRIES
+        // entries (page-aligned, so each is aligned) and lives as long as `self`; entries are
+        // only touched through atomics.
+        unsafe { &*self.entries.as_ptr().add(index.min(ENTRIES - 1)) }
+    }
+
+    /// Sets how many slots there are (the primary, at the start and at each scale).
+    pub(crate) fn set_slots(&self, n: usize) {
+        self.entry(0)
+            .open
+            .store(n.min(MAX_SLOTS) as u64, Ordering::Relaxed);
+    }
+
+    /// A serving worker's report: its `open` connections at `now_us`.
+    pub(crate) fn report(&self, slot: usize, open: u64, now_us: u64) {
+        if slot < MAX_SLOTS {
+            let e = self.entry(1 + slot);
+            e.open.store(open, Ordering::Relaxed);
+            e.stamp.store(now_us.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The fewest open connections of any live worker but `slot`'s; `None` when no other is
+    /// live.
+    pub(crate) fn lightest_other(&self, slot: usize, now_us: u64) -> Option<u64> {
+        let slots = (self.entry(0).open.load(Ordering::Relaxed) as usize).min(MAX_SLOTS);
+        (0..slots)
+            .filter(|&s| s != slot)
+            .map(|s| self.entry(1 + s))
+            .filter(|e| {
+                let stamp = e.stamp.load(Ordering::Relaxed);
+                stamp != 0 && now_us.saturating_sub(stamp) <= LIVE.as_micros() as u64
+            })
+            .map(|e| e.open.load(Ordering::Relaxed))
+            .min()
+    }
+}
+
+impl Drop for LoadTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, of SIZE bytes, unmapped once.
+        unsafe {
+            libc::munmap(self.entries.as_ptr().cast(), SIZE);
+        }
+    }
+}
+
+/// Whether a worker with `mine` open connections should leave the next one to a worker with
+/// `lightest` (the lightest live other): it holds clearly more (2, or an eighth, above).
+pub(crate) fn should_defer(mine: u64, lightest: Option<u64>) -> bool {
+    lightest.is_some_and(|other| mine >= other + (mine / 8).max(2))
+}
+
+/// This worker's table and slot, once opened ([`open_for_worker`]).
+static WORKER_TABLE: OnceLock<Option<(LoadTable, usize)>> = OnceLock::new();
+
+/// Opens the primary's table for this worker (`slot`), if the primary gave one: called once
+/// as the generation starts; later calls return the first result.
+pub(crate) fn open_for_worker(
+    primary: Option<u32>,
+    fd: Option<RawFd>,
+    slot: usize,
+) -> Option<&'static (LoadTable, usize)> {
+    WORKER_TABLE
+        .get_or_init(|| {
+            let (pid, fd) = (primary?, fd?);
+            match LoadTable::open(pid, fd) {
+                Ok(table) => Some((table, slot)),
+                Err(e) => {
+                    tracing::warn!(
+                        "worker {slot}: cannot open the primary's load table ({e}): accepting without balancing"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// This worker's table and slot, if it has one.
+pub(crate) fn worker_table() -> Option<&'static (LoadTable, usize)> {
+    WORKER_TABLE.get().and_then(Option::as_ref)
+}
+
+/// Microseconds of `CLOCK_MONOTONIC`, the same in every process.
+pub(crate) fn now_us() -> u64 {
+    crate::notify::monotonic_usec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_leaves_connections_to_a_clearly_lighter_one_only() {
+        assert!(!should_defer(0, None), "alone: always accept");
+        assert!(!should_defer(5, None));
+        assert!(!should_defer(0, Some(0)));
+        assert!(!should_defer(1, Some(0)), "one more is noise");
+        assert!(should_defer(2, Some(0)));
+        assert!(!should_defer(17, Some(16)));
+        assert!(!should_defer(100, Some(90)), "within an eighth");
+        assert!(should_defer(100, Some(87)));
+    }
+
+    #[test]
+    fn the_table_is_shared_and_stale_or_foreign_entries_are_not_waited_for() {
+        let table = LoadTable::create().expect("memfd");
+        let other = LoadTable::open(std::process::id(), table.raw_fd()).expect("open by /proc");
+        table.set_slots(3);
+        let now = now_us();
+        other.report(0, 40, now);
+        other.report(1, 7, now);
+        // Slot 2 never stamped: not live.
+        assert_eq!(table.lightest_other(0, now), Some(7));
+        assert_eq!(table.lightest_other(1, now), Some(40));
+        // A second later, slot 1's stamp is stale: only slot 0 counts for slot 2.
+        let later = now + 1_000_000;
+        table.report(0, 41, later);
+        assert_eq!(table.lightest_other(2, later), Some(41));
+        assert_eq!(table.lightest_other(0, later), None);
+        // Slots beyond the count are not looked at.
+        table.set_slots(1);
+        assert_eq!(table.lightest_other(2, later), Some(41));
+        assert_eq!(table.lightest_other(0, later), None);
+    }
+}

@@ -1,0 +1,1043 @@
+//! The cluster's primary process: it performs what the machine ([`super::machine`]) decides,
+//! on real processes, and feeds it what happens (workers' notifications, exits, signals, the
+//! control socket, time). No decision is taken here that the machine could take.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::socket::MsgFlags;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
+
+use super::ClusterBuilder;
+use super::machine::{
+    Action, Cluster as Machine, Event, KillReason, ReplyId, RolloutResult, Settings, StartId,
+};
+use crate::error::Error;
+use crate::notify::Notifier;
+use crate::process::{Executable, Handoff, NextProcess};
+use crate::supervisor::protocol::{self, Message};
+use crate::supervisor::{Children, KILL_AFTER, SignalPipe, describe, signal_pid};
+use crate::vars::{
+    GRACE_GENERATION, GRACE_HEARTBEAT_MS, GRACE_LOAD_FD, GRACE_SUPERVISOR, GRACE_WORKER, NOTIFY_SOCKET,
+};
+
+/// How long a worker stopped as hung (or never ready) has after `SIGTERM` before `SIGKILL`.
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a control client may take to send its command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest command line read.
+const MAX_COMMAND: usize = 64;
+
+/// What the primary knows of a worker process beyond the machine's view, for `status`.
+#[derive(Debug, Clone, Copy)]
+struct WorkerInfo {
+    generation: u64,
+    since: Instant,
+    connections: usize,
+    accepted: u64,
+}
+
+/// Who waits for a rolling restart's result.
+enum Waiter {
+    /// A signal: the result is logged.
+    Signal(&'static str),
+    /// A control client: answered on its connection.
+    Client(UnixStream),
+}
+
+/// A control client whose command is being read.
+struct Reading {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+pub(crate) struct Primary {
+    me: u32,
+    exe: &'static Executable,
+    notify: UnixDatagram,
+    notify_name: String,
+    upstream: Option<Notifier>,
+    signals: SignalPipe,
+    children: Children,
+    machine: Machine,
+    heartbeat: Duration,
+    /// The listening sockets, with their names, that each slot's sockets are made from:
+    /// `None` until known (the first worker binds them and sends a copy when ready).
+    store: Option<Vec<(OwnedFd, String)>>,
+    /// Each slot's own sockets: a TCP listener bound with `SO_REUSEPORT` gets a sibling per
+    /// slot in its reuseport group (so a connection waits in, and wakes, one worker only);
+    /// other sockets are shared. Kept while the slot exists, so a worker's replacement
+    /// (after a crash or a hang) takes over the connections queued for it.
+    slot_sockets: Vec<Option<Vec<(OwnedFd, String)>>>,
+    /// A worker started before the sockets were known (it binds them).
+    binding: Option<u32>,
+    /// Starts that wait for the sockets.
+    deferred: Vec<(usize, StartId)>,
+    info: HashMap<u32, WorkerInfo>,
+    /// The last generation number seen in each slot.
+    generations: Vec<u64>,
+    /// Replacements per slot (restarts, crashes, hung workers).
+    replaced: Vec<u64>,
+    events: VecDeque<Event>,
+    waiters: HashMap<ReplyId, Waiter>,
+    next_reply: ReplyId,
+    control: Option<(UnixListener, PathBuf)>,
+    reading: Vec<Reading>,
+    pid_file: Option<PathBuf>,
+    /// `SIGKILL`s due.
+    kills: Vec<(u32, Instant)>,
+    /// The exit code, once the machine said to exit.
+    exit: Option<i32>,
+    /// When every process still there is killed after a stop.
+    kill_all_at: Option<Instant>,
+    /// Told systemd it is ready (every slot served once).
+    announced: bool,
+    started: Instant,
+    /// The workers' open connections, for the balance (`None` if it could not be made).
+    load: Option<super::balance::LoadTable>,
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+impl Primary {
+    pub(crate) fn new(settings: ClusterBuilder) -> Result<Primary, Error> {
+        let me = std::process::id();
+        let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGUSR2, SIGHUP, SIGCHLD, SIGTTIN, SIGTTOU])
+            .map_err(io_error("cannot install the primary's signal handlers"))?;
+        let startup = crate::startup::startup()?;
+        let exe = Executable::current()?;
+        crate::sys::become_subreaper().map_err(io_error("cannot become the child subreaper"))?;
+        let upstream = Notifier::from_env();
+        let name = format!("grace-primary-{me}-{}", crate::notify::monotonic_usec());
+        let notify = UnixDatagram::bind_addr(
+            &crate::sys::abstract_addr(name.as_bytes()).map_err(io_error("cannot name the notify socket"))?,
+        )
+        .map_err(io_error("cannot bind the primary's notify socket"))?;
+        notify
+            .set_nonblocking(true)
+            .map_err(io_error("cannot make the notify socket non-blocking"))?;
+        crate::sys::pass_credentials(&notify).map_err(io_error("cannot ask for senders' credentials"))?;
+        let activated = startup.registry.handoff()?.sockets;
+        let control = match &settings.control_socket {
+            Some(path) => {
+                let fd = crate::bind::unix_private(path)?;
+                let listener = UnixListener::from(fd);
+                listener
+                    .set_nonblocking(true)
+                    .map_err(io_error("cannot make the control socket non-blocking"))?;
+                Some((listener, path.clone()))
+            }
+            None => None,
+        };
+        if let Some(path) = &settings.pid_file {
+            crate::pidfile::write(path)?;
+        }
+        let heartbeat = settings
+            .worker_timeout
+            .map_or(super::DEFAULT_HEARTBEAT, |t| {
+                (t / 4).min(super::DEFAULT_HEARTBEAT)
+            })
+            .max(Duration::from_millis(20));
+        let machine = Machine::new(Settings {
+            workers: settings.workers.max(1),
+            surge: settings.surge,
+            ready_timeout: settings.ready_timeout,
+            worker_timeout: settings.worker_timeout,
+            crash_limit: crate::supervisor::CRASH_LIMIT,
+        });
+        let workers = settings.workers.max(1);
+        let load = match super::balance::LoadTable::create() {
+            Ok(table) => {
+                table.set_slots(workers);
+                Some(table)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    primary = me,
+                    "cannot make the load table ({e}): workers accept without balancing"
+                );
+                None
+            }
+        };
+        Ok(Primary {
+            me,
+            exe,
+            notify,
+            notify_name: format!("@{name}"),
+            upstream,
+            signals,
+            children: Children::new(me),
+            machine,
+            heartbeat,
+            store: (!activated.is_empty()).then_some(activated),
+            slot_sockets: (0..workers).map(|_| None).collect(),
+            binding: None,
+            deferred: Vec::new(),
+            info: HashMap::new(),
+            generations: vec![0; workers],
+            replaced: vec![0; workers],
+            events: VecDeque::new(),
+            waiters: HashMap::new(),
+            next_reply: 0,
+            control,
+            reading: Vec::new(),
+            pid_file: settings.pid_file,
+            kills: Vec::new(),
+            exit: None,
+            kill_all_at: None,
+            announced: false,
+            started: Instant::now(),
+            load,
+        })
+    }
+
+    pub(crate) fn run(mut self) -> Result<i32, Error> {
+        tracing::info!(
+            primary = self.me,
+            workers = self.machine.settings.workers,
+            "cluster: starting {} worker(s)",
+            self.machine.settings.workers
+        );
+        let actions = self.machine.start();
+        self.perform(actions);
+        if self
+            .machine
+            .slots
+            .iter()
+            .all(|s| s.worker.is_none() && s.starting.is_none())
+            && self.exit.is_none()
+        {
+            return Err(Error::Io {
+                what: "cannot start the cluster's first worker".into(),
+                source: std::io::Error::other("see the log above"),
+            });
+        }
+        loop {
+            if let Some(code) = self.finished() {
+                return Ok(code);
+            }
+            self.wait();
+            self.read_notifications();
+            self.children.reap();
+            for (pid, code) in self.children.exited() {
+                self.on_exit(pid, code);
+            }
+            for signal in self.signals.take() {
+                self.on_signal(signal);
+            }
+            self.serve_control();
+            let now = Instant::now();
+            if self.machine.next_deadline().is_some_and(|d| d <= now) {
+                self.events.push_back(Event::Tick);
+            }
+            self.kill_due(now);
+            self.drain_events();
+        }
+    }
+
+    /// The exit code, once the machine said to exit and every process has gone.
+    fn finished(&mut self) -> Option<i32> {
+        let code = self.exit?;
+        self.children.reap();
+        if !self.children.none_watched() || self.children.any_left() {
+            return None;
+        }
+        tracing::info!(
+            primary = self.me,
+            "cluster: every worker has exited: exiting ({code})"
+        );
+        if let Some(up) = &self.upstream {
+            up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
+        }
+        if let Some((_, path)) = &self.control {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(path) = &self.pid_file {
+            crate::pidfile::remove_if_ours(path);
+        }
+        Some(code)
+    }
+
+    fn wait(&self) {
+        let mut fds = vec![
+            PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.signals.fd(), PollFlags::POLLIN),
+        ];
+        if let Some((listener, _)) = &self.control {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        }
+        fds.extend(
+            self.reading
+                .iter()
+                .map(|r| PollFd::new(r.stream.as_fd(), PollFlags::POLLIN)),
+        );
+        fds.extend(self.children.poll_fds());
+        let next = [
+            self.machine.next_deadline(),
+            self.kills.iter().map(|&(_, at)| at).min(),
+            self.reading.iter().map(|r| r.deadline).min(),
+            self.kill_all_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = match next {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let _ = poll(&mut fds, timeout);
+    }
+
+    fn drain_events(&mut self) {
+        // Bounded: each event yields a bounded number of actions, and actions yield events
+        // only for starts.
+        for _ in 0..10_000 {
+            let Some(event) = self.events.pop_front() else {
+                return;
+            };
+            let actions = self.machine.handle(event, Instant::now());
+            self.perform(actions);
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Start { slot, id } => self.start(slot, id),
+                Action::Restart { slot, pid } => {
+                    tracing::info!(primary = self.me, "cluster: restarting worker {slot} (pid {pid})");
+                    signal_pid(self.me, pid, Signal::SIGUSR2);
+                }
+                Action::Stop { pid } => {
+                    tracing::info!(primary = self.me, "cluster: stopping pid {pid}");
+                    signal_pid(self.me, pid, Signal::SIGTERM);
+                }
+                Action::Kill { pid, why } => {
+                    let why = match why {
+                        KillReason::NotReady => format!(
+                            "not ready after {:.0} s",
+                            self.machine.settings.ready_timeout.as_secs_f64()
+                        ),
+                        KillReason::Hung => format!(
+                            "silent (no heartbeat) for {:.1} s",
+                            self.machine
+                                .settings
+                                .worker_timeout
+                                .unwrap_or_default()
+                                .as_secs_f64()
+                        ),
+                    };
+                    tracing::error!(
+                        primary = self.me,
+                        "cluster: worker pid {pid} was {why}: stopping it to replace it"
+                    );
+                    signal_pid(self.me, pid, Signal::SIGTERM);
+                    self.kills.push((pid, Instant::now() + KILL_GRACE));
+                }
+                Action::Reply { reply, result } => self.reply(reply, &result),
+                Action::Exit { code } => {
+                    self.exit = Some(code);
+                    self.kill_all_at = Some(Instant::now() + KILL_AFTER);
+                    // Orphans never heard from (a successor still starting) go too.
+                    for pid in crate::sys::children_of(self.me) {
+                        if !self.children.is_watched(pid) && crate::sys::is_running(pid) {
+                            signal_pid(self.me, pid, Signal::SIGTERM);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a worker for `slot` (start `id`), or defers it until the sockets are known.
+    fn start(&mut self, slot: usize, id: StartId) {
+        if self.store.is_none() && self.binding.is_some_and(crate::sys::is_running) {
+            self.deferred.push((slot, id));
+            return;
+        }
+        let sockets = match self.sockets_for(slot) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                self.events.push_back(Event::StartFailed {
+                    id,
+                    reason: format!("cannot make worker {slot}'s listening sockets: {e}"),
+                });
+                return;
+            }
+        };
+        let generation = self.generations.get(slot).copied().unwrap_or(0) + 1;
+        let mut next = NextProcess::new(self.exe, Handoff { sockets });
+        next.env(NOTIFY_SOCKET, &self.notify_name)
+            .env(GRACE_SUPERVISOR, self.me.to_string())
+            .env(GRACE_GENERATION, generation.to_string())
+            .env(GRACE_WORKER, slot.to_string())
+            .env(GRACE_HEARTBEAT_MS, self.heartbeat.as_millis().max(1).to_string())
+            .new_process_group();
+        if let Some(table) = &self.load {
+            next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
+        }
+        match next.spawn() {
+            Ok(child) => {
+                let pid = child.pid();
+                if self.store.is_none() {
+                    self.binding = Some(pid);
+                }
+                self.children.watch(pid);
+                if let Some(g) = self.generations.get_mut(slot) {
+                    *g = generation;
+                }
+                self.info.insert(
+                    pid,
+                    WorkerInfo {
+                        generation,
+                        since: Instant::now(),
+                        connections: 0,
+                        accepted: 0,
+                    },
+                );
+                tracing::info!(primary = self.me, "cluster: started worker {slot} with pid {pid}");
+                self.events.push_back(Event::Started { id, pid });
+            }
+            Err(e) => {
+                tracing::error!(primary = self.me, "cluster: cannot start worker {slot}: {e}");
+                self.events.push_back(Event::StartFailed {
+                    id,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Copies of `slot`'s sockets for its next worker, made from the store the first time
+    /// (none while the first worker binds them).
+    fn sockets_for(&mut self, slot: usize) -> std::io::Result<Vec<(OwnedFd, String)>> {
+        if self.slot_sockets.len() <= slot {
+            self.slot_sockets.resize_with(slot + 1, || None);
+        }
+        if self.slot_sockets[slot].is_none()
+            && let Some(store) = &self.store
+        {
+            let mut own = Vec::with_capacity(store.len());
+            for (fd, name) in store {
+                let fd = match crate::bind::reuseport_sibling(fd)? {
+                    Some(sibling) => sibling,
+                    None => fd.try_clone()?,
+                };
+                own.push((fd, name.clone()));
+            }
+            self.slot_sockets[slot] = Some(own);
+        }
+        match &self.slot_sockets[slot] {
+            Some(own) => own
+                .iter()
+                .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
+                .collect(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn read_notifications(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..1024 {
+            let received = match crate::sys::recv_with_fds(&self.notify, &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(primary = self.me, "the notify socket failed: {e}");
+                    return;
+                }
+            };
+            let Some(pid) = received
+                .sender
+                .filter(|&p| p > 0 && crate::sys::is_descendant(p as u32, self.me))
+                .map(|p| p as u32)
+            else {
+                tracing::warn!(primary = self.me, sender = ?received.sender, "ignoring a notification from outside the cluster's processes");
+                continue;
+            };
+            let message = Message::parse(&buf[..received.len]);
+            self.on_message(pid, &message, received.fds);
+        }
+    }
+
+    fn on_message(&mut self, pid: u32, message: &Message, fds: Vec<OwnedFd>) {
+        if message.flag("WATCHDOG") {
+            if let Some(n) = message.value(protocol::CONNECTIONS).and_then(|n| n.parse().ok())
+                && let Some(info) = self.info.get_mut(&pid)
+            {
+                info.connections = n;
+                if let Some(a) = message.value(protocol::ACCEPTED).and_then(|n| n.parse().ok()) {
+                    info.accepted = a;
+                }
+            }
+            self.events.push_back(Event::Heartbeat { pid });
+        }
+        if let Some(reason) = message.value(protocol::RESTART_FAILED) {
+            self.events.push_back(Event::RestartFailed {
+                pid,
+                reason: reason.to_owned(),
+            });
+        }
+        let serving =
+            message.flag("READY") && message.value("MAINPID").and_then(|p| p.parse().ok()) == Some(pid);
+        let Some(slot) = message
+            .value(protocol::WORKER)
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            return;
+        };
+        if !serving {
+            return;
+        }
+        if let Some(names) = message.value(protocol::FDS) {
+            let names: Vec<String> = if names.is_empty() {
+                Vec::new()
+            } else {
+                names.split(':').map(str::to_owned).collect()
+            };
+            if names.len() == fds.len() {
+                let sockets: Vec<(OwnedFd, String)> = fds.into_iter().zip(names).collect();
+                if self.store.is_none() {
+                    match sockets
+                        .iter()
+                        .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
+                        .collect::<Result<Vec<_>, _>>()
+                    {
+                        Ok(copy) => self.store = Some(copy),
+                        Err(e) => {
+                            tracing::warn!(primary = self.me, "cannot copy the first worker's sockets: {e}")
+                        }
+                    }
+                }
+                if self.slot_sockets.len() <= slot {
+                    self.slot_sockets.resize_with(slot + 1, || None);
+                }
+                self.slot_sockets[slot] = Some(sockets);
+                if self.store.is_some() && self.binding.take().is_some() {
+                    for (slot, id) in std::mem::take(&mut self.deferred) {
+                        self.start(slot, id);
+                    }
+                }
+            }
+        }
+        let generation = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
+        let previous = self.machine.slots.get(slot).and_then(|s| s.worker).map(|w| w.pid);
+        if previous.is_some_and(|p| p != pid)
+            && let Some(r) = self.replaced.get_mut(slot)
+        {
+            *r += 1;
+        }
+        let info = self.info.entry(pid).or_insert(WorkerInfo {
+            generation: 1,
+            since: Instant::now(),
+            connections: 0,
+            accepted: 0,
+        });
+        if let Some(g) = generation {
+            info.generation = g;
+            if let Some(slot_generation) = self.generations.get_mut(slot) {
+                *slot_generation = (*slot_generation).max(g);
+            }
+        }
+        self.children.watch(pid);
+        tracing::info!(
+            primary = self.me,
+            "cluster: worker {slot} is serving with pid {pid}"
+        );
+        self.events.push_back(Event::Ready { slot, pid });
+        self.drain_events();
+        self.announce();
+    }
+
+    /// Tells systemd the cluster serves once every slot has served.
+    fn announce(&mut self) {
+        if self.announced || self.exit.is_some() {
+            return;
+        }
+        let all = self
+            .machine
+            .slots
+            .iter()
+            .all(|s| s.worker.is_some_and(|w| w.ready));
+        if all {
+            self.announced = true;
+            let n = self.machine.slots.len();
+            tracing::info!(primary = self.me, "cluster: {n} worker(s) serving");
+            if let Some(up) = &self.upstream {
+                up.send(&[
+                    format!("MAINPID={}", self.me),
+                    "READY=1".into(),
+                    format!("STATUS=Cluster of {n} worker(s) serving"),
+                ]);
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: u32, code: Option<i32>) {
+        let shown = code.map_or_else(|| "status unknown".to_owned(), describe);
+        self.kills.retain(|&(p, _)| p != pid);
+        if self.binding == Some(pid) {
+            self.binding = None;
+            // The sockets never came: the next deferred start binds them itself.
+            if let Some((slot, id)) = self.deferred.pop() {
+                self.start(slot, id);
+            }
+        }
+        let serving_slot = self
+            .machine
+            .slots
+            .iter()
+            .position(|s| s.worker.is_some_and(|w| w.pid == pid));
+        match serving_slot {
+            Some(slot) if self.exit.is_none() && !self.machine.stopping => {
+                tracing::error!(
+                    primary = self.me,
+                    "cluster: worker {slot} (pid {pid}) ended ({shown}): replacing it"
+                );
+                if let Some(r) = self.replaced.get_mut(slot) {
+                    *r += 1;
+                }
+            }
+            _ => tracing::info!(primary = self.me, "cluster: pid {pid} ended ({shown})"),
+        }
+        self.info.remove(&pid);
+        self.events.push_back(Event::Exited {
+            pid,
+            clean: code == Some(0),
+        });
+    }
+
+    fn on_signal(&mut self, signal: i32) {
+        match signal {
+            // SIGHUP (a terminal closing) stops gracefully too, as it does a single generation
+            // of gracedemo, rather than ending the primary (its default action).
+            SIGTERM | SIGINT | SIGHUP => {
+                tracing::info!(primary = self.me, "cluster: stopping every worker");
+                if let Some(up) = &self.upstream {
+                    up.send(&[
+                        "STOPPING=1".into(),
+                        "STATUS=Stopping: draining every worker".into(),
+                    ]);
+                }
+                self.events.push_back(Event::StopRequested);
+            }
+            SIGUSR2 => {
+                tracing::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
+                self.restart(Waiter::Signal("SIGUSR2"));
+            }
+            SIGTTIN | SIGTTOU => {
+                let n = self.machine.settings.workers;
+                let n = if signal == SIGTTIN {
+                    n + 1
+                } else {
+                    n.saturating_sub(1).max(1)
+                };
+                self.scale(n);
+            }
+            _ => {}
+        }
+    }
+
+    fn scale(&mut self, workers: usize) {
+        tracing::info!(primary = self.me, "cluster: scaling to {workers} worker(s)");
+        self.generations.resize(workers.max(self.generations.len()), 0);
+        self.replaced.resize(workers.max(self.replaced.len()), 0);
+        if let Some(table) = &self.load {
+            table.set_slots(workers);
+        }
+        if workers < self.slot_sockets.len() {
+            // The removed slots' own listeners close with their workers: connections queued
+            // in them are reset, unless the kernel moves them to the other listeners.
+            if self.slot_sockets[workers..]
+                .iter()
+                .flatten()
+                .flatten()
+                .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
+                && std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+                    .map_or(true, |v| v.trim() == "0")
+            {
+                tracing::warn!(
+                    primary = self.me,
+                    "scaling down: connections queued at the removed workers' own listeners are reset \
+                     as they close (net.ipv4.tcp_migrate_req=1 moves them to the other workers)"
+                );
+            }
+            self.slot_sockets.truncate(workers);
+        }
+        self.events.push_back(Event::Scale { workers });
+    }
+
+    fn restart(&mut self, waiter: Waiter) {
+        self.next_reply += 1;
+        let reply = self.next_reply;
+        self.waiters.insert(reply, waiter);
+        if self.machine.rollout.is_none()
+            && let Some(up) = &self.upstream
+        {
+            up.send(&[
+                "RELOADING=1".into(),
+                format!("MONOTONIC_USEC={}", crate::notify::monotonic_usec()),
+                "STATUS=Rolling restart".into(),
+            ]);
+        }
+        self.events.push_back(Event::RestartRequested { reply });
+    }
+
+    fn reply(&mut self, reply: ReplyId, result: &RolloutResult) {
+        let answer = match result {
+            RolloutResult::Done { pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!(
+                    "ok {} worker(s) serving with pids {}\n",
+                    pids.len(),
+                    pids.join(", ")
+                )
+            }
+            RolloutResult::Failed {
+                slot,
+                reason,
+                restarted,
+            } => format!(
+                "error failed: worker {slot}: {reason}; {restarted} of {} worker(s) restarted, every worker still serving\n",
+                self.machine.slots.len()
+            ),
+            RolloutResult::Stopping => format!(
+                "error stopping: the cluster (pid {}) is stopping: not restarting\n",
+                self.me
+            ),
+        };
+        if self.machine.rollout.is_none()
+            && !self.machine.stopping
+            && let Some(up) = &self.upstream
+        {
+            up.send(&["READY=1".into(), format!("STATUS={}", answer.trim_end())]);
+        }
+        match self.waiters.remove(&reply) {
+            Some(Waiter::Client(mut stream)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.write_all(answer.as_bytes());
+            }
+            Some(Waiter::Signal(name)) => {
+                if answer.starts_with("ok") {
+                    tracing::info!(
+                        primary = self.me,
+                        "cluster: {name} rolling restart: {}",
+                        answer.trim_end()
+                    );
+                } else {
+                    tracing::error!(
+                        primary = self.me,
+                        "cluster: {name} rolling restart: {}",
+                        answer.trim_end()
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn kill_due(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = self.kills.drain(..).partition(|&(_, at)| at <= now);
+        self.kills = later;
+        for (pid, _) in due {
+            if crate::sys::is_running(pid) {
+                tracing::warn!(
+                    primary = self.me,
+                    "cluster: pid {pid} still there {} ms after SIGTERM: killing it",
+                    KILL_GRACE.as_millis()
+                );
+                signal_pid(self.me, pid, Signal::SIGKILL);
+            }
+        }
+        if self.kill_all_at.is_some_and(|at| at <= now) {
+            let mut left = crate::sys::children_of(self.me);
+            left.extend(self.children.pids());
+            for pid in left {
+                if crate::sys::is_running(pid) {
+                    signal_pid(self.me, pid, Signal::SIGKILL);
+                }
+            }
+            self.kill_all_at = Some(now + Duration::from_millis(100));
+        }
+    }
+
+    // --- the control socket ---
+
+    fn serve_control(&mut self) {
+        if let Some((listener, _)) = &self.control {
+            for _ in 0..64 {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(true);
+                        self.reading.push(Reading {
+                            stream,
+                            line: Vec::new(),
+                            deadline: Instant::now() + COMMAND_TIMEOUT,
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!(primary = self.me, "control socket: cannot accept: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        let mut still = Vec::new();
+        for mut r in std::mem::take(&mut self.reading) {
+            let mut buf = [0u8; MAX_COMMAND];
+            let complete = loop {
+                match r.stream.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        r.line.extend_from_slice(&buf[..n]);
+                        if r.line.contains(&b'\n') || r.line.len() >= MAX_COMMAND {
+                            break true;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break true,
+                }
+            };
+            if complete {
+                ready.push(r);
+            } else if r.deadline <= now {
+                let _ = r.stream.set_nonblocking(false);
+                let _ = r.stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = r.stream.write_all(
+                    format!(
+                        "error no command within {} s: expected \"restart\", \"status\" or \"scale N\"\n",
+                        COMMAND_TIMEOUT.as_secs()
+                    )
+                    .as_bytes(),
+                );
+            } else {
+                still.push(r);
+            }
+        }
+        self.reading = still;
+        for r in ready {
+            self.command(r);
+        }
+    }
+
+    fn command(&mut self, r: Reading) {
+        let mut stream = r.stream;
+        let line = String::from_utf8_lossy(&r.line);
+        let command = line.lines().next().unwrap_or("").trim().to_owned();
+        let answer = match authorised(&stream) {
+            Err(reason) => Some(format!("error {reason}\n")),
+            Ok(()) => match command.as_str() {
+                "restart" | "restart again" => {
+                    tracing::info!(primary = self.me, "control socket: rolling restart requested");
+                    self.restart(Waiter::Client(stream));
+                    return;
+                }
+                "status" => Some(format!("ok\n{}", self.status())),
+                "status json" => Some(format!("ok\n{}\n", self.status_json().render())),
+                other => match other.strip_prefix("scale ").map(|n| n.trim().parse::<usize>()) {
+                    Some(Ok(n)) if (1..=1024).contains(&n) => {
+                        self.scale(n);
+                        Some(format!("ok scaling to {n} worker(s)\n"))
+                    }
+                    Some(_) => Some(format!(
+                        "error {other:?}: expected \"scale N\" with N a number of workers from 1 to 1024\n"
+                    )),
+                    None => Some(format!(
+                        "error unknown command {:?}: expected \"restart\", \"status\", \"status json\" or \"scale N\"\n",
+                        other.chars().take(MAX_COMMAND).collect::<String>()
+                    )),
+                },
+            },
+        };
+        if let Some(answer) = answer {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    }
+
+    /// Each slot's worker as `status` shows it.
+    fn rows(&self) -> Vec<WorkerRow> {
+        let now = Instant::now();
+        self.machine
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| {
+                let restarts = self.replaced.get(slot).copied().unwrap_or(0);
+                let Some(w) = s.worker else {
+                    return WorkerRow {
+                        slot,
+                        pid: None,
+                        generation: 0,
+                        phase: "starting",
+                        connections: 0,
+                        accepted: 0,
+                        uptime: Duration::ZERO,
+                        restarts,
+                    };
+                };
+                let info = self.info.get(&w.pid);
+                let phase = if w.killed {
+                    "stopping (hung)"
+                } else if s.restarting {
+                    "restarting"
+                } else if w.ready {
+                    "serving"
+                } else {
+                    "starting"
+                };
+                WorkerRow {
+                    slot,
+                    pid: Some(w.pid),
+                    generation: info.map_or(0, |i| i.generation),
+                    phase,
+                    connections: info.map_or(0, |i| i.connections),
+                    accepted: info.map_or(0, |i| i.accepted),
+                    uptime: info.map_or(Duration::ZERO, |i| now.duration_since(i.since)),
+                    restarts,
+                }
+            })
+            .collect()
+    }
+
+    /// The `status` lines: the primary, then one line per worker.
+    fn status(&self) -> String {
+        let mut out = format!(
+            "primary: pid {}\nuptime: {} s\nworkers: {}\n",
+            self.me,
+            self.started.elapsed().as_secs(),
+            self.machine.slots.len()
+        );
+        if let Some(r) = &self.machine.rollout {
+            out.push_str(&format!(
+                "rolling restart: {} of {} worker(s) restarted\n",
+                r.done,
+                self.machine.slots.len()
+            ));
+        }
+        for w in self.rows() {
+            match w.pid {
+                Some(pid) => out.push_str(&format!(
+                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, up {} s, restarts {}\n",
+                    w.slot,
+                    w.generation,
+                    w.phase,
+                    w.connections,
+                    w.accepted,
+                    w.uptime.as_secs(),
+                    w.restarts
+                )),
+                None => out.push_str(&format!("worker {}: none (starting), restarts {}\n", w.slot, w.restarts)),
+            }
+        }
+        let draining: Vec<String> = self.machine.retiring.iter().map(u32::to_string).collect();
+        out.push_str(&format!(
+            "draining: {}\n",
+            if draining.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("pid {}", draining.join(", pid "))
+            }
+        ));
+        out
+    }
+
+    /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
+    /// `rolling_restart`, `workers`, `draining`).
+    fn status_json(&self) -> crate::json::Json {
+        use crate::json::Json;
+        let workers = self
+            .rows()
+            .into_iter()
+            .map(|w| {
+                Json::Object(vec![
+                    ("slot", Json::Int(w.slot as u64)),
+                    ("pid", w.pid.map_or(Json::Null, |p| Json::Int(p.into()))),
+                    ("generation", Json::Int(w.generation)),
+                    ("phase", Json::String(w.phase.to_owned())),
+                    ("connections", Json::Int(w.connections as u64)),
+                    ("accepted", Json::Int(w.accepted)),
+                    ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
+                    ("restarts", Json::Int(w.restarts)),
+                ])
+            })
+            .collect();
+        let rollout = self.machine.rollout.as_ref().map_or(Json::Null, |r| {
+            Json::Object(vec![
+                ("restarted", Json::Int(r.done as u64)),
+                ("of", Json::Int(self.machine.slots.len() as u64)),
+            ])
+        });
+        Json::Object(vec![
+            ("primary", Json::Int(self.me.into())),
+            (
+                "uptime_seconds",
+                Json::Float(self.started.elapsed().as_secs_f64()),
+            ),
+            ("rolling_restart", rollout),
+            ("workers", Json::Array(workers)),
+            (
+                "draining",
+                Json::Array(
+                    self.machine
+                        .retiring
+                        .iter()
+                        .map(|&p| Json::Int(p.into()))
+                        .collect(),
+                ),
+            ),
+        ])
+    }
+}
+
+/// One worker's line of `status`.
+struct WorkerRow {
+    slot: usize,
+    pid: Option<u32>,
+    generation: u64,
+    phase: &'static str,
+    connections: usize,
+    accepted: u64,
+    uptime: Duration,
+    restarts: u64,
+}
+
+/// Only the primary's own user and root may control it.
+fn authorised(stream: &UnixStream) -> Result<(), String> {
+    let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let ours = nix::unistd::geteuid().as_raw();
+    if cred.uid() == ours || cred.uid() == 0 {
+        Ok(())
+    } else {
+        tracing::warn!("control socket: refused a client with uid {}", cred.uid());
+        Err(format!(
+            "permission denied: uid {} may not control this server (uid {ours})",
+            cred.uid()
+        ))
+    }
+}

@@ -1,0 +1,46 @@
+//! A cluster worker's sign of life: `WATCHDOG=1` to the primary at the interval it was given,
+//! sent from this generation's tokio runtime, so a runtime that stops making progress (a
+//! deadlock, a task that blocks every worker thread, `SIGSTOP`) falls silent and the primary
+//! replaces the worker ([`crate::cluster`]). More often, while serving, it stamps the
+//! cluster's load table with its open connections (`cluster::balance`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Phase;
+use super::shared::Shared;
+use crate::cluster::balance;
+use crate::supervisor::protocol::{ACCEPTED, CONNECTIONS};
+
+/// Sends a heartbeat every `every`, with the open and accepted connections (for the
+/// primary's `status`), for as long as the process runs.
+pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
+    let table = balance::worker_table();
+    let tick = if table.is_some() {
+        every.min(balance::STAMP_EVERY)
+    } else {
+        every
+    };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_beat = Instant::now();
+    loop {
+        ticks.tick().await;
+        let connections = shared.connections.receiver_count();
+        if let Some((table, slot)) = table
+            && *shared.phase.borrow() == Phase::Serving
+        {
+            table.report(*slot, connections as u64, balance::now_us());
+        }
+        if Instant::now() >= next_beat {
+            next_beat = Instant::now() + every;
+            let accepted = shared.accepted.load(Ordering::Relaxed);
+            shared.notify(&[
+                "WATCHDOG=1".to_owned(),
+                format!("{CONNECTIONS}={connections}"),
+                format!("{ACCEPTED}={accepted}"),
+            ]);
+        }
+    }
+}

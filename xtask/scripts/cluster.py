@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""gracedemo --workers 2 measured: against one process, the balance, restarts and kills.
+
+The server (the primary and its workers, or the one process) is pinned to core 0 and wrk to
+core 1, so the server's cost is not hidden in the client's; CPU per request is utime+stime of
+every server process from /proc over the load. Figures:
+
+1. throughput: 2 workers against one process with 2 runtime threads (TOKIO_WORKER_THREADS=2),
+   HTTP/1.1 keep-alive (64 connections) and connection-per-request (8 connections,
+   `Connection: close`), alternating which goes first; ratios cluster / one process.
+2. balance: each worker's share of the connections accepted in those loads (the control
+   socket's status, `accepted N` per worker).
+3. rolling restart: connection-per-request load with a `--reload` (a rolling restart of both
+   workers) every 2 s, against the same load without; p99 ratio and failed requests.
+4. kill -9 of a worker every second for 10 s under connection-per-request load: connections
+   refused (wrk's connect errors) and other failures.
+5. memory: the primary's RSS and each worker's idle RSS.
+
+    cargo build --release -p gracedemo
+    python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5]
+
+Needs wrk and taskset. Loopback only; every server process is killed by pid at the end;
+every load is bounded in time. Prints one `result:` line of key=value pairs last.
+"""
+import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+
+from loopback import cpu_ticks, free_port
+
+PATH = "/sleep/?duration=0s"
+TARGET = os.path.join(os.path.dirname(__file__), "../../target/release")
+
+
+def start(workers, threads, control):
+    port = free_port()
+    args = [f"{TARGET}/gracedemo", "-a0", f"127.0.0.1:{port}",
+            "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
+    if workers:
+        args += ["--workers", str(workers), "--control-socket", control]
+    env = dict(os.environ, TOKIO_WORKER_THREADS=str(threads))
+    p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if not workers or len(worker_pids(control)) == workers:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return p, port
+            except OSError:
+                pass
+        time.sleep(0.05)
+    stop(p)
+    sys.exit("the server did not start")
+
+
+def descendants(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def stop(p):
+    for pid in descendants(p.pid)[::-1]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    p.wait()
+
+
+def ctl(control, *args, timeout=60):
+    return subprocess.run([f"{TARGET}/gracedemo", "--control-socket", control, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def status_lines(control):
+    try:
+        return [l for l in ctl(control, "--status", timeout=10).stdout.splitlines()
+                if l.startswith("worker ")]
+    except subprocess.TimeoutExpired:
+        return []
+
+
+def worker_pids(control):
+    return [int(m.group(1)) for l in status_lines(control)
+            if ", serving," in l and (m := re.search(r"pid (\d+)", l))]
+
+
+def accepted(control):
+    return {int(re.search(r"pid (\d+)", l).group(1)): int(re.search(r"accepted (\d+)", l).group(1))
+            for l in status_lines(control) if "accepted" in l and "pid" in l}
+
+
+def wrk(port, seconds, conns, close=False, latency=False):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    if latency:
+        cmd += ["--latency"]
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{PATH}"], capture_output=True,
+                         text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    if errors:
+        errs.update(dict(zip(["connect", "read", "write", "timeout"], map(int, errors.groups()))))
+    if non2xx:
+        errs["non2xx"] = int(non2xx.group(1))
+    p99 = None
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+    if m:
+        p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    return rps, total, errs, p99
+
+
+def server_ticks(p):
+    return sum(cpu_ticks(pid) for pid in descendants(p.pid) if os.path.exists(f"/proc/{pid}"))
+
+
+def throughput(kind, seconds, conns, close, control):
+    workers, threads = (2, 1) if kind == "cluster" else (0, 2)
+    p, port = start(workers, threads, control)
+    try:
+        wrk(port, 1, conns, close)  # warm-up
+        before_acc = accepted(control) if workers else {}
+        before = server_ticks(p)
+        rps, total, errs, _ = wrk(port, seconds, conns, close)
+        ticks = server_ticks(p) - before
+        time.sleep(1.2)  # a heartbeat: the status's counts are current
+        shares = {}
+        if workers:
+            after = accepted(control)
+            got = {pid: after.get(pid, 0) - before_acc.get(pid, 0) for pid in after}
+            n = max(sum(got.values()), 1)
+            shares = sorted(round(100 * v / n, 1) for v in got.values())
+        return rps, ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(total, 1), errs, shares
+    finally:
+        stop(p)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="grace-cluster-bench-")
+    control = os.path.join(tmp, "control")
+    result = {}
+
+    for mode, conns, close in [("keepalive", 64, False), ("per_request", 8, True)]:
+        rps_r, cpu_r, shares_all = [], [], []
+        for r in range(a.rounds):
+            order = ["cluster", "single"] if r % 2 == 0 else ["single", "cluster"]
+            got = {k: throughput(k, a.seconds, conns, close, control) for k in order}
+            (c_rps, c_cpu, c_err, shares), (s_rps, s_cpu, s_err, _) = got["cluster"], got["single"]
+            rps_r.append(c_rps / s_rps)
+            cpu_r.append(c_cpu / s_cpu)
+            shares_all.append(shares)
+            print(f"{mode} round {r + 1}: cluster {c_rps:.0f} req/s {c_cpu:.1f} us/req "
+                  f"shares {shares} errors {c_err}; single {s_rps:.0f} req/s {s_cpu:.1f} us/req "
+                  f"errors {s_err}", flush=True)
+        result[f"{mode}_rps_ratio"] = round(statistics.median(rps_r), 3)
+        result[f"{mode}_cpu_ratio"] = round(statistics.median(cpu_r), 3)
+        result[f"{mode}_min_share"] = min(min(s) for s in shares_all if s)
+        result[f"{mode}_max_share"] = max(max(s) for s in shares_all if s)
+
+    # Rolling restarts under connection-per-request load.
+    p, port = start(2, 1, control)
+    try:
+        wrk(port, 1, 8, True)
+        _, base_total, base_err, base_p99 = wrk(port, 10, 8, True, latency=True)
+        reloads = []
+        load = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c8", "-d10s", "--latency",
+                                 "-H", "Connection: close", f"http://127.0.0.1:{port}{PATH}"],
+                                stdout=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 8.5:
+            time.sleep(2)
+            r = ctl(control, "--reload")
+            reloads.append(r.returncode)
+        out, _ = load.communicate(timeout=40)
+        m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+        p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        errs = re.search(r"Socket errors: (.*)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        result["rolling_restarts"] = len(reloads)
+        result["rolling_restarts_failed"] = sum(1 for c in reloads if c != 0)
+        result["rolling_p99_ratio"] = round(p99 / base_p99, 3)
+        result["rolling_errors"] = (errs.group(1).replace(" ", "") if errs else "none") + \
+            (f",non2xx{non2xx.group(1)}" if non2xx else "")
+        print(f"rolling restart: p99 {p99:.2f} ms vs {base_p99:.2f} ms without; "
+              f"{len(reloads)} reloads, exit codes {reloads}; errors {result['rolling_errors']}", flush=True)
+
+        # Memory, idle.
+        time.sleep(1)
+        rss = lambda pid: int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+        result["primary_rss_kib"] = rss(p.pid)
+        result["worker_rss_kib"] = max(rss(w) for w in worker_pids(control))
+        print(f"memory: primary {result['primary_rss_kib']} KiB, workers "
+              f"{[rss(w) for w in worker_pids(control)]} KiB", flush=True)
+
+        # kill -9 of a worker every second under load.
+        load = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c8", "-d11s",
+                                 "-H", "Connection: close", f"http://127.0.0.1:{port}{PATH}"],
+                                stdout=subprocess.PIPE, text=True)
+        kills = 0
+        t0 = time.time()
+        for i in range(10):
+            time.sleep(max(0.0, t0 + 1 + i - time.time()))
+            pids = worker_pids(control)
+            if pids:
+                os.kill(pids[i % len(pids)], signal.SIGKILL)
+                kills += 1
+        out, _ = load.communicate(timeout=40)
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        connect, read, write, tmo = map(int, e.groups()) if e else (0, 0, 0, 0)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        result["kills"] = kills
+        result["kill_refused"] = connect
+        result["kill_failed"] = read + write + tmo + (int(non2xx.group(1)) if non2xx else 0)
+        result["kill_requests"] = total
+        print(f"kill -9 of a worker every second: {kills} kills, {total} requests, "
+              f"{connect} refused, {result['kill_failed']} failed", flush=True)
+    finally:
+        stop(p)
+    print("result: " + " ".join(f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
