@@ -128,7 +128,10 @@ impl Server {
     /// file, control socket, standby, ...). The server starts the generation with them when it
     /// runs, and hands the TLS session ticket keys to the next process with
     /// [`hand_state`](GenerationBuilder::hand_state), unless `builder` hands state of its own
-    /// (clients then make one full handshake with each new process).
+    /// (clients then make one full handshake with each new process). Only the process that
+    /// holds the [`Generation`] can read state handed to it: to hand your own, start the
+    /// generation yourself and serve on it with [`generation`](Self::generation) (gracehttp's
+    /// `store` example).
     pub fn lifecycle(mut self, builder: GenerationBuilder) -> Server {
         self.lifecycle = Lifecycle::Builder(builder);
         self
@@ -316,7 +319,10 @@ impl Server {
                     let ours = !builder.hands_state();
                     if let (Some(keys), true) = (&ticket_keys, ours) {
                         let keys = keys.clone();
-                        builder = builder.hand_state(move || keys.handed());
+                        builder = builder.hand_state(move || {
+                            let handed = keys.handed();
+                            async move { handed }
+                        });
                     }
                     (builder.start()?, ours)
                 }
@@ -436,7 +442,7 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
     match generation.inherited_state().await {
         Ok(None) => {}
         Ok(Some(handed)) => {
-            if !keys.adopt(&handed) {
+            if !keys.adopt(&handed.snapshot) {
                 tracing::warn!(
                     "the previous process handed over state that is not TLS session ticket keys: new keys (clients make one full handshake)"
                 );

@@ -113,6 +113,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// The previous generation's final state did not come (see
+    /// [`InheritedState::final_state`](crate::InheritedState::final_state)): the writes it
+    /// acknowledged after its snapshot are not here.
+    #[error("the previous generation's final state did not come: {reason}")]
+    FinalState {
+        /// Why: it exited first, it was over the limit, or it was too late.
+        reason: String,
+    },
+
+    /// Handed-over state is of a version this program does not read (see
+    /// `gracenet::state::decode`, feature `serde`).
+    #[error(
+        "the handed-over state is {found}, and this program reads version {expected} only: refuse it (the old generation keeps serving) or read both versions"
+    )]
+    StateVersion {
+        /// The version tag found, as written (or what was found instead of a tag).
+        found: String,
+        /// The version this program reads.
+        expected: u32,
+    },
+
+    /// Handed-over state of the right version did not decode, or state did not encode (see
+    /// `gracenet::state`, feature `serde`).
+    #[error("handed-over state version {version}: {reason}")]
+    StateFormat {
+        /// The version tag.
+        version: u32,
+        /// The serializer's error.
+        reason: String,
+    },
+
     /// The socket made for [`SocketRegistry::adopt`](crate::registry::SocketRegistry::adopt)
     /// is not a listening stream socket, so it cannot be served on nor passed on as one.
     #[error(

@@ -145,6 +145,9 @@ mod readiness;
 pub mod registry;
 mod socket;
 mod startup;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod state;
 mod supervisor;
 mod sys;
 #[cfg(feature = "tokio")]
@@ -163,8 +166,9 @@ pub use error::{EnvError, Error};
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use lifecycle::{
     ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, Generation, GenerationBuilder, GracefulListener, HandedConnection,
-    InheritedConnections, Outcome, Phase, RestartError, RestartRequest, RestartResult, StopReason, Successor,
+    DEFAULT_STOP_TIMEOUT, FinalState, Generation, GenerationBuilder, GracefulListener, HandedConnection,
+    InheritedConnections, InheritedState, Outcome, Phase, RestartError, RestartRequest, RestartResult,
+    StopReason, Successor,
 };
 pub use socket::LocalAddr;
 pub use startup::registry;

@@ -693,6 +693,33 @@ pub fn pids_with_env(key: &str, value: &str) -> Vec<u32> {
     pids
 }
 
+/// The environment variable a [`Sweep`] marks a test's processes with.
+pub const SWEEP_MARK: &str = "GRACE_TESTS_SWEEP";
+
+/// Kills, by pid, every process marked with its value ([`SWEEP_MARK`]) when dropped: the
+/// generations a server started that a test may not know the pid of (one started to replace
+/// a generation killed before it, one that should have refused and exited but serves), which
+/// would otherwise outlive the test. Declare it before the server's guard, so it runs after
+/// that one has killed and reaped the server.
+pub struct Sweep(pub String);
+
+impl Sweep {
+    /// Marks `cmd` (and so every generation it starts, which inherit the variable).
+    pub fn new(cmd: &mut Command) -> Sweep {
+        let marker = unique_marker();
+        cmd.env(SWEEP_MARK, &marker);
+        Sweep(marker)
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for pid in pids_with_env(SWEEP_MARK, &self.0) {
+            drop(PidGuard(pid));
+        }
+    }
+}
+
 /// A value unique to this call in this test process, for [`pids_with_env`].
 pub fn unique_marker() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -207,12 +207,16 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
         let padding = knob_ms("PROBE_STATE_BYTES").map_or(0, |d| d.as_millis() as usize);
         let stall = std::env::var_os("PROBE_STATE_STALL").is_some();
         builder = builder.hand_state(move || {
-            if stall {
-                std::thread::sleep(Duration::from_secs(3600));
+            let count = count.clone();
+            async move {
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let mut state =
+                    format!("v1:{}:", count.load(std::sync::atomic::Ordering::Relaxed)).into_bytes();
+                state.extend((0..padding).map(|i| (i % 251) as u8));
+                state
             }
-            let mut state = format!("v1:{}:", count.load(std::sync::atomic::Ordering::Relaxed)).into_bytes();
-            state.extend((0..padding).map(|i| (i % 251) as u8));
-            state
         });
     }
     let generation = builder.start()?;
@@ -221,7 +225,8 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROBE_STATE").is_some() {
         match generation.inherited_state().await? {
             None => println!("probe state none pid={pid}"),
-            Some(state) => {
+            Some(handed) => {
+                let state = handed.snapshot;
                 if fail_once("PROBE_STATE_REFUSE_ONCE", number) {
                     generation.refuse("unknown version");
                     return Err("refused the handed-over state".into());

@@ -1,7 +1,7 @@
 //! Application state handed to the next generation (`GenerationBuilder::hand_state`,
 //! `Generation::inherited_state`, `Generation::refuse`), with real processes: a counter that
-//! survives ten restarts, a refusal that rolls the restart back, 64 MiB of state, and a
-//! handing-over that stalls.
+//! survives ten restarts, a refusal that rolls the restart back, 64 MiB of state (its final
+//! state too, though the new generation never asks for it), and a handing-over that stalls.
 
 use grace_tests::{
     DEADLINE, PidGuard, ProbeGen, TempDir, answer_pid, ask, field, lifeprobe, signal, start_lifeprobe,
@@ -72,6 +72,10 @@ fn sixty_four_mebibytes_of_state_arrive_whole() {
     let bytes: usize = field(&state, "bytes").parse().unwrap();
     assert_eq!(bytes, size + "v1:1:".len(), "{state}");
     g.expect_log("handed the state over bytes=67108869 next=2 ");
+    // The final state too, after the drain, though generation 2 never asks for it: it is read
+    // and dropped there, and does not hold generation 1's exit.
+    g.expect_log("handed the final state over bytes=67108869 next=2 ");
+    g.expect_log("done: drained; exiting generation=1 ");
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use grace_tests::{
-    DEADLINE, PidGuard, Prober, ProcessGuard, command, field, is_alive, start_lifeprobe, wait_until,
-    zombies_of,
+    DEADLINE, PidGuard, Prober, ProcessGuard, SWEEP_MARK as MARK, Sweep, command, field, is_alive,
+    start_lifeprobe, wait_until, zombies_of,
 };
 use nix::sys::signal::Signal;
 
@@ -459,31 +459,6 @@ fn a_sigusr2_while_the_supervisor_is_still_starting_waits_for_it_instead_of_kill
     let _g2 = PidGuard(gen2);
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(0));
-}
-
-/// The environment variable that marks one test's supervisor and every generation it starts.
-const MARK: &str = "SUPERVISOR_TEST_MARK";
-
-/// Kills, by pid, every process marked with its value when dropped: the generations a
-/// supervisor started, including one it started to replace a generation killed before it
-/// (a crash restart), which would otherwise outlive the test. Declared before the
-/// supervisor's guard, so it runs after that one has killed and reaped it.
-struct Sweep(String);
-
-impl Sweep {
-    fn new(cmd: &mut Command) -> Sweep {
-        let marker = grace_tests::unique_marker();
-        cmd.env(MARK, &marker);
-        Sweep(marker)
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        for pid in grace_tests::pids_with_env(MARK, &self.0) {
-            drop(PidGuard(pid));
-        }
-    }
 }
 
 /// One start of a supervisor with a `SIGUSR2` sent `jitter` after its signals became safe

@@ -96,14 +96,45 @@ impl GenerationBuilder {
         self
     }
 
-    /// Hands application state to the next generation at each restart: `state` is called
-    /// (on a blocking thread) when the next process has been started, and its bytes are
-    /// streamed to it; the next generation reads them with [`Generation::inherited_state`]
-    /// before it says ready, and may [`refuse`](Generation::refuse) them (the restart then
-    /// fails, and this generation keeps serving). Bounded by the ready timeout: a `state`
-    /// that stalls, or a next generation that does not read, cannot hold the restart.
-    pub fn hand_state(mut self, state: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Self {
-        self.settings.state = Some(Arc::new(state));
+    /// Hands application state to the next generation at each restart, twice: `state` (an
+    /// async function: it may lock a `tokio::sync::Mutex`) is called when the next process
+    /// has been started, and its bytes, the snapshot, are streamed to it; it is called again
+    /// once this generation's drain has ended, and those bytes, the final state, follow.
+    ///
+    /// **Every write this generation acknowledged before its drain ended is in the final
+    /// state the next generation receives, or the next generation is told it did not come.**
+    ///
+    /// The next generation reads the snapshot with [`Generation::inherited_state`] before it
+    /// says ready, and may [`refuse`](Generation::refuse) it (the restart then fails, and
+    /// this generation keeps serving); once it serves, it awaits the final state
+    /// ([`InheritedState::final_state`](super::InheritedState::final_state)) and merges it
+    /// with what it wrote meanwhile; its own final state waits for that merge (the
+    /// [`FinalState`](super::FinalState) dropped; at most its stop and ready timeouts), so
+    /// restarts in quick succession pass every write on. Each hand-over is bounded by the
+    /// ready timeout: a `state` that stalls, or a next generation that does not read, cannot
+    /// hold the restart or the exit. A drain cut short by the stop timeout ends with requests
+    /// still running: a write they acknowledge after the final state was taken is not in it.
+    /// Heavy synchronous work belongs in `tokio::task::spawn_blocking` inside `state`. Typed
+    /// state: `gracenet::state::{encode, decode}` (feature `serde`).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), gracenet::Error> {
+    /// let notes = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::<u8>::new()));
+    /// let handed = notes.clone();
+    /// let generation = gracenet::Generation::builder()
+    ///     .hand_state(move || {
+    ///         let notes = handed.clone();
+    ///         async move { notes.lock().await.clone() }
+    ///     })
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn hand_state<F, Fut>(mut self, state: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+    {
+        self.settings.state = Some(Arc::new(move || Box::pin(state())));
         self
     }
 
@@ -113,8 +144,9 @@ impl GenerationBuilder {
         self.settings.state.is_some()
     }
 
-    /// The most bytes of handed-over state this generation accepts (default 256 MiB); more
-    /// is an error from [`Generation::inherited_state`].
+    /// The most bytes of handed-over state this generation accepts (default 256 MiB), for
+    /// the snapshot and the final state each; more is an error from
+    /// [`Generation::inherited_state`] or [`InheritedState::final_state`](super::InheritedState::final_state).
     pub fn max_state(mut self, bytes: u64) -> Self {
         self.settings.max_state = bytes;
         self
@@ -241,6 +273,7 @@ impl GenerationBuilder {
             super::signals::forward(requests_tx.clone(), standby.clone(), &startup.registry)?;
         }
         let number = startup.generation;
+        let (final_tx, final_rx) = tokio::sync::oneshot::channel();
         let shared = Arc::new(Shared {
             number,
             startup,
@@ -251,7 +284,11 @@ impl GenerationBuilder {
             outcome: watch::channel(None).0,
             draining: AtomicBool::new(false),
             successor_channel: std::sync::Mutex::new(None),
-            parent_channel: std::sync::Mutex::new(None),
+            inbox: std::sync::Mutex::new(None),
+            final_tx: std::sync::Mutex::new(Some(final_tx)),
+            final_rx: std::sync::Mutex::new(Some(final_rx)),
+            merged: std::sync::Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
             state_read: AtomicBool::new(false),
             restart: AtomicBool::new(false),
             next_pid: std::sync::atomic::AtomicU32::new(0),

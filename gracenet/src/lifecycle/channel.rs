@@ -12,6 +12,10 @@
 //! - then, both ways: the live connections handed over and their answers, framed by
 //!   [`handover`](super::handover) (a module of its own: frames with an fd attached, and the
 //!   acknowledgement that makes a connection change owner).
+//! - old to new, last, once the old generation's drain has ended (so after every connection
+//!   frame): the final state, [`FINAL`] then a state section as above ([`write_final`]).
+//!   Only a generation that hands state sends it; a gracenet older than it sends none, and
+//!   one that reads connections only stops at it (it is the last frame).
 //!
 //! A parent of an older gracenet passes a pipe instead of a socket: readiness only, neither
 //! state nor connections ([`open`] says `None`).
@@ -24,6 +28,10 @@ use tokio::net::UnixStream;
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
+
+/// The final state's tag, followed by a state section (9 bytes with its length, the size of
+/// an older connection frame's header).
+pub(super) const FINAL: u8 = b'F';
 
 /// The channel to the parent generation as a tokio stream; `None` when it is a pipe (from
 /// an older gracenet), which carries neither state nor connections.
@@ -46,6 +54,12 @@ pub(super) async fn write_state(out: &mut (impl AsyncWrite + Unpin), state: Opti
             out.write_all(bytes).await
         }
     }
+}
+
+/// Writes the final state: [`FINAL`], then `state` as a state section.
+pub(super) async fn write_final(out: &mut (impl AsyncWrite + Unpin), state: &[u8]) -> io::Result<()> {
+    out.write_all(&[FINAL]).await?;
+    write_state(out, Some(state)).await
 }
 
 /// Reads the state section: `None` for [`NO_STATE`], or when the channel ends before the

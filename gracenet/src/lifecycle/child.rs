@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::oneshot;
 
 use super::machine::{ChildFailure, Event};
 use super::shared::Shared;
@@ -191,9 +190,8 @@ pub(super) fn start_process(
 }
 
 /// Streams the application's state (if it provides one) to the next generation: an
-/// 8-byte length, then the bytes; then closes our side for writing, so a next generation
-/// that asks for state and was given none reads end-of-file. Bounded by the ready
-/// timeout: a provider or a reader that stalls cannot hold the restart.
+/// 8-byte length, then the bytes (the snapshot). Bounded by the ready timeout: a provider or
+/// a reader that stalls cannot hold the restart.
 pub(super) fn hand_state(
     shared: &Shared,
     channel: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
@@ -216,33 +214,98 @@ pub(super) fn hand_state(
             return;
         };
         let handed = tokio::time::timeout(timeout, async {
-            // A thread of its own, not tokio's blocking pool: a provider that never
-            // returns must not hold this process's exit (a runtime waits for its pool).
-            let (tx, rx) = oneshot::channel();
-            std::thread::Builder::new()
-                .name("gracenet-state".into())
-                .spawn(move || {
-                    let _ = tx.send(provider());
-                })?;
-            let bytes = rx
-                .await
-                .map_err(|_| std::io::Error::other("the state provider panicked"))?;
+            let bytes = provide(&provider).await?;
             channel::write_state(&mut *out, Some(&bytes)).await?;
             Ok::<usize, std::io::Error>(bytes.len())
         })
         .await;
-        match handed {
-            Ok(Ok(bytes)) => tracing::info!(bytes, next, pid, "handed the state over"),
-            Ok(Err(e)) => tracing::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED),
-            Err(_) => tracing::warn!(
+        log_handed(Handed::Snapshot, handed, next, pid, timeout);
+    });
+}
+
+/// Hands the successor the final state, once the drain has ended (nothing is in flight any
+/// more) and this generation has merged its own predecessor's (see
+/// [`FinalState`](super::FinalState)): the provider's bytes after every connection frame.
+/// Waits for it, bounded by the ready timeout (a successor that does not read, or a provider that stalls, cannot hold
+/// the exit); a successor that exited makes it fail at once.
+pub(super) async fn hand_final_state(shared: &Shared, successor: Option<&Child>, pid: u32) {
+    let next = shared.number + 1;
+    let (Some(provider), Some(child)) = (shared.settings.state.clone(), successor) else {
+        return;
+    };
+    let merged = shared.merged.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(merged) = merged {
+        // This generation's predecessor's final state first (it may still be draining).
+        let wait = shared.settings.stop_timeout + shared.settings.ready_timeout;
+        if tokio::time::timeout(wait, merged).await.is_err() {
+            tracing::warn!(
+                generation = shared.number,
+                next,
+                wait_s = wait.as_secs_f64(),
+                "the final state of the generation before is not merged: handing the next one the state without it"
+            );
+        }
+    }
+    let timeout = shared.settings.ready_timeout;
+    let handed = tokio::time::timeout(timeout, async {
+        let bytes = provide(&provider).await?;
+        // After any connection frame still being written (bounded by its own timeout).
+        let mut out = child.out.lock().await;
+        channel::write_final(&mut *out, &bytes).await?;
+        Ok::<usize, std::io::Error>(bytes.len())
+    })
+    .await;
+    log_handed(Handed::Final, handed, next, pid, timeout);
+}
+
+/// Runs the application's state provider in a task of its own (a panic in it is an error,
+/// not this task's end).
+async fn provide(provider: &super::shared::StateProvider) -> std::io::Result<Vec<u8>> {
+    tokio::spawn(provider())
+        .await
+        .map_err(|_| std::io::Error::other("the state provider panicked"))
+}
+
+fn log_handed(
+    what: Handed,
+    handed: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    next: u64,
+    pid: u32,
+    timeout: Duration,
+) {
+    let timeout_s = timeout.as_secs_f64();
+    match (what, handed) {
+        (Handed::Snapshot, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the state over"),
+        (Handed::Final, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the final state over"),
+        (Handed::Snapshot, Ok(Err(e))) => {
+            tracing::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED)
+        }
+        (Handed::Snapshot, Err(_)) => {
+            tracing::warn!(next, pid, timeout_s, "{}: timed out", messages::STATE_NOT_HANDED)
+        }
+        // The writes acknowledged since the snapshot are lost with it.
+        (Handed::Final, Ok(Err(e))) => {
+            tracing::error!(next, pid, error = %e, "{}", messages::FINAL_STATE_NOT_HANDED)
+        }
+        (Handed::Final, Err(_)) => {
+            tracing::error!(
                 next,
                 pid,
-                timeout_s = timeout.as_secs_f64(),
+                timeout_s,
                 "{}: timed out",
-                messages::STATE_NOT_HANDED
-            ),
+                messages::FINAL_STATE_NOT_HANDED
+            )
         }
-    });
+    }
+}
+
+/// Which of a restart's two state hand-overs.
+#[derive(Clone, Copy)]
+enum Handed {
+    /// At the restart.
+    Snapshot,
+    /// After the drain.
+    Final,
 }
 
 /// Reaps a next generation that failed (killing it if it still runs) and says why, as

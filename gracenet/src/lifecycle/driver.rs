@@ -216,6 +216,10 @@ impl Driver {
                 }
             }
             Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
+            Action::HandFinalState { successor } => {
+                let child = self.successor.as_ref().filter(|c| c.process.pid() == successor);
+                child::hand_final_state(&self.shared, child, successor).await;
+            }
             Action::Finish { reason, forced } => {
                 if let Some(began) = self.drain_began {
                     crate::metrics::drain_ended(began.elapsed(), forced);

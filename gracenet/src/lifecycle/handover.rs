@@ -29,7 +29,8 @@
 //! between.
 //!
 //! A frame tagged `C` (9 bytes: the two lengths, no id) comes from an older gracenet, which
-//! reads no answers: it is taken without one.
+//! reads no answers: it is taken without one. The last frame, tagged `F`, is the previous
+//! generation's final state (`channel`'s): the reader here passes it on.
 
 use std::collections::HashMap;
 use std::io;
@@ -430,27 +431,80 @@ pub struct HandedConnection {
 /// process takes is acknowledged as [`next`](Self::next) returns it; one it cannot take (its
 /// fd did not arrive, at the open-file limit) is answered "not taken" and stays with the
 /// previous generation, and the stream reads on.
+///
+/// The channel is read by a task of its own from the moment this generation serves (so
+/// the previous generation's final state, which comes after every connection, is read
+/// whether or not connections are taken); a connection it reads waits, unanswered, until
+/// `next` returns it.
 #[derive(Debug)]
 pub struct InheritedConnections {
-    /// `None` once the stream has ended; dropping it tells the previous generation that the
-    /// frames not yet read will not be taken.
-    channel: Option<UnixStream>,
+    inbox: Arc<Inbox>,
+    /// The channel's write side, for the answers; shared with the reader.
+    answers: Arc<OwnedWriteHalf>,
+}
+
+/// What the reader found and `next` has not handed out yet.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: Mutex<Queue>,
+    arrived: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// Connections read, not yet answered (those with an id) nor handed out.
+    offered: std::collections::VecDeque<(Option<u64>, HandedConnection)>,
+    /// The channel has ended (or `next` gave up on it): nothing more will arrive.
+    ended: bool,
+    /// The [`InheritedConnections`] was dropped: the reader answers "not taken".
+    dropped: bool,
+}
+
+/// Where the reader puts the previous generation's final state, and the most bytes it takes.
+pub(crate) struct FinalSlot {
+    pub(crate) max: u64,
+    pub(crate) tx: oneshot::Sender<Result<Vec<u8>, String>>,
 }
 
 /// One frame's outcome.
 enum Received {
-    Connection(HandedConnection),
+    /// A connection, answered by `next` when it hands it out (`None`: an older gracenet's
+    /// frame, taken without an answer).
+    Connection(Option<u64>, HandedConnection),
     /// Not taken (and answered so): read on.
     Skipped,
+    /// The final state's length: its bytes follow.
+    Final(u64),
     /// The previous generation is done handing over.
     End,
 }
 
 impl InheritedConnections {
+    /// Reads `channel` (from its first frame) in a task of its own.
+    #[cfg(test)]
     pub(crate) fn new(channel: UnixStream) -> InheritedConnections {
-        InheritedConnections {
-            channel: Some(channel),
-        }
+        Self::read(channel, false, None)
+    }
+
+    /// Reads `channel` in a task of its own: first skips the state section if `skip_state`
+    /// (nobody read it), then queues the connections for [`next`](Self::next) and puts the
+    /// final state in `last`, until the channel ends.
+    pub(crate) fn read(
+        channel: UnixStream,
+        skip_state: bool,
+        last: Option<FinalSlot>,
+    ) -> InheritedConnections {
+        let (input, out) = channel.into_split();
+        let inbox = Arc::new(Inbox::default());
+        let answers = Arc::new(out);
+        tokio::spawn(read_frames(
+            input,
+            answers.clone(),
+            inbox.clone(),
+            skip_state,
+            last,
+        ));
+        InheritedConnections { inbox, answers }
     }
 
     /// The next handed connection, taken (the previous generation has been told, and has
@@ -458,19 +512,145 @@ impl InheritedConnections {
     /// the channel, or exited), or the channel is unreadable.
     pub async fn next(&mut self) -> Option<HandedConnection> {
         loop {
-            let channel = self.channel.as_mut()?;
-            match receive(channel).await {
-                Ok(Received::Connection(c)) => return Some(crate::metrics::connection_inherited(c)),
-                Ok(Received::Skipped) => continue,
-                Ok(Received::End) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more")
+            let next = {
+                let mut queue = lock_queue(&self.inbox);
+                match queue.offered.pop_front() {
+                    Some(next) => Some(next),
+                    None if queue.ended => return None,
+                    None => None,
                 }
+            };
+            let Some((id, conn)) = next else {
+                // A wake-up given while nobody waited is kept (one waiter): none is lost.
+                self.inbox.arrived.notified().await;
+                continue;
+            };
+            let Some(id) = id else {
+                return Some(crate::metrics::connection_inherited(conn));
+            };
+            // Served only if the answer is out: an answer that fails means the previous
+            // generation gave up on the channel and serves the connection itself (dropping
+            // `conn` closes this copy only).
+            if let Err(e) = answer(self.answers.as_ref().as_ref(), TAKEN, id, 0).await {
+                tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
+                let mut queue = lock_queue(&self.inbox);
+                queue.ended = true;
+                queue.offered.clear();
+                return None;
             }
-            self.channel = None;
-            return None;
+            return Some(crate::metrics::connection_inherited(conn));
         }
     }
+}
+
+impl Drop for InheritedConnections {
+    /// The connections read and not handed out are not taken: answered so at once where the
+    /// channel has room (10 bytes each), or else the previous generation's wait ends them.
+    fn drop(&mut self) {
+        let left = {
+            let mut queue = lock_queue(&self.inbox);
+            queue.dropped = true;
+            std::mem::take(&mut queue.offered)
+        };
+        let socket: &UnixStream = self.answers.as_ref().as_ref();
+        for id in left.into_iter().filter_map(|(id, _)| id) {
+            let mut bytes = [0u8; ANSWER];
+            bytes[0] = NOT_TAKEN;
+            bytes[1..9].copy_from_slice(&id.to_le_bytes());
+            let _ = nix::sys::socket::send(
+                socket.as_raw_fd(),
+                &bytes,
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            );
+        }
+    }
+}
+
+fn lock_queue(inbox: &Inbox) -> MutexGuard<'_, Queue> {
+    inbox.queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The reader of the channel from the previous generation (see [`InheritedConnections::read`]).
+async fn read_frames(
+    mut input: OwnedReadHalf,
+    answers: Arc<OwnedWriteHalf>,
+    inbox: Arc<Inbox>,
+    skip_state: bool,
+    mut last: Option<FinalSlot>,
+) {
+    let ended = if skip_state && !super::channel::skip_state(&mut input).await.unwrap_or(false) {
+        "the channel ended within the state".to_owned()
+    } else {
+        loop {
+            match receive(&mut input, answers.as_ref().as_ref()).await {
+                Ok(Received::Connection(id, conn)) => {
+                    let refused = {
+                        let mut queue = lock_queue(&inbox);
+                        match id {
+                            // Nobody will take it: it stays with the previous generation.
+                            Some(id) if queue.dropped => Some(id),
+                            _ => {
+                                queue.offered.push_back((id, conn));
+                                None
+                            }
+                        }
+                    };
+                    match refused {
+                        None => inbox.arrived.notify_one(),
+                        Some(id) => {
+                            if answer(answers.as_ref().as_ref(), NOT_TAKEN, id, 0).await.is_err() {
+                                break "the channel closed".to_owned();
+                            }
+                        }
+                    }
+                }
+                Ok(Received::Skipped) => {}
+                Ok(Received::Final(len)) => {
+                    let got = read_final(&mut input, len, last.as_ref().map_or(0, |l| l.max)).await;
+                    if let Err(e) = &got {
+                        tracing::warn!(error = %e, "the previous generation's final state was not taken");
+                    }
+                    if let Some(slot) = last.take() {
+                        let _ = slot.tx.send(got);
+                    }
+                }
+                Ok(Received::End) => break "the previous generation closed the channel".to_owned(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
+                    break e.to_string();
+                }
+            }
+        }
+    };
+    if let Some(slot) = last.take() {
+        let _ = slot.tx.send(Err(format!(
+            "it ended before handing its final state ({ended}): it crashed, was killed, or is a gracenet that hands none"
+        )));
+    }
+    // The previous generation reads no answer any more: what was read and not answered
+    // stays with it (dropping these closes this process's copies only).
+    let mut queue = lock_queue(&inbox);
+    queue.ended = true;
+    queue.offered.retain(|(id, _)| id.is_none());
+    drop(queue);
+    inbox.arrived.notify_one();
+}
+
+/// Reads the final state's `len` bytes: an error (the bytes read and dropped, so the
+/// previous generation is not held) when `len` is over `max`.
+async fn read_final(input: &mut OwnedReadHalf, len: u64, max: u64) -> Result<Vec<u8>, String> {
+    if len > max {
+        let _ = tokio::io::copy(&mut input.take(len), &mut tokio::io::sink()).await;
+        return Err(format!(
+            "{len} bytes offered, more than the limit of {max} (GenerationBuilder::max_state)"
+        ));
+    }
+    let mut bytes = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+    input
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|e| format!("cut short: {e}"))?;
+    Ok(bytes)
 }
 
 /// The fds that came with one frame's header, and whether some were cut off.
@@ -491,16 +671,16 @@ impl Fds {
     }
 }
 
-/// Reads one frame and answers it.
-async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
+/// Reads one frame; answers it when it cannot be taken.
+async fn receive(channel: &mut OwnedReadHalf, answers: &UnixStream) -> io::Result<Received> {
     let mut header = [0u8; FRAME_HEADER];
     let mut fds = Fds::default();
-    if !receive_header(channel, &mut header[..LEGACY_HEADER], &mut fds).await? {
+    if !receive_header(channel.as_ref(), &mut header[..LEGACY_HEADER], &mut fds).await? {
         return Ok(Received::End);
     }
     let id = match header[0] {
         FRAME => {
-            if !receive_header(channel, &mut header[LEGACY_HEADER..], &mut fds).await? {
+            if !receive_header(channel.as_ref(), &mut header[LEGACY_HEADER..], &mut fds).await? {
                 return Err(cut_short());
             }
             Some(u64::from_le_bytes([
@@ -508,6 +688,12 @@ async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
             ]))
         }
         LEGACY_FRAME => None,
+        super::channel::FINAL => {
+            let len = u64::from_le_bytes([
+                header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8],
+            ]);
+            return Ok(Received::Final(len));
+        }
         other => {
             return Err(io::Error::other(format!(
                 "the channel carried a frame tagged {other:#04x}, not a connection"
@@ -528,39 +714,30 @@ async fn receive(channel: &mut UnixStream) -> io::Result<Received> {
     let stream = fds
         .one()
         .and_then(|fd| stream_from(fd).map_err(|_| Refusal::Unusable));
-    let Some(id) = id else {
-        // An older gracenet's frame: nobody to answer.
-        return Ok(match stream {
-            Ok(stream) => Received::Connection(HandedConnection {
-                stream,
-                unread,
-                state,
-            }),
-            Err(why) => {
-                tracing::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
-                Received::Skipped
-            }
-        });
-    };
     match stream {
-        Ok(stream) => {
-            // Served only if the answer is out: an answer that fails means the previous
-            // generation gave up on the channel and serves the connection itself (dropping
-            // `stream` closes this copy only).
-            answer(channel, TAKEN, id, 0).await?;
-            Ok(Received::Connection(HandedConnection {
+        Ok(stream) => Ok(Received::Connection(
+            id,
+            HandedConnection {
                 stream,
                 unread,
                 state,
-            }))
-        }
+            },
+        )),
         Err(why) => {
-            tracing::warn!(
-                reason = %why,
-                "{}: it stays with the previous generation",
-                super::messages::CONNECTION_NOT_TAKEN
-            );
-            answer(channel, NOT_TAKEN, id, why.code()).await?;
+            match id {
+                None => {
+                    // An older gracenet's frame: nobody to answer.
+                    tracing::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
+                }
+                Some(id) => {
+                    tracing::warn!(
+                        reason = %why,
+                        "{}: it stays with the previous generation",
+                        super::messages::CONNECTION_NOT_TAKEN
+                    );
+                    answer(answers, NOT_TAKEN, id, why.code()).await?;
+                }
+            }
             Ok(Received::Skipped)
         }
     }
@@ -705,6 +882,71 @@ mod tests {
             .expect("the line arrives")
             .unwrap();
         assert_eq!(got, line);
+    }
+
+    /// A receiving side that reads the final state too (at most `max` bytes).
+    fn with_final(
+        max: u64,
+    ) -> (
+        UnixStream,
+        InheritedConnections,
+        tokio::sync::oneshot::Receiver<Result<Vec<u8>, String>>,
+    ) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inherited = InheritedConnections::read(theirs, false, Some(super::FinalSlot { max, tx }));
+        (ours, inherited, rx)
+    }
+
+    #[tokio::test]
+    async fn the_final_state_after_the_connections_is_read_whether_or_not_they_are_taken() {
+        let (ours, mut inherited, last) = with_final(1024);
+        let (input, out) = ours.into_split();
+        let out = Arc::new(tokio::sync::Mutex::new(out));
+        let handover = Handover::new(out.clone(), Some(input), 2, 0);
+        let (_client, server) = connection().await;
+        let (offered, received) = tokio::join!(
+            handover.offer(server.as_fd(), b"", b"", Duration::from_secs(5)),
+            inherited.next()
+        );
+        offered.expect("taken");
+        assert!(received.is_some());
+        crate::lifecycle::channel::write_final(&mut *out.lock().await, b"last write")
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), last)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_deref(), Ok(&b"last write"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_final_state_over_the_limit_is_an_error_and_does_not_hold_the_sender() {
+        let (mut ours, _inherited, last) = with_final(4);
+        // More than a socket buffer: written whole only if the receiver reads it away.
+        let big = vec![7u8; 4 * 1024 * 1024];
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::lifecycle::channel::write_final(&mut ours, &big),
+        )
+        .await
+        .expect("the receiver reads it away")
+        .unwrap();
+        let e = last.await.unwrap().expect_err("over the limit");
+        assert!(e.contains("more than the limit of 4"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_channel_that_ends_without_the_final_state_says_so() {
+        let (ours, _inherited, last) = with_final(1024);
+        drop(ours);
+        let e = tokio::time::timeout(Duration::from_secs(5), last)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect_err("no final state");
+        assert!(e.contains("it ended before handing its final state"), "{e}");
     }
 
     #[tokio::test]

@@ -193,6 +193,9 @@ pub(crate) enum Action {
     /// Answer one restart request. A success is answered after `BeginDrain`, so that whoever
     /// hears it and asks again reaches the successor, never this generation's listeners.
     Reply { to: ReplyId, result: RestartResult },
+    /// The drain after a hand-over is over: give the successor (`successor`) the final
+    /// state, with every write this generation acknowledged (bounded), before `Finish`.
+    HandFinalState { successor: u32 },
     /// Report how the generation ended.
     Finish { reason: StopReason, forced: bool },
     /// A stop arrived after the drain ended: the application is still running after
@@ -409,8 +412,14 @@ impl Machine {
                 }
             }
             E::Drained | E::DrainDeadline => {
-                if let State::Draining { reason, .. } = self.state {
+                if let State::Draining {
+                    reason, successor, ..
+                } = self.state
+                {
                     self.state = State::Finished;
+                    if let Some(successor) = successor {
+                        actions.push(Action::HandFinalState { successor });
+                    }
                     actions.push(Action::Finish {
                         reason,
                         forced: event == E::DrainDeadline,
@@ -654,8 +663,13 @@ impl Machine {
                 };
                 actions.push(Action::Note(Note::KeepDraining { cause }));
             }
-            State::Draining { reason, .. } => {
+            State::Draining {
+                reason, successor, ..
+            } => {
                 self.state = State::Finished;
+                if let Some(successor) = successor {
+                    actions.push(Action::HandFinalState { successor });
+                }
                 actions.push(Action::Finish { reason, forced: true });
             }
             State::Finished => actions.push(Action::LateStop { cause }),
@@ -1132,11 +1146,46 @@ mod tests {
         );
         assert_eq!(
             m.handle(term(Some(1)), now),
-            vec![Action::Finish {
-                reason: StopReason::Restarted { successor: 7 },
-                forced: true
-            }]
+            vec![
+                Action::HandFinalState { successor: 7 },
+                Action::Finish {
+                    reason: StopReason::Restarted { successor: 7 },
+                    forced: true
+                }
+            ]
         );
+    }
+
+    #[test]
+    fn the_final_state_goes_to_a_live_successor_once_the_drain_ends() {
+        let now = Instant::now();
+        for end in [Event::Drained, Event::DrainDeadline] {
+            let mut m = restarting(7, now);
+            m.handle(Event::ChildReady, now);
+            m.handle(Event::StoppedAccepting, now);
+            let a = m.handle(end.clone(), now);
+            assert_eq!(
+                a.first(),
+                Some(&Action::HandFinalState { successor: 7 }),
+                "{end:?}"
+            );
+            assert!(matches!(a.get(1), Some(Action::Finish { .. })), "{a:?}");
+            // A successor that exited first gets nothing: nobody is there to read it.
+            let mut m = restarting(7, now);
+            m.handle(Event::ChildReady, now);
+            m.handle(
+                Event::SuccessorExited {
+                    pid: 7,
+                    status: "killed".into(),
+                },
+                now,
+            );
+            let a = m.handle(end, now);
+            assert!(
+                !a.iter().any(|a| matches!(a, Action::HandFinalState { .. })),
+                "{a:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub(super) const RESTART_FAILED: &str = "restart failed: this generation keeps s
 /// The state could not be handed to the next generation (an error, or the timeout).
 pub(super) const STATE_NOT_HANDED: &str = "could not hand the state over";
 
+/// The final state could not be handed to the next generation: the writes acknowledged since
+/// the snapshot are lost.
+pub(super) const FINAL_STATE_NOT_HANDED: &str =
+    "could not hand the final state over: writes acknowledged since the snapshot are lost";
+
 /// A process started at idle CPU priority could not be returned from it.
 pub(super) const NOT_FROM_IDLE: &str = "cannot return it from idle CPU priority";
 

@@ -46,6 +46,7 @@ pub use drain::ConnectionGuard;
 pub use generation::{Generation, RestartRequest};
 pub use graceful_listener::GracefulListener;
 pub use handover::{HandedConnection, InheritedConnections};
+pub use transfer::{FinalState, InheritedState};
 
 /// How long a new generation may take to report ready before it is killed.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -64,11 +64,7 @@ impl Generation {
         // Started by a generation's restart (not a first start, systemd or a supervisor).
         let restarted = !matches!(link, crate::readiness::ParentLink::Nobody);
         if let Some(channel) = link.notify() {
-            *self
-                .shared
-                .parent_channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(channel);
+            self.read_parent_channel(channel);
         }
         if let Some(file) = replaced_pid_file {
             // Its blocks are freed when it closes, which can wait for the disk (see

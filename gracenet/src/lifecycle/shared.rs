@@ -16,8 +16,13 @@ use crate::registry::SocketRegistry;
 use crate::startup::Startup;
 
 /// Makes the state handed to the next generation (see
-/// [`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)).
-pub(super) type StateProvider = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+/// [`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)): called at the
+/// restart (the snapshot) and again once the drain has ended (the final state).
+pub(super) type StateProvider =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>> + Send + Sync>;
+
+/// The final state, as the channel's reader found it: the bytes, or why none came.
+pub(super) type FinalBytes = Result<Vec<u8>, String>;
 
 /// A generation's settings, as [`GenerationBuilder`](super::GenerationBuilder) sets them
 /// (each documented at its setter).
@@ -51,9 +56,21 @@ pub(super) struct Shared {
     pub draining: AtomicBool,
     /// The channel to the generation that took over, for handing it live connections.
     pub successor_channel: std::sync::Mutex<Option<Arc<super::handover::Handover>>>,
-    /// The channel from the generation that started this one, kept after ready for the
-    /// connections it hands over.
-    pub parent_channel: std::sync::Mutex<Option<std::os::fd::OwnedFd>>,
+    /// The connections the generation that started this one hands over, read off its
+    /// channel from ready on (until the application takes them).
+    pub inbox: std::sync::Mutex<Option<super::handover::InheritedConnections>>,
+    /// Where the channel's reader puts the previous generation's final state (taken at ready).
+    pub final_tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<FinalBytes>>>,
+    /// Where [`InheritedState`](super::InheritedState) waits for it (taken with the snapshot).
+    pub final_rx: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<FinalBytes>>>,
+    /// Once this generation has read handed-over state: resolves when the application is
+    /// done with its predecessor's final state (merged, or it will not come). This
+    /// generation's own final state waits for it, so a restart soon after the last one
+    /// hands that state on.
+    pub merged: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// The runtime the generation was started on, for tasks started from any thread
+    /// ([`Generation::ready`](super::Generation::ready) may be called outside it).
+    pub runtime: tokio::runtime::Handle,
     /// Whether the handed-over state has been read off the parent channel.
     pub state_read: AtomicBool,
     /// Whether a restart is under way, and the next generation's pid once it runs (0 before),

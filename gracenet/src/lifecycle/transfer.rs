@@ -1,42 +1,150 @@
 //! What one generation hands the next, the application's side: state
-//! ([`Generation::inherited_state`], [`Generation::refuse`]) and live connections
-//! ([`Generation::hand_over`], [`Generation::inherited_connections`]). The bytes on the
-//! channel are `channel`'s and `handover`'s.
+//! ([`Generation::inherited_state`], [`InheritedState`], [`Generation::refuse`]) and live
+//! connections ([`Generation::hand_over`], [`Generation::inherited_connections`]). The bytes
+//! on the channel are `channel`'s and `handover`'s.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use super::channel;
 use super::generation::Generation;
-use super::handover::{ANSWER_TIMEOUT, InheritedConnections};
+use super::handover::{ANSWER_TIMEOUT, FinalSlot, InheritedConnections};
+use super::shared::FinalBytes;
 use crate::error::Error;
+
+/// The state the previous generation handed over: the snapshot it took when the restart
+/// began ([`snapshot`](Self::snapshot)), and the final state it hands once its drain has
+/// ended ([`final_state`](Self::final_state)), with every write it acknowledged.
+pub struct InheritedState {
+    /// The bytes the previous generation's provider returned when the restart began.
+    pub snapshot: Vec<u8>,
+    last: Option<oneshot::Receiver<FinalBytes>>,
+    /// How long the previous generation may take to drain and hand the final state.
+    wait: Duration,
+    /// Dropped once the application is done with the final state (see [`FinalState`]).
+    merged: Option<oneshot::Sender<()>>,
+}
+
+/// The previous generation's final state ([`InheritedState::final_state`]): its bytes
+/// (`&*final_state`). Drop it once they are merged: this generation hands its own final state
+/// only then (or after its stop and ready timeouts), so that a restart soon after this one
+/// hands these writes on too.
+pub struct FinalState {
+    bytes: Vec<u8>,
+    _merged: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for InheritedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InheritedState")
+            .field("snapshot_bytes", &self.snapshot.len())
+            .field("final_pending", &self.last.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FinalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalState")
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for FinalState {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl InheritedState {
+    /// The previous generation's final state: its provider's bytes once its drain has ended
+    /// (nothing in flight any more). Await it once this generation serves (it comes after the
+    /// drain, which begins when this generation is [`ready`](Generation::ready)), and merge
+    /// it with what this generation has written since: the snapshot's writes are in it too.
+    /// Hold the [`FinalState`] until it is merged: this generation hands its own final state
+    /// once it is dropped, so a restart soon after this one hands these writes on too.
+    ///
+    /// ```no_run
+    /// # async fn f(generation: gracenet::Generation) -> Result<(), gracenet::Error> {
+    /// if let Some(mut handed) = generation.inherited_state().await? {
+    ///     let snapshot = std::mem::take(&mut handed.snapshot); // load it before ready()
+    ///     # drop(snapshot);
+    ///     generation.ready()?;
+    ///     let last = handed.final_state().await?; // the writes made since the snapshot too
+    ///     // merge &*last into the store, then drop it
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::FinalState`] when it does not come: the previous generation exited first
+    /// (crashed, killed, or a gracenet older than this one, which hands none), it was larger
+    /// than [`max_state`](super::GenerationBuilder::max_state), or it did not come within
+    /// this generation's stop timeout plus its ready timeout (the longest a drain and a
+    /// hand-over take when both generations share the settings). Writes the previous
+    /// generation acknowledged after the snapshot are then lost: say so to the operator.
+    pub async fn final_state(mut self) -> Result<FinalState, Error> {
+        let failed = |reason: String| Error::FinalState { reason };
+        let Some(last) = self.last.take() else {
+            return Err(failed(
+                "this generation does not read its parent's channel".into(),
+            ));
+        };
+        match tokio::time::timeout(self.wait, last).await {
+            Ok(Ok(Ok(bytes))) => Ok(FinalState {
+                bytes,
+                _merged: self.merged.take(),
+            }),
+            Ok(Ok(Err(why))) => Err(failed(why)),
+            Ok(Err(_)) => Err(failed(
+                "this generation did not read its parent's channel (it was not ready, or the channel is a pipe)"
+                    .into(),
+            )),
+            Err(_) => Err(failed(format!(
+                "not handed within {:.1} s (the stop timeout and the ready timeout)",
+                self.wait.as_secs_f64()
+            ))),
+        }
+    }
+}
 
 impl Generation {
     /// The state the previous generation handed over ([`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)):
     /// `None` when there is no previous generation or it hands none. Read it once, before
-    /// [`ready`](Self::ready); check it, and [`refuse`](Self::refuse) it if it is not what
-    /// this version understands.
+    /// [`ready`](Self::ready); check its [`snapshot`](InheritedState::snapshot), and
+    /// [`refuse`](Self::refuse) it if it is not what this version understands; once ready,
+    /// merge its [`final_state`](InheritedState::final_state).
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
     /// let generation = gracenet::Generation::builder()
-    ///     .hand_state(|| b"v1:counter=7".to_vec()) // given to the next generation
+    ///     .hand_state(|| async { b"v1:counter=7".to_vec() }) // given to the next generation
     ///     .start()?;
-    /// match generation.inherited_state().await? {
-    ///     None => {}                                  // a first start: nothing handed
-    ///     Some(s) if s.starts_with(b"v1:") => {}      // use it
+    /// let handed = generation.inherited_state().await?;
+    /// match &handed {
+    ///     None => {}                                          // a first start: nothing handed
+    ///     Some(s) if s.snapshot.starts_with(b"v1:") => {}     // use it
     ///     Some(_) => {
     ///         generation.refuse("unknown state version"); // the old generation keeps serving
     ///         return Err("refused".into());
     ///     }
     /// }
     /// generation.ready()?;
+    /// if let Some(handed) = handed {
+    ///     let _last = handed.final_state().await?; // once the old generation has drained
+    /// }
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
     /// [`Error::Io`] when the state is larger than the limit ([`GenerationBuilder::max_state`](super::GenerationBuilder::max_state)),
     /// is cut short, or does not arrive within the ready timeout.
-    pub async fn inherited_state(&self) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn inherited_state(&self) -> Result<Option<InheritedState>, Error> {
         let io = |what: String, source: std::io::Error| Error::Io { what, source };
         let channel = {
             let link = self.shared.startup.link.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,17 +162,66 @@ impl Generation {
         let max = self.shared.settings.max_state;
         let read = channel::read_state(&mut stream, max);
         self.shared.state_read.store(true, Ordering::SeqCst);
-        match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
-            Ok(Ok(state)) => Ok(crate::metrics::state_inherited(state)),
-            Ok(Err(e)) => Err(io("cannot read the handed-over state".into(), e)),
-            Err(_) => Err(io(
-                "cannot read the handed-over state".into(),
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "not handed within the ready timeout",
-                ),
-            )),
-        }
+        let snapshot = match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
+            Ok(Ok(state)) => crate::metrics::state_inherited(state),
+            Ok(Err(e)) => return Err(io("cannot read the handed-over state".into(), e)),
+            Err(_) => {
+                return Err(io(
+                    "cannot read the handed-over state".into(),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "not handed within the ready timeout",
+                    ),
+                ));
+            }
+        };
+        Ok(snapshot.map(|snapshot| {
+            let (merged, merging) = oneshot::channel();
+            *self.shared.merged.lock().unwrap_or_else(|p| p.into_inner()) = Some(merging);
+            InheritedState {
+                snapshot,
+                merged: Some(merged),
+                last: self
+                    .shared
+                    .final_rx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+                wait: self.shared.settings.stop_timeout + self.shared.settings.ready_timeout,
+            }
+        }))
+    }
+
+    /// Reads the channel from the previous generation, once this one serves (see
+    /// [`InheritedConnections`]): the connections it hands over wait for
+    /// [`inherited_connections`](Self::inherited_connections), its final state for
+    /// [`InheritedState::final_state`].
+    pub(super) fn read_parent_channel(&self, fd: std::os::fd::OwnedFd) {
+        // `ready` may be called outside the runtime: the channel and its reader need it.
+        let _runtime = self.shared.runtime.enter();
+        let channel = match channel::open(fd) {
+            Ok(Some(channel)) => channel,
+            // A pipe, from an older gracenet: neither connections nor a final state.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the channel from the previous generation");
+                return;
+            }
+        };
+        // The state section comes first: skipped when the application did not read it.
+        let skip_state = !self.shared.state_read.swap(true, Ordering::SeqCst);
+        let last = self
+            .shared
+            .final_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|tx| FinalSlot {
+                max: self.shared.settings.max_state,
+                tx,
+            });
+        let inbox = InheritedConnections::read(channel, skip_state, last);
+        *self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
     }
 
     /// Hands a live connection to the generation that took over (once this one drains after
@@ -149,32 +306,14 @@ impl Generation {
     /// `None`: a connection is this process's once `next` has returned it (the previous
     /// generation is told then, and only then lets go of it); one this process cannot take
     /// (it is out of fds, say) is answered so, and the previous generation goes on serving
-    /// it. The previous generation waits 10 s at most for an answer.
+    /// it. The previous generation waits 10 s at most for an answer. Whoever calls it
+    /// first gets them: a second call says `None`.
     ///
     /// # Errors
-    /// [`Error::Io`] when the channel cannot be read.
+    /// None today: the channel is read from [`ready`](Self::ready) on, and a failure there
+    /// is logged and ends the connections (`next` says `None`).
     pub async fn inherited_connections(&self) -> Result<Option<InheritedConnections>, Error> {
-        let io = |source: std::io::Error| Error::Io {
-            what: "cannot receive handed-over connections".into(),
-            source,
-        };
-        let fd = self
-            .shared
-            .parent_channel
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(fd) = fd else { return Ok(None) };
-        let Some(mut channel) = channel::open(fd).map_err(io)? else {
-            return Ok(None);
-        };
-        if !self.shared.state_read.swap(true, Ordering::SeqCst) {
-            // The state section comes first: skip it (this application does not read it).
-            if !channel::skip_state(&mut channel).await.map_err(io)? {
-                return Ok(None);
-            }
-        }
-        Ok(Some(InheritedConnections::new(channel)))
+        Ok(self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner()).take())
     }
 
     /// The link to the previous generation (readiness or refusal), taken once.
