@@ -459,7 +459,11 @@ impl Cluster {
         recent(&mut self.boot_failures);
         if loss == Loss::BootFailure {
             self.boot_failures.push_back(now);
-            if self.boot_failures.len() >= self.settings.crash_limit {
+            // A build that cannot start ends the cluster only when nothing serves any more:
+            // while other workers serve, the slot keeps trying (backing off), so a broken file
+            // on disk plus one crash is not an outage.
+            let serving = self.slots.iter().any(|s| s.worker.is_some_and(|w| w.ready));
+            if self.boot_failures.len() >= self.settings.crash_limit && !serving {
                 self.gave_up = true;
                 self.stop(actions);
                 return;
@@ -551,6 +555,9 @@ impl Cluster {
             if let Some(r) = self.rollout.as_mut() {
                 r.queue.retain(|&slot| slot < workers);
             }
+            // A slot scaled away in the middle of its restart no longer holds the rollout:
+            // it goes on with the next slot, or ends.
+            self.next_in_rollout(actions);
         }
     }
 
@@ -733,9 +740,13 @@ mod tests {
     }
 
     #[test]
-    fn a_crashed_worker_is_replaced_at_once_then_with_backoff_then_the_cluster_gives_up() {
+    fn a_crashed_worker_is_replaced_at_once_then_with_backoff_then_a_cluster_with_nothing_serving_gives_up() {
         let now = Instant::now();
         let mut c = serving(2, now);
+        // Worker 1 has gone: nothing else serves (see the next test for a cluster where
+        // another worker does).
+        c.handle(Event::Heartbeat { pid: 101 }, now);
+        c.slots[1].worker = None;
         let a = c.handle(
             Event::Exited {
                 pid: 100,
@@ -747,7 +758,7 @@ mod tests {
             matches!(a[..], [Action::Start { slot: 0, .. }]),
             "the first crash: at once"
         );
-        assert_eq!(pids(&c), vec![0, 101], "slot 1 keeps serving meanwhile");
+        assert_eq!(pids(&c), vec![0, 0]);
         c.handle(
             Event::Started {
                 id: started(&a[0]),
@@ -780,16 +791,9 @@ mod tests {
                 break;
             }
         }
-        assert!(c.gave_up, "5 crashes within the window");
+        assert!(c.gave_up, "5 boot failures within the window, nothing serving");
         assert!(c.stopping);
-        let a = c.handle(
-            Event::Exited {
-                pid: 101,
-                clean: true,
-            },
-            now,
-        );
-        assert_eq!(a, vec![Action::Exit { code: 1 }]);
+        assert!(c.exited, "nothing left to wait for: exit 1");
     }
 
     #[test]
@@ -846,6 +850,78 @@ mod tests {
             delays.iter().all(|&d| d <= MAX_BACKOFF),
             "and is capped: {delays:?}"
         );
+    }
+
+    #[test]
+    fn a_slot_scaled_away_during_its_restart_does_not_hold_the_rollout() {
+        let now = Instant::now();
+        let mut c = serving(3, now);
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, now),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        c.handle(Event::Ready { slot: 1, pid: 201 }, now);
+        // Slot 2 is restarting; it is scaled away: the rollout ends, answered.
+        assert!(c.slots[2].restarting);
+        let a = c.handle(Event::Scale { workers: 2 }, now);
+        assert!(a.contains(&Action::Stop { pid: 102 }), "{a:?}");
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Reply { reply: 1, result: RolloutResult::Done { .. } })),
+            "{a:?}"
+        );
+        assert!(c.rollout.is_none());
+        // The next restart runs.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 2 }, now),
+            vec![Action::Restart { slot: 0, pid: 200 }]
+        );
+    }
+
+    #[test]
+    fn a_build_that_cannot_start_does_not_end_a_cluster_whose_other_workers_serve() {
+        let mut now = Instant::now();
+        let mut c = serving(2, now);
+        let mut pid = 100;
+        for n in 0..20u32 {
+            c.handle(Event::Heartbeat { pid: 101 }, now);
+            let a = c.handle(Event::Exited { pid, clean: false }, now);
+            let id = match a[..] {
+                [Action::Start { id, .. }] => id,
+                [] => {
+                    now = c.slots[0].restart_at.expect("a start is due");
+                    c.handle(Event::Heartbeat { pid: 101 }, now);
+                    match c.handle(Event::Tick, now)[..] {
+                        [Action::Start { id, .. }] => id,
+                        ref other => panic!("{other:?}"),
+                    }
+                }
+                ref other => panic!("{other:?}"),
+            };
+            pid = 1000 + n;
+            c.handle(Event::Started { id, pid }, now);
+        }
+        assert!(!c.gave_up && !c.stopping, "worker 1 serves: slot 0 keeps trying");
+        // Once the last serving worker is gone too, the cluster gives up.
+        c.handle(Event::Exited { pid, clean: false }, now);
+        now += Duration::from_secs(2);
+        let a = c.handle(Event::Exited { pid: 101, clean: false }, now);
+        let _ = a;
+        for _ in 0..10 {
+            if c.gave_up {
+                break;
+            }
+            let Some(at) = c.next_deadline() else { break };
+            now = at;
+            for a in c.handle(Event::Tick, now) {
+                if let Action::Start { id, .. } = a {
+                    pid += 1;
+                    c.handle(Event::Started { id, pid }, now);
+                    c.handle(Event::Exited { pid, clean: false }, now);
+                }
+            }
+        }
+        assert!(c.gave_up, "nothing serves and starts keep failing: give up");
     }
 
     #[test]
