@@ -303,7 +303,10 @@ fn workers(s: &str) -> Result<usize, String> {
 fn worker_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
     match gracedemo::duration::parse_duration(s)? {
         0 => Ok(None),
-        n if n > 0 => Ok(Some(std::time::Duration::from_nanos(n.unsigned_abs()))),
+        n if n >= 100_000_000 => Ok(Some(std::time::Duration::from_nanos(n.unsigned_abs()))),
+        n if n > 0 => Err(format!(
+            "{s:?} is too short for a worker timeout: at least 100ms (a worker's heartbeat is its runtime's, and a busy host delays it), or 0 for none"
+        )),
         _ => Err(format!("expected a duration such as 30s (0 for none), got {s:?}")),
     }
 }

@@ -22,6 +22,8 @@ struct TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // The primary first: alive, it would replace the workers killed below.
+        self.primary.kill_and_wait();
         let _guards: Vec<PidGuard> = pids_with_env(MARK, &self.marker)
             .into_iter()
             .filter(|&p| p != self.primary.pid())
@@ -40,6 +42,10 @@ struct WorkerLine {
 
 impl TestCluster {
     fn start(workers: &str, extra: &[&str]) -> TestCluster {
+        Self::start_with_env(workers, extra, &[])
+    }
+
+    fn start_with_env(workers: &str, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
         let dir = TempDir::new("cluster");
         let control = dir.path().join("control");
         let marker = unique_marker();
@@ -57,6 +63,7 @@ impl TestCluster {
         .arg("--control-socket")
         .arg(&control)
         .args(extra)
+        .envs(env.iter().copied())
         .env(MARK, &marker);
         let mut primary = ProcessGuard::spawn(cmd);
         let line = primary.expect_log("Worker 0 serving ");
@@ -139,11 +146,16 @@ impl TestCluster {
 
 /// Whether one request on a new connection is answered `200`.
 fn http_ok(port: u16) -> bool {
+    http_ok_within(port, DEADLINE)
+}
+
+/// Whether one request on a new connection is answered `200` within `timeout`.
+fn http_ok_within(port: u16, timeout: Duration) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
-    let _ = s.set_read_timeout(Some(DEADLINE));
+    let _ = s.set_read_timeout(Some(timeout));
     let _ = s.write_all(b"GET /sleep/?duration=0s HTTP/1.0\r\n\r\n");
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
@@ -483,4 +495,154 @@ fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
         );
     }
     eprintln!("64 keep-alive connections over 2 workers: {by_pid:?}");
+}
+
+/// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_second_sigterm_ends_a_stop_that_a_stopped_worker_holds() {
+    let mut c = TestCluster::start("2", &[]);
+    let pids = c.pids();
+    let _resume = Resume(pids[0]);
+    grace_tests::signal(pids[0], Signal::SIGSTOP);
+    c.primary.signal(Signal::SIGTERM);
+    // The stopped worker cannot drain: the first SIGTERM alone waits for it (up to the stop
+    // deadline); the second stops at once, killing what does not go.
+    assert!(
+        c.primary.wait_timeout(Duration::from_millis(500)).is_none(),
+        "still draining"
+    );
+    c.primary.signal(Signal::SIGTERM);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("a second SIGTERM ends the stop");
+    assert!(status.code().is_some(), "{status:?}");
+    assert!(
+        wait_until(DEADLINE, || pids.iter().all(|&p| !grace_tests::is_alive(p))),
+        "workers left: {pids:?}"
+    );
+}
+
+#[test]
+fn workers_stop_when_their_primary_is_killed() {
+    let c = TestCluster::start("2", &["--worker-timeout", "400ms"]);
+    let pids = c.pids();
+    c.primary.signal(Signal::SIGKILL);
+    // Orphaned, they would serve on unsupervised beside a restarted service on the same port.
+    assert!(
+        wait_until(DEADLINE, || pids.iter().all(|&p| !grace_tests::is_alive(p))),
+        "workers still running without their primary: {pids:?}"
+    );
+}
+
+#[test]
+fn a_broken_binary_on_disk_and_a_crash_leave_the_other_workers_serving() {
+    let bin = TempDir::new("cluster-bin");
+    let app = bin.path().join("app");
+    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    let dir = TempDir::new("cluster");
+    let control = dir.path().join("control");
+    let marker = unique_marker();
+    let mut cmd = Command::new(&app);
+    cmd.args([
+        "-a0",
+        "127.0.0.1:0",
+        "-a1",
+        "127.0.0.1:0",
+        "-a2",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ])
+    .arg("--control-socket")
+    .arg(&control)
+    .env(MARK, &marker);
+    let mut primary = ProcessGuard::spawn(cmd);
+    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
+    let mut c = TestCluster {
+        primary,
+        marker,
+        port,
+        control,
+        _dir: dir,
+    };
+    assert!(wait_until(DEADLINE, || c
+        .workers()
+        .iter()
+        .filter(|w| w.serving)
+        .count()
+        == 2));
+    let [victim, survivor] = c.pids()[..] else {
+        panic!("{}", c.status())
+    };
+    let broken = bin.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&broken, &app).expect("deploy the broken binary");
+    grace_tests::signal(victim, Signal::SIGKILL);
+    // Six failed starts of worker 0 (the fifth used to end the whole cluster).
+    for n in 0..6 {
+        c.primary.expect_log("a worker ended: replacing it");
+        assert!(
+            c.primary.wait_timeout(Duration::ZERO).is_none(),
+            "the primary exited after {n} failed starts"
+        );
+    }
+    assert_eq!(c.workers()[1].pid, Some(survivor), "{}", c.status());
+    // Every new connection reaches the surviving worker: none waits in the queue of the
+    // slot that cannot start (with the kernel's hash alone, about half would, for ever).
+    let answered = (0..20)
+        .filter(|_| http_ok_within(c.port, Duration::from_secs(3)))
+        .count();
+    assert_eq!(
+        answered, 20,
+        "new connections answered while worker 0 cannot start"
+    );
+    // The fixed binary back: slot 0 serves again.
+    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    assert!(
+        wait_until(DEADLINE, || c.workers().iter().filter(|w| w.serving).count() == 2),
+        "{}",
+        c.status()
+    );
+}
+
+#[test]
+fn a_stopped_primary_stops_no_worker_and_kills_none_when_it_resumes() {
+    // One runtime thread per worker: a heartbeat that blocked would block all its serving.
+    let c = TestCluster::start_with_env(
+        "2",
+        &["--worker-timeout", "400ms"],
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let pids = c.pids();
+    let _resume = Resume(c.primary.pid());
+    c.primary.signal(Signal::SIGSTOP);
+    // Heartbeats every 100 ms fill the primary's queue (10 datagrams) in half a second; a
+    // worker's blocking send would then stop its runtime. Requests for 1.5 s, every one
+    // answered.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut answered = 0;
+    for _ in 0..1000 {
+        if Instant::now() >= until {
+            break;
+        }
+        assert!(http_ok(c.port), "a request failed while the primary was stopped");
+        answered += 1;
+    }
+    assert!(answered > 5, "{answered}");
+    c.primary.signal(Signal::SIGCONT);
+    // Resumed, it does not take its own absence for the workers' silence.
+    assert!(wait_until(Duration::from_secs(2), || c
+        .status()
+        .contains("primary:")));
+    assert_eq!(c.pids(), pids, "{}", c.status());
 }

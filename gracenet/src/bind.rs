@@ -610,8 +610,17 @@ mod tests {
         };
         assert_eq!(port(&sibling), port(&template));
         assert!(socket2::SockRef::from(&sibling).is_listener().unwrap());
-        // A connection reaches one of the two queues.
-        let _c = std::net::TcpStream::connect(("127.0.0.1", port(&template))).unwrap();
+        // Steered to the sibling (index 1) alone: every connection waits in its queue.
+        crate::sys::steer_reuseport(std::os::fd::AsFd::as_fd(&template), &[1]).unwrap();
+        let _clients: Vec<_> = (0..20)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port(&template))).unwrap())
+            .collect();
+        let queued = |fd: &OwnedFd| {
+            let l = socket2::SockRef::from(fd);
+            l.set_nonblocking(true).unwrap();
+            (0..40).take_while(|_| l.accept().is_ok()).count()
+        };
+        assert_eq!((queued(&template), queued(&sibling)), (0, 20));
         // Without SO_REUSEPORT (systemd's sockets by default), or not TCP: shared as it is.
         let plain: OwnedFd = std::net::TcpListener::bind("127.0.0.1:0").unwrap().into();
         assert!(reuseport_sibling(&plain).unwrap().is_none());

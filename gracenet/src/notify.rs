@@ -17,6 +17,8 @@ pub(crate) use crate::vars::NOTIFY_SOCKET;
 #[derive(Debug)]
 pub(crate) struct Notifier {
     socket: UnixDatagram,
+    /// The same, non-blocking, for [`try_send`](Self::try_send).
+    nonblocking: Option<UnixDatagram>,
     addr: SocketAddr,
     shown: String,
     /// `NOTIFY_SOCKET` as it was set, for the next generation's.
@@ -55,6 +57,9 @@ impl Notifier {
         };
         match UnixDatagram::unbound() {
             Ok(socket) => Some(Notifier {
+                nonblocking: UnixDatagram::unbound()
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .ok(),
                 socket,
                 addr,
                 shown,
@@ -100,6 +105,17 @@ impl Notifier {
 
     /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
     /// must not stop a server.
+    /// Sends `lines` without ever waiting: `false` when the receiver's queue is full (or the
+    /// send failed otherwise). For messages that may be dropped (a cluster worker's heartbeat):
+    /// a receiver that stopped reading (a primary stopped with `SIGSTOP`) must not stop the
+    /// sender's runtime.
+    pub(crate) fn try_send(&self, lines: &[String]) -> bool {
+        let message = lines.join("\n");
+        self.nonblocking
+            .as_ref()
+            .is_some_and(|s| s.send_to_addr(message.as_bytes(), &self.addr).is_ok())
+    }
+
     pub(crate) fn send(&self, lines: &[String]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {

@@ -124,6 +124,12 @@ impl ProcessGuard {
         }
     }
 
+    /// Kills it (`SIGKILL`) and reaps it now, as dropping it does; nothing if it was reaped.
+    pub fn kill_and_wait(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends `signal`.
     pub fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");

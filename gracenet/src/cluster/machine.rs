@@ -159,6 +159,9 @@ pub(crate) enum Event {
     Exited { pid: u32, clean: bool },
     /// Time passed (the driver feeds it at [`Cluster::next_deadline`]).
     Tick,
+    /// The primary itself was not running for a while (stopped, starved): the workers' silence
+    /// meanwhile is its own, so every ready worker's heartbeat counts from now.
+    Resumed,
     /// A rolling restart was asked for (`SIGUSR2`, the control socket).
     RestartRequested { reply: ReplyId },
     /// `SIGTERM`/`SIGINT`.
@@ -329,6 +332,11 @@ impl Cluster {
             }
             Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
+            Event::Resumed => {
+                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                    w.beat = w.beat.max(now);
+                }
+            }
             Event::RestartRequested { reply } => {
                 if self.stopping {
                     actions.push(Action::Reply {
@@ -867,7 +875,13 @@ mod tests {
         let a = c.handle(Event::Scale { workers: 2 }, now);
         assert!(a.contains(&Action::Stop { pid: 102 }), "{a:?}");
         assert!(
-            a.iter().any(|a| matches!(a, Action::Reply { reply: 1, result: RolloutResult::Done { .. } })),
+            a.iter().any(|a| matches!(
+                a,
+                Action::Reply {
+                    reply: 1,
+                    result: RolloutResult::Done { .. }
+                }
+            )),
             "{a:?}"
         );
         assert!(c.rollout.is_none());
@@ -905,7 +919,13 @@ mod tests {
         // Once the last serving worker is gone too, the cluster gives up.
         c.handle(Event::Exited { pid, clean: false }, now);
         now += Duration::from_secs(2);
-        let a = c.handle(Event::Exited { pid: 101, clean: false }, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            now,
+        );
         let _ = a;
         for _ in 0..10 {
             if c.gave_up {

@@ -95,9 +95,10 @@ impl ClusterBuilder {
     }
 
     /// How long a ready worker may stay silent (no heartbeat) before it is replaced; `None`:
-    /// never. Default [`DEFAULT_WORKER_TIMEOUT`].
+    /// never. At least 100 ms (shorter is taken as 100 ms). Default
+    /// [`DEFAULT_WORKER_TIMEOUT`].
     pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.worker_timeout = timeout;
+        self.worker_timeout = timeout.map(|t| t.max(Duration::from_millis(100)));
         self
     }
 

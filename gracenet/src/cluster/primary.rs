@@ -104,7 +104,26 @@ pub(crate) struct Primary {
     started: Instant,
     /// The workers' open connections, for the balance (`None` if it could not be made).
     load: Option<super::balance::LoadTable>,
+    /// The control socket is not accepted from until then (out of fds, or too many clients).
+    control_paused_until: Option<Instant>,
+    control_backoff: Duration,
+    /// Stop signals received.
+    stops: u32,
+    /// Each slot's listeners' index in their `SO_REUSEPORT` groups (the order they joined),
+    /// when they have listeners of their own; the next index; and the live indexes new
+    /// connections were last steered to (`None`: not steered, the kernel's hash).
+    group_index: Vec<Option<u32>>,
+    next_index: u32,
+    steered: Option<Vec<u32>>,
+    /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
+    no_steering: bool,
+    /// Notifications from outside the cluster ignored since the last warning, and when the
+    /// next warning may be logged.
+    foreign: (u64, Instant),
 }
+
+/// The most control clients read at once; more wait in the socket's backlog.
+const MAX_CONTROL_CLIENTS: usize = 32;
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -120,6 +139,7 @@ impl Primary {
             .map_err(io_error("cannot install the primary's signal handlers"))?;
         let startup = crate::startup::startup()?;
         let exe = Executable::current()?;
+        raise_fd_limit(me);
         crate::sys::become_subreaper().map_err(io_error("cannot become the child subreaper"))?;
         let upstream = Notifier::from_env();
         let name = format!("grace-primary-{me}-{}", crate::notify::monotonic_usec());
@@ -202,6 +222,14 @@ impl Primary {
             announced: false,
             started: Instant::now(),
             load,
+            control_paused_until: None,
+            control_backoff: Duration::from_millis(50),
+            stops: 0,
+            foreign: (0, Instant::now()),
+            group_index: vec![None; workers],
+            next_index: 0,
+            steered: None,
+            no_steering: false,
         })
     }
 
@@ -230,7 +258,22 @@ impl Primary {
             if let Some(code) = self.finished() {
                 return Ok(code);
             }
-            self.wait();
+            let asked = Instant::now();
+            let timeout = self.wait();
+            let slept = asked.elapsed();
+            if let Some(timeout) = timeout
+                && slept > timeout + (self.heartbeat * 2).max(Duration::from_millis(500))
+            {
+                // This process slept far longer than it asked to (SIGSTOP, a starved host):
+                // the heartbeats it could not read meanwhile are not the workers' fault.
+                tracing::warn!(
+                    primary = self.me,
+                    paused_ms = slept.as_millis() as u64,
+                    "cluster: the primary was not running: counting heartbeats afresh"
+                );
+                self.events.push_back(Event::Resumed);
+                self.drain_events();
+            }
             self.read_notifications();
             self.children.reap();
             for (pid, code) in self.children.exited() {
@@ -246,6 +289,7 @@ impl Primary {
             }
             self.kill_due(now);
             self.drain_events();
+            self.steer();
         }
     }
 
@@ -279,12 +323,16 @@ impl Primary {
         Some(code)
     }
 
-    fn wait(&self) {
+    /// Blocks until something happens or the next deadline; returns how long it asked to
+    /// sleep at most (`None`: until something happens).
+    fn wait(&self) -> Option<Duration> {
         let mut fds = vec![
             PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.signals.fd(), PollFlags::POLLIN),
         ];
-        if let Some((listener, _)) = &self.control {
+        if let Some((listener, _)) = &self.control
+            && self.accepting_control(Instant::now())
+        {
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
         }
         fds.extend(
@@ -298,18 +346,21 @@ impl Primary {
             self.kills.iter().map(|&(_, at)| at).min(),
             self.reading.iter().map(|r| r.deadline).min(),
             self.kill_all_at,
+            self.control_paused_until,
         ]
         .into_iter()
         .flatten()
         .min();
-        let timeout = match next {
+        let asked = next.map(|at| {
+            (at.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+                .min(Duration::from_secs(60))
+        });
+        let timeout = match asked {
             None => PollTimeout::NONE,
-            Some(at) => {
-                let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
-                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
-            }
+            Some(d) => PollTimeout::try_from(d.as_millis() as i32).unwrap_or(PollTimeout::MAX),
         };
         let _ = poll(&mut fds, timeout);
+        asked
     }
 
     fn drain_events(&mut self) {
@@ -361,7 +412,16 @@ impl Primary {
                 Action::Reply { reply, result } => self.reply(reply, &result),
                 Action::Exit { code } => {
                     self.exit = Some(code);
-                    self.kill_all_at = Some(Instant::now() + KILL_AFTER);
+                    if code != 0 {
+                        tracing::error!(
+                            primary = self.me,
+                            limit = crate::supervisor::CRASH_LIMIT,
+                            window_s = super::machine::CRASH_WINDOW.as_secs(),
+                            "cluster: no worker serves and new ones keep failing to start: giving up"
+                        );
+                    }
+                    let at = Instant::now() + KILL_AFTER;
+                    self.kill_all_at = Some(self.kill_all_at.map_or(at, |t| t.min(at)));
                     // Orphans never heard from (a successor still starting) go too.
                     for pid in crate::sys::children_of(self.me) {
                         if !self.children.is_watched(pid) && crate::sys::is_running(pid) {
@@ -442,14 +502,25 @@ impl Primary {
             && let Some(store) = &self.store
         {
             let mut own = Vec::with_capacity(store.len());
+            let mut joined = false;
             for (fd, name) in store {
                 let fd = match crate::bind::reuseport_sibling(fd)? {
-                    Some(sibling) => sibling,
+                    Some(sibling) => {
+                        joined = true;
+                        sibling
+                    }
                     None => fd.try_clone()?,
                 };
                 own.push((fd, name.clone()));
             }
             self.slot_sockets[slot] = Some(own);
+            if joined {
+                if self.group_index.len() <= slot {
+                    self.group_index.resize(slot + 1, None);
+                }
+                self.group_index[slot] = Some(self.next_index);
+                self.next_index += 1;
+            }
         }
         match &self.slot_sockets[slot] {
             Some(own) => own
@@ -472,17 +543,78 @@ impl Primary {
                     return;
                 }
             };
+            // A worker it knows is trusted without a look at /proc (which needs an fd, and the
+            // primary may be out of them); another sender must descend from the primary.
             let Some(pid) = received
                 .sender
-                .filter(|&p| p > 0 && crate::sys::is_descendant(p as u32, self.me))
+                .filter(|&p| p > 0)
                 .map(|p| p as u32)
+                .filter(|&p| self.knows(p) || crate::sys::is_descendant(p, self.me))
             else {
-                tracing::warn!(primary = self.me, sender = ?received.sender, "cluster: ignoring a notification from outside the cluster's processes");
+                self.foreign.0 += 1;
+                if Instant::now() >= self.foreign.1 {
+                    tracing::warn!(
+                        primary = self.me,
+                        sender = ?received.sender,
+                        ignored = self.foreign.0,
+                        "cluster: ignoring notifications from outside the cluster's processes"
+                    );
+                    self.foreign = (0, Instant::now() + Duration::from_secs(10));
+                }
                 continue;
             };
             let message = Message::parse(&buf[..received.len]);
             self.on_message(pid, &message, received.fds);
         }
+    }
+
+    /// Sends new connections only to the listeners of slots whose worker serves: a slot
+    /// whose worker died, hangs or cannot start gets none until it serves again (what was
+    /// already queued for it waits for its next worker).
+    fn steer(&mut self) {
+        if self.no_steering || self.next_index < 2 {
+            return;
+        }
+        let live: Vec<u32> = self
+            .machine
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.worker.is_some_and(|w| w.ready && !w.killed))
+            .filter_map(|(slot, _)| self.group_index.get(slot).copied().flatten())
+            .collect();
+        let all = live.len() as u32 == self.next_index;
+        let want = if all || live.is_empty() { None } else { Some(live) };
+        if want == self.steered {
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        // Every slot serving (or none): an even spread over the whole group.
+        let program: Vec<u32> = want.clone().unwrap_or_else(|| (0..self.next_index).collect());
+        for (fd, _) in store {
+            if socket2::SockRef::from(fd).reuse_port().unwrap_or(false)
+                && let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &program)
+            {
+                tracing::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
+                self.no_steering = true;
+                return;
+            }
+        }
+        if want.is_some() || self.steered.is_some() {
+            tracing::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
+        }
+        self.steered = want;
+    }
+
+    /// Whether `pid` is a worker (serving, starting or draining) this primary knows.
+    fn knows(&self, pid: u32) -> bool {
+        self.info.contains_key(&pid)
+            || self.machine.retiring.contains(&pid)
+            || self
+                .machine
+                .slots
+                .iter()
+                .any(|s| s.worker.is_some_and(|w| w.pid == pid))
     }
 
     fn on_message(&mut self, pid: u32, message: &Message, fds: Vec<OwnedFd>) {
@@ -528,7 +660,19 @@ impl Primary {
                         .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
                         .collect::<Result<Vec<_>, _>>()
                     {
-                        Ok(copy) => self.store = Some(copy),
+                        Ok(copy) => {
+                            let reuseport = copy
+                                .iter()
+                                .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false));
+                            if reuseport {
+                                if self.group_index.len() <= slot {
+                                    self.group_index.resize(slot + 1, None);
+                                }
+                                self.group_index[slot] = Some(0);
+                                self.next_index = 1;
+                            }
+                            self.store = Some(copy);
+                        }
                         Err(e) => {
                             tracing::warn!(primary = self.me, error = %e, "cluster: cannot copy the first worker's sockets")
                         }
@@ -568,6 +712,7 @@ impl Primary {
         tracing::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
         self.events.push_back(Event::Ready { slot, pid });
         self.drain_events();
+        self.steer();
         self.announce();
     }
 
@@ -634,14 +779,34 @@ impl Primary {
             // SIGHUP (a terminal closing) stops gracefully too, as it does a single generation
             // of gracedemo, rather than ending the primary (its default action).
             SIGTERM | SIGINT | SIGHUP => {
-                tracing::info!(primary = self.me, "cluster: stopping every worker");
-                if let Some(up) = &self.upstream {
-                    up.send(&[
-                        "STOPPING=1".into(),
-                        "STATUS=Stopping: draining every worker".into(),
-                    ]);
+                self.stops += 1;
+                let now = Instant::now();
+                if self.stops == 1 {
+                    tracing::info!(primary = self.me, "cluster: stopping every worker");
+                    if let Some(up) = &self.upstream {
+                        up.send(&[
+                            "STOPPING=1".into(),
+                            "STATUS=Stopping: draining every worker".into(),
+                        ]);
+                    }
+                    // Whatever is still there then (a worker stopped with SIGSTOP, a drain
+                    // that never ends) is killed: the stop always ends.
+                    self.kill_all_at = Some(now + KILL_AFTER);
+                    self.events.push_back(Event::StopRequested);
+                } else {
+                    // A second stop signal: stop at once. Every worker gets its second SIGTERM
+                    // (which ends its drain), and what is still there a moment later is killed.
+                    tracing::info!(primary = self.me, "cluster: stopping at once");
+                    let mut pids = crate::sys::children_of(self.me);
+                    pids.extend(self.children.pids());
+                    pids.sort_unstable();
+                    pids.dedup();
+                    for pid in pids {
+                        signal_pid(self.me, pid, Signal::SIGTERM);
+                    }
+                    let soon = now + Duration::from_secs(1);
+                    self.kill_all_at = Some(self.kill_all_at.map_or(soon, |t| t.min(soon)));
                 }
-                self.events.push_back(Event::StopRequested);
             }
             SIGUSR2 => {
                 tracing::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
@@ -685,6 +850,20 @@ impl Primary {
                 );
             }
             self.slot_sockets.truncate(workers);
+            if self.group_index.len() > workers {
+                let removed: Vec<u32> = self.group_index.drain(workers..).flatten().collect();
+                let kept = self.group_index.iter().flatten().count() as u32;
+                // The kernel fills a removed listener's place with the group's last one: the
+                // indexes left stay right only when the removed ones were the last.
+                if removed.iter().any(|&i| i < kept) {
+                    tracing::warn!(
+                        primary = self.me,
+                        "cluster: listener order unknown after scaling down: new connections spread by the kernel's hash"
+                    );
+                    self.no_steering = true;
+                }
+                self.next_index = kept;
+            }
         }
         self.events.push_back(Event::Scale { workers });
     }
@@ -790,26 +969,46 @@ impl Primary {
     // --- the control socket ---
 
     fn serve_control(&mut self) {
-        if let Some((listener, _)) = &self.control {
-            for _ in 0..64 {
+        let now = Instant::now();
+        if self.accepting_control(now)
+            && let Some((listener, _)) = &self.control
+        {
+            let mut accepted = Vec::new();
+            let mut failed = None;
+            for _ in 0..MAX_CONTROL_CLIENTS.saturating_sub(self.reading.len()) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nonblocking(true);
-                        self.reading.push(Reading {
-                            stream,
-                            line: Vec::new(),
-                            deadline: Instant::now() + COMMAND_TIMEOUT,
-                        });
-                    }
+                    Ok((stream, _)) => accepted.push(stream),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        tracing::warn!(primary = self.me, error = %e, "control socket: cannot accept");
+                        failed = Some(e);
                         break;
                     }
                 }
             }
+            if !accepted.is_empty() {
+                self.control_backoff = Duration::from_millis(50);
+            }
+            for stream in accepted {
+                let _ = stream.set_nonblocking(true);
+                self.reading.push(Reading {
+                    stream,
+                    line: Vec::new(),
+                    deadline: now + COMMAND_TIMEOUT,
+                });
+            }
+            if let Some(e) = failed {
+                // Out of fds (EMFILE, ENFILE) or memory: the client waits in the backlog
+                // while this backs off, instead of a busy loop of errors.
+                tracing::warn!(
+                    primary = self.me,
+                    error = %e,
+                    retry_ms = self.control_backoff.as_millis() as u64,
+                    "control socket: cannot accept: retrying later"
+                );
+                self.control_paused_until = Some(now + self.control_backoff);
+                self.control_backoff = (self.control_backoff * 2).min(Duration::from_secs(1));
+            }
         }
-        let now = Instant::now();
         let mut ready = Vec::new();
         let mut still = Vec::new();
         for mut r in std::mem::take(&mut self.reading) {
@@ -848,6 +1047,12 @@ impl Primary {
         for r in ready {
             self.command(r);
         }
+    }
+
+    /// Whether the control socket is accepted from now: not while backing off after an
+    /// accept error, nor with [`MAX_CONTROL_CLIENTS`] clients being read.
+    fn accepting_control(&self, now: Instant) -> bool {
+        self.control_paused_until.is_none_or(|t| t <= now) && self.reading.len() < MAX_CONTROL_CLIENTS
     }
 
     fn command(&mut self, r: Reading) {
@@ -1031,6 +1236,18 @@ struct WorkerRow {
     accepted: u64,
     uptime: Duration,
     restarts: u64,
+}
+
+/// Raises this process's soft limit on open files to its hard limit (as Go's runtime does):
+/// the primary holds every worker's listeners, pidfds and control clients.
+fn raise_fd_limit(me: u32) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(primary = me, error = %e, "cannot raise the open files limit");
+    }
 }
 
 /// Only the primary's own user and root may control it.

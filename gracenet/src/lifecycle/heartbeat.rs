@@ -25,6 +25,13 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_beat = Instant::now();
+    let primary: Option<u32> = shared
+        .startup
+        .supervisor
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .and_then(|p| p.parse().ok());
+    let mut primary_gone = false;
     loop {
         ticks.tick().await;
         let connections = shared.connections.receiver_count();
@@ -35,12 +42,30 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
         }
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + every;
+            if let Some(primary) = primary
+                && !crate::sys::is_running(primary)
+                && !primary_gone
+            {
+                // Orphaned workers would serve on unsupervised beside a restarted service
+                // (their listeners are in its SO_REUSEPORT group): they stop, as a unicorn
+                // worker whose master is gone does.
+                primary_gone = true;
+                tracing::error!(primary, "the cluster's primary is gone: stopping");
+                let _ = shared.requests.send(super::signals::Request::Stop {
+                    cause: super::machine::StopCause::Call,
+                    sender: None,
+                });
+            }
             let accepted = shared.accepted.load(Ordering::Relaxed);
-            shared.notify(&[
-                "WATCHDOG=1".to_owned(),
-                format!("{CONNECTIONS}={connections}"),
-                format!("{ACCEPTED}={accepted}"),
-            ]);
+            if let Some(notifier) = &shared.notifier {
+                // Never waits: a primary that stopped reading (SIGSTOP) must not stop this
+                // worker's runtime; a heartbeat lost so is a late one.
+                notifier.try_send(&[
+                    "WATCHDOG=1".to_owned(),
+                    format!("{CONNECTIONS}={connections}"),
+                    format!("{ACCEPTED}={accepted}"),
+                ]);
+            }
         }
     }
 }

@@ -440,6 +440,70 @@ pub(crate) fn open_fd_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// Steers new connections of a `SO_REUSEPORT` group (the one `fd` belongs to) to the
+/// listeners at `live` (indexes in the group, in the order they joined it), at random among
+/// them: a classic BPF program (`SO_ATTACH_REUSEPORT_CBPF`). A group steered so never sends a
+/// connection to a listener nobody accepts from.
+pub(crate) fn steer_reuseport(fd: BorrowedFd<'_>, live: &[u32]) -> io::Result<()> {
+    #[repr(C)]
+    struct SockFilter {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct SockFprog {
+        len: u16,
+        filter: *const SockFilter,
+    }
+    // BPF_LD | BPF_W | BPF_ABS, BPF_ALU | BPF_MOD | BPF_K, BPF_JMP | BPF_JEQ | BPF_K,
+    // BPF_RET | BPF_K (linux/filter.h, linux/bpf_common.h).
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_ALU_MOD_K: u16 = 0x94;
+    const BPF_JMP_JEQ_K: u16 = 0x15;
+    const BPF_RET_K: u16 = 0x06;
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    if live.is_empty() || live.len() > 1024 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let op = |code, jt, jf, k| SockFilter { code, jt, jf, k };
+    let mut program = vec![
+        op(
+            BPF_LD_W_ABS,
+            0,
+            0,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32,
+        ),
+        op(BPF_ALU_MOD_K, 0, 0, live.len() as u32),
+    ];
+    for (i, &index) in live.iter().enumerate() {
+        program.push(op(BPF_JMP_JEQ_K, 0, 1, i as u32));
+        program.push(op(BPF_RET_K, 0, 0, index));
+    }
+    program.push(op(BPF_RET_K, 0, 0, live[0]));
+    let fprog = SockFprog {
+        len: program.len() as u16,
+        filter: program.as_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive for the call; the kernel copies the
+    // program; `fd` is an open socket borrowed for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<SockFprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

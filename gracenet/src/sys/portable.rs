@@ -150,3 +150,8 @@ pub(crate) fn shared_memory(_name: &str, _size: usize) -> io::Result<OwnedFd> {
 pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// Steering a reuseport group is Linux's (`SO_ATTACH_REUSEPORT_CBPF`).
+pub(crate) fn steer_reuseport(_fd: BorrowedFd<'_>, _live: &[u32]) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
