@@ -117,6 +117,50 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
     assert!(!is_alive(serving));
 }
 
+#[test]
+fn the_supervisors_lines_are_a_fixed_message_then_its_fields() {
+    // A restart, a crash restart and a stop: the supervisor's everyday lines.
+    let (mut sup, gen1, _g1) = start_supervised();
+    let supervisor = sup.pid();
+    sup.signal(Signal::SIGUSR2);
+    let gen2 = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(gen2);
+    // Generation 2 told the supervisor it serves before it told generation 1.
+    sup.expect_log("stopped accepting generation=1 ");
+    send(gen2, Signal::SIGKILL);
+    sup.expect_log("died with no successor");
+    let gen3 = probe_pid(&sup.expect_line("probe version="));
+    let _g3 = PidGuard(gen3);
+    sup.signal(Signal::SIGTERM);
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let output = sup.output_after_exit();
+    let pids = [supervisor, gen1, gen2, gen3].map(|p| p.to_string());
+    let lines: Vec<&String> = output
+        .iter()
+        .filter(|l| l.contains(" gracenet::supervisor: "))
+        .collect();
+    // Started, forwarded ×2, took over, died and restarting, restarted, ended, exiting.
+    assert!(lines.len() >= 8, "{output:#?}");
+    for line in lines {
+        let (_, logged) = line.split_once(" gracenet::supervisor: ").unwrap();
+        let (message, fields) = logged
+            .split_once(" supervisor=")
+            .unwrap_or_else(|| panic!("no supervisor field: {line}"));
+        // The values are in the fields, never in the message: one message per event.
+        assert!(
+            !pids.iter().any(|p| message.contains(p.as_str())),
+            "a pid in the message: {line}"
+        );
+        assert_eq!(
+            field(&format!("supervisor={fields}"), "supervisor"),
+            pids[0],
+            "{line}"
+        );
+    }
+}
+
 /// Sends `signal` to `pid`.
 fn send(pid: u32, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
