@@ -113,6 +113,18 @@ pub fn supervise() -> Result<i32, Error> {
     Ok(supervisor.run())
 }
 
+/// Why a process must not serve and is stopped, for the log line saying so.
+#[derive(Debug, Clone, Copy)]
+enum Stray {
+    /// It says it is ready while `serving` serves, and its parent (`parent`, when known) is
+    /// not that one.
+    NotTheSuccessor { serving: u32, parent: Option<u32> },
+    /// `serving`, another process, became ready first and serves in its place.
+    Outrun { serving: u32 },
+    /// A successor of `parent` still starting when `parent` died.
+    Orphan { parent: u32 },
+}
+
 /// The generation that serves (or is starting to).
 #[derive(Debug)]
 struct Serving {
@@ -442,24 +454,20 @@ impl Supervisor {
             let successor = parent == Some(current.pid)
                 || (parent == Some(self.me) && !crate::sys::is_running(current.pid));
             if !successor {
-                let (current_pid, current_number) = (current.pid, current.number);
+                let current_pid = current.pid;
                 if current.ready {
                     self.stop_stray(
                         pid,
-                        &format!(
-                            "it says it is ready while generation {current_number} (pid {current_pid}) \
-                             serves and it is not that one's successor (its parent is {})",
-                            parent.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-                        ),
+                        Stray::NotTheSuccessor {
+                            serving: current_pid,
+                            parent,
+                        },
                     );
                     return false;
                 }
                 // The serving one is still starting (a crash restart): the first to be ready
                 // serves, the other must not.
-                self.stop_stray(
-                    current_pid,
-                    &format!("pid {pid} became ready first and serves in its place"),
-                );
+                self.stop_stray(current_pid, Stray::Outrun { serving: pid });
             }
         }
         let number = number.or(previous.map(|(_, n)| n + 1)).unwrap_or(1);
@@ -492,16 +500,32 @@ impl Supervisor {
 
     /// Stops `pid`, a process that must not serve (`why`), and keeps watching it: it has just
     /// started and drains nothing.
-    fn stop_stray(&mut self, pid: u32, why: &str) {
+    fn stop_stray(&mut self, pid: u32, why: Stray) {
         if self.strays.contains(&pid) {
             return;
         }
-        tracing::warn!(
-            supervisor = self.me,
-            pid,
-            reason = why,
-            "stopping a stray generation"
-        );
+        let me = self.me;
+        match why {
+            Stray::NotTheSuccessor { serving, parent } => tracing::warn!(
+                supervisor = me,
+                pid,
+                serving,
+                parent,
+                "stopping a stray generation: it is ready while another serves, and it is not that one's successor"
+            ),
+            Stray::Outrun { serving } => tracing::warn!(
+                supervisor = me,
+                pid,
+                serving,
+                "stopping a stray generation: another process became ready first and serves in its place"
+            ),
+            Stray::Orphan { parent } => tracing::warn!(
+                supervisor = me,
+                pid,
+                parent,
+                "stopping a stray generation: a successor still starting when its parent died"
+            ),
+        }
         self.strays.push(pid);
         self.watch(pid);
         signal_pid(self.me, pid, Signal::SIGTERM);
@@ -514,10 +538,7 @@ impl Supervisor {
         for pid in crate::sys::children_of(self.me) {
             let known = self.children.is_watched(pid);
             if !known && crate::sys::is_running(pid) {
-                self.stop_stray(
-                    pid,
-                    &format!("a successor of pid {dead} still starting when pid {dead} died"),
-                );
+                self.stop_stray(pid, Stray::Orphan { parent: dead });
             }
         }
     }
