@@ -43,9 +43,30 @@ fn start_supervised() -> (ProcessGuard, u32, PidGuard) {
 /// (once it has printed its first line) and its guard.
 fn forwarded_restart(sup: &mut ProcessGuard, serving: u32) -> (u32, PidGuard) {
     sup.signal(Signal::SIGUSR2);
-    sup.expect_log(&format!("forwarding SIGUSR2 to the serving pid {serving}"));
+    expect_forwarded(sup, Signal::SIGUSR2, serving);
     let next = probe_pid(&sup.expect_line("probe version="));
     (next, PidGuard(next))
+}
+
+/// Waits for the supervisor's line saying it forwards `signal` to `pid`, the serving
+/// generation (the fields in the order the supervisor writes them).
+fn expect_forwarded(sup: &mut ProcessGuard, signal: Signal, pid: u32) -> String {
+    let needle = format!(
+        "forwarding a signal to the serving generation supervisor={} pid={pid} signal={}",
+        sup.pid(),
+        signal.as_str()
+    );
+    sup.expect_log(&needle)
+}
+
+/// Waits for the supervisor's line saying `pid`, generation `number`, serves now in place of
+/// `previous`.
+fn expect_took_over(sup: &mut ProcessGuard, number: u64, pid: u32, previous: u32) -> String {
+    let needle = format!(
+        "a new generation is serving supervisor={} generation={number} pid={pid} previous={previous}",
+        sup.pid()
+    );
+    sup.expect_log(&needle)
 }
 
 fn probe_pid(line: &str) -> u32 {
@@ -66,16 +87,14 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
     let prober = Prober::start(port, Duration::from_millis(1));
     for number in 2..=11 {
         sup.signal(Signal::SIGUSR2);
-        let forwarded = sup.expect_log("forwarding SIGUSR2");
-        assert!(
-            forwarded.contains(&format!("to the serving pid {serving}")),
-            "{forwarded}"
-        );
+        let forwarded = sup.expect_log("forwarding a signal to the serving generation");
+        assert_eq!(field(&forwarded, "signal"), "SIGUSR2", "{forwarded}");
+        assert_eq!(field(&forwarded, "pid"), serving.to_string(), "{forwarded}");
         let line = sup.expect_line("probe version=");
         assert_eq!(field(&line, "generation"), number.to_string());
         let new = probe_pid(&line);
         guards.push(PidGuard(new));
-        sup.expect_log(&format!("pid {new} is now serving (was {serving})"));
+        expect_took_over(&mut sup, number, new, serving);
         sup.expect_log(&format!("stopped accepting generation={} ", number - 1));
         let old = serving;
         serving = new;
@@ -92,10 +111,54 @@ fn ten_restarts_under_load_behind_one_stable_pid() {
     assert!(stats.by_pid.contains_key(&serving), "{:?}", stats.by_pid);
 
     sup.signal(Signal::SIGTERM);
-    sup.expect_log(&format!("forwarding SIGTERM to the serving pid {serving}"));
+    expect_forwarded(&mut sup, Signal::SIGTERM, serving);
     let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(!is_alive(serving));
+}
+
+#[test]
+fn the_supervisors_lines_are_a_fixed_message_then_its_fields() {
+    // A restart, a crash restart and a stop: the supervisor's everyday lines.
+    let (mut sup, gen1, _g1) = start_supervised();
+    let supervisor = sup.pid();
+    sup.signal(Signal::SIGUSR2);
+    let gen2 = probe_pid(&sup.expect_line("probe version="));
+    let _g2 = PidGuard(gen2);
+    // Generation 2 told the supervisor it serves before it told generation 1.
+    sup.expect_log("stopped accepting generation=1 ");
+    send(gen2, Signal::SIGKILL);
+    sup.expect_log("died with no successor");
+    let gen3 = probe_pid(&sup.expect_line("probe version="));
+    let _g3 = PidGuard(gen3);
+    sup.signal(Signal::SIGTERM);
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    let output = sup.output_after_exit();
+    let pids = [supervisor, gen1, gen2, gen3].map(|p| p.to_string());
+    let lines: Vec<&String> = output
+        .iter()
+        .filter(|l| l.contains(" gracenet::supervisor: "))
+        .collect();
+    // Started, forwarded ×2, took over, died and restarting, restarted, ended, exiting.
+    assert!(lines.len() >= 8, "{output:#?}");
+    for line in lines {
+        let (_, logged) = line.split_once(" gracenet::supervisor: ").unwrap();
+        let (message, fields) = logged
+            .split_once(" supervisor=")
+            .unwrap_or_else(|| panic!("no supervisor field: {line}"));
+        // The values are in the fields, never in the message: one message per event.
+        assert!(
+            !pids.iter().any(|p| message.contains(p.as_str())),
+            "a pid in the message: {line}"
+        );
+        assert_eq!(
+            field(&format!("supervisor={fields}"), "supervisor"),
+            pids[0],
+            "{line}"
+        );
+    }
 }
 
 /// Sends `signal` to `pid`.
@@ -123,10 +186,8 @@ fn a_crashed_serving_generation_is_replaced_on_the_same_sockets_and_no_connectio
         }
         send(serving, Signal::SIGKILL);
         let died = sup.expect_log("died with no successor");
-        assert!(
-            died.contains(&format!("pid {serving}")) && died.contains("killed by SIGKILL"),
-            "{died}"
-        );
+        assert_eq!(field(&died, "pid"), serving.to_string(), "{died}");
+        assert!(died.contains("status=killed by SIGKILL"), "{died}");
         let line = sup.expect_line("probe version=");
         assert_eq!(field(&line, "generation"), number.to_string(), "{line}");
         serving = probe_pid(&line);
@@ -166,7 +227,8 @@ fn a_crash_loop_backs_off_then_gives_up_with_a_clear_line_and_a_failure_status()
     }
     send(serving, Signal::SIGKILL);
     let line = sup.expect_log("giving up");
-    assert!(line.contains("5 crashes in 30 s"), "{line}");
+    assert_eq!(field(&line, "crashes"), "5", "{line}");
+    assert_eq!(field(&line, "window_s"), "30", "{line}");
     let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
     assert_eq!(status.code(), Some(128 + 9), "{status}");
 }
@@ -216,11 +278,14 @@ fn restarted_with_gen1_draining() -> (ProcessGuard, u16, u32, u32, Vec<PidGuard>
 fn a_stop_right_after_a_restart_waits_for_every_generation_then_exits() {
     let (mut sup, _port, gen1, gen2, _guards, conn) = restarted_with_gen1_draining();
     sup.signal(Signal::SIGTERM);
-    sup.expect_log(&format!("forwarding SIGTERM to the serving pid {gen2}"));
+    expect_forwarded(&mut sup, Signal::SIGTERM, gen2);
     // Generation 2 has nothing to drain and goes; generation 1 (its parent, which reaps it)
     // still drains our connection: the supervisor stays.
     assert!(wait_until(DEADLINE, || !is_alive(gen2)), "generation 2 exits");
-    sup.expect_log(&format!("generation 2 (pid {gen2}) ended"));
+    let supervisor = sup.pid();
+    sup.expect_log(&format!(
+        "the serving generation ended supervisor={supervisor} generation=2 pid={gen2} "
+    ));
     assert!(is_alive(gen1), "generation 1 still drains");
     assert!(
         sup.wait_timeout(Duration::from_millis(300)).is_none(),
@@ -240,7 +305,7 @@ fn a_killed_generation_2_is_replaced_while_its_parent_still_drains() {
     // Generation 1 reaps generation 2: the supervisor learns of the exit from its pidfd.
     send(gen2, Signal::SIGKILL);
     let died = sup.expect_log("died with no successor");
-    assert!(died.contains(&format!("generation 2 (pid {gen2})")), "{died}");
+    assert!(died.contains(&format!(" generation=2 pid={gen2} ")), "{died}");
     let line = sup.expect_line("probe version=");
     assert_eq!(field(&line, "generation"), "3");
     let gen3 = probe_pid(&line);
@@ -374,7 +439,7 @@ fn sigint_and_sighup_reach_the_serving_generation() {
     // and exits 0 rather than stopping at once as a second SIGINT would make it.
     let (mut sup, gen1, _g1) = start_supervised();
     sup.signal(Signal::SIGINT);
-    sup.expect_log(&format!("forwarding SIGINT to the serving pid {gen1}"));
+    expect_forwarded(&mut sup, Signal::SIGINT, gen1);
     let exit = sup.expect_line(&format!("probe exiting pid={gen1}"));
     assert_eq!(
         field(&exit, "forced"),
@@ -387,7 +452,7 @@ fn sigint_and_sighup_reach_the_serving_generation() {
     // and the supervisor ends with that status.
     let (mut sup, gen1, _g2) = start_supervised();
     sup.signal(Signal::SIGHUP);
-    sup.expect_log(&format!("forwarding SIGHUP to the serving pid {gen1}"));
+    expect_forwarded(&mut sup, Signal::SIGHUP, gen1);
     assert_eq!(sup.wait_timeout(DEADLINE).expect("exits").code(), Some(128 + 1));
 }
 
@@ -645,7 +710,7 @@ fn a_serving_generation_killed_while_its_successor_starts_leaves_one_generation_
     assert!(
         output
             .iter()
-            .any(|l| l.contains(&format!("stopping pid {stray}, a stray generation"))),
+            .any(|l| l.contains("stopping a stray generation") && l.contains(&format!(" pid={stray} "))),
         "{output:#?}"
     );
     assert!(
@@ -680,7 +745,8 @@ fn giving_up_after_a_crash_loop_leaves_no_generation_behind() {
     // ... when its parent dies: the fifth crash in 30 s.
     send(serving, Signal::SIGKILL);
     let line = sup.expect_log("giving up");
-    assert!(line.contains("5 crashes in 30 s"), "{line}");
+    assert_eq!(field(&line, "crashes"), "5", "{line}");
+    assert_eq!(field(&line, "window_s"), "30", "{line}");
     let status = sup
         .wait_timeout(DEADLINE)
         .unwrap_or_else(|| panic!("the supervisor exits; its output: {:#?}", sup.seen()));
@@ -711,7 +777,7 @@ fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart()
     assert!(ready.contains(&format!(" pid={successor} ")), "{ready}");
     sup.signal(Signal::SIGCONT);
     // It is generation 1's successor: it serves, and no crash restart starts.
-    sup.expect_log(&format!("pid {successor} is now serving (was {gen1})"));
+    expect_took_over(&mut sup, 2, successor, gen1);
     assert_eq!(
         one_pid_answers(port),
         Some(successor),

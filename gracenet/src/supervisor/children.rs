@@ -52,7 +52,9 @@ impl Children {
             Err(e) => {
                 tracing::warn!(
                     supervisor = self.me,
-                    "cannot watch pid {pid} ({e}): relying on reaping it"
+                    pid,
+                    error = %e,
+                    "cannot watch a process's exit: relying on reaping it"
                 );
                 None
             }
@@ -103,7 +105,12 @@ impl Children {
                 Err(_) => return,
                 Ok(_) => continue,
             };
-            tracing::debug!(supervisor = self.me, "reaped pid {pid} ({code})");
+            tracing::debug!(
+                supervisor = self.me,
+                pid = pid.as_raw(),
+                status = %describe(code),
+                "reaped a process"
+            );
             if self.reaped.len() == REAPED_MEMORY {
                 self.reaped.pop_front();
             }
@@ -137,7 +144,7 @@ impl Children {
 /// Sends `signal` to `pid`, logging a failure (`me` is the sender, for the log).
 pub(crate) fn signal_pid(me: u32, pid: u32, signal: Signal) {
     if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
-        tracing::warn!(supervisor = me, "cannot send {signal} to pid {pid}: {e}");
+        tracing::warn!(supervisor = me, pid, %signal, error = %e, "cannot send a signal");
     }
 }
 

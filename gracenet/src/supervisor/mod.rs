@@ -113,6 +113,18 @@ pub fn supervise() -> Result<i32, Error> {
     Ok(supervisor.run())
 }
 
+/// Why a process must not serve and is stopped, for the log line saying so.
+#[derive(Debug, Clone, Copy)]
+enum Stray {
+    /// It says it is ready while `serving` serves, and its parent (`parent`, when known) is
+    /// not that one.
+    NotTheSuccessor { serving: u32, parent: Option<u32> },
+    /// `serving`, another process, became ready first and serves in its place.
+    Outrun { serving: u32 },
+    /// A successor of `parent` still starting when `parent` died.
+    Orphan { parent: u32 },
+}
+
 /// The generation that serves (or is starting to).
 #[derive(Debug)]
 struct Serving {
@@ -218,8 +230,9 @@ impl Supervisor {
         let pid = self.spawn(1)?;
         tracing::info!(
             supervisor = self.me,
+            generation = 1,
             pid,
-            "supervising: started generation 1 with pid {pid}"
+            "supervising: started the first generation"
         );
         Ok(())
     }
@@ -299,10 +312,7 @@ impl Supervisor {
             return None;
         }
         let code = self.exit_code;
-        tracing::info!(
-            supervisor = self.me,
-            "every generation has exited: exiting ({code})"
-        );
+        tracing::info!(supervisor = self.me, code, "every generation has exited: exiting");
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
         }
@@ -340,7 +350,7 @@ impl Supervisor {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(supervisor = self.me, "the notify socket failed: {e}");
+                    tracing::warn!(supervisor = self.me, error = %e, "the notify socket failed");
                     return;
                 }
             };
@@ -361,8 +371,9 @@ impl Supervisor {
             if received.truncated {
                 tracing::warn!(
                     supervisor = self.me,
-                    "a notification's sockets did not fit (more than {}): not kept",
-                    crate::sys::MAX_FDS_PER_MESSAGE
+                    sender = ?received.sender,
+                    limit = crate::sys::MAX_FDS_PER_MESSAGE,
+                    "a notification's sockets did not fit: not kept"
                 );
             }
             self.on_message(&message, received.sender, received.fds);
@@ -390,8 +401,9 @@ impl Supervisor {
                     self.held_restart = false;
                     tracing::info!(
                         supervisor = self.me,
-                        "generation {} is ready: passing on the SIGUSR2 held for it",
-                        serving.number
+                        generation = serving.number,
+                        pid = serving.pid,
+                        "the serving generation is ready: passing on the SIGUSR2 held for it"
                     );
                     forward(self.me, serving, Signal::SIGUSR2);
                 }
@@ -410,10 +422,11 @@ impl Supervisor {
                 } else {
                     tracing::warn!(
                         supervisor = self.me,
-                        "generation {} sent {} socket(s) for {} name(s): keeping the previous ones",
-                        serving.number,
-                        fds.len(),
-                        names.len()
+                        generation = serving.number,
+                        pid = serving.pid,
+                        sockets = fds.len(),
+                        names = names.len(),
+                        "a generation's sockets and their names do not match: keeping the previous ones"
                     );
                 }
             }
@@ -441,30 +454,32 @@ impl Supervisor {
             let successor = parent == Some(current.pid)
                 || (parent == Some(self.me) && !crate::sys::is_running(current.pid));
             if !successor {
-                let (current_pid, current_number) = (current.pid, current.number);
+                let current_pid = current.pid;
                 if current.ready {
                     self.stop_stray(
                         pid,
-                        &format!(
-                            "it says it is ready while generation {current_number} (pid {current_pid}) \
-                             serves and it is not that one's successor (its parent is {})",
-                            parent.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-                        ),
+                        Stray::NotTheSuccessor {
+                            serving: current_pid,
+                            parent,
+                        },
                     );
                     return false;
                 }
                 // The serving one is still starting (a crash restart): the first to be ready
                 // serves, the other must not.
-                self.stop_stray(
-                    current_pid,
-                    &format!("pid {pid} became ready first and serves in its place"),
-                );
+                self.stop_stray(current_pid, Stray::Outrun { serving: pid });
             }
         }
-        if let Some((old, _)) = previous {
-            tracing::info!(supervisor = self.me, "pid {pid} is now serving (was {old})");
-        }
         let number = number.or(previous.map(|(_, n)| n + 1)).unwrap_or(1);
+        if let Some((old, _)) = previous {
+            tracing::info!(
+                supervisor = self.me,
+                generation = number,
+                pid,
+                previous = old,
+                "a new generation is serving"
+            );
+        }
         let mut serving = Serving {
             pid,
             number,
@@ -485,14 +500,32 @@ impl Supervisor {
 
     /// Stops `pid`, a process that must not serve (`why`), and keeps watching it: it has just
     /// started and drains nothing.
-    fn stop_stray(&mut self, pid: u32, why: &str) {
+    fn stop_stray(&mut self, pid: u32, why: Stray) {
         if self.strays.contains(&pid) {
             return;
         }
-        tracing::warn!(
-            supervisor = self.me,
-            "stopping pid {pid}, a stray generation: {why}"
-        );
+        let me = self.me;
+        match why {
+            Stray::NotTheSuccessor { serving, parent } => tracing::warn!(
+                supervisor = me,
+                pid,
+                serving,
+                parent,
+                "stopping a stray generation: it is ready while another serves, and it is not that one's successor"
+            ),
+            Stray::Outrun { serving } => tracing::warn!(
+                supervisor = me,
+                pid,
+                serving,
+                "stopping a stray generation: another process became ready first and serves in its place"
+            ),
+            Stray::Orphan { parent } => tracing::warn!(
+                supervisor = me,
+                pid,
+                parent,
+                "stopping a stray generation: a successor still starting when its parent died"
+            ),
+        }
         self.strays.push(pid);
         self.watch(pid);
         signal_pid(self.me, pid, Signal::SIGTERM);
@@ -505,10 +538,7 @@ impl Supervisor {
         for pid in crate::sys::children_of(self.me) {
             let known = self.children.is_watched(pid);
             if !known && crate::sys::is_running(pid) {
-                self.stop_stray(
-                    pid,
-                    &format!("a successor of pid {dead} still starting when pid {dead} died"),
-                );
+                self.stop_stray(pid, Stray::Orphan { parent: dead });
             }
         }
     }
@@ -522,7 +552,11 @@ impl Supervisor {
             self.held_restart = false;
             self.kill_at = Some(Instant::now() + KILL_AFTER);
             if self.restart_at.take().is_some() {
-                tracing::info!(supervisor = self.me, "{why}: not restarting after the crash");
+                tracing::info!(
+                    supervisor = self.me,
+                    reason = why,
+                    "stopping: not restarting after the crash"
+                );
             }
         }
         let serving = self.serving.as_mut().map(|serving| {
@@ -535,7 +569,13 @@ impl Supervisor {
         others.dedup();
         for pid in others.into_iter().filter(|&p| Some(p) != serving) {
             if crate::sys::is_running(pid) {
-                tracing::info!(supervisor = self.me, "{why}: sending {signal} to pid {pid}");
+                tracing::info!(
+                    supervisor = self.me,
+                    reason = why,
+                    pid,
+                    %signal,
+                    "stopping: signalling a process other than the serving one"
+                );
                 signal_pid(self.me, pid, signal);
             }
         }
@@ -551,8 +591,9 @@ impl Supervisor {
             if !self.killed.contains(&pid) {
                 tracing::warn!(
                     supervisor = self.me,
-                    "pid {pid} is still there {} s after the stop: killing it",
-                    KILL_AFTER.as_secs()
+                    pid,
+                    after_s = KILL_AFTER.as_secs(),
+                    "a process is still there after the stop: killing it"
                 );
                 self.killed.push(pid);
             }
@@ -577,17 +618,20 @@ impl Supervisor {
             self.read_notifications();
         }
         let Some(serving) = self.serving.take_if(|s| s.pid == pid) else {
-            tracing::debug!(
-                supervisor = self.me,
-                "pid {pid}, a previous generation, ended ({shown})"
-            );
+            tracing::debug!(supervisor = self.me, pid, status = %shown, "a previous generation ended");
             return;
         };
         let n = serving.number;
         let by_forwarded_signal =
             code.is_some_and(|c| serving.forwarded.iter().any(|&s| c == 128 + s as i32));
         if self.stopping.is_some() || serving.stopping || code == Some(0) || by_forwarded_signal {
-            tracing::info!(supervisor = self.me, "generation {n} (pid {pid}) ended ({shown})");
+            tracing::info!(
+                supervisor = self.me,
+                generation = n,
+                pid,
+                status = %shown,
+                "the serving generation ended"
+            );
             if !self.gave_up {
                 self.exit_code = code.unwrap_or(0);
             }
@@ -597,33 +641,36 @@ impl Supervisor {
         if !serving.ready && n == 1 {
             tracing::error!(
                 supervisor = self.me,
-                "generation 1 (pid {pid}) exited before it was ready ({shown}): not restarting it"
+                generation = n,
+                pid,
+                status = %shown,
+                "the first generation exited before it was ready: not restarting it"
             );
             self.exit_code = code.unwrap_or(1);
             return;
         }
         // Its successors still starting (orphans now) are stopped: the restart replaces it.
-        self.stop_orphans(pid);
-        self.crashed(
-            &format!("generation {n} (pid {pid}) died with no successor ({shown})"),
-            n + 1,
-            code,
+        tracing::error!(
+            supervisor = self.me,
+            generation = n,
+            pid,
+            status = %shown,
+            "the serving generation died with no successor"
         );
+        self.stop_orphans(pid);
+        self.crashed(n + 1, code);
     }
 
-    /// Counts a crash (`what` happened; generation `next` would replace it) and schedules
-    /// the replacement, or gives up.
-    fn crashed(&mut self, what: &str, next: u64, code: Option<i32>) {
+    /// Counts a crash (logged by the caller; generation `next` would replace it) and
+    /// schedules the replacement, or gives up.
+    fn crashed(&mut self, next: u64, code: Option<i32>) {
         match self.crashes.record(Instant::now()) {
             AfterCrash::Restart(delay) => {
-                let when = if delay.is_zero() {
-                    "now".to_owned()
-                } else {
-                    format!("in {} ms", delay.as_millis())
-                };
                 tracing::error!(
                     supervisor = self.me,
-                    "{what}: starting generation {next} on the same sockets {when}"
+                    next,
+                    delay_ms = delay.as_millis() as u64,
+                    "crash restart: starting a new generation on the same sockets"
                 );
                 self.next_number = next;
                 self.restart_at = Some(Instant::now() + delay);
@@ -631,8 +678,9 @@ impl Supervisor {
             AfterCrash::GiveUp { crashes } => {
                 tracing::error!(
                     supervisor = self.me,
-                    "{what}: {crashes} crashes in {} s, giving up",
-                    self.crashes.window().as_secs()
+                    crashes,
+                    window_s = self.crashes.window().as_secs(),
+                    "too many crashes: giving up"
                 );
                 self.exit_code = code.filter(|&c| c != 0).unwrap_or(1);
                 self.gave_up = true;
@@ -653,16 +701,19 @@ impl Supervisor {
                 }
                 tracing::info!(
                     supervisor = self.me,
-                    "started generation {number} with pid {pid} after the crash"
+                    generation = number,
+                    pid,
+                    "crash restart: started a new generation"
                 );
             }
             Err(e) => {
-                tracing::error!(supervisor = self.me, "cannot start generation {number}: {e}");
-                self.crashed(
-                    &format!("generation {number} could not be started"),
-                    number,
-                    Some(1),
+                tracing::error!(
+                    supervisor = self.me,
+                    generation = number,
+                    error = %e,
+                    "crash restart: cannot start a new generation"
                 );
+                self.crashed(number, Some(1));
             }
         }
     }
@@ -699,7 +750,12 @@ impl Supervisor {
 /// Sends `signal` to the serving generation.
 fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     let pid = serving.pid;
-    tracing::info!(supervisor = me, "forwarding {signal} to the serving pid {pid}");
+    tracing::info!(
+        supervisor = me,
+        pid,
+        %signal,
+        "forwarding a signal to the serving generation"
+    );
     serving.forwarded.push(signal);
     signal_pid(me, pid, signal);
 }

@@ -83,7 +83,9 @@ pub(crate) fn send_ready(notifier: &Notifier, mut lines: Vec<String>, number: u6
         .collect();
     if let Err(e) = notifier.send_with_fds(&with_fds, &fds) {
         tracing::warn!(
-            "cannot give the supervisor a copy of the listening sockets ({e}): it cannot restart this generation after a crash"
+            generation = number,
+            error = %e,
+            "cannot give the supervisor a copy of the listening sockets: it cannot restart this generation after a crash"
         );
         notifier.send(&lines);
     }

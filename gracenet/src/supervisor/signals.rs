@@ -28,7 +28,7 @@ fn held() -> SigSet {
 pub(crate) fn hold() {
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&held()), None) {
         // Only EINVAL, for a bad `how`: not reachable with the constant above.
-        tracing::warn!("cannot block the supervisor's signals while it starts: {e}");
+        tracing::warn!(error = %e, "cannot block the supervisor's signals while it starts");
     }
 }
 
@@ -37,7 +37,7 @@ pub(crate) fn hold() {
 /// them blocked, so the handlers run on this thread, the supervisor's own.
 pub(crate) fn release() {
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None) {
-        tracing::warn!("cannot unblock the supervisor's signals: {e}");
+        tracing::warn!(error = %e, "cannot unblock the supervisor's signals");
     }
 }
 
