@@ -3,7 +3,7 @@
 //! control socket, time). No decision is taken here that the machine could take.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -13,6 +13,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::socket::MsgFlags;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
+
+mod control;
+mod listeners;
+mod status;
 
 use super::ClusterBuilder;
 use super::machine::{
@@ -26,15 +30,10 @@ use crate::supervisor::{Children, KILL_AFTER, SignalPipe, describe, signal_pid};
 use crate::vars::{
     GRACE_GENERATION, GRACE_HEARTBEAT_MS, GRACE_LOAD_FD, GRACE_SUPERVISOR, GRACE_WORKER, NOTIFY_SOCKET,
 };
+use control::Reading;
 
 /// How long a worker stopped as hung (or never ready) has after `SIGTERM` before `SIGKILL`.
 const KILL_GRACE: Duration = Duration::from_millis(500);
-
-/// How long a control client may take to send its command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The longest command line read.
-const MAX_COMMAND: usize = 64;
 
 /// What the primary knows of a worker process beyond the machine's view, for `status`.
 #[derive(Debug, Clone, Copy)]
@@ -51,13 +50,6 @@ enum Waiter {
     Signal(&'static str),
     /// A control client: answered on its connection.
     Client(UnixStream),
-}
-
-/// A control client whose command is being read.
-struct Reading {
-    stream: UnixStream,
-    line: Vec<u8>,
-    deadline: Instant,
 }
 
 pub(crate) struct Primary {
@@ -121,9 +113,6 @@ pub(crate) struct Primary {
     /// next warning may be logged.
     foreign: (u64, Instant),
 }
-
-/// The most control clients read at once; more wait in the socket's backlog.
-const MAX_CONTROL_CLIENTS: usize = 32;
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -492,45 +481,6 @@ impl Primary {
         }
     }
 
-    /// Copies of `slot`'s sockets for its next worker, made from the store the first time
-    /// (none while the first worker binds them).
-    fn sockets_for(&mut self, slot: usize) -> std::io::Result<Vec<(OwnedFd, String)>> {
-        if self.slot_sockets.len() <= slot {
-            self.slot_sockets.resize_with(slot + 1, || None);
-        }
-        if self.slot_sockets[slot].is_none()
-            && let Some(store) = &self.store
-        {
-            let mut own = Vec::with_capacity(store.len());
-            let mut joined = false;
-            for (fd, name) in store {
-                let fd = match crate::bind::reuseport_sibling(fd)? {
-                    Some(sibling) => {
-                        joined = true;
-                        sibling
-                    }
-                    None => fd.try_clone()?,
-                };
-                own.push((fd, name.clone()));
-            }
-            self.slot_sockets[slot] = Some(own);
-            if joined {
-                if self.group_index.len() <= slot {
-                    self.group_index.resize(slot + 1, None);
-                }
-                self.group_index[slot] = Some(self.next_index);
-                self.next_index += 1;
-            }
-        }
-        match &self.slot_sockets[slot] {
-            Some(own) => own
-                .iter()
-                .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
-                .collect(),
-            None => Ok(Vec::new()),
-        }
-    }
-
     fn read_notifications(&mut self) {
         let mut buf = vec![0u8; 4096];
         for _ in 0..1024 {
@@ -566,44 +516,6 @@ impl Primary {
             let message = Message::parse(&buf[..received.len]);
             self.on_message(pid, &message, received.fds);
         }
-    }
-
-    /// Sends new connections only to the listeners of slots whose worker serves: a slot
-    /// whose worker died, hangs or cannot start gets none until it serves again (what was
-    /// already queued for it waits for its next worker).
-    fn steer(&mut self) {
-        if self.no_steering || self.next_index < 2 {
-            return;
-        }
-        let live: Vec<u32> = self
-            .machine
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.worker.is_some_and(|w| w.ready && !w.killed))
-            .filter_map(|(slot, _)| self.group_index.get(slot).copied().flatten())
-            .collect();
-        let all = live.len() as u32 == self.next_index;
-        let want = if all || live.is_empty() { None } else { Some(live) };
-        if want == self.steered {
-            return;
-        }
-        let Some(store) = &self.store else { return };
-        // Every slot serving (or none): an even spread over the whole group.
-        let program: Vec<u32> = want.clone().unwrap_or_else(|| (0..self.next_index).collect());
-        for (fd, _) in store {
-            if socket2::SockRef::from(fd).reuse_port().unwrap_or(false)
-                && let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &program)
-            {
-                tracing::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
-                self.no_steering = true;
-                return;
-            }
-        }
-        if want.is_some() || self.steered.is_some() {
-            tracing::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
-        }
-        self.steered = want;
     }
 
     /// Whether `pid` is a worker (serving, starting or draining) this primary knows.
@@ -965,277 +877,6 @@ impl Primary {
             self.kill_all_at = Some(now + Duration::from_millis(100));
         }
     }
-
-    // --- the control socket ---
-
-    fn serve_control(&mut self) {
-        let now = Instant::now();
-        if self.accepting_control(now)
-            && let Some((listener, _)) = &self.control
-        {
-            let mut accepted = Vec::new();
-            let mut failed = None;
-            for _ in 0..MAX_CONTROL_CLIENTS.saturating_sub(self.reading.len()) {
-                match listener.accept() {
-                    Ok((stream, _)) => accepted.push(stream),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            if !accepted.is_empty() {
-                self.control_backoff = Duration::from_millis(50);
-            }
-            for stream in accepted {
-                let _ = stream.set_nonblocking(true);
-                self.reading.push(Reading {
-                    stream,
-                    line: Vec::new(),
-                    deadline: now + COMMAND_TIMEOUT,
-                });
-            }
-            if let Some(e) = failed {
-                // Out of fds (EMFILE, ENFILE) or memory: the client waits in the backlog
-                // while this backs off, instead of a busy loop of errors.
-                tracing::warn!(
-                    primary = self.me,
-                    error = %e,
-                    retry_ms = self.control_backoff.as_millis() as u64,
-                    "control socket: cannot accept: retrying later"
-                );
-                self.control_paused_until = Some(now + self.control_backoff);
-                self.control_backoff = (self.control_backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-        let mut ready = Vec::new();
-        let mut still = Vec::new();
-        for mut r in std::mem::take(&mut self.reading) {
-            let mut buf = [0u8; MAX_COMMAND];
-            let complete = loop {
-                match r.stream.read(&mut buf) {
-                    Ok(0) => break true,
-                    Ok(n) => {
-                        r.line.extend_from_slice(&buf[..n]);
-                        if r.line.contains(&b'\n') || r.line.len() >= MAX_COMMAND {
-                            break true;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break true,
-                }
-            };
-            if complete {
-                ready.push(r);
-            } else if r.deadline <= now {
-                let _ = r.stream.set_nonblocking(false);
-                let _ = r.stream.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = r.stream.write_all(
-                    format!(
-                        "error no command within {} s: expected \"restart\", \"status\" or \"scale N\"\n",
-                        COMMAND_TIMEOUT.as_secs()
-                    )
-                    .as_bytes(),
-                );
-            } else {
-                still.push(r);
-            }
-        }
-        self.reading = still;
-        for r in ready {
-            self.command(r);
-        }
-    }
-
-    /// Whether the control socket is accepted from now: not while backing off after an
-    /// accept error, nor with [`MAX_CONTROL_CLIENTS`] clients being read.
-    fn accepting_control(&self, now: Instant) -> bool {
-        self.control_paused_until.is_none_or(|t| t <= now) && self.reading.len() < MAX_CONTROL_CLIENTS
-    }
-
-    fn command(&mut self, r: Reading) {
-        let mut stream = r.stream;
-        let line = String::from_utf8_lossy(&r.line);
-        let command = line.lines().next().unwrap_or("").trim().to_owned();
-        let answer = match authorised(&stream) {
-            Err(reason) => Some(format!("error {reason}\n")),
-            Ok(()) => match command.as_str() {
-                "restart" | "restart again" => {
-                    tracing::info!(primary = self.me, "control socket: rolling restart requested");
-                    self.restart(Waiter::Client(stream));
-                    return;
-                }
-                "status" => Some(format!("ok\n{}", self.status())),
-                "status json" => Some(format!("ok\n{}\n", self.status_json().render())),
-                other => match other.strip_prefix("scale ").map(|n| n.trim().parse::<usize>()) {
-                    Some(Ok(n)) if (1..=1024).contains(&n) => {
-                        self.scale(n);
-                        Some(format!("ok scaling to {n} worker(s)\n"))
-                    }
-                    Some(_) => Some(format!(
-                        "error {other:?}: expected \"scale N\" with N a number of workers from 1 to 1024\n"
-                    )),
-                    None => Some(format!(
-                        "error unknown command {:?}: expected \"restart\", \"status\", \"status json\" or \"scale N\"\n",
-                        other.chars().take(MAX_COMMAND).collect::<String>()
-                    )),
-                },
-            },
-        };
-        if let Some(answer) = answer {
-            let _ = stream.set_nonblocking(false);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    }
-
-    /// Each slot's worker as `status` shows it.
-    fn rows(&self) -> Vec<WorkerRow> {
-        let now = Instant::now();
-        self.machine
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(slot, s)| {
-                let restarts = self.replaced.get(slot).copied().unwrap_or(0);
-                let Some(w) = s.worker else {
-                    return WorkerRow {
-                        slot,
-                        pid: None,
-                        generation: 0,
-                        phase: "starting",
-                        connections: 0,
-                        accepted: 0,
-                        uptime: Duration::ZERO,
-                        restarts,
-                    };
-                };
-                let info = self.info.get(&w.pid);
-                let phase = if w.killed {
-                    "stopping (hung)"
-                } else if s.restarting {
-                    "restarting"
-                } else if w.ready {
-                    "serving"
-                } else {
-                    "starting"
-                };
-                WorkerRow {
-                    slot,
-                    pid: Some(w.pid),
-                    generation: info.map_or(0, |i| i.generation),
-                    phase,
-                    connections: info.map_or(0, |i| i.connections),
-                    accepted: info.map_or(0, |i| i.accepted),
-                    uptime: info.map_or(Duration::ZERO, |i| now.duration_since(i.since)),
-                    restarts,
-                }
-            })
-            .collect()
-    }
-
-    /// The `status` lines: the primary, then one line per worker.
-    fn status(&self) -> String {
-        let mut out = format!(
-            "primary: pid {}\nuptime: {} s\nworkers: {}\n",
-            self.me,
-            self.started.elapsed().as_secs(),
-            self.machine.slots.len()
-        );
-        if let Some(r) = &self.machine.rollout {
-            out.push_str(&format!(
-                "rolling restart: {} of {} worker(s) restarted\n",
-                r.done,
-                self.machine.slots.len()
-            ));
-        }
-        for w in self.rows() {
-            match w.pid {
-                Some(pid) => out.push_str(&format!(
-                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, up {} s, restarts {}\n",
-                    w.slot,
-                    w.generation,
-                    w.phase,
-                    w.connections,
-                    w.accepted,
-                    w.uptime.as_secs(),
-                    w.restarts
-                )),
-                None => out.push_str(&format!("worker {}: none (starting), restarts {}\n", w.slot, w.restarts)),
-            }
-        }
-        let draining: Vec<String> = self.machine.retiring.iter().map(u32::to_string).collect();
-        out.push_str(&format!(
-            "draining: {}\n",
-            if draining.is_empty() {
-                "none".to_owned()
-            } else {
-                format!("pid {}", draining.join(", pid "))
-            }
-        ));
-        out
-    }
-
-    /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
-    /// `rolling_restart`, `workers`, `draining`).
-    fn status_json(&self) -> crate::json::Json {
-        use crate::json::Json;
-        let workers = self
-            .rows()
-            .into_iter()
-            .map(|w| {
-                Json::Object(vec![
-                    ("slot", Json::Int(w.slot as u64)),
-                    ("pid", w.pid.map_or(Json::Null, |p| Json::Int(p.into()))),
-                    ("generation", Json::Int(w.generation)),
-                    ("phase", Json::String(w.phase.to_owned())),
-                    ("connections", Json::Int(w.connections as u64)),
-                    ("accepted", Json::Int(w.accepted)),
-                    ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
-                    ("restarts", Json::Int(w.restarts)),
-                ])
-            })
-            .collect();
-        let rollout = self.machine.rollout.as_ref().map_or(Json::Null, |r| {
-            Json::Object(vec![
-                ("restarted", Json::Int(r.done as u64)),
-                ("of", Json::Int(self.machine.slots.len() as u64)),
-            ])
-        });
-        Json::Object(vec![
-            ("primary", Json::Int(self.me.into())),
-            (
-                "uptime_seconds",
-                Json::Float(self.started.elapsed().as_secs_f64()),
-            ),
-            ("rolling_restart", rollout),
-            ("workers", Json::Array(workers)),
-            (
-                "draining",
-                Json::Array(
-                    self.machine
-                        .retiring
-                        .iter()
-                        .map(|&p| Json::Int(p.into()))
-                        .collect(),
-                ),
-            ),
-        ])
-    }
-}
-
-/// One worker's line of `status`.
-struct WorkerRow {
-    slot: usize,
-    pid: Option<u32>,
-    generation: u64,
-    phase: &'static str,
-    connections: usize,
-    accepted: u64,
-    uptime: Duration,
-    restarts: u64,
 }
 
 /// Raises this process's soft limit on open files to its hard limit (as Go's runtime does):
@@ -1247,24 +888,5 @@ fn raise_fd_limit(me: u32) {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::debug!(primary = me, error = %e, "cannot raise the open files limit");
-    }
-}
-
-/// Only the primary's own user and root may control it.
-fn authorised(stream: &UnixStream) -> Result<(), String> {
-    let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
-    let ours = nix::unistd::geteuid().as_raw();
-    if cred.uid() == ours || cred.uid() == 0 {
-        Ok(())
-    } else {
-        tracing::warn!(
-            uid = cred.uid(),
-            "control socket: refused a client of another user"
-        );
-        Err(format!(
-            "permission denied: uid {} may not control this server (uid {ours})",
-            cred.uid()
-        ))
     }
 }

@@ -1,0 +1,153 @@
+//! What the primary's `status` says: the primary, then each worker, as text lines or JSON.
+
+use std::time::{Duration, Instant};
+
+use super::Primary;
+
+/// One worker's line of `status`.
+pub(super) struct WorkerRow {
+    slot: usize,
+    pid: Option<u32>,
+    generation: u64,
+    phase: &'static str,
+    connections: usize,
+    accepted: u64,
+    uptime: Duration,
+    restarts: u64,
+}
+
+impl Primary {
+    /// Each slot's worker as `status` shows it.
+    pub(super) fn rows(&self) -> Vec<WorkerRow> {
+        let now = Instant::now();
+        self.machine
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| {
+                let restarts = self.replaced.get(slot).copied().unwrap_or(0);
+                let Some(w) = s.worker else {
+                    return WorkerRow {
+                        slot,
+                        pid: None,
+                        generation: 0,
+                        phase: "starting",
+                        connections: 0,
+                        accepted: 0,
+                        uptime: Duration::ZERO,
+                        restarts,
+                    };
+                };
+                let info = self.info.get(&w.pid);
+                let phase = if w.killed {
+                    "stopping (hung)"
+                } else if s.restarting {
+                    "restarting"
+                } else if w.ready {
+                    "serving"
+                } else {
+                    "starting"
+                };
+                WorkerRow {
+                    slot,
+                    pid: Some(w.pid),
+                    generation: info.map_or(0, |i| i.generation),
+                    phase,
+                    connections: info.map_or(0, |i| i.connections),
+                    accepted: info.map_or(0, |i| i.accepted),
+                    uptime: info.map_or(Duration::ZERO, |i| now.duration_since(i.since)),
+                    restarts,
+                }
+            })
+            .collect()
+    }
+
+    /// The `status` lines: the primary, then one line per worker.
+    pub(super) fn status(&self) -> String {
+        let mut out = format!(
+            "primary: pid {}\nuptime: {} s\nworkers: {}\n",
+            self.me,
+            self.started.elapsed().as_secs(),
+            self.machine.slots.len()
+        );
+        if let Some(r) = &self.machine.rollout {
+            out.push_str(&format!(
+                "rolling restart: {} of {} worker(s) restarted\n",
+                r.done,
+                self.machine.slots.len()
+            ));
+        }
+        for w in self.rows() {
+            match w.pid {
+                Some(pid) => out.push_str(&format!(
+                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, up {} s, restarts {}\n",
+                    w.slot,
+                    w.generation,
+                    w.phase,
+                    w.connections,
+                    w.accepted,
+                    w.uptime.as_secs(),
+                    w.restarts
+                )),
+                None => out.push_str(&format!("worker {}: none (starting), restarts {}\n", w.slot, w.restarts)),
+            }
+        }
+        let draining: Vec<String> = self.machine.retiring.iter().map(u32::to_string).collect();
+        out.push_str(&format!(
+            "draining: {}\n",
+            if draining.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("pid {}", draining.join(", pid "))
+            }
+        ));
+        out
+    }
+
+    /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
+    /// `rolling_restart`, `workers`, `draining`).
+    pub(super) fn status_json(&self) -> crate::json::Json {
+        use crate::json::Json;
+        let workers = self
+            .rows()
+            .into_iter()
+            .map(|w| {
+                Json::Object(vec![
+                    ("slot", Json::Int(w.slot as u64)),
+                    ("pid", w.pid.map_or(Json::Null, |p| Json::Int(p.into()))),
+                    ("generation", Json::Int(w.generation)),
+                    ("phase", Json::String(w.phase.to_owned())),
+                    ("connections", Json::Int(w.connections as u64)),
+                    ("accepted", Json::Int(w.accepted)),
+                    ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
+                    ("restarts", Json::Int(w.restarts)),
+                ])
+            })
+            .collect();
+        let rollout = self.machine.rollout.as_ref().map_or(Json::Null, |r| {
+            Json::Object(vec![
+                ("restarted", Json::Int(r.done as u64)),
+                ("of", Json::Int(self.machine.slots.len() as u64)),
+            ])
+        });
+        Json::Object(vec![
+            ("primary", Json::Int(self.me.into())),
+            (
+                "uptime_seconds",
+                Json::Float(self.started.elapsed().as_secs_f64()),
+            ),
+            ("rolling_restart", rollout),
+            ("workers", Json::Array(workers)),
+            (
+                "draining",
+                Json::Array(
+                    self.machine
+                        .retiring
+                        .iter()
+                        .map(|&p| Json::Int(p.into()))
+                        .collect(),
+                ),
+            ),
+        ])
+    }
+}
