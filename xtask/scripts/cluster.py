@@ -17,7 +17,7 @@ every server process from /proc over the load. Figures:
 5. memory: the primary's RSS and each worker's idle RSS.
 
     cargo build --release -p gracedemo
-    python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5]
+    python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5] [--standby] [--only throughput|restarts]
 
 Needs wrk and taskset. Loopback only; every server process is killed by pid at the end;
 every load is bounded in time. Prints one `result:` line of key=value pairs last.
@@ -30,12 +30,15 @@ PATH = "/sleep/?duration=0s"
 TARGET = os.path.join(os.path.dirname(__file__), "../../target/release")
 
 
+EXTRA = []
+
+
 def start(workers, threads, control):
     port = free_port()
     args = [f"{TARGET}/gracedemo", "-a0", f"127.0.0.1:{port}",
             "-a1", f"127.0.0.1:{free_port()}", "-a2", f"127.0.0.1:{free_port()}"]
     if workers:
-        args += ["--workers", str(workers), "--control-socket", control]
+        args += ["--workers", str(workers), "--control-socket", control] + EXTRA
     env = dict(os.environ, TOKIO_WORKER_THREADS=str(threads))
     p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env)
@@ -151,12 +154,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--standby", action="store_true", help="workers keep their successor started ahead")
+    ap.add_argument("--only", choices=["throughput", "restarts"], help="measure only these figures")
     a = ap.parse_args()
+    if a.standby:
+        EXTRA.append("--standby")
     tmp = tempfile.mkdtemp(prefix="grace-cluster-bench-")
     control = os.path.join(tmp, "control")
     result = {}
 
-    for mode, conns, close in [("keepalive", 64, False), ("per_request", 8, True)]:
+    modes = [] if a.only == "restarts" else [("keepalive", 64, False), ("per_request", 8, True)]
+    for mode, conns, close in modes:
         rps_r, cpu_r, shares_all = [], [], []
         for r in range(a.rounds):
             order = ["cluster", "single"] if r % 2 == 0 else ["single", "cluster"]
@@ -173,6 +181,9 @@ def main():
         result[f"{mode}_min_share"] = min(min(s) for s in shares_all if s)
         result[f"{mode}_max_share"] = max(max(s) for s in shares_all if s)
 
+    if a.only == "throughput":
+        print("result: " + " ".join(f"{k}={v}" for k, v in result.items()))
+        return
     # Rolling restarts under connection-per-request load.
     p, port = start(2, 1, control)
     try:
