@@ -137,14 +137,19 @@ fn the_supervisors_lines_are_a_fixed_message_then_its_fields() {
 
     let output = sup.output_after_exit();
     let pids = [supervisor, gen1, gen2, gen3].map(|p| p.to_string());
-    let lines: Vec<&String> = output
+    // The supervisor's module and its submodules (`gracenet::supervisor::ending`, ...).
+    let logged_by_supervisor = |l: &str| -> Option<String> {
+        let (_, rest) = l.split_once(" gracenet::supervisor")?;
+        let (module, logged) = rest.split_once(": ")?;
+        (module.is_empty() || module.starts_with("::")).then(|| logged.to_owned())
+    };
+    let lines: Vec<(&String, String)> = output
         .iter()
-        .filter(|l| l.contains(" gracenet::supervisor: "))
+        .filter_map(|l| logged_by_supervisor(l).map(|logged| (l, logged)))
         .collect();
     // Started, forwarded ×2, took over, died and restarting, restarted, ended, exiting.
     assert!(lines.len() >= 8, "{output:#?}");
-    for line in lines {
-        let (_, logged) = line.split_once(" gracenet::supervisor: ").unwrap();
+    for (line, logged) in lines {
         let (message, fields) = logged
             .split_once(" supervisor=")
             .unwrap_or_else(|| panic!("no supervisor field: {line}"));
