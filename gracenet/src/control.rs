@@ -60,6 +60,40 @@ pub enum ControlError {
     Setup,
 }
 
+/// A control socket's path, as the file it named when this process took the socket: removed
+/// at the end only if that same file is still there (not one another server put there since).
+#[derive(Debug, Clone)]
+pub(crate) struct PathIdentity {
+    path: PathBuf,
+    /// The socket file's device and inode; `None` when the path did not name a socket of this
+    /// user's.
+    file: Option<(u64, u64)>,
+}
+
+impl PathIdentity {
+    pub(crate) fn of(path: &Path) -> PathIdentity {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let file = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.file_type().is_socket() && m.uid() == nix::unistd::geteuid().as_raw())
+            .map(|m| (m.dev(), m.ino()));
+        PathIdentity {
+            path: path.to_owned(),
+            file,
+        }
+    }
+
+    /// Removes the path if it still names the same socket file.
+    pub(crate) fn remove(&self) {
+        if self.file.is_some()
+            && PathIdentity::of(&self.path).file == self.file
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot remove the control socket's path");
+        }
+    }
+}
+
 /// The `LISTEN_FDNAMES` name the control socket is passed on with.
 pub const SOCKET_NAME: &str = "grace-control";
 
@@ -391,6 +425,7 @@ pub(crate) mod server {
 
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+    use super::PathIdentity;
     use crate::error::Error;
     use crate::lifecycle::{Generation, GracefulListener, Phase, RestartError, StopReason};
     use crate::socket::LocalAddr;
@@ -404,7 +439,10 @@ pub(crate) mod server {
 
     /// The control socket's listener: the inherited one, whose path this process never
     /// touches, or (in the first generation) a new one made private before it is reachable.
-    pub(crate) fn listen(generation: &Generation, path: &Path) -> Result<GracefulListener, Error> {
+    pub(crate) fn listen(
+        generation: &Generation,
+        path: &Path,
+    ) -> Result<(GracefulListener, PathIdentity), Error> {
         let registry = generation.registry();
         let (listener, inherited) =
             registry.adopt_or(super::SOCKET_NAME, || crate::bind::unix_private(path))?;
@@ -413,9 +451,13 @@ pub(crate) mod server {
         if inherited {
             check_path(path);
         }
-        Ok(generation
-            .graceful(listener, &format!("unix:{}", path.display()))?
-            .shown_as(LocalAddr::UnixPath(path.to_owned())))
+        let identity = PathIdentity::of(path);
+        Ok((
+            generation
+                .graceful(listener, &format!("unix:{}", path.display()))?
+                .shown_as(LocalAddr::UnixPath(path.to_owned())),
+            identity,
+        ))
     }
 
     /// What is logged when the inherited control socket can no longer be reached by its path
@@ -452,7 +494,11 @@ pub(crate) mod server {
     }
 
     /// Answers on `listener` until this generation stops accepting.
-    pub(crate) async fn serve(mut listener: GracefulListener, generation: Generation) {
+    pub(crate) async fn serve(
+        mut listener: GracefulListener,
+        generation: Generation,
+        identity: PathIdentity,
+    ) {
         // The clients being answered: tracked like connections, not counted as ones in
         // `status`.
         let clients = Arc::new(AtomicUsize::new(0));
@@ -470,6 +516,17 @@ pub(crate) mod server {
                 clients.fetch_sub(1, Ordering::Relaxed);
                 drop(guard);
             });
+        }
+        // A final stop: nobody will answer at the path again, so it goes (a restart's new
+        // generation answers on the same socket, and keeps it).
+        if matches!(
+            generation.phase(),
+            Phase::Draining {
+                reason: StopReason::Shutdown,
+                ..
+            }
+        ) {
+            identity.remove();
         }
     }
 

@@ -553,3 +553,43 @@ fn concurrent_reloads_all_succeed_and_share_restarts() {
         "the last generation serves"
     );
 }
+
+#[test]
+fn the_final_stop_removes_the_control_socket_path_but_not_a_socket_put_there_since() {
+    let dir = TempDir::new("control-final");
+    let socket = dir.path().join("control");
+    let (mut server, ProbeGen { pid: gen1, .. }) = start_lifeprobe(with_control(LIFEPROBE, &socket, &[]));
+    let _g1 = PidGuard(gen1);
+    // A restart keeps it: the new generation answers on the same socket.
+    assert!(client(&socket, "restart").status.success());
+    let line = server.expect_line("probe version=lifeprobe generation=2");
+    let gen2: u32 = field(&line, "pid").parse().unwrap();
+    let _g2 = PidGuard(gen2);
+    assert!(
+        wait_until(DEADLINE, || !is_alive(gen1)),
+        "generation 1 drains and goes"
+    );
+    assert!(socket.exists(), "a restart leaves the path to the new generation");
+    assert!(text(&client(&socket, "status")).contains("generation: 2"));
+    // The final stop: the path goes with the server.
+    grace_tests::signal(gen2, Signal::SIGTERM);
+    assert!(wait_until(DEADLINE, || !is_alive(gen2)));
+    assert!(!socket.exists(), "the control socket's path outlived the server");
+
+    // A second server's socket put at the path while the first drains is left alone.
+    let socket2 = dir.path().join("control2");
+    let (_server2, ProbeGen { pid: a, .. }) = start_lifeprobe(with_control(LIFEPROBE, &socket2, &[]));
+    let _ga = PidGuard(a);
+    // (Stopped meanwhile, so it cannot notice the path change before its stop.)
+    grace_tests::signal(a, Signal::SIGSTOP);
+    std::fs::remove_file(&socket2).expect("remove");
+    let other = std::os::unix::net::UnixListener::bind(&socket2).expect("another socket at the path");
+    grace_tests::signal(a, Signal::SIGCONT);
+    grace_tests::signal(a, Signal::SIGTERM);
+    assert!(wait_until(DEADLINE, || !is_alive(a)));
+    assert!(
+        socket2.exists(),
+        "another server's socket at the path was removed"
+    );
+    drop(other);
+}

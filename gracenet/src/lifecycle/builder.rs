@@ -316,8 +316,12 @@ impl GenerationBuilder {
         }
         let generation = Generation { shared };
         if let Some(path) = &generation.shared.settings.control_socket {
-            let listener = crate::control::server::listen(&generation, path)?;
-            tokio::spawn(crate::control::server::serve(listener, generation.clone()));
+            let (listener, identity) = crate::control::server::listen(&generation, path)?;
+            tokio::spawn(crate::control::server::serve(
+                listener,
+                generation.clone(),
+                identity,
+            ));
         }
         Ok(generation)
     }

@@ -82,7 +82,7 @@ pub(crate) struct Primary {
     events: VecDeque<Event>,
     waiters: HashMap<ReplyId, Waiter>,
     next_reply: ReplyId,
-    control: Option<(UnixListener, PathBuf)>,
+    control: Option<(UnixListener, crate::control::PathIdentity)>,
     reading: Vec<Reading>,
     pid_file: Option<PathBuf>,
     /// `SIGKILL`s due.
@@ -148,7 +148,7 @@ impl Primary {
                 listener
                     .set_nonblocking(true)
                     .map_err(io_error("cannot make the control socket non-blocking"))?;
-                Some((listener, path.clone()))
+                Some((listener, crate::control::PathIdentity::of(path)))
             }
             None => None,
         };
@@ -297,14 +297,10 @@ impl Primary {
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
         }
-        if let Some((_, path)) = &self.control {
-            // Only a socket of this user's is removed (what is there now may be another's).
-            use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            let ours = std::fs::symlink_metadata(path)
-                .is_ok_and(|m| m.file_type().is_socket() && m.uid() == nix::unistd::geteuid().as_raw());
-            if ours {
-                let _ = std::fs::remove_file(path);
-            }
+        if let Some((_, identity)) = &self.control {
+            // Only if it still names the socket made at the start (not one another server
+            // put there since).
+            identity.remove();
         }
         if let Some(path) = &self.pid_file {
             crate::pidfile::remove_if_ours(path);
