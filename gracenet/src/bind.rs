@@ -590,6 +590,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    // Linux only: steering and shared memory are (the portable path says Unsupported).
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
     #[test]
     fn a_reuseport_listener_gets_a_sibling_on_its_port_and_others_none() {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();

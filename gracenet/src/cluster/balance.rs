@@ -211,6 +211,8 @@ mod tests {
         assert!(should_defer(100, Some(87)));
     }
 
+    // Linux only: steering and shared memory are (the portable path says Unsupported).
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
     #[test]
     fn the_table_is_shared_and_stale_or_foreign_entries_are_not_waited_for() {
         let table = LoadTable::create().expect("memfd");
