@@ -606,6 +606,13 @@ fn a_broken_binary_on_disk_and_a_crash_leave_the_other_workers_serving() {
         answered, 20,
         "new connections answered while worker 0 cannot start"
     );
+    // Scaling down would keep the slot that cannot start and stop the one that serves:
+    // refused, with the reason.
+    let out = c.ctl(&["--scale", "1"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("would stop every serving worker"), "{said}");
+    assert_eq!(c.workers()[1].pid, Some(survivor), "{}", c.status());
     // The fixed binary back: slot 0 serves again.
     grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
     assert!(

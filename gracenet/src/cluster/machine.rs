@@ -350,7 +350,11 @@ impl Cluster {
                 }
             }
             Event::StopRequested => self.stop(&mut actions),
-            Event::Scale { workers } => self.scale(workers, &mut actions),
+            Event::Scale { workers } => {
+                if self.refuse_scale(workers).is_none() {
+                    self.scale(workers, &mut actions);
+                }
+            }
         }
         self.maybe_exit(&mut actions);
         actions
@@ -540,6 +544,26 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Whether scaling to `workers` may go ahead: not when it would stop the last serving
+    /// workers while the slots kept have none (a scale-down removes the highest slots, so
+    /// with slot 0's worker unable to start, `scale 1` would keep the broken slot and stop
+    /// the one that serves). The reason, for the operator, when not.
+    pub(crate) fn refuse_scale(&self, workers: usize) -> Option<String> {
+        if workers >= self.slots.len() {
+            return None;
+        }
+        let serving = |s: &Slot| s.worker.is_some_and(|w| w.ready && !w.killed);
+        let kept = self.slots[..workers].iter().filter(|s| serving(s)).count();
+        let removed = self.slots[workers..].iter().filter(|s| serving(s)).count();
+        (kept == 0 && removed > 0).then(|| {
+            format!(
+                "scaling to {workers} would stop every serving worker: worker(s) 0 to {} do not serve now (see status); \
+                 scale down once they do",
+                workers.saturating_sub(1)
+            )
+        })
     }
 
     fn scale(&mut self, workers: usize, actions: &mut Vec<Action>) {
@@ -942,6 +966,29 @@ mod tests {
             }
         }
         assert!(c.gave_up, "nothing serves and starts keep failing: give up");
+    }
+
+    #[test]
+    fn a_scale_down_that_would_stop_the_last_serving_worker_is_refused() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        // Slot 0's worker died; its replacement has not started.
+        c.handle(Event::Heartbeat { pid: 101 }, now);
+        c.slots[0].worker = None;
+        assert!(
+            c.refuse_scale(1)
+                .is_some_and(|r| r.contains("would stop every serving worker"))
+        );
+        assert!(c.handle(Event::Scale { workers: 1 }, now).is_empty());
+        assert_eq!(c.slots.len(), 2, "nothing scaled away");
+        assert!(c.refuse_scale(3).is_none(), "scaling up is always fine");
+        // With slot 0 serving again, the same scale-down goes ahead.
+        c.slots[0].worker = c.slots[1].worker.map(|w| Worker { pid: 300, ..w });
+        assert!(c.refuse_scale(1).is_none());
+        assert_eq!(
+            c.handle(Event::Scale { workers: 1 }, now),
+            vec![Action::Stop { pid: 101 }]
+        );
     }
 
     #[test]

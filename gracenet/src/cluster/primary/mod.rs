@@ -727,7 +727,10 @@ impl Primary {
                 } else {
                     n.saturating_sub(1).max(1)
                 };
-                self.scale(n);
+                match self.machine.refuse_scale(n) {
+                    Some(reason) => tracing::warn!(primary = self.me, %reason, "cluster: not scaling down"),
+                    None => self.scale(n),
+                }
             }
             _ => {}
         }
