@@ -653,3 +653,72 @@ fn a_stopped_primary_stops_no_worker_and_kills_none_when_it_resumes() {
         .contains("primary:")));
     assert_eq!(c.pids(), pids, "{}", c.status());
 }
+
+#[test]
+fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_knows() {
+    let dir = TempDir::new("cluster-fds");
+    let control = dir.path().join("control");
+    let marker = unique_marker();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.args([
+        "-a0",
+        "127.0.0.1:0",
+        "-a1",
+        "127.0.0.1:0",
+        "-a2",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ])
+    .arg("--control-socket")
+    .arg(&control)
+    .env(MARK, &marker);
+    // SAFETY: setrlimit is async-signal-safe; run in the child before exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 40, 40)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut primary = ProcessGuard::spawn(cmd);
+    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
+    let mut c = TestCluster {
+        primary,
+        marker,
+        port,
+        control,
+        _dir: dir,
+    };
+    assert!(wait_until(DEADLINE, || c
+        .workers()
+        .iter()
+        .filter(|w| w.serving)
+        .count()
+        == 2));
+    let before = c.pids();
+    // Idle clients take every fd the primary would give them.
+    let idle: Vec<_> = (0..100)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&c.control).ok())
+        .collect();
+    c.primary.signal(Signal::SIGUSR2);
+    // Each worker's successor says it is ready with its sockets attached: read with the fds
+    // the primary keeps in reserve, not lost (it used to go unrecognised and run untracked).
+    for _ in 0..2 {
+        c.primary.expect_log("Graceful handoff of ");
+    }
+    drop(idle);
+    assert!(
+        wait_until(DEADLINE, || {
+            let now = c.pids();
+            now.len() == 2 && now.iter().all(|p| !before.contains(p))
+        }),
+        "both workers replaced and known: {}",
+        c.status()
+    );
+    assert!(
+        wait_until(DEADLINE, || c.others().len() == 2),
+        "only the two workers run: {:?}",
+        c.others()
+    );
+}

@@ -1,5 +1,7 @@
 //! The primary's control socket: reading each client's command without ever blocking the
-//! primary (at most [`MAX_CONTROL_CLIENTS`] at once, backing off when out of fds), running
+//! primary (at most [`MAX_CONTROL_CLIENTS`] at once, and at most a quarter of its fd limit,
+//! so that clients never take the fds it needs to check its workers; backing off when out of
+//! fds), running
 //! it, and answering.
 
 use std::io::{Read, Write};
@@ -45,9 +47,9 @@ fn authorised(stream: &UnixStream) -> Result<(), String> {
 }
 impl Primary {
     /// Whether the control socket is accepted from now: not while backing off after an
-    /// accept error, nor with [`MAX_CONTROL_CLIENTS`] clients being read.
+    /// accept error, nor with `max_control_clients` clients being read.
     pub(super) fn accepting_control(&self, now: Instant) -> bool {
-        self.control_paused_until.is_none_or(|t| t <= now) && self.reading.len() < MAX_CONTROL_CLIENTS
+        self.control_paused_until.is_none_or(|t| t <= now) && self.reading.len() < self.max_control_clients
     }
 
     pub(super) fn serve_control(&mut self) {
@@ -57,7 +59,7 @@ impl Primary {
         {
             let mut accepted = Vec::new();
             let mut failed = None;
-            for _ in 0..MAX_CONTROL_CLIENTS.saturating_sub(self.reading.len()) {
+            for _ in 0..self.max_control_clients.saturating_sub(self.reading.len()) {
                 match listener.accept() {
                     Ok((stream, _)) => accepted.push(stream),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -98,6 +98,12 @@ pub(crate) struct Primary {
     load: Option<super::balance::LoadTable>,
     /// The control socket is not accepted from until then (out of fds, or too many clients).
     control_paused_until: Option<Instant>,
+    /// How many control clients are read at once: [`control::MAX_CONTROL_CLIENTS`], or a
+    /// quarter of the fd limit if that is less.
+    max_control_clients: usize,
+    /// Files held open so that reading a worker's message (with its sockets) never finds the
+    /// fd limit reached.
+    fd_reserve: Vec<std::fs::File>,
     control_backoff: Duration,
     /// Stop signals received.
     stops: u32,
@@ -212,6 +218,8 @@ impl Primary {
             started: Instant::now(),
             load,
             control_paused_until: None,
+            max_control_clients: control_clients_for_fd_limit(),
+            fd_reserve: fd_reserve(),
             control_backoff: Duration::from_millis(50),
             stops: 0,
             foreign: (0, Instant::now()),
@@ -478,6 +486,15 @@ impl Primary {
     }
 
     fn read_notifications(&mut self) {
+        // A worker's "ready" carries its sockets: out of fds, the kernel would drop them and
+        // the sender's credentials with them, and the new worker would go unrecognised. The
+        // reserve is let go for the read, and taken again after.
+        self.fd_reserve.clear();
+        self.read_notifications_now();
+        self.fd_reserve = fd_reserve();
+    }
+
+    fn read_notifications_now(&mut self) {
         let mut buf = vec![0u8; 4096];
         for _ in 0..1024 {
             let received = match crate::sys::recv_with_fds(&self.notify, &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -876,6 +893,32 @@ impl Primary {
             self.kill_all_at = Some(now + Duration::from_millis(100));
         }
     }
+}
+
+/// How many fds [`Primary::read_notifications`] frees for a read at most: a worker's sockets
+/// (three for gracedemo) and the /proc files its sender check opens, with room to spare; an
+/// eighth of the fd limit if that is less.
+const FD_RESERVE: usize = 16;
+
+/// Opens the reserve (fewer if the limit is reached).
+fn fd_reserve() -> Vec<std::fs::File> {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let n = usize::try_from(soft / 8)
+        .unwrap_or(FD_RESERVE)
+        .clamp(1, FD_RESERVE);
+    (0..n)
+        .map_while(|_| std::fs::File::open("/dev/null").ok())
+        .collect()
+}
+
+/// A quarter of the open files limit, at most [`control::MAX_CONTROL_CLIENTS`], at least 1.
+fn control_clients_for_fd_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(1, control::MAX_CONTROL_CLIENTS)
 }
 
 /// Raises this process's soft limit on open files to its hard limit (as Go's runtime does):
