@@ -23,6 +23,12 @@ fn boot_with_gracedemo(tag: &str) -> (BootedSystemd, u32) {
 /// [`boot_with_gracedemo`], with `extra` flags added to the service's command line (by a
 /// drop-in, as an administrator would).
 fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
+    boot_with_gracedemo_and_socket(tag, extra, "")
+}
+
+/// [`boot_with_gracedemo_and`], with `socket_lines` added to the socket unit's `[Socket]`
+/// section by a drop-in.
+fn boot_with_gracedemo_and_socket(tag: &str, extra: &[&str], socket_lines: &str) -> (BootedSystemd, u32) {
     let systemd = BootedSystemd::boot(tag);
     systemd.install(
         Path::new(env!("CARGO_BIN_EXE_gracedemo")),
@@ -42,6 +48,12 @@ fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
         systemd.write(
             "/etc/systemd/system/gracedemo.service.d/extra.conf",
             &format!("[Service]\nExecStart=\n{exec} {}\n", extra.join(" ")),
+        );
+    }
+    if !socket_lines.is_empty() {
+        systemd.write(
+            "/etc/systemd/system/gracedemo.socket.d/extra.conf",
+            &format!("[Socket]\n{socket_lines}\n"),
         );
     }
     let out = systemd.text(&["systemctl", "daemon-reload"]);
@@ -440,4 +452,25 @@ fn a_cluster_reloads_one_worker_at_a_time_survives_a_kill_and_stops_clean() {
         .lines()
         .any(|l| l.contains("systemd[1]") && l.contains("SIGKILL"));
     assert!(!systemd_killed, "no SIGKILL from systemd:\n{journal}");
+}
+
+#[test]
+fn a_cluster_on_reuseport_sockets_from_systemd_leaves_no_listener_unserved() {
+    // systemd's sockets with ReusePort=yes: the workers' listeners join their groups; the
+    // activated listener itself must be one of them, served, or a share of the connections
+    // would wait in a queue nobody accepts from.
+    let (systemd, _first) =
+        boot_with_gracedemo_and_socket("cluster-reuseport", &["--workers", "3"], "ReusePort=yes");
+    assert!(
+        wait_until(grace_tests::DEADLINE, || worker_pids(&systemd).len() == 3),
+        "three workers serve"
+    );
+    let mut answered = std::collections::BTreeSet::new();
+    for n in 0..40 {
+        let body = systemd
+            .get_within(PORT, "/sleep/?duration=0s", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("request {n} not answered within 3 s: {e}"));
+        answered.insert(pid_in(&body));
+    }
+    assert_eq!(answered.len(), 3, "every worker answers: {answered:?}");
 }

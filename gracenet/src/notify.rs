@@ -103,8 +103,6 @@ impl Notifier {
         Ok(())
     }
 
-    /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
-    /// must not stop a server.
     /// Sends `lines` without ever waiting: `false` when the receiver's queue is full (or the
     /// send failed otherwise). For messages that may be dropped (a cluster worker's heartbeat):
     /// a receiver that stopped reading (a primary stopped with `SIGSTOP`) must not stop the
@@ -116,6 +114,8 @@ impl Notifier {
             .is_some_and(|s| s.send_to_addr(message.as_bytes(), &self.addr).is_ok())
     }
 
+    /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
+    /// must not stop a server.
     pub(crate) fn send(&self, lines: &[String]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {

@@ -204,8 +204,13 @@ impl BootedSystemd {
 
     /// `GET path` on `127.0.0.1:port` inside, on a new connection.
     pub fn get(&self, port: u16, path: &str) -> Result<String, String> {
+        self.get_within(port, path, DEADLINE)
+    }
+
+    /// [`get`](Self::get), answered within `timeout`.
+    pub fn get_within(&self, port: u16, path: &str, timeout: Duration) -> Result<String, String> {
         let path = path.to_owned();
-        self.in_netns(move || http_get(port, &path, DEADLINE))
+        self.in_netns(move || http_get(port, &path, timeout))
             .join()
             .expect("client thread")
     }

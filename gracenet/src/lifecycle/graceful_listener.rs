@@ -80,6 +80,10 @@ impl GracefulListener {
                 return None;
             }
             self.leave_to_lighter_workers().await;
+            // It may have seen the drain begin (and marked it seen): look again.
+            if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
+                return None;
+            }
             tokio::select! {
                 biased;
                 changed = self.phase.changed() => {
@@ -119,7 +123,6 @@ impl GracefulListener {
     }
 }
 
-/// Errors that concern only the connection being accepted: retry at once.
 impl GracefulListener {
     /// In a cluster, waits (at most `balance::MAX_DEFER`) while this worker holds clearly
     /// more connections than the lightest live worker, so that one takes the next.
@@ -152,6 +155,7 @@ impl GracefulListener {
     }
 }
 
+/// Errors that concern only the connection being accepted: retry at once.
 fn is_per_connection(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),

@@ -504,6 +504,28 @@ pub(crate) fn steer_reuseport(fd: BorrowedFd<'_>, live: &[u32]) -> io::Result<()
     }
 }
 
+/// Detaches the program [`steer_reuseport`] attached to `fd`'s group (`SO_DETACH_REUSEPORT_BPF`):
+/// the kernel's hash spreads new connections again.
+pub(crate) fn unsteer_reuseport(fd: BorrowedFd<'_>) -> io::Result<()> {
+    const SO_DETACH_REUSEPORT_BPF: libc::c_int = 68;
+    let zero: libc::c_int = 0;
+    // SAFETY: a plain setsockopt on an open socket borrowed for the call, with an int option.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            SO_DETACH_REUSEPORT_BPF,
+            (&raw const zero).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

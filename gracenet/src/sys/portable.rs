@@ -155,3 +155,8 @@ pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
 pub(crate) fn steer_reuseport(_fd: BorrowedFd<'_>, _live: &[u32]) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
+
+/// Linux's, as [`steer_reuseport`].
+pub(crate) fn unsteer_reuseport(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}

@@ -18,16 +18,24 @@ impl Primary {
         {
             let mut own = Vec::with_capacity(store.len());
             let mut joined = false;
+            // The store's own listeners are in their groups already (socket activation with
+            // `ReusePort=yes`): the first slot takes them, so none is left that nobody accepts
+            // from. (Otherwise the first worker bound them and has them already.)
+            let take_store = self.next_index == 0 && store.iter().any(|(fd, _)| is_reuseport_listener(fd));
             for (fd, name) in store {
-                let fd = match crate::bind::reuseport_sibling(fd)? {
-                    Some(sibling) => {
-                        joined = true;
-                        sibling
-                    }
-                    None => fd.try_clone()?,
+                let fd = match take_store {
+                    true => fd.try_clone()?,
+                    false => match crate::bind::reuseport_sibling(fd)? {
+                        Some(sibling) => {
+                            joined = true;
+                            sibling
+                        }
+                        None => fd.try_clone()?,
+                    },
                 };
                 own.push((fd, name.clone()));
             }
+            joined |= take_store;
             self.slot_sockets[slot] = Some(own);
             if joined {
                 if self.group_index.len() <= slot {
@@ -70,11 +78,11 @@ impl Primary {
         // Every slot serving (or none): an even spread over the whole group.
         let program: Vec<u32> = want.clone().unwrap_or_else(|| (0..self.next_index).collect());
         for (fd, _) in store {
-            if socket2::SockRef::from(fd).reuse_port().unwrap_or(false)
+            if is_reuseport_listener(fd)
                 && let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &program)
             {
                 tracing::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
-                self.no_steering = true;
+                self.stop_steering();
                 return;
             }
         }
@@ -83,4 +91,31 @@ impl Primary {
         }
         self.steered = want;
     }
+}
+
+impl Primary {
+    /// Leaves the spread of new connections to the kernel's hash from now on: the program
+    /// attached so far is detached (its listener numbers may no longer be right).
+    pub(super) fn stop_steering(&mut self) {
+        if self.no_steering {
+            return;
+        }
+        self.no_steering = true;
+        if let Some(store) = &self.store {
+            for (fd, _) in store.iter().filter(|(fd, _)| is_reuseport_listener(fd)) {
+                if let Err(e) = crate::sys::unsteer_reuseport(fd.as_fd()) {
+                    tracing::debug!(primary = self.me, error = %e, "cluster: cannot detach the steering program");
+                }
+            }
+        }
+        self.steered = None;
+    }
+}
+
+/// A listening TCP socket with `SO_REUSEPORT`: one of a reuseport group's listeners.
+fn is_reuseport_listener(fd: &OwnedFd) -> bool {
+    let s = socket2::SockRef::from(fd);
+    s.reuse_port().unwrap_or(false)
+        && s.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
+        && s.is_listener().unwrap_or(false)
 }

@@ -577,7 +577,7 @@ impl Primary {
             } else {
                 names.split(':').map(str::to_owned).collect()
             };
-            if names.len() == fds.len() {
+            if names.len() == fds.len() && slot < self.machine.slots.len() {
                 let sockets: Vec<(OwnedFd, String)> = fds.into_iter().zip(names).collect();
                 if self.store.is_none() {
                     match sockets
@@ -779,19 +779,18 @@ impl Primary {
             }
             self.slot_sockets.truncate(workers);
             if self.group_index.len() > workers {
-                let removed: Vec<u32> = self.group_index.drain(workers..).flatten().collect();
-                let kept = self.group_index.iter().flatten().count() as u32;
-                // The kernel fills a removed listener's place with the group's last one: the
-                // indexes left stay right only when the removed ones were the last.
-                if removed.iter().any(|&i| i < kept) {
-                    tracing::warn!(
+                // The removed slots' listeners leave their groups only once their workers have
+                // drained, and the kernel then renumbers the rest: which listener is which is
+                // no longer known, so the kernel's hash spreads new connections from now on.
+                if self.group_index.drain(workers..).flatten().next().is_some() {
+                    tracing::info!(
                         primary = self.me,
-                        "cluster: listener order unknown after scaling down: new connections spread by the kernel's hash"
+                        "cluster: scaled down: new connections spread by the kernel's hash from now on"
                     );
-                    self.no_steering = true;
+                    self.stop_steering();
                 }
-                self.next_index = kept;
             }
+            self.deferred.retain(|&(slot, _)| slot < workers);
         }
         self.events.push_back(Event::Scale { workers });
     }
