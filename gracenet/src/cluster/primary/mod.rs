@@ -279,9 +279,23 @@ impl Primary {
             for signal in self.signals.take() {
                 self.on_signal(signal);
             }
+            let worked = Instant::now();
             self.serve_control();
             let now = Instant::now();
             if self.machine.next_deadline().is_some_and(|d| d <= now) {
+                // Heartbeats that came while this iteration worked are read before any worker
+                // is judged by them; time it spent blocked itself (a control client slow to
+                // take its answer) is not the workers' silence either.
+                self.read_notifications();
+                if now.duration_since(worked) > (self.heartbeat * 2).max(Duration::from_millis(500)) {
+                    tracing::warn!(
+                        primary = self.me,
+                        busy_ms = now.duration_since(worked).as_millis() as u64,
+                        "cluster: the primary was held up: counting heartbeats afresh"
+                    );
+                    self.events.push_back(Event::Resumed);
+                    self.drain_events();
+                }
                 self.events.push_back(Event::Tick);
             }
             self.kill_due(now);
