@@ -144,6 +144,16 @@ impl TestCluster {
     }
 }
 
+/// The `NOTIFY_SOCKET` a worker was started with (its primary's notify socket).
+fn notify_socket_of(pid: u32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("a worker's environment");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("NOTIFY_SOCKET set for the workers")
+}
+
 /// Whether one request on a new connection is answered `200`.
 fn http_ok(port: u16) -> bool {
     http_ok_within(port, DEADLINE)
@@ -203,6 +213,13 @@ async fn workers_serve_the_same_sockets_and_status_lists_each() {
         seen.keys().all(|p| pids.contains(p)),
         "only workers answer: {seen:?}"
     );
+    // The workers report to a socket only this user can reach: a path in a private directory,
+    // not an abstract name anyone on the host could flood.
+    let notify = notify_socket_of(pids[0]);
+    assert!(notify.starts_with('/'), "an abstract notify socket: {notify}");
+    let dir = std::path::Path::new(&notify).parent().expect("its directory");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +448,7 @@ fn a_broken_new_binary_stops_the_rollout_and_reload_says_why() {
 fn sigterm_drains_every_worker_and_leaves_no_process() {
     let mut c = TestCluster::start("2", &[]);
     let pids = c.pids();
+    let notify = notify_socket_of(pids[0]);
     c.primary.signal(Signal::SIGTERM);
     let status = c
         .primary
@@ -445,6 +463,13 @@ fn sigterm_drains_every_worker_and_leaves_no_process() {
     assert!(
         !c.control.exists(),
         "the control socket file is removed at the end"
+    );
+    let notify_dir = std::path::Path::new(&notify)
+        .parent()
+        .map(std::path::Path::to_path_buf);
+    assert!(
+        notify_dir.is_some_and(|d| !d.exists()),
+        "the notify socket's directory is removed at the end: {notify}"
     );
 }
 

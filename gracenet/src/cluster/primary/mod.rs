@@ -57,6 +57,8 @@ pub(crate) struct Primary {
     exe: &'static Executable,
     notify: UnixDatagram,
     notify_name: String,
+    /// The notify socket's private directory, removed at the end.
+    notify_dir: PathBuf,
     upstream: Option<Notifier>,
     signals: SignalPipe,
     children: Children,
@@ -137,11 +139,13 @@ impl Primary {
         raise_fd_limit(me);
         crate::sys::become_subreaper().map_err(io_error("cannot become the child subreaper"))?;
         let upstream = Notifier::from_env();
-        let name = format!("grace-primary-{me}-{}", crate::notify::monotonic_usec());
-        let notify = UnixDatagram::bind_addr(
-            &crate::sys::abstract_addr(name.as_bytes()).map_err(io_error("cannot name the notify socket"))?,
-        )
-        .map_err(io_error("cannot bind the primary's notify socket"))?;
+        // A path in a directory of its own, mode 0700: only this user (and root) can send to
+        // it. (An abstract name can be reached by anyone on the host: a flood of datagrams
+        // would fill its queue, and the workers' heartbeats, which never wait, would be lost.)
+        let notify_dir = private_dir(me).map_err(io_error("cannot make the notify socket's directory"))?;
+        let notify_path = notify_dir.join("notify");
+        let notify =
+            UnixDatagram::bind(&notify_path).map_err(io_error("cannot bind the primary's notify socket"))?;
         notify
             .set_nonblocking(true)
             .map_err(io_error("cannot make the notify socket non-blocking"))?;
@@ -192,7 +196,8 @@ impl Primary {
             me,
             exe,
             notify,
-            notify_name: format!("@{name}"),
+            notify_name: notify_path.to_string_lossy().into_owned(),
+            notify_dir,
             upstream,
             signals,
             children: Children::new(me),
@@ -327,6 +332,8 @@ impl Primary {
         if let Some(path) = &self.pid_file {
             crate::pidfile::remove_if_ours(path);
         }
+        let _ = std::fs::remove_file(self.notify_dir.join("notify"));
+        let _ = std::fs::remove_dir(&self.notify_dir);
         Some(code)
     }
 
@@ -906,6 +913,17 @@ impl Primary {
             self.kill_all_at = Some(now + Duration::from_millis(100));
         }
     }
+}
+
+/// A new directory, mode 0700, for the primary's notify socket: under `$XDG_RUNTIME_DIR`
+/// when it is set, else the temporary directory.
+fn private_dir(me: u32) -> std::io::Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let template = base.join(format!("grace-primary-{me}-XXXXXX"));
+    nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
 }
 
 /// How many fds [`Primary::read_notifications`] frees for a read at most: a worker's sockets
