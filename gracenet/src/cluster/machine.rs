@@ -186,6 +186,9 @@ pub(crate) enum Action {
     Reply { reply: ReplyId, result: RolloutResult },
     /// Every worker is gone after a stop, or the cluster gave up: exit.
     Exit { code: i32 },
+    /// The cluster now has `workers` slots (after a scale the machine accepted): the driver's
+    /// per-slot bookkeeping follows.
+    Resized { workers: usize },
 }
 
 /// Why a worker is killed.
@@ -572,6 +575,7 @@ impl Cluster {
         }
         let old = self.slots.len();
         self.settings.workers = workers;
+        actions.push(Action::Resized { workers });
         if workers > old {
             for slot in old..workers {
                 self.slots.push(Slot::default());
@@ -979,7 +983,10 @@ mod tests {
             c.refuse_scale(1)
                 .is_some_and(|r| r.contains("would stop every serving worker"))
         );
-        assert!(c.handle(Event::Scale { workers: 1 }, now).is_empty());
+        assert!(
+            c.handle(Event::Scale { workers: 1 }, now).is_empty(),
+            "refused: not even the driver's bookkeeping changes"
+        );
         assert_eq!(c.slots.len(), 2, "nothing scaled away");
         assert!(c.refuse_scale(3).is_none(), "scaling up is always fine");
         // With slot 0 serving again, the same scale-down goes ahead.
@@ -987,7 +994,7 @@ mod tests {
         assert!(c.refuse_scale(1).is_none());
         assert_eq!(
             c.handle(Event::Scale { workers: 1 }, now),
-            vec![Action::Stop { pid: 101 }]
+            vec![Action::Resized { workers: 1 }, Action::Stop { pid: 101 }]
         );
     }
 
@@ -1095,16 +1102,26 @@ mod tests {
         let now = Instant::now();
         let mut c = serving(2, now);
         let a = c.handle(Event::Scale { workers: 3 }, now);
-        assert!(matches!(a[..], [Action::Start { slot: 2, .. }]));
+        assert!(matches!(
+            a[..],
+            [Action::Resized { workers: 3 }, Action::Start { slot: 2, .. }]
+        ));
         c.handle(
             Event::Started {
-                id: started(&a[0]),
+                id: started(&a[1]),
                 pid: 102,
             },
             now,
         );
         let a = c.handle(Event::Scale { workers: 1 }, now);
-        assert_eq!(a, vec![Action::Stop { pid: 101 }, Action::Stop { pid: 102 }]);
+        assert_eq!(
+            a,
+            vec![
+                Action::Resized { workers: 1 },
+                Action::Stop { pid: 101 },
+                Action::Stop { pid: 102 }
+            ]
+        );
         assert!(
             c.handle(
                 Event::Exited {
@@ -1229,6 +1246,7 @@ mod tests {
                             *self.answered.entry(reply).or_default() += 1;
                         }
                         Action::Exit { .. } => self.exits += 1,
+                        Action::Resized { .. } => {}
                     }
                 }
             }

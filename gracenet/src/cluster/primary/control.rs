@@ -45,11 +45,24 @@ fn authorised(stream: &UnixStream) -> Result<(), String> {
         ))
     }
 }
+
 impl Primary {
+    /// The control clients this process holds an fd for.
+    fn control_clients(&self) -> usize {
+        self.reading.len()
+            + self
+                .waiters
+                .values()
+                .filter(|w| matches!(w, Waiter::Client(_)))
+                .count()
+    }
+
     /// Whether the control socket is accepted from now: not while backing off after an
-    /// accept error, nor with `max_control_clients` clients being read.
+    /// accept error, nor with `max_control_clients` clients held (being read, or waiting for a
+    /// rolling restart's result).
     pub(super) fn accepting_control(&self, now: Instant) -> bool {
-        self.control_paused_until.is_none_or(|t| t <= now) && self.reading.len() < self.max_control_clients
+        self.control_paused_until.is_none_or(|t| t <= now)
+            && self.control_clients() < self.max_control_clients
     }
 
     pub(super) fn serve_control(&mut self) {
@@ -59,7 +72,7 @@ impl Primary {
         {
             let mut accepted = Vec::new();
             let mut failed = None;
-            for _ in 0..self.max_control_clients.saturating_sub(self.reading.len()) {
+            for _ in 0..self.max_control_clients.saturating_sub(self.control_clients()) {
                 match listener.accept() {
                     Ok((stream, _)) => accepted.push(stream),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -424,6 +424,7 @@ impl Primary {
                     self.kills.push((pid, Instant::now() + KILL_GRACE));
                 }
                 Action::Reply { reply, result } => self.reply(reply, &result),
+                Action::Resized { workers } => self.resized(workers),
                 Action::Exit { code } => {
                     self.exit = Some(code);
                     if code != 0 {
@@ -775,6 +776,12 @@ impl Primary {
     }
 
     fn scale(&mut self, workers: usize) {
+        self.events.push_back(Event::Scale { workers });
+    }
+
+    /// The machine resized the cluster to `workers` slots: the bookkeeping follows (it is
+    /// applied only once the machine has decided, so a scale it refuses changes nothing).
+    fn resized(&mut self, workers: usize) {
         tracing::info!(primary = self.me, workers, "cluster: scaling");
         self.generations.resize(workers.max(self.generations.len()), 0);
         self.replaced.resize(workers.max(self.replaced.len()), 0);
@@ -813,7 +820,6 @@ impl Primary {
             }
             self.deferred.retain(|&(slot, _)| slot < workers);
         }
-        self.events.push_back(Event::Scale { workers });
     }
 
     fn restart(&mut self, waiter: Waiter) {
