@@ -636,6 +636,21 @@ impl Primary {
                 }
             }
         }
+        if self.store.is_none() && self.binding == Some(pid) {
+            // The first worker serves but sent no usable copy of its sockets: the others are
+            // started all the same, each binding its own (a TCP listener of a worker joins the
+            // first one's SO_REUSEPORT group), instead of waiting for ever.
+            tracing::warn!(
+                primary = self.me,
+                pid,
+                "cluster: the first worker sent no copy of its sockets: the others bind their own"
+            );
+            self.store = Some(Vec::new());
+            self.binding = None;
+            for (slot, id) in std::mem::take(&mut self.deferred) {
+                self.start(slot, id);
+            }
+        }
         let generation = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
         let previous = self.machine.slots.get(slot).and_then(|s| s.worker).map(|w| w.pid);
         if previous.is_some_and(|p| p != pid)
