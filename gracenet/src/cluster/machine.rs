@@ -44,6 +44,10 @@ pub(crate) const CRASH_WINDOW: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest a slot waits for its next worker after crashes.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Added to twice the ready timeout: how long a worker asked to restart may take to be
+/// succeeded or to report its failure before the rollout gives up on it.
+const RESTART_MARGIN: Duration = Duration::from_secs(5);
+
 /// A worker that dies after serving this long is replaced at once and not counted as a crash
 /// loop: it was killed or failed on its own, not at its start.
 pub(crate) const STABLE: Duration = Duration::from_secs(1);
@@ -87,6 +91,9 @@ pub(crate) struct Slot {
     pub restart_at: Option<Instant>,
     /// Its worker was told to restart and has not yet been succeeded (or failed).
     pub restarting: bool,
+    /// When a restart asked of its worker is given up if neither its successor nor its
+    /// failure has been heard of (meaningful while `restarting`).
+    pub restart_deadline: Option<Instant>,
 }
 
 /// A rolling restart under way.
@@ -139,6 +146,8 @@ pub(crate) struct Cluster {
     /// Starts asked of the driver and not yet reported (some for slots gone since).
     pub spawning: std::collections::BTreeSet<StartId>,
     next_start: StartId,
+    /// The time of the event being handled.
+    now: Instant,
 }
 
 /// What reaches the primary.
@@ -221,6 +230,7 @@ impl Cluster {
             exited: false,
             spawning: std::collections::BTreeSet::new(),
             next_start: 0,
+            now: Instant::now(),
         }
     }
 
@@ -248,7 +258,8 @@ impl Cluster {
             .iter()
             .flat_map(|s| {
                 let worker = s.worker.and_then(|w| self.deadline_of(&w));
-                [worker, s.restart_at]
+                let restart = s.restart_deadline.filter(|_| s.restarting);
+                [worker, s.restart_at, restart]
             })
             .flatten()
             .min()
@@ -272,6 +283,7 @@ impl Cluster {
 
     /// Processes `event` at `now`.
     pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.now = now;
         let mut actions = Vec::new();
         if self.exited {
             // Only a request still needs its answer.
@@ -525,6 +537,26 @@ impl Cluster {
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.restarting && s.restart_deadline.is_some_and(|d| d <= now))
+        {
+            let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
+            self.slots[slot].restarting = false;
+            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            self.end_rollout(
+                |done| RolloutResult::Failed {
+                    slot,
+                    reason: format!(
+                        "worker {pid} neither restarted nor reported a failure within {} s",
+                        waited.as_secs()
+                    ),
+                    restarted: done,
+                },
+                actions,
+            );
+        }
         for slot in 0..self.slots.len() {
             let s = &mut self.slots[slot];
             if s.restart_at.is_some_and(|t| t <= now) && !self.stopping {
@@ -620,6 +652,10 @@ impl Cluster {
                 match s.worker {
                     Some(w) if w.ready => {
                         s.restarting = true;
+                        // Its own restart gives up after its ready timeout and says so: this
+                        // is for a worker that never acts on the request at all.
+                        s.restart_deadline =
+                            Some(self.now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
                         in_progress += 1;
                         actions.push(Action::Restart { slot, pid: w.pid });
                     }
@@ -995,6 +1031,38 @@ mod tests {
         assert_eq!(
             c.handle(Event::Scale { workers: 1 }, now),
             vec![Action::Resized { workers: 1 }, Action::Stop { pid: 101 }]
+        );
+    }
+
+    #[test]
+    fn a_worker_that_never_acts_on_its_restart_ends_the_rollout_with_the_reason() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Settings {
+            worker_timeout: None,
+            ..settings(2)
+        });
+        for (slot, a) in c.start().into_iter().enumerate() {
+            let pid = 100 + slot as u32;
+            c.handle(Event::Started { id: started(&a), pid }, now);
+            c.handle(Event::Ready { slot, pid }, now);
+        }
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, now),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        // Nothing is heard of worker 0 again (its SIGUSR2 blocked, say); no watchdog either.
+        let limit = now + Duration::from_secs(30) * 2 + RESTART_MARGIN;
+        assert_eq!(c.next_deadline(), Some(limit), "the machine wakes for it");
+        let a = c.handle(Event::Tick, limit);
+        assert!(
+            matches!(&a[..], [Action::Reply { reply: 1, result: RolloutResult::Failed { slot: 0, reason, restarted: 0 } }]
+                if reason.contains("neither restarted nor reported")),
+            "{a:?}"
+        );
+        // The next rollout runs.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 2 }, limit),
+            vec![Action::Restart { slot: 0, pid: 100 }]
         );
     }
 
