@@ -40,31 +40,98 @@ struct WorkerLine {
     serving: bool,
 }
 
+/// How a test starts its cluster.
+struct Launch<'a> {
+    program: std::path::PathBuf,
+    workers: &'a str,
+    extra: &'a [&'a str],
+    env: &'a [(&'a str, &'a str)],
+    fd_limit: Option<u64>,
+}
+
+impl<'a> Launch<'a> {
+    fn new(workers: &'a str) -> Self {
+        Launch {
+            program: env!("CARGO_BIN_EXE_gracedemo").into(),
+            workers,
+            extra: &[],
+            env: &[],
+            fd_limit: None,
+        }
+    }
+
+    fn extra(self, extra: &'a [&'a str]) -> Self {
+        Launch { extra, ..self }
+    }
+
+    fn env(self, env: &'a [(&'a str, &'a str)]) -> Self {
+        Launch { env, ..self }
+    }
+}
+
+/// gracedemo installed at a path of its own, so a test can deploy another program there as a
+/// deploy would (by rename), and put it back.
+struct App {
+    dir: TempDir,
+    path: std::path::PathBuf,
+}
+
+impl App {
+    fn install() -> App {
+        let dir = TempDir::new("cluster-bin");
+        let path = dir.path().join("app");
+        let app = App { dir, path };
+        app.restore();
+        app
+    }
+
+    /// Deploys a shell script in gracedemo's place.
+    fn deploy_script(&self, script: &str) {
+        let staged = self.dir.path().join("staged");
+        std::fs::write(&staged, script).expect("write");
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        std::fs::rename(&staged, &self.path).expect("deploy");
+    }
+
+    /// Deploys gracedemo again.
+    fn restore(&self) {
+        grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &self.path);
+    }
+}
+
 impl TestCluster {
     fn start(workers: &str, extra: &[&str]) -> TestCluster {
-        Self::start_with_env(workers, extra, &[])
+        Self::launch(&Launch::new(workers).extra(extra))
     }
 
     fn start_with_env(workers: &str, extra: &[&str], env: &[(&str, &str)]) -> TestCluster {
+        Self::launch(&Launch::new(workers).extra(extra).env(env))
+    }
+
+    /// Starts the cluster `launch` describes and waits until every worker serves.
+    fn launch(launch: &Launch<'_>) -> TestCluster {
         let dir = TempDir::new("cluster");
         let control = dir.path().join("control");
         let marker = unique_marker();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
-        cmd.args([
-            "-a0",
-            "127.0.0.1:0",
-            "-a1",
-            "127.0.0.1:0",
-            "-a2",
-            "127.0.0.1:0",
-            "--workers",
-            workers,
-        ])
-        .arg("--control-socket")
-        .arg(&control)
-        .args(extra)
-        .envs(env.iter().copied())
-        .env(MARK, &marker);
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+            .args(["--workers", launch.workers])
+            .arg("--control-socket")
+            .arg(&control)
+            .args(launch.extra)
+            .envs(launch.env.iter().copied())
+            .env(MARK, &marker);
+        if let Some(limit) = launch.fd_limit {
+            // SAFETY: setrlimit is async-signal-safe; run in the child before exec.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         let mut primary = ProcessGuard::spawn(cmd);
         let line = primary.expect_log("Worker 0 serving ");
         let port = grace_tests::ports_in_grace_line(&line)[0];
@@ -75,7 +142,7 @@ impl TestCluster {
             control,
             _dir: dir,
         };
-        let n: usize = workers.parse().expect("a number of workers");
+        let n: usize = launch.workers.parse().expect("a number of workers");
         assert!(
             wait_until(DEADLINE, || {
                 let w = cluster.workers();
@@ -382,47 +449,14 @@ fn scale_adds_and_drains_workers() {
 
 #[test]
 fn a_broken_new_binary_stops_the_rollout_and_reload_says_why() {
-    let bin = TempDir::new("cluster-bin");
-    let app = bin.path().join("app");
-    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
-    let dir = TempDir::new("cluster");
-    let control = dir.path().join("control");
-    let marker = unique_marker();
-    let mut cmd = Command::new(&app);
-    cmd.args([
-        "-a0",
-        "127.0.0.1:0",
-        "-a1",
-        "127.0.0.1:0",
-        "-a2",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ])
-    .arg("--control-socket")
-    .arg(&control)
-    .env(MARK, &marker);
-    let mut primary = ProcessGuard::spawn(cmd);
-    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
-    let c = TestCluster {
-        primary,
-        marker,
-        port,
-        control,
-        _dir: dir,
-    };
-    assert!(wait_until(DEADLINE, || c
-        .workers()
-        .iter()
-        .filter(|w| w.serving)
-        .count()
-        == 2));
+    let app = App::install();
+    let c = TestCluster::launch(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("2")
+    });
     let before = c.pids();
     // The deploy ships a binary that cannot start.
-    let broken = bin.path().join("broken");
-    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").expect("write");
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&broken, &app).expect("deploy the broken binary");
+    app.deploy_script("#!/bin/sh\necho 'broken build' >&2\nexit 3\n");
     let out = c.ctl(&["--reload"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -438,7 +472,7 @@ fn a_broken_new_binary_stops_the_rollout_and_reload_says_why() {
     assert!(c.workers().iter().all(|w| w.serving), "{}", c.status());
     assert!(http_ok(c.port), "the old workers answer");
     // A fixed deploy rolls out.
-    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    app.restore();
     let out = c.ctl(&["--reload"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(c.pids().iter().all(|p| !before.contains(p)), "{}", c.status());
@@ -570,48 +604,15 @@ fn workers_stop_when_their_primary_is_killed() {
 
 #[test]
 fn a_broken_binary_on_disk_and_a_crash_leave_the_other_workers_serving() {
-    let bin = TempDir::new("cluster-bin");
-    let app = bin.path().join("app");
-    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
-    let dir = TempDir::new("cluster");
-    let control = dir.path().join("control");
-    let marker = unique_marker();
-    let mut cmd = Command::new(&app);
-    cmd.args([
-        "-a0",
-        "127.0.0.1:0",
-        "-a1",
-        "127.0.0.1:0",
-        "-a2",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ])
-    .arg("--control-socket")
-    .arg(&control)
-    .env(MARK, &marker);
-    let mut primary = ProcessGuard::spawn(cmd);
-    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
-    let mut c = TestCluster {
-        primary,
-        marker,
-        port,
-        control,
-        _dir: dir,
-    };
-    assert!(wait_until(DEADLINE, || c
-        .workers()
-        .iter()
-        .filter(|w| w.serving)
-        .count()
-        == 2));
+    let app = App::install();
+    let mut c = TestCluster::launch(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("2")
+    });
     let [victim, survivor] = c.pids()[..] else {
         panic!("{}", c.status())
     };
-    let broken = bin.path().join("broken");
-    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").expect("write");
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::rename(&broken, &app).expect("deploy the broken binary");
+    app.deploy_script("#!/bin/sh\nexit 3\n");
     grace_tests::signal(victim, Signal::SIGKILL);
     // Six failed starts of worker 0 (the fifth used to end the whole cluster).
     for n in 0..6 {
@@ -639,7 +640,7 @@ fn a_broken_binary_on_disk_and_a_crash_leave_the_other_workers_serving() {
     assert!(said.contains("would stop every serving worker"), "{said}");
     assert_eq!(c.workers()[1].pid, Some(survivor), "{}", c.status());
     // The fixed binary back: slot 0 serves again.
-    grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &app);
+    app.restore();
     assert!(
         wait_until(DEADLINE, || c.workers().iter().filter(|w| w.serving).count() == 2),
         "{}",
@@ -681,46 +682,10 @@ fn a_stopped_primary_stops_no_worker_and_kills_none_when_it_resumes() {
 
 #[test]
 fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_knows() {
-    let dir = TempDir::new("cluster-fds");
-    let control = dir.path().join("control");
-    let marker = unique_marker();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
-    cmd.args([
-        "-a0",
-        "127.0.0.1:0",
-        "-a1",
-        "127.0.0.1:0",
-        "-a2",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ])
-    .arg("--control-socket")
-    .arg(&control)
-    .env(MARK, &marker);
-    // SAFETY: setrlimit is async-signal-safe; run in the child before exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 40, 40)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut primary = ProcessGuard::spawn(cmd);
-    let port = grace_tests::ports_in_grace_line(&primary.expect_log("Worker 0 serving "))[0];
-    let mut c = TestCluster {
-        primary,
-        marker,
-        port,
-        control,
-        _dir: dir,
-    };
-    assert!(wait_until(DEADLINE, || c
-        .workers()
-        .iter()
-        .filter(|w| w.serving)
-        .count()
-        == 2));
+    let mut c = TestCluster::launch(&Launch {
+        fd_limit: Some(40),
+        ..Launch::new("2")
+    });
     let before = c.pids();
     // Idle clients take every fd the primary would give them.
     let idle: Vec<_> = (0..100)

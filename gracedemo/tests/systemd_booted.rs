@@ -333,6 +333,13 @@ fn with_the_standby_reloads_wake_it_and_a_stop_leaves_no_process_behind() {
         "the last generation keeps a standby"
     );
 
+    let journal = stop_leaves_nothing(&systemd);
+    assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
+}
+
+/// `systemctl stop`: it succeeds, no gracedemo process is left; returns the service's
+/// journal.
+fn stop_leaves_nothing(systemd: &BootedSystemd) -> String {
     let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
     assert!(out.status.success(), "stop: {out:?}");
     assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
@@ -342,8 +349,7 @@ fn with_the_standby_reloads_wake_it_and_a_stop_leaves_no_process_behind() {
         "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
     ]);
     assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
-    let journal = systemd.journal(Some("gracedemo.service"));
-    assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
+    systemd.journal(Some("gracedemo.service"))
 }
 
 /// The workers' pids, as `gracedemo --status` lists them (slot order).
@@ -437,16 +443,7 @@ fn a_cluster_reloads_one_worker_at_a_time_survives_a_kill_and_stops_clean() {
         "systemctl status says why: {status}"
     );
 
-    let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
-    assert!(out.status.success(), "stop: {out:?}");
-    assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
-    let left = systemd.text(&[
-        "sh",
-        "-c",
-        "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
-    ]);
-    assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
-    let journal = systemd.journal(Some("gracedemo.service"));
+    let journal = stop_leaves_nothing(&systemd);
     // (The worker killed above is logged "killed by SIGKILL"; systemd killed nothing.)
     let systemd_killed = journal
         .lines()

@@ -79,9 +79,10 @@ impl GracefulListener {
             if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
                 return None;
             }
-            self.leave_to_lighter_workers().await;
-            // It may have seen the drain begin (and marked it seen): look again.
-            if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
+            // Having waited, it may have seen the drain begin (and marked it seen): look again.
+            if self.leave_to_lighter_workers().await
+                && matches!(*self.phase.borrow_and_update(), Phase::Draining { .. })
+            {
                 return None;
             }
             tokio::select! {
@@ -125,18 +126,20 @@ impl GracefulListener {
 
 impl GracefulListener {
     /// In a cluster, waits (at most `balance::MAX_DEFER`) while this worker holds clearly
-    /// more connections than the lightest live worker, so that one takes the next.
-    async fn leave_to_lighter_workers(&mut self) {
-        let Some((table, slot)) = crate::cluster::balance::worker_table() else {
-            return;
-        };
+    /// more connections than the lightest live worker, so that one takes the next. Returns
+    /// whether it waited at all.
+    async fn leave_to_lighter_workers(&mut self) -> bool {
+        // Its own queue (a listener of its own): a connection left there waits for this
+        // worker alone. Checked first: this runs before every accept.
         if !self.shared_queue {
-            // Its own queue: a connection left there waits for this worker alone.
-            return;
+            return false;
         }
+        let Some((table, slot)) = crate::cluster::balance::worker_table() else {
+            return false;
+        };
         let started = tokio::time::Instant::now();
         let until = started + crate::cluster::balance::MAX_DEFER;
-        for _ in 0..64 {
+        for round in 0..64 {
             let now = crate::cluster::balance::now_us();
             let mine = self.shared.connections.receiver_count() as u64;
             if *self.phase.borrow() == Phase::Serving {
@@ -145,13 +148,14 @@ impl GracefulListener {
             let lightest = table.lightest_other(*slot, now);
             if !crate::cluster::balance::should_defer(mine, lightest) || tokio::time::Instant::now() >= until
             {
-                return;
+                return round > 0;
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
-                _ = self.phase.changed() => return,
+                _ = self.phase.changed() => return true,
             }
         }
+        true
     }
 }
 
