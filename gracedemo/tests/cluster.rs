@@ -545,15 +545,71 @@ fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
         *by_pid.entry(pid).or_insert(0usize) += 1;
     }
     assert_eq!(by_pid.values().sum::<usize>(), 64);
-    // Without the balance one worker took 63 or 64 of them (the busiest wins every race).
+    // Without the balance one worker took 63 or 64 of them (the busiest wins every race);
+    // with the kernel's random choice of listener alone, 40–60 % in most runs, not all (35/65
+    // seen); a worker holding 4 more than the other passes new ones on.
     for pid in &pids {
         let share = by_pid.get(pid).copied().unwrap_or(0);
         assert!(
-            (16..=48).contains(&share),
+            (26..=38).contains(&share),
             "worker pid {pid} took {share} of 64 keep-alive connections: {by_pid:?}"
         );
     }
     eprintln!("64 keep-alive connections over 2 workers: {by_pid:?}");
+}
+
+/// Opens `n` keep-alive connections to `port`, one request on each: the connections and the
+/// pid that answered on each.
+fn keep_alive_connections(port: u16, n: usize) -> Vec<(std::net::TcpStream, u32)> {
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let pid = pid_on(&mut s).expect("an answer");
+            (s, pid)
+        })
+        .collect()
+}
+
+#[test]
+fn new_connections_go_to_the_worker_that_lost_its_own() {
+    // Long-lived connections leave one worker: the kernel's choice of listener alone would
+    // give it half of the new ones (16 of 32), and it would keep a quarter of the load for as
+    // long as they live; passing each new connection on from the heavier worker refills it.
+    let c = TestCluster::start("2", &[]);
+    let pids = c.pids();
+    assert_eq!(pids.len(), 2, "{}", c.status());
+    let mut held = keep_alive_connections(c.port, 64);
+    let (a, b) = (pids[0], pids[1]);
+    let of = |held: &[(std::net::TcpStream, u32)], pid| held.iter().filter(|(_, p)| *p == pid).count();
+    assert!(
+        of(&held, a) > 0 && of(&held, b) > 0,
+        "both serve: {:?}",
+        held.iter().map(|h| h.1).collect::<Vec<_>>()
+    );
+    held.retain(|(_, pid)| *pid != a);
+    let b_holds = held.len();
+    // Until worker A has said its connections closed (the status is its heartbeat's).
+    let a_line = format!("pid {a},");
+    assert!(
+        wait_until(DEADLINE, || {
+            c.status()
+                .lines()
+                .any(|l| l.contains(&a_line) && l.contains(" connections 0,"))
+        }),
+        "worker A never reported its connections closed: {}",
+        c.status()
+    );
+    held.extend(keep_alive_connections(c.port, 64 - b_holds));
+    let (at_a, at_b) = (of(&held, a), of(&held, b));
+    assert_eq!(at_a + at_b, 64);
+    for (pid, n) in [(a, at_a), (b, at_b)] {
+        assert!(
+            (26..=38).contains(&n),
+            "worker pid {pid} holds {n} of 64 keep-alive connections (A {at_a}, B {at_b}, B held {b_holds} before)"
+        );
+    }
+    eprintln!("refilled: A {at_a}, B {at_b} of 64 (B held {b_holds})");
 }
 
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.

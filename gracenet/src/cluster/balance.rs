@@ -40,6 +40,8 @@ struct Entry {
     open: AtomicU64,
     /// When it was last stamped, in microseconds of `CLOCK_MONOTONIC` (system-wide); 0: never.
     stamp: AtomicU64,
+    /// The pid of the worker that stamped it last (the one a connection is passed to).
+    pid: AtomicU64,
 }
 
 const ENTRIES: usize = MAX_SLOTS + 1;
@@ -49,6 +51,8 @@ const SIZE: usize = ENTRIES * std::mem::size_of::<Entry>();
 pub(crate) struct LoadTable {
     entries: NonNull<Entry>,
     fd: OwnedFd,
+    /// This process's pid, stamped with its reports.
+    me: u32,
 }
 
 // SAFETY: the mapping is only read and written through atomics, from any thread.
@@ -96,7 +100,11 @@ impl LoadTable {
         }
         let entries =
             NonNull::new(ptr.cast::<Entry>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(LoadTable { entries, fd })
+        Ok(LoadTable {
+            entries,
+            fd,
+            me: std::process::id(),
+        })
     }
 
     /// The fd workers open it by (the primary's).
@@ -124,23 +132,35 @@ impl LoadTable {
         if slot < MAX_SLOTS {
             let e = self.entry(1 + slot);
             e.open.store(open, Ordering::Relaxed);
+            e.pid.store(u64::from(self.me), Ordering::Relaxed);
             e.stamp.store(now_us.max(1), Ordering::Relaxed);
         }
     }
 
-    /// The fewest open connections of any live worker but `slot`'s; `None` when no other is
-    /// live.
-    pub(crate) fn lightest_other(&self, slot: usize, now_us: u64) -> Option<u64> {
+    /// Counts a connection passed to `slot`'s worker, until it reports its own count.
+    pub(crate) fn count_passed(&self, slot: usize) {
+        if slot < MAX_SLOTS {
+            self.entry(1 + slot).open.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The live worker but `slot`'s with the fewest open connections: its count and pid;
+    /// `None` when no other is live.
+    pub(crate) fn lightest_other(&self, slot: usize, now_us: u64) -> Option<Lightest> {
         let slots = (self.entry(0).open.load(Ordering::Relaxed) as usize).min(MAX_SLOTS);
         (0..slots)
             .filter(|&s| s != slot)
-            .map(|s| self.entry(1 + s))
-            .filter(|e| {
+            .map(|s| (s, self.entry(1 + s)))
+            .filter(|(_, e)| {
                 let stamp = e.stamp.load(Ordering::Relaxed);
                 stamp != 0 && now_us.saturating_sub(stamp) <= LIVE.as_micros() as u64
             })
-            .map(|e| e.open.load(Ordering::Relaxed))
-            .min()
+            .map(|(s, e)| Lightest {
+                slot: s,
+                open: e.open.load(Ordering::Relaxed),
+                pid: u32::try_from(e.pid.load(Ordering::Relaxed)).unwrap_or(0),
+            })
+            .min_by_key(|l| l.open)
     }
 }
 
@@ -153,10 +173,29 @@ impl Drop for LoadTable {
     }
 }
 
+/// The lightest live worker but the asking one ([`LoadTable::lightest_other`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lightest {
+    /// Its slot.
+    pub(crate) slot: usize,
+    /// Its open connections.
+    pub(crate) open: u64,
+    /// Its pid (0 if the entry did not say).
+    pub(crate) pid: u32,
+}
+
 /// Whether a worker with `mine` open connections should leave the next one to a worker with
 /// `lightest` (the lightest live other): it holds clearly more (2, or an eighth, above).
 pub(crate) fn should_defer(mine: u64, lightest: Option<u64>) -> bool {
     lightest.is_some_and(|other| mine >= other + (mine / 8).max(2))
+}
+
+/// Whether a worker with `mine` open connections should pass a connection it accepted on to
+/// one with `other`: it holds clearly more (4, or an eighth, above). A wider margin than
+/// [`should_defer`]'s: passing costs a message and a wake-up of the other worker, worth it
+/// for long-lived connections, not for the small differences short ones make.
+pub(crate) fn should_pass(mine: u64, other: u64) -> bool {
+    mine >= other + (mine / 8).max(4)
 }
 
 /// This worker's table and slot, once opened ([`open_for_worker`]).
@@ -211,6 +250,16 @@ mod tests {
         assert!(should_defer(100, Some(87)));
     }
 
+    #[test]
+    fn a_worker_passes_connections_on_only_with_a_wider_margin() {
+        assert!(!should_pass(3, 0), "short connections make small differences");
+        assert!(should_pass(4, 0));
+        assert!(!should_pass(33, 30));
+        assert!(should_pass(34, 30));
+        assert!(!should_pass(100, 89), "within an eighth");
+        assert!(should_pass(100, 87));
+    }
+
     // Linux only: steering and shared memory are (the portable path says Unsupported).
     #[cfg(all(target_os = "linux", not(gracenet_portable)))]
     #[test]
@@ -222,16 +271,25 @@ mod tests {
         other.report(0, 40, now);
         other.report(1, 7, now);
         // Slot 2 never stamped: not live.
-        assert_eq!(table.lightest_other(0, now), Some(7));
-        assert_eq!(table.lightest_other(1, now), Some(40));
+        let me = std::process::id();
+        let open = |l: Option<Lightest>| l.map(|l| l.open);
+        assert_eq!(
+            table.lightest_other(0, now),
+            Some(Lightest {
+                slot: 1,
+                open: 7,
+                pid: me
+            })
+        );
+        assert_eq!(open(table.lightest_other(1, now)), Some(40));
         // A second later, slot 1's stamp is stale: only slot 0 counts for slot 2.
         let later = now + 1_000_000;
         table.report(0, 41, later);
-        assert_eq!(table.lightest_other(2, later), Some(41));
+        assert_eq!(open(table.lightest_other(2, later)), Some(41));
         assert_eq!(table.lightest_other(0, later), None);
         // Slots beyond the count are not looked at.
         table.set_slots(1);
-        assert_eq!(table.lightest_other(2, later), Some(41));
+        assert_eq!(open(table.lightest_other(2, later)), Some(41));
         assert_eq!(table.lightest_other(0, later), None);
     }
 }

@@ -40,6 +40,7 @@
 pub(crate) mod balance;
 pub(crate) mod machine;
 mod primary;
+pub(crate) mod transfer;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -312,6 +312,7 @@ impl GenerationBuilder {
                 .and_then(|p| p.to_str())
                 .and_then(|p| p.parse().ok());
             crate::cluster::balance::open_for_worker(primary, worker.load_fd, worker.slot);
+            crate::cluster::transfer::set_dir(shared.notifier.as_ref().map(|n| n.var()));
             tokio::spawn(super::heartbeat::run(shared.clone(), worker.heartbeat));
         }
         let generation = Generation { shared };

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use std::os::fd::OwnedFd;
+
 use super::Phase;
 use super::shared::Shared;
+use crate::cluster::transfer::Inbox;
 use crate::socket::LocalAddr;
 use crate::tokio::{PeerAddr, Stream, StreamListener};
 
@@ -23,6 +26,9 @@ pub struct GracefulListener {
     /// Other processes accept from this very socket (no `SO_REUSEPORT` listener of its own):
     /// in a cluster, the balance applies.
     shared_queue: bool,
+    /// A cluster worker's listener of its own: where heavier workers pass connections on to
+    /// it (`cluster::transfer`), and the port it passes its own on to lighter workers by.
+    inbox: Option<(Inbox, u16)>,
 }
 
 impl std::fmt::Debug for GracefulListener {
@@ -46,8 +52,17 @@ impl GracefulListener {
         let own_queue = socket2::SockRef::from(&inner.as_fd())
             .reuse_port()
             .unwrap_or(false);
+        // Only a worker's listener of its own passes connections: with a shared queue the
+        // lighter worker simply accepts the next one.
+        let inbox = match (&addr, own_queue) {
+            (LocalAddr::Inet(a), true) if crate::cluster::balance::worker_table().is_some() => {
+                Inbox::bind(a.port()).map(|inbox| (inbox, a.port()))
+            }
+            _ => None,
+        };
         GracefulListener {
             shared_queue: !own_queue,
+            inbox,
             inner,
             addr,
             phase,
@@ -77,23 +92,32 @@ impl GracefulListener {
         let mut backoff = Duration::from_millis(5);
         loop {
             if matches!(*self.phase.borrow_and_update(), Phase::Draining { .. }) {
-                return None;
+                return self.passed_before_closing();
             }
             // Having waited, it may have seen the drain begin (and marked it seen): look again.
             if self.leave_to_lighter_workers().await
                 && matches!(*self.phase.borrow_and_update(), Phase::Draining { .. })
             {
-                return None;
+                return self.passed_before_closing();
             }
             tokio::select! {
                 biased;
                 changed = self.phase.changed() => {
                     if changed.is_err() {
-                        return None;
+                        return self.passed_before_closing();
+                    }
+                }
+                passed = passed_here(&mut self.inbox) => {
+                    if let Some(stream) = passed_stream(passed) {
+                        self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                        return Some((stream, None));
                     }
                 }
                 accepted = self.inner.accept_raw() => match accepted {
                     Ok(stream) => {
+                        if self.passed_to_a_lighter_worker(&stream.0).await {
+                            continue;
+                        }
                         self.shared.accepted.fetch_add(1, Ordering::Relaxed);
                         return Some(stream);
                     }
@@ -125,6 +149,64 @@ impl GracefulListener {
 }
 
 impl GracefulListener {
+    /// In a cluster worker's listener of its own, passes `stream` (just accepted, nothing
+    /// read) on to the lightest live worker if this one holds clearly more connections
+    /// (`cluster::transfer`). Returns whether it did: if not, this worker serves it.
+    async fn passed_to_a_lighter_worker(&self, stream: &Stream) -> bool {
+        use crate::cluster::balance;
+        let (Some((_, port)), Stream::Tcp(tcp)) = (&self.inbox, stream) else {
+            return false;
+        };
+        let Some((table, slot)) = balance::worker_table() else {
+            return false;
+        };
+        if *self.phase.borrow() != Phase::Serving {
+            return false;
+        }
+        let now = balance::now_us();
+        let mine = self.shared.connections.receiver_count() as u64;
+        table.report(*slot, mine, now);
+        let Some(lightest) = table.lightest_other(*slot, now) else {
+            return false;
+        };
+        if !balance::should_pass(mine, lightest.open) {
+            return false;
+        }
+        // Its inbox may be full for a moment (a burst, with both workers on one core): it
+        // is given a few chances to run before this worker serves the connection itself.
+        for attempt in 1..=PASS_ATTEMPTS {
+            match crate::cluster::transfer::pass(tcp, lightest.pid, *port) {
+                Ok(()) => {
+                    // Until that worker reports, count it there: a burst is not all passed to one.
+                    table.count_passed(lightest.slot);
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < PASS_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(to = lightest.pid, error = %e, "cluster: cannot pass a connection on: serving it here");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// The drain began: closes the inbox (a heavier worker now serves what it would pass
+    /// here) and returns, one per call, the connections already passed here; then `None`.
+    fn passed_before_closing(&mut self) -> Option<(Stream, Option<std::net::SocketAddr>)> {
+        let (inbox, _) = self.inbox.as_mut()?;
+        inbox.close();
+        while let Some(fd) = inbox.take_left() {
+            if let Some(stream) = passed_stream(fd) {
+                self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                return Some((stream, None));
+            }
+        }
+        None
+    }
+
     /// In a cluster, waits (at most `balance::MAX_DEFER`) while this worker holds clearly
     /// more connections than the lightest live worker, so that one takes the next. Returns
     /// whether it waited at all.
@@ -145,7 +227,7 @@ impl GracefulListener {
             if *self.phase.borrow() == Phase::Serving {
                 table.report(*slot, mine, now);
             }
-            let lightest = table.lightest_other(*slot, now);
+            let lightest = table.lightest_other(*slot, now).map(|l| l.open);
             if !crate::cluster::balance::should_defer(mine, lightest) || tokio::time::Instant::now() >= until
             {
                 return round > 0;
@@ -157,6 +239,30 @@ impl GracefulListener {
         }
         true
     }
+}
+
+/// How often a connection is offered to a lighter worker whose inbox is full, a millisecond
+/// apart.
+const PASS_ATTEMPTS: u32 = 5;
+
+/// The next connection passed to `inbox` (never, without one).
+async fn passed_here(inbox: &mut Option<(Inbox, u16)>) -> OwnedFd {
+    match inbox {
+        Some((inbox, _)) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection another worker passed here, as a stream (a TCP socket is all it takes).
+fn passed_stream(fd: OwnedFd) -> Option<Stream> {
+    use std::os::fd::AsFd;
+    let family = crate::sys::socket_family(fd.as_fd()).ok()?;
+    if family != libc::AF_INET && family != libc::AF_INET6 {
+        return None;
+    }
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true).ok()?;
+    tokio::net::TcpStream::from_std(stream).ok().map(Stream::Tcp)
 }
 
 /// Errors that concern only the connection being accepted: retry at once.

@@ -78,7 +78,7 @@ use nix::sys::socket::MsgFlags;
 
 /// Receives one datagram with its sender's pid and any fds passed with it (`SCM_RIGHTS`).
 pub(crate) fn recv_with_fds(
-    socket: &std::os::unix::net::UnixDatagram,
+    socket: &impl std::os::fd::AsFd,
     buf: &mut [u8],
     flags: MsgFlags,
 ) -> io::Result<super::Received> {
@@ -86,7 +86,7 @@ pub(crate) fn recv_with_fds(
     let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; super::MAX_FDS_PER_MESSAGE]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
+        socket.as_fd().as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
         flags | MsgFlags::MSG_CMSG_CLOEXEC,

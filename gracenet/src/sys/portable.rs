@@ -65,7 +65,7 @@ pub(crate) fn pass_credentials(_socket: &std::os::unix::net::UnixDatagram) -> io
 
 /// Passing fds with sender credentials is used by the supervisor only, which is Linux's.
 pub(crate) fn recv_with_fds(
-    _socket: &std::os::unix::net::UnixDatagram,
+    _socket: &impl std::os::fd::AsFd,
     _buf: &mut [u8],
     _flags: nix::sys::socket::MsgFlags,
 ) -> io::Result<super::Received> {

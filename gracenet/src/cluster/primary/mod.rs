@@ -332,7 +332,13 @@ impl Primary {
         if let Some(path) = &self.pid_file {
             crate::pidfile::remove_if_ours(path);
         }
-        let _ = std::fs::remove_file(self.notify_dir.join("notify"));
+        // Its notify socket and the workers' inboxes (`cluster::transfer`), a killed worker's
+        // among them: the directory is the primary's own.
+        if let Ok(entries) = std::fs::read_dir(&self.notify_dir) {
+            for entry in entries.flatten().take(100_000) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let _ = std::fs::remove_dir(&self.notify_dir);
         Some(code)
     }

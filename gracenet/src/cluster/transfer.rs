@@ -1,0 +1,316 @@
+//! Passing a connection a worker just accepted on to a clearly lighter worker.
+//!
+//! Each worker accepts from a TCP listener of its own (one `SO_REUSEPORT` group), and the
+//! kernel (or the primary's steering program) picks a listener at random per connection. For
+//! short connections that evens out; for long-lived ones (keep-alive, WebSocket) it does not:
+//! 64 connections opened at once land 35/65 now and then. So a worker that accepts a
+//! connection while it holds clearly more open connections than the lightest live worker (the
+//! shared load table, [`super::balance`]) passes it on, fd and all, before reading a byte of
+//! it: least-connections balance with nothing on the path of a balanced worker but reading
+//! the table.
+//!
+//! Each worker listener has an inbox: a Unix datagram socket at `<dir>/<pid>-<port>`, where
+//! `<dir>` is the primary's private directory (mode 0700, its notify socket's): only the
+//! same user (or root) can send to it. A connection is one datagram with the fd attached
+//! (`SCM_RIGHTS`). Nothing is lost on the way:
+//! - the sender sends without waiting; if the inbox is gone, full or closed it serves the
+//!   connection itself;
+//! - a worker that stops accepting first shuts its inbox for reading (from then on a sender
+//!   gets `EPIPE` and serves the connection itself), then takes every connection already
+//!   queued there and serves it like one it accepted.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use tokio::io::Interest;
+
+/// The byte a connection's datagram carries (a datagram cannot be empty and carry fds on
+/// every system).
+const CONNECTION: &[u8] = b"C";
+
+/// The primary's private directory, if this worker may use it ([`set_dir`]).
+static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Sets the directory inboxes live in from the worker's `NOTIFY_SOCKET` (a path in the
+/// primary's private directory). Used only if the directory is this user's and nobody else
+/// may enter it: a connection's fd must reach no other user. Called once, as a worker starts.
+pub(crate) fn set_dir(notify_socket: Option<&OsStr>) {
+    DIR.get_or_init(|| {
+        let dir = Path::new(notify_socket?).parent()?;
+        match private(dir) {
+            Ok(()) => Some(dir.to_path_buf()),
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), why, "cluster: not passing connections between workers");
+                None
+            }
+        }
+    });
+}
+
+/// Whether `dir` is a directory (not a link) of this user's that only it may enter.
+fn private(dir: &Path) -> Result<(), &'static str> {
+    if !dir.is_absolute() {
+        return Err("the notify socket's path is not absolute");
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|_| "the directory cannot be read")?;
+    if !meta.is_dir() {
+        return Err("not a directory");
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err("another user's directory");
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err("other users may enter the directory");
+    }
+    Ok(())
+}
+
+fn inbox_path(dir: &Path, pid: u32, port: u16) -> PathBuf {
+    dir.join(format!("{pid}-{port}"))
+}
+
+/// A worker listener's inbox: where connections passed on by heavier workers arrive.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    socket: tokio::net::UnixDatagram,
+    path: PathBuf,
+    /// Connections taken out at [`close`](Self::close), not yet handed out.
+    left: Vec<OwnedFd>,
+    closed: bool,
+}
+
+impl Inbox {
+    /// The inbox of this worker's listener on `port`, if connections can be passed here.
+    pub(crate) fn bind(port: u16) -> Option<Inbox> {
+        let dir = DIR.get()?.as_ref()?;
+        Self::bind_at(inbox_path(dir, std::process::id(), port))
+    }
+
+    fn bind_at(path: PathBuf) -> Option<Inbox> {
+        let bound = || -> io::Result<Inbox> {
+            // A file left by a killed process of the same pid (the directory is private).
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let socket = UnixDatagram::bind(&path)?;
+            socket.set_nonblocking(true)?;
+            Ok(Inbox {
+                socket: tokio::net::UnixDatagram::from_std(socket)?,
+                path: path.clone(),
+                left: Vec::new(),
+                closed: false,
+            })
+        };
+        match bound() {
+            Ok(inbox) => Some(inbox),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cluster: cannot make this listener's inbox: no connections are passed to it");
+                None
+            }
+        }
+    }
+
+    /// The next connection passed here (never returns once [`close`](Self::close)d).
+    pub(crate) async fn recv(&mut self) -> OwnedFd {
+        if self.closed {
+            return std::future::pending().await;
+        }
+        loop {
+            match self
+                .socket
+                .async_io(Interest::READABLE, || receive(&self.socket))
+                .await
+            {
+                Ok(Some(fd)) => return fd,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
+                }
+            }
+        }
+    }
+
+    /// Stops taking connections: from now on a sender gets `EPIPE` (and serves the
+    /// connection itself); those already queued are handed out by [`take_left`](Self::take_left).
+    pub(crate) fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if let Err(e) = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+        {
+            tracing::debug!(path = %self.path.display(), error = %e, "cluster: cannot shut an inbox");
+        }
+        let _ = std::fs::remove_file(&self.path);
+        for _ in 0..4096 {
+            match receive(&self.socket) {
+                Ok(Some(fd)) => self.left.push(fd),
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
+                    break;
+                }
+            }
+        }
+        self.left.reverse();
+    }
+
+    /// A connection that was queued when the inbox [closed](Self::close).
+    pub(crate) fn take_left(&mut self) -> Option<OwnedFd> {
+        self.left.pop()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.close();
+        if !self.left.is_empty() {
+            tracing::warn!(
+                connections = self.left.len(),
+                "cluster: connections passed to a listener that closed without accepting them are closed"
+            );
+        }
+    }
+}
+
+/// Reads one datagram: the connection it carries, if it carries one (anything else, extra
+/// fds included, is dropped).
+fn receive(socket: &impl AsFd) -> io::Result<Option<OwnedFd>> {
+    let mut buf = [0u8; 8];
+    let got = crate::sys::recv_with_fds(socket, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)?;
+    let mut fds = got.fds.into_iter();
+    let fd = fds.next();
+    if got.len != CONNECTION.len() || &buf[..got.len] != CONNECTION || fds.next().is_some() {
+        return Ok(None);
+    }
+    Ok(fd.filter(|fd| crate::sys::socket_family(fd.as_fd()).is_ok()))
+}
+
+/// The socket connections are sent from (one per process, never waits).
+fn sender() -> Option<&'static UnixDatagram> {
+    static SENDER: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+    SENDER
+        .get_or_init(|| {
+            UnixDatagram::unbound()
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Passes `connection` to worker `pid`'s listener on `port`, without waiting. An error says
+/// it did not arrive: the caller still has it and serves it.
+pub(crate) fn pass(connection: &impl AsFd, pid: u32, port: u16) -> io::Result<()> {
+    let dir = DIR
+        .get()
+        .and_then(Option::as_ref)
+        .ok_or(io::ErrorKind::Unsupported)?;
+    if pid == 0 || pid == std::process::id() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    send_to(&inbox_path(dir, pid, port), connection)
+}
+
+fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let socket = sender().ok_or(io::ErrorKind::Unsupported)?;
+    let to = UnixAddr::new(path).map_err(io::Error::from)?;
+    let fds = [connection.as_fd().as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(CONNECTION)];
+    sendmsg(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        Some(&to),
+    )
+    .map(|_| ())
+    .map_err(io::Error::from)
+}
+
+#[cfg(all(test, target_os = "linux", not(gracenet_portable)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_private_directory_of_this_user_is_used() {
+        let dir = std::env::temp_dir().join(format!("gracenet-transfer-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("mkdir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(private(&dir), Ok(()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(private(&dir), Err("other users may enter the directory"));
+        let link = dir.with_extension("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+        assert_eq!(private(&link), Err("not a directory"));
+        assert_eq!(
+            private(Path::new("relative")),
+            Err("the notify socket's path is not absolute")
+        );
+        std::fs::remove_file(&link).expect("rm link");
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[tokio::test]
+    async fn a_closed_inbox_refuses_new_connections_and_hands_out_the_queued_ones() {
+        let dir = tempfile_dir();
+        let path = dir.join("1-80");
+        let mut inbox = Inbox::bind_at(path.clone()).expect("inbox");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Which client a server side belongs to: its peer's port.
+        let port = |s: &std::net::TcpStream| s.peer_addr().expect("peer").port();
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (conn, _) = listener.accept().expect("accept");
+            send_to(&path, &conn).expect("passed");
+            clients.push(client);
+            served.push(port(&conn));
+        }
+        // The first arrives by recv, the others stay queued until the close.
+        let first = std::net::TcpStream::from(inbox.recv().await);
+        assert_eq!(port(&first), served[0]);
+        inbox.close();
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (late, _) = listener.accept().expect("accept");
+        let refused = send_to(&path, &late).expect_err("a closed inbox takes nothing");
+        assert!(
+            matches!(
+                refused.raw_os_error(),
+                Some(libc::EPIPE | libc::ENOENT | libc::ECONNREFUSED)
+            ),
+            "{refused}"
+        );
+        drop((client, late));
+        let left: Vec<_> = std::iter::from_fn(|| inbox.take_left())
+            .map(std::net::TcpStream::from)
+            .collect();
+        assert_eq!(
+            left.iter()
+                .map(|s| s.peer_addr().expect("peer").port())
+                .collect::<Vec<_>>(),
+            clients[1..]
+                .iter()
+                .map(|c| c.local_addr().expect("addr").port())
+                .collect::<Vec<_>>(),
+            "the queued connections, in order"
+        );
+        assert!(!path.exists(), "the inbox's file is removed");
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let template = std::env::temp_dir().join("gracenet-inbox-XXXXXX");
+        nix::unistd::mkdtemp(&template).expect("mkdtemp")
+    }
+}
