@@ -81,6 +81,10 @@ pub(crate) struct Inbox {
     path: PathBuf,
     /// Connections taken out at [`close`](Self::close), not yet handed out.
     left: Vec<OwnedFd>,
+    /// An fd kept open to be closed just before each read: at the open files limit the
+    /// kernel would close a passed connection it cannot install (and the client would see a
+    /// reset), where the sender still could serve it.
+    reserve: Option<std::fs::File>,
     closed: bool,
 }
 
@@ -104,6 +108,7 @@ impl Inbox {
                 socket: tokio::net::UnixDatagram::from_std(socket)?,
                 path: path.clone(),
                 left: Vec::new(),
+                reserve: std::fs::File::open("/dev/null").ok(),
                 closed: false,
             })
         };
@@ -122,11 +127,20 @@ impl Inbox {
             return std::future::pending().await;
         }
         loop {
-            match self
-                .socket
-                .async_io(Interest::READABLE, || receive(&self.socket))
-                .await
-            {
+            if self.reserve.is_none() {
+                self.reserve = std::fs::File::open("/dev/null").ok();
+            }
+            if self.reserve.is_none() {
+                // At the limit: a connection read now could be lost. Senders serve their own.
+                tracing::warn!(path = %self.path.display(), "cluster: at the open files limit: no longer taking connections passed by other workers");
+                self.close();
+                return std::future::pending().await;
+            }
+            let Inbox { socket, reserve, .. } = self;
+            let got = socket
+                .async_io(Interest::READABLE, || receive_with(socket, reserve))
+                .await;
+            match got {
                 Ok(Some(fd)) => return fd,
                 Ok(None) => {}
                 Err(e) => {
@@ -149,7 +163,7 @@ impl Inbox {
         }
         let _ = std::fs::remove_file(&self.path);
         for _ in 0..4096 {
-            match receive(&self.socket) {
+            match receive_with(&self.socket, &mut self.reserve) {
                 Ok(Some(fd)) => self.left.push(fd),
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -180,11 +194,22 @@ impl Drop for Inbox {
     }
 }
 
+/// [`receive`] with the `reserve` fd closed for the read and opened again after it.
+fn receive_with(socket: &impl AsFd, reserve: &mut Option<std::fs::File>) -> io::Result<Option<OwnedFd>> {
+    drop(reserve.take());
+    let got = receive(socket);
+    *reserve = std::fs::File::open("/dev/null").ok();
+    got
+}
+
 /// Reads one datagram: the connection it carries, if it carries one (anything else, extra
 /// fds included, is dropped).
 fn receive(socket: &impl AsFd) -> io::Result<Option<OwnedFd>> {
     let mut buf = [0u8; 8];
     let got = crate::sys::recv_with_fds(socket, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)?;
+    if got.truncated {
+        tracing::warn!("cluster: a connection passed by another worker was lost: no fd free to receive it");
+    }
     let mut fds = got.fds.into_iter();
     let fd = fds.next();
     if got.len != CONNECTION.len() || &buf[..got.len] != CONNECTION || fds.next().is_some() {
