@@ -121,12 +121,16 @@ impl Inbox {
         }
     }
 
-    /// The next connection passed here (never returns once [`close`](Self::close)d).
+    /// The next connection passed here; once [closed](Self::close), those that were queued,
+    /// then none.
     pub(crate) async fn recv(&mut self) -> OwnedFd {
-        if self.closed {
-            return std::future::pending().await;
-        }
         loop {
+            if self.closed {
+                return match self.left.pop() {
+                    Some(fd) => fd,
+                    None => std::future::pending().await,
+                };
+            }
             if self.reserve.is_none() {
                 self.reserve = std::fs::File::open("/dev/null").ok();
             }
@@ -134,17 +138,30 @@ impl Inbox {
                 // At the limit: a connection read now could be lost. Senders serve their own.
                 tracing::warn!(path = %self.path.display(), "cluster: at the open files limit: no longer taking connections passed by other workers");
                 self.close();
-                return std::future::pending().await;
+                continue;
+            }
+            let ready = match self.socket.ready(Interest::READABLE).await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cluster: an inbox cannot be waited on: no longer taking connections");
+                    self.close();
+                    continue;
+                }
+            };
+            if ready.is_read_closed() {
+                // Shut for reading (the primary took the queue of this worker, silent for too
+                // long): what is still queued is served, nothing more comes.
+                self.close();
+                continue;
             }
             let Inbox { socket, reserve, .. } = self;
-            let got = socket
-                .async_io(Interest::READABLE, || receive_with(socket, reserve))
-                .await;
-            match got {
+            match socket.try_io(Interest::READABLE, || receive_with(socket, reserve)) {
                 Ok(Some(fd)) => return fd,
                 Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     tracing::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
+                    self.close();
                 }
             }
         }
@@ -212,6 +229,7 @@ fn receive(socket: &impl AsFd) -> io::Result<Option<OwnedFd>> {
     }
     let mut fds = got.fds.into_iter();
     let fd = fds.next();
+
     if got.len != CONNECTION.len() || &buf[..got.len] != CONNECTION || fds.next().is_some() {
         return Ok(None);
     }
@@ -259,6 +277,61 @@ fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
     )
     .map(|_| ())
     .map_err(io::Error::from)
+}
+
+/// Takes the connections waiting in the inboxes of worker `pid`, which is about to be killed
+/// (hung: it reads them no more), and passes each on to another worker's inbox for the same
+/// port; the primary's, for the workers in its directory `dir`. Returns how many were taken
+/// and how many of them passed on (the rest are closed).
+pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
+    let prefix = format!("{pid}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .take(4096)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
+        return (0, 0);
+    };
+    let (mut taken, mut passed) = (0, 0);
+    for port in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+        let path = dir.join(format!("{prefix}{port}"));
+        let Some(inode) = crate::sys::unix_socket_inode(&path) else {
+            continue;
+        };
+        let Some(fd) = crate::sys::fds_of_socket(pid, inode).into_iter().next() else {
+            continue;
+        };
+        let inbox = match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cluster: cannot take the connections passed to a hung worker: they wait for it");
+                continue;
+            }
+        };
+        // From now on senders serve their own; then what is queued is taken.
+        let _ = nix::sys::socket::shutdown(inbox.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        let others: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, p)| p == port))
+            .map(|n| dir.join(n))
+            .collect();
+        for _ in 0..4096 {
+            let connection = match receive(&inbox) {
+                Ok(Some(connection)) => connection,
+                Ok(None) => continue,
+                Err(_) => break,
+            };
+            taken += 1;
+            if others.iter().any(|to| send_to(to, &connection).is_ok()) {
+                passed += 1;
+            }
+        }
+    }
+    (taken, passed)
 }
 
 #[cfg(all(test, target_os = "linux", not(gracenet_portable)))]
@@ -331,6 +404,51 @@ mod tests {
             "the queued connections, in order"
         );
         assert!(!path.exists(), "the inbox's file is removed");
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[tokio::test]
+    async fn the_primary_takes_a_silent_workers_queue_to_another_worker() {
+        // This process plays the silent worker (its inbox named by its pid) and the other.
+        let dir = tempfile_dir();
+        let me = std::process::id();
+        let silent_path = dir.join(format!("{me}-80"));
+        let mut silent = Inbox::bind_at(silent_path.clone()).expect("inbox");
+        let mut other = Inbox::bind_at(dir.join("1-80")).expect("inbox");
+        let _elsewhere = Inbox::bind_at(dir.join("2-443")).expect("another port's inbox");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients
+                .push(std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"));
+            let (conn, _) = listener.accept().expect("accept");
+            send_to(&silent_path, &conn).expect("passed");
+        }
+        assert_eq!(rescue(&dir, me), (3, 3));
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let conn = std::net::TcpStream::from(other.recv().await);
+            ports.push(conn.peer_addr().expect("peer").port());
+        }
+        let sent: Vec<u16> = clients
+            .iter()
+            .map(|c| c.local_addr().expect("addr").port())
+            .collect();
+        assert_eq!(
+            ports, sent,
+            "every queued connection reached the other worker, in order"
+        );
+        // The silent one's inbox is shut: it sees the end, and senders serve their own.
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (late, _) = listener.accept().expect("accept");
+        assert!(send_to(&silent_path, &late).is_err());
+        let ended = tokio::time::timeout(std::time::Duration::from_millis(200), silent.recv()).await;
+        assert!(ended.is_err(), "nothing more arrives");
+        assert!(silent.closed, "the end was seen");
+        drop((client, late, silent, other, _elsewhere));
+        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
         std::fs::remove_dir(&dir).expect("rmdir");
     }
 

@@ -127,6 +127,46 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A copy of process `pidfd`'s fd `fd` (`pidfd_getfd`, Linux 5.6+; ptrace's permission: our
+/// own child, or root).
+pub(crate) fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes a pidfd, an fd number in that process and flags (0); it
+    // returns a new fd in this process (close-on-exec) or -1.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
+}
+
+/// The fd numbers by which process `pid` holds the socket whose inode is `inode`
+/// (`/proc/PID/fd`).
+pub(crate) fn fds_of_socket(pid: u32, inode: u64) -> Vec<RawFd> {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .take(1 << 20)
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The inode of the Unix socket bound to `path` (`/proc/net/unix`), if one is.
+pub(crate) fn unix_socket_inode(path: &std::path::Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let path = path.to_str()?;
+    // "Num RefCount Protocol Flags Type St Inode Path"
+    table.lines().skip(1).find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let inode = fields.nth(6)?;
+        (fields.next()? == path).then(|| inode.parse().ok()).flatten()
+    })
+}
+
 /// Resolves once a child process has exited (without reaping it).
 #[cfg(feature = "tokio")]
 pub(crate) struct ExitWatch(Watch);

@@ -77,6 +77,21 @@ pub(crate) fn pidfd_open(_pid: u32) -> io::Result<OwnedFd> {
     Err(unsupported("a pidfd"))
 }
 
+/// Linux's, as [`pidfd_open`].
+pub(crate) fn pidfd_getfd(_pidfd: BorrowedFd<'_>, _fd: RawFd) -> io::Result<OwnedFd> {
+    Err(unsupported("taking another process's fd"))
+}
+
+/// `/proc` is Linux's.
+pub(crate) fn fds_of_socket(_pid: u32, _inode: u64) -> Vec<RawFd> {
+    Vec::new()
+}
+
+/// `/proc` is Linux's.
+pub(crate) fn unix_socket_inode(_path: &std::path::Path) -> Option<u64> {
+    None
+}
+
 /// Resolves once a child process has exited (without reaping it): a thread in `waitid`.
 #[cfg(feature = "tokio")]
 pub(crate) type ExitWatch = super::ExitThread;

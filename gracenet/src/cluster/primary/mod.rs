@@ -426,6 +426,18 @@ impl Primary {
                         primary = self.me,
                         pid, reason = %why, "cluster: stopping a worker to replace it"
                     );
+                    // Connections other workers passed to it since it fell silent would die
+                    // with it: they go to the others.
+                    let (taken, passed) = super::transfer::rescue(&self.notify_dir, pid);
+                    if taken > 0 {
+                        tracing::warn!(
+                            primary = self.me,
+                            pid,
+                            taken,
+                            passed,
+                            "cluster: took the connections waiting for a silent worker to the others"
+                        );
+                    }
                     signal_pid(self.me, pid, Signal::SIGTERM);
                     self.kills.push((pid, Instant::now() + KILL_GRACE));
                 }
