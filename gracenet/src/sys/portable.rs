@@ -146,6 +146,11 @@ pub(crate) fn shared_memory(_name: &str, _size: usize) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+/// As [`shared_memory`]: there is no sealed file to ask about.
+pub(crate) fn is_size_sealed(_fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Needs `/proc/PID/fd`.
 pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
