@@ -768,3 +768,64 @@ fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_k
         c.others()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_on_the_same_address_fails_and_the_first_keeps_every_connection() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let pids = c.pids();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A new connection per request: each one is placed anew among the listeners on the port.
+    let load = tokio::spawn(run_load_until(
+        c.load(false, Duration::from_secs(30)),
+        stop.clone(),
+    ));
+    let dir = TempDir::new("cluster-second");
+    let taken = format!("127.0.0.1:{}", c.port);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.args(["-a0", &taken, "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .args(["--workers", "2", "--control-socket"])
+        .arg(dir.path().join("control"));
+    // Declared before the guard: whatever the second cluster started goes after it.
+    let _sweep = grace_tests::Sweep::new(&mut cmd);
+    let mut second = ProcessGuard::spawn(cmd);
+    let Some(status) = tokio::task::block_in_place(|| second.wait_timeout(DEADLINE)) else {
+        panic!(
+            "a second cluster on {taken} still runs (it joined the first one's port): {}",
+            second.seen().join("\n")
+        );
+    };
+    let output = second.output_after_exit().join("\n");
+    assert!(!status.success(), "{status:?}: {output}");
+    assert!(
+        output.contains(&format!("cannot listen on {taken}")) && output.contains("Address already in use"),
+        "the failure names the address: {output}"
+    );
+    // The first cluster answered every request meanwhile, and answers alone.
+    let seen = answering_pids(c.port, 100).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load = load.await.expect("load task");
+    assert!(
+        load.requests > 20,
+        "too little load to show anything: {}",
+        load.requests
+    );
+    assert_eq!(
+        load.failures.total(),
+        0,
+        "{} of {} failed: {:?} {:?}",
+        load.failures.total(),
+        load.requests,
+        load.failures,
+        load.examples
+    );
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        100,
+        "every request answered: {seen:?}"
+    );
+    assert!(
+        seen.keys().all(|p| pids.contains(p)),
+        "only the first cluster's workers {pids:?} answer: {seen:?}"
+    );
+    assert_eq!(c.pids(), pids, "the first cluster's workers were left alone");
+}

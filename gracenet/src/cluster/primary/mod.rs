@@ -481,6 +481,12 @@ impl Primary {
         if let Some(table) = &self.load {
             next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
         }
+        if self.store.as_ref().is_some_and(Vec::is_empty) {
+            // The first worker serves but sent no copy of its sockets: this one binds its own,
+            // joining the first one's groups (a worker's first listener is otherwise bound
+            // alone, and would find the address in use).
+            next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
+        }
         match next.spawn() {
             Ok(child) => {
                 let pid = child.pid();
