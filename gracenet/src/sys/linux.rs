@@ -525,6 +525,29 @@ pub(crate) fn steer_reuseport(fd: BorrowedFd<'_>, live: &[u32]) -> io::Result<()
     }
 }
 
+/// How many connections wait in a listening TCP socket's accept queue: `TCP_INFO` on a
+/// listener reports it in `tcpi_unacked` (its backlog limit in `tcpi_sacked`).
+pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain integers: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives for the call;
+    // `fd` is an open socket borrowed for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
 /// Detaches the program [`steer_reuseport`] attached to `fd`'s group (`SO_DETACH_REUSEPORT_BPF`):
 /// the kernel's hash spreads new connections again.
 pub(crate) fn unsteer_reuseport(fd: BorrowedFd<'_>) -> io::Result<()> {

@@ -161,6 +161,11 @@ pub(crate) fn steer_reuseport(_fd: BorrowedFd<'_>, _live: &[u32]) -> io::Result<
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+/// Linux's (`TCP_INFO` on a listener), as [`steer_reuseport`].
+pub(crate) fn accept_queue_len(_fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Linux's, as [`steer_reuseport`].
 pub(crate) fn unsteer_reuseport(_fd: BorrowedFd<'_>) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))

@@ -115,6 +115,8 @@ pub(crate) struct Primary {
     group_index: Vec<Option<u32>>,
     next_index: u32,
     steered: Option<Vec<u32>>,
+    /// Removed slots' listeners waiting for their workers to exit before they are shut.
+    leaving: Vec<listeners::Leaving>,
     /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
     no_steering: bool,
     /// Notifications from outside the cluster ignored since the last warning, and when the
@@ -231,6 +233,7 @@ impl Primary {
             group_index: vec![None; workers],
             next_index: 0,
             steered: None,
+            leaving: Vec::new(),
             no_steering: false,
         })
     }
@@ -396,6 +399,11 @@ impl Primary {
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
+        self.perform_each(actions);
+        self.performed();
+    }
+
+    fn perform_each(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Start { slot, id } => self.start(slot, id),
@@ -404,6 +412,7 @@ impl Primary {
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::Stop { pid } => {
+                    self.stopping(pid);
                     tracing::info!(primary = self.me, pid, "cluster: stopping a worker");
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
@@ -816,13 +825,17 @@ impl Primary {
             table.set_slots(workers);
         }
         if workers < self.slot_sockets.len() {
-            // The removed slots' own listeners close with their workers: connections queued
-            // in them are reset, unless the kernel moves them to the other listeners.
-            if self.slot_sockets[workers..]
-                .iter()
-                .flatten()
-                .flatten()
-                .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
+            // The removed slots' own listeners leave their groups once their queues are
+            // empty, and steering follows the groups' new numbering; if that cannot be done,
+            // they close with their workers as before: connections queued in them are reset
+            // then, unless the kernel moves them to the other listeners.
+            let handed_over = self.retire_listeners(workers);
+            if !handed_over
+                && self.slot_sockets[workers..]
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
                 && std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
                     .map_or(true, |v| v.trim() == "0")
             {
@@ -834,10 +847,11 @@ impl Primary {
             }
             self.slot_sockets.truncate(workers);
             if self.group_index.len() > workers {
-                // The removed slots' listeners leave their groups only once their workers have
-                // drained, and the kernel then renumbers the rest: which listener is which is
-                // no longer known, so the kernel's hash spreads new connections from now on.
-                if self.group_index.drain(workers..).flatten().next().is_some() {
+                // Unless handed over, the removed slots' listeners leave their groups only once
+                // their workers have drained, and the kernel then renumbers the rest: which
+                // listener is which is no longer known, so the kernel's hash spreads new
+                // connections from now on.
+                if self.group_index.drain(workers..).flatten().next().is_some() && !handed_over {
                     tracing::info!(
                         primary = self.me,
                         "cluster: scaled down: new connections spread by the kernel's hash from now on"
