@@ -5,30 +5,44 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use super::Primary;
+use crate::supervisor::signal_pid;
 
-/// The longest a scale-down waits for the removed slots' workers to accept what is queued at
-/// their own listeners (a worker that serves takes them in microseconds; a hung one never
-/// does, and what it holds is then reset as before).
-const HANDOVER_BOUND: Duration = Duration::from_millis(500);
+/// How long a scale-down lets the removed slots' workers go on accepting once new connections
+/// are steered away from their listeners, at least: a handshake the kernel placed at one of
+/// them just before completes within it (a round trip below a second, no SYN-ACK lost) and
+/// lands in its queue, to be accepted too.
+const HANDSHAKE_DWELL: Duration = Duration::from_secs(1);
 
-/// How long a removed listener is watched, at least, once new connections are steered away
-/// from it: a handshake the kernel placed there just before completes within it (on loopback
-/// or a LAN) and lands in its queue, to be accepted too.
-const HANDSHAKE_DWELL: Duration = Duration::from_millis(20);
+/// The longest a scale-down waits for the removed workers' queues to be empty before telling
+/// them to stop (a worker that serves empties its queue in microseconds; a hung one never
+/// does, and what it holds is reset as its listener closes, as before).
+const HANDOVER_BOUND: Duration = Duration::from_secs(5);
 
-/// A removed slot's listeners: nothing is steered to them and their queues were empty; they
-/// are shut once the processes that held them (`pids`) have exited.
+/// How often a handover looks at the removed listeners' queues.
+const HANDOVER_POLL: Duration = Duration::from_millis(5);
+
+/// The listeners of the slots one scale-down removed, that nothing is steered to any more:
+/// their workers accept what is queued ([`Phase::HandingOver`]), are then told to stop, and
+/// the listeners are shut once those have exited ([`Phase::Stopped`]).
 pub(super) struct Leaving {
-    /// Their index in their groups (`None` once no longer known).
-    index: Option<u32>,
-    fds: Vec<OwnedFd>,
-    /// The removed workers, told to stop in the same decision.
+    /// Each removed slot's index in its groups (`None` once no longer known), and its
+    /// listeners (one in each group).
+    listeners: Vec<(Option<u32>, Vec<OwnedFd>)>,
+    /// The removed workers, whose stop the same decision asked for.
     pids: Vec<u32>,
-    /// Made by the decision being performed: its workers are still being told to stop.
+    /// Made by the decision being performed: its workers are still being named.
     fresh: bool,
-    /// Shut then at the latest.
-    until: Instant,
+    phase: Phase,
+}
+
+enum Phase {
+    /// The workers still serve, and accept what their queues hold; since then.
+    HandingOver(Instant),
+    /// The workers were told to stop; the listeners are shut when they have exited, or then.
+    Stopped(Instant),
 }
 
 impl Primary {
@@ -83,7 +97,7 @@ impl Primary {
     /// whose worker died, hangs or cannot start gets none until it serves again (what was
     /// already queued for it waits for its next worker).
     pub(super) fn steer(&mut self) {
-        self.shut_leaving();
+        self.tend_leaving();
         if self.no_steering || self.next_index < 2 {
             return;
         }
@@ -180,56 +194,83 @@ impl Primary {
             }
         }
         self.steered = Some(kept);
-        // The removed workers accept what is queued for them (and what the handshakes in
-        // flight add), until their queues are empty.
-        let started = Instant::now();
-        let mut queued = 0;
-        for _ in 0..10_000 {
-            queued = leaving
-                .iter()
-                .flat_map(|(_, fds)| fds)
-                .map(|fd| crate::sys::accept_queue_len(fd.as_fd()).unwrap_or(0))
-                .sum::<u32>();
-            let waited = started.elapsed();
-            if (queued == 0 && waited >= HANDSHAKE_DWELL) || waited >= HANDOVER_BOUND {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if queued > 0 {
-            tracing::warn!(
-                primary = self.me,
-                queued,
-                waited_ms = HANDOVER_BOUND.as_millis() as u64,
-                "cluster: scaling down: the removed workers left connections in their queues: they are reset"
-            );
-        }
-        let until = Instant::now() + crate::supervisor::KILL_AFTER;
-        for (slot, fds) in leaving {
-            if let Some(index) = self.group_index.get_mut(slot).and_then(Option::take) {
-                self.leaving.push(Leaving {
-                    index: Some(index),
-                    fds,
-                    pids: Vec::new(),
-                    fresh: true,
-                    until,
-                });
-            }
-        }
+        let listeners = leaving
+            .into_iter()
+            .filter_map(|(slot, fds)| {
+                let index = self.group_index.get_mut(slot).and_then(Option::take)?;
+                Some((Some(index), fds))
+            })
+            .collect();
+        self.leaving.push(Leaving {
+            listeners,
+            pids: Vec::new(),
+            fresh: true,
+            phase: Phase::HandingOver(Instant::now()),
+        });
         tracing::debug!(
             primary = self.me,
-            handed_over_ms = started.elapsed().as_millis() as u64,
-            "cluster: scaling down: the removed workers' queues are empty and nothing more is steered to them"
+            "cluster: scaling down: nothing more is steered to the removed workers; they accept what is queued for them"
         );
         true
     }
 
-    /// The machine stops `pid`: if it is one of the workers a scale-down just removed, their
-    /// listeners wait for it to exit before they are shut.
-    pub(super) fn stopping(&mut self, pid: u32) {
+    /// The machine stops `pid`: if it is one of the workers a scale-down just removed, it is
+    /// told so only once it has accepted what is queued at its listeners (`true`: not yet).
+    pub(super) fn defer_stop(&mut self, pid: u32) -> bool {
+        let mut deferred = false;
         for l in self.leaving.iter_mut().filter(|l| l.fresh) {
             l.pids.push(pid);
+            deferred = true;
         }
+        deferred
+    }
+
+    /// When the removed listeners are to be looked at next, if any are handed over.
+    pub(super) fn next_handover_check(&self) -> Option<Instant> {
+        self.leaving.iter().find_map(|l| match l.phase {
+            Phase::HandingOver(_) => Some(Instant::now() + HANDOVER_POLL),
+            Phase::Stopped(_) => None,
+        })
+    }
+
+    /// Tells the removed workers to stop once their listeners' queues are empty (or after
+    /// [`HANDOVER_BOUND`]), and shuts the listeners of those that have exited.
+    pub(super) fn tend_leaving(&mut self) {
+        let now = Instant::now();
+        let me = self.me;
+        for l in self.leaving.iter_mut().filter(|l| !l.fresh) {
+            let Phase::HandingOver(since) = l.phase else {
+                continue;
+            };
+            let waited = now.saturating_duration_since(since);
+            if waited < HANDSHAKE_DWELL {
+                continue;
+            }
+            let queued: u32 = l
+                .listeners
+                .iter()
+                .flat_map(|(_, fds)| fds)
+                .map(|fd| crate::sys::accept_queue_len(fd.as_fd()).unwrap_or(0))
+                .sum();
+            if queued > 0 && waited < HANDOVER_BOUND {
+                continue;
+            }
+            if queued > 0 {
+                tracing::warn!(
+                    primary = me,
+                    queued,
+                    pids = ?l.pids,
+                    waited_ms = waited.as_millis() as u64,
+                    "cluster: scaling down: the removed workers did not accept what is queued for them: it is reset"
+                );
+            }
+            for &pid in &l.pids {
+                tracing::info!(primary = me, pid, "cluster: stopping a worker");
+                signal_pid(me, pid, Signal::SIGTERM);
+            }
+            l.phase = Phase::Stopped(now + crate::supervisor::KILL_AFTER);
+        }
+        self.shut_leaving(now);
     }
 
     /// The actions of one decision were performed: the workers a scale-down removed are known.
@@ -242,40 +283,44 @@ impl Primary {
     /// Shuts the removed slots' listeners whose workers have exited (or that waited
     /// [`KILL_AFTER`](crate::supervisor::KILL_AFTER)): `shutdown` takes a listener out of its
     /// group at once, whoever else still holds it, so the kernel's renumbering of the group
-    /// happens here and is followed ([`leave_group`]). Nobody accepts from them any more,
-    /// and nothing was steered to them since their queues were found empty: nothing is reset.
-    pub(super) fn shut_leaving(&mut self) {
-        let now = Instant::now();
-        loop {
-            // The highest index first: the last listener leaving moves no other.
-            let due = self
-                .leaving
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.until <= now || !l.pids.iter().any(|&p| crate::sys::is_running(p)))
-                .filter(|(_, l)| !l.fresh)
-                .max_by_key(|(_, l)| l.index)
-                .map(|(i, _)| i);
-            let Some(i) = due else { return };
-            let l = self.leaving.swap_remove(i);
-            if let Some(gone) = l.index {
-                self.before_leaving(gone);
-            }
-            for fd in &l.fds {
-                if let Err(e) = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read) {
-                    // Which listener is which is no longer known.
-                    tracing::warn!(primary = self.me, error = %e, "cluster: cannot shut a removed worker's listener");
-                    self.stop_steering();
+    /// happens here and is followed ([`leave_group`]). Nobody accepts from them any more, and
+    /// their queues were empty when their workers were told to stop, with nothing steered to
+    /// them: nothing is reset.
+    fn shut_leaving(&mut self, now: Instant) {
+        while let Some(i) = self.leaving.iter().position(|l| match l.phase {
+            Phase::Stopped(until) => until <= now || !l.pids.iter().any(|&p| crate::sys::is_running(p)),
+            Phase::HandingOver(_) => false,
+        }) {
+            let mut batch = self.leaving.swap_remove(i);
+            // The highest index first: the last listener of a group leaving moves no other.
+            while let Some(pos) = (0..batch.listeners.len()).max_by_key(|&p| batch.listeners[p].0) {
+                let (index, fds) = batch.listeners.swap_remove(pos);
+                if let Some(gone) = index {
+                    self.before_leaving(gone);
                 }
+                for fd in &fds {
+                    if let Err(e) = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read) {
+                        // Which listener is which is no longer known.
+                        tracing::warn!(primary = self.me, error = %e, "cluster: cannot shut a removed worker's listener");
+                        self.stop_steering();
+                    }
+                }
+                if let Some(gone) = index {
+                    let indexes = self
+                        .group_index
+                        .iter_mut()
+                        .chain(batch.listeners.iter_mut().map(|(index, _)| index))
+                        .chain(
+                            self.leaving
+                                .iter_mut()
+                                .flat_map(|l| l.listeners.iter_mut().map(|(index, _)| index)),
+                        );
+                    leave_group(indexes, &mut self.next_index, gone);
+                    // Steered anew over the new numbering by `steer` (a value it never wants).
+                    self.steered = Some(Vec::new());
+                }
+                tracing::debug!(primary = self.me, index = ?index, "cluster: a removed worker's listeners left their groups");
             }
-            if let Some(gone) = l.index {
-                let mut indexes: Vec<&mut Option<u32>> = self.group_index.iter_mut().collect();
-                indexes.extend(self.leaving.iter_mut().map(|l| &mut l.index));
-                leave_group(indexes, &mut self.next_index, gone);
-                // Steered anew over the new numbering by `steer` (a value it never wants).
-                self.steered = Some(Vec::new());
-            }
-            tracing::debug!(primary = self.me, index = ?l.index, "cluster: a removed worker's listeners left their groups");
         }
     }
 

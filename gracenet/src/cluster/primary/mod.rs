@@ -370,6 +370,7 @@ impl Primary {
             self.reading.iter().map(|r| r.deadline).min(),
             self.kill_all_at,
             self.control_paused_until,
+            self.next_handover_check(),
         ]
         .into_iter()
         .flatten()
@@ -412,7 +413,14 @@ impl Primary {
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::Stop { pid } => {
-                    self.stopping(pid);
+                    if self.defer_stop(pid) {
+                        tracing::info!(
+                            primary = self.me,
+                            pid,
+                            "cluster: scaling down: the worker accepts what is queued for it before it stops"
+                        );
+                        continue;
+                    }
                     tracing::info!(primary = self.me, pid, "cluster: stopping a worker");
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
