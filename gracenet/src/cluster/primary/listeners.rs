@@ -128,12 +128,14 @@ impl Primary {
 
 impl Primary {
     /// Takes the listeners of the slots from `workers` on (being scaled away; their workers
-    /// still serve, and are stopped after this) out of their `SO_REUSEPORT` groups without
-    /// resetting a connection queued at them (the kernel resets those as a listener closes,
-    /// unless `net.ipv4.tcp_migrate_req=1`): new connections are steered to the kept slots'
-    /// serving workers, and the removed workers accept what their queues hold (within
-    /// [`HANDOVER_BOUND`]) before they are told to stop. The listeners are then kept, with
-    /// nothing steered to them, until those workers have exited ([`Primary::shut_leaving`]).
+    /// still serve) out of their `SO_REUSEPORT` groups without resetting a connection queued
+    /// at them (the kernel resets those as a listener closes, unless
+    /// `net.ipv4.tcp_migrate_req=1`): new connections are steered to the kept slots' serving
+    /// workers at once; the machine's stop of the removed workers is held back
+    /// ([`Primary::defer_stop`]) until they have accepted what their queues hold
+    /// ([`Primary::tend_leaving`], at least [`HANDSHAKE_DWELL`], at most [`HANDOVER_BOUND`]),
+    /// and the listeners are shut once those workers have exited ([`Primary::shut_leaving`]).
+    /// The primary never blocks for it.
     ///
     /// `false` when that cannot be done (steering is off or fails, no kept worker serves, a
     /// removed listener is the store's own): the caller then stops steering, as before.
