@@ -768,3 +768,139 @@ fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_k
         c.others()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cluster_on_the_same_address_fails_and_the_first_keeps_every_connection() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let pids = c.pids();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A new connection per request: each one is placed anew among the listeners on the port.
+    let load = tokio::spawn(run_load_until(
+        c.load(false, Duration::from_secs(30)),
+        stop.clone(),
+    ));
+    let dir = TempDir::new("cluster-second");
+    let taken = format!("127.0.0.1:{}", c.port);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.args(["-a0", &taken, "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .args(["--workers", "2", "--control-socket"])
+        .arg(dir.path().join("control"));
+    // Declared before the guard: whatever the second cluster started goes after it.
+    let _sweep = grace_tests::Sweep::new(&mut cmd);
+    let mut second = ProcessGuard::spawn(cmd);
+    let Some(status) = tokio::task::block_in_place(|| second.wait_timeout(DEADLINE)) else {
+        panic!(
+            "a second cluster on {taken} still runs (it joined the first one's port): {}",
+            second.seen().join("\n")
+        );
+    };
+    let output = second.output_after_exit().join("\n");
+    assert!(!status.success(), "{status:?}: {output}");
+    assert!(
+        output.contains(&format!("cannot listen on {taken}")) && output.contains("Address already in use"),
+        "the failure names the address: {output}"
+    );
+    // The first cluster answered every request meanwhile, and answers alone.
+    let seen = answering_pids(c.port, 100).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load = load.await.expect("load task");
+    assert!(
+        load.requests > 20,
+        "too little load to show anything: {}",
+        load.requests
+    );
+    assert_eq!(
+        load.failures.total(),
+        0,
+        "{} of {} failed: {:?} {:?}",
+        load.failures.total(),
+        load.requests,
+        load.failures,
+        load.examples
+    );
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        100,
+        "every request answered: {seen:?}"
+    );
+    assert!(
+        seen.keys().all(|p| pids.contains(p)),
+        "only the first cluster's workers {pids:?} answer: {seen:?}"
+    );
+    assert_eq!(c.pids(), pids, "the first cluster's workers were left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_under_load_resets_no_queued_connection() {
+    // Linux moves the connections queued at a closing listener to the others of its group
+    // only with net.ipv4.tcp_migrate_req=1 (read here, never changed): with it, this test
+    // would show nothing of the cluster's own care.
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    if migrate.trim() != "0" {
+        eprintln!(
+            "net.ipv4.tcp_migrate_req is {:?}, not 0: the kernel migrates queued connections; nothing to show",
+            migrate.trim()
+        );
+        return;
+    }
+    let c = tokio::task::block_in_place(|| TestCluster::start("3", &[]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A new connection per request, from many clients at once: connections keep arriving in
+    // every worker's accept queue as the scale-down closes the removed workers' listeners.
+    let mut cfg = c.load(false, Duration::from_secs(60));
+    cfg.connections = 16;
+    let load = tokio::spawn(run_load_until(cfg, stop.clone()));
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let three = tokio::task::block_in_place(|| c.pids());
+        assert_eq!(three.len(), 3, "round {round}: {}", c.status());
+        let out = tokio::task::block_in_place(|| c.ctl(&["--scale", "1"]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            tokio::task::block_in_place(|| wait_until(DEADLINE, || three[1..]
+                .iter()
+                .all(|&p| !grace_tests::is_alive(p)))),
+            "round {round}: the workers scaled away did not exit: {}",
+            c.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let out = tokio::task::block_in_place(|| c.ctl(&["--scale", "3"]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            tokio::task::block_in_place(|| wait_until(DEADLINE, || {
+                let w = c.workers();
+                w.len() == 3 && w.iter().all(|w| w.serving)
+            })),
+            "round {round}: not 3 serving workers again: {}",
+            c.status()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let load = load.await.expect("load task");
+    assert!(
+        load.requests > 100,
+        "too little load to show anything: {}",
+        load.requests
+    );
+    assert_eq!(
+        load.failures.total(),
+        0,
+        "{} of {} requests failed across three scale-downs from 3 to 1: {:?} {:?}",
+        load.failures.total(),
+        load.requests,
+        load.failures,
+        load.examples
+    );
+    eprintln!(
+        "{} requests, none failed, across three scale-downs from 3 to 1",
+        load.requests
+    );
+    // Steering followed the scales: each of the three workers answers new connections.
+    let pids = tokio::task::block_in_place(|| c.pids());
+    let seen = answering_pids(c.port, 60).await;
+    assert_eq!(seen.values().sum::<usize>(), 60, "{seen:?}");
+    assert!(
+        pids.iter().all(|p| seen.contains_key(p)),
+        "not every worker of {pids:?} answered: {seen:?}"
+    );
+}

@@ -41,12 +41,35 @@ fn ipv6_unavailable(e: &io::Error) -> bool {
 }
 
 fn inet_once(addr: SocketAddr, ty: Type) -> io::Result<OwnedFd> {
+    let group = match crate::startup::startup().ok().and_then(|s| s.worker) {
+        Some(worker) if ty == Type::STREAM && worker.join => Group::Join,
+        Some(_) if ty == Type::STREAM => Group::Open,
+        _ => Group::None,
+    };
+    inet_socket(addr, ty, group)
+}
+
+/// Whether a new TCP listener is in a `SO_REUSEPORT` group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// No: a listener of its own (a single process's).
+    None,
+    /// A cluster's first listener on its address: bound and listening alone (so it fails with
+    /// "address in use" if anything listens there already, a second instance of the same
+    /// program included), and only then given `SO_REUSEPORT`, so its primary's siblings
+    /// (`reuseport_sibling`) can join it.
+    Open,
+    /// A worker of a cluster whose listeners exist already: it joins their group at once.
+    Join,
+}
+
+fn inet_socket(addr: SocketAddr, ty: Type, group: Group) -> io::Result<OwnedFd> {
     // socket2 creates sockets with SOCK_CLOEXEC.
     let socket = Socket::new(Domain::for_address(addr), ty, None)?;
     socket.set_reuse_address(true)?;
-    if ty == Type::STREAM && in_cluster() {
+    if group == Group::Join {
         // Each worker of a cluster gets a listener of its own in one SO_REUSEPORT group (the
-        // primary makes the others next to this one): the kernel spreads new connections
+        // primary makes the others next to the first one): the kernel spreads new connections
         // over them, and a connection wakes only the worker whose queue it is in.
         socket.set_reuse_port(true)?;
     }
@@ -57,15 +80,18 @@ fn inet_once(addr: SocketAddr, ty: Type) -> io::Result<OwnedFd> {
     if ty == Type::STREAM {
         socket.listen(BACKLOG)?;
     }
+    if group == Group::Open {
+        // Bound and listening alone: the address was free. From now on a socket of the same
+        // user with SO_REUSEPORT may join (the primary's siblings; also any other program of
+        // this user that sets SO_REUSEPORT itself: the kernel allows that by design), but
+        // another instance of a gracenet cluster binds its first listener alone, and fails.
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
 /// Whether this process is a cluster's worker.
-fn in_cluster() -> bool {
-    crate::startup::startup().is_ok_and(|s| s.worker.is_some())
-}
-
 /// A TCP listener next to `template` (a listening socket with `SO_REUSEPORT`): bound to the
 /// same address in the same reuseport group, listening and non-blocking. `None` when
 /// `template` is not such a socket (a Unix socket, or one bound without `SO_REUSEPORT`, as
@@ -631,6 +657,42 @@ mod tests {
         let unix: OwnedFd = std::os::unix::net::UnixListener::bind(&dir).unwrap().into();
         assert!(reuseport_sibling(&unix).unwrap().is_none());
         let _ = std::fs::remove_file(&dir);
+    }
+
+    // Linux only: steering is.
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
+    #[test]
+    fn a_clusters_first_listener_is_bound_alone_then_opened_to_its_siblings_only() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = inet_socket(any, Type::STREAM, Group::Open).unwrap();
+        let addr = socket2::SockRef::from(&first)
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap();
+        // A second cluster's first listener on the same address: in use.
+        let e = inet_socket(addr, Type::STREAM, Group::Open).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+        // The primary's sibling joins the first one's group, after it (index 1).
+        let sibling = reuseport_sibling(&first).unwrap().expect("a sibling");
+        crate::sys::steer_reuseport(std::os::fd::AsFd::as_fd(&first), &[1]).unwrap();
+        let _clients: Vec<_> = (0..10)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let queued = |fd: &OwnedFd| {
+            let l = socket2::SockRef::from(fd);
+            (0..20).take_while(|_| l.accept().is_ok()).count()
+        };
+        assert_eq!((queued(&first), queued(&sibling)), (0, 10));
+        // A worker told to join (the first sent no copy) does, to the same group.
+        let joined = inet_socket(addr, Type::STREAM, Group::Join).unwrap();
+        crate::sys::steer_reuseport(std::os::fd::AsFd::as_fd(&first), &[2]).unwrap();
+        let _more: Vec<_> = (0..10)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        assert_eq!((queued(&first), queued(&sibling), queued(&joined)), (0, 0, 10));
+        // And the group is still closed to a new first listener.
+        assert!(inet_socket(addr, Type::STREAM, Group::Open).is_err());
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) struct WorkerRole {
     pub heartbeat: std::time::Duration,
     /// The primary's load table, as the primary's fd number (`GRACE_LOAD_FD`).
     pub load_fd: Option<std::os::fd::RawFd>,
+    /// A TCP listener it binds itself joins its cluster's `SO_REUSEPORT` group at once
+    /// (`GRACE_REUSEPORT_JOIN=1`) instead of being bound alone first.
+    pub join: bool,
 }
 
 impl WorkerRole {
@@ -60,6 +63,7 @@ impl WorkerRole {
         slot: Option<std::ffi::OsString>,
         heartbeat: Option<std::ffi::OsString>,
         load_fd: Option<std::ffi::OsString>,
+        join: Option<std::ffi::OsString>,
     ) -> Result<Option<WorkerRole>, EnvError> {
         let Some(slot) = slot else { return Ok(None) };
         let malformed = |var: &'static str, value: &std::ffi::OsStr, expected: &str| EnvError::Malformed {
@@ -99,10 +103,18 @@ impl WorkerRole {
                     .ok_or_else(|| malformed(crate::vars::GRACE_LOAD_FD, &fd, "an fd number"))?,
             ),
         };
+        let join = match join {
+            None => false,
+            Some(v) if v == "1" => true,
+            Some(v) => {
+                return Err(malformed(crate::vars::GRACE_REUSEPORT_JOIN, &v, "1, or unset"));
+            }
+        };
         Ok(Some(WorkerRole {
             slot: slot_n,
             heartbeat,
             load_fd,
+            join,
         }))
     }
 }
@@ -162,6 +174,7 @@ fn read() -> Result<Startup, EnvError> {
     let worker = take_var(GRACE_WORKER);
     let heartbeat = take_var(crate::vars::GRACE_HEARTBEAT_MS);
     let load_fd = take_var(crate::vars::GRACE_LOAD_FD);
+    let join = take_var(crate::vars::GRACE_REUSEPORT_JOIN);
     let inherited = InheritedFds::take_from_env()?;
     if let Some(pid) = inherited.meant_for {
         // A copy of a generation's variables, left in the environment of a process it
@@ -184,7 +197,7 @@ fn read() -> Result<Startup, EnvError> {
         });
     }
     let generation = parse_generation(generation)?;
-    let worker = WorkerRole::read(worker, heartbeat, load_fd)?;
+    let worker = WorkerRole::read(worker, heartbeat, load_fd, join)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before

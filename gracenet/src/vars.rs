@@ -59,6 +59,13 @@ pub const GRACE_HEARTBEAT_MS: &str = "GRACE_HEARTBEAT_MS";
 /// worker opens through `/proc` to publish its open connections; see
 /// `gracenet::cluster`); set with [`GRACE_WORKER`].
 pub const GRACE_LOAD_FD: &str = "GRACE_LOAD_FD";
+/// Set (to `1`) by a cluster's primary in a worker it starts when the cluster's listeners
+/// exist but the primary has no copy of them to hand over (its first worker sent none): a
+/// TCP listener the worker binds itself joins their `SO_REUSEPORT` group at once. Without
+/// it, a worker binds a new TCP listener alone first (failing with "address in use" if
+/// anything listens there, a second cluster on the same address included), and only then
+/// opens it to its primary's siblings; set with [`GRACE_WORKER`].
+pub const GRACE_REUSEPORT_JOIN: &str = "GRACE_REUSEPORT_JOIN";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -87,6 +94,7 @@ pub const OWNED: &[&str] = &[
     GRACE_WORKER,
     GRACE_HEARTBEAT_MS,
     GRACE_LOAD_FD,
+    GRACE_REUSEPORT_JOIN,
 ];
 
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.

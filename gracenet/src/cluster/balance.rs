@@ -61,15 +61,27 @@ unsafe impl Send for LoadTable {}
 unsafe impl Sync for LoadTable {}
 
 impl LoadTable {
-    /// A new, zeroed table (the primary's).
+    /// A new, zeroed table (the primary's), sealed at its size: no process can truncate it
+    /// under the workers' mappings (which would give each of them `SIGBUS`).
     pub(crate) fn create() -> io::Result<LoadTable> {
         let fd = crate::sys::shared_memory("grace-cluster-load", SIZE)?;
         Self::map(fd)
     }
 
-    /// The primary's table, opened from a worker: `pid`'s fd `fd`.
+    /// The primary's table, opened from a worker: `pid`'s fd `fd`. A table not sealed at its
+    /// size (as [`LoadTable::create`] seals it) is refused: whoever holds it could truncate it
+    /// under this worker's mapping.
     pub(crate) fn open(pid: u32, fd: RawFd) -> io::Result<LoadTable> {
         let fd = crate::sys::open_fd_of(pid, fd)?;
+        if !crate::sys::is_size_sealed(fd.as_fd())? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the load table (fd {}) is not sealed against resizing (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL)",
+                    fd.as_raw_fd()
+                ),
+            ));
+        }
         let len = nix::sys::stat::fstat(fd.as_fd())
             .map_err(io::Error::from)?
             .st_size;
@@ -291,5 +303,30 @@ mod tests {
         table.set_slots(1);
         assert_eq!(open(table.lightest_other(2, later)), Some(41));
         assert_eq!(table.lightest_other(0, later), None);
+    }
+
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
+    #[test]
+    fn the_table_cannot_be_resized_by_anyone_who_opens_it() {
+        let table = LoadTable::create().expect("memfd");
+        let other = LoadTable::open(std::process::id(), table.raw_fd()).expect("open by /proc");
+        other.report(0, 3, now_us());
+        for fd in [table.fd.as_fd(), other.fd.as_fd()] {
+            for len in [0, SIZE as libc::off_t * 2] {
+                let e = nix::unistd::ftruncate(fd, len).expect_err("a sealed table keeps its size");
+                assert_eq!(e, nix::errno::Errno::EPERM, "ftruncate to {len}");
+            }
+        }
+        // Still mapped and readable: no SIGBUS.
+        table.set_slots(2);
+        assert_eq!(table.lightest_other(1, now_us()).map(|l| l.open), Some(3));
+        // A table of the right size but without the seals is refused by a worker.
+        let unsealed = nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .expect("memfd");
+        nix::unistd::ftruncate(&unsealed, SIZE as libc::off_t).expect("size");
+        let e = LoadTable::open(std::process::id(), unsealed.as_raw_fd())
+            .err()
+            .expect("an unsealed table is refused");
+        assert!(e.to_string().contains("not sealed"), "{e}");
     }
 }

@@ -137,6 +137,9 @@ pub(super) fn start_process(
         if let Some(fd) = worker.load_fd {
             next.env(crate::vars::GRACE_LOAD_FD, fd.to_string());
         }
+        if worker.join {
+            next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
+        }
     }
     if idle {
         next.idle_priority();

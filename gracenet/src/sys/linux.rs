@@ -453,18 +453,39 @@ pub(crate) fn leave_idle_priority(process: Option<u32>) -> io::Result<usize> {
     Ok(returned)
 }
 
-/// An anonymous shared-memory file of `size` bytes (`memfd_create`), close-on-exec.
+/// An anonymous shared-memory file of `size` bytes (`memfd_create`), close-on-exec, sealed
+/// at that size (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`): no process that reaches it
+/// (its peers open it by `/proc/PID/fd`) can truncate it under their mappings, where a
+/// truncated shared mapping gives `SIGBUS` to every process touching it.
 pub(crate) fn shared_memory(name: &str, size: usize) -> io::Result<OwnedFd> {
     let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a plain system call with a NUL-terminated name; the returned fd is new and ours.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     nix::unistd::ftruncate(&fd, size as libc::off_t).map_err(io::Error::from)?;
+    // SAFETY: fcntl(F_ADD_SEALS) on an fd we own, with an int argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(fd)
+}
+
+/// The seals [`shared_memory`] puts on its file: its size can no longer change, nor its seals.
+pub(crate) const SIZE_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Whether `fd` is sealed at its size as [`shared_memory`] seals it.
+pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: fcntl(F_GET_SEALS) on an fd borrowed for the call.
+    let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals & SIZE_SEALS == SIZE_SEALS)
 }
 
 /// Opens another process's fd `fd` anew (through `/proc/PID/fd`), read-write: a worker
@@ -542,6 +563,29 @@ pub(crate) fn steer_reuseport(fd: BorrowedFd<'_>, live: &[u32]) -> io::Result<()
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// How many connections wait in a listening TCP socket's accept queue: `TCP_INFO` on a
+/// listener reports it in `tcpi_unacked` (its backlog limit in `tcpi_sacked`).
+pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain integers: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives for the call;
+    // `fd` is an open socket borrowed for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
 }
 
 /// Detaches the program [`steer_reuseport`] attached to `fd`'s group (`SO_DETACH_REUSEPORT_BPF`):

@@ -161,6 +161,11 @@ pub(crate) fn shared_memory(_name: &str, _size: usize) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+/// As [`shared_memory`]: there is no sealed file to ask about.
+pub(crate) fn is_size_sealed(_fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Needs `/proc/PID/fd`.
 pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
@@ -168,6 +173,11 @@ pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Steering a reuseport group is Linux's (`SO_ATTACH_REUSEPORT_CBPF`).
 pub(crate) fn steer_reuseport(_fd: BorrowedFd<'_>, _live: &[u32]) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Linux's (`TCP_INFO` on a listener), as [`steer_reuseport`].
+pub(crate) fn accept_queue_len(_fd: BorrowedFd<'_>) -> io::Result<u32> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 

@@ -115,6 +115,8 @@ pub(crate) struct Primary {
     group_index: Vec<Option<u32>>,
     next_index: u32,
     steered: Option<Vec<u32>>,
+    /// Removed slots' listeners waiting for their workers to exit before they are shut.
+    leaving: Vec<listeners::Leaving>,
     /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
     no_steering: bool,
     /// Notifications from outside the cluster ignored since the last warning, and when the
@@ -231,6 +233,7 @@ impl Primary {
             group_index: vec![None; workers],
             next_index: 0,
             steered: None,
+            leaving: Vec::new(),
             no_steering: false,
         })
     }
@@ -367,6 +370,7 @@ impl Primary {
             self.reading.iter().map(|r| r.deadline).min(),
             self.kill_all_at,
             self.control_paused_until,
+            self.next_handover_check(),
         ]
         .into_iter()
         .flatten()
@@ -396,6 +400,11 @@ impl Primary {
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
+        self.perform_each(actions);
+        self.performed();
+    }
+
+    fn perform_each(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Start { slot, id } => self.start(slot, id),
@@ -404,6 +413,14 @@ impl Primary {
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::Stop { pid } => {
+                    if self.defer_stop(pid) {
+                        tracing::info!(
+                            primary = self.me,
+                            pid,
+                            "cluster: scaling down: the worker accepts what is queued for it before it stops"
+                        );
+                        continue;
+                    }
                     tracing::info!(primary = self.me, pid, "cluster: stopping a worker");
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
@@ -492,6 +509,12 @@ impl Primary {
             .new_process_group();
         if let Some(table) = &self.load {
             next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
+        }
+        if self.store.as_ref().is_some_and(Vec::is_empty) {
+            // The first worker serves but sent no copy of its sockets: this one binds its own,
+            // joining the first one's groups (a worker's first listener is otherwise bound
+            // alone, and would find the address in use).
+            next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
         }
         match next.spawn() {
             Ok(child) => {
@@ -822,13 +845,17 @@ impl Primary {
             table.set_slots(workers);
         }
         if workers < self.slot_sockets.len() {
-            // The removed slots' own listeners close with their workers: connections queued
-            // in them are reset, unless the kernel moves them to the other listeners.
-            if self.slot_sockets[workers..]
-                .iter()
-                .flatten()
-                .flatten()
-                .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
+            // The removed slots' own listeners leave their groups once their queues are
+            // empty, and steering follows the groups' new numbering; if that cannot be done,
+            // they close with their workers as before: connections queued in them are reset
+            // then, unless the kernel moves them to the other listeners.
+            let handed_over = self.retire_listeners(workers);
+            if !handed_over
+                && self.slot_sockets[workers..]
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false))
                 && std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
                     .map_or(true, |v| v.trim() == "0")
             {
@@ -840,10 +867,11 @@ impl Primary {
             }
             self.slot_sockets.truncate(workers);
             if self.group_index.len() > workers {
-                // The removed slots' listeners leave their groups only once their workers have
-                // drained, and the kernel then renumbers the rest: which listener is which is
-                // no longer known, so the kernel's hash spreads new connections from now on.
-                if self.group_index.drain(workers..).flatten().next().is_some() {
+                // Unless handed over, the removed slots' listeners leave their groups only once
+                // their workers have drained, and the kernel then renumbers the rest: which
+                // listener is which is no longer known, so the kernel's hash spreads new
+                // connections from now on.
+                if self.group_index.drain(workers..).flatten().next().is_some() && !handed_over {
                     tracing::info!(
                         primary = self.me,
                         "cluster: scaled down: new connections spread by the kernel's hash from now on"
