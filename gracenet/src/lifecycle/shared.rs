@@ -87,6 +87,10 @@ pub(super) struct Shared {
     /// Connections accepted by this generation's graceful listeners (the control socket's
     /// clients included), for a cluster's `status` and its balance.
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests (or whatever units the application counts) served by this process
+    /// ([`Generation::count_requests`](super::Generation::count_requests)), for a cluster's
+    /// `status` and its recycling.
+    pub served: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
