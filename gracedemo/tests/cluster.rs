@@ -712,3 +712,133 @@ fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_k
         c.others()
     );
 }
+
+/// The `requests N` of each worker line of `status`.
+fn requests_in(status: &str) -> Vec<u64> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("worker "))
+        .filter_map(|l| {
+            l.split(", ")
+                .find_map(|f| f.strip_prefix("requests "))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_request() {
+    // gracenet's info lines (each recycle and its reason) shown too.
+    let c = tokio::task::block_in_place(|| {
+        TestCluster::start_with_env(
+            "2",
+            &["--max-requests", "50"],
+            &[("RUST_LOG", "warn,gracenet=info,gracehttp=info,gracedemo=info")],
+        )
+    });
+    let first = c.pids();
+    assert_eq!(first.len(), 2, "{}", c.status());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads = [(true, false), (false, false), (true, true)].map(|(keep_alive, http2)| {
+        let config = LoadConfig {
+            http2,
+            connections: 2,
+            ..c.load(keep_alive, Duration::from_secs(60))
+        };
+        tokio::spawn(run_load_until(config, stop.clone()))
+    });
+    // Until every first worker has been recycled (bounded: the loads stop at 60 s).
+    let mut most_requests = 0;
+    let mut statuses = Vec::new();
+    let recycled = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(60), || {
+            let status = c.status();
+            most_requests = requests_in(&status).into_iter().max().unwrap_or(0).max(most_requests);
+            let pids = c.pids();
+            let done = pids.len() == 2 && first.iter().all(|p| !pids.contains(p));
+            statuses.push(status);
+            done
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for load in loads {
+        let load = load.await.expect("load task");
+        sent += load.requests;
+        assert_eq!(
+            load.failures.total(),
+            0,
+            "{} of {} failed: {:?} {:?}",
+            load.failures.total(),
+            load.requests,
+            load.failures,
+            load.examples
+        );
+    }
+    let status = tokio::task::block_in_place(|| c.status());
+    assert!(
+        recycled,
+        "not every first worker ({first:?}) was recycled after {sent} requests: {status}"
+    );
+    assert!(most_requests > 0, "status never showed a request served: {status}");
+    assert!(
+        status.contains("recycled ") && status.contains("(last: requests)"),
+        "status names the recycles and their reason: {status}"
+    );
+    // One recycle at a time: no status ever showed two workers recycling.
+    for s in &statuses {
+        assert!(
+            s.matches("recycling (").count() <= 1,
+            "two workers recycling at once: {s}"
+        );
+    }
+    let json = String::from_utf8_lossy(&tokio::task::block_in_place(|| c.ctl(&["--status", "--json"])).stdout)
+        .into_owned();
+    for field in ["\"requests\":", "\"recycles\":", "\"last_recycle\":\"requests\""] {
+        assert!(json.contains(field), "{field} missing: {json}");
+    }
+    let mut primary = c;
+    let line = tokio::task::block_in_place(|| primary.primary.expect_log("recycling a worker"));
+    assert!(line.contains("requests"), "the log says why: {line}");
+    eprintln!("{sent} requests, every first worker recycled, 0 failed");
+}
+
+#[test]
+fn a_memory_limit_below_a_fresh_workers_memory_warns_and_recycles_nothing() {
+    let mut c = TestCluster::start("2", &["--max-memory", "1M"]);
+    let before = c.pids();
+    let line = c.primary.expect_log("already at the recycling limit");
+    assert!(line.contains("not recycling it for memory"), "{line}");
+    // Several heartbeats later (one a second), with requests served: the same workers.
+    for _ in 0..20 {
+        assert!(http_ok(c.port));
+    }
+    let started = Instant::now();
+    assert!(
+        wait_until(DEADLINE, || {
+            let status = c.status();
+            started.elapsed() >= Duration::from_secs(3) && requests_in(&status).iter().sum::<u64>() >= 20
+        }),
+        "the workers never reported their requests: {}",
+        c.status()
+    );
+    let status = c.status();
+    assert_eq!(c.pids(), before, "no worker was recycled: {status}");
+    assert!(!status.contains("recycl"), "{status}");
+    assert!(status.contains(" MiB"), "status shows each worker's memory: {status}");
+}
+
+#[test]
+fn a_bad_max_memory_is_refused_naming_the_flag_and_the_form() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.args(["-a0", "127.0.0.1:0", "--workers", "2", "--max-memory", "abc"]);
+    let mut p = ProcessGuard::spawn(cmd);
+    let status = p.wait_timeout(DEADLINE).expect("gracedemo exits at once");
+    assert!(!status.success());
+    let out = p.output_after_exit().join("\n");
+    assert!(out.contains("--max-memory"), "{out}");
+    assert!(
+        out.contains("expected a size such as 64M or 1G (bytes, or K, M, G: powers of 1024), got \"abc\""),
+        "{out}"
+    );
+}
