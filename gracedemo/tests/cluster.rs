@@ -753,7 +753,11 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
     let recycled = tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(60), || {
             let status = c.status();
-            most_requests = requests_in(&status).into_iter().max().unwrap_or(0).max(most_requests);
+            most_requests = requests_in(&status)
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+                .max(most_requests);
             let pids = c.pids();
             let done = pids.len() == 2 && first.iter().all(|p| !pids.contains(p));
             statuses.push(status);
@@ -780,7 +784,10 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
         recycled,
         "not every first worker ({first:?}) was recycled after {sent} requests: {status}"
     );
-    assert!(most_requests > 0, "status never showed a request served: {status}");
+    assert!(
+        most_requests > 0,
+        "status never showed a request served: {status}"
+    );
     assert!(
         status.contains("recycled ") && status.contains("(last: requests)"),
         "status names the recycles and their reason: {status}"
@@ -792,8 +799,9 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
             "two workers recycling at once: {s}"
         );
     }
-    let json = String::from_utf8_lossy(&tokio::task::block_in_place(|| c.ctl(&["--status", "--json"])).stdout)
-        .into_owned();
+    let json =
+        String::from_utf8_lossy(&tokio::task::block_in_place(|| c.ctl(&["--status", "--json"])).stdout)
+            .into_owned();
     for field in ["\"requests\":", "\"recycles\":", "\"last_recycle\":\"requests\""] {
         assert!(json.contains(field), "{field} missing: {json}");
     }
@@ -817,7 +825,9 @@ fn a_memory_limit_below_a_fresh_workers_memory_warns_and_recycles_nothing() {
     assert!(
         wait_until(DEADLINE, || {
             let status = c.status();
-            started.elapsed() >= Duration::from_secs(3) && requests_in(&status).iter().sum::<u64>() >= 20
+            let replaced = c.pids() != before;
+            started.elapsed() >= Duration::from_secs(3)
+                && (replaced || requests_in(&status).iter().sum::<u64>() >= 20)
         }),
         "the workers never reported their requests: {}",
         c.status()
@@ -825,7 +835,10 @@ fn a_memory_limit_below_a_fresh_workers_memory_warns_and_recycles_nothing() {
     let status = c.status();
     assert_eq!(c.pids(), before, "no worker was recycled: {status}");
     assert!(!status.contains("recycl"), "{status}");
-    assert!(status.contains(" MiB"), "status shows each worker's memory: {status}");
+    assert!(
+        status.contains(" MiB"),
+        "status shows each worker's memory: {status}"
+    );
 }
 
 #[test]

@@ -29,13 +29,18 @@
 //! - a worker silent for the worker timeout (default [`DEFAULT_WORKER_TIMEOUT`]) is stopped
 //!   (`SIGTERM`, `SIGKILL` half a second later) and replaced; so is one not ready within the
 //!   ready timeout;
+//! - with [`ClusterBuilder::max_requests`] or [`ClusterBuilder::max_memory`], a worker that has
+//!   served that many requests or grown that big (each worker's threshold raised by its own
+//!   0 to 10 %) is recycled: replaced by its own graceful restart, one worker at a time, never
+//!   during a rolling restart or a stop;
 //! - `SIGTTIN` / `SIGTTOU` or the control socket's `scale N` add or drain workers;
 //! - `SIGTERM`, `SIGINT` or `SIGHUP` (a terminal closing) drain every worker, and the
 //!   primary exits once all are gone.
 //!
 //! Each worker knows its slot (`GRACE_WORKER`), says it when ready, and sends a heartbeat
-//! (`WATCHDOG=1`) from its tokio runtime; it leaves the control socket and the PID file to
-//! the primary.
+//! (`WATCHDOG=1`, with its open and accepted connections, the requests it served and its
+//! resident memory, for `status` and recycling) from its tokio runtime; it leaves the control
+//! socket and the PID file to the primary.
 
 pub(crate) mod balance;
 pub(crate) mod machine;

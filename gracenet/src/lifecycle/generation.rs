@@ -71,13 +71,14 @@ impl Generation {
     pub fn count_requests(&self, n: u64) {
         self.shared
             .served
+            .0
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The requests counted so far in this process ([`count_requests`](Self::count_requests));
     /// each process of the server counts from 0.
     pub fn requests_served(&self) -> u64 {
-        self.shared.served.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.served.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The registry of sockets, for kinds [`listen`](Self::listen) does not cover (UDP,

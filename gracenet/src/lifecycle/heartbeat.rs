@@ -67,7 +67,7 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                     "WATCHDOG=1".to_owned(),
                     format!("{CONNECTIONS}={connections}"),
                     format!("{ACCEPTED}={accepted}"),
-                    format!("{REQUESTS}={}", shared.served.load(Ordering::Relaxed)),
+                    format!("{REQUESTS}={}", shared.served.0.load(Ordering::Relaxed)),
                 ];
                 if let Some(rss) = crate::sys::resident_bytes() {
                     lines.push(format!("{RSS}={rss}"));
