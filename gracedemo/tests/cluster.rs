@@ -726,6 +726,21 @@ fn requests_in(status: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The recycles `status` counts, over every slot.
+fn recycles_in(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.split(", recycled ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_request() {
     // gracenet's info lines (each recycle and its reason) shown too.
@@ -759,7 +774,9 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
                 .unwrap_or(0)
                 .max(most_requests);
             let pids = c.pids();
-            let done = pids.len() == 2 && first.iter().all(|p| !pids.contains(p));
+            // Every first worker, and some of their successors too.
+            let done =
+                pids.len() == 2 && first.iter().all(|p| !pids.contains(p)) && recycles_in(&status) >= 4;
             statuses.push(status);
             done
         })
@@ -782,7 +799,7 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
     let status = tokio::task::block_in_place(|| c.status());
     assert!(
         recycled,
-        "not every first worker ({first:?}) was recycled after {sent} requests: {status}"
+        "not every first worker ({first:?}) was recycled, and 4 recycles in all, after {sent} requests: {status}"
     );
     assert!(
         most_requests > 0,
@@ -808,7 +825,8 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
     let mut primary = c;
     let line = tokio::task::block_in_place(|| primary.primary.expect_log("recycling a worker"));
     assert!(line.contains("requests"), "the log says why: {line}");
-    eprintln!("{sent} requests, every first worker recycled, 0 failed");
+    let recycles = recycles_in(&status);
+    eprintln!("{sent} requests, {recycles} recycles, every first worker recycled, 0 failed");
 }
 
 #[test]
@@ -854,4 +872,52 @@ fn a_bad_max_memory_is_refused_naming_the_flag_and_the_form() {
         out.contains("expected a size such as 64M or 1G (bytes, or K, M, G: powers of 1024), got \"abc\""),
         "{out}"
     );
+}
+
+#[test]
+fn a_recycle_whose_successor_cannot_start_leaves_the_worker_serving_and_waits_before_trying_again() {
+    let app = App::install();
+    let mut c = TestCluster::launch(
+        &Launch {
+            program: app.path.clone(),
+            ..Launch::new("1")
+        }
+        .extra(&["--max-requests", "20"])
+        .env(&[("RUST_LOG", "warn,gracenet=info,gracehttp=info,gracedemo=info")]),
+    );
+    let [pid] = c.pids()[..] else {
+        panic!("one worker expected: {}", c.status())
+    };
+    // The deploy ships a binary that cannot start; the worker passes its limit.
+    app.deploy_script("#!/bin/sh\nexit 3\n");
+    for _ in 0..30 {
+        assert!(http_ok(c.port), "{}", c.status());
+    }
+    c.primary.expect_log("recycling a worker (a graceful restart)");
+    let failed = c.primary.expect_log("recycling a worker failed");
+    let failed_at = Instant::now();
+    assert!(failed.contains("retry_in_s=5"), "{failed}");
+    assert_eq!(c.pids(), vec![pid], "the old worker serves on: {}", c.status());
+    assert!(http_ok(c.port), "and answers");
+    // Tried again after the wait, not at the next heartbeat (a second later).
+    c.primary.expect_log("recycling a worker (a graceful restart)");
+    let gap = failed_at.elapsed();
+    assert!(gap >= Duration::from_secs(3), "tried again after only {gap:?}");
+    let failed = c.primary.expect_log("recycling a worker failed");
+    assert!(failed.contains("retry_in_s=10"), "the wait doubles: {failed}");
+    assert!(http_ok(c.port));
+    // The fixed binary back: the next try recycles the worker.
+    app.restore();
+    assert!(
+        wait_until(Duration::from_secs(40), || c
+            .pids()
+            .first()
+            .is_some_and(|&p| p != pid)),
+        "{}",
+        c.status()
+    );
+    let status = c.status();
+    assert!(status.contains("recycled 1 (last: requests)"), "{status}");
+    assert!(http_ok(c.port));
+    eprintln!("a failed recycle was tried again {gap:?} later");
 }
