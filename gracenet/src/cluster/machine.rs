@@ -1812,6 +1812,23 @@ mod tests {
             ]
         }
 
+        /// A world of serving, busy workers: mostly starts, readiness and heartbeats past a
+        /// low request threshold, short pauses (no worker is silent long enough to be killed
+        /// as hung), rolling restarts and scales now and then: recycles overlap with
+        /// everything else.
+        fn busy_step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => any::<usize>().prop_map(|i| Step::StartResult(i, true)),
+                3 => any::<usize>().prop_map(Step::Ready),
+                2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
+                1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
+                6 => (any::<usize>(), 0u64..100, 0u64..100).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
+                1 => (0u64..2_000).prop_map(Step::Tick),
+                1 => Just(Step::Restart),
+                1 => (1usize..5).prop_map(Step::Scale),
+            ]
+        }
+
         /// The processes and requests of a simulated world, checked against the machine.
         #[derive(Default)]
         struct World {
@@ -1978,13 +1995,41 @@ mod tests {
             static START: Instant = Instant::now();
         }
 
+        /// A stop, and the world winds down: every pending start reported, every process
+        /// exits (those told to stop cleanly); the cluster exits once, every request answered
+        /// once.
+        fn wind_down(c: &mut Cluster, w: &mut World) -> Result<(), TestCaseError> {
+            apply(c, w, Step::Stop);
+            for _ in 0..1000 {
+                if w.exits == 1 {
+                    break;
+                }
+                if !w.pending_starts.is_empty() {
+                    apply(c, w, Step::StartResult(0, true));
+                } else if let Some(&pid) = w.live.keys().next() {
+                    let clean = w.ended.contains(&pid);
+                    w.live.remove(&pid);
+                    let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
+                    w.perform(actions);
+                    check_invariants(c, w);
+                } else {
+                    break;
+                }
+            }
+            prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
+            for reply in &w.asked {
+                prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
+            }
+            Ok(())
+        }
+
         proptest! {
             #[test]
             fn any_history_keeps_the_invariants_and_a_stop_always_ends_in_one_exit(
                 workers in 1usize..4,
                 surge in 1usize..3,
-                max_requests in proptest::option::of(1u64..200),
-                max_memory in proptest::option::of(1u64..200),
+                max_requests in proptest::option::of(1u64..50),
+                max_memory in proptest::option::of(1u64..50),
                 seed in any::<u64>(),
                 steps in proptest::collection::vec(step(), 0..120),
             ) {
@@ -1996,29 +2041,27 @@ mod tests {
                 for s in steps {
                     apply(&mut c, &mut w, s);
                 }
-                // Then a stop, and the world winds down: every pending start reported, every
-                // process exits (those told to stop cleanly).
-                apply(&mut c, &mut w, Step::Stop);
-                for _ in 0..1000 {
-                    if w.exits == 1 {
-                        break;
-                    }
-                    if !w.pending_starts.is_empty() {
-                        apply(&mut c, &mut w, Step::StartResult(0, true));
-                    } else if let Some(&pid) = w.live.keys().next() {
-                        let clean = w.ended.contains(&pid);
-                        w.live.remove(&pid);
-                        let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
-                        w.perform(actions);
-                        check_invariants(&c, &w);
-                    } else {
-                        break;
-                    }
+                wind_down(&mut c, &mut w)?;
+                prop_assert!(w.live.is_empty());
+            }
+
+            #[test]
+            fn busy_workers_recycle_one_at_a_time_never_in_a_rollout_and_serve_throughout(
+                workers in 2usize..5,
+                max_requests in 1u64..50,
+                max_memory in proptest::option::of(1u64..100),
+                seed in any::<u64>(),
+                steps in proptest::collection::vec(busy_step(), 0..200),
+            ) {
+                let recycle = Recycle { max_requests: Some(max_requests), max_memory, seed };
+                let mut c = Cluster::new(Settings { recycle, ..settings(workers) });
+                let mut w = World::default();
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
                 }
-                prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
-                for reply in &w.asked {
-                    prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
-                }
+                wind_down(&mut c, &mut w)?;
                 prop_assert!(w.live.is_empty());
             }
         }
