@@ -921,3 +921,31 @@ fn a_recycle_whose_successor_cannot_start_leaves_the_worker_serving_and_waits_be
     assert!(http_ok(c.port));
     eprintln!("a failed recycle was tried again {gap:?} later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_every_http1_and_http2_request_a_worker_served() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("1", &[]));
+    let mut served = 0;
+    for (keep_alive, http2) in [(true, false), (false, false), (true, true)] {
+        let load = grace_tests::load::run_load(LoadConfig {
+            http2,
+            connections: 2,
+            max_requests: 100,
+            ..c.load(keep_alive, Duration::from_secs(20))
+        })
+        .await;
+        assert_eq!(
+            load.failures.total(),
+            0,
+            "{:?} {:?}",
+            load.failures,
+            load.examples
+        );
+        served += load.requests;
+    }
+    assert_eq!(served, 300, "each load sends its 100");
+    // The next heartbeats (one a second) carry the count.
+    let counted =
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || requests_in(&c.status()) == vec![served]));
+    assert!(counted, "status counts {served} requests: {}", c.status());
+}
