@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION] [--max-requests N] [--max-memory SIZE]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -143,6 +143,24 @@ fn command() -> Command {
                 .allow_hyphen_values(true)
                 .value_parser(worker_timeout)
                 .help("With --workers: a worker whose runtime is silent this long (Go's form: 30s, 1m) is stopped and replaced; 0 turns the watchdog off. Default 30s."),
+        )
+        .arg(
+            Arg::new("max-requests")
+                .long("max-requests")
+                .value_name("N")
+                .requires("workers")
+                .allow_hyphen_values(true)
+                .value_parser(max_requests)
+                .help("With --workers: a worker that has served N requests (plus its own 0-10 %) is replaced by a graceful restart, one worker at a time. Default: never."),
+        )
+        .arg(
+            Arg::new("max-memory")
+                .long("max-memory")
+                .value_name("SIZE")
+                .requires("workers")
+                .allow_hyphen_values(true)
+                .value_parser(max_memory)
+                .help("With --workers: a worker whose resident memory reaches SIZE (bytes, or with K, M, G: 512K, 64M, 1G; plus its own 0-10 %) is replaced by a graceful restart, one worker at a time. Default: never."),
         )
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
@@ -311,6 +329,40 @@ fn worker_timeout(s: &str) -> Result<Option<std::time::Duration>, String> {
     }
 }
 
+/// `--max-requests`: a positive number of requests.
+fn max_requests(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("expected a positive number of requests such as 10000, got {s:?}"))
+}
+
+/// `--max-memory`: a size in bytes, or with a K, M or G suffix (powers of 1024; `B` or `iB`
+/// after it allowed: 64M, 64MB, 64MiB).
+fn max_memory(s: &str) -> Result<u64, String> {
+    let bad = || format!("expected a size such as 64M or 1G (bytes, or K, M, G: powers of 1024), got {s:?}");
+    let upper = s.trim().to_ascii_uppercase();
+    // `iB` only after a unit (64MiB); `B` after a unit or the bare number (64MB, 1000B).
+    let (body, binary) = match upper.strip_suffix("IB") {
+        Some(body) => (body, true),
+        None => (upper.strip_suffix('B').unwrap_or(&upper), false),
+    };
+    let (digits, shift) = match body.as_bytes().last() {
+        Some(b'K') => (&body[..body.len() - 1], 10),
+        Some(b'M') => (&body[..body.len() - 1], 20),
+        Some(b'G') => (&body[..body.len() - 1], 30),
+        Some(b'T') => (&body[..body.len() - 1], 40),
+        _ if binary => return Err(bad()),
+        _ => (body, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!("{s:?} is no limit: a size above 0 such as 64M"));
+    }
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large for a memory size"))
+}
+
 /// `--control-timeout`: a positive Go duration.
 fn control_timeout(s: &str) -> Result<std::time::Duration, String> {
     match gracedemo::duration::parse_duration(s)? {
@@ -383,6 +435,9 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     if let Some(timeout) = matches.get_one::<Option<std::time::Duration>>("worker-timeout") {
         server = server.worker_timeout(*timeout);
     }
+    server = server
+        .max_requests(matches.get_one::<u64>("max-requests").copied())
+        .max_memory(matches.get_one::<u64>("max-memory").copied());
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)
@@ -524,6 +579,49 @@ mod tests {
             let e = one_line(&parse(without_status).unwrap_err());
             assert!(e.contains("--json is a form of --status: add --status"), "{e}");
         }
+    }
+
+    #[test]
+    fn recycling_flags_take_counts_and_sizes_and_name_a_bad_value() {
+        let m = parse(&["--workers", "2", "--max-requests", "50", "--max-memory", "64M"]).unwrap();
+        assert_eq!(m.get_one::<u64>("max-requests"), Some(&50));
+        assert_eq!(m.get_one::<u64>("max-memory"), Some(&(64 << 20)));
+        for (given, bytes) in [
+            ("1G", 1u64 << 30),
+            ("512k", 512 << 10),
+            ("64MiB", 64 << 20),
+            ("64MB", 64 << 20),
+            ("1000", 1000),
+            ("1000B", 1000),
+        ] {
+            assert_eq!(max_memory(given), Ok(bytes), "{given}");
+        }
+        for bad in [
+            "abc",
+            "",
+            "M",
+            "-1M",
+            "1.5G",
+            "0",
+            "1X",
+            "20000000000G",
+            "iB",
+            "64iB",
+            "64BB",
+        ] {
+            assert!(max_memory(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = one_line(&parse(&["--workers", "2", "--max-memory", "abc"]).unwrap_err());
+        assert!(e.contains("--max-memory"), "{e}");
+        assert!(
+            e.contains("expected a size such as 64M or 1G (bytes, or K, M, G: powers of 1024), got \"abc\""),
+            "{e}"
+        );
+        let e = one_line(&parse(&["--workers", "2", "--max-requests", "-5"]).unwrap_err());
+        assert!(e.contains("--max-requests"), "{e}");
+        assert!(e.contains("expected a positive number of requests"), "{e}");
+        let e = one_line(&parse(&["--max-requests", "5"]).unwrap_err());
+        assert!(e.contains("--workers"), "only with --workers: {e}");
     }
 
     mod properties {

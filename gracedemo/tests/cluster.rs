@@ -904,3 +904,240 @@ async fn scaling_down_under_load_resets_no_queued_connection() {
         "not every worker of {pids:?} answered: {seen:?}"
     );
 }
+
+/// The `requests N` of each worker line of `status`.
+fn requests_in(status: &str) -> Vec<u64> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("worker "))
+        .filter_map(|l| {
+            l.split(", ")
+                .find_map(|f| f.strip_prefix("requests "))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// The recycles `status` counts, over every slot.
+fn recycles_in(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.split(", recycled ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_request() {
+    // gracenet's info lines (each recycle and its reason) shown too.
+    let c = tokio::task::block_in_place(|| {
+        TestCluster::start_with_env(
+            "2",
+            &["--max-requests", "50"],
+            &[("RUST_LOG", "warn,gracenet=info,gracehttp=info,gracedemo=info")],
+        )
+    });
+    let first = c.pids();
+    assert_eq!(first.len(), 2, "{}", c.status());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads = [(true, false), (false, false), (true, true)].map(|(keep_alive, http2)| {
+        let config = LoadConfig {
+            http2,
+            connections: 2,
+            ..c.load(keep_alive, Duration::from_secs(60))
+        };
+        tokio::spawn(run_load_until(config, stop.clone()))
+    });
+    // Until every first worker has been recycled (bounded: the loads stop at 60 s).
+    let mut most_requests = 0;
+    let mut statuses = Vec::new();
+    let recycled = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(60), || {
+            let status = c.status();
+            most_requests = requests_in(&status)
+                .into_iter()
+                .max()
+                .unwrap_or(0)
+                .max(most_requests);
+            let pids = c.pids();
+            // Every first worker, and some of their successors too.
+            let done =
+                pids.len() == 2 && first.iter().all(|p| !pids.contains(p)) && recycles_in(&status) >= 4;
+            statuses.push(status);
+            done
+        })
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for load in loads {
+        let load = load.await.expect("load task");
+        sent += load.requests;
+        assert_eq!(
+            load.failures.total(),
+            0,
+            "{} of {} failed: {:?} {:?}",
+            load.failures.total(),
+            load.requests,
+            load.failures,
+            load.examples
+        );
+    }
+    let status = tokio::task::block_in_place(|| c.status());
+    assert!(
+        recycled,
+        "not every first worker ({first:?}) was recycled, and 4 recycles in all, after {sent} requests: {status}"
+    );
+    assert!(
+        most_requests > 0,
+        "status never showed a request served: {status}"
+    );
+    assert!(
+        status.contains("recycled ") && status.contains("(last: requests)"),
+        "status names the recycles and their reason: {status}"
+    );
+    // One recycle at a time: no status ever showed two workers recycling.
+    for s in &statuses {
+        assert!(
+            s.matches("recycling (").count() <= 1,
+            "two workers recycling at once: {s}"
+        );
+    }
+    let json =
+        String::from_utf8_lossy(&tokio::task::block_in_place(|| c.ctl(&["--status", "--json"])).stdout)
+            .into_owned();
+    for field in ["\"requests\":", "\"recycles\":", "\"last_recycle\":\"requests\""] {
+        assert!(json.contains(field), "{field} missing: {json}");
+    }
+    let mut primary = c;
+    let line = tokio::task::block_in_place(|| primary.primary.expect_log("recycling a worker"));
+    assert!(line.contains("requests"), "the log says why: {line}");
+    let recycles = recycles_in(&status);
+    eprintln!("{sent} requests, {recycles} recycles, every first worker recycled, 0 failed");
+}
+
+#[test]
+fn a_memory_limit_below_a_fresh_workers_memory_warns_and_recycles_nothing() {
+    let mut c = TestCluster::start("2", &["--max-memory", "1M"]);
+    let before = c.pids();
+    let line = c.primary.expect_log("already at the recycling limit");
+    assert!(line.contains("not recycling it for memory"), "{line}");
+    // Several heartbeats later (one a second), with requests served: the same workers.
+    for _ in 0..20 {
+        assert!(http_ok(c.port));
+    }
+    let started = Instant::now();
+    assert!(
+        wait_until(DEADLINE, || {
+            let status = c.status();
+            let replaced = c.pids() != before;
+            started.elapsed() >= Duration::from_secs(3)
+                && (replaced || requests_in(&status).iter().sum::<u64>() >= 20)
+        }),
+        "the workers never reported their requests: {}",
+        c.status()
+    );
+    let status = c.status();
+    assert_eq!(c.pids(), before, "no worker was recycled: {status}");
+    assert!(!status.contains("recycl"), "{status}");
+    assert!(
+        status.contains(" MiB"),
+        "status shows each worker's memory: {status}"
+    );
+}
+
+#[test]
+fn a_bad_max_memory_is_refused_naming_the_flag_and_the_form() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.args(["-a0", "127.0.0.1:0", "--workers", "2", "--max-memory", "abc"]);
+    let mut p = ProcessGuard::spawn(cmd);
+    let status = p.wait_timeout(DEADLINE).expect("gracedemo exits at once");
+    assert!(!status.success());
+    let out = p.output_after_exit().join("\n");
+    assert!(out.contains("--max-memory"), "{out}");
+    assert!(
+        out.contains("expected a size such as 64M or 1G (bytes, or K, M, G: powers of 1024), got \"abc\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_recycle_whose_successor_cannot_start_leaves_the_worker_serving_and_waits_before_trying_again() {
+    let app = App::install();
+    let mut c = TestCluster::launch(
+        &Launch {
+            program: app.path.clone(),
+            ..Launch::new("1")
+        }
+        .extra(&["--max-requests", "20"])
+        .env(&[("RUST_LOG", "warn,gracenet=info,gracehttp=info,gracedemo=info")]),
+    );
+    let [pid] = c.pids()[..] else {
+        panic!("one worker expected: {}", c.status())
+    };
+    // The deploy ships a binary that cannot start; the worker passes its limit.
+    app.deploy_script("#!/bin/sh\nexit 3\n");
+    for _ in 0..30 {
+        assert!(http_ok(c.port), "{}", c.status());
+    }
+    c.primary.expect_log("recycling a worker (a graceful restart)");
+    let failed = c.primary.expect_log("recycling a worker failed");
+    let failed_at = Instant::now();
+    assert!(failed.contains("retry_in_s=5"), "{failed}");
+    assert_eq!(c.pids(), vec![pid], "the old worker serves on: {}", c.status());
+    assert!(http_ok(c.port), "and answers");
+    // Tried again after the wait, not at the next heartbeat (a second later).
+    c.primary.expect_log("recycling a worker (a graceful restart)");
+    let gap = failed_at.elapsed();
+    assert!(gap >= Duration::from_secs(3), "tried again after only {gap:?}");
+    let failed = c.primary.expect_log("recycling a worker failed");
+    assert!(failed.contains("retry_in_s=10"), "the wait doubles: {failed}");
+    assert!(http_ok(c.port));
+    // The fixed binary back: the next try recycles the worker.
+    app.restore();
+    assert!(
+        wait_until(Duration::from_secs(40), || c
+            .pids()
+            .first()
+            .is_some_and(|&p| p != pid)),
+        "{}",
+        c.status()
+    );
+    let status = c.status();
+    assert!(status.contains("recycled 1 (last: requests)"), "{status}");
+    assert!(http_ok(c.port));
+    eprintln!("a failed recycle was tried again {gap:?} later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_every_http1_and_http2_request_a_worker_served() {
+    let c = tokio::task::block_in_place(|| TestCluster::start("1", &[]));
+    let mut served = 0;
+    for (keep_alive, http2) in [(true, false), (false, false), (true, true)] {
+        let load = grace_tests::load::run_load(LoadConfig {
+            http2,
+            connections: 2,
+            max_requests: 100,
+            ..c.load(keep_alive, Duration::from_secs(20))
+        })
+        .await;
+        assert_eq!(
+            load.failures.total(),
+            0,
+            "{:?} {:?}",
+            load.failures,
+            load.examples
+        );
+        served += load.requests;
+    }
+    assert_eq!(served, 300, "each load sends its 100");
+    // The next heartbeats (one a second) carry the count.
+    let counted =
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || requests_in(&c.status()) == vec![served]));
+    assert!(counted, "status counts {served} requests: {}", c.status());
+}

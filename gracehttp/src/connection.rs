@@ -548,9 +548,11 @@ fn failed<S: HttpService>(error: S::Error) -> ServiceCall<S> {
     }
 }
 
-/// A request's start, for every service type alike: counts it in flight (HTTP/1 if `http1`).
+/// A request's start, for every service type alike: counts it in flight (HTTP/1 if `http1`),
+/// and served by this process (a relaxed add: a cluster's `status` and recycling read it).
 #[inline(never)]
 fn begin(activity: &Arc<Activity>, http1: bool) -> InFlight {
+    activity.drain.generation().count_requests(1);
     activity.any_request.store(true, Ordering::Relaxed);
     if !http1 {
         activity.http2.store(true, Ordering::Relaxed);

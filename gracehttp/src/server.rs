@@ -64,6 +64,8 @@ pub struct Server {
     lifecycle: Lifecycle,
     on_listening: Option<OnListening>,
     workers: Option<usize>,
+    max_requests: Option<u64>,
+    max_memory: Option<u64>,
     worker_timeout: Option<Option<std::time::Duration>>,
 }
 
@@ -95,6 +97,8 @@ impl Default for Server {
             lifecycle: Lifecycle::Builder(Generation::builder()),
             on_listening: None,
             workers: None,
+            max_requests: None,
+            max_memory: None,
             worker_timeout: None,
         }
     }
@@ -153,6 +157,22 @@ impl Server {
     /// [`gracenet::cluster::DEFAULT_WORKER_TIMEOUT`].
     pub fn worker_timeout(mut self, timeout: Option<std::time::Duration>) -> Server {
         self.worker_timeout = Some(timeout);
+        self
+    }
+
+    /// With [`workers`](Self::workers): a worker that has served `n` HTTP requests (HTTP/1
+    /// and HTTP/2, plus its own 0 to 10 %) is replaced by its own graceful restart, one at a
+    /// time (see [`gracenet::ClusterBuilder::max_requests`]); `None` (the default): never.
+    pub fn max_requests(mut self, n: Option<u64>) -> Server {
+        self.max_requests = n;
+        self
+    }
+
+    /// With [`workers`](Self::workers): a worker whose resident memory reaches `bytes` (plus
+    /// its own 0 to 10 %) is replaced by its own graceful restart, one at a time (see
+    /// [`gracenet::ClusterBuilder::max_memory`]); `None` (the default): never.
+    pub fn max_memory(mut self, bytes: Option<u64>) -> Server {
+        self.max_memory = bytes;
         self
     }
 
@@ -271,6 +291,9 @@ impl Server {
             if let Some(timeout) = self.worker_timeout {
                 cluster = cluster.worker_timeout(timeout);
             }
+            cluster = cluster
+                .max_requests(self.max_requests)
+                .max_memory(self.max_memory);
             let code = cluster.run()?;
             std::process::exit(code);
         }

@@ -35,7 +35,86 @@ pub(crate) struct Settings {
     /// How many workers failing to start (exiting before they are ready) within
     /// [`CRASH_WINDOW`] end the cluster.
     pub crash_limit: usize,
+    /// When a worker is replaced for having served enough, or grown too big.
+    pub recycle: Recycle,
 }
+
+/// Recycling: a worker is replaced (by its own graceful restart) once it has served
+/// `max_requests`, or once its resident memory reaches `max_memory` bytes, each raised for
+/// every worker by its own 0 to 10 % (drawn from `seed` and its pid when the machine first
+/// hears of it), so workers started together do not recycle together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Recycle {
+    pub max_requests: Option<u64>,
+    pub max_memory: Option<u64>,
+    /// Drawn by the driver (the machine draws nothing): the jitter's source.
+    pub seed: u64,
+}
+
+/// How much above its setting a worker's threshold may be drawn, in thousandths.
+const JITTER_PERMILLE: u64 = 100;
+
+impl Recycle {
+    /// A worker's thresholds.
+    fn limits_for(&self, pid: u32) -> Limits {
+        let jitter = |limit: u64, salt: u64| {
+            // splitmix64's finaliser over the seed, the pid and which limit: a fixed draw per
+            // worker, spread evenly.
+            let mut z = self.seed ^ ((u64::from(pid) << 8) | salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let permille = z % (JITTER_PERMILLE + 1);
+            let extra = u128::from(limit) * u128::from(permille) / 1000;
+            limit.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
+        };
+        Limits {
+            requests: self.max_requests.map(|l| jitter(l, 1)),
+            memory: self.max_memory.map(|l| jitter(l, 2)),
+        }
+    }
+}
+
+/// One worker's recycling thresholds (its settings plus its jitter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Limits {
+    pub requests: Option<u64>,
+    pub memory: Option<u64>,
+}
+
+/// What a worker's heartbeat says of its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Load {
+    /// Requests it has served.
+    pub requests: Option<u64>,
+    /// Its resident memory, in bytes.
+    pub rss: Option<u64>,
+}
+
+/// Why a worker is recycled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecycleReason {
+    /// It served `served` requests, its threshold being `limit`.
+    Requests { served: u64, limit: u64 },
+    /// Its resident memory reached `rss` bytes, its threshold being `limit`.
+    Memory { rss: u64, limit: u64 },
+}
+
+impl RecycleReason {
+    /// `requests` or `memory`, for `status`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            RecycleReason::Requests { .. } => "requests",
+            RecycleReason::Memory { .. } => "memory",
+        }
+    }
+}
+
+/// The wait before a slot whose recycle failed tries again; it doubles with each failure in
+/// a row, up to [`MAX_RECYCLE_RETRY`]. A failed recycle leaves the old worker serving: there
+/// is no hurry, and a build that cannot start must not be started in a loop.
+const FIRST_RECYCLE_RETRY: Duration = Duration::from_secs(5);
+const MAX_RECYCLE_RETRY: Duration = Duration::from_secs(300);
 
 /// The window crashes are counted in.
 pub(crate) const CRASH_WINDOW: Duration = Duration::from_secs(30);
@@ -77,6 +156,11 @@ pub(crate) struct Worker {
     pub beat: Instant,
     /// Killed (hung or never ready): its exit is on the way.
     pub killed: bool,
+    /// Its recycling thresholds.
+    pub limits: Limits,
+    /// Its resident memory at its first heartbeat once ready: a worker already at its memory
+    /// threshold then is not recycled for memory (its replacement would be too, in a loop).
+    pub first_rss: Option<u64>,
 }
 
 /// One slot.
@@ -92,8 +176,17 @@ pub(crate) struct Slot {
     /// Its worker was told to restart and has not yet been succeeded (or failed).
     pub restarting: bool,
     /// When a restart asked of its worker is given up if neither its successor nor its
-    /// failure has been heard of (meaningful while `restarting`).
+    /// failure has been heard of (meaningful while `restarting` or `recycling`).
     pub restart_deadline: Option<Instant>,
+    /// Its worker was told to restart to recycle it (for this reason), and has not yet been
+    /// succeeded (or failed). At most one slot at a time, never during a rollout.
+    pub recycling: Option<RecycleReason>,
+    /// Recycles done here, and the last one's reason (for `status`).
+    pub recycles: u64,
+    pub last_recycle: Option<RecycleReason>,
+    /// Recycles failed in a row here, and when the next may be tried.
+    pub recycle_failures: u32,
+    pub recycle_after: Option<Instant>,
 }
 
 /// A rolling restart under way.
@@ -162,8 +255,8 @@ pub(crate) enum Event {
     Ready { slot: usize, pid: u32 },
     /// A worker's own restart failed (it keeps serving).
     RestartFailed { pid: u32, reason: String },
-    /// A sign of life from a worker (`WATCHDOG=1`).
-    Heartbeat { pid: u32 },
+    /// A sign of life from a worker (`WATCHDOG=1`), with its load.
+    Heartbeat { pid: u32, load: Load },
     /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
     Exited { pid: u32, clean: bool },
     /// Time passed (the driver feeds it at [`Cluster::next_deadline`]).
@@ -198,6 +291,29 @@ pub(crate) enum Action {
     /// The cluster now has `workers` slots (after a scale the machine accepted): the driver's
     /// per-slot bookkeeping follows.
     Resized { workers: usize },
+    /// Recycle a worker: ask it to restart (`SIGUSR2`), as `Restart` does, for `reason`.
+    Recycle {
+        slot: usize,
+        pid: u32,
+        reason: RecycleReason,
+    },
+    /// Something the operator should read about recycling (logged).
+    RecycleNotice {
+        slot: usize,
+        pid: u32,
+        notice: RecycleNotice,
+    },
+}
+
+/// What the driver logs about recycling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecycleNotice {
+    /// The recycle failed (`reason`): the old worker serves on; the next try is after
+    /// `retry_in`.
+    Failed { reason: String, retry_in: Duration },
+    /// A worker already had `rss` bytes, at or above its memory threshold `limit`, at its first
+    /// heartbeat: it is not recycled for memory.
+    AboveAtStart { rss: u64, limit: u64 },
 }
 
 /// Why a worker is killed.
@@ -258,7 +374,9 @@ impl Cluster {
             .iter()
             .flat_map(|s| {
                 let worker = s.worker.and_then(|w| self.deadline_of(&w));
-                let restart = s.restart_deadline.filter(|_| s.restarting);
+                let restart = s
+                    .restart_deadline
+                    .filter(|_| s.restarting || s.recycling.is_some());
                 [worker, s.restart_at, restart]
             })
             .flatten()
@@ -307,6 +425,8 @@ impl Cluster {
                             since: now,
                             beat: now,
                             killed: false,
+                            limits: self.settings.recycle.limits_for(pid),
+                            first_rss: None,
                         });
                     }
                     // Started as the stop came, for a slot scaled away, or for one a stray
@@ -326,7 +446,9 @@ impl Cluster {
             }
             Event::Ready { slot, pid } => self.ready(slot, pid, now, &mut actions),
             Event::RestartFailed { pid, reason } => {
-                if let Some(slot) = self.slot_of(pid).filter(|&i| self.slots[i].restarting) {
+                if let Some(slot) = self.slot_of(pid).filter(|&i| self.slots[i].recycling.is_some()) {
+                    self.recycle_failed(slot, pid, reason, now, &mut actions);
+                } else if let Some(slot) = self.slot_of(pid).filter(|&i| self.slots[i].restarting) {
                     self.slots[slot].restarting = false;
                     self.end_rollout(
                         |done| RolloutResult::Failed {
@@ -338,11 +460,12 @@ impl Cluster {
                     );
                 }
             }
-            Event::Heartbeat { pid } => {
+            Event::Heartbeat { pid, load } => {
                 if let Some(slot) = self.slot_of(pid)
                     && let Some(w) = self.slots[slot].worker.as_mut()
                 {
                     w.beat = now;
+                    self.maybe_recycle(slot, load, now, &mut actions);
                 }
             }
             Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
@@ -358,7 +481,8 @@ impl Cluster {
                         reply,
                         result: RolloutResult::Stopping,
                     });
-                } else if self.rollout.is_some() {
+                } else if self.rollout.is_some() || self.recycling().is_some() {
+                    // After the rollout, or the recycle, under way.
                     self.queued.push(reply);
                 } else {
                     self.begin_rollout(vec![reply], &mut actions);
@@ -386,6 +510,8 @@ impl Cluster {
             since: now,
             beat: now,
             killed: false,
+            limits: self.settings.recycle.limits_for(pid),
+            first_rss: None,
         };
         let ours = self
             .slots
@@ -412,7 +538,13 @@ impl Cluster {
                 s.worker = Some(fresh);
                 let was_restarting = std::mem::replace(&mut s.restarting, false);
                 self.retiring.push(old.pid);
-                if was_restarting {
+                if let Some(reason) = s.recycling.take() {
+                    s.recycles += 1;
+                    s.last_recycle = Some(reason);
+                    s.recycle_failures = 0;
+                    s.recycle_after = None;
+                    self.begin_queued(actions);
+                } else if was_restarting {
                     if let Some(r) = self.rollout.as_mut() {
                         r.done += 1;
                     }
@@ -449,6 +581,10 @@ impl Cluster {
         };
         let restarting = std::mem::replace(&mut self.slots[slot].restarting, false);
         self.slots[slot].worker = None;
+        if self.slots[slot].recycling.take().is_some() {
+            // Its replacement starts afresh: the recycle is moot.
+            self.begin_queued(actions);
+        }
         if restarting {
             self.end_rollout(
                 |done| RolloutResult::Failed {
@@ -521,6 +657,7 @@ impl Cluster {
         for s in &mut self.slots {
             s.restart_at = None;
             s.restarting = false;
+            s.recycling = None;
             s.starting = None;
             if let Some(w) = s.worker.take() {
                 self.retiring.push(w.pid);
@@ -537,6 +674,19 @@ impl Cluster {
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.recycling.is_some() && s.restart_deadline.is_some_and(|d| d <= now))
+        {
+            let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
+            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            let reason = format!(
+                "worker {pid} neither restarted nor reported a failure within {} s",
+                waited.as_secs()
+            );
+            self.recycle_failed(slot, pid, reason, now, actions);
+        }
         if let Some(slot) = self
             .slots
             .iter()
@@ -576,6 +726,9 @@ impl Cluster {
                 actions.push(Action::Kill { pid: w.pid, why });
                 if let Some(w) = self.slots[slot].worker.as_mut() {
                     w.killed = true;
+                }
+                if self.slots[slot].recycling.take().is_some() {
+                    self.begin_queued(actions);
                 }
             }
         }
@@ -623,6 +776,9 @@ impl Cluster {
             if let Some(r) = self.rollout.as_mut() {
                 r.queue.retain(|&slot| slot < workers);
             }
+            // A slot scaled away in the middle of its recycle no longer holds the rollouts
+            // asked for meanwhile.
+            self.begin_queued(actions);
             // A slot scaled away in the middle of its restart no longer holds the rollout:
             // it goes on with the next slot, or ends.
             self.next_in_rollout(actions);
@@ -693,6 +849,96 @@ impl Cluster {
         }
     }
 
+    /// The slot being recycled, if one is.
+    pub(crate) fn recycling(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.recycling.is_some())
+    }
+
+    /// Rolling restarts asked for while a recycle ran (and no rollout runs): they begin.
+    fn begin_queued(&mut self, actions: &mut Vec<Action>) {
+        if self.rollout.is_none() && !self.queued.is_empty() && !self.stopping && self.recycling().is_none() {
+            let waiting = std::mem::take(&mut self.queued);
+            self.begin_rollout(waiting, actions);
+        }
+    }
+
+    /// After `slot`'s heartbeat with `load`: recycles its worker when it has passed a
+    /// threshold, unless anything else replaces workers now (a rollout, asked for or under
+    /// way, another recycle, a stop) or the slot waits after a failed recycle. Thresholds are
+    /// looked at again at the next heartbeat.
+    fn maybe_recycle(&mut self, slot: usize, load: Load, now: Instant, actions: &mut Vec<Action>) {
+        let Some(w) = self.slots[slot].worker.filter(|w| w.ready && !w.killed) else {
+            return;
+        };
+        if let (None, Some(rss)) = (w.first_rss, load.rss) {
+            if let Some(w) = self.slots[slot].worker.as_mut() {
+                w.first_rss = Some(rss);
+            }
+            if let Some(limit) = w.limits.memory.filter(|&l| rss >= l) {
+                actions.push(Action::RecycleNotice {
+                    slot,
+                    pid: w.pid,
+                    notice: RecycleNotice::AboveAtStart { rss, limit },
+                });
+            }
+        }
+        let busy = self.stopping
+            || self.rollout.is_some()
+            || !self.queued.is_empty()
+            || self.slots.iter().any(|s| s.restarting || s.recycling.is_some());
+        let s = &self.slots[slot];
+        if busy || s.recycle_after.is_some_and(|t| now < t) {
+            return;
+        }
+        let requests = w
+            .limits
+            .requests
+            .zip(load.requests)
+            .filter(|&(limit, served)| served >= limit)
+            .map(|(limit, served)| RecycleReason::Requests { served, limit });
+        let first_rss = s.worker.and_then(|w| w.first_rss);
+        let memory = w
+            .limits
+            .memory
+            .zip(load.rss)
+            .filter(|&(limit, rss)| rss >= limit && first_rss.is_some_and(|f| f < limit))
+            .map(|(limit, rss)| RecycleReason::Memory { rss, limit });
+        let Some(reason) = requests.or(memory) else {
+            return;
+        };
+        let s = &mut self.slots[slot];
+        s.recycling = Some(reason);
+        s.restart_deadline = Some(now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
+        actions.push(Action::Recycle {
+            slot,
+            pid: w.pid,
+            reason,
+        });
+    }
+
+    /// `slot`'s recycle failed: its worker serves on, and the slot waits before the next try.
+    fn recycle_failed(
+        &mut self,
+        slot: usize,
+        pid: u32,
+        reason: String,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let s = &mut self.slots[slot];
+        s.recycling = None;
+        s.recycle_failures = s.recycle_failures.saturating_add(1);
+        let retry_in =
+            (FIRST_RECYCLE_RETRY * (1u32 << (s.recycle_failures - 1).min(16))).min(MAX_RECYCLE_RETRY);
+        s.recycle_after = Some(now + retry_in);
+        actions.push(Action::RecycleNotice {
+            slot,
+            pid,
+            notice: RecycleNotice::Failed { reason, retry_in },
+        });
+        self.begin_queued(actions);
+    }
+
     fn maybe_exit(&mut self, actions: &mut Vec<Action>) {
         let empty = self.slots.iter().all(|s| s.worker.is_none());
         if self.stopping && empty && self.spawning.is_empty() && self.retiring.is_empty() && !self.exited {
@@ -715,12 +961,18 @@ mod tests {
             ready_timeout: Duration::from_secs(30),
             worker_timeout: Some(Duration::from_secs(10)),
             crash_limit: 5,
+            recycle: Recycle::default(),
         }
     }
 
     /// A cluster of `n` ready workers, pids 100, 101, ...
     fn serving(n: usize, now: Instant) -> Cluster {
-        let mut c = Cluster::new(settings(n));
+        serving_with(settings(n), now)
+    }
+
+    /// A cluster of ready workers with `settings`, pids 100, 101, ...
+    fn serving_with(settings: Settings, now: Instant) -> Cluster {
+        let mut c = Cluster::new(settings);
         for (slot, a) in c.start().into_iter().enumerate() {
             let pid = 100 + slot as u32;
             assert_eq!(
@@ -817,7 +1069,13 @@ mod tests {
         let mut c = serving(2, now);
         // Worker 1 has gone: nothing else serves (see the next test for a cluster where
         // another worker does).
-        c.handle(Event::Heartbeat { pid: 101 }, now);
+        c.handle(
+            Event::Heartbeat {
+                pid: 101,
+                load: Load::default(),
+            },
+            now,
+        );
         c.slots[1].worker = None;
         let a = c.handle(
             Event::Exited {
@@ -875,7 +1133,13 @@ mod tests {
         let mut pid = 100;
         for n in 0..20u32 {
             now += STABLE;
-            c.handle(Event::Heartbeat { pid: 101 }, now);
+            c.handle(
+                Event::Heartbeat {
+                    pid: 101,
+                    load: Load::default(),
+                },
+                now,
+            );
             let a = c.handle(Event::Exited { pid, clean: false }, now);
             let [Action::Start { slot: 0, id }] = a[..] else {
                 panic!("death {n} of a worker that served {STABLE:?}: replaced at once, got {a:?}")
@@ -889,7 +1153,13 @@ mod tests {
         let mut delays = Vec::new();
         for n in 0..10u32 {
             now += Duration::from_millis(100);
-            c.handle(Event::Heartbeat { pid: 101 }, now);
+            c.handle(
+                Event::Heartbeat {
+                    pid: 101,
+                    load: Load::default(),
+                },
+                now,
+            );
             let a = c.handle(Event::Exited { pid, clean: false }, now);
             let id = match a[..] {
                 [Action::Start { id, .. }] => {
@@ -900,7 +1170,13 @@ mod tests {
                     let at = c.slots[0].restart_at.expect("a restart is due");
                     delays.push(at - now);
                     now = at;
-                    c.handle(Event::Heartbeat { pid: 101 }, now);
+                    c.handle(
+                        Event::Heartbeat {
+                            pid: 101,
+                            load: Load::default(),
+                        },
+                        now,
+                    );
                     match c.handle(Event::Tick, now)[..] {
                         [Action::Start { id, .. }] => id,
                         ref other => panic!("expected a start after the backoff: {other:?}"),
@@ -962,13 +1238,25 @@ mod tests {
         let mut c = serving(2, now);
         let mut pid = 100;
         for n in 0..20u32 {
-            c.handle(Event::Heartbeat { pid: 101 }, now);
+            c.handle(
+                Event::Heartbeat {
+                    pid: 101,
+                    load: Load::default(),
+                },
+                now,
+            );
             let a = c.handle(Event::Exited { pid, clean: false }, now);
             let id = match a[..] {
                 [Action::Start { id, .. }] => id,
                 [] => {
                     now = c.slots[0].restart_at.expect("a start is due");
-                    c.handle(Event::Heartbeat { pid: 101 }, now);
+                    c.handle(
+                        Event::Heartbeat {
+                            pid: 101,
+                            load: Load::default(),
+                        },
+                        now,
+                    );
                     match c.handle(Event::Tick, now)[..] {
                         [Action::Start { id, .. }] => id,
                         ref other => panic!("{other:?}"),
@@ -1013,7 +1301,13 @@ mod tests {
         let now = Instant::now();
         let mut c = serving(2, now);
         // Slot 0's worker died; its replacement has not started.
-        c.handle(Event::Heartbeat { pid: 101 }, now);
+        c.handle(
+            Event::Heartbeat {
+                pid: 101,
+                load: Load::default(),
+            },
+            now,
+        );
         c.slots[0].worker = None;
         assert!(
             c.refuse_scale(1)
@@ -1071,7 +1365,13 @@ mod tests {
         let now = Instant::now();
         let mut c = serving(2, now);
         let later = now + Duration::from_secs(9);
-        c.handle(Event::Heartbeat { pid: 101 }, later);
+        c.handle(
+            Event::Heartbeat {
+                pid: 101,
+                load: Load::default(),
+            },
+            later,
+        );
         let a = c.handle(Event::Tick, now + Duration::from_secs(10));
         assert_eq!(
             a,
@@ -1240,6 +1540,237 @@ mod tests {
         assert_eq!(pids(&c), vec![300]);
     }
 
+    fn recycling(n: usize, max_requests: Option<u64>, max_memory: Option<u64>) -> Settings {
+        Settings {
+            recycle: Recycle {
+                max_requests,
+                max_memory,
+                seed: 7,
+            },
+            ..settings(n)
+        }
+    }
+
+    fn beat(pid: u32, requests: u64, rss: u64) -> Event {
+        Event::Heartbeat {
+            pid,
+            load: Load {
+                requests: Some(requests),
+                rss: Some(rss),
+            },
+        }
+    }
+
+    #[test]
+    fn a_worker_past_its_request_limit_is_recycled_alone_serving_until_its_successor_is_ready() {
+        let now = Instant::now();
+        let mut c = serving_with(recycling(2, Some(100), None), now);
+        let limit = c.slots[0]
+            .worker
+            .and_then(|w| w.limits.requests)
+            .expect("a limit");
+        assert!((100..=110).contains(&limit), "{limit}");
+        assert!(
+            c.handle(beat(100, limit - 1, 0), now).is_empty(),
+            "below its limit"
+        );
+        assert_eq!(
+            c.handle(beat(100, limit, 0), now),
+            vec![Action::Recycle {
+                slot: 0,
+                pid: 100,
+                reason: RecycleReason::Requests { served: limit, limit }
+            }]
+        );
+        assert_eq!(pids(&c), vec![100, 101], "the old worker serves on meanwhile");
+        assert_eq!(c.recycling(), Some(0));
+        // Another worker past its limit waits: one recycle at a time.
+        assert!(c.handle(beat(101, 10_000, 0), now).is_empty());
+        assert!(c.handle(beat(100, 10_000, 0), now).is_empty(), "once");
+        // A rolling restart asked for meanwhile waits for the recycle.
+        assert!(c.handle(Event::RestartRequested { reply: 1 }, now).is_empty());
+        // The successor is ready: the old one drains, the slot counts its recycle, and the
+        // rollout begins.
+        let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 0, pid: 200 }]);
+        assert!(c.retiring.contains(&100));
+        assert_eq!(c.slots[0].recycles, 1);
+        assert_eq!(c.slots[0].last_recycle.map(|r| r.name()), Some("requests"));
+        assert_eq!(c.recycling(), None);
+        // Never during a rollout.
+        assert!(c.handle(beat(101, 10_000, 0), now).is_empty());
+        c.handle(Event::Ready { slot: 0, pid: 300 }, now);
+        c.handle(Event::Ready { slot: 1, pid: 301 }, now);
+        assert!(c.rollout.is_none());
+        // After it, each fresh worker counts from its own start.
+        assert!(c.handle(beat(301, 50, 0), now).is_empty());
+        assert!(matches!(
+            c.handle(beat(301, 10_000, 0), now)[..],
+            [Action::Recycle {
+                slot: 1,
+                pid: 301,
+                ..
+            }]
+        ));
+        // A stop ends it: nothing recycles while the cluster stops.
+        c.handle(Event::StopRequested, now);
+        assert_eq!(c.recycling(), None);
+        assert!(c.handle(beat(300, 10_000, 0), now).is_empty());
+    }
+
+    #[test]
+    fn a_failed_recycle_leaves_the_worker_serving_and_is_tried_again_after_a_growing_wait() {
+        let now = Instant::now();
+        let mut c = serving_with(recycling(1, Some(10), None), now);
+        assert!(matches!(
+            c.handle(beat(100, 100, 0), now)[..],
+            [Action::Recycle { .. }]
+        ));
+        let a = c.handle(
+            Event::RestartFailed {
+                pid: 100,
+                reason: "exited before it was ready".into(),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::RecycleNotice {
+                slot: 0,
+                pid: 100,
+                notice: RecycleNotice::Failed {
+                    reason: "exited before it was ready".into(),
+                    retry_in: FIRST_RECYCLE_RETRY
+                }
+            }]
+        );
+        assert_eq!(pids(&c), vec![100], "the old worker serves on");
+        assert!(
+            c.handle(beat(100, 200, 0), now + Duration::from_secs(1))
+                .is_empty(),
+            "no tight loop"
+        );
+        let later = now + FIRST_RECYCLE_RETRY;
+        assert!(matches!(
+            c.handle(beat(100, 300, 0), later)[..],
+            [Action::Recycle { .. }]
+        ));
+        // This one is never heard of again: given up at the restart's deadline, with twice the
+        // wait before the next try.
+        let deadline = later + Duration::from_secs(30) * 2 + RESTART_MARGIN;
+        assert_eq!(
+            c.next_deadline(),
+            Some(deadline.min(later + Duration::from_secs(10)))
+        );
+        c.handle(
+            Event::Heartbeat {
+                pid: 100,
+                load: Load::default(),
+            },
+            deadline - Duration::from_secs(1),
+        );
+        let a = c.handle(Event::Tick, deadline);
+        assert!(
+            matches!(&a[..], [Action::RecycleNotice { notice: RecycleNotice::Failed { reason, retry_in }, .. }]
+                if reason.contains("neither restarted nor reported") && *retry_in == FIRST_RECYCLE_RETRY * 2),
+            "{a:?}"
+        );
+        assert_eq!(pids(&c), vec![100]);
+        assert!(
+            c.handle(beat(100, 400, 0), deadline + FIRST_RECYCLE_RETRY)
+                .is_empty()
+        );
+        assert!(matches!(
+            c.handle(beat(100, 400, 0), deadline + FIRST_RECYCLE_RETRY * 2)[..],
+            [Action::Recycle { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_worker_that_grows_past_its_memory_limit_is_recycled_but_one_born_above_it_is_not() {
+        let now = Instant::now();
+        let mut c = serving_with(recycling(2, None, Some(1000)), now);
+        let limit = c.slots[0].worker.and_then(|w| w.limits.memory).expect("a limit");
+        assert!(
+            c.handle(beat(100, 0, 500), now).is_empty(),
+            "its first heartbeat: below"
+        );
+        // Slot 1's worker is at the limit as soon as it serves: a replacement would be too.
+        let a = c.handle(beat(101, 0, 5000), now);
+        assert!(
+            matches!(
+                a[..],
+                [Action::RecycleNotice {
+                    slot: 1,
+                    pid: 101,
+                    notice: RecycleNotice::AboveAtStart { rss: 5000, .. }
+                }]
+            ),
+            "{a:?}"
+        );
+        assert_eq!(
+            c.handle(beat(100, 0, 2000), now),
+            vec![Action::Recycle {
+                slot: 0,
+                pid: 100,
+                reason: RecycleReason::Memory { rss: 2000, limit }
+            }]
+        );
+        c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        assert!(
+            c.handle(beat(101, 0, 9000), now).is_empty(),
+            "born above: never for memory"
+        );
+        // Its successor, were it already above at its first heartbeat: the same.
+        let a = c.handle(beat(200, 0, 9000), now);
+        assert!(
+            matches!(
+                a[..],
+                [Action::RecycleNotice {
+                    slot: 0,
+                    pid: 200,
+                    notice: RecycleNotice::AboveAtStart { .. }
+                }]
+            ),
+            "{a:?}"
+        );
+        assert!(c.handle(beat(200, 0, 9000), now).is_empty());
+        assert_eq!(c.slots[0].last_recycle.map(|r| r.name()), Some("memory"));
+    }
+
+    #[test]
+    fn each_worker_draws_its_own_threshold_within_ten_percent_above_the_setting() {
+        let r = Recycle {
+            max_requests: Some(10_000),
+            max_memory: Some(1 << 30),
+            seed: 42,
+        };
+        let limits: Vec<Limits> = (1..=1000).map(|pid| r.limits_for(pid)).collect();
+        let requests: Vec<u64> = limits.iter().filter_map(|l| l.requests).collect();
+        assert!(requests.iter().all(|&l| (10_000..=11_000).contains(&l)));
+        let (min, max) = (requests.iter().min(), requests.iter().max());
+        assert!(
+            min < Some(&10_200) && max > Some(&10_800),
+            "spread: {min:?} {max:?}"
+        );
+        assert!(limits.iter().all(|l| {
+            l.memory
+                .is_some_and(|m| ((1 << 30)..=(1 << 30) + (1 << 30) / 10).contains(&m))
+        }));
+        assert_eq!(
+            r.limits_for(5),
+            r.limits_for(5),
+            "drawn once per worker: the same for its pid"
+        );
+        assert_ne!(
+            (1..=10).map(|p| r.limits_for(p)).collect::<Vec<_>>(),
+            (1..=10)
+                .map(|p| Recycle { seed: 43, ..r }.limits_for(p))
+                .collect::<Vec<_>>(),
+            "another primary, another draw"
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1256,8 +1787,8 @@ mod tests {
             RestartResult(usize, bool),
             /// A live process exits, cleanly or not, by index.
             Exit(usize, bool),
-            /// A live worker beats, by index.
-            Beat(usize),
+            /// A live worker beats, by index, with its requests served and memory.
+            Beat(usize, u64, u64),
             /// Time passes, in ms.
             Tick(u64),
             Restart,
@@ -1266,16 +1797,35 @@ mod tests {
         }
 
         fn step() -> impl Strategy<Value = Step> {
+            // Starts, readiness and heartbeats weigh more: the histories then reach serving
+            // workers, and their recycling, often.
             prop_oneof![
-                (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::StartResult(i, ok)),
-                any::<usize>().prop_map(Step::Ready),
-                (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
-                (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
-                any::<usize>().prop_map(Step::Beat),
-                (0u64..40_000).prop_map(Step::Tick),
-                Just(Step::Restart),
-                Just(Step::Stop),
-                (0usize..5).prop_map(Step::Scale),
+                2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::StartResult(i, ok)),
+                2 => any::<usize>().prop_map(Step::Ready),
+                1 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
+                1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
+                2 => (any::<usize>(), 0u64..300, 0u64..300).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
+                1 => (0u64..40_000).prop_map(Step::Tick),
+                1 => Just(Step::Restart),
+                1 => Just(Step::Stop),
+                1 => (0usize..5).prop_map(Step::Scale),
+            ]
+        }
+
+        /// A world of serving, busy workers: mostly starts, readiness and heartbeats past a
+        /// low request threshold, short pauses (no worker is silent long enough to be killed
+        /// as hung), rolling restarts and scales now and then: recycles overlap with
+        /// everything else.
+        fn busy_step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => any::<usize>().prop_map(|i| Step::StartResult(i, true)),
+                3 => any::<usize>().prop_map(Step::Ready),
+                2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
+                1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
+                6 => (any::<usize>(), 0u64..100, 0u64..100).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
+                1 => (0u64..2_000).prop_map(Step::Tick),
+                1 => Just(Step::Restart),
+                1 => (1usize..5).prop_map(Step::Scale),
             ]
         }
 
@@ -1303,10 +1853,11 @@ mod tests {
                 for a in actions {
                     match a {
                         Action::Start { slot, id } => self.pending_starts.push((id, slot)),
-                        Action::Restart { slot, pid } => {
+                        Action::Restart { slot, pid } | Action::Recycle { slot, pid, .. } => {
                             assert!(self.live.contains_key(&pid), "restart of a dead {pid}");
                             self.restarting.insert(pid, slot);
                         }
+                        Action::RecycleNotice { .. } => {}
                         Action::Stop { pid } | Action::Kill { pid, .. } => {
                             self.ended.insert(pid);
                         }
@@ -1340,6 +1891,20 @@ mod tests {
                         "an empty slot is being refilled: {c:?}"
                     );
                 }
+            }
+            let recycling: Vec<&Slot> = c.slots.iter().filter(|s| s.recycling.is_some()).collect();
+            assert!(recycling.len() <= 1, "at most one recycle at a time: {c:?}");
+            if let [s] = recycling[..] {
+                assert!(c.rollout.is_none(), "no recycle during a rollout");
+                assert!(!c.stopping, "no recycle during a stop");
+                assert!(
+                    c.slots.iter().all(|s| !s.restarting),
+                    "nothing else restarts meanwhile"
+                );
+                assert!(
+                    s.worker.is_some_and(|w| w.ready && !w.killed),
+                    "a slot being recycled keeps serving: {c:?}"
+                );
             }
             assert!(w.answered.values().all(|&n| n == 1), "one answer per request");
             assert!(w.exits <= 1, "one exit");
@@ -1399,8 +1964,14 @@ mod tests {
                     }
                     None => return,
                 },
-                Step::Beat(i) => match World::pick(w.live.keys().copied(), i) {
-                    Some(pid) => Event::Heartbeat { pid },
+                Step::Beat(i, requests, rss) => match World::pick(w.live.keys().copied(), i) {
+                    Some(pid) => Event::Heartbeat {
+                        pid,
+                        load: Load {
+                            requests: Some(requests),
+                            rss: Some(rss),
+                        },
+                    },
                     None => return,
                 },
                 Step::Tick(ms) => {
@@ -1424,43 +1995,73 @@ mod tests {
             static START: Instant = Instant::now();
         }
 
+        /// A stop, and the world winds down: every pending start reported, every process
+        /// exits (those told to stop cleanly); the cluster exits once, every request answered
+        /// once.
+        fn wind_down(c: &mut Cluster, w: &mut World) -> Result<(), TestCaseError> {
+            apply(c, w, Step::Stop);
+            for _ in 0..1000 {
+                if w.exits == 1 {
+                    break;
+                }
+                if !w.pending_starts.is_empty() {
+                    apply(c, w, Step::StartResult(0, true));
+                } else if let Some(&pid) = w.live.keys().next() {
+                    let clean = w.ended.contains(&pid);
+                    w.live.remove(&pid);
+                    let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
+                    w.perform(actions);
+                    check_invariants(c, w);
+                } else {
+                    break;
+                }
+            }
+            prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
+            for reply in &w.asked {
+                prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
+            }
+            Ok(())
+        }
+
         proptest! {
             #[test]
             fn any_history_keeps_the_invariants_and_a_stop_always_ends_in_one_exit(
                 workers in 1usize..4,
                 surge in 1usize..3,
+                max_requests in proptest::option::of(1u64..50),
+                max_memory in proptest::option::of(1u64..50),
+                seed in any::<u64>(),
                 steps in proptest::collection::vec(step(), 0..120),
             ) {
-                let mut c = Cluster::new(Settings { surge, ..settings(workers) });
+                let recycle = Recycle { max_requests, max_memory, seed };
+                let mut c = Cluster::new(Settings { surge, recycle, ..settings(workers) });
                 let mut w = World::default();
                 let actions = c.start();
                 w.perform(actions);
                 for s in steps {
                     apply(&mut c, &mut w, s);
                 }
-                // Then a stop, and the world winds down: every pending start reported, every
-                // process exits (those told to stop cleanly).
-                apply(&mut c, &mut w, Step::Stop);
-                for _ in 0..1000 {
-                    if w.exits == 1 {
-                        break;
-                    }
-                    if !w.pending_starts.is_empty() {
-                        apply(&mut c, &mut w, Step::StartResult(0, true));
-                    } else if let Some(&pid) = w.live.keys().next() {
-                        let clean = w.ended.contains(&pid);
-                        w.live.remove(&pid);
-                        let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
-                        w.perform(actions);
-                        check_invariants(&c, &w);
-                    } else {
-                        break;
-                    }
+                wind_down(&mut c, &mut w)?;
+                prop_assert!(w.live.is_empty());
+            }
+
+            #[test]
+            fn busy_workers_recycle_one_at_a_time_never_in_a_rollout_and_serve_throughout(
+                workers in 2usize..5,
+                max_requests in 1u64..50,
+                max_memory in proptest::option::of(1u64..100),
+                seed in any::<u64>(),
+                steps in proptest::collection::vec(busy_step(), 0..200),
+            ) {
+                let recycle = Recycle { max_requests: Some(max_requests), max_memory, seed };
+                let mut c = Cluster::new(Settings { recycle, ..settings(workers) });
+                let mut w = World::default();
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
                 }
-                prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
-                for reply in &w.asked {
-                    prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
-                }
+                wind_down(&mut c, &mut w)?;
                 prop_assert!(w.live.is_empty());
             }
         }

@@ -29,13 +29,18 @@
 //! - a worker silent for the worker timeout (default [`DEFAULT_WORKER_TIMEOUT`]) is stopped
 //!   (`SIGTERM`, `SIGKILL` half a second later) and replaced; so is one not ready within the
 //!   ready timeout;
+//! - with [`ClusterBuilder::max_requests`] or [`ClusterBuilder::max_memory`], a worker that has
+//!   served that many requests or grown that big (each worker's threshold raised by its own
+//!   0 to 10 %) is recycled: replaced by its own graceful restart, one worker at a time, never
+//!   during a rolling restart or a stop;
 //! - `SIGTTIN` / `SIGTTOU` or the control socket's `scale N` add or drain workers;
 //! - `SIGTERM`, `SIGINT` or `SIGHUP` (a terminal closing) drain every worker, and the
 //!   primary exits once all are gone.
 //!
 //! Each worker knows its slot (`GRACE_WORKER`), says it when ready, and sends a heartbeat
-//! (`WATCHDOG=1`) from its tokio runtime; it leaves the control socket and the PID file to
-//! the primary.
+//! (`WATCHDOG=1`, with its open and accepted connections, the requests it served and its
+//! resident memory, for `status` and recycling) from its tokio runtime; it leaves the control
+//! socket and the PID file to the primary.
 
 pub(crate) mod balance;
 pub(crate) mod machine;
@@ -68,6 +73,8 @@ impl Cluster {
             surge: 1,
             control_socket: None,
             pid_file: None,
+            max_requests: None,
+            max_memory: None,
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct ClusterBuilder {
     pub(crate) surge: usize,
     pub(crate) control_socket: Option<PathBuf>,
     pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
 }
 
 impl ClusterBuilder {
@@ -121,6 +130,28 @@ impl ClusterBuilder {
     /// result), `status` (every worker) and `scale N` on it; the workers leave it alone.
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Recycling by requests: a worker that has served `n` requests (as counted by
+    /// [`Generation::count_requests`](crate::Generation::count_requests); gracehttp counts
+    /// each HTTP request) is replaced by its own graceful restart. Each worker's threshold is
+    /// `n` plus its own 0 to 10 %, drawn when it starts, so workers do not recycle together.
+    /// Looked at on each heartbeat; one worker recycles at a time, never during a rolling
+    /// restart or a stop. `None` (the default): never.
+    pub fn max_requests(mut self, n: Option<u64>) -> Self {
+        self.max_requests = n.filter(|&n| n > 0);
+        self
+    }
+
+    /// Recycling by memory: a worker whose resident memory (RSS, which it reads itself and
+    /// sends with its heartbeat) reaches `bytes`, plus its own 0 to 10 %, is replaced by its
+    /// own graceful restart, as with [`max_requests`](Self::max_requests). A worker already at
+    /// its threshold at its first heartbeat (the limit is below a fresh worker's memory) is
+    /// not recycled for memory, with a warning: its replacement would be at it too.
+    /// `None` (the default): never.
+    pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
+        self.max_memory = bytes.filter(|&n| n > 0);
         self
     }
 

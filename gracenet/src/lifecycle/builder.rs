@@ -297,6 +297,7 @@ impl GenerationBuilder {
             requests: requests_tx,
             notifier: Notifier::from_env(),
             accepted: Arc::default(),
+            served: super::shared::Padded::default(),
         });
         tracing::info!(generation = number, pid = std::process::id(), "starting");
         crate::metrics::generation_started(number);

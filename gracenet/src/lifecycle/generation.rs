@@ -62,6 +62,25 @@ impl Generation {
         self.shared.startup.worker.map(|w| w.slot)
     }
 
+    /// Counts `n` more requests (or other units of work) served by this process: a cluster's
+    /// worker reports the count in its heartbeat, `status` shows it per worker, and
+    /// [`ClusterBuilder::max_requests`](crate::ClusterBuilder::max_requests) replaces a worker
+    /// once it passes the limit. gracehttp counts each HTTP request itself; a raw gracenet
+    /// server calls this once per request it serves. A relaxed atomic add in this process:
+    /// cheap enough for every request.
+    pub fn count_requests(&self, n: u64) {
+        self.shared
+            .served
+            .0
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The requests counted so far in this process ([`count_requests`](Self::count_requests));
+    /// each process of the server counts from 0.
+    pub fn requests_served(&self) -> u64 {
+        self.shared.served.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The registry of sockets, for kinds [`listen`](Self::listen) does not cover (UDP,
     /// Unix datagram). Stop using them when [`draining`](Self::draining) resolves.
     pub fn registry(&self) -> &'static SocketRegistry {

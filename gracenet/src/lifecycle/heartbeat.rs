@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use super::Phase;
 use super::shared::Shared;
 use crate::cluster::balance;
-use crate::supervisor::protocol::{ACCEPTED, CONNECTIONS};
+use crate::supervisor::protocol::{ACCEPTED, CONNECTIONS, REQUESTS, RSS};
 
-/// Sends a heartbeat every `every`, with the open and accepted connections (for the
-/// primary's `status`), for as long as the process runs.
+/// Sends a heartbeat every `every`, with the open and accepted connections, the requests
+/// served and the resident memory (for the primary's `status` and its recycling), for as
+/// long as the process runs. The memory is read here, by the worker, rather than by the
+/// primary: one read of `/proc/self/status` per heartbeat, and the primary, which serves
+/// every worker from one thread, opens no file per worker for it.
 pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
     let table = balance::worker_table();
     let tick = if table.is_some() {
@@ -60,11 +63,16 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
             if let Some(notifier) = &shared.notifier {
                 // Never waits: a primary that stopped reading (SIGSTOP) must not stop this
                 // worker's runtime; a heartbeat lost so is a late one.
-                notifier.try_send(&[
+                let mut lines = vec![
                     "WATCHDOG=1".to_owned(),
                     format!("{CONNECTIONS}={connections}"),
                     format!("{ACCEPTED}={accepted}"),
-                ]);
+                    format!("{REQUESTS}={}", shared.served.0.load(Ordering::Relaxed)),
+                ];
+                if let Some(rss) = crate::sys::resident_bytes() {
+                    lines.push(format!("{RSS}={rss}"));
+                }
+                notifier.try_send(&lines);
             }
         }
     }

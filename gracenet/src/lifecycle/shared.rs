@@ -87,7 +87,18 @@ pub(super) struct Shared {
     /// Connections accepted by this generation's graceful listeners (the control socket's
     /// clients included), for a cluster's `status` and its balance.
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests (or whatever units the application counts) served by this process
+    /// ([`Generation::count_requests`](super::Generation::count_requests)), for a cluster's
+    /// `status` and its recycling. Written by every request: on a cache line of its own, so
+    /// that the fields read on every connection's path beside it do not bounce with it.
+    pub served: Padded,
 }
+
+/// An atomic counter alone on its cache line (128 bytes: two lines, for the adjacent-line
+/// prefetch of x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct Padded(pub(super) std::sync::atomic::AtomicU64);
 
 impl Shared {
     pub fn registry(&self) -> &'static SocketRegistry {

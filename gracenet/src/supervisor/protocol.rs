@@ -21,6 +21,13 @@ pub(crate) const CONNECTIONS: &str = "X_GRACE_CONNECTIONS";
 /// The connections a worker has accepted, in its heartbeat.
 pub(crate) const ACCEPTED: &str = "X_GRACE_ACCEPTED";
 
+/// The requests a worker has served ([`Generation::count_requests`](crate::Generation::count_requests)),
+/// in its heartbeat.
+pub(crate) const REQUESTS: &str = "X_GRACE_REQUESTS";
+
+/// A worker's resident memory in bytes, in its heartbeat (absent where it cannot be read).
+pub(crate) const RSS: &str = "X_GRACE_RSS";
+
 /// One notification message, as lines.
 #[derive(Debug)]
 pub(crate) struct Message {

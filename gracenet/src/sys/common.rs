@@ -191,3 +191,17 @@ impl ExitThread {
         }
     }
 }
+
+/// This process's resident memory in bytes, from `/proc/self/status` (`VmRSS`, in kB);
+/// `None` where there is no `/proc` or it cannot be read.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb.saturating_mul(1024))
+}

@@ -20,7 +20,8 @@ mod status;
 
 use super::ClusterBuilder;
 use super::machine::{
-    Action, Cluster as Machine, Event, KillReason, ReplyId, RolloutResult, Settings, StartId,
+    Action, Cluster as Machine, Event, KillReason, Load, Recycle, RecycleNotice, RecycleReason, ReplyId,
+    RolloutResult, Settings, StartId,
 };
 use crate::error::Error;
 use crate::notify::Notifier;
@@ -42,6 +43,10 @@ struct WorkerInfo {
     since: Instant,
     connections: usize,
     accepted: u64,
+    /// Requests served, as its last heartbeat said.
+    requests: u64,
+    /// Resident memory in bytes, as its last heartbeat said.
+    rss: Option<u64>,
 }
 
 /// Who waits for a rolling restart's result.
@@ -179,6 +184,11 @@ impl Primary {
             ready_timeout: settings.ready_timeout,
             worker_timeout: settings.worker_timeout,
             crash_limit: crate::supervisor::CRASH_LIMIT,
+            recycle: Recycle {
+                max_requests: settings.max_requests,
+                max_memory: settings.max_memory,
+                seed: random_seed(),
+            },
         });
         let workers = settings.workers.max(1);
         let load = match super::balance::LoadTable::create() {
@@ -458,6 +468,38 @@ impl Primary {
                     signal_pid(self.me, pid, Signal::SIGTERM);
                     self.kills.push((pid, Instant::now() + KILL_GRACE));
                 }
+                Action::Recycle { slot, pid, reason } => {
+                    let why = match reason {
+                        RecycleReason::Requests { served, limit } => {
+                            format!("served {served} requests (its limit {limit})")
+                        }
+                        RecycleReason::Memory { rss, limit } => {
+                            format!("resident memory {rss} bytes (its limit {limit})")
+                        }
+                    };
+                    tracing::info!(
+                        primary = self.me,
+                        slot, pid, reason = reason.name(), detail = %why,
+                        "cluster: recycling a worker (a graceful restart)"
+                    );
+                    signal_pid(self.me, pid, Signal::SIGUSR2);
+                }
+                Action::RecycleNotice { slot, pid, notice } => match notice {
+                    RecycleNotice::Failed { reason, retry_in } => tracing::warn!(
+                        primary = self.me,
+                        slot, pid, %reason, retry_in_s = retry_in.as_secs(),
+                        "cluster: recycling a worker failed: it keeps serving"
+                    ),
+                    RecycleNotice::AboveAtStart { rss, limit } => tracing::warn!(
+                        primary = self.me,
+                        slot,
+                        pid,
+                        rss,
+                        limit,
+                        "cluster: a fresh worker's memory is already at the recycling limit: \
+                         not recycling it for memory (raise the limit above a fresh worker's memory)"
+                    ),
+                },
                 Action::Reply { reply, result } => self.reply(reply, &result),
                 Action::Resized { workers } => self.resized(workers),
                 Action::Exit { code } => {
@@ -533,6 +575,8 @@ impl Primary {
                         since: Instant::now(),
                         connections: 0,
                         accepted: 0,
+                        requests: 0,
+                        rss: None,
                     },
                 );
                 tracing::info!(primary = self.me, slot, pid, "cluster: started a worker");
@@ -607,6 +651,10 @@ impl Primary {
 
     fn on_message(&mut self, pid: u32, message: &Message, fds: Vec<OwnedFd>) {
         if message.flag("WATCHDOG") {
+            let load = Load {
+                requests: message.value(protocol::REQUESTS).and_then(|n| n.parse().ok()),
+                rss: message.value(protocol::RSS).and_then(|n| n.parse().ok()),
+            };
             if let Some(n) = message.value(protocol::CONNECTIONS).and_then(|n| n.parse().ok())
                 && let Some(info) = self.info.get_mut(&pid)
             {
@@ -614,8 +662,12 @@ impl Primary {
                 if let Some(a) = message.value(protocol::ACCEPTED).and_then(|n| n.parse().ok()) {
                     info.accepted = a;
                 }
+                if let Some(r) = load.requests {
+                    info.requests = r;
+                }
+                info.rss = load.rss.or(info.rss);
             }
-            self.events.push_back(Event::Heartbeat { pid });
+            self.events.push_back(Event::Heartbeat { pid, load });
         }
         if let Some(reason) = message.value(protocol::RESTART_FAILED) {
             self.events.push_back(Event::RestartFailed {
@@ -704,6 +756,8 @@ impl Primary {
             since: Instant::now(),
             connections: 0,
             accepted: 0,
+            requests: 0,
+            rss: None,
         });
         if let Some(g) = generation {
             info.generation = g;
@@ -980,6 +1034,20 @@ impl Primary {
             self.kill_all_at = Some(now + Duration::from_millis(100));
         }
     }
+}
+
+/// A seed for the workers' recycling jitter: std's per-process random hash keys, with the
+/// pid and the time mixed in.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// A new directory, mode 0700, for the primary's notify socket: under `$XDG_RUNTIME_DIR`

@@ -12,8 +12,12 @@ pub(super) struct WorkerRow {
     phase: &'static str,
     connections: usize,
     accepted: u64,
+    requests: u64,
+    rss: Option<u64>,
     uptime: Duration,
     restarts: u64,
+    recycles: u64,
+    last_recycle: Option<&'static str>,
 }
 
 impl Primary {
@@ -26,6 +30,7 @@ impl Primary {
             .enumerate()
             .map(|(slot, s)| {
                 let restarts = self.replaced.get(slot).copied().unwrap_or(0);
+                let (recycles, last_recycle) = (s.recycles, s.last_recycle.map(|r| r.name()));
                 let Some(w) = s.worker else {
                     return WorkerRow {
                         slot,
@@ -34,8 +39,12 @@ impl Primary {
                         phase: "starting",
                         connections: 0,
                         accepted: 0,
+                        requests: 0,
+                        rss: None,
                         uptime: Duration::ZERO,
                         restarts,
+                        recycles,
+                        last_recycle,
                     };
                 };
                 let info = self.info.get(&w.pid);
@@ -43,6 +52,11 @@ impl Primary {
                     "stopping (hung)"
                 } else if s.restarting {
                     "restarting"
+                } else if let Some(r) = s.recycling {
+                    match r {
+                        super::RecycleReason::Requests { .. } => "recycling (requests)",
+                        super::RecycleReason::Memory { .. } => "recycling (memory)",
+                    }
                 } else if w.ready {
                     "serving"
                 } else {
@@ -55,8 +69,12 @@ impl Primary {
                     phase,
                     connections: info.map_or(0, |i| i.connections),
                     accepted: info.map_or(0, |i| i.accepted),
+                    requests: info.map_or(0, |i| i.requests),
+                    rss: info.and_then(|i| i.rss),
                     uptime: info.map_or(Duration::ZERO, |i| now.duration_since(i.since)),
                     restarts,
+                    recycles,
+                    last_recycle,
                 }
             })
             .collect()
@@ -80,16 +98,24 @@ impl Primary {
         for w in self.rows() {
             match w.pid {
                 Some(pid) => out.push_str(&format!(
-                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, up {} s, restarts {}\n",
+                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, requests {}{}, up {} s, restarts {}{}\n",
                     w.slot,
                     w.generation,
                     w.phase,
                     w.connections,
                     w.accepted,
+                    w.requests,
+                    w.rss.map_or_else(String::new, |b| format!(", memory {:.1} MiB", b as f64 / 1048576.0)),
                     w.uptime.as_secs(),
-                    w.restarts
+                    w.restarts,
+                    recycled(&w),
                 )),
-                None => out.push_str(&format!("worker {}: none (starting), restarts {}\n", w.slot, w.restarts)),
+                None => out.push_str(&format!(
+                    "worker {}: none (starting), restarts {}{}\n",
+                    w.slot,
+                    w.restarts,
+                    recycled(&w)
+                )),
             }
         }
         let draining: Vec<String> = self.machine.retiring.iter().map(u32::to_string).collect();
@@ -105,7 +131,10 @@ impl Primary {
     }
 
     /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
-    /// `rolling_restart`, `workers`, `draining`).
+    /// `rolling_restart`, `workers`, `draining`); each worker with `slot`, `pid`,
+    /// `generation`, `phase`, `connections`, `accepted`, `requests`, `rss_bytes`,
+    /// `uptime_seconds`, `restarts`, `recycles` and `last_recycle` (`requests`, `memory` or
+    /// null).
     pub(super) fn status_json(&self) -> crate::json::Json {
         use crate::json::Json;
         let workers = self
@@ -119,8 +148,15 @@ impl Primary {
                     ("phase", Json::String(w.phase.to_owned())),
                     ("connections", Json::Int(w.connections as u64)),
                     ("accepted", Json::Int(w.accepted)),
+                    ("requests", Json::Int(w.requests)),
+                    ("rss_bytes", w.rss.map_or(Json::Null, Json::Int)),
                     ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
                     ("restarts", Json::Int(w.restarts)),
+                    ("recycles", Json::Int(w.recycles)),
+                    (
+                        "last_recycle",
+                        w.last_recycle.map_or(Json::Null, |r| Json::String(r.to_owned())),
+                    ),
                 ])
             })
             .collect();
@@ -149,5 +185,13 @@ impl Primary {
                 ),
             ),
         ])
+    }
+}
+
+/// `, recycled N (last: requests)` once the slot has recycled, else nothing.
+fn recycled(w: &WorkerRow) -> String {
+    match (w.recycles, w.last_recycle) {
+        (0, _) | (_, None) => String::new(),
+        (n, Some(reason)) => format!(", recycled {n} (last: {reason})"),
     }
 }
