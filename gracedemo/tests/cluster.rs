@@ -612,6 +612,54 @@ fn new_connections_go_to_the_worker_that_lost_its_own() {
     eprintln!("refilled: A {at_a}, B {at_b} of 64 (B held {b_holds})");
 }
 
+#[test]
+fn connections_passed_to_a_worker_that_hangs_are_served_by_the_others() {
+    // Worker B stops; before its silence is noticed, A (holding more connections) passes new
+    // ones to B's inbox. The watchdog kills B after 1 s: those connections would die with it,
+    // unless the primary takes them to A first.
+    let c = TestCluster::start("2", &["--worker-timeout", "1s"]);
+    let [_, hung] = c.pids()[..] else {
+        panic!("two workers expected: {}", c.status())
+    };
+    let mut held = keep_alive_connections(c.port, 32);
+    let _unstop = PidGuard(hung);
+    grace_tests::signal(hung, Signal::SIGSTOP);
+    // Stopped, not just signalled: what B took before it stopped is B's in-flight work.
+    assert!(
+        wait_until(DEADLINE, || grace_tests::is_stopped(hung)),
+        "worker {hung} did not stop"
+    );
+    // At once (B's entry in the load table stays fresh for 300 ms): 24 new connections, no
+    // request yet. Those the kernel queues at B's own listener wait for B's replacement; those
+    // A accepts it passes to B while it holds 4 more.
+    let mut fresh: Vec<std::net::TcpStream> = (0..24)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(hung)),
+        "the stopped worker was not killed: {}",
+        c.status()
+    );
+    let mut answered = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for (i, s) in fresh.iter_mut().enumerate() {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        match pid_on(s) {
+            Some(pid) => *answered.entry(pid).or_insert(0usize) += 1,
+            None => failed.push(i),
+        }
+    }
+    let mut c = c;
+    assert!(
+        failed.is_empty(),
+        "connections opened as worker pid {hung} stopped were lost: {failed:?}; answered: {answered:?}\n{}",
+        c.primary.seen().join("\n")
+    );
+    assert!(!answered.contains_key(&hung));
+    held.retain(|(_, pid)| *pid != hung);
+    eprintln!("24 connections opened as a worker hung: all answered, by {answered:?}");
+}
+
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.
 struct Resume(u32);
 
