@@ -9,8 +9,9 @@
 //! it: least-connections balance with nothing on the path of a balanced worker but reading
 //! the table.
 //!
-//! Each worker listener has an inbox: a Unix datagram socket at `<dir>/<pid>-<port>`, where
-//! `<dir>` is the primary's private directory (mode 0700, its notify socket's): only the
+//! Each worker listener has an inbox: a Unix datagram socket at `<dir>/<pid>-<key>`, where
+//! `<key>` names the listening address ([`listener_key`]: two sites on one port stay apart)
+//! and `<dir>` is the primary's private directory (mode 0700, its notify socket's): only the
 //! same user (or root) can send to it. A connection is one datagram with the fd attached
 //! (`SCM_RIGHTS`). Nothing is lost on the way:
 //! - the sender sends without waiting; if the inbox is gone, full or closed it serves the
@@ -70,8 +71,18 @@ fn private(dir: &Path) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn inbox_path(dir: &Path, pid: u32, port: u16) -> PathBuf {
-    dir.join(format!("{pid}-{port}"))
+fn inbox_path(dir: &Path, pid: u32, key: &str) -> PathBuf {
+    dir.join(format!("{pid}-{key}"))
+}
+
+/// What names a listening address in its inboxes' file names: the same in every worker for
+/// the same listening socket, different for every other address (`127.0.0.1:80` and
+/// `[::1]:80` are two sites). The port, and an FNV-1a hash of the whole address.
+pub(crate) fn listener_key(addr: &std::net::SocketAddr) -> String {
+    let hash = addr.to_string().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", addr.port())
 }
 
 /// A worker listener's inbox: where connections passed on by heavier workers arrive.
@@ -89,10 +100,11 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// The inbox of this worker's listener on `port`, if connections can be passed here.
-    pub(crate) fn bind(port: u16) -> Option<Inbox> {
+    /// The inbox of this worker's listener named by `key` ([`listener_key`]), if connections
+    /// can be passed here.
+    pub(crate) fn bind(key: &str) -> Option<Inbox> {
         let dir = DIR.get()?.as_ref()?;
-        Self::bind_at(inbox_path(dir, std::process::id(), port))
+        Self::bind_at(inbox_path(dir, std::process::id(), key))
     }
 
     fn bind_at(path: PathBuf) -> Option<Inbox> {
@@ -248,9 +260,9 @@ fn sender() -> Option<&'static UnixDatagram> {
         .as_ref()
 }
 
-/// Passes `connection` to worker `pid`'s listener on `port`, without waiting. An error says
-/// it did not arrive: the caller still has it and serves it.
-pub(crate) fn pass(connection: &impl AsFd, pid: u32, port: u16) -> io::Result<()> {
+/// Passes `connection` to worker `pid`'s listener named by `key`, without waiting. An error
+/// says it did not arrive: the caller still has it and serves it.
+pub(crate) fn pass(connection: &impl AsFd, pid: u32, key: &str) -> io::Result<()> {
     let dir = DIR
         .get()
         .and_then(Option::as_ref)
@@ -258,7 +270,7 @@ pub(crate) fn pass(connection: &impl AsFd, pid: u32, port: u16) -> io::Result<()
     if pid == 0 || pid == std::process::id() {
         return Err(io::ErrorKind::InvalidInput.into());
     }
-    send_to(&inbox_path(dir, pid, port), connection)
+    send_to(&inbox_path(dir, pid, key), connection)
 }
 
 fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
@@ -281,7 +293,7 @@ fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
 
 /// Takes the connections waiting in the inboxes of worker `pid`, which is about to be killed
 /// (hung: it reads them no more), and passes each on to another worker's inbox for the same
-/// port; the primary's, for the workers in its directory `dir`. Returns how many were taken
+/// listener; the primary's, for the workers in its directory `dir`. Returns how many were taken
 /// and how many of them passed on (the rest are closed).
 pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
     let prefix = format!("{pid}-");
@@ -297,8 +309,8 @@ pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
         return (0, 0);
     };
     let (mut taken, mut passed) = (0, 0);
-    for port in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
-        let path = dir.join(format!("{prefix}{port}"));
+    for key in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+        let path = dir.join(format!("{prefix}{key}"));
         let Some(inode) = crate::sys::unix_socket_inode(&path) else {
             continue;
         };
@@ -316,7 +328,7 @@ pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
         let _ = nix::sys::socket::shutdown(inbox.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         let others: Vec<PathBuf> = names
             .iter()
-            .filter(|n| !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, p)| p == port))
+            .filter(|n| !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, k)| k == key))
             .map(|n| dir.join(n))
             .collect();
         for _ in 0..4096 {
@@ -356,6 +368,16 @@ mod tests {
         );
         std::fs::remove_file(&link).expect("rm link");
         std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[test]
+    fn each_listening_address_has_its_own_key() {
+        let key = |a: &str| listener_key(&a.parse().expect("an address"));
+        assert_eq!(key("127.0.0.1:80"), key("127.0.0.1:80"));
+        assert_ne!(key("127.0.0.1:80"), key("[::1]:80"));
+        assert_ne!(key("127.0.0.1:80"), key("0.0.0.0:80"));
+        assert_ne!(key("127.0.0.1:80"), key("127.0.0.1:81"));
+        assert!(key("[::1]:80").starts_with("80-"));
     }
 
     #[tokio::test]

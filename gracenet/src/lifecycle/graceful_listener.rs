@@ -27,8 +27,8 @@ pub struct GracefulListener {
     /// in a cluster, the balance applies.
     shared_queue: bool,
     /// A cluster worker's listener of its own: where heavier workers pass connections on to
-    /// it (`cluster::transfer`), and the port it passes its own on to lighter workers by.
-    inbox: Option<(Inbox, u16)>,
+    /// it (`cluster::transfer`), and the key of its address, which it passes its own on by.
+    inbox: Option<(Inbox, String)>,
 }
 
 impl std::fmt::Debug for GracefulListener {
@@ -56,7 +56,8 @@ impl GracefulListener {
         // lighter worker simply accepts the next one.
         let inbox = match (&addr, own_queue) {
             (LocalAddr::Inet(a), true) if crate::cluster::balance::worker_table().is_some() => {
-                Inbox::bind(a.port()).map(|inbox| (inbox, a.port()))
+                let key = crate::cluster::transfer::listener_key(a);
+                Inbox::bind(&key).map(|inbox| (inbox, key))
             }
             _ => None,
         };
@@ -154,7 +155,7 @@ impl GracefulListener {
     /// (`cluster::transfer`). Returns whether it did: if not, this worker serves it.
     async fn passed_to_a_lighter_worker(&self, stream: &Stream) -> bool {
         use crate::cluster::balance;
-        let (Some((_, port)), Stream::Tcp(tcp)) = (&self.inbox, stream) else {
+        let (Some((_, key)), Stream::Tcp(tcp)) = (&self.inbox, stream) else {
             return false;
         };
         let Some((table, slot)) = balance::worker_table() else {
@@ -175,7 +176,7 @@ impl GracefulListener {
         // Its inbox may be full for a moment (a burst, with both workers on one core): it
         // is given a few chances to run before this worker serves the connection itself.
         for attempt in 1..=PASS_ATTEMPTS {
-            match crate::cluster::transfer::pass(tcp, lightest.pid, *port) {
+            match crate::cluster::transfer::pass(tcp, lightest.pid, key) {
                 Ok(()) => {
                     // Until that worker reports, count it there: a burst is not all passed to one.
                     table.count_passed(lightest.slot);
@@ -246,7 +247,7 @@ impl GracefulListener {
 const PASS_ATTEMPTS: u32 = 5;
 
 /// The next connection passed to `inbox` (never, without one).
-async fn passed_here(inbox: &mut Option<(Inbox, u16)>) -> OwnedFd {
+async fn passed_here(inbox: &mut Option<(Inbox, String)>) -> OwnedFd {
     match inbox {
         Some((inbox, _)) => inbox.recv().await,
         None => std::future::pending().await,
