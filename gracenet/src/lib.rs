@@ -119,6 +119,9 @@
 #![warn(missing_docs)]
 // docs.rs (nightly, `--cfg docsrs`) marks the items a feature adds; stable builds ignore it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Without tokio, the lifecycle, the cluster and the supervisor's protocol are not built: the
+// helpers they share with what is (sys, sockets, the supervisor's messages) are partly unused.
+#![cfg_attr(not(feature = "tokio"), allow(dead_code, unused_imports))]
 
 mod addr;
 #[cfg(feature = "axum")]
