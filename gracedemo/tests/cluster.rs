@@ -614,10 +614,25 @@ fn new_connections_go_to_the_worker_that_lost_its_own() {
 
 #[test]
 fn connections_passed_to_a_worker_that_hangs_are_served_by_the_others() {
-    // Worker B stops; before its silence is noticed, A (holding more connections) passes new
-    // ones to B's inbox. The watchdog kills B after 1 s: those connections would die with it,
-    // unless the primary takes them to A first.
-    let c = TestCluster::start("2", &["--worker-timeout", "1s"]);
+    // The watchdog kills B after 1 s: the connections passed to it while it was stopped would
+    // die with it, unless the primary takes them to A first.
+    passed_connections_outlive_a_stopped_worker(&["--worker-timeout", "1s"], |_| {});
+}
+
+#[test]
+fn connections_passed_to_a_worker_that_is_killed_are_served_by_the_others() {
+    // The watchdog is off; B, stopped with connections waiting in its inbox, is killed: they
+    // would die with its inbox, unless the primary, holding a copy of it, takes them to A.
+    passed_connections_outlive_a_stopped_worker(&["--worker-timeout", "0"], |hung| {
+        grace_tests::signal(hung, Signal::SIGKILL);
+    });
+}
+
+/// Worker B stops; before its silence is noticed, A (holding more connections) passes new
+/// ones to B's inbox; then `end(B)`, and B dies: every one of those is answered, by A or by
+/// B's replacement.
+fn passed_connections_outlive_a_stopped_worker(extra: &[&str], end: impl FnOnce(u32)) {
+    let c = TestCluster::start("2", extra);
     let [_, hung] = c.pids()[..] else {
         panic!("two workers expected: {}", c.status())
     };
@@ -625,16 +640,14 @@ fn connections_passed_to_a_worker_that_hangs_are_served_by_the_others() {
     let _unstop = PidGuard(hung);
     grace_tests::signal(hung, Signal::SIGSTOP);
     // Stopped, not just signalled: what B took before it stopped is B's in-flight work.
-    assert!(
-        wait_until(DEADLINE, || grace_tests::is_stopped(hung)),
-        "worker {hung} did not stop"
-    );
+    assert!(wait_until(DEADLINE, || grace_tests::is_stopped(hung)), "worker {hung} did not stop");
     // At once (B's entry in the load table stays fresh for 300 ms): 24 new connections, no
     // request yet. Those the kernel queues at B's own listener wait for B's replacement; those
     // A accepts it passes to B while it holds 4 more.
     let mut fresh: Vec<std::net::TcpStream> = (0..24)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
         .collect();
+    end(hung);
     assert!(
         wait_until(DEADLINE, || !grace_tests::is_alive(hung)),
         "the stopped worker was not killed: {}",
@@ -657,7 +670,7 @@ fn connections_passed_to_a_worker_that_hangs_are_served_by_the_others() {
     );
     assert!(!answered.contains_key(&hung));
     held.retain(|(_, pid)| *pid != hung);
-    eprintln!("24 connections opened as a worker hung: all answered, by {answered:?}");
+    eprintln!("24 connections opened as a worker stopped, then died: all answered, by {answered:?}");
 }
 
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.

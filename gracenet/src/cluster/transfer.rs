@@ -291,25 +291,45 @@ fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Takes the connections waiting in the inboxes of worker `pid`, which is about to be killed
-/// (hung: it reads them no more), and passes each on to another worker's inbox for the same
-/// listener; the primary's, for the workers in its directory `dir`. Returns how many were taken
-/// and how many of them passed on (the rest are closed).
-pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
+/// A worker's inboxes, held by the primary too: their queues outlive the worker, so what was
+/// passed to a worker that dies or hangs before reading it goes to the others
+/// ([`take_over`]).
+#[derive(Debug, Default)]
+pub(crate) struct HeldInboxes(Vec<(String, OwnedFd)>);
+
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .take(4096)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Copies of worker `pid`'s inboxes (the primary's, for its workers in `dir`), taken from the
+/// worker with `pidfd_getfd` (it is the primary's child). An inbox that cannot be taken is
+/// logged and left out: its connections are then the worker's alone.
+pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
     let prefix = format!("{pid}-");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    let names: Vec<String> = entries
-        .flatten()
-        .take(4096)
-        .filter_map(|e| e.file_name().into_string().ok())
+    let keys: Vec<String> = names_in(dir)
+        .into_iter()
+        .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
         .collect();
-    let Ok(pidfd) = crate::sys::pidfd_open(pid) else {
-        return (0, 0);
+    if keys.is_empty() {
+        return HeldInboxes::default();
+    }
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "cluster: cannot open a worker to copy its inboxes");
+            return HeldInboxes::default();
+        }
     };
-    let (mut taken, mut passed) = (0, 0);
-    for key in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+    let mut held = Vec::new();
+    for key in keys {
         let path = dir.join(format!("{prefix}{key}"));
         let Some(inode) = crate::sys::unix_socket_inode(&path) else {
             continue;
@@ -317,15 +337,29 @@ pub(crate) fn rescue(dir: &Path, pid: u32) -> (usize, usize) {
         let Some(fd) = crate::sys::fds_of_socket(pid, inode).into_iter().next() else {
             continue;
         };
-        let inbox = match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
-            Ok(inbox) => inbox,
+        match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(inbox) => held.push((key, inbox)),
             Err(e) => {
-                tracing::warn!(pid, error = %e, "cluster: cannot take the connections passed to a hung worker: they wait for it");
-                continue;
+                tracing::warn!(pid, error = %e, "cluster: cannot copy a worker's inbox: connections passed to it die with it if it fails");
             }
-        };
+        }
+    }
+    HeldInboxes(held)
+}
+
+/// Takes the connections waiting in `held`, the inboxes of worker `pid` (gone, or about to be
+/// killed: it reads them no more), and passes each on to another worker's inbox for the same
+/// listener in `dir`; then shuts them (a sender then serves its own) and removes their files.
+/// Returns how many were taken and how many of them passed on (the rest are closed: no worker
+/// had room).
+pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes) -> (usize, usize) {
+    let prefix = format!("{pid}-");
+    let names = names_in(dir);
+    let (mut taken, mut passed) = (0, 0);
+    for (key, inbox) in held.0 {
         // From now on senders serve their own; then what is queued is taken.
         let _ = nix::sys::socket::shutdown(inbox.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        let _ = std::fs::remove_file(dir.join(format!("{prefix}{key}")));
         let others: Vec<PathBuf> = names
             .iter()
             .filter(|n| !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, k)| k == key))
@@ -446,7 +480,9 @@ mod tests {
             let (conn, _) = listener.accept().expect("accept");
             send_to(&silent_path, &conn).expect("passed");
         }
-        assert_eq!(rescue(&dir, me), (3, 3));
+        let held = adopt(&dir, me);
+        assert_eq!(held.0.len(), 1, "only this pid's inbox: {held:?}");
+        assert_eq!(take_over(&dir, me, held), (3, 3));
         let mut ports = Vec::new();
         for _ in 0..3 {
             let conn = std::net::TcpStream::from(other.recv().await);
@@ -467,6 +503,7 @@ mod tests {
         let ended = tokio::time::timeout(std::time::Duration::from_millis(200), silent.recv()).await;
         assert!(ended.is_err(), "nothing more arrives");
         assert!(silent.closed, "the end was seen");
+        assert!(!silent_path.exists(), "its file is removed");
         drop((client, late, silent, other, _elsewhere));
         for e in std::fs::read_dir(&dir).expect("dir").flatten() {
             std::fs::remove_file(e.path()).expect("rm");

@@ -64,6 +64,8 @@ pub(crate) struct Primary {
     notify_name: String,
     /// The notify socket's private directory, removed at the end.
     notify_dir: PathBuf,
+    /// Copies of each serving worker's inboxes (`cluster::transfer`), by pid.
+    inboxes: HashMap<u32, super::transfer::HeldInboxes>,
     upstream: Option<Notifier>,
     signals: SignalPipe,
     children: Children,
@@ -210,6 +212,7 @@ impl Primary {
             notify,
             notify_name: notify_path.to_string_lossy().into_owned(),
             notify_dir,
+            inboxes: HashMap::new(),
             upstream,
             signals,
             children: Children::new(me),
@@ -455,7 +458,11 @@ impl Primary {
                     );
                     // Connections other workers passed to it since it fell silent would die
                     // with it: they go to the others.
-                    let (taken, passed) = super::transfer::rescue(&self.notify_dir, pid);
+                    let held = self
+                        .inboxes
+                        .remove(&pid)
+                        .unwrap_or_else(|| super::transfer::adopt(&self.notify_dir, pid));
+                    let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
                     if taken > 0 {
                         tracing::warn!(
                             primary = self.me,
@@ -766,6 +773,9 @@ impl Primary {
             }
         }
         self.children.watch(pid);
+        // Copies of its inboxes: connections passed to it outlive it if it dies first.
+        let held = super::transfer::adopt(&self.notify_dir, pid);
+        self.inboxes.insert(pid, held);
         tracing::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
         self.events.push_back(Event::Ready { slot, pid });
         self.drain_events();
@@ -825,6 +835,18 @@ impl Primary {
             _ => tracing::info!(primary = self.me, pid, status = %shown, "cluster: a process ended"),
         }
         self.info.remove(&pid);
+        if let Some(held) = self.inboxes.remove(&pid) {
+            let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
+            if taken > 0 {
+                tracing::warn!(
+                    primary = self.me,
+                    pid,
+                    taken,
+                    passed,
+                    "cluster: took the connections passed to a worker that ended to the others"
+                );
+            }
+        }
         self.events.push_back(Event::Exited {
             pid,
             clean: code == Some(0),
