@@ -32,7 +32,7 @@ fn command() -> Command {
             "Signals:\n  SIGUSR2           restart: a new process takes over the sockets; this one finishes its requests and exits\n  SIGTERM, SIGINT   stop gracefully: stop accepting, finish in-flight requests (60 s at most), exit 0\n  SIGHUP            the same as SIGTERM (a closed terminal stops the server gracefully, not abruptly)\n  a second SIGTERM  stop at once\n\nLogs (stderr): Go's log format (\"2013/03/25 19:07:33 Serving ... with pid 14642.\"), grace's own lines and every warning and error; RUST_LOG picks more (RUST_LOG=info: the lifecycle's detail; RUST_LOG=debug: everything). --log-json writes JSON lines.",
         )
         .override_usage(
-            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION] [--max-requests N] [--max-memory SIZE]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
+            "gracedemo [-a0 ADDR] [-a1 ADDR] [-a2 ADDR] [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--pid-file FILE] [--control-socket FILE] [--log-json] [--standby] [--supervise | --workers N|auto [--worker-timeout DURATION] [--max-requests N] [--max-memory SIZE] [--surge N]]\n       gracedemo --control-socket FILE --reload | --status [--json] | --scale N [--control-timeout DURATION]",
         )
         .disable_help_flag(true)
         .arg(addr("a0", ":48567", "Zero address to bind to."))
@@ -161,6 +161,15 @@ fn command() -> Command {
                 .allow_hyphen_values(true)
                 .value_parser(max_memory)
                 .help("With --workers: a worker whose resident memory reaches SIZE (bytes, or with K, M, G: 512K, 64M, 1G; plus its own 0-10 %) is replaced by a graceful restart, one worker at a time. Default: never."),
+        )
+        .arg(
+            Arg::new("surge")
+                .long("surge")
+                .value_name("N")
+                .requires("workers")
+                .allow_hyphen_values(true)
+                .value_parser(surge)
+                .help("With --workers: how many workers a rolling restart replaces at once (each one more process while its successor starts). Default 1."),
         )
         .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("Print this help."))
 }
@@ -337,6 +346,14 @@ fn max_requests(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("expected a positive number of requests such as 10000, got {s:?}"))
 }
 
+/// `--surge`: a positive number of workers.
+fn surge(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("expected a positive number of workers such as 1 or 2, got {s:?}"))
+}
+
 /// `--max-memory`: a size in bytes, or with a K, M or G suffix (powers of 1024; `B` or `iB`
 /// after it allowed: 64M, 64MB, 64MiB).
 fn max_memory(s: &str) -> Result<u64, String> {
@@ -438,6 +455,9 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     server = server
         .max_requests(matches.get_one::<u64>("max-requests").copied())
         .max_memory(matches.get_one::<u64>("max-memory").copied());
+    if let Some(n) = matches.get_one::<usize>("surge") {
+        server = server.surge(*n);
+    }
     for (flag, name) in [("a0", "Zero  "), ("a1", "First "), ("a2", "Second")] {
         let addr = matches
             .get_one::<String>(flag)
@@ -620,6 +640,10 @@ mod tests {
         let e = one_line(&parse(&["--workers", "2", "--max-requests", "-5"]).unwrap_err());
         assert!(e.contains("--max-requests"), "{e}");
         assert!(e.contains("expected a positive number of requests"), "{e}");
+        let e = one_line(&parse(&["--workers", "2", "--surge", "0"]).unwrap_err());
+        assert!(e.contains("--surge") && e.contains("positive number"), "{e}");
+        let m = parse(&["--workers", "4", "--surge", "2"]).unwrap();
+        assert_eq!(m.get_one::<usize>("surge"), Some(&2));
         let e = one_line(&parse(&["--max-requests", "5"]).unwrap_err());
         assert!(e.contains("--workers"), "only with --workers: {e}");
     }

@@ -346,6 +346,54 @@ async fn a_rolling_restart_replaces_every_worker_and_fails_no_request() {
     );
 }
 
+#[test]
+fn a_surge_of_two_restarts_two_workers_at_once_and_never_more() {
+    let c = TestCluster::start("4", &["--surge", "2"]);
+    let before = c.pids();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let control = c.control.clone();
+    let (out, most) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            for _ in 0..2000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(status) = Command::new(env!("CARGO_BIN_EXE_gracedemo"))
+                    .arg("--control-socket")
+                    .arg(&control)
+                    .arg("--status")
+                    .output()
+                else {
+                    continue;
+                };
+                let status = String::from_utf8_lossy(&status.stdout).into_owned();
+                let restarting = status.lines().filter(|l| l.contains(", restarting,")).count();
+                most = most.max(restarting);
+            }
+            most
+        });
+        let out = c.ctl(&["--reload"]);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, watcher.join().expect("the status watcher"))
+    });
+    assert!(
+        out.status.success(),
+        "--reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = c.pids();
+    assert_eq!(after.len(), 4);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        most, 2,
+        "at most two workers restarting at once, and two seen together"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_under_load_refuses_nothing() {
     let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
@@ -640,7 +688,10 @@ fn passed_connections_outlive_a_stopped_worker(extra: &[&str], end: impl FnOnce(
     let _unstop = PidGuard(hung);
     grace_tests::signal(hung, Signal::SIGSTOP);
     // Stopped, not just signalled: what B took before it stopped is B's in-flight work.
-    assert!(wait_until(DEADLINE, || grace_tests::is_stopped(hung)), "worker {hung} did not stop");
+    assert!(
+        wait_until(DEADLINE, || grace_tests::is_stopped(hung)),
+        "worker {hung} did not stop"
+    );
     // At once (B's entry in the load table stays fresh for 300 ms): 24 new connections, no
     // request yet. Those the kernel queues at B's own listener wait for B's replacement; those
     // A accepts it passes to B while it holds 4 more.

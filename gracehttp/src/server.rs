@@ -65,6 +65,7 @@ pub struct Server {
     on_listening: Option<OnListening>,
     workers: Option<usize>,
     max_requests: Option<u64>,
+    surge: Option<usize>,
     max_memory: Option<u64>,
     worker_timeout: Option<Option<std::time::Duration>>,
 }
@@ -98,6 +99,7 @@ impl Default for Server {
             on_listening: None,
             workers: None,
             max_requests: None,
+            surge: None,
             max_memory: None,
             worker_timeout: None,
         }
@@ -165,6 +167,14 @@ impl Server {
     /// time (see [`gracenet::ClusterBuilder::max_requests`]); `None` (the default): never.
     pub fn max_requests(mut self, n: Option<u64>) -> Server {
         self.max_requests = n;
+        self
+    }
+
+    /// With [`workers`](Self::workers): how many workers a rolling restart replaces at once,
+    /// each one more process while its successor starts (see
+    /// [`gracenet::ClusterBuilder::surge`]); default 1.
+    pub fn surge(mut self, n: usize) -> Server {
+        self.surge = Some(n);
         self
     }
 
@@ -294,6 +304,9 @@ impl Server {
             cluster = cluster
                 .max_requests(self.max_requests)
                 .max_memory(self.max_memory);
+            if let Some(n) = self.surge {
+                cluster = cluster.surge(n);
+            }
             let code = cluster.run()?;
             std::process::exit(code);
         }
