@@ -161,11 +161,13 @@ impl GracefulListener {
         let Some((table, slot)) = balance::worker_table() else {
             return false;
         };
-        if *self.phase.borrow() != Phase::Serving {
+        let mine = self.shared.connections.receiver_count() as u64;
+        // Below that, nothing is passed: nothing more to do per connection (the runtime's
+        // stamp keeps this worker's entry current meanwhile).
+        if mine < balance::PASS_FROM || *self.phase.borrow() != Phase::Serving {
             return false;
         }
         let now = balance::now_us();
-        let mine = self.shared.connections.receiver_count() as u64;
         table.report(*slot, mine, now);
         let Some(lightest) = table.lightest_other(*slot, now) else {
             return false;
