@@ -13,6 +13,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::supervisor::{KILL_AFTER, KILL_AGAIN};
+
 /// A restart request's identity, to answer it.
 pub(crate) type ReplyId = u64;
 
@@ -37,6 +39,9 @@ pub(crate) struct Settings {
     pub crash_limit: usize,
     /// When a worker is replaced for having served enough, or grown too big.
     pub recycle: Recycle,
+    /// How often workers send their heartbeat: the primary not running for twice that (at
+    /// least [`MIN_STALL`]) longer than it meant to is its own stall, not their silence.
+    pub heartbeat: Duration,
 }
 
 /// Recycling: a worker is replaced (by its own graceful restart) once it has served
@@ -126,6 +131,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Added to twice the ready timeout: how long a worker asked to restart may take to be
 /// succeeded or to report its failure before the rollout gives up on it.
 const RESTART_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a worker stopped to be replaced (hung, or never ready) has after its `SIGTERM`
+/// before it is killed.
+pub(crate) const KILL_GRACE: Duration = Duration::from_millis(500);
+/// After a second stop request: how long every process has after its second `SIGTERM` (which
+/// ends a drain) before it is killed.
+const STOP_AT_ONCE: Duration = Duration::from_secs(1);
+/// The least time the primary may be away past the time it meant to wake (or busy since it
+/// woke) before it takes the workers' silence meanwhile for its own.
+const MIN_STALL: Duration = Duration::from_millis(500);
 
 /// A worker that dies after serving this long is replaced at once and not counted as a crash
 /// loop: it was killed or failed on its own, not at its start.
@@ -239,6 +254,18 @@ pub(crate) struct Cluster {
     /// Starts asked of the driver and not yet reported (some for slots gone since).
     pub spawning: std::collections::BTreeSet<StartId>,
     next_start: StartId,
+    /// Stop requests (`SIGTERM`, `SIGINT`, `SIGHUP`) so far: the second one stops at once.
+    pub stop_requests: u32,
+    /// When every process still there is killed ([`Action::KillAll`]), after a stop or the
+    /// exit: the stop always ends.
+    pub kill_all_at: Option<Instant>,
+    /// Workers sent `SIGTERM` to be replaced, and when they are killed if still there.
+    pub kills: Vec<(u32, Instant)>,
+    /// The driver waits for something to happen: since when, and until when at most (`None`:
+    /// no limit).
+    asleep: Option<(Instant, Option<Instant>)>,
+    /// When the driver last woke (it has been running since).
+    woke: Option<Instant>,
     /// The time of the event being handled.
     now: Instant,
 }
@@ -259,14 +286,21 @@ pub(crate) enum Event {
     Heartbeat { pid: u32, load: Load },
     /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
     Exited { pid: u32, clean: bool },
-    /// Time passed (the driver feeds it at [`Cluster::next_deadline`]).
+    /// Time passed (the driver feeds it at [`Cluster::next_deadline`], once it has read the
+    /// workers' notifications): whatever is due is done. If the driver has been running for
+    /// long since it woke (held up by its own work), the workers' silence meanwhile is its
+    /// own: every ready worker's heartbeat counts from now before any is judged.
     Tick,
-    /// The primary itself was not running for a while (stopped, starved): the workers' silence
-    /// meanwhile is its own, so every ready worker's heartbeat counts from now.
-    Resumed,
+    /// The driver waits for something to happen, until `until` at most (`None`: no limit).
+    Sleep { until: Option<Instant> },
+    /// The driver runs again after [`Event::Sleep`]. If it woke well after `until` (it was
+    /// stopped, or the host starved it), the workers' silence meanwhile is its own: every
+    /// ready worker's heartbeat counts from now.
+    Woke,
     /// A rolling restart was asked for (`SIGUSR2`, the control socket).
     RestartRequested { reply: ReplyId },
-    /// `SIGTERM`/`SIGINT`.
+    /// `SIGTERM`/`SIGINT`/`SIGHUP`: the first drains every worker (and kills what is still
+    /// there [`KILL_AFTER`] later); the next one stops at once.
     StopRequested,
     /// Change the number of slots.
     Scale { workers: usize },
@@ -282,8 +316,21 @@ pub(crate) enum Action {
     Restart { slot: usize, pid: u32 },
     /// Ask a worker to drain and exit (`SIGTERM`).
     Stop { pid: u32 },
-    /// End a worker at once (`SIGKILL`): hung, or never ready.
+    /// Stop a worker to replace it (`SIGTERM`): hung, or never ready. [`Action::ForceKill`]
+    /// follows [`KILL_GRACE`] later unless it has exited.
     Kill { pid: u32, why: KillReason },
+    /// Kill a worker still there [`KILL_GRACE`] after its [`Action::Kill`] (`SIGKILL`).
+    ForceKill { pid: u32 },
+    /// A second stop request: every process of the cluster gets `SIGTERM` again (ending its
+    /// drain); [`Action::KillAll`] follows shortly.
+    TerminateAll,
+    /// Kill every process of the cluster still there (`SIGKILL`): the stop's end. Repeated
+    /// every [`KILL_AGAIN`] until the driver has none left (a killed process's children
+    /// come to the primary).
+    KillAll,
+    /// The primary itself was not running, or held up: every ready worker's heartbeat counts
+    /// from now (logged).
+    Stalled(Stall),
     /// Answer a rolling restart request.
     Reply { reply: ReplyId, result: RolloutResult },
     /// Every worker is gone after a stop, or the cluster gave up: exit.
@@ -316,6 +363,16 @@ pub(crate) enum RecycleNotice {
     AboveAtStart { rss: u64, limit: u64 },
 }
 
+/// How the primary itself kept from reading the workers' heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// It slept `slept`, well past the time it meant to wake (stopped, or starved).
+    Asleep { slept: Duration },
+    /// Its own work held it up for `busy` since it woke (a control client slow to take its
+    /// answer, say).
+    Busy { busy: Duration },
+}
+
 /// Why a worker is killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KillReason {
@@ -346,6 +403,11 @@ impl Cluster {
             exited: false,
             spawning: std::collections::BTreeSet::new(),
             next_start: 0,
+            stop_requests: 0,
+            kill_all_at: None,
+            kills: Vec::new(),
+            asleep: None,
+            woke: None,
             now: Instant::now(),
         }
     }
@@ -367,9 +429,10 @@ impl Cluster {
         actions
     }
 
-    /// The earliest time something is due (a ready or heartbeat deadline, a backoff): the
-    /// driver feeds `Tick` then.
+    /// The earliest time something is due (a ready or heartbeat deadline, a backoff, a kill):
+    /// the driver feeds `Tick` then.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let kills = self.kills.iter().map(|&(_, at)| at).chain(self.kill_all_at);
         self.slots
             .iter()
             .flat_map(|s| {
@@ -380,7 +443,43 @@ impl Cluster {
                 [worker, s.restart_at, restart]
             })
             .flatten()
+            .chain(kills)
             .min()
+    }
+
+    /// How long past its time the driver may be away before its absence is its own stall.
+    fn stall_margin(&self) -> Duration {
+        (self.settings.heartbeat * 2).max(MIN_STALL)
+    }
+
+    /// The primary did not read the workers' heartbeats for a while: each ready worker's
+    /// silence counts from now.
+    fn stalled(&mut self, stall: Stall, now: Instant, actions: &mut Vec<Action>) {
+        for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+            w.beat = w.beat.max(now);
+        }
+        actions.push(Action::Stalled(stall));
+    }
+
+    /// Every process still there is killed by `at` at the latest.
+    fn kill_all_by(&mut self, at: Instant) {
+        self.kill_all_at = Some(self.kill_all_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// The kills due by `now`: each worker still there after its `Kill`, and every process
+    /// once the stop's time is up (again every [`KILL_AGAIN`] until the driver has exited).
+    fn kill_due(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.kills.retain(|&(pid, at)| {
+            let due = at <= now;
+            if due {
+                actions.push(Action::ForceKill { pid });
+            }
+            !due
+        });
+        if self.kill_all_at.is_some_and(|at| at <= now) {
+            actions.push(Action::KillAll);
+            self.kill_all_at = Some(now + KILL_AGAIN);
+        }
     }
 
     fn deadline_of(&self, w: &Worker) -> Option<Instant> {
@@ -403,6 +502,53 @@ impl Cluster {
     pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         self.now = now;
         let mut actions = Vec::new();
+        // The driver's own time and the stop's end: these go on after the exit too (the
+        // driver waits for every process to end).
+        match event {
+            Event::Sleep { until } => {
+                self.asleep = Some((now, until));
+                self.woke = None;
+                return actions;
+            }
+            Event::Woke => {
+                if let Some((since, Some(until))) = self.asleep.take()
+                    && now > until + self.stall_margin()
+                {
+                    let slept = now.saturating_duration_since(since);
+                    self.stalled(Stall::Asleep { slept }, now, &mut actions);
+                }
+                self.woke = Some(now);
+                return actions;
+            }
+            Event::Tick => {
+                // Time the driver spent on its own work since it woke is not the workers'
+                // silence either (their heartbeats that came meanwhile were read just before).
+                if let Some(busy) = self
+                    .woke
+                    .map(|woke| now.saturating_duration_since(woke))
+                    .filter(|&busy| busy > self.stall_margin())
+                {
+                    self.woke = Some(now);
+                    self.stalled(Stall::Busy { busy }, now, &mut actions);
+                }
+                self.kill_due(now, &mut actions);
+            }
+            Event::StopRequested => {
+                self.stop_requests = self.stop_requests.saturating_add(1);
+                if self.stop_requests == 1 {
+                    // Whatever is still there then (a worker stopped with SIGSTOP, a drain
+                    // that never ends) is killed.
+                    self.kill_all_by(now + KILL_AFTER);
+                } else {
+                    // Stop at once: every process gets its second SIGTERM (ending its drain),
+                    // and what is still there a moment later is killed.
+                    actions.push(Action::TerminateAll);
+                    self.kill_all_by(now + STOP_AT_ONCE);
+                }
+            }
+            Event::Exited { pid, .. } => self.kills.retain(|&(p, _)| p != pid),
+            _ => {}
+        }
         if self.exited {
             // Only a request still needs its answer.
             if let Event::RestartRequested { reply } = event {
@@ -470,11 +616,7 @@ impl Cluster {
             }
             Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
-            Event::Resumed => {
-                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
-                    w.beat = w.beat.max(now);
-                }
-            }
+            Event::Sleep { .. } | Event::Woke => {}
             Event::RestartRequested { reply } => {
                 if self.stopping {
                     actions.push(Action::Reply {
@@ -724,6 +866,7 @@ impl Cluster {
                 };
                 // Killed: its exit is then a crash of the slot, which starts another.
                 actions.push(Action::Kill { pid: w.pid, why });
+                self.kills.push((w.pid, now + KILL_GRACE));
                 if let Some(w) = self.slots[slot].worker.as_mut() {
                     w.killed = true;
                 }
@@ -943,6 +1086,9 @@ impl Cluster {
         let empty = self.slots.iter().all(|s| s.worker.is_none());
         if self.stopping && empty && self.spawning.is_empty() && self.retiring.is_empty() && !self.exited {
             self.exited = true;
+            // Processes never heard of (a successor still starting) are told to stop as the
+            // driver exits: whatever is still there then is killed.
+            self.kill_all_by(self.now + KILL_AFTER);
             actions.push(Action::Exit {
                 code: if self.gave_up { 1 } else { 0 },
             });
@@ -962,6 +1108,7 @@ mod tests {
             worker_timeout: Some(Duration::from_secs(10)),
             crash_limit: 5,
             recycle: Recycle::default(),
+            heartbeat: Duration::from_millis(2500),
         }
     }
 
@@ -1381,17 +1528,245 @@ mod tests {
             }]
         );
         assert!(
-            c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
-            "killed once"
+            c.handle(Event::Tick, now + Duration::from_millis(10_400))
+                .is_empty(),
+            "stopped once"
         );
         let a = c.handle(
             Event::Exited {
                 pid: 100,
                 clean: false,
             },
-            now,
+            now + Duration::from_millis(10_400),
         );
         assert!(matches!(a[..], [Action::Start { slot: 0, .. }]));
+        assert!(
+            c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
+            "gone: not killed"
+        );
+    }
+
+    #[test]
+    fn a_worker_still_there_after_its_kill_grace_is_killed_once() {
+        let now = Instant::now();
+        let mut c = serving(1, now);
+        let at = now + Duration::from_secs(10);
+        let a = c.handle(Event::Tick, at);
+        assert_eq!(
+            a,
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
+        assert_eq!(c.next_deadline(), Some(at + KILL_GRACE));
+        assert!(
+            c.handle(Event::Tick, at + KILL_GRACE - Duration::from_millis(1))
+                .is_empty()
+        );
+        assert_eq!(
+            c.handle(Event::Tick, at + KILL_GRACE),
+            vec![Action::ForceKill { pid: 100 }]
+        );
+        assert!(
+            c.handle(Event::Tick, at + KILL_GRACE * 4).is_empty(),
+            "killed once"
+        );
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_stop_kills_whatever_is_left_at_its_time_and_again_until_the_driver_exits() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(Event::StopRequested, now);
+        assert_eq!(a, vec![Action::Stop { pid: 100 }, Action::Stop { pid: 101 }]);
+        let end = now + KILL_AFTER;
+        assert_eq!(c.next_deadline(), Some(end));
+        assert!(c.handle(Event::Tick, end - Duration::from_millis(1)).is_empty());
+        assert_eq!(c.handle(Event::Tick, end), vec![Action::KillAll]);
+        // Killed, they exit: the cluster exits, and kills again whatever the driver still has.
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 100,
+                    clean: false
+                },
+                end
+            )
+            .is_empty()
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            end,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 0 }]);
+        assert_eq!(c.next_deadline(), Some(end + KILL_AGAIN));
+        assert_eq!(c.handle(Event::Tick, end + KILL_AGAIN), vec![Action::KillAll]);
+    }
+
+    #[test]
+    fn a_second_stop_request_stops_everything_at_once_and_kills_what_is_left_a_second_later() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        c.handle(Event::StopRequested, now);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(c.handle(Event::StopRequested, later), vec![Action::TerminateAll]);
+        assert_eq!(c.next_deadline(), Some(later + STOP_AT_ONCE));
+        assert_eq!(c.handle(Event::Tick, later + STOP_AT_ONCE), vec![Action::KillAll]);
+        // Once the cluster exited, a stop request still stops what is left at once.
+        let mut c = serving(1, now);
+        c.handle(Event::StopRequested, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: true,
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 0 }]);
+        assert_eq!(c.handle(Event::StopRequested, later), vec![Action::TerminateAll]);
+        assert_eq!(c.next_deadline(), Some(later + STOP_AT_ONCE));
+    }
+
+    #[test]
+    fn a_cluster_that_gives_up_kills_what_is_left_after_the_stop_time() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Settings {
+            crash_limit: 1,
+            ..settings(1)
+        });
+        let a = c.start();
+        let a = c.handle(
+            Event::StartFailed {
+                id: started(&a[0]),
+                reason: "no".into(),
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 1 }]);
+        assert_eq!(c.next_deadline(), Some(now + KILL_AFTER));
+        // A stop request then does not put it off.
+        c.handle(Event::StopRequested, now + Duration::from_secs(1));
+        assert_eq!(c.handle(Event::Tick, now + KILL_AFTER), vec![Action::KillAll]);
+    }
+
+    /// The driver sleeps from `from` until `to` as it asked, and wakes: no stall.
+    fn sleeps(c: &mut Cluster, from: Instant, to: Instant) {
+        assert!(c.handle(Event::Sleep { until: Some(to) }, from).is_empty());
+        assert!(c.handle(Event::Woke, to).is_empty());
+    }
+
+    #[test]
+    fn a_primary_that_slept_well_past_its_time_counts_heartbeats_afresh() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let margin = Duration::from_secs(5);
+        // Stopped for a minute while it waited for the heartbeat deadline: no worker is
+        // killed when it resumes, and one that stays silent is killed a timeout later.
+        let mut c = serving(2, now);
+        assert!(
+            c.handle(
+                Event::Sleep {
+                    until: Some(now + timeout)
+                },
+                now
+            )
+            .is_empty()
+        );
+        let resumed = now + Duration::from_secs(60);
+        assert_eq!(
+            c.handle(Event::Woke, resumed),
+            vec![Action::Stalled(Stall::Asleep {
+                slept: Duration::from_secs(60)
+            })]
+        );
+        assert!(c.handle(Event::Tick, resumed).is_empty(), "no worker killed");
+        c.handle(
+            Event::Heartbeat {
+                pid: 101,
+                load: Load::default(),
+            },
+            resumed + Duration::from_secs(5),
+        );
+        sleeps(&mut c, resumed + Duration::from_secs(5), resumed + timeout);
+        let a = c.handle(Event::Tick, resumed + timeout);
+        assert_eq!(
+            a,
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
+        // Woken within the margin of its time, the silence is the workers': judged as ever.
+        let mut c = serving(1, now);
+        c.handle(
+            Event::Sleep {
+                until: Some(now + timeout),
+            },
+            now,
+        );
+        assert!(c.handle(Event::Woke, now + timeout + margin).is_empty());
+        let a = c.handle(Event::Tick, now + timeout + margin);
+        assert_eq!(
+            a,
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
+        // A sleep with no time set (nothing due) is no stall, however long.
+        let mut c = serving(1, now);
+        c.handle(Event::Sleep { until: None }, now);
+        assert!(c.handle(Event::Woke, now + Duration::from_secs(600)).is_empty());
+    }
+
+    #[test]
+    fn a_primary_held_up_by_its_own_work_counts_heartbeats_afresh() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut c = serving(1, now);
+        c.handle(
+            Event::Sleep {
+                until: Some(now + timeout),
+            },
+            now,
+        );
+        let woke = now + Duration::from_secs(9);
+        assert!(c.handle(Event::Woke, woke).is_empty());
+        // Six seconds in a control client's answer, past the worker's deadline.
+        let busy = Duration::from_secs(6);
+        assert_eq!(
+            c.handle(Event::Tick, woke + busy),
+            vec![Action::Stalled(Stall::Busy { busy })]
+        );
+        sleeps(&mut c, woke + busy, woke + busy + timeout);
+        assert_eq!(
+            c.handle(Event::Tick, woke + busy + timeout),
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
+        // Busy for less than the margin: judged as ever.
+        let mut c = serving(1, now);
+        c.handle(
+            Event::Sleep {
+                until: Some(now + timeout),
+            },
+            now,
+        );
+        c.handle(Event::Woke, woke);
+        assert_eq!(
+            c.handle(Event::Tick, now + timeout + Duration::from_secs(1)),
+            vec![Action::Kill {
+                pid: 100,
+                why: KillReason::Hung
+            }]
+        );
     }
 
     #[test]
@@ -1789,8 +2164,13 @@ mod tests {
             Exit(usize, bool),
             /// A live worker beats, by index, with its requests served and memory.
             Beat(usize, u64, u64),
-            /// Time passes, in ms.
+            /// The driver sleeps until its next deadline at most (woken earlier after this many
+            /// ms), wakes and ticks.
             Tick(u64),
+            /// The driver is stopped: it wakes this many ms after the time it asked for.
+            Stall(u64),
+            /// The driver wakes on time, then its own work holds it up for this many ms.
+            Busy(u64),
             Restart,
             Stop,
             Scale(usize),
@@ -1806,6 +2186,8 @@ mod tests {
                 1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
                 2 => (any::<usize>(), 0u64..300, 0u64..300).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
                 1 => (0u64..40_000).prop_map(Step::Tick),
+                1 => (0u64..12_000).prop_map(Step::Stall),
+                1 => (0u64..12_000).prop_map(Step::Busy),
                 1 => Just(Step::Restart),
                 1 => Just(Step::Stop),
                 1 => (0usize..5).prop_map(Step::Scale),
@@ -1846,10 +2228,37 @@ mod tests {
             answered: BTreeMap<ReplyId, usize>,
             next_reply: ReplyId,
             exits: usize,
+            /// When each process was last heard of (started, ready, a heartbeat) or, after a
+            /// stall of the primary, when it resumed.
+            heard: BTreeMap<u32, u64>,
+            /// When each process was told to stop to be replaced (`Kill`).
+            killed: BTreeMap<u32, u64>,
+            /// When each stop was requested.
+            stops: Vec<u64>,
+            /// When every process was first killed (`KillAll`), and told to stop at once.
+            killed_all: Option<u64>,
+            terminated_all: Option<u64>,
+            /// The last pid there was at the last `KillAll`: only later ones may live.
+            killed_up_to: u32,
         }
 
+        /// The workers' timeout, the stall margin and the kill's grace, in ms (`settings`).
+        const TIMEOUT_MS: u64 = 10_000;
+        const STALL_MS: u64 = 5_000;
+        const GRACE_MS: u64 = KILL_GRACE.as_millis() as u64;
+
         impl World {
-            fn perform(&mut self, actions: Vec<Action>) {
+            fn now(&self) -> Instant {
+                START.with(|s| *s) + Duration::from_millis(self.now_ms)
+            }
+
+            fn ms(at: Instant) -> u64 {
+                at.saturating_duration_since(START.with(|s| *s)).as_millis() as u64
+            }
+
+            /// Performs `actions`; returns the processes they end at once (`SIGKILL`).
+            fn perform(&mut self, actions: Vec<Action>) -> Vec<u32> {
+                let mut dying = Vec::new();
                 for a in actions {
                     match a {
                         Action::Start { slot, id } => self.pending_starts.push((id, slot)),
@@ -1857,9 +2266,39 @@ mod tests {
                             assert!(self.live.contains_key(&pid), "restart of a dead {pid}");
                             self.restarting.insert(pid, slot);
                         }
-                        Action::RecycleNotice { .. } => {}
-                        Action::Stop { pid } | Action::Kill { pid, .. } => {
+                        Action::RecycleNotice { .. } | Action::Stalled(_) => {}
+                        Action::Stop { pid } => {
                             self.ended.insert(pid);
+                        }
+                        Action::Kill { pid, why } => {
+                            if why == KillReason::Hung {
+                                let heard = self.heard.get(&pid).copied().unwrap_or(0);
+                                assert!(
+                                    self.now_ms >= heard + TIMEOUT_MS,
+                                    "{pid} killed as hung at {} ms, heard of at {heard} ms",
+                                    self.now_ms
+                                );
+                            }
+                            self.ended.insert(pid);
+                            self.killed.insert(pid, self.now_ms);
+                        }
+                        Action::ForceKill { pid } => {
+                            let at = self.killed.get(&pid).copied();
+                            assert!(
+                                at.is_some_and(|at| self.now_ms >= at + GRACE_MS),
+                                "{pid} killed at {} ms, told to stop at {at:?}",
+                                self.now_ms
+                            );
+                            dying.push(pid);
+                        }
+                        Action::TerminateAll => {
+                            self.terminated_all.get_or_insert(self.now_ms);
+                            self.ended.extend(self.live.keys().copied());
+                        }
+                        Action::KillAll => {
+                            self.killed_all.get_or_insert(self.now_ms);
+                            self.killed_up_to = self.next_pid;
+                            dying.extend(self.live.keys().copied());
                         }
                         Action::Reply { reply, .. } => {
                             *self.answered.entry(reply).or_default() += 1;
@@ -1868,12 +2307,30 @@ mod tests {
                         Action::Resized { .. } => {}
                     }
                 }
+                dying
             }
 
             fn pick<T: Copy>(items: impl Iterator<Item = T>, i: usize) -> Option<T> {
                 let v: Vec<T> = items.collect();
                 (!v.is_empty()).then(|| v[i % v.len()])
             }
+        }
+
+        /// `event` to the machine now, its actions performed and the processes they kill
+        /// gone (their exits fed back). Returns the actions.
+        fn feed(c: &mut Cluster, w: &mut World, event: Event) -> Vec<Action> {
+            let actions = c.handle(event, w.now());
+            let mut dying = w.perform(actions.clone());
+            for _ in 0..10_000 {
+                let Some(pid) = dying.pop() else {
+                    break;
+                };
+                if w.live.remove(&pid).is_some() {
+                    let more = c.handle(Event::Exited { pid, clean: false }, w.now());
+                    dying.extend(w.perform(more));
+                }
+            }
+            actions
         }
 
         fn check_invariants(c: &Cluster, w: &World) {
@@ -1908,10 +2365,87 @@ mod tests {
             }
             assert!(w.answered.values().all(|&n| n == 1), "one answer per request");
             assert!(w.exits <= 1, "one exit");
+            // A worker told to stop to be replaced is gone once its grace is over.
+            for (pid, at) in &w.killed {
+                assert!(
+                    !w.live.contains_key(pid) || w.now_ms < at + GRACE_MS,
+                    "{pid} still there {} ms after its kill",
+                    w.now_ms - at
+                );
+            }
+            // A stop always ends: every process is killed by its time, at the latest at the
+            // first tick after it; a second request stops everything at once.
+            let by = [
+                w.stops.first().map(|t| t + KILL_AFTER.as_millis() as u64),
+                w.stops.get(1).map(|t| t + STOP_AT_ONCE.as_millis() as u64),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(by) = by.filter(|&by| w.now_ms >= by) {
+                assert!(
+                    w.killed_all.is_some(),
+                    "nothing killed {} ms after the stop's end",
+                    w.now_ms - by
+                );
+                assert!(
+                    w.live.keys().all(|&pid| pid > w.killed_up_to),
+                    "processes live after the stop's end: {:?}",
+                    w.live
+                );
+            }
+            if let Some(second) = w.stops.get(1) {
+                assert!(
+                    w.terminated_all.is_some_and(|t| t <= *second),
+                    "a second stop stops at once"
+                );
+            }
+        }
+
+        /// The driver waits until `late_ms` after its next deadline (at most `sleep_ms` if it
+        /// is woken before), then it works `busy_ms` and ticks.
+        fn wait(c: &mut Cluster, w: &mut World, sleep_ms: u64, late_ms: u64, busy_ms: u64) {
+            let deadline = c.next_deadline().map(World::ms);
+            // The driver asks to wake 1 ms after the deadline, never before now.
+            let until = deadline.map(|d| d.max(w.now_ms) + 1);
+            feed(
+                c,
+                w,
+                Event::Sleep {
+                    until: until.map(|u| START.with(|s| *s) + Duration::from_millis(u)),
+                },
+            );
+            w.now_ms = match until {
+                Some(u) if late_ms > 0 => u + late_ms,
+                Some(u) => u.min(w.now_ms + sleep_ms),
+                None => w.now_ms + sleep_ms + late_ms,
+            };
+            // A pause of the primary well past its time is its own: every worker counts as
+            // heard of when it resumes (and a worker that beats after is judged by its beat).
+            let stall = until.is_some() && late_ms > STALL_MS;
+            if stall {
+                let now = w.now_ms;
+                w.heard.values_mut().for_each(|t| *t = now);
+            }
+            let woke = feed(c, w, Event::Woke);
+            let stalled = woke
+                .iter()
+                .any(|a| matches!(a, Action::Stalled(Stall::Asleep { .. })));
+            assert_eq!(stalled, stall, "a sleep {late_ms} ms past its time");
+            w.now_ms += busy_ms;
+            let held_up = busy_ms > STALL_MS;
+            if held_up {
+                let now = w.now_ms;
+                w.heard.values_mut().for_each(|t| *t = now);
+            }
+            let ticked = feed(c, w, Event::Tick);
+            let held = ticked
+                .iter()
+                .any(|a| matches!(a, Action::Stalled(Stall::Busy { .. })));
+            assert_eq!(held, held_up, "held up {busy_ms} ms");
         }
 
         fn apply(c: &mut Cluster, w: &mut World, step: Step) {
-            let now = |w: &World| START.with(|s| *s) + Duration::from_millis(w.now_ms);
             let event = match step {
                 Step::StartResult(i, ok) => {
                     if w.pending_starts.is_empty() {
@@ -1921,6 +2455,7 @@ mod tests {
                     if ok {
                         w.next_pid += 1;
                         w.live.insert(w.next_pid, slot);
+                        w.heard.insert(w.next_pid, w.now_ms);
                         Event::Started { id, pid: w.next_pid }
                     } else {
                         Event::StartFailed {
@@ -1930,7 +2465,10 @@ mod tests {
                     }
                 }
                 Step::Ready(i) => match World::pick(w.live.iter().map(|(&p, &s)| (p, s)), i) {
-                    Some((pid, slot)) => Event::Ready { slot, pid },
+                    Some((pid, slot)) => {
+                        w.heard.insert(pid, w.now_ms);
+                        Event::Ready { slot, pid }
+                    }
                     None => return,
                 },
                 Step::RestartResult(i, ok) => {
@@ -1944,6 +2482,7 @@ mod tests {
                     if ok {
                         w.next_pid += 1;
                         w.live.insert(w.next_pid, slot);
+                        w.heard.insert(w.next_pid, w.now_ms);
                         // The old one drains and exits by itself once succeeded.
                         w.ended.insert(pid);
                         Event::Ready {
@@ -1965,29 +2504,45 @@ mod tests {
                     None => return,
                 },
                 Step::Beat(i, requests, rss) => match World::pick(w.live.keys().copied(), i) {
-                    Some(pid) => Event::Heartbeat {
-                        pid,
-                        load: Load {
-                            requests: Some(requests),
-                            rss: Some(rss),
-                        },
-                    },
+                    Some(pid) => {
+                        w.heard.insert(pid, w.now_ms);
+                        Event::Heartbeat {
+                            pid,
+                            load: Load {
+                                requests: Some(requests),
+                                rss: Some(rss),
+                            },
+                        }
+                    }
                     None => return,
                 },
                 Step::Tick(ms) => {
-                    w.now_ms += ms;
-                    Event::Tick
+                    wait(c, w, ms, 0, 0);
+                    check_invariants(c, w);
+                    return;
+                }
+                Step::Stall(ms) => {
+                    wait(c, w, 0, ms, 0);
+                    check_invariants(c, w);
+                    return;
+                }
+                Step::Busy(ms) => {
+                    wait(c, w, 0, 0, ms);
+                    check_invariants(c, w);
+                    return;
                 }
                 Step::Restart => {
                     w.next_reply += 1;
                     w.asked.insert(w.next_reply);
                     Event::RestartRequested { reply: w.next_reply }
                 }
-                Step::Stop => Event::StopRequested,
+                Step::Stop => {
+                    w.stops.push(w.now_ms);
+                    Event::StopRequested
+                }
                 Step::Scale(n) => Event::Scale { workers: n },
             };
-            let actions = c.handle(event, now(w));
-            w.perform(actions);
+            feed(c, w, event);
             check_invariants(c, w);
         }
 
@@ -1995,28 +2550,33 @@ mod tests {
             static START: Instant = Instant::now();
         }
 
-        /// A stop, and the world winds down: every pending start reported, every process
-        /// exits (those told to stop cleanly); the cluster exits once, every request answered
-        /// once.
-        fn wind_down(c: &mut Cluster, w: &mut World) -> Result<(), TestCaseError> {
+        /// A stop (or two), and the world winds down: every pending start reported, every
+        /// process exits (those told to stop cleanly) but the `stuck` ones (by pid, a bit
+        /// each), which only a kill ends, while time passes; the cluster exits once, every
+        /// request answered once, and no process is left.
+        fn wind_down(c: &mut Cluster, w: &mut World, stuck: u64, again: bool) -> Result<(), TestCaseError> {
             apply(c, w, Step::Stop);
+            if again {
+                apply(c, w, Step::Stop);
+            }
             for _ in 0..1000 {
-                if w.exits == 1 {
+                if w.exits == 1 && w.live.is_empty() {
                     break;
                 }
+                let free = w.live.keys().copied().find(|pid| stuck & (1 << (pid % 64)) == 0);
                 if !w.pending_starts.is_empty() {
                     apply(c, w, Step::StartResult(0, true));
-                } else if let Some(&pid) = w.live.keys().next() {
+                } else if let Some(pid) = free {
                     let clean = w.ended.contains(&pid);
                     w.live.remove(&pid);
-                    let actions = c.handle(Event::Exited { pid, clean }, Instant::now());
-                    w.perform(actions);
+                    feed(c, w, Event::Exited { pid, clean });
                     check_invariants(c, w);
                 } else {
-                    break;
+                    apply(c, w, Step::Tick(40_000));
                 }
             }
             prop_assert_eq!(w.exits, 1, "the cluster exits once everything is gone: {:?}", c);
+            prop_assert!(w.live.is_empty(), "processes left: {:?}", w.live);
             for reply in &w.asked {
                 prop_assert_eq!(w.answered.get(reply), Some(&1), "request {} answered once", reply);
             }
@@ -2032,6 +2592,8 @@ mod tests {
                 max_memory in proptest::option::of(1u64..50),
                 seed in any::<u64>(),
                 steps in proptest::collection::vec(step(), 0..120),
+                stuck in any::<u64>(),
+                again in any::<bool>(),
             ) {
                 let recycle = Recycle { max_requests, max_memory, seed };
                 let mut c = Cluster::new(Settings { surge, recycle, ..settings(workers) });
@@ -2041,8 +2603,7 @@ mod tests {
                 for s in steps {
                     apply(&mut c, &mut w, s);
                 }
-                wind_down(&mut c, &mut w)?;
-                prop_assert!(w.live.is_empty());
+                wind_down(&mut c, &mut w, stuck, again)?;
             }
 
             #[test]
@@ -2061,8 +2622,7 @@ mod tests {
                 for s in steps {
                     apply(&mut c, &mut w, s);
                 }
-                wind_down(&mut c, &mut w)?;
-                prop_assert!(w.live.is_empty());
+                wind_down(&mut c, &mut w, 0, false)?;
             }
         }
     }

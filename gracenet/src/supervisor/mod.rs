@@ -61,7 +61,7 @@ pub(crate) const KILL_AFTER: Duration = Duration::from_secs(60 + 10);
 
 /// How often the supervisor looks for processes left to kill once [`KILL_AFTER`] has passed
 /// (a killed process's children are reparented to it).
-const KILL_AGAIN: Duration = Duration::from_millis(100);
+pub(crate) const KILL_AGAIN: Duration = Duration::from_millis(100);
 
 /// Whether this process should run as a supervisor: asked for (`requested`, a `--supervise`
 /// flag, say) or pid 1, and not already a generation under a supervisor.

@@ -20,21 +20,18 @@ mod status;
 
 use super::ClusterBuilder;
 use super::machine::{
-    Action, Cluster as Machine, Event, KillReason, Load, Recycle, RecycleNotice, RecycleReason, ReplyId,
-    RolloutResult, Settings, StartId,
+    Action, Cluster as Machine, Event, KILL_GRACE, KillReason, Load, Recycle, RecycleNotice, RecycleReason,
+    ReplyId, RolloutResult, Settings, Stall, StartId,
 };
 use crate::error::Error;
 use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::supervisor::protocol::{self, Message};
-use crate::supervisor::{Children, KILL_AFTER, SignalPipe, describe, signal_pid};
+use crate::supervisor::{Children, SignalPipe, describe, signal_pid};
 use crate::vars::{
     GRACE_GENERATION, GRACE_HEARTBEAT_MS, GRACE_LOAD_FD, GRACE_SUPERVISOR, GRACE_WORKER, NOTIFY_SOCKET,
 };
 use control::Reading;
-
-/// How long a worker stopped as hung (or never ready) has after `SIGTERM` before `SIGKILL`.
-const KILL_GRACE: Duration = Duration::from_millis(500);
 
 /// What the primary knows of a worker process beyond the machine's view, for `status`.
 #[derive(Debug, Clone, Copy)]
@@ -94,12 +91,8 @@ pub(crate) struct Primary {
     control: Option<(UnixListener, crate::control::PathIdentity)>,
     reading: Vec<Reading>,
     pid_file: Option<PathBuf>,
-    /// `SIGKILL`s due.
-    kills: Vec<(u32, Instant)>,
     /// The exit code, once the machine said to exit.
     exit: Option<i32>,
-    /// When every process still there is killed after a stop.
-    kill_all_at: Option<Instant>,
     /// Told systemd it is ready (every slot served once).
     announced: bool,
     started: Instant,
@@ -114,8 +107,6 @@ pub(crate) struct Primary {
     /// fd limit reached.
     fd_reserve: Vec<std::fs::File>,
     control_backoff: Duration,
-    /// Stop signals received.
-    stops: u32,
     /// Each slot's listeners' index in their `SO_REUSEPORT` groups (the order they joined),
     /// when they have listeners of their own; the next index; and the live indexes new
     /// connections were last steered to (`None`: not steered, the kernel's hash).
@@ -191,6 +182,7 @@ impl Primary {
                 max_memory: settings.max_memory,
                 seed: random_seed(),
             },
+            heartbeat,
         });
         let workers = settings.workers.max(1);
         let load = match super::balance::LoadTable::create() {
@@ -231,9 +223,7 @@ impl Primary {
             control,
             reading: Vec::new(),
             pid_file: settings.pid_file,
-            kills: Vec::new(),
             exit: None,
-            kill_all_at: None,
             announced: false,
             started: Instant::now(),
             load,
@@ -241,7 +231,6 @@ impl Primary {
             max_control_clients: control_clients_for_fd_limit(),
             fd_reserve: fd_reserve(),
             control_backoff: Duration::from_millis(50),
-            stops: 0,
             foreign: (0, Instant::now()),
             group_index: vec![None; workers],
             next_index: 0,
@@ -276,22 +265,9 @@ impl Primary {
             if let Some(code) = self.finished() {
                 return Ok(code);
             }
-            let asked = Instant::now();
-            let timeout = self.wait();
-            let slept = asked.elapsed();
-            if let Some(timeout) = timeout
-                && slept > timeout + (self.heartbeat * 2).max(Duration::from_millis(500))
-            {
-                // This process slept far longer than it asked to (SIGSTOP, a starved host):
-                // the heartbeats it could not read meanwhile are not the workers' fault.
-                tracing::warn!(
-                    primary = self.me,
-                    paused_ms = slept.as_millis() as u64,
-                    "cluster: the primary was not running: counting heartbeats afresh"
-                );
-                self.events.push_back(Event::Resumed);
-                self.drain_events();
-            }
+            // The machine hears when this process sleeps and wakes: it tells a sleep far
+            // longer than asked for (SIGSTOP, a starved host) from the workers' silence.
+            self.wait();
             self.read_notifications();
             self.children.reap();
             for (pid, code) in self.children.exited() {
@@ -300,26 +276,15 @@ impl Primary {
             for signal in self.signals.take() {
                 self.on_signal(signal);
             }
-            let worked = Instant::now();
             self.serve_control();
             let now = Instant::now();
             if self.machine.next_deadline().is_some_and(|d| d <= now) {
                 // Heartbeats that came while this iteration worked are read before any worker
-                // is judged by them; time it spent blocked itself (a control client slow to
-                // take its answer) is not the workers' silence either.
+                // is judged by them (the machine takes the time this iteration spent as its
+                // own, not the workers' silence).
                 self.read_notifications();
-                if now.duration_since(worked) > (self.heartbeat * 2).max(Duration::from_millis(500)) {
-                    tracing::warn!(
-                        primary = self.me,
-                        busy_ms = now.duration_since(worked).as_millis() as u64,
-                        "cluster: the primary was held up: counting heartbeats afresh"
-                    );
-                    self.events.push_back(Event::Resumed);
-                    self.drain_events();
-                }
                 self.events.push_back(Event::Tick);
             }
-            self.kill_due(now);
             self.drain_events();
             self.steer();
         }
@@ -359,9 +324,9 @@ impl Primary {
         Some(code)
     }
 
-    /// Blocks until something happens or the next deadline; returns how long it asked to
-    /// sleep at most (`None`: until something happens).
-    fn wait(&self) -> Option<Duration> {
+    /// Blocks until something happens or the next deadline, telling the machine when it
+    /// goes to sleep (and until when) and when it wakes.
+    fn wait(&mut self) {
         let mut fds = vec![
             PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.signals.fd(), PollFlags::POLLIN),
@@ -379,9 +344,7 @@ impl Primary {
         fds.extend(self.children.poll_fds());
         let next = [
             self.machine.next_deadline(),
-            self.kills.iter().map(|&(_, at)| at).min(),
             self.reading.iter().map(|r| r.deadline).min(),
-            self.kill_all_at,
             self.control_paused_until,
             self.next_handover_check(),
         ]
@@ -396,8 +359,14 @@ impl Primary {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d.as_millis() as i32).unwrap_or(PollTimeout::MAX),
         };
+        // Straight to the machine, around the poll itself (the queue is empty: drained at
+        // every iteration's end).
+        let until = asked.map(|d| Instant::now() + d);
+        let slept = self.machine.handle(Event::Sleep { until }, Instant::now());
         let _ = poll(&mut fds, timeout);
-        asked
+        let woke = self.machine.handle(Event::Woke, Instant::now());
+        drop(fds);
+        self.perform(slept.into_iter().chain(woke).collect());
     }
 
     fn drain_events(&mut self) {
@@ -473,8 +442,45 @@ impl Primary {
                         );
                     }
                     signal_pid(self.me, pid, Signal::SIGTERM);
-                    self.kills.push((pid, Instant::now() + KILL_GRACE));
                 }
+                Action::ForceKill { pid } => {
+                    if crate::sys::is_running(pid) {
+                        tracing::warn!(
+                            primary = self.me,
+                            pid,
+                            grace_ms = KILL_GRACE.as_millis() as u64,
+                            "cluster: still there after SIGTERM: killing it"
+                        );
+                        signal_pid(self.me, pid, Signal::SIGKILL);
+                    }
+                }
+                Action::TerminateAll => {
+                    tracing::info!(primary = self.me, "cluster: stopping at once");
+                    for pid in self.cluster_pids() {
+                        signal_pid(self.me, pid, Signal::SIGTERM);
+                    }
+                }
+                Action::KillAll => {
+                    for pid in self.cluster_pids() {
+                        if crate::sys::is_running(pid) {
+                            signal_pid(self.me, pid, Signal::SIGKILL);
+                        }
+                    }
+                }
+                Action::Stalled(stall) => match stall {
+                    // It slept far longer than it asked to (SIGSTOP, a starved host): the
+                    // heartbeats it could not read meanwhile are not the workers' fault.
+                    Stall::Asleep { slept } => tracing::warn!(
+                        primary = self.me,
+                        paused_ms = slept.as_millis() as u64,
+                        "cluster: the primary was not running: counting heartbeats afresh"
+                    ),
+                    Stall::Busy { busy } => tracing::warn!(
+                        primary = self.me,
+                        busy_ms = busy.as_millis() as u64,
+                        "cluster: the primary was held up: counting heartbeats afresh"
+                    ),
+                },
                 Action::Recycle { slot, pid, reason } => {
                     let why = match reason {
                         RecycleReason::Requests { served, limit } => {
@@ -519,8 +525,6 @@ impl Primary {
                             "cluster: no worker serves and new ones keep failing to start: giving up"
                         );
                     }
-                    let at = Instant::now() + KILL_AFTER;
-                    self.kill_all_at = Some(self.kill_all_at.map_or(at, |t| t.min(at)));
                     // Orphans never heard from (a successor still starting) go too.
                     for pid in crate::sys::children_of(self.me) {
                         if !self.children.is_watched(pid) && crate::sys::is_running(pid) {
@@ -809,7 +813,6 @@ impl Primary {
 
     fn on_exit(&mut self, pid: u32, code: Option<i32>) {
         let shown = code.map_or_else(|| "status unknown".to_owned(), describe);
-        self.kills.retain(|&(p, _)| p != pid);
         if self.binding == Some(pid) {
             self.binding = None;
             // The sockets never came: the next deferred start binds them itself.
@@ -858,9 +861,9 @@ impl Primary {
             // SIGHUP (a terminal closing) stops gracefully too, as it does a single generation
             // of gracedemo, rather than ending the primary (its default action).
             SIGTERM | SIGINT | SIGHUP => {
-                self.stops += 1;
-                let now = Instant::now();
-                if self.stops == 1 {
+                // The machine decides what a stop request does (the second one stops at once,
+                // and a stop always ends); only the first one is announced.
+                if self.machine.stop_requests == 0 {
                     tracing::info!(primary = self.me, "cluster: stopping every worker");
                     if let Some(up) = &self.upstream {
                         up.send(&[
@@ -868,24 +871,9 @@ impl Primary {
                             "STATUS=Stopping: draining every worker".into(),
                         ]);
                     }
-                    // Whatever is still there then (a worker stopped with SIGSTOP, a drain
-                    // that never ends) is killed: the stop always ends.
-                    self.kill_all_at = Some(now + KILL_AFTER);
-                    self.events.push_back(Event::StopRequested);
-                } else {
-                    // A second stop signal: stop at once. Every worker gets its second SIGTERM
-                    // (which ends its drain), and what is still there a moment later is killed.
-                    tracing::info!(primary = self.me, "cluster: stopping at once");
-                    let mut pids = crate::sys::children_of(self.me);
-                    pids.extend(self.children.pids());
-                    pids.sort_unstable();
-                    pids.dedup();
-                    for pid in pids {
-                        signal_pid(self.me, pid, Signal::SIGTERM);
-                    }
-                    let soon = now + Duration::from_secs(1);
-                    self.kill_all_at = Some(self.kill_all_at.map_or(soon, |t| t.min(soon)));
                 }
+                self.events.push_back(Event::StopRequested);
+                self.drain_events();
             }
             SIGUSR2 => {
                 tracing::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
@@ -1031,30 +1019,14 @@ impl Primary {
         }
     }
 
-    fn kill_due(&mut self, now: Instant) {
-        let (due, later): (Vec<_>, Vec<_>) = self.kills.drain(..).partition(|&(_, at)| at <= now);
-        self.kills = later;
-        for (pid, _) in due {
-            if crate::sys::is_running(pid) {
-                tracing::warn!(
-                    primary = self.me,
-                    pid,
-                    grace_ms = KILL_GRACE.as_millis() as u64,
-                    "cluster: still there after SIGTERM: killing it"
-                );
-                signal_pid(self.me, pid, Signal::SIGKILL);
-            }
-        }
-        if self.kill_all_at.is_some_and(|at| at <= now) {
-            let mut left = crate::sys::children_of(self.me);
-            left.extend(self.children.pids());
-            for pid in left {
-                if crate::sys::is_running(pid) {
-                    signal_pid(self.me, pid, Signal::SIGKILL);
-                }
-            }
-            self.kill_all_at = Some(now + Duration::from_millis(100));
-        }
+    /// Every process of the cluster: the children it watches and any process it is the
+    /// parent of (a successor never heard from, a killed worker's orphans).
+    fn cluster_pids(&self) -> Vec<u32> {
+        let mut pids = crate::sys::children_of(self.me);
+        pids.extend(self.children.pids());
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 }
 
