@@ -176,3 +176,108 @@ fn a_wrapper_that_does_not_exec_is_killed_with_everything_it_started() {
     let err = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 }
+
+/// Kills, when dropped, every process whose environment has `PROBE_MARK=<marker>`.
+struct KillMarked(String);
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        let _guards: Vec<PidGuard> = grace_tests::pids_with_env("PROBE_MARK", &self.0)
+            .into_iter()
+            .map(PidGuard)
+            .collect();
+    }
+}
+
+/// The pid that answers `GET /pid` on a new connection to `port`.
+fn pid_over_http(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).ok()?;
+    s.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.lines().last()?.trim().parse().ok()
+}
+
+#[test]
+fn a_cluster_whose_new_version_listens_on_one_more_address_rolls_out_and_survives_a_crash() {
+    // The new version (a script setting PROBE_EXTRA) serves one more address: the first
+    // worker to restart binds it, the second must join it. Bound alone, it was "address in
+    // use" for every later worker, and crash replacements failed until the cluster gave up.
+    let dir = TempDir::new("cluster-new-address");
+    let app = dir.path().join("app");
+    install_program(Path::new(env!("CARGO_BIN_EXE_httpprobe")), &app);
+    let control = dir.path().join("control");
+    let marker = grace_tests::unique_marker();
+    let _workers = KillMarked(marker.clone());
+    let control_env = control.to_string_lossy().into_owned();
+    let cmd = command(
+        &app,
+        &[],
+        &[
+            ("PROBE_WORKERS", "2"),
+            ("PROBE_CONTROL", &control_env),
+            ("PROBE_MARK", &marker),
+        ],
+    );
+    let mut primary = grace_tests::ProcessGuard::spawn(cmd);
+    primary.expect_log("Worker 0 serving ");
+    let client = gracenet::control::Client::new(&control);
+    let serving = || -> Vec<u32> {
+        let status = client.status().unwrap_or_default();
+        status
+            .lines()
+            .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
+            .filter_map(|l| l.split("pid ").nth(1)?.split(',').next()?.parse().ok())
+            .collect()
+    };
+    assert!(
+        wait_until(DEADLINE, || serving().len() == 2),
+        "{:?}",
+        client.status()
+    );
+    let before = serving();
+    let new_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let staged = dir.path().join("staged");
+    std::fs::write(
+        &staged,
+        format!(
+            "#!/bin/sh\nPROBE_EXTRA=127.0.0.1:{new_port} exec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_httpprobe")
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&staged, &app).expect("deploy");
+    let answer = client.restart();
+    assert!(answer.is_ok(), "the rollout: {answer:?}");
+    let after = serving();
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+    let answering =
+        || -> std::collections::BTreeSet<u32> { (0..24).filter_map(|_| pid_over_http(new_port)).collect() };
+    assert_eq!(
+        answering(),
+        after.iter().copied().collect(),
+        "both workers serve the new address"
+    );
+    // A crashed worker's replacement binds the new address too (joining it).
+    signal(after[1], Signal::SIGKILL);
+    assert!(
+        wait_until(DEADLINE, || {
+            let now = serving();
+            now.len() == 2 && !now.contains(&after[1])
+        }),
+        "the crashed worker was not replaced: {:?}",
+        client.status()
+    );
+    assert_eq!(answering().len(), 2, "{:?}", client.status());
+    primary.kill_and_wait();
+}

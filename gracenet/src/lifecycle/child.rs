@@ -137,9 +137,9 @@ pub(super) fn start_process(
         if let Some(fd) = worker.load_fd {
             next.env(crate::vars::GRACE_LOAD_FD, fd.to_string());
         }
-        if worker.join {
-            next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
-        }
+        // Its siblings hold the same addresses: one it binds anew (a new version's) must be
+        // open to them.
+        next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
     }
     if idle {
         next.idle_priority();

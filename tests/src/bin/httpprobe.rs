@@ -14,6 +14,9 @@
 //! `PROBE_IDLE_TIMEOUT_MS`, `PROBE_IDLE_GRACE_MS` and `PROBE_MAX_CONNECTIONS` set the server's
 //! limits.
 //! `PROBE_UNIX=PATH` adds a cleartext site on a Unix socket at PATH (listed before the third).
+//! `PROBE_EXTRA=ADDR` adds a cleartext site on ADDR, listed last (a new version's address).
+//! `PROBE_WORKERS=N` serves as a cluster of N workers, `PROBE_CONTROL=PATH` with the
+//! lifecycle's (the primary's) control socket at PATH.
 //! Keep-alive connections are handed to the next process at a restart;
 //! `PROBE_TAKE_NO_HANDED=1`: the first generation hands them to the next, which does not take
 //! them.
@@ -84,6 +87,12 @@ fn run() -> Result<(), gracehttp::Error> {
         .timeouts(timeouts);
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
+    }
+    if let Some(n) = knob("PROBE_WORKERS") {
+        server = server.workers(n as usize);
+    }
+    if let Some(path) = std::env::var_os("PROBE_CONTROL") {
+        lifecycle = lifecycle.control_socket(path);
     }
     let server = if args.iter().any(|a| a == "--axum") {
         let app = axum::Router::new().route(
@@ -212,9 +221,13 @@ fn three_sites<S: gracehttp::HttpService>(
         Ok(path) => server.http(&format!("unix:{path}"), app.clone()),
         Err(_) => server,
     };
-    match tls {
-        Some(tls) => server.https("127.0.0.1:0", tls, app),
-        None => server.http("127.0.0.1:0", app),
+    let server = match tls {
+        Some(tls) => server.https("127.0.0.1:0", tls, app.clone()),
+        None => server.http("127.0.0.1:0", app.clone()),
+    };
+    match std::env::var("PROBE_EXTRA") {
+        Ok(addr) => server.http(&addr, app),
+        Err(_) => server,
     }
 }
 

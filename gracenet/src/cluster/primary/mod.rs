@@ -563,10 +563,11 @@ impl Primary {
         if let Some(table) = &self.load {
             next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
         }
-        if self.store.as_ref().is_some_and(Vec::is_empty) {
-            // The first worker serves but sent no copy of its sockets: this one binds its own,
-            // joining the first one's groups (a worker's first listener is otherwise bound
-            // alone, and would find the address in use).
+        if self.store.is_some() {
+            // Only the cluster's first worker binds a new TCP address alone (a second cluster
+            // on it is refused). Every later one joins: the first one's groups when it sent no
+            // copy of its sockets, and any address a new version adds (the first worker to
+            // bind it must let the others join it).
             next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
         }
         match next.spawn() {
