@@ -221,7 +221,9 @@ pub(crate) async fn accept_loop(
             None => None,
             Some(sem) => tokio::select! {
                 permit = sem.clone().acquire_owned() => permit.ok(),
-                _ = generation.draining() => break,
+                // Draining: the listener now hands out only what other workers of a cluster
+                // passed here before the drain, then ends; those are served without a place.
+                _ = generation.draining() => None,
             },
         };
         let Some((stream, peer)) = listener.accept_with_peer().await else {

@@ -238,6 +238,10 @@ pub(crate) struct Cluster {
     pub slots: Vec<Slot>,
     /// Workers that were succeeded or told to stop, until they exit: their exit is no crash.
     pub retiring: Vec<u32>,
+    /// Recycled workers still draining: a recycle is meant to lower memory, so no further
+    /// one starts while `surge` of them are still there (with long drains, recycling one
+    /// after another would otherwise keep two processes per slot).
+    pub recycled_draining: Vec<u32>,
     pub rollout: Option<Rollout>,
     /// Rolling restarts asked for while one is under way: they run after it.
     pub queued: Vec<ReplyId>,
@@ -394,6 +398,7 @@ impl Cluster {
             settings,
             slots: vec![Slot::default(); settings.workers],
             retiring: Vec::new(),
+            recycled_draining: Vec::new(),
             rollout: None,
             queued: Vec::new(),
             stopping: false,
@@ -681,6 +686,7 @@ impl Cluster {
                 let was_restarting = std::mem::replace(&mut s.restarting, false);
                 self.retiring.push(old.pid);
                 if let Some(reason) = s.recycling.take() {
+                    self.recycled_draining.push(old.pid);
                     s.recycles += 1;
                     s.last_recycle = Some(reason);
                     s.recycle_failures = 0;
@@ -709,6 +715,7 @@ impl Cluster {
     }
 
     fn exited(&mut self, pid: u32, clean: bool, now: Instant, actions: &mut Vec<Action>) {
+        self.recycled_draining.retain(|&p| p != pid);
         if let Some(i) = self.retiring.iter().position(|&p| p == pid) {
             self.retiring.swap_remove(i);
             return;
@@ -1028,6 +1035,7 @@ impl Cluster {
         let busy = self.stopping
             || self.rollout.is_some()
             || !self.queued.is_empty()
+            || self.recycled_draining.len() >= self.settings.surge
             || self.slots.iter().any(|s| s.restarting || s.recycling.is_some());
         let s = &self.slots[slot];
         if busy || s.recycle_after.is_some_and(|t| now < t) {
@@ -1977,6 +1985,15 @@ mod tests {
         c.handle(Event::Ready { slot: 0, pid: 300 }, now);
         c.handle(Event::Ready { slot: 1, pid: 301 }, now);
         assert!(c.rollout.is_none());
+        // Not while the recycled worker still drains (two processes in its slot meanwhile).
+        assert!(c.handle(beat(301, 10_000, 0), now).is_empty());
+        c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: true,
+            },
+            now,
+        );
         // After it, each fresh worker counts from its own start.
         assert!(c.handle(beat(301, 50, 0), now).is_empty());
         assert!(matches!(
@@ -2351,6 +2368,16 @@ mod tests {
             }
             let recycling: Vec<&Slot> = c.slots.iter().filter(|s| s.recycling.is_some()).collect();
             assert!(recycling.len() <= 1, "at most one recycle at a time: {c:?}");
+            assert!(
+                c.recycled_draining.len() <= c.settings.surge,
+                "no more recycled workers draining than the surge: {c:?}"
+            );
+            if !recycling.is_empty() {
+                assert!(
+                    c.recycled_draining.len() < c.settings.surge,
+                    "a recycle begins only once the earlier ones drained: {c:?}"
+                );
+            }
             if let [s] = recycling[..] {
                 assert!(c.rollout.is_none(), "no recycle during a rollout");
                 assert!(!c.stopping, "no recycle during a stop");

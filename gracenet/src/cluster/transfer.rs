@@ -191,7 +191,16 @@ impl Inbox {
             tracing::debug!(path = %self.path.display(), error = %e, "cluster: cannot shut an inbox");
         }
         let _ = std::fs::remove_file(&self.path);
+        // Read only with a free fd for each (at the limit the kernel would drop what it reads):
+        // what stays queued goes to the others when this inbox is dropped, or with the
+        // primary's copy of it when this worker ends.
         for _ in 0..4096 {
+            if self.reserve.is_none() {
+                self.reserve = std::fs::File::open("/dev/null").ok();
+            }
+            if self.reserve.is_none() {
+                break;
+            }
             match receive_with(&self.socket, &mut self.reserve) {
                 Ok(Some(fd)) => self.left.push(fd),
                 Ok(None) => {}
@@ -212,15 +221,67 @@ impl Inbox {
 }
 
 impl Drop for Inbox {
+    /// Closed without handing out all it had (a listener dropped before its accept loop
+    /// took every connection passed to it): they go to the other workers' inboxes for the
+    /// same listener, as the primary's [`take_over`] would.
     fn drop(&mut self) {
         self.close();
-        if !self.left.is_empty() {
+        let mut left = std::mem::take(&mut self.left);
+        if left.is_empty() {
+            return;
+        }
+        // In the order they came (`left` is kept for popping).
+        left.reverse();
+        let others = others_than(&self.path);
+        let before = left.len();
+        // Runs on the worker's runtime: a short wait for a full inbox, not one per connection.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        left.retain(|fd| !pass_to_any(&others, fd, std::time::Instant::now() < deadline));
+        if !left.is_empty() {
             tracing::warn!(
-                connections = self.left.len(),
-                "cluster: connections passed to a listener that closed without accepting them are closed"
+                connections = left.len(),
+                of = before,
+                "cluster: connections passed to a listener that closed without accepting them are closed: no other worker took them"
             );
         }
     }
+}
+
+/// The inboxes in `path`'s directory of the same listener as `path`'s, but other workers'.
+fn others_than(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let Some((_, key)) = name.split_once('-') else {
+        return Vec::new();
+    };
+    names_in(dir, |n| {
+        n != name && n.split_once('-').is_some_and(|(_, k)| k == key)
+    })
+    .into_iter()
+    .map(|n| dir.join(n))
+    .collect()
+}
+
+/// Sends `connection` to the first of `inboxes` that takes it; if all that exist are full and
+/// `wait`, gives them a few chances (a full inbox empties as its worker reads): at most about
+/// 50 ms.
+fn pass_to_any(inboxes: &[PathBuf], connection: &OwnedFd, wait: bool) -> bool {
+    for round in 0..if wait { 10 } else { 1 } {
+        let mut full = false;
+        for to in inboxes {
+            match send_to(to, connection) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => full = true,
+                Err(_) => {}
+            }
+        }
+        if !full || !wait || round == 9 {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
 }
 
 /// [`receive`] with the `reserve` fd closed for the read and opened again after it.
@@ -297,13 +358,15 @@ fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub(crate) struct HeldInboxes(Vec<(String, OwnedFd)>);
 
-fn names_in(dir: &Path) -> Vec<String> {
+/// The names in `dir` that `wanted` keeps (at most 4096 of them).
+fn names_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
-                .take(4096)
                 .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| wanted(n))
+                .take(4096)
                 .collect()
         })
         .unwrap_or_default()
@@ -314,7 +377,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// logged and left out: its connections are then the worker's alone.
 pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
     let prefix = format!("{pid}-");
-    let keys: Vec<String> = names_in(dir)
+    let keys: Vec<String> = names_in(dir, |n| n.starts_with(&prefix))
         .into_iter()
         .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
         .collect();
@@ -331,10 +394,12 @@ pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
     let mut held = Vec::new();
     for key in keys {
         let path = dir.join(format!("{prefix}{key}"));
-        let Some(inode) = crate::sys::unix_socket_inode(&path) else {
-            continue;
-        };
-        let Some(fd) = crate::sys::fds_of_socket(pid, inode).into_iter().next() else {
+        // The socket there that the worker holds (an older one bound at the same name may
+        // live on elsewhere).
+        let Some(fd) = crate::sys::unix_socket_inodes(&path)
+            .into_iter()
+            .find_map(|inode| crate::sys::fds_of_socket(pid, inode).into_iter().next())
+        else {
             continue;
         };
         match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
@@ -354,27 +419,48 @@ pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
 /// had room).
 pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes) -> (usize, usize) {
     let prefix = format!("{pid}-");
-    let names = names_in(dir);
+    // Waiting for a full inbox to empty: at most this long in all.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     let (mut taken, mut passed) = (0, 0);
+    let mut keys = Vec::new();
     for (key, inbox) in held.0 {
         // From now on senders serve their own; then what is queued is taken.
         let _ = nix::sys::socket::shutdown(inbox.as_raw_fd(), nix::sys::socket::Shutdown::Read);
-        let _ = std::fs::remove_file(dir.join(format!("{prefix}{key}")));
-        let others: Vec<PathBuf> = names
+        let path = dir.join(format!("{prefix}{key}"));
+        // Its file, unless another process (a reused pid) has bound one there since.
+        // (`st_ino`'s type differs between systems.)
+        #[allow(clippy::unnecessary_cast)]
+        let ours = nix::sys::stat::fstat(inbox.as_fd())
+            .ok()
+            .map(|st| st.st_ino as u64);
+        if crate::sys::unix_socket_inodes(&path)
             .iter()
-            .filter(|n| !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, k)| k == key))
-            .map(|n| dir.join(n))
-            .collect();
+            .all(|&live| Some(live) == ours)
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+        let others = others_than(&path);
         for _ in 0..4096 {
-            let connection = match receive(&inbox) {
+            let connection = match receive_with(&inbox, &mut reserve) {
                 Ok(Some(connection)) => connection,
                 Ok(None) => continue,
                 Err(_) => break,
             };
             taken += 1;
-            if others.iter().any(|to| send_to(to, &connection).is_ok()) {
+            let wait = std::time::Instant::now() < deadline;
+            if pass_to_any(&others, &connection, wait) {
                 passed += 1;
             }
+        }
+        keys.push(key);
+    }
+    // Files of its inboxes that nobody holds (a process that ended before the primary copied
+    // them): no socket is bound there any more.
+    for name in names_in(dir, |n| n.starts_with(&prefix)) {
+        let path = dir.join(&name);
+        if crate::sys::unix_socket_inodes(&path).is_empty() {
+            let _ = std::fs::remove_file(&path);
         }
     }
     (taken, passed)
@@ -505,6 +591,59 @@ mod tests {
         assert!(silent.closed, "the end was seen");
         assert!(!silent_path.exists(), "its file is removed");
         drop((client, late, silent, other, _elsewhere));
+        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[tokio::test]
+    async fn an_inbox_dropped_with_connections_passes_them_to_another_worker() {
+        let dir = tempfile_dir();
+        let mut dropped = Inbox::bind_at(dir.join("1-k")).expect("inbox");
+        let mut other = Inbox::bind_at(dir.join("2-k")).expect("inbox");
+        let _elsewhere = Inbox::bind_at(dir.join("3-j")).expect("another listener's inbox");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients
+                .push(std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"));
+            let (conn, _) = listener.accept().expect("accept");
+            send_to(&dir.join("1-k"), &conn).expect("passed");
+        }
+        // Closed (its drain began), then dropped before its accept loop took them.
+        dropped.close();
+        drop(dropped);
+        for client in &clients {
+            let got = std::net::TcpStream::from(other.recv().await);
+            assert_eq!(
+                got.peer_addr().expect("peer").port(),
+                client.local_addr().expect("addr").port()
+            );
+        }
+        drop((other, _elsewhere));
+        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
+            std::fs::remove_file(e.path()).expect("rm");
+        }
+        std::fs::remove_dir(&dir).expect("rmdir");
+    }
+
+    #[test]
+    fn taking_over_removes_stale_files_but_not_a_new_process_inbox_at_the_same_name() {
+        let dir = tempfile_dir();
+        // A process that ended before the primary copied its inbox: only its file is left.
+        drop(UnixDatagram::bind(dir.join("7-k")).expect("bind"));
+        assert_eq!(take_over(&dir, 7, HeldInboxes::default()), (0, 0));
+        assert!(!dir.join("7-k").exists(), "a file with no socket is removed");
+        // The primary holds a worker's inbox; before it takes it over, the pid is reused and
+        // the new process binds an inbox at the same name.
+        let held = UnixDatagram::bind(dir.join("8-k")).expect("bind");
+        std::fs::remove_file(dir.join("8-k")).expect("rm");
+        let new = UnixDatagram::bind(dir.join("8-k")).expect("bind the new one");
+        let copy = OwnedFd::from(held);
+        assert_eq!(take_over(&dir, 8, HeldInboxes(vec![("k".into(), copy)])), (0, 0));
+        assert!(dir.join("8-k").exists(), "the new process's inbox is left alone");
+        drop(new);
         for e in std::fs::read_dir(&dir).expect("dir").flatten() {
             std::fs::remove_file(e.path()).expect("rm");
         }

@@ -256,11 +256,16 @@ async fn passed_here(inbox: &mut Option<(Inbox, String)>) -> OwnedFd {
     }
 }
 
-/// A connection another worker passed here, as a stream (a TCP socket is all it takes).
+/// A connection another worker passed here, as a stream: a connected TCP socket, nothing
+/// else.
 fn passed_stream(fd: OwnedFd) -> Option<Stream> {
     use std::os::fd::AsFd;
     let family = crate::sys::socket_family(fd.as_fd()).ok()?;
-    if family != libc::AF_INET && family != libc::AF_INET6 {
+    let sock = socket2::SockRef::from(&fd);
+    if (family != libc::AF_INET && family != libc::AF_INET6)
+        || sock.r#type().ok()? != socket2::Type::STREAM
+        || sock.peer_addr().is_err()
+    {
         return None;
     }
     let stream = std::net::TcpStream::from(fd);

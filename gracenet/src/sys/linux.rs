@@ -155,16 +155,22 @@ pub(crate) fn fds_of_socket(pid: u32, inode: u64) -> Vec<RawFd> {
         .collect()
 }
 
-/// The inode of the Unix socket bound to `path` (`/proc/net/unix`), if one is.
-pub(crate) fn unix_socket_inode(path: &std::path::Path) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-    let path = path.to_str()?;
+/// The inodes of the live Unix sockets that were bound at `path` (`/proc/net/unix`): more
+/// than one when a file was removed and another socket bound there while the first lives on.
+pub(crate) fn unix_socket_inodes(path: &std::path::Path) -> Vec<u64> {
+    let (Ok(table), Some(path)) = (std::fs::read_to_string("/proc/net/unix"), path.to_str()) else {
+        return Vec::new();
+    };
     // "Num RefCount Protocol Flags Type St Inode Path"
-    table.lines().skip(1).find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let inode = fields.nth(6)?;
-        (fields.next()? == path).then(|| inode.parse().ok()).flatten()
-    })
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let inode = fields.nth(6)?;
+            (fields.next()? == path).then(|| inode.parse().ok()).flatten()
+        })
+        .collect()
 }
 
 /// Resolves once a child process has exited (without reaping it).

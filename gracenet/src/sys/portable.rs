@@ -88,8 +88,8 @@ pub(crate) fn fds_of_socket(_pid: u32, _inode: u64) -> Vec<RawFd> {
 }
 
 /// `/proc` is Linux's.
-pub(crate) fn unix_socket_inode(_path: &std::path::Path) -> Option<u64> {
-    None
+pub(crate) fn unix_socket_inodes(_path: &std::path::Path) -> Vec<u64> {
+    Vec::new()
 }
 
 /// Resolves once a child process has exited (without reaping it): a thread in `waitid`.

@@ -38,6 +38,13 @@ pub(super) struct Leaving {
     phase: Phase,
 }
 
+impl Leaving {
+    /// `pid` has exited: it is neither signalled nor waited for (its pid may be reused).
+    pub(super) fn forget(&mut self, pid: u32) {
+        self.pids.retain(|&p| p != pid);
+    }
+}
+
 enum Phase {
     /// The workers still serve, and accept what their queues hold; since then.
     HandingOver(Instant),

@@ -839,6 +839,9 @@ impl Primary {
             _ => tracing::info!(primary = self.me, pid, status = %shown, "cluster: a process ended"),
         }
         self.info.remove(&pid);
+        for leaving in &mut self.leaving {
+            leaving.forget(pid);
+        }
         if let Some(held) = self.inboxes.remove(&pid) {
             let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
             if taken > 0 {
