@@ -1,6 +1,7 @@
 //! What operators do to a running server, done to lifeprobe with real processes: symlink-swap
 //! deploys, a PID file whose directory goes away, a symlink planted beside the PID file, and
-//! a new binary that is a wrapper script which does not `exec`.
+//! a new binary that is a wrapper script which does not `exec`; and to a cluster of
+//! httpprobes, a new version that listens on one more address.
 
 use std::path::Path;
 use std::process::Command;
