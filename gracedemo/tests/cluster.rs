@@ -849,6 +849,39 @@ fn a_stopped_primary_stops_no_worker_and_kills_none_when_it_resumes() {
 }
 
 #[test]
+fn workers_at_their_fd_limit_keep_serving_and_do_not_take_their_primary_for_dead() {
+    // More keep-alive connections than both workers have fds: accepts fail for a while. A
+    // worker that then could not open /proc/PRIMARY/stat took its primary for gone and
+    // stopped, dropping its connections (and the next one did the same).
+    let mut c = TestCluster::launch(&Launch {
+        fd_limit: Some(64),
+        ..Launch::new("2")
+    });
+    let before = c.pids();
+    let held: Vec<std::net::TcpStream> = (0..150)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).ok())
+        .collect();
+    // A few heartbeats (one a second) at the limit.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            before.iter().all(|&p| grace_tests::is_alive(p)),
+            "a worker at its fd limit stopped: {}",
+            c.primary.seen().join("\n")
+        );
+    }
+    drop(held);
+    assert!(
+        http_ok_within(c.port, DEADLINE),
+        "serving again once the connections close"
+    );
+    assert_eq!(c.pids(), before, "the same workers serve");
+    let log = c.primary.seen().join("\n");
+    assert!(!log.contains("primary is gone"), "{log}");
+}
+
+#[test]
 fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_knows() {
     let mut c = TestCluster::launch(&Launch {
         fd_limit: Some(40),

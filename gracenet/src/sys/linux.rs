@@ -218,9 +218,21 @@ pub(crate) fn is_running(pid: u32) -> bool {
     running_start(pid).is_some()
 }
 
-/// `/proc/<pid>/stat`, if readable.
+/// `/proc/<pid>/stat`, if readable. When it cannot be opened for a reason other than the
+/// process being gone (this process out of fds, `/proc` not mounted), the kernel is asked
+/// without an fd (`kill(pid, 0)`), and a live process reads as one in state `R` whose start
+/// is unknown: a process at its fd limit must not take its primary or its parent for dead.
 fn read_stat(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => Some(stat),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => None,
+        Err(_) => {
+            let pid_t = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_t), None)
+                != Err(nix::errno::Errno::ESRCH);
+            alive.then(|| format!("{pid} (unknown) R"))
+        }
+    }
 }
 
 /// Field `index` of a `/proc/<pid>/stat` line, counted after the command name (0 is the
