@@ -882,6 +882,34 @@ fn workers_at_their_fd_limit_keep_serving_and_do_not_take_their_primary_for_dead
 }
 
 #[test]
+fn a_scale_beyond_the_primarys_open_files_is_refused_saying_so() {
+    // At 128 fds the primary has room for about a dozen workers: 40 used to be accepted, 19
+    // of them never started, and the primary, out of fds, answered nothing more.
+    let c = TestCluster::launch(&Launch {
+        fd_limit: Some(128),
+        ..Launch::new("2")
+    });
+    let out = c.ctl(&["--scale", "40"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "scaled to 40 at 128 fds: {said}");
+    assert!(
+        said.contains("open files") && said.contains("ulimit -n"),
+        "{said}"
+    );
+    assert_eq!(c.workers().len(), 2, "{}", c.status());
+    let out = c.ctl(&["--scale", "4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 4 && w.iter().all(|w| w.serving)
+        }),
+        "{}",
+        c.status()
+    );
+}
+
+#[test]
 fn a_rolling_restart_with_the_primary_at_its_fd_limit_replaces_every_worker_it_knows() {
     let mut c = TestCluster::launch(&Launch {
         fd_limit: Some(40),

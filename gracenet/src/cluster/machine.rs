@@ -307,7 +307,11 @@ pub(crate) enum Event {
     /// there [`KILL_AFTER`] later); the next one stops at once.
     StopRequested,
     /// Change the number of slots.
-    Scale { workers: usize },
+    Scale {
+        workers: usize,
+        /// The most workers the primary's open files allow (its measure).
+        room: usize,
+    },
 }
 
 /// What the driver must do.
@@ -636,8 +640,8 @@ impl Cluster {
                 }
             }
             Event::StopRequested => self.stop(&mut actions),
-            Event::Scale { workers } => {
-                if self.refuse_scale(workers).is_none() {
+            Event::Scale { workers, room } => {
+                if self.refuse_scale(workers, room).is_none() {
                     self.scale(workers, &mut actions);
                 }
             }
@@ -887,8 +891,17 @@ impl Cluster {
     /// Whether scaling to `workers` may go ahead: not when it would stop the last serving
     /// workers while the slots kept have none (a scale-down removes the highest slots, so
     /// with slot 0's worker unable to start, `scale 1` would keep the broken slot and stop
-    /// the one that serves). The reason, for the operator, when not.
-    pub(crate) fn refuse_scale(&self, workers: usize) -> Option<String> {
+    /// the one that serves), nor beyond the `room` the primary's open files leave. The
+    /// reason, for the operator, when not.
+    pub(crate) fn refuse_scale(&self, workers: usize, room: usize) -> Option<String> {
+        if workers > self.slots.len() && workers > room {
+            // Workers it cannot start would wait in their slots for ever, and the primary,
+            // out of fds, could no longer answer its control socket nor replace a crash.
+            return Some(format!(
+                "scaling to {workers} needs more open files than the primary may have: its limit allows about \
+                 {room} worker(s) (raise LimitNOFILE= or ulimit -n)"
+            ));
+        }
         if workers >= self.slots.len() {
             return None;
         }
@@ -1367,7 +1380,13 @@ mod tests {
         c.handle(Event::Ready { slot: 1, pid: 201 }, now);
         // Slot 2 is restarting; it is scaled away: the rollout ends, answered.
         assert!(c.slots[2].restarting);
-        let a = c.handle(Event::Scale { workers: 2 }, now);
+        let a = c.handle(
+            Event::Scale {
+                workers: 2,
+                room: usize::MAX,
+            },
+            now,
+        );
         assert!(a.contains(&Action::Stop { pid: 102 }), "{a:?}");
         assert!(
             a.iter().any(|a| matches!(
@@ -1385,6 +1404,30 @@ mod tests {
             c.handle(Event::RestartRequested { reply: 2 }, now),
             vec![Action::Restart { slot: 0, pid: 200 }]
         );
+    }
+
+    #[test]
+    fn a_scale_beyond_the_primarys_open_files_is_refused_saying_so() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let why = c.refuse_scale(40, 12).expect("refused");
+        assert!(
+            why.contains("about 12 worker(s)") && why.contains("ulimit -n"),
+            "{why}"
+        );
+        assert!(
+            c.handle(
+                Event::Scale {
+                    workers: 40,
+                    room: 12
+                },
+                now
+            )
+            .is_empty()
+        );
+        assert_eq!(c.slots.len(), 2, "nothing changed");
+        assert_eq!(c.refuse_scale(12, 12), None, "up to the room");
+        assert_eq!(c.refuse_scale(1, 0), None, "scaling down needs no room");
     }
 
     #[test]
@@ -1465,20 +1508,36 @@ mod tests {
         );
         c.slots[0].worker = None;
         assert!(
-            c.refuse_scale(1)
+            c.refuse_scale(1, usize::MAX)
                 .is_some_and(|r| r.contains("would stop every serving worker"))
         );
         assert!(
-            c.handle(Event::Scale { workers: 1 }, now).is_empty(),
+            c.handle(
+                Event::Scale {
+                    workers: 1,
+                    room: usize::MAX
+                },
+                now
+            )
+            .is_empty(),
             "refused: not even the driver's bookkeeping changes"
         );
         assert_eq!(c.slots.len(), 2, "nothing scaled away");
-        assert!(c.refuse_scale(3).is_none(), "scaling up is always fine");
+        assert!(
+            c.refuse_scale(3, usize::MAX).is_none(),
+            "scaling up within the room is fine"
+        );
         // With slot 0 serving again, the same scale-down goes ahead.
         c.slots[0].worker = c.slots[1].worker.map(|w| Worker { pid: 300, ..w });
-        assert!(c.refuse_scale(1).is_none());
+        assert!(c.refuse_scale(1, usize::MAX).is_none());
         assert_eq!(
-            c.handle(Event::Scale { workers: 1 }, now),
+            c.handle(
+                Event::Scale {
+                    workers: 1,
+                    room: usize::MAX
+                },
+                now
+            ),
             vec![Action::Resized { workers: 1 }, Action::Stop { pid: 101 }]
         );
     }
@@ -1852,7 +1911,13 @@ mod tests {
     fn scaling_up_starts_slots_and_scaling_down_stops_their_workers() {
         let now = Instant::now();
         let mut c = serving(2, now);
-        let a = c.handle(Event::Scale { workers: 3 }, now);
+        let a = c.handle(
+            Event::Scale {
+                workers: 3,
+                room: usize::MAX,
+            },
+            now,
+        );
         assert!(matches!(
             a[..],
             [Action::Resized { workers: 3 }, Action::Start { slot: 2, .. }]
@@ -1864,7 +1929,13 @@ mod tests {
             },
             now,
         );
-        let a = c.handle(Event::Scale { workers: 1 }, now);
+        let a = c.handle(
+            Event::Scale {
+                workers: 1,
+                room: usize::MAX,
+            },
+            now,
+        );
         assert_eq!(
             a,
             vec![
@@ -2567,7 +2638,10 @@ mod tests {
                     w.stops.push(w.now_ms);
                     Event::StopRequested
                 }
-                Step::Scale(n) => Event::Scale { workers: n },
+                Step::Scale(n) => Event::Scale {
+                    workers: n,
+                    room: usize::MAX,
+                },
             };
             feed(c, w, event);
             check_invariants(c, w);

@@ -161,13 +161,15 @@ impl Primary {
                 "status" => Some(format!("ok\n{}", self.status())),
                 "status json" => Some(format!("ok\n{}\n", self.status_json().render())),
                 other => match other.strip_prefix("scale ").map(|n| n.trim().parse::<usize>()) {
-                    Some(Ok(n)) if (1..=1024).contains(&n) => match self.machine.refuse_scale(n) {
-                        Some(reason) => Some(format!("error {reason}\n")),
-                        None => {
-                            self.scale(n);
-                            Some(format!("ok scaling to {n} worker(s)\n"))
+                    Some(Ok(n)) if (1..=1024).contains(&n) => {
+                        match self.machine.refuse_scale(n, self.worker_room()) {
+                            Some(reason) => Some(format!("error {reason}\n")),
+                            None => {
+                                self.scale(n);
+                                Some(format!("ok scaling to {n} worker(s)\n"))
+                            }
                         }
-                    },
+                    }
                     Some(_) => Some(format!(
                         "error {other:?}: expected \"scale N\" with N a number of workers from 1 to 1024\n"
                     )),

@@ -890,8 +890,8 @@ impl Primary {
                 } else {
                     n.saturating_sub(1).max(1)
                 };
-                match self.machine.refuse_scale(n) {
-                    Some(reason) => tracing::warn!(primary = self.me, %reason, "cluster: not scaling down"),
+                match self.machine.refuse_scale(n, self.worker_room()) {
+                    Some(reason) => tracing::warn!(primary = self.me, %reason, "cluster: not scaling"),
                     None => self.scale(n),
                 }
             }
@@ -900,7 +900,29 @@ impl Primary {
     }
 
     fn scale(&mut self, workers: usize) {
-        self.events.push_back(Event::Scale { workers });
+        let room = self.worker_room();
+        self.events.push_back(Event::Scale { workers, room });
+    }
+
+    /// About how many workers this primary's open files allow: each costs it a listener and
+    /// an inbox copy per listening socket, a pidfd and a little more; a quarter of the limit is
+    /// kept for control clients, and the reserve for the workers' messages. Counted from what
+    /// it holds now (`/proc/self/fd`); if that cannot be read (out of fds), no more than now.
+    fn worker_room(&self) -> usize {
+        let workers = self.machine.slots.len();
+        let Ok(open) = std::fs::read_dir("/proc/self/fd").map(|d| d.count()) else {
+            return workers;
+        };
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+        let sockets = self.store.as_ref().map_or(3, Vec::len).max(1);
+        let per_worker = 2 * sockets + 3;
+        let free = soft
+            .saturating_sub(soft / 4)
+            .saturating_sub(FD_RESERVE)
+            .saturating_sub(open);
+        workers + free / per_worker
     }
 
     /// The machine resized the cluster to `workers` slots: the bookkeeping follows (it is
@@ -970,21 +992,42 @@ impl Primary {
     fn reply(&mut self, reply: ReplyId, result: &RolloutResult) {
         let answer = match result {
             RolloutResult::Done { pids } => {
-                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
-                format!(
-                    "ok {} worker(s) serving with pids {}\n",
-                    pids.len(),
-                    pids.join(", ")
-                )
+                let serving: Vec<String> = pids.iter().filter(|&&p| p != 0).map(u32::to_string).collect();
+                let empty: Vec<String> = (0..pids.len())
+                    .filter(|&i| pids[i] == 0)
+                    .map(|i| i.to_string())
+                    .collect();
+                if empty.is_empty() {
+                    format!(
+                        "ok {} worker(s) serving with pids {}\n",
+                        serving.len(),
+                        serving.join(", ")
+                    )
+                } else {
+                    format!(
+                        "ok {} of {} worker(s) serving with pids {}; worker(s) {} not serving yet (being started: see status)\n",
+                        serving.len(),
+                        pids.len(),
+                        serving.join(", "),
+                        empty.join(", ")
+                    )
+                }
             }
-            RolloutResult::Failed {
-                slot,
-                reason,
-                restarted,
-            } => format!(
-                "error failed: worker {slot}: {reason}; {restarted} of {} worker(s) restarted, every worker still serving\n",
-                self.machine.slots.len()
-            ),
+            RolloutResult::Failed { slot, reason, .. } => {
+                let n = self.machine.slots.len();
+                let serving = self
+                    .machine
+                    .slots
+                    .iter()
+                    .filter(|s| s.worker.is_some_and(|w| w.ready && !w.killed))
+                    .count();
+                let said = if serving == n {
+                    "every worker still serving".to_owned()
+                } else {
+                    format!("{serving} of {n} worker(s) serving (see status)")
+                };
+                format!("error failed: worker {slot}: {reason}; the rolling restart stopped there, {said}\n")
+            }
             RolloutResult::Stopping => format!(
                 "error stopping: the cluster (pid {}) is stopping: not restarting\n",
                 self.me
