@@ -119,6 +119,14 @@ impl RecycleReason {
 /// a row, up to [`MAX_RECYCLE_RETRY`]. A failed recycle leaves the old worker serving: there
 /// is no hurry, and a build that cannot start must not be started in a loop.
 const FIRST_RECYCLE_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a slot whose fresh worker was already at its memory threshold waits before it is
+/// recycled for memory (twice as long each time in a row, at most [`MAX_BORN_ABOVE_WAIT`]):
+/// a recycle then moves the memory (the connections handed over) rather than freeing it, or
+/// the limit is below what the program needs, and recycling at every heartbeat would only
+/// churn processes.
+const FIRST_BORN_ABOVE_WAIT: Duration = Duration::from_secs(60);
+const MAX_BORN_ABOVE_WAIT: Duration = Duration::from_secs(600);
 const MAX_RECYCLE_RETRY: Duration = Duration::from_secs(300);
 
 /// The window crashes are counted in.
@@ -202,6 +210,8 @@ pub(crate) struct Slot {
     /// Recycles failed in a row here, and when the next may be tried.
     pub recycle_failures: u32,
     pub recycle_after: Option<Instant>,
+    /// Fresh workers in a row here already at their memory threshold at their first heartbeat.
+    pub born_above: u32,
 }
 
 /// A rolling restart under way.
@@ -367,8 +377,9 @@ pub(crate) enum RecycleNotice {
     /// `retry_in`.
     Failed { reason: String, retry_in: Duration },
     /// A worker already had `rss` bytes, at or above its memory threshold `limit`, at its first
-    /// heartbeat: it is not recycled for memory.
-    AboveAtStart { rss: u64, limit: u64 },
+    /// heartbeat (connections handed over with it, or a limit below an idle worker's memory):
+    /// its slot is not recycled for memory for `wait`, twice as long each time in a row.
+    AboveAtStart { rss: u64, limit: u64, wait: Duration },
 }
 
 /// How the primary itself kept from reading the workers' heartbeats.
@@ -1037,12 +1048,20 @@ impl Cluster {
             if let Some(w) = self.slots[slot].worker.as_mut() {
                 w.first_rss = Some(rss);
             }
-            if let Some(limit) = w.limits.memory.filter(|&l| rss >= l) {
-                actions.push(Action::RecycleNotice {
-                    slot,
-                    pid: w.pid,
-                    notice: RecycleNotice::AboveAtStart { rss, limit },
-                });
+            let s = &mut self.slots[slot];
+            match w.limits.memory.filter(|&l| rss >= l) {
+                Some(limit) => {
+                    s.born_above = s.born_above.saturating_add(1);
+                    let wait = (FIRST_BORN_ABOVE_WAIT * (1u32 << (s.born_above - 1).min(16)))
+                        .min(MAX_BORN_ABOVE_WAIT);
+                    s.recycle_after = Some(s.recycle_after.map_or(now + wait, |t| t.max(now + wait)));
+                    actions.push(Action::RecycleNotice {
+                        slot,
+                        pid: w.pid,
+                        notice: RecycleNotice::AboveAtStart { rss, limit, wait },
+                    });
+                }
+                None => s.born_above = 0,
             }
         }
         let busy = self.stopping
@@ -1065,7 +1084,7 @@ impl Cluster {
             .limits
             .memory
             .zip(load.rss)
-            .filter(|&(limit, rss)| rss >= limit && first_rss.is_some_and(|f| f < limit))
+            .filter(|&(limit, rss)| rss >= limit && first_rss.is_some())
             .map(|(limit, rss)| RecycleReason::Memory { rss, limit });
         let Some(reason) = requests.or(memory) else {
             return;
@@ -2150,7 +2169,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_grows_past_its_memory_limit_is_recycled_but_one_born_above_it_is_not() {
+    fn a_worker_that_grows_past_its_memory_limit_is_recycled_and_one_born_above_it_waits_longer_each_time() {
         let now = Instant::now();
         let mut c = serving_with(recycling(2, None, Some(1000)), now);
         let limit = c.slots[0].worker.and_then(|w| w.limits.memory).expect("a limit");
@@ -2158,7 +2177,8 @@ mod tests {
             c.handle(beat(100, 0, 500), now).is_empty(),
             "its first heartbeat: below"
         );
-        // Slot 1's worker is at the limit as soon as it serves: a replacement would be too.
+        // Slot 1's worker is at the limit as soon as it serves (connections handed over with
+        // it, or a limit below an idle worker's): recycling it at once would churn.
         let a = c.handle(beat(101, 0, 5000), now);
         assert!(
             matches!(
@@ -2166,8 +2186,8 @@ mod tests {
                 [Action::RecycleNotice {
                     slot: 1,
                     pid: 101,
-                    notice: RecycleNotice::AboveAtStart { rss: 5000, .. }
-                }]
+                    notice: RecycleNotice::AboveAtStart { rss: 5000, wait, .. }
+                }] if wait == FIRST_BORN_ABOVE_WAIT
             ),
             "{a:?}"
         );
@@ -2180,24 +2200,57 @@ mod tests {
             }]
         );
         c.handle(Event::Ready { slot: 0, pid: 200 }, now);
-        assert!(
-            c.handle(beat(101, 0, 9000), now).is_empty(),
-            "born above: never for memory"
+        c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: true,
+            },
+            now,
         );
-        // Its successor, were it already above at its first heartbeat: the same.
-        let a = c.handle(beat(200, 0, 9000), now);
+        assert!(
+            c.handle(beat(101, 0, 9000), now + Duration::from_secs(30))
+                .is_empty(),
+            "born above: it waits"
+        );
+        // Its wait over, it is recycled for memory like any other.
+        let later = now + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(1);
+        assert!(matches!(
+            c.handle(beat(101, 0, 9000), later)[..],
+            [Action::Recycle {
+                slot: 1,
+                pid: 101,
+                reason: RecycleReason::Memory { .. }
+            }]
+        ));
+        c.handle(Event::Ready { slot: 1, pid: 201 }, later);
+        c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: true,
+            },
+            later,
+        );
+        // Its successor above again at once: the recycle moved the memory, not freed it; the
+        // slot waits twice as long.
+        let a = c.handle(beat(201, 0, 9000), later);
         assert!(
             matches!(
                 a[..],
                 [Action::RecycleNotice {
-                    slot: 0,
-                    pid: 200,
-                    notice: RecycleNotice::AboveAtStart { .. }
-                }]
+                    slot: 1,
+                    pid: 201,
+                    notice: RecycleNotice::AboveAtStart { wait, .. }
+                }] if wait == FIRST_BORN_ABOVE_WAIT * 2
             ),
             "{a:?}"
         );
-        assert!(c.handle(beat(200, 0, 9000), now).is_empty());
+        assert!(
+            c.handle(
+                beat(201, 0, 9000),
+                later + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(1)
+            )
+            .is_empty()
+        );
         assert_eq!(c.slots[0].last_recycle.map(|r| r.name()), Some("memory"));
     }
 

@@ -503,14 +503,16 @@ impl Primary {
                         slot, pid, %reason, retry_in_s = retry_in.as_secs(),
                         "cluster: recycling a worker failed: it keeps serving"
                     ),
-                    RecycleNotice::AboveAtStart { rss, limit } => tracing::warn!(
+                    RecycleNotice::AboveAtStart { rss, limit, wait } => tracing::warn!(
                         primary = self.me,
                         slot,
                         pid,
                         rss,
                         limit,
-                        "cluster: a fresh worker's memory is already at the recycling limit: \
-                         not recycling it for memory (raise the limit above a fresh worker's memory)"
+                        wait_s = wait.as_secs(),
+                        "cluster: a fresh worker's memory is already at the recycling limit (connections \
+                         handed over with it, or a limit below an idle worker's): not recycling it for memory \
+                         for a while"
                     ),
                 },
                 Action::Reply { reply, result } => self.reply(reply, &result),
