@@ -882,6 +882,48 @@ fn workers_at_their_fd_limit_keep_serving_and_do_not_take_their_primary_for_dead
 }
 
 #[test]
+fn a_new_primary_removes_the_directory_a_killed_one_left() {
+    let runtime = TempDir::new("cluster-runtime");
+    let runtime_dir = runtime.path().to_string_lossy().into_owned();
+    let env = [("XDG_RUNTIME_DIR", runtime_dir.as_str())];
+    let primaries_dirs = || -> Vec<String> {
+        std::fs::read_dir(runtime.path())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("grace-primary-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut first = TestCluster::launch(&Launch::new("2").env(&env));
+    let killed = first.primary.pid();
+    first.primary.kill_and_wait();
+    assert!(
+        wait_until(DEADLINE, || first.others().is_empty()),
+        "the workers stop without their primary"
+    );
+    let left = primaries_dirs();
+    assert!(
+        left.iter()
+            .any(|n| n.starts_with(&format!("grace-primary-{killed}-"))),
+        "kill -9 leaves its directory: {left:?}"
+    );
+    let second = TestCluster::launch(&Launch::new("2").env(&env));
+    let now = primaries_dirs();
+    assert_eq!(
+        now.len(),
+        1,
+        "only the running primary's directory is left: {now:?}"
+    );
+    assert!(
+        now[0].starts_with(&format!("grace-primary-{}-", second.primary.pid())),
+        "{now:?}"
+    );
+    drop((first, second));
+}
+
+#[test]
 fn a_scale_beyond_the_primarys_open_files_is_refused_saying_so() {
     // At 128 fds the primary has room for about a dozen workers: 40 used to be accepted, 19
     // of them never started, and the primary, out of fds, answered nothing more.

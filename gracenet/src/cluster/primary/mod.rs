@@ -1100,8 +1100,49 @@ fn private_dir(me: u32) -> std::io::Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute() && p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
+    remove_dead_primaries_dirs(&base);
     let template = base.join(format!("grace-primary-{me}-XXXXXX"));
     nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
+}
+
+/// Removes what primaries of this user that were killed (`kill -9`: no cleanup) left in
+/// `base`: their directories (`grace-primary-PID-…`, this user's) whose PID runs no more here
+/// and whose notify socket nobody reads (a primary in another pid namespace sharing the
+/// directory keeps its own), with the sockets inside. A pid reused since keeps its directory
+/// (it is only left behind).
+fn remove_dead_primaries_dirs(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten().take(100_000) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("grace-primary-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me || crate::sys::is_running(pid) {
+            continue;
+        }
+        // Bound and read by someone (connecting sends nothing): not dead.
+        if UnixDatagram::unbound().is_ok_and(|probe| probe.connect(entry.path().join("notify")).is_ok()) {
+            continue;
+        }
+        if let Ok(inside) = std::fs::read_dir(entry.path()) {
+            for file in inside.flatten().take(10_000) {
+                let _ = std::fs::remove_file(file.path());
+            }
+        }
+        let _ = std::fs::remove_dir(entry.path());
+    }
 }
 
 /// How many fds [`Primary::read_notifications`] frees for a read at most: a worker's sockets
