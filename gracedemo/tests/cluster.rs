@@ -882,6 +882,33 @@ fn workers_at_their_fd_limit_keep_serving_and_do_not_take_their_primary_for_dead
 }
 
 #[test]
+fn clients_that_never_finish_a_command_do_not_hold_up_status_and_reload() {
+    // 100 clients each send half a command and wait: 32 places, 10 s each to finish, so a
+    // --status waited 30 s behind them (and timed out at its 5 s).
+    let c = TestCluster::start("2", &[]);
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .filter_map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&c.control).ok()?;
+            std::io::Write::write_all(&mut s, b"sta").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(idle.len(), 100);
+    let out = c.ctl(&["--status"]);
+    assert!(
+        out.status.success(),
+        "--status behind 100 idle clients: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c.ctl(&["--reload"]);
+    assert!(
+        out.status.success(),
+        "--reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_new_primary_removes_the_directory_a_killed_one_left() {
     let runtime = TempDir::new("cluster-runtime");
     let runtime_dir = runtime.path().to_string_lossy().into_owned();

@@ -14,6 +14,10 @@ use super::{Primary, Waiter};
 /// How long a control client may take to send its command.
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a control client may hold its place without a whole command while other clients
+/// wait for one.
+const GIVE_WAY_AFTER: Duration = Duration::from_millis(250);
+
 /// The longest command line read.
 const MAX_COMMAND: usize = 64;
 
@@ -67,6 +71,7 @@ impl Primary {
 
     pub(super) fn serve_control(&mut self) {
         let now = Instant::now();
+        self.make_way_for_waiting_clients(now);
         if self.accepting_control(now)
             && let Some((listener, _)) = &self.control
         {
@@ -144,6 +149,73 @@ impl Primary {
         for r in ready {
             self.command(r);
         }
+    }
+
+    /// With every place taken and clients waiting in the backlog, those that have not sent a
+    /// whole command within [`GIVE_WAY_AFTER`] are answered with an error and let go: a client
+    /// sends its command at once, and idle ones (a stuck monitoring script) must not hold a
+    /// `--reload` up for the whole [`COMMAND_TIMEOUT`] of each.
+    fn make_way_for_waiting_clients(&mut self, now: Instant) {
+        if self.reading.is_empty() || self.control_clients() < self.max_control_clients {
+            return;
+        }
+        let Some((listener, _)) = &self.control else {
+            return;
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            listener.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let waiting = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0);
+        if !waiting {
+            return;
+        }
+        let (late, keep): (Vec<Reading>, Vec<Reading>) = std::mem::take(&mut self.reading)
+            .into_iter()
+            .partition(|r| now + COMMAND_TIMEOUT >= r.deadline + GIVE_WAY_AFTER);
+        self.reading = keep;
+        if !late.is_empty() {
+            tracing::warn!(
+                primary = self.me,
+                clients = late.len(),
+                "control socket: let go of clients that sent no whole command while others waited"
+            );
+        }
+        for mut r in late {
+            let _ = r.stream.set_nonblocking(false);
+            let _ = r.stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = r.stream.write_all(
+                format!(
+                    "error no whole command within {} ms while other clients waited: send the command at once\n",
+                    GIVE_WAY_AFTER.as_millis()
+                )
+                .as_bytes(),
+            );
+        }
+    }
+
+    /// When the oldest control client being read must give way, if every place is taken
+    /// (clients may be waiting: [`make_way_for_waiting_clients`](Self::make_way_for_waiting_clients)
+    /// looks).
+    pub(super) fn give_way_at(&self, now: Instant) -> Option<Instant> {
+        if self.control_clients() < self.max_control_clients {
+            return None;
+        }
+        self.reading
+            .iter()
+            .filter_map(|r| (r.deadline + GIVE_WAY_AFTER).checked_sub(COMMAND_TIMEOUT))
+            .filter(|&t| t > now)
+            .min()
+    }
+
+    /// Whether, every place taken, a client being read could give way now: the listener is
+    /// then watched, so that a client arriving is let in at once.
+    pub(super) fn could_give_way(&self, now: Instant) -> bool {
+        self.control_clients() >= self.max_control_clients
+            && self
+                .reading
+                .iter()
+                .any(|r| now + COMMAND_TIMEOUT >= r.deadline + GIVE_WAY_AFTER)
     }
 
     pub(super) fn command(&mut self, r: Reading) {

@@ -332,7 +332,7 @@ impl Primary {
             PollFd::new(self.signals.fd(), PollFlags::POLLIN),
         ];
         if let Some((listener, _)) = &self.control
-            && self.accepting_control(Instant::now())
+            && (self.accepting_control(Instant::now()) || self.could_give_way(Instant::now()))
         {
             fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
         }
@@ -345,6 +345,7 @@ impl Primary {
         let next = [
             self.machine.next_deadline(),
             self.reading.iter().map(|r| r.deadline).min(),
+            self.give_way_at(Instant::now()),
             self.control_paused_until,
             self.next_handover_check(),
         ]
