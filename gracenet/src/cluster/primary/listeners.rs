@@ -358,11 +358,17 @@ impl Primary {
 
     /// The group indexes of the slots whose worker serves.
     fn live_indexes(&self) -> Vec<u32> {
+        let serving = |s: &&crate::cluster::machine::Slot| s.worker.is_some_and(|w| w.ready && !w.killed);
+        // A worker restarting (a rolling restart's, or a recycle) gets no new connection
+        // while another serves: its runtime waits in `vfork` for its successor's `execve`, and
+        // the successor starts beside it; what is queued at its listener is its successor's.
+        let steady = |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none();
+        let any_steady = self.machine.slots.iter().filter(serving).any(|s| steady(&s));
         self.machine
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.worker.is_some_and(|w| w.ready && !w.killed))
+            .filter(|(_, s)| serving(s) && (!any_steady || steady(s)))
             .filter_map(|(slot, _)| self.group_index.get(slot).copied().flatten())
             .collect()
     }
