@@ -363,7 +363,18 @@ impl Primary {
         // while another serves: its runtime waits in `vfork` for its successor's `execve`, and
         // the successor starts beside it; what is queued at its listener is its successor's.
         let steady = |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none();
-        let any_steady = self.machine.slots.iter().filter(serving).any(|s| steady(&s));
+        // ... only if another one is heard from (a hung one would hold them until the watchdog).
+        let now = std::time::Instant::now();
+        let heard = |s: &&crate::cluster::machine::Slot| {
+            s.worker
+                .is_some_and(|w| now.saturating_duration_since(w.beat) <= self.heartbeat * 3)
+        };
+        let any_steady = self
+            .machine
+            .slots
+            .iter()
+            .filter(serving)
+            .any(|s| steady(&s) && heard(&s));
         self.machine
             .slots
             .iter()
