@@ -791,6 +791,14 @@ fn a_broken_binary_on_disk_and_a_crash_leave_the_other_workers_serving() {
         );
     }
     assert_eq!(c.workers()[1].pid, Some(survivor), "{}", c.status());
+    // Status says slot 0 is waiting before its next try (after six failures: seconds).
+    assert!(
+        wait_until(DEADLINE, || c
+            .status()
+            .contains("worker 0: none (starting again in ")),
+        "{}",
+        c.status()
+    );
     // Every new connection reaches the surviving worker: none waits in the queue of the
     // slot that cannot start (with the kernel's hash alone, about half would, for ever).
     let answered = (0..20)

@@ -18,6 +18,8 @@ pub(super) struct WorkerRow {
     restarts: u64,
     recycles: u64,
     last_recycle: Option<&'static str>,
+    /// With no worker: how long until the next start (backing off after failures).
+    next_start: Option<Duration>,
 }
 
 impl Primary {
@@ -45,6 +47,7 @@ impl Primary {
                         restarts,
                         recycles,
                         last_recycle,
+                        next_start: s.restart_at.map(|t| t.saturating_duration_since(now)),
                     };
                 };
                 let info = self.info.get(&w.pid);
@@ -75,6 +78,7 @@ impl Primary {
                     restarts,
                     recycles,
                     last_recycle,
+                    next_start: None,
                 }
             })
             .collect()
@@ -111,8 +115,12 @@ impl Primary {
                     recycled(&w),
                 )),
                 None => out.push_str(&format!(
-                    "worker {}: none (starting), restarts {}{}\n",
+                    "worker {}: none ({}), restarts {}{}\n",
                     w.slot,
+                    match w.next_start {
+                        Some(d) => format!("starting again in {:.1} s, backing off after failures", d.as_secs_f64()),
+                        None => "starting".to_owned(),
+                    },
                     w.restarts,
                     recycled(&w)
                 )),
@@ -156,6 +164,10 @@ impl Primary {
                     (
                         "last_recycle",
                         w.last_recycle.map_or(Json::Null, |r| Json::String(r.to_owned())),
+                    ),
+                    (
+                        "next_start_seconds",
+                        w.next_start.map_or(Json::Null, |d| Json::Float(d.as_secs_f64())),
                     ),
                 ])
             })
