@@ -181,8 +181,8 @@ pub(crate) struct Worker {
     pub killed: bool,
     /// Its recycling thresholds.
     pub limits: Limits,
-    /// Its resident memory at its first heartbeat once ready: a worker already at its memory
-    /// threshold then is not recycled for memory (its replacement would be too, in a loop).
+    /// Its resident memory when it reached its memory threshold within its first minute (its
+    /// slot then waits before recycling it: a replacement would be there as fast, in a loop).
     pub first_rss: Option<u64>,
 }
 
@@ -1044,24 +1044,28 @@ impl Cluster {
         let Some(w) = self.slots[slot].worker.filter(|w| w.ready && !w.killed) else {
             return;
         };
-        if let (None, Some(rss)) = (w.first_rss, load.rss) {
-            if let Some(w) = self.slots[slot].worker.as_mut() {
-                w.first_rss = Some(rss);
-            }
+        // A worker at its memory threshold within its first minute: recycling it would move
+        // the memory (the connections a keep-alive hand-over brought it) rather than free it,
+        // or the limit is below what the program needs. Its slot waits, longer each time in a
+        // row; a worker that lives a minute under its limit ends the row.
+        if let (Some(rss), Some(limit)) = (load.rss, w.limits.memory) {
+            let young = now.saturating_duration_since(w.since) < FIRST_BORN_ABOVE_WAIT;
             let s = &mut self.slots[slot];
-            match w.limits.memory.filter(|&l| rss >= l) {
-                Some(limit) => {
-                    s.born_above = s.born_above.saturating_add(1);
-                    let wait = (FIRST_BORN_ABOVE_WAIT * (1u32 << (s.born_above - 1).min(16)))
-                        .min(MAX_BORN_ABOVE_WAIT);
-                    s.recycle_after = Some(s.recycle_after.map_or(now + wait, |t| t.max(now + wait)));
-                    actions.push(Action::RecycleNotice {
-                        slot,
-                        pid: w.pid,
-                        notice: RecycleNotice::AboveAtStart { rss, limit, wait },
-                    });
+            if rss >= limit && young && w.first_rss.is_none() {
+                if let Some(w) = s.worker.as_mut() {
+                    w.first_rss = Some(rss);
                 }
-                None => s.born_above = 0,
+                s.born_above = s.born_above.saturating_add(1);
+                let wait =
+                    (FIRST_BORN_ABOVE_WAIT * (1u32 << (s.born_above - 1).min(16))).min(MAX_BORN_ABOVE_WAIT);
+                s.recycle_after = Some(s.recycle_after.map_or(now + wait, |t| t.max(now + wait)));
+                actions.push(Action::RecycleNotice {
+                    slot,
+                    pid: w.pid,
+                    notice: RecycleNotice::AboveAtStart { rss, limit, wait },
+                });
+            } else if rss < limit && !young && w.first_rss.is_none() {
+                s.born_above = 0;
             }
         }
         let busy = self.stopping
@@ -1079,12 +1083,11 @@ impl Cluster {
             .zip(load.requests)
             .filter(|&(limit, served)| served >= limit)
             .map(|(limit, served)| RecycleReason::Requests { served, limit });
-        let first_rss = s.worker.and_then(|w| w.first_rss);
         let memory = w
             .limits
             .memory
             .zip(load.rss)
-            .filter(|&(limit, rss)| rss >= limit && first_rss.is_some())
+            .filter(|&(limit, rss)| rss >= limit)
             .map(|(limit, rss)| RecycleReason::Memory { rss, limit });
         let Some(reason) = requests.or(memory) else {
             return;
@@ -2169,17 +2172,15 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_grows_past_its_memory_limit_is_recycled_and_one_born_above_it_waits_longer_each_time() {
+    fn a_worker_that_grows_past_its_memory_limit_is_recycled_and_one_there_within_a_minute_waits_longer_each_time()
+     {
         let now = Instant::now();
         let mut c = serving_with(recycling(2, None, Some(1000)), now);
         let limit = c.slots[0].worker.and_then(|w| w.limits.memory).expect("a limit");
-        assert!(
-            c.handle(beat(100, 0, 500), now).is_empty(),
-            "its first heartbeat: below"
-        );
-        // Slot 1's worker is at the limit as soon as it serves (connections handed over with
-        // it, or a limit below an idle worker's): recycling it at once would churn.
-        let a = c.handle(beat(101, 0, 5000), now);
+        assert!(c.handle(beat(100, 0, 500), now).is_empty(), "below");
+        // Slot 1's worker reaches the limit within its first minute (connections handed over
+        // with it, or a limit below an idle worker's): recycling it at once would churn.
+        let a = c.handle(beat(101, 0, 5000), now + Duration::from_secs(2));
         assert!(
             matches!(
                 a[..],
@@ -2191,48 +2192,50 @@ mod tests {
             ),
             "{a:?}"
         );
+        assert!(
+            c.handle(beat(101, 0, 6000), now + Duration::from_secs(3))
+                .is_empty(),
+            "once"
+        );
+        // Slot 0's grows past it after its first minute: recycled.
+        let t1 = now + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(1);
         assert_eq!(
-            c.handle(beat(100, 0, 2000), now),
+            c.handle(beat(100, 0, 2000), t1),
             vec![Action::Recycle {
                 slot: 0,
                 pid: 100,
                 reason: RecycleReason::Memory { rss: 2000, limit }
             }]
         );
-        c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        c.handle(Event::Ready { slot: 0, pid: 200 }, t1);
         c.handle(
             Event::Exited {
                 pid: 100,
                 clean: true,
             },
-            now,
+            t1,
         );
-        assert!(
-            c.handle(beat(101, 0, 9000), now + Duration::from_secs(30))
-                .is_empty(),
-            "born above: it waits"
-        );
-        // Its wait over, it is recycled for memory like any other.
-        let later = now + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(1);
+        // Slot 1's wait over (and nothing else recycling), it is recycled like any other.
+        let t2 = t1 + Duration::from_secs(2);
         assert!(matches!(
-            c.handle(beat(101, 0, 9000), later)[..],
+            c.handle(beat(101, 0, 9000), t2)[..],
             [Action::Recycle {
                 slot: 1,
                 pid: 101,
                 reason: RecycleReason::Memory { .. }
             }]
         ));
-        c.handle(Event::Ready { slot: 1, pid: 201 }, later);
+        c.handle(Event::Ready { slot: 1, pid: 201 }, t2);
         c.handle(
             Event::Exited {
                 pid: 101,
                 clean: true,
             },
-            later,
+            t2,
         );
-        // Its successor above again at once: the recycle moved the memory, not freed it; the
-        // slot waits twice as long.
-        let a = c.handle(beat(201, 0, 9000), later);
+        // Its successor at the limit within a second (the memory moved, not freed): twice
+        // as long.
+        let a = c.handle(beat(201, 0, 9000), t2 + Duration::from_secs(1));
         assert!(
             matches!(
                 a[..],
@@ -2247,7 +2250,7 @@ mod tests {
         assert!(
             c.handle(
                 beat(201, 0, 9000),
-                later + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(1)
+                t2 + FIRST_BORN_ABOVE_WAIT + Duration::from_secs(2)
             )
             .is_empty()
         );
