@@ -635,19 +635,16 @@ fn new_connections_go_to_the_worker_that_lost_its_own() {
         "both serve: {:?}",
         held.iter().map(|h| h.1).collect::<Vec<_>>()
     );
-    held.retain(|(_, pid)| *pid != a);
+    // A's connections end: each closed by the client, and by A once it read the end (the
+    // client sees A's end of it). Reopened at once: no heartbeat in between.
+    let (closing, kept): (Vec<_>, Vec<_>) = held.into_iter().partition(|(_, pid)| *pid == a);
+    held = kept;
+    for (mut s, _) in closing {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    }
     let b_holds = held.len();
-    // Until worker A has said its connections closed (the status is its heartbeat's).
-    let a_line = format!("pid {a},");
-    assert!(
-        wait_until(DEADLINE, || {
-            c.status()
-                .lines()
-                .any(|l| l.contains(&a_line) && l.contains(" connections 0,"))
-        }),
-        "worker A never reported its connections closed: {}",
-        c.status()
-    );
     held.extend(keep_alive_connections(c.port, 64 - b_holds));
     let (at_a, at_b) = (of(&held, a), of(&held, b));
     assert_eq!(at_a + at_b, 64);
@@ -722,6 +719,45 @@ fn passed_connections_outlive_a_stopped_worker(extra: &[&str], end: impl FnOnce(
     assert!(!answered.contains_key(&hung));
     held.retain(|(_, pid)| *pid != hung);
     eprintln!("24 connections opened as a worker stopped, then died: all answered, by {answered:?}");
+}
+
+#[test]
+fn a_burst_refills_at_once_the_worker_whose_connections_just_closed() {
+    // Four workers; the busiest one's connections close and as many open again at once. The
+    // load table said the worker still had them until its next stamp (100 ms), so the others
+    // passed nothing to it: it ended with 3-6 of 64 (found from outside).
+    let c = TestCluster::start("4", &[]);
+    let mut held = keep_alive_connections(c.port, 64);
+    let mut by_pid = std::collections::BTreeMap::<u32, usize>::new();
+    for (_, pid) in &held {
+        *by_pid.entry(*pid).or_default() += 1;
+    }
+    let (&a, &had) = by_pid.iter().max_by_key(|(_, n)| **n).expect("workers");
+    let (closing, kept): (Vec<_>, Vec<_>) = held.into_iter().partition(|(_, pid)| *pid == a);
+    held = kept;
+    for (mut s, _) in closing {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    }
+    // All connected before any request: a burst.
+    let mut burst: Vec<std::net::TcpStream> = (0..had)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    let mut at_a = 0;
+    for s in &mut burst {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        if pid_on(s) == Some(a) {
+            at_a += 1;
+        }
+    }
+    let others: Vec<usize> = by_pid.iter().filter(|(p, _)| **p != a).map(|(_, n)| *n).collect();
+    assert!(
+        at_a * 5 >= had * 3,
+        "worker {a} had {had}, lost them, and took {at_a} of {had} new ones (the others held {others:?})"
+    );
+    eprintln!("refilled at once: {at_a} of {had} (the others held {others:?})");
+    drop(held);
 }
 
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.

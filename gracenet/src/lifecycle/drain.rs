@@ -71,18 +71,46 @@ impl Generation {
     /// every guard is dropped, or the stop timeout.
     pub fn track(&self) -> ConnectionGuard {
         crate::metrics::connections(1);
-        ConnectionGuard {
+        let guard = ConnectionGuard {
             _connection: self.shared.connections.subscribe(),
             phase: self.shared.phase.subscribe(),
-        }
+            cluster: crate::cluster::balance::worker_table().map(|_| self.shared.clone()),
+        };
+        guard.publish(0);
+        guard
     }
 }
 
 /// Held for as long as one connection is open; the drain waits for every guard.
-#[derive(Debug)]
 pub struct ConnectionGuard {
     _connection: watch::Receiver<()>,
     phase: watch::Receiver<Phase>,
+    /// In a cluster worker: its open connections go to the shared load table as they change,
+    /// so that the other workers' balance sees a worker whose connections just closed at once.
+    cluster: Option<std::sync::Arc<super::shared::Shared>>,
+}
+
+impl std::fmt::Debug for ConnectionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionGuard")
+            .field("phase", &*self.phase.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionGuard {
+    /// A serving cluster worker's open connections (but `leaving` of them) into the load table.
+    fn publish(&self, leaving: usize) {
+        let Some(shared) = &self.cluster else {
+            return;
+        };
+        if let Some((table, slot)) = crate::cluster::balance::worker_table()
+            && *self.phase.borrow() == Phase::Serving
+        {
+            let open = shared.connections.receiver_count().saturating_sub(leaving);
+            table.report(*slot, open as u64, crate::cluster::balance::now_us());
+        }
+    }
 }
 
 impl ConnectionGuard {
@@ -93,9 +121,9 @@ impl ConnectionGuard {
     }
 }
 
-#[cfg(feature = "metrics")]
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         crate::metrics::connections(-1);
+        self.publish(1);
     }
 }
