@@ -760,6 +760,42 @@ fn a_burst_refills_at_once_the_worker_whose_connections_just_closed() {
     drop(held);
 }
 
+#[test]
+fn connections_reach_the_other_worker_when_one_cannot_accept() {
+    // One worker's fd limit is lowered to what it holds and a few more: it soon cannot accept.
+    // New connections are steered away from it once its heartbeat says so, and what waits at
+    // its listener is passed by the primary to the other worker (74 of 100 hung for good).
+    let c = TestCluster::start("2", &[]);
+    let [full, other] = c.pids()[..] else {
+        panic!("{}", c.status())
+    };
+    let open = std::fs::read_dir(format!("/proc/{full}/fd"))
+        .expect("its fds")
+        .count() as u64;
+    let limit = nix::libc::rlimit {
+        rlim_cur: open + 4,
+        rlim_max: open + 4,
+    };
+    // SAFETY: prlimit with a valid pid, resource and limit; the old limit is not asked for.
+    let set = unsafe {
+        nix::libc::prlimit(
+            full as nix::libc::pid_t,
+            nix::libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let held = keep_alive_connections(c.port, 100);
+    let at_other = held.iter().filter(|(_, p)| *p == other).count();
+    assert!(
+        at_other >= 90,
+        "the other worker answered {at_other} of 100: {}",
+        c.status()
+    );
+    eprintln!("100 keep-alive connections, one worker at its fd limit: {at_other} answered by the other");
+}
+
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.
 struct Resume(u32);
 

@@ -247,6 +247,56 @@ impl Drop for Inbox {
     }
 }
 
+/// Takes what waits in `listener`'s queue (a worker's own listener, whose worker cannot accept:
+/// out of fds) and passes each connection to another worker's inbox for it in `dir` (not
+/// `pid`'s); at most `limit`. Accepts only while such an inbox exists, and only if the listener
+/// does not block (its worker's runtime made it non-blocking), so a connection is never taken
+/// to be dropped. Returns how many were passed on.
+pub(crate) fn drain_listener(dir: &Path, pid: u32, listener: &OwnedFd, limit: usize) -> usize {
+    let nonblocking = nix::fcntl::fcntl(listener.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .is_ok_and(|f| nix::fcntl::OFlag::from_bits_truncate(f).contains(nix::fcntl::OFlag::O_NONBLOCK));
+    let Some(addr) = socket2::SockRef::from(listener)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+    else {
+        return 0;
+    };
+    if !nonblocking {
+        return 0;
+    }
+    let key = listener_key(&addr);
+    let prefix = format!("{pid}-");
+    let inboxes: Vec<PathBuf> = names_in(dir, |n| {
+        !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, k)| k == key)
+    })
+    .into_iter()
+    .map(|n| dir.join(n))
+    .collect();
+    if inboxes.is_empty() {
+        return 0;
+    }
+    let mut passed = 0;
+    while passed < limit {
+        let Ok(fd) =
+            nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+        else {
+            break;
+        };
+        // SAFETY: accept4 just returned this fd; nothing else owns it.
+        let connection = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        if !pass_to_any(&inboxes, &connection, true) {
+            tracing::warn!(
+                pid,
+                "cluster: a connection taken from a worker that cannot accept found no other worker to take it"
+            );
+            break;
+        }
+        passed += 1;
+    }
+    passed
+}
+
 /// The inboxes in `path`'s directory of the same listener as `path`'s, but other workers'.
 fn others_than(path: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {

@@ -297,6 +297,7 @@ impl GenerationBuilder {
             requests: requests_tx,
             notifier: Notifier::from_env(),
             accepted: Arc::default(),
+            cannot_accept: std::sync::atomic::AtomicBool::new(false),
             served: super::shared::Padded::default(),
         });
         tracing::info!(generation = number, pid = std::process::id(), "starting");

@@ -120,10 +120,14 @@ impl GracefulListener {
                             continue;
                         }
                         self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+                        self.shared.cannot_accept.store(false, Ordering::Relaxed);
                         return Some(stream);
                     }
                     Err(e) if is_per_connection(&e) => {}
                     Err(e) => {
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                            self.shared.cannot_accept.store(true, Ordering::Relaxed);
+                        }
                         tracing::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}

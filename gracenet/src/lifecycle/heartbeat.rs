@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::Phase;
 use super::shared::Shared;
 use crate::cluster::balance;
-use crate::supervisor::protocol::{ACCEPTED, CONNECTIONS, REQUESTS, RSS};
+use crate::supervisor::protocol::{ACCEPTED, CANNOT_ACCEPT, CONNECTIONS, REQUESTS, RSS};
 
 /// Sends a heartbeat every `every`, with the open and accepted connections, the requests
 /// served and the resident memory (for the primary's `status` and its recycling), for as
@@ -71,6 +71,15 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                 ];
                 if let Some(rss) = crate::sys::resident_bytes() {
                     lines.push(format!("{RSS}={rss}"));
+                }
+                // Said until an fd is free again (then the listener's next accept succeeds,
+                // or nothing waits for one).
+                if shared.cannot_accept.load(Ordering::Relaxed) {
+                    if std::fs::File::open("/dev/null").is_ok() {
+                        shared.cannot_accept.store(false, Ordering::Relaxed);
+                    } else {
+                        lines.push(format!("{CANNOT_ACCEPT}=1"));
+                    }
                 }
                 notifier.try_send(&lines);
             }

@@ -87,6 +87,9 @@ pub(super) struct Shared {
     /// Connections accepted by this generation's graceful listeners (the control socket's
     /// clients included), for a cluster's `status` and its balance.
     pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    /// A graceful listener's last accept failed for lack of resources (out of fds): the
+    /// heartbeat says so, and the cluster's primary sends new connections to other workers.
+    pub cannot_accept: std::sync::atomic::AtomicBool,
     /// Requests (or whatever units the application counts) served by this process
     /// ([`Generation::count_requests`](super::Generation::count_requests)), for a cluster's
     /// `status` and its recycling. Written by every request: on a cache line of its own, so

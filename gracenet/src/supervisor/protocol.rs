@@ -28,6 +28,10 @@ pub(crate) const REQUESTS: &str = "X_GRACE_REQUESTS";
 /// A worker's resident memory in bytes, in its heartbeat (absent where it cannot be read).
 pub(crate) const RSS: &str = "X_GRACE_RSS";
 
+/// In a worker's heartbeat: its accepts have been failing for lack of resources (out of fds)
+/// since its last success (`1`), so new connections are better sent to the others.
+pub(crate) const CANNOT_ACCEPT: &str = "X_GRACE_CANNOT_ACCEPT";
+
 /// One notification message, as lines.
 #[derive(Debug)]
 pub(crate) struct Message {

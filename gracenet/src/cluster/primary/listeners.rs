@@ -362,7 +362,13 @@ impl Primary {
         // A worker restarting (a rolling restart's, or a recycle) gets no new connection
         // while another serves: its runtime waits in `vfork` for its successor's `execve`, and
         // the successor starts beside it; what is queued at its listener is its successor's.
-        let steady = |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none();
+        // So does one whose accepts fail (out of fds): its queue would only grow.
+        let accepting = |s: &&crate::cluster::machine::Slot| {
+            s.worker
+                .is_none_or(|w| !self.info.get(&w.pid).is_some_and(|i| i.cannot_accept))
+        };
+        let steady =
+            |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none() && accepting(s);
         // ... only if another one is heard from (a hung one would hold them until the watchdog).
         let now = std::time::Instant::now();
         let heard = |s: &&crate::cluster::machine::Slot| {

@@ -44,6 +44,8 @@ struct WorkerInfo {
     requests: u64,
     /// Resident memory in bytes, as its last heartbeat said.
     rss: Option<u64>,
+    /// Its last heartbeat said its accepts fail (out of fds).
+    cannot_accept: bool,
 }
 
 /// Who waits for a rolling restart's result.
@@ -287,6 +289,35 @@ impl Primary {
             }
             self.drain_events();
             self.steer();
+            self.take_from_workers_that_cannot_accept();
+        }
+    }
+
+    /// What waits at the listeners of a worker that cannot accept (out of fds) goes to the
+    /// other workers (new connections are already steered away from it): a little each turn.
+    fn take_from_workers_that_cannot_accept(&mut self) {
+        for (slot, s) in self.machine.slots.iter().enumerate() {
+            let Some(w) = s.worker.filter(|w| w.ready && !w.killed) else {
+                continue;
+            };
+            if !self.info.get(&w.pid).is_some_and(|i| i.cannot_accept) {
+                continue;
+            }
+            let Some(Some(listeners)) = self.slot_sockets.get(slot) else {
+                continue;
+            };
+            for (fd, _) in listeners {
+                let passed = super::transfer::drain_listener(&self.notify_dir, w.pid, fd, 64);
+                if passed > 0 {
+                    tracing::info!(
+                        primary = self.me,
+                        slot,
+                        pid = w.pid,
+                        passed,
+                        "cluster: passed connections waiting for a worker that cannot accept to the others"
+                    );
+                }
+            }
         }
     }
 
@@ -592,6 +623,7 @@ impl Primary {
                         accepted: 0,
                         requests: 0,
                         rss: None,
+                        cannot_accept: false,
                     },
                 );
                 tracing::info!(primary = self.me, slot, pid, "cluster: started a worker");
@@ -681,6 +713,7 @@ impl Primary {
                     info.requests = r;
                 }
                 info.rss = load.rss.or(info.rss);
+                info.cannot_accept = message.value(protocol::CANNOT_ACCEPT) == Some("1");
             }
             self.events.push_back(Event::Heartbeat { pid, load });
         }
@@ -773,6 +806,7 @@ impl Primary {
             accepted: 0,
             requests: 0,
             rss: None,
+            cannot_accept: false,
         });
         if let Some(g) = generation {
             info.generation = g;

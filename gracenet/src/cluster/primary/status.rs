@@ -60,6 +60,8 @@ impl Primary {
                         super::RecycleReason::Requests { .. } => "recycling (requests)",
                         super::RecycleReason::Memory { .. } => "recycling (memory)",
                     }
+                } else if w.ready && info.is_some_and(|i| i.cannot_accept) {
+                    "serving (cannot accept: out of fds)"
                 } else if w.ready {
                     "serving"
                 } else {
