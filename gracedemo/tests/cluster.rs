@@ -1003,6 +1003,12 @@ fn a_new_primary_removes_the_directory_a_killed_one_left() {
             })
             .unwrap_or_default()
     };
+    let gone = |pid: u32| {
+        let prefix = format!("grace-primary-{pid}-");
+        !primaries_dirs().iter().any(|n| n.starts_with(&prefix))
+    };
+    // kill -9 of the primary: its workers, seeing it gone, remove its notify socket and, the
+    // last one, its directory.
     let mut first = TestCluster::launch(&Launch::new("2").env(&env));
     let killed = first.primary.pid();
     first.primary.kill_and_wait();
@@ -1010,13 +1016,24 @@ fn a_new_primary_removes_the_directory_a_killed_one_left() {
         wait_until(DEADLINE, || first.others().is_empty()),
         "the workers stop without their primary"
     );
-    let left = primaries_dirs();
+    assert!(wait_until(DEADLINE, || gone(killed)), "{:?}", primaries_dirs());
+    // kill -9 of the primary and its workers at once: nobody is left to clean up; the next
+    // primary removes the directory.
+    let mut second = TestCluster::launch(&Launch::new("2").env(&env));
+    let killed = second.primary.pid();
+    let workers = second.others();
+    // Stopped first, so none of them sees its primary gone and cleans up.
+    for &w in &workers {
+        grace_tests::signal(w, Signal::SIGSTOP);
+    }
+    second.primary.kill_and_wait();
+    drop(workers.into_iter().map(PidGuard).collect::<Vec<_>>());
     assert!(
-        left.iter()
-            .any(|n| n.starts_with(&format!("grace-primary-{killed}-"))),
-        "kill -9 leaves its directory: {left:?}"
+        !gone(killed),
+        "kill -9 of everything leaves the directory: {:?}",
+        primaries_dirs()
     );
-    let second = TestCluster::launch(&Launch::new("2").env(&env));
+    let third = TestCluster::launch(&Launch::new("2").env(&env));
     let now = primaries_dirs();
     assert_eq!(
         now.len(),
@@ -1024,10 +1041,10 @@ fn a_new_primary_removes_the_directory_a_killed_one_left() {
         "only the running primary's directory is left: {now:?}"
     );
     assert!(
-        now[0].starts_with(&format!("grace-primary-{}-", second.primary.pid())),
+        now[0].starts_with(&format!("grace-primary-{}-", third.primary.pid())),
         "{now:?}"
     );
-    drop((first, second));
+    drop((first, second, third));
 }
 
 #[test]

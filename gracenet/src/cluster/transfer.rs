@@ -85,6 +85,16 @@ pub(crate) fn listener_key(addr: &std::net::SocketAddr) -> String {
     format!("{}-{hash:016x}", addr.port())
 }
 
+/// The primary is gone (killed: it cleaned nothing up): its notify socket is removed from its
+/// private directory, and the directory itself once the last inbox in it is gone
+/// ([`Inbox`]'s drop tries).
+pub(crate) fn primary_gone() {
+    if let Some(dir) = DIR.get().and_then(Option::as_ref) {
+        let _ = std::fs::remove_file(dir.join("notify"));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// A worker listener's inbox: where connections passed on by heavier workers arrive.
 #[derive(Debug)]
 pub(crate) struct Inbox {
@@ -226,6 +236,11 @@ impl Drop for Inbox {
     /// same listener, as the primary's [`take_over`] would.
     fn drop(&mut self) {
         self.close();
+        // Empty only once the primary is gone and this was the last inbox: then nobody else
+        // removes it.
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
         let mut left = std::mem::take(&mut self.left);
         if left.is_empty() {
             return;
@@ -537,7 +552,7 @@ mod tests {
             Err("the notify socket's path is not absolute")
         );
         std::fs::remove_file(&link).expect("rm link");
-        std::fs::remove_dir(&dir).expect("rmdir");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]
@@ -596,7 +611,7 @@ mod tests {
             "the queued connections, in order"
         );
         assert!(!path.exists(), "the inbox's file is removed");
-        std::fs::remove_dir(&dir).expect("rmdir");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[tokio::test]
@@ -641,10 +656,10 @@ mod tests {
         assert!(silent.closed, "the end was seen");
         assert!(!silent_path.exists(), "its file is removed");
         drop((client, late, silent, other, _elsewhere));
-        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
-            std::fs::remove_file(e.path()).expect("rm");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
         }
-        std::fs::remove_dir(&dir).expect("rmdir");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[tokio::test]
@@ -672,10 +687,10 @@ mod tests {
             );
         }
         drop((other, _elsewhere));
-        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
-            std::fs::remove_file(e.path()).expect("rm");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
         }
-        std::fs::remove_dir(&dir).expect("rmdir");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     #[test]
@@ -694,10 +709,10 @@ mod tests {
         assert_eq!(take_over(&dir, 8, HeldInboxes(vec![("k".into(), copy)])), (0, 0));
         assert!(dir.join("8-k").exists(), "the new process's inbox is left alone");
         drop(new);
-        for e in std::fs::read_dir(&dir).expect("dir").flatten() {
-            std::fs::remove_file(e.path()).expect("rm");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
         }
-        std::fs::remove_dir(&dir).expect("rmdir");
+        let _ = std::fs::remove_dir(&dir);
     }
 
     fn tempfile_dir() -> PathBuf {

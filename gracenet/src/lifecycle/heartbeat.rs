@@ -54,6 +54,9 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                 // worker whose master is gone does.
                 primary_gone = true;
                 tracing::error!(primary, "the cluster's primary is gone: stopping");
+                // What it left in its private directory (it was killed: no cleanup): its
+                // notify socket; the last worker's inbox to go removes the directory.
+                crate::cluster::transfer::primary_gone();
                 let _ = shared.requests.send(super::signals::Request::Stop {
                     cause: super::machine::StopCause::Call,
                     sender: None,
