@@ -149,6 +149,15 @@ impl LoadTable {
         }
     }
 
+    /// A serving worker's `open` connections as they change (its stamp, which says it is
+    /// live, is the runtime's, every [`STAMP_EVERY`]): one store per connection opened or
+    /// closed.
+    pub(crate) fn set_open(&self, slot: usize, open: u64) {
+        if slot < MAX_SLOTS {
+            self.entry(1 + slot).open.store(open, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a connection passed to `slot`'s worker, until it reports its own count.
     pub(crate) fn count_passed(&self, slot: usize) {
         if slot < MAX_SLOTS {

@@ -108,7 +108,7 @@ impl ConnectionGuard {
             && *self.phase.borrow() == Phase::Serving
         {
             let open = shared.connections.receiver_count().saturating_sub(leaving);
-            table.report(*slot, open as u64, crate::cluster::balance::now_us());
+            table.set_open(*slot, open as u64);
         }
     }
 }
