@@ -282,8 +282,12 @@ pub(crate) fn drain_listener(dir: &Path, pid: u32, listener: &OwnedFd, limit: us
     }
     let key = listener_key(&addr);
     let prefix = format!("{pid}-");
+    // Inboxes of running workers only (a dead one's file may linger): a connection accepted
+    // here must find a taker.
     let inboxes: Vec<PathBuf> = names_in(dir, |n| {
-        !n.starts_with(&prefix) && n.split_once('-').is_some_and(|(_, k)| k == key)
+        !n.starts_with(&prefix)
+            && n.split_once('-')
+                .is_some_and(|(p, k)| k == key && p.parse().is_ok_and(crate::sys::is_running))
     })
     .into_iter()
     .map(|n| dir.join(n))
