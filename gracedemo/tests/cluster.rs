@@ -312,20 +312,7 @@ async fn a_rolling_restart_replaces_every_worker_and_fails_no_request() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for load in loads {
         let load = load.await.expect("load task");
-        assert!(
-            load.requests > 50,
-            "too little load to show anything: {}",
-            load.requests
-        );
-        assert_eq!(
-            load.failures.total(),
-            0,
-            "{} of {} failed: {:?} {:?}",
-            load.failures.total(),
-            load.requests,
-            load.failures,
-            load.examples
-        );
+        load.assert_enough_and_none_failed(50, "a load across the rolling restart");
     }
     let after = c.pids();
     assert_eq!(after.len(), 2);
@@ -1143,20 +1130,7 @@ async fn a_second_cluster_on_the_same_address_fails_and_the_first_keeps_every_co
     let seen = answering_pids(c.port, 100).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let load = load.await.expect("load task");
-    assert!(
-        load.requests > 20,
-        "too little load to show anything: {}",
-        load.requests
-    );
-    assert_eq!(
-        load.failures.total(),
-        0,
-        "{} of {} failed: {:?} {:?}",
-        load.failures.total(),
-        load.requests,
-        load.failures,
-        load.examples
-    );
+    load.assert_enough_and_none_failed(20, "the first cluster's load while a second one tried to start");
     assert_eq!(
         seen.values().sum::<usize>(),
         100,
@@ -1216,20 +1190,7 @@ async fn scaling_down_under_load_resets_no_queued_connection() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let load = load.await.expect("load task");
-    assert!(
-        load.requests > 100,
-        "too little load to show anything: {}",
-        load.requests
-    );
-    assert_eq!(
-        load.failures.total(),
-        0,
-        "{} of {} requests failed across three scale-downs from 3 to 1: {:?} {:?}",
-        load.failures.total(),
-        load.requests,
-        load.failures,
-        load.examples
-    );
+    load.assert_enough_and_none_failed(100, "across three scale-downs from 3 to 1");
     eprintln!(
         "{} requests, none failed, across three scale-downs from 3 to 1",
         load.requests
@@ -1317,15 +1278,7 @@ async fn workers_past_max_requests_are_recycled_one_at_a_time_and_fail_no_reques
     for load in loads {
         let load = load.await.expect("load task");
         sent += load.requests;
-        assert_eq!(
-            load.failures.total(),
-            0,
-            "{} of {} failed: {:?} {:?}",
-            load.failures.total(),
-            load.requests,
-            load.failures,
-            load.examples
-        );
+        load.assert_none_failed("a load across the recycles");
     }
     let status = tokio::task::block_in_place(|| c.status());
     assert!(
@@ -1465,13 +1418,7 @@ async fn status_counts_every_http1_and_http2_request_a_worker_served() {
             ..c.load(keep_alive, Duration::from_secs(20))
         })
         .await;
-        assert_eq!(
-            load.failures.total(),
-            0,
-            "{:?} {:?}",
-            load.failures,
-            load.examples
-        );
+        load.assert_none_failed(&format!("the load (keep-alive {keep_alive}, HTTP/2 {http2})"));
         served += load.requests;
     }
     assert_eq!(served, 300, "each load sends its 100");

@@ -89,6 +89,31 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Asserts that no request of this load failed; `what` names the load in the message,
+    /// which shows the failures and examples if some did.
+    pub fn assert_none_failed(&self, what: &str) {
+        assert_eq!(
+            self.failures.total(),
+            0,
+            "{what}: {} of {} failed: {:?} {:?}",
+            self.failures.total(),
+            self.requests,
+            self.failures,
+            self.examples
+        );
+    }
+
+    /// Asserts that this load sent more than `at_least` requests (enough to show anything)
+    /// and that none failed.
+    pub fn assert_enough_and_none_failed(&self, at_least: u64, what: &str) {
+        assert!(
+            self.requests > at_least,
+            "{what}: too little load to show anything: {}",
+            self.requests
+        );
+        self.assert_none_failed(what);
+    }
+
     /// Successful requests per second.
     pub fn rps(&self) -> f64 {
         self.samples.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)

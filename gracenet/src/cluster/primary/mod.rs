@@ -293,6 +293,21 @@ impl Primary {
         }
     }
 
+    /// The connections waiting in the inboxes of worker `pid` (ended, or about to be killed as
+    /// silent) go to the other workers.
+    fn take_inboxes_over(&self, pid: u32, held: super::transfer::HeldInboxes) {
+        let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
+        if taken > 0 {
+            tracing::warn!(
+                primary = self.me,
+                pid,
+                taken,
+                passed,
+                "cluster: took the connections passed to a worker that ended or fell silent to the others"
+            );
+        }
+    }
+
     /// What waits at the listeners of a worker that cannot accept (out of fds) goes to the
     /// other workers (new connections are already steered away from it): a little each turn.
     fn take_from_workers_that_cannot_accept(&mut self) {
@@ -463,16 +478,7 @@ impl Primary {
                         .inboxes
                         .remove(&pid)
                         .unwrap_or_else(|| super::transfer::adopt(&self.notify_dir, pid));
-                    let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
-                    if taken > 0 {
-                        tracing::warn!(
-                            primary = self.me,
-                            pid,
-                            taken,
-                            passed,
-                            "cluster: took the connections waiting for a silent worker to the others"
-                        );
-                    }
+                    self.take_inboxes_over(pid, held);
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
                 Action::ForceKill { pid } => {
@@ -880,16 +886,7 @@ impl Primary {
             leaving.forget(pid);
         }
         if let Some(held) = self.inboxes.remove(&pid) {
-            let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
-            if taken > 0 {
-                tracing::warn!(
-                    primary = self.me,
-                    pid,
-                    taken,
-                    passed,
-                    "cluster: took the connections passed to a worker that ended to the others"
-                );
-            }
+            self.take_inboxes_over(pid, held);
         }
         self.events.push_back(Event::Exited {
             pid,
