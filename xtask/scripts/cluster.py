@@ -7,7 +7,9 @@ every server process from /proc over the load. Figures:
 
 1. throughput: 2 workers against one process with 2 runtime threads (TOKIO_WORKER_THREADS=2),
    HTTP/1.1 keep-alive (64 connections) and connection-per-request (8 connections,
-   `Connection: close`), alternating which goes first; ratios cluster / one process.
+   `Connection: close`), alternating which goes first; ratios cluster / one process of
+   requests/s and CPU per request (also split into user and system time), and the context
+   switches per request of each.
 2. balance: each worker's share of the connections accepted in those loads (the control
    socket's status, `accepted N` per worker).
 3. rolling restart: connection-per-request load with a rolling restart of both workers every
@@ -134,8 +136,23 @@ def wrk(port, seconds, conns, close=False, latency=False):
     return rps, total, errs, p99
 
 
-def server_ticks(p):
-    return sum(cpu_ticks(pid) for pid in descendants(p.pid) if os.path.exists(f"/proc/{pid}"))
+def server_counters(p):
+    """utime and stime (ticks), voluntary and involuntary context switches, summed over every
+    thread of every server process."""
+    user = system = vol = invol = 0
+    for pid in descendants(p.pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
+                    status = f.read()
+                vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+                invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        except OSError:
+            pass
+    return user, system, vol, invol
 
 
 def throughput(kind, seconds, conns, close, control):
@@ -144,9 +161,9 @@ def throughput(kind, seconds, conns, close, control):
     try:
         wrk(port, 1, conns, close)  # warm-up
         before_acc = accepted(control) if workers else {}
-        before = server_ticks(p)
+        before = server_counters(p)
         rps, total, errs, _ = wrk(port, seconds, conns, close)
-        ticks = server_ticks(p) - before
+        user, system, vol, invol = (b - a for a, b in zip(before, server_counters(p)))
         time.sleep(1.2)  # a heartbeat: the status's counts are current
         shares = {}
         if workers:
@@ -154,7 +171,9 @@ def throughput(kind, seconds, conns, close, control):
             got = {pid: after.get(pid, 0) - before_acc.get(pid, 0) for pid in after}
             n = max(sum(got.values()), 1)
             shares = sorted(round(100 * v / n, 1) for v in got.values())
-        return rps, ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(total, 1), errs, shares
+        us = lambda ticks: ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(total, 1)
+        return {"rps": rps, "cpu": us(user + system), "user": us(user), "sys": us(system),
+                "switches": (vol + invol) / max(total, 1), "errors": errs, "shares": shares}
     finally:
         stop(p)
 
@@ -174,19 +193,26 @@ def main():
 
     modes = [] if a.only == "restarts" else [("keepalive", 64, False), ("per_request", 8, True)]
     for mode, conns, close in modes:
-        rps_r, cpu_r, shares_all = [], [], []
+        ratios = {k: [] for k in ("rps", "cpu", "user", "sys")}
+        switches, shares_all = {"cluster": [], "single": []}, []
         for r in range(a.rounds):
             order = ["cluster", "single"] if r % 2 == 0 else ["single", "cluster"]
             got = {k: throughput(k, a.seconds, conns, close, control) for k in order}
-            (c_rps, c_cpu, c_err, shares), (s_rps, s_cpu, s_err, _) = got["cluster"], got["single"]
-            rps_r.append(c_rps / s_rps)
-            cpu_r.append(c_cpu / s_cpu)
-            shares_all.append(shares)
-            print(f"{mode} round {r + 1}: cluster {c_rps:.0f} req/s {c_cpu:.1f} us/req "
-                  f"shares {shares} errors {c_err}; single {s_rps:.0f} req/s {s_cpu:.1f} us/req "
-                  f"errors {s_err}", flush=True)
-        result[f"{mode}_rps_ratio"] = round(statistics.median(rps_r), 3)
-        result[f"{mode}_cpu_ratio"] = round(statistics.median(cpu_r), 3)
+            c, s = got["cluster"], got["single"]
+            for k in ratios:
+                ratios[k].append(c[k] / s[k])
+            for k in switches:
+                switches[k].append(got[k]["switches"])
+            shares_all.append(c["shares"])
+            print(f"{mode} round {r + 1}: " + "; ".join(
+                f"{k} {got[k]['rps']:.0f} req/s {got[k]['cpu']:.1f} us/req (user "
+                f"{got[k]['user']:.1f}, sys {got[k]['sys']:.1f}), {got[k]['switches']:.3f} "
+                f"context switches/req, errors {got[k]['errors']}" for k in ("cluster", "single"))
+                + f"; shares {c['shares']}", flush=True)
+        for k, v in ratios.items():
+            result[f"{mode}_{k}_ratio"] = round(statistics.median(v), 3)
+        for k, v in switches.items():
+            result[f"{mode}_{k}_switches_per_req"] = round(statistics.median(v), 3)
         result[f"{mode}_min_share"] = min(min(s) for s in shares_all if s)
         result[f"{mode}_max_share"] = max(max(s) for s in shares_all if s)
 
