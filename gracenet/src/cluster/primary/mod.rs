@@ -1126,15 +1126,58 @@ fn random_seed() -> u64 {
 }
 
 /// A new directory, mode 0700, for the primary's notify socket: under `$XDG_RUNTIME_DIR`
-/// when it is set, else the temporary directory.
+/// when it is set and safe, else the temporary directory (`$TMPDIR`) when safe, else `/tmp`.
 fn private_dir(me: u32) -> std::io::Result<PathBuf> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
+    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
+        .into_iter()
+        .chain([std::env::temp_dir(), PathBuf::from("/tmp")]);
+    let mut refused = Vec::new();
+    let mut chosen = None;
+    for dir in candidates {
+        match safe_base(&dir) {
+            Ok(()) => {
+                chosen = Some(dir);
+                break;
+            }
+            Err(why) => refused.push(format!("{}: {why}", dir.display())),
+        }
+    }
+    let Some(base) = chosen else {
+        return Err(std::io::Error::other(format!(
+            "no safe directory for the cluster's private directory ({})",
+            refused.join("; ")
+        )));
+    };
+    if !refused.is_empty() {
+        tracing::warn!(refused = %refused.join("; "), base = %base.display(), "cluster: private directory's base");
+    }
     remove_dead_primaries_dirs(&base);
     let template = base.join(format!("grace-primary-{me}-XXXXXX"));
     nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
+}
+
+/// Whether `dir` may hold the primary's private directory: absolute, a directory, owned by
+/// this user or root, and sticky if others may write to it. In a directory others can write
+/// to without the sticky bit, another user could rename the private directory away and put a
+/// notify socket of theirs in its place, and receive the listening sockets workers send.
+fn safe_base(dir: &std::path::Path) -> Result<(), &'static str> {
+    use std::os::unix::fs::MetadataExt;
+    if !dir.is_absolute() {
+        return Err("not an absolute path");
+    }
+    let meta = std::fs::metadata(dir).map_err(|_| "cannot be read")?;
+    if !meta.is_dir() {
+        return Err("not a directory");
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err("owned by another user");
+    }
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err("others may write to it and it is not sticky");
+    }
+    Ok(())
 }
 
 /// Removes what primaries of this user that were killed (`kill -9`: no cleanup) left in
@@ -1212,5 +1255,38 @@ fn raise_fd_limit(me: u32) {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::debug!(primary = me, error = %e, "cannot raise the open files limit");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_base;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_private_directory_goes_only_where_no_other_user_can_replace_it() {
+        let root = std::env::temp_dir().join(format!("gracenet-safe-base-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = |name: &str, mode: u32| {
+            let d = root.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            d
+        };
+        assert_eq!(safe_base(&dir("private", 0o700)), Ok(()));
+        assert_eq!(safe_base(&dir("shared-sticky", 0o1777)), Ok(()));
+        assert!(safe_base(&dir("shared", 0o777)).is_err());
+        assert!(safe_base(&dir("group", 0o770)).is_err());
+        assert!(safe_base(std::path::Path::new("relative")).is_err());
+        let file = root.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(safe_base(&file).is_err());
+        if nix::unistd::geteuid().is_root() {
+            let theirs = dir("theirs", 0o700);
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            assert_eq!(safe_base(&theirs), Err("owned by another user"));
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
