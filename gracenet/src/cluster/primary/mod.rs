@@ -1157,6 +1157,10 @@ fn private_dir(me: u32) -> std::io::Result<PathBuf> {
     nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
 }
 
+/// The longest base directory whose sockets' paths fit a Unix socket address (107 bytes):
+/// `/grace-primary-PID-XXXXXX` (28 with a 7-digit pid) and `/PID-PORT-HASH` (30).
+const MAX_BASE_LEN: usize = 107 - 60;
+
 /// Whether `dir` may hold the primary's private directory: absolute, a directory, owned by
 /// this user or root, and sticky if others may write to it. In a directory others can write
 /// to without the sticky bit, another user could rename the private directory away and put a
@@ -1166,7 +1170,13 @@ fn safe_base(dir: &std::path::Path) -> Result<(), &'static str> {
     if !dir.is_absolute() {
         return Err("not an absolute path");
     }
-    let meta = std::fs::metadata(dir).map_err(|_| "cannot be read")?;
+    if dir.as_os_str().len() > MAX_BASE_LEN {
+        return Err("too long for the sockets inside it (at most 47 bytes)");
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist",
+        _ => "cannot be read",
+    })?;
     if !meta.is_dir() {
         return Err("not a directory");
     }
@@ -1279,6 +1289,9 @@ mod tests {
         assert!(safe_base(&dir("shared", 0o777)).is_err());
         assert!(safe_base(&dir("group", 0o770)).is_err());
         assert!(safe_base(std::path::Path::new("relative")).is_err());
+        let long = root.join("x".repeat(super::MAX_BASE_LEN));
+        std::fs::create_dir(&long).unwrap();
+        assert!(safe_base(&long).is_err(), "its sockets' paths would not fit");
         let file = root.join("file");
         std::fs::write(&file, b"").unwrap();
         assert!(safe_base(&file).is_err());
