@@ -168,3 +168,48 @@ async fn status_json_is_one_object_a_json_parser_reads_before_and_across_a_resta
         tokio::task::block_in_place(|| server.wait_timeout(DEADLINE)).expect("the first generation exits");
     assert!(exited.success(), "{exited}");
 }
+
+/// A restart under way (the next binary never gets ready) shows in both forms: the text's
+/// `restart:` line names the next generation's pid, as JSON's `restart` does.
+#[test]
+fn a_restart_under_way_shows_in_the_text_status_as_in_json() {
+    let dir = TempDir::new("status-restart");
+    let program = dir.path().join("gracedemo");
+    std::fs::copy(GRACEDEMO, &program).unwrap();
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(&program);
+    cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .arg("--control-socket")
+        .arg(&socket)
+        .env("RUST_LOG", "info,gracenet=debug");
+    let mut server = ProcessGuard::spawn(cmd);
+    server.expect_log("Serving ");
+    // The next process runs but never says it is ready.
+    let replacement = dir.path().join("gracedemo.new");
+    std::fs::write(&replacement, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&replacement, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&replacement, &program).unwrap();
+    server.signal(Signal::SIGUSR2);
+    let started = server.expect_log("restart: started the next generation");
+    let next: u32 = grace_tests::field(&started, "pid")
+        .parse()
+        .expect("the next generation's pid");
+    let _next = PidGuard(next);
+    let status = status_json(&socket);
+    assert_eq!(member(&status, "restart"), format!("{{\"pid\": {next}}}"));
+    let text = Command::new(GRACEDEMO)
+        .arg("--control-socket")
+        .arg(&socket)
+        .arg("--status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "restart: under way (the next generation is pid {next}, not ready yet)"
+        )),
+        "{text}"
+    );
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_timeout(DEADLINE).is_some(), "the server stops");
+}

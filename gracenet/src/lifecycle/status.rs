@@ -24,8 +24,8 @@ struct Status {
 
 impl Generation {
     /// This generation's state as `key: value` lines (what the control socket's `status`
-    /// answers): generation, pid, phase, open connections, and the older generations still
-    /// draining.
+    /// answers): generation, pid, phase, open connections, the older generations still
+    /// draining, and the standby and a restart under way when there are.
     pub fn status(&self) -> String {
         self.status_uncounting(0)
     }
@@ -94,8 +94,15 @@ impl Generation {
             None => String::new(),
             Some(pid) => format!("standby: pid {pid}\n"),
         };
+        let restart = match s.restart {
+            None => String::new(),
+            Some(None) => "restart: under way (the next generation is starting)\n".to_owned(),
+            Some(Some(pid)) => {
+                format!("restart: under way (the next generation is pid {pid}, not ready yet)\n")
+            }
+        };
         format!(
-            "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n{standby}",
+            "generation: {}\npid: {}\nphase: {phase}\nconnections: {}\nlistening: {}\ndraining generations: {}\n{standby}{restart}",
             s.generation,
             s.pid,
             s.connections,
