@@ -1488,6 +1488,12 @@ fn a_first_worker_that_dies_before_it_is_ready_leaves_no_listener_unserved_after
 }
 
 #[test]
+fn the_slot_that_bound_the_sockets_scaled_away_leaves_no_listener_unserved() {
+    // Slot 0 backs off after its second failure: slot 1 binds the sockets, and is scaled away.
+    first_worker_fails_then_scale_down_answers_every_connection(2, 1);
+}
+
+#[test]
 fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_the_cluster() {
     let app = App::install();
     // Slot 0's first worker (it binds the sockets) is stopped before it runs gracedemo.

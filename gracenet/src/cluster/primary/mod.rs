@@ -959,6 +959,9 @@ impl Primary {
             // empty, and steering follows the groups' new numbering; if that cannot be done,
             // they close with their workers as before: connections queued in them are reset
             // then, unless the kernel moves them to the other listeners.
+            // A removed slot may hold the store's own listeners (its worker bound them): a kept
+            // slot's become the store, and those leave their groups as the others do.
+            self.move_store_off(workers);
             let handed_over = self.retire_listeners(workers);
             if !handed_over
                 && self.slot_sockets[workers..]
