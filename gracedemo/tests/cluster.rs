@@ -1533,3 +1533,66 @@ fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_
     assert!(status.success(), "{status:?}");
     assert!(c.others().is_empty(), "processes left: {:?}", c.others());
 }
+
+#[test]
+fn a_worker_that_dies_before_it_is_ready_leaves_no_inbox_file() {
+    let app = App::install();
+    // Slot 1's first worker sends its notifications nowhere (beside the primary's socket, so
+    // its inboxes are made in the primary's directory as any worker's): it is never ready.
+    app.wrap(
+        "if [ \"$GRACE_WORKER\" = 1 ] && mkdir \"$STATE/once\" 2>/dev/null; then \
+         export NOTIFY_SOCKET=\"${NOTIFY_SOCKET%/*}/nobody\"; fi",
+    );
+    let c = TestCluster::spawn(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("2")
+    });
+    let mut silent = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            silent = c.others().into_iter().find(|&p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv.ends_with(b"/nobody")))
+            });
+            silent.is_some()
+        }),
+        "slot 1's first worker never started: {}",
+        c.status()
+    );
+    let silent = silent.expect("found above");
+    let dir = std::path::PathBuf::from(notify_socket_of(silent))
+        .parent()
+        .expect("the notify socket's directory")
+        .to_path_buf();
+    let inboxes = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{silent}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(DEADLINE, || inboxes().len() >= 3),
+        "its inboxes never appeared: {:?}",
+        inboxes()
+    );
+    assert!(
+        c.workers().iter().any(|w| w.pid == Some(silent) && !w.serving),
+        "it is not ready: {}",
+        c.status()
+    );
+    grace_tests::signal(silent, Signal::SIGKILL);
+    // Its slot's next worker serves: the primary has seen it end.
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(silent))
+        }),
+        "{}",
+        c.status()
+    );
+    assert_eq!(inboxes(), Vec::<String>::new(), "its inbox files are left");
+}

@@ -871,9 +871,11 @@ impl Primary {
         for leaving in &mut self.leaving {
             leaving.forget(pid);
         }
-        if let Some(held) = self.inboxes.remove(&pid) {
-            self.take_inboxes_over(pid, held);
-        }
+        // What was passed to it goes to the others; the files of its inboxes go too, those of
+        // a worker that ended before it was ready among them (never adopted: a crash loop
+        // would leave one per listener at every try).
+        let held = self.inboxes.remove(&pid).unwrap_or_default();
+        self.take_inboxes_over(pid, held);
         self.events.push_back(Event::Exited {
             pid,
             clean: code == Some(0),
