@@ -1493,6 +1493,50 @@ fn the_slot_that_bound_the_sockets_scaled_away_leaves_no_listener_unserved() {
     first_worker_fails_then_scale_down_answers_every_connection(2, 1);
 }
 
+/// The worker of `c` stopped (by its wrapper), within [`DEADLINE`].
+fn stopped_worker(c: &TestCluster) -> u32 {
+    let mut stopped = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            stopped = c.others().into_iter().find(|&p| grace_tests::is_stopped(p));
+            stopped.is_some()
+        }),
+        "no worker stopped: {:?}",
+        c.others()
+    );
+    stopped.expect("found above")
+}
+
+#[test]
+fn a_stop_while_the_first_worker_binds_the_sockets_starts_none_of_the_others() {
+    let app = App::install();
+    app.wrap("if [ \"$GRACE_WORKER\" = 0 ] && mkdir \"$STATE/once\" 2>/dev/null; then kill -STOP $$; fi");
+    let mut c = TestCluster::spawn(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("8").env(&[("RUST_LOG", "warn,gracenet=info")])
+    });
+    let binder = stopped_worker(&c);
+    let _resume = Resume(binder);
+    c.primary.signal(Signal::SIGTERM);
+    c.primary.expect_log("cluster: stopping every worker");
+    // It ends (told to stop) before it was ready: the seven others waited for its sockets,
+    // and are not started now.
+    grace_tests::signal(binder, Signal::SIGCONT);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let started: Vec<String> = c
+        .primary
+        .output_after_exit()
+        .into_iter()
+        .filter(|l| l.contains("cluster: started a worker"))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(c.others().is_empty(), "processes left: {:?}", c.others());
+}
+
 #[test]
 fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_the_cluster() {
     let app = App::install();
@@ -1502,16 +1546,7 @@ fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_
         program: app.path.clone(),
         ..Launch::new("4")
     });
-    let mut binder = None;
-    assert!(
-        wait_until(DEADLINE, || {
-            binder = c.others().into_iter().find(|&p| grace_tests::is_stopped(p));
-            binder.is_some()
-        }),
-        "the first worker never stopped: {:?}",
-        c.others()
-    );
-    let binder = binder.expect("found above");
+    let binder = stopped_worker(&c);
     let _resume = Resume(binder);
     // The others wait for its sockets; two of them are scaled away meanwhile.
     let out = c.ctl(&["--scale", "2"]);
