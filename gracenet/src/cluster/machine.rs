@@ -8,7 +8,8 @@
 //! `SIGUSR2`; it starts its successor, hands over and drains), so state, connection and TLS
 //! ticket hand-over work per slot. The primary starts a worker itself only for a slot that
 //! has none: at the start, after a crash, after a worker was killed as hung, or when scaled
-//! up.
+//! up. Until the cluster's sockets are known ([`Sockets`]), one worker binds them and every
+//! other start waits for its `READY`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -473,9 +474,9 @@ impl Cluster {
     /// Starts a worker in `slot`; while the sockets are being bound by another worker, holds
     /// the start until they are known.
     fn start_slot(&mut self, slot: usize, actions: &mut Vec<Action>) {
-        let binder = match self.sockets {
-            Sockets::Known => None,
-            Sockets::Binding { binder: None } => Some(()),
+        let binds = match self.sockets {
+            Sockets::Known => false,
+            Sockets::Binding { binder: None } => true,
             Sockets::Binding { binder: Some(_) } => {
                 self.slots[slot].held = true;
                 return;
@@ -486,7 +487,7 @@ impl Cluster {
         self.slots[slot].held = false;
         self.slots[slot].starting = Some(id);
         self.spawning.insert(id);
-        if binder.is_some() {
+        if binds {
             self.sockets = Sockets::Binding {
                 binder: Some(Binder::Start(id)),
             };
@@ -495,8 +496,9 @@ impl Cluster {
     }
 
     /// The worker binding the sockets is gone before it served (its start failed, it exited):
-    /// unless a start already took its place (its slot's own, after the crash), the lowest
-    /// slot waiting for the sockets starts, to bind them. Nothing starts during a stop.
+    /// the lowest slot waiting for the sockets starts, to bind them (its own slot, when the
+    /// crash policy starts it again at once; not one that backs off). Nothing starts during
+    /// a stop.
     fn binder_lost(&mut self, actions: &mut Vec<Action>) {
         self.sockets = Sockets::Binding { binder: None };
         if self.stopping {
