@@ -1519,6 +1519,10 @@ fn a_stop_while_the_first_worker_binds_the_sockets_starts_none_of_the_others() {
     let _resume = Resume(binder);
     c.primary.signal(Signal::SIGTERM);
     c.primary.expect_log("cluster: stopping every worker");
+    // A scale now would change nothing: it is refused, saying why (it used to answer "ok").
+    let out = c.ctl(&["--scale", "3"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && said.contains("stopping"), "{said}");
     // It ends (told to stop) before it was ready: the seven others waited for its sockets,
     // and are not started now.
     grace_tests::signal(binder, Signal::SIGCONT);
