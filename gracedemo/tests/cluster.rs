@@ -94,6 +94,21 @@ impl App {
         std::fs::rename(&staged, &self.path).expect("deploy");
     }
 
+    /// Deploys gracedemo behind a bash wrapper: `prologue` runs first in every process of
+    /// the cluster started from the app's path (the primary, and each worker: `$GRACE_WORKER`
+    /// names its slot), with `$STATE` a directory of the test's (`mkdir "$STATE/x"` succeeds
+    /// once: a count of starts); then gracedemo runs, under the app's path as its name (the
+    /// primary starts its workers from there).
+    fn wrap(&self, prologue: &str) {
+        let state = self.dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("mkdir state");
+        self.deploy_script(&format!(
+            "#!/bin/bash\nSTATE='{}'\n{prologue}\nexec -a \"$0\" '{}' \"$@\"\n",
+            state.display(),
+            env!("CARGO_BIN_EXE_gracedemo")
+        ));
+    }
+
     /// Deploys gracedemo again.
     fn restore(&self) {
         grace_tests::install_program(std::path::Path::new(env!("CARGO_BIN_EXE_gracedemo")), &self.path);
@@ -111,6 +126,24 @@ impl TestCluster {
 
     /// Starts the cluster `launch` describes and waits until every worker serves.
     fn launch(launch: &Launch<'_>) -> TestCluster {
+        let mut cluster = Self::spawn(launch);
+        let line = cluster.primary.expect_log("Worker 0 serving ");
+        cluster.port = grace_tests::ports_in_grace_line(&line)[0];
+        let n: usize = launch.workers.parse().expect("a number of workers");
+        assert!(
+            wait_until(DEADLINE, || {
+                let w = cluster.workers();
+                w.len() == n && w.iter().all(|w| w.serving)
+            }),
+            "the {n} workers never all served: {}",
+            cluster.status()
+        );
+        cluster
+    }
+
+    /// Starts the cluster `launch` describes, and waits for nothing (its port is not known
+    /// yet: 0).
+    fn spawn(launch: &Launch<'_>) -> TestCluster {
         let dir = TempDir::new("cluster");
         let control = dir.path().join("control");
         let marker = unique_marker();
@@ -132,26 +165,13 @@ impl TestCluster {
                 });
             }
         }
-        let mut primary = ProcessGuard::spawn(cmd);
-        let line = primary.expect_log("Worker 0 serving ");
-        let port = grace_tests::ports_in_grace_line(&line)[0];
-        let cluster = TestCluster {
-            primary,
+        TestCluster {
+            primary: ProcessGuard::spawn(cmd),
             marker,
-            port,
+            port: 0,
             control,
             _dir: dir,
-        };
-        let n: usize = launch.workers.parse().expect("a number of workers");
-        assert!(
-            wait_until(DEADLINE, || {
-                let w = cluster.workers();
-                w.len() == n && w.iter().all(|w| w.serving)
-            }),
-            "the {n} workers never all served: {}",
-            cluster.status()
-        );
-        cluster
+        }
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
@@ -1426,4 +1446,192 @@ async fn status_counts_every_http1_and_http2_request_a_worker_served() {
     let counted =
         tokio::task::block_in_place(|| wait_until(DEADLINE, || requests_in(&c.status()) == vec![served]));
     assert!(counted, "status counts {served} requests: {}", c.status());
+}
+
+/// The cluster's first worker (slot 0's, binding the sockets) fails `failures` times before it
+/// is ready; once every worker serves, the cluster is scaled down to `to`: every new
+/// connection is answered. (The worker that bound the sockets in the end holds the primary's
+/// own copy of the listeners; scaled away, it used to leave that listener in the group with
+/// nobody accepting from it once it had gone: a share of new connections hung.)
+fn first_worker_fails_then_scale_down_answers_every_connection(failures: usize, to: usize) {
+    let app = App::install();
+    let fail: String = (0..failures)
+        .map(|n| format!("mkdir \"$STATE/{n}\" 2>/dev/null"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    app.wrap(&format!(
+        "if [ \"$GRACE_WORKER\" = 0 ] && {{ {fail}; }}; then exit 3; fi"
+    ));
+    let c = TestCluster::launch(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("3")
+    });
+    let before = c.pids();
+    let out = c.ctl(&["--scale", &to.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let removed = &before[to..];
+    assert!(
+        wait_until(DEADLINE, || removed.iter().all(|&p| !grace_tests::is_alive(p))),
+        "the removed workers {removed:?} never exited: {}",
+        c.status()
+    );
+    assert_eq!(c.pids(), before[..to], "{}", c.status());
+    let answered = (0..30)
+        .take_while(|_| http_ok_within(c.port, Duration::from_secs(3)))
+        .count();
+    assert_eq!(answered, 30, "a new connection went unanswered: {}", c.status());
+}
+
+#[test]
+fn a_first_worker_that_dies_before_it_is_ready_leaves_no_listener_unserved_after_a_scale_down() {
+    first_worker_fails_then_scale_down_answers_every_connection(1, 2);
+}
+
+#[test]
+fn the_slot_that_bound_the_sockets_scaled_away_leaves_no_listener_unserved() {
+    // Slot 0 backs off after its second failure: slot 1 binds the sockets, and is scaled away.
+    first_worker_fails_then_scale_down_answers_every_connection(2, 1);
+}
+
+/// The worker of `c` stopped (by its wrapper), within [`DEADLINE`].
+fn stopped_worker(c: &TestCluster) -> u32 {
+    let mut stopped = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            stopped = c.others().into_iter().find(|&p| grace_tests::is_stopped(p));
+            stopped.is_some()
+        }),
+        "no worker stopped: {:?}",
+        c.others()
+    );
+    stopped.expect("found above")
+}
+
+#[test]
+fn a_stop_while_the_first_worker_binds_the_sockets_starts_none_of_the_others() {
+    let app = App::install();
+    app.wrap("if [ \"$GRACE_WORKER\" = 0 ] && mkdir \"$STATE/once\" 2>/dev/null; then kill -STOP $$; fi");
+    let mut c = TestCluster::spawn(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("8").env(&[("RUST_LOG", "warn,gracenet=info")])
+    });
+    let binder = stopped_worker(&c);
+    let _resume = Resume(binder);
+    c.primary.signal(Signal::SIGTERM);
+    c.primary.expect_log("cluster: stopping every worker");
+    // A scale now would change nothing: it is refused, saying why (it used to answer "ok").
+    let out = c.ctl(&["--scale", "3"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && said.contains("stopping"), "{said}");
+    // It ends (told to stop) before it was ready: the seven others waited for its sockets,
+    // and are not started now.
+    grace_tests::signal(binder, Signal::SIGCONT);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let started: Vec<String> = c
+        .primary
+        .output_after_exit()
+        .into_iter()
+        .filter(|l| l.contains("cluster: started a worker"))
+        .collect();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(c.others().is_empty(), "processes left: {:?}", c.others());
+}
+
+#[test]
+fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_the_cluster() {
+    let app = App::install();
+    // Slot 0's first worker (it binds the sockets) is stopped before it runs gracedemo.
+    app.wrap("if [ \"$GRACE_WORKER\" = 0 ] && mkdir \"$STATE/once\" 2>/dev/null; then kill -STOP $$; fi");
+    let mut c = TestCluster::spawn(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("4")
+    });
+    let binder = stopped_worker(&c);
+    let _resume = Resume(binder);
+    // The others wait for its sockets; two of them are scaled away meanwhile.
+    let out = c.ctl(&["--scale", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    grace_tests::signal(binder, Signal::SIGCONT);
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w.iter().all(|w| w.serving)
+        }),
+        "the two workers kept never both served: {}",
+        c.status()
+    );
+    c.primary.signal(Signal::SIGTERM);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(c.others().is_empty(), "processes left: {:?}", c.others());
+}
+
+#[test]
+fn a_worker_that_dies_before_it_is_ready_leaves_no_inbox_file() {
+    let app = App::install();
+    // Slot 1's first worker sends its notifications nowhere (beside the primary's socket, so
+    // its inboxes are made in the primary's directory as any worker's): it is never ready.
+    app.wrap(
+        "if [ \"$GRACE_WORKER\" = 1 ] && mkdir \"$STATE/once\" 2>/dev/null; then \
+         export NOTIFY_SOCKET=\"${NOTIFY_SOCKET%/*}/nobody\"; fi",
+    );
+    let c = TestCluster::spawn(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("2")
+    });
+    let mut silent = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            silent = c.others().into_iter().find(|&p| {
+                std::fs::read(format!("/proc/{p}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv.ends_with(b"/nobody")))
+            });
+            silent.is_some()
+        }),
+        "slot 1's first worker never started: {}",
+        c.status()
+    );
+    let silent = silent.expect("found above");
+    let dir = std::path::PathBuf::from(notify_socket_of(silent))
+        .parent()
+        .expect("the notify socket's directory")
+        .to_path_buf();
+    let inboxes = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{silent}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(DEADLINE, || inboxes().len() >= 3),
+        "its inboxes never appeared: {:?}",
+        inboxes()
+    );
+    assert!(
+        c.workers().iter().any(|w| w.pid == Some(silent) && !w.serving),
+        "it is not ready: {}",
+        c.status()
+    );
+    grace_tests::signal(silent, Signal::SIGKILL);
+    // Its slot's next worker serves: the primary has seen it end.
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(silent))
+        }),
+        "{}",
+        c.status()
+    );
+    assert_eq!(inboxes(), Vec::<String>::new(), "its inbox files are left");
 }

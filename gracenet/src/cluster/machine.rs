@@ -8,7 +8,8 @@
 //! `SIGUSR2`; it starts its successor, hands over and drains), so state, connection and TLS
 //! ticket hand-over work per slot. The primary starts a worker itself only for a slot that
 //! has none: at the start, after a crash, after a worker was killed as hung, or when scaled
-//! up.
+//! up. Until the cluster's sockets are known ([`Sockets`]), one worker binds them and every
+//! other start waits for its `READY`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -212,6 +213,34 @@ pub(crate) struct Slot {
     pub recycle_after: Option<Instant>,
     /// Fresh workers in a row here already at their memory threshold at their first heartbeat.
     pub born_above: u32,
+    /// A worker is wanted here, and waits for the cluster's sockets (another worker binds
+    /// them): its start is issued once they are known ([`Sockets`]).
+    pub held: bool,
+}
+
+/// Whether the primary knows the cluster's listening sockets, which every worker's are made
+/// from. Until it does, one worker at a time binds them, and every other start is held: a
+/// second worker binding them alone would be refused the address (or, bound before the
+/// first, refuse it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sockets {
+    /// Known: passed to the primary (socket activation), sent by the first worker with its
+    /// `READY`, or that worker served without sending them (the others then bind their own).
+    /// Every start goes ahead.
+    Known,
+    /// Not yet: `binder` binds them (a start, then its worker, until its `READY`; its slot
+    /// may have been scaled away since, it binds all the same); `None` when no worker does
+    /// now (the slot to bind them next starts).
+    Binding { binder: Option<Binder> },
+}
+
+/// The worker that binds the cluster's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Binder {
+    /// Asked of the driver, not yet reported.
+    Start(StartId),
+    /// Started, not yet ready.
+    Worker(u32),
 }
 
 /// A rolling restart under way.
@@ -267,6 +296,8 @@ pub(crate) struct Cluster {
     pub exited: bool,
     /// Starts asked of the driver and not yet reported (some for slots gone since).
     pub spawning: std::collections::BTreeSet<StartId>,
+    /// Whether the cluster's sockets are known, or which worker binds them.
+    pub sockets: Sockets,
     next_start: StartId,
     /// Stop requests (`SIGTERM`, `SIGINT`, `SIGHUP`) so far: the second one stops at once.
     pub stop_requests: u32,
@@ -422,6 +453,7 @@ impl Cluster {
             boot_failures: VecDeque::new(),
             exited: false,
             spawning: std::collections::BTreeSet::new(),
+            sockets: Sockets::Known,
             next_start: 0,
             stop_requests: 0,
             kill_all_at: None,
@@ -432,12 +464,83 @@ impl Cluster {
         }
     }
 
+    /// A cluster whose sockets its first worker binds (no socket was passed to the primary):
+    /// [`Cluster::start`] starts that one alone, and the others once the sockets are known.
+    pub(crate) fn binding_first(mut self) -> Self {
+        self.sockets = Sockets::Binding { binder: None };
+        self
+    }
+
+    /// Starts a worker in `slot`; while the sockets are being bound by another worker, holds
+    /// the start until they are known.
     fn start_slot(&mut self, slot: usize, actions: &mut Vec<Action>) {
+        let binds = match self.sockets {
+            Sockets::Known => false,
+            Sockets::Binding { binder: None } => true,
+            Sockets::Binding { binder: Some(_) } => {
+                self.slots[slot].held = true;
+                return;
+            }
+        };
         self.next_start += 1;
         let id = self.next_start;
+        self.slots[slot].held = false;
         self.slots[slot].starting = Some(id);
         self.spawning.insert(id);
+        if binds {
+            self.sockets = Sockets::Binding {
+                binder: Some(Binder::Start(id)),
+            };
+        }
         actions.push(Action::Start { slot, id });
+    }
+
+    /// The worker binding the sockets is gone before it served (its start failed, it exited):
+    /// the lowest slot waiting for the sockets starts, to bind them (its own slot, when the
+    /// crash policy starts it again at once; not one that backs off). Nothing starts during
+    /// a stop.
+    fn binder_lost(&mut self, actions: &mut Vec<Action>) {
+        self.sockets = Sockets::Binding { binder: None };
+        if self.stopping {
+            return;
+        }
+        if let Some(slot) = self.slots.iter().position(|s| s.held) {
+            self.start_slot(slot, actions);
+        }
+    }
+
+    /// Whether `event` is the end of the worker binding the sockets before it served.
+    fn loses_binder(&self, event: &Event) -> bool {
+        match (self.sockets, event) {
+            (
+                Sockets::Binding {
+                    binder: Some(Binder::Start(b)),
+                },
+                Event::StartFailed { id, .. },
+            ) => b == *id,
+            (
+                Sockets::Binding {
+                    binder: Some(Binder::Worker(b)),
+                },
+                Event::Exited { pid, .. },
+            ) => b == *pid,
+            _ => false,
+        }
+    }
+
+    /// The sockets are known (a worker is ready: the driver holds what it sent, or nothing if
+    /// it sent nothing, and the others bind their own): every held start goes ahead, unless
+    /// the cluster is stopping.
+    fn sockets_known(&mut self, actions: &mut Vec<Action>) {
+        if self.sockets == Sockets::Known {
+            return;
+        }
+        self.sockets = Sockets::Known;
+        for slot in 0..self.slots.len() {
+            if std::mem::take(&mut self.slots[slot].held) && !self.stopping {
+                self.start_slot(slot, actions);
+            }
+        }
     }
 
     /// Starts a worker in every slot.
@@ -579,9 +682,19 @@ impl Cluster {
             }
             return actions;
         }
+        let binder_lost = self.loses_binder(&event);
         match event {
             Event::Started { id, pid } => {
                 self.spawning.remove(&id);
+                if self.sockets
+                    == (Sockets::Binding {
+                        binder: Some(Binder::Start(id)),
+                    })
+                {
+                    self.sockets = Sockets::Binding {
+                        binder: Some(Binder::Worker(pid)),
+                    };
+                }
                 match self.slots.iter().position(|s| s.starting == Some(id)) {
                     Some(slot) if !self.stopping => {
                         self.slots[slot].starting = None;
@@ -610,7 +723,10 @@ impl Cluster {
                     self.crashed(slot, now, Loss::BootFailure, &mut actions);
                 }
             }
-            Event::Ready { slot, pid } => self.ready(slot, pid, now, &mut actions),
+            Event::Ready { slot, pid } => {
+                self.ready(slot, pid, now, &mut actions);
+                self.sockets_known(&mut actions);
+            }
             Event::RestartFailed { pid, reason } => {
                 if let Some(slot) = self.slot_of(pid).filter(|&i| self.slots[i].recycling.is_some()) {
                     self.recycle_failed(slot, pid, reason, now, &mut actions);
@@ -656,6 +772,9 @@ impl Cluster {
                     self.scale(workers, &mut actions);
                 }
             }
+        }
+        if binder_lost {
+            self.binder_lost(&mut actions);
         }
         self.maybe_exit(&mut actions);
         actions
@@ -724,6 +843,7 @@ impl Cluster {
             None => {
                 s.starting = None;
                 s.restart_at = None;
+                s.held = false;
                 s.worker = Some(fresh);
             }
         }
@@ -823,6 +943,7 @@ impl Cluster {
             s.restarting = false;
             s.recycling = None;
             s.starting = None;
+            s.held = false;
             if let Some(w) = s.worker.take() {
                 self.retiring.push(w.pid);
                 actions.push(Action::Stop { pid: w.pid });
@@ -905,6 +1026,10 @@ impl Cluster {
     /// the one that serves), nor beyond the `room` the primary's open files leave. The
     /// reason, for the operator, when not.
     pub(crate) fn refuse_scale(&self, workers: usize, room: usize) -> Option<String> {
+        if self.stopping {
+            // The stop ends every worker: a scale would change nothing (and was ignored).
+            return Some("the cluster is stopping: not scaling".to_owned());
+        }
         if workers > self.slots.len() && workers > room {
             // Workers it cannot start would wait in their slots for ever, and the primary,
             // out of fds, could no longer answer its control socket nor replace a crash.
@@ -1929,6 +2054,195 @@ mod tests {
         assert!(c.handle(Event::Tick, now).is_empty(), "nothing after the exit");
     }
 
+    /// The actions' starts, by slot.
+    fn starts(actions: &[Action]) -> Vec<(usize, StartId)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { slot, id } => Some((*slot, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn while_the_first_worker_binds_the_sockets_the_other_starts_wait_for_its_ready() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(3)).binding_first();
+        let a = c.start();
+        let [(0, id)] = starts(&a)[..] else {
+            panic!("one start, slot 0's: {a:?}")
+        };
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(c.slots[1].held && c.slots[2].held, "{c:?}");
+        assert_eq!(
+            c.spawning.len(),
+            1,
+            "only the start asked of the driver awaits its report"
+        );
+        assert!(c.handle(Event::Started { id, pid: 10 }, now).is_empty());
+        let a = c.handle(Event::Ready { slot: 0, pid: 10 }, now);
+        assert_eq!(starts(&a).iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(c.sockets, Sockets::Known);
+        assert!(c.slots.iter().all(|s| !s.held));
+    }
+
+    #[test]
+    fn a_first_worker_gone_before_its_ready_is_followed_by_the_lowest_slot_waiting() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(4)).binding_first();
+        let id = starts(&c.start())[0].1;
+        // Its start fails: slot 0 itself is the lowest waiting (the first crash: at once).
+        let a = c.handle(
+            Event::StartFailed {
+                id,
+                reason: "no".into(),
+            },
+            now,
+        );
+        let [(0, id)] = starts(&a)[..] else {
+            panic!("slot 0 binds again: {a:?}")
+        };
+        c.handle(Event::Started { id, pid: 10 }, now);
+        // Its worker exits before it is ready: slot 0 backs off, slot 1 binds (not slot 3).
+        let a = c.handle(
+            Event::Exited {
+                pid: 10,
+                clean: false,
+            },
+            now,
+        );
+        let [(1, id)] = starts(&a)[..] else {
+            panic!("slot 1 binds: {a:?}")
+        };
+        assert!(c.slots[0].restart_at.is_some() && !c.slots[0].held, "{c:?}");
+        assert!(c.slots[2].held && c.slots[3].held, "{c:?}");
+        c.handle(Event::Started { id, pid: 11 }, now);
+        // Slot 0's backoff ends while slot 1 binds: it waits too.
+        let a = c.handle(Event::Tick, now + MAX_BACKOFF);
+        assert!(starts(&a).is_empty(), "{a:?}");
+        assert!(c.slots[0].held);
+        let a = c.handle(Event::Ready { slot: 1, pid: 11 }, now + MAX_BACKOFF);
+        assert_eq!(starts(&a).iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn a_scale_down_while_the_first_worker_binds_leaves_no_start_behind_and_a_stop_ends() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(4)).binding_first();
+        let id = starts(&c.start())[0].1;
+        c.handle(Event::Started { id, pid: 10 }, now);
+        let a = c.handle(
+            Event::Scale {
+                workers: 2,
+                room: usize::MAX,
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Resized { workers: 2 }]);
+        assert_eq!(
+            c.spawning.len(),
+            0,
+            "no start of a removed slot is left to report"
+        );
+        let a = c.handle(Event::Ready { slot: 0, pid: 10 }, now);
+        let [(1, id)] = starts(&a)[..] else {
+            panic!("slot 1 only: {a:?}")
+        };
+        c.handle(Event::Started { id, pid: 11 }, now);
+        c.handle(Event::StopRequested, now);
+        c.handle(Event::Exited { pid: 10, clean: true }, now);
+        let a = c.handle(Event::Exited { pid: 11, clean: true }, now);
+        assert_eq!(a, vec![Action::Exit { code: 0 }], "{c:?}");
+    }
+
+    #[test]
+    fn a_first_worker_whose_slot_was_scaled_away_still_binds_the_sockets_for_the_rest() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(2)).binding_first();
+        let id = starts(&c.start())[0].1;
+        c.handle(Event::Started { id, pid: 10 }, now);
+        // Slot 0 backs off after two failures; slot 1 binds.
+        let a = c.handle(
+            Event::Exited {
+                pid: 10,
+                clean: false,
+            },
+            now,
+        );
+        let [(0, id)] = starts(&a)[..] else {
+            panic!("slot 0 binds again: {a:?}")
+        };
+        c.handle(Event::Started { id, pid: 11 }, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 11,
+                clean: false,
+            },
+            now,
+        );
+        let [(1, id)] = starts(&a)[..] else {
+            panic!("slot 1 binds: {a:?}")
+        };
+        c.handle(Event::Started { id, pid: 12 }, now);
+        // Slot 1 is scaled away: its worker is told to stop, and still binds.
+        let a = c.handle(
+            Event::Scale {
+                workers: 1,
+                room: usize::MAX,
+            },
+            now,
+        );
+        assert!(a.contains(&Action::Stop { pid: 12 }), "{a:?}");
+        let a = c.handle(Event::Tick, now + MAX_BACKOFF);
+        assert!(starts(&a).is_empty(), "slot 0 waits for the sockets: {a:?}");
+        // Its ready brings the sockets: slot 0 starts (and the worker goes on stopping).
+        let a = c.handle(Event::Ready { slot: 1, pid: 12 }, now + MAX_BACKOFF);
+        assert_eq!(starts(&a).iter().map(|s| s.0).collect::<Vec<_>>(), vec![0]);
+        assert!(c.retiring.contains(&12));
+    }
+
+    #[test]
+    fn a_stop_while_the_first_worker_binds_starts_no_waiting_worker_and_ends() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(8)).binding_first();
+        let id = starts(&c.start())[0].1;
+        c.handle(Event::Started { id, pid: 10 }, now);
+        let a = c.handle(Event::StopRequested, now);
+        assert_eq!(a, vec![Action::Stop { pid: 10 }]);
+        let a = c.handle(
+            Event::Exited {
+                pid: 10,
+                clean: false,
+            },
+            now,
+        );
+        assert_eq!(a, vec![Action::Exit { code: 0 }], "nothing else starts: {a:?}");
+    }
+
+    #[test]
+    fn a_scale_during_a_stop_is_refused_saying_so() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        c.handle(Event::StopRequested, now);
+        let said = c.refuse_scale(3, usize::MAX);
+        assert!(
+            said.as_deref().is_some_and(|s| s.contains("stopping")),
+            "{said:?}"
+        );
+        assert!(
+            c.handle(
+                Event::Scale {
+                    workers: 3,
+                    room: usize::MAX
+                },
+                now
+            )
+            .is_empty()
+        );
+        assert_eq!(c.slots.len(), 2);
+    }
+
     #[test]
     fn scaling_up_starts_slots_and_scaling_down_stops_their_workers() {
         let now = Instant::now();
@@ -2338,6 +2652,19 @@ mod tests {
             ]
         }
 
+        /// A cluster starting: its first worker (or the next one) binding the sockets starts,
+        /// fails to, exits or gets ready, among scales, stops and pauses.
+        fn startup_step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::StartResult(i, ok)),
+                2 => any::<usize>().prop_map(Step::Ready),
+                3 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
+                1 => (0u64..10_000).prop_map(Step::Tick),
+                1 => Just(Step::Stop),
+                2 => (0usize..6).prop_map(Step::Scale),
+            ]
+        }
+
         /// A world of serving, busy workers: mostly starts, readiness and heartbeats past a
         /// low request threshold, short pauses (no worker is silent long enough to be killed
         /// as hung), rolling restarts and scales now and then: recycles overlap with
@@ -2384,6 +2711,12 @@ mod tests {
             terminated_all: Option<u64>,
             /// The last pid there was at the last `KillAll`: only later ones may live.
             killed_up_to: u32,
+            /// The world's own view of the sockets: unknown until a worker is ready (when the
+            /// cluster starts binding them), and the start, then the process, that binds
+            /// them meanwhile.
+            sockets_unknown: bool,
+            binder_start: Option<StartId>,
+            binder_pid: Option<u32>,
         }
 
         /// The workers' timeout, the stall margin and the kill's grace, in ms (`settings`).
@@ -2405,7 +2738,19 @@ mod tests {
                 let mut dying = Vec::new();
                 for a in actions {
                     match a {
-                        Action::Start { slot, id } => self.pending_starts.push((id, slot)),
+                        Action::Start { slot, id } => {
+                            assert!(self.stops.is_empty(), "start of slot {slot} during a stop");
+                            if self.sockets_unknown {
+                                assert!(
+                                    self.binder_start.is_none() && self.binder_pid.is_none(),
+                                    "a second worker binding the sockets (slot {slot}) beside {:?}/{:?}",
+                                    self.binder_start,
+                                    self.binder_pid
+                                );
+                                self.binder_start = Some(id);
+                            }
+                            self.pending_starts.push((id, slot));
+                        }
                         Action::Restart { slot, pid } | Action::Recycle { slot, pid, .. } => {
                             assert!(self.live.contains_key(&pid), "restart of a dead {pid}");
                             self.restarting.insert(pid, slot);
@@ -2454,6 +2799,22 @@ mod tests {
                 dying
             }
 
+            /// `pid` has exited.
+            fn gone(&mut self, pid: u32) {
+                self.live.remove(&pid);
+                if self.binder_pid == Some(pid) {
+                    self.binder_pid = None;
+                }
+            }
+
+            /// A worker is ready: it sent the sockets (or none: the others bind their own).
+            fn ready(&mut self, pid: u32) {
+                self.heard.insert(pid, self.now_ms);
+                self.sockets_unknown = false;
+                self.binder_pid = None;
+                self.binder_start = None;
+            }
+
             fn pick<T: Copy>(items: impl Iterator<Item = T>, i: usize) -> Option<T> {
                 let v: Vec<T> = items.collect();
                 (!v.is_empty()).then(|| v[i % v.len()])
@@ -2469,7 +2830,8 @@ mod tests {
                 let Some(pid) = dying.pop() else {
                     break;
                 };
-                if w.live.remove(&pid).is_some() {
+                if w.live.contains_key(&pid) {
+                    w.gone(pid);
                     let more = c.handle(Event::Exited { pid, clean: false }, w.now());
                     dying.extend(w.perform(more));
                 }
@@ -2488,10 +2850,32 @@ mod tests {
                 }
                 if !c.stopping {
                     assert!(
-                        s.worker.is_some() || s.starting.is_some() || s.restart_at.is_some(),
+                        s.worker.is_some() || s.starting.is_some() || s.restart_at.is_some() || s.held,
                         "an empty slot is being refilled: {c:?}"
                     );
+                } else {
+                    assert!(!s.held, "nothing waits to start during a stop: {c:?}");
                 }
+            }
+            match c.sockets {
+                Sockets::Known => assert!(
+                    c.slots.iter().all(|s| !s.held),
+                    "no start waits once the sockets are known: {c:?}"
+                ),
+                // Held starts always have a worker binding the sockets for them.
+                Sockets::Binding { binder: None } => assert!(
+                    c.stopping || c.slots.iter().all(|s| !s.held),
+                    "starts wait for sockets nobody binds: {c:?}"
+                ),
+                Sockets::Binding { binder: Some(b) } if !c.exited => {
+                    let world = match (w.binder_start, w.binder_pid) {
+                        (Some(id), None) => Some(Binder::Start(id)),
+                        (None, Some(pid)) => Some(Binder::Worker(pid)),
+                        _ => None,
+                    };
+                    assert_eq!(Some(b), world, "the machine's binder is the world's: {c:?}");
+                }
+                Sockets::Binding { .. } => {}
             }
             let recycling: Vec<&Slot> = c.slots.iter().filter(|s| s.recycling.is_some()).collect();
             assert!(recycling.len() <= 1, "at most one recycle at a time: {c:?}");
@@ -2606,10 +2990,17 @@ mod tests {
                         return;
                     }
                     let (id, slot) = w.pending_starts.remove(i % w.pending_starts.len());
+                    let binds = w.binder_start == Some(id);
+                    if binds {
+                        w.binder_start = None;
+                    }
                     if ok {
                         w.next_pid += 1;
                         w.live.insert(w.next_pid, slot);
                         w.heard.insert(w.next_pid, w.now_ms);
+                        if binds {
+                            w.binder_pid = Some(w.next_pid);
+                        }
                         Event::Started { id, pid: w.next_pid }
                     } else {
                         Event::StartFailed {
@@ -2620,7 +3011,7 @@ mod tests {
                 }
                 Step::Ready(i) => match World::pick(w.live.iter().map(|(&p, &s)| (p, s)), i) {
                     Some((pid, slot)) => {
-                        w.heard.insert(pid, w.now_ms);
+                        w.ready(pid);
                         Event::Ready { slot, pid }
                     }
                     None => return,
@@ -2636,7 +3027,7 @@ mod tests {
                     if ok {
                         w.next_pid += 1;
                         w.live.insert(w.next_pid, slot);
-                        w.heard.insert(w.next_pid, w.now_ms);
+                        w.ready(w.next_pid);
                         // The old one drains and exits by itself once succeeded.
                         w.ended.insert(pid);
                         Event::Ready {
@@ -2652,7 +3043,7 @@ mod tests {
                 }
                 Step::Exit(i, clean) => match World::pick(w.live.keys().copied(), i) {
                     Some(pid) => {
-                        w.live.remove(&pid);
+                        w.gone(pid);
                         Event::Exited { pid, clean }
                     }
                     None => return,
@@ -2725,7 +3116,7 @@ mod tests {
                     apply(c, w, Step::StartResult(0, true));
                 } else if let Some(pid) = free {
                     let clean = w.ended.contains(&pid);
-                    w.live.remove(&pid);
+                    w.gone(pid);
                     feed(c, w, Event::Exited { pid, clean });
                     check_invariants(c, w);
                 } else {
@@ -2751,10 +3142,31 @@ mod tests {
                 steps in proptest::collection::vec(step(), 0..120),
                 stuck in any::<u64>(),
                 again in any::<bool>(),
+                binding in any::<bool>(),
             ) {
                 let recycle = Recycle { max_requests, max_memory, seed };
                 let mut c = Cluster::new(Settings { surge, recycle, ..settings(workers) });
-                let mut w = World::default();
+                if binding {
+                    c = c.binding_first();
+                }
+                let mut w = World { sockets_unknown: binding, ..World::default() };
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
+                }
+                wind_down(&mut c, &mut w, stuck, again)?;
+            }
+
+            #[test]
+            fn a_cluster_whose_first_worker_binds_never_has_two_binders_never_starts_in_a_stop_and_always_exits(
+                workers in 1usize..6,
+                steps in proptest::collection::vec(startup_step(), 0..60),
+                stuck in any::<u64>(),
+                again in any::<bool>(),
+            ) {
+                let mut c = Cluster::new(settings(workers)).binding_first();
+                let mut w = World { sockets_unknown: true, ..World::default() };
                 let actions = c.start();
                 w.perform(actions);
                 for s in steps {

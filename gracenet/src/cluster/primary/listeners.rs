@@ -108,14 +108,13 @@ impl Primary {
         if self.no_steering || self.next_index < 2 {
             return;
         }
-        let live = self.live_indexes();
-        let all = live.len() as u32 == self.next_index;
-        let want = if all || live.is_empty() { None } else { Some(live) };
+        let kept: Vec<u32> = self.group_index.iter().flatten().copied().collect();
+        let want = steering(&self.live_indexes(), &kept, self.next_index);
         if want == self.steered {
             return;
         }
         let Some(store) = &self.store else { return };
-        // Every slot serving (or none): an even spread over the whole group.
+        // Every listener of the group serving: an even spread over the whole group.
         let program: Vec<u32> = want.clone().unwrap_or_else(|| (0..self.next_index).collect());
         for (fd, _) in store {
             if is_reuseport_listener(fd)
@@ -130,6 +129,68 @@ impl Primary {
             tracing::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
         }
         self.steered = want;
+    }
+}
+
+/// The listener indexes new connections go to, in a group of `size` listeners: those of the
+/// slots whose worker serves (`live`); when none serves, those of every slot (`kept`), where
+/// connections wait for the slots' next workers, and never a listener leaving the group (a
+/// removed slot's, soon shut: what waits there would be reset). `None`: the whole group.
+fn steering(live: &[u32], kept: &[u32], size: u32) -> Option<Vec<u32>> {
+    let to = if live.is_empty() { kept } else { live };
+    (!to.is_empty() && to.len() as u32 != size).then(|| to.to_vec())
+}
+
+impl Primary {
+    /// Before the slots from `workers` on are scaled away: if one of them holds the store's
+    /// own listeners (its worker bound them; they stay in their groups as long as the store
+    /// holds them, and nobody would accept from them once that worker has gone), the lowest
+    /// kept slot's sockets become the store (made now if it has none yet: siblings in the
+    /// same groups), and the removed slot's listeners leave their groups as any removed
+    /// slot's do. If that cannot be done, the store stays as it was (logged).
+    pub(super) fn move_store_off(&mut self, workers: usize) {
+        let Some(store) = &self.store else { return };
+        let store_ids: Vec<_> = store
+            .iter()
+            .filter(|(fd, _)| is_reuseport_listener(fd))
+            .filter_map(|(fd, _)| socket_id(fd))
+            .collect();
+        let removed_holds_store = self
+            .slot_sockets
+            .iter()
+            .skip(workers)
+            .flatten()
+            .flatten()
+            .any(|(fd, _)| socket_id(fd).is_some_and(|id| store_ids.contains(&id)));
+        if store_ids.is_empty() || !removed_holds_store || workers == 0 {
+            return;
+        }
+        let kept = (0..workers)
+            .find(|&slot| self.group_index.get(slot).copied().flatten().is_some())
+            .unwrap_or(0);
+        let copy = self.sockets_for(kept).and_then(|own| {
+            let moved = own
+                .iter()
+                .any(|(fd, _)| socket_id(fd).is_some_and(|id| !store_ids.contains(&id)));
+            moved
+                .then_some(own)
+                .ok_or_else(|| std::io::Error::other("the kept slot shares the store's listeners"))
+        });
+        match copy {
+            Ok(copy) => {
+                tracing::debug!(
+                    primary = self.me,
+                    slot = kept,
+                    "cluster: scaling down: a kept slot's listeners take the place of the removed slot's that the store held"
+                );
+                self.store = Some(copy);
+            }
+            Err(e) => tracing::warn!(
+                primary = self.me,
+                error = %e,
+                "cluster: scaling down: a removed slot holds the store's listeners and no kept slot can take their place"
+            ),
+        }
     }
 }
 
@@ -455,6 +516,24 @@ mod tests {
         assert_eq!(
             (index.as_slice(), next),
             (&[Some(0), None, None, Some(1), None][..], 2)
+        );
+    }
+
+    #[test]
+    fn new_connections_go_to_serving_slots_else_to_every_kept_slot_and_never_to_a_leaving_listener() {
+        // Slots at 0 and 1 kept, index 2 a removed slot's listener still in the group.
+        assert_eq!(steering(&[1], &[0, 1], 3), Some(vec![1]), "the serving slot");
+        // No kept slot serves (the last one crashed during a scale-down's hand-over): the kept
+        // slots' listeners hold connections for their next workers; the leaving one, soon
+        // shut, gets none (it used to get its share of the whole group's spread).
+        assert_eq!(steering(&[], &[0, 1], 3), Some(vec![0, 1]));
+        // Nothing leaving: every listener serving, or none, is the whole group.
+        assert_eq!(steering(&[0, 1], &[0, 1], 2), None);
+        assert_eq!(steering(&[], &[0, 1], 2), None);
+        assert_eq!(
+            steering(&[], &[], 2),
+            None,
+            "no listener of a slot's own: the kernel's hash"
         );
     }
 

@@ -78,10 +78,6 @@ pub(crate) struct Primary {
     /// other sockets are shared. Kept while the slot exists, so a worker's replacement
     /// (after a crash or a hang) takes over the connections queued for it.
     slot_sockets: Vec<Option<Vec<(OwnedFd, String)>>>,
-    /// A worker started before the sockets were known (it binds them).
-    binding: Option<u32>,
-    /// Starts that wait for the sockets.
-    deferred: Vec<(usize, StartId)>,
     info: HashMap<u32, WorkerInfo>,
     /// The last generation number seen in each slot.
     generations: Vec<u64>,
@@ -173,7 +169,7 @@ impl Primary {
                 (t / 4).min(super::DEFAULT_HEARTBEAT)
             })
             .max(Duration::from_millis(20));
-        let machine = Machine::new(Settings {
+        let mut machine = Machine::new(Settings {
             workers: settings.workers.max(1),
             surge: settings.surge,
             ready_timeout: settings.ready_timeout,
@@ -186,6 +182,11 @@ impl Primary {
             },
             heartbeat,
         });
+        if activated.is_empty() {
+            // The first worker binds the sockets: the machine holds the other starts until
+            // they are known.
+            machine = machine.binding_first();
+        }
         let workers = settings.workers.max(1);
         let load = match super::balance::LoadTable::create() {
             Ok(table) => {
@@ -214,8 +215,6 @@ impl Primary {
             heartbeat,
             store: (!activated.is_empty()).then_some(activated),
             slot_sockets: (0..workers).map(|_| None).collect(),
-            binding: None,
-            deferred: Vec::new(),
             info: HashMap::new(),
             generations: vec![0; workers],
             replaced: vec![0; workers],
@@ -576,12 +575,9 @@ impl Primary {
         }
     }
 
-    /// Starts a worker for `slot` (start `id`), or defers it until the sockets are known.
+    /// Starts a worker for `slot` (start `id`): on copies of the store's sockets once they
+    /// are known, else (the machine starts one worker at a time then) binding them itself.
     fn start(&mut self, slot: usize, id: StartId) {
-        if self.store.is_none() && self.binding.is_some_and(crate::sys::is_running) {
-            self.deferred.push((slot, id));
-            return;
-        }
         let sockets = match self.sockets_for(slot) {
             Ok(sockets) => sockets,
             Err(e) => {
@@ -613,9 +609,6 @@ impl Primary {
         match next.spawn() {
             Ok(child) => {
                 let pid = child.pid();
-                if self.store.is_none() {
-                    self.binding = Some(pid);
-                }
                 self.children.watch(pid);
                 if let Some(g) = self.generations.get_mut(slot) {
                     *g = generation;
@@ -746,9 +739,12 @@ impl Primary {
             } else {
                 names.split(':').map(str::to_owned).collect()
             };
-            if names.len() == fds.len() && slot < self.machine.slots.len() {
+            if names.len() == fds.len() {
                 let sockets: Vec<(OwnedFd, String)> = fds.into_iter().zip(names).collect();
+                let in_slot = slot < self.machine.slots.len();
                 if self.store.is_none() {
+                    // The worker that bound the cluster's sockets (its slot may have been
+                    // scaled away meanwhile: they are the cluster's all the same).
                     match sockets
                         .iter()
                         .map(|(fd, name)| fd.try_clone().map(|fd| (fd, name.clone())))
@@ -758,7 +754,10 @@ impl Primary {
                             let reuseport = copy
                                 .iter()
                                 .any(|(fd, _)| socket2::SockRef::from(fd).reuse_port().unwrap_or(false));
-                            if reuseport {
+                            // Its listeners are their groups' first (index 0). A slot scaled
+                            // away leaves them to the first slot to start (`sockets_for`), so
+                            // that a kept worker accepts from them once it has gone.
+                            if reuseport && in_slot {
                                 if self.group_index.len() <= slot {
                                     self.group_index.resize(slot + 1, None);
                                 }
@@ -772,31 +771,25 @@ impl Primary {
                         }
                     }
                 }
-                if self.slot_sockets.len() <= slot {
-                    self.slot_sockets.resize_with(slot + 1, || None);
-                }
-                self.slot_sockets[slot] = Some(sockets);
-                if self.store.is_some() && self.binding.take().is_some() {
-                    for (slot, id) in std::mem::take(&mut self.deferred) {
-                        self.start(slot, id);
+                if in_slot {
+                    if self.slot_sockets.len() <= slot {
+                        self.slot_sockets.resize_with(slot + 1, || None);
                     }
+                    self.slot_sockets[slot] = Some(sockets);
                 }
             }
         }
-        if self.store.is_none() && self.binding == Some(pid) {
+        if self.store.is_none() {
             // The first worker serves but sent no usable copy of its sockets: the others are
-            // started all the same, each binding its own (a TCP listener of a worker joins the
-            // first one's SO_REUSEPORT group), instead of waiting for ever.
+            // started all the same (the machine starts them as it hears it is ready), each
+            // binding its own (a TCP listener of a worker joins the first one's SO_REUSEPORT
+            // group), instead of waiting for ever.
             tracing::warn!(
                 primary = self.me,
                 pid,
                 "cluster: the first worker sent no copy of its sockets: the others bind their own"
             );
             self.store = Some(Vec::new());
-            self.binding = None;
-            for (slot, id) in std::mem::take(&mut self.deferred) {
-                self.start(slot, id);
-            }
         }
         let generation = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
         let previous = self.machine.slots.get(slot).and_then(|s| s.worker).map(|w| w.pid);
@@ -857,13 +850,6 @@ impl Primary {
 
     fn on_exit(&mut self, pid: u32, code: Option<i32>) {
         let shown = code.map_or_else(|| "status unknown".to_owned(), describe);
-        if self.binding == Some(pid) {
-            self.binding = None;
-            // The sockets never came: the next deferred start binds them itself.
-            if let Some((slot, id)) = self.deferred.pop() {
-                self.start(slot, id);
-            }
-        }
         let serving_slot = self
             .machine
             .slots
@@ -885,9 +871,11 @@ impl Primary {
         for leaving in &mut self.leaving {
             leaving.forget(pid);
         }
-        if let Some(held) = self.inboxes.remove(&pid) {
-            self.take_inboxes_over(pid, held);
-        }
+        // What was passed to it goes to the others; the files of its inboxes go too, those of
+        // a worker that ended before it was ready among them (never adopted: a crash loop
+        // would leave one per listener at every try).
+        let held = self.inboxes.remove(&pid).unwrap_or_default();
+        self.take_inboxes_over(pid, held);
         self.events.push_back(Event::Exited {
             pid,
             clean: code == Some(0),
@@ -973,6 +961,9 @@ impl Primary {
             // empty, and steering follows the groups' new numbering; if that cannot be done,
             // they close with their workers as before: connections queued in them are reset
             // then, unless the kernel moves them to the other listeners.
+            // A removed slot may hold the store's own listeners (its worker bound them): a kept
+            // slot's become the store, and those leave their groups as the others do.
+            self.move_store_off(workers);
             let handed_over = self.retire_listeners(workers);
             if !handed_over
                 && self.slot_sockets[workers..]
@@ -1003,7 +994,6 @@ impl Primary {
                     self.stop_steering();
                 }
             }
-            self.deferred.retain(|&(slot, _)| slot < workers);
         }
     }
 
