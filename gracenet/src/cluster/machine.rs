@@ -980,7 +980,7 @@ impl Cluster {
             };
             if let Some(s) = self.slots.get_mut(slot) {
                 match s.worker {
-                    Some(w) if w.ready => {
+                    Some(w) if w.ready && !w.killed => {
                         s.restarting = true;
                         // Its own restart gives up after its ready timeout and says so: this
                         // is for a worker that never acts on the request at all.
@@ -989,13 +989,20 @@ impl Cluster {
                         in_progress += 1;
                         actions.push(Action::Restart { slot, pid: w.pid });
                     }
-                    // Starting afresh (after a crash): it is already a new worker.
+                    // Starting afresh (after a crash), or killed as hung and about to be:
+                    // its replacement is already a new worker (asked to restart, a killed
+                    // worker's exit would fail the rollout for nothing).
                     _ => r.done += 1,
                 }
             }
         }
         if in_progress == 0 && r.queue.is_empty() {
-            let pids = self.slots.iter().map(|s| s.worker.map_or(0, |w| w.pid)).collect();
+            // A killed worker no longer serves: its slot is one being started.
+            let pids = self
+                .slots
+                .iter()
+                .map(|s| s.worker.filter(|w| !w.killed).map_or(0, |w| w.pid))
+                .collect();
             self.end_rollout(|_| RolloutResult::Done { pids }, actions);
         }
     }
@@ -1632,6 +1639,89 @@ mod tests {
         assert!(
             c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
             "gone: not killed"
+        );
+    }
+
+    #[test]
+    fn a_rollout_leaves_a_worker_killed_as_hung_to_its_replacement_and_does_not_fail_for_it() {
+        let now = Instant::now();
+        let secs = |ms: u64| now + Duration::from_millis(ms);
+        let mut c = serving_with(
+            Settings {
+                surge: 2,
+                ..settings(2)
+            },
+            now,
+        );
+        // Worker 101 falls silent and is killed as hung.
+        c.handle(
+            Event::Heartbeat {
+                pid: 100,
+                load: Load::default(),
+            },
+            secs(9_000),
+        );
+        assert_eq!(
+            c.handle(Event::Tick, secs(10_000)),
+            vec![Action::Kill {
+                pid: 101,
+                why: KillReason::Hung
+            }]
+        );
+        // A rolling restart before it has exited: only the live worker is asked to restart.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, secs(10_000)),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        // The killed worker's exit starts its replacement; the rollout goes on.
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            secs(10_400),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("the killed worker's exit ends the rollout or starts no replacement: {a:?}");
+        };
+        assert!(c.handle(Event::Started { id, pid: 201 }, secs(10_500)).is_empty());
+        assert!(
+            c.handle(Event::Ready { slot: 1, pid: 201 }, secs(11_000))
+                .is_empty()
+        );
+        // Worker 100's successor is ready: the rollout is done, every slot with a new worker.
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, secs(11_500)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![200, 201] }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_ends_before_a_killed_worker_exits_reports_its_slot_as_being_started() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        c.handle(
+            Event::Heartbeat {
+                pid: 100,
+                load: Load::default(),
+            },
+            now + Duration::from_secs(9),
+        );
+        c.handle(Event::Tick, now + Duration::from_secs(10));
+        c.handle(
+            Event::RestartRequested { reply: 1 },
+            now + Duration::from_secs(10),
+        );
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, now + Duration::from_secs(11)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![200, 0] }
+            }],
+            "killed worker 101 does not serve"
         );
     }
 
