@@ -469,7 +469,17 @@ impl Cluster {
 
     /// How long past its time the driver may be away before its absence is its own stall.
     fn stall_margin(&self) -> Duration {
-        (self.settings.heartbeat * 2).max(MIN_STALL)
+        self.settings.heartbeat.saturating_mul(2).max(MIN_STALL)
+    }
+
+    /// How long a worker asked to restart (or recycle) may take to be succeeded or to report
+    /// its failure: twice the ready timeout and a margin (its own restart gives up after its
+    /// ready timeout and says so).
+    fn restart_wait(&self) -> Duration {
+        self.settings
+            .ready_timeout
+            .saturating_mul(2)
+            .saturating_add(RESTART_MARGIN)
     }
 
     /// The primary did not read the workers' heartbeats for a while: each ready worker's
@@ -506,9 +516,10 @@ impl Cluster {
         if w.killed {
             None
         } else if w.ready {
-            self.settings.worker_timeout.map(|t| w.beat + t)
+            // A timeout too long for the clock to count to never expires.
+            self.settings.worker_timeout.and_then(|t| w.beat.checked_add(t))
         } else {
-            Some(w.since + self.settings.ready_timeout)
+            w.since.checked_add(self.settings.ready_timeout)
         }
     }
 
@@ -532,7 +543,7 @@ impl Cluster {
             }
             Event::Woke => {
                 if let Some((since, Some(until))) = self.asleep.take()
-                    && now > until + self.stall_margin()
+                    && until.checked_add(self.stall_margin()).is_some_and(|t| now > t)
                 {
                     let slept = now.saturating_duration_since(since);
                     self.stalled(Stall::Asleep { slept }, now, &mut actions);
@@ -844,7 +855,7 @@ impl Cluster {
             .position(|s| s.recycling.is_some() && s.restart_deadline.is_some_and(|d| d <= now))
         {
             let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
-            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            let waited = self.restart_wait();
             let reason = format!(
                 "worker {pid} neither restarted nor reported a failure within {} s",
                 waited.as_secs()
@@ -858,7 +869,7 @@ impl Cluster {
         {
             let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
             self.slots[slot].restarting = false;
-            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            let waited = self.restart_wait();
             self.end_rollout(
                 |done| RolloutResult::Failed {
                     slot,
@@ -970,6 +981,7 @@ impl Cluster {
 
     /// Restarts the next slots of the rollout, up to the surge; ends it when none is left.
     fn next_in_rollout(&mut self, actions: &mut Vec<Action>) {
+        let restart_wait = self.restart_wait();
         let Some(r) = self.rollout.as_mut() else {
             return;
         };
@@ -984,8 +996,7 @@ impl Cluster {
                         s.restarting = true;
                         // Its own restart gives up after its ready timeout and says so: this
                         // is for a worker that never acts on the request at all.
-                        s.restart_deadline =
-                            Some(self.now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
+                        s.restart_deadline = self.now.checked_add(restart_wait);
                         in_progress += 1;
                         actions.push(Action::Restart { slot, pid: w.pid });
                     }
@@ -1099,9 +1110,10 @@ impl Cluster {
         let Some(reason) = requests.or(memory) else {
             return;
         };
+        let deadline = now.checked_add(self.restart_wait());
         let s = &mut self.slots[slot];
         s.recycling = Some(reason);
-        s.restart_deadline = Some(now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
+        s.restart_deadline = deadline;
         actions.push(Action::Recycle {
             slot,
             pid: w.pid,
@@ -2075,6 +2087,63 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_too_long_for_the_clock_never_expire_and_panic_nothing() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Settings {
+            ready_timeout: Duration::MAX,
+            worker_timeout: Some(Duration::MAX),
+            heartbeat: Duration::MAX,
+            ..recycling(2, Some(1), None)
+        });
+        let starts = c.start();
+        for (slot, a) in starts.iter().enumerate() {
+            let pid = 100 + slot as u32;
+            assert!(c.handle(Event::Started { id: started(a), pid }, now).is_empty());
+        }
+        assert_eq!(c.next_deadline(), None, "never killed for not being ready");
+        for slot in 0..2 {
+            let pid = 100 + slot as u32;
+            assert!(c.handle(Event::Ready { slot, pid }, now).is_empty());
+        }
+        assert_eq!(c.next_deadline(), None, "never killed as hung");
+        let later = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        assert!(c.handle(Event::Tick, later).is_empty());
+        assert!(c.handle(Event::Sleep { until: Some(now) }, now).is_empty());
+        assert!(c.handle(Event::Woke, later).is_empty(), "no stall");
+        // A rolling restart is never given up on.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, later),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        assert_eq!(c.next_deadline(), None);
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, later),
+            vec![Action::Restart { slot: 1, pid: 101 }]
+        );
+        assert!(matches!(
+            &c.handle(Event::Ready { slot: 1, pid: 201 }, later)[..],
+            [Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { .. }
+            }]
+        ));
+        // Nor is a recycle.
+        assert!(matches!(
+            &c.handle(beat(200, 10, 1), later)[..],
+            [Action::Recycle {
+                slot: 0,
+                pid: 200,
+                ..
+            }]
+        ));
+        assert_eq!(c.next_deadline(), None);
+        assert!(
+            c.handle(Event::Tick, later + Duration::from_secs(3600))
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn a_stray_successor_of_a_crashed_worker_does_not_displace_the_fresh_one() {
         let now = Instant::now();
         let mut c = serving(1, now);
@@ -2844,6 +2913,33 @@ mod tests {
             ) {
                 let recycle = Recycle { max_requests, max_memory, seed };
                 let mut c = Cluster::new(Settings { surge, recycle, ..settings(workers) });
+                let mut w = World::default();
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
+                }
+                wind_down(&mut c, &mut w, stuck, again)?;
+            }
+
+            #[test]
+            fn timeouts_too_long_for_the_clock_panic_nothing_and_keep_the_invariants(
+                workers in 1usize..4,
+                ready_timeout in prop_oneof![
+                    Just(Duration::MAX),
+                    (30u64..=u64::MAX).prop_map(Duration::from_secs),
+                ],
+                worker_timeout in prop_oneof![
+                    Just(None),
+                    Just(Some(Duration::MAX)),
+                    (TIMEOUT_MS / 1000..=u64::MAX).prop_map(|s| Some(Duration::from_secs(s))),
+                ],
+                steps in proptest::collection::vec(step(), 0..120),
+                stuck in any::<u64>(),
+                again in any::<bool>(),
+            ) {
+                let recycle = Recycle { max_requests: Some(20), max_memory: Some(40), seed: 1 };
+                let mut c = Cluster::new(Settings { ready_timeout, worker_timeout, recycle, ..settings(workers) });
                 let mut w = World::default();
                 let actions = c.start();
                 w.perform(actions);
