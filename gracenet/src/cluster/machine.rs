@@ -322,6 +322,14 @@ pub(crate) enum Event {
         /// The most workers the primary's open files allow (its measure).
         room: usize,
     },
+    /// `SIGTTIN` (`more`) or `SIGTTOU`: one slot more, or one fewer (never fewer than one),
+    /// than the machine has now, so that each signal counts, however many come before the
+    /// first is acted on.
+    ScaleStep {
+        more: bool,
+        /// The most workers the primary's open files allow (its measure).
+        room: usize,
+    },
 }
 
 /// What the driver must do.
@@ -368,6 +376,8 @@ pub(crate) enum Action {
         pid: u32,
         notice: RecycleNotice,
     },
+    /// A [`Event::ScaleStep`] to `workers` was refused, for `reason` (logged).
+    ScaleRefused { workers: usize, reason: String },
 }
 
 /// What the driver logs about recycling.
@@ -667,6 +677,7 @@ impl Cluster {
                     self.scale(workers, &mut actions);
                 }
             }
+            Event::ScaleStep { more, room } => self.scale_step(more, room, &mut actions),
         }
         self.maybe_exit(&mut actions);
         actions
@@ -937,6 +948,24 @@ impl Cluster {
                 workers.saturating_sub(1)
             )
         })
+    }
+
+    /// One slot more (`more`) or fewer than now, never fewer than one; ignored while
+    /// stopping, as a scale is.
+    fn scale_step(&mut self, more: bool, room: usize, actions: &mut Vec<Action>) {
+        let now = self.slots.len();
+        let workers = if more {
+            now.saturating_add(1)
+        } else {
+            now.saturating_sub(1).max(1)
+        };
+        if self.stopping || workers == now {
+            return;
+        }
+        match self.refuse_scale(workers, room) {
+            Some(reason) => actions.push(Action::ScaleRefused { workers, reason }),
+            None => self.scale(workers, actions),
+        }
     }
 
     fn scale(&mut self, workers: usize, actions: &mut Vec<Action>) {
@@ -2144,6 +2173,71 @@ mod tests {
     }
 
     #[test]
+    fn each_scale_step_counts_from_what_the_machine_has_decided_never_below_one() {
+        let now = Instant::now();
+        let mut c = serving(1, now);
+        // Three SIGTTINs before any worker they start is heard of: three more slots.
+        for workers in 2..=4 {
+            let a = c.handle(
+                Event::ScaleStep {
+                    more: true,
+                    room: usize::MAX,
+                },
+                now,
+            );
+            assert!(
+                matches!(&a[..], [Action::Resized { workers: w }, Action::Start { slot, .. }]
+                    if *w == workers && *slot == workers - 1),
+                "{a:?}"
+            );
+        }
+        assert_eq!((c.settings.workers, c.slots.len()), (4, 4));
+        // Beyond the room the primary measured: refused, saying why.
+        let a = c.handle(Event::ScaleStep { more: true, room: 4 }, now);
+        assert!(
+            matches!(&a[..], [Action::ScaleRefused { workers: 5, reason }] if reason.contains("open files")),
+            "{a:?}"
+        );
+        assert_eq!(c.slots.len(), 4);
+        // SIGTTOU: one fewer each time, the highest slot going, never below one.
+        for workers in (1..=3).rev() {
+            let a = c.handle(
+                Event::ScaleStep {
+                    more: false,
+                    room: usize::MAX,
+                },
+                now,
+            );
+            assert_eq!(a.first(), Some(&Action::Resized { workers }), "{a:?}");
+        }
+        assert!(
+            c.handle(
+                Event::ScaleStep {
+                    more: false,
+                    room: usize::MAX
+                },
+                now
+            )
+            .is_empty(),
+            "one worker stays"
+        );
+        assert_eq!(c.slots.len(), 1);
+        // While stopping, as a scale: nothing.
+        c.handle(Event::StopRequested, now);
+        assert!(
+            !c.handle(
+                Event::ScaleStep {
+                    more: true,
+                    room: usize::MAX
+                },
+                now
+            )
+            .iter()
+            .any(|a| matches!(a, Action::Resized { .. } | Action::Start { .. }))
+        );
+    }
+
+    #[test]
     fn a_stray_successor_of_a_crashed_worker_does_not_displace_the_fresh_one() {
         let now = Instant::now();
         let mut c = serving(1, now);
@@ -2477,6 +2571,8 @@ mod tests {
             Restart,
             Stop,
             Scale(usize),
+            /// `SIGTTIN` (true) or `SIGTTOU`, with the room the driver measured.
+            ScaleByOne(bool, usize),
         }
 
         fn step() -> impl Strategy<Value = Step> {
@@ -2494,6 +2590,7 @@ mod tests {
                 1 => Just(Step::Restart),
                 1 => Just(Step::Stop),
                 1 => (0usize..5).prop_map(Step::Scale),
+                1 => (any::<bool>(), 0usize..6).prop_map(|(more, room)| Step::ScaleByOne(more, room)),
             ]
         }
 
@@ -2607,7 +2704,7 @@ mod tests {
                             *self.answered.entry(reply).or_default() += 1;
                         }
                         Action::Exit { .. } => self.exits += 1,
-                        Action::Resized { .. } => {}
+                        Action::Resized { .. } | Action::ScaleRefused { .. } => {}
                     }
                 }
                 dying
@@ -2857,6 +2954,7 @@ mod tests {
                     workers: n,
                     room: usize::MAX,
                 },
+                Step::ScaleByOne(more, room) => Event::ScaleStep { more, room },
             };
             feed(c, w, event);
             check_invariants(c, w);
