@@ -838,6 +838,60 @@ fn a_second_sigterm_ends_a_stop_that_a_stopped_worker_holds() {
 }
 
 #[test]
+fn a_second_sigterm_delivered_before_the_primary_looks_stops_at_once() {
+    let mut c = TestCluster::start("2", &[]);
+    // A request that takes 20 s: a graceful stop waits for it.
+    let mut request = std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    std::io::Write::write_all(
+        &mut request,
+        b"GET /sleep/?duration=20s HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .expect("send the request");
+    assert!(
+        wait_until(DEADLINE, || c.status().contains(", connections 1,")),
+        "no worker took the request: {}",
+        c.status()
+    );
+    // Two SIGTERMs, both handled by the primary's signal handler before its loop looks.
+    let sent = Instant::now();
+    grace_tests::deliver_together(c.primary.pid(), Signal::SIGTERM, 2);
+    let status = c
+        .primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary exits after two SIGTERMs");
+    let took = sent.elapsed();
+    assert!(status.code().is_some(), "{status:?}");
+    // Generously below the request's 20 s: the second SIGTERM stopped at once.
+    assert!(
+        took < Duration::from_secs(10),
+        "exited only {took:?} after two SIGTERMs: taken for one"
+    );
+    eprintln!("two SIGTERMs delivered together, a 20 s request open: the primary exited after {took:?}");
+}
+
+#[test]
+fn three_sigttins_delivered_before_the_primary_looks_add_three_workers_and_three_sigttous_remove_them() {
+    let c = TestCluster::start("1", &[]);
+    grace_tests::deliver_together(c.primary.pid(), Signal::SIGTTIN, 3);
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 4 && w.iter().all(|w| w.serving)
+        }),
+        "not 4 serving workers after 3 SIGTTINs: {}",
+        c.status()
+    );
+    let first = c.pids()[0];
+    grace_tests::deliver_together(c.primary.pid(), Signal::SIGTTOU, 3);
+    assert!(
+        wait_until(DEADLINE, || c.workers().len() == 1),
+        "not 1 worker after 3 SIGTTOUs: {}",
+        c.status()
+    );
+    assert_eq!(c.pids(), vec![first], "the first worker stays");
+}
+
+#[test]
 fn workers_stop_when_their_primary_is_killed() {
     let c = TestCluster::start("2", &["--worker-timeout", "400ms"]);
     let pids = c.pids();

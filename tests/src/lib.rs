@@ -473,6 +473,73 @@ pub fn signal(pid: u32, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
 }
 
+/// Delivers `signal` to process `pid` `times` times in a row, before it runs any more of its
+/// own code than its signal handlers: each is sent once the kernel has handed the one before
+/// to the process (seen by tracing it: a ptrace signal-delivery-stop), so the kernel merges
+/// none (a standard signal sent while the same one is still pending is dropped), and the
+/// handlers have run for all of them before its main loop goes on. "Several deliveries before
+/// the process's loop comes round", made certain. Each is sent to its main thread (`tgkill`:
+/// while that thread is stopped, a signal sent to the process would go to another thread that
+/// does not block it, unseen here). Other signals reaching it meanwhile are passed on; it is
+/// no longer traced on return.
+pub fn deliver_together(pid: u32, signal: Signal, times: usize) {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    assert!(times > 0, "deliver {signal} at least once");
+    let target = Pid::from_raw(pid as i32);
+    ptrace::seize(target, ptrace::Options::empty()).unwrap_or_else(|e| panic!("ptrace(SEIZE, {pid}): {e}"));
+    let send = || {
+        // SAFETY: tgkill takes three integers and touches no memory of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                pid as libc::pid_t,
+                pid as libc::pid_t,
+                signal as i32,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "tgkill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    send();
+    let deadline = Instant::now() + DEADLINE;
+    let mut delivered = 0;
+    // Each round sees one stop (or none yet); bounded by the deadline.
+    while delivered < times {
+        assert!(
+            Instant::now() < deadline,
+            "{pid} was handed {delivered} of {times} {signal} within {DEADLINE:?}"
+        );
+        let flags = WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
+        match waitpid(target, Some(flags)).unwrap_or_else(|e| panic!("waitpid({pid}): {e}")) {
+            WaitStatus::StillAlive => std::thread::sleep(Duration::from_millis(1)),
+            WaitStatus::Stopped(_, s) if s == signal => {
+                delivered += 1;
+                if delivered == times {
+                    ptrace::detach(target, Some(signal))
+                        .unwrap_or_else(|e| panic!("ptrace(DETACH, {pid}): {e}"));
+                    return;
+                }
+                // The one before has left the pending set: this one is not merged with it,
+                // and is handed over before the process runs on.
+                send();
+                ptrace::cont(target, Some(signal)).unwrap_or_else(|e| panic!("ptrace(CONT, {pid}): {e}"));
+            }
+            WaitStatus::Stopped(_, other) => {
+                ptrace::cont(target, Some(other)).unwrap_or_else(|e| panic!("ptrace(CONT, {pid}): {e}"));
+            }
+            WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) | WaitStatus::Continued(_) => {
+                ptrace::cont(target, None).unwrap_or_else(|e| panic!("ptrace(CONT, {pid}): {e}"));
+            }
+            ended => panic!("{pid} ended while being handed {signal}: {ended:?}"),
+        }
+    }
+}
+
 /// A directory unique to one test, removed when dropped.
 pub struct TempDir(PathBuf);
 

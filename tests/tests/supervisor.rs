@@ -305,6 +305,32 @@ fn a_stop_right_after_a_restart_waits_for_every_generation_then_exits() {
 }
 
 #[test]
+fn a_second_sigterm_delivered_before_the_supervisor_looks_is_forwarded_and_stops_at_once() {
+    let Supervised {
+        mut sup,
+        gen1,
+        port,
+        guard: _guard,
+    } = supervised(&[("PROBE_STOP_TIMEOUT_MS", "20000")]);
+    // A connection the drain would wait for, up to the 20 s stop timeout.
+    let _conn = hold_connection(port, gen1);
+    let sent = std::time::Instant::now();
+    grace_tests::deliver_together(sup.pid(), Signal::SIGTERM, 2);
+    expect_forwarded(&mut sup, Signal::SIGTERM, gen1);
+    expect_forwarded(&mut sup, Signal::SIGTERM, gen1);
+    let exit = sup.expect_line(&format!("probe exiting pid={gen1}"));
+    assert_eq!(field(&exit, "forced"), "true", "stopped at once: {exit}");
+    let status = sup.wait_timeout(DEADLINE).expect("the supervisor exits");
+    let took = sent.elapsed();
+    assert!(status.code().is_some(), "{status}");
+    // Generously below the 20 s drain: the second SIGTERM stopped it at once.
+    assert!(
+        took < Duration::from_secs(10),
+        "exited only {took:?} after two SIGTERMs"
+    );
+}
+
+#[test]
 fn a_killed_generation_2_is_replaced_while_its_parent_still_drains() {
     let (mut sup, port, gen1, gen2, mut guards, conn) = restarted_with_gen1_draining();
     // Generation 1 reaps generation 2: the supervisor learns of the exit from its pidfd.

@@ -158,23 +158,35 @@ impl LoadTable {
         }
     }
 
-    /// Counts a connection passed to `slot`'s worker, until it reports its own count.
+    /// Counts a connection passed to `slot`'s worker, until it reports its own count. At
+    /// `u64::MAX` it stays there (a wrap to 0 would make it look the lightest).
     pub(crate) fn count_passed(&self, slot: usize) {
         if slot < MAX_SLOTS {
-            self.entry(1 + slot).open.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .entry(1 + slot)
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(1))
+                });
         }
     }
 
     /// The live worker but `slot`'s with the fewest open connections: its count and pid;
-    /// `None` when no other is live.
+    /// `None` when no other is live. Every value read is taken as any process sharing the
+    /// table may have written it: a slot count beyond [`MAX_SLOTS`] is [`MAX_SLOTS`], and a
+    /// stamp further in the future than [`LIVE`] is not live (a stamp taken just after
+    /// `now_us` is).
     pub(crate) fn lightest_other(&self, slot: usize, now_us: u64) -> Option<Lightest> {
-        let slots = (self.entry(0).open.load(Ordering::Relaxed) as usize).min(MAX_SLOTS);
+        let slots = usize::try_from(self.entry(0).open.load(Ordering::Relaxed))
+            .unwrap_or(MAX_SLOTS)
+            .min(MAX_SLOTS);
+        let live = LIVE.as_micros() as u64;
         (0..slots)
             .filter(|&s| s != slot)
             .map(|s| (s, self.entry(1 + s)))
             .filter(|(_, e)| {
                 let stamp = e.stamp.load(Ordering::Relaxed);
-                stamp != 0 && now_us.saturating_sub(stamp) <= LIVE.as_micros() as u64
+                stamp != 0 && now_us.abs_diff(stamp) <= live
             })
             .map(|(s, e)| Lightest {
                 slot: s,
@@ -208,7 +220,8 @@ pub(crate) struct Lightest {
 /// Whether a worker with `mine` open connections should leave the next one to a worker with
 /// `lightest` (the lightest live other): it holds clearly more (2, or an eighth, above).
 pub(crate) fn should_defer(mine: u64, lightest: Option<u64>) -> bool {
-    lightest.is_some_and(|other| mine >= other + (mine / 8).max(2))
+    // `other` comes from shared memory: any value. A sum past `u64::MAX` is more than `mine`.
+    lightest.is_some_and(|other| other.checked_add((mine / 8).max(2)).is_some_and(|t| mine >= t))
 }
 
 /// Whether a worker with `mine` open connections should pass a connection it accepted on to
@@ -218,7 +231,7 @@ pub(crate) fn should_defer(mine: u64, lightest: Option<u64>) -> bool {
 /// short ones make from moment to moment (8 clients opening a connection per request pass
 /// about one in ten on at a margin of 4 alone).
 pub(crate) fn should_pass(mine: u64, other: u64) -> bool {
-    mine >= PASS_FROM && mine >= other + (mine / 8).max(4)
+    mine >= PASS_FROM && other.checked_add((mine / 8).max(4)).is_some_and(|t| mine >= t)
 }
 
 /// The fewest open connections a worker passes a new one on from.
@@ -287,6 +300,63 @@ mod tests {
         assert!(should_pass(34, 30));
         assert!(!should_pass(100, 89), "within an eighth");
         assert!(should_pass(100, 87));
+    }
+
+    #[test]
+    fn counts_near_the_top_of_the_range_neither_overflow_nor_defer_to_a_heavier_worker() {
+        // `other` is read from shared memory: any value.
+        assert!(!should_defer(10, Some(u64::MAX)));
+        assert!(!should_defer(u64::MAX, Some(u64::MAX)));
+        assert!(!should_defer(u64::MAX, Some(u64::MAX - 1)));
+        assert!(should_defer(u64::MAX, Some(0)));
+        assert!(!should_pass(100, u64::MAX));
+        assert!(!should_pass(u64::MAX, u64::MAX));
+        assert!(should_pass(u64::MAX, 0));
+    }
+
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
+    #[test]
+    fn hostile_values_in_the_shared_table_are_clamped() {
+        let table = LoadTable::create().expect("memfd");
+        let now = now_us();
+        let set = |index: usize, open: u64, stamp: u64, pid: u64| {
+            let e = table.entry(index);
+            e.open.store(open, Ordering::Relaxed);
+            e.stamp.store(stamp, Ordering::Relaxed);
+            e.pid.store(pid, Ordering::Relaxed);
+        };
+        // A slot count far beyond the table: every slot of the table is looked at, no more.
+        table.entry(0).open.store(u64::MAX, Ordering::Relaxed);
+        // Slot 0: live, the most open connections there can be, a pid beyond any pid.
+        set(1, u64::MAX, now, u64::MAX);
+        // Slot 1: the fewest, but stamped far in the future: not live.
+        set(2, 0, u64::MAX, 7);
+        // The last slot of the table: stamped just after `now` (a worker that stamped while
+        // this one read the clock): live.
+        set(MAX_SLOTS, 5, now + 10, 9);
+        let lightest = table.lightest_other(1, now);
+        assert_eq!(
+            lightest,
+            Some(Lightest {
+                slot: MAX_SLOTS - 1,
+                open: 5,
+                pid: 9
+            })
+        );
+        assert_eq!(
+            table.lightest_other(MAX_SLOTS - 1, now),
+            Some(Lightest {
+                slot: 0,
+                open: u64::MAX,
+                pid: 0
+            }),
+            "the future stamp is not live; a pid beyond u32 is none"
+        );
+        assert!(!should_defer(3, Some(u64::MAX)));
+        // A connection passed to a worker at the top stays at the top (a wrap to 0 would
+        // make it the lightest).
+        table.count_passed(0);
+        assert_eq!(table.entry(1).open.load(Ordering::Relaxed), u64::MAX);
     }
 
     // Linux only: steering and shared memory are (the portable path says Unsupported).

@@ -353,6 +353,14 @@ pub(crate) enum Event {
         /// The most workers the primary's open files allow (its measure).
         room: usize,
     },
+    /// `SIGTTIN` (`more`) or `SIGTTOU`: one slot more, or one fewer (never fewer than one),
+    /// than the machine has now, so that each signal counts, however many come before the
+    /// first is acted on.
+    ScaleStep {
+        more: bool,
+        /// The most workers the primary's open files allow (its measure).
+        room: usize,
+    },
 }
 
 /// What the driver must do.
@@ -399,6 +407,8 @@ pub(crate) enum Action {
         pid: u32,
         notice: RecycleNotice,
     },
+    /// A [`Event::ScaleStep`] to `workers` was refused, for `reason` (logged).
+    ScaleRefused { workers: usize, reason: String },
 }
 
 /// What the driver logs about recycling.
@@ -572,7 +582,17 @@ impl Cluster {
 
     /// How long past its time the driver may be away before its absence is its own stall.
     fn stall_margin(&self) -> Duration {
-        (self.settings.heartbeat * 2).max(MIN_STALL)
+        self.settings.heartbeat.saturating_mul(2).max(MIN_STALL)
+    }
+
+    /// How long a worker asked to restart (or recycle) may take to be succeeded or to report
+    /// its failure: twice the ready timeout and a margin (its own restart gives up after its
+    /// ready timeout and says so).
+    fn restart_wait(&self) -> Duration {
+        self.settings
+            .ready_timeout
+            .saturating_mul(2)
+            .saturating_add(RESTART_MARGIN)
     }
 
     /// The primary did not read the workers' heartbeats for a while: each ready worker's
@@ -609,9 +629,10 @@ impl Cluster {
         if w.killed {
             None
         } else if w.ready {
-            self.settings.worker_timeout.map(|t| w.beat + t)
+            // A timeout too long for the clock to count to never expires.
+            self.settings.worker_timeout.and_then(|t| w.beat.checked_add(t))
         } else {
-            Some(w.since + self.settings.ready_timeout)
+            w.since.checked_add(self.settings.ready_timeout)
         }
     }
 
@@ -635,7 +656,7 @@ impl Cluster {
             }
             Event::Woke => {
                 if let Some((since, Some(until))) = self.asleep.take()
-                    && now > until + self.stall_margin()
+                    && until.checked_add(self.stall_margin()).is_some_and(|t| now > t)
                 {
                     let slept = now.saturating_duration_since(since);
                     self.stalled(Stall::Asleep { slept }, now, &mut actions);
@@ -772,6 +793,7 @@ impl Cluster {
                     self.scale(workers, &mut actions);
                 }
             }
+            Event::ScaleStep { more, room } => self.scale_step(more, room, &mut actions),
         }
         if binder_lost {
             self.binder_lost(&mut actions);
@@ -965,7 +987,7 @@ impl Cluster {
             .position(|s| s.recycling.is_some() && s.restart_deadline.is_some_and(|d| d <= now))
         {
             let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
-            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            let waited = self.restart_wait();
             let reason = format!(
                 "worker {pid} neither restarted nor reported a failure within {} s",
                 waited.as_secs()
@@ -979,7 +1001,7 @@ impl Cluster {
         {
             let pid = self.slots[slot].worker.map_or(0, |w| w.pid);
             self.slots[slot].restarting = false;
-            let waited = self.settings.ready_timeout * 2 + RESTART_MARGIN;
+            let waited = self.restart_wait();
             self.end_rollout(
                 |done| RolloutResult::Failed {
                     slot,
@@ -1053,6 +1075,24 @@ impl Cluster {
         })
     }
 
+    /// One slot more (`more`) or fewer than now, never fewer than one; ignored while
+    /// stopping, as a scale is.
+    fn scale_step(&mut self, more: bool, room: usize, actions: &mut Vec<Action>) {
+        let now = self.slots.len();
+        let workers = if more {
+            now.saturating_add(1)
+        } else {
+            now.saturating_sub(1).max(1)
+        };
+        if self.stopping || workers == now {
+            return;
+        }
+        match self.refuse_scale(workers, room) {
+            Some(reason) => actions.push(Action::ScaleRefused { workers, reason }),
+            None => self.scale(workers, actions),
+        }
+    }
+
     fn scale(&mut self, workers: usize, actions: &mut Vec<Action>) {
         if self.stopping {
             return;
@@ -1095,6 +1135,7 @@ impl Cluster {
 
     /// Restarts the next slots of the rollout, up to the surge; ends it when none is left.
     fn next_in_rollout(&mut self, actions: &mut Vec<Action>) {
+        let restart_wait = self.restart_wait();
         let Some(r) = self.rollout.as_mut() else {
             return;
         };
@@ -1105,22 +1146,28 @@ impl Cluster {
             };
             if let Some(s) = self.slots.get_mut(slot) {
                 match s.worker {
-                    Some(w) if w.ready => {
+                    Some(w) if w.ready && !w.killed => {
                         s.restarting = true;
                         // Its own restart gives up after its ready timeout and says so: this
                         // is for a worker that never acts on the request at all.
-                        s.restart_deadline =
-                            Some(self.now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
+                        s.restart_deadline = self.now.checked_add(restart_wait);
                         in_progress += 1;
                         actions.push(Action::Restart { slot, pid: w.pid });
                     }
-                    // Starting afresh (after a crash): it is already a new worker.
+                    // Starting afresh (after a crash), or killed as hung and about to be:
+                    // its replacement is already a new worker (asked to restart, a killed
+                    // worker's exit would fail the rollout for nothing).
                     _ => r.done += 1,
                 }
             }
         }
         if in_progress == 0 && r.queue.is_empty() {
-            let pids = self.slots.iter().map(|s| s.worker.map_or(0, |w| w.pid)).collect();
+            // A killed worker no longer serves: its slot is one being started.
+            let pids = self
+                .slots
+                .iter()
+                .map(|s| s.worker.filter(|w| !w.killed).map_or(0, |w| w.pid))
+                .collect();
             self.end_rollout(|_| RolloutResult::Done { pids }, actions);
         }
     }
@@ -1217,9 +1264,10 @@ impl Cluster {
         let Some(reason) = requests.or(memory) else {
             return;
         };
+        let deadline = now.checked_add(self.restart_wait());
         let s = &mut self.slots[slot];
         s.recycling = Some(reason);
-        s.restart_deadline = Some(now + self.settings.ready_timeout * 2 + RESTART_MARGIN);
+        s.restart_deadline = deadline;
         actions.push(Action::Recycle {
             slot,
             pid: w.pid,
@@ -1757,6 +1805,89 @@ mod tests {
         assert!(
             c.handle(Event::Tick, now + Duration::from_secs(11)).is_empty(),
             "gone: not killed"
+        );
+    }
+
+    #[test]
+    fn a_rollout_leaves_a_worker_killed_as_hung_to_its_replacement_and_does_not_fail_for_it() {
+        let now = Instant::now();
+        let secs = |ms: u64| now + Duration::from_millis(ms);
+        let mut c = serving_with(
+            Settings {
+                surge: 2,
+                ..settings(2)
+            },
+            now,
+        );
+        // Worker 101 falls silent and is killed as hung.
+        c.handle(
+            Event::Heartbeat {
+                pid: 100,
+                load: Load::default(),
+            },
+            secs(9_000),
+        );
+        assert_eq!(
+            c.handle(Event::Tick, secs(10_000)),
+            vec![Action::Kill {
+                pid: 101,
+                why: KillReason::Hung
+            }]
+        );
+        // A rolling restart before it has exited: only the live worker is asked to restart.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, secs(10_000)),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        // The killed worker's exit starts its replacement; the rollout goes on.
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            secs(10_400),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("the killed worker's exit ends the rollout or starts no replacement: {a:?}");
+        };
+        assert!(c.handle(Event::Started { id, pid: 201 }, secs(10_500)).is_empty());
+        assert!(
+            c.handle(Event::Ready { slot: 1, pid: 201 }, secs(11_000))
+                .is_empty()
+        );
+        // Worker 100's successor is ready: the rollout is done, every slot with a new worker.
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, secs(11_500)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![200, 201] }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_ends_before_a_killed_worker_exits_reports_its_slot_as_being_started() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        c.handle(
+            Event::Heartbeat {
+                pid: 100,
+                load: Load::default(),
+            },
+            now + Duration::from_secs(9),
+        );
+        c.handle(Event::Tick, now + Duration::from_secs(10));
+        c.handle(
+            Event::RestartRequested { reply: 1 },
+            now + Duration::from_secs(10),
+        );
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, now + Duration::from_secs(11)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![200, 0] }
+            }],
+            "killed worker 101 does not serve"
         );
     }
 
@@ -2299,6 +2430,128 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_too_long_for_the_clock_never_expire_and_panic_nothing() {
+        let now = Instant::now();
+        let mut c = Cluster::new(Settings {
+            ready_timeout: Duration::MAX,
+            worker_timeout: Some(Duration::MAX),
+            heartbeat: Duration::MAX,
+            ..recycling(2, Some(1), None)
+        });
+        let starts = c.start();
+        for (slot, a) in starts.iter().enumerate() {
+            let pid = 100 + slot as u32;
+            assert!(c.handle(Event::Started { id: started(a), pid }, now).is_empty());
+        }
+        assert_eq!(c.next_deadline(), None, "never killed for not being ready");
+        for slot in 0..2 {
+            let pid = 100 + slot as u32;
+            assert!(c.handle(Event::Ready { slot, pid }, now).is_empty());
+        }
+        assert_eq!(c.next_deadline(), None, "never killed as hung");
+        let later = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        assert!(c.handle(Event::Tick, later).is_empty());
+        assert!(c.handle(Event::Sleep { until: Some(now) }, now).is_empty());
+        assert!(c.handle(Event::Woke, later).is_empty(), "no stall");
+        // A rolling restart is never given up on.
+        assert_eq!(
+            c.handle(Event::RestartRequested { reply: 1 }, later),
+            vec![Action::Restart { slot: 0, pid: 100 }]
+        );
+        assert_eq!(c.next_deadline(), None);
+        assert_eq!(
+            c.handle(Event::Ready { slot: 0, pid: 200 }, later),
+            vec![Action::Restart { slot: 1, pid: 101 }]
+        );
+        assert!(matches!(
+            &c.handle(Event::Ready { slot: 1, pid: 201 }, later)[..],
+            [Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { .. }
+            }]
+        ));
+        // Nor is a recycle.
+        assert!(matches!(
+            &c.handle(beat(200, 10, 1), later)[..],
+            [Action::Recycle {
+                slot: 0,
+                pid: 200,
+                ..
+            }]
+        ));
+        assert_eq!(c.next_deadline(), None);
+        assert!(
+            c.handle(Event::Tick, later + Duration::from_secs(3600))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn each_scale_step_counts_from_what_the_machine_has_decided_never_below_one() {
+        let now = Instant::now();
+        let mut c = serving(1, now);
+        // Three SIGTTINs before any worker they start is heard of: three more slots.
+        for workers in 2..=4 {
+            let a = c.handle(
+                Event::ScaleStep {
+                    more: true,
+                    room: usize::MAX,
+                },
+                now,
+            );
+            assert!(
+                matches!(&a[..], [Action::Resized { workers: w }, Action::Start { slot, .. }]
+                    if *w == workers && *slot == workers - 1),
+                "{a:?}"
+            );
+        }
+        assert_eq!((c.settings.workers, c.slots.len()), (4, 4));
+        // Beyond the room the primary measured: refused, saying why.
+        let a = c.handle(Event::ScaleStep { more: true, room: 4 }, now);
+        assert!(
+            matches!(&a[..], [Action::ScaleRefused { workers: 5, reason }] if reason.contains("open files")),
+            "{a:?}"
+        );
+        assert_eq!(c.slots.len(), 4);
+        // SIGTTOU: one fewer each time, the highest slot going, never below one.
+        for workers in (1..=3).rev() {
+            let a = c.handle(
+                Event::ScaleStep {
+                    more: false,
+                    room: usize::MAX,
+                },
+                now,
+            );
+            assert_eq!(a.first(), Some(&Action::Resized { workers }), "{a:?}");
+        }
+        assert!(
+            c.handle(
+                Event::ScaleStep {
+                    more: false,
+                    room: usize::MAX
+                },
+                now
+            )
+            .is_empty(),
+            "one worker stays"
+        );
+        assert_eq!(c.slots.len(), 1);
+        // While stopping, as a scale: nothing.
+        c.handle(Event::StopRequested, now);
+        assert!(
+            !c.handle(
+                Event::ScaleStep {
+                    more: true,
+                    room: usize::MAX
+                },
+                now
+            )
+            .iter()
+            .any(|a| matches!(a, Action::Resized { .. } | Action::Start { .. }))
+        );
+    }
+
+    #[test]
     fn a_stray_successor_of_a_crashed_worker_does_not_displace_the_fresh_one() {
         let now = Instant::now();
         let mut c = serving(1, now);
@@ -2632,6 +2885,8 @@ mod tests {
             Restart,
             Stop,
             Scale(usize),
+            /// `SIGTTIN` (true) or `SIGTTOU`, with the room the driver measured.
+            ScaleByOne(bool, usize),
         }
 
         fn step() -> impl Strategy<Value = Step> {
@@ -2649,6 +2904,7 @@ mod tests {
                 1 => Just(Step::Restart),
                 1 => Just(Step::Stop),
                 1 => (0usize..5).prop_map(Step::Scale),
+                1 => (any::<bool>(), 0usize..6).prop_map(|(more, room)| Step::ScaleByOne(more, room)),
             ]
         }
 
@@ -2793,7 +3049,7 @@ mod tests {
                             *self.answered.entry(reply).or_default() += 1;
                         }
                         Action::Exit { .. } => self.exits += 1,
-                        Action::Resized { .. } => {}
+                        Action::Resized { .. } | Action::ScaleRefused { .. } => {}
                     }
                 }
                 dying
@@ -3089,6 +3345,7 @@ mod tests {
                     workers: n,
                     room: usize::MAX,
                 },
+                Step::ScaleByOne(more, room) => Event::ScaleStep { more, room },
             };
             feed(c, w, event);
             check_invariants(c, w);
@@ -3167,6 +3424,33 @@ mod tests {
             ) {
                 let mut c = Cluster::new(settings(workers)).binding_first();
                 let mut w = World { sockets_unknown: true, ..World::default() };
+                let actions = c.start();
+                w.perform(actions);
+                for s in steps {
+                    apply(&mut c, &mut w, s);
+                }
+                wind_down(&mut c, &mut w, stuck, again)?;
+            }
+
+            #[test]
+            fn timeouts_too_long_for_the_clock_panic_nothing_and_keep_the_invariants(
+                workers in 1usize..4,
+                ready_timeout in prop_oneof![
+                    Just(Duration::MAX),
+                    (30u64..=u64::MAX).prop_map(Duration::from_secs),
+                ],
+                worker_timeout in prop_oneof![
+                    Just(None),
+                    Just(Some(Duration::MAX)),
+                    (TIMEOUT_MS / 1000..=u64::MAX).prop_map(|s| Some(Duration::from_secs(s))),
+                ],
+                steps in proptest::collection::vec(step(), 0..120),
+                stuck in any::<u64>(),
+                again in any::<bool>(),
+            ) {
+                let recycle = Recycle { max_requests: Some(20), max_memory: Some(40), seed: 1 };
+                let mut c = Cluster::new(Settings { ready_timeout, worker_timeout, recycle, ..settings(workers) });
+                let mut w = World::default();
                 let actions = c.start();
                 w.perform(actions);
                 for s in steps {

@@ -105,15 +105,17 @@ impl ClusterBuilder {
     }
 
     /// How long a ready worker may stay silent (no heartbeat) before it is replaced; `None`:
-    /// never. At least 100 ms (shorter is taken as 100 ms). Default
-    /// [`DEFAULT_WORKER_TIMEOUT`].
+    /// never. At least 100 ms (shorter is taken as 100 ms); one too long for the clock to
+    /// count to (`Duration::MAX`) never expires either. Default [`DEFAULT_WORKER_TIMEOUT`].
     pub fn worker_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.worker_timeout = timeout.map(|t| t.max(Duration::from_millis(100)));
         self
     }
 
-    /// How long a worker the primary starts may take to be ready before it is replaced.
-    /// Default [`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT).
+    /// How long a worker the primary starts may take to be ready before it is replaced (and,
+    /// twice over, how long a rolling restart waits for a worker's own restart); one too long
+    /// for the clock to count to (`Duration::MAX`) never expires. Default
+    /// [`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
         self

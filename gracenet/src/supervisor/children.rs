@@ -148,6 +148,23 @@ pub(crate) fn signal_pid(me: u32, pid: u32, signal: Signal) {
     }
 }
 
+/// How long [`signal_pid_again`] waits for the kernel to deliver the previous `signal`.
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sends `signal` to `pid` again: once the one sent before has been delivered (at most
+/// [`DELIVERY_WAIT`] later), since the kernel merges a signal sent while the same one still
+/// waits (a second `SIGTERM` forwarded at once would not be a second one).
+pub(crate) fn signal_pid_again(me: u32, pid: u32, signal: Signal) {
+    let deadline = std::time::Instant::now() + DELIVERY_WAIT;
+    for _ in 0..DELIVERY_WAIT.as_millis() {
+        if !crate::sys::signal_pending(pid, signal as i32) || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    signal_pid(me, pid, signal);
+}
+
 /// "exit code 3", "killed by SIGKILL".
 pub(crate) fn describe(code: i32) -> String {
     match Signal::try_from(code - 128) {

@@ -48,7 +48,7 @@ use crate::error::Error;
 use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::vars::{GRACE_GENERATION, GRACE_SUPERVISOR, NOTIFY_SOCKET};
-pub(crate) use children::{Children, describe, signal_pid};
+pub(crate) use children::{Children, describe, signal_pid, signal_pid_again};
 #[cfg(feature = "tokio")]
 pub(crate) use crashes::CRASH_LIMIT;
 use crashes::CrashPolicy;
@@ -388,8 +388,13 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
         %signal,
         "forwarding a signal to the serving generation"
     );
+    if serving.forwarded.contains(&signal) {
+        // A second SIGTERM (or SIGINT) stops the generation at once: it must arrive as one.
+        signal_pid_again(me, pid, signal);
+    } else {
+        signal_pid(me, pid, signal);
+    }
     serving.forwarded.push(signal);
-    signal_pid(me, pid, signal);
 }
 
 #[cfg(all(test, feature = "tokio"))]

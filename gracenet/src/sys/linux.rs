@@ -213,6 +213,27 @@ impl ExitWatch {
     }
 }
 
+/// Whether `signal` waits to be delivered to `pid` (`/proc/<pid>/status`: `ShdPnd`, sent to
+/// the process, or `SigPnd`, to its main thread): the same signal sent now would be merged
+/// with it (standard signals do not queue). False when it cannot be read.
+pub(crate) fn signal_pending(pid: u32, signal: i32) -> bool {
+    let Some(bit) = u32::try_from(signal)
+        .ok()
+        .filter(|s| (1..=64).contains(s))
+        .map(|s| 1u64 << (s - 1))
+    else {
+        return false;
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & bit != 0)
+}
+
 /// Whether `pid` is a process that has not exited (a zombie has).
 pub(crate) fn is_running(pid: u32) -> bool {
     running_start(pid).is_some()

@@ -96,6 +96,11 @@ pub(crate) fn unix_socket_inodes(_path: &std::path::Path) -> Vec<u64> {
 #[cfg(feature = "tokio")]
 pub(crate) type ExitWatch = super::ExitThread;
 
+/// Pending signals have no portable source: none known.
+pub(crate) fn signal_pending(_pid: u32, _signal: i32) -> bool {
+    false
+}
+
 /// Whether `pid` names a process (a zombie cannot be told apart here).
 pub(crate) fn is_running(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()

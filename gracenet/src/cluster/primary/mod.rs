@@ -554,6 +554,9 @@ impl Primary {
                 },
                 Action::Reply { reply, result } => self.reply(reply, &result),
                 Action::Resized { workers } => self.resized(workers),
+                Action::ScaleRefused { workers, reason } => {
+                    tracing::warn!(primary = self.me, workers, %reason, "cluster: not scaling");
+                }
                 Action::Exit { code } => {
                     self.exit = Some(code);
                     if code != 0 {
@@ -906,16 +909,13 @@ impl Primary {
                 self.restart(Waiter::Signal("SIGUSR2"));
             }
             SIGTTIN | SIGTTOU => {
-                let n = self.machine.settings.workers;
-                let n = if signal == SIGTTIN {
-                    n + 1
-                } else {
-                    n.saturating_sub(1).max(1)
-                };
-                match self.machine.refuse_scale(n, self.worker_room()) {
-                    Some(reason) => tracing::warn!(primary = self.me, %reason, "cluster: not scaling"),
-                    None => self.scale(n),
-                }
+                // One more or fewer than the machine has by the time it handles this: each
+                // signal counts, even when several come before the first is acted on.
+                let room = self.worker_room();
+                self.events.push_back(Event::ScaleStep {
+                    more: signal == SIGTTIN,
+                    room,
+                });
             }
             _ => {}
         }
