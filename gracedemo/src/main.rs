@@ -499,7 +499,10 @@ fn stop_gracefully_on_sighup() {
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("cannot handle SIGHUP (it will end the process at once): {e}");
+        tracing::warn!(
+            "cannot handle SIGHUP (it will end the process at once): {}",
+            gracenet::thread_error(&e)
+        );
     }
 }
 
