@@ -1,5 +1,5 @@
 //! What gracedemo makes of bad inputs around it: a `RUST_LOG` that would hide its errors, a
-//! low limit on threads.
+//! low limit on threads, paths given to two flags, commands for a server of another kind.
 //! Each test runs the real binary and reads what it prints.
 
 use std::os::unix::process::CommandExt as _;
@@ -128,4 +128,101 @@ fn a_low_thread_limit_is_an_error_naming_it_not_a_panic() {
             "nproc={nproc}: names the limit: {error}"
         );
     }
+}
+
+/// A path given to two flags, one of which the server writes, is refused before anything is
+/// written: the private key is not overwritten by the PID file, a `unix:` listener's socket
+/// is not the control socket. Compared as the system resolves them (`dir/../dir/x` is `dir/x`).
+#[test]
+fn a_path_given_to_two_flags_is_refused_before_anything_is_written() {
+    let dir = TempDir::new("inputs-same-path");
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&key, "the private key").unwrap();
+    std::fs::write(&cert, "the certificate").unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let around = sub.join("..").join("key.pem");
+    let (k, c, around) = (
+        key.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        around.to_str().unwrap(),
+    );
+    let sock = dir.path().join("s.sock");
+    let unix = format!("unix:{}", sock.display());
+    let ctl = sock.to_str().unwrap();
+    for (args, flags) in [
+        (
+            vec![
+                "-a0",
+                "127.0.0.1:0",
+                "-a1",
+                "127.0.0.1:0",
+                "-a2",
+                "127.0.0.1:0",
+                "--tls-cert",
+                c,
+                "--tls-key",
+                k,
+                "--pid-file",
+                around,
+            ],
+            "--pid-file and --tls-key name the same file",
+        ),
+        (
+            vec![
+                "-a0",
+                "127.0.0.1:0",
+                "-a1",
+                &unix,
+                "-a2",
+                "127.0.0.1:0",
+                "--control-socket",
+                ctl,
+            ],
+            "--control-socket and -a1 unix: name the same file",
+        ),
+        (
+            vec!["-a0", &unix, "-a1", "127.0.0.1:0", "-a2", &unix],
+            "-a0 unix: and -a2 unix: name the same file",
+        ),
+    ] {
+        let mut cmd = Command::new(GRACEDEMO);
+        cmd.args(&args);
+        let (status, lines) = run_to_end(cmd);
+        assert_eq!(status.code(), Some(2), "{args:?}: {lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(flags) && l.contains("each needs a path of its own")),
+            "{args:?}: {lines:#?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&key).unwrap(),
+            "the private key",
+            "{args:?}: untouched"
+        );
+        assert!(!sock.exists(), "{args:?}: nothing written");
+    }
+}
+
+/// `--scale` against a server that is not a cluster says so (not "unknown command").
+#[test]
+fn scale_against_a_single_server_says_it_is_not_a_cluster() {
+    let dir = TempDir::new("inputs-scale");
+    let socket = dir.path().join("control");
+    let mut server = ProcessGuard::spawn(demo(&["--control-socket", socket.to_str().unwrap()]));
+    server.expect_log("Serving ");
+    let out = Command::new(GRACEDEMO)
+        .arg("--control-socket")
+        .arg(&socket)
+        .args(["--scale", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not a cluster (one process, started without --workers)"),
+        "{err}"
+    );
 }
