@@ -92,7 +92,8 @@ fn command() -> Command {
                 .value_name("N")
                 .requires("control-socket")
                 .conflicts_with_all(["status", "reload"])
-                .value_parser(clap::value_parser!(u16).range(1..=1024))
+                .allow_hyphen_values(true)
+                .value_parser(scale)
                 .help("Ask the cluster at --control-socket (one started with --workers) to run N workers: more are started, the extra ones drain."),
         )
         .arg(
@@ -132,6 +133,7 @@ fn command() -> Command {
             Arg::new("workers")
                 .long("workers")
                 .value_name("N|auto")
+                .allow_hyphen_values(true)
                 .value_parser(workers)
                 .help("Run N worker processes on the same sockets under a primary process (implies --supervise): a crash of one loses nothing, SIGUSR2 / --reload restart them one at a time, SIGTTIN / SIGTTOU add or remove one. 0 or auto: one per core."),
         )
@@ -243,6 +245,10 @@ fn main() -> ExitCode {
     if let Some(code) = control_client(&matches) {
         return code;
     }
+    if let Err(e) = distinct_paths(&matches) {
+        eprintln!("gracedemo: {e}; see gracedemo -h");
+        return ExitCode::from(2);
+    }
     // A supervisor makes its signals safe before anything that can take time (the log
     // writer's threads below, a busy core): a SIGUSR2 or SIGTERM sent while it starts waits
     // for it instead of killing it.
@@ -285,12 +291,22 @@ fn main() -> ExitCode {
 /// The error as one line, naming the flag to change when it is an address's fault.
 fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
     if let gracehttp::Error::Net(gracenet::Error::Bind { addr, source }) = e {
-        let flag = ["a0", "a1", "a2"].into_iter().find(|f| {
-            matches
-                .get_one::<String>(f)
-                .is_some_and(|v| addr_matches(v, addr))
-        });
-        if let Some(flag) = flag {
+        let flags: Vec<&str> = ["a0", "a1", "a2"]
+            .into_iter()
+            .filter(|f| {
+                matches
+                    .get_one::<String>(f)
+                    .is_some_and(|v| addr_matches(v, addr))
+            })
+            .collect();
+        if let [first, .., last] = flags[..] {
+            // The same address for two servers: the later one fails, as it is taken.
+            return format!(
+                "cannot listen on {addr}: -{first} and -{last} both give this address, and one \
+                 server per address can listen ({source}); choose another address with -{last} ADDR"
+            );
+        }
+        if let Some(&flag) = flags.first() {
             // Go's ports lie in Linux's ephemeral range (32768-60999): a client's connection
             // can hold one for a while.
             let ephemeral = if source.kind() == std::io::ErrorKind::AddrInUse
@@ -309,12 +325,71 @@ fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
     e.to_string()
 }
 
+/// The files a server writes (its PID file, control socket, `unix:` listening sockets) each
+/// need a path of their own, apart from every other file it is given (its TLS certificate and
+/// key): a PID file at the key's path overwrote the key. Paths are compared in their canonical
+/// form where they exist (symbolic links and `..` resolved); checked before anything is
+/// written. The certificate and key may be one file (both only read).
+fn distinct_paths(matches: &clap::ArgMatches) -> Result<(), String> {
+    use std::path::{Path, PathBuf};
+    let mut files: Vec<(String, &str, bool)> = Vec::new();
+    for (flag, writes) in [
+        ("pid-file", true),
+        ("control-socket", true),
+        ("tls-cert", false),
+        ("tls-key", false),
+    ] {
+        if let Some(path) = matches.get_one::<String>(flag) {
+            files.push((format!("--{flag}"), path, writes));
+        }
+    }
+    for flag in ["a0", "a1", "a2"] {
+        if let Some(path) = matches
+            .get_one::<String>(flag)
+            .and_then(|a| a.strip_prefix("unix:"))
+            .filter(|p| !p.is_empty() && !p.starts_with('@'))
+        {
+            files.push((format!("-{flag} unix:"), path, true));
+        }
+    }
+    // The path as the system resolves it: the file's own, or its directory's with its name.
+    let canonical = |path: &str| -> PathBuf {
+        let path = Path::new(path);
+        if let Ok(c) = std::fs::canonicalize(path) {
+            return c;
+        }
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        match (absolute.parent(), absolute.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or(absolute.clone()),
+            _ => absolute.clone(),
+        }
+    };
+    let resolved: Vec<PathBuf> = files.iter().map(|(_, p, _)| canonical(p)).collect();
+    for (i, (flag_a, path_a, writes_a)) in files.iter().enumerate() {
+        for (j, (flag_b, path_b, writes_b)) in files.iter().enumerate().skip(i + 1) {
+            if (*writes_a || *writes_b) && resolved[i] == resolved[j] {
+                let same = if path_a == path_b {
+                    format!("{path_a:?}")
+                } else {
+                    format!("{path_a:?} and {path_b:?}, both {}", resolved[i].display())
+                };
+                return Err(format!(
+                    "{flag_a} and {flag_b} name the same file ({same}): each needs a path of its own"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether the address as given (`:48567`, `127.0.0.1:0`) is the one gracenet reports.
 fn addr_matches(given: &str, reported: &str) -> bool {
     given == reported || (given.starts_with(':') && reported.ends_with(given))
 }
 
-/// `--workers`: a number of workers, or `auto` (one per core).
+/// `--workers`: a number of workers, or `auto` or 0 (one per core).
 fn workers(s: &str) -> Result<usize, String> {
     match s {
         "auto" | "0" => Ok(gracenet::cluster::default_workers()),
@@ -322,8 +397,20 @@ fn workers(s: &str) -> Result<usize, String> {
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=1024).contains(n))
-            .ok_or_else(|| format!("expected a number of workers from 1 to 1024, or auto, got {s:?}")),
+            .ok_or_else(|| {
+                format!(
+                    "invalid number of workers {s:?}: expected a number from 1 to 1024, or auto (or 0) for one per core"
+                )
+            }),
     }
+}
+
+/// `--scale`: the number of workers a cluster is to run.
+fn scale(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .ok_or_else(|| format!("invalid number of workers {s:?}: expected a number from 1 to 1024"))
 }
 
 /// `--worker-timeout`: a Go duration, 0 for none.
@@ -416,6 +503,16 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
             }
             ExitCode::SUCCESS
         }
+        Err(gracenet::Error::Control {
+            kind: gracenet::control::ControlError::Refused,
+            reason,
+            ..
+        }) if matches.contains_id("scale") && reason.contains("unknown command") => {
+            eprintln!(
+                "gracedemo: the server at {path} is not a cluster (one process, started without --workers): --scale works only with a cluster's primary"
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("gracedemo: {e}");
             ExitCode::FAILURE
@@ -499,7 +596,10 @@ fn stop_gracefully_on_sighup() {
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("cannot handle SIGHUP (it will end the process at once): {e}");
+        tracing::warn!(
+            "cannot handle SIGHUP (it will end the process at once): {}",
+            gracenet::thread_error(&e)
+        );
     }
 }
 
@@ -567,6 +667,45 @@ mod tests {
         let m = parse(&["-a0", "127.0.0.1:9"]).unwrap();
         let e = explain(&in_use("127.0.0.1:9"), &m);
         assert!(!e.contains("ephemeral"), "only Go's ports: {e}");
+    }
+
+    #[test]
+    fn the_same_address_for_two_servers_blames_both_flags() {
+        let m = parse(&["-a0", "127.0.0.1:9", "-a1", "127.0.0.1:9"]).unwrap();
+        let e = explain(
+            &gracehttp::Error::Net(gracenet::Error::Bind {
+                addr: "127.0.0.1:9".into(),
+                source: std::io::ErrorKind::AddrInUse.into(),
+            }),
+            &m,
+        );
+        assert!(e.contains("-a0 and -a1 both give this address"), "{e}");
+        assert!(e.ends_with("choose another address with -a1 ADDR"), "{e}");
+    }
+
+    #[test]
+    fn a_negative_or_out_of_range_count_of_workers_is_named_with_what_is_expected() {
+        for args in [
+            &["--workers", "-1"][..],
+            &["--workers", "2000"],
+            &["--workers", "x"],
+        ] {
+            let e = one_line(&parse(args).unwrap_err());
+            assert!(
+                e.contains("invalid number of workers")
+                    && e.contains("expected a number from 1 to 1024, or auto (or 0) for one per core"),
+                "{args:?}: {e}"
+            );
+        }
+        assert!(
+            parse(&["--workers", "0"]).is_ok(),
+            "0: one per core, as the help says"
+        );
+        let e = one_line(&parse(&["--control-socket", "c", "--scale", "-1"]).unwrap_err());
+        assert!(
+            e.contains("invalid number of workers \"-1\": expected a number from 1 to 1024"),
+            "{e}"
+        );
     }
 
     #[test]

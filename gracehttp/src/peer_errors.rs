@@ -60,8 +60,11 @@ impl PeerErrors {
     }
 }
 
+/// The longest kind name, in characters; a longer one is cut at a word, with an ellipsis.
+const MAX_KIND: usize = 60;
+
 /// A short, stable name for a connection error: its innermost cause, without numbers that
-/// would make every line different, at most 60 characters.
+/// would make every line different, at most [`MAX_KIND`] characters, never cut mid-word.
 pub(crate) fn kind(error: &(dyn std::error::Error + 'static)) -> String {
     let mut inner = error;
     while let Some(source) = inner.source() {
@@ -71,7 +74,36 @@ pub(crate) fn kind(error: &(dyn std::error::Error + 'static)) -> String {
         .to_string()
         .chars()
         .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .take(60)
         .collect();
-    text
+    if text.chars().count() <= MAX_KIND {
+        return text;
+    }
+    // Up to the last space that leaves room for the ellipsis.
+    let head: String = text.chars().take(MAX_KIND - 1).collect();
+    let cut = head.rfind(' ').map_or(head.as_str(), |i| {
+        head[..i].trim_end_matches([' ', ',', ':', ';'])
+    });
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Text(String);
+
+    #[test]
+    fn a_long_kind_is_cut_at_a_word_with_an_ellipsis() {
+        let long = Text(
+            "peer is misbehaving: received a frame with an error detected by the protocol while generating"
+                .into(),
+        );
+        let k = kind(&long);
+        assert!(k.chars().count() <= MAX_KIND, "{k}");
+        assert_eq!(k, "peer is misbehaving: received a frame with an error…");
+        let short = Text("connection reset after 12 bytes".into());
+        assert_eq!(kind(&short), "connection reset after ## bytes");
+    }
 }

@@ -314,11 +314,7 @@ impl Server {
         // its variables can then be removed soundly, and its fds are checked before the
         // runtime opens any fd of its own (one could take a closed inherited fd's number).
         gracenet::registry()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
-        runtime.block_on(self.run()).map(|_| ())
+        runtime()?.block_on(self.run()).map(|_| ())
     }
 
     /// Serves on the current tokio runtime until this process is done.
@@ -395,7 +391,9 @@ impl Server {
             f(&bound);
         }
         let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().to_string()).collect();
-        announce(&generation, &addrs.join(", "));
+        // Said once ready (the PID file written), not before a start that then fails; its
+        // words are chosen now, while the previous process is still this one's parent.
+        let serving = serving_line(&generation, &addrs.join(", "));
         if let Some(adopting) = adopting {
             // Before the first connection: a ticket the previous process gave then resumes.
             let _ = adopting.await;
@@ -460,6 +458,7 @@ impl Server {
             // Every loop ended before the last one started (cannot happen: each tells first).
             Err(_) => generation.ready()?,
         }
+        grace_line(&generation, || tracing::info!("{serving}"));
         if hand_over || own_lifecycle {
             // Served: the previous process hands its keep-alive connections over now.
             tokio::spawn(serve_handed(generation.clone(), served));
@@ -492,26 +491,23 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
 }
 
 /// grace's first log line, with the real addresses.
-fn announce(generation: &Generation, addrs: &str) {
+fn serving_line(generation: &Generation, addrs: &str) -> String {
     let pid = std::process::id();
     let from_primary = generation.worker_slot().filter(|_| {
         std::env::var(gracenet::vars::GRACE_SUPERVISOR).ok()
             == Some(std::os::unix::process::parent_id().to_string())
     });
-    grace_line(generation, || {
-        if let Some(slot) = from_primary {
-            tracing::info!("Worker {slot} serving {addrs} with pid {pid}.");
-            return;
-        }
-        match (generation.registry().origin(), generation.number()) {
-            (Origin::Fresh, _) => tracing::info!("Serving {addrs} with pid {pid}."),
-            (Origin::Activated, 1) => tracing::info!("Listening on init activated {addrs}"),
-            _ => tracing::info!(
-                "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-                std::os::unix::process::parent_id()
-            ),
-        }
-    });
+    if let Some(slot) = from_primary {
+        return format!("Worker {slot} serving {addrs} with pid {pid}.");
+    }
+    match (generation.registry().origin(), generation.number()) {
+        (Origin::Fresh, _) => format!("Serving {addrs} with pid {pid}."),
+        (Origin::Activated, 1) => format!("Listening on init activated {addrs}"),
+        _ => format!(
+            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
+            std::os::unix::process::parent_id()
+        ),
+    }
 }
 
 /// Logs one of grace's own lines (`log`), the exception to the crate's convention of a fixed
@@ -521,6 +517,68 @@ fn announce(generation: &Generation, addrs: &str) {
 /// prints only messages (Go's format) prints the line exactly.
 fn grace_line(generation: &Generation, log: impl FnOnce()) {
     tracing::info_span!("grace", generation = generation.number()).in_scope(log);
+}
+
+/// The multi-threaded tokio runtime [`Server::serve`] runs on, or why it cannot start.
+///
+/// tokio panics when its first thread cannot start (and starts with fewer workers, some of
+/// which never run, when a later one cannot): under a low limit on threads (`RLIMIT_NPROC`)
+/// that was a panic, or a process that neither served nor exited. The threads it needs are
+/// started first, as a trial: when they cannot all start, the error names the limit.
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    // Its workers, and one for blocking work.
+    try_threads(workers + 1).map_err(|e| {
+        Error::Runtime(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot start its {workers} worker threads: {}",
+                gracenet::thread_error(&e)
+            ),
+        ))
+    })?;
+    // Another process of the same user can still take the last threads meanwhile: tokio's
+    // panic is then an error too.
+    std::panic::catch_unwind(|| tokio::runtime::Builder::new_multi_thread().enable_all().build())
+        .map_err(|_| {
+            Error::Runtime(std::io::Error::other(
+                "its threads could not start (is a limit on threads, RLIMIT_NPROC, reached?)",
+            ))
+        })?
+        .map_err(Error::Runtime)
+}
+
+/// Starts `n` threads that wait until all are started, then lets them end: whether `n`
+/// threads can start now. The first failure is returned.
+fn try_threads(n: usize) -> std::io::Result<()> {
+    let gate = std::sync::Arc::new(std::sync::RwLock::new(()));
+    let held = gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut started = Vec::with_capacity(n);
+    let mut failed = None;
+    for _ in 0..n {
+        let gate = gate.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gracehttp-trial".into())
+            .stack_size(64 * 1024)
+            .spawn(move || drop(gate.read()));
+        match spawned {
+            Ok(thread) => started.push(thread),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    drop(held);
+    for thread in started {
+        let _ = thread.join();
+    }
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

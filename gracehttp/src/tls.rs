@@ -135,12 +135,62 @@ impl Tls {
     }
 }
 
+/// The most a certificate or key file may hold: a PEM chain is a few KiB (a long chain with
+/// its intermediates, tens); anything larger is not one.
+pub const MAX_PEM_FILE: u64 = 1 << 20;
+
+/// Reads a certificate or key file: a regular file of at most [`MAX_PEM_FILE`] bytes. A FIFO,
+/// a device (`/dev/zero`), a socket or a directory is refused before it is read (opened
+/// without waiting for a FIFO's writer), never read without end.
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::TlsFile {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let bad = |reason: String| Error::TlsFile {
         what,
         path: path.to_owned(),
-        reason: format!("cannot read it: {e}"),
-    })
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let meta = file.metadata().map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let is = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(bad(format!("not a regular file ({is}): expected a PEM file")));
+    }
+    let too_large = || {
+        bad(format!(
+            "larger than {} KiB: expected a PEM file (a few KiB)",
+            MAX_PEM_FILE >> 10
+        ))
+    };
+    if meta.len() > MAX_PEM_FILE {
+        return Err(too_large());
+    }
+    let mut pem = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
+    if pem.len() as u64 > MAX_PEM_FILE {
+        return Err(too_large());
+    }
+    Ok(pem)
 }
 
 fn build(
@@ -152,7 +202,7 @@ fn build(
     let problem = |e: rustls::Error| Error::TlsConfig {
         cert: cert.to_owned(),
         key: key.to_owned(),
-        reason: e.to_string(),
+        reason: config_problem(&e),
     };
     // AES-128-GCM first, as Go does (SHA-256 in the key schedule, where AES-256-GCM takes
     // SHA-384): against OpenSSL clients, which put AES-256 first, a new connection cost the
@@ -187,6 +237,26 @@ fn build(
     let mut tls = Tls::from_config(config);
     tls.follow_client = Some(Tls::from_config(follow_client).config);
     Ok(tls)
+}
+
+/// rustls's error about a certificate and key, in words: which of the two to change, and what
+/// is supported.
+fn config_problem(e: &rustls::Error) -> String {
+    use rustls::{Error as E, InconsistentKeys};
+    match e {
+        E::InconsistentKeys(InconsistentKeys::KeyMismatch) => "the private key does not match the \
+            certificate (its public key is not the certificate's): give the key the certificate \
+            was issued for, or the certificate of this key"
+            .into(),
+        E::InconsistentKeys(InconsistentKeys::Unknown) => "cannot check that the private key \
+            matches the certificate (the key cannot tell its public key)"
+            .into(),
+        E::General(text) if text.starts_with("failed to parse") => format!(
+            "the private key is of an unsupported kind or size ({text}): supported are RSA \
+             keys of 2048 to 8192 bits, ECDSA keys on P-256, P-384 or P-521, and Ed25519 keys"
+        ),
+        e => e.to_string(),
+    }
 }
 
 fn is_aes_128(suite: CipherSuite) -> bool {
@@ -298,6 +368,7 @@ fn warn_if_not_valid_now(path: &Path, leaf: &CertificateDer<'_>) {
 mod tests {
     use super::*;
     use rustls::server::ProducesTickets;
+    use std::os::unix::fs::OpenOptionsExt as _;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("gracehttp-tls-{tag}-{}", std::process::id()));
@@ -447,6 +518,102 @@ mod tests {
         assert!(e.contains("missing-key.pem: cannot read it"), "{e}");
         let e = err("c.pem", "other-k.pem");
         assert!(e.starts_with("TLS configuration from"), "{e}");
+        assert!(
+            e.ends_with("the private key does not match the certificate (its public key is not the certificate's): give the key the certificate was issued for, or the certificate of this key"),
+            "in words, not rustls's KeyMismatch: {e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A throwaway 1024-bit RSA key (`openssl genrsa 1024`): too small for aws-lc-rs.
+    const RSA_1024: &str = r"-----BEGIN RSA PRIVATE KEY-----
+MIICXAIBAAKBgQDLimszyMWADG0CwFlvPTUJNOWz4CtJuZIb0NtsjgbSvvSF+61z
+bmBI/wq9NMv2KXrPJb8F+YQB0T5WSrc8WHjXw8Xg6JQ+x4v0eN2Y7w6Cby+ETVcK
+yc7DnvPNpJeJiksPiCLEoMBSG2y5iRQ/a7kztNjNSDVjlAaOPH+ViM7Q1wIDAQAB
+AoGAQ51w7Vv12ArIr9BMJXr0wmEzKWT/nFcsJVdlfRNVSu8qddPck+sHy1gGLkJ6
+uwSeim/knEx+QMhM6AecBUzyn0r8VbaRRJsyPfLZ67451Z4hiwAuDKYKVeXUKgRV
+K/6XqVkMGzdCL4IX6uQnvyDqSFF+BjIly/EHUvE8J7BfbAECQQDmHPI/1fN5tEeT
+1XEuxTakwwq7dDVMLgkLTdlbjm61hzOnhauWOrzHZVq28mx+Qsq8tOPnquBbLsdv
+zWkJLaYBAkEA4nA2J1CbPBOntTvpDTqWco90pW20+gkluHzb81jlWuO50ND5cOaP
+gR5e5vwTMXVoZVD8k8AkrAFMDhjaK1Rm1wJBAIopdRX46s/2+0b6z5MqW+2/IZF9
+a4bK2SlNW6UKNtSNUelSa7yulawO4dGYaqXAiqOU5IWzZjO5OYuaRGd7XgECQFbB
+MS5M5rzUtvtr0bVczglkRweeiakGWipdxBNu6qiw+R81AWytGSwaC7gpudzII9A1
+gB/HjQVNlesMwIG7W48CQHgK1fgCoygcc0/+kWB7PEIsiYwwQ2LpSLVeoU2PyYUr
+4wzUGH5XgjNRELjKYacbyF7KoX45PWk7a0LHiafq+XA=
+-----END RSA PRIVATE KEY-----
+";
+
+    #[test]
+    fn an_unsupported_key_says_what_is_supported() {
+        let d = dir("rsa1024");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(d.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(d.join("k.pem"), RSA_1024).unwrap();
+        let e = Tls::from_pem_files(d.join("c.pem"), d.join("k.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the private key is of an unsupported kind or size")
+                && e.contains(
+                    "RSA keys of 2048 to 8192 bits, ECDSA keys on P-256, P-384 or P-521, and Ed25519 keys"
+                ),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Loads the pair in a thread, for at most 20 s: a load that blocks (a FIFO with no
+    /// writer) fails the test instead of hanging it.
+    fn load_within(cert: PathBuf, key: PathBuf) -> Result<Tls, Error> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Tls::from_pem_files(cert, key));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the load returned within 20 s")
+    }
+
+    #[test]
+    fn a_fifo_a_device_a_directory_or_a_huge_file_is_refused_without_reading_it() {
+        let d = dir("special");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(d.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(d.join("k.pem"), cert.key_pair.serialize_pem()).unwrap();
+        let fifo = d.join("fifo.pem");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Sparse: no disk taken.
+        let huge = d.join("huge.pem");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_PEM_FILE + 1)
+            .unwrap();
+
+        let e = load_within(fifo.clone(), d.join("k.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TLS certificate file") && e.contains("not a regular file (a FIFO (named pipe))"),
+            "{e}"
+        );
+        let e = load_within(d.join("c.pem"), fifo.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS private key file") && e.contains("a FIFO"), "{e}");
+        let e = load_within("/dev/zero".into(), d.join("k.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file (a character device)"), "{e}");
+        let e = load_within(d.clone(), d.join("k.pem")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        let e = load_within(huge, d.join("k.pem")).unwrap_err().to_string();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+        // Unblocks a load that waits on the FIFO (before the check did), so the thread ends.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

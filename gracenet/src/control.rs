@@ -281,7 +281,8 @@ impl Client {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(late(!answer.is_empty()));
+                    // The file descriptor hint only when the server has not read the command.
+                    return Err(late(!answer.is_empty() || !unread(&stream)));
                 }
                 Err(e) => return Err(self.fail(format!("no answer to {command:?}: {e}"))),
             }
@@ -316,6 +317,23 @@ impl Client {
             None => self.fail_as(ControlError::Refused, format!("unexpected answer {answer:?}")),
         })))
     }
+}
+
+/// Whether what was sent on `stream` is still waiting for the server to read it (a server at
+/// its file descriptor limit has not accepted the connection). Unknown counts as read.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn unread(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int: the bytes sent and not yet read by the peer.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    rc == 0 && queued > 0
+}
+
+/// Elsewhere the queue is not known: the command may have been read.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn unread(_stream: &UnixStream) -> bool {
+    false
 }
 
 /// The kind word of an `error` answer to `restart` that failed, and of one whose server is

@@ -287,6 +287,35 @@ fn report(err: &dyn std::error::Error, f: &mut fmt::Formatter<'_>) -> fmt::Resul
     Ok(())
 }
 
+/// Why a thread could not be started, as words for a message: the system's error and, when
+/// it is `EAGAIN`, the likely cause, the user's limit on processes and threads
+/// (`RLIMIT_NPROC`, `ulimit -u`, which counts every thread of every process of the user) with
+/// its value. Used by gracenet, gracehttp and applications for every thread started at
+/// startup, so that a low limit is named instead of reported as a panic.
+pub fn thread_error(e: &io::Error) -> String {
+    if e.raw_os_error() != Some(libc::EAGAIN) {
+        return e.to_string();
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only `limit`.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } == 0;
+    if known && limit.rlim_cur != libc::RLIM_INFINITY {
+        format!(
+            "{e}: this user's limit on processes and threads (RLIMIT_NPROC, ulimit -u: {}) is \
+             likely reached; raise it (LimitNPROC= in a systemd unit) or run fewer processes",
+            limit.rlim_cur
+        )
+    } else {
+        format!(
+            "{e}: a limit on threads is likely reached (the cgroup's pids.max, TasksMax= in a \
+             systemd unit, or kernel.threads-max)"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

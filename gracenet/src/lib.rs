@@ -164,7 +164,7 @@ use std::path::Path;
 pub use addr::ListenAddr;
 #[cfg(feature = "tokio")]
 pub use cluster::{Cluster, ClusterBuilder};
-pub use error::{EnvError, Error};
+pub use error::{EnvError, Error, thread_error};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use lifecycle::{

@@ -13,6 +13,7 @@ use super::shared::Shared;
 use super::{channel, messages};
 use crate::error::Error;
 use crate::process::{ChildProcess, Executable, NextProcess};
+use crate::supervisor::describe_status;
 use crate::sys::ExitWatch;
 use crate::vars::{
     GRACE_ANCESTORS, GRACE_GENERATION, GRACE_IDLE_START, GRACE_READY_FD, GRACE_RESTARTS, GRACE_STANDBY,
@@ -341,7 +342,9 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
             "refused what it was handed: {}",
             child.refusal.as_deref().unwrap_or_default()
         ),
-        (ChildFailure::Gone, Some(s)) if !killed => format!("exited before it was ready ({s})"),
+        (ChildFailure::Gone, Some(s)) if !killed => {
+            format!("exited before it was ready ({})", describe_status(s))
+        }
         (ChildFailure::Gone, _) => "closed its readiness pipe without reporting ready".to_owned(),
         (ChildFailure::NotReady { timeout }, _) => {
             format!("not ready after {:.1} s", timeout.as_secs_f64())
@@ -351,7 +354,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
                 generation = number,
                 next,
                 pid,
-                status = ?status,
+                status = status.map(describe_status).as_deref().unwrap_or("unknown"),
                 "the next generation started when no restart wanted it: killed it"
             );
             return format!("generation {next} (pid {pid}) was not wanted");
@@ -362,7 +365,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
                 %cause,
                 next,
                 pid,
-                status = ?status,
+                status = status.map(describe_status).as_deref().unwrap_or("unknown"),
                 "stopping while the next generation was starting: killed it"
             );
             return format!("generation {next} (pid {pid}) was killed: this generation is stopping");

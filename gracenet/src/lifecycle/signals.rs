@@ -67,9 +67,9 @@ pub(crate) fn forward(
                 }
             }
         })
-        .map_err(|source| Error::Io {
+        .map_err(|e| Error::Io {
             what: "cannot start the signal thread".into(),
-            source,
+            source: std::io::Error::new(e.kind(), crate::error::thread_error(&e)),
         })?;
     Ok(())
 }

@@ -165,6 +165,20 @@ pub(crate) fn signal_pid_again(me: u32, pid: u32, signal: Signal) {
     signal_pid(me, pid, signal);
 }
 
+/// A child's exit status in words: "exit code 3", "killed by SIGKILL" (never Rust's
+/// `ExitStatus(unix_wait_status(9))`).
+pub(crate) fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => match Signal::try_from(signal) {
+            Ok(signal) => format!("killed by {signal}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        (None, None) => status.to_string(),
+    }
+}
+
 /// "exit code 3", "killed by SIGKILL".
 pub(crate) fn describe(code: i32) -> String {
     match Signal::try_from(code - 128) {

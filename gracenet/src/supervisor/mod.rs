@@ -48,7 +48,7 @@ use crate::error::Error;
 use crate::notify::Notifier;
 use crate::process::{Executable, Handoff, NextProcess};
 use crate::vars::{GRACE_GENERATION, GRACE_SUPERVISOR, NOTIFY_SOCKET};
-pub(crate) use children::{Children, describe, signal_pid, signal_pid_again};
+pub(crate) use children::{Children, describe, describe_status, signal_pid, signal_pid_again};
 #[cfg(feature = "tokio")]
 pub(crate) use crashes::CRASH_LIMIT;
 use crashes::CrashPolicy;
