@@ -28,12 +28,13 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_beat = Instant::now();
-    let primary: Option<u32> = shared
+    let mut primary: Option<WatchedPrimary> = shared
         .startup
         .supervisor
         .as_ref()
         .and_then(|p| p.to_str())
-        .and_then(|p| p.parse().ok());
+        .and_then(|p| p.parse().ok())
+        .map(WatchedPrimary::new);
     let mut primary_gone = false;
     loop {
         ticks.tick().await;
@@ -45,10 +46,11 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
         }
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + every;
-            if let Some(primary) = primary
-                && !crate::sys::is_running(primary)
+            if let Some(watched) = &mut primary
                 && !primary_gone
+                && watched.is_gone()
             {
+                let primary = watched.pid;
                 // Orphaned workers would serve on unsupervised beside a restarted service
                 // (their listeners are in its SO_REUSEPORT group): they stop, as a unicorn
                 // worker whose master is gone does.
@@ -87,5 +89,108 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                 notifier.try_send(&lines);
             }
         }
+    }
+}
+
+/// The primary a worker reports to, as this worker first saw it: its pid and when it
+/// started, so that once it is gone and its pid names another process, the worker does not
+/// take that one for its primary (and serve on unsupervised).
+#[derive(Debug, Clone, Copy)]
+struct WatchedPrimary {
+    pid: u32,
+    /// When it started (clock ticks since boot), if known.
+    start: Option<u64>,
+}
+
+impl WatchedPrimary {
+    /// Watches `pid`, this worker's primary. A process there that started after this one is
+    /// not the primary that started it (the primary ended and its pid was reused before this
+    /// first look): it is watched as one already gone.
+    fn new(pid: u32) -> WatchedPrimary {
+        let start = crate::sys::running_start(pid).flatten();
+        let after_us = match (start, crate::sys::start_time(std::process::id())) {
+            (Some(theirs), Some(ours)) => theirs > ours,
+            _ => false,
+        };
+        WatchedPrimary {
+            pid,
+            // No process started after every other: a start that never matches.
+            start: if after_us { Some(u64::MAX) } else { start },
+        }
+    }
+
+    /// Whether the primary is gone: its pid names no running process, or one that started at
+    /// another time than the primary did. When a start time cannot be read (this worker out of
+    /// fds, `/proc` missing) the pid alone decides; the first one read is kept.
+    fn is_gone(&mut self) -> bool {
+        match crate::sys::running_start(self.pid) {
+            None => true,
+            Some(Some(now)) => *self.start.get_or_insert(now) != now,
+            Some(None) => false,
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", not(gracenet_portable)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_whose_pid_now_names_another_process_is_gone() {
+        /// Killed and reaped however the test ends.
+        struct Child(std::process::Child);
+        impl Drop for Child {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        // A process that started after this one (start times count clock ticks: one started
+        // in the same tick as this test is spawned again, for at most 5 s).
+        let ours = crate::sys::start_time(std::process::id()).expect("our start time");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut child = loop {
+            let child = Child(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("spawn sleep"),
+            );
+            if crate::sys::start_time(child.0.id()).is_some_and(|t| t > ours)
+                || std::time::Instant::now() > deadline
+            {
+                break child;
+            }
+        };
+        let pid = child.0.id();
+        let start = crate::sys::start_time(pid).expect("its start time");
+        // Seen when it started: there while that process runs.
+        let mut same = WatchedPrimary {
+            pid,
+            start: Some(start),
+        };
+        assert!(!same.is_gone(), "the process it first saw still runs");
+        // The pid now names a process that started at another time: not the primary.
+        let mut reused = WatchedPrimary {
+            pid,
+            start: Some(start.wrapping_sub(1)),
+        };
+        assert!(
+            reused.is_gone(),
+            "a pid whose start time differs is another process"
+        );
+        // A process that started after this worker is not the primary that started it.
+        assert!(
+            WatchedPrimary::new(pid).is_gone(),
+            "a pid that started after this process"
+        );
+        let parent = std::os::unix::process::parent_id();
+        assert!(
+            !WatchedPrimary::new(parent).is_gone(),
+            "this process's parent started before it"
+        );
+        child.0.kill().expect("kill");
+        child.0.wait().expect("wait");
+        assert!(same.is_gone(), "ended");
     }
 }
