@@ -564,10 +564,18 @@ fn sigterm_drains_every_worker_and_leaves_no_process() {
 
 /// One keep-alive request on `stream`; the pid that answered.
 fn pid_on(stream: &mut std::net::TcpStream) -> Option<u32> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    stream
-        .write_all(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: test\r\n\r\n")
-        .ok()?;
+    ask_pid(stream)?;
+    answering_pid(stream)
+}
+
+/// Sends [`pid_on`]'s request.
+fn ask_pid(stream: &mut std::net::TcpStream) -> Option<()> {
+    std::io::Write::write_all(stream, b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: test\r\n\r\n").ok()
+}
+
+/// The pid in the answer to [`ask_pid`]'s request.
+fn answering_pid(stream: &mut std::net::TcpStream) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Read};
     let mut reader = BufReader::new(stream);
     let mut length = 0;
     for _ in 0..64 {
@@ -776,23 +784,7 @@ fn connections_reach_the_other_worker_when_one_cannot_accept() {
     let [full, other] = c.pids()[..] else {
         panic!("{}", c.status())
     };
-    let open = std::fs::read_dir(format!("/proc/{full}/fd"))
-        .expect("its fds")
-        .count() as u64;
-    let limit = nix::libc::rlimit {
-        rlim_cur: open + 4,
-        rlim_max: open + 4,
-    };
-    // SAFETY: prlimit with a valid pid, resource and limit; the old limit is not asked for.
-    let set = unsafe {
-        nix::libc::prlimit(
-            full as nix::libc::pid_t,
-            nix::libc::RLIMIT_NOFILE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit_fds_to_what_it_holds_and(full, 4);
     let held = keep_alive_connections(c.port, 100);
     let at_other = held.iter().filter(|(_, p)| *p == other).count();
     assert!(
@@ -801,6 +793,90 @@ fn connections_reach_the_other_worker_when_one_cannot_accept() {
         c.status()
     );
     eprintln!("100 keep-alive connections, one worker at its fd limit: {at_other} answered by the other");
+}
+
+/// Lowers process `pid`'s open files limit to what it holds and `more`.
+fn limit_fds_to_what_it_holds_and(pid: u32, more: u64) {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("its fds")
+        .count() as u64;
+    let limit = nix::libc::rlimit {
+        rlim_cur: open + more,
+        rlim_max: open + more,
+    };
+    // SAFETY: prlimit with a valid pid, resource and limit; the old limit is not asked for.
+    let set = unsafe {
+        nix::libc::prlimit(
+            pid as nix::libc::pid_t,
+            nix::libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn connections_taken_from_a_worker_that_cannot_accept_wait_while_the_other_has_no_room() {
+    // One worker cannot accept (out of fds); the other is stopped, so its inbox fills (10
+    // datagrams by default). What the primary takes from the first one's listener and cannot
+    // pass on must wait in the primary until the other resumes, not be closed (the client saw
+    // the connection end), and the primary must keep answering meanwhile.
+    let mut c = TestCluster::start("2", &["--worker-timeout", "0"]);
+    let [full, other] = c.pids()[..] else {
+        panic!("{}", c.status())
+    };
+    let _resume = Resume(other);
+    grace_tests::signal(other, Signal::SIGSTOP);
+    assert!(
+        wait_until(DEADLINE, || grace_tests::is_stopped(other)),
+        "worker {other} did not stop"
+    );
+    limit_fds_to_what_it_holds_and(full, 4);
+    // Connected, no request yet: about half wait at each worker's listener.
+    let mut fresh: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    // The primary found the other's inbox full.
+    let full_inbox = |l: &String| {
+        l.contains("no other worker has room for a connection")
+            || l.contains("found no other worker to take it")
+    };
+    assert!(
+        wait_until(DEADLINE, || c.primary.seen().iter().any(full_inbox)),
+        "the primary never found the other worker's inbox full: {}\n{}",
+        c.status(),
+        c.primary.seen().join("\n")
+    );
+    assert!(
+        c.status().contains("worker 1"),
+        "the primary answers while it holds connections"
+    );
+    grace_tests::signal(other, Signal::SIGCONT);
+    // Every request sent first: none waits for another's answer (past the workers' header
+    // read timeout).
+    let asked: Vec<bool> = fresh.iter_mut().map(|s| ask_pid(s).is_some()).collect();
+    let mut answered = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    // One deadline for every answer.
+    let until = Instant::now() + DEADLINE;
+    for (i, s) in fresh.iter_mut().enumerate() {
+        let left = until.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(100))))
+            .expect("timeout");
+        match answering_pid(s).filter(|_| asked[i]) {
+            Some(pid) => *answered.entry(pid).or_insert(0usize) += 1,
+            None => failed.push(i),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "connections lost: {failed:?}; answered: {answered:?}\n{}",
+        c.primary.seen().join("\n")
+    );
+    eprintln!(
+        "60 connections, one worker out of fds, the other stopped then resumed: all answered, by {answered:?}"
+    );
 }
 
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.

@@ -18,7 +18,11 @@
 //!   connection itself;
 //! - a worker that stops accepting first shuts its inbox for reading (from then on a sender
 //!   gets `EPIPE` and serves the connection itself), then takes every connection already
-//!   queued there and serves it like one it accepted.
+//!   queued there and serves it like one it accepted;
+//! - what the primary takes (from the inboxes of a worker that ended or fell silent, from the
+//!   listener of one that cannot accept) and no other inbox has room for waits in the primary
+//!   ([`Unpassed`]) until one has: the primary never waits for an inbox, and never closes a
+//!   connection it took while it runs.
 
 use std::ffi::OsStr;
 use std::io;
@@ -263,11 +267,20 @@ impl Drop for Inbox {
 }
 
 /// Takes what waits in `listener`'s queue (a worker's own listener, whose worker cannot accept:
-/// out of fds) and passes each connection to another worker's inbox for it in `dir` (not
-/// `pid`'s); at most `limit`. Accepts only while such an inbox exists, and only if the listener
-/// does not block (its worker's runtime made it non-blocking), so a connection is never taken
-/// to be dropped. Returns how many were passed on.
-pub(crate) fn drain_listener(dir: &Path, pid: u32, listener: &OwnedFd, limit: usize) -> usize {
+/// out of fds) and passes each connection to the inbox for it in `dir` of another of the
+/// `takers` (not `pid`); at most `limit`, without waiting (this runs on the primary's only
+/// thread). Accepts only while such an inbox exists and nothing taken earlier for that
+/// listener still waits in `unpassed`, and only if the listener does not block (its worker's
+/// runtime made it non-blocking). A connection no inbox has room for is never dropped: it
+/// waits in `unpassed` (and the rest in the listener's queue). Returns how many were passed on.
+pub(crate) fn drain_listener(
+    dir: &Path,
+    pid: u32,
+    listener: &OwnedFd,
+    limit: usize,
+    takers: &[u32],
+    unpassed: &mut Unpassed,
+) -> usize {
     let nonblocking = nix::fcntl::fcntl(listener.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
         .is_ok_and(|f| nix::fcntl::OFlag::from_bits_truncate(f).contains(nix::fcntl::OFlag::O_NONBLOCK));
     let Some(addr) = socket2::SockRef::from(listener)
@@ -281,17 +294,11 @@ pub(crate) fn drain_listener(dir: &Path, pid: u32, listener: &OwnedFd, limit: us
         return 0;
     }
     let key = listener_key(&addr);
-    let prefix = format!("{pid}-");
-    // Inboxes of running workers only (a dead one's file may linger): a connection accepted
-    // here must find a taker.
-    let inboxes: Vec<PathBuf> = names_in(dir, |n| {
-        !n.starts_with(&prefix)
-            && n.split_once('-')
-                .is_some_and(|(p, k)| k == key && p.parse().is_ok_and(crate::sys::is_running))
-    })
-    .into_iter()
-    .map(|n| dir.join(n))
-    .collect();
+    if unpassed.waits_for(&key) {
+        // Those first, in order.
+        return 0;
+    }
+    let inboxes = inboxes_of(dir, &key, takers, pid);
     if inboxes.is_empty() {
         return 0;
     }
@@ -304,16 +311,27 @@ pub(crate) fn drain_listener(dir: &Path, pid: u32, listener: &OwnedFd, limit: us
         };
         // SAFETY: accept4 just returned this fd; nothing else owns it.
         let connection = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        if !pass_to_any(&inboxes, &connection, true) {
+        if !pass_to_any(&inboxes, &connection, false) {
             tracing::warn!(
                 pid,
-                "cluster: a connection taken from a worker that cannot accept found no other worker to take it"
+                "cluster: no other worker has room for a connection taken from a worker that cannot accept: it waits for one"
             );
+            unpassed.push(key, connection);
             break;
         }
         passed += 1;
     }
     passed
+}
+
+/// The inboxes in `dir` of the `takers` but `pid` for the listener named by `key` that exist.
+fn inboxes_of(dir: &Path, key: &str, takers: &[u32], pid: u32) -> Vec<PathBuf> {
+    takers
+        .iter()
+        .filter(|&&p| p != pid)
+        .map(|&p| inbox_path(dir, p, key))
+        .filter(|path| path.exists())
+        .collect()
 }
 
 /// The inboxes in `path`'s directory of the same listener as `path`'s, but other workers'.
@@ -421,11 +439,113 @@ fn send_to(path: &Path, connection: &impl AsFd) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Connections the primary took (from a worker that ended, fell silent or cannot accept) that
+/// no other worker's inbox had room for: each waits here, with its listener's key, until
+/// [`pass_on`](Self::pass_on) finds an inbox that has (a worker read its own, or a
+/// replacement serves). Closed only when the primary exits (dropped): the client still
+/// waits, as it would in a listener's queue.
+#[derive(Debug, Default)]
+pub(crate) struct Unpassed(std::collections::VecDeque<(String, OwnedFd)>);
+
+impl Unpassed {
+    /// How many connections wait.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a connection for the listener named by `key` waits.
+    fn waits_for(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn push(&mut self, key: String, connection: OwnedFd) {
+        self.0.push_back((key, connection));
+    }
+
+    /// Passes what waits, oldest first, to the inboxes in `dir` of the `takers` (serving
+    /// workers' pids) for its listener, spread over them, without waiting: once no inbox takes
+    /// one, the later ones for that listener wait on too (they stay in order). Returns how
+    /// many were passed on.
+    pub(crate) fn pass_on(&mut self, dir: &Path, takers: &[u32]) -> usize {
+        if takers.is_empty() {
+            return 0;
+        }
+        let mut passed = 0;
+        let mut stuck: Vec<String> = Vec::new();
+        let mut kept = std::collections::VecDeque::new();
+        for (key, connection) in std::mem::take(&mut self.0) {
+            if !stuck.contains(&key) {
+                let mut inboxes: Vec<PathBuf> = takers.iter().map(|&p| inbox_path(dir, p, &key)).collect();
+                let n = inboxes.len();
+                inboxes.rotate_left(passed % n);
+                if pass_to_any(&inboxes, &connection, false) {
+                    passed += 1;
+                    continue;
+                }
+                stuck.push(key.clone());
+            }
+            kept.push_back((key, connection));
+        }
+        self.0 = kept;
+        passed
+    }
+}
+
 /// A worker's inboxes, held by the primary too: their queues outlive the worker, so what was
 /// passed to a worker that dies or hangs before reading it goes to the others
 /// ([`take_over`]).
 #[derive(Debug, Default)]
 pub(crate) struct HeldInboxes(Vec<(String, OwnedFd)>);
+
+impl HeldInboxes {
+    /// Takes what waits in these inboxes, worker `pid`'s (it cannot accept: out of fds, it
+    /// reads them no more, and what another worker passed to it before it noticed would wait
+    /// there until it ends), and passes each to the inbox in `dir` of another of the `takers`
+    /// for the same listener, at most `limit` per inbox, without waiting: what no inbox has
+    /// room for waits in `unpassed`. The inboxes stay open (the worker reads them again once
+    /// it can). Reads only with an fd free for each connection. Returns how many were passed.
+    pub(crate) fn drain(
+        &self,
+        dir: &Path,
+        pid: u32,
+        limit: usize,
+        takers: &[u32],
+        unpassed: &mut Unpassed,
+    ) -> usize {
+        let mut reserve = std::fs::File::open("/dev/null").ok();
+        let mut passed = 0;
+        for (key, inbox) in &self.0 {
+            if unpassed.waits_for(key) {
+                continue;
+            }
+            let inboxes = inboxes_of(dir, key, takers, pid);
+            if inboxes.is_empty() {
+                continue;
+            }
+            for _ in 0..limit {
+                if reserve.is_none() {
+                    return passed;
+                }
+                let connection = match receive_with(inbox, &mut reserve) {
+                    Ok(Some(connection)) => connection,
+                    Ok(None) => continue,
+                    Err(_) => break,
+                };
+                if !pass_to_any(&inboxes, &connection, false) {
+                    unpassed.push(key.clone(), connection);
+                    break;
+                }
+                passed += 1;
+            }
+        }
+        passed
+    }
+}
 
 /// The names in `dir` that `wanted` keeps (at most 4096 of them).
 fn names_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
@@ -483,13 +603,12 @@ pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
 
 /// Takes the connections waiting in `held`, the inboxes of worker `pid` (gone, or about to be
 /// killed: it reads them no more), and passes each on to another worker's inbox for the same
-/// listener in `dir`; then shuts them (a sender then serves its own) and removes their files.
-/// Returns how many were taken and how many of them passed on (the rest are closed: no worker
-/// had room).
-pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes) -> (usize, usize) {
+/// listener in `dir`, without waiting (this runs on the primary's only thread); then shuts
+/// them (a sender then serves its own) and removes their files. Returns how many were taken
+/// and how many of them passed on: the rest wait in `unpassed` for a worker with room (the
+/// slot's replacement, if no other).
+pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes, unpassed: &mut Unpassed) -> (usize, usize) {
     let prefix = format!("{pid}-");
-    // Waiting for a full inbox to empty: at most this long in all.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let (mut taken, mut passed) = (0, 0);
     let mut keys = Vec::new();
@@ -517,9 +636,11 @@ pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes) -> (usize, usiz
                 Err(_) => break,
             };
             taken += 1;
-            let wait = std::time::Instant::now() < deadline;
-            if pass_to_any(&others, &connection, wait) {
+            // Behind those of its listener that already wait, if any.
+            if !unpassed.waits_for(&key) && pass_to_any(&others, &connection, false) {
                 passed += 1;
+            } else {
+                unpassed.push(key.clone(), connection);
             }
         }
         keys.push(key);
@@ -637,7 +758,7 @@ mod tests {
         }
         let held = adopt(&dir, me);
         assert_eq!(held.0.len(), 1, "only this pid's inbox: {held:?}");
-        assert_eq!(take_over(&dir, me, held), (3, 3));
+        assert_eq!(take_over(&dir, me, held, &mut Unpassed::default()), (3, 3));
         let mut ports = Vec::new();
         for _ in 0..3 {
             let conn = std::net::TcpStream::from(other.recv().await);
@@ -702,7 +823,10 @@ mod tests {
         let dir = tempfile_dir();
         // A process that ended before the primary copied its inbox: only its file is left.
         drop(UnixDatagram::bind(dir.join("7-k")).expect("bind"));
-        assert_eq!(take_over(&dir, 7, HeldInboxes::default()), (0, 0));
+        assert_eq!(
+            take_over(&dir, 7, HeldInboxes::default(), &mut Unpassed::default()),
+            (0, 0)
+        );
         assert!(!dir.join("7-k").exists(), "a file with no socket is removed");
         // The primary holds a worker's inbox; before it takes it over, the pid is reused and
         // the new process binds an inbox at the same name.
@@ -710,9 +834,200 @@ mod tests {
         std::fs::remove_file(dir.join("8-k")).expect("rm");
         let new = UnixDatagram::bind(dir.join("8-k")).expect("bind the new one");
         let copy = OwnedFd::from(held);
-        assert_eq!(take_over(&dir, 8, HeldInboxes(vec![("k".into(), copy)])), (0, 0));
+        assert_eq!(
+            take_over(
+                &dir,
+                8,
+                HeldInboxes(vec![("k".into(), copy)]),
+                &mut Unpassed::default()
+            ),
+            (0, 0)
+        );
         assert!(dir.join("8-k").exists(), "the new process's inbox is left alone");
         drop(new);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// Fills the inbox at `path` with datagrams that carry no connection (its worker drops
+    /// them), until it takes no more.
+    fn fill(path: &Path) {
+        let filler = UnixDatagram::unbound().expect("socket");
+        filler.set_nonblocking(true).expect("nonblocking");
+        for _ in 0..100_000 {
+            match filler.send_to(b"x", path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        panic!("{} never filled", path.display());
+    }
+
+    /// Reads what waits in `inbox`: the connections, in order (the fillers are dropped).
+    fn read_all(inbox: &UnixDatagram) -> Vec<OwnedFd> {
+        let mut got = Vec::new();
+        for _ in 0..100_000 {
+            match receive(inbox) {
+                Ok(Some(fd)) => got.push(fd),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    /// The local ports of `clients`: what the server side of each sees as its peer.
+    fn ports(clients: &[std::net::TcpStream]) -> Vec<u16> {
+        clients
+            .iter()
+            .map(|c| c.local_addr().expect("addr").port())
+            .collect()
+    }
+
+    fn peer_ports(connections: Vec<OwnedFd>) -> Vec<u16> {
+        connections
+            .into_iter()
+            .map(|fd| std::net::TcpStream::from(fd).peer_addr().expect("peer").port())
+            .collect()
+    }
+
+    /// Whether a client's connection is still open with nothing read (its server side neither
+    /// closed nor reset).
+    fn still_open(client: &std::net::TcpStream) -> bool {
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let open = matches!(
+            std::io::Read::read(&mut &*client, &mut byte),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        );
+        client.set_nonblocking(false).expect("blocking");
+        open
+    }
+
+    #[test]
+    fn a_connection_drained_while_every_inbox_is_full_is_passed_once_one_has_room() {
+        // The primary takes connections from a worker that cannot accept (pid 1 here); the
+        // other worker (this process) has a full inbox.
+        let dir = tempfile_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let key = listener_key(&listener.local_addr().expect("addr"));
+        let me = std::process::id();
+        let inbox_path = dir.join(format!("{me}-{key}"));
+        let inbox = UnixDatagram::bind(&inbox_path).expect("inbox");
+        inbox.set_nonblocking(true).expect("nonblocking");
+        fill(&inbox_path);
+        // Connected: waiting in the listener's queue.
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"))
+            .collect();
+        let listener = OwnedFd::from(listener);
+        let mut unpassed = Unpassed::default();
+        assert_eq!(drain_listener(&dir, 1, &listener, 64, &[me], &mut unpassed), 0);
+        for (i, client) in clients.iter().enumerate() {
+            assert!(still_open(client), "client {i}'s connection was closed");
+        }
+        // The inbox is read; later turns pass what waits, then take the rest.
+        let mut got = read_all(&inbox);
+        for _ in 0..4 {
+            unpassed.pass_on(&dir, &[me]);
+            drain_listener(&dir, 1, &listener, 64, &[me], &mut unpassed);
+            got.extend(read_all(&inbox));
+        }
+        assert_eq!(unpassed.len(), 0, "nothing left waiting");
+        assert_eq!(
+            peer_ports(got),
+            ports(&clients),
+            "every connection passed, in order"
+        );
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn draining_into_an_inbox_that_empties_slowly_holds_the_primary_for_a_moment_only() {
+        // The other worker reads one connection from its full inbox every 20 ms (a slow
+        // worker); 64 connections wait at the listener of one that cannot accept. The
+        // primary's turn must stay well under its least stall margin (500 ms), past which its
+        // watchdog is reset.
+        let dir = tempfile_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let key = listener_key(&listener.local_addr().expect("addr"));
+        let me = std::process::id();
+        let inbox_path = dir.join(format!("{me}-{key}"));
+        let inbox = UnixDatagram::bind(&inbox_path).expect("inbox");
+        fill(&inbox_path);
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"))
+            .collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                // The slow worker's pace (load, not synchronisation), for at most 10 s.
+                for _ in 0..500 {
+                    if done.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let _ = receive(&inbox);
+                }
+                inbox
+            })
+        };
+        let listener = OwnedFd::from(listener);
+        let mut unpassed = Unpassed::default();
+        let began = std::time::Instant::now();
+        drain_listener(&dir, 1, &listener, 64, &[me], &mut unpassed);
+        let held = began.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let inbox = reader.join().expect("reader");
+        assert!(
+            held < std::time::Duration::from_millis(250),
+            "one turn's drain held the primary {held:?}"
+        );
+        drop((inbox, clients, unpassed));
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn connections_no_worker_takes_at_a_take_over_wait_for_the_next_worker() {
+        // Two workers: one is gone, the other (this process) ends too before any replacement
+        // serves: what waited in the first one's inbox has no taker yet.
+        let dir = tempfile_dir();
+        let me = std::process::id();
+        let path = dir.join(format!("{me}-80"));
+        let _gone = UnixDatagram::bind(&path).expect("inbox");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients
+                .push(std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"));
+            let (conn, _) = listener.accept().expect("accept");
+            send_to(&path, &conn).expect("passed");
+        }
+        let held = adopt(&dir, me);
+        let mut unpassed = Unpassed::default();
+        assert_eq!(take_over(&dir, me, held, &mut unpassed), (3, 0));
+        for (i, client) in clients.iter().enumerate() {
+            assert!(still_open(client), "client {i}'s connection was closed");
+        }
+        // The replacement serves: they go to it, in order.
+        let replacement = UnixDatagram::bind(dir.join("5-80")).expect("the replacement's inbox");
+        replacement.set_nonblocking(true).expect("nonblocking");
+        assert_eq!(unpassed.pass_on(&dir, &[5]), 3);
+        assert_eq!(unpassed.len(), 0);
+        assert_eq!(peer_ports(read_all(&replacement)), ports(&clients));
+        drop((_gone, replacement));
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let _ = std::fs::remove_file(e.path());
         }

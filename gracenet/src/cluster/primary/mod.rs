@@ -65,6 +65,9 @@ pub(crate) struct Primary {
     notify_dir: PathBuf,
     /// Copies of each serving worker's inboxes (`cluster::transfer`), by pid.
     inboxes: HashMap<u32, super::transfer::HeldInboxes>,
+    /// Connections it took from a worker (ended, silent, or unable to accept) that no other
+    /// worker had room for yet: passed on at a later turn, closed only when it exits.
+    unpassed: super::transfer::Unpassed,
     upstream: Option<Notifier>,
     signals: SignalPipe,
     children: Children,
@@ -208,6 +211,7 @@ impl Primary {
             notify_name: notify_path.to_string_lossy().into_owned(),
             notify_dir,
             inboxes: HashMap::new(),
+            unpassed: super::transfer::Unpassed::default(),
             upstream,
             signals,
             children: Children::new(me),
@@ -288,28 +292,69 @@ impl Primary {
             }
             self.drain_events();
             self.steer();
+            self.pass_on_unpassed();
             self.take_from_workers_that_cannot_accept();
         }
     }
 
     /// The connections waiting in the inboxes of worker `pid` (ended, or about to be killed as
     /// silent) go to the other workers.
-    fn take_inboxes_over(&self, pid: u32, held: super::transfer::HeldInboxes) {
-        let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held);
+    fn take_inboxes_over(&mut self, pid: u32, held: super::transfer::HeldInboxes) {
+        let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held, &mut self.unpassed);
         if taken > 0 {
             tracing::warn!(
                 primary = self.me,
                 pid,
                 taken,
                 passed,
-                "cluster: took the connections passed to a worker that ended or fell silent to the others"
+                waiting = taken - passed,
+                "cluster: took the connections passed to a worker that ended or fell silent to the others \
+                 (those no other worker had room for wait for the next one that has)"
             );
         }
+    }
+
+    /// The workers connections may be passed to: serving, not being killed, and able to
+    /// accept.
+    fn takers(&self) -> Vec<u32> {
+        self.machine
+            .slots
+            .iter()
+            .filter_map(|s| s.worker)
+            .filter(|w| w.ready && !w.killed)
+            .map(|w| w.pid)
+            .filter(|pid| !self.info.get(pid).is_some_and(|i| i.cannot_accept))
+            .collect()
+    }
+
+    /// The connections it took that no worker had room for go to one that has now (a worker
+    /// read its inbox, or a replacement serves).
+    fn pass_on_unpassed(&mut self) {
+        if self.unpassed.is_empty() {
+            return;
+        }
+        let takers = self.takers();
+        let passed = self.unpassed.pass_on(&self.notify_dir, &takers);
+        if passed > 0 {
+            tracing::info!(
+                primary = self.me,
+                passed,
+                waiting = self.unpassed.len(),
+                "cluster: passed connections that waited for a worker with room"
+            );
+        }
+    }
+
+    /// When it next tries to pass on the connections it holds, if it holds any: soon (a
+    /// worker's inbox empties as fast as it accepts).
+    fn next_pass_on(&self) -> Option<Instant> {
+        (!self.unpassed.is_empty()).then(|| Instant::now() + UNPASSED_RETRY)
     }
 
     /// What waits at the listeners of a worker that cannot accept (out of fds) goes to the
     /// other workers (new connections are already steered away from it): a little each turn.
     fn take_from_workers_that_cannot_accept(&mut self) {
+        let takers = self.takers();
         for (slot, s) in self.machine.slots.iter().enumerate() {
             let Some(w) = s.worker.filter(|w| w.ready && !w.killed) else {
                 continue;
@@ -317,11 +362,30 @@ impl Primary {
             if !self.info.get(&w.pid).is_some_and(|i| i.cannot_accept) {
                 continue;
             }
+            if let Some(held) = self.inboxes.get(&w.pid) {
+                let passed = held.drain(&self.notify_dir, w.pid, 64, &takers, &mut self.unpassed);
+                if passed > 0 {
+                    tracing::info!(
+                        primary = self.me,
+                        slot,
+                        pid = w.pid,
+                        passed,
+                        "cluster: passed connections waiting in the inbox of a worker that cannot accept to the others"
+                    );
+                }
+            }
             let Some(Some(listeners)) = self.slot_sockets.get(slot) else {
                 continue;
             };
             for (fd, _) in listeners {
-                let passed = super::transfer::drain_listener(&self.notify_dir, w.pid, fd, 64);
+                let passed = super::transfer::drain_listener(
+                    &self.notify_dir,
+                    w.pid,
+                    fd,
+                    64,
+                    &takers,
+                    &mut self.unpassed,
+                );
                 if passed > 0 {
                     tracing::info!(
                         primary = self.me,
@@ -358,6 +422,13 @@ impl Primary {
         if let Some(path) = &self.pid_file {
             crate::pidfile::remove_if_ours(path);
         }
+        if !self.unpassed.is_empty() {
+            tracing::warn!(
+                primary = self.me,
+                connections = self.unpassed.len(),
+                "cluster: closing connections taken from workers that no other worker had room for"
+            );
+        }
         // Its notify socket and the workers' inboxes (`cluster::transfer`), a killed worker's
         // among them: the directory is the primary's own.
         if let Ok(entries) = std::fs::read_dir(&self.notify_dir) {
@@ -393,6 +464,7 @@ impl Primary {
             self.give_way_at(Instant::now()),
             self.control_paused_until,
             self.next_handover_check(),
+            self.next_pass_on(),
         ]
         .into_iter()
         .flatten()
@@ -1219,6 +1291,10 @@ fn remove_dead_primaries_dirs(base: &std::path::Path) {
         let _ = std::fs::remove_dir(entry.path());
     }
 }
+
+/// How often the primary tries again to pass on the connections it holds for want of a
+/// worker with room ([`Primary::pass_on_unpassed`]).
+const UNPASSED_RETRY: Duration = Duration::from_millis(10);
 
 /// How many fds [`Primary::read_notifications`] frees for a read at most: a worker's sockets
 /// (three for gracedemo) and the /proc files its sender check opens, with room to spare; an
