@@ -795,6 +795,115 @@ fn connections_reach_the_other_worker_when_one_cannot_accept() {
     eprintln!("100 keep-alive connections, one worker at its fd limit: {at_other} answered by the other");
 }
 
+/// The inbox of worker `pid` for the listener on `port` (`cluster::transfer`): a Unix datagram
+/// socket in its primary's private directory, named `<pid>-<port>-<hash of the address>`.
+fn inbox_of(pid: u32, port: u16) -> std::path::PathBuf {
+    let notify = notify_socket_of(pid);
+    let dir = std::path::Path::new(&notify)
+        .parent()
+        .expect("the primary's directory");
+    let prefix = format!("{pid}-{port}-");
+    let mut found = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            found = std::fs::read_dir(dir)
+                .expect("the primary's directory")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                });
+            found.is_some()
+        }),
+        "worker {pid} has no inbox for port {port} in {}",
+        dir.display()
+    );
+    found.expect("found")
+}
+
+/// Sends `connection` to the inbox at `path` as a worker passes one (one byte, the fd
+/// attached), without waiting.
+fn pass_to_inbox(path: &std::path::Path, connection: &impl std::os::fd::AsRawFd) -> nix::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let sender = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    let fds = [connection.as_raw_fd()];
+    sendmsg(
+        std::os::fd::AsRawFd::as_raw_fd(&sender),
+        &[std::io::IoSlice::new(b"C")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_DONTWAIT,
+        Some(&UnixAddr::new(path)?),
+    )
+}
+
+#[test]
+fn connections_waiting_for_a_killed_worker_that_no_other_has_room_for_go_to_its_replacement() {
+    // Two workers, both stopped; A's inbox is full. Connections wait in B's inbox (passed as
+    // a worker passes them); B is killed: the primary takes them but A has no room. They
+    // must wait in the primary for B's replacement, not be closed.
+    let c = TestCluster::start("2", &["--worker-timeout", "0"]);
+    let [a, b] = c.pids()[..] else {
+        panic!("two workers expected: {}", c.status())
+    };
+    let (a_inbox, b_inbox) = (inbox_of(a, c.port), inbox_of(b, c.port));
+    let _resume = Resume(a);
+    for pid in [a, b] {
+        grace_tests::signal(pid, Signal::SIGSTOP);
+        assert!(
+            wait_until(DEADLINE, || grace_tests::is_stopped(pid)),
+            "worker {pid} did not stop"
+        );
+    }
+    // A's inbox filled with datagrams that carry no connection (its worker drops them).
+    let filler = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let full = (0..100_000).any(|_| {
+        filler
+            .send_to(b"x", &a_inbox)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+    });
+    assert!(full, "worker {a}'s inbox never filled");
+    // Five connections to this test's own listener, each server side passed to B's inbox:
+    // whoever serves one answers its client here with its pid.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect"));
+        let (server_side, _) = listener.accept().expect("accept");
+        pass_to_inbox(&b_inbox, &server_side).expect("passed to B's inbox");
+    }
+    grace_tests::signal(b, Signal::SIGKILL);
+    let asked: Vec<bool> = clients.iter_mut().map(|s| ask_pid(s).is_some()).collect();
+    let mut answered = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    let until = Instant::now() + DEADLINE;
+    for (i, s) in clients.iter_mut().enumerate() {
+        let left = until.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(100))))
+            .expect("timeout");
+        match answering_pid(s).filter(|_| asked[i]) {
+            Some(pid) => *answered.entry(pid).or_insert(0usize) += 1,
+            None => failed.push(i),
+        }
+    }
+    let mut c = c;
+    assert!(
+        failed.is_empty(),
+        "connections waiting for worker {b} when it was killed were lost: {failed:?}; answered: {answered:?}\n{}\n{}",
+        c.status(),
+        c.primary.seen().join("\n")
+    );
+    assert!(
+        !answered.contains_key(&a) && !answered.contains_key(&b),
+        "{answered:?}"
+    );
+    eprintln!(
+        "5 connections waiting for a killed worker, the other one's inbox full: all answered, by {answered:?}"
+    );
+}
+
 /// Lowers process `pid`'s open files limit to what it holds and `more`.
 fn limit_fds_to_what_it_holds_and(pid: u32, more: u64) {
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
