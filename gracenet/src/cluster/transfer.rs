@@ -41,6 +41,19 @@ const CONNECTION: &[u8] = b"C";
 /// The primary's private directory, if this worker may use it ([`set_dir`]).
 static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
 
+/// This worker's inboxes: each one's listener key and fd number, told to the primary with its
+/// "ready" message ([`ready_line`]) so that it copies them without searching `/proc`.
+static BOUND: std::sync::Mutex<Vec<(String, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The line a worker's "ready" message carries naming its inboxes (`KEY:FD,…`), if it has any.
+pub(crate) fn ready_line() -> Option<String> {
+    let bound = BOUND.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    (!bound.is_empty()).then(|| {
+        let listed: Vec<String> = bound.iter().map(|(key, fd)| format!("{key}:{fd}")).collect();
+        format!("{}={}", crate::supervisor::protocol::INBOXES, listed.join(","))
+    })
+}
+
 /// Sets the directory inboxes live in from the worker's `NOTIFY_SOCKET` (a path in the
 /// primary's private directory). Used only if the directory is this user's and nobody else
 /// may enter it: a connection's fd must reach no other user. Called once, as a worker starts.
@@ -118,7 +131,12 @@ impl Inbox {
     /// can be passed here.
     pub(crate) fn bind(key: &str) -> Option<Inbox> {
         let dir = DIR.get()?.as_ref()?;
-        Self::bind_at(inbox_path(dir, std::process::id(), key))
+        let inbox = Self::bind_at(inbox_path(dir, std::process::id(), key))?;
+        BOUND
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((key.to_owned(), inbox.socket.as_raw_fd()));
+        Some(inbox)
     }
 
     fn bind_at(path: PathBuf) -> Option<Inbox> {
@@ -239,6 +257,11 @@ impl Drop for Inbox {
     /// took every connection passed to it): they go to the other workers' inboxes for the
     /// same listener, as the primary's [`take_over`] would.
     fn drop(&mut self) {
+        let fd = self.socket.as_raw_fd();
+        BOUND
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|&(_, bound)| bound != fd);
         self.close();
         // Empty only once the primary is gone and this was the last inbox: then nobody else
         // removes it.
@@ -499,8 +522,10 @@ impl Unpassed {
 /// A worker's inboxes, held by the primary too: their queues outlive the worker, so what was
 /// passed to a worker that dies or hangs before reading it goes to the others
 /// ([`take_over`]).
+/// Each: its listener's key, the copy, and the identity (device, inode) of its file when it
+/// was copied (so that a file another process bound at the same name since is left alone).
 #[derive(Debug, Default)]
-pub(crate) struct HeldInboxes(Vec<(String, OwnedFd)>);
+pub(crate) struct HeldInboxes(Vec<(String, OwnedFd, Option<(u64, u64)>)>);
 
 impl HeldInboxes {
     /// Takes what waits in these inboxes, worker `pid`'s (it cannot accept: out of fds, it
@@ -519,7 +544,7 @@ impl HeldInboxes {
     ) -> usize {
         let mut reserve = std::fs::File::open("/dev/null").ok();
         let mut passed = 0;
-        for (key, inbox) in &self.0 {
+        for (key, inbox, _) in &self.0 {
             if unpassed.waits_for(key) {
                 continue;
             }
@@ -561,16 +586,27 @@ fn names_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The identity (device, inode) of the file at `path`, if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Copies of worker `pid`'s inboxes (the primary's, for its workers in `dir`), taken from the
-/// worker with `pidfd_getfd` (it is the primary's child). An inbox that cannot be taken is
-/// logged and left out: its connections are then the worker's alone.
-pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
-    let prefix = format!("{pid}-");
-    let keys: Vec<String> = names_in(dir, |n| n.starts_with(&prefix))
-        .into_iter()
-        .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
+/// worker with `pidfd_getfd` (it is the primary's child) by the fd numbers its "ready" message
+/// `listed` ([`ready_line`]'s value): no search of `/proc`. A copy is kept only if it is the
+/// socket bound at that inbox's name; one that cannot be taken is logged and left out: its
+/// connections are then the worker's alone.
+pub(crate) fn adopt(dir: &Path, pid: u32, listed: Option<&str>) -> HeldInboxes {
+    let listed: Vec<(&str, i32)> = listed
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|entry| {
+            let (key, fd) = entry.rsplit_once(':')?;
+            Some((key, fd.parse().ok()?))
+        })
+        .take(4096)
         .collect();
-    if keys.is_empty() {
+    if listed.is_empty() {
         return HeldInboxes::default();
     }
     let pidfd = match crate::sys::pidfd_open(pid) {
@@ -581,22 +617,23 @@ pub(crate) fn adopt(dir: &Path, pid: u32) -> HeldInboxes {
         }
     };
     let mut held = Vec::new();
-    for key in keys {
-        let path = dir.join(format!("{prefix}{key}"));
-        // The socket there that the worker holds (an older one bound at the same name may
-        // live on elsewhere).
-        let Some(fd) = crate::sys::unix_socket_inodes(&path)
-            .into_iter()
-            .find_map(|inode| crate::sys::fds_of_socket(pid, inode).into_iter().next())
-        else {
-            continue;
-        };
-        match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
-            Ok(inbox) => held.push((key, inbox)),
+    for (key, fd) in listed {
+        let path = inbox_path(dir, pid, key);
+        let inbox = match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(inbox) => inbox,
             Err(e) => {
                 tracing::warn!(pid, error = %e, "cluster: cannot copy a worker's inbox: connections passed to it die with it if it fails");
+                continue;
             }
+        };
+        let bound = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(inbox.as_raw_fd())
+            .ok()
+            .and_then(|a| a.path().map(Path::to_path_buf));
+        if bound.as_deref() != Some(path.as_path()) {
+            tracing::warn!(pid, fd, path = %path.display(), "cluster: a worker named as its inbox an fd that is not: not copied");
+            continue;
         }
+        held.push((key.to_owned(), inbox, file_identity(&path)));
     }
     HeldInboxes(held)
 }
@@ -612,20 +649,12 @@ pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes, unpassed: &mut 
     let mut reserve = std::fs::File::open("/dev/null").ok();
     let (mut taken, mut passed) = (0, 0);
     let mut keys = Vec::new();
-    for (key, inbox) in held.0 {
+    for (key, inbox, file) in held.0 {
         // From now on senders serve their own; then what is queued is taken.
         let _ = nix::sys::socket::shutdown(inbox.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         let path = dir.join(format!("{prefix}{key}"));
         // Its file, unless another process (a reused pid) has bound one there since.
-        // (`st_ino`'s type differs between systems.)
-        #[allow(clippy::unnecessary_cast)]
-        let ours = nix::sys::stat::fstat(inbox.as_fd())
-            .ok()
-            .map(|st| st.st_ino as u64);
-        if crate::sys::unix_socket_inodes(&path)
-            .iter()
-            .all(|&live| Some(live) == ours)
-        {
+        if file.is_some() && file_identity(&path) == file {
             let _ = std::fs::remove_file(&path);
         }
         let others = others_than(&path);
@@ -646,10 +675,11 @@ pub(crate) fn take_over(dir: &Path, pid: u32, held: HeldInboxes, unpassed: &mut 
         keys.push(key);
     }
     // Files of its inboxes that nobody holds (a process that ended before the primary copied
-    // them): no socket is bound there any more.
+    // them): no socket is bound there any more (one that is takes a connect).
     for name in names_in(dir, |n| n.starts_with(&prefix)) {
         let path = dir.join(&name);
-        if crate::sys::unix_socket_inodes(&path).is_empty() {
+        let bound = UnixDatagram::unbound().is_ok_and(|probe| probe.connect(&path).is_ok());
+        if !bound {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -756,7 +786,8 @@ mod tests {
             let (conn, _) = listener.accept().expect("accept");
             send_to(&silent_path, &conn).expect("passed");
         }
-        let held = adopt(&dir, me);
+        let listed = format!("80:{}", silent.socket.as_raw_fd());
+        let held = adopt(&dir, me, Some(&listed));
         assert_eq!(held.0.len(), 1, "only this pid's inbox: {held:?}");
         assert_eq!(take_over(&dir, me, held, &mut Unpassed::default()), (3, 3));
         let mut ports = Vec::new();
@@ -831,6 +862,7 @@ mod tests {
         // The primary holds a worker's inbox; before it takes it over, the pid is reused and
         // the new process binds an inbox at the same name.
         let held = UnixDatagram::bind(dir.join("8-k")).expect("bind");
+        let first = file_identity(&dir.join("8-k"));
         std::fs::remove_file(dir.join("8-k")).expect("rm");
         let new = UnixDatagram::bind(dir.join("8-k")).expect("bind the new one");
         let copy = OwnedFd::from(held);
@@ -838,7 +870,7 @@ mod tests {
             take_over(
                 &dir,
                 8,
-                HeldInboxes(vec![("k".into(), copy)]),
+                HeldInboxes(vec![("k".into(), copy, first)]),
                 &mut Unpassed::default()
             ),
             (0, 0)
@@ -1015,7 +1047,7 @@ mod tests {
             let (conn, _) = listener.accept().expect("accept");
             send_to(&path, &conn).expect("passed");
         }
-        let held = adopt(&dir, me);
+        let held = adopt(&dir, me, Some(&format!("80:{}", _gone.as_raw_fd())));
         let mut unpassed = Unpassed::default();
         assert_eq!(take_over(&dir, me, held, &mut unpassed), (3, 0));
         for (i, client) in clients.iter().enumerate() {
@@ -1032,6 +1064,40 @@ mod tests {
             let _ = std::fs::remove_file(e.path());
         }
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn the_primary_copies_the_inboxes_a_worker_names_even_in_a_directory_with_a_space() {
+        // This process plays the worker; its primary's directory has a space in its name.
+        let base = tempfile_dir();
+        let dir = base.join("run dir");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let me = std::process::id();
+        let inbox = UnixDatagram::bind(dir.join(format!("{me}-80"))).expect("inbox");
+        let _other = UnixDatagram::bind(dir.join(format!("{me}-443"))).expect("another inbox");
+        // The 443 entry names the 80 inbox's fd (not the socket bound at its name), the 22
+        // entry an fd that is not open: only the 80 one is copied.
+        let listed = format!("80:{0},443:{0},22:999999", inbox.as_raw_fd());
+        let held = adopt(&dir, me, Some(&listed));
+        let keys: Vec<&str> = held.0.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(keys, ["80"], "{held:?}");
+        // The copy is that socket: what is sent to the inbox's name is read from it.
+        let sender = UnixDatagram::unbound().expect("socket");
+        sender.send_to(b"C", dir.join(format!("{me}-80"))).expect("send");
+        let mut buf = [0u8; 1];
+        let got = nix::sys::socket::recv(
+            held.0[0].1.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .expect("read from the copy");
+        assert_eq!(&buf[..got], b"C");
+        drop((held, inbox, _other));
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(&base);
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -101,6 +101,7 @@ impl Generation {
     fn tell_serving(&self, mut lines: Vec<String>) {
         if let Some(worker) = self.shared.startup.worker {
             lines.push(format!("{}={}", crate::supervisor::protocol::WORKER, worker.slot));
+            lines.extend(crate::cluster::transfer::ready_line());
         }
         match &self.shared.notifier {
             Some(notifier) if self.shared.startup.supervisor.is_some() => {

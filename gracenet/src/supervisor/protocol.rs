@@ -13,6 +13,9 @@ pub(crate) const FDS: &str = "X_GRACE_FDS";
 
 /// A worker's slot, in its "ready" message (see [`crate::cluster`]).
 pub(crate) const WORKER: &str = "X_GRACE_WORKER";
+/// A worker's inboxes (`cluster::transfer`), in its "ready" message: `KEY:FD,…`, each
+/// listener's key and the inbox's fd number in the worker.
+pub(crate) const INBOXES: &str = "X_GRACE_INBOXES";
 /// A worker's restart failed (the reason): it still serves.
 pub(crate) const RESTART_FAILED: &str = "X_GRACE_RESTART_FAILED";
 /// A worker's open connections, in its heartbeat.

@@ -140,39 +140,6 @@ pub(crate) fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedF
     Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
 }
 
-/// The fd numbers by which process `pid` holds the socket whose inode is `inode`
-/// (`/proc/PID/fd`).
-pub(crate) fn fds_of_socket(pid: u32, inode: u64) -> Vec<RawFd> {
-    let wanted = format!("socket:[{inode}]");
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .take(1 << 20)
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// The inodes of the live Unix sockets that were bound at `path` (`/proc/net/unix`): more
-/// than one when a file was removed and another socket bound there while the first lives on.
-pub(crate) fn unix_socket_inodes(path: &std::path::Path) -> Vec<u64> {
-    let (Ok(table), Some(path)) = (std::fs::read_to_string("/proc/net/unix"), path.to_str()) else {
-        return Vec::new();
-    };
-    // "Num RefCount Protocol Flags Type St Inode Path"
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let inode = fields.nth(6)?;
-            (fields.next()? == path).then(|| inode.parse().ok()).flatten()
-        })
-        .collect()
-}
-
 /// Resolves once a child process has exited (without reaping it).
 #[cfg(feature = "tokio")]
 pub(crate) struct ExitWatch(Watch);

@@ -82,16 +82,6 @@ pub(crate) fn pidfd_getfd(_pidfd: BorrowedFd<'_>, _fd: RawFd) -> io::Result<Owne
     Err(unsupported("taking another process's fd"))
 }
 
-/// `/proc` is Linux's.
-pub(crate) fn fds_of_socket(_pid: u32, _inode: u64) -> Vec<RawFd> {
-    Vec::new()
-}
-
-/// `/proc` is Linux's.
-pub(crate) fn unix_socket_inodes(_path: &std::path::Path) -> Vec<u64> {
-    Vec::new()
-}
-
 /// Resolves once a child process has exited (without reaping it): a thread in `waitid`.
 #[cfg(feature = "tokio")]
 pub(crate) type ExitWatch = super::ExitThread;

@@ -545,10 +545,8 @@ impl Primary {
                     );
                     // Connections other workers passed to it since it fell silent would die
                     // with it: they go to the others.
-                    let held = self
-                        .inboxes
-                        .remove(&pid)
-                        .unwrap_or_else(|| super::transfer::adopt(&self.notify_dir, pid));
+                    // (One never ready has none copied: no worker passes to it before it serves.)
+                    let held = self.inboxes.remove(&pid).unwrap_or_default();
                     self.take_inboxes_over(pid, held);
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
@@ -890,7 +888,7 @@ impl Primary {
         }
         self.children.watch(pid);
         // Copies of its inboxes: connections passed to it outlive it if it dies first.
-        let held = super::transfer::adopt(&self.notify_dir, pid);
+        let held = super::transfer::adopt(&self.notify_dir, pid, message.value(protocol::INBOXES));
         self.inboxes.insert(pid, held);
         tracing::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
         self.events.push_back(Event::Ready { slot, pid });
