@@ -525,7 +525,10 @@ impl Unpassed {
 /// Each: its listener's key, the copy, and the identity (device, inode) of its file when it
 /// was copied (so that a file another process bound at the same name since is left alone).
 #[derive(Debug, Default)]
-pub(crate) struct HeldInboxes(Vec<(String, OwnedFd, Option<(u64, u64)>)>);
+pub(crate) struct HeldInboxes(Vec<(String, OwnedFd, Option<FileIdentity>)>);
+
+/// A file's device and inode: which file a name pointed to.
+type FileIdentity = (u64, u64);
 
 impl HeldInboxes {
     /// Takes what waits in these inboxes, worker `pid`'s (it cannot accept: out of fds, it
@@ -587,7 +590,7 @@ fn names_in(dir: &Path, wanted: impl Fn(&str) -> bool) -> Vec<String> {
 }
 
 /// The identity (device, inode) of the file at `path`, if there is one.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
+fn file_identity(path: &Path) -> Option<FileIdentity> {
     std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
