@@ -176,6 +176,16 @@ impl ListenAddr {
     /// `resolved` is [`resolve`](Self::resolve)'s answer for host names (ignored otherwise).
     /// The wildcard forms are interchangeable, as in Go grace (`[::]:8080` inherited
     /// satisfies `:8080` and `0.0.0.0:8080`); port 0 matches any port on the same IP.
+    /// Whether this asks for any port (port 0): it then matches every inherited socket on
+    /// its IP, so only a name can say which one is meant.
+    pub(crate) fn any_port(&self) -> bool {
+        match self {
+            ListenAddr::AnyIp { port } | ListenAddr::Host { port, .. } => *port == 0,
+            ListenAddr::Ip(a) => a.port() == 0,
+            ListenAddr::UnixPath(_) | ListenAddr::UnixAbstract(_) => false,
+        }
+    }
+
     pub(crate) fn matches(&self, local: &LocalAddr, resolved: &[SocketAddr]) -> bool {
         let port_ok = |want: u16, have: u16| want == 0 || want == have;
         match (self, local) {

@@ -382,10 +382,16 @@ impl SocketRegistry {
                 .iter()
                 .position(|e| !e.claimed && e.info.kind == kind && e.name.as_deref() == Some(n))
         });
+        // A named request for any port does not take a socket inherited under another name:
+        // that one belongs to the site of that name, which may ask for it next.
+        let other_name = |e: &Entry| match (name, e.name.as_deref()) {
+            (Some(want), Some(have)) => addr.any_port() && want != have,
+            _ => false,
+        };
         let found = by_name.or_else(|| {
-            entries
-                .iter()
-                .position(|e| !e.claimed && e.info.kind == kind && addr.matches(&e.info.addr, &resolved))
+            entries.iter().position(|e| {
+                !e.claimed && e.info.kind == kind && !other_name(e) && addr.matches(&e.info.addr, &resolved)
+            })
         });
         let index = match found {
             Some(i) => {
@@ -521,6 +527,34 @@ mod tests {
         let handoff = reg.handoff().unwrap();
         let names: Vec<&str> = handoff.sockets.iter().map(|(_, n)| n.as_str()).collect();
         assert_eq!(names, ["web", "admin"]);
+    }
+
+    #[test]
+    fn a_named_request_for_any_port_leaves_a_socket_inherited_under_another_name() {
+        // Site a0 asks for 127.0.0.1:0, site a1 for its own port; both were inherited by name.
+        let a1 = tcp("127.0.0.1:0");
+        let a1_addr = std::net::TcpListener::from(a1.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        let a0 = tcp("127.0.0.1:0");
+        let a0_addr = std::net::TcpListener::from(a0.try_clone().unwrap())
+            .local_addr()
+            .unwrap();
+        // a1 listed first: an address match alone would give it to a0.
+        let reg = SocketRegistry::new(inherited(vec![(a1, Some("a1")), (a0, Some("a0"))]));
+        let l0 = reg.listen_named("a0", "127.0.0.1:0").unwrap();
+        assert_eq!(l0.local_addr().unwrap(), LocalAddr::Inet(a0_addr));
+        let l1 = reg.listen_named("a1", &a1_addr.to_string()).unwrap();
+        assert_eq!(l1.local_addr().unwrap(), LocalAddr::Inet(a1_addr));
+        // A new name asking for any port binds anew rather than take a1's or a0's.
+        let reg = SocketRegistry::new(inherited(vec![(tcp("127.0.0.1:0"), Some("a1"))]));
+        let l2 = reg.listen_named("a2", "127.0.0.1:0").unwrap();
+        assert_eq!(reg.unclaimed().len(), 1, "{:?}", l2.local_addr());
+        // By exact address a differently named socket is still taken (it cannot be bound twice).
+        let reg = SocketRegistry::new(inherited(vec![(tcp("127.0.0.1:0"), Some("http"))]));
+        let addr = reg.unclaimed()[0].to_string();
+        let l3 = reg.listen_named("web", &addr).unwrap();
+        assert_eq!(l3.local_addr().unwrap().to_string(), addr);
     }
 
     #[test]
