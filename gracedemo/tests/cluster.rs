@@ -1791,6 +1791,14 @@ fn a_scale_down_while_the_first_worker_binds_the_sockets_still_lets_sigterm_end_
     });
     let binder = stopped_worker(&c);
     let _resume = Resume(binder);
+    // Status says the others wait for it (not that they are starting).
+    let out = c.ctl(&["--status"]);
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status.contains(&format!("worker 0: pid {binder}, generation 1, starting"))
+            && status.contains("worker 3: none (waiting for the first worker to bind the sockets)"),
+        "{status}"
+    );
     // The others wait for its sockets; two of them are scaled away meanwhile.
     let out = c.ctl(&["--scale", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -38,7 +38,11 @@ impl Primary {
                         slot,
                         pid: None,
                         generation: 0,
-                        phase: "starting",
+                        phase: if s.held {
+                            "waiting for the first worker to bind the sockets"
+                        } else {
+                            "starting"
+                        },
                         connections: 0,
                         accepted: 0,
                         requests: 0,
@@ -121,7 +125,7 @@ impl Primary {
                     w.slot,
                     match w.next_start {
                         Some(d) => format!("starting again in {:.1} s, backing off after failures", d.as_secs_f64()),
-                        None => "starting".to_owned(),
+                        None => w.phase.to_owned(),
                     },
                     w.restarts,
                     recycled(&w)
