@@ -190,7 +190,7 @@ fn read_sealed(fd: BorrowedFd<'_>, malformed: impl Fn(&str) -> EnvError) -> Resu
     let me = nix::unistd::geteuid().as_raw();
     if stat.st_uid != me || stat.st_mode & 0o077 != 0 {
         return Err(malformed(&format!(
-            "the cluster's secrets file, owned by this user ({me}) and readable by it alone; this one is owned by {} with mode {:o}",
+            "the cluster's secrets file, owned by this user ({me}) and readable by it alone; this one is owned by {} with mode {:04o}",
             stat.st_uid,
             stat.st_mode & 0o7777
         )));
@@ -284,5 +284,143 @@ mod tests {
             Secrets::decode(&other).unwrap().get(RANDOM_SECRET),
             read.get(RANDOM_SECRET)
         );
+    }
+
+    #[test]
+    fn malformed_files_are_refused() {
+        let entry = |name: &[u8], value: &[u8]| {
+            let mut out = Vec::new();
+            for part in [name, value] {
+                out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+            out
+        };
+        let good = [TAG, &entry(b"a", b"1")[..]].concat();
+        assert_eq!(
+            Secrets::decode(&good).and_then(|s| s.get("a").map(<[u8]>::to_vec)),
+            Some(b"1".to_vec())
+        );
+        let huge_length = [TAG, &u32::MAX.to_be_bytes()[..], b"a"].concat();
+        let not_utf8 = [TAG, &entry(b"\xff", b"1")[..]].concat();
+        let name_only = [TAG, &5u32.to_be_bytes()[..], b"alone"].concat();
+        let trailing = [&good[..], b"\x00\x00"].concat();
+        for bad in [huge_length, not_utf8, name_only, trailing, b"garbage".to_vec()] {
+            assert!(Secrets::decode(&bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// What [`inherit`] makes of `fd` (given its number), and whether the fd is still open
+    /// and close-on-exec afterwards; closes it.
+    fn inherit_fd(fd: OwnedFd) -> (Result<Option<Inherited>, EnvError>, bool) {
+        let raw = fd.into_raw_fd();
+        // Not close-on-exec, as a process is handed it.
+        // SAFETY: F_SETFD on an fd this test owns.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };
+        let result = inherit(Some(raw.to_string().into()));
+        // SAFETY: F_GETFD on an fd this test (or `result`) owns.
+        let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+        assert!(flags >= 0, "fd {raw} is left open");
+        let cloexec = flags & libc::FD_CLOEXEC != 0;
+        if result.is_err() {
+            // SAFETY: left open by inherit, and owned by this test.
+            drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        }
+        (result, cloexec)
+    }
+
+    fn refused(fd: OwnedFd, expected: &str) {
+        let (result, cloexec) = inherit_fd(fd);
+        let e = result.expect_err("refused").to_string();
+        assert!(e.starts_with("GRACE_SECRET_FD="), "{e}");
+        assert!(e.contains(expected), "{e}: expected {expected:?}");
+        assert!(cloexec, "an fd refused goes no further than this process: {e}");
+    }
+
+    #[test]
+    fn an_inherited_secrets_fd_that_is_not_the_sealed_file_is_refused_naming_it() {
+        for (value, expected) in [
+            ("abc", "an fd number of 3 or more"),
+            ("1", "an fd number of 3 or more"),
+            ("2147483647", "an open fd"),
+        ] {
+            let e = inherit(Some(value.into())).expect_err(value).to_string();
+            assert!(
+                e.contains(expected) && e.contains(GRACE_SECRET_FD),
+                "{value}: {e}"
+            );
+        }
+        let (read, _write) = crate::sys::pipe_cloexec().unwrap();
+        refused(read, "this fd is a pipe");
+        let on_disk = std::env::temp_dir().join(format!("gracenet-secret-test-{}", std::process::id()));
+        std::fs::write(&on_disk, create_bytes()).unwrap();
+        let file = std::fs::File::open(&on_disk).unwrap();
+        std::fs::remove_file(&on_disk).unwrap();
+        refused(file.into(), "not sealed");
+        let unsealed =
+            nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::write(&unsealed, &create_bytes()).unwrap();
+        refused(unsealed, "not sealed");
+        refused(
+            crate::sys::sealed_file("garbage", b"garbage").unwrap(),
+            "in gracenet's format",
+        );
+        let too_large = vec![0; MAX_LEN + 1];
+        refused(
+            crate::sys::sealed_file("large", &too_large).unwrap(),
+            "at most 1048576 bytes",
+        );
+        // Readable by others: not what a primary makes, whoever made it.
+        let open = crate::sys::sealed_file("open", &create_bytes()).unwrap();
+        nix::sys::stat::fchmod(&open, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        refused(open, "with mode 0644");
+        if nix::unistd::geteuid().is_root() {
+            // Another user's.
+            let theirs = crate::sys::sealed_file("theirs", &create_bytes()).unwrap();
+            nix::unistd::fchown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            refused(theirs, "owned by 65534");
+        }
+        // The file a primary makes is read, and kept close-on-exec.
+        let (result, cloexec) = inherit_fd(create(&Secrets::default()).unwrap());
+        let inherited = result.expect("read").expect("some");
+        assert_eq!(inherited.secrets.get(RANDOM_SECRET).map(<[u8]>::len), Some(32));
+        assert!(cloexec, "kept from the application's children");
+    }
+
+    /// A whole secrets file's bytes.
+    fn create_bytes() -> Vec<u8> {
+        let file = std::fs::File::from(create(&Secrets::default()).unwrap());
+        let mut bytes = vec![0; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn the_primary_refuses_more_secrets_than_a_worker_reads() {
+        let given = Secrets(vec![("big".into(), vec![0; MAX_LEN])]);
+        let e = create(&given).expect_err("too large");
+        assert!(e.to_string().contains("at most 1048576"), "{e}");
+    }
+
+    #[test]
+    fn a_copy_meant_for_another_process_is_made_close_on_exec_if_it_is_the_secrets_file() {
+        let clear = |fd: &OwnedFd| {
+            // SAFETY: F_SETFD on an fd this test owns.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) };
+        };
+        let cloexec = |fd: &OwnedFd| {
+            // SAFETY: F_GETFD on an fd this test owns.
+            let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            flags & libc::FD_CLOEXEC != 0
+        };
+        let secrets = create(&Secrets::default()).unwrap();
+        let (pipe, _write) = crate::sys::pipe_cloexec().unwrap();
+        for fd in [&secrets, &pipe] {
+            clear(fd);
+            stop_at_this_process(Some(fd.as_raw_fd().to_string().into()));
+        }
+        assert!(cloexec(&secrets), "the secrets file goes no further");
+        assert!(!cloexec(&pipe), "an fd of another kind is left as it is");
+        stop_at_this_process(Some("garbage".into()));
     }
 }
