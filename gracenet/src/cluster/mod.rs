@@ -2,8 +2,8 @@
 //! one primary process (the [supervisor](crate::supervise) grown up). One worker failing loses
 //! nothing: the others keep accepting on the same sockets while the primary starts its
 //! replacement; a hung worker is noticed by its silence and replaced; a rolling restart
-//! replaces the workers one at a time, each by its own restart, so state, connection and TLS
-//! ticket hand-over work per worker.
+//! replaces the workers one at a time, each by its own restart, so state and connection
+//! hand-over work per worker (TLS ticket keys need none: every worker has the same).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), gracenet::Error> {
