@@ -57,7 +57,7 @@ fn command() -> Command {
                 .long("tls-self-signed")
                 .action(ArgAction::SetTrue)
                 .conflicts_with("tls-cert")
-                .help("Serve over TLS with a certificate for localhost made at startup (for trying it)."),
+                .help("Serve over TLS with a certificate for localhost made at startup (for trying it); with --workers, one made by the primary for every worker."),
         )
         .arg(
             Arg::new("pid-file")
@@ -522,13 +522,18 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
 
 fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
     let started: Arc<str> = gotime::go_time(chrono::Local::now()).into();
+    let mut self_signed_pem = None;
     let tls = match (
         matches.get_one::<String>("tls-cert"),
         matches.get_one::<String>("tls-key"),
         matches.get_flag("tls-self-signed"),
     ) {
         (Some(cert), Some(key), _) => Some(gracehttp::Tls::from_pem_files(cert, key)?),
-        (_, _, true) => Some(self_signed()?),
+        (_, _, true) => {
+            let (tls, pem) = self_signed()?;
+            self_signed_pem = Some(pem);
+            Some(tls)
+        }
         _ => None,
     };
     let mut lifecycle = gracenet::Generation::builder().standby(matches.get_flag("standby"));
@@ -545,6 +550,10 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         .hand_over_connections(true);
     if let Some(n) = matches.get_one::<usize>("workers") {
         server = server.workers(*n);
+        if let Some(pem) = self_signed_pem {
+            // Made once, by the primary: every worker serves this one certificate.
+            server = server.worker_secret(SELF_SIGNED, pem);
+        }
     }
     if let Some(timeout) = matches.get_one::<Option<std::time::Duration>>("worker-timeout") {
         server = server.worker_timeout(*timeout);
@@ -603,17 +612,29 @@ fn stop_gracefully_on_sighup() {
     }
 }
 
-fn self_signed() -> Result<gracehttp::Tls, gracehttp::Error> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    let cert = rcgen::generate_simple_self_signed(names).map_err(|e| gracehttp::Error::TlsConfig {
-        cert: "<self-signed>".into(),
-        key: "<self-signed>".into(),
-        reason: e.to_string(),
-    })?;
-    gracehttp::Tls::from_pem(
-        cert.cert.pem().as_bytes(),
-        cert.key_pair.serialize_pem().as_bytes(),
-    )
+/// The name of `--tls-self-signed`'s certificate and key among a cluster's secrets.
+const SELF_SIGNED: &str = "gracedemo.self-signed";
+
+/// `--tls-self-signed`: a certificate for localhost and its key, made now, or in a cluster's
+/// worker the one its primary made (the same for every worker); with their PEM text.
+fn self_signed() -> Result<(gracehttp::Tls, Vec<u8>), gracehttp::Error> {
+    let pem = match gracenet::cluster::secret(SELF_SIGNED) {
+        Some(pem) => pem.to_vec(),
+        None => {
+            let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            let cert =
+                rcgen::generate_simple_self_signed(names).map_err(|e| gracehttp::Error::TlsConfig {
+                    cert: "<self-signed>".into(),
+                    key: "<self-signed>".into(),
+                    reason: e.to_string(),
+                })?;
+            [cert.cert.pem(), cert.key_pair.serialize_pem()]
+                .concat()
+                .into_bytes()
+        }
+    };
+    // One PEM text: the certificate block is read for the chain, the key block for the key.
+    Ok((gracehttp::Tls::from_pem(&pem, &pem)?, pem))
 }
 
 #[cfg(test)]

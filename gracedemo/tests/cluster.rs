@@ -1882,3 +1882,213 @@ fn a_worker_that_dies_before_it_is_ready_leaves_no_inbox_file() {
     );
     assert_eq!(inboxes(), Vec::<String>::new(), "its inbox files are left");
 }
+
+/// A TLS client's view of one request: the pid that answered, the certificate it served
+/// (DER), and whether the handshake resumed a session.
+#[derive(Debug)]
+struct TlsAnswer {
+    pid: u32,
+    cert: Vec<u8>,
+    kind: Option<rustls::HandshakeKind>,
+}
+
+/// Accepts any server certificate: the test compares the certificates itself, by their DER.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client for `localhost` whose connections share one session store: each offers a
+/// ticket an earlier one was given. Without `resume`, none: each handshake is a full one,
+/// where the server sends its certificate (a resumed one does not: the client then reports
+/// the certificate of the session it resumed).
+fn tls_client(resume: bool) -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    std::sync::Arc::new(config)
+}
+
+/// One `GET /sleep/` with `Connection: close` over TLS as `client`, read to the end (so the
+/// session tickets sent after the handshake are stored too).
+fn tls_get(port: u16, client: &std::sync::Arc<rustls::ClientConfig>) -> Result<TlsAnswer, String> {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(client.clone(), name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    match tls.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A peer that closes without close_notify, once the whole answer is in, is fine here.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        Err(e) => return Err(format!("read: {e}")),
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    Ok(TlsAnswer {
+        pid: grace_tests::load::pid_of(body).ok_or_else(|| format!("no pid in {answer:?}"))?,
+        cert: tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or("no certificate")?,
+        kind: tls.conn.handshake_kind(),
+    })
+}
+
+/// Connects until each of `workers` has answered (at most 200 times), each time as a new
+/// client (a full handshake), checking that every worker serves `cert` (the first answer's
+/// when `None`). Returns the certificate.
+fn every_worker_serves_one_certificate(
+    port: u16,
+    workers: &[u32],
+    cert: Option<&[u8]>,
+    when: &str,
+) -> Vec<u8> {
+    let client = tls_client(false);
+    let mut cert = cert.map(<[u8]>::to_vec);
+    let mut seen: Vec<u32> = Vec::new();
+    for _ in 0..200 {
+        let a = tls_get(port, &client).unwrap_or_else(|e| panic!("{when}: a TLS request: {e}"));
+        assert_eq!(
+            a.kind,
+            Some(rustls::HandshakeKind::Full),
+            "{when}: a client without sessions"
+        );
+        let expected = cert.get_or_insert_with(|| a.cert.clone());
+        assert!(
+            a.cert == *expected,
+            "{when}: worker {} serves another certificate than worker(s) {seen:?} ({} vs {} bytes of DER)",
+            a.pid,
+            a.cert.len(),
+            expected.len()
+        );
+        if !seen.contains(&a.pid) {
+            seen.push(a.pid);
+        }
+        if workers.iter().all(|w| seen.contains(w)) {
+            return a.cert;
+        }
+    }
+    panic!("{when}: only {seen:?} of the workers {workers:?} answered 200 TLS connections");
+}
+
+/// Connects as `client` until each of `workers` has answered (at most 200 times), checking
+/// that, once `client` holds a ticket, every handshake resumes: on the worker that issued the
+/// ticket, and on the first connection to each other worker, with a ticket none of its own.
+fn every_worker_resumes_the_others_sessions(
+    port: u16,
+    workers: &[u32],
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    when: &str,
+) {
+    let first = tls_get(port, client).unwrap_or_else(|e| panic!("{when}: a TLS request: {e}"));
+    let mut issuers = vec![first.pid];
+    for _ in 0..200 {
+        let a = tls_get(port, client).unwrap_or_else(|e| panic!("{when}: a TLS request: {e}"));
+        let new_worker = !issuers.contains(&a.pid);
+        assert_eq!(
+            a.kind,
+            Some(rustls::HandshakeKind::Resumed),
+            "{when}: a session ticket from worker(s) {issuers:?} {} on worker {}",
+            if new_worker { "resumes" } else { "resumes again" },
+            a.pid
+        );
+        if new_worker {
+            issuers.push(a.pid);
+        }
+        if workers.iter().all(|w| issuers.contains(w)) {
+            return;
+        }
+    }
+    panic!("{when}: only {issuers:?} of the workers {workers:?} answered 200 TLS connections");
+}
+
+#[test]
+fn every_worker_serves_one_self_signed_certificate_and_resumes_any_workers_tls_session_across_a_rolling_restart()
+ {
+    let c = TestCluster::start("2", &["--tls-self-signed"]);
+    let before = c.pids();
+    assert_eq!(before.len(), 2, "{}", c.status());
+    let cert = every_worker_serves_one_certificate(c.port, &before, None, "at start");
+    let client = tls_client(true);
+    every_worker_resumes_the_others_sessions(c.port, &before, &client, "at start");
+
+    // A rolling restart: each worker starts its successor, which has the cluster's secrets too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.primary.pid() as i32),
+        Signal::SIGUSR2,
+    )
+    .expect("SIGUSR2 to the primary");
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2
+                && w.iter()
+                    .all(|w| w.serving && w.pid.is_some_and(|p| !before.contains(&p)))
+        }),
+        "every worker replaced: {before:?} -> {}",
+        c.status()
+    );
+    let after = c.pids();
+    every_worker_serves_one_certificate(c.port, &after, Some(&cert), "after a rolling restart");
+    // `client` holds tickets the old workers issued: they resume on the new ones.
+    let old = tls_get(c.port, &client).expect("a TLS request after the rolling restart");
+    assert!(after.contains(&old.pid), "a new worker answers: {old:?}");
+    assert_eq!(
+        old.kind,
+        Some(rustls::HandshakeKind::Resumed),
+        "a ticket from the workers {before:?} resumes on their successor {}",
+        old.pid
+    );
+    // And a new client's tickets, from one new worker on the other.
+    every_worker_resumes_the_others_sessions(c.port, &after, &tls_client(true), "after a rolling restart");
+}

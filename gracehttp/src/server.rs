@@ -68,6 +68,8 @@ pub struct Server {
     surge: Option<usize>,
     max_memory: Option<u64>,
     worker_timeout: Option<Option<std::time::Duration>>,
+    /// Secrets the primary hands every worker ([`Server::worker_secret`]).
+    worker_secrets: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -102,6 +104,7 @@ impl Default for Server {
             surge: None,
             max_memory: None,
             worker_timeout: None,
+            worker_secrets: Vec::new(),
         }
     }
 }
@@ -183,6 +186,18 @@ impl Server {
     /// [`gracenet::ClusterBuilder::max_memory`]); `None` (the default): never.
     pub fn max_memory(mut self, bytes: Option<u64>) -> Server {
         self.max_memory = bytes;
+        self
+    }
+
+    /// With [`workers`](Self::workers): `bytes` the primary hands every worker (and each
+    /// worker its successor), read there with [`gracenet::cluster::secret(name)`]: for what
+    /// every worker must serve alike and is made once, such as a certificate made at startup
+    /// (see [`gracenet::ClusterBuilder::secret`]). Given in the primary; a worker's own call
+    /// is ignored. The session ticket keys need none: the workers share them already.
+    ///
+    /// [`gracenet::cluster::secret(name)`]: gracenet::cluster::secret
+    pub fn worker_secret(mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Server {
+        self.worker_secrets.push((name.into(), bytes.into()));
         self
     }
 
@@ -307,6 +322,9 @@ impl Server {
             if let Some(n) = self.surge {
                 cluster = cluster.surge(n);
             }
+            for (name, bytes) in &self.worker_secrets {
+                cluster = cluster.secret(name.clone(), bytes.clone());
+            }
             let code = cluster.run()?;
             std::process::exit(code);
         }
@@ -330,13 +348,21 @@ impl Server {
             return Err(Error::WorkersNeedServe);
         }
         // TLS session ticket keys, shared by the TLS sites and handed to the next process, so
-        // that clients resume their sessions across a restart.
+        // that clients resume their sessions across a restart. In a cluster's worker, derived
+        // from the secret every worker shares: the same in every worker, so a client resumes on
+        // any of them, and in each one's successor, so nothing is handed over.
         let ticket_keys = self
             .sites
             .iter()
             .any(|s| s.tls.as_ref().is_some_and(Tls::takes_ticket_keys))
-            .then(TicketKeys::new)
+            .then(
+                || match gracenet::cluster::secret(gracenet::cluster::RANDOM_SECRET) {
+                    Some(secret) => TicketKeys::shared(secret),
+                    None => TicketKeys::new(),
+                },
+            )
             .flatten();
+        let handed_keys = ticket_keys.as_ref().filter(|k| !k.is_shared());
         // The lifecycle is the server's own: nobody else takes handed-over connections.
         let own_lifecycle = matches!(self.lifecycle, Lifecycle::Builder(_));
         let hand_over = self.hand_over;
@@ -349,7 +375,7 @@ impl Server {
                     // not repeated.
                     let mut builder = builder.announce(false);
                     let ours = !builder.hands_state();
-                    if let (Some(keys), true) = (&ticket_keys, ours) {
+                    if let (Some(keys), true) = (handed_keys, ours) {
                         let keys = keys.clone();
                         builder = builder.hand_state(move || {
                             let handed = keys.handed();
@@ -361,7 +387,7 @@ impl Server {
             };
         // Read while the listeners are set up: the previous process sends the keys from a
         // thread of its own, which can take a while to be scheduled.
-        let adopting = match (&ticket_keys, ours) {
+        let adopting = match (handed_keys, ours) {
             (Some(keys), true) => {
                 let (keys, generation) = (keys.clone(), generation.clone());
                 Some(tokio::spawn(async move {

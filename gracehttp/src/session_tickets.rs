@@ -7,12 +7,19 @@
 //! (12 bytes), the sealed session. Keys rotate every [`ROTATION`]; a ticket sealed with the
 //! previous key is still accepted, so a ticket lives between one and two rotations, and a key
 //! is forgotten after two.
+//!
+//! In a cluster's worker, the keys are not the process's own: each is derived from the secret
+//! every worker of the cluster shares ([`gracenet::cluster::RANDOM_SECRET`]) and the six-hour
+//! period it seals in, so every worker seals and opens with the same keys, rotating at the same
+//! moment, and a client resumes on whichever worker its connection lands (a worker's
+//! successor derives them too: nothing to hand over).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::hkdf::{HKDF_SHA256, KeyType, Prk, Salt};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 
@@ -30,6 +37,18 @@ const NONCE_LEN: usize = 12;
 const LONGEST_TICKET: usize = 4096;
 /// What the handed-over bytes start with: a version, so a later format is not misread.
 const HANDED_TAG: &[u8] = b"gracehttp tls ticket keys v1\n";
+/// The salt of the keys derived from a cluster's shared secret, and the start of each key's
+/// label (then its period's number).
+const DERIVED_LABEL: &[u8] = b"gracehttp tls ticket key v1";
+
+/// A key's name and secret, as HKDF output.
+struct NameAndSecret;
+
+impl KeyType for NameAndSecret {
+    fn len(&self) -> usize {
+        NAME_LEN + KEY_LEN
+    }
+}
 
 /// One ticket key.
 struct TicketKey {
@@ -41,6 +60,20 @@ struct TicketKey {
 }
 
 impl TicketKey {
+    /// The key of the period that begins at `since` (a multiple of [`ROTATION`]), derived
+    /// from a cluster's shared secret: the same in every process that shares it.
+    fn derived(secret: &Prk, since: u64) -> Option<TicketKey> {
+        let period = (since / ROTATION.as_secs()).to_be_bytes();
+        let mut out = [0; NAME_LEN + KEY_LEN];
+        secret
+            .expand(&[DERIVED_LABEL, &period], NameAndSecret)
+            .ok()?
+            .fill(&mut out)
+            .ok()?;
+        let (name, secret) = out.split_at(NAME_LEN);
+        TicketKey::from_parts(name, secret, since)
+    }
+
     fn random(random: &SystemRandom, since: u64) -> Option<TicketKey> {
         let mut name = [0; NAME_LEN];
         let mut secret = [0; KEY_LEN];
@@ -73,6 +106,8 @@ pub(crate) struct TicketKeys {
     random: SystemRandom,
     /// The longest ticket opened: [`LONGEST_TICKET`], or the longest sealed.
     longest: AtomicUsize,
+    /// Keys derived from a cluster's shared secret ([`TicketKeys::shared`]), not random.
+    derived_from: Option<Prk>,
 }
 
 impl std::fmt::Debug for TicketKeys {
@@ -99,7 +134,34 @@ impl TicketKeys {
             }),
             random,
             longest: AtomicUsize::new(LONGEST_TICKET),
+            derived_from: None,
         }))
+    }
+
+    /// Keys derived from `secret`, which every worker of a cluster shares: each process that
+    /// has it seals and opens with the same keys, rotated at the same moments (every
+    /// [`ROTATION`] since the Unix epoch). `None` when the system gives no randomness (for
+    /// nonces).
+    pub(crate) fn shared(secret: &[u8]) -> Option<Arc<TicketKeys>> {
+        let prk = Salt::new(HKDF_SHA256, DERIVED_LABEL).extract(secret);
+        let at = now();
+        let since = at - at % ROTATION.as_secs();
+        let current = TicketKey::derived(&prk, since)?;
+        let previous = since
+            .checked_sub(ROTATION.as_secs())
+            .and_then(|before| TicketKey::derived(&prk, before));
+        Some(Arc::new(TicketKeys {
+            keys: Mutex::new(Keys { current, previous }),
+            random: SystemRandom::new(),
+            longest: AtomicUsize::new(LONGEST_TICKET),
+            derived_from: Some(prk),
+        }))
+    }
+
+    /// Whether the keys derive from a shared secret ([`TicketKeys::shared`]): then nothing is
+    /// handed to the next process, which derives the same ones.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.derived_from.is_some()
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
@@ -156,6 +218,19 @@ impl TicketKeys {
     /// Starts a new key when the current one has sealed tickets for [`ROTATION`] (or the
     /// clock went back by more than that).
     fn rotate_if_due(&self, keys: &mut Keys, at: u64) {
+        if let Some(secret) = &self.derived_from {
+            // The key of `at`'s period, and the one before: computed alike everywhere.
+            let since = at - at % ROTATION.as_secs();
+            if since != keys.current.since
+                && let Some(current) = TicketKey::derived(secret, since)
+            {
+                let previous = since
+                    .checked_sub(ROTATION.as_secs())
+                    .and_then(|before| TicketKey::derived(secret, before));
+                *keys = Keys { current, previous };
+            }
+            return;
+        }
         let age = at.abs_diff(keys.current.since);
         if age < ROTATION.as_secs() {
             return;
@@ -311,6 +386,39 @@ mod tests {
             assert!(!keys.adopt(bad), "{bad:?}");
         }
         assert_eq!(keys.decrypt(&ticket).as_deref(), Some(SESSION), "keys unchanged");
+    }
+
+    #[test]
+    fn keys_from_one_shared_secret_open_each_others_tickets_and_rotate_together() {
+        let secret = [7u8; 32];
+        let (a, b) = (
+            TicketKeys::shared(&secret).unwrap(),
+            TicketKeys::shared(&secret).unwrap(),
+        );
+        assert!(a.is_shared() && !TicketKeys::new().unwrap().is_shared());
+        let ticket = a.encrypt(SESSION).unwrap();
+        assert_eq!(
+            b.decrypt(&ticket).as_deref(),
+            Some(SESSION),
+            "another worker opens it"
+        );
+        assert_eq!(
+            TicketKeys::shared(&[8u8; 32]).unwrap().decrypt(&ticket),
+            None,
+            "another cluster"
+        );
+        assert_eq!(TicketKeys::new().unwrap().decrypt(&ticket), None);
+        // Over the periods: sealed in one, opened in the next by the other worker, not after.
+        let rotation = ROTATION.as_secs();
+        let start = 1_000 * rotation + 5;
+        let sealed = a.seal(SESSION, start).unwrap();
+        assert_eq!(b.open(&sealed, start + rotation).as_deref(), Some(SESSION));
+        let later = b.seal(SESSION, start + rotation).unwrap();
+        assert_ne!(sealed[..NAME_LEN], later[..NAME_LEN], "a new key each period");
+        assert_eq!(a.open(&later, start + rotation + 1).as_deref(), Some(SESSION));
+        assert_eq!(a.open(&sealed, start + 2 * rotation), None, "forgotten after two");
+        // A clock set back: the keys of that period again, alike everywhere.
+        assert_eq!(b.open(&sealed, start).as_deref(), Some(SESSION));
     }
 
     #[test]

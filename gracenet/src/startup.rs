@@ -36,6 +36,8 @@ pub(crate) struct Startup {
     /// This process is a cluster's worker (`GRACE_WORKER`, `GRACE_HEARTBEAT_MS`), passed on
     /// to its successor.
     pub worker: Option<WorkerRole>,
+    /// The cluster's secrets (`GRACE_SECRET_FD`), passed on to its successor.
+    pub secrets: Option<crate::cluster::secret::Inherited>,
     /// When this process's start was read (a standby's: when it was woken): what a
     /// generation's start-up time and uptime count from.
     pub started: Instant,
@@ -175,6 +177,7 @@ fn read() -> Result<Startup, EnvError> {
     let heartbeat = take_var(crate::vars::GRACE_HEARTBEAT_MS);
     let load_fd = take_var(crate::vars::GRACE_LOAD_FD);
     let join = take_var(crate::vars::GRACE_REUSEPORT_JOIN);
+    let secrets = take_var(crate::vars::GRACE_SECRET_FD);
     let inherited = InheritedFds::take_from_env()?;
     if let Some(pid) = inherited.meant_for {
         // A copy of a generation's variables, left in the environment of a process it
@@ -185,6 +188,7 @@ fn read() -> Result<Startup, EnvError> {
                 "ignoring GRACE_READY_FD and GRACE_GENERATION meant for another process"
             );
         }
+        crate::cluster::secret::stop_at_this_process(secrets);
         return Ok(Startup {
             registry: SocketRegistry::new(inherited),
             generation: 1,
@@ -193,11 +197,13 @@ fn read() -> Result<Startup, EnvError> {
             idle_start: false,
             supervisor: None,
             worker: None,
+            secrets: None,
             started: Instant::now(),
         });
     }
     let generation = parse_generation(generation)?;
     let worker = WorkerRole::read(worker, heartbeat, load_fd, join)?;
+    let secrets = crate::cluster::secret::inherit(secrets)?;
     let link = ParentLink::new(ready_fd, inherited.origin())?;
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before
@@ -224,6 +230,7 @@ fn read() -> Result<Startup, EnvError> {
         idle_start,
         supervisor,
         worker,
+        secrets,
         started: Instant::now(),
     })
 }

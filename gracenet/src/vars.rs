@@ -66,6 +66,12 @@ pub const GRACE_LOAD_FD: &str = "GRACE_LOAD_FD";
 /// anything listens there, a second cluster on the same address included), and only then
 /// opens it to its primary's siblings; set with [`GRACE_WORKER`].
 pub const GRACE_REUSEPORT_JOIN: &str = "GRACE_REUSEPORT_JOIN";
+/// The fd number of the cluster's secrets in this process: a sealed, read-only memory file
+/// the primary makes once (random bytes of its own, and any the application gave it) and
+/// hands to every worker it starts, each worker handing it on to its successor
+/// (`gracenet::cluster::secret`). Passed as an fd, never as a value: a variable's value is
+/// copied into every process the program starts and can be read in `/proc/PID/environ`.
+pub const GRACE_SECRET_FD: &str = "GRACE_SECRET_FD";
 /// The variable systemd sets to its notification socket: a path, or `@name` (abstract).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
@@ -95,6 +101,7 @@ pub const OWNED: &[&str] = &[
     GRACE_HEARTBEAT_MS,
     GRACE_LOAD_FD,
     GRACE_REUSEPORT_JOIN,
+    GRACE_SECRET_FD,
 ];
 
 /// The first inherited fd: 0, 1 and 2 are stdin, stdout and stderr.

@@ -2,8 +2,8 @@
 //! one primary process (the [supervisor](crate::supervise) grown up). One worker failing loses
 //! nothing: the others keep accepting on the same sockets while the primary starts its
 //! replacement; a hung worker is noticed by its silence and replaced; a rolling restart
-//! replaces the workers one at a time, each by its own restart, so state, connection and TLS
-//! ticket hand-over work per worker.
+//! replaces the workers one at a time, each by its own restart, so state and connection
+//! hand-over work per worker (TLS ticket keys need none: every worker has the same).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), gracenet::Error> {
@@ -37,6 +37,11 @@
 //! - `SIGTERM`, `SIGINT` or `SIGHUP` (a terminal closing) drain every worker, and the
 //!   primary exits once all are gone.
 //!
+//! Every worker, and every worker's successor, has the same [secrets](secret): 32 random
+//! bytes the primary makes when it starts ([`RANDOM_SECRET`]) and any the application gave it
+//! ([`ClusterBuilder::secret`]), for what the workers must have alike (gracehttp derives its
+//! TLS session ticket keys from the random bytes, so a client resumes on any worker).
+//!
 //! Each worker knows its slot (`GRACE_WORKER`), says it when ready, and sends a heartbeat
 //! (`WATCHDOG=1`, with its open and accepted connections, the requests it served and its
 //! resident memory, for `status` and recycling) from its tokio runtime; it leaves the control
@@ -45,7 +50,10 @@
 pub(crate) mod balance;
 pub(crate) mod machine;
 mod primary;
+pub(crate) mod secret;
 pub(crate) mod transfer;
+
+pub use secret::{RANDOM_SECRET, secret};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +83,7 @@ impl Cluster {
             pid_file: None,
             max_requests: None,
             max_memory: None,
+            secrets: secret::Secrets::default(),
         }
     }
 }
@@ -95,6 +104,7 @@ pub struct ClusterBuilder {
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) max_requests: Option<u64>,
     pub(crate) max_memory: Option<u64>,
+    pub(crate) secrets: secret::Secrets,
 }
 
 impl ClusterBuilder {
@@ -154,6 +164,19 @@ impl ClusterBuilder {
     /// `None` (the default): never.
     pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
         self.max_memory = bytes.filter(|&n| n > 0);
+        self
+    }
+
+    /// A secret for every worker: `bytes` the primary hands each worker it starts, and each
+    /// worker its successor, read there with [`secret(name)`](crate::cluster::secret). For what
+    /// the workers must have alike and is made once, in the primary (a certificate made at
+    /// startup, say). Handed as a sealed, read-only memory file: never in the environment or on
+    /// disk. A second secret of the same name replaces the first; [`RANDOM_SECRET`] is the
+    /// primary's own.
+    pub fn secret(mut self, name: impl Into<String>, bytes: impl Into<Vec<u8>>) -> Self {
+        let name = name.into();
+        self.secrets.0.retain(|(n, _)| *n != name);
+        self.secrets.0.push((name, bytes.into()));
         self
     }
 

@@ -142,6 +142,16 @@ pub(super) fn start_process(
         // open to them.
         next.env(crate::vars::GRACE_REUSEPORT_JOIN, "1");
     }
+    if let Some(secrets) = &shared.startup.secrets {
+        // The successor has the cluster's secrets too, from this process (never from the
+        // environment).
+        let copy = secrets
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| io("cannot copy the cluster's secrets file for the next process", e))?;
+        let fd = next.pass_fd(copy);
+        next.env(crate::vars::GRACE_SECRET_FD, fd.to_string());
+    }
     if idle {
         next.idle_priority();
         next.env(GRACE_IDLE_START, "1");

@@ -494,6 +494,46 @@ pub(crate) fn is_size_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(seals & SIZE_SEALS == SIZE_SEALS)
 }
 
+/// An anonymous file (`memfd_create`, close-on-exec) holding `bytes`, readable by its owner
+/// only (mode 0400), then sealed against any change ([`READ_ONLY_SEALS`]): whoever is handed
+/// it can read it, no one can alter it. It has no path: another process reaches it only by
+/// being handed the fd, or through `/proc/PID/fd`, which takes the right to inspect a holder
+/// (the same user, or root); the mode keeps even that to the owner.
+pub(crate) fn sealed_file(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a plain system call with a NUL-terminated name; the returned fd is new and ours.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // memfd_create makes it 0777: read and write through this fd need no mode bits.
+    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::S_IRUSR).map_err(io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    io::Write::write_all(&mut file, bytes)?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: fcntl(F_ADD_SEALS) on an fd we own, with an int argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, READ_ONLY_SEALS) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// The seals [`sealed_file`] puts on its file: no write, no resize, no change of seals.
+pub(crate) const READ_ONLY_SEALS: libc::c_int = SIZE_SEALS | libc::F_SEAL_WRITE;
+
+/// Whether `fd` is sealed against any change, as [`sealed_file`] seals it.
+pub(crate) fn is_read_only_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: fcntl(F_GET_SEALS) on an fd borrowed for the call.
+    let seals = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(seals & READ_ONLY_SEALS == READ_ONLY_SEALS)
+}
+
 /// Opens another process's fd `fd` anew (through `/proc/PID/fd`), read-write: a worker
 /// reaches its primary's shared memory so. Needs the right to inspect that process (the same
 /// user).

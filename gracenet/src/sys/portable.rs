@@ -161,6 +161,16 @@ pub(crate) fn is_size_sealed(_fd: BorrowedFd<'_>) -> io::Result<bool> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+/// As [`shared_memory`]: a Linux feature here.
+pub(crate) fn sealed_file(_name: &str, _bytes: &[u8]) -> io::Result<OwnedFd> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// As [`sealed_file`]: there is no sealed file to ask about.
+pub(crate) fn is_read_only_sealed(_fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Needs `/proc/PID/fd`.
 pub(crate) fn open_fd_of(_pid: u32, _fd: RawFd) -> io::Result<OwnedFd> {
     Err(io::Error::from(io::ErrorKind::Unsupported))

@@ -99,6 +99,8 @@ pub(crate) struct Primary {
     started: Instant,
     /// The workers' open connections, for the balance (`None` if it could not be made).
     load: Option<super::balance::LoadTable>,
+    /// The cluster's secrets, handed to every worker (`None` if they could not be made).
+    secrets: Option<OwnedFd>,
     /// The control socket is not accepted from until then (out of fds, or too many clients).
     control_paused_until: Option<Instant>,
     /// How many control clients are read at once: [`control::MAX_CONTROL_CLIENTS`], or a
@@ -204,6 +206,22 @@ impl Primary {
                 None
             }
         };
+        let secrets = match super::secret::create(&settings.secrets) {
+            Ok(fd) => Some(fd),
+            // The application's own secrets are part of what it serves: without them, no start.
+            Err(e) if !settings.secrets.0.is_empty() => {
+                return Err(io_error("cannot make the file of the secrets the workers share")(
+                    e,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    primary = me,
+                    error = %e, "cannot make the workers' shared secret: each worker makes keys of its own (a TLS session resumes only on the worker that began it)"
+                );
+                None
+            }
+        };
         Ok(Primary {
             me,
             exe,
@@ -232,6 +250,7 @@ impl Primary {
             announced: false,
             started: Instant::now(),
             load,
+            secrets,
             control_paused_until: None,
             max_control_clients: control_clients_for_fd_limit(),
             fd_reserve: fd_reserve(),
@@ -671,6 +690,22 @@ impl Primary {
             .new_process_group();
         if let Some(table) = &self.load {
             next.env(GRACE_LOAD_FD, table.raw_fd().to_string());
+        }
+        if let Some(secrets) = &self.secrets {
+            match secrets.try_clone() {
+                Ok(copy) => {
+                    let fd = next.pass_fd(copy);
+                    next.env(crate::vars::GRACE_SECRET_FD, fd.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(primary = self.me, slot, error = %e, "cluster: cannot copy the secrets file for a worker");
+                    self.events.push_back(Event::StartFailed {
+                        id,
+                        reason: format!("cannot copy the cluster's secrets file for worker {slot}: {e}"),
+                    });
+                    return;
+                }
+            }
         }
         if self.store.is_some() {
             // Only the cluster's first worker binds a new TCP address alone (a second cluster
