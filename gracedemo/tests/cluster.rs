@@ -2092,3 +2092,30 @@ fn every_worker_serves_one_self_signed_certificate_and_resumes_any_workers_tls_s
     // And a new client's tickets, from one new worker on the other.
     every_worker_resumes_the_others_sessions(c.port, &after, &tls_client(true), "after a rolling restart");
 }
+
+#[test]
+fn a_command_whose_client_gave_up_while_the_primary_was_stopped_is_not_run() {
+    let mut c = TestCluster::start_with_env("2", &[], &[("RUST_LOG", "gracenet=info")]);
+    let before = c.pids();
+    let _resume = Resume(c.primary.pid());
+    for command in [&["--reload"][..], &["--scale", "3"][..]] {
+        c.primary.signal(Signal::SIGSTOP);
+        let primary = c.primary.pid();
+        assert!(
+            wait_until(DEADLINE, || grace_tests::is_stopped(primary)),
+            "never stopped"
+        );
+        let out = c.ctl(&[command, &["--control-timeout", "1s"][..]].concat());
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && said.contains("not run"),
+            "{command:?}: {said}"
+        );
+        c.primary.signal(Signal::SIGCONT);
+        // The client was told the command is not run: once the primary reads it, it is not.
+        c.primary
+            .expect_log("control socket: command not run: its client left before it was read");
+    }
+    assert_eq!(c.pids(), before, "{}", c.status());
+    assert_eq!(c.workers().len(), 2, "{}", c.status());
+}

@@ -219,7 +219,7 @@ impl Client {
 
     fn ask(&self, command: &str, deadline: Instant, timeout: Duration) -> Result<Answer, Error> {
         let late = |read: bool| {
-            self.fail(if read || command != "restart" {
+            self.fail(if read || command.starts_with("status") {
                 format!(
                     "no answer to {command:?} within {:.1} s; if the server had read it, it goes \
                      on: see --status (or raise the timeout)",
@@ -432,6 +432,15 @@ fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, Option<std::io:
     }
 }
 
+/// Whether a control client has closed its connection (it gave up waiting: its command is
+/// not to be run), as far as the server can tell without reading.
+pub(crate) fn client_gone(stream: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(stream, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+}
+
 /// The server side, run by a [`Generation`](crate::Generation) built with
 /// [`control_socket`](crate::GenerationBuilder::control_socket).
 #[cfg(feature = "tokio")]
@@ -582,10 +591,7 @@ pub(crate) mod server {
     /// Whether the client has closed its end (`POLLHUP`: both directions shut). A client that
     /// only shut its writing half (as `socat` does) still waits for the answer.
     fn client_gone(stream: &tokio::net::UnixStream) -> bool {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLHUP))
+        super::client_gone(stream.as_fd())
     }
 
     /// Only the server's own user and root may control it.

@@ -224,6 +224,20 @@ impl Primary {
         let command = line.lines().next().unwrap_or("").trim().to_owned();
         let answer = match authorised(&stream) {
             Err(reason) => Some(format!("error {reason}\n")),
+            // A client that gave up before the command was read (the primary was held up past
+            // its timeout) was told it is not run: it is not.
+            Ok(())
+                if command != "status"
+                    && command != "status json"
+                    && crate::control::client_gone(stream.as_fd()) =>
+            {
+                tracing::info!(
+                    primary = self.me,
+                    command = %command.chars().take(MAX_COMMAND).collect::<String>(),
+                    "control socket: command not run: its client left before it was read"
+                );
+                return;
+            }
             Ok(()) => match command.as_str() {
                 "restart" | "restart again" => {
                     tracing::info!(primary = self.me, "control socket: rolling restart requested");
