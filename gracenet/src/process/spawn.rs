@@ -397,14 +397,25 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
             libc::write(err_pipe, bytes.as_ptr().cast(), bytes.len());
             libc::_exit(127)
         };
-        // Move the error pipe and every source above the target range first, so placing fd i
-        // at 3+i never overwrites a source still to be placed.
-        let err_pipe = libc::fcntl(plan.err_pipe, libc::F_DUPFD_CLOEXEC, first_free);
+        // Move the error pipe and every source in the target range above it first, so
+        // placing fd i at 3+i never overwrites a source still to be placed. An fd already
+        // above the range stays where it is: near the fd limit there may be no room to move
+        // it.
+        let above = |fd: RawFd| fd < FIRST_INHERITED_FD || fd >= first_free;
+        let err_pipe = if above(plan.err_pipe) {
+            plan.err_pipe
+        } else {
+            libc::fcntl(plan.err_pipe, libc::F_DUPFD_CLOEXEC, first_free)
+        };
         if err_pipe < 0 {
             fail(plan.err_pipe, STEP_FDS);
         }
         for (i, &src) in plan.sources.iter().enumerate() {
-            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free);
+            let fd = if above(src) {
+                src
+            } else {
+                libc::fcntl(src, libc::F_DUPFD_CLOEXEC, first_free)
+            };
             if fd < 0 {
                 fail(err_pipe, STEP_FDS);
             }

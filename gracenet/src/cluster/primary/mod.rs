@@ -670,6 +670,15 @@ impl Primary {
     /// Starts a worker for `slot` (start `id`): on copies of the store's sockets once they
     /// are known, else (the machine starts one worker at a time then) binding them itself.
     fn start(&mut self, slot: usize, id: StartId) {
+        // Starting a process takes fds for a moment (copies of its sockets and of the
+        // secrets file, its readiness pipe, the pipe that reports a failed exec, its pidfd):
+        // at a low limit, the reserve is let go for it.
+        self.fd_reserve.clear();
+        self.start_now(slot, id);
+        self.fd_reserve = fd_reserve();
+    }
+
+    fn start_now(&mut self, slot: usize, id: StartId) {
         let sockets = match self.sockets_for(slot) {
             Ok(sockets) => sockets,
             Err(e) => {
