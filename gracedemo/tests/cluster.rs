@@ -2119,3 +2119,57 @@ fn a_command_whose_client_gave_up_while_the_primary_was_stopped_is_not_run() {
     assert_eq!(c.pids(), before, "{}", c.status());
     assert_eq!(c.workers().len(), 2, "{}", c.status());
 }
+
+#[test]
+fn a_rolling_restart_waits_for_a_worker_started_before_it_and_restarts_it_once_ready() {
+    let app = App::install();
+    // Once "$STATE/stop" exists, the next worker started stops before it runs gracedemo.
+    app.wrap("if [ -n \"$GRACE_WORKER\" ] && [ -e \"$STATE/stop\" ] && mkdir \"$STATE/once\" 2>/dev/null; then kill -STOP $$; fi");
+    let c = TestCluster::launch(&Launch {
+        program: app.path.clone(),
+        ..Launch::new("2")
+    });
+    std::fs::create_dir(app.dir.path().join("state/stop")).expect("mkdir stop");
+    let before = c.pids();
+    grace_tests::signal(before[0], Signal::SIGKILL);
+    // Its replacement, started from the program installed then, stops before it is ready.
+    let stuck = stopped_worker(&c);
+    let _resume = Resume(stuck);
+    // The deploy: the rollout must not count the stuck slot as restarted.
+    app.restore();
+    let control = c.control.clone();
+    let reload = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_gracedemo"))
+            .arg("--control-socket")
+            .arg(&control)
+            .arg("--reload")
+            .output()
+            .expect("run --reload")
+    });
+    assert!(
+        wait_until(DEADLINE, || c.status().contains("rolling restart: 1 of 2")),
+        "slot 1 never restarted: {}",
+        c.status()
+    );
+    assert!(
+        !reload.is_finished(),
+        "--reload answered with a worker that does not serve: {}",
+        c.status()
+    );
+    // The stuck worker goes on, from the program installed before the rollout: once ready,
+    // it is restarted in turn, and only then does the reload answer.
+    grace_tests::signal(stuck, Signal::SIGCONT);
+    let out = reload.join().expect("the reload thread");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains(&stuck.to_string()), "{said}");
+    let after = c.workers();
+    assert!(
+        after.len() == 2
+            && after
+                .iter()
+                .all(|w| w.serving && w.pid != Some(stuck) && !before.contains(&w.pid.unwrap_or(0))),
+        "{}",
+        c.status()
+    );
+}

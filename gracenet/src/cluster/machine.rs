@@ -185,6 +185,9 @@ pub(crate) struct Worker {
     /// Its resident memory when it reached its memory threshold within its first minute (its
     /// slot then waits before recycling it: a replacement would be there as fast, in a loop).
     pub first_rss: Option<u64>,
+    /// The start that made it (`None`: the successor of a worker's own restart, or a stray):
+    /// tells a rollout whether it runs the program installed when the rollout began.
+    pub start: Option<StartId>,
 }
 
 /// One slot.
@@ -250,6 +253,13 @@ pub(crate) struct Rollout {
     pub queue: VecDeque<usize>,
     /// Slots restarted so far.
     pub done: usize,
+    /// Slots that had no serving worker when their turn came (starting, backing off after a
+    /// crash, killed as hung): done once a worker started after the rollout began serves
+    /// there; one started before it that becomes ready is restarted in turn.
+    pub awaiting: Vec<usize>,
+    /// The last start issued before the rollout began: later ones run the program now
+    /// installed.
+    pub since: StartId,
     /// Who waits for the result.
     pub waiting: Vec<ReplyId>,
 }
@@ -727,6 +737,7 @@ impl Cluster {
                             killed: false,
                             limits: self.settings.recycle.limits_for(pid),
                             first_rss: None,
+                            start: Some(id),
                         });
                     }
                     // Started as the stop came, for a slot scaled away, or for one a stray
@@ -737,10 +748,16 @@ impl Cluster {
                     }
                 }
             }
-            Event::StartFailed { id, .. } => {
+            Event::StartFailed { id, reason } => {
                 self.spawning.remove(&id);
                 if let Some(slot) = self.slots.iter().position(|s| s.starting == Some(id)) {
                     self.slots[slot].starting = None;
+                    self.awaited_failed(
+                        slot,
+                        Some(id),
+                        format!("a new worker could not start: {reason}"),
+                        &mut actions,
+                    );
                     self.crashed(slot, now, Loss::BootFailure, &mut actions);
                 }
             }
@@ -815,6 +832,7 @@ impl Cluster {
             killed: false,
             limits: self.settings.recycle.limits_for(pid),
             first_rss: None,
+            start: None,
         };
         let ours = self
             .slots
@@ -834,6 +852,7 @@ impl Cluster {
                     w.since = now;
                     w.beat = now;
                 }
+                self.awaited_ready(slot, w.start, actions);
             }
             // The slot's serving worker was succeeded by `pid` (its own restart, asked for by
             // a rollout or not): the old one drains and exits by itself.
@@ -867,7 +886,56 @@ impl Cluster {
                 s.restart_at = None;
                 s.held = false;
                 s.worker = Some(fresh);
+                self.awaited_ready(slot, None, actions);
             }
+        }
+    }
+
+    /// `slot`'s worker, made by `start`, is ready: if the rollout waits for the slot, it is
+    /// done when that start came after the rollout began; otherwise the worker runs the
+    /// program from before, and restarts in turn.
+    fn awaited_ready(&mut self, slot: usize, start: Option<StartId>, actions: &mut Vec<Action>) {
+        let Some(r) = self.rollout.as_mut() else {
+            return;
+        };
+        let Some(i) = r.awaiting.iter().position(|&a| a == slot) else {
+            return;
+        };
+        r.awaiting.swap_remove(i);
+        if start.is_some_and(|id| id > r.since) {
+            r.done += 1;
+        } else {
+            r.queue.push_front(slot);
+        }
+        self.next_in_rollout(actions);
+    }
+
+    /// `slot`'s worker, made by `start`, failed before it was ready: when the rollout waits
+    /// for the slot and that start came after the rollout began, the program now installed
+    /// does not start, and the rollout stops, saying so.
+    fn awaited_failed(
+        &mut self,
+        slot: usize,
+        start: Option<StartId>,
+        reason: String,
+        actions: &mut Vec<Action>,
+    ) {
+        let fresh = self
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.awaiting.contains(&slot) && start.is_some_and(|id| id > r.since));
+        if fresh {
+            if let Some(r) = self.rollout.as_mut() {
+                r.awaiting.retain(|&a| a != slot);
+            }
+            self.end_rollout(
+                |done| RolloutResult::Failed {
+                    slot,
+                    reason,
+                    restarted: done,
+                },
+                actions,
+            );
         }
     }
 
@@ -886,6 +954,16 @@ impl Cluster {
             _ => Loss::BootFailure,
         };
         let restarting = std::mem::replace(&mut self.slots[slot].restarting, false);
+        if loss == Loss::BootFailure
+            && let Some(w) = self.slots[slot].worker
+        {
+            let reason = if w.killed {
+                format!("new worker {pid} was not ready within its ready timeout")
+            } else {
+                format!("new worker {pid} exited before it was ready")
+            };
+            self.awaited_failed(slot, w.start, reason, actions);
+        }
         self.slots[slot].worker = None;
         if self.slots[slot].recycling.take().is_some() {
             // Its replacement starts afresh: the recycle is moot.
@@ -1068,9 +1146,13 @@ impl Cluster {
         let removed = self.slots[workers..].iter().filter(|s| serving(s)).count();
         (kept == 0 && removed > 0).then(|| {
             format!(
-                "scaling to {workers} would stop every serving worker: worker(s) 0 to {} do not serve now (see status); \
+                "scaling to {workers} would stop every serving worker: {} serve now (see status); \
                  scale down once they do",
-                workers.saturating_sub(1)
+                if workers <= 1 {
+                    "worker 0 does not".to_owned()
+                } else {
+                    format!("workers 0 to {} do not", workers - 1)
+                }
             )
         })
     }
@@ -1114,6 +1196,7 @@ impl Cluster {
             }
             if let Some(r) = self.rollout.as_mut() {
                 r.queue.retain(|&slot| slot < workers);
+                r.awaiting.retain(|&slot| slot < workers);
             }
             // A slot scaled away in the middle of its recycle no longer holds the rollouts
             // asked for meanwhile.
@@ -1128,6 +1211,8 @@ impl Cluster {
         self.rollout = Some(Rollout {
             queue: (0..self.slots.len()).collect(),
             done: 0,
+            awaiting: Vec::new(),
+            since: self.next_start,
             waiting,
         });
         self.next_in_rollout(actions);
@@ -1154,14 +1239,15 @@ impl Cluster {
                         in_progress += 1;
                         actions.push(Action::Restart { slot, pid: w.pid });
                     }
-                    // Starting afresh (after a crash), or killed as hung and about to be:
-                    // its replacement is already a new worker (asked to restart, a killed
-                    // worker's exit would fail the rollout for nothing).
-                    _ => r.done += 1,
+                    // Starting (after a crash), backing off, or killed as hung and about to
+                    // be replaced: it is not asked to restart (a killed worker's exit would
+                    // fail the rollout for nothing); the rollout waits for a worker started
+                    // from now on to serve there (`awaited_ready`).
+                    _ => r.awaiting.push(slot),
                 }
             }
         }
-        if in_progress == 0 && r.queue.is_empty() {
+        if in_progress == 0 && r.queue.is_empty() && r.awaiting.is_empty() {
             // A killed worker no longer serves: its slot is one being started.
             let pids = self
                 .slots
@@ -1866,7 +1952,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rollout_that_ends_before_a_killed_worker_exits_reports_its_slot_as_being_started() {
+    fn a_rollout_waits_for_a_killed_workers_replacement_to_serve() {
         let now = Instant::now();
         let mut c = serving(2, now);
         c.handle(
@@ -1881,13 +1967,119 @@ mod tests {
             Event::RestartRequested { reply: 1 },
             now + Duration::from_secs(10),
         );
+        // Worker 101 (killed as hung) does not serve: slot 0's restart alone does not end it.
         assert_eq!(
             c.handle(Event::Ready { slot: 0, pid: 200 }, now + Duration::from_secs(11)),
+            vec![],
+            "killed worker 101 does not serve"
+        );
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            now + Duration::from_secs(11),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("no replacement for the killed worker: {a:?}");
+        };
+        assert!(
+            c.handle(Event::Started { id, pid: 201 }, now + Duration::from_secs(11))
+                .is_empty()
+        );
+        assert_eq!(
+            c.handle(Event::Ready { slot: 1, pid: 201 }, now + Duration::from_secs(12)),
             vec![Action::Reply {
                 reply: 1,
-                result: RolloutResult::Done { pids: vec![200, 0] }
+                result: RolloutResult::Done { pids: vec![200, 201] }
             }],
-            "killed worker 101 does not serve"
+        );
+    }
+
+    #[test]
+    fn a_rollout_restarts_a_worker_started_before_it_once_that_one_is_ready() {
+        // Slot 1's worker crashed and its replacement was started from the program then on
+        // disk; a rollout asked meanwhile restarts it once it is ready.
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            now + Duration::from_secs(5),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("no replacement: {a:?}");
+        };
+        c.handle(Event::Started { id, pid: 201 }, now + Duration::from_secs(5));
+        let a = c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
+        assert_eq!(a, vec![Action::Restart { slot: 0, pid: 100 }]);
+        assert!(
+            c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6))
+                .is_empty()
+        );
+        assert_eq!(
+            c.handle(Event::Ready { slot: 1, pid: 201 }, now + Duration::from_secs(6)),
+            vec![Action::Restart { slot: 1, pid: 201 }],
+            "a worker of the program from before the rollout"
+        );
+        assert_eq!(
+            c.handle(Event::Ready { slot: 1, pid: 301 }, now + Duration::from_secs(7)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![300, 301] }
+            }],
+        );
+    }
+
+    #[test]
+    fn a_rollout_whose_fresh_start_fails_in_a_slot_without_a_worker_stops_saying_so() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            now + Duration::from_secs(5),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("no replacement: {a:?}");
+        };
+        c.handle(Event::Started { id, pid: 201 }, now + Duration::from_secs(5));
+        c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
+        assert!(
+            c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6))
+                .is_empty()
+        );
+        // The worker from before exits before it is ready: the rollout goes on waiting, and
+        // one started now replaces it...
+        let a = c.handle(
+            Event::Exited {
+                pid: 201,
+                clean: false,
+            },
+            now + Duration::from_secs(6),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("the rollout ended, or no new start: {a:?}");
+        };
+        c.handle(Event::Started { id, pid: 202 }, now + Duration::from_secs(7));
+        // ...and that one, of the program now installed, fails too: the rollout says so.
+        let a = c.handle(
+            Event::Exited {
+                pid: 202,
+                clean: false,
+            },
+            now + Duration::from_secs(7),
+        );
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Reply {
+                reply: 1,
+                result: RolloutResult::Failed { slot: 1, reason, restarted: 1 }
+            } if reason.contains("new worker 202 exited before it was ready"))),
+            "{a:?}"
         );
     }
 
@@ -3156,6 +3348,18 @@ mod tests {
                     s.worker.is_some_and(|w| w.ready && !w.killed),
                     "a slot being recycled keeps serving: {c:?}"
                 );
+            }
+            if let Some(r) = &c.rollout {
+                for &slot in &r.awaiting {
+                    assert!(slot < c.slots.len(), "an awaited slot exists: {c:?}");
+                    assert!(!r.queue.contains(&slot), "a slot awaited and queued: {c:?}");
+                    assert!(
+                        !c.slots[slot]
+                            .worker
+                            .is_some_and(|wk| wk.ready && wk.start.is_some_and(|id| id > r.since)),
+                        "a slot awaited although a worker started in the rollout serves there: {c:?}"
+                    );
+                }
             }
             assert!(w.answered.values().all(|&n| n == 1), "one answer per request");
             assert!(w.exits <= 1, "one exit");
