@@ -86,6 +86,41 @@ pub fn hold_supervisor_signals() {
     signals::hold();
 }
 
+/// Makes the signals gracenet handles (`SIGUSR2`, `SIGTERM`, `SIGINT`, and `SIGHUP`) safe from
+/// this moment, whatever the process becomes: a supervisor, a cluster's primary, or a
+/// generation. It blocks them in the calling thread (and so in every thread started after),
+/// so a restart or stop signal that arrives while the program starts stays pending instead of
+/// ending the process (their default action); whichever handler gracenet installs then takes
+/// it over: the supervisor's and the primary's loops, or a generation's signal thread, which
+/// unblocks `SIGUSR2`, `SIGTERM` and `SIGINT` for itself once its handlers are in place (a
+/// `SIGUSR2` that waited restarts the generation once it serves).
+///
+/// Call it first thing in `main`, before any thread starts. `SIGHUP` stays blocked in every
+/// thread gracenet starts: a program that handles it unblocks it in the thread that does
+/// ([`unblock_in_this_thread`]); one that does not call this with `SIGHUP` held never sees its
+/// default action. A program that handles the signals itself
+/// ([`GenerationBuilder::handle_signals`](crate::GenerationBuilder::handle_signals)`(false)`)
+/// must not call it, or must unblock them where it handles them.
+pub fn hold_signals() {
+    signals::hold();
+}
+
+/// Unblocks `signal` in the calling thread (after [`hold_signals`]): a handler of the
+/// program's own (for `SIGHUP`, say) calls it at the start of its thread, so the signal, held
+/// since the start, is delivered there. `signal` is its number (`libc::SIGHUP`,
+/// `signal_hook::consts::SIGHUP`); a number that names no signal is ignored.
+pub fn unblock_in_this_thread(signal: i32) {
+    if let Ok(signal) = Signal::try_from(signal) {
+        signals::unblock(&[signal]);
+    }
+}
+
+/// Unblocks `signals` in the calling thread (a generation's signal thread, once its handlers
+/// are in place).
+pub(crate) fn unblock_held(signals: &[Signal]) {
+    signals::unblock(signals);
+}
+
 /// Delivers the signals held since [`hold_supervisor_signals`], once their handlers are in
 /// place.
 pub(crate) fn release_signals() {

@@ -1,0 +1,188 @@
+//! The edges of a process's life an outside tester found: signals that arrive before the
+//! handlers, files left behind (or taken from another server) at exit, a parent signalled on
+//! no evidence, duplicate JSON keys, a notify flood.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, free_port, pids_with_env, unique_marker, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const GRACEDEMO: &str = env!("CARGO_BIN_EXE_gracedemo");
+const MARK: &str = "GRACEDEMO_EDGES_TEST";
+
+/// A gracedemo under test and every process it starts (marked in their environment), killed
+/// and reaped when dropped.
+struct Demo {
+    process: ProcessGuard,
+    marker: String,
+    ports: [u16; 3],
+}
+
+impl Demo {
+    fn start(extra: &[&str], env: &[(&str, &str)]) -> Demo {
+        let ports = [free_port(), free_port(), free_port()];
+        let marker = unique_marker();
+        let mut cmd = Command::new(GRACEDEMO);
+        for (flag, port) in ["-a0", "-a1", "-a2"].iter().zip(ports) {
+            cmd.arg(flag).arg(format!("127.0.0.1:{port}"));
+        }
+        cmd.args(extra).env(MARK, &marker).env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Demo {
+            process: ProcessGuard::spawn(cmd),
+            marker,
+            ports,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.process.kill_and_wait();
+        let _guards: Vec<PidGuard> = pids_with_env(MARK, &self.marker)
+            .into_iter()
+            .filter(|&p| p != self.process.pid())
+            .map(PidGuard)
+            .collect();
+    }
+}
+
+/// A plain HTTP/1.1 GET of `/sleep/?duration=0s`: the answer, or `None`.
+fn get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// The signal masks `/proc/PID/status` shows for `pid` (its main thread): blocked, caught.
+fn signal_masks(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some((mask("SigBlk:")?, mask("SigCgt:")?))
+}
+
+fn bit(signal: Signal) -> u64 {
+    1 << (signal as i32 - 1)
+}
+
+/// The lines by which each mode says it serves: a generation, a supervised generation (its
+/// sockets come from the supervisor), a cluster's worker.
+const READY: [&str; 3] = ["Serving ", "Listening on init activated", " serving "];
+
+/// M8: `SIGUSR2` sent again and again from the moment the process has taken charge of its
+/// signals (blocked or caught: the kernel's exec and the dynamic loader come before any code
+/// of the program and cannot be covered from inside it) until it serves: it is never killed
+/// by one, and the server serves. (A plain server restarts on the early `SIGUSR2`: its first
+/// process then hands over and exits 0.)
+fn survives_early_restart_signals(extra: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut demo = Demo::start(extra, &[]);
+    let pid = demo.pid();
+    let usr2 = bit(Signal::SIGUSR2);
+    assert!(
+        wait_until(DEADLINE, || signal_masks(pid)
+            .is_some_and(|(blocked, caught)| (blocked | caught) & usr2 != 0)),
+        "{extra:?}: the process never blocked or caught SIGUSR2"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let mut sent = 0u32;
+    let mut ready = false;
+    while Instant::now() < deadline && sent < 50_000 {
+        if kill(Pid::from_raw(pid as i32), Signal::SIGUSR2).is_err() {
+            break;
+        }
+        sent += 1;
+        if demo.process.seen().iter().any(|l| READY.iter().any(|r| l.contains(r))) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(sent > 0);
+    if let Some(status) = demo.process.wait_timeout(Duration::from_millis(300)) {
+        assert!(
+            status.signal().is_none() && status.success(),
+            "{extra:?}: ended by an early SIGUSR2 ({sent} sent): {status:?}; {:?}",
+            demo.process.seen()
+        );
+    }
+    assert!(ready, "{extra:?}: never ready ({sent} SIGUSR2 sent)");
+    let port = demo.ports[0];
+    assert!(
+        wait_until(DEADLINE, || get(port).is_some_and(|a| a.starts_with("HTTP/1.1 200"))),
+        "{extra:?}: does not serve after the early SIGUSR2s"
+    );
+}
+
+#[test]
+fn early_restart_signals_never_kill_a_plain_server() {
+    survives_early_restart_signals(&[]);
+}
+
+#[test]
+fn early_restart_signals_never_kill_a_supervisor() {
+    survives_early_restart_signals(&["--supervise"]);
+}
+
+#[test]
+fn early_restart_signals_never_kill_a_cluster_primary() {
+    survives_early_restart_signals(&["--workers", "1"]);
+}
+
+/// M8: a `SIGUSR2` already waiting when the program starts (sent while it was blocked, as
+/// in the moment before its handlers) restarts the server once it serves: the handler
+/// thread takes the held signals over instead of leaving them blocked for good.
+#[test]
+fn a_restart_signal_waiting_at_the_start_restarts_once_serving() {
+    let ports = [free_port(), free_port(), free_port()];
+    let marker = unique_marker();
+    let mut cmd = Command::new(GRACEDEMO);
+    for (flag, port) in ["-a0", "-a1", "-a2"].iter().zip(ports) {
+        cmd.arg(flag).arg(format!("127.0.0.1:{port}"));
+    }
+    cmd.env(MARK, &marker).env_remove("RUST_LOG");
+    // SAFETY: sigprocmask and raise are async-signal-safe system calls, run between fork and
+    // exec; SIGUSR2 stays pending, blocked, across the exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            // To the process, as a sender outside would (a thread-directed one would wait for
+            // the main thread, which keeps it blocked).
+            libc::kill(libc::getpid(), libc::SIGUSR2);
+            Ok(())
+        });
+    }
+    let mut demo = Demo {
+        process: ProcessGuard::spawn(cmd),
+        marker,
+        ports,
+    };
+    demo.process.expect_log("Serving ");
+    let handoff = demo.process.expect_log("Graceful handoff");
+    assert!(
+        handoff.contains(&format!("old pid {}", demo.pid())),
+        "{handoff}"
+    );
+}
