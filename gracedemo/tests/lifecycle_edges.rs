@@ -186,3 +186,72 @@ fn a_restart_signal_waiting_at_the_start_restarts_once_serving() {
         "{handoff}"
     );
 }
+
+/// `--status` through the control socket at `path`: the answer, or the error.
+fn status(path: &std::path::Path) -> Result<String, String> {
+    let out = Command::new(GRACEDEMO)
+        .args(["--control-socket", path.to_str().expect("utf-8 path"), "--status"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// M5: server A's control socket path is taken over by server B (A's file removed, B made its
+/// own); A restarts (its new generation inherits the socket, not the file) and stops: B's
+/// control socket and PID file are left alone.
+#[test]
+fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
+    let dir = TempDir::new("edges-m5");
+    let control = dir.path().join("control");
+    let pid_file = dir.path().join("pid");
+    let flags = [
+        "--control-socket",
+        control.to_str().expect("utf-8"),
+        "--pid-file",
+        pid_file.to_str().expect("utf-8"),
+    ];
+    let mut a = Demo::start(&flags, &[]);
+    a.process.expect_log("Serving ");
+    std::fs::remove_file(&control).expect("remove A's control socket");
+    std::fs::remove_file(&pid_file).expect("remove A's PID file");
+    let mut b = Demo::start(&flags, &[]);
+    b.process.expect_log("Serving ");
+    let b_pid = b.pid();
+    // A restarts: its second generation inherits the socket whose path is now B's.
+    a.process.signal(Signal::SIGUSR2);
+    let handoff = a.process.expect_log("Graceful handoff");
+    let a2: u32 = handoff
+        .split("new pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {handoff:?}"));
+    let _a2 = PidGuard(a2);
+    // A's second generation wrote the shared PID file when it became ready; B writes its own
+    // again (as an operator fixing it would), then A stops.
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|s| s.trim() == a2.to_string())));
+    std::fs::remove_file(&pid_file).expect("remove");
+    std::fs::write(&pid_file, format!("{b_pid}\n")).expect("B's PID file");
+    kill(Pid::from_raw(a2 as i32), Signal::SIGTERM).expect("SIGTERM A");
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(a2)),
+        "A's second generation did not stop"
+    );
+    assert!(control.exists(), "A's stop removed B's control socket");
+    let answer = status(&control).expect("B answers on its control socket");
+    assert!(answer.contains(&format!("pid: {b_pid}")), "{answer}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("B's PID file is kept").trim(),
+        b_pid.to_string()
+    );
+    // B's own stop removes both.
+    b.process.signal(Signal::SIGTERM);
+    b.process.wait_timeout(DEADLINE).expect("B stops");
+    assert!(!control.exists(), "B's stop leaves its control socket");
+    assert!(!pid_file.exists(), "B's stop leaves its PID file");
+}
