@@ -255,3 +255,111 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
     assert!(!control.exists(), "B's stop leaves its control socket");
     assert!(!pid_file.exists(), "B's stop leaves its PID file");
 }
+
+/// M1: gracedemo started with `LISTEN_FDS=1` and no `LISTEN_PID` by a shell that does not
+/// (`holds` false) or does (`holds` true, as Go grace's parent does) keep the listening socket
+/// open itself. Returns whether the shell got `SIGTERM` by the time gracedemo serves, and the
+/// output seen.
+fn listen_fds_from_a_shell(holds: bool) -> (bool, Vec<String>) {
+    use std::os::fd::AsRawFd;
+    use std::process::Stdio;
+    grace_tests::become_subreaper();
+    let dir = TempDir::new("edges-m1");
+    let marker_file = dir.path().join("parent-closed");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let fd = listener.as_raw_fd();
+    let marker = unique_marker();
+    // The shell starts gracedemo with the socket as fd 3 once it has closed (or kept) its
+    // own copy, traps SIGTERM to say so, and waits.
+    let close = if holds { ":" } else { "exec 5<&-" };
+    let script = format!(
+        r#"trap 'echo shell-got-SIGTERM; exit 0' TERM
+( for i in $(seq 1 2000); do [ -e "$M" ] && break; sleep 0.01; done; exec "$0" "$@" 3<&5 5<&- ) &
+{close}
+: > "$M"
+wait; wait"#
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(GRACEDEMO)
+        .args(["-a0", &format!("127.0.0.1:{port}"), "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .env("M", &marker_file)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .env("RUST_LOG", "info")
+        .env(MARK, &marker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is one async-signal-safe system call, run between fork and exec; it gives
+    // the shell the listening socket as fd 5 (without close-on-exec).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 5) == 5 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut shell = cmd.spawn().expect("sh");
+    let _shell_guard = PidGuard(shell.id());
+    let _demo_guards = scopeguard_pids(&marker);
+    if !holds {
+        // The test's own copy would be evidence too: only the shell's child keeps the socket.
+        drop(listener);
+    }
+    let mut lines = grace_tests::Lines::new(shell.stdout.take().expect("stdout"));
+    lines.also_read(shell.stderr.take().expect("stderr"));
+    assert!(
+        wait_until(DEADLINE, || lines
+            .drain_seen()
+            .iter()
+            .any(|l| l.contains("Serving ") || l.contains("Graceful handoff"))),
+        "gracedemo never served: {:#?}",
+        lines.drain_seen()
+    );
+    // The readiness signal is sent before the serving line is logged; a moment for the shell
+    // to run its trap.
+    let got = wait_until(Duration::from_millis(500), || {
+        lines.drain_seen().iter().any(|l| l.contains("shell-got-SIGTERM"))
+    });
+    (got, lines.drain_seen().to_vec())
+}
+
+/// Kills and reaps, when dropped, every process marked with `marker`.
+struct MarkedPids(String);
+
+impl Drop for MarkedPids {
+    fn drop(&mut self) {
+        let _guards: Vec<PidGuard> = pids_with_env(MARK, &self.0).into_iter().map(PidGuard).collect();
+    }
+}
+
+fn scopeguard_pids(marker: &str) -> MarkedPids {
+    MarkedPids(marker.to_owned())
+}
+
+#[test]
+fn listen_fds_set_by_a_shell_never_sigterms_the_shell() {
+    let (got, lines) = listen_fds_from_a_shell(false);
+    assert!(!got, "the shell was sent SIGTERM: {lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("is not a Go grace parent")
+            && l.contains("does not hold 1 of the 1 inherited sockets")),
+        "no line saying why the parent is not signalled: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("Graceful handoff")),
+        "a hand-over that did not happen is claimed: {lines:#?}"
+    );
+}
+
+#[test]
+fn a_parent_that_holds_the_sockets_is_told_the_go_grace_way() {
+    let (got, lines) = listen_fds_from_a_shell(true);
+    assert!(got, "the Go-grace-style parent was not sent SIGTERM: {lines:#?}");
+}
