@@ -363,3 +363,53 @@ fn a_parent_that_holds_the_sockets_is_told_the_go_grace_way() {
     let (got, lines) = listen_fds_from_a_shell(true);
     assert!(got, "the Go-grace-style parent was not sent SIGTERM: {lines:#?}");
 }
+
+/// M3: a supervisor that gives up after a crash loop (each generation killed with
+/// `SIGKILL`, which no process can clean up after) exits without leaving the PID file (naming
+/// a dead generation) or the control socket behind.
+#[test]
+fn a_supervisor_that_gives_up_removes_the_pid_file_and_control_socket() {
+    let dir = TempDir::new("edges-m3");
+    let control = dir.path().join("control");
+    let pid_file = dir.path().join("pid");
+    let mut demo = Demo::start(
+        &[
+            "--supervise",
+            "--control-socket",
+            control.to_str().expect("utf-8"),
+            "--pid-file",
+            pid_file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let mut killed = Vec::new();
+    let mut status = None;
+    // The supervisor gives up after CRASH_LIMIT (5) crashes; a few more rounds at most.
+    for _ in 0..10 {
+        let mut next = None;
+        let found = wait_until(DEADLINE, || {
+            next = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .filter(|p| !killed.contains(p) && grace_tests::is_alive(*p));
+            next.is_some() || demo.process.wait_timeout(Duration::ZERO).is_some()
+        });
+        assert!(found, "no new generation named in the PID file");
+        let Some(pid) = next else { break };
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("SIGKILL a generation");
+        killed.push(pid);
+        status = demo.process.wait_timeout(Duration::from_millis(200));
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = status.or_else(|| demo.process.wait_timeout(DEADLINE)).expect("the supervisor gives up");
+    assert!(!status.success(), "{status:?}");
+    assert!(
+        demo.process.seen().iter().any(|l| l.contains("too many crashes: giving up")),
+        "{:#?}",
+        demo.process.seen()
+    );
+    assert!(!pid_file.exists(), "the PID file names a dead generation: {:?}", std::fs::read_to_string(&pid_file));
+    assert!(!control.exists(), "the control socket was left behind");
+}

@@ -205,6 +205,76 @@ struct Supervisor {
     kill_at: Option<Instant>,
     /// The processes killed since, each logged once.
     killed: Vec<u32>,
+    /// The serving generations' PID file and control socket, as their ready messages said
+    /// ([`protocol::PID_FILE`], [`protocol::CONTROL`]): removed at the exit if still theirs.
+    files: Files,
+}
+
+/// The files the generations keep, and the pids that may have written the PID file.
+#[derive(Debug, Default)]
+struct Files {
+    pid_file: Option<std::path::PathBuf>,
+    control: Option<std::path::PathBuf>,
+    /// The generations that said they serve (the last [`Files::MAX_PIDS`]).
+    generations: std::collections::VecDeque<u32>,
+}
+
+impl Files {
+    const MAX_PIDS: usize = 1024;
+
+    fn learn(&mut self, message: &protocol::Message, sender: u32) {
+        if let Some(path) = message.value(protocol::PID_FILE) {
+            self.pid_file = Some(path.into());
+        }
+        if let Some(path) = message.value(protocol::CONTROL) {
+            self.control = Some(path.into());
+        }
+        if message.flag("READY") && !self.generations.contains(&sender) {
+            if self.generations.len() == Self::MAX_PIDS {
+                self.generations.pop_front();
+            }
+            self.generations.push_back(sender);
+        }
+    }
+
+    /// At the supervisor's exit, every generation gone: removes the PID file if it names one
+    /// of them (a crashed or killed one could not remove it itself), and the control socket's
+    /// path if it still leads to the socket in `store` (nobody else's).
+    fn remove(&self, me: u32, store: &[(OwnedFd, String)]) {
+        if let Some(path) = &self.pid_file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            match text.trim().parse::<u32>() {
+                Ok(pid)
+                    if self.generations.contains(&pid)
+                        && matches!(
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                            Err(nix::errno::Errno::ESRCH)
+                        ) =>
+                {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => tracing::info!(
+                            supervisor = me,
+                            path = %path.display(),
+                            named = pid,
+                            "removed the PID file a generation left (it names a generation that is gone)"
+                        ),
+                        Err(e) => tracing::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file"),
+                    }
+                }
+                _ => tracing::info!(
+                    supervisor = me,
+                    path = %path.display(),
+                    "leaving the PID file: it names no generation of this supervisor's that is gone"
+                ),
+            }
+        }
+        if let Some(path) = &self.control
+            && let Some((fd, _)) = store.iter().find(|(_, name)| name == crate::control::SOCKET_NAME)
+        {
+            crate::control::PathIdentity::inherited(path, fd.as_fd()).remove();
+        }
+    }
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -258,6 +328,7 @@ impl Supervisor {
             gave_up: false,
             kill_at: None,
             killed: Vec::new(),
+            files: Files::default(),
         })
     }
 
@@ -348,6 +419,7 @@ impl Supervisor {
         }
         let code = self.exit_code;
         tracing::info!(supervisor = self.me, code, "every generation has exited: exiting");
+        self.files.remove(self.me, &self.store);
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
         }

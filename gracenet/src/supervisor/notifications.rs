@@ -62,6 +62,9 @@ impl Supervisor {
             // Not the server's main process: systemd must not hear of it.
             return;
         }
+        if let Some(sender) = sender {
+            self.files.learn(message, sender as u32);
+        }
         let is_serving = |s: &Serving| sender.is_some_and(|p| p as u32 == s.pid);
         if let Some(serving) = self.serving.as_mut().filter(|s| is_serving(s)) {
             if message.flag("READY") && !serving.ready {
