@@ -413,3 +413,61 @@ fn a_supervisor_that_gives_up_removes_the_pid_file_and_control_socket() {
     assert!(!pid_file.exists(), "the PID file names a dead generation: {:?}", std::fs::read_to_string(&pid_file));
     assert!(!control.exists(), "the control socket was left behind");
 }
+
+/// The keys of one JSON object, read by a visitor that sees every key (a map type would keep
+/// the last of two alike, silently).
+struct ObjectKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for ObjectKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ObjectKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ObjectKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(ObjectKeys(keys))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// M9: every `--log-json` line of a supervisor, its generations and a restart (lines about
+/// other processes: children started, generations replaced) is a JSON object with each key
+/// once, and `pid` is the logging process's own.
+#[test]
+fn json_log_lines_never_repeat_a_key() {
+    let mut demo = Demo::start(&["--supervise", "--log-json"], &[("RUST_LOG", "info")]);
+    demo.process.expect_log("Listening on init activated");
+    demo.process.signal(Signal::SIGUSR2);
+    demo.process.expect_log("Graceful handoff");
+    demo.process.expect_log("stopped accepting");
+    demo.process.signal(Signal::SIGTERM);
+    demo.process.wait_timeout(DEADLINE).expect("stops");
+    let lines = demo.process.output_after_exit();
+    let objects: Vec<&String> = lines.iter().filter(|l| l.starts_with('{')).collect();
+    assert!(objects.len() >= 5, "{lines:#?}");
+    let mut subject_pid = false;
+    for line in objects {
+        let keys: ObjectKeys = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let mut seen = std::collections::HashSet::new();
+        for key in &keys.0 {
+            assert!(seen.insert(key.as_str()), "{key:?} twice in {line}");
+        }
+        let value: serde_json::Value = serde_json::from_str(line).expect("json");
+        let logger = value["pid"].as_u64().expect("pid");
+        assert!(
+            value.get("subject_pid").is_none_or(|p| p.as_str() != Some(&logger.to_string())),
+            "subject_pid repeats the logger's pid: {line}"
+        );
+        subject_pid |= value.get("subject_pid").is_some();
+    }
+    assert!(subject_pid, "no line about another process: {lines:#?}");
+}
