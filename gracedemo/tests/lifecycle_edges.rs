@@ -471,3 +471,100 @@ fn json_log_lines_never_repeat_a_key() {
     }
     assert!(subject_pid, "no line about another process: {lines:#?}");
 }
+
+/// Sends `message` to the datagram socket at `path` as fast as it takes them, for `how_long`,
+/// with `as_pid` in its credentials when given (only root may name another process). Returns
+/// how many were sent.
+fn flood_notify(path: &std::path::Path, message: &[u8], as_pid: Option<u32>, how_long: Duration) -> u64 {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials, sendmsg, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK, None).expect("socket");
+    let addr = UnixAddr::new(path).expect("address");
+    let creds = as_pid.map(|pid| {
+        UnixCredentials::from(libc::ucred {
+            pid: pid as i32,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        })
+    });
+    let iov = [std::io::IoSlice::new(message)];
+    let deadline = Instant::now() + how_long;
+    let mut sent = 0;
+    // Bounded by the deadline; a full queue is waited out briefly.
+    while Instant::now() < deadline {
+        let cmsgs: Vec<ControlMessage<'_>> = creds.iter().map(ControlMessage::ScmCredentials).collect();
+        match sendmsg(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), Some(&addr)) {
+            Ok(_) => sent += 1,
+            Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_micros(100)),
+            Err(e) => panic!("cannot send to the notify socket: {e}"),
+        }
+    }
+    sent
+}
+
+/// M10: a flood of notifications at a cluster's primary, from outside and (as root, which may
+/// name another pid in its credentials) as its worker: the log stays bounded, the primary
+/// answers `--status`, and the worker serves.
+#[test]
+fn a_notify_flood_costs_the_primary_bounded_log_lines_and_it_still_answers() {
+    let dir = TempDir::new("edges-m10");
+    let control = dir.path().join("control");
+    let mut demo = Demo::start(
+        &["--workers", "1", "--control-socket", control.to_str().expect("utf-8")],
+        &[("RUST_LOG", "info")],
+    );
+    demo.process.expect_log("every worker is serving");
+    let primary = demo.pid();
+    let worker = pids_with_env(MARK, &demo.marker)
+        .into_iter()
+        .find(|&p| p != primary)
+        .expect("the worker");
+    // Where a worker sends its notifications: its NOTIFY_SOCKET.
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).expect("environ");
+    let notify = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+        .expect("the worker's NOTIFY_SOCKET");
+    let before = demo.process.seen().len();
+    let ready = format!("READY=1\nMAINPID={worker}\nX_GRACE_WORKER=0\nX_GRACE_GENERATION=1");
+    let as_worker = nix::unistd::geteuid().is_root().then_some(worker);
+    let flood = std::thread::spawn({
+        let notify = notify.clone();
+        move || {
+            flood_notify(&notify, b"WATCHDOG=1", None, Duration::from_secs(1))
+                + flood_notify(&notify, ready.as_bytes(), as_worker, Duration::from_secs(2))
+        }
+    });
+    // Answered while the flood lasts.
+    let during = Instant::now();
+    let answer = status(&control).expect("--status during the flood");
+    assert!(answer.contains(&format!("primary: pid {primary}")), "{answer}");
+    assert!(during.elapsed() < Duration::from_secs(5), "--status took {:?}", during.elapsed());
+    let sent = flood.join().expect("flood");
+    assert!(sent > 1_000, "only {sent} sent");
+    assert!(get(demo.ports[0]).is_some_and(|a| a.starts_with("HTTP/1.1 200")), "the worker serves");
+    let answer = status(&control).expect("--status after the flood");
+    assert!(answer.contains("worker 0: pid"), "{answer}");
+    // The reports of the last second's suppression, then nothing more.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = status(&control);
+    let lines = demo.process.seen();
+    let logged = &lines[before..];
+    assert!(
+        logged.len() < 50,
+        "{} lines logged for {sent} notifications: {:#?}",
+        logged.len(),
+        &logged[..logged.len().min(20)]
+    );
+    if as_worker.is_some() {
+        assert!(
+            logged.iter().any(|l| l.contains("floods the notify socket") && l.contains(&format!("sender={worker}"))),
+            "no report of the flood: {logged:#?}"
+        );
+    } else {
+        eprintln!("not root: the flood as the worker (credentials naming its pid) was not sent");
+    }
+}

@@ -32,6 +32,7 @@
 mod children;
 mod crashes;
 mod ending;
+pub(crate) mod flood;
 mod notifications;
 pub(crate) mod protocol;
 mod signals;
@@ -208,6 +209,11 @@ struct Supervisor {
     /// The serving generations' PID file and control socket, as their ready messages said
     /// ([`protocol::PID_FILE`], [`protocol::CONTROL`]): removed at the exit if still theirs.
     files: Files,
+    /// The notifications each sender had handled this second: a flood is cut off.
+    flood: flood::FloodGate,
+    /// Notifications from outside the server's processes since the last line about them, and
+    /// when the next line may be logged.
+    foreign: (u64, Instant),
 }
 
 /// The files the generations keep, and the pids that may have written the PID file.
@@ -329,6 +335,8 @@ impl Supervisor {
             kill_at: None,
             killed: Vec::new(),
             files: Files::default(),
+            flood: flood::FloodGate::default(),
+            foreign: (0, Instant::now()),
         })
     }
 
