@@ -102,6 +102,33 @@ pub(crate) fn remove_if_ours(path: &Path) {
     }
 }
 
+/// After this process killed its next generation (`dead`) before it took over: that one may
+/// have written the PID file already (it writes it as it becomes ready, just before telling
+/// us). A PID file naming it names a dead process: when this process keeps serving
+/// (`stopping` false) the file is written again to name it; when it is stopping, the file is
+/// removed. A file naming anyone else is left alone.
+pub(crate) fn reclaim(path: &Path, dead: u32, stopping: bool) {
+    let names_dead = std::fs::read_to_string(path).is_ok_and(|s| s.trim() == dead.to_string());
+    if !names_dead {
+        return;
+    }
+    if stopping {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file"),
+        }
+    } else {
+        match write(path) {
+            Ok(_) => tracing::info!(
+                path = %path.display(),
+                pid = dead,
+                "the PID file named the failed next generation: it names this process again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot write the PID file again"),
+        }
+    }
+}
+
 /// `.<file>.<pid>.<random>.tmp` beside `path`: nobody can predict the name to plant a
 /// symlink at it.
 fn temp_path(path: &Path, pid: u32, attempt: u32) -> PathBuf {
@@ -175,6 +202,19 @@ mod tests {
             format!("{}\n", std::process::id())
         );
         remove_if_ours(&path);
+        // A killed next generation's file: named again while serving, removed when stopping;
+        // anyone else's is left.
+        std::fs::write(&path, "4242\n").unwrap();
+        reclaim(&path, 4241, false);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
+        reclaim(&path, 4242, false);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        std::fs::write(&path, "4242\n").unwrap();
+        reclaim(&path, 4242, true);
+        assert!(!path.exists());
         let err = write(&dir.join("missing-dir/app.pid")).unwrap_err();
         assert!(err.to_string().contains("cannot write the PID file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
