@@ -5,7 +5,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use grace_tests::{DEADLINE, PidGuard, ProcessGuard, TempDir, free_port, pids_with_env, unique_marker, wait_until};
+use grace_tests::{
+    DEADLINE, PidGuard, ProcessGuard, TempDir, free_port, pids_with_env, unique_marker, wait_until,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -110,7 +112,12 @@ fn survives_early_restart_signals(extra: &[&str]) {
             break;
         }
         sent += 1;
-        if demo.process.seen().iter().any(|l| READY.iter().any(|r| l.contains(r))) {
+        if demo
+            .process
+            .seen()
+            .iter()
+            .any(|l| READY.iter().any(|r| l.contains(r)))
+        {
             ready = true;
             break;
         }
@@ -127,7 +134,8 @@ fn survives_early_restart_signals(extra: &[&str]) {
     assert!(ready, "{extra:?}: never ready ({sent} SIGUSR2 sent)");
     let port = demo.ports[0];
     assert!(
-        wait_until(DEADLINE, || get(port).is_some_and(|a| a.starts_with("HTTP/1.1 200"))),
+        wait_until(DEADLINE, || get(port)
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200"))),
         "{extra:?}: does not serve after the early SIGUSR2s"
     );
 }
@@ -181,10 +189,7 @@ fn a_restart_signal_waiting_at_the_start_restarts_once_serving() {
     };
     demo.process.expect_log("Serving ");
     let handoff = demo.process.expect_log("Graceful handoff");
-    assert!(
-        handoff.contains(&format!("old pid {}", demo.pid())),
-        "{handoff}"
-    );
+    assert!(handoff.contains(&format!("old pid {}", demo.pid())), "{handoff}");
 }
 
 /// `--status` through the control socket at `path`: the answer, or the error.
@@ -246,7 +251,9 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
     let answer = status(&control).expect("B answers on its control socket");
     assert!(answer.contains(&format!("pid: {b_pid}")), "{answer}");
     assert_eq!(
-        std::fs::read_to_string(&pid_file).expect("B's PID file is kept").trim(),
+        std::fs::read_to_string(&pid_file)
+            .expect("B's PID file is kept")
+            .trim(),
         b_pid.to_string()
     );
     // B's own stop removes both.
@@ -284,7 +291,14 @@ wait; wait"#
     cmd.arg("-c")
         .arg(script)
         .arg(GRACEDEMO)
-        .args(["-a0", &format!("127.0.0.1:{port}"), "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .args([
+            "-a0",
+            &format!("127.0.0.1:{port}"),
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+        ])
         .env("M", &marker_file)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
@@ -327,7 +341,11 @@ wait; wait"#
     let got = wait_until(Duration::from_millis(500), || {
         lines.drain_seen().iter().any(|l| l.contains("shell-got-SIGTERM"))
     });
-    (got, lines.drain_seen().to_vec())
+    let seen = lines.drain_seen().to_vec();
+    // Reaped here on success; the guard above kills and reaps it on a failure.
+    let _ = shell.kill();
+    let _ = shell.wait();
+    (got, seen)
 }
 
 /// Kills and reaps, when dropped, every process marked with `marker`.
@@ -403,14 +421,23 @@ fn a_supervisor_that_gives_up_removes_the_pid_file_and_control_socket() {
             break;
         }
     }
-    let status = status.or_else(|| demo.process.wait_timeout(DEADLINE)).expect("the supervisor gives up");
+    let status = status
+        .or_else(|| demo.process.wait_timeout(DEADLINE))
+        .expect("the supervisor gives up");
     assert!(!status.success(), "{status:?}");
     assert!(
-        demo.process.seen().iter().any(|l| l.contains("too many crashes: giving up")),
+        demo.process
+            .seen()
+            .iter()
+            .any(|l| l.contains("too many crashes: giving up")),
         "{:#?}",
         demo.process.seen()
     );
-    assert!(!pid_file.exists(), "the PID file names a dead generation: {:?}", std::fs::read_to_string(&pid_file));
+    assert!(
+        !pid_file.exists(),
+        "the PID file names a dead generation: {:?}",
+        std::fs::read_to_string(&pid_file)
+    );
     assert!(!control.exists(), "the control socket was left behind");
 }
 
@@ -464,7 +491,9 @@ fn json_log_lines_never_repeat_a_key() {
         let value: serde_json::Value = serde_json::from_str(line).expect("json");
         let logger = value["pid"].as_u64().expect("pid");
         assert!(
-            value.get("subject_pid").is_none_or(|p| p.as_str() != Some(&logger.to_string())),
+            value
+                .get("subject_pid")
+                .is_none_or(|p| p.as_str() != Some(&logger.to_string())),
             "subject_pid repeats the logger's pid: {line}"
         );
         subject_pid |= value.get("subject_pid").is_some();
@@ -477,10 +506,17 @@ fn json_log_lines_never_repeat_a_key() {
 /// how many were sent.
 fn flood_notify(path: &std::path::Path, message: &[u8], as_pid: Option<u32>, how_long: Duration) -> u64 {
     use nix::sys::socket::{
-        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials, sendmsg, socket,
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, UnixCredentials, sendmsg,
+        socket,
     };
     use std::os::fd::AsRawFd;
-    let sock = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_NONBLOCK, None).expect("socket");
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .expect("socket");
     let addr = UnixAddr::new(path).expect("address");
     let creds = as_pid.map(|pid| {
         UnixCredentials::from(libc::ucred {
@@ -512,7 +548,12 @@ fn a_notify_flood_costs_the_primary_bounded_log_lines_and_it_still_answers() {
     let dir = TempDir::new("edges-m10");
     let control = dir.path().join("control");
     let mut demo = Demo::start(
-        &["--workers", "1", "--control-socket", control.to_str().expect("utf-8")],
+        &[
+            "--workers",
+            "1",
+            "--control-socket",
+            control.to_str().expect("utf-8"),
+        ],
         &[("RUST_LOG", "info")],
     );
     demo.process.expect_log("every worker is serving");
@@ -542,10 +583,17 @@ fn a_notify_flood_costs_the_primary_bounded_log_lines_and_it_still_answers() {
     let during = Instant::now();
     let answer = status(&control).expect("--status during the flood");
     assert!(answer.contains(&format!("primary: pid {primary}")), "{answer}");
-    assert!(during.elapsed() < Duration::from_secs(5), "--status took {:?}", during.elapsed());
+    assert!(
+        during.elapsed() < Duration::from_secs(5),
+        "--status took {:?}",
+        during.elapsed()
+    );
     let sent = flood.join().expect("flood");
     assert!(sent > 1_000, "only {sent} sent");
-    assert!(get(demo.ports[0]).is_some_and(|a| a.starts_with("HTTP/1.1 200")), "the worker serves");
+    assert!(
+        get(demo.ports[0]).is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the worker serves"
+    );
     let answer = status(&control).expect("--status after the flood");
     assert!(answer.contains("worker 0: pid"), "{answer}");
     // The reports of the last second's suppression, then nothing more.
@@ -561,7 +609,9 @@ fn a_notify_flood_costs_the_primary_bounded_log_lines_and_it_still_answers() {
     );
     if as_worker.is_some() {
         assert!(
-            logged.iter().any(|l| l.contains("floods the notify socket") && l.contains(&format!("sender={worker}"))),
+            logged
+                .iter()
+                .any(|l| l.contains("floods the notify socket") && l.contains(&format!("sender={worker}"))),
             "no report of the flood: {logged:#?}"
         );
     } else {

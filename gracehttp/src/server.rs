@@ -502,7 +502,11 @@ fn serving_line(generation: &Generation, addrs: &str) -> String {
     }
     // A hand-over only when a previous process started this one to take over (a supervisor's
     // crash restart, or a shell that set LISTEN_FDS, hands nothing over).
-    match (generation.previous_pid(), generation.registry().origin(), generation.number()) {
+    match (
+        generation.previous_pid(),
+        generation.registry().origin(),
+        generation.number(),
+    ) {
         (Some(old), _, _) => format!("Graceful handoff of {addrs} with new pid {pid} and old pid {old}."),
         (None, Origin::Activated, 1) => format!("Listening on init activated {addrs}"),
         (None, _, _) => format!("Serving {addrs} with pid {pid}."),

@@ -94,9 +94,9 @@ impl PathIdentity {
     /// The path of an inherited socket, `listener`, whose file another process made.
     pub(crate) fn inherited(path: &Path, listener: std::os::fd::BorrowedFd<'_>) -> PathIdentity {
         use std::os::unix::ffi::OsStrExt;
-        let bound = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(
-            &listener,
-        ))
+        let bound = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+        )
         .ok()
         .and_then(|a| a.path().map(|p| p.as_os_str().as_bytes().to_vec()))
         .filter(|b| b.as_slice() != path.as_os_str().as_bytes());

@@ -121,7 +121,7 @@ impl InheritedFds {
             .iter()
             .filter_map(|s| nix::sys::stat::fstat(&s.fd).ok())
             .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
-            .map(|st| st.st_ino as u64)
+            .map(|st| st.st_ino)
             .collect()
     }
 

@@ -114,7 +114,9 @@ pub(crate) fn reclaim(path: &Path, dead: u32, stopping: bool) {
     }
     if stopping {
         match std::fs::remove_file(path) {
-            Ok(()) => tracing::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written")
+            }
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file"),
         }
     } else {

@@ -254,9 +254,12 @@ fn grace_parent_evidence(parent: Pid, inherited: &[u64]) -> Result<(), String> {
         .unwrap_or_default();
     let ours = [nix::unistd::getuid().as_raw(), nix::unistd::geteuid().as_raw()];
     if uids.len() < 2 || uids[..2] != ours {
-        return Err(format!("the parent runs as another user (uids {uids:?}, ours {ours:?})"));
+        return Err(format!(
+            "the parent runs as another user (uids {uids:?}, ours {ours:?})"
+        ));
     }
-    let entries = std::fs::read_dir(proc_dir.join("fd")).map_err(|e| format!("cannot list the parent's fds: {e}"))?;
+    let entries =
+        std::fs::read_dir(proc_dir.join("fd")).map_err(|e| format!("cannot list the parent's fds: {e}"))?;
     let mut held = std::collections::HashSet::new();
     // Bounded: a process's fds, at most its fd limit; a million is far beyond any server's.
     for entry in entries.flatten().take(1 << 20) {

@@ -91,7 +91,10 @@ mod tests {
         assert!(gate.admit(8, t), "another sender is not held back");
         assert!(gate.take_reports(t).is_empty(), "the window has not ended");
         let later = t + WINDOW;
-        assert_eq!(gate.take_reports(later), vec![(7, 10_000 - u64::from(PER_SENDER))]);
+        assert_eq!(
+            gate.take_reports(later),
+            vec![(7, 10_000 - u64::from(PER_SENDER))]
+        );
         assert!(gate.take_reports(later).is_empty(), "reported once");
         assert!(gate.admit(7, later), "a new window");
     }

@@ -265,7 +265,9 @@ impl Files {
                             named = pid,
                             "removed the PID file a generation left (it names a generation that is gone)"
                         ),
-                        Err(e) => tracing::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file"),
+                        Err(e) => {
+                            tracing::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file")
+                        }
                     }
                 }
                 _ => tracing::info!(

@@ -828,7 +828,12 @@ impl Primary {
         if self.inboxes.contains_key(&pid) {
             // Its "ready" was handled already: a repeat changes nothing (and is not logged
             // again: a worker that repeats it in a loop must not flood the log).
-            tracing::debug!(primary = self.me, slot, pid, "cluster: a worker said it is ready again: ignored");
+            tracing::debug!(
+                primary = self.me,
+                slot,
+                pid,
+                "cluster: a worker said it is ready again: ignored"
+            );
             return;
         }
         if let Some(names) = message.value(protocol::FDS) {
