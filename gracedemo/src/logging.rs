@@ -9,8 +9,9 @@
 //!   fields are left out. grace's lines and every warning and error are always shown;
 //!   `RUST_LOG` adds more (`RUST_LOG=info` the lifecycle's detail) and never hides those: no
 //!   value of it (empty, `off`, a typo) can silence a failed start or restart.
-//! - **JSON lines** (`--log-json`), for log shippers: `time`, `level`, `target`, `message`,
-//!   the event's fields and its spans' fields (`pid`, `generation`).
+//! - **JSON lines** (`--log-json`), for log shippers: `time`, `pid` (the logging process),
+//!   `level`, `target`, `message`, the event's fields and its spans' fields (`generation`),
+//!   each key once: an event's `pid` naming another process is `subject_pid`.
 //! - Written to stderr through a lossy, non-blocking writer, so a stalled reader (a full
 //!   journald, a stuck `| logger`) costs log lines, never serving; the lines dropped are
 //!   counted and reported. When its thread cannot start (a low `RLIMIT_NPROC`), lines are
@@ -329,8 +330,42 @@ where
 }
 
 /// One JSON object per line: time, level, target, message, then the event's and its spans'
-/// fields.
+/// fields, each key once. `pid` is the logging process's; the libraries' own `pid` field
+/// (the process an event is about) is left out when it names this process and written as
+/// `subject_pid` when it names another (a child, a worker, a generation being replaced). A
+/// span's field whose key is taken already is left out when its value is the same, and written
+/// as `span_<key>` otherwise.
 struct JsonFormat;
+
+/// The keys written in one JSON object so far, with their values: a key is written once.
+struct Keys {
+    written: Vec<(String, String)>,
+}
+
+impl Keys {
+    /// The key to write `value` under, or `None` to leave it out (a repeat of what is there).
+    fn place(&mut self, key: &str, value: &str, renamed: &str) -> Option<String> {
+        let mut key = key.to_owned();
+        for _ in 0..2 {
+            match self.written.iter().find(|(k, _)| *k == key) {
+                None => {
+                    self.written.push((key.clone(), value.to_owned()));
+                    return Some(key);
+                }
+                Some((_, v)) if v == value => return None,
+                Some(_) => key = format!("{renamed}{key}"),
+            }
+        }
+        // Renamed and taken too (a field literally named `span_generation`, say): numbered.
+        (2..1000).map(|n| format!("{key}_{n}")).find(|k| {
+            let free = !self.written.iter().any(|(w, _)| w == k);
+            if free {
+                self.written.push((k.clone(), value.to_owned()));
+            }
+            free
+        })
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for JsonFormat
 where
@@ -345,18 +380,30 @@ where
     ) -> std::fmt::Result {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        let pid = std::process::id().to_string();
         let mut line = String::from("{");
         let _ = write!(
             line,
             "\"time\":{},\"pid\":{},\"level\":{},\"target\":{},\"message\":{}",
             json(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-            std::process::id(),
+            pid,
             json(event.metadata().level().as_str()),
             json(event.metadata().target()),
             json(&fields.message)
         );
+        let mut keys = Keys {
+            written: ["time", "pid", "level", "target", "message"]
+                .iter()
+                .map(|k| (k.to_string(), String::new()))
+                .collect(),
+        };
+        // Our own pid, given again as a field: said already.
+        keys.written[1].1.clone_from(&pid);
         for (k, v) in &fields.others {
-            let _ = write!(line, ",{}:{}", json(k), json(v));
+            // An event's `pid` is the process it is about: another one's is `subject_pid`.
+            if let Some(key) = keys.place(k, v, "subject_") {
+                let _ = write!(line, ",{}:{}", json(&key), json(v));
+            }
         }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
@@ -365,7 +412,10 @@ where
                     // Span fields are formatted as `key=value key=value`.
                     for pair in formatted.fields.split(' ').filter(|p| !p.is_empty()) {
                         if let Some((k, v)) = pair.split_once('=') {
-                            let _ = write!(line, ",{}:{}", json(k), json(v.trim_matches('"')));
+                            let v = v.trim_matches('"');
+                            if let Some(key) = keys.place(k, v, "span_") {
+                                let _ = write!(line, ",{}:{}", json(&key), json(v));
+                            }
                         }
                     }
                 }

@@ -231,6 +231,11 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Result<clap::ArgMatches, 
 }
 
 fn main() -> ExitCode {
+    // First of all, before arguments, logging or any thread: a SIGUSR2 or SIGTERM sent right
+    // after the start (a deploy script, a supervisor's early reload) waits, pending, for the
+    // handlers of whatever this process becomes (generation, supervisor, primary) instead of
+    // killing it (their default action). Only the exec and the loader come before.
+    gracenet::hold_signals();
     let matches = match parse_args(std::env::args_os()) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
@@ -249,14 +254,8 @@ fn main() -> ExitCode {
         eprintln!("gracedemo: {e}; see gracedemo -h");
         return ExitCode::from(2);
     }
-    // A supervisor makes its signals safe before anything that can take time (the log
-    // writer's threads below, a busy core): a SIGUSR2 or SIGTERM sent while it starts waits
-    // for it instead of killing it.
     let workers = matches.get_one::<usize>("workers").copied();
     let supervising = gracenet::should_supervise(matches.get_flag("supervise") || workers.is_some());
-    if supervising {
-        gracenet::hold_supervisor_signals();
-    }
     // The inherited environment is read first, while this is the only thread (the log
     // writer below starts one); its errors are reported once logging is up.
     let inherited = gracenet::registry().map(|_| ());
@@ -596,6 +595,8 @@ fn stop_gracefully_on_sighup() {
     let spawned = std::thread::Builder::new()
         .name("gracedemo-sighup".into())
         .spawn(move || {
+            // Held since main's first line (gracenet::hold_signals): taken here from now on.
+            gracenet::unblock_in_this_thread(signal_hook::consts::SIGHUP);
             for _ in signals.forever() {
                 tracing::info!("SIGHUP: stopping gracefully, as for SIGTERM");
                 let me = nix::unistd::Pid::this();

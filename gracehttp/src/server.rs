@@ -526,13 +526,16 @@ fn serving_line(generation: &Generation, addrs: &str) -> String {
     if let Some(slot) = from_primary {
         return format!("Worker {slot} serving {addrs} with pid {pid}.");
     }
-    match (generation.registry().origin(), generation.number()) {
-        (Origin::Fresh, _) => format!("Serving {addrs} with pid {pid}."),
-        (Origin::Activated, 1) => format!("Listening on init activated {addrs}"),
-        _ => format!(
-            "Graceful handoff of {addrs} with new pid {pid} and old pid {}.",
-            std::os::unix::process::parent_id()
-        ),
+    // A hand-over only when a previous process started this one to take over (a supervisor's
+    // crash restart, or a shell that set LISTEN_FDS, hands nothing over).
+    match (
+        generation.previous_pid(),
+        generation.registry().origin(),
+        generation.number(),
+    ) {
+        (Some(old), _, _) => format!("Graceful handoff of {addrs} with new pid {pid} and old pid {old}."),
+        (None, Origin::Activated, 1) => format!("Listening on init activated {addrs}"),
+        (None, _, _) => format!("Serving {addrs} with pid {pid}."),
     }
 }
 

@@ -68,9 +68,16 @@ pub(crate) struct PathIdentity {
     /// The socket file's device and inode; `None` when the path did not name a socket of this
     /// user's.
     file: Option<(u64, u64)>,
+    /// For a socket this process inherited: the address the socket itself is bound at (its
+    /// unique temporary name, `crate::bind::unix_private`), when it is not `path`. What is at
+    /// the path when this process looked may already be another server's (one that replaced
+    /// the file since the first generation made it): the path is only removed if a connection
+    /// through it reaches a socket bound at this address, our own.
+    bound: Option<Vec<u8>>,
 }
 
 impl PathIdentity {
+    /// The file at `path` now: the socket this process has just made there.
     pub(crate) fn of(path: &Path) -> PathIdentity {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let file = std::fs::symlink_metadata(path)
@@ -80,15 +87,72 @@ impl PathIdentity {
         PathIdentity {
             path: path.to_owned(),
             file,
+            bound: None,
         }
     }
 
-    /// Removes the path if it still names the same socket file.
+    /// The path of an inherited socket, `listener`, whose file another process made.
+    pub(crate) fn inherited(path: &Path, listener: std::os::fd::BorrowedFd<'_>) -> PathIdentity {
+        use std::os::unix::ffi::OsStrExt;
+        let bound = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+        )
+        .ok()
+        .and_then(|a| a.path().map(|p| p.as_os_str().as_bytes().to_vec()))
+        .filter(|b| b.as_slice() != path.as_os_str().as_bytes());
+        PathIdentity {
+            bound,
+            ..PathIdentity::of(path)
+        }
+    }
+
+    /// Whether a connection through the path reaches a socket bound at `bound`: ours. A socket
+    /// nobody listens on (refused) is stale, whoever made it: it is ours to remove if it is
+    /// still the file we saw. Anything else (another server's socket, a full backlog) is not.
+    fn reaches_us(&self, bound: &[u8]) -> bool {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(addr) = SockAddr::unix(&self.path) else {
+            return false;
+        };
+        let Ok(probe) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+            return false;
+        };
+        if probe.set_nonblocking(true).is_err() {
+            return false;
+        }
+        match probe.connect(&addr) {
+            Ok(()) => probe
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.as_os_str().as_bytes() == bound))
+                .unwrap_or(false),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                PathIdentity::of(&self.path).file == self.file
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes the path if it still names the same socket file (for an inherited socket: if
+    /// it still leads to this socket).
     pub(crate) fn remove(&self) {
-        if self.file.is_some()
-            && PathIdentity::of(&self.path).file == self.file
-            && let Err(e) = std::fs::remove_file(&self.path)
-        {
+        if PathIdentity::of(&self.path).file.is_none() {
+            tracing::debug!(path = %self.path.display(), "the control socket's path names no socket of ours: nothing to remove");
+            return;
+        }
+        let ours = match &self.bound {
+            Some(bound) => self.reaches_us(bound),
+            None => self.file.is_some() && PathIdentity::of(&self.path).file == self.file,
+        };
+        if !ours {
+            tracing::info!(
+                path = %self.path.display(),
+                "leaving the control socket's path: the socket there is not this server's (another server made it since)"
+            );
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::debug!(path = %self.path.display(), error = %e, "cannot remove the control socket's path");
         }
     }
@@ -475,10 +539,12 @@ pub(crate) mod server {
             registry.adopt_or(super::SOCKET_NAME, || crate::bind::unix_private(path))?;
         // Its kernel address names where it was bound, not `path`.
         registry.show_as(super::SOCKET_NAME, LocalAddr::UnixPath(path.to_owned()));
-        if inherited {
+        let identity = if inherited {
             check_path(path);
-        }
-        let identity = PathIdentity::of(path);
+            PathIdentity::inherited(path, listener.as_fd())
+        } else {
+            PathIdentity::of(path)
+        };
         Ok((
             generation
                 .graceful(listener, &format!("unix:{}", path.display()))?

@@ -114,6 +114,17 @@ impl InheritedFds {
         self.sockets.is_empty()
     }
 
+    /// The inode numbers of the inherited sockets (`fstat`), the same in every process that
+    /// holds one: how a parent that holds them is recognised.
+    pub(crate) fn socket_inodes(&self) -> Vec<u64> {
+        self.sockets
+            .iter()
+            .filter_map(|s| nix::sys::stat::fstat(&s.fd).ok())
+            .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK)
+            .map(|st| st.st_ino)
+            .collect()
+    }
+
     /// Where the sockets came from.
     pub fn origin(&self) -> Origin {
         self.origin

@@ -175,7 +175,9 @@ pub use lifecycle::{
 };
 pub use socket::LocalAddr;
 pub use startup::registry;
-pub use supervisor::{hold_supervisor_signals, should_supervise, supervise};
+pub use supervisor::{
+    hold_signals, hold_supervisor_signals, should_supervise, supervise, unblock_in_this_thread,
+};
 
 use registry::StdStreamListener;
 

@@ -48,10 +48,18 @@ pub(crate) fn write(path: &Path) -> Result<Option<std::fs::File>, Error> {
             }
             Err(e) => return Err(io("write", e)),
         };
-        let result = writeln!(file, "{pid}").and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("write", e));
+        let result = writeln!(file, "{pid}")
+            .and_then(|()| file.metadata())
+            .and_then(|meta| std::fs::rename(&tmp, path).map(|()| meta));
+        match result {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt;
+                *written() = Some((path.to_owned(), (meta.dev(), meta.ino())));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("write", e));
+            }
         }
         return Ok(replaced);
     }
@@ -61,13 +69,65 @@ pub(crate) fn write(path: &Path) -> Result<Option<std::fs::File>, Error> {
     ))
 }
 
-/// Removes `path` if it still names us: a successor that took it over keeps it.
+/// The PID file this process wrote last, and its file's device and inode.
+fn written() -> std::sync::MutexGuard<'static, Option<(PathBuf, (u64, u64))>> {
+    static WRITTEN: std::sync::Mutex<Option<(PathBuf, (u64, u64))>> = std::sync::Mutex::new(None);
+    WRITTEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes `path` if it is still the file this process wrote (the same device and inode) and
+/// still names us: a successor that took it over keeps it, and so does another server that
+/// wrote its own file at the same path since (even one whose pid is ours again).
 pub(crate) fn remove_if_ours(path: &Path) {
-    let ours = std::fs::read_to_string(path)
-        .map(|s| s.trim() == std::process::id().to_string())
-        .unwrap_or(false);
-    if ours && let Err(e) = std::fs::remove_file(path) {
+    use std::os::unix::fs::MetadataExt;
+    let same_file = match written().as_ref() {
+        Some((p, id)) if p == path => std::fs::symlink_metadata(path)
+            .map(|m| (m.dev(), m.ino()) == *id)
+            .unwrap_or(false),
+        // Never written by this process: not ours.
+        _ => false,
+    };
+    let ours = same_file
+        && std::fs::read_to_string(path)
+            .map(|s| s.trim() == std::process::id().to_string())
+            .unwrap_or(false);
+    if !ours {
+        if path.exists() {
+            tracing::info!(path = %path.display(), "leaving the PID file: it is not the one this process wrote, or names another process");
+        }
+        return;
+    }
+    if let Err(e) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file");
+    }
+}
+
+/// After this process killed its next generation (`dead`) before it took over: that one may
+/// have written the PID file already (it writes it as it becomes ready, just before telling
+/// us). A PID file naming it names a dead process: when this process keeps serving
+/// (`stopping` false) the file is written again to name it; when it is stopping, the file is
+/// removed. A file naming anyone else is left alone.
+pub(crate) fn reclaim(path: &Path, dead: u32, stopping: bool) {
+    let names_dead = std::fs::read_to_string(path).is_ok_and(|s| s.trim() == dead.to_string());
+    if !names_dead {
+        return;
+    }
+    if stopping {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written")
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file"),
+        }
+    } else {
+        match write(path) {
+            Ok(_) => tracing::info!(
+                path = %path.display(),
+                pid = dead,
+                "the PID file named the failed next generation: it names this process again"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot write the PID file again"),
+        }
     }
 }
 
@@ -120,6 +180,13 @@ mod tests {
         std::fs::write(&path, "1\n").unwrap(); // a successor took it over
         remove_if_ours(&path);
         assert!(path.exists());
+        // Another server's file at the same path, naming our pid (a reused pid): a file of
+        // its own (another inode), so it stays.
+        write(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        remove_if_ours(&path);
+        assert!(path.exists(), "another process's file is kept");
         write(&path).unwrap();
         remove_if_ours(&path);
         assert!(!path.exists());
@@ -137,6 +204,19 @@ mod tests {
             format!("{}\n", std::process::id())
         );
         remove_if_ours(&path);
+        // A killed next generation's file: named again while serving, removed when stopping;
+        // anyone else's is left.
+        std::fs::write(&path, "4242\n").unwrap();
+        reclaim(&path, 4241, false);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
+        reclaim(&path, 4242, false);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        std::fs::write(&path, "4242\n").unwrap();
+        reclaim(&path, 4242, true);
+        assert!(!path.exists());
         let err = write(&dir.join("missing-dir/app.pid")).unwrap_err();
         assert!(err.to_string().contains("cannot write the PID file"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -21,6 +21,25 @@ pub(crate) const WAKE: u8 = b'G';
 /// starts a fresh process instead of waiting out the ready timeout.
 pub(crate) const WAKE_ACK: u8 = b'A';
 
+/// A parent that set `LISTEN_FDS` without `LISTEN_PID` (as Go grace does) but is not a Go
+/// grace parent on the evidence: it is not sent `SIGTERM` when this process is ready.
+#[derive(Debug, Clone)]
+pub(crate) struct NotGraceParent {
+    pub parent: i32,
+    pub reason: String,
+}
+
+impl NotGraceParent {
+    /// Logs why (info): a user who set `LISTEN_FDS` by hand learns their shell was spared.
+    pub(crate) fn log(&self) {
+        tracing::info!(
+            parent = self.parent,
+            reason = %self.reason,
+            "LISTEN_FDS without LISTEN_PID, but the parent is not a Go grace parent: it is not sent SIGTERM when this process is ready"
+        );
+    }
+}
+
 /// How this process tells its parent it is serving.
 #[derive(Debug)]
 pub(crate) enum ParentLink {
@@ -35,19 +54,49 @@ pub(crate) enum ParentLink {
 
 impl ParentLink {
     /// The link `GRACE_READY_FD`'s value names, or Go grace's signal when the sockets came
-    /// from a parent that set only `LISTEN_FDS`.
-    pub(crate) fn new(ready_fd_var: Option<OsString>, origin: Origin) -> Result<ParentLink, EnvError> {
+    /// from a parent that set only `LISTEN_FDS` and that parent shows it is one: it holds the
+    /// very sockets this process inherited (`inherited`: their inode numbers) and runs as the
+    /// same user. `LISTEN_FDS` alone is no evidence: a shell or a process manager that sets it
+    /// must never be sent `SIGTERM`.
+    ///
+    /// With the link, why a parent that set only `LISTEN_FDS` is not signalled (its pid and
+    /// the reason), for the generation to log once logging is set up.
+    pub(crate) fn new(
+        ready_fd_var: Option<OsString>,
+        origin: Origin,
+        inherited: &[u64],
+    ) -> Result<(ParentLink, Option<NotGraceParent>), EnvError> {
         if let Some(value) = ready_fd_var {
-            return ready_fd(&value).map(ParentLink::Pipe);
+            return ready_fd(&value).map(|fd| (ParentLink::Pipe(fd), None));
         }
         Ok(match origin {
             Origin::Parent => match nix::unistd::getppid() {
-                p if p.as_raw() <= 1 => ParentLink::Nobody,
-                p => ParentLink::GraceSignal(p),
+                p if p.as_raw() <= 1 => (ParentLink::Nobody, None),
+                p => match grace_parent_evidence(p, inherited) {
+                    Ok(()) => (ParentLink::GraceSignal(p), None),
+                    Err(reason) => (
+                        ParentLink::Nobody,
+                        Some(NotGraceParent {
+                            parent: p.as_raw(),
+                            reason,
+                        }),
+                    ),
+                },
             },
             // With LISTEN_PID set, whoever started us is a supervisor, not a grace parent.
-            Origin::Activated | Origin::Fresh => ParentLink::Nobody,
+            Origin::Activated | Origin::Fresh => (ParentLink::Nobody, None),
         })
+    }
+
+    /// The pid of the process this one takes over from, when it was started by one to do so:
+    /// the generation at the other end of the readiness channel (our parent), or a Go grace
+    /// parent.
+    pub(crate) fn previous(&self) -> Option<u32> {
+        match self {
+            ParentLink::Pipe(_) => Some(nix::unistd::getppid().as_raw() as u32).filter(|&p| p > 1),
+            ParentLink::GraceSignal(pid) => Some(pid.as_raw() as u32),
+            ParentLink::Nobody => None,
+        }
     }
 
     /// In a standby (`GRACE_STANDBY`): blocks until the parent wakes this process for a
@@ -109,6 +158,14 @@ impl ParentLink {
                 Some(fd)
             }
             ParentLink::GraceSignal(pid) => {
+                if nix::unistd::getppid() != pid {
+                    // The parent has gone since (we were reparented): its pid may be anyone's.
+                    tracing::info!(
+                        parent = pid.as_raw(),
+                        "the Go grace parent is gone: nobody to tell we are ready"
+                    );
+                    return None;
+                }
                 match nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM) {
                     Ok(()) => tracing::debug!(
                         parent = pid.as_raw(),
@@ -175,5 +232,52 @@ pub(crate) fn parse_generation(value: Option<OsString>) -> Result<u64, EnvError>
                     expected: format!("a generation number from 1 to {}", u64::MAX - 1),
                 })
         }
+    }
+}
+
+/// Why `parent` is not taken for a Go grace parent, or `Ok` when it is one: it runs as our
+/// user and holds every socket we inherited (`inherited`, their inode numbers), as
+/// facebookgo/grace's parent does until its child's `SIGTERM`. Read from `/proc/PID/status`
+/// and the `socket:[INODE]` links in `/proc/PID/fd`; where they cannot be read (another
+/// user's process, a system without `/proc`) there is no evidence, and no signal.
+fn grace_parent_evidence(parent: Pid, inherited: &[u64]) -> Result<(), String> {
+    if inherited.is_empty() {
+        return Err("no inherited socket to compare".into());
+    }
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", parent.as_raw()));
+    let status = std::fs::read_to_string(proc_dir.join("status"))
+        .map_err(|e| format!("cannot read the parent's /proc status: {e}"))?;
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| v.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let ours = [nix::unistd::getuid().as_raw(), nix::unistd::geteuid().as_raw()];
+    if uids.len() < 2 || uids[..2] != ours {
+        return Err(format!(
+            "the parent runs as another user (uids {uids:?}, ours {ours:?})"
+        ));
+    }
+    let entries =
+        std::fs::read_dir(proc_dir.join("fd")).map_err(|e| format!("cannot list the parent's fds: {e}"))?;
+    let mut held = std::collections::HashSet::new();
+    // Bounded: a process's fds, at most its fd limit; a million is far beyond any server's.
+    for entry in entries.flatten().take(1 << 20) {
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok())
+        {
+            held.insert(inode);
+        }
+    }
+    match inherited.iter().filter(|i| !held.contains(i)).count() {
+        0 => Ok(()),
+        missing => Err(format!(
+            "the parent does not hold {missing} of the {} inherited sockets",
+            inherited.len()
+        )),
     }
 }

@@ -26,6 +26,11 @@ pub(crate) struct Startup {
     pub ancestors: Vec<u32>,
     /// Taken by the generation when it reports ready.
     pub link: Mutex<Option<ParentLink>>,
+    /// The process this one takes over from ([`ParentLink::previous`]), when there is one.
+    pub previous: Option<u32>,
+    /// A parent that set only `LISTEN_FDS` and is not signalled, and why: logged by the
+    /// generation (logging is rarely set up when this is read).
+    pub not_grace_parent: Option<crate::readiness::NotGraceParent>,
     /// Started at idle CPU priority by the generation before (`GRACE_IDLE_START`): to leave
     /// when ready.
     pub idle_start: bool,
@@ -194,6 +199,8 @@ fn read() -> Result<Startup, EnvError> {
             generation: 1,
             ancestors: Vec::new(),
             link: Mutex::new(Some(ParentLink::Nobody)),
+            previous: None,
+            not_grace_parent: None,
             idle_start: false,
             supervisor: None,
             worker: None,
@@ -204,7 +211,8 @@ fn read() -> Result<Startup, EnvError> {
     let generation = parse_generation(generation)?;
     let worker = WorkerRole::read(worker, heartbeat, load_fd, join)?;
     let secrets = crate::cluster::secret::inherit(secrets)?;
-    let link = ParentLink::new(ready_fd, inherited.origin())?;
+    let (link, not_grace_parent) = ParentLink::new(ready_fd, inherited.origin(), &inherited.socket_inodes())?;
+    let previous = link.previous();
     if idle_start && !standby {
         // The parent set our first thread's policy once we had exec'd; threads started before
         // that (a runtime built ahead of this call) are caught here, unless the parent has
@@ -227,6 +235,8 @@ fn read() -> Result<Startup, EnvError> {
         generation,
         ancestors,
         link: Mutex::new(Some(link)),
+        previous,
+        not_grace_parent,
         idle_start,
         supervisor,
         worker,

@@ -1252,7 +1252,7 @@ impl Cluster {
             let pids = self
                 .slots
                 .iter()
-                .map(|s| s.worker.filter(|w| !w.killed).map_or(0, |w| w.pid))
+                .map(|s| s.worker.filter(|w| !w.killed && w.ready).map_or(0, |w| w.pid))
                 .collect();
             self.end_rollout(|_| RolloutResult::Done { pids }, actions);
         }
@@ -1480,6 +1480,53 @@ mod tests {
                 result: RolloutResult::Done {
                     pids: vec![200, 201, 202]
                 }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_restart_asked_while_the_workers_start_calls_none_of_them_serving() {
+        let now = Instant::now();
+        let mut c = Cluster::new(settings(2));
+        let starts = c.start();
+        // Slot 0 serves; slot 1 has started but is not ready yet (an early SIGUSR2).
+        assert!(
+            c.handle(
+                Event::Started {
+                    id: started(&starts[0]),
+                    pid: 100
+                },
+                now
+            )
+            .is_empty()
+        );
+        assert!(c.handle(Event::Ready { slot: 0, pid: 100 }, now).is_empty());
+        assert!(
+            c.handle(
+                Event::Started {
+                    id: started(&starts[1]),
+                    pid: 101
+                },
+                now
+            )
+            .is_empty()
+        );
+        let a = c.handle(Event::RestartRequested { reply: 3 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 0, pid: 100 }]);
+        let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
+        assert!(
+            a.is_empty(),
+            "the starting worker is not answered as serving: {a:?}"
+        );
+        // Started before the restart was asked: once ready, it restarts in turn.
+        let a = c.handle(Event::Ready { slot: 1, pid: 101 }, now);
+        assert_eq!(a, vec![Action::Restart { slot: 1, pid: 101 }]);
+        let a = c.handle(Event::Ready { slot: 1, pid: 201 }, now);
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                reply: 3,
+                result: RolloutResult::Done { pids: vec![200, 201] }
             }]
         );
     }

@@ -301,6 +301,9 @@ impl GenerationBuilder {
             served: super::shared::Padded::default(),
         });
         tracing::info!(generation = number, pid = std::process::id(), "starting");
+        if let Some(note) = &startup.not_grace_parent {
+            note.log();
+        }
         crate::metrics::generation_started(number);
         // Every line the lifecycle logs carries this process's pid; their `generation` field
         // names the generation.

@@ -184,7 +184,12 @@ impl Driver {
                     ChildFailure::NotReady { .. } => RestartOutcome::NotReady,
                     ChildFailure::Stopping { .. } | ChildFailure::Unwanted => RestartOutcome::Cancelled,
                 });
+                let stopping = matches!(failure, ChildFailure::Stopping { .. });
                 let why = child::abandon(self.pending.take(), self.shared.number, pid, failure).await;
+                if let Some(path) = &self.shared.settings.pid_file {
+                    // It may have written the PID file just before it was killed.
+                    crate::pidfile::reclaim(path, pid, stopping);
+                }
                 return Some(Event::Abandoned { pid, why });
             }
             Action::HandOver { successor } => {

@@ -56,6 +56,14 @@ impl Generation {
         self.shared.number
     }
 
+    /// The pid of the process this one took over from when it was started to do so (the
+    /// previous generation, or a Go grace parent that holds the same sockets); `None` for a
+    /// first start, systemd's socket activation, a supervisor's crash restart, or a parent
+    /// that only set `LISTEN_FDS`. What grace's "Graceful handoff … old pid" line names.
+    pub fn previous_pid(&self) -> Option<u32> {
+        self.shared.startup.previous
+    }
+
     /// This process's slot in a cluster (from 0), when it is a cluster's worker
     /// ([`crate::cluster`]); `None` otherwise.
     pub fn worker_slot(&self) -> Option<usize> {

@@ -105,6 +105,19 @@ impl Generation {
         }
         match &self.shared.notifier {
             Some(notifier) if self.shared.startup.supervisor.is_some() => {
+                // The files this generation keeps, for the supervisor to remove if no
+                // generation is left to (a path with a line break cannot be said: left out).
+                let settings = &self.shared.settings;
+                for (key, path) in [
+                    (crate::supervisor::protocol::PID_FILE, &settings.pid_file),
+                    (crate::supervisor::protocol::CONTROL, &settings.control_socket),
+                ] {
+                    if let Some(path) = path.as_ref().and_then(|p| std::path::absolute(p).ok())
+                        && let Some(text) = path.to_str().filter(|t| !t.contains(['\n', '\r']))
+                    {
+                        lines.push(format!("{key}={text}"));
+                    }
+                }
                 // The supervisor keeps a copy of the sockets, to restart after a crash.
                 match self.registry().handoff() {
                     Ok(handoff) => {

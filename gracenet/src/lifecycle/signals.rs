@@ -47,6 +47,13 @@ pub(crate) fn forward(
     std::thread::Builder::new()
         .name("gracenet-signals".into())
         .spawn(move || {
+            // Held since the start when the program asked (`hold_signals`): with the handlers
+            // in place, this thread takes them, and one that waited is delivered now.
+            crate::supervisor::unblock_held(&[
+                nix::sys::signal::Signal::SIGUSR2,
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGINT,
+            ]);
             for origin in signals.forever() {
                 let event = match origin.signal {
                     SIGUSR2 => {

@@ -32,6 +32,7 @@
 mod children;
 mod crashes;
 mod ending;
+pub(crate) mod flood;
 mod notifications;
 pub(crate) mod protocol;
 mod signals;
@@ -84,6 +85,41 @@ pub fn should_supervise(requested: bool) -> bool {
 /// there.
 pub fn hold_supervisor_signals() {
     signals::hold();
+}
+
+/// Makes the signals gracenet handles (`SIGUSR2`, `SIGTERM`, `SIGINT`, and `SIGHUP`) safe from
+/// this moment, whatever the process becomes: a supervisor, a cluster's primary, or a
+/// generation. It blocks them in the calling thread (and so in every thread started after),
+/// so a restart or stop signal that arrives while the program starts stays pending instead of
+/// ending the process (their default action); whichever handler gracenet installs then takes
+/// it over: the supervisor's and the primary's loops, or a generation's signal thread, which
+/// unblocks `SIGUSR2`, `SIGTERM` and `SIGINT` for itself once its handlers are in place (a
+/// `SIGUSR2` that waited restarts the generation once it serves).
+///
+/// Call it first thing in `main`, before any thread starts. `SIGHUP` stays blocked in every
+/// thread gracenet starts: a program that handles it unblocks it in the thread that does
+/// ([`unblock_in_this_thread`]); one that does not call this with `SIGHUP` held never sees its
+/// default action. A program that handles the signals itself
+/// ([`GenerationBuilder::handle_signals`](crate::GenerationBuilder::handle_signals)`(false)`)
+/// must not call it, or must unblock them where it handles them.
+pub fn hold_signals() {
+    signals::hold();
+}
+
+/// Unblocks `signal` in the calling thread (after [`hold_signals`]): a handler of the
+/// program's own (for `SIGHUP`, say) calls it at the start of its thread, so the signal, held
+/// since the start, is delivered there. `signal` is its number (`libc::SIGHUP`,
+/// `signal_hook::consts::SIGHUP`); a number that names no signal is ignored.
+pub fn unblock_in_this_thread(signal: i32) {
+    if let Ok(signal) = Signal::try_from(signal) {
+        signals::unblock(&[signal]);
+    }
+}
+
+/// Unblocks `signals` in the calling thread (a generation's signal thread, once its handlers
+/// are in place).
+pub(crate) fn unblock_held(signals: &[Signal]) {
+    signals::unblock(signals);
 }
 
 /// Delivers the signals held since [`hold_supervisor_signals`], once their handlers are in
@@ -170,6 +206,83 @@ struct Supervisor {
     kill_at: Option<Instant>,
     /// The processes killed since, each logged once.
     killed: Vec<u32>,
+    /// The serving generations' PID file and control socket, as their ready messages said
+    /// ([`protocol::PID_FILE`], [`protocol::CONTROL`]): removed at the exit if still theirs.
+    files: Files,
+    /// The notifications each sender had handled this second: a flood is cut off.
+    flood: flood::FloodGate,
+    /// Notifications from outside the server's processes since the last line about them, and
+    /// when the next line may be logged.
+    foreign: (u64, Instant),
+}
+
+/// The files the generations keep, and the pids that may have written the PID file.
+#[derive(Debug, Default)]
+struct Files {
+    pid_file: Option<std::path::PathBuf>,
+    control: Option<std::path::PathBuf>,
+    /// The generations that said they serve (the last [`Files::MAX_PIDS`]).
+    generations: std::collections::VecDeque<u32>,
+}
+
+impl Files {
+    const MAX_PIDS: usize = 1024;
+
+    fn learn(&mut self, message: &protocol::Message, sender: u32) {
+        if let Some(path) = message.value(protocol::PID_FILE) {
+            self.pid_file = Some(path.into());
+        }
+        if let Some(path) = message.value(protocol::CONTROL) {
+            self.control = Some(path.into());
+        }
+        if message.flag("READY") && !self.generations.contains(&sender) {
+            if self.generations.len() == Self::MAX_PIDS {
+                self.generations.pop_front();
+            }
+            self.generations.push_back(sender);
+        }
+    }
+
+    /// At the supervisor's exit, every generation gone: removes the PID file if it names one
+    /// of them (a crashed or killed one could not remove it itself), and the control socket's
+    /// path if it still leads to the socket in `store` (nobody else's).
+    fn remove(&self, me: u32, store: &[(OwnedFd, String)]) {
+        if let Some(path) = &self.pid_file
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            match text.trim().parse::<u32>() {
+                Ok(pid)
+                    if self.generations.contains(&pid)
+                        && matches!(
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                            Err(nix::errno::Errno::ESRCH)
+                        ) =>
+                {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => tracing::info!(
+                            supervisor = me,
+                            path = %path.display(),
+                            named = pid,
+                            "removed the PID file a generation left (it names a generation that is gone)"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file")
+                        }
+                    }
+                }
+                _ => tracing::info!(
+                    supervisor = me,
+                    path = %path.display(),
+                    "leaving the PID file: it names no generation of this supervisor's that is gone"
+                ),
+            }
+        }
+        if let Some(path) = &self.control
+            && let Some((fd, _)) = store.iter().find(|(_, name)| name == crate::control::SOCKET_NAME)
+        {
+            crate::control::PathIdentity::inherited(path, fd.as_fd()).remove();
+        }
+    }
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -223,6 +336,9 @@ impl Supervisor {
             gave_up: false,
             kill_at: None,
             killed: Vec::new(),
+            files: Files::default(),
+            flood: flood::FloodGate::default(),
+            foreign: (0, Instant::now()),
         })
     }
 
@@ -313,6 +429,7 @@ impl Supervisor {
         }
         let code = self.exit_code;
         tracing::info!(supervisor = self.me, code, "every generation has exited: exiting");
+        self.files.remove(self.me, &self.store);
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
         }

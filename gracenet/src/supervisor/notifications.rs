@@ -12,8 +12,18 @@ use super::{Serving, Stray, Supervisor, forward, signal_pid};
 
 impl Supervisor {
     pub(super) fn read_notifications(&mut self) {
+        for (pid, suppressed) in self.flood.take_reports(std::time::Instant::now()) {
+            tracing::warn!(
+                supervisor = self.me,
+                sender = pid,
+                suppressed,
+                limit_per_s = super::flood::PER_SENDER,
+                "a process floods the notify socket: messages beyond the limit were not handled"
+            );
+        }
         let mut buf = vec![0u8; 4096];
-        loop {
+        // Bounded per turn: signals and exits are looked at between turns.
+        for _ in 0..1024 {
             let received = match crate::sys::recv_with_fds(&self.socket, &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -23,6 +33,13 @@ impl Supervisor {
                     return;
                 }
             };
+            // A sender past its share (a flood) costs nothing more: no /proc look, no
+            // handling, no log line but one report a second.
+            if let Some(sender) = received.sender.filter(|&p| p > 0)
+                && !self.flood.admit(sender as u32, std::time::Instant::now())
+            {
+                continue;
+            }
             let message = Message::parse(&buf[..received.len]);
             // Only the server's own processes: every generation descends from this one (it is
             // the subreaper, so even an orphaned one does).
@@ -30,11 +47,17 @@ impl Supervisor {
                 .sender
                 .is_some_and(|p| p > 0 && crate::sys::is_descendant(p as u32, self.me));
             if !ours {
-                tracing::warn!(
-                    supervisor = self.me,
-                    sender = ?received.sender,
-                    "ignoring a notification from outside the server's processes"
-                );
+                // One line per 10 s at most, with the count since the last.
+                self.foreign.0 += 1;
+                if std::time::Instant::now() >= self.foreign.1 {
+                    tracing::warn!(
+                        supervisor = self.me,
+                        sender = ?received.sender,
+                        ignored = self.foreign.0,
+                        "ignoring notifications from outside the server's processes"
+                    );
+                    self.foreign = (0, std::time::Instant::now() + std::time::Duration::from_secs(10));
+                }
                 continue;
             }
             if received.truncated {
@@ -61,6 +84,9 @@ impl Supervisor {
         {
             // Not the server's main process: systemd must not hear of it.
             return;
+        }
+        if let Some(sender) = sender {
+            self.files.learn(message, sender as u32);
         }
         let is_serving = |s: &Serving| sender.is_some_and(|p| p as u32 == s.pid);
         if let Some(serving) = self.serving.as_mut().filter(|s| is_serving(s)) {

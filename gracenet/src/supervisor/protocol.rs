@@ -11,6 +11,14 @@ pub(crate) const GENERATION: &str = "X_GRACE_GENERATION";
 /// The `LISTEN_FDNAMES`-style names of the attached sockets, joined by `:`.
 pub(crate) const FDS: &str = "X_GRACE_FDS";
 
+/// The generation's PID file (a path), in its "ready" message: the supervisor removes it when
+/// it exits after the last generation, if it still names one of its generations that is gone
+/// (a generation that crashed, or was killed, could not).
+pub(crate) const PID_FILE: &str = "X_GRACE_PID_FILE";
+/// The generation's control socket (a path), in its "ready" message: removed by the
+/// supervisor when it exits, if it still leads to the socket the supervisor keeps a copy of.
+pub(crate) const CONTROL: &str = "X_GRACE_CONTROL";
+
 /// A worker's slot, in its "ready" message (see [`crate::cluster`]).
 pub(crate) const WORKER: &str = "X_GRACE_WORKER";
 /// A worker's inboxes (`cluster::transfer`), in its "ready" message: `KEY:FD,…`, each

@@ -42,6 +42,18 @@ pub(crate) fn release() {
     }
 }
 
+/// Unblocks `signals` in the calling thread: the thread whose handlers take them over after
+/// [`hold`].
+pub(crate) fn unblock(signals: &[Signal]) {
+    let mut set = SigSet::empty();
+    for &signal in signals {
+        set.add(signal);
+    }
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None) {
+        tracing::warn!(error = %e, "cannot unblock the signals this thread handles");
+    }
+}
+
 /// The most deliveries of one signal a [`take`](SignalPipe::take) returns: beyond two stop
 /// requests or a thousand scale steps, more change nothing.
 pub(crate) const MAX_PER_TAKE: u32 = 1024;

@@ -123,6 +123,8 @@ pub(crate) struct Primary {
     /// Notifications from outside the cluster ignored since the last warning, and when the
     /// next warning may be logged.
     foreign: (u64, Instant),
+    /// The notifications each sender had handled this second: a flood is cut off.
+    flood: crate::supervisor::flood::FloodGate,
 }
 
 fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -256,6 +258,7 @@ impl Primary {
             fd_reserve: fd_reserve(),
             control_backoff: Duration::from_millis(50),
             foreign: (0, Instant::now()),
+            flood: crate::supervisor::flood::FloodGate::default(),
             group_index: vec![None; workers],
             next_index: 0,
             steered: None,
@@ -765,6 +768,15 @@ impl Primary {
     }
 
     fn read_notifications_now(&mut self) {
+        for (pid, suppressed) in self.flood.take_reports(Instant::now()) {
+            tracing::warn!(
+                primary = self.me,
+                sender = pid,
+                suppressed,
+                limit_per_s = crate::supervisor::flood::PER_SENDER,
+                "cluster: a process floods the notify socket: messages beyond the limit were not handled"
+            );
+        }
         let mut buf = vec![0u8; 4096];
         for _ in 0..1024 {
             let received = match crate::sys::recv_with_fds(&self.notify, &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -776,6 +788,13 @@ impl Primary {
                     return;
                 }
             };
+            // A sender past its share (a flood) costs nothing more: no /proc look, no
+            // handling, no log line but one report a second.
+            if let Some(sender) = received.sender.filter(|&p| p > 0)
+                && !self.flood.admit(sender as u32, Instant::now())
+            {
+                continue;
+            }
             // A worker it knows is trusted without a look at /proc (which needs an fd, and the
             // primary may be out of them); another sender must descend from the primary.
             let Some(pid) = received
@@ -848,6 +867,17 @@ impl Primary {
             return;
         };
         if !serving {
+            return;
+        }
+        if self.inboxes.contains_key(&pid) {
+            // Its "ready" was handled already: a repeat changes nothing (and is not logged
+            // again: a worker that repeats it in a loop must not flood the log).
+            tracing::debug!(
+                primary = self.me,
+                slot,
+                pid,
+                "cluster: a worker said it is ready again: ignored"
+            );
             return;
         }
         if let Some(names) = message.value(protocol::FDS) {
