@@ -124,7 +124,7 @@ fn a_failed_restart_tells_systemd_the_old_process_still_serves() {
         "{status}"
     );
     assert!(
-        status.contains("exited before it was ready (exit status: 1)"),
+        status.contains("exited before it was ready (exit code 1)"),
         "{status}"
     );
     assert!(
