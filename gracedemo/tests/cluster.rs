@@ -2173,3 +2173,47 @@ fn a_rolling_restart_waits_for_a_worker_started_before_it_and_restarts_it_once_r
         c.status()
     );
 }
+
+#[test]
+fn a_cluster_that_fails_to_start_leaves_no_private_directory_behind() {
+    let dir = TempDir::new("cluster-startfail");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir tmp");
+    let busy = dir.path().join("busy");
+    let _holder = std::os::unix::net::UnixListener::bind(&busy).expect("a live socket at the control path");
+    let cases: [(&str, Vec<std::ffi::OsString>); 2] = [
+        (
+            "a PID file in a missing directory",
+            vec!["--pid-file".into(), dir.path().join("none/pid").into()],
+        ),
+        (
+            "a control socket another process listens on",
+            vec!["--control-socket".into(), busy.clone().into()],
+        ),
+    ];
+    for (case, args) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+        cmd.args([
+            "-a0",
+            "127.0.0.1:0",
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ])
+        .args(&args)
+        .env("TMPDIR", &tmp)
+        .env_remove("XDG_RUNTIME_DIR");
+        let mut primary = ProcessGuard::spawn(cmd);
+        let status = primary.wait_timeout(DEADLINE).expect("the primary exits");
+        assert_eq!(status.code(), Some(1), "{case}: {status:?}");
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .expect("read tmp")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{case}: left in TMPDIR: {left:?}");
+    }
+}

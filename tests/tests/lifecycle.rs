@@ -46,10 +46,7 @@ fn a_child_that_fails_at_startup_costs_nothing_and_the_next_restart_works() {
     g.expect_line(&format!("probe failing pid={}", failed.pid));
     let log = g.expect_log("restart failed: this generation keeps serving generation=1 next=2 ");
     assert!(log.contains(&format!(" pid={} ", failed.pid)), "{log}");
-    assert!(
-        log.contains("exited before it was ready (exit code 1)"),
-        "{log}"
-    );
+    assert!(log.contains("exited before it was ready (exit code 1)"), "{log}");
     assert!(log.contains("keeps serving"), "{log}");
     assert!(reaped(failed.pid), "the failed child is reaped, no zombie");
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen1.pid);

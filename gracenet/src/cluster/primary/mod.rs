@@ -148,6 +148,8 @@ impl Primary {
         // it. (An abstract name can be reached by anyone on the host: a flood of datagrams
         // would fill its queue, and the workers' heartbeats, which never wait, would be lost.)
         let notify_dir = private_dir(me).map_err(io_error("cannot make the notify socket's directory"))?;
+        // Removed again if the start fails below (a control socket or PID file path refused).
+        let dir_guard = PrivateDirGuard(Some(notify_dir.clone()));
         let notify_path = notify_dir.join("notify");
         let notify =
             UnixDatagram::bind(&notify_path).map_err(io_error("cannot bind the primary's notify socket"))?;
@@ -224,6 +226,7 @@ impl Primary {
                 None
             }
         };
+        dir_guard.keep();
         Ok(Primary {
             me,
             exe,
@@ -1289,6 +1292,28 @@ fn private_dir(me: u32) -> std::io::Result<PathBuf> {
     remove_dead_primaries_dirs(&base);
     let template = base.join(format!("grace-primary-{me}-XXXXXX"));
     nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
+}
+
+/// Removes the primary's private directory, with what is in it, unless kept: the start
+/// failed after it was made.
+struct PrivateDirGuard(Option<PathBuf>);
+
+impl PrivateDirGuard {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for PrivateDirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            // Only what this primary put there yet (its notify socket): no directories.
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten().take(64) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
 }
 
 /// The longest base directory whose sockets' paths fit a Unix socket address (107 bytes):
