@@ -154,6 +154,9 @@ pub(crate) fn unix(name: UnixName<'_>, ty: Type) -> Result<OwnedFd, Error> {
                     path: path.to_owned(),
                 });
             }
+            if foreign_in_sticky(&meta, path) {
+                return Err(bind_err(foreign_socket(&meta)));
+            }
             let probe = Socket::new(Domain::UNIX, ty, None).map_err(bind_err)?;
             // Never waits: a live listener with a full backlog (one that does not accept)
             // is in use too.
@@ -248,6 +251,7 @@ fn place(staged: &private::Staged, path: &Path) -> Result<(), Placed> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => staged.link_to(path).map_err(Placed::Io),
         Err(e) => Err(Placed::Io(e)),
         Ok(meta) if !meta.file_type().is_socket() => Err(Placed::NotSocket),
+        Ok(meta) if foreign_in_sticky(&meta, path) => Err(Placed::Io(foreign_socket(&meta))),
         Ok(_) => match probe_unix(path) {
             Ok(true) => Err(Placed::InUse),
             Ok(false) => {
@@ -257,6 +261,32 @@ fn place(staged: &private::Staged, path: &Path) -> Result<(), Placed> {
             Err(e) => Err(Placed::Io(e)),
         },
     }
+}
+
+/// Whether `meta`, the file at `path`, is another user's in a sticky directory (`/tmp`): a
+/// file the sticky bit protects from everyone but its owner and root is not ours to replace,
+/// even when running as root.
+fn foreign_in_sticky(meta: &std::fs::Metadata, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // 0o1000: the sticky bit (S_ISVTX).
+    let sticky = std::fs::metadata(parent).is_ok_and(|d| d.mode() & 0o1000 != 0);
+    sticky && meta.uid() != nix::unistd::geteuid().as_raw()
+}
+
+/// The error for another user's socket in a sticky directory.
+fn foreign_socket(meta: &std::fs::Metadata) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "a socket of another user (uid {}) is there, in a sticky directory: it is not replaced \
+             (remove it, or choose a path of your own)",
+            std::os::unix::fs::MetadataExt::uid(meta)
+        ),
+    )
 }
 
 /// Whether a process listens at the socket `path`: a connection accepted or queued, or a
@@ -471,6 +501,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn another_users_stale_socket_in_a_sticky_directory_is_never_replaced() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making a file of another user needs root");
+            return;
+        }
+        let dir = temp_dir("sticky");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        let path = dir.join("s.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        for (what, result) in [
+            ("control socket", unix_private(&path).map(drop)),
+            (
+                "unix: listener",
+                unix(UnixName::Path(&path), Type::STREAM).map(drop),
+            ),
+        ] {
+            let e = result.expect_err(what).to_string();
+            assert!(e.contains("another user (uid 65534)"), "{what}: {e}");
+            let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(&path).unwrap());
+            assert_eq!(owner, 65534, "{what}: the file was replaced");
+        }
+        // Its own stale socket there is replaced as anywhere.
+        nix::unistd::chown(&path, Some(nix::unistd::geteuid()), None).unwrap();
+        unix_private(&path).expect("our own stale socket");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
