@@ -2217,3 +2217,15 @@ fn a_cluster_that_fails_to_start_leaves_no_private_directory_behind() {
         assert!(left.is_empty(), "{case}: left in TMPDIR: {left:?}");
     }
 }
+
+#[test]
+fn more_workers_than_the_primarys_fd_limit_allows_are_warned_of_at_the_start() {
+    let mut c = TestCluster::spawn(&Launch {
+        fd_limit: Some(64),
+        ..Launch::new("3")
+    });
+    let line = c
+        .primary
+        .expect_log("cluster: more workers than the primary's open files limit allows");
+    assert!(line.contains("workers=3") && line.contains("ulimit -n"), "{line}");
+}

@@ -277,6 +277,20 @@ impl Primary {
             "cluster: starting {} worker(s)",
             self.machine.settings.workers
         );
+        let workers = self.machine.settings.workers;
+        let room = self.worker_room().saturating_sub(workers);
+        if workers > room {
+            // The machine refuses such a scale; at the start, the operator asked for it: it
+            // goes ahead, said plainly (the primary, out of fds, may leave control commands
+            // unanswered and fail to replace a worker).
+            tracing::warn!(
+                primary = self.me,
+                workers,
+                room,
+                "cluster: more workers than the primary's open files limit allows (about {room}): control \
+                 commands may go unanswered and crashed workers may not be replaced; raise LimitNOFILE= or ulimit -n"
+            );
+        }
         let actions = self.machine.start();
         self.perform(actions);
         if self
