@@ -497,8 +497,11 @@ fn control_client(matches: &clap::ArgMatches) -> Option<ExitCode> {
             // Done, whether or not the answer can be shown (stdout closed or full): said on
             // stderr, and the exit status is the command's.
             use std::io::Write as _;
-            if let Err(e) = writeln!(std::io::stdout().lock(), "{text}") {
-                eprintln!("gracedemo: cannot write the answer ({text:?}) to stdout: {e}");
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                // The reader took what it wanted (`--status | head`), as with any Unix tool.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(e) => eprintln!("gracedemo: cannot write the answer ({text:?}) to stdout: {e}"),
+                Ok(()) => {}
             }
             ExitCode::SUCCESS
         }

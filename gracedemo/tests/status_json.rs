@@ -213,3 +213,34 @@ fn a_restart_under_way_shows_in_the_text_status_as_in_json() {
     server.signal(Signal::SIGTERM);
     assert!(server.wait_timeout(DEADLINE).is_some(), "the server stops");
 }
+
+#[test]
+fn status_into_a_pipe_its_reader_closed_says_nothing_of_it() {
+    let dir = TempDir::new("status-pipe");
+    let socket = dir.path().join("control");
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .arg("--control-socket")
+        .arg(&socket);
+    let mut server = ProcessGuard::spawn(cmd);
+    server.expect_log("Serving ");
+    // `gracedemo --status | head -0`: the reader is gone before the answer is written.
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let out = Command::new(GRACEDEMO)
+        .arg("--control-socket")
+        .arg(&socket)
+        .arg("--status")
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run gracedemo --status");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "nothing said of the closed pipe"
+    );
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_timeout(DEADLINE).is_some(), "the server stops");
+}
