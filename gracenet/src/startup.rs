@@ -42,6 +42,7 @@ pub(crate) struct Startup {
     /// to its successor.
     pub worker: Option<WorkerRole>,
     /// The cluster's secrets (`GRACE_SECRET_FD`), passed on to its successor.
+    #[cfg(feature = "tokio")]
     pub secrets: Option<crate::cluster::secret::Inherited>,
     /// When this process's start was read (a standby's: when it was woken): what a
     /// generation's start-up time and uptime count from.
@@ -193,6 +194,7 @@ fn read() -> Result<Startup, EnvError> {
                 "ignoring GRACE_READY_FD and GRACE_GENERATION meant for another process"
             );
         }
+        #[cfg(feature = "tokio")]
         crate::cluster::secret::stop_at_this_process(secrets);
         return Ok(Startup {
             registry: SocketRegistry::new(inherited),
@@ -204,13 +206,19 @@ fn read() -> Result<Startup, EnvError> {
             idle_start: false,
             supervisor: None,
             worker: None,
+            #[cfg(feature = "tokio")]
             secrets: None,
             started: Instant::now(),
         });
     }
     let generation = parse_generation(generation)?;
     let worker = WorkerRole::read(worker, heartbeat, load_fd, join)?;
+    // Only a cluster's worker has them, and clusters need tokio; without it, the variable is
+    // dropped like the other cluster variables.
+    #[cfg(feature = "tokio")]
     let secrets = crate::cluster::secret::inherit(secrets)?;
+    #[cfg(not(feature = "tokio"))]
+    drop(secrets);
     let (link, not_grace_parent) = ParentLink::new(ready_fd, inherited.origin(), &inherited.socket_inodes())?;
     let previous = link.previous();
     if idle_start && !standby {
@@ -240,6 +248,7 @@ fn read() -> Result<Startup, EnvError> {
         idle_start,
         supervisor,
         worker,
+        #[cfg(feature = "tokio")]
         secrets,
         started: Instant::now(),
     })
