@@ -80,6 +80,11 @@ impl Driver {
     pub(super) async fn run(mut self) {
         loop {
             let event = tokio::select! {
+                // Requests first: a stop that came before the successor said it is ready is a
+                // stop of the restart under way (both processes), not of the old process's
+                // drain once it has handed over. Left to chance, `kill -USR2 P; kill -TERM P`
+                // with a standby (ready in a millisecond) lost the stop in 3 runs of 20.
+                biased;
                 request = self.requests.recv() => match request {
                     Some(Request::Restart { reply }) => Event::RestartRequested {
                         reply: reply.map(|tx| {
