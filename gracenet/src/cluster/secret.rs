@@ -247,6 +247,8 @@ pub fn secret(name: &str) -> Option<&'static [u8]> {
 mod tests {
     use super::*;
 
+    // A sealed memory file is Linux's (the portable path has none: see below).
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     #[test]
     fn secrets_read_back_from_their_sealed_file_and_other_bytes_are_refused() {
         let given = Secrets(vec![
@@ -310,6 +312,7 @@ mod tests {
         }
     }
 
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     /// What [`inherit`] makes of `fd` (given its number), and whether the fd is still open
     /// and close-on-exec afterwards; closes it.
     fn inherit_fd(fd: OwnedFd) -> (Result<Option<Inherited>, EnvError>, bool) {
@@ -329,6 +332,7 @@ mod tests {
         (result, cloexec)
     }
 
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     fn refused(fd: OwnedFd, expected: &str) {
         let (result, cloexec) = inherit_fd(fd);
         let e = result.expect_err("refused").to_string();
@@ -337,6 +341,8 @@ mod tests {
         assert!(cloexec, "an fd refused goes no further than this process: {e}");
     }
 
+    // A sealed memory file is Linux's (the portable path has none: see below).
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     #[test]
     fn an_inherited_secrets_fd_that_is_not_the_sealed_file_is_refused_naming_it() {
         for (value, expected) in [
@@ -387,6 +393,7 @@ mod tests {
         assert!(cloexec, "kept from the application's children");
     }
 
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     /// A whole secrets file's bytes.
     fn create_bytes() -> Vec<u8> {
         let file = std::fs::File::from(create(&Secrets::default()).unwrap());
@@ -402,6 +409,8 @@ mod tests {
         assert!(e.to_string().contains("at most 1048576"), "{e}");
     }
 
+    // A sealed memory file is Linux's (the portable path has none: see below).
+    #[cfg(all(any(target_os = "linux", target_os = "android"), not(gracenet_portable)))]
     #[test]
     fn a_copy_meant_for_another_process_is_made_close_on_exec_if_it_is_the_secrets_file() {
         let clear = |fd: &OwnedFd| {
@@ -422,5 +431,12 @@ mod tests {
         assert!(cloexec(&secrets), "the secrets file goes no further");
         assert!(!cloexec(&pipe), "an fd of another kind is left as it is");
         stop_at_this_process(Some("garbage".into()));
+    }
+
+    #[test]
+    #[cfg(any(gracenet_portable, not(any(target_os = "linux", target_os = "android"))))]
+    fn without_sealed_memory_files_the_primary_makes_none_and_says_why() {
+        let e = create(&Secrets::default()).expect_err("no sealed file on the portable path");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
     }
 }
