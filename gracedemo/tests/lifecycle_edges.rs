@@ -472,7 +472,7 @@ impl<'de> serde::Deserialize<'de> for ObjectKeys {
 #[test]
 fn json_log_lines_never_repeat_a_key() {
     let mut demo = Demo::start(&["--supervise", "--log-json"], &[("RUST_LOG", "info")]);
-    demo.process.expect_log("Listening on init activated");
+    demo.process.expect_log("Serving ");
     demo.process.signal(Signal::SIGUSR2);
     demo.process.expect_log("Graceful handoff");
     demo.process.expect_log("stopped accepting");
@@ -617,4 +617,19 @@ fn a_notify_flood_costs_the_primary_bounded_log_lines_and_it_still_answers() {
     } else {
         eprintln!("not root: the flood as the worker (credentials naming its pid) was not sent");
     }
+}
+
+/// A supervisor's first generation binds its own sockets (the supervisor passes `LISTEN_FDS=0`
+/// with `LISTEN_PID`): it says "Serving", not Go grace's "Listening on init activated", which
+/// would claim a socket activation that never happened.
+#[test]
+fn a_supervisors_first_generation_does_not_claim_socket_activation() {
+    let mut demo = Demo::start(&["--supervise"], &[]);
+    let line = demo.process.expect_log("Serving ");
+    assert!(line.contains(" with pid "), "{line}");
+    assert!(
+        !demo.process.seen().iter().any(|l| l.contains("init activated")),
+        "{:?}",
+        demo.process.seen()
+    );
 }

@@ -534,7 +534,11 @@ fn serving_line(generation: &Generation, addrs: &str) -> String {
         generation.number(),
     ) {
         (Some(old), _, _) => format!("Graceful handoff of {addrs} with new pid {pid} and old pid {old}."),
-        (None, Origin::Activated, 1) => format!("Listening on init activated {addrs}"),
+        // Sockets from systemd, or passed on by a supervisor that has them from it; a
+        // supervisor's first generation given none binds its own.
+        (None, Origin::Activated, 1) if generation.registry().inherited() > 0 => {
+            format!("Listening on init activated {addrs}")
+        }
         (None, _, _) => format!("Serving {addrs} with pid {pid}."),
     }
 }

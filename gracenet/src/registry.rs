@@ -87,6 +87,7 @@ struct Entry {
 pub struct SocketRegistry {
     entries: Mutex<Vec<Entry>>,
     origin: Origin,
+    inherited: usize,
 }
 
 impl SocketRegistry {
@@ -102,8 +103,9 @@ impl SocketRegistry {
                 name: s.name,
                 claimed: false,
             })
-            .collect();
+            .collect::<Vec<_>>();
         SocketRegistry {
+            inherited: entries.len(),
             entries: Mutex::new(entries),
             origin,
         }
@@ -309,6 +311,12 @@ impl SocketRegistry {
             .filter(|e| !e.claimed)
             .map(|e| e.info.addr.clone())
             .collect()
+    }
+
+    /// How many sockets this process inherited (`LISTEN_FDS`): none when its starter passed
+    /// the variables with nothing in them (a supervisor's first generation binds its own).
+    pub fn inherited(&self) -> usize {
+        self.inherited
     }
 
     /// How many sockets the registry holds (claimed or not): the next process's `LISTEN_FDS`.
