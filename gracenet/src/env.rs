@@ -141,6 +141,25 @@ pub(crate) fn take_var(var: &str) -> Option<OsString> {
 }
 
 /// A value as an error message shows it: at most 64 characters, then how long it was.
+/// The fd a gracenet variable (`var`, already taken out of the environment) hands to this
+/// process by number (`text`), owned from now on: an fd number of 3 or more that is open.
+/// `what` says what the fd should be, for the error.
+pub(crate) fn handed_fd(var: &'static str, text: &str, what: &str) -> Result<std::os::fd::OwnedFd, EnvError> {
+    let malformed = |expected: &str| EnvError::Malformed {
+        var,
+        value: shown(text),
+        expected: expected.to_owned(),
+    };
+    let fd: std::os::fd::RawFd = text
+        .parse()
+        .ok()
+        .filter(|&fd| fd >= 3)
+        .ok_or_else(|| malformed("an fd number of 3 or more"))?;
+    // SAFETY: the variable hands the fd to this process, and take_var removed it, so this
+    // runs once per process and nothing else owns or closes the fd.
+    unsafe { crate::socket::own_if_open(fd) }.map_err(|_| malformed(&format!("an open fd: {what}")))
+}
+
 pub(crate) fn shown(value: &str) -> String {
     const MAX: usize = 64;
     if value.chars().count() <= MAX {

@@ -5,7 +5,7 @@
 //! Go grace's way, kept for compatibility, is `SIGTERM` to the parent pid.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 
 use nix::unistd::Pid;
 
@@ -184,18 +184,10 @@ fn ready_fd(value: &OsString) -> Result<OwnedFd, EnvError> {
     let text = value.to_string_lossy();
     let malformed = |expected: &str| EnvError::Malformed {
         var: GRACE_READY_FD,
-        value: text.clone().into_owned(),
+        value: crate::env::shown(&text),
         expected: expected.to_owned(),
     };
-    let fd: RawFd = text
-        .parse()
-        .ok()
-        .filter(|&fd| fd >= 3)
-        .ok_or_else(|| malformed("an fd number of 3 or more"))?;
-    // SAFETY: GRACE_READY_FD hands the fd to this process, and take_var removed the
-    // variable, so this runs once per process and nothing else owns or closes it.
-    let owned = unsafe { crate::socket::own_if_open(fd) }
-        .map_err(|_| malformed("an open fd: the write end of the readiness pipe"))?;
+    let owned = crate::env::handed_fd(GRACE_READY_FD, &text, "the write end of the readiness pipe")?;
     let checked = (|| {
         let stat = nix::sys::stat::fstat(&owned).map_err(|_| malformed("an fd that can be inspected"))?;
         let kind = stat.st_mode & libc::S_IFMT;

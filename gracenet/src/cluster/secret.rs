@@ -124,15 +124,7 @@ pub(crate) fn inherit(var: Option<OsString>) -> Result<Option<Inherited>, EnvErr
         value: crate::env::shown(&text),
         expected: expected.to_owned(),
     };
-    let fd: RawFd = text
-        .parse()
-        .ok()
-        .filter(|&fd| fd >= 3)
-        .ok_or_else(|| malformed("an fd number of 3 or more"))?;
-    // SAFETY: GRACE_SECRET_FD hands the fd to this process, and take_var removed the
-    // variable, so this runs once per process and nothing else owns or closes it.
-    let owned = unsafe { crate::socket::own_if_open(fd) }
-        .map_err(|_| malformed("an open fd: the cluster's sealed secrets file"))?;
+    let owned = crate::env::handed_fd(GRACE_SECRET_FD, &text, "the cluster's sealed secrets file")?;
     // First of all, whatever it is: an fd the application does not know of must not reach
     // the programs it starts.
     let read = crate::socket::set_cloexec(owned.as_fd())
