@@ -221,7 +221,9 @@ struct Supervisor {
 struct Files {
     pid_file: Option<std::path::PathBuf>,
     control: Option<std::path::PathBuf>,
-    /// The generations that said they serve (the last [`Files::MAX_PIDS`]).
+    /// The generations: each one watched, or that said it serves (the last
+    /// [`Files::MAX_PIDS`]). One killed after writing the PID file, before its "ready" came,
+    /// is among them.
     generations: std::collections::VecDeque<u32>,
 }
 
@@ -235,11 +237,18 @@ impl Files {
         if let Some(path) = message.value(protocol::CONTROL) {
             self.control = Some(path.into());
         }
-        if message.flag("READY") && !self.generations.contains(&sender) {
+        if message.flag("READY") {
+            self.generation(sender);
+        }
+    }
+
+    /// `pid` is one of the generations.
+    fn generation(&mut self, pid: u32) {
+        if !self.generations.contains(&pid) {
             if self.generations.len() == Self::MAX_PIDS {
                 self.generations.pop_front();
             }
-            self.generations.push_back(sender);
+            self.generations.push_back(pid);
         }
     }
 
@@ -385,6 +394,7 @@ impl Supervisor {
 
     fn watch(&mut self, pid: u32) {
         self.children.watch(pid);
+        self.files.generation(pid);
     }
 
     fn run(&mut self) -> i32 {
