@@ -160,6 +160,7 @@ def throughput(kind, seconds, conns, close, control):
     p, port = start(workers, threads, control)
     try:
         wrk(port, 1, conns, close)  # warm-up
+        time.sleep(1.2)  # a heartbeat: the warm-up's counts are in the status (both kinds alike)
         before_acc = accepted(control) if workers else {}
         before = server_counters(p)
         rps, total, errs, _ = wrk(port, seconds, conns, close)

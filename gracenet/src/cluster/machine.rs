@@ -450,6 +450,9 @@ pub(crate) enum KillReason {
     NotReady,
     /// Ready, then silent for the worker timeout.
     Hung,
+    /// Still starting, from the program from before a rolling restart: a fresh worker
+    /// replaces it.
+    Superseded,
 }
 
 impl Cluster {
@@ -739,6 +742,8 @@ impl Cluster {
                             first_rss: None,
                             start: Some(id),
                         });
+                        // Issued before a rollout that already waits for its slot.
+                        self.supersede_stale_start(slot, &mut actions);
                     }
                     // Started as the stop came, for a slot scaled away, or for one a stray
                     // took meanwhile: it goes.
@@ -954,8 +959,11 @@ impl Cluster {
             _ => Loss::BootFailure,
         };
         let restarting = std::mem::replace(&mut self.slots[slot].restarting, false);
+        // Gone before anything below runs: a rollout that ends here may begin the next one,
+        // which must not find the dead worker in its slot.
+        let gone = self.slots[slot].worker.take();
         if loss == Loss::BootFailure
-            && let Some(w) = self.slots[slot].worker
+            && let Some(w) = gone
         {
             let reason = if w.killed {
                 format!("new worker {pid} was not ready within its ready timeout")
@@ -964,7 +972,6 @@ impl Cluster {
             };
             self.awaited_failed(slot, w.start, reason, actions);
         }
-        self.slots[slot].worker = None;
         if self.slots[slot].recycling.take().is_some() {
             // Its replacement starts afresh: the recycle is moot.
             self.begin_queued(actions);
@@ -1225,6 +1232,7 @@ impl Cluster {
             return;
         };
         let mut in_progress = self.slots.iter().filter(|s| s.restarting).count();
+        let mut stale = Vec::new();
         while in_progress < self.settings.surge {
             let Some(slot) = r.queue.pop_front() else {
                 break;
@@ -1245,8 +1253,19 @@ impl Cluster {
                     // from now on to serve there (`awaited_ready`).
                     _ => r.awaiting.push(slot),
                 }
+                if s.worker.is_some_and(|w| !w.ready) {
+                    stale.push(slot);
+                }
             }
         }
+        // A worker still starting from the program from before is replaced now rather than
+        // waited for (and then restarted).
+        for slot in stale {
+            self.supersede_stale_start(slot, actions);
+        }
+        let Some(r) = self.rollout.as_ref() else {
+            return;
+        };
         if in_progress == 0 && r.queue.is_empty() && r.awaiting.is_empty() {
             // A killed worker no longer serves: its slot is one being started.
             let pids = self
@@ -1256,6 +1275,34 @@ impl Cluster {
                 .collect();
             self.end_rollout(|_| RolloutResult::Done { pids }, actions);
         }
+    }
+
+    /// A slot the rollout waits for whose worker is still starting from a start issued
+    /// before the rollout began (after a crash, a scale-up): that worker runs the program from
+    /// before and would only be restarted once ready, after as long as its ready timeout if
+    /// it hangs. It is stopped (its exit is no crash and no boot failure) and a fresh one
+    /// starts at once. Not the worker binding the cluster's sockets: the others wait for it.
+    fn supersede_stale_start(&mut self, slot: usize, actions: &mut Vec<Action>) {
+        let Some(r) = self.rollout.as_ref() else {
+            return;
+        };
+        if self.stopping || self.sockets != Sockets::Known || !r.awaiting.contains(&slot) {
+            return;
+        }
+        let Some(w) = self.slots.get(slot).and_then(|s| s.worker) else {
+            return;
+        };
+        if w.ready || w.killed || w.start.is_none_or(|id| id > r.since) {
+            return;
+        }
+        self.retiring.push(w.pid);
+        self.kills.push((w.pid, self.now + KILL_GRACE));
+        actions.push(Action::Kill {
+            pid: w.pid,
+            why: KillReason::Superseded,
+        });
+        self.slots[slot].worker = None;
+        self.start_slot(slot, actions);
     }
 
     fn end_rollout(&mut self, result: impl FnOnce(usize) -> RolloutResult, actions: &mut Vec<Action>) {
@@ -1513,14 +1560,20 @@ mod tests {
         );
         let a = c.handle(Event::RestartRequested { reply: 3 }, now);
         assert_eq!(a, vec![Action::Restart { slot: 0, pid: 100 }]);
+        // Started before the restart was asked and still starting at its turn: it is not
+        // answered as serving, it is replaced by a fresh start.
         let a = c.handle(Event::Ready { slot: 0, pid: 200 }, now);
-        assert!(
-            a.is_empty(),
-            "the starting worker is not answered as serving: {a:?}"
-        );
-        // Started before the restart was asked: once ready, it restarts in turn.
-        let a = c.handle(Event::Ready { slot: 1, pid: 101 }, now);
-        assert_eq!(a, vec![Action::Restart { slot: 1, pid: 101 }]);
+        let [
+            Action::Kill {
+                pid: 101,
+                why: KillReason::Superseded,
+            },
+            Action::Start { slot: 1, id },
+        ] = a[..]
+        else {
+            panic!("the starting worker is not replaced: {a:?}");
+        };
+        assert!(c.handle(Event::Started { id, pid: 201 }, now).is_empty());
         let a = c.handle(Event::Ready { slot: 1, pid: 201 }, now);
         assert_eq!(
             a,
@@ -2044,9 +2097,9 @@ mod tests {
     }
 
     #[test]
-    fn a_rollout_restarts_a_worker_started_before_it_once_that_one_is_ready() {
+    fn a_rollout_restarts_a_worker_started_before_it_that_is_ready_by_its_turn() {
         // Slot 1's worker crashed and its replacement was started from the program then on
-        // disk; a rollout asked meanwhile restarts it once it is ready.
+        // disk; it is ready by the time its slot's turn comes: it restarts like the others.
         let now = Instant::now();
         let mut c = serving(2, now);
         let a = c.handle(
@@ -2063,11 +2116,11 @@ mod tests {
         let a = c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
         assert_eq!(a, vec![Action::Restart { slot: 0, pid: 100 }]);
         assert!(
-            c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6))
+            c.handle(Event::Ready { slot: 1, pid: 201 }, now + Duration::from_secs(5))
                 .is_empty()
         );
         assert_eq!(
-            c.handle(Event::Ready { slot: 1, pid: 201 }, now + Duration::from_secs(6)),
+            c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6)),
             vec![Action::Restart { slot: 1, pid: 201 }],
             "a worker of the program from before the rollout"
         );
@@ -2078,6 +2131,103 @@ mod tests {
                 result: RolloutResult::Done { pids: vec![300, 301] }
             }],
         );
+    }
+
+    #[test]
+    fn a_rollout_replaces_at_once_a_worker_still_starting_from_before_it() {
+        // Slot 1's replacement, started from the program from before, is still starting
+        // (hung, say) when the slot's turn comes: it is stopped, not waited for, and its exit
+        // is neither a crash nor a boot failure.
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 101,
+                clean: false,
+            },
+            now + Duration::from_secs(5),
+        );
+        let [Action::Start { slot: 1, id }] = a[..] else {
+            panic!("no replacement: {a:?}");
+        };
+        c.handle(Event::Started { id, pid: 201 }, now + Duration::from_secs(5));
+        c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
+        let a = c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6));
+        let [
+            Action::Kill {
+                pid: 201,
+                why: KillReason::Superseded,
+            },
+            Action::Start { slot: 1, id: fresh },
+        ] = a[..]
+        else {
+            panic!("not replaced at once: {a:?}");
+        };
+        assert!(fresh > id);
+        c.handle(
+            Event::Started { id: fresh, pid: 202 },
+            now + Duration::from_secs(6),
+        );
+        assert!(
+            c.handle(Event::Ready { slot: 1, pid: 201 }, now + Duration::from_secs(6))
+                .is_empty(),
+            "the superseded worker, ready after all, is not taken back"
+        );
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 201,
+                    clean: false
+                },
+                now + Duration::from_secs(6)
+            )
+            .is_empty(),
+            "its exit starts nothing"
+        );
+        assert!(c.boot_failures.is_empty() && c.crashes.is_empty(), "{c:?}");
+        assert_eq!(
+            c.handle(Event::Ready { slot: 1, pid: 202 }, now + Duration::from_secs(7)),
+            vec![Action::Reply {
+                reply: 1,
+                result: RolloutResult::Done { pids: vec![300, 202] }
+            }],
+        );
+    }
+
+    #[test]
+    fn a_start_from_before_a_rollout_reported_once_its_slot_is_awaited_is_replaced() {
+        // The start was issued before the rollout, and reported after the rollout reached
+        // the slot.
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let a = c.handle(
+            Event::Exited {
+                pid: 100,
+                clean: false,
+            },
+            now + Duration::from_secs(5),
+        );
+        let [Action::Start { slot: 0, id }] = a[..] else {
+            panic!("no replacement: {a:?}");
+        };
+        let a = c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
+        assert_eq!(
+            a,
+            vec![Action::Restart { slot: 1, pid: 101 }],
+            "slot 0 is awaited, slot 1 restarts"
+        );
+        let a = c.handle(Event::Started { id, pid: 200 }, now + Duration::from_secs(5));
+        let [
+            Action::Kill {
+                pid: 200,
+                why: KillReason::Superseded,
+            },
+            Action::Start { slot: 0, id: fresh },
+        ] = a[..]
+        else {
+            panic!("not replaced at once: {a:?}");
+        };
+        assert!(fresh > id);
     }
 
     #[test]
@@ -2096,22 +2246,22 @@ mod tests {
         };
         c.handle(Event::Started { id, pid: 201 }, now + Duration::from_secs(5));
         c.handle(Event::RestartRequested { reply: 1 }, now + Duration::from_secs(5));
-        assert!(
-            c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6))
-                .is_empty()
-        );
-        // The worker from before exits before it is ready: the rollout goes on waiting, and
-        // one started now replaces it...
-        let a = c.handle(
-            Event::Exited {
-                pid: 201,
-                clean: false,
-            },
-            now + Duration::from_secs(6),
-        );
-        let [Action::Start { slot: 1, id }] = a[..] else {
+        // The worker from before, still starting when its slot's turn comes, is replaced by
+        // one started now...
+        let a = c.handle(Event::Ready { slot: 0, pid: 300 }, now + Duration::from_secs(6));
+        let [Action::Kill { pid: 201, .. }, Action::Start { slot: 1, id }] = a[..] else {
             panic!("the rollout ended, or no new start: {a:?}");
         };
+        assert!(
+            c.handle(
+                Event::Exited {
+                    pid: 201,
+                    clean: false
+                },
+                now + Duration::from_secs(6)
+            )
+            .is_empty()
+        );
         c.handle(Event::Started { id, pid: 202 }, now + Duration::from_secs(7));
         // ...and that one, of the program now installed, fails too: the rollout says so.
         let a = c.handle(
@@ -3406,6 +3556,14 @@ mod tests {
                             .is_some_and(|wk| wk.ready && wk.start.is_some_and(|id| id > r.since)),
                         "a slot awaited although a worker started in the rollout serves there: {c:?}"
                     );
+                    if c.sockets == Sockets::Known && !c.stopping {
+                        assert!(
+                            !c.slots[slot].worker.is_some_and(|wk| !wk.ready
+                                && !wk.killed
+                                && wk.start.is_some_and(|id| id <= r.since)),
+                            "a slot awaited while a worker started before the rollout still starts there: {c:?}"
+                        );
+                    }
                 }
             }
             assert!(w.answered.values().all(|&n| n == 1), "one answer per request");

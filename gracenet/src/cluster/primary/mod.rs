@@ -565,23 +565,31 @@ impl Primary {
                 }
                 Action::Kill { pid, why } => {
                     let why = match why {
-                        KillReason::NotReady => format!(
+                        KillReason::NotReady => Some(format!(
                             "not ready after {:.0} s",
                             self.machine.settings.ready_timeout.as_secs_f64()
-                        ),
-                        KillReason::Hung => format!(
+                        )),
+                        KillReason::Hung => Some(format!(
                             "silent (no heartbeat) for {:.1} s",
                             self.machine
                                 .settings
                                 .worker_timeout
                                 .unwrap_or_default()
                                 .as_secs_f64()
-                        ),
+                        )),
+                        KillReason::Superseded => None,
                     };
-                    tracing::error!(
-                        primary = self.me,
-                        pid, reason = %why, "cluster: stopping a worker to replace it"
-                    );
+                    match why {
+                        Some(why) => tracing::error!(
+                            primary = self.me,
+                            pid, reason = %why, "cluster: stopping a worker to replace it"
+                        ),
+                        None => tracing::info!(
+                            primary = self.me,
+                            pid,
+                            "cluster: rolling restart: a worker still starting from the program from before is replaced by a fresh one"
+                        ),
+                    }
                     // Connections other workers passed to it since it fell silent would die
                     // with it: they go to the others.
                     // (One never ready has none copied: no worker passes to it before it serves.)
