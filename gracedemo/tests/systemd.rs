@@ -100,3 +100,27 @@ async fn activated_sockets_are_found_by_file_descriptor_name() {
         assert!(a.body.starts_with(&format!("{name} started at ")), "{}", a.body);
     }
 }
+
+/// Activated on addresses the program does not ask for (its own flags name others, as a
+/// unit whose `ListenStream=` and program disagree): it does not claim an activation it did
+/// not get, and it names, as a warning, the activated sockets nobody serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activated_sockets_the_program_does_not_ask_for_are_named_and_not_claimed() {
+    let ports = [free_port(), free_port(), free_port()];
+    let own = [free_port(), free_port(), free_port()];
+    let mut g = activate(ports, "x:y:z", own.map(|p| format!("127.0.0.1:{p}")));
+    let line = tokio::task::block_in_place(|| g.expect_log("inherited sockets nobody serves"));
+    assert!(line.contains("WARN"), "{line}");
+    for p in ports {
+        assert!(line.contains(&format!("127.0.0.1:{p}")), "{line}");
+    }
+    let serving = tokio::task::block_in_place(|| g.expect_log(" with pid "));
+    assert!(
+        serving.contains(&format!("Serving 127.0.0.1:{}", own[0])),
+        "{serving}"
+    );
+    let seen = tokio::task::block_in_place(|| g.seen());
+    assert!(!seen.iter().any(|l| l.contains("init activated")), "{seen:?}");
+    let a = get_h1(own[0], "/sleep/?duration=0s").await.unwrap();
+    assert_eq!(pid_in(&a.body), g.pid());
+}

@@ -123,13 +123,13 @@ impl Server {
 
     /// Serves `service` over cleartext HTTP/1.1 and HTTP/2 at `addr`: short for
     /// `.site(Site::http(addr, service))` (see [`Site::http`]).
-    pub fn http<S: HttpService>(self, addr: &str, service: S) -> Server {
+    pub fn http<S: HttpService>(self, addr: impl Into<String>, service: S) -> Server {
         self.site(Site::http(addr, service))
     }
 
     /// Serves `service` over TLS at `addr`: short for `.site(Site::https(addr, tls, service))`
     /// (see [`Site::https`]).
-    pub fn https<S: HttpService>(self, addr: &str, tls: Tls, service: S) -> Server {
+    pub fn https<S: HttpService>(self, addr: impl Into<String>, tls: Tls, service: S) -> Server {
         self.site(Site::https(addr, tls, service))
     }
 
@@ -534,9 +534,13 @@ fn serving_line(generation: &Generation, addrs: &str) -> String {
         generation.number(),
     ) {
         (Some(old), _, _) => format!("Graceful handoff of {addrs} with new pid {pid} and old pid {old}."),
-        // Sockets from systemd, or passed on by a supervisor that has them from it; a
-        // supervisor's first generation given none binds its own.
-        (None, Origin::Activated, 1) if generation.registry().inherited() > 0 => {
+        // Sockets from systemd, or passed on by a supervisor that has them from it, at least
+        // one of them served (Go's line lists every address, the ones bound here too); a
+        // supervisor's first generation given none binds its own, and a program that asks
+        // for none of the activated addresses is not served by them.
+        (None, Origin::Activated, 1)
+            if generation.registry().inherited() > generation.registry().unclaimed().len() =>
+        {
             format!("Listening on init activated {addrs}")
         }
         (None, _, _) => format!("Serving {addrs} with pid {pid}."),

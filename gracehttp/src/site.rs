@@ -49,9 +49,9 @@ impl Site {
     /// accepts (`":8080"`, `"127.0.0.1:0"`, `"unix:/run/app.sock"`). `service` is any tower
     /// service: an axum `Router`, `tower::service_fn`, or a hyper service through
     /// [`from_hyper`](crate::from_hyper).
-    pub fn http<S: HttpService>(addr: &str, service: S) -> Site {
+    pub fn http<S: HttpService>(addr: impl Into<String>, service: S) -> Site {
         Site {
-            addr: addr.to_owned(),
+            addr: addr.into(),
             name: None,
             make: None,
             tls: None,
@@ -60,7 +60,7 @@ impl Site {
     }
 
     /// TLS at `addr`: HTTP/2 or HTTP/1.1 as ALPN decides.
-    pub fn https<S: HttpService>(addr: &str, tls: Tls, service: S) -> Site {
+    pub fn https<S: HttpService>(addr: impl Into<String>, tls: Tls, service: S) -> Site {
         Site {
             tls: Some(tls),
             ..Site::http(addr, service)

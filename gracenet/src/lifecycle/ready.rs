@@ -88,9 +88,9 @@ impl Generation {
         let unclaimed = self.registry().unclaimed();
         if !unclaimed.is_empty() {
             let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
-            tracing::info!(
+            tracing::warn!(
                 addrs = %list.join(", "),
-                "keeping inherited sockets nobody asked for, to pass on"
+                "inherited sockets nobody serves: connections to them wait unanswered (kept to pass on at the next restart); does the program ask for the addresses it was given?"
             );
         }
         Ok(())

@@ -218,7 +218,7 @@ fn three_sites<S: gracehttp::HttpService>(
     let server = server.http("127.0.0.1:0", app.clone());
     // PROBE_UNIX=PATH: a fourth site, cleartext, on a Unix socket at PATH.
     let server = match std::env::var("PROBE_UNIX") {
-        Ok(path) => server.http(&format!("unix:{path}"), app.clone()),
+        Ok(path) => server.http(format!("unix:{path}"), app.clone()),
         Err(_) => server,
     };
     let server = match tls {
