@@ -95,8 +95,9 @@ pub(crate) struct Activity {
     /// The transport's last write would have blocked: hyper still holds response bytes.
     /// Kept only for a connection that can be handed over.
     write_blocked: AtomicBool,
-    /// When `quiet`: the bytes hyper holds unparsed, the next request head's beginning.
-    held: Mutex<Vec<u8>>,
+    /// When `quiet`: the bytes hyper holds unparsed, the next request head's beginning, and
+    /// when its first bytes came (none yet: `None`).
+    held: Mutex<(Vec<u8>, Option<std::time::Instant>)>,
     /// The generation's drain: a response asks an HTTP/1 client to close once it has begun.
     drain: Drain,
     /// The connection's socket, to ask the kernel whether bytes wait unread before closing
@@ -123,7 +124,7 @@ impl Activity {
             hand_over: AtomicU8::new(CANNOT),
             quiet: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
-            held: Mutex::new(Vec::new()),
+            held: Mutex::new((Vec::new(), None)),
             drain,
             fd,
         })
@@ -268,7 +269,7 @@ impl<T> TrackedIo<T> {
         let Some(held) = framing.partial_head(activity.started()) else {
             return false;
         };
-        *activity.held.lock().unwrap_or_else(|p| p.into_inner()) = held.to_vec();
+        *activity.held.lock().unwrap_or_else(|p| p.into_inner()) = (held.to_vec(), framing.head_since());
         activity.quiet.store(true, Ordering::Relaxed);
         true
     }
@@ -710,14 +711,74 @@ pub(crate) fn handed_site_key(state: &[u8]) -> Option<&str> {
 /// HTTP/1.1 connection (and of this version of the hand-over).
 const HAND_OVER_TAG: &str = "gracehttp http/1.1 v1 site=";
 
+/// How long a connection handed over had already waited, as the process that handed it
+/// counted: the next process's clocks go on from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// For a request's headers: no request yet since the accept, or the next one's head
+    /// begun. The header read timeout goes on.
+    Head(Duration),
+    /// Between requests, with no byte of the next one: the idle timeout goes on.
+    Idle(Duration),
+}
+
+/// What a quiet connection has waited: for its first request since `accepted`, for the head
+/// whose first bytes came at the time held with them, or idle since `active_at` (the watch's
+/// last sight of a request, at most one check period late: the idle time is counted long,
+/// never short).
+fn waited_so_far(activity: &Activity, accepted: Instant, active_at: Instant) -> Waited {
+    let now = Instant::now();
+    let head_since = activity.held.lock().unwrap_or_else(|p| p.into_inner()).1;
+    if !activity.any_request.load(Ordering::Relaxed) {
+        Waited::Head(now.saturating_duration_since(accepted))
+    } else if let Some(since) = head_since {
+        Waited::Head(now.into_std().saturating_duration_since(since))
+    } else {
+        Waited::Idle(now.saturating_duration_since(active_at))
+    }
+}
+
+/// The site's hand-over state with what the connection `waited`, on a line of its own.
+fn handed_state(site: &[u8], waited: Waited) -> Vec<u8> {
+    let (what, waited) = match waited {
+        Waited::Head(d) => ("head_ms", d),
+        Waited::Idle(d) => ("idle_ms", d),
+    };
+    let mut state = site.to_vec();
+    state.extend_from_slice(format!("\n{what}={}", waited.as_millis()).as_bytes());
+    state
+}
+
+/// Splits what a handed connection came with into its site's state and what it waited
+/// (`None` from a version that did not say, or a line this one does not read).
+pub(crate) fn split_handed(state: &[u8]) -> (&[u8], Option<Waited>) {
+    let parsed = state.iter().rposition(|&b| b == b'\n').and_then(|i| {
+        let line = std::str::from_utf8(&state[i + 1..]).ok()?;
+        let (what, ms) = line.split_once('=')?;
+        let waited = Duration::from_millis(ms.parse().ok()?);
+        let waited = match what {
+            "head_ms" => Waited::Head(waited),
+            "idle_ms" => Waited::Idle(waited),
+            _ => return None,
+        };
+        Some((&state[..i], waited))
+    });
+    match parsed {
+        Some((site, waited)) => (site, Some(waited)),
+        None => (state, None),
+    }
+}
+
 /// A connection the previous process handed over, to serve as if accepted.
 pub(crate) struct Handed {
     pub stream: gracenet::tokio::Stream,
     /// What the previous process had read of the next request: hyper reads it first.
     pub unread: Vec<u8>,
     pub peer: PeerAddr,
-    /// When it was taken: the idle timeout counts from here.
+    /// When it was taken: the clocks the previous process ran (`waited`) go on from here.
     pub at: Instant,
+    /// What it had already waited, as the previous process counted it.
+    pub waited: Option<Waited>,
     /// Keeps the generation's drain waiting for this connection.
     pub guard: ConnectionGuard,
 }
@@ -743,6 +804,7 @@ impl Accepted {
             peer: self.peer,
             guard: self.guard,
             handed: false,
+            waited: None,
         };
         (self.stream, origin, self.permit)
     }
@@ -771,6 +833,7 @@ pub(crate) async fn serve_handed<S: HttpService>(service: S, handed: Handed, sit
         peer: handed.peer,
         guard: handed.guard,
         handed: true,
+        waited: handed.waited,
     };
     let transport = if handed.unread.is_empty() {
         Transport::Plain(handed.stream)
@@ -848,6 +911,9 @@ struct Origin {
     guard: ConnectionGuard,
     /// Handed over by the previous process, between two requests.
     handed: bool,
+    /// What a handed connection had already waited, as the previous process counted it
+    /// (`None` from a version that did not say).
+    waited: Option<Waited>,
 }
 
 /// How [`serve`]'s polling ends.
@@ -874,19 +940,32 @@ async fn serve<T, S, C>(
     let (drain, config) = (&site.drain, &site.config);
     let Origin {
         fd,
-        at,
+        mut at,
         peer,
         guard,
         handed,
+        waited,
     } = origin;
     let activity = Activity::new(drain.clone(), fd);
     if config.hand_over && site.tls.is_none() {
         activity.hand_over.store(CAN, Ordering::Relaxed);
     }
+    let mut idle_since = Instant::now();
     if handed {
-        // Between requests, as any keep-alive connection: the idle timeout applies, not the
-        // first request's deadline.
-        activity.any_request.store(true, Ordering::Relaxed);
+        // The clocks the previous process ran go on: a hand-over (however many, however
+        // often) never gives a connection more time than it had.
+        match waited {
+            // A head begun (or no request yet since the accept): it is held to its header
+            // read deadline, counted from when the previous process saw it begin.
+            Some(Waited::Head(waited)) => at = at.checked_sub(waited).unwrap_or(at),
+            // Between requests, as any keep-alive connection: the idle timeout applies, not
+            // the first request's deadline.
+            Some(Waited::Idle(waited)) => {
+                idle_since = idle_since.checked_sub(waited).unwrap_or(idle_since);
+                activity.any_request.store(true, Ordering::Relaxed);
+            }
+            None => activity.any_request.store(true, Ordering::Relaxed),
+        }
     }
     let io = TrackedIo {
         inner: io,
@@ -907,7 +986,7 @@ async fn serve<T, S, C>(
     tokio::pin!(draining);
     let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
-    let mut watch = Watch::new(activity.clone(), config);
+    let mut watch = Watch::new(activity.clone(), config, idle_since);
     loop {
         let served = std::future::poll_fn(|cx| {
             loop {
@@ -941,7 +1020,8 @@ async fn serve<T, S, C>(
         match served {
             Served::Done => return,
             Served::Quiet => {
-                if offer(&activity, &site.hand_over_state).await {
+                let waited = waited_so_far(&activity, at, watch.active_at());
+                if offer(&activity, &handed_state(&site.hand_over_state, waited)).await {
                     // The next process has it: dropping hyper's connection closes only this
                     // process's fd; the client sees nothing.
                     return;
@@ -957,7 +1037,7 @@ async fn serve<T, S, C>(
 /// Offers the quiet connection to the next process, with the bytes hyper holds of its next
 /// request; whether the next process took it.
 async fn offer(activity: &Activity, state: &[u8]) -> bool {
-    let held = std::mem::take(&mut *activity.held.lock().unwrap_or_else(|p| p.into_inner()));
+    let (held, _) = std::mem::take(&mut *activity.held.lock().unwrap_or_else(|p| p.into_inner()));
     // hyper owns the connection's stream: a second fd for the same socket is offered, and
     // both are closed here once the next process has it.
     let stream = match transport::stream_of(activity.socket()) {
@@ -982,6 +1062,28 @@ mod tests {
     use std::os::fd::AsFd;
 
     use super::unread_bytes;
+
+    #[test]
+    fn a_handed_connection_carries_what_it_waited_and_its_site() {
+        use super::{Waited, hand_over_state, handed_site_key, handed_state, split_handed};
+        use std::time::Duration;
+        for key in ["127.0.0.1:8080", "unix:/run/a\nb", "public"] {
+            let site = hand_over_state(key);
+            for waited in [
+                Waited::Head(Duration::from_millis(1500)),
+                Waited::Idle(Duration::from_millis(0)),
+            ] {
+                let state = handed_state(&site, waited);
+                assert_eq!(split_handed(&state), (&site[..], Some(waited)), "{key:?}");
+                assert_eq!(handed_site_key(split_handed(&state).0), Some(key));
+            }
+            // From a version that did not say: the site, nothing waited.
+            assert_eq!(split_handed(&site), (&site[..], None), "{key:?}");
+        }
+        // A line this version does not read is part of the site's state (no such site).
+        assert_eq!(split_handed(b"x\nnext_ms=5").1, None);
+        assert_eq!(split_handed(b"x\nhead_ms=-5").1, None);
+    }
 
     #[test]
     fn bytes_waiting_in_the_socket_are_seen_and_gone_once_read() {

@@ -262,8 +262,9 @@ pub(crate) async fn serve_handed(generation: Generation, sites: Vec<(Vec<u8>, Se
     };
     let mut taken = 0u64;
     while let Some(c) = handed.next().await {
-        let Some((_, site)) = sites.iter().find(|(state, _)| *state == c.state) else {
-            let key = connection::handed_site_key(&c.state);
+        let (site_state, waited) = connection::split_handed(&c.state);
+        let Some((_, site)) = sites.iter().find(|(state, _)| state[..] == *site_state) else {
+            let key = connection::handed_site_key(site_state);
             tracing::warn!(
                 "closing a connection handed over for {}: no such site here",
                 key.map_or_else(
@@ -283,6 +284,7 @@ pub(crate) async fn serve_handed(generation: Generation, sites: Vec<(Vec<u8>, Se
             unread: c.unread,
             peer,
             at: tokio::time::Instant::now(),
+            waited,
             guard: generation.track(),
         };
         site.service.spawn_handed(conn, site.context.clone());

@@ -1120,3 +1120,60 @@ async fn a_connection_the_new_process_does_not_take_is_served_by_the_old_one_as_
     );
     assert_eq!(get_h1(site.ports[0], "/pid").await.unwrap().body, new.to_string());
 }
+
+/// A slowloris that spans restarts: each restart hands its half-sent head to the next process
+/// with the time it has already taken, so the header read timeout still counts from its
+/// accept. (Each process used to start the timeout afresh: with restarts coming faster than
+/// it, the connection was never closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_handed_over_again_and_again_is_still_closed_at_its_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut g, site) = tokio::task::block_in_place(|| {
+        start_httpprobe(command(HTTPPROBE, &[], &[("PROBE_HEADER_TIMEOUT_MS", "2000")]))
+    });
+    let port = site.ports[0];
+    let slow = tokio::spawn(async move {
+        let connected = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            .await
+            .unwrap();
+        // A byte every 100 ms, never the blank line; bounded at 60 s.
+        for _ in 0..600 {
+            if s.write_all(b"a").await.is_err() {
+                return Ok(connected.elapsed());
+            }
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(connected.elapsed()),
+                Ok(Ok(n)) => return Err(format!("answered: {:?}", String::from_utf8_lossy(&buf[..n]))),
+                Err(_) => {}
+            }
+        }
+        Err("still open after 60 s".to_owned())
+    });
+    // A restart every 200 ms while it trickles (pacing, not synchronisation), for 10 s at
+    // most: ten times as often as its timeout.
+    let mut pid = site.pid;
+    let mut guards = Vec::new();
+    let mut restarts = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !slow.is_finished() && std::time::Instant::now() < until && restarts < 100 {
+        pid = tokio::task::block_in_place(|| restart(&mut g, pid, &site.ports));
+        guards.push(PidGuard(pid));
+        restarts += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        slow.is_finished(),
+        "the slow head outlived {restarts} restarts over 10 s (the header read timeout is 2 s)"
+    );
+    // Closed by its timeout, which counts from the accept (after the connect), not for
+    // another reason (a hand-over that lost it).
+    let closed_after = slow.await.unwrap().unwrap();
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "closed after {closed_after:?}"
+    );
+    assert_eq!(get_h1(port, "/pid").await.unwrap().body, pid.to_string());
+}

@@ -32,6 +32,10 @@ pub(crate) struct Framing {
     state: State,
     /// Request heads seen complete.
     heads: u64,
+    /// When the bytes of the head in progress began to come (read only for a head that
+    /// spans reads, so the common whole head costs no clock read): a connection handed over
+    /// in the middle of one takes its header read deadline along.
+    head_since: Option<std::time::Instant>,
 }
 
 /// What a complete head says of what follows it.
@@ -48,6 +52,7 @@ impl Framing {
         Framing {
             state: State::Head(Vec::new()),
             heads: 0,
+            head_since: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl Framing {
                     match parsed {
                         Ok(Some((used, after))) => {
                             self.heads += 1;
+                            self.head_since = None;
                             bytes = &bytes[used..];
                             self.state = match after {
                                 After::Body(0) => State::Head(Vec::new()),
@@ -86,6 +92,7 @@ impl Framing {
                         Ok(None) => {
                             if partial.is_empty() {
                                 partial.extend_from_slice(bytes);
+                                self.head_since = Some(std::time::Instant::now());
                             }
                             if partial.len() > MAX_HEAD {
                                 self.state = State::Lost;
@@ -113,6 +120,14 @@ impl Framing {
     pub(crate) fn partial_head(&self, started: u64) -> Option<&[u8]> {
         match &self.state {
             State::Head(partial) if started == self.heads => Some(partial),
+            _ => None,
+        }
+    }
+
+    /// When the head in progress began to come, if one is (see [`Framing::partial_head`]).
+    pub(crate) fn head_since(&self) -> Option<std::time::Instant> {
+        match &self.state {
+            State::Head(partial) if !partial.is_empty() => self.head_since,
             _ => None,
         }
     }
@@ -204,6 +219,25 @@ mod tests {
         bytes.extend_from_slice(b"\r\nGET");
         f.delivered(&bytes);
         assert_eq!(f.partial_head(2), Some(&b"\r\nGET"[..]));
+    }
+
+    #[test]
+    fn a_head_in_progress_keeps_the_time_its_first_bytes_came() {
+        let mut f = Framing::new();
+        f.delivered(GET);
+        assert_eq!(f.head_since(), None, "a whole head");
+        let before = std::time::Instant::now();
+        f.delivered(b"GET /b HTTP/1.1\r\nHo");
+        let since = f.head_since().expect("a head in progress");
+        assert!(since >= before);
+        f.delivered(b"st: x\r\n");
+        assert_eq!(
+            f.head_since(),
+            Some(since),
+            "its first bytes' time, not the latest"
+        );
+        f.delivered(b"\r\n");
+        assert_eq!(f.head_since(), None, "complete");
     }
 
     #[test]

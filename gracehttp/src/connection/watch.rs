@@ -42,7 +42,9 @@ pub(super) struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    pub(super) fn new(activity: Arc<Activity>, config: &'a ConnConfig) -> Watch<'a> {
+    /// A watch for a connection whose idle time counts from `idle_since` (now, or earlier for
+    /// a connection handed over idle).
+    pub(super) fn new(activity: Arc<Activity>, config: &'a ConnConfig, idle_since: Instant) -> Watch<'a> {
         let armed = activity.snapshot();
         Watch {
             activity,
@@ -53,10 +55,16 @@ impl<'a> Watch<'a> {
                 drain_started: false,
                 closing: false,
                 armed,
-                active_at: Instant::now(),
+                active_at: idle_since,
                 headers_since: None,
             },
         }
+    }
+
+    /// When a request was last seen in flight (at the check that saw it: at most one check
+    /// period after it).
+    pub(super) fn active_at(&self) -> Instant {
+        self.memory.active_at
     }
 
     /// How often a serving connection's counters are checked: the header read timeout is
