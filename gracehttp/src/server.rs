@@ -434,6 +434,10 @@ impl Server {
         // The header read timeout is the connection's own (connection.rs): hyper's would arm a
         // timer for every request (measured: 4-5 % of a keep-alive request's cost).
         http1.header_read_timeout(None);
+        // A client that sends its request and then shuts its side (`nc -N`, scripted health
+        // checks) is answered, as Go's server answers it; hyper's default closes at the EOF,
+        // dropping the request in flight.
+        http1.half_close(true);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
         let config = ConnConfig {

@@ -1177,3 +1177,30 @@ async fn a_slow_head_handed_over_again_and_again_is_still_closed_at_its_header_r
     );
     assert_eq!(get_h1(port, "/pid").await.unwrap().body, pid.to_string());
 }
+
+/// A client that sends its request and shuts its sending side (`nc -N`, a scripted health
+/// check) is answered, however long the request takes, as Go's server answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_followed_by_a_half_close_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
+    for (path, answers) in [("/sleep?ms=300", 1), ("/sleep?ms=50", 2), ("/pid", 1)] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+            .await
+            .unwrap();
+        let mut request = Vec::new();
+        for _ in 0..answers {
+            request.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        }
+        s.write_all(&request).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut got))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(got.matches("HTTP/1.1 200").count(), answers, "{path}: {got}");
+        assert!(got.ends_with(&site.pid.to_string()), "{path}: {got}");
+    }
+}
