@@ -1204,3 +1204,82 @@ async fn a_request_followed_by_a_half_close_is_answered() {
         assert!(got.ends_with(&site.pid.to_string()), "{path}: {got}");
     }
 }
+
+/// One HTTP/1.1 response read from `s` (a Content-Length body): its head and body.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..1000 {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    panic!("no whole response in 1000 reads");
+}
+
+/// A keep-alive client in the middle of a large request head (100 KB of headers, sent
+/// before the restart), pausing longer than the drain's idle grace, then finishing it: it is
+/// answered, by the new process when it takes the connection, else by the old one: when the
+/// new one does not take it, or when the connection cannot be handed (a chunked body before,
+/// whose end the hand-over does not follow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_head_begun_before_a_restart_and_paused_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    for (take, chunked_before) in [(true, false), (false, false), (true, true)] {
+        let mut env = vec![("PROBE_IDLE_GRACE_MS", "100")];
+        if !take {
+            env.push(("PROBE_TAKE_NO_HANDED", "1"));
+        }
+        let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+            .await
+            .unwrap();
+        if chunked_before {
+            s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut s).await.1, "5 bytes");
+        } else {
+            s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(read_response(&mut s).await.1, site.pid.to_string());
+        }
+        let mut head = b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', 100_000));
+        head.extend_from_slice(b"\r\n");
+        s.write_all(&head).await.unwrap();
+        let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+        let _new = PidGuard(new);
+        // The client pauses within its head, longer than the idle grace (the scenario itself).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"\r\n").await.unwrap();
+        let (head, body) = read_response(&mut s).await;
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "take={take} chunked={chunked_before}: {head}"
+        );
+        let by = if take && !chunked_before { new } else { site.pid };
+        assert_eq!(body, by.to_string(), "take={take} chunked={chunked_before}");
+    }
+}

@@ -5,12 +5,13 @@
 //! connection. hyper does not give its read buffer back from a connection that supports
 //! upgrades, so the bytes are followed here instead: each request head is found (httparse,
 //! as hyper parses it) and its body skipped by its `Content-Length`. What cannot be followed
-//! that cheaply (a chunked body, a head over 64 KiB, a request that ends the connection, a
+//! that cheaply (a chunked body, a head longer than hyper takes, a request that ends the connection, a
 //! head hyper would reject) stops the following for good: that connection stays with this
 //! process and is drained as before.
 
-/// The longest request head followed; a longer one stops the following.
-const MAX_HEAD: usize = 64 * 1024;
+/// The longest request head followed; a longer one stops the following. hyper's own limit
+/// (its default read buffer, 8 KiB + 100 × 4 KiB): a longer head it refuses (431).
+const MAX_HEAD: usize = 8 * 1024 + 100 * 4 * 1024;
 /// The most header fields parsed in one head (hyper's default limit is 100).
 const MAX_HEADERS: usize = 128;
 

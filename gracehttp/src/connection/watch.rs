@@ -375,11 +375,27 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
         return verdict(Decision::Wait, if http2 { grace } else { Timer::Off }, None);
     }
     if memory.drain_started {
-        if http2 || (quiet && !busy && !unread()) {
+        // HTTP/1 with the next request's head begun (bytes read since the last request
+        // finished, none in flight): not idle, however long the client pauses within it. Its
+        // request is answered (with `Connection: close`) if the head comes within the header
+        // read timeout; closing it at the idle grace lost the request (a client that sent
+        // large headers slowly, and paused).
+        let head_begun = !busy && !http2 && seen.any_request && seen.now.reads != seen.reads_at_done;
+        if http2 || (quiet && !busy && !head_begun && !unread()) {
             // HTTP/2 here has sent no request for the whole grace (a first one would have
             // been told to go at once): GOAWAY, whatever PINGs it sends.
             memory.closing = true;
             return verdict(Decision::Shutdown, grace, Some(Why::DrainIdle));
+        }
+        if !head_begun {
+            memory.headers_since = None;
+        } else if memory.headers_since.is_none() || !no_request {
+            memory.headers_since = Some(seen.at);
+        } else if memory
+            .headers_since
+            .is_some_and(|since| seen.at.duration_since(since) >= t.header_read)
+        {
+            return verdict(Decision::Close, grace, Some(Why::SlowHeaders));
         }
         return verdict(Decision::Wait, grace, None);
     }
@@ -589,6 +605,32 @@ mod tests {
             ..seen(now)
         };
         assert_eq!(check(&mut m, &active, &T, no_syscall).decision, Decision::Wait);
+    }
+
+    #[test]
+    fn draining_waits_for_a_begun_head_through_pauses_up_to_the_header_read_timeout() {
+        let now = Instant::now();
+        // Bytes of the next head came before the drain (read 12, the last request done at
+        // read 10), then the client pauses: the counters stay as armed.
+        let mut m = Memory {
+            drain_started: true,
+            armed: snap(12, 2),
+            ..memory(now)
+        };
+        let paused = |at| Seen {
+            now: snap(12, 2),
+            ..seen(at)
+        };
+        for later in [0, 1, 3] {
+            let v = check(&mut m, &paused(now + Duration::from_secs(later)), &T, no_syscall);
+            assert_eq!(
+                (v.decision, m.closing),
+                (Decision::Wait, false),
+                "{later} s into the pause"
+            );
+        }
+        let v = check(&mut m, &paused(now + T.header_read), &T, no_syscall);
+        assert_eq!((v.decision, v.why), (Decision::Close, Some(Why::SlowHeaders)));
     }
 
     #[test]
