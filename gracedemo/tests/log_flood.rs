@@ -136,3 +136,31 @@ async fn a_stalled_log_reader_never_stops_serving() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Peer errors of a process's last seconds are reported as it ends, not lost with it (the
+/// report is otherwise made every 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_errors_just_before_a_stop_are_reported_as_it_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ports = [free_port(), free_port(), free_port()];
+    let mut cmd = Command::new(GRACEDEMO);
+    cmd.args(addr_args(ports)).env_remove("RUST_LOG");
+    let mut g = ProcessGuard::spawn(cmd);
+    tokio::task::block_in_place(|| g.expect_log("Serving "));
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
+            .await
+            .unwrap();
+        s.write_all(b"\x01\x02 not http\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut sink))
+            .await
+            .expect("closed in time")
+            .ok();
+    }
+    g.signal(nix::sys::signal::Signal::SIGTERM);
+    let report = tokio::task::block_in_place(|| g.expect_log("ended by errors from peers"));
+    assert!(report.contains("connections=3"), "{report}");
+    let exit = tokio::task::block_in_place(|| g.expect_log("Exiting pid"));
+    assert!(!exit.is_empty());
+}

@@ -17,16 +17,25 @@ const MAX_KINDS: usize = 8;
 /// Peer errors of one server since the last report.
 #[derive(Debug, Default)]
 pub(crate) struct PeerErrors {
-    kinds: Mutex<BTreeMap<String, u64>>,
+    batch: Mutex<Batch>,
     /// A report is due: set by the first error after a report.
     scheduled: AtomicBool,
+}
+
+/// The errors since the last report, by kind, and when the first of them came.
+#[derive(Debug, Default)]
+struct Batch {
+    kinds: BTreeMap<String, u64>,
+    since: Option<std::time::Instant>,
 }
 
 impl PeerErrors {
     /// Counts one error of `kind`; the first after a report schedules the next one.
     pub(crate) fn record(self: &std::sync::Arc<Self>, kind: &str) {
         {
-            let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+            batch.since.get_or_insert_with(std::time::Instant::now);
+            let kinds = &mut batch.kinds;
             let key = if kinds.contains_key(kind) || kinds.len() < MAX_KINDS {
                 kind.to_owned()
             } else {
@@ -43,17 +52,24 @@ impl PeerErrors {
         }
     }
 
-    fn report(&self) {
+    /// Logs the errors since the last report, if any: every [`REPORT_EVERY`], and once more
+    /// as the server ends (what came in its last seconds is not lost with the process).
+    pub(crate) fn report(&self) {
         self.scheduled.store(false, Ordering::Release);
-        let kinds = std::mem::take(&mut *self.kinds.lock().unwrap_or_else(|p| p.into_inner()));
-        let total: u64 = kinds.values().sum();
+        let batch = std::mem::take(&mut *self.batch.lock().unwrap_or_else(|p| p.into_inner()));
+        let total: u64 = batch.kinds.values().sum();
         if total == 0 {
             return;
         }
-        let detail: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let seconds = batch
+            .since
+            .map_or(REPORT_EVERY, |since| since.elapsed())
+            .as_secs()
+            .max(1);
+        let detail: Vec<String> = batch.kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         tracing::warn!(
             connections = total,
-            seconds = REPORT_EVERY.as_secs(),
+            seconds,
             kinds = %detail.join("; "),
             "connections ended by errors from peers"
         );

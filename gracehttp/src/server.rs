@@ -494,6 +494,8 @@ impl Server {
             tokio::spawn(serve_handed(generation.clone(), served));
         }
         let outcome = generation.wait().await;
+        // What peers did since the last report is not lost with the process.
+        config.peer_errors.report();
         grace_line(&generation, || {
             tracing::info!("Exiting pid {}.", std::process::id())
         });
