@@ -22,6 +22,12 @@
 //! The state is versioned (`gracenet::state`): a program that reads another version refuses
 //! it, and the restart rolls back (the old process keeps serving). `STORE_STATE_VERSION`
 //! sets the version this process writes and reads (default 1), to try that.
+//!
+//! The store holds at most 128 MiB of items, as handed over (`STORE_MAX_MIB` sets it): past
+//! it a write gets `507 Insufficient Storage`. A larger state could not be handed over (the
+//! hand-over's default limit, `GenerationBuilder::max_state`, is 256 MiB, and the snapshot
+//! and the final state are both in flight at a restart): every restart would fail, and the
+//! process could never be replaced without losing its items.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +47,30 @@ const MERGE_WAIT: Duration = Duration::from_secs(90);
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Items {
     items: BTreeMap<u64, String>,
+    /// The items' size as handed over (JSON), counted again after each load and merge (not
+    /// handed over itself).
+    #[serde(skip)]
+    bytes: u64,
+}
+
+impl Items {
+    fn count_bytes(&mut self) {
+        self.bytes = self.items.values().map(|v| handed_size(v)).sum();
+    }
+}
+
+/// An item's size in the handed-over state: its text as a JSON string (a quote or backslash
+/// takes 2 bytes, another control character up to 6) and its id and punctuation.
+fn handed_size(item: &str) -> u64 {
+    let text: u64 = item
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum();
+    text + 32
 }
 
 #[derive(Clone)]
@@ -50,11 +80,25 @@ struct App {
     next: Arc<std::sync::atomic::AtomicU64>,
     /// `true` once the old process's final state is merged (or will not come).
     merged: watch::Receiver<bool>,
+    /// The most bytes of items the store holds.
+    max_bytes: u64,
 }
 
 async fn post(State(app): State<App>, body: String) -> (StatusCode, String) {
+    let mut items = app.items.lock().await;
+    let size = handed_size(&body);
+    if items.bytes + size > app.max_bytes {
+        return (
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the store is full ({} MiB): a larger one could not be handed to the next process\n",
+                app.max_bytes >> 20
+            ),
+        );
+    }
     let id = app.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    app.items.lock().await.items.insert(id, body);
+    items.bytes += size;
+    items.items.insert(id, body);
     // Answered once the item is in the store: the final state taken after the drain has it.
     (StatusCode::CREATED, format!("{{\"id\":{id}}}"))
 }
@@ -90,6 +134,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("STORE_STATE_VERSION={v:?} is not a number"))?,
         Err(_) => 1,
     };
+    let max_bytes: u64 = match std::env::var("STORE_MAX_MIB") {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
+            .ok_or_else(|| format!("STORE_MAX_MIB={v:?} is not a number of MiB"))?,
+        Err(_) => 128 << 20,
+    };
     tokio::runtime::Runtime::new()?.block_on(async move {
         let items = Arc::new(Mutex::new(Items::default()));
         let handed = items.clone();
@@ -115,7 +167,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(mut inherited) => {
                 let snapshot = std::mem::take(&mut inherited.snapshot);
                 match gracenet::state::decode::<Items>(version, &snapshot) {
-                    Ok(loaded) => *items.lock().await = loaded,
+                    Ok(mut loaded) => {
+                        loaded.count_bytes();
+                        *items.lock().await = loaded;
+                    }
                     Err(e) => {
                         // The old process keeps serving, with all its items.
                         generation.refuse(&e.to_string());
@@ -134,6 +189,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 let mut items = items.lock().await;
                                 let before = items.items.len();
                                 items.items.extend(last.items);
+                                items.count_bytes();
                                 println!(
                                     "merged the final state: {} item(s) written after the snapshot (pid {})",
                                     items.items.len() - before,
@@ -155,6 +211,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             items,
             next: Arc::new((generation.number() << 32).into()),
             merged,
+            max_bytes,
         };
         let router = Router::new()
             .route("/items", get(count).post(post))

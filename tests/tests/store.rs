@@ -247,3 +247,36 @@ fn a_write_acknowledged_late_in_a_long_drain_reaches_a_process_two_restarts_on()
     );
     assert_eq!(serving_pid(port), Some(third));
 }
+
+/// A full store refuses writes (507) rather than grow past what a restart can hand over: it
+/// still restarts, with every item it took.
+#[test]
+fn a_full_store_refuses_writes_and_still_restarts_with_its_items() {
+    let ((_sweep, _g), first, port) = start(STORE.as_ref(), &[("STORE_MAX_MIB", "1")]);
+    let _g1 = PidGuard(first);
+    let item = "x".repeat(300_000);
+    let mut ids = Vec::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        let (status, answer) = request(port, "POST", "/items", &item).unwrap();
+        match status {
+            201 => ids.push(json_u64(&answer, "id").unwrap()),
+            _ => {
+                refused = Some((status, answer));
+                break;
+            }
+        }
+    }
+    let (status, answer) = refused.expect("a 1 MiB store took 1.5 MB");
+    assert_eq!(status, 507, "{answer}");
+    assert!(answer.contains("the store is full (1 MiB)"), "{answer}");
+    assert_eq!(ids.len(), 3, "three items of 300 kB fit in 1 MiB, not four");
+    let second = restart(first, port);
+    let _g2 = PidGuard(second);
+    for id in ids {
+        assert_eq!(
+            request(port, "GET", &format!("/items/{id}"), "").unwrap(),
+            (200, item.clone())
+        );
+    }
+}
