@@ -490,8 +490,11 @@ impl Server {
         }
         grace_line(&generation, || tracing::info!("{serving}"));
         if hand_over || own_lifecycle {
-            // Served: the previous process hands its keep-alive connections over now.
-            tokio::spawn(serve_handed(generation.clone(), served));
+            // Served: the previous process hands its keep-alive connections over now. Asked
+            // for here, before anything else runs: gracenet answers "not taken" for those
+            // nobody asked for shortly after `ready`.
+            let handed = generation.inherited_connections().await;
+            tokio::spawn(serve_handed(generation.clone(), handed, served));
         }
         let outcome = generation.wait().await;
         // What peers did since the last report is not lost with the process.

@@ -251,8 +251,12 @@ pub(crate) async fn accept_loop(
 /// from (by the site's key, in what it came with), as they arrive. One gracehttp did not hand,
 /// or of a site this process does not serve, is closed between its requests (it is this
 /// process's once taken).
-pub(crate) async fn serve_handed(generation: Generation, sites: Vec<(Vec<u8>, Served)>) {
-    let mut handed = match generation.inherited_connections().await {
+pub(crate) async fn serve_handed(
+    generation: Generation,
+    handed: Result<Option<gracenet::InheritedConnections>, gracenet::Error>,
+    sites: Vec<(Vec<u8>, Served)>,
+) {
+    let mut handed = match handed {
         Ok(Some(handed)) => handed,
         Ok(None) => return,
         Err(e) => {

@@ -168,7 +168,7 @@ pub use error::{EnvError, Error, thread_error};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use lifecycle::{
-    ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
+    CLAIM_WINDOW, ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, FinalState, Generation, GenerationBuilder, GracefulListener, HandedConnection,
     InheritedConnections, InheritedState, Outcome, Phase, RestartError, RestartRequest, RestartResult,
     StopReason, Successor,

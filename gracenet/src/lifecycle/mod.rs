@@ -52,6 +52,11 @@ pub use transfer::{FinalState, InheritedState};
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping generation may drain (grace's httpdown default).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long after [`Generation::ready`] the connections the previous generation hands over
+/// wait for [`Generation::inherited_connections`]: past it, they are answered "not taken"
+/// and stay with the previous generation (a program that takes no connections does not make
+/// their clients wait out the previous generation's 10 s answer timeout).
+pub const CLAIM_WINDOW: Duration = Duration::from_millis(200);
 
 /// Where a generation is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -222,6 +222,20 @@ impl Generation {
             });
         let inbox = InheritedConnections::read(channel, skip_state, last);
         *self.shared.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+        // A program that does not ask for them (it takes no connections) does not make the
+        // previous generation's clients wait for its 10 s answer timeout: once the claim
+        // window is over, they are answered "not taken" and stay there, drained as before.
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(super::CLAIM_WINDOW).await;
+            let unclaimed = shared.inbox.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if unclaimed.is_some() {
+                tracing::info!(
+                    window_ms = super::CLAIM_WINDOW.as_millis() as u64,
+                    "connections the previous generation hands over were not asked for (Generation::inherited_connections): it keeps them"
+                );
+            }
+        });
     }
 
     /// Hands a live connection to the generation that took over (once this one drains after
@@ -307,7 +321,10 @@ impl Generation {
     /// generation is told then, and only then lets go of it); one this process cannot take
     /// (it is out of fds, say) is answered so, and the previous generation goes on serving
     /// it. The previous generation waits 10 s at most for an answer. Whoever calls it
-    /// first gets them: a second call says `None`.
+    /// first gets them: a second call says `None`. Call it at once after `ready`: if nobody
+    /// has within [`CLAIM_WINDOW`](super::CLAIM_WINDOW) (a program that takes no connections), they are
+    /// answered "not taken" (the previous generation keeps them, draining them as before)
+    /// and this says `None`.
     ///
     /// # Errors
     /// None today: the channel is read from [`ready`](Self::ready) on, and a failure there
