@@ -986,7 +986,12 @@ async fn serve<T, S, C>(
     tokio::pin!(draining);
     let timer = tokio::time::sleep_until(at + config.header_read_timeout);
     tokio::pin!(timer);
-    let mut watch = Watch::new(activity.clone(), config, idle_since);
+    let mut watch = Watch::new(
+        activity.clone(),
+        config,
+        idle_since,
+        at + config.header_read_timeout,
+    );
     loop {
         let served = std::future::poll_fn(|cx| {
             loop {

@@ -1284,3 +1284,51 @@ async fn a_large_head_begun_before_a_restart_and_paused_is_answered() {
         assert_eq!(body, by.to_string(), "take={take} chunked={chunked_before}");
     }
 }
+
+/// A TLS client trickling its first request's head when a restart comes: TLS connections are
+/// not handed over, so the old process keeps it while it drains, and still closes it at its
+/// header read timeout (it kept it until its stop timeout, 60 s, with a process per restart
+/// alive meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_process_still_closes_a_slow_tls_head_at_its_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, root, mut g, site) =
+        tokio::task::block_in_place(|| start_tls("tls-slow-drain", &[("PROBE_HEADER_TIMEOUT_MS", "2000")]));
+    let port = site.ports[2];
+    let mut tls = grace_tests::http::tls_connect(port, &root, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let connected = std::time::Instant::now();
+    tls.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new = PidGuard(new);
+    // A byte every 100 ms, never the blank line, for 15 s at most (the stop timeout is 60 s).
+    let mut closed = false;
+    for _ in 0..150 {
+        if tls.write_all(b"a").await.is_err() || tls.flush().await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "still open after {:?}", connected.elapsed());
+    assert!(
+        connected.elapsed() >= Duration::from_secs(2),
+        "closed before its timeout"
+    );
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits once it is closed"
+    );
+}

@@ -43,8 +43,14 @@ pub(super) struct Watch<'a> {
 
 impl<'a> Watch<'a> {
     /// A watch for a connection whose idle time counts from `idle_since` (now, or earlier for
-    /// a connection handed over idle).
-    pub(super) fn new(activity: Arc<Activity>, config: &'a ConnConfig, idle_since: Instant) -> Watch<'a> {
+    /// a connection handed over idle), and whose first request's head is due by
+    /// `first_request_by`.
+    pub(super) fn new(
+        activity: Arc<Activity>,
+        config: &'a ConnConfig,
+        idle_since: Instant,
+        first_request_by: Instant,
+    ) -> Watch<'a> {
         let armed = activity.snapshot();
         Watch {
             activity,
@@ -57,6 +63,7 @@ impl<'a> Watch<'a> {
                 armed,
                 active_at: idle_since,
                 headers_since: None,
+                first_request_by,
             },
         }
     }
@@ -253,6 +260,8 @@ pub(super) struct Memory {
     active_at: Instant,
     /// When the next request's headers were first seen arriving, incomplete (HTTP/1).
     headers_since: Option<Instant>,
+    /// When the first request's head is due (the accept and the header read timeout).
+    first_request_by: Instant,
 }
 
 /// What the connection's counters say when the timer fires.
@@ -387,6 +396,11 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
             memory.closing = true;
             return verdict(Decision::Shutdown, grace, Some(Why::DrainIdle));
         }
+        if !seen.any_request && seen.at >= memory.first_request_by {
+            // Still no request by its deadline (a slow TLS handshake or head): a drain does
+            // not make it more patient.
+            return verdict(Decision::Close, grace, Some(Why::NoRequest));
+        }
         if !head_begun {
             memory.headers_since = None;
         } else if memory.headers_since.is_none() || !no_request {
@@ -466,6 +480,7 @@ mod tests {
             armed: snap(10, 2),
             active_at: at,
             headers_since: None,
+            first_request_by: at + T.header_read,
         }
     }
 
@@ -631,6 +646,34 @@ mod tests {
         }
         let v = check(&mut m, &paused(now + T.header_read), &T, no_syscall);
         assert_eq!((v.decision, v.why), (Decision::Close, Some(Why::SlowHeaders)));
+    }
+
+    #[test]
+    fn draining_still_closes_a_connection_with_no_request_by_its_deadline() {
+        let now = Instant::now();
+        let mut m = Memory {
+            drain_started: true,
+            armed: snap(0, 0),
+            first_request_by: now + T.header_read,
+            ..memory(now)
+        };
+        // Bytes keep coming (a TLS handshake or a head, a byte at a time): never quiet.
+        let trickling = |reads, at| Seen {
+            now: snap(reads, 0),
+            any_request: false,
+            reads_at_done: 0,
+            ..seen(at)
+        };
+        let v = check(
+            &mut m,
+            &trickling(3, now + Duration::from_secs(1)),
+            &T,
+            no_syscall,
+        );
+        assert_eq!(v.decision, Decision::Wait);
+        m.armed = snap(3, 0);
+        let v = check(&mut m, &trickling(6, now + T.header_read), &T, no_syscall);
+        assert_eq!((v.decision, v.why), (Decision::Close, Some(Why::NoRequest)));
     }
 
     #[test]
