@@ -1287,7 +1287,9 @@ fn random_seed() -> u64 {
 /// A new directory, mode 0700, for the primary's notify socket: under `$XDG_RUNTIME_DIR`
 /// when it is set and safe, else the temporary directory (`$TMPDIR`) when safe, else `/tmp`.
 fn private_dir(me: u32) -> std::io::Result<PathBuf> {
+    // Set but empty is unset (as the XDG spec reads it), not a directory to refuse.
     let candidates = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .into_iter()
         .chain([std::env::temp_dir(), PathBuf::from("/tmp")]);
@@ -1313,7 +1315,11 @@ fn private_dir(me: u32) -> std::io::Result<PathBuf> {
     }
     remove_dead_primaries_dirs(&base);
     let template = base.join(format!("grace-primary-{me}-XXXXXX"));
-    nix::unistd::mkdtemp(&template).map_err(std::io::Error::from)
+    nix::unistd::mkdtemp(&template).map_err(|e| {
+        let e = std::io::Error::from(e);
+        // Named: the directory is chosen among several ($XDG_RUNTIME_DIR, $TMPDIR, /tmp).
+        std::io::Error::new(e.kind(), format!("in {}: {e}", base.display()))
+    })
 }
 
 /// Removes the primary's private directory, with what is in it, unless kept: the start
