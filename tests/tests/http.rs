@@ -1332,3 +1332,30 @@ async fn a_draining_process_still_closes_a_slow_tls_head_at_its_header_read_time
         "the old process exits once it is closed"
     );
 }
+
+/// A first request's head begun before a restart, the client pausing within it longer than
+/// the drain's idle grace: the old process (which hands no connection over here) answers it
+/// once the head is whole, rather than closing the connection as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_head_begun_before_a_restart_and_paused_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let env = [("PROBE_IDLE_GRACE_MS", "100"), ("PROBE_NO_HAND_OVER", "1")];
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Read by the server before the restart: a request that answers shows it has read ours.
+    assert_eq!(
+        get_h1(site.ports[0], "/pid").await.unwrap().body,
+        site.pid.to_string()
+    );
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new = PidGuard(new);
+    // The client pauses within its head, longer than the idle grace (the scenario itself).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"\r\n").await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, site.pid.to_string());
+}

@@ -388,7 +388,9 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
         // finished, none in flight): not idle, however long the client pauses within it. Its
         // request is answered (with `Connection: close`) if the head comes within the header
         // read timeout; closing it at the idle grace lost the request (a client that sent
-        // large headers slowly, and paused).
+        // large headers slowly, and paused). A first request's head is hyper's to keep: its
+        // graceful shutdown does not close a connection that is reading its first request
+        // (`a_first_head_begun_before_a_restart_and_paused_is_answered`).
         let head_begun = !busy && !http2 && seen.any_request && seen.now.reads != seen.reads_at_done;
         if http2 || (quiet && !busy && !head_begun && !unread()) {
             // HTTP/2 here has sent no request for the whole grace (a first one would have

@@ -17,7 +17,8 @@
 //! `PROBE_EXTRA=ADDR` adds a cleartext site on ADDR, listed last (a new version's address).
 //! `PROBE_WORKERS=N` serves as a cluster of N workers, `PROBE_CONTROL=PATH` with the
 //! lifecycle's (the primary's) control socket at PATH.
-//! Keep-alive connections are handed to the next process at a restart;
+//! Keep-alive connections are handed to the next process at a restart (`PROBE_NO_HAND_OVER=1`:
+//! not);
 //! `PROBE_TAKE_NO_HANDED=1`: the first generation hands them to the next, which does not take
 //! them.
 
@@ -80,10 +81,11 @@ fn run() -> Result<(), gracehttp::Error> {
     if let Some(ms) = knob("PROBE_IDLE_GRACE_MS") {
         timeouts = timeouts.idle_grace(Duration::from_millis(ms));
     }
-    // Keep-alive connections handed to the next process at a restart.
+    // Keep-alive connections handed to the next process at a restart (unless
+    // `PROBE_NO_HAND_OVER=1`: drained, gracehttp's default).
     let mut server = gracehttp::Server::new()
         .request_extensions(extensions)
-        .hand_over_connections(true)
+        .hand_over_connections(knob("PROBE_NO_HAND_OVER") != Some(1))
         .timeouts(timeouts);
     if let Some(n) = knob("PROBE_MAX_CONNECTIONS") {
         server = server.max_connections(n as usize);
