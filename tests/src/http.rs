@@ -276,3 +276,19 @@ pub fn write_cert(dir: &std::path::Path, cert_name: &str, key_name: &str) -> Vec
     std::fs::write(dir.join(key_name), cert.key_pair.serialize_pem()).expect("write key");
     cert.cert.der().to_vec()
 }
+
+/// The length of the whole HTTP/1.1 response (its head and its `Content-Length` body) at the
+/// start of `got`, once all of it is there: for tests that read raw bytes from a socket.
+pub fn whole_h1_response(got: &[u8]) -> Option<usize> {
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let length: usize = String::from_utf8_lossy(&got[..end])
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let whole = end + 4 + length;
+    (got.len() >= whole).then_some(whole)
+}

@@ -1212,17 +1212,12 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     for _ in 0..1000 {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + length {
-                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
-                return (head, body);
-            }
+        if let Some(whole) = grace_tests::http::whole_h1_response(&got) {
+            let (head, body) = String::from_utf8_lossy(&got[..whole])
+                .split_once("\r\n\r\n")
+                .map(|(h, b)| (h.to_lowercase(), b.to_owned()))
+                .unwrap_or_default();
+            return (head, body);
         }
         let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
             .await

@@ -373,6 +373,9 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
         why,
     };
     let grace = Timer::Arm(t.idle_grace);
+    // HTTP/1: bytes read since the last request finished, with none in flight, are the next
+    // request's head, begun.
+    let head_pending = !busy && !http2 && seen.any_request && seen.now.reads != seen.reads_at_done;
     if memory.closing {
         // HTTP/2 told to go (GOAWAY) and still here, with nothing in flight (every response
         // sent) and nothing since: closed. Any stream it opens now was refused by the GOAWAY,
@@ -384,15 +387,13 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
         return verdict(Decision::Wait, if http2 { grace } else { Timer::Off }, None);
     }
     if memory.drain_started {
-        // HTTP/1 with the next request's head begun (bytes read since the last request
-        // finished, none in flight): not idle, however long the client pauses within it. Its
-        // request is answered (with `Connection: close`) if the head comes within the header
-        // read timeout; closing it at the idle grace lost the request (a client that sent
-        // large headers slowly, and paused). A first request's head is hyper's to keep: its
-        // graceful shutdown does not close a connection that is reading its first request
-        // (`a_first_head_begun_before_a_restart_and_paused_is_answered`).
-        let head_begun = !busy && !http2 && seen.any_request && seen.now.reads != seen.reads_at_done;
-        if http2 || (quiet && !busy && !head_begun && !unread()) {
+        // A connection with the next request's head begun is not idle, however long the
+        // client pauses within it: its request is answered (with `Connection: close`) if the
+        // head comes within the header read timeout; closing it at the idle grace lost the
+        // request (a client that sent large headers slowly, and paused). A first request's
+        // head is hyper's to keep: its graceful shutdown does not close a connection reading
+        // its first request (`a_first_head_begun_before_a_restart_and_paused_is_answered`).
+        if http2 || (quiet && !busy && !head_pending && !unread()) {
             // HTTP/2 here has sent no request for the whole grace (a first one would have
             // been told to go at once): GOAWAY, whatever PINGs it sends.
             memory.closing = true;
@@ -403,14 +404,7 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
             // not make it more patient.
             return verdict(Decision::Close, grace, Some(Why::NoRequest));
         }
-        if !head_begun {
-            memory.headers_since = None;
-        } else if memory.headers_since.is_none() || !no_request {
-            memory.headers_since = Some(seen.at);
-        } else if memory
-            .headers_since
-            .is_some_and(|since| seen.at.duration_since(since) >= t.header_read)
-        {
+        if headers_too_slow(memory, head_pending, no_request, seen.at, t) {
             return verdict(Decision::Close, grace, Some(Why::SlowHeaders));
         }
         return verdict(Decision::Wait, grace, None);
@@ -423,19 +417,7 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
     if busy || !no_request {
         memory.active_at = at;
     }
-    // HTTP/1: bytes read since the last request finished, with none in flight, are the next
-    // request's headers. They arrived after the previous check (or the request finished after
-    // it), so closing once they have been seen for the header read timeout closes within 1.5
-    // times it of their first byte.
-    let headers_pending = !busy && !http2 && seen.now.reads != seen.reads_at_done;
-    if !headers_pending {
-        memory.headers_since = None;
-    } else if memory.headers_since.is_none() || !no_request {
-        memory.headers_since = Some(at);
-    } else if memory
-        .headers_since
-        .is_some_and(|since| at.duration_since(since) >= t.header_read)
-    {
+    if headers_too_slow(memory, head_pending, no_request, at, t) {
         return verdict(Decision::Close, grace, Some(Why::SlowHeaders));
     }
     if !busy && no_request && at.duration_since(memory.active_at) >= t.idle && !unread() {
@@ -455,6 +437,23 @@ fn check(memory: &mut Memory, seen: &Seen, t: &Timeouts, unread: impl FnOnce() -
         };
     }
     verdict(Decision::Wait, Timer::Arm(t.period()), None)
+}
+
+/// Follows the next request's head (`pending`): whether it has been seen arriving for the
+/// header read timeout. Its bytes arrived after the previous check (or the request finished
+/// after it), so this closes within 1.5 times the timeout of their first byte.
+fn headers_too_slow(memory: &mut Memory, pending: bool, no_request: bool, at: Instant, t: &Timeouts) -> bool {
+    if !pending {
+        memory.headers_since = None;
+    } else if memory.headers_since.is_none() || !no_request {
+        memory.headers_since = Some(at);
+    } else if memory
+        .headers_since
+        .is_some_and(|since| at.duration_since(since) >= t.header_read)
+    {
+        return true;
+    }
+    false
 }
 
 #[cfg(test)]
