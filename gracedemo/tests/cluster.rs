@@ -94,13 +94,18 @@ impl App {
         std::fs::rename(&staged, &self.path).expect("deploy");
     }
 
+    /// The wrapper's `$STATE` directory ([`App::wrap`]).
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// Deploys gracedemo behind a bash wrapper: `prologue` runs first in every process of
     /// the cluster started from the app's path (the primary, and each worker: `$GRACE_WORKER`
     /// names its slot), with `$STATE` a directory of the test's (`mkdir "$STATE/x"` succeeds
     /// once: a count of starts); then gracedemo runs, under the app's path as its name (the
     /// primary starts its workers from there).
     fn wrap(&self, prologue: &str) {
-        let state = self.dir.path().join("state");
+        let state = self.state();
         std::fs::create_dir_all(&state).expect("mkdir state");
         self.deploy_script(&format!(
             "#!/bin/bash\nSTATE='{}'\n{prologue}\nexec -a \"$0\" '{}' \"$@\"\n",
@@ -1381,6 +1386,12 @@ async fn a_second_cluster_on_the_same_address_fails_and_the_first_keeps_every_co
     };
     let output = second.output_after_exit().join("\n");
     assert!(!status.success(), "{status:?}: {output}");
+    // At once: its first worker could not listen, so no other is tried.
+    assert!(
+        output.contains("cluster: the first worker exited before it was ready")
+            && !output.contains("replacing it"),
+        "{output}"
+    );
     assert!(
         output.contains(&format!("cannot listen on {taken}")) && output.contains("Address already in use"),
         "the failure names the address: {output}"
@@ -1687,49 +1698,40 @@ async fn status_counts_every_http1_and_http2_request_a_worker_served() {
     assert!(counted, "status counts {served} requests: {}", c.status());
 }
 
-/// The cluster's first worker (slot 0's, binding the sockets) fails `failures` times before it
-/// is ready; once every worker serves, the cluster is scaled down to `to`: every new
-/// connection is answered. (The worker that bound the sockets in the end holds the primary's
-/// own copy of the listeners; scaled away, it used to leave that listener in the group with
-/// nobody accepting from it once it had gone: a share of new connections hung.)
-fn first_worker_fails_then_scale_down_answers_every_connection(failures: usize, to: usize) {
+#[test]
+fn a_first_worker_that_dies_before_it_is_ready_ends_the_cluster_at_once() {
     let app = App::install();
-    let fail: String = (0..failures)
-        .map(|n| format!("mkdir \"$STATE/{n}\" 2>/dev/null"))
-        .collect::<Vec<_>>()
-        .join(" || ");
-    app.wrap(&format!(
-        "if [ \"$GRACE_WORKER\" = 0 ] && {{ {fail}; }}; then exit 3; fi"
-    ));
-    let c = TestCluster::launch(&Launch {
-        program: app.path.clone(),
-        ..Launch::new("3")
-    });
-    let before = c.pids();
-    let out = c.ctl(&["--scale", &to.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let removed = &before[to..];
-    assert!(
-        wait_until(DEADLINE, || removed.iter().all(|&p| !grace_tests::is_alive(p))),
-        "the removed workers {removed:?} never exited: {}",
-        c.status()
+    // Slot 0's first worker (it binds the sockets) exits before gracedemo runs; later ones
+    // would start (so a retry would have served).
+    app.wrap(
+        "[ -n \"$GRACE_WORKER\" ] && echo run >> \"$STATE/runs\"; \
+         if [ \"$GRACE_WORKER\" = 0 ] && mkdir \"$STATE/once\" 2>/dev/null; then exit 3; fi",
     );
-    assert_eq!(c.pids(), before[..to], "{}", c.status());
-    let answered = (0..30)
-        .take_while(|_| http_ok_within(c.port, Duration::from_secs(3)))
-        .count();
-    assert_eq!(answered, 30, "a new connection went unanswered: {}", c.status());
-}
-
-#[test]
-fn a_first_worker_that_dies_before_it_is_ready_leaves_no_listener_unserved_after_a_scale_down() {
-    first_worker_fails_then_scale_down_answers_every_connection(1, 2);
-}
-
-#[test]
-fn the_slot_that_bound_the_sockets_scaled_away_leaves_no_listener_unserved() {
-    // Slot 0 backs off after its second failure: slot 1 binds the sockets, and is scaled away.
-    first_worker_fails_then_scale_down_answers_every_connection(2, 1);
+    let dir = TempDir::new("cluster-first-fails");
+    let mut cmd = Command::new(&app.path);
+    cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+        .args(["--workers", "3", "--control-socket"])
+        .arg(dir.path().join("control"));
+    let _sweep = grace_tests::Sweep::new(&mut cmd);
+    let mut primary = ProcessGuard::spawn(cmd);
+    let Some(status) = primary.wait_timeout(DEADLINE) else {
+        panic!("the cluster still runs: {}", primary.seen().join("\n"));
+    };
+    let output = primary.output_after_exit().join("\n");
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains(
+            "cluster: the first worker exited before it was ready (its error is above): not starting another"
+        ),
+        "{output}"
+    );
+    let runs = std::fs::read_to_string(app.state().join("runs")).unwrap_or_default();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "no other worker started, no retry: {output}"
+    );
+    assert!(!output.contains("giving up"), "no crash loop: {output}");
 }
 
 /// The worker of `c` stopped (by its wrapper), within [`DEADLINE`].

@@ -221,6 +221,17 @@ pub(crate) struct Slot {
     pub held: bool,
 }
 
+/// Why a cluster gave up (and exits with code 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    /// The first worker, binding the cluster's sockets, ended before it was ready: no
+    /// worker ever served.
+    FirstWorker,
+    /// Workers kept failing to start, `crash_limit` times within the crash window, with
+    /// none serving.
+    CrashLoop,
+}
+
 /// Whether the primary knows the cluster's listening sockets, which every worker's are made
 /// from. Until it does, one worker at a time binds them, and every other start is held: a
 /// second worker binding them alone would be refused the address (or, bound before the
@@ -296,8 +307,8 @@ pub(crate) struct Cluster {
     pub queued: Vec<ReplyId>,
     /// A stop was asked for.
     pub stopping: bool,
-    /// Gave up after a crash loop.
-    pub gave_up: bool,
+    /// Gave up, and why: the cluster ends with exit code 1.
+    pub gave_up: Option<GaveUp>,
     /// Times of crashes that back off (boot failures and early deaths) within the window.
     pub crashes: VecDeque<Instant>,
     /// Times of boot failures within the window: `crash_limit` of them end the cluster.
@@ -471,7 +482,7 @@ impl Cluster {
             rollout: None,
             queued: Vec::new(),
             stopping: false,
-            gave_up: false,
+            gave_up: None,
             crashes: VecDeque::new(),
             boot_failures: VecDeque::new(),
             exited: false,
@@ -518,10 +529,10 @@ impl Cluster {
         actions.push(Action::Start { slot, id });
     }
 
-    /// The worker binding the sockets is gone before it served (its start failed, it exited):
-    /// the lowest slot waiting for the sockets starts, to bind them (its own slot, when the
-    /// crash policy starts it again at once; not one that backs off). Nothing starts during
-    /// a stop.
+    /// The worker binding the sockets is gone before it served. Its own loss ends the cluster
+    /// ([`GaveUp::FirstWorker`]), so this is reached in a stop, or for a worker told to stop
+    /// (its slot scaled away): then the lowest slot waiting for the sockets starts, to bind
+    /// them. Nothing starts during a stop.
     fn binder_lost(&mut self, actions: &mut Vec<Action>) {
         self.sockets = Sockets::Binding { binder: None };
         if self.stopping {
@@ -1011,6 +1022,14 @@ impl Cluster {
         };
         recent(&mut self.crashes);
         recent(&mut self.boot_failures);
+        if loss == Loss::BootFailure && matches!(self.sockets, Sockets::Binding { .. }) {
+            // No worker has ever been ready: the program cannot start (its address is in
+            // use, a flag is wrong), and starting it again would fail the same way. Ended at
+            // once, as a supervised single process's first generation.
+            self.gave_up = Some(GaveUp::FirstWorker);
+            self.stop(actions);
+            return;
+        }
         if loss == Loss::BootFailure {
             self.boot_failures.push_back(now);
             // A build that cannot start ends the cluster only when nothing serves any more:
@@ -1018,7 +1037,7 @@ impl Cluster {
             // on disk plus one crash is not an outage.
             let serving = self.slots.iter().any(|s| s.worker.is_some_and(|w| w.ready));
             if self.boot_failures.len() >= self.settings.crash_limit && !serving {
-                self.gave_up = true;
+                self.gave_up = Some(GaveUp::CrashLoop);
                 self.stop(actions);
                 return;
             }
@@ -1439,7 +1458,7 @@ impl Cluster {
             // driver exits: whatever is still there then is killed.
             self.kill_all_by(self.now + KILL_AFTER);
             actions.push(Action::Exit {
-                code: if self.gave_up { 1 } else { 0 },
+                code: if self.gave_up.is_some() { 1 } else { 0 },
             });
         }
     }
@@ -1666,11 +1685,14 @@ mod tests {
             );
             c.handle(Event::Exited { pid, clean: false }, now);
             a = c.handle(Event::Tick, now + Duration::from_secs(20));
-            if c.gave_up {
+            if c.gave_up.is_some() {
                 break;
             }
         }
-        assert!(c.gave_up, "5 boot failures within the window, nothing serving");
+        assert!(
+            c.gave_up.is_some(),
+            "5 boot failures within the window, nothing serving"
+        );
         assert!(c.stopping);
         assert!(c.exited, "nothing left to wait for: exit 1");
     }
@@ -1697,7 +1719,10 @@ mod tests {
             c.handle(Event::Started { id, pid }, now);
             c.handle(Event::Ready { slot: 0, pid }, now);
         }
-        assert!(!c.gave_up && !c.stopping, "an operator's kills are no crash loop");
+        assert!(
+            c.gave_up.is_none() && !c.stopping,
+            "an operator's kills are no crash loop"
+        );
         // One that dies right after it is ready backs off, and still never ends the cluster.
         let mut delays = Vec::new();
         for n in 0..10u32 {
@@ -1737,7 +1762,10 @@ mod tests {
             c.handle(Event::Started { id, pid }, now);
             c.handle(Event::Ready { slot: 0, pid }, now);
         }
-        assert!(!c.gave_up, "deaths after ready back off but never give up");
+        assert!(
+            c.gave_up.is_none(),
+            "deaths after ready back off but never give up"
+        );
         // (Later ones shrink again as the first crashes leave the 30 s window.)
         assert!(
             delays[..7].windows(2).all(|w| w[0] <= w[1]),
@@ -1846,7 +1874,10 @@ mod tests {
             pid = 1000 + n;
             c.handle(Event::Started { id, pid }, now);
         }
-        assert!(!c.gave_up && !c.stopping, "worker 1 serves: slot 0 keeps trying");
+        assert!(
+            c.gave_up.is_none() && !c.stopping,
+            "worker 1 serves: slot 0 keeps trying"
+        );
         // Once the last serving worker is gone too, the cluster gives up.
         c.handle(Event::Exited { pid, clean: false }, now);
         now += Duration::from_secs(2);
@@ -1859,7 +1890,7 @@ mod tests {
         );
         let _ = a;
         for _ in 0..10 {
-            if c.gave_up {
+            if c.gave_up.is_some() {
                 break;
             }
             let Some(at) = c.next_deadline() else { break };
@@ -1872,7 +1903,10 @@ mod tests {
                 }
             }
         }
-        assert!(c.gave_up, "nothing serves and starts keep failing: give up");
+        assert!(
+            c.gave_up.is_some(),
+            "nothing serves and starts keep failing: give up"
+        );
     }
 
     #[test]
@@ -2608,11 +2642,11 @@ mod tests {
     }
 
     #[test]
-    fn a_first_worker_gone_before_its_ready_is_followed_by_the_lowest_slot_waiting() {
+    fn a_first_worker_gone_before_its_ready_ends_the_cluster() {
         let now = Instant::now();
+        // Its start fails: nothing else starts, and the cluster ends with 1.
         let mut c = Cluster::new(settings(4)).binding_first();
         let id = starts(&c.start())[0].1;
-        // Its start fails: slot 0 itself is the lowest waiting (the first crash: at once).
         let a = c.handle(
             Event::StartFailed {
                 id,
@@ -2620,11 +2654,13 @@ mod tests {
             },
             now,
         );
-        let [(0, id)] = starts(&a)[..] else {
-            panic!("slot 0 binds again: {a:?}")
-        };
+        assert_eq!(a, vec![Action::Exit { code: 1 }], "{c:?}");
+        assert_eq!(c.gave_up, Some(GaveUp::FirstWorker));
+        // Its worker exits before it is ready (its address is in use, say): the same, at
+        // once, with no backoff and no other slot trying.
+        let mut c = Cluster::new(settings(4)).binding_first();
+        let id = starts(&c.start())[0].1;
         c.handle(Event::Started { id, pid: 10 }, now);
-        // Its worker exits before it is ready: slot 0 backs off, slot 1 binds (not slot 3).
         let a = c.handle(
             Event::Exited {
                 pid: 10,
@@ -2632,18 +2668,28 @@ mod tests {
             },
             now,
         );
+        assert_eq!(a, vec![Action::Exit { code: 1 }], "{c:?}");
+        assert_eq!(c.gave_up, Some(GaveUp::FirstWorker));
+        assert!(c.slots.iter().all(|s| !s.held && s.restart_at.is_none()), "{c:?}");
+        // Once one worker was ready, a worker ending before its ready is a boot failure
+        // like any other: it is started again.
+        let mut c = Cluster::new(settings(2)).binding_first();
+        let id = starts(&c.start())[0].1;
+        c.handle(Event::Started { id, pid: 10 }, now);
+        let a = c.handle(Event::Ready { slot: 0, pid: 10 }, now);
         let [(1, id)] = starts(&a)[..] else {
-            panic!("slot 1 binds: {a:?}")
+            panic!("slot 1 starts: {a:?}")
         };
-        assert!(c.slots[0].restart_at.is_some() && !c.slots[0].held, "{c:?}");
-        assert!(c.slots[2].held && c.slots[3].held, "{c:?}");
         c.handle(Event::Started { id, pid: 11 }, now);
-        // Slot 0's backoff ends while slot 1 binds: it waits too.
-        let a = c.handle(Event::Tick, now + MAX_BACKOFF);
-        assert!(starts(&a).is_empty(), "{a:?}");
-        assert!(c.slots[0].held);
-        let a = c.handle(Event::Ready { slot: 1, pid: 11 }, now + MAX_BACKOFF);
-        assert_eq!(starts(&a).iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 2, 3]);
+        let a = c.handle(
+            Event::Exited {
+                pid: 11,
+                clean: false,
+            },
+            now,
+        );
+        assert!(matches!(starts(&a)[..], [(1, _)]), "slot 1 again: {a:?}");
+        assert_eq!(c.gave_up, None);
     }
 
     #[test]
@@ -2674,52 +2720,6 @@ mod tests {
         c.handle(Event::Exited { pid: 10, clean: true }, now);
         let a = c.handle(Event::Exited { pid: 11, clean: true }, now);
         assert_eq!(a, vec![Action::Exit { code: 0 }], "{c:?}");
-    }
-
-    #[test]
-    fn a_first_worker_whose_slot_was_scaled_away_still_binds_the_sockets_for_the_rest() {
-        let now = Instant::now();
-        let mut c = Cluster::new(settings(2)).binding_first();
-        let id = starts(&c.start())[0].1;
-        c.handle(Event::Started { id, pid: 10 }, now);
-        // Slot 0 backs off after two failures; slot 1 binds.
-        let a = c.handle(
-            Event::Exited {
-                pid: 10,
-                clean: false,
-            },
-            now,
-        );
-        let [(0, id)] = starts(&a)[..] else {
-            panic!("slot 0 binds again: {a:?}")
-        };
-        c.handle(Event::Started { id, pid: 11 }, now);
-        let a = c.handle(
-            Event::Exited {
-                pid: 11,
-                clean: false,
-            },
-            now,
-        );
-        let [(1, id)] = starts(&a)[..] else {
-            panic!("slot 1 binds: {a:?}")
-        };
-        c.handle(Event::Started { id, pid: 12 }, now);
-        // Slot 1 is scaled away: its worker is told to stop, and still binds.
-        let a = c.handle(
-            Event::Scale {
-                workers: 1,
-                room: usize::MAX,
-            },
-            now,
-        );
-        assert!(a.contains(&Action::Stop { pid: 12 }), "{a:?}");
-        let a = c.handle(Event::Tick, now + MAX_BACKOFF);
-        assert!(starts(&a).is_empty(), "slot 0 waits for the sockets: {a:?}");
-        // Its ready brings the sockets: slot 0 starts (and the worker goes on stopping).
-        let a = c.handle(Event::Ready { slot: 1, pid: 12 }, now + MAX_BACKOFF);
-        assert_eq!(starts(&a).iter().map(|s| s.0).collect::<Vec<_>>(), vec![0]);
-        assert!(c.retiring.contains(&12));
     }
 
     #[test]

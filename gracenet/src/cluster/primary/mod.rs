@@ -20,8 +20,8 @@ mod status;
 
 use super::ClusterBuilder;
 use super::machine::{
-    Action, Cluster as Machine, Event, KILL_GRACE, KillReason, Load, Recycle, RecycleNotice, RecycleReason,
-    ReplyId, RolloutResult, Settings, Stall, StartId,
+    Action, Cluster as Machine, Event, GaveUp, KILL_GRACE, KillReason, Load, Recycle, RecycleNotice,
+    RecycleReason, ReplyId, RolloutResult, Settings, Stall, StartId,
 };
 use crate::error::Error;
 use crate::notify::Notifier;
@@ -676,13 +676,18 @@ impl Primary {
                 }
                 Action::Exit { code } => {
                     self.exit = Some(code);
-                    if code != 0 {
-                        tracing::error!(
+                    match self.machine.gave_up {
+                        Some(GaveUp::FirstWorker) => tracing::error!(
+                            primary = self.me,
+                            "cluster: the first worker exited before it was ready (its error is above): not starting another"
+                        ),
+                        Some(GaveUp::CrashLoop) => tracing::error!(
                             primary = self.me,
                             limit = crate::supervisor::CRASH_LIMIT,
                             window_s = super::machine::CRASH_WINDOW.as_secs(),
                             "cluster: no worker serves and new ones keep failing to start: giving up"
-                        );
+                        ),
+                        None => {}
                     }
                     // Orphans never heard from (a successor still starting) go too.
                     for pid in crate::sys::children_of(self.me) {
