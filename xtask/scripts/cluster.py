@@ -6,7 +6,7 @@ core 1, so the server's cost is not hidden in the client's; CPU per request is u
 every server process from /proc over the load. Figures:
 
 1. throughput: 2 workers against one process with 2 runtime threads (TOKIO_WORKER_THREADS=2),
-   HTTP/1.1 keep-alive (64 connections) and connection-per-request (8 connections,
+   HTTP/1.1 keep-alive (64 connections) and connection-per-request (8, and 64, connections,
    `Connection: close`), alternating which goes first; ratios cluster / one process of
    requests/s and CPU per request (also split into user and system time), and the context
    switches per request of each.
@@ -22,19 +22,25 @@ every server process from /proc over the load. Figures:
 
     cargo build --release -p gracedemo
     python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5] [--standby] [--only throughput|restarts]
+    python3 xtask/scripts/cluster.py --shared-queue   # figure 1 on one socket the workers share
 
-Needs wrk and taskset. Loopback only; every server process is killed by pid at the end;
+--shared-queue passes the port from systemd-socket-activate (as systemd's sockets, without
+SO_REUSEPORT: every worker accepts from one queue) to both servers. Needs wrk and taskset
+(and systemd-socket-activate for --shared-queue). Loopback only; every server process is killed by pid at the end;
 every load is bounded in time. Prints one `result:` line of key=value pairs last.
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
-from loopback import cpu_ticks, free_port
+from loopback import ask_once, cpu_ticks, free_port
 
 PATH = "/sleep/?duration=0s"
 TARGET = os.path.join(os.path.dirname(__file__), "../../target/release")
 
 
 EXTRA = []
+# --shared-queue: the port is passed by systemd-socket-activate (no SO_REUSEPORT, as systemd's
+# sockets by default), so the workers share one accept queue.
+SHARED_QUEUE = []
 
 
 def start(workers, threads, control):
@@ -44,14 +50,30 @@ def start(workers, threads, control):
     if workers:
         args += ["--workers", str(workers), "--control-socket", control] + EXTRA
     env = dict(os.environ, TOKIO_WORKER_THREADS=str(threads))
-    p = subprocess.Popen(["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
+    activate = []
+    if SHARED_QUEUE:
+        # It passes on only the variables it is told to (and execs taskset, same pid).
+        activate = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+                    "-E", f"TOKIO_WORKER_THREADS={threads}"]
+    p = subprocess.Popen(activate + ["taskset", "-c", "0"] + args, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 20
+    poked = False
     while time.time() < deadline:
-        if not workers or len(worker_pids(control)) == workers:
+        if SHARED_QUEUE and not poked:
+            # systemd-socket-activate starts the server at the first connection.
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return p, port
+                poked = True
+            except OSError:
+                pass
+        if not workers or len(worker_pids(control)) == workers:
+            try:
+                # An answer, not only a connection: an activated socket takes connections
+                # before the server runs.
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    if ask_once(sock):
+                        return p, port
             except OSError:
                 pass
         time.sleep(0.05)
@@ -185,14 +207,20 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--standby", action="store_true", help="workers keep their successor started ahead")
     ap.add_argument("--only", choices=["throughput", "restarts"], help="measure only these figures")
+    ap.add_argument("--shared-queue", action="store_true",
+                    help="throughput on one socket passed by systemd-socket-activate (shared by the workers)")
     a = ap.parse_args()
     if a.standby:
         EXTRA.append("--standby")
+    if a.shared_queue:
+        SHARED_QUEUE.append(True)
+        a.only = "throughput"
     tmp = tempfile.mkdtemp(prefix="grace-cluster-bench-")
     control = os.path.join(tmp, "control")
     result = {}
 
-    modes = [] if a.only == "restarts" else [("keepalive", 64, False), ("per_request", 8, True)]
+    modes = [] if a.only == "restarts" else [
+        ("keepalive", 64, False), ("per_request", 8, True), ("per_request_64", 64, True)]
     for mode, conns, close in modes:
         ratios = {k: [] for k in ("rps", "cpu", "user", "sys")}
         switches, shares_all = {"cluster": [], "single": []}, []

@@ -299,6 +299,7 @@ impl GenerationBuilder {
             accepted: Arc::default(),
             cannot_accept: std::sync::atomic::AtomicBool::new(false),
             served: super::shared::Padded::default(),
+            closed: tokio::sync::Notify::new(),
         });
         tracing::info!(generation = number, pid = std::process::id(), "starting");
         if let Some(note) = &startup.not_grace_parent {

@@ -125,5 +125,8 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         crate::metrics::connections(-1);
         self.publish(1);
+        if let Some(shared) = &self.cluster {
+            shared.closed.notify_waiters();
+        }
     }
 }

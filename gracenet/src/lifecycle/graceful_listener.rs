@@ -116,7 +116,7 @@ impl GracefulListener {
                 }
                 accepted = self.inner.accept_raw() => match accepted {
                     Ok(stream) => {
-                        if self.passed_to_a_lighter_worker(&stream.0).await {
+                        if self.passed_to_a_lighter_worker(&stream.0) {
                             continue;
                         }
                         self.shared.accepted.fetch_add(1, Ordering::Relaxed);
@@ -157,7 +157,7 @@ impl GracefulListener {
     /// In a cluster worker's listener of its own, passes `stream` (just accepted, nothing
     /// read) on to the lightest live worker if this one holds clearly more connections
     /// (`cluster::transfer`). Returns whether it did: if not, this worker serves it.
-    async fn passed_to_a_lighter_worker(&self, stream: &Stream) -> bool {
+    fn passed_to_a_lighter_worker(&self, stream: &Stream) -> bool {
         use crate::cluster::balance;
         let (Some((_, key)), Stream::Tcp(tcp)) = (&self.inbox, stream) else {
             return false;
@@ -179,25 +179,22 @@ impl GracefulListener {
         if !balance::should_pass(mine, lightest.open) {
             return false;
         }
-        // Its inbox may be full for a moment (a burst, with both workers on one core): it
-        // is given a few chances to run before this worker serves the connection itself.
-        for attempt in 1..=PASS_ATTEMPTS {
-            match crate::cluster::transfer::pass(tcp, lightest.pid, key) {
-                Ok(()) => {
-                    // Until that worker reports, count it there: a burst is not all passed to one.
-                    table.count_passed(lightest.slot);
-                    return true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < PASS_ATTEMPTS => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(e) => {
-                    tracing::debug!(to = lightest.pid, error = %e, "cluster: cannot pass a connection on: serving it here");
-                    return false;
-                }
+        // A full inbox (`net.unix.max_dgram_qlen` datagrams, 10 by default) means that worker
+        // has not caught up with what it was passed: it is not the lighter one for now, and
+        // this one serves the connection at once. Waiting for room would stall this worker's
+        // accepts (with both workers on one core, 64 clients opening a connection per
+        // request got half the requests/s of one process).
+        match crate::cluster::transfer::pass(tcp, lightest.pid, key) {
+            Ok(()) => {
+                // Until that worker reports, count it there: a burst is not all passed to one.
+                table.count_passed(lightest.slot);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(to = lightest.pid, error = %e, "cluster: cannot pass a connection on: serving it here");
+                false
             }
         }
-        false
     }
 
     /// The drain began: closes the inbox (a heavier worker now serves what it would pass
@@ -239,7 +236,10 @@ impl GracefulListener {
             {
                 return round > 0;
             }
+            // Looked at again as soon as one of this worker's own connections closes, else
+            // a millisecond on (the others' counts change in shared memory, unseen).
             tokio::select! {
+                _ = self.shared.closed.notified() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
                 _ = self.phase.changed() => return true,
             }
@@ -247,10 +247,6 @@ impl GracefulListener {
         true
     }
 }
-
-/// How often a connection is offered to a lighter worker whose inbox is full, a millisecond
-/// apart.
-const PASS_ATTEMPTS: u32 = 5;
 
 /// The next connection passed to `inbox` (never, without one).
 async fn passed_here(inbox: &mut Option<(Inbox, String)>) -> OwnedFd {

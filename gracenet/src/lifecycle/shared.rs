@@ -95,6 +95,10 @@ pub(super) struct Shared {
     /// `status` and its recycling. Written by every request: on a cache line of its own, so
     /// that the fields read on every connection's path beside it do not bounce with it.
     pub served: Padded,
+    /// In a cluster worker: woken as one of its connections closes, so that an accept
+    /// left to lighter workers looks again at once (short connections close within
+    /// microseconds).
+    pub closed: tokio::sync::Notify,
 }
 
 /// An atomic counter alone on its cache line (128 bytes: two lines, for the adjacent-line
