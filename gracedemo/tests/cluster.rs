@@ -1699,6 +1699,43 @@ async fn status_counts_every_http1_and_http2_request_a_worker_served() {
 }
 
 #[test]
+fn more_workers_than_cores_are_warned_about() {
+    // Pinned to one core (the first this test may use): 2 workers share it, 1 does not.
+    let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|set| (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false)))
+        .expect("a core this test may run on");
+    for (workers, warned) in [("2", true), ("1", false)] {
+        let dir = TempDir::new("cluster-cores");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+        cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
+            .args(["--workers", workers, "--control-socket"])
+            .arg(dir.path().join("control"));
+        let mut one = nix::sched::CpuSet::new();
+        one.set(cpu).expect("a core number within the set");
+        // SAFETY: sched_setaffinity is a plain system call, safe between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let _sweep = grace_tests::Sweep::new(&mut cmd);
+        let mut primary = ProcessGuard::spawn(cmd);
+        primary.expect_log("Worker 0 serving ");
+        let seen = primary.seen().join("\n");
+        assert_eq!(
+            seen.contains(&format!(
+                "cluster: {workers} workers on 1 core(s): workers that share a core take turns"
+            )),
+            warned,
+            "--workers {workers} on one core: {seen}"
+        );
+    }
+}
+
+#[test]
 fn a_first_worker_that_dies_before_it_is_ready_ends_the_cluster_at_once() {
     let app = App::install();
     // Slot 0's first worker (it binds the sockets) exits before gracedemo runs; later ones

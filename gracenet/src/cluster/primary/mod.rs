@@ -270,6 +270,24 @@ impl Primary {
         })
     }
 
+    /// Says so when `workers` are more than the cores this process may run on (its CPU
+    /// affinity and cgroup quota, as [`super::default_workers`] counts them): workers that
+    /// share a core take turns on it, which the operator pays for in latency and CPU.
+    fn warn_if_cores_shared(&self, workers: usize) {
+        let cores = super::default_workers();
+        if workers > cores {
+            tracing::warn!(
+                primary = self.me,
+                workers,
+                cores,
+                "cluster: {workers} workers on {cores} core(s): workers that share a core take turns on it, a \
+                 scheduler slice each, so a request may wait for its worker's turn (HTTP keep-alive p99 about 5x \
+                 with 2 workers on one core) and a few busy connections cost up to 1.7x the CPU per request; one \
+                 worker per core (the default) avoids it"
+            );
+        }
+    }
+
     pub(crate) fn run(mut self) -> Result<i32, Error> {
         tracing::info!(
             primary = self.me,
@@ -278,6 +296,7 @@ impl Primary {
             self.machine.settings.workers
         );
         let workers = self.machine.settings.workers;
+        self.warn_if_cores_shared(workers);
         let room = self.worker_room().saturating_sub(workers);
         if workers > room {
             // The machine refuses such a scale; at the start, the operator asked for it: it
@@ -1125,6 +1144,9 @@ impl Primary {
     /// applied only once the machine has decided, so a scale it refuses changes nothing).
     fn resized(&mut self, workers: usize) {
         tracing::info!(primary = self.me, workers, "cluster: scaling");
+        if workers > self.generations.len() {
+            self.warn_if_cores_shared(workers);
+        }
         self.generations.resize(workers.max(self.generations.len()), 0);
         self.replaced.resize(workers.max(self.replaced.len()), 0);
         if let Some(table) = &self.load {
