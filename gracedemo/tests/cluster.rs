@@ -574,12 +574,12 @@ fn pid_on(stream: &mut std::net::TcpStream) -> Option<u32> {
 }
 
 /// Sends [`pid_on`]'s request.
-fn ask_pid(stream: &mut std::net::TcpStream) -> Option<()> {
+fn ask_pid(stream: &mut impl std::io::Write) -> Option<()> {
     std::io::Write::write_all(stream, b"GET /sleep/?duration=0s HTTP/1.1\r\nHost: test\r\n\r\n").ok()
 }
 
 /// The pid in the answer to [`ask_pid`]'s request.
-fn answering_pid(stream: &mut std::net::TcpStream) -> Option<u32> {
+fn answering_pid(stream: &mut impl std::io::Read) -> Option<u32> {
     use std::io::{BufRead, BufReader, Read};
     let mut reader = BufReader::new(stream);
     let mut length = 0;
@@ -624,6 +624,48 @@ fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
         );
     }
     eprintln!("64 keep-alive connections over 2 workers: {by_pid:?}");
+}
+
+#[test]
+fn a_small_pool_of_keep_alive_connections_on_a_shared_socket_is_shared_by_the_workers() {
+    // A Unix socket cannot have a listener per worker: both accept from one queue, and the
+    // one that runs first would take all 8 (a proxy's small pool of upstream connections).
+    let dir = TempDir::new("cluster-shared-pool");
+    let path = dir.path().join("app.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
+    cmd.arg("-a0")
+        .arg(format!("unix:{}", path.display()))
+        .args([
+            "-a1",
+            "127.0.0.1:0",
+            "-a2",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--control-socket",
+        ])
+        .arg(dir.path().join("control"));
+    let _sweep = grace_tests::Sweep::new(&mut cmd);
+    let mut primary = ProcessGuard::spawn(cmd);
+    primary.expect_log("Worker 0 serving ");
+    primary.expect_log("Worker 1 serving ");
+    let mut streams: Vec<std::os::unix::net::UnixStream> = (0..8)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path).expect("connect"))
+        .collect();
+    let mut by_pid = std::collections::BTreeMap::new();
+    for s in &mut streams {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        ask_pid(s).expect("a request");
+        let pid = answering_pid(s).expect("an answer");
+        *by_pid.entry(pid).or_insert(0usize) += 1;
+    }
+    assert_eq!(
+        by_pid.len(),
+        2,
+        "both workers hold some of the 8 connections: {by_pid:?}"
+    );
+    assert!(by_pid.values().all(|&n| (2..=6).contains(&n)), "{by_pid:?}");
+    eprintln!("8 keep-alive connections on one Unix socket over 2 workers: {by_pid:?}");
 }
 
 /// Opens `n` keep-alive connections to `port`, one request on each: the connections and the
