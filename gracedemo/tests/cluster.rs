@@ -1044,6 +1044,53 @@ impl Drop for Resume {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_gets_no_new_connection_and_what_waits_for_it_goes_to_the_others() {
+    // The watchdog is off: without more, the kernel would go on placing about half of the new
+    // connections in the stopped worker's own queue, where they would wait for ever (with the
+    // watchdog on, for its timeout: 30 s by default).
+    let mut c = tokio::task::block_in_place(|| {
+        TestCluster::launch(
+            &Launch::new("2")
+                .extra(&["--worker-timeout", "0"])
+                .env(&[("RUST_LOG", "warn,gracenet=info")]),
+        )
+    });
+    let [running, stopped] = c.pids()[..] else {
+        panic!("two workers expected: {}", c.status())
+    };
+    let _resume = Resume(stopped);
+    grace_tests::signal(stopped, Signal::SIGSTOP);
+    // Connections made at once land in its queue too, until the primary sees it silent:
+    // those are taken to the other worker.
+    let answered = tokio::task::block_in_place(|| {
+        (0..40)
+            .take_while(|_| http_ok_within(c.port, Duration::from_secs(10)))
+            .count()
+    });
+    assert_eq!(
+        answered,
+        40,
+        "a new connection waited for the stopped worker: {}",
+        c.status()
+    );
+    let line = tokio::task::block_in_place(|| {
+        c.primary
+            .expect_log("cluster: a worker's runtime has not run for 300 ms")
+    });
+    assert!(line.contains(&format!("pid={stopped}")), "{line}");
+    // Every new connection goes to the running worker now.
+    let seen = answering_pids(c.port, 20).await;
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        vec![running],
+        "{seen:?}"
+    );
+    // Running again, it is told apart from a silent one again.
+    grace_tests::signal(stopped, Signal::SIGCONT);
+    tokio::task::block_in_place(|| c.primary.expect_log("cluster: a silent worker runs again"));
+}
+
 #[test]
 fn a_second_sigterm_ends_a_stop_that_a_stopped_worker_holds() {
     let mut c = TestCluster::start("2", &[]);

@@ -171,6 +171,21 @@ impl LoadTable {
         }
     }
 
+    /// Whether worker `pid` of `slot` has stamped its entry, but not within [`LIVE`] of
+    /// `now_us`: its runtime has stopped running (`SIGSTOP`, a task blocking its thread, a
+    /// deadlock) and it accepts nothing, long before the watchdog's timeout says it hangs. An
+    /// entry `pid` has not stamped yet (it has just begun to serve) says nothing.
+    pub(crate) fn is_silent(&self, slot: usize, pid: u32, now_us: u64) -> bool {
+        if slot >= MAX_SLOTS {
+            return false;
+        }
+        let e = self.entry(1 + slot);
+        let stamp = e.stamp.load(Ordering::Relaxed);
+        e.pid.load(Ordering::Relaxed) == u64::from(pid)
+            && stamp != 0
+            && now_us.saturating_sub(stamp) > LIVE.as_micros() as u64
+    }
+
     /// The live worker but `slot`'s with the fewest open connections: its count and pid;
     /// `None` when no other is live. Every value read is taken as any process sharing the
     /// table may have written it: a slot count beyond [`MAX_SLOTS`] is [`MAX_SLOTS`], and a
@@ -316,6 +331,25 @@ mod tests {
         assert!(!should_pass(100, u64::MAX));
         assert!(!should_pass(u64::MAX, u64::MAX));
         assert!(should_pass(u64::MAX, 0));
+    }
+
+    #[cfg(all(target_os = "linux", not(gracenet_portable)))]
+    #[test]
+    fn a_worker_is_silent_once_its_own_stamp_is_older_than_live() {
+        let table = LoadTable::create().expect("memfd");
+        let me = std::process::id();
+        let now = now_us() + 10_000_000;
+        assert!(!table.is_silent(0, me, now), "never stamped: nothing known");
+        table.report(0, 3, now - LIVE.as_micros() as u64);
+        assert!(!table.is_silent(0, me, now), "exactly LIVE old: still live");
+        assert!(table.is_silent(0, me, now + 1));
+        assert!(
+            !table.is_silent(0, me + 1, now + 1),
+            "another pid's stamp (its predecessor's) says nothing of it"
+        );
+        table.report(0, 3, now);
+        assert!(!table.is_silent(0, me, now + 1));
+        assert!(!table.is_silent(MAX_SLOTS, me, now), "beyond the table");
     }
 
     #[cfg(all(target_os = "linux", not(gracenet_portable)))]

@@ -423,11 +423,9 @@ impl Primary {
         // A worker restarting (a rolling restart's, or a recycle) gets no new connection
         // while another serves: its runtime waits in `vfork` for its successor's `execve`, and
         // the successor starts beside it; what is queued at its listener is its successor's.
-        // So does one whose accepts fail (out of fds): its queue would only grow.
-        let accepting = |s: &&crate::cluster::machine::Slot| {
-            s.worker
-                .is_none_or(|w| !self.info.get(&w.pid).is_some_and(|i| i.cannot_accept))
-        };
+        // So does one whose accepts fail (out of fds), or whose runtime does not run (silent:
+        // stopped, or its thread blocked): its queue would only grow.
+        let accepting = |s: &&crate::cluster::machine::Slot| s.worker.is_none_or(|w| self.accepts(w.pid));
         let steady =
             |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none() && accepting(s);
         // ... only if another one is heard from (a hung one would hold them until the watchdog).

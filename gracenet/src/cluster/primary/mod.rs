@@ -120,6 +120,9 @@ pub(crate) struct Primary {
     leaving: Vec<listeners::Leaving>,
     /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
     no_steering: bool,
+    /// Serving workers whose runtime stopped stamping the load table ([`Primary::silent`]):
+    /// they get no new connection, and what waits for them goes to the others.
+    silent: Vec<u32>,
     /// Notifications from outside the cluster ignored since the last warning, and when the
     /// next warning may be logged.
     foreign: (u64, Instant),
@@ -267,6 +270,7 @@ impl Primary {
             steered: None,
             leaving: Vec::new(),
             no_steering: false,
+            silent: Vec::new(),
         })
     }
 
@@ -349,6 +353,7 @@ impl Primary {
                 self.events.push_back(Event::Tick);
             }
             self.drain_events();
+            self.note_silent_workers();
             self.steer();
             self.pass_on_unpassed();
             self.take_from_workers_that_cannot_accept();
@@ -372,8 +377,7 @@ impl Primary {
         }
     }
 
-    /// The workers connections may be passed to: serving, not being killed, and able to
-    /// accept.
+    /// The workers connections may be passed to: serving, not being killed, and accepting.
     fn takers(&self) -> Vec<u32> {
         self.machine
             .slots
@@ -381,8 +385,79 @@ impl Primary {
             .filter_map(|s| s.worker)
             .filter(|w| w.ready && !w.killed)
             .map(|w| w.pid)
-            .filter(|pid| !self.info.get(pid).is_some_and(|i| i.cannot_accept))
+            .filter(|&pid| self.accepts(pid))
             .collect()
+    }
+
+    /// Whether worker `pid` accepts connections as far as the primary knows: its accepts do
+    /// not fail (out of fds) and its runtime runs ([`Primary::silent`]).
+    fn accepts(&self, pid: u32) -> bool {
+        !self.info.get(&pid).is_some_and(|i| i.cannot_accept) && !self.silent.contains(&pid)
+    }
+
+    /// Serving worker `pid` of `slot` has stopped stamping the load table: its runtime does
+    /// not run (`SIGSTOP`, a blocked thread), so it accepts nothing. The watchdog replaces
+    /// it only after the worker timeout (30 s by default); meanwhile a clients' share of new
+    /// connections would wait in its queue.
+    fn is_silent(&self, slot: usize, pid: u32) -> bool {
+        self.load
+            .as_ref()
+            .is_some_and(|t| t.is_silent(slot, pid, super::balance::now_us()))
+    }
+
+    /// Looks again at which serving workers are silent ([`Primary::is_silent`]), saying so
+    /// when one falls silent or runs again. Only while another one serves and is not silent:
+    /// with none left, connections may as well wait where they are.
+    fn note_silent_workers(&mut self) {
+        let serving: Vec<(usize, u32)> = self
+            .machine
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (slot, w.pid)))
+            .collect();
+        let silent: Vec<u32> = serving
+            .iter()
+            .filter(|&&(slot, pid)| self.is_silent(slot, pid))
+            .map(|&(_, pid)| pid)
+            .collect();
+        let silent = if silent.len() < serving.len() {
+            silent
+        } else {
+            Vec::new()
+        };
+        for &(slot, pid) in &serving {
+            match (self.silent.contains(&pid), silent.contains(&pid)) {
+                (false, true) => tracing::warn!(
+                    primary = self.me,
+                    slot,
+                    pid,
+                    "cluster: a worker's runtime has not run for 300 ms (stopped, or its thread blocked): \
+                     new connections go to the others, with what waits for it, until it runs again or the \
+                     watchdog replaces it"
+                ),
+                (true, false) => tracing::info!(
+                    primary = self.me,
+                    slot,
+                    pid,
+                    "cluster: a silent worker runs again"
+                ),
+                _ => {}
+            }
+        }
+        self.silent = silent;
+    }
+
+    /// When to look again at whether a serving worker fell silent: often, while two or more
+    /// serve and share a load table.
+    fn next_silence_check(&self) -> Option<Instant> {
+        let serving = self
+            .machine
+            .slots
+            .iter()
+            .filter(|s| s.worker.is_some_and(|w| w.ready && !w.killed))
+            .count();
+        (self.load.is_some() && serving >= 2).then(|| Instant::now() + SILENCE_CHECK)
     }
 
     /// The connections it took that no worker had room for go to one that has now (a worker
@@ -409,15 +484,16 @@ impl Primary {
         (!self.unpassed.is_empty()).then(|| Instant::now() + UNPASSED_RETRY)
     }
 
-    /// What waits at the listeners of a worker that cannot accept (out of fds) goes to the
-    /// other workers (new connections are already steered away from it): a little each turn.
+    /// What waits at the listeners of a worker that does not accept (out of fds, or silent)
+    /// goes to the other workers (new connections are already steered away from it): a little
+    /// each turn.
     fn take_from_workers_that_cannot_accept(&mut self) {
         let takers = self.takers();
         for (slot, s) in self.machine.slots.iter().enumerate() {
             let Some(w) = s.worker.filter(|w| w.ready && !w.killed) else {
                 continue;
             };
-            if !self.info.get(&w.pid).is_some_and(|i| i.cannot_accept) {
+            if self.accepts(w.pid) {
                 continue;
             }
             if let Some(held) = self.inboxes.get(&w.pid) {
@@ -523,6 +599,7 @@ impl Primary {
             self.control_paused_until,
             self.next_handover_check(),
             self.next_pass_on(),
+            self.next_silence_check(),
         ]
         .into_iter()
         .flatten()
@@ -1447,6 +1524,10 @@ fn remove_dead_primaries_dirs(base: &std::path::Path) {
 /// How often the primary tries again to pass on the connections it holds for want of a
 /// worker with room ([`Primary::pass_on_unpassed`]).
 const UNPASSED_RETRY: Duration = Duration::from_millis(10);
+
+/// How often the primary looks at whether a serving worker fell silent, while two or more
+/// serve: a silent one is found within this plus the 300 ms it takes to count as silent.
+const SILENCE_CHECK: Duration = Duration::from_millis(100);
 
 /// How many fds [`Primary::read_notifications`] frees for a read at most: a worker's sockets
 /// (three for gracedemo) and the /proc files its sender check opens, with room to spare; an
