@@ -615,11 +615,14 @@ fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
     assert_eq!(by_pid.values().sum::<usize>(), 64);
     // Without the balance one worker took 63 or 64 of them (the busiest wins every race);
     // with the kernel's random choice of listener alone, 40–60 % in most runs, not all (35/65
-    // seen); a worker holding 4 more than the other passes new ones on.
+    // seen); a worker holding 4 more than the other passes new ones on: 30–34 each here
+    // alone. On a host loaded by the rest of the suite the other worker may not have run to
+    // empty its inbox during the burst, and a connection it has no room for is served where
+    // it was accepted (39/25 seen once).
     for pid in &pids {
         let share = by_pid.get(pid).copied().unwrap_or(0);
         assert!(
-            (26..=38).contains(&share),
+            (24..=40).contains(&share),
             "worker pid {pid} took {share} of 64 keep-alive connections: {by_pid:?}"
         );
     }

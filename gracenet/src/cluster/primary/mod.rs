@@ -120,7 +120,7 @@ pub(crate) struct Primary {
     leaving: Vec<listeners::Leaving>,
     /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
     no_steering: bool,
-    /// Serving workers whose runtime stopped stamping the load table ([`Primary::silent`]):
+    /// Serving workers whose runtime stopped stamping the load table ([`Primary::is_silent`]):
     /// they get no new connection, and what waits for them goes to the others.
     silent: Vec<u32>,
     /// Notifications from outside the cluster ignored since the last warning, and when the
@@ -390,14 +390,14 @@ impl Primary {
     }
 
     /// Whether worker `pid` accepts connections as far as the primary knows: its accepts do
-    /// not fail (out of fds) and its runtime runs ([`Primary::silent`]).
+    /// not fail (out of fds) and its runtime runs ([`Primary::is_silent`]).
     fn accepts(&self, pid: u32) -> bool {
         !self.info.get(&pid).is_some_and(|i| i.cannot_accept) && !self.silent.contains(&pid)
     }
 
     /// Serving worker `pid` of `slot` has stopped stamping the load table: its runtime does
     /// not run (`SIGSTOP`, a blocked thread), so it accepts nothing. The watchdog replaces
-    /// it only after the worker timeout (30 s by default); meanwhile a clients' share of new
+    /// it only after the worker timeout (30 s by default); meanwhile its share of the new
     /// connections would wait in its queue.
     fn is_silent(&self, slot: usize, pid: u32) -> bool {
         self.load
