@@ -1064,6 +1064,11 @@ async fn a_stopped_worker_gets_no_new_connection_and_what_waits_for_it_goes_to_t
     };
     let _resume = Resume(stopped);
     grace_tests::signal(stopped, Signal::SIGSTOP);
+    // Stopped before the first connection (one it accepted would wait for it).
+    assert!(
+        wait_until(DEADLINE, || grace_tests::is_stopped(stopped)),
+        "worker {stopped} never stopped"
+    );
     // Connections made at once land in its queue too, until the primary sees it silent:
     // those are taken to the other worker.
     let answered = tokio::task::block_in_place(|| {
@@ -1082,6 +1087,13 @@ async fn a_stopped_worker_gets_no_new_connection_and_what_waits_for_it_goes_to_t
             .expect_log("cluster: a worker's runtime has not run for 300 ms")
     });
     assert!(line.contains(&format!("pid={stopped}")), "{line}");
+    let status = tokio::task::block_in_place(|| c.status());
+    assert!(
+        status.contains(&format!(
+            "pid {stopped}, generation 1, serving (silent: its runtime does not run)"
+        )),
+        "{status}"
+    );
     // Every new connection goes to the running worker now.
     let seen = answering_pids(c.port, 20).await;
     assert_eq!(

@@ -48,13 +48,20 @@ impl Generation {
             // Serving from now on: at normal priority before the parent stops accepting.
             leave_idle_start();
         }
-        self.shared.phase.send_if_modified(|p| {
+        let now_serving = self.shared.phase.send_if_modified(|p| {
             let starting = *p == Phase::Starting;
             if starting {
                 *p = Phase::Serving;
             }
             starting
         });
+        if now_serving && let Some((table, slot)) = crate::cluster::balance::worker_table() {
+            // A cluster worker's entry in the load table is stamped before the primary hears
+            // it serves (the runtime stamps it from then on): a worker that stops at once is
+            // seen silent too, not taken for one that has not stamped yet.
+            let open = self.shared.connections.receiver_count() as u64;
+            table.report(*slot, open, crate::cluster::balance::now_us());
+        }
         let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
         let pid = std::process::id();
         // MAINPID first, and before the parent hears: systemd (or the supervisor) must know

@@ -21,7 +21,7 @@ mod status;
 use super::ClusterBuilder;
 use super::machine::{
     Action, Cluster as Machine, Event, GaveUp, KILL_GRACE, KillReason, Load, Recycle, RecycleNotice,
-    RecycleReason, ReplyId, RolloutResult, Settings, Stall, StartId,
+    RecycleReason, ReplyId, RolloutResult, Settings, Sockets, Stall, StartId,
 };
 use crate::error::Error;
 use crate::notify::Notifier;
@@ -1129,6 +1129,17 @@ impl Primary {
             .iter()
             .position(|s| s.worker.is_some_and(|w| w.pid == pid));
         match serving_slot {
+            // No worker was ever ready: the machine ends the cluster rather than start another.
+            Some(slot)
+                if self.exit.is_none()
+                    && !self.machine.stopping
+                    && self.machine.sockets != Sockets::Known =>
+            {
+                tracing::error!(
+                    primary = self.me,
+                    slot, pid, status = %shown, "cluster: the first worker ended before it was ready"
+                );
+            }
             Some(slot) if self.exit.is_none() && !self.machine.stopping => {
                 tracing::error!(
                     primary = self.me,

@@ -64,6 +64,8 @@ impl Primary {
                         super::RecycleReason::Requests { .. } => "recycling (requests)",
                         super::RecycleReason::Memory { .. } => "recycling (memory)",
                     }
+                } else if w.ready && self.silent.contains(&w.pid) {
+                    "serving (silent: its runtime does not run)"
                 } else if w.ready && info.is_some_and(|i| i.cannot_accept) {
                     "serving (cannot accept: out of fds)"
                 } else if w.ready {
