@@ -379,12 +379,9 @@ impl Primary {
 
     /// The workers connections may be passed to: serving, not being killed, and accepting.
     fn takers(&self) -> Vec<u32> {
-        self.machine
-            .slots
-            .iter()
-            .filter_map(|s| s.worker)
-            .filter(|w| w.ready && !w.killed)
-            .map(|w| w.pid)
+        self.serving()
+            .into_iter()
+            .map(|(_, pid)| pid)
             .filter(|&pid| self.accepts(pid))
             .collect()
     }
@@ -406,26 +403,20 @@ impl Primary {
     }
 
     /// Looks again at which serving workers are silent ([`Primary::is_silent`]), saying so
-    /// when one falls silent or runs again. Only while another one serves and is not silent:
-    /// with none left, connections may as well wait where they are.
+    /// when one falls silent or runs again.
     fn note_silent_workers(&mut self) {
-        let serving: Vec<(usize, u32)> = self
-            .machine
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (slot, w.pid)))
-            .collect();
+        let serving = self.serving();
         let silent: Vec<u32> = serving
             .iter()
             .filter(|&&(slot, pid)| self.is_silent(slot, pid))
             .map(|&(_, pid)| pid)
             .collect();
-        let silent = if silent.len() < serving.len() {
-            silent
-        } else {
-            Vec::new()
-        };
+        // Set aside only while another one takes connections (runs, and its accepts do
+        // not fail): with none, what waits for a silent worker may as well wait there.
+        let others_take = serving
+            .iter()
+            .any(|&(_, pid)| !silent.contains(&pid) && !self.info.get(&pid).is_some_and(|i| i.cannot_accept));
+        let silent = if others_take { silent } else { Vec::new() };
         for &(slot, pid) in &serving {
             match (self.silent.contains(&pid), silent.contains(&pid)) {
                 (false, true) => tracing::warn!(
@@ -451,13 +442,17 @@ impl Primary {
     /// When to look again at whether a serving worker fell silent: often, while two or more
     /// serve and share a load table.
     fn next_silence_check(&self) -> Option<Instant> {
-        let serving = self
-            .machine
+        (self.load.is_some() && self.serving().len() >= 2).then(|| Instant::now() + SILENCE_CHECK)
+    }
+
+    /// The slot and pid of each worker that serves: ready, and not being killed.
+    fn serving(&self) -> Vec<(usize, u32)> {
+        self.machine
             .slots
             .iter()
-            .filter(|s| s.worker.is_some_and(|w| w.ready && !w.killed))
-            .count();
-        (self.load.is_some() && serving >= 2).then(|| Instant::now() + SILENCE_CHECK)
+            .enumerate()
+            .filter_map(|(slot, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (slot, w.pid)))
+            .collect()
     }
 
     /// The connections it took that no worker had room for go to one that has now (a worker
@@ -1323,12 +1318,7 @@ impl Primary {
             }
             RolloutResult::Failed { slot, reason, .. } => {
                 let n = self.machine.slots.len();
-                let serving = self
-                    .machine
-                    .slots
-                    .iter()
-                    .filter(|s| s.worker.is_some_and(|w| w.ready && !w.killed))
-                    .count();
+                let serving = self.serving().len();
                 let said = if serving == n {
                     "every worker still serving".to_owned()
                 } else {
