@@ -1043,16 +1043,14 @@ async fn serve<T, S, C>(
 /// request; whether the next process took it.
 async fn offer(activity: &Activity, state: &[u8]) -> bool {
     let (held, _) = std::mem::take(&mut *activity.held.lock().unwrap_or_else(|p| p.into_inner()));
-    // hyper owns the connection's stream: a second fd for the same socket is offered, and
-    // both are closed here once the next process has it.
-    let stream = match transport::stream_of(activity.socket()) {
-        Ok(stream) => stream,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot hand a connection to the next process: it stays here");
-            return false;
-        }
-    };
-    match activity.drain.generation().hand_over(&stream, &held, state).await {
+    // The socket hyper's transport owns is lent to the offer: the next process gets its own
+    // fd, and this one closes with hyper's connection once the next process has it.
+    match activity
+        .drain
+        .generation()
+        .hand_over(activity.socket(), &held, state)
+        .await
+    {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!(error = %e, "connection not handed over: it stays here");

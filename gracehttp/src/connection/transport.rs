@@ -5,7 +5,6 @@
 //! a handed-over connection's first bytes.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -37,20 +36,6 @@ impl Rewound {
             stream,
         }
     }
-}
-
-/// A stream of its own for the socket `socket` (a second fd for it), TCP or Unix as it is.
-pub(crate) fn stream_of(socket: BorrowedFd<'_>) -> io::Result<Stream> {
-    let fd: OwnedFd = socket.try_clone_to_owned()?;
-    let unix = std::os::unix::net::UnixStream::from(fd);
-    // A TCP socket's address is not a Unix one.
-    if unix.local_addr().is_ok() {
-        unix.set_nonblocking(true)?;
-        return tokio::net::UnixStream::from_std(unix).map(Stream::Unix);
-    }
-    let tcp = std::net::TcpStream::from(OwnedFd::from(unix));
-    tcp.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(tcp).map(Stream::Tcp)
 }
 
 impl AsyncRead for Transport {

@@ -22,6 +22,15 @@
 //!   id (u64, little-endian) and why not (0 with `A`; with `N`: 1 its fd did not arrive,
 //!   2 the fd is not a usable stream socket, 3 more than one fd came).
 //!
+//! # In which order
+//! At most [`WINDOW`] connections are offered and unanswered at once; an offer beyond them
+//! waits for its turn, and the turn goes to the offer that asked last. A server offers its
+//! idle connections as soon as it drains and each busy one once its request is answered, so
+//! busy connections, whose clients are about to send their next request, do not wait behind
+//! thousands of idle ones (each costs both processes some tens of microseconds). The window
+//! keeps the frames queued in the channel few, so that order is the order the new process
+//! reads them in.
+//!
 //! Giving up on a missing answer is safe: the old process first shuts the channel down both
 //! ways, so an answer the new process writes after that fails (`EPIPE`) and it closes its
 //! copy of the connection instead of serving it, while an answer written before is still
@@ -32,7 +41,7 @@
 //! reads no answers: it is taken without one. The last frame, tagged `F`, is the previous
 //! generation's final state (`channel`'s): the reader here passes it on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +62,10 @@ pub(crate) const MAX_HANDED_BYTES: u32 = 16 * 1024 * 1024;
 /// included). Past it, this process gives up on the channel: the connection and every other
 /// one still unanswered stay here, and no more are offered.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections may be offered and not yet answered at once (see the module docs,
+/// "In which order").
+pub(crate) const WINDOW: usize = 32;
 
 /// A frame's tag: a connection, with an id to answer.
 const FRAME: u8 = b'H';
@@ -126,9 +139,154 @@ pub(crate) struct Handover {
     /// The channel's fd, for shutting it down; open for as long as `out` is.
     raw: Option<RawFd>,
     waiting: Arc<Mutex<Waiting>>,
+    /// Who offers next, once [`WINDOW`] offers wait for their answer.
+    turns: Turns,
     /// The next generation's number and pid, for the logs.
     next: u64,
     pid: u32,
+}
+
+/// The turns to offer a connection: [`WINDOW`] at once. When none is free, the next goes to
+/// a waiting offer whose client has spoken since it began to wait (its socket is readable),
+/// else to the offer that asked last.
+struct Turns {
+    state: Arc<Mutex<TurnState>>,
+}
+
+struct TurnState {
+    free: usize,
+    last_key: u64,
+    /// The offers waiting for a turn, by when they asked (the latest last).
+    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// The waiting offers' sockets, watched for their clients speaking; `None` where that is
+    /// not supported (the order is then by when they asked alone).
+    watch: Option<crate::sys::ReadWatch>,
+    /// Offers whose clients spoke, first come first: they go next.
+    spoke: VecDeque<u64>,
+}
+
+/// A turn, given back when dropped.
+struct Turn {
+    state: Arc<Mutex<TurnState>>,
+}
+
+impl Turns {
+    fn new(window: usize) -> Turns {
+        Turns {
+            state: Arc::new(Mutex::new(TurnState {
+                free: window,
+                last_key: 0,
+                waiting: BTreeMap::new(),
+                watch: crate::sys::ReadWatch::new().ok(),
+                spoke: VecDeque::new(),
+            })),
+        }
+    }
+
+    /// Waits for a turn to offer `conn`. Cancel-safe: a turn given to a call dropped
+    /// meanwhile goes on to the next one waiting.
+    async fn take(&self, conn: BorrowedFd<'_>) -> Turn {
+        let (key, rx) = {
+            let mut state = lock_turns(&self.state);
+            if state.free > 0 {
+                state.free -= 1;
+                return Turn {
+                    state: self.state.clone(),
+                };
+            }
+            state.last_key += 1;
+            let key = state.last_key;
+            let (tx, rx) = oneshot::channel();
+            state.waiting.insert(key, tx);
+            if let Some(watch) = &state.watch {
+                // Not watched (out of memory, say): it waits its turn by when it asked.
+                let _ = watch.add(conn, key);
+            }
+            (key, rx)
+        };
+        let mut pending = PendingTurn {
+            rx: Some(rx),
+            conn,
+            key,
+            state: &self.state,
+        };
+        if let Some(rx) = pending.rx.as_mut() {
+            // Its sender is dropped only once sent, or with the whole `Turns`, which outlives
+            // this call.
+            let _ = rx.await;
+        }
+        pending.rx = None;
+        Turn {
+            state: self.state.clone(),
+        }
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock_turns(&self.state).waiting.len()
+    }
+}
+
+/// An offer waiting for its turn. Dropped, it stops watching its socket; dropped before its
+/// turn was taken up (the call was cancelled), the turn goes on.
+struct PendingTurn<'a> {
+    rx: Option<oneshot::Receiver<()>>,
+    conn: BorrowedFd<'a>,
+    key: u64,
+    state: &'a Arc<Mutex<TurnState>>,
+}
+
+impl Drop for PendingTurn<'_> {
+    fn drop(&mut self) {
+        let mut state = lock_turns(self.state);
+        if let Some(watch) = &state.watch {
+            watch.remove(self.conn);
+        }
+        state.waiting.remove(&self.key);
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                give_turn(&mut state);
+            }
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        give_turn(&mut lock_turns(&self.state));
+    }
+}
+
+/// Gives a turn to the waiting offer whose client spoke first, else to the latest one
+/// waiting, or frees it.
+fn give_turn(state: &mut TurnState) {
+    if state.spoke.is_empty()
+        && !state.waiting.is_empty()
+        && let Some(watch) = &state.watch
+    {
+        let mut keys = Vec::with_capacity(8);
+        watch.ready(&mut keys);
+        state.spoke.extend(keys);
+    }
+    while let Some(key) = state.spoke.pop_front() {
+        // Not in `waiting`: its offer ended before this turn.
+        if let Some(next) = state.waiting.remove(&key)
+            && next.send(()).is_ok()
+        {
+            return;
+        }
+    }
+    while let Some((_, next)) = state.waiting.pop_last() {
+        if next.send(()).is_ok() {
+            return;
+        }
+    }
+    state.free += 1;
+}
+
+fn lock_turns(state: &Mutex<TurnState>) -> MutexGuard<'_, TurnState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The offers waiting for their answer.
@@ -166,6 +324,7 @@ impl Handover {
             out,
             raw,
             waiting,
+            turns: Turns::new(WINDOW),
             next,
             pid,
         }
@@ -190,6 +349,8 @@ impl Handover {
                 .ok_or_else(|| io::Error::other(format!("more than {MAX_HANDED_BYTES} bytes to hand over")))
         };
         let (unread_len, state_len) = (len(unread)?, len(state)?);
+        // Held until the answer (or the end of this offer): at most WINDOW are unanswered.
+        let _turn = self.turns.take(conn).await;
         let (id, mut answer) = {
             let mut waiting = lock(&self.waiting);
             if waiting.closed {
@@ -345,7 +506,9 @@ fn shut_down(raw: Option<RawFd>) {
 
 /// Reads the next generation's answers and gives each to the offer waiting for it, until the
 /// channel ends; then every offer still waiting is told "not taken" (its sender dropped).
-async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, next: u64, pid: u32) {
+async fn read_answers(input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, next: u64, pid: u32) {
+    // Answers come in batches while connections go over: one read takes many.
+    let mut input = tokio::io::BufReader::with_capacity(ANSWER * WINDOW, input);
     let mut buf = [0u8; ANSWER];
     let end = loop {
         // End-of-file or an error both mean the next generation wrote its last answer (a
@@ -359,7 +522,7 @@ async fn read_answers(mut input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, ne
             NOT_TAKEN => Answer::NotTaken(Refusal::from_code(buf[9])),
             other => {
                 // Nothing after it can be trusted: no more answers.
-                shut_down(Some(input.as_ref().as_raw_fd()));
+                shut_down(Some(input.get_ref().as_ref().as_raw_fd()));
                 break io::Error::other(format!("an answer tagged {other:#04x}"));
             }
         };
@@ -1094,5 +1257,125 @@ mod tests {
             Err(std::io::ErrorKind::WouldBlock),
             "no answer to an older sender"
         );
+    }
+
+    /// Waits, a bounded number of times, until `cond` holds.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn past_the_window_a_connection_whose_client_speaks_goes_first_then_the_latest() {
+        let (handover, mut inherited) = channel();
+        let handover = Arc::new(handover);
+        let mut clients = Vec::new();
+        let mut offers = Vec::new();
+        let mut offer = |name: String, server: TcpStream| {
+            let handover = handover.clone();
+            offers.push(tokio::spawn(async move {
+                let taken = handover
+                    .offer(server.as_fd(), b"", name.as_bytes(), Duration::from_secs(20))
+                    .await;
+                (name, taken.is_ok())
+            }));
+        };
+        // The window's worth goes out at once and waits for its answers.
+        for i in 0..super::WINDOW {
+            let (client, server) = connection().await;
+            clients.push(client);
+            offer(format!("first {i}"), server);
+        }
+        until("the window is used up", || {
+            let state = super::lock_turns(&handover.turns.state);
+            state.free == 0
+        })
+        .await;
+        // Ten more wait for a turn, one after the other.
+        for i in 0..10 {
+            let (client, server) = connection().await;
+            clients.push(client);
+            offer(format!("waiting {i}"), server);
+            until("the offer waits for its turn", || {
+                handover.turns.waiting() == i + 1
+            })
+            .await;
+        }
+        // The client of the third one waiting sends its next request.
+        clients[super::WINDOW + 2]
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut order = Vec::new();
+        for _ in 0..super::WINDOW + 10 {
+            let c = tokio::time::timeout(Duration::from_secs(10), inherited.next())
+                .await
+                .expect("a connection arrives")
+                .expect("taken");
+            order.push(String::from_utf8(c.state).unwrap());
+        }
+        assert!(
+            order[..super::WINDOW].iter().all(|n| n.starts_with("first")),
+            "{order:?}"
+        );
+        let rest: Vec<_> = order[super::WINDOW..]
+            .iter()
+            .map(|n| n.replace("waiting ", ""))
+            .collect();
+        // Without a way to watch the sockets (the portable build), the latest first only.
+        let watched = super::lock_turns(&handover.turns.state).watch.is_some();
+        let expected = if watched {
+            ["2", "9", "8", "7", "6", "5", "4", "3", "1", "0"]
+        } else {
+            ["9", "8", "7", "6", "5", "4", "3", "2", "1", "0"]
+        };
+        assert_eq!(
+            rest, expected,
+            "the one whose client spoke first, then the latest first"
+        );
+        for o in offers {
+            let (name, taken) = o.await.unwrap();
+            assert!(taken, "{name} was taken");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_given_to_an_offer_cancelled_meanwhile_goes_on_to_the_next() {
+        let turns = super::Turns::new(1);
+        let (_c1, s1) = connection().await;
+        let (_c2, s2) = connection().await;
+        let (_c3, s3) = connection().await;
+        let first = turns.take(s1.as_fd()).await;
+        // Two wait; the later one is cancelled after its turn was given, before it ran.
+        let earlier = turns.take(s2.as_fd());
+        tokio::pin!(earlier);
+        assert!(futures_poll(earlier.as_mut()).is_pending());
+        {
+            let later = turns.take(s3.as_fd());
+            tokio::pin!(later);
+            assert!(futures_poll(later.as_mut()).is_pending());
+            assert_eq!(turns.waiting(), 2);
+            drop(first); // goes to `later`, the latest
+        }
+        // `later` dropped with its turn: `earlier` has it now.
+        let got = tokio::time::timeout(Duration::from_secs(5), earlier)
+            .await
+            .expect("the turn went on");
+        assert_eq!(turns.waiting(), 0);
+        drop(got);
+        // And it comes back free: a new offer gets it at once.
+        let again = tokio::time::timeout(Duration::from_secs(5), turns.take(s1.as_fd())).await;
+        assert!(again.is_ok(), "the turn is free again");
+    }
+
+    /// Polls `f` once.
+    fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx)
     }
 }

@@ -239,13 +239,21 @@ impl Generation {
     }
 
     /// Hands a live connection to the generation that took over (once this one drains after
-    /// a restart): `stream`'s fd goes to the new process with `unread` (bytes read from it
-    /// but not handled) and `state` (anything the application attaches), and this call waits
-    /// for the new process to answer. `Ok` once it has taken the connection: drop `stream`
-    /// then (its client sees no close; its next reply comes from the new process). Call it
-    /// where the connection is quiet (between requests or lines). The new process receives
-    /// it from [`inherited_connections`](Self::inherited_connections); if that process dies
-    /// later, the connections it took close with it.
+    /// a restart): `stream`'s fd (a [`Stream`](crate::tokio::Stream), a tokio or std
+    /// `TcpStream` or `UnixStream`: anything that lends its socket's fd) goes to the new
+    /// process with `unread` (bytes read from it but not handled) and `state` (anything the
+    /// application attaches), and this call waits for the new process to answer. `Ok` once it
+    /// has taken the connection: drop `stream` then (its client sees no close; its next reply
+    /// comes from the new process). Call it where the connection is quiet (between requests
+    /// or lines). The new process receives it from
+    /// [`inherited_connections`](Self::inherited_connections); if that process dies later,
+    /// the connections it took close with it.
+    ///
+    /// Connections go over a few at a time, the latest call first. A server's idle
+    /// connections are quiet, and called for, as soon as the drain begins; its busy ones
+    /// only once their request is answered. So a busy connection, whose client is about to
+    /// send its next request, goes ahead of the thousands of idle ones that may be waiting
+    /// (the order the new process gets them in, `next`'s, is the same).
     ///
     /// An error means the connection is still this process's, exactly as before the call,
     /// and the new process will not serve it: keep serving `stream` (with your `unread`
@@ -286,11 +294,10 @@ impl Generation {
     /// the new process did not take it (see above). Either way: keep serving `stream`.
     pub async fn hand_over(
         &self,
-        stream: &crate::tokio::Stream,
+        stream: impl std::os::fd::AsFd,
         unread: &[u8],
         state: &[u8],
     ) -> Result<(), Error> {
-        use std::os::fd::AsFd;
         let channel = self
             .shared
             .successor_channel

@@ -180,6 +180,42 @@ impl ExitWatch {
     }
 }
 
+/// Sockets watched for something to read, outside any runtime: each one added is reported
+/// once, by [`ready`](Self::ready), when its peer has sent something (or closed). An epoll
+/// instance of its own, each socket added one-shot.
+pub(crate) struct ReadWatch(nix::sys::epoll::Epoll);
+
+impl ReadWatch {
+    pub(crate) fn new() -> io::Result<ReadWatch> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags};
+        Ok(ReadWatch(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?))
+    }
+
+    /// Watches `fd` under `key`. [`remove`](Self::remove) it before `fd` closes.
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+        Ok(self.0.add(fd, EpollEvent::new(flags, key))?)
+    }
+
+    /// Stops watching `fd`.
+    pub(crate) fn remove(&self, fd: BorrowedFd<'_>) {
+        // Fails only for an fd that was never added: nothing to stop.
+        let _ = self.0.delete(fd);
+    }
+
+    /// The keys of up to `keys.capacity()` sockets found readable since they were added,
+    /// without waiting; each is reported once.
+    pub(crate) fn ready(&self, keys: &mut Vec<u64>) {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let mut events = [EpollEvent::empty(); 8];
+        let room = keys.capacity().min(events.len());
+        if let Ok(n) = self.0.wait(&mut events[..room], EpollTimeout::ZERO) {
+            keys.extend(events[..n].iter().map(EpollEvent::data));
+        }
+    }
+}
+
 /// Whether `signal` waits to be delivered to `pid` (`/proc/<pid>/status`: `ShdPnd`, sent to
 /// the process, or `SigPnd`, to its main thread): the same signal sent now would be merged
 /// with it (standard signals do not queue). False when it cannot be read.

@@ -86,6 +86,27 @@ pub(crate) fn pidfd_getfd(_pidfd: BorrowedFd<'_>, _fd: RawFd) -> io::Result<Owne
 #[cfg(feature = "tokio")]
 pub(crate) type ExitWatch = super::ExitThread;
 
+/// Sockets watched for something to read, outside any runtime: no portable way to watch
+/// thousands cheaply (Linux has epoll), so [`new`](Self::new) is `Unsupported`.
+pub(crate) struct ReadWatch(());
+
+impl ReadWatch {
+    pub(crate) fn new() -> io::Result<ReadWatch> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "watching many sockets needs epoll (Linux)",
+        ))
+    }
+
+    pub(crate) fn add(&self, _fd: BorrowedFd<'_>, _key: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, _fd: BorrowedFd<'_>) {}
+
+    pub(crate) fn ready(&self, _keys: &mut Vec<u64>) {}
+}
+
 /// Pending signals have no portable source: none known.
 pub(crate) fn signal_pending(_pid: u32, _signal: i32) -> bool {
     false
