@@ -10,6 +10,11 @@
 //! has none: at the start, after a crash, after a worker was killed as hung, or when scaled
 //! up. Until the cluster's sockets are known ([`Sockets`]), one worker binds them and every
 //! other start waits for its `READY`.
+//!
+//! Who takes new connections is decided here too ([`Cluster::takers`]): a serving worker
+//! whose accepts fail (its heartbeat says so) takes none, nor does one whose runtime does not
+//! run ([`Event::Silence`]) while another can take them. The driver steers the kernel and
+//! moves what waits accordingly.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -95,6 +100,8 @@ pub(crate) struct Load {
     pub requests: Option<u64>,
     /// Its resident memory, in bytes.
     pub rss: Option<u64>,
+    /// Its accepts fail (it is out of file descriptors): it takes no new connection.
+    pub cannot_accept: bool,
 }
 
 /// Why a worker is recycled.
@@ -188,6 +195,10 @@ pub(crate) struct Worker {
     /// The start that made it (`None`: the successor of a worker's own restart, or a stray):
     /// tells a rollout whether it runs the program installed when the rollout began.
     pub start: Option<StartId>,
+    /// Its accepts fail, as its last heartbeat said.
+    pub cannot_accept: bool,
+    /// Its runtime has not stamped the load table lately ([`Event::Silence`]).
+    pub silent: bool,
 }
 
 /// One slot.
@@ -334,6 +345,8 @@ pub(crate) struct Cluster {
     woke: Option<Instant>,
     /// The time of the event being handled.
     now: Instant,
+    /// The serving workers set aside, as last said ([`Action::SetAside`]).
+    aside: Vec<u32>,
 }
 
 /// What reaches the primary.
@@ -350,6 +363,10 @@ pub(crate) enum Event {
     RestartFailed { pid: u32, reason: String },
     /// A sign of life from a worker (`WATCHDOG=1`), with its load.
     Heartbeat { pid: u32, load: Load },
+    /// The driver looked at whose runtime stamps the shared load table: `silent` are the
+    /// serving workers whose own stamp is older than 300 ms (stopped with `SIGSTOP`, or their
+    /// thread blocked); every other one runs.
+    Silence { silent: Vec<u32> },
     /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
     Exited { pid: u32, clean: bool },
     /// Time passed (the driver feeds it at [`Cluster::next_deadline`], once it has read the
@@ -430,6 +447,10 @@ pub(crate) enum Action {
     },
     /// A [`Event::ScaleStep`] to `workers` was refused, for `reason` (logged).
     ScaleRefused { workers: usize, reason: String },
+    /// A serving worker is set aside (`aside`: it is silent while another one takes
+    /// connections), or no longer is (logged). The driver steers new connections, and what
+    /// waits for a worker, to [`Cluster::takers`].
+    SetAside { slot: usize, pid: u32, aside: bool },
 }
 
 /// What the driver logs about recycling.
@@ -495,6 +516,7 @@ impl Cluster {
             asleep: None,
             woke: None,
             now: Instant::now(),
+            aside: Vec::new(),
         }
     }
 
@@ -752,6 +774,8 @@ impl Cluster {
                             limits: self.settings.recycle.limits_for(pid),
                             first_rss: None,
                             start: Some(id),
+                            cannot_accept: false,
+                            silent: false,
                         });
                         // Issued before a rollout that already waits for its slot.
                         self.supersede_stale_start(slot, &mut actions);
@@ -801,7 +825,13 @@ impl Cluster {
                     && let Some(w) = self.slots[slot].worker.as_mut()
                 {
                     w.beat = now;
+                    w.cannot_accept = load.cannot_accept;
                     self.maybe_recycle(slot, load, now, &mut actions);
+                }
+            }
+            Event::Silence { silent } => {
+                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                    w.silent = silent.contains(&w.pid);
                 }
             }
             Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
@@ -831,8 +861,72 @@ impl Cluster {
         if binder_lost {
             self.binder_lost(&mut actions);
         }
+        self.note_set_aside(&mut actions);
         self.maybe_exit(&mut actions);
         actions
+    }
+
+    /// The slot and pid of each worker that serves: ready, and not being killed.
+    pub(crate) fn serving(&self) -> Vec<(usize, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (slot, w.pid)))
+            .collect()
+    }
+
+    /// The serving workers set aside: silent, while another serving worker takes connections
+    /// (runs, and its accepts do not fail). With none, what waits for a silent worker may as
+    /// well wait there.
+    pub(crate) fn set_aside(&self) -> Vec<u32> {
+        let serving = || {
+            self.slots
+                .iter()
+                .filter_map(|s| s.worker.filter(|w| w.ready && !w.killed))
+        };
+        if !serving().any(|w| !w.silent && !w.cannot_accept) {
+            return Vec::new();
+        }
+        serving().filter(|w| w.silent).map(|w| w.pid).collect()
+    }
+
+    /// The serving workers new connections go to (and what waits for one that does not
+    /// take them): neither set aside nor failing to accept.
+    pub(crate) fn takers(&self) -> Vec<u32> {
+        let aside = self.set_aside();
+        self.slots
+            .iter()
+            .filter_map(|s| s.worker.filter(|w| w.ready && !w.killed))
+            .filter(|w| !w.cannot_accept && !aside.contains(&w.pid))
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    /// Says which serving workers were set aside, or no longer are, since last said.
+    fn note_set_aside(&mut self, actions: &mut Vec<Action>) {
+        let now = self.set_aside();
+        if now == self.aside {
+            return;
+        }
+        for (slot, s) in self.slots.iter().enumerate() {
+            let Some(w) = s.worker else { continue };
+            match (self.aside.contains(&w.pid), now.contains(&w.pid)) {
+                (false, true) => actions.push(Action::SetAside {
+                    slot,
+                    pid: w.pid,
+                    aside: true,
+                }),
+                (true, false) if w.ready && !w.killed => {
+                    actions.push(Action::SetAside {
+                        slot,
+                        pid: w.pid,
+                        aside: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.aside = now;
     }
 
     fn ready(&mut self, slot: usize, pid: u32, now: Instant, actions: &mut Vec<Action>) {
@@ -849,6 +943,8 @@ impl Cluster {
             limits: self.settings.recycle.limits_for(pid),
             first_rss: None,
             start: None,
+            cannot_accept: false,
+            silent: false,
         };
         let ours = self
             .slots
@@ -2989,6 +3085,7 @@ mod tests {
             load: Load {
                 requests: Some(requests),
                 rss: Some(rss),
+                cannot_accept: false,
             },
         }
     }
@@ -3262,8 +3359,11 @@ mod tests {
             RestartResult(usize, bool),
             /// A live process exits, cleanly or not, by index.
             Exit(usize, bool),
-            /// A live worker beats, by index, with its requests served and memory.
-            Beat(usize, u64, u64),
+            /// A live worker beats, by index, with its requests served, memory, and whether
+            /// its accepts fail.
+            Beat(usize, u64, u64, bool),
+            /// The driver finds these live workers (bits, by index) silent in the load table.
+            Silence(u8),
             /// The driver sleeps until its next deadline at most (woken earlier after this many
             /// ms), wakes and ticks.
             Tick(u64),
@@ -3286,7 +3386,9 @@ mod tests {
                 2 => any::<usize>().prop_map(Step::Ready),
                 1 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
                 1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
-                2 => (any::<usize>(), 0u64..300, 0u64..300).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
+                2 => (any::<usize>(), 0u64..300, 0u64..300, proptest::bool::weighted(0.2))
+                    .prop_map(|(i, r, m, full)| Step::Beat(i, r, m, full)),
+                1 => any::<u8>().prop_map(Step::Silence),
                 1 => (0u64..40_000).prop_map(Step::Tick),
                 1 => (0u64..12_000).prop_map(Step::Stall),
                 1 => (0u64..12_000).prop_map(Step::Busy),
@@ -3320,7 +3422,9 @@ mod tests {
                 3 => any::<usize>().prop_map(Step::Ready),
                 2 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Step::RestartResult(i, ok)),
                 1 => (any::<usize>(), any::<bool>()).prop_map(|(i, c)| Step::Exit(i, c)),
-                6 => (any::<usize>(), 0u64..100, 0u64..100).prop_map(|(i, r, m)| Step::Beat(i, r, m)),
+                6 => (any::<usize>(), 0u64..100, 0u64..100, proptest::bool::weighted(0.1))
+                    .prop_map(|(i, r, m, full)| Step::Beat(i, r, m, full)),
+                1 => any::<u8>().prop_map(Step::Silence),
                 1 => (0u64..2_000).prop_map(Step::Tick),
                 1 => Just(Step::Restart),
                 1 => (1usize..5).prop_map(Step::Scale),
@@ -3362,6 +3466,12 @@ mod tests {
             sockets_unknown: bool,
             binder_start: Option<StartId>,
             binder_pid: Option<u32>,
+            /// The workers the machine said it set aside (and has not said it took back).
+            aside: BTreeSet<u32>,
+            /// The workers whose last heartbeat said their accepts fail.
+            full: BTreeSet<u32>,
+            /// The workers the driver last found silent.
+            silent: BTreeSet<u32>,
         }
 
         /// The workers' timeout, the stall margin and the kill's grace, in ms (`settings`).
@@ -3439,6 +3549,18 @@ mod tests {
                         }
                         Action::Exit { .. } => self.exits += 1,
                         Action::Resized { .. } | Action::ScaleRefused { .. } => {}
+                        Action::SetAside { pid, aside, .. } => {
+                            assert_ne!(
+                                self.aside.contains(&pid),
+                                aside,
+                                "{pid} said set aside twice, or taken back unset"
+                            );
+                            if aside {
+                                self.aside.insert(pid);
+                            } else {
+                                self.aside.remove(&pid);
+                            }
+                        }
                     }
                 }
                 dying
@@ -3485,6 +3607,7 @@ mod tests {
         }
 
         fn check_invariants(c: &Cluster, w: &World) {
+            check_takers(c, w);
             let restarting = c.slots.iter().filter(|s| s.restarting).count();
             assert!(restarting <= c.settings.surge, "at most the surge restarting");
             let mut seen = BTreeSet::new();
@@ -3713,19 +3836,36 @@ mod tests {
                     }
                     None => return,
                 },
-                Step::Beat(i, requests, rss) => match World::pick(w.live.keys().copied(), i) {
+                Step::Beat(i, requests, rss, cannot_accept) => match World::pick(w.live.keys().copied(), i) {
                     Some(pid) => {
                         w.heard.insert(pid, w.now_ms);
+                        if cannot_accept {
+                            w.full.insert(pid);
+                        } else {
+                            w.full.remove(&pid);
+                        }
                         Event::Heartbeat {
                             pid,
                             load: Load {
                                 requests: Some(requests),
                                 rss: Some(rss),
+                                cannot_accept,
                             },
                         }
                     }
                     None => return,
                 },
+                Step::Silence(bits) => {
+                    let silent: Vec<u32> = w
+                        .live
+                        .keys()
+                        .enumerate()
+                        .filter(|&(i, _)| i < 8 && bits & (1 << i) != 0)
+                        .map(|(_, &pid)| pid)
+                        .collect();
+                    w.silent = silent.iter().copied().collect();
+                    Event::Silence { silent }
+                }
                 Step::Tick(ms) => {
                     wait(c, w, ms, 0, 0);
                     check_invariants(c, w);
@@ -3758,6 +3898,71 @@ mod tests {
             };
             feed(c, w, event);
             check_invariants(c, w);
+        }
+
+        /// Who takes new connections: never a worker set aside or whose accepts fail; a silent
+        /// worker is set aside exactly while another serving worker runs and accepts, and the
+        /// operator was told so.
+        fn check_takers(c: &Cluster, w: &World) {
+            let serving: Vec<Worker> = c
+                .slots
+                .iter()
+                .filter_map(|s| s.worker.filter(|w| w.ready && !w.killed))
+                .collect();
+            let (takers, aside) = (c.takers(), c.set_aside());
+            for wk in &serving {
+                assert_eq!(
+                    wk.silent,
+                    w.silent.contains(&wk.pid),
+                    "{} silent as last found: {c:?}",
+                    wk.pid
+                );
+                assert_eq!(
+                    wk.cannot_accept,
+                    w.full.contains(&wk.pid),
+                    "{} cannot accept as last said: {c:?}",
+                    wk.pid
+                );
+            }
+            let someone_takes = serving.iter().any(|w| !w.silent && !w.cannot_accept);
+            for wk in &serving {
+                let expected_aside = wk.silent && someone_takes;
+                assert_eq!(
+                    aside.contains(&wk.pid),
+                    expected_aside,
+                    "{} set aside: {c:?}",
+                    wk.pid
+                );
+                assert_eq!(
+                    takers.contains(&wk.pid),
+                    !wk.cannot_accept && !expected_aside,
+                    "{} takes connections: {c:?}",
+                    wk.pid
+                );
+            }
+            assert!(
+                takers
+                    .iter()
+                    .chain(&aside)
+                    .all(|p| serving.iter().any(|w| w.pid == *p)),
+                "only serving workers take or are set aside: {c:?}"
+            );
+            if someone_takes {
+                assert!(!takers.is_empty(), "a worker that runs and accepts takes: {c:?}");
+            }
+            if !c.exited {
+                let said: BTreeSet<u32> = w
+                    .aside
+                    .iter()
+                    .copied()
+                    .filter(|p| serving.iter().any(|w| w.pid == *p))
+                    .collect();
+                assert_eq!(
+                    said,
+                    aside.iter().copied().collect(),
+                    "what the operator was told: {c:?}"
+                );
+            }
         }
 
         thread_local! {

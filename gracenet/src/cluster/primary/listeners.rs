@@ -425,7 +425,9 @@ impl Primary {
         // the successor starts beside it; what is queued at its listener is its successor's.
         // So does one whose accepts fail (out of fds), or whose runtime does not run (silent:
         // stopped, or its thread blocked): its queue would only grow.
-        let accepting = |s: &&crate::cluster::machine::Slot| s.worker.is_none_or(|w| self.accepts(w.pid));
+        let takers = self.machine.takers();
+        let accepting =
+            |s: &&crate::cluster::machine::Slot| s.worker.is_some_and(|w| takers.contains(&w.pid));
         let steady =
             |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none() && accepting(s);
         // ... only if another one is heard from (a hung one would hold them until the watchdog).

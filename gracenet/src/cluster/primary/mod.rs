@@ -44,8 +44,6 @@ struct WorkerInfo {
     requests: u64,
     /// Resident memory in bytes, as its last heartbeat said.
     rss: Option<u64>,
-    /// Its last heartbeat said its accepts fail (out of fds).
-    cannot_accept: bool,
 }
 
 /// Who waits for a rolling restart's result.
@@ -120,9 +118,6 @@ pub(crate) struct Primary {
     leaving: Vec<listeners::Leaving>,
     /// Steering failed or the groups' order is no longer known: the kernel's hash decides.
     no_steering: bool,
-    /// Serving workers whose runtime stopped stamping the load table ([`Primary::is_silent`]):
-    /// they get no new connection, and what waits for them goes to the others.
-    silent: Vec<u32>,
     /// Notifications from outside the cluster ignored since the last warning, and when the
     /// next warning may be logged.
     foreign: (u64, Instant),
@@ -270,7 +265,6 @@ impl Primary {
             steered: None,
             leaving: Vec::new(),
             no_steering: false,
-            silent: Vec::new(),
         })
     }
 
@@ -352,8 +346,8 @@ impl Primary {
                 self.read_notifications();
                 self.events.push_back(Event::Tick);
             }
-            self.drain_events();
             self.note_silent_workers();
+            self.drain_events();
             self.steer();
             self.pass_on_unpassed();
             self.take_from_workers_that_cannot_accept();
@@ -377,19 +371,10 @@ impl Primary {
         }
     }
 
-    /// The workers connections may be passed to: serving, not being killed, and accepting.
+    /// The workers connections may be passed to: serving, not being killed, and accepting
+    /// (the machine's [`takers`](super::machine::Cluster::takers)).
     fn takers(&self) -> Vec<u32> {
-        self.serving()
-            .into_iter()
-            .map(|(_, pid)| pid)
-            .filter(|&pid| self.accepts(pid))
-            .collect()
-    }
-
-    /// Whether worker `pid` accepts connections as far as the primary knows: its accepts do
-    /// not fail (out of fds) and its runtime runs ([`Primary::is_silent`]).
-    fn accepts(&self, pid: u32) -> bool {
-        !self.info.get(&pid).is_some_and(|i| i.cannot_accept) && !self.silent.contains(&pid)
+        self.machine.takers()
     }
 
     /// Serving worker `pid` of `slot` has stopped stamping the load table: its runtime does
@@ -402,57 +387,34 @@ impl Primary {
             .is_some_and(|t| t.is_silent(slot, pid, super::balance::now_us()))
     }
 
-    /// Looks again at which serving workers are silent ([`Primary::is_silent`]), saying so
-    /// when one falls silent or runs again.
+    /// Tells the machine which serving workers are silent ([`Primary::is_silent`]) when that
+    /// changed: it decides which are set aside.
     fn note_silent_workers(&mut self) {
-        let serving = self.serving();
+        let serving = self.machine.serving();
         let silent: Vec<u32> = serving
             .iter()
             .filter(|&&(slot, pid)| self.is_silent(slot, pid))
             .map(|&(_, pid)| pid)
             .collect();
-        // Set aside only while another one takes connections (runs, and its accepts do
-        // not fail): with none, what waits for a silent worker may as well wait there.
-        let others_take = serving
+        let known: Vec<u32> = self
+            .machine
+            .slots
             .iter()
-            .any(|&(_, pid)| !silent.contains(&pid) && !self.info.get(&pid).is_some_and(|i| i.cannot_accept));
-        let silent = if others_take { silent } else { Vec::new() };
-        for &(slot, pid) in &serving {
-            match (self.silent.contains(&pid), silent.contains(&pid)) {
-                (false, true) => tracing::warn!(
-                    primary = self.me,
-                    slot,
-                    pid,
-                    "cluster: a worker's runtime has not run for 300 ms (stopped, or its thread blocked): \
-                     new connections go to the others, with what waits for it, until it runs again or the \
-                     watchdog replaces it"
-                ),
-                (true, false) => tracing::info!(
-                    primary = self.me,
-                    slot,
-                    pid,
-                    "cluster: a silent worker runs again"
-                ),
-                _ => {}
-            }
+            .filter_map(|s| {
+                s.worker
+                    .filter(|w| w.ready && !w.killed && w.silent)
+                    .map(|w| w.pid)
+            })
+            .collect();
+        if silent != known {
+            self.events.push_back(Event::Silence { silent });
         }
-        self.silent = silent;
     }
 
     /// When to look again at whether a serving worker fell silent: often, while two or more
     /// serve and share a load table.
     fn next_silence_check(&self) -> Option<Instant> {
-        (self.load.is_some() && self.serving().len() >= 2).then(|| Instant::now() + SILENCE_CHECK)
-    }
-
-    /// The slot and pid of each worker that serves: ready, and not being killed.
-    fn serving(&self) -> Vec<(usize, u32)> {
-        self.machine
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (slot, w.pid)))
-            .collect()
+        (self.load.is_some() && self.machine.serving().len() >= 2).then(|| Instant::now() + SILENCE_CHECK)
     }
 
     /// The connections it took that no worker had room for go to one that has now (a worker
@@ -488,7 +450,7 @@ impl Primary {
             let Some(w) = s.worker.filter(|w| w.ready && !w.killed) else {
                 continue;
             };
-            if self.accepts(w.pid) {
+            if takers.contains(&w.pid) {
                 continue;
             }
             if let Some(held) = self.inboxes.get(&w.pid) {
@@ -765,6 +727,30 @@ impl Primary {
                 Action::ScaleRefused { workers, reason } => {
                     tracing::warn!(primary = self.me, workers, %reason, "cluster: not scaling");
                 }
+                Action::SetAside {
+                    slot,
+                    pid,
+                    aside: true,
+                } => tracing::warn!(
+                    primary = self.me,
+                    slot,
+                    pid,
+                    "cluster: a worker's runtime has not run for 300 ms (stopped, or its thread blocked): \
+                     new connections go to the others, with what waits for it, until it runs again or the \
+                     watchdog replaces it"
+                ),
+                Action::SetAside {
+                    slot,
+                    pid,
+                    aside: false,
+                } => {
+                    tracing::info!(
+                        primary = self.me,
+                        slot,
+                        pid,
+                        "cluster: a silent worker runs again"
+                    );
+                }
                 Action::Exit { code } => {
                     self.exit = Some(code);
                     match self.machine.gave_up {
@@ -863,7 +849,6 @@ impl Primary {
                         accepted: 0,
                         requests: 0,
                         rss: None,
-                        cannot_accept: false,
                     },
                 );
                 tracing::info!(primary = self.me, slot, pid, "cluster: started a worker");
@@ -957,6 +942,7 @@ impl Primary {
             let load = Load {
                 requests: message.value(protocol::REQUESTS).and_then(|n| n.parse().ok()),
                 rss: message.value(protocol::RSS).and_then(|n| n.parse().ok()),
+                cannot_accept: message.value(protocol::CANNOT_ACCEPT) == Some("1"),
             };
             if let Some(n) = message.value(protocol::CONNECTIONS).and_then(|n| n.parse().ok())
                 && let Some(info) = self.info.get_mut(&pid)
@@ -969,7 +955,6 @@ impl Primary {
                     info.requests = r;
                 }
                 info.rss = load.rss.or(info.rss);
-                info.cannot_accept = message.value(protocol::CANNOT_ACCEPT) == Some("1");
             }
             self.events.push_back(Event::Heartbeat { pid, load });
         }
@@ -1073,7 +1058,6 @@ impl Primary {
             accepted: 0,
             requests: 0,
             rss: None,
-            cannot_accept: false,
         });
         if let Some(g) = generation {
             info.generation = g;
@@ -1318,7 +1302,7 @@ impl Primary {
             }
             RolloutResult::Failed { slot, reason, .. } => {
                 let n = self.machine.slots.len();
-                let serving = self.serving().len();
+                let serving = self.machine.serving().len();
                 let said = if serving == n {
                     "every worker still serving".to_owned()
                 } else {

@@ -26,6 +26,7 @@ impl Primary {
     /// Each slot's worker as `status` shows it.
     pub(super) fn rows(&self) -> Vec<WorkerRow> {
         let now = Instant::now();
+        let aside = self.machine.set_aside();
         self.machine
             .slots
             .iter()
@@ -64,9 +65,9 @@ impl Primary {
                         super::RecycleReason::Requests { .. } => "recycling (requests)",
                         super::RecycleReason::Memory { .. } => "recycling (memory)",
                     }
-                } else if w.ready && self.silent.contains(&w.pid) {
+                } else if w.ready && aside.contains(&w.pid) {
                     "serving (silent: its runtime does not run)"
-                } else if w.ready && info.is_some_and(|i| i.cannot_accept) {
+                } else if w.ready && w.cannot_accept {
                     "serving (cannot accept: out of fds)"
                 } else if w.ready {
                     "serving"
