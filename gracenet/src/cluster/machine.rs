@@ -902,6 +902,30 @@ impl Cluster {
             .collect()
     }
 
+    /// The slots new connections are steered to at `now`: those whose worker serves and is
+    /// steady (not restarting, not recycling, a [taker](Self::takers)), as long as one of them
+    /// was heard from within three heartbeats; else every serving slot (a worker that is
+    /// restarting waits in `vfork` for its successor's `execve`, and what is queued at its
+    /// listener is its successor's; a hung steady one would hold connections until the
+    /// watchdog). Empty only when no worker serves.
+    pub(crate) fn steered_slots(&self, now: Instant) -> Vec<usize> {
+        let takers = self.takers();
+        let serving: Vec<(usize, &Slot, Worker)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.worker.filter(|w| w.ready && !w.killed).map(|w| (i, s, w)))
+            .collect();
+        let steady = |s: &Slot, w: &Worker| !s.restarting && s.recycling.is_none() && takers.contains(&w.pid);
+        let heard = |w: &Worker| now.saturating_duration_since(w.beat) <= self.settings.heartbeat * 3;
+        let any_steady = serving.iter().any(|(_, s, w)| steady(s, w) && heard(w));
+        serving
+            .iter()
+            .filter(|(_, s, w)| !any_steady || steady(s, w))
+            .map(|&(i, _, _)| i)
+            .collect()
+    }
+
     /// Says which serving workers were set aside, or no longer are, since last said.
     fn note_set_aside(&mut self, actions: &mut Vec<Action>) {
         let now = self.set_aside();
@@ -3949,6 +3973,43 @@ mod tests {
             );
             if someone_takes {
                 assert!(!takers.is_empty(), "a worker that runs and accepts takes: {c:?}");
+            }
+            let steered = c.steered_slots(w.now());
+            assert_eq!(
+                steered.is_empty(),
+                serving.is_empty(),
+                "connections go where a worker serves: {c:?}"
+            );
+            let steady: Vec<usize> = c
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.worker
+                        .is_some_and(|wk| wk.ready && !wk.killed && takers.contains(&wk.pid))
+                })
+                .filter(|(_, s)| !s.restarting && s.recycling.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            for &i in &steered {
+                assert!(
+                    c.slots[i].worker.is_some_and(|wk| wk.ready && !wk.killed),
+                    "slot {i} steered to serves: {c:?}"
+                );
+            }
+            if steered.iter().any(|i| !steady.contains(i)) {
+                let heard_steady = steady.iter().any(|&i| {
+                    c.slots[i].worker.is_some_and(|wk| {
+                        w.now().saturating_duration_since(wk.beat) <= c.settings.heartbeat * 3
+                    })
+                });
+                assert!(
+                    !heard_steady,
+                    "a worker that does not take steered to beside a steady one: {c:?}"
+                );
+                assert_eq!(steered.len(), serving.len(), "then every serving one: {c:?}");
+            } else {
+                assert!(steered.iter().all(|i| steady.contains(i)));
             }
             if !c.exited {
                 let said: BTreeSet<u32> = w

@@ -417,37 +417,13 @@ impl Primary {
         }
     }
 
-    /// The group indexes of the slots whose worker serves.
+    /// The group indexes of the slots new connections go to (the machine's
+    /// [`steered_slots`](crate::cluster::machine::Cluster::steered_slots)).
     fn live_indexes(&self) -> Vec<u32> {
-        let serving = |s: &&crate::cluster::machine::Slot| s.worker.is_some_and(|w| w.ready && !w.killed);
-        // A worker restarting (a rolling restart's, or a recycle) gets no new connection
-        // while another serves: its runtime waits in `vfork` for its successor's `execve`, and
-        // the successor starts beside it; what is queued at its listener is its successor's.
-        // So does one whose accepts fail (out of fds), or whose runtime does not run (silent:
-        // stopped, or its thread blocked): its queue would only grow.
-        let takers = self.machine.takers();
-        let accepting =
-            |s: &&crate::cluster::machine::Slot| s.worker.is_some_and(|w| takers.contains(&w.pid));
-        let steady =
-            |s: &&crate::cluster::machine::Slot| !s.restarting && s.recycling.is_none() && accepting(s);
-        // ... only if another one is heard from (a hung one would hold them until the watchdog).
-        let now = std::time::Instant::now();
-        let heard = |s: &&crate::cluster::machine::Slot| {
-            s.worker
-                .is_some_and(|w| now.saturating_duration_since(w.beat) <= self.heartbeat * 3)
-        };
-        let any_steady = self
-            .machine
-            .slots
-            .iter()
-            .filter(serving)
-            .any(|s| steady(&s) && heard(&s));
         self.machine
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| serving(s) && (!any_steady || steady(s)))
-            .filter_map(|(slot, _)| self.group_index.get(slot).copied().flatten())
+            .steered_slots(std::time::Instant::now())
+            .into_iter()
+            .filter_map(|slot| self.group_index.get(slot).copied().flatten())
             .collect()
     }
 
