@@ -307,12 +307,19 @@ wait; wait"#
         .env(MARK, &marker)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: dup2 is one async-signal-safe system call, run between fork and exec; it gives
-    // the shell the listening socket as fd 5 (without close-on-exec).
+    // SAFETY: dup2 and fcntl are async-signal-safe system calls, run between fork and exec;
+    // they give the shell the listening socket as fd 5 without close-on-exec. A listener that
+    // already is fd 5 (the number the test's threads left free) only loses its close-on-exec
+    // flag: dup2 onto itself would leave the flag, and the shell would find fd 5 closed.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 5) == 5 {
+            let ok = if fd == 5 {
+                libc::fcntl(5, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, 5) == 5
+            };
+            if ok {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
