@@ -162,6 +162,13 @@ impl Activity {
         }
     }
 
+    /// Notes the connection quiet for a hand-over, hyper holding `held` of the next request's
+    /// head (begun at `since`): its task offers it to the next process.
+    fn note_quiet(&self, held: Vec<u8>, since: Option<std::time::Instant>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = (held, since);
+        self.quiet.store(true, Ordering::Relaxed);
+    }
+
     /// Whether the peer has sent bytes this process has not read yet (see [`unread_bytes`]),
     /// beyond the beginning of an HTTP/2 preface peeked at while the protocol is told: that
     /// cannot be a request yet, and must not hold a drain.
@@ -269,8 +276,7 @@ impl<T> TrackedIo<T> {
         let Some(held) = framing.partial_head(activity.started()) else {
             return false;
         };
-        *activity.held.lock().unwrap_or_else(|p| p.into_inner()) = (held.to_vec(), framing.head_since());
-        activity.quiet.store(true, Ordering::Relaxed);
+        activity.note_quiet(held.to_vec(), framing.head_since());
         true
     }
 
@@ -825,8 +831,11 @@ pub(crate) async fn serve_plain<S: HttpService>(service: S, accepted: Accepted, 
 }
 
 /// Serves a connection the previous process handed over, on the site it came from: HTTP/1.1
-/// (only such connections are handed), the bytes the previous process had read first.
+/// (only such connections are handed), the bytes the previous process had read first. One
+/// that had sent no request, and of which nothing was read, is served as if just accepted:
+/// its protocol is told from its first bytes (an HTTP/2 client may be about to speak).
 pub(crate) async fn serve_handed<S: HttpService>(service: S, handed: Handed, site: Arc<SiteContext>) {
+    let fresh = handed.unread.is_empty() && matches!(handed.waited, Some(Waited::Head(_)));
     let origin = Origin {
         fd: handed.stream.as_fd().as_raw_fd(),
         at: handed.at,
@@ -835,12 +844,19 @@ pub(crate) async fn serve_handed<S: HttpService>(service: S, handed: Handed, sit
         handed: true,
         waited: handed.waited,
     };
+    let builders = &site.config.builders;
+    if fresh {
+        serve(handed.stream, origin, service, &site, |io, service| {
+            Cleartext::new(io, service, builders)
+        })
+        .await;
+        return;
+    }
     let transport = if handed.unread.is_empty() {
         Transport::Plain(handed.stream)
     } else {
         Transport::Rewound(Box::new(Rewound::new(handed.unread, handed.stream)))
     };
-    let builders = &site.config.builders;
     serve(transport, origin, service, &site, |io, service| {
         HttpConn::new(false, io, service, builders)
     })

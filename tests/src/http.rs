@@ -77,7 +77,8 @@ pub async fn connect_h2_unix(path: &std::path::Path) -> Result<H2Connection, Box
     h2_over(tokio::net::UnixStream::connect(path).await?).await
 }
 
-async fn h1_over<T>(io: T) -> Result<H1Connection, BoxError>
+/// A keep-alive HTTP/1.1 connection over `io`, already connected (nothing is sent yet).
+pub async fn h1_over<T>(io: T) -> Result<H1Connection, BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -86,7 +87,9 @@ where
     Ok(send)
 }
 
-async fn h2_over<T>(io: T) -> Result<H2Connection, BoxError>
+/// An HTTP/2 (prior knowledge) connection over `io`, already connected: the preface is sent
+/// now.
+pub async fn h2_over<T>(io: T) -> Result<H2Connection, BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

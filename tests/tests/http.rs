@@ -1354,3 +1354,41 @@ async fn a_first_head_begun_before_a_restart_and_paused_is_answered() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, site.pid.to_string());
 }
+
+/// A connection opened before a restart that has sent nothing yet (a browser's preconnect, a
+/// pool's warm connection) goes to the new process as an idle one does: its first request,
+/// sent once the old process has gone, is answered there, HTTP/1.1 or HTTP/2 alike (the new
+/// process tells the protocol from the first bytes, as it does for a connection it accepts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sent_nothing_before_a_restart_is_answered_by_the_new_process() {
+    let env = [("PROBE_IDLE_GRACE_MS", "100")];
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let silent_h1 = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    let silent_h2 = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    // Accepted by the old process: a port's connections are accepted in order, so one
+    // answered after them was too.
+    assert_eq!(
+        get_h1(site.ports[0], "/pid").await.unwrap().body,
+        site.pid.to_string()
+    );
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new = PidGuard(new);
+    // Well past the idle grace, at which a draining process closes a connection it keeps.
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits"
+    );
+    let mut h1 = grace_tests::http::h1_over(silent_h1).await.unwrap();
+    let a = get_on_h1(&mut h1, "/pid").await.expect("answered, not closed");
+    assert_eq!(a.body, new.to_string());
+    assert_eq!(a.connection, None, "kept alive");
+    let mut h2 = grace_tests::http::h2_over(silent_h2).await.unwrap();
+    let a = get_on_h2(&mut h2, "/pid")
+        .await
+        .expect("HTTP/2 answered, not closed");
+    assert_eq!(a.body, new.to_string());
+}

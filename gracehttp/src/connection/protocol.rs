@@ -167,6 +167,14 @@ impl<S: HttpService> Cleartext<'_, S> {
                     let Some((io, _)) = parts.as_ref() else {
                         return Poll::Ready(Ok(()));
                     };
+                    if io.activity.hand_over.load(Ordering::Relaxed) == super::HANDING {
+                        // No request yet, and the generation drains for a restart: quiet, to
+                        // be handed over as it is (what was peeked is still in the socket; the
+                        // next process tells the protocol itself). Polled again if it was not
+                        // taken (then no longer handing).
+                        io.activity.note_quiet(Vec::new(), None);
+                        return Poll::Pending;
+                    }
                     let n = ready!(io.inner.poll_peek(cx, first, *seen))?;
                     let http2 = match tell(&first[..n], *seen) {
                         Told::Http2 => true,
