@@ -162,6 +162,15 @@ impl Activity {
         }
     }
 
+    /// Whether a response may tell the client to stay while draining: the connection is to be
+    /// handed over, and the next generation is still there to take it (after a second restart,
+    /// the one this process handed to may have gone: then the client is told to reconnect,
+    /// never left on a connection nobody takes).
+    fn stays_through_restart(&self) -> bool {
+        self.hands_over()
+            && (self.drain.restarting() != Some(true) || self.drain.generation().can_hand_over())
+    }
+
     /// Notes the connection quiet for a hand-over, hyper holding `held` of the next request's
     /// head (begun at `since`): its task offers it to the next process.
     fn note_quiet(&self, held: Vec<u8>, since: Option<std::time::Instant>) {
@@ -665,7 +674,7 @@ fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -
     if http1
         && in_flight
             .as_ref()
-            .is_some_and(|f| f.activity.drain.is_draining() && !f.activity.hands_over())
+            .is_some_and(|f| f.activity.drain.is_draining() && !f.activity.stays_through_restart())
     {
         parts
             .headers

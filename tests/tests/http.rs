@@ -1392,3 +1392,52 @@ async fn a_connection_that_sent_nothing_before_a_restart_is_answered_by_the_new_
         .expect("HTTP/2 answered, not closed");
     assert_eq!(a.body, new.to_string());
 }
+
+/// A keep-alive request in flight across two restarts: by the time it is answered, the
+/// process its server handed connections to has been replaced in turn and has gone. Its
+/// response then tells the client to reconnect (`Connection: close`) rather than promise a
+/// connection nobody will take; the client's next request goes to the newest process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_across_two_restarts_is_told_to_reconnect_not_left_on_a_dead_connection() {
+    let env = [("PROBE_IDLE_GRACE_MS", "100")];
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let port = site.ports[0];
+    let mut conn = connect_h1(port).await.unwrap();
+    assert_eq!(
+        get_on_h1(&mut conn, "/pid").await.unwrap().body,
+        site.pid.to_string()
+    );
+    let long = tokio::spawn(async move {
+        let a = get_on_h1(&mut conn, "/sleep?ms=3000").await;
+        (a, conn)
+    });
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=3000"));
+    let second = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _second = PidGuard(second);
+    let third = tokio::task::block_in_place(|| restart(&mut g, second, &site.ports));
+    let _third = PidGuard(third);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(second))),
+        "the second process, with nothing to finish, exits"
+    );
+    assert!(
+        !long.is_finished(),
+        "the scenario needs the request still in flight here"
+    );
+    let (a, mut conn) = long.await.unwrap();
+    let a = a.expect("the long request is answered");
+    assert_eq!(a.body, site.pid.to_string(), "by the first process");
+    if a.connection.as_deref() != Some("close") {
+        // Kept alive: then the connection must still be served once the first process has gone.
+        assert!(
+            tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+            "the first process exits"
+        );
+        let next = get_on_h1(&mut conn, "/pid").await;
+        assert!(
+            next.as_ref().is_ok_and(|n| n.body == third.to_string()),
+            "promised keep-alive, then: {next:?}"
+        );
+    }
+    assert_eq!(get_h1(port, "/pid").await.unwrap().body, third.to_string());
+}

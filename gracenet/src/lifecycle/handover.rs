@@ -330,6 +330,12 @@ impl Handover {
         }
     }
 
+    /// Whether connections can still be offered: the channel has not ended (the next
+    /// generation did not exit or stop answering) nor been given up.
+    pub(crate) fn is_open(&self) -> bool {
+        !lock(&self.waiting).closed
+    }
+
     /// Offers the connection `conn` with `unread` and `state`, and waits for the answer, for
     /// `timeout` at most. `Ok` once the next generation has taken it: close `conn` here then.
     /// On an error it is still this process's, and the next generation will not serve it.

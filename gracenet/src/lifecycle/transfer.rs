@@ -319,6 +319,21 @@ impl Generation {
             .map_err(io)
     }
 
+    /// Whether a connection handed over now could be taken: a generation took over from this
+    /// one, speaks the hand-over, and is still there to answer (it has not exited, nor stopped
+    /// taking connections). A server that tells a client to stay (HTTP keep-alive, say) only
+    /// while this holds never promises a connection nobody will take: once the next
+    /// generation has gone (a second restart replaced it before this one finished its
+    /// requests), it tells its clients to reconnect instead.
+    pub fn can_hand_over(&self) -> bool {
+        self.shared
+            .successor_channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|channel| channel.is_open())
+    }
+
     /// The connections the previous generation hands over (see [`hand_over`](Self::hand_over)),
     /// as they arrive: serve each as if accepted (tracking it), its `unread` bytes first.
     /// `None` in a first generation, or one started by Go grace or systemd. Call it after
