@@ -24,12 +24,13 @@
 //!
 //! # In which order
 //! At most [`WINDOW`] connections are offered and unanswered at once; an offer beyond them
-//! waits for its turn, and the turn goes to the offer that asked last. A server offers its
-//! idle connections as soon as it drains and each busy one once its request is answered, so
-//! busy connections, whose clients are about to send their next request, do not wait behind
-//! thousands of idle ones (each costs both processes some tens of microseconds). The window
-//! keeps the frames queued in the channel few, so that order is the order the new process
-//! reads them in.
+//! waits for its turn. The turn goes to a waiting connection whose client has sent something
+//! since it began to wait (Linux: its socket turns readable in an epoll instance of the
+//! turns' own), else to the offer that asked last. A server offers its idle connections as
+//! soon as it drains and each busy one once its request is answered, so busy connections,
+//! whose clients are about to send their next request, do not wait behind thousands of idle
+//! ones (each costs both processes some tens of microseconds). The window keeps the frames
+//! queued in the channel few, so that order is the order the new process reads them in.
 //!
 //! Giving up on a missing answer is safe: the old process first shuts the channel down both
 //! ways, so an answer the new process writes after that fails (`EPIPE`) and it closes its
@@ -355,15 +356,22 @@ impl Handover {
                 .ok_or_else(|| io::Error::other(format!("more than {MAX_HANDED_BYTES} bytes to hand over")))
         };
         let (unread_len, state_len) = (len(unread)?, len(state)?);
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("the channel to generation {} is closed", self.next),
+            )
+        };
+        if !self.is_open() {
+            // Not even a turn to wait for.
+            return Err(closed());
+        }
         // Held until the answer (or the end of this offer): at most WINDOW are unanswered.
         let _turn = self.turns.take(conn).await;
         let (id, mut answer) = {
             let mut waiting = lock(&self.waiting);
             if waiting.closed {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!("the channel to generation {} is closed", self.next),
-                ));
+                return Err(closed());
             }
             waiting.last_id += 1;
             let id = waiting.last_id;

@@ -249,7 +249,8 @@ impl Generation {
     /// [`inherited_connections`](Self::inherited_connections); if that process dies later,
     /// the connections it took close with it.
     ///
-    /// Connections go over a few at a time, the latest call first. A server's idle
+    /// Connections go over a few at a time (32 unanswered at most): first one whose client
+    /// has sent something while it waited (on Linux), else the latest call. A server's idle
     /// connections are quiet, and called for, as soon as the drain begins; its busy ones
     /// only once their request is answered. So a busy connection, whose client is about to
     /// send its next request, goes ahead of the thousands of idle ones that may be waiting
