@@ -1441,3 +1441,31 @@ async fn a_request_in_flight_across_two_restarts_is_told_to_reconnect_not_left_o
     }
     assert_eq!(get_h1(port, "/pid").await.unwrap().body, third.to_string());
 }
+
+/// An HTTP/1.0 client that asks to keep its connection (`Connection: keep-alive`, as
+/// ApacheBench's `-k` does) keeps it across a restart: the connection goes to the new process
+/// between requests, and its next request is answered there, long after the old one has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_keep_alive_connection_is_handed_over() {
+    use tokio::io::AsyncWriteExt;
+    let env = [("PROBE_IDLE_GRACE_MS", "100")];
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    let request = b"GET /pid HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.contains("connection: keep-alive"), "{head}");
+    assert_eq!(body, site.pid.to_string());
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new = PidGuard(new);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits"
+    );
+    s.write_all(request).await.unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert_eq!(body, new.to_string(), "answered by the new process");
+}

@@ -147,8 +147,15 @@ fn parse(bytes: &[u8]) -> Result<Option<(usize, After)>, ()> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
     };
-    if req.version != Some(1) {
-        // HTTP/1.0: the connection ends after the response unless asked to stay; not followed.
+    if req.version != Some(1)
+        && !req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, b"keep-alive"))
+    {
+        // HTTP/1.0 ends the connection after the response unless the client asks it to stay
+        // (`Connection: keep-alive`, as ApacheBench's `-k` sends): not followed. One that asks
+        // is followed as HTTP/1.1 is.
         return Ok(Some((used, After::Lost)));
     }
     let mut length: Option<u64> = None;
@@ -253,11 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn an_http10_request_that_asks_to_stay_is_followed_like_http11() {
+        let mut f = Framing::new();
+        f.delivered(b"GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        f.delivered(
+            b"POST /b HTTP/1.0\r\nconnection: keep-alive\r\ncontent-length: 3\r\n\r\nabcGET /c HTTP/1.0\r\n",
+        );
+        assert!(!f.lost());
+        assert_eq!(f.partial_head(2), Some(&b"GET /c HTTP/1.0\r\n"[..]));
+    }
+
+    #[test]
     fn what_cannot_be_followed_is_lost_for_good() {
         for head in [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
