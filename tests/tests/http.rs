@@ -1236,12 +1236,12 @@ async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
 /// A keep-alive client in the middle of a large request head (100 KB of headers, sent
 /// before the restart), pausing longer than the drain's idle grace, then finishing it: it is
 /// answered, by the new process when it takes the connection, else by the old one: when the
-/// new one does not take it, or when the connection cannot be handed (a chunked body before,
-/// whose end the hand-over does not follow).
+/// new one does not take it, or when the connection cannot be handed (a request before that
+/// named an `Upgrade`, after which the hand-over no longer follows the connection's bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_head_begun_before_a_restart_and_paused_is_answered() {
     use tokio::io::AsyncWriteExt;
-    for (take, chunked_before) in [(true, false), (false, false), (true, true)] {
+    for (take, unfollowed_before) in [(true, false), (false, false), (true, true)] {
         let mut env = vec![("PROBE_IDLE_GRACE_MS", "100")];
         if !take {
             env.push(("PROBE_TAKE_NO_HANDED", "1"));
@@ -1250,11 +1250,11 @@ async fn a_large_head_begun_before_a_restart_and_paused_is_answered() {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
             .await
             .unwrap();
-        if chunked_before {
-            s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        if unfollowed_before {
+            s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\n\r\n")
                 .await
                 .unwrap();
-            assert_eq!(read_response(&mut s).await.1, "5 bytes");
+            assert_eq!(read_response(&mut s).await.1, site.pid.to_string());
         } else {
             s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await
@@ -1273,10 +1273,10 @@ async fn a_large_head_begun_before_a_restart_and_paused_is_answered() {
         let (head, body) = read_response(&mut s).await;
         assert!(
             head.starts_with("http/1.1 200"),
-            "take={take} chunked={chunked_before}: {head}"
+            "take={take} unfollowed={unfollowed_before}: {head}"
         );
-        let by = if take && !chunked_before { new } else { site.pid };
-        assert_eq!(body, by.to_string(), "take={take} chunked={chunked_before}");
+        let by = if take && !unfollowed_before { new } else { site.pid };
+        assert_eq!(body, by.to_string(), "take={take} unfollowed={unfollowed_before}");
     }
 }
 
@@ -1467,5 +1467,38 @@ async fn an_http10_keep_alive_connection_is_handed_over() {
     s.write_all(request).await.unwrap();
     let (head, body) = read_response(&mut s).await;
     assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert_eq!(body, new.to_string(), "answered by the new process");
+}
+
+/// A keep-alive connection whose last request had a chunked body (a streamed upload) is
+/// handed over at a restart once that body has ended, as any other: its next request is
+/// answered by the new process, long after the old one has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_after_a_chunked_upload_is_handed_over() {
+    use tokio::io::AsyncWriteExt;
+    let env = [("PROBE_IDLE_GRACE_MS", "100")];
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n3\r\n, w\r\n0\r\nTrailer: t\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "8 bytes");
+    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
+    let _new = PidGuard(new);
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
+        "the old process exits"
+    );
+    s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, new.to_string(), "answered by the new process");
 }
