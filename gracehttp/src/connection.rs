@@ -92,6 +92,9 @@ pub(crate) struct Activity {
     /// Set by the transport while handing: hyper waits for the next request's head with
     /// nothing in flight, and nothing more is read (see [`TrackedIo`]).
     quiet: AtomicBool,
+    /// Request heads read whole so far, while the connection's bytes are followed (0 once
+    /// they are not): more than [`started`](Self::started) means a pipelined request waits.
+    heads_read: AtomicU64,
     /// The transport's last write would have blocked: hyper still holds response bytes.
     /// Kept only for a connection that can be handed over.
     write_blocked: AtomicBool,
@@ -123,6 +126,7 @@ impl Activity {
             peeked: AtomicU64::new(0),
             hand_over: AtomicU8::new(CANNOT),
             quiet: AtomicBool::new(false),
+            heads_read: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             held: Mutex::new((Vec::new(), None)),
             drain,
@@ -169,6 +173,12 @@ impl Activity {
     fn stays_through_restart(&self) -> bool {
         self.hands_over()
             && (self.drain.restarting() != Some(true) || self.drain.generation().can_hand_over())
+    }
+
+    /// Whether a request the client pipelined behind the ones begun has been read whole:
+    /// known only while the connection's bytes are followed.
+    fn pipelined(&self) -> bool {
+        self.heads_read.load(Ordering::Relaxed) > self.started()
     }
 
     /// Notes the connection quiet for a hand-over, hyper holding `held` of the next request's
@@ -296,6 +306,9 @@ impl<T> TrackedIo<T> {
             if framing.lost() {
                 self.framing = None;
                 self.activity.hand_over.store(CANNOT, Ordering::Relaxed);
+                self.activity.heads_read.store(0, Ordering::Relaxed);
+            } else {
+                self.activity.heads_read.store(framing.heads(), Ordering::Relaxed);
             }
         }
     }
@@ -665,16 +678,17 @@ impl<S: HttpService> Future for ConnFuture<S> {
 }
 
 /// The application's response as sent: `Connection: close` on HTTP/1 once draining (unless
-/// the connection is to be handed to the next process), and its
+/// the connection is to be handed to the next process, or a request the client pipelined
+/// behind this one has been read: that one is answered too, and the last says it), and its
 /// body tracked so the request stays in flight until the body is sent.
 #[inline]
 fn prepare<B>(response: Response<B>, in_flight: Option<InFlight>, http1: bool) -> Response<TrackedBody<B>> {
     let (mut parts, inner) = response.into_parts();
     // Not on a connection handed to the next process: its client stays.
     if http1
-        && in_flight
-            .as_ref()
-            .is_some_and(|f| f.activity.drain.is_draining() && !f.activity.stays_through_restart())
+        && in_flight.as_ref().is_some_and(|f| {
+            f.activity.drain.is_draining() && !f.activity.stays_through_restart() && !f.activity.pipelined()
+        })
     {
         parts
             .headers

@@ -1502,3 +1502,47 @@ async fn a_connection_after_a_chunked_upload_is_handed_over() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, new.to_string(), "answered by the new process");
 }
+
+/// A client that pipelined requests behind a slow one when a stop comes: every request the
+/// server has read is answered, the last one with `Connection: close`, before the process
+/// exits (the hand-over's framing tells where they end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_behind_one_in_flight_at_a_stop_are_all_answered() {
+    use tokio::io::AsyncWriteExt;
+    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &[])));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    let mut burst = b"GET /sleep?ms=700 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        burst.extend_from_slice(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    s.write_all(&burst).await.unwrap();
+    tokio::task::block_in_place(|| g.expect_log("sleep request started ms=700"));
+    g.signal(Signal::SIGTERM);
+    // Everything until the server closes: the four responses may come in one read.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..1000 {
+        let n = tokio::time::timeout(DEADLINE, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+            .await
+            .expect("the responses, then the close, in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let responses: Vec<&str> = text.split("http/1.1 ").skip(1).collect();
+    assert_eq!(responses.len(), 4, "every request read is answered: {text}");
+    let mut closes = Vec::new();
+    for (i, r) in responses.iter().enumerate() {
+        assert!(r.starts_with("200"), "response {i}: {r}");
+        assert!(r.ends_with(&site.pid.to_string()), "response {i}: {r}");
+        closes.push(r.contains("connection: close"));
+    }
+    assert_eq!(closes, [false, false, false, true], "only the last says close");
+    let status = tokio::task::block_in_place(|| g.wait_timeout(DEADLINE)).expect("exits");
+    assert!(status.success(), "{status}");
+}

@@ -145,6 +145,11 @@ impl Framing {
         }
     }
 
+    /// Request heads seen complete so far.
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Whether the bytes can no longer be followed.
     pub(crate) fn lost(&self) -> bool {
         self.state == State::Lost
