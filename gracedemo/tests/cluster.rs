@@ -985,12 +985,7 @@ fn connections_taken_from_a_worker_that_cannot_accept_wait_while_the_other_has_n
     let [full, other] = c.pids()[..] else {
         panic!("{}", c.status())
     };
-    let _resume = Resume(other);
-    grace_tests::signal(other, Signal::SIGSTOP);
-    assert!(
-        wait_until(DEADLINE, || grace_tests::is_stopped(other)),
-        "worker {other} did not stop"
-    );
+    let _resume = Resume::stop(other);
     limit_fds_to_what_it_holds_and(full, 4);
     // Connected, no request yet: about half wait at each worker's listener.
     let mut fresh: Vec<std::net::TcpStream> = (0..60)
@@ -1041,6 +1036,19 @@ fn connections_taken_from_a_worker_that_cannot_accept_wait_while_the_other_has_n
 /// Sends `SIGCONT` to a process when dropped, so a test that stops one never leaves it stopped.
 struct Resume(u32);
 
+impl Resume {
+    /// Stops `pid` (`SIGSTOP`) and waits until it is; the guard resumes it.
+    fn stop(pid: u32) -> Resume {
+        let resume = Resume(pid);
+        grace_tests::signal(pid, Signal::SIGSTOP);
+        assert!(
+            wait_until(DEADLINE, || grace_tests::is_stopped(pid)),
+            "{pid} did not stop"
+        );
+        resume
+    }
+}
+
 impl Drop for Resume {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
@@ -1062,13 +1070,8 @@ async fn a_stopped_worker_gets_no_new_connection_and_what_waits_for_it_goes_to_t
     let [running, stopped] = c.pids()[..] else {
         panic!("two workers expected: {}", c.status())
     };
-    let _resume = Resume(stopped);
-    grace_tests::signal(stopped, Signal::SIGSTOP);
     // Stopped before the first connection (one it accepted would wait for it).
-    assert!(
-        wait_until(DEADLINE, || grace_tests::is_stopped(stopped)),
-        "worker {stopped} never stopped"
-    );
+    let _resume = Resume::stop(stopped);
     // Connections made at once land in its queue too, until the primary sees it silent:
     // those are taken to the other worker.
     let answered = tokio::task::block_in_place(|| {

@@ -1355,17 +1355,36 @@ async fn a_first_head_begun_before_a_restart_and_paused_is_answered() {
     assert_eq!(body, site.pid.to_string());
 }
 
+/// The probe with a 100 ms idle grace (a draining process closes a connection it keeps that
+/// soon), and a connection to its first port on which nothing has been sent.
+async fn probe_with_short_grace() -> (ProcessGuard, Site, tokio::net::TcpStream) {
+    let env = [("PROBE_IDLE_GRACE_MS", "100")];
+    let (g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
+        .await
+        .unwrap();
+    (g, site, s)
+}
+
+/// Restarts the probe and waits until the old process has gone (well past its idle grace):
+/// the new pid, and its guard.
+fn restart_and_outlive_the_old(g: &mut ProcessGuard, site: &Site) -> (u32, PidGuard) {
+    let new = restart(g, site.pid, &site.ports);
+    let guard = PidGuard(new);
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(site.pid)),
+        "the old process exits"
+    );
+    (new, guard)
+}
+
 /// A connection opened before a restart that has sent nothing yet (a browser's preconnect, a
 /// pool's warm connection) goes to the new process as an idle one does: its first request,
 /// sent once the old process has gone, is answered there, HTTP/1.1 or HTTP/2 alike (the new
 /// process tells the protocol from the first bytes, as it does for a connection it accepts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sent_nothing_before_a_restart_is_answered_by_the_new_process() {
-    let env = [("PROBE_IDLE_GRACE_MS", "100")];
-    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
-    let silent_h1 = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
-        .await
-        .unwrap();
+    let (mut g, site, silent_h1) = probe_with_short_grace().await;
     let silent_h2 = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
         .await
         .unwrap();
@@ -1375,13 +1394,7 @@ async fn a_connection_that_sent_nothing_before_a_restart_is_answered_by_the_new_
         get_h1(site.ports[0], "/pid").await.unwrap().body,
         site.pid.to_string()
     );
-    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
-    let _new = PidGuard(new);
-    // Well past the idle grace, at which a draining process closes a connection it keeps.
-    assert!(
-        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
-        "the old process exits"
-    );
+    let (new, _new) = tokio::task::block_in_place(|| restart_and_outlive_the_old(&mut g, &site));
     let mut h1 = grace_tests::http::h1_over(silent_h1).await.unwrap();
     let a = get_on_h1(&mut h1, "/pid").await.expect("answered, not closed");
     assert_eq!(a.body, new.to_string());
@@ -1448,22 +1461,13 @@ async fn a_request_in_flight_across_two_restarts_is_told_to_reconnect_not_left_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http10_keep_alive_connection_is_handed_over() {
     use tokio::io::AsyncWriteExt;
-    let env = [("PROBE_IDLE_GRACE_MS", "100")];
-    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
-        .await
-        .unwrap();
+    let (mut g, site, mut s) = probe_with_short_grace().await;
     let request = b"GET /pid HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
     s.write_all(request).await.unwrap();
     let (head, body) = read_response(&mut s).await;
     assert!(head.contains("connection: keep-alive"), "{head}");
     assert_eq!(body, site.pid.to_string());
-    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
-    let _new = PidGuard(new);
-    assert!(
-        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
-        "the old process exits"
-    );
+    let (new, _new) = tokio::task::block_in_place(|| restart_and_outlive_the_old(&mut g, &site));
     s.write_all(request).await.unwrap();
     let (head, body) = read_response(&mut s).await;
     assert!(head.starts_with("http/1.0 200"), "{head}");
@@ -1476,11 +1480,7 @@ async fn an_http10_keep_alive_connection_is_handed_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_after_a_chunked_upload_is_handed_over() {
     use tokio::io::AsyncWriteExt;
-    let env = [("PROBE_IDLE_GRACE_MS", "100")];
-    let (mut g, site) = tokio::task::block_in_place(|| start_httpprobe(command(HTTPPROBE, &[], &env)));
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", site.ports[0]))
-        .await
-        .unwrap();
+    let (mut g, site, mut s) = probe_with_short_grace().await;
     s.write_all(
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n3\r\n, w\r\n0\r\nTrailer: t\r\n\r\n",
     )
@@ -1489,12 +1489,7 @@ async fn a_connection_after_a_chunked_upload_is_handed_over() {
     let (head, body) = read_response(&mut s).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, "8 bytes");
-    let new = tokio::task::block_in_place(|| restart(&mut g, site.pid, &site.ports));
-    let _new = PidGuard(new);
-    assert!(
-        tokio::task::block_in_place(|| wait_until(DEADLINE, || !grace_tests::is_alive(site.pid))),
-        "the old process exits"
-    );
+    let (new, _new) = tokio::task::block_in_place(|| restart_and_outlive_the_old(&mut g, &site));
     s.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();

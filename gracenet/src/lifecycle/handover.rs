@@ -266,9 +266,8 @@ fn give_turn(state: &mut TurnState) {
         && !state.waiting.is_empty()
         && let Some(watch) = &state.watch
     {
-        let mut keys = Vec::with_capacity(8);
-        watch.ready(&mut keys);
-        state.spoke.extend(keys);
+        let spoke = watch.ready();
+        state.spoke.extend(spoke);
     }
     while let Some(key) = state.spoke.pop_front() {
         // Not in `waiting`: its offer ended before this turn.

@@ -204,15 +204,13 @@ impl ReadWatch {
         let _ = self.0.delete(fd);
     }
 
-    /// The keys of up to `keys.capacity()` sockets found readable since they were added,
-    /// without waiting; each is reported once.
-    pub(crate) fn ready(&self, keys: &mut Vec<u64>) {
+    /// The keys of up to 8 sockets found readable since they were added, without waiting;
+    /// each is reported once.
+    pub(crate) fn ready(&self) -> Vec<u64> {
         use nix::sys::epoll::{EpollEvent, EpollTimeout};
         let mut events = [EpollEvent::empty(); 8];
-        let room = keys.capacity().min(events.len());
-        if let Ok(n) = self.0.wait(&mut events[..room], EpollTimeout::ZERO) {
-            keys.extend(events[..n].iter().map(EpollEvent::data));
-        }
+        let n = self.0.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
+        events[..n].iter().map(EpollEvent::data).collect()
     }
 }
 

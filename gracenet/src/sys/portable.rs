@@ -104,7 +104,9 @@ impl ReadWatch {
 
     pub(crate) fn remove(&self, _fd: BorrowedFd<'_>) {}
 
-    pub(crate) fn ready(&self, _keys: &mut Vec<u64>) {}
+    pub(crate) fn ready(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Pending signals have no portable source: none known.
