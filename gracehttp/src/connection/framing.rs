@@ -633,8 +633,7 @@ mod tests {
                     .expect("hyper finishes a stream that has ended")
                     .ok();
                 drop(client);
-                let lines = log.lock().unwrap().clone();
-                lines
+                log.lock().unwrap().clone()
             })
         }
 
