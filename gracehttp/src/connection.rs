@@ -923,11 +923,11 @@ pub(crate) async fn serve_tls<S: HttpService>(
             .await;
         }
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
+            crate::log::debug!(error = %e, "TLS handshake failed");
             config.peer_errors.record("TLS handshake failed");
         }
         Err(_) => {
-            tracing::debug!(
+            crate::log::debug!(
                 timeout = ?config.header_read_timeout,
                 "TLS handshake not finished within the header read timeout"
             );
@@ -1036,7 +1036,7 @@ async fn serve<T, S, C>(
             loop {
                 if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                     if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended");
+                        crate::log::debug!(error = %e, "connection ended");
                         config.peer_errors.record(&peer_errors::kind(&*e));
                     }
                     return Poll::Ready(Served::Done);
@@ -1092,7 +1092,7 @@ async fn offer(activity: &Activity, state: &[u8]) -> bool {
     {
         Ok(()) => true,
         Err(e) => {
-            tracing::debug!(error = %e, "connection not handed over: it stays here");
+            crate::log::debug!(error = %e, "connection not handed over: it stays here");
             false
         }
     }

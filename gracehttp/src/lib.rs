@@ -59,6 +59,7 @@ mod certificate;
 mod connection;
 mod drain;
 mod error;
+mod log;
 mod peer_errors;
 mod server;
 mod service;

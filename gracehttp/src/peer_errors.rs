@@ -67,7 +67,7 @@ impl PeerErrors {
             .as_secs()
             .max(1);
         let detail: Vec<String> = batch.kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        tracing::warn!(
+        crate::log::warn!(
             connections = total,
             seconds,
             kinds = %detail.join("; "),

@@ -488,7 +488,7 @@ impl Server {
             // Every loop ended before the last one started (cannot happen: each tells first).
             Err(_) => generation.ready()?,
         }
-        grace_line(&generation, || tracing::info!("{serving}"));
+        grace_line(&generation, || crate::log::info!("{serving}"));
         if hand_over || own_lifecycle {
             // Served: the previous process hands its keep-alive connections over now. Asked
             // for here, before anything else runs: gracenet answers "not taken" for those
@@ -500,7 +500,7 @@ impl Server {
         // What peers did since the last report is not lost with the process.
         config.peer_errors.report();
         grace_line(&generation, || {
-            tracing::info!("Exiting pid {}.", std::process::id())
+            crate::log::info!("Exiting pid {}.", std::process::id())
         });
         Ok(outcome)
     }
@@ -513,12 +513,12 @@ async fn adopt_ticket_keys(generation: &Generation, keys: &TicketKeys) {
         Ok(None) => {}
         Ok(Some(handed)) => {
             if !keys.adopt(&handed.snapshot) {
-                tracing::warn!(
+                crate::log::warn!(
                     "the previous process handed over state that is not TLS session ticket keys: new keys (clients make one full handshake)"
                 );
             }
         }
-        Err(e) => tracing::warn!(
+        Err(e) => crate::log::warn!(
             error = %e,
             "TLS session ticket keys not taken from the previous process: new keys (clients make one full handshake)"
         ),

@@ -260,7 +260,7 @@ pub(crate) async fn serve_handed(
         Ok(Some(handed)) => handed,
         Ok(None) => return,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot take the connections the previous process hands over");
+            crate::log::warn!(error = %e, "cannot take the connections the previous process hands over");
             return;
         }
     };
@@ -269,7 +269,7 @@ pub(crate) async fn serve_handed(
         let (site_state, waited) = connection::split_handed(&c.state);
         let Some((_, site)) = sites.iter().find(|(state, _)| state[..] == *site_state) else {
             let key = connection::handed_site_key(site_state);
-            tracing::warn!(
+            crate::log::warn!(
                 "closing a connection handed over for {}: no such site here",
                 key.map_or_else(
                     || "something other than gracehttp".to_owned(),
@@ -293,5 +293,5 @@ pub(crate) async fn serve_handed(
         };
         site.service.spawn_handed(conn, site.context.clone());
     }
-    tracing::debug!(taken, "took the connections the previous process handed over");
+    crate::log::debug!(taken, "took the connections the previous process handed over");
 }

@@ -356,7 +356,7 @@ fn warn_if_not_valid_now(path: &Path, leaf: &CertificateDer<'_>) {
     if let Some(problem) =
         crate::certificate::Validity::of(leaf).and_then(|v| v.problem(std::time::SystemTime::now()))
     {
-        tracing::warn!(
+        crate::log::warn!(
             path = %path.display(),
             %problem,
             "the TLS certificate is not valid now: clients will refuse it; serving it anyway"

@@ -169,7 +169,7 @@ pub(crate) fn unix(name: UnixName<'_>, ty: Type) -> Result<OwnedFd, Error> {
                     path: path.to_owned(),
                 }),
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    tracing::info!(path = %path.display(), "replacing stale Unix socket left by a process that is gone");
+                    crate::log::info!(path = %path.display(), "replacing stale Unix socket left by a process that is gone");
                     std::fs::remove_file(path).map_err(bind_err)?;
                     unix_once(&addr, ty).map_err(bind_err)
                 }
@@ -255,7 +255,7 @@ fn place(staged: &private::Staged, path: &Path) -> Result<(), Placed> {
         Ok(_) => match probe_unix(path) {
             Ok(true) => Err(Placed::InUse),
             Ok(false) => {
-                tracing::info!(path = %path.display(), "replacing stale Unix socket left by a process that is gone");
+                crate::log::info!(path = %path.display(), "replacing stale Unix socket left by a process that is gone");
                 staged.rename_to(path).map_err(Placed::Io)
             }
             Err(e) => Err(Placed::Io(e)),

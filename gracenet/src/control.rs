@@ -138,7 +138,7 @@ impl PathIdentity {
     /// it still leads to this socket).
     pub(crate) fn remove(&self) {
         if PathIdentity::of(&self.path).file.is_none() {
-            tracing::debug!(path = %self.path.display(), "the control socket's path names no socket of ours: nothing to remove");
+            crate::log::debug!(path = %self.path.display(), "the control socket's path names no socket of ours: nothing to remove");
             return;
         }
         let ours = match &self.bound {
@@ -146,14 +146,14 @@ impl PathIdentity {
             None => self.file.is_some() && PathIdentity::of(&self.path).file == self.file,
         };
         if !ours {
-            tracing::info!(
+            crate::log::info!(
                 path = %self.path.display(),
                 "leaving the control socket's path: the socket there is not this server's (another server made it since)"
             );
             return;
         }
         if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::debug!(path = %self.path.display(), error = %e, "cannot remove the control socket's path");
+            crate::log::debug!(path = %self.path.display(), error = %e, "cannot remove the control socket's path");
         }
     }
 }
@@ -567,13 +567,13 @@ pub(crate) mod server {
         use std::os::unix::fs::MetadataExt;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw() => {}
-            Ok(meta) if meta.file_type().is_socket() => tracing::warn!(
+            Ok(meta) if meta.file_type().is_socket() => crate::log::warn!(
                 path = %path.display(),
                 found = "another user's socket",
                 owner = meta.uid(),
                 "{UNREACHABLE}"
             ),
-            Ok(meta) => tracing::warn!(
+            Ok(meta) => crate::log::warn!(
                 path = %path.display(),
                 found = if meta.file_type().is_symlink() {
                     "a symlink"
@@ -582,7 +582,7 @@ pub(crate) mod server {
                 },
                 "{UNREACHABLE}"
             ),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "{UNREACHABLE}"),
+            Err(e) => crate::log::warn!(path = %path.display(), error = %e, "{UNREACHABLE}"),
         }
     }
 
@@ -631,7 +631,7 @@ pub(crate) mod server {
             (Err(reason), _) | (Ok(()), Err(reason)) => format!("error {reason}\n"),
             (Ok(()), Ok(command)) => {
                 if client_gone(&stream) {
-                    tracing::info!(
+                    crate::log::info!(
                         command = %command.chars().take(MAX_COMMAND).collect::<String>(),
                         "control socket: command not run: its client left before it was read"
                     );
@@ -669,7 +669,7 @@ pub(crate) mod server {
         if cred.uid() == ours || cred.uid() == 0 {
             Ok(())
         } else {
-            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a client");
+            crate::log::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a client");
             Err(format!(
                 "permission denied: uid {} may not control this server (uid {ours})",
                 cred.uid()
@@ -727,7 +727,7 @@ pub(crate) mod server {
     async fn run(command: &str, generation: &Generation, clients: &AtomicUsize) -> String {
         match command {
             "restart" | "restart again" => {
-                tracing::info!(
+                crate::log::info!(
                     generation = generation.number(),
                     again_after_hand_over = command != "restart",
                     "control socket: restart requested"

@@ -75,7 +75,7 @@ impl InheritedFds {
         match env::take_from_process()? {
             ListenEnv::Absent => Ok(Self::none()),
             ListenEnv::OtherProcess { listen_pid } => {
-                tracing::info!(
+                crate::log::info!(
                     listen_pid,
                     pid = std::process::id(),
                     "LISTEN_PID names another process: leaving the inherited fds alone"

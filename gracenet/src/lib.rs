@@ -139,6 +139,7 @@ mod inherited;
 mod json;
 #[cfg(feature = "tokio")]
 mod lifecycle;
+mod log;
 pub mod metrics;
 mod notify;
 #[cfg(feature = "tokio")]

@@ -37,7 +37,7 @@ impl Notifier {
             Some(name) => crate::sys::abstract_addr(name.as_bytes()),
             None if shown.starts_with('/') => SocketAddr::from_pathname(&shown),
             None => {
-                tracing::warn!(
+                crate::log::warn!(
                     notify_socket = %shown,
                     "NOTIFY_SOCKET is neither an absolute path nor @abstract: not notifying systemd"
                 );
@@ -47,7 +47,7 @@ impl Notifier {
         let addr = match addr {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(
+                crate::log::warn!(
                     notify_socket = %shown,
                     error = %e,
                     "NOTIFY_SOCKET is not a usable socket address: not notifying systemd"
@@ -66,7 +66,7 @@ impl Notifier {
                 value,
             }),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot create a socket to notify systemd");
+                crate::log::warn!(error = %e, "cannot create a socket to notify systemd");
                 None
             }
         }
@@ -119,7 +119,7 @@ impl Notifier {
     pub(crate) fn send(&self, lines: &[String]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
-            tracing::warn!(
+            crate::log::warn!(
                 socket = %self.shown,
                 lines = %message.replace('\n', " "),
                 error = %e,

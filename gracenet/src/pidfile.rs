@@ -93,12 +93,12 @@ pub(crate) fn remove_if_ours(path: &Path) {
             .unwrap_or(false);
     if !ours {
         if path.exists() {
-            tracing::info!(path = %path.display(), "leaving the PID file: it is not the one this process wrote, or names another process");
+            crate::log::info!(path = %path.display(), "leaving the PID file: it is not the one this process wrote, or names another process");
         }
         return;
     }
     if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file");
+        crate::log::warn!(path = %path.display(), error = %e, "cannot remove the PID file");
     }
 }
 
@@ -115,18 +115,18 @@ pub(crate) fn reclaim(path: &Path, dead: u32, stopping: bool) {
     if stopping {
         match std::fs::remove_file(path) {
             Ok(()) => {
-                tracing::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written")
+                crate::log::info!(path = %path.display(), pid = dead, "removed the PID file the killed next generation had written")
             }
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the PID file"),
+            Err(e) => crate::log::warn!(path = %path.display(), error = %e, "cannot remove the PID file"),
         }
     } else {
         match write(path) {
-            Ok(_) => tracing::info!(
+            Ok(_) => crate::log::info!(
                 path = %path.display(),
                 pid = dead,
                 "the PID file named the failed next generation: it names this process again"
             ),
-            Err(e) => tracing::warn!(error = %e, "cannot write the PID file again"),
+            Err(e) => crate::log::warn!(error = %e, "cannot write the PID file again"),
         }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) struct NotGraceParent {
 impl NotGraceParent {
     /// Logs why (info): a user who set `LISTEN_FDS` by hand learns their shell was spared.
     pub(crate) fn log(&self) {
-        tracing::info!(
+        crate::log::info!(
             parent = self.parent,
             reason = %self.reason,
             "LISTEN_FDS without LISTEN_PID, but the parent is not a Go grace parent: it is not sent SIGTERM when this process is ready"
@@ -132,7 +132,7 @@ impl ParentLink {
             let mut message = b"X".to_vec();
             message.extend(reason.as_bytes().iter().take(1024));
             if let Err(e) = nix::unistd::write(fd.as_fd(), &message) {
-                tracing::warn!(error = %e, "cannot tell the parent why we refuse");
+                crate::log::warn!(error = %e, "cannot tell the parent why we refuse");
             }
         }
     }
@@ -152,26 +152,30 @@ impl ParentLink {
         match self {
             ParentLink::Pipe(fd) => {
                 match nix::unistd::write(fd.as_fd(), b"R") {
-                    Ok(_) => tracing::debug!("told the parent we are ready (readiness channel)"),
-                    Err(e) => tracing::warn!(error = %e, "the parent is gone, nobody to tell we are ready"),
+                    Ok(_) => crate::log::debug!("told the parent we are ready (readiness channel)"),
+                    Err(e) => {
+                        crate::log::warn!(error = %e, "the parent is gone, nobody to tell we are ready")
+                    }
                 }
                 Some(fd)
             }
             ParentLink::GraceSignal(pid) => {
                 if nix::unistd::getppid() != pid {
                     // The parent has gone since (we were reparented): its pid may be anyone's.
-                    tracing::info!(
+                    crate::log::info!(
                         parent = pid.as_raw(),
                         "the Go grace parent is gone: nobody to tell we are ready"
                     );
                     return None;
                 }
                 match nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM) {
-                    Ok(()) => tracing::debug!(
+                    Ok(()) => crate::log::debug!(
                         parent = pid.as_raw(),
                         "told the parent we are ready (SIGTERM, as Go grace)"
                     ),
-                    Err(e) => tracing::warn!(parent = pid.as_raw(), error = %e, "cannot signal the parent"),
+                    Err(e) => {
+                        crate::log::warn!(parent = pid.as_raw(), error = %e, "cannot signal the parent")
+                    }
                 }
                 None
             }

@@ -197,7 +197,7 @@ impl SocketRegistry {
         let index = match inherited {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, name, "using the inherited socket of that name");
+                crate::log::debug!(addr = %entries[i].info.addr, name, "using the inherited socket of that name");
                 i
             }
             None => {
@@ -352,7 +352,7 @@ impl SocketRegistry {
             .map(|e| e.info.addr.to_string())
             .collect();
         if !unclaimed.is_empty() {
-            tracing::debug!(
+            crate::log::debug!(
                 count = unclaimed.len(),
                 addrs = %unclaimed.join(", "),
                 "passing on inherited sockets nobody asked for"
@@ -404,7 +404,7 @@ impl SocketRegistry {
         let index = match found {
             Some(i) => {
                 entries[i].claimed = true;
-                tracing::debug!(addr = %entries[i].info.addr, %kind, "using an inherited socket");
+                crate::log::debug!(addr = %entries[i].info.addr, %kind, "using an inherited socket");
                 i
             }
             None => {

@@ -152,11 +152,13 @@ pub(crate) fn startup() -> Result<&'static Startup, Error> {
 }
 
 fn read() -> Result<Startup, EnvError> {
-    tracing::debug!(platform = crate::sys::PLATFORM, "platform support");
+    crate::log::debug!(platform = crate::sys::PLATFORM, "platform support");
     if crate::sys::single_threaded() {
-        tracing::debug!("reading the inherited environment with one thread running: removing its variables");
+        crate::log::debug!(
+            "reading the inherited environment with one thread running: removing its variables"
+        );
     } else {
-        tracing::debug!(
+        crate::log::debug!(
             "reading the inherited environment with other threads running: leaving its variables in place (call gracenet::registry() before starting threads to remove them)"
         );
     }
@@ -189,7 +191,7 @@ fn read() -> Result<Startup, EnvError> {
         // A copy of a generation's variables, left in the environment of a process it
         // started (see take_var): they are that pid's, not ours.
         if ready_fd.is_some() || generation.is_some() {
-            tracing::debug!(
+            crate::log::debug!(
                 meant_for = pid,
                 "ignoring GRACE_READY_FD and GRACE_GENERATION meant for another process"
             );
@@ -233,7 +235,7 @@ fn read() -> Result<Startup, EnvError> {
         // Started ahead of a restart: everything so far (exec, the loader, main's first steps)
         // is done; the rest waits for the restart itself.
         if !link.wait_for_restart() {
-            tracing::debug!("the generation that started this standby let it go: exiting");
+            crate::log::debug!("the generation that started this standby let it go: exiting");
             std::process::exit(0);
         }
     }

@@ -411,3 +411,72 @@ async fn a_subprocess_started_by_a_handler_sees_only_fds_0_to_2() {
     let a = get_h1(port, "/fds").await.unwrap();
     assert_eq!(a.body, "0,1,2", "generation 2's subprocess");
 }
+
+/// The pid in the answer to `GET /pid` on a new connection (`None`: no answer).
+fn pid_answering(port: u16) -> Option<u32> {
+    let answer = exchange(port, b"GET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    answer.rsplit("\r\n\r\n").next()?.trim().parse().ok()
+}
+
+/// The log's reader goes away (a log collector that exits, `server 2>&1 | head`): the server
+/// still restarts on `SIGUSR2` and stops on `SIGTERM`. tracing-subscriber's `fmt()`, which
+/// httpprobe logs with, panics on every line from then on (it reports the failed write on
+/// stderr, which fails too); gracenet's and gracehttp's own lines must not take their task or
+/// thread down with them.
+#[test]
+fn a_log_pipe_whose_reader_is_gone_leaves_restarts_and_stops_working() {
+    use std::io::BufRead;
+    grace_tests::become_subreaper();
+    let mut cmd = command(HTTPPROBE, &[], &[]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("start httpprobe");
+    let first = PidGuard(child.id());
+    let mut stdout = child.stdout.take();
+    let stderr = child.stderr.take().expect("stderr piped");
+    // The serving line, read on a thread (bounded by DEADLINE below); then the pipes close.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.contains("Serving ") {
+                let _ = tx.send(line.clone());
+                return;
+            }
+            line.clear();
+        }
+    });
+    let serving = rx.recv_timeout(DEADLINE).expect("httpprobe's serving line");
+    reader.join().expect("the reader thread");
+    drop(stdout.take());
+    let Site { ports, .. } = grace_tests::parse_serving(&serving);
+    let port = ports[0];
+    // Every line from here fails to be written.
+    assert_eq!(
+        pid_answering(port),
+        Some(first.0),
+        "serving after the log's reader left"
+    );
+    grace_tests::signal(first.0, Signal::SIGUSR2);
+    let mut next = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            next = pid_answering(port).filter(|&p| p != first.0);
+            next.is_some()
+        }),
+        "SIGUSR2 restarted it: a new pid answers"
+    );
+    let next = PidGuard(next.expect("the new pid"));
+    assert!(
+        wait_until(DEADLINE, || !first.is_alive()),
+        "the old process drained and exited"
+    );
+    // Reaped here (its guard reaps it too, should the test fail before).
+    let _ = child.wait();
+    grace_tests::signal(next.0, Signal::SIGTERM);
+    assert!(
+        wait_until(DEADLINE, || !next.is_alive()),
+        "SIGTERM stopped the new one"
+    );
+}

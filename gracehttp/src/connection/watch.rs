@@ -228,7 +228,7 @@ impl<'a> Watch<'a> {
         let timeouts = self.timeouts();
         let verdict = check(&mut self.memory, &seen, &timeouts, || activity.unread_bytes());
         if let Some(why) = verdict.why {
-            tracing::debug!(reason = %why.describe(&timeouts), "the connection watch acts");
+            crate::log::debug!(reason = %why.describe(&timeouts), "the connection watch acts");
             if let Some(error) = why.peer_error() {
                 self.config.peer_errors.record(error);
             }

@@ -272,7 +272,7 @@ pub(crate) fn open_for_worker(
             match LoadTable::open(pid, fd) {
                 Ok(table) => Some((table, slot)),
                 Err(e) => {
-                    tracing::warn!(
+                    crate::log::warn!(
                         "worker {slot}: cannot open the primary's load table ({e}): accepting without balancing"
                     );
                     None

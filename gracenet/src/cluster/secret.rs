@@ -154,7 +154,7 @@ pub(crate) fn stop_at_this_process(var: Option<OsString>) {
     // SAFETY: the fd is only borrowed for these calls, which fail harmlessly if it is closed.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     if crate::sys::is_read_only_sealed(fd).unwrap_or(false) {
-        tracing::debug!(
+        crate::log::debug!(
             fd = fd.as_raw_fd(),
             "a copy of a cluster's secrets file meant for another process: close-on-exec"
         );

@@ -63,7 +63,7 @@ pub(crate) fn set_dir(notify_socket: Option<&OsStr>) {
         match private(dir) {
             Ok(()) => Some(dir.to_path_buf()),
             Err(why) => {
-                tracing::warn!(dir = %dir.display(), why, "cluster: not passing connections between workers");
+                crate::log::warn!(dir = %dir.display(), why, "cluster: not passing connections between workers");
                 None
             }
         }
@@ -159,7 +159,7 @@ impl Inbox {
         match bound() {
             Ok(inbox) => Some(inbox),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cluster: cannot make this listener's inbox: no connections are passed to it");
+                crate::log::warn!(path = %path.display(), error = %e, "cluster: cannot make this listener's inbox: no connections are passed to it");
                 None
             }
         }
@@ -180,14 +180,14 @@ impl Inbox {
             }
             if self.reserve.is_none() {
                 // At the limit: a connection read now could be lost. Senders serve their own.
-                tracing::warn!(path = %self.path.display(), "cluster: at the open files limit: no longer taking connections passed by other workers");
+                crate::log::warn!(path = %self.path.display(), "cluster: at the open files limit: no longer taking connections passed by other workers");
                 self.close();
                 continue;
             }
             let ready = match self.socket.ready(Interest::READABLE).await {
                 Ok(ready) => ready,
                 Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cluster: an inbox cannot be waited on: no longer taking connections");
+                    crate::log::warn!(path = %self.path.display(), error = %e, "cluster: an inbox cannot be waited on: no longer taking connections");
                     self.close();
                     continue;
                 }
@@ -204,7 +204,7 @@ impl Inbox {
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
+                    crate::log::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
                     self.close();
                 }
             }
@@ -220,7 +220,7 @@ impl Inbox {
         self.closed = true;
         if let Err(e) = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Read)
         {
-            tracing::debug!(path = %self.path.display(), error = %e, "cluster: cannot shut an inbox");
+            crate::log::debug!(path = %self.path.display(), error = %e, "cluster: cannot shut an inbox");
         }
         let _ = std::fs::remove_file(&self.path);
         // Read only with a free fd for each (at the limit the kernel would drop what it reads):
@@ -238,7 +238,7 @@ impl Inbox {
                 Ok(None) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
+                    crate::log::debug!(path = %self.path.display(), error = %e, "cluster: an inbox read failed");
                     break;
                 }
             }
@@ -280,7 +280,7 @@ impl Drop for Inbox {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
         left.retain(|fd| !pass_to_any(&others, fd, std::time::Instant::now() < deadline));
         if !left.is_empty() {
-            tracing::warn!(
+            crate::log::warn!(
                 connections = left.len(),
                 of = before,
                 "cluster: connections passed to a listener that closed without accepting them are closed: no other worker took them"
@@ -335,7 +335,7 @@ pub(crate) fn drain_listener(
         // SAFETY: accept4 just returned this fd; nothing else owns it.
         let connection = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         if !pass_to_any(&inboxes, &connection, false) {
-            tracing::warn!(
+            crate::log::warn!(
                 pid,
                 "cluster: no other worker has room for a connection taken from a worker that cannot accept: it waits for one"
             );
@@ -408,7 +408,9 @@ fn receive(socket: &impl AsFd) -> io::Result<Option<OwnedFd>> {
     let mut buf = [0u8; 8];
     let got = crate::sys::recv_with_fds(socket, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)?;
     if got.truncated {
-        tracing::warn!("cluster: a connection passed by another worker was lost: no fd free to receive it");
+        crate::log::warn!(
+            "cluster: a connection passed by another worker was lost: no fd free to receive it"
+        );
     }
     let mut fds = got.fds.into_iter();
     let fd = fds.next();
@@ -615,7 +617,7 @@ pub(crate) fn adopt(dir: &Path, pid: u32, listed: Option<&str>) -> HeldInboxes {
     let pidfd = match crate::sys::pidfd_open(pid) {
         Ok(pidfd) => pidfd,
         Err(e) => {
-            tracing::debug!(pid, error = %e, "cluster: cannot open a worker to copy its inboxes");
+            crate::log::debug!(pid, error = %e, "cluster: cannot open a worker to copy its inboxes");
             return HeldInboxes::default();
         }
     };
@@ -625,7 +627,7 @@ pub(crate) fn adopt(dir: &Path, pid: u32, listed: Option<&str>) -> HeldInboxes {
         let inbox = match crate::sys::pidfd_getfd(pidfd.as_fd(), fd) {
             Ok(inbox) => inbox,
             Err(e) => {
-                tracing::warn!(pid, error = %e, "cluster: cannot copy a worker's inbox: connections passed to it die with it if it fails");
+                crate::log::warn!(pid, error = %e, "cluster: cannot copy a worker's inbox: connections passed to it die with it if it fails");
                 continue;
             }
         };
@@ -633,7 +635,7 @@ pub(crate) fn adopt(dir: &Path, pid: u32, listed: Option<&str>) -> HeldInboxes {
             .ok()
             .and_then(|a| a.path().map(Path::to_path_buf));
         if bound.as_deref() != Some(path.as_path()) {
-            tracing::warn!(pid, fd, path = %path.display(), "cluster: a worker named as its inbox an fd that is not: not copied");
+            crate::log::warn!(pid, fd, path = %path.display(), "cluster: a worker named as its inbox an fd that is not: not copied");
             continue;
         }
         held.push((key.to_owned(), inbox, file_identity(&path)));

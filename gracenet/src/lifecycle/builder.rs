@@ -261,7 +261,7 @@ impl GenerationBuilder {
             let pid_file = settings.pid_file.take();
             let control_socket = settings.control_socket.take();
             if pid_file.is_some() || control_socket.is_some() {
-                tracing::debug!(
+                crate::log::debug!(
                     worker = worker.slot,
                     "the cluster's primary keeps the PID file and the control socket"
                 );
@@ -301,7 +301,7 @@ impl GenerationBuilder {
             served: super::shared::Padded::default(),
             closed: tokio::sync::Notify::new(),
         });
-        tracing::info!(generation = number, pid = std::process::id(), "starting");
+        crate::log::info!(generation = number, pid = std::process::id(), "starting");
         if let Some(note) = &startup.not_grace_parent {
             note.log();
         }

@@ -67,14 +67,16 @@ impl IdleLimit {
                 }
                 let after_s = limit.as_secs_f64();
                 match crate::sys::leave_idle_priority(Some(pid)) {
-                    Ok(threads) => tracing::info!(
+                    Ok(threads) => crate::log::info!(
                         next = number,
                         pid,
                         after_s,
                         threads,
                         "still starting at idle CPU priority: returned it to normal priority"
                     ),
-                    Err(e) => tracing::warn!(next = number, pid, error = %e, "{}", messages::NOT_FROM_IDLE),
+                    Err(e) => {
+                        crate::log::warn!(next = number, pid, error = %e, "{}", messages::NOT_FROM_IDLE)
+                    }
                 }
             }
         });
@@ -252,7 +254,7 @@ pub(super) async fn hand_final_state(shared: &Shared, successor: Option<&Child>,
         // This generation's predecessor's final state first (it may still be draining).
         let wait = shared.settings.stop_timeout + shared.settings.ready_timeout;
         if tokio::time::timeout(wait, merged).await.is_err() {
-            tracing::warn!(
+            crate::log::warn!(
                 generation = shared.number,
                 next,
                 wait_s = wait.as_secs_f64(),
@@ -289,20 +291,20 @@ fn log_handed(
 ) {
     let timeout_s = timeout.as_secs_f64();
     match (what, handed) {
-        (Handed::Snapshot, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the state over"),
-        (Handed::Final, Ok(Ok(bytes))) => tracing::info!(bytes, next, pid, "handed the final state over"),
+        (Handed::Snapshot, Ok(Ok(bytes))) => crate::log::info!(bytes, next, pid, "handed the state over"),
+        (Handed::Final, Ok(Ok(bytes))) => crate::log::info!(bytes, next, pid, "handed the final state over"),
         (Handed::Snapshot, Ok(Err(e))) => {
-            tracing::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED)
+            crate::log::warn!(next, pid, error = %e, "{}", messages::STATE_NOT_HANDED)
         }
         (Handed::Snapshot, Err(_)) => {
-            tracing::warn!(next, pid, timeout_s, "{}: timed out", messages::STATE_NOT_HANDED)
+            crate::log::warn!(next, pid, timeout_s, "{}: timed out", messages::STATE_NOT_HANDED)
         }
         // The writes acknowledged since the snapshot are lost with it.
         (Handed::Final, Ok(Err(e))) => {
-            tracing::error!(next, pid, error = %e, "{}", messages::FINAL_STATE_NOT_HANDED)
+            crate::log::error!(next, pid, error = %e, "{}", messages::FINAL_STATE_NOT_HANDED)
         }
         (Handed::Final, Err(_)) => {
-            tracing::error!(
+            crate::log::error!(
                 next,
                 pid,
                 timeout_s,
@@ -341,7 +343,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
     // the child is reaped, while its pid (the group's id) cannot be reused.
     let exited = child.process.has_exited();
     if let Err(e) = child.process.kill_group() {
-        tracing::warn!(next, pid, error = %e, "cannot kill the next generation's process group");
+        crate::log::warn!(next, pid, error = %e, "cannot kill the next generation's process group");
     }
     let (status, killed) = match child.process.try_wait() {
         Ok(Some(status)) => (Some(status), !exited),
@@ -360,7 +362,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
             format!("not ready after {:.1} s", timeout.as_secs_f64())
         }
         (ChildFailure::Unwanted, _) => {
-            tracing::info!(
+            crate::log::info!(
                 generation = number,
                 next,
                 pid,
@@ -370,7 +372,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
             return format!("generation {next} (pid {pid}) was not wanted");
         }
         (ChildFailure::Stopping { cause }, _) => {
-            tracing::warn!(
+            crate::log::warn!(
                 generation = number,
                 %cause,
                 next,
@@ -381,7 +383,7 @@ pub(super) async fn abandon(pending: Option<Child>, number: u64, pid: u32, failu
             return format!("generation {next} (pid {pid}) was killed: this generation is stopping");
         }
     };
-    tracing::error!(generation = number, next, pid, reason = %why, killed, "{}", messages::RESTART_FAILED);
+    crate::log::error!(generation = number, next, pid, reason = %why, killed, "{}", messages::RESTART_FAILED);
     format!("generation {next} (pid {pid}) {why}")
 }
 

@@ -122,7 +122,7 @@ impl Driver {
     async fn handle(&mut self, event: Event) {
         let mut events = vec![event];
         while let Some(event) = events.pop() {
-            tracing::trace!(?event, state = ?self.machine.state, "event");
+            crate::log::trace!(?event, state = ?self.machine.state, "event");
             let actions = self.machine.handle(event, Instant::now());
             for action in actions {
                 if let Some(next) = self.perform(action).await {
@@ -169,7 +169,7 @@ impl Driver {
             Action::RestartStarted { pid, timeout, woken } => {
                 self.shared.next_pid.store(pid, Ordering::Relaxed);
                 if !woken {
-                    tracing::info!(
+                    crate::log::info!(
                         generation = number,
                         next,
                         pid,
@@ -180,7 +180,7 @@ impl Driver {
             }
             Action::SpawnFailed { error } => {
                 self.restart_ended(RestartOutcome::SpawnFailed);
-                tracing::error!(generation = number, next, %error, "{}", messages::RESTART_FAILED);
+                crate::log::error!(generation = number, next, %error, "{}", messages::RESTART_FAILED);
             }
             Action::StillServing { why } => self.still_serving(&why),
             Action::AbandonChild { pid, failure } => {
@@ -199,7 +199,7 @@ impl Driver {
             }
             Action::HandOver { successor } => {
                 self.restart_ended(RestartOutcome::HandedOver);
-                tracing::info!(
+                crate::log::info!(
                     generation = number,
                     next,
                     pid = successor,
@@ -237,14 +237,14 @@ impl Driver {
                 let unfinished = self.shared.connections.receiver_count();
                 let pid = std::process::id();
                 if forced {
-                    tracing::info!(
+                    crate::log::info!(
                         generation = number,
                         pid,
                         unfinished,
                         "done: gave up on unfinished connections or tasks; exiting"
                     );
                 } else {
-                    tracing::info!(generation = number, pid, "done: drained; exiting");
+                    crate::log::info!(generation = number, pid, "done: drained; exiting");
                 }
                 self.shared.outcome.send_replace(Some(Outcome {
                     reason,
@@ -253,7 +253,7 @@ impl Driver {
                 }));
             }
             Action::LateStop { cause } => {
-                tracing::warn!(
+                crate::log::warn!(
                     generation = number,
                     %cause,
                     "stop signal after the drain ended: giving it its default action"
@@ -309,7 +309,7 @@ impl Driver {
                     .standby_pid
                     .store(pid, std::sync::atomic::Ordering::Relaxed);
                 // Logged once `status` names it.
-                tracing::info!(
+                crate::log::info!(
                     generation = number,
                     next = number + 1,
                     pid,
@@ -318,7 +318,7 @@ impl Driver {
                 Event::StandbyStarted { pid }
             }
             Err(e) => {
-                tracing::warn!(
+                crate::log::warn!(
                     generation = number,
                     error = %e,
                     "cannot start a standby: restarts will start a process"
@@ -371,7 +371,7 @@ impl Driver {
             return Err("there is none".to_owned());
         };
         let pid = standby.child.process.pid();
-        tracing::info!(
+        crate::log::info!(
             pid,
             generation = self.shared.number,
             started_s_ago = standby.started.elapsed().as_secs_f64(),
@@ -407,10 +407,10 @@ impl Driver {
             _ => "running".to_owned(),
         };
         if let Err(e) = child.process.kill_group() {
-            tracing::warn!(pid, error = %e, "cannot kill the standby's process group");
+            crate::log::warn!(pid, error = %e, "cannot kill the standby's process group");
         }
         let _ = child.process.kill();
-        tracing::info!(
+        crate::log::info!(
             pid,
             generation = self.shared.number,
             %status,
@@ -453,7 +453,7 @@ impl Driver {
             if let Some(path) = &self.shared.settings.pid_file {
                 crate::pidfile::remove_if_ours(path);
             }
-            tracing::info!(
+            crate::log::info!(
                 generation = self.shared.number,
                 connections,
                 timeout_s = timeout.as_secs_f64(),
@@ -469,39 +469,39 @@ impl Driver {
 fn log_note(number: u64, note: Note, connections: usize) {
     let next = number + 1;
     match note {
-        Note::Coalesced { pending: Some(pid) } => tracing::info!(
+        Note::Coalesced { pending: Some(pid) } => crate::log::info!(
             generation = number,
             next,
             pid,
             "restart requested while the next generation is starting: coalesced"
         ),
-        Note::Coalesced { pending: None } => tracing::info!(
+        Note::Coalesced { pending: None } => crate::log::info!(
             generation = number,
             next,
             "restart requested while the next generation is being started: coalesced"
         ),
         Note::RestartWhileStopping => {
-            tracing::info!(generation = number, "restart requested while stopping: ignored")
+            crate::log::info!(generation = number, "restart requested while stopping: ignored")
         }
-        Note::HeldUntilReady => tracing::info!(
+        Note::HeldUntilReady => crate::log::info!(
             generation = number,
             "restart requested before this generation is ready: it starts once ready"
         ),
-        Note::Queued => tracing::info!(
+        Note::Queued => crate::log::info!(
             generation = number,
             "restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
         ),
         Note::FromSuccessor { cause } => {
-            tracing::debug!(%cause, "ignoring a signal from the generation that took over")
+            crate::log::debug!(%cause, "ignoring a signal from the generation that took over")
         }
-        Note::KeepDraining { cause } => tracing::info!(
+        Note::KeepDraining { cause } => crate::log::info!(
             generation = number,
             %cause,
             "stop signal while draining after a restart: finishing the drain (the same signal again stops at once)"
         ),
-        Note::StoppedAccepting => tracing::info!(generation = number, connections, "stopped accepting"),
+        Note::StoppedAccepting => crate::log::info!(generation = number, connections, "stopped accepting"),
         Note::SuccessorExited { pid, status } => {
-            tracing::warn!(next, pid, %status, "the generation that took over exited")
+            crate::log::warn!(next, pid, %status, "the generation that took over exited")
         }
     }
 }

@@ -128,7 +128,7 @@ impl GracefulListener {
                         if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
                             self.shared.cannot_accept.store(true, Ordering::Relaxed);
                         }
-                        tracing::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
+                        crate::log::warn!(addr = %self.addr, error = %e, retry_in = ?backoff, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
                             _ = self.phase.changed() => {}
@@ -191,7 +191,7 @@ impl GracefulListener {
                 true
             }
             Err(e) => {
-                tracing::debug!(to = lightest.pid, error = %e, "cluster: cannot pass a connection on: serving it here");
+                crate::log::debug!(to = lightest.pid, error = %e, "cluster: cannot pass a connection on: serving it here");
                 false
             }
         }

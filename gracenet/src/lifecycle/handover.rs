@@ -415,7 +415,7 @@ impl Handover {
         match answer {
             Ok(Answer::Taken) => Ok(()),
             Ok(Answer::NotTaken(why)) => {
-                tracing::warn!(
+                crate::log::warn!(
                     next = self.next,
                     pid = self.pid,
                     reason = %why,
@@ -484,7 +484,7 @@ impl Handover {
         let first = !std::mem::replace(&mut lock(&self.waiting).closed, true);
         shut_down(self.raw);
         if first {
-            tracing::warn!(
+            crate::log::warn!(
                 next = self.next,
                 pid = self.pid,
                 reason = %why,
@@ -542,14 +542,14 @@ async fn read_answers(input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, next: 
         let offer = lock(&waiting).answers.remove(&id);
         match offer.map(|tx| tx.send(answer)) {
             Some(Ok(())) => {}
-            Some(Err(Answer::Taken)) => tracing::error!(
+            Some(Err(Answer::Taken)) => crate::log::error!(
                 next,
                 pid,
                 connection = id,
                 "the next generation took a connection whose hand_over call was cancelled: both processes may serve it"
             ),
             Some(Err(_)) => {}
-            None => tracing::warn!(
+            None => crate::log::warn!(
                 next,
                 pid,
                 connection = id,
@@ -563,9 +563,9 @@ async fn read_answers(input: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, next: 
         std::mem::take(&mut waiting.answers)
     };
     if left.is_empty() {
-        tracing::debug!(next, pid, %end, "the channel to the next generation ended");
+        crate::log::debug!(next, pid, %end, "the channel to the next generation ended");
     } else {
-        tracing::warn!(
+        crate::log::warn!(
             next,
             pid,
             %end,
@@ -708,7 +708,7 @@ impl InheritedConnections {
             // generation gave up on the channel and serves the connection itself (dropping
             // `conn` closes this copy only).
             if let Err(e) = answer(self.answers.as_ref().as_ref(), TAKEN, id, 0).await {
-                tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
+                crate::log::warn!(error = %e, "receiving handed-over connections failed: taking no more");
                 let mut queue = lock_queue(&self.inbox);
                 queue.ended = true;
                 queue.offered.clear();
@@ -784,7 +784,7 @@ async fn read_frames(
                 Ok(Received::Final(len)) => {
                     let got = read_final(&mut input, len, last.as_ref().map_or(0, |l| l.max)).await;
                     if let Err(e) = &got {
-                        tracing::warn!(error = %e, "the previous generation's final state was not taken");
+                        crate::log::warn!(error = %e, "the previous generation's final state was not taken");
                     }
                     if let Some(slot) = last.take() {
                         let _ = slot.tx.send(got);
@@ -792,7 +792,7 @@ async fn read_frames(
                 }
                 Ok(Received::End) => break "the previous generation closed the channel".to_owned(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "receiving handed-over connections failed: taking no more");
+                    crate::log::warn!(error = %e, "receiving handed-over connections failed: taking no more");
                     break e.to_string();
                 }
             }
@@ -903,10 +903,10 @@ async fn receive(channel: &mut OwnedReadHalf, answers: &UnixStream) -> io::Resul
             match id {
                 None => {
                     // An older gracenet's frame: nobody to answer.
-                    tracing::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
+                    crate::log::warn!(reason = %why, "{}: it is lost", super::messages::CONNECTION_NOT_TAKEN);
                 }
                 Some(id) => {
-                    tracing::warn!(
+                    crate::log::warn!(
                         reason = %why,
                         "{}: it stays with the previous generation",
                         super::messages::CONNECTION_NOT_TAKEN

@@ -55,7 +55,7 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                 // (their listeners are in its SO_REUSEPORT group): they stop, as a unicorn
                 // worker whose master is gone does.
                 primary_gone = true;
-                tracing::error!(primary, "the cluster's primary is gone: stopping");
+                crate::log::error!(primary, "the cluster's primary is gone: stopping");
                 // What it left in its private directory (it was killed: no cleanup): its
                 // notify socket; the last worker's inbox to go removes the directory.
                 crate::cluster::transfer::primary_gone();

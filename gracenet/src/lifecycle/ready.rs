@@ -32,7 +32,7 @@ impl Generation {
             // Stopped before it was ready (a supervisor stops a stray generation so): it will
             // not serve, so it must not claim the PID file or the main pid. The link is
             // dropped: a parent that waits sees it close and keeps serving.
-            tracing::info!(
+            crate::log::info!(
                 generation = self.shared.number,
                 "stopped before it was ready: not reporting ready"
             );
@@ -88,14 +88,14 @@ impl Generation {
         let _ = self.shared.requests.send(Request::Ready);
         let (generation, addrs) = (self.shared.number, addrs.join(", "));
         if self.shared.settings.announce {
-            tracing::info!(generation, pid, %addrs, "{}", messages::SERVING);
+            crate::log::info!(generation, pid, %addrs, "{}", messages::SERVING);
         } else {
-            tracing::debug!(generation, pid, %addrs, "{}", messages::SERVING);
+            crate::log::debug!(generation, pid, %addrs, "{}", messages::SERVING);
         }
         let unclaimed = self.registry().unclaimed();
         if !unclaimed.is_empty() {
             let list: Vec<String> = unclaimed.iter().map(ToString::to_string).collect();
-            tracing::warn!(
+            crate::log::warn!(
                 addrs = %list.join(", "),
                 "inherited sockets nobody serves: connections to them wait unanswered (kept to pass on at the next restart); does the program ask for the addresses it was given?"
             );
@@ -131,7 +131,7 @@ impl Generation {
                         crate::supervisor::protocol::send_ready(notifier, lines, self.shared.number, handoff)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot copy the sockets for the supervisor");
+                        crate::log::warn!(error = %e, "cannot copy the sockets for the supervisor");
                         notifier.send(&lines);
                     }
                 }
@@ -144,8 +144,8 @@ impl Generation {
 /// Returns this process from the idle CPU priority the generation before started it at.
 fn leave_idle_start() {
     match crate::sys::leave_idle_priority(None) {
-        Ok(threads) => tracing::debug!(threads, "left the idle CPU priority this generation started at"),
-        Err(e) => tracing::error!(
+        Ok(threads) => crate::log::debug!(threads, "left the idle CPU priority this generation started at"),
+        Err(e) => crate::log::error!(
             error = %e,
             "cannot leave the idle CPU priority this generation started at: it serves at idle \
              priority; give it CAP_SYS_NICE or an RLIMIT_NICE of 20 (systemd: LimitNICE=20), or \

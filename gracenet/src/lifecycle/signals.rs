@@ -90,6 +90,6 @@ pub(crate) fn default_action(cause: StopCause) {
         StopCause::Call => return,
     };
     if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
-        tracing::warn!(%cause, error = %e, "cannot apply the default action of the signal");
+        crate::log::warn!(%cause, error = %e, "cannot apply the default action of the signal");
     }
 }

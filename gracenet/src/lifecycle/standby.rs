@@ -67,7 +67,7 @@ impl StandbyWake {
         if self.idle {
             // Its remaining start is the restart's now: at normal priority before it runs.
             if let Err(e) = crate::sys::leave_idle_priority(Some(self.pid)) {
-                tracing::warn!(standby = self.pid, error = %e, "{}", super::messages::NOT_FROM_IDLE);
+                crate::log::warn!(standby = self.pid, error = %e, "{}", super::messages::NOT_FROM_IDLE);
             }
         }
         loop {

@@ -204,7 +204,7 @@ impl Generation {
             // A pipe, from an older gracenet: neither connections nor a final state.
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the channel from the previous generation");
+                crate::log::warn!(error = %e, "cannot read the channel from the previous generation");
                 return;
             }
         };
@@ -230,7 +230,7 @@ impl Generation {
             tokio::time::sleep(super::CLAIM_WINDOW).await;
             let unclaimed = shared.inbox.lock().unwrap_or_else(|p| p.into_inner()).take();
             if unclaimed.is_some() {
-                tracing::info!(
+                crate::log::info!(
                     window_ms = super::CLAIM_WINDOW.as_millis() as u64,
                     "connections the previous generation hands over were not asked for (Generation::inherited_connections): it keeps them"
                 );
@@ -373,7 +373,7 @@ impl Generation {
     pub fn refuse(&self, reason: &str) {
         let link = self.take_link();
         if let Some(link) = link {
-            tracing::error!(%reason, "refusing what the previous generation handed over");
+            crate::log::error!(%reason, "refusing what the previous generation handed over");
             link.refuse(reason);
         }
     }

@@ -86,7 +86,7 @@ fn resolve() -> Result<Executable, String> {
             let exe = std::env::current_exe().map_err(|e| {
                 format!("argv[0] {argv0:?} is not an executable file here or in PATH, and /proc/self/exe cannot be read: {e}")
             })?;
-            tracing::warn!(
+            crate::log::warn!(
                 argv0 = ?argv0,
                 exe = %exe.display(),
                 "argv[0] does not name an executable file; restarts will run exe"

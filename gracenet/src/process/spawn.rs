@@ -239,7 +239,7 @@ fn spawn_exec(
                 // for as long as busier threads kept the core (milliseconds, under load).
                 crate::sys::enter_idle_priority(Some(pid.as_raw() as u32));
             }
-            tracing::debug!(pid = pid.as_raw(), program = %exe.path.display(), "started the next process");
+            crate::log::debug!(pid = pid.as_raw(), program = %exe.path.display(), "started the next process");
             Ok(child)
         }
     }

@@ -50,7 +50,7 @@ impl Children {
             // Gone already: the next look at exits finds it.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
             Err(e) => {
-                tracing::warn!(
+                crate::log::warn!(
                     supervisor = self.me,
                     pid,
                     error = %e,
@@ -105,7 +105,7 @@ impl Children {
                 Err(_) => return,
                 Ok(_) => continue,
             };
-            tracing::debug!(
+            crate::log::debug!(
                 supervisor = self.me,
                 pid = pid.as_raw(),
                 status = %describe(code),
@@ -144,7 +144,7 @@ impl Children {
 /// Sends `signal` to `pid`, logging a failure (`me` is the sender, for the log).
 pub(crate) fn signal_pid(me: u32, pid: u32, signal: Signal) {
     if let Err(e) = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal) {
-        tracing::warn!(supervisor = me, pid, %signal, error = %e, "cannot send a signal");
+        crate::log::warn!(supervisor = me, pid, %signal, error = %e, "cannot send a signal");
     }
 }
 

@@ -19,14 +19,14 @@ impl Supervisor {
             self.read_notifications();
         }
         let Some(serving) = self.serving.take_if(|s| s.pid == pid) else {
-            tracing::debug!(supervisor = self.me, pid, status = %shown, "a previous generation ended");
+            crate::log::debug!(supervisor = self.me, pid, status = %shown, "a previous generation ended");
             return;
         };
         let n = serving.number;
         let by_forwarded_signal =
             code.is_some_and(|c| serving.forwarded.iter().any(|&s| c == 128 + s as i32));
         if self.stopping.is_some() || serving.stopping || code == Some(0) || by_forwarded_signal {
-            tracing::info!(
+            crate::log::info!(
                 supervisor = self.me,
                 generation = n,
                 pid,
@@ -40,7 +40,7 @@ impl Supervisor {
         }
         crate::metrics::supervisor_crash();
         if !serving.ready && n == 1 {
-            tracing::error!(
+            crate::log::error!(
                 supervisor = self.me,
                 generation = n,
                 pid,
@@ -51,7 +51,7 @@ impl Supervisor {
             return;
         }
         // Its successors still starting (orphans now) are stopped: the restart replaces it.
-        tracing::error!(
+        crate::log::error!(
             supervisor = self.me,
             generation = n,
             pid,
@@ -67,7 +67,7 @@ impl Supervisor {
     pub(super) fn crashed(&mut self, next: u64, code: Option<i32>) {
         match self.crashes.record(Instant::now()) {
             AfterCrash::Restart(delay) => {
-                tracing::error!(
+                crate::log::error!(
                     supervisor = self.me,
                     next,
                     delay_ms = delay.as_millis() as u64,
@@ -77,7 +77,7 @@ impl Supervisor {
                 self.restart_at = Some(Instant::now() + delay);
             }
             AfterCrash::GiveUp { crashes } => {
-                tracing::error!(
+                crate::log::error!(
                     supervisor = self.me,
                     crashes,
                     window_s = self.crashes.window().as_secs(),
@@ -100,7 +100,7 @@ impl Supervisor {
                         "STATUS=Restarted after a crash: generation {number} starting with pid {pid}"
                     )]);
                 }
-                tracing::info!(
+                crate::log::info!(
                     supervisor = self.me,
                     generation = number,
                     pid,
@@ -108,7 +108,7 @@ impl Supervisor {
                 );
             }
             Err(e) => {
-                tracing::error!(
+                crate::log::error!(
                     supervisor = self.me,
                     generation = number,
                     error = %e,
@@ -128,7 +128,7 @@ impl Supervisor {
             self.held_restart = false;
             self.kill_at = Some(Instant::now() + KILL_AFTER);
             if self.restart_at.take().is_some() {
-                tracing::info!(
+                crate::log::info!(
                     supervisor = self.me,
                     reason = why,
                     "stopping: not restarting after the crash"
@@ -145,7 +145,7 @@ impl Supervisor {
         others.dedup();
         for pid in others.into_iter().filter(|&p| Some(p) != serving) {
             if crate::sys::is_running(pid) {
-                tracing::info!(
+                crate::log::info!(
                     supervisor = self.me,
                     reason = why,
                     pid,
@@ -165,7 +165,7 @@ impl Supervisor {
         left.dedup();
         for pid in left.into_iter().filter(|&p| crate::sys::is_running(p)) {
             if !self.killed.contains(&pid) {
-                tracing::warn!(
+                crate::log::warn!(
                     supervisor = self.me,
                     pid,
                     after_s = KILL_AFTER.as_secs(),

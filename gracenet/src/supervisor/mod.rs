@@ -268,18 +268,18 @@ impl Files {
                         ) =>
                 {
                     match std::fs::remove_file(path) {
-                        Ok(()) => tracing::info!(
+                        Ok(()) => crate::log::info!(
                             supervisor = me,
                             path = %path.display(),
                             named = pid,
                             "removed the PID file a generation left (it names a generation that is gone)"
                         ),
                         Err(e) => {
-                            tracing::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file")
+                            crate::log::warn!(supervisor = me, path = %path.display(), error = %e, "cannot remove the PID file")
                         }
                     }
                 }
-                _ => tracing::info!(
+                _ => crate::log::info!(
                     supervisor = me,
                     path = %path.display(),
                     "leaving the PID file: it names no generation of this supervisor's that is gone"
@@ -353,7 +353,7 @@ impl Supervisor {
 
     fn start_first(&mut self) -> Result<(), Error> {
         let pid = self.spawn(1)?;
-        tracing::info!(
+        crate::log::info!(
             supervisor = self.me,
             generation = 1,
             pid,
@@ -438,7 +438,7 @@ impl Supervisor {
             return None;
         }
         let code = self.exit_code;
-        tracing::info!(supervisor = self.me, code, "every generation has exited: exiting");
+        crate::log::info!(supervisor = self.me, code, "every generation has exited: exiting");
         self.files.remove(self.me, &self.store);
         if let Some(up) = &self.upstream {
             up.send(&["STOPPING=1".into(), format!("STATUS=Exited ({code})")]);
@@ -486,12 +486,12 @@ impl Supervisor {
             Signal::SIGTERM | Signal::SIGINT => self.stop_all(signal, signal.as_ref()),
             Signal::SIGUSR2 => match self.serving.as_mut() {
                 _ if self.stopping.is_some() => {
-                    tracing::info!(supervisor = self.me, "SIGUSR2 while stopping: ignored");
+                    crate::log::info!(supervisor = self.me, "SIGUSR2 while stopping: ignored");
                 }
                 Some(serving) if serving.ready => forward(self.me, serving, signal),
                 _ => {
                     self.held_restart = true;
-                    tracing::info!(
+                    crate::log::info!(
                         supervisor = self.me,
                         "SIGUSR2 before the serving generation is ready: holding it until then"
                     );
@@ -509,7 +509,7 @@ impl Supervisor {
 /// Sends `signal` to the serving generation.
 fn forward(me: u32, serving: &mut Serving, signal: Signal) {
     let pid = serving.pid;
-    tracing::info!(
+    crate::log::info!(
         supervisor = me,
         pid,
         %signal,

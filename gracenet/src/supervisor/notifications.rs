@@ -13,7 +13,7 @@ use super::{Serving, Stray, Supervisor, forward, signal_pid};
 impl Supervisor {
     pub(super) fn read_notifications(&mut self) {
         for (pid, suppressed) in self.flood.take_reports(std::time::Instant::now()) {
-            tracing::warn!(
+            crate::log::warn!(
                 supervisor = self.me,
                 sender = pid,
                 suppressed,
@@ -29,7 +29,7 @@ impl Supervisor {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(supervisor = self.me, error = %e, "the notify socket failed");
+                    crate::log::warn!(supervisor = self.me, error = %e, "the notify socket failed");
                     return;
                 }
             };
@@ -50,7 +50,7 @@ impl Supervisor {
                 // One line per 10 s at most, with the count since the last.
                 self.foreign.0 += 1;
                 if std::time::Instant::now() >= self.foreign.1 {
-                    tracing::warn!(
+                    crate::log::warn!(
                         supervisor = self.me,
                         sender = ?received.sender,
                         ignored = self.foreign.0,
@@ -61,7 +61,7 @@ impl Supervisor {
                 continue;
             }
             if received.truncated {
-                tracing::warn!(
+                crate::log::warn!(
                     supervisor = self.me,
                     sender = ?received.sender,
                     limit = crate::sys::MAX_FDS_PER_MESSAGE,
@@ -76,7 +76,7 @@ impl Supervisor {
         let number = message.value(protocol::GENERATION).and_then(|n| n.parse().ok());
         let from_stray = |strays: &[u32], pid: u32| strays.contains(&pid);
         if sender.is_some_and(|p| from_stray(&self.strays, p as u32)) {
-            tracing::debug!(supervisor = self.me, sender = ?sender, "ignoring a stopped stray's notification");
+            crate::log::debug!(supervisor = self.me, sender = ?sender, "ignoring a stopped stray's notification");
             return;
         }
         if let Some(pid) = message.value("MAINPID").and_then(|p| p.parse::<u32>().ok())
@@ -94,7 +94,7 @@ impl Supervisor {
                 serving.ready = true;
                 if self.held_restart && self.stopping.is_none() {
                     self.held_restart = false;
-                    tracing::info!(
+                    crate::log::info!(
                         supervisor = self.me,
                         generation = serving.number,
                         pid = serving.pid,
@@ -115,7 +115,7 @@ impl Supervisor {
                 if names.len() == fds.len() {
                     self.store = fds.into_iter().zip(names).collect();
                 } else {
-                    tracing::warn!(
+                    crate::log::warn!(
                         supervisor = self.me,
                         generation = serving.number,
                         pid = serving.pid,
@@ -167,7 +167,7 @@ impl Supervisor {
         }
         let number = number.or(previous.map(|(_, n)| n + 1)).unwrap_or(1);
         if let Some((old, _)) = previous {
-            tracing::info!(
+            crate::log::info!(
                 supervisor = self.me,
                 generation = number,
                 pid,
@@ -201,20 +201,20 @@ impl Supervisor {
         }
         let me = self.me;
         match why {
-            Stray::NotTheSuccessor { serving, parent } => tracing::warn!(
+            Stray::NotTheSuccessor { serving, parent } => crate::log::warn!(
                 supervisor = me,
                 pid,
                 serving,
                 parent,
                 "stopping a stray generation: it is ready while another serves, and it is not that one's successor"
             ),
-            Stray::Outrun { serving } => tracing::warn!(
+            Stray::Outrun { serving } => crate::log::warn!(
                 supervisor = me,
                 pid,
                 serving,
                 "stopping a stray generation: another process became ready first and serves in its place"
             ),
-            Stray::Orphan { parent } => tracing::warn!(
+            Stray::Orphan { parent } => crate::log::warn!(
                 supervisor = me,
                 pid,
                 parent,

@@ -104,7 +104,7 @@ pub(crate) fn send_ready(notifier: &Notifier, mut lines: Vec<String>, number: u6
         .map(|(fd, _)| std::os::fd::AsRawFd::as_raw_fd(fd))
         .collect();
     if let Err(e) = notifier.send_with_fds(&with_fds, &fds) {
-        tracing::warn!(
+        crate::log::warn!(
             generation = number,
             error = %e,
             "cannot give the supervisor a copy of the listening sockets: it cannot restart this generation after a crash"

@@ -29,7 +29,7 @@ fn held() -> SigSet {
 pub(crate) fn hold() {
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&held()), None) {
         // Only EINVAL, for a bad `how`: not reachable with the constant above.
-        tracing::warn!(error = %e, "cannot block the supervisor's signals while it starts");
+        crate::log::warn!(error = %e, "cannot block the supervisor's signals while it starts");
     }
 }
 
@@ -38,7 +38,7 @@ pub(crate) fn hold() {
 /// them blocked, so the handlers run on this thread, the supervisor's own.
 pub(crate) fn release() {
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None) {
-        tracing::warn!(error = %e, "cannot unblock the supervisor's signals");
+        crate::log::warn!(error = %e, "cannot unblock the supervisor's signals");
     }
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn unblock(signals: &[Signal]) {
         set.add(signal);
     }
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None) {
-        tracing::warn!(error = %e, "cannot unblock the signals this thread handles");
+        crate::log::warn!(error = %e, "cannot unblock the signals this thread handles");
     }
 }
 

@@ -39,7 +39,7 @@ fn authorised(stream: &UnixStream) -> Result<(), String> {
     if cred.uid() == ours || cred.uid() == 0 {
         Ok(())
     } else {
-        tracing::warn!(
+        crate::log::warn!(
             uid = cred.uid(),
             "control socket: refused a client of another user"
         );
@@ -101,7 +101,7 @@ impl Primary {
             if let Some(e) = failed {
                 // Out of fds (EMFILE, ENFILE) or memory: the client waits in the backlog
                 // while this backs off, instead of a busy loop of errors.
-                tracing::warn!(
+                crate::log::warn!(
                     primary = self.me,
                     error = %e,
                     retry_ms = self.control_backoff.as_millis() as u64,
@@ -175,7 +175,7 @@ impl Primary {
             .partition(|r| now + COMMAND_TIMEOUT >= r.deadline + GIVE_WAY_AFTER);
         self.reading = keep;
         if !late.is_empty() {
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 clients = late.len(),
                 "control socket: let go of clients that sent no whole command while others waited"
@@ -231,7 +231,7 @@ impl Primary {
                     && command != "status json"
                     && crate::control::client_gone(stream.as_fd()) =>
             {
-                tracing::info!(
+                crate::log::info!(
                     primary = self.me,
                     command = %command.chars().take(MAX_COMMAND).collect::<String>(),
                     "control socket: command not run: its client left before it was read"
@@ -240,7 +240,7 @@ impl Primary {
             }
             Ok(()) => match command.as_str() {
                 "restart" | "restart again" => {
-                    tracing::info!(primary = self.me, "control socket: rolling restart requested");
+                    crate::log::info!(primary = self.me, "control socket: rolling restart requested");
                     self.restart(Waiter::Client(stream));
                     return;
                 }

@@ -120,13 +120,13 @@ impl Primary {
             if is_reuseport_listener(fd)
                 && let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &program)
             {
-                tracing::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
+                crate::log::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
                 self.stop_steering();
                 return;
             }
         }
         if want.is_some() || self.steered.is_some() {
-            tracing::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
+            crate::log::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
         }
         self.steered = want;
     }
@@ -178,14 +178,14 @@ impl Primary {
         });
         match copy {
             Ok(copy) => {
-                tracing::debug!(
+                crate::log::debug!(
                     primary = self.me,
                     slot = kept,
                     "cluster: scaling down: a kept slot's listeners take the place of the removed slot's that the store held"
                 );
                 self.store = Some(copy);
             }
-            Err(e) => tracing::warn!(
+            Err(e) => crate::log::warn!(
                 primary = self.me,
                 error = %e,
                 "cluster: scaling down: a removed slot holds the store's listeners and no kept slot can take their place"
@@ -234,7 +234,7 @@ impl Primary {
                 if socket_id(fd).is_none_or(|id| store_ids.contains(&id)) {
                     // The store's own listener (the first worker's, or systemd's): kept open
                     // for the siblings to come, and in the group as it was.
-                    tracing::debug!(
+                    crate::log::debug!(
                         primary = self.me,
                         slot,
                         "cluster: scaling down: a removed slot holds the store's own listener"
@@ -251,7 +251,7 @@ impl Primary {
         // (The machine's slots are the kept ones already.)
         let kept = self.live_indexes();
         if kept.is_empty() {
-            tracing::debug!(
+            crate::log::debug!(
                 primary = self.me,
                 "cluster: scaling down: no kept worker serves to steer to"
             );
@@ -259,7 +259,7 @@ impl Primary {
         }
         for (fd, _) in store.iter().filter(|(fd, _)| is_reuseport_listener(fd)) {
             if let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &kept) {
-                tracing::warn!(primary = self.me, error = %e, "cluster: scaling down: cannot steer new connections away from the removed workers");
+                crate::log::warn!(primary = self.me, error = %e, "cluster: scaling down: cannot steer new connections away from the removed workers");
                 return false;
             }
         }
@@ -277,7 +277,7 @@ impl Primary {
             fresh: true,
             phase: Phase::HandingOver(Instant::now()),
         });
-        tracing::debug!(
+        crate::log::debug!(
             primary = self.me,
             "cluster: scaling down: nothing more is steered to the removed workers; they accept what is queued for them"
         );
@@ -326,7 +326,7 @@ impl Primary {
                 continue;
             }
             if queued > 0 {
-                tracing::warn!(
+                crate::log::warn!(
                     primary = me,
                     queued,
                     pids = ?l.pids,
@@ -335,7 +335,7 @@ impl Primary {
                 );
             }
             for &pid in &l.pids {
-                tracing::info!(primary = me, pid, "cluster: stopping a worker");
+                crate::log::info!(primary = me, pid, "cluster: stopping a worker");
                 signal_pid(me, pid, Signal::SIGTERM);
             }
             l.phase = Phase::Stopped(now + crate::supervisor::KILL_AFTER);
@@ -371,7 +371,7 @@ impl Primary {
                 for fd in &fds {
                     if let Err(e) = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Read) {
                         // Which listener is which is no longer known.
-                        tracing::warn!(primary = self.me, error = %e, "cluster: cannot shut a removed worker's listener");
+                        crate::log::warn!(primary = self.me, error = %e, "cluster: cannot shut a removed worker's listener");
                         self.stop_steering();
                     }
                 }
@@ -389,7 +389,7 @@ impl Primary {
                     // Steered anew over the new numbering by `steer` (a value it never wants).
                     self.steered = Some(Vec::new());
                 }
-                tracing::debug!(primary = self.me, index = ?index, "cluster: a removed worker's listeners left their groups");
+                crate::log::debug!(primary = self.me, index = ?index, "cluster: a removed worker's listeners left their groups");
             }
         }
     }
@@ -410,7 +410,7 @@ impl Primary {
         }
         for (fd, _) in store.iter().filter(|(fd, _)| is_reuseport_listener(fd)) {
             if let Err(e) = crate::sys::steer_reuseport(fd.as_fd(), &live) {
-                tracing::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
+                crate::log::warn!(primary = self.me, error = %e, "cluster: cannot steer new connections to the serving workers: the kernel's hash decides");
                 self.stop_steering();
                 return;
             }
@@ -437,7 +437,7 @@ impl Primary {
         if let Some(store) = &self.store {
             for (fd, _) in store.iter().filter(|(fd, _)| is_reuseport_listener(fd)) {
                 if let Err(e) = crate::sys::unsteer_reuseport(fd.as_fd()) {
-                    tracing::debug!(primary = self.me, error = %e, "cluster: cannot detach the steering program");
+                    crate::log::debug!(primary = self.me, error = %e, "cluster: cannot detach the steering program");
                 }
             }
         }

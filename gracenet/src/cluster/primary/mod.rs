@@ -201,7 +201,7 @@ impl Primary {
                 Some(table)
             }
             Err(e) => {
-                tracing::warn!(
+                crate::log::warn!(
                     primary = me,
                     error = %e, "cannot make the load table: workers accept without balancing"
                 );
@@ -217,7 +217,7 @@ impl Primary {
                 ));
             }
             Err(e) => {
-                tracing::warn!(
+                crate::log::warn!(
                     primary = me,
                     error = %e, "cannot make the workers' shared secret: each worker makes keys of its own (a TLS session resumes only on the worker that began it)"
                 );
@@ -274,7 +274,7 @@ impl Primary {
     fn warn_if_cores_shared(&self, workers: usize) {
         let cores = super::default_workers();
         if workers > cores {
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 workers,
                 cores,
@@ -287,7 +287,7 @@ impl Primary {
     }
 
     pub(crate) fn run(mut self) -> Result<i32, Error> {
-        tracing::info!(
+        crate::log::info!(
             primary = self.me,
             workers = self.machine.settings.workers,
             "cluster: starting {} worker(s)",
@@ -300,7 +300,7 @@ impl Primary {
             // The machine refuses such a scale; at the start, the operator asked for it: it
             // goes ahead, said plainly (the primary, out of fds, may leave control commands
             // unanswered and fail to replace a worker).
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 workers,
                 room,
@@ -359,7 +359,7 @@ impl Primary {
     fn take_inboxes_over(&mut self, pid: u32, held: super::transfer::HeldInboxes) {
         let (taken, passed) = super::transfer::take_over(&self.notify_dir, pid, held, &mut self.unpassed);
         if taken > 0 {
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 pid,
                 taken,
@@ -426,7 +426,7 @@ impl Primary {
         let takers = self.takers();
         let passed = self.unpassed.pass_on(&self.notify_dir, &takers);
         if passed > 0 {
-            tracing::info!(
+            crate::log::info!(
                 primary = self.me,
                 passed,
                 waiting = self.unpassed.len(),
@@ -456,7 +456,7 @@ impl Primary {
             if let Some(held) = self.inboxes.get(&w.pid) {
                 let passed = held.drain(&self.notify_dir, w.pid, 64, &takers, &mut self.unpassed);
                 if passed > 0 {
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         slot,
                         pid = w.pid,
@@ -478,7 +478,7 @@ impl Primary {
                     &mut self.unpassed,
                 );
                 if passed > 0 {
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         slot,
                         pid = w.pid,
@@ -497,7 +497,7 @@ impl Primary {
         if !self.children.none_watched() || self.children.any_left() {
             return None;
         }
-        tracing::info!(
+        crate::log::info!(
             primary = self.me,
             code,
             "cluster: every worker has exited: exiting"
@@ -514,7 +514,7 @@ impl Primary {
             crate::pidfile::remove_if_ours(path);
         }
         if !self.unpassed.is_empty() {
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 connections = self.unpassed.len(),
                 "cluster: closing connections taken from workers that no other worker had room for"
@@ -601,19 +601,19 @@ impl Primary {
             match action {
                 Action::Start { slot, id } => self.start(slot, id),
                 Action::Restart { slot, pid } => {
-                    tracing::info!(primary = self.me, slot, pid, "cluster: restarting a worker");
+                    crate::log::info!(primary = self.me, slot, pid, "cluster: restarting a worker");
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::Stop { pid } => {
                     if self.defer_stop(pid) {
-                        tracing::info!(
+                        crate::log::info!(
                             primary = self.me,
                             pid,
                             "cluster: scaling down: the worker accepts what is queued for it before it stops"
                         );
                         continue;
                     }
-                    tracing::info!(primary = self.me, pid, "cluster: stopping a worker");
+                    crate::log::info!(primary = self.me, pid, "cluster: stopping a worker");
                     signal_pid(self.me, pid, Signal::SIGTERM);
                 }
                 Action::Kill { pid, why } => {
@@ -633,11 +633,11 @@ impl Primary {
                         KillReason::Superseded => None,
                     };
                     match why {
-                        Some(why) => tracing::error!(
+                        Some(why) => crate::log::error!(
                             primary = self.me,
                             pid, reason = %why, "cluster: stopping a worker to replace it"
                         ),
-                        None => tracing::info!(
+                        None => crate::log::info!(
                             primary = self.me,
                             pid,
                             "cluster: rolling restart: a worker still starting from the program from before is replaced by a fresh one"
@@ -652,7 +652,7 @@ impl Primary {
                 }
                 Action::ForceKill { pid } => {
                     if crate::sys::is_running(pid) {
-                        tracing::warn!(
+                        crate::log::warn!(
                             primary = self.me,
                             pid,
                             grace_ms = KILL_GRACE.as_millis() as u64,
@@ -662,7 +662,7 @@ impl Primary {
                     }
                 }
                 Action::TerminateAll => {
-                    tracing::info!(primary = self.me, "cluster: stopping at once");
+                    crate::log::info!(primary = self.me, "cluster: stopping at once");
                     for pid in self.cluster_pids() {
                         signal_pid(self.me, pid, Signal::SIGTERM);
                     }
@@ -677,12 +677,12 @@ impl Primary {
                 Action::Stalled(stall) => match stall {
                     // It slept far longer than it asked to (SIGSTOP, a starved host): the
                     // heartbeats it could not read meanwhile are not the workers' fault.
-                    Stall::Asleep { slept } => tracing::warn!(
+                    Stall::Asleep { slept } => crate::log::warn!(
                         primary = self.me,
                         paused_ms = slept.as_millis() as u64,
                         "cluster: the primary was not running: counting heartbeats afresh"
                     ),
-                    Stall::Busy { busy } => tracing::warn!(
+                    Stall::Busy { busy } => crate::log::warn!(
                         primary = self.me,
                         busy_ms = busy.as_millis() as u64,
                         "cluster: the primary was held up: counting heartbeats afresh"
@@ -697,7 +697,7 @@ impl Primary {
                             format!("resident memory {rss} bytes (its limit {limit})")
                         }
                     };
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         slot, pid, reason = reason.name(), detail = %why,
                         "cluster: recycling a worker (a graceful restart)"
@@ -705,12 +705,12 @@ impl Primary {
                     signal_pid(self.me, pid, Signal::SIGUSR2);
                 }
                 Action::RecycleNotice { slot, pid, notice } => match notice {
-                    RecycleNotice::Failed { reason, retry_in } => tracing::warn!(
+                    RecycleNotice::Failed { reason, retry_in } => crate::log::warn!(
                         primary = self.me,
                         slot, pid, %reason, retry_in_s = retry_in.as_secs(),
                         "cluster: recycling a worker failed: it keeps serving"
                     ),
-                    RecycleNotice::AboveAtStart { rss, limit, wait } => tracing::warn!(
+                    RecycleNotice::AboveAtStart { rss, limit, wait } => crate::log::warn!(
                         primary = self.me,
                         slot,
                         pid,
@@ -725,13 +725,13 @@ impl Primary {
                 Action::Reply { reply, result } => self.reply(reply, &result),
                 Action::Resized { workers } => self.resized(workers),
                 Action::ScaleRefused { workers, reason } => {
-                    tracing::warn!(primary = self.me, workers, %reason, "cluster: not scaling");
+                    crate::log::warn!(primary = self.me, workers, %reason, "cluster: not scaling");
                 }
                 Action::SetAside {
                     slot,
                     pid,
                     aside: true,
-                } => tracing::warn!(
+                } => crate::log::warn!(
                     primary = self.me,
                     slot,
                     pid,
@@ -744,7 +744,7 @@ impl Primary {
                     pid,
                     aside: false,
                 } => {
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         slot,
                         pid,
@@ -754,11 +754,11 @@ impl Primary {
                 Action::Exit { code } => {
                     self.exit = Some(code);
                     match self.machine.gave_up {
-                        Some(GaveUp::FirstWorker) => tracing::error!(
+                        Some(GaveUp::FirstWorker) => crate::log::error!(
                             primary = self.me,
                             "cluster: the first worker exited before it was ready (its error is above): not starting another"
                         ),
-                        Some(GaveUp::CrashLoop) => tracing::error!(
+                        Some(GaveUp::CrashLoop) => crate::log::error!(
                             primary = self.me,
                             limit = crate::supervisor::CRASH_LIMIT,
                             window_s = super::machine::CRASH_WINDOW.as_secs(),
@@ -817,7 +817,7 @@ impl Primary {
                     next.env(crate::vars::GRACE_SECRET_FD, fd.to_string());
                 }
                 Err(e) => {
-                    tracing::error!(primary = self.me, slot, error = %e, "cluster: cannot copy the secrets file for a worker");
+                    crate::log::error!(primary = self.me, slot, error = %e, "cluster: cannot copy the secrets file for a worker");
                     self.events.push_back(Event::StartFailed {
                         id,
                         reason: format!("cannot copy the cluster's secrets file for worker {slot}: {e}"),
@@ -851,11 +851,11 @@ impl Primary {
                         rss: None,
                     },
                 );
-                tracing::info!(primary = self.me, slot, pid, "cluster: started a worker");
+                crate::log::info!(primary = self.me, slot, pid, "cluster: started a worker");
                 self.events.push_back(Event::Started { id, pid });
             }
             Err(e) => {
-                tracing::error!(primary = self.me, slot, error = %e, "cluster: cannot start a worker");
+                crate::log::error!(primary = self.me, slot, error = %e, "cluster: cannot start a worker");
                 self.events.push_back(Event::StartFailed {
                     id,
                     reason: e.to_string(),
@@ -875,7 +875,7 @@ impl Primary {
 
     fn read_notifications_now(&mut self) {
         for (pid, suppressed) in self.flood.take_reports(Instant::now()) {
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 sender = pid,
                 suppressed,
@@ -890,7 +890,7 @@ impl Primary {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(primary = self.me, error = %e, "cluster: the notify socket failed");
+                    crate::log::warn!(primary = self.me, error = %e, "cluster: the notify socket failed");
                     return;
                 }
             };
@@ -911,7 +911,7 @@ impl Primary {
             else {
                 self.foreign.0 += 1;
                 if Instant::now() >= self.foreign.1 {
-                    tracing::warn!(
+                    crate::log::warn!(
                         primary = self.me,
                         sender = ?received.sender,
                         ignored = self.foreign.0,
@@ -978,7 +978,7 @@ impl Primary {
         if self.inboxes.contains_key(&pid) {
             // Its "ready" was handled already: a repeat changes nothing (and is not logged
             // again: a worker that repeats it in a loop must not flood the log).
-            tracing::debug!(
+            crate::log::debug!(
                 primary = self.me,
                 slot,
                 pid,
@@ -1020,7 +1020,7 @@ impl Primary {
                             self.store = Some(copy);
                         }
                         Err(e) => {
-                            tracing::warn!(primary = self.me, error = %e, "cluster: cannot copy the first worker's sockets")
+                            crate::log::warn!(primary = self.me, error = %e, "cluster: cannot copy the first worker's sockets")
                         }
                     }
                 }
@@ -1037,7 +1037,7 @@ impl Primary {
             // started all the same (the machine starts them as it hears it is ready), each
             // binding its own (a TCP listener of a worker joins the first one's SO_REUSEPORT
             // group), instead of waiting for ever.
-            tracing::warn!(
+            crate::log::warn!(
                 primary = self.me,
                 pid,
                 "cluster: the first worker sent no copy of its sockets: the others bind their own"
@@ -1069,7 +1069,7 @@ impl Primary {
         // Copies of its inboxes: connections passed to it outlive it if it dies first.
         let held = super::transfer::adopt(&self.notify_dir, pid, message.value(protocol::INBOXES));
         self.inboxes.insert(pid, held);
-        tracing::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
+        crate::log::info!(primary = self.me, slot, pid, "cluster: a worker is serving");
         self.events.push_back(Event::Ready { slot, pid });
         self.drain_events();
         self.steer();
@@ -1089,7 +1089,7 @@ impl Primary {
         if all {
             self.announced = true;
             let n = self.machine.slots.len();
-            tracing::info!(primary = self.me, workers = n, "cluster: every worker is serving");
+            crate::log::info!(primary = self.me, workers = n, "cluster: every worker is serving");
             if let Some(up) = &self.upstream {
                 up.send(&[
                     format!("MAINPID={}", self.me),
@@ -1114,13 +1114,13 @@ impl Primary {
                     && !self.machine.stopping
                     && self.machine.sockets != Sockets::Known =>
             {
-                tracing::error!(
+                crate::log::error!(
                     primary = self.me,
                     slot, pid, status = %shown, "cluster: the first worker ended before it was ready"
                 );
             }
             Some(slot) if self.exit.is_none() && !self.machine.stopping => {
-                tracing::error!(
+                crate::log::error!(
                     primary = self.me,
                     slot, pid, status = %shown, "cluster: a worker ended: replacing it"
                 );
@@ -1128,7 +1128,7 @@ impl Primary {
                     *r += 1;
                 }
             }
-            _ => tracing::info!(primary = self.me, pid, status = %shown, "cluster: a process ended"),
+            _ => crate::log::info!(primary = self.me, pid, status = %shown, "cluster: a process ended"),
         }
         self.info.remove(&pid);
         for leaving in &mut self.leaving {
@@ -1153,7 +1153,7 @@ impl Primary {
                 // The machine decides what a stop request does (the second one stops at once,
                 // and a stop always ends); only the first one is announced.
                 if self.machine.stop_requests == 0 {
-                    tracing::info!(primary = self.me, "cluster: stopping every worker");
+                    crate::log::info!(primary = self.me, "cluster: stopping every worker");
                     if let Some(up) = &self.upstream {
                         up.send(&[
                             "STOPPING=1".into(),
@@ -1165,7 +1165,7 @@ impl Primary {
                 self.drain_events();
             }
             SIGUSR2 => {
-                tracing::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
+                crate::log::info!(primary = self.me, "cluster: SIGUSR2: rolling restart");
                 self.restart(Waiter::Signal("SIGUSR2"));
             }
             SIGTTIN | SIGTTOU => {
@@ -1210,7 +1210,7 @@ impl Primary {
     /// The machine resized the cluster to `workers` slots: the bookkeeping follows (it is
     /// applied only once the machine has decided, so a scale it refuses changes nothing).
     fn resized(&mut self, workers: usize) {
-        tracing::info!(primary = self.me, workers, "cluster: scaling");
+        crate::log::info!(primary = self.me, workers, "cluster: scaling");
         if workers > self.generations.len() {
             self.warn_if_cores_shared(workers);
         }
@@ -1237,7 +1237,7 @@ impl Primary {
                 && std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
                     .map_or(true, |v| v.trim() == "0")
             {
-                tracing::warn!(
+                crate::log::warn!(
                     primary = self.me,
                     "scaling down: connections queued at the removed workers' own listeners are reset \
                      as they close (net.ipv4.tcp_migrate_req=1 moves them to the other workers)"
@@ -1250,7 +1250,7 @@ impl Primary {
                 // listener is which is no longer known, so the kernel's hash spreads new
                 // connections from now on.
                 if self.group_index.drain(workers..).flatten().next().is_some() && !handed_over {
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         "cluster: scaled down: new connections spread by the kernel's hash from now on"
                     );
@@ -1329,14 +1329,14 @@ impl Primary {
             }
             Some(Waiter::Signal(name)) => {
                 if answer.starts_with("ok") {
-                    tracing::info!(
+                    crate::log::info!(
                         primary = self.me,
                         signal = name,
                         answer = answer.trim_end(),
                         "cluster: rolling restart done"
                     );
                 } else {
-                    tracing::error!(
+                    crate::log::error!(
                         primary = self.me,
                         signal = name,
                         answer = answer.trim_end(),
@@ -1400,7 +1400,7 @@ fn private_dir(me: u32) -> std::io::Result<PathBuf> {
         )));
     };
     if !refused.is_empty() {
-        tracing::warn!(refused = %refused.join("; "), base = %base.display(), "cluster: private directory's base");
+        crate::log::warn!(refused = %refused.join("; "), base = %base.display(), "cluster: private directory's base");
     }
     remove_dead_primaries_dirs(&base);
     let template = base.join(format!("grace-primary-{me}-XXXXXX"));
@@ -1548,7 +1548,7 @@ fn raise_fd_limit(me: u32) {
         && soft < hard
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
-        tracing::debug!(primary = me, error = %e, "cannot raise the open files limit");
+        crate::log::debug!(primary = me, error = %e, "cannot raise the open files limit");
     }
 }
 
