@@ -122,6 +122,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`Generation::inherited_state`](crate::Generation::inherited_state) was called after
+    /// the state was read: by an earlier call, or by [`Generation::ready`](crate::Generation::ready)
+    /// skipping a state nobody had asked for.
+    #[error(
+        "the handed-over state was already read: call Generation::inherited_state once, before ready(), and keep what it returned"
+    )]
+    StateTaken,
+
     /// Handed-over state is of a version this program does not read (see
     /// `gracenet::state::decode`, feature `serde`).
     #[error(

@@ -11,7 +11,9 @@
 //!   generations so far) padded with `PROBE_STATE_BYTES` bytes of a pattern; a new
 //!   generation reads it, checks it, and prints `probe state count=N bytes=M`;
 //!   `PROBE_STATE_REFUSE_ONCE=PATH` makes one generation >= 2 refuse it (`unknown version`);
-//!   `PROBE_STATE_STALL=1` makes the handing-over never finish;
+//!   `PROBE_STATE_STALL=1` makes the handing-over never finish, `PROBE_STATE_PANIC=1` makes
+//!   the provider panic; `PROBE_STATE_READ_TWICE=1` makes a new generation ask for the state a
+//!   second time and print `probe state again=<the outcome>`;
 //! - `PROBE_READY_DELAY_MS`: generation 1 waits this long before it reports ready;
 //! - `PROBE_NEXT_START_DELAY_MS`: a generation >= 2 waits this long before its first call
 //!   into gracenet;
@@ -206,12 +208,14 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
         let count = count.clone();
         let padding = knob_ms("PROBE_STATE_BYTES").map_or(0, |d| d.as_millis() as usize);
         let stall = std::env::var_os("PROBE_STATE_STALL").is_some();
+        let panic = std::env::var_os("PROBE_STATE_PANIC").is_some();
         builder = builder.hand_state(move || {
             let count = count.clone();
             async move {
                 if stall {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
+                assert!(!panic, "the state provider panics, as asked");
                 let mut state =
                     format!("v1:{}:", count.load(std::sync::atomic::Ordering::Relaxed)).into_bytes();
                 state.extend((0..padding).map(|i| (i % 251) as u8));
@@ -246,6 +250,13 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
                 let n = n.unwrap_or(0) + 1;
                 count.store(n, std::sync::atomic::Ordering::Relaxed);
                 println!("probe state count={n} bytes={} pid={pid}", state.len());
+                if std::env::var_os("PROBE_STATE_READ_TWICE").is_some() {
+                    let again = match generation.inherited_state().await {
+                        Err(gracenet::Error::StateTaken) => "taken".to_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    println!("probe state again={again} pid={pid}");
+                }
             }
         }
     }

@@ -90,9 +90,13 @@ fn a_handing_over_that_stalls_cannot_hold_the_restart_past_the_ready_timeout() {
     ));
     let _g1 = PidGuard(gen1);
     signal(gen1, Signal::SIGUSR2);
-    // Generation 2 waits for state that never comes; the ready timeout ends it.
+    // Generation 2 waits for state that never comes; the ready timeout ends it (or, when the
+    // old generation's provider timeout comes first, generation 2 is told and exits).
     let failed = g.expect_log("restart failed");
-    assert!(failed.contains("not ready after 1.5 s"), "{failed}");
+    assert!(
+        failed.contains("not ready after 1.5 s") || failed.contains("exited"),
+        "{failed}"
+    );
     g.expect_log("could not hand the state over: timed out next=2 ");
     assert_eq!(
         answer_pid(&ask(port).unwrap()),
@@ -105,4 +109,51 @@ fn a_handing_over_that_stalls_cannot_hold_the_restart_past_the_ready_timeout() {
         g.wait_timeout(DEADLINE).is_some_and(|s| s.success()),
         "exits 0 on SIGTERM"
     );
+}
+
+/// A state provider that panics fails the restart at once, saying so, instead of leaving the
+/// new generation waiting for the state until its ready timeout (60 s here).
+#[test]
+fn a_state_provider_that_panics_fails_the_restart_at_once_saying_why() {
+    let (mut g, ProbeGen { pid: gen1, port }) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[
+            ("PROBE_STATE", "1"),
+            ("PROBE_STATE_PANIC", "1"),
+            ("PROBE_READY_TIMEOUT_MS", "60000"),
+        ],
+    ));
+    let _g1 = PidGuard(gen1);
+    signal(gen1, Signal::SIGUSR2);
+    // Within the test's deadline (20 s), well before the 60 s ready timeout.
+    g.expect_log("could not make its state: the state provider panicked");
+    let failed = g.expect_log("restart failed");
+    assert!(!failed.contains("not ready after"), "{failed}");
+    assert_eq!(
+        answer_pid(&ask(port).unwrap()),
+        gen1,
+        "the old generation keeps serving"
+    );
+}
+
+/// Asking for the handed-over state twice: the second call says it was already read, at
+/// once; it used to wait for a state that had gone by, until the ready timeout failed the
+/// restart.
+#[test]
+fn the_state_asked_for_twice_is_an_error_not_a_wait() {
+    let (mut g, ProbeGen { pid: gen1, .. }) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[
+            ("PROBE_STATE", "1"),
+            ("PROBE_STATE_READ_TWICE", "1"),
+            ("PROBE_READY_TIMEOUT_MS", "60000"),
+        ],
+    ));
+    let _g1 = PidGuard(gen1);
+    signal(gen1, Signal::SIGUSR2);
+    let again = g.expect_line("probe state again=");
+    assert!(again.contains("again=taken"), "{again}");
+    let serving = g.expect_line("probe version=");
+    assert!(serving.contains("generation=2"), "{serving}");
+    let _g2 = PidGuard(field(&serving, "pid").parse().expect("a pid"));
 }

@@ -7,8 +7,9 @@
 //!   wake's acknowledgement ([`crate::readiness`], read by the driver).
 //! - old to new, first: the state section, an 8-byte little-endian length then that many
 //!   bytes ([`GenerationBuilder::hand_state`](super::GenerationBuilder::hand_state)), or the
-//!   length [`NO_STATE`] alone. Always written, so whatever follows can be found: a next
-//!   generation that reads no state skips it ([`skip_state`]).
+//!   length [`NO_STATE`] alone, or when the application's provider failed, the length
+//!   [`STATE_FAILED`] then why ([`write_state_failed`]). Always written, so whatever follows
+//!   can be found: a next generation that reads no state skips it ([`skip_state`]).
 //! - then, both ways: the live connections handed over and their answers, framed by
 //!   [`handover`](super::handover) (a module of its own: frames with an fd attached, and the
 //!   acknowledgement that makes a connection change owner).
@@ -28,6 +29,13 @@ use tokio::net::UnixStream;
 
 /// The length that means "no state" on the channel to the next generation.
 pub(super) const NO_STATE: u64 = u64::MAX;
+
+/// The length that means "the state could not be made", followed by why: a 2-byte
+/// little-endian length and that many bytes of UTF-8.
+pub(super) const STATE_FAILED: u64 = u64::MAX - 1;
+
+/// The longest reason [`write_state_failed`] sends.
+const MAX_REASON: usize = 1024;
 
 /// The final state's tag, followed by a state section (9 bytes with its length, the size of
 /// an older connection frame's header).
@@ -54,6 +62,35 @@ pub(super) async fn write_state(out: &mut (impl AsyncWrite + Unpin), state: Opti
             out.write_all(bytes).await
         }
     }
+}
+
+/// Writes the state section of a state that could not be made: [`STATE_FAILED`] and why, so
+/// the next generation's `inherited_state` fails at once saying so (it would otherwise wait
+/// for the state until its ready timeout).
+pub(super) async fn write_state_failed(out: &mut (impl AsyncWrite + Unpin), why: &str) -> io::Result<()> {
+    let mut end = why.len().min(MAX_REASON);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    let why = &why.as_bytes()[..end];
+    out.write_all(&STATE_FAILED.to_le_bytes()).await?;
+    out.write_all(&(why.len() as u16).to_le_bytes()).await?;
+    out.write_all(why).await
+}
+
+/// Reads the reason [`write_state_failed`] wrote after [`STATE_FAILED`].
+async fn read_reason(input: &mut (impl AsyncRead + Unpin)) -> io::Result<String> {
+    let mut len = [0u8; 2];
+    input.read_exact(&mut len).await?;
+    let len = usize::from(u16::from_le_bytes(len));
+    if len > MAX_REASON {
+        return Err(io::Error::other(format!(
+            "a {len}-byte reason, over {MAX_REASON}"
+        )));
+    }
+    let mut why = vec![0u8; len];
+    input.read_exact(&mut why).await?;
+    Ok(String::from_utf8_lossy(&why).into_owned())
 }
 
 /// Writes the final state: [`FINAL`], then `state` as a state section.
@@ -84,6 +121,12 @@ pub(super) async fn read_state(
     if len == NO_STATE {
         return Ok(None);
     }
+    if len == STATE_FAILED {
+        let why = read_reason(input).await?;
+        return Err(io::Error::other(format!(
+            "the previous generation could not make its state: {why}"
+        )));
+    }
     if len > max {
         return Err(io::Error::other(format!(
             "{len} bytes offered, more than the limit of {max} (GenerationBuilder::max_state)"
@@ -108,6 +151,9 @@ pub(super) async fn skip_state(input: &mut (impl AsyncRead + Unpin)) -> io::Resu
     if len == NO_STATE {
         return Ok(true);
     }
+    if len == STATE_FAILED {
+        return Ok(read_reason(input).await.is_ok());
+    }
     let skipped = tokio::io::copy(&mut input.take(len), &mut tokio::io::sink()).await?;
     Ok(skipped == len)
 }
@@ -115,6 +161,29 @@ pub(super) async fn skip_state(input: &mut (impl AsyncRead + Unpin)) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_state_that_could_not_be_made_is_an_error_that_says_why_and_skips_cleanly() {
+        let (mut a, mut b) = UnixStream::pair().expect("a socket pair");
+        write_state_failed(&mut a, "the state provider panicked")
+            .await
+            .expect("write");
+        a.write_all(b"after").await.expect("write");
+        let e = read_state(&mut b, 1024).await.expect_err("a failed state");
+        assert!(e.to_string().contains("the state provider panicked"), "{e}");
+        let mut after = [0u8; 5];
+        b.read_exact(&mut after).await.expect("what follows");
+        assert_eq!(&after, b"after");
+        // Skipped by a generation that reads no state, to what follows.
+        write_state_failed(&mut a, &"é".repeat(MAX_REASON))
+            .await
+            .expect("write a long reason");
+        a.write_all(b"next").await.expect("write");
+        assert!(skip_state(&mut b).await.expect("skip"));
+        let mut next = [0u8; 4];
+        b.read_exact(&mut next).await.expect("what follows");
+        assert_eq!(&next, b"next");
+    }
 
     #[tokio::test]
     async fn a_state_section_reads_back_and_skips_to_what_follows() {

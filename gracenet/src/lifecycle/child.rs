@@ -229,12 +229,22 @@ pub(super) fn hand_state(
             let _ = tokio::time::timeout(timeout, channel::write_state(&mut *out, None)).await;
             return;
         };
-        let handed = tokio::time::timeout(timeout, async {
-            let bytes = provide(&provider).await?;
-            channel::write_state(&mut *out, Some(&bytes)).await?;
-            Ok::<usize, std::io::Error>(bytes.len())
-        })
-        .await;
+        let made = tokio::time::timeout(timeout, provide(&provider)).await;
+        let handed = match made {
+            Ok(Ok(bytes)) => tokio::time::timeout(timeout, channel::write_state(&mut *out, Some(&bytes)))
+                .await
+                .map(|written| written.map(|()| bytes.len())),
+            failed => {
+                // The next generation is told, so its `inherited_state` fails now, saying why,
+                // instead of waiting for the state until its ready timeout.
+                let why = match &failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("the state provider did not finish within {timeout:?}"),
+                };
+                let _ = tokio::time::timeout(timeout, channel::write_state_failed(&mut *out, &why)).await;
+                failed.map(|made| made.map(|bytes| bytes.len()))
+            }
+        };
         log_handed(Handed::Snapshot, handed, next, pid, timeout);
     });
 }

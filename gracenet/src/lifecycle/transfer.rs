@@ -143,9 +143,15 @@ impl Generation {
     ///
     /// # Errors
     /// [`Error::Io`] when the state is larger than the limit ([`GenerationBuilder::max_state`](super::GenerationBuilder::max_state)),
-    /// is cut short, or does not arrive within the ready timeout.
+    /// is cut short, does not arrive within the ready timeout, or could not be made (the
+    /// previous generation's provider panicked or did not finish: the error says so).
+    /// [`Error::StateTaken`] when called again, or after [`ready`](Self::ready).
     pub async fn inherited_state(&self) -> Result<Option<InheritedState>, Error> {
         let io = |what: String, source: std::io::Error| Error::Io { what, source };
+        // Read once: a second read would wait for a state that has gone by.
+        if self.shared.state_read.load(Ordering::SeqCst) {
+            return Err(Error::StateTaken);
+        }
         let channel = {
             let link = self.shared.startup.link.lock().unwrap_or_else(|p| p.into_inner());
             match link.as_ref().and_then(crate::readiness::ParentLink::channel) {
@@ -159,9 +165,11 @@ impl Generation {
         else {
             return Ok(None);
         };
+        if self.shared.state_read.swap(true, Ordering::SeqCst) {
+            return Err(Error::StateTaken);
+        }
         let max = self.shared.settings.max_state;
         let read = channel::read_state(&mut stream, max);
-        self.shared.state_read.store(true, Ordering::SeqCst);
         let snapshot = match tokio::time::timeout(self.shared.settings.ready_timeout, read).await {
             Ok(Ok(state)) => crate::metrics::state_inherited(state),
             Ok(Err(e)) => return Err(io("cannot read the handed-over state".into(), e)),
