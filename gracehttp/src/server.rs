@@ -297,7 +297,10 @@ impl Server {
     }
 
     /// Serves until this process is done (a restart handed over, or a stop), on a tokio
-    /// runtime of its own: grace's `gracehttp.Serve`.
+    /// runtime of its own: grace's `gracehttp.Serve`. As PID 1 (a container with no init), it
+    /// runs as gracenet's supervisor, which stays PID 1 while the generations it starts serve
+    /// and restart: otherwise the first restart's old process would end the container as it
+    /// exits.
     ///
     /// # Errors
     /// As [`run`](Self::run); [`Error::Runtime`] when tokio cannot start.
@@ -326,6 +329,17 @@ impl Server {
                 cluster = cluster.secret(name.clone(), bytes.clone());
             }
             let code = cluster.run()?;
+            std::process::exit(code);
+        }
+        if self.workers.is_none()
+            && matches!(self.lifecycle, Lifecycle::Builder(_))
+            && gracenet::should_supervise(false)
+        {
+            // PID 1 (a container's init) with no supervisor above: the old process's exit at
+            // a restart would end the container, the new process with it. A supervisor stays
+            // PID 1 across restarts (as `gracedemo --supervise` does); the generations it
+            // starts serve as usual.
+            let code = gracenet::supervise()?;
             std::process::exit(code);
         }
         // The inherited environment is read first, while this is the process's only thread:

@@ -75,6 +75,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A restart was asked of a process that is PID 1 (a container's init): its exit after
+    /// the hand-over would end every process of its PID namespace, the next generation too.
+    #[error(
+        "cannot restart: this process is PID 1 (a container's init, as under `docker run` without `--init`): \
+         once it handed over and exited, the kernel would end every process in its PID namespace, the new one \
+         too; run it under gracenet's supervisor (gracenet::supervise, which stays PID 1 across restarts; \
+         gracedemo --supervise) or under an init such as tini (`docker run --init`)"
+    )]
+    RestartAsPid1,
+
     /// The next process could not enter the directory this one started in (removed, say, by a
     /// deploy that deleted the old release).
     #[error(

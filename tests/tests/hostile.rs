@@ -480,3 +480,51 @@ fn a_log_pipe_whose_reader_is_gone_leaves_restarts_and_stops_working() {
         "SIGTERM stopped the new one"
     );
 }
+
+/// As PID 1 (a container with no init), `Server::serve` runs as gracenet's supervisor: a
+/// restart replaces the generation and the container lives on (the old process's exit as PID
+/// 1 would have ended every process in it, the new one too).
+#[test]
+fn as_pid_1_serve_supervises_so_a_restart_keeps_the_container() {
+    let can = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        eprintln!("skipped: `unshare --pid` is not available to this user");
+        return;
+    }
+    let mut g = ProcessGuard::spawn(command(
+        "unshare",
+        &["--pid", "--fork", "--mount-proc", "--kill-child", HTTPPROBE],
+        &[],
+    ));
+    let serving = g.expect_log("Serving ");
+    let Site {
+        ports, pid: first, ..
+    } = grace_tests::parse_serving(&serving);
+    assert_ne!(
+        first, 1,
+        "a generation under the supervisor, not PID 1: {serving}"
+    );
+    let port = ports[0];
+    // PID 1 (the supervisor) as this test's namespace sees it: unshare's child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", g.pid())).expect("unshare's children");
+    let init: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("PID 1's pid");
+    let _init = PidGuard(init);
+    grace_tests::signal(init, Signal::SIGUSR2);
+    let handoff = g.expect_log("Graceful handoff of ");
+    let Site { pid: next, .. } = grace_tests::parse_serving(&handoff);
+    assert_ne!(next, first, "{handoff}");
+    assert!(
+        wait_until(DEADLINE, || pid_answering(port).is_some()),
+        "the container lives on: the new generation answers"
+    );
+    assert!(grace_tests::is_alive(init), "PID 1 is still there");
+}

@@ -302,6 +302,13 @@ impl GenerationBuilder {
             closed: tokio::sync::Notify::new(),
         });
         crate::log::info!(generation = number, pid = std::process::id(), "starting");
+        if std::process::id() == 1 {
+            crate::log::warn!(
+                generation = number,
+                "this process is PID 1 (a container's init): it serves and stops as usual, but a restart is refused ({})",
+                Error::RestartAsPid1
+            );
+        }
         if let Some(note) = &startup.not_grace_parent {
             note.log();
         }

@@ -102,6 +102,11 @@ pub(super) fn start_process(
         what: what.to_owned(),
         source,
     };
+    if std::process::id() == 1 {
+        // Its exit would take the next generation with it: the restart fails, saying so, and
+        // this generation serves on.
+        return Err(Error::RestartAsPid1);
+    }
     // The channel to the next generation: readiness (or a refusal) comes back on it,
     // handed-over state goes out on it.
     let (ours, theirs) =
