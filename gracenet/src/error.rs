@@ -75,6 +75,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// [`supervise`](crate::supervise) or a cluster's `run` was called in a process that a
+    /// supervisor or a cluster's primary started (a generation or a worker): it would start
+    /// a supervisor of its own, and each of its generations another, without end.
+    #[error(
+        "this process was started by gracenet's supervisor or a cluster's primary (pid {parent}; GRACE_SUPERVISOR is set): \
+         it serves, it does not supervise; call supervise() or Cluster::run() only when gracenet::should_supervise() says so"
+    )]
+    AlreadySupervised {
+        /// The supervisor's or primary's pid, as `GRACE_SUPERVISOR` gives it.
+        parent: String,
+    },
+
     /// A restart was asked of a process that is PID 1 (a container's init): its exit after
     /// the hand-over would end every process of its PID namespace, the next generation too.
     #[error(

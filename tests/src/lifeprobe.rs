@@ -26,6 +26,9 @@
 //!   `Error::NoSuccessor`), `refused=other … <error>` or `taken`;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
+//! - `PROBE_SUPERVISE_ANYWAY=1`: calls `gracenet::supervise()` and a cluster's `run` without
+//!   asking `should_supervise` first, prints `probe supervise refused: <error>` (or `ran`) and
+//!   the same for `cluster`, and exits;
 //! - `PROBE_SUPERVISOR_START_DELAY_MS`: the supervisor (`--supervise`), once its signals are
 //!   held, prints `probe supervisor-starting pid=P` and waits this long before it supervises
 //!   (a slow start, made deterministic).
@@ -48,6 +51,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub fn main(version: &'static str) -> ExitCode {
     if std::env::var_os("PROBE_STANDBY").is_some() {
         println!("probe main pid={}", std::process::id());
+    }
+    if std::env::var_os("PROBE_SUPERVISE_ANYWAY").is_some() {
+        // Without should_supervise's guard: refused in a process a supervisor started.
+        for (what, outcome) in [
+            ("supervise", gracenet::supervise()),
+            ("cluster", gracenet::cluster::Cluster::builder().workers(1).run()),
+        ] {
+            match outcome {
+                Err(e) => println!("probe {what} refused: {e}"),
+                Ok(code) => println!("probe {what} ran, exit code {code}"),
+            }
+        }
+        return ExitCode::SUCCESS;
     }
     // As a supervisor: its signals are safe from here on (see gracenet::hold_supervisor_signals).
     let supervising = gracenet::should_supervise(std::env::args().any(|a| a == "--supervise"));

@@ -826,3 +826,25 @@ fn a_successor_ready_just_after_its_parent_died_serves_without_a_crash_restart()
         "{output:#?}"
     );
 }
+
+/// `supervise()` or a cluster's `run` called in a process a supervisor (or a primary) started,
+/// without `should_supervise`'s guard, is refused with an error that says so: it used to start
+/// a supervisor there, whose generation started another, without end.
+#[test]
+fn supervising_inside_a_supervised_process_is_refused_not_a_chain() {
+    let mut g = ProcessGuard::spawn(grace_tests::lifeprobe(
+        LIFEPROBE,
+        &[("GRACE_SUPERVISOR", "4242"), ("PROBE_SUPERVISE_ANYWAY", "1")],
+    ));
+    for what in ["supervise", "cluster"] {
+        let line = g.expect_line(&format!("probe {what} "));
+        assert!(
+            line.contains("refused")
+                && line.contains("GRACE_SUPERVISOR")
+                && line.contains("should_supervise"),
+            "{line}"
+        );
+    }
+    let status = g.wait_timeout(DEADLINE).expect("it exits");
+    assert!(status.success(), "{status}");
+}

@@ -197,8 +197,10 @@ impl ClusterBuilder {
     /// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set
     /// up; [`Error::Env`] for malformed socket-activation variables; [`Error::Bind`] or
     /// [`Error::Control`] for the control socket; [`Error::Spawn`] when the first worker
-    /// cannot be started.
+    /// cannot be started; [`Error::AlreadySupervised`] in a process a supervisor or a
+    /// primary started (a worker would start a cluster of its own in each worker).
     pub fn run(self) -> Result<i32, Error> {
+        crate::supervisor::refuse_if_supervised()?;
         crate::hold_supervisor_signals();
         let primary = primary::Primary::new(self);
         crate::supervisor::release_signals();

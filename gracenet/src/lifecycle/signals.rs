@@ -54,7 +54,14 @@ pub(crate) fn forward(
                 nix::sys::signal::Signal::SIGTERM,
                 nix::sys::signal::Signal::SIGINT,
             ]);
+            let mut stops = 0u32;
             for origin in signals.forever() {
+                if origin.signal != SIGUSR2 {
+                    stops += 1;
+                    if stops == 2 {
+                        force_after_second_stop(origin.signal);
+                    }
+                }
                 let event = match origin.signal {
                     SIGUSR2 => {
                         wake_at_signal(&standby, registry);
@@ -79,6 +86,35 @@ pub(crate) fn forward(
             source: std::io::Error::new(e.kind(), crate::error::thread_error(&e)),
         })?;
     Ok(())
+}
+
+/// How long after a second stop signal the process is ended by the signal's default action,
+/// if it has not ended by itself: the lifecycle's task stops it at once when the runtime runs,
+/// but a runtime that the application blocks (a handler that sleeps on every worker thread)
+/// never runs it.
+const FORCE_AFTER_SECOND_STOP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a second stop signal: a thread of its own gives `signal` its default action (the
+/// process ends by it) once [`FORCE_AFTER_SECOND_STOP`] has passed.
+fn force_after_second_stop(signal: libc::c_int) {
+    let forced = std::thread::Builder::new()
+        .name("gracenet-force-stop".into())
+        .spawn(move || {
+            std::thread::sleep(FORCE_AFTER_SECOND_STOP);
+            crate::log::warn!(
+                after_s = FORCE_AFTER_SECOND_STOP.as_secs(),
+                "still running after a second stop signal (is the runtime blocked?): ending the process"
+            );
+            if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
+                crate::log::warn!(error = %e, "cannot apply the default action of the signal");
+            }
+        });
+    if let Err(e) = forced {
+        crate::log::warn!(
+            error = %crate::error::thread_error(&e),
+            "cannot start the thread that ends the process after a second stop signal"
+        );
+    }
 }
 
 /// Gives `cause`'s signal its default action now (a stop that came after the drain ended:

@@ -70,6 +70,17 @@ pub fn should_supervise(requested: bool) -> bool {
     std::env::var_os(GRACE_SUPERVISOR).is_none() && (requested || std::process::id() == 1)
 }
 
+/// [`Error::AlreadySupervised`] in a process a supervisor or a cluster's primary started: a
+/// supervisor (or primary) there would start another in each of its processes, without end.
+pub(crate) fn refuse_if_supervised() -> Result<(), Error> {
+    match std::env::var_os(GRACE_SUPERVISOR) {
+        Some(parent) => Err(Error::AlreadySupervised {
+            parent: parent.to_string_lossy().into_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Makes the signals the supervisor handles (`SIGUSR2`, `SIGTERM`, `SIGINT`, `SIGHUP`) safe
 /// from this moment until [`supervise`] handles them: it blocks them in the calling thread, so
 /// one that arrives while the program is still starting (parsing arguments, setting up
@@ -137,8 +148,10 @@ pub(crate) fn release_signals() {
 /// # Errors
 /// [`Error::Io`] when the notify socket, signal handlers or subreaper role cannot be set up;
 /// [`Error::Env`] for malformed socket-activation variables; [`Error::Spawn`] when
-/// generation 1 cannot be started.
+/// generation 1 cannot be started; [`Error::AlreadySupervised`] in a process a supervisor or
+/// a cluster's primary started.
 pub fn supervise() -> Result<i32, Error> {
+    refuse_if_supervised()?;
     hold_supervisor_signals();
     let supervisor = Supervisor::new();
     // The handlers are in place (or an error ends the supervisor): a signal that waited while

@@ -3,7 +3,8 @@
 //! --tls-key FILE` are given, else cleartext too. With `--axum` the service is an axum
 //! `Router`; otherwise a hyper `service_fn`.
 //!
-//! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/health` is
+//! Routes: `/pid` answers the pid; `/sleep?ms=N` sleeps then answers the pid; `/block?ms=N`
+//! blocks its runtime thread that long (a misbehaving handler), then answers the pid; `/health` is
 //! `ok`, or 503 `draining` once the drain began; `/ws` is a WebSocket that echoes
 //! `<pid> <message>`, says `draining <pid>` when the drain begins, and closes when the
 //! client sends `close`. With `--reluctant` the service is not ready at its first
@@ -259,6 +260,18 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             // Tests wait for this line: the request is in the server, not just sent.
             tracing::info!("sleep request started ms={ms}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, pid.to_string())
+        }
+        // Blocks the runtime's thread (a handler that misbehaves), after a log line.
+        "/block" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            tracing::info!("block request started ms={ms}");
+            std::thread::sleep(Duration::from_millis(ms));
             text(StatusCode::OK, pid.to_string())
         }
         "/health" => match drain {
