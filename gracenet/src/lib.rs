@@ -101,6 +101,7 @@
 //! |---|---|---|
 //! | `tokio` | yes | tokio listener types ([`mod@tokio`]) and the restart lifecycle ([`Generation`] and its types) |
 //! | `axum` | no | an `axum::serve::Listener` on gracenet's sockets, its connections tracked by the generation (`gracenet::axum`); implies `tokio` |
+//! | `serde` | no | typed, versioned state for the hand-over (`gracenet::state::{encode, decode}`); implies `tokio` |
 //! | `metrics` | no | figures an operator graphs (restarts by result and their latency, drains, hand-overs, the supervisor's crashes) recorded through the [`metrics`](https://docs.rs/metrics) facade, for the exporter the application installs: the table is in [`mod@metrics`] |
 //!
 //! Without default features gracenet is the std listeners, the inheritance and
