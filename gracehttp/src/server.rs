@@ -331,6 +331,14 @@ impl Server {
             let code = cluster.run()?;
             std::process::exit(code);
         }
+        if self.workers.is_some()
+            && std::env::var_os(gracenet::vars::GRACE_WORKER).is_none()
+            && std::env::var_os(gracenet::vars::GRACE_SUPERVISOR).is_some()
+        {
+            crate::log::warn!(
+                "Server::workers is ignored: this process is a generation of gracenet's supervisor (GRACE_SUPERVISOR is set) and serves alone; a cluster's primary is a supervisor itself, so call Server::serve without supervise() (gracedemo: --workers without --supervise)"
+            );
+        }
         if self.workers.is_none()
             && matches!(self.lifecycle, Lifecycle::Builder(_))
             && gracenet::should_supervise(false)

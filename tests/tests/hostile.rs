@@ -552,3 +552,17 @@ fn a_second_stop_signal_ends_a_server_whose_runtime_is_blocked() {
     assert!(!status.success(), "ended by the signal: {status}");
     drop(blocked);
 }
+
+/// `Server::workers` in a generation of gracenet's supervisor (a program that called
+/// `supervise()` itself) cannot make a cluster there: it says so, and serves alone.
+#[test]
+fn workers_under_the_supervisor_are_said_to_be_ignored() {
+    let (mut g, Site { ports, .. }) = start_httpprobe(command(
+        HTTPPROBE,
+        &[],
+        &[("PROBE_WORKERS", "2"), ("GRACE_SUPERVISOR", "4242")],
+    ));
+    let line = g.expect_log("Server::workers is ignored");
+    assert!(line.contains("supervise()"), "{line}");
+    assert_eq!(pid_answering(ports[0]), Some(g.pid()), "it serves alone");
+}
