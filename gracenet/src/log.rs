@@ -25,11 +25,15 @@ macro_rules! info {
 macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::guarded(|| ::tracing::debug!($($arg)*)) };
 }
+// Used by the lifecycle only (feature `tokio`).
+#[cfg(feature = "tokio")]
 macro_rules! trace {
     ($($arg:tt)*) => { $crate::log::guarded(|| ::tracing::trace!($($arg)*)) };
 }
+#[cfg(feature = "tokio")]
+pub(crate) use trace;
 // `warn` is also a built-in attribute's name: exported under it from another.
-pub(crate) use {debug, error, info, trace, warning as warn};
+pub(crate) use {debug, error, info, warning as warn};
 
 #[cfg(test)]
 mod tests {
