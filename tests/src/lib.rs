@@ -467,6 +467,33 @@ pub fn standby_started(guard: &mut ProcessGuard, number: u64) -> u32 {
         .unwrap_or_else(|e| panic!("no pid in {line:?}: {e}"))
 }
 
+/// Checks that this test can make a PID namespace of its own (`unshare --pid --mount-proc`:
+/// root, as in CI). A test that did not run must not pass: without it, this panics saying why.
+pub fn require_pid_namespace() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "cannot create a pid namespace here (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run unshare (util-linux) for this test: {e}"),
+    }
+}
+
+/// The one child of `pid` (say, the process `unshare --fork` started: the namespace's PID 1,
+/// as this test's namespace numbers it).
+pub fn only_child(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_else(|e| panic!("the children of {pid}: {e}"))
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{pid} has no child"))
+}
+
 /// Sends `signal` to `pid` (a process the test did not start itself, or did); panics naming
 /// both if it cannot.
 pub fn signal(pid: u32, signal: Signal) {

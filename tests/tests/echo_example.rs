@@ -352,25 +352,13 @@ fn connections_the_new_process_has_no_fd_for_stay_with_the_old_one_and_none_is_l
     );
 }
 
-/// Whether this user can make a PID namespace (`unshare --pid`: root, as in CI).
-fn can_unshare_pid() -> bool {
-    std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// As PID 1 (a container's init, `docker run` without `--init`) and with no supervisor, a
 /// restart would end the container: the old process's exit after the hand-over makes the kernel
 /// end every process of its PID namespace, the new one too. It is refused, saying why and what
 /// to run instead, and the server serves on.
 #[test]
 fn as_pid_1_a_restart_is_refused_saying_why_and_serving_goes_on() {
-    if !can_unshare_pid() {
-        eprintln!("skipped: `unshare --pid` is not available to this user");
-        return;
-    }
+    grace_tests::require_pid_namespace();
     let mut echo = grace_tests::ProcessGuard::spawn(command(
         "unshare",
         &[
@@ -388,13 +376,7 @@ fn as_pid_1_a_restart_is_refused_saying_why_and_serving_goes_on() {
     let port = grace_tests::parse_probe(&line).port;
     echo.expect_log("this process is PID 1");
     // The server as this test's namespace sees it: unshare's child.
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", echo.pid()))
-        .expect("unshare's children");
-    let inner: u32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the server's pid");
+    let inner = grace_tests::only_child(echo.pid());
     let _inner = PidGuard(inner);
     grace_tests::signal(inner, Signal::SIGUSR2);
     let failed = echo.expect_log("restart failed");

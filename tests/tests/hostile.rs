@@ -486,15 +486,7 @@ fn a_log_pipe_whose_reader_is_gone_leaves_restarts_and_stops_working() {
 /// 1 would have ended every process in it, the new one too).
 #[test]
 fn as_pid_1_serve_supervises_so_a_restart_keeps_the_container() {
-    let can = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !can {
-        eprintln!("skipped: `unshare --pid` is not available to this user");
-        return;
-    }
+    grace_tests::require_pid_namespace();
     let mut g = ProcessGuard::spawn(command(
         "unshare",
         &["--pid", "--fork", "--mount-proc", "--kill-child", HTTPPROBE],
@@ -510,13 +502,7 @@ fn as_pid_1_serve_supervises_so_a_restart_keeps_the_container() {
     );
     let port = ports[0];
     // PID 1 (the supervisor) as this test's namespace sees it: unshare's child.
-    let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", g.pid())).expect("unshare's children");
-    let init: u32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("PID 1's pid");
+    let init = grace_tests::only_child(g.pid());
     let _init = PidGuard(init);
     grace_tests::signal(init, Signal::SIGUSR2);
     let handoff = g.expect_log("Graceful handoff of ");

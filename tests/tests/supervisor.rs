@@ -395,19 +395,7 @@ fn when_the_supervisor_is_killed_the_generations_keep_serving() {
 
 #[test]
 fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
-    // A test that did not run must not pass: without the privileges to make a pid
-    // namespace (root, as CI is), fail and say why.
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "cannot create a pid namespace here (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!("cannot run unshare (util-linux) for this test: {e}"),
-    }
+    grace_tests::require_pid_namespace();
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc", LIFEPROBE, "127.0.0.1:0"]);
     let mut ns = ProcessGuard::spawn(cmd);
@@ -417,12 +405,7 @@ fn as_pid_one_of_a_pid_namespace_a_restart_keeps_it_alive_and_serving() {
     let gen1: u32 = probe_pid(&line);
     assert_ne!(gen1, 1, "generation 1 is not the namespace's pid 1");
     ns.expect_log("ready and serving generation=1 ");
-    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
-    let pid1: u32 = children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("unshare's child");
+    let pid1 = grace_tests::only_child(unshare);
     let _guard = PidGuard(pid1);
     let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).unwrap();
     let nspid = status

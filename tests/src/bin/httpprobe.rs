@@ -240,6 +240,15 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// The `ms=N` of a request's query (0 without one).
+fn ms_of(req: &Request<Incoming>) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| q.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let pid = std::process::id();
     let drain = req.extensions().get::<gracehttp::Drain>().cloned();
@@ -251,12 +260,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             None => text(StatusCode::OK, "none".into()),
         },
         "/sleep" => {
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let ms = ms_of(&req);
             // Tests wait for this line: the request is in the server, not just sent.
             tracing::info!("sleep request started ms={ms}");
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -264,12 +268,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         }
         // Blocks the runtime's thread (a handler that misbehaves), after a log line.
         "/block" => {
-            let ms: u64 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let ms = ms_of(&req);
             tracing::info!("block request started ms={ms}");
             std::thread::sleep(Duration::from_millis(ms));
             text(StatusCode::OK, pid.to_string())
