@@ -47,6 +47,8 @@ struct Launch<'a> {
     extra: &'a [&'a str],
     env: &'a [(&'a str, &'a str)],
     fd_limit: Option<u64>,
+    /// Pinned to one core (every process of the cluster).
+    one_core: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -57,6 +59,7 @@ impl<'a> Launch<'a> {
             extra: &[],
             env: &[],
             fd_limit: None,
+            one_core: false,
         }
     }
 
@@ -169,6 +172,9 @@ impl TestCluster {
                         .map_err(std::io::Error::from)
                 });
             }
+        }
+        if launch.one_core {
+            pin_to_one_core(&mut cmd);
         }
         TestCluster {
             primary: ProcessGuard::spawn(cmd),
@@ -1573,7 +1579,13 @@ async fn scaling_down_under_load_resets_no_queued_connection() {
         "{} requests, none failed, across three scale-downs from 3 to 1",
         load.requests
     );
-    // Steering followed the scales: each of the three workers answers new connections.
+    // Steering followed the scales: each of the three workers answers new connections (once
+    // the load has gone: 3 workers on fewer cores take turns at new connections under it).
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || turns_line(&c.status()).is_none())),
+        "the turns go on with nothing coming: {}",
+        c.status()
+    );
     let pids = tokio::task::block_in_place(|| c.pids());
     let seen = answering_pids(c.port, 60).await;
     assert_eq!(seen.values().sum::<usize>(), 60, "{seen:?}");
@@ -1806,29 +1818,136 @@ async fn status_counts_every_http1_and_http2_request_a_worker_served() {
     assert!(counted, "status counts {served} requests: {}", c.status());
 }
 
-#[test]
-fn more_workers_than_cores_are_warned_about() {
-    // Pinned to one core (the first this test may use): 2 workers share it, 1 does not.
+/// Runs `cmd`'s process (and so every process it starts) on one core: the first this test
+/// may use.
+fn pin_to_one_core(cmd: &mut Command) {
     let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .ok()
         .and_then(|set| (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false)))
         .expect("a core this test may run on");
+    let mut one = nix::sched::CpuSet::new();
+    one.set(cpu).expect("a core number within the set");
+    // SAFETY: sched_setaffinity is a plain system call, safe between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The `new connections: in turns …` line of `status`, if there is one.
+fn turns_line(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find(|l| l.starts_with("new connections: in turns"))
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_on_one_core_take_turns_at_new_connections_while_many_come_and_share_a_burst_after() {
+    let c = tokio::task::block_in_place(|| {
+        TestCluster::launch(&Launch {
+            one_core: true,
+            ..Launch::new("2")
+        })
+    });
+    let pids = c.pids();
+    assert_eq!(pids.len(), 2);
+    assert_eq!(turns_line(&c.status()), None, "no turns while nothing comes");
+    // Clients opening a connection per request, as many as the host allows (the turns begin
+    // from 1,000 new connections a second).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(run_load_until(
+        LoadConfig {
+            connections: 8,
+            max_requests: 2_000_000,
+            ..c.load(false, Duration::from_secs(60))
+        },
+        stop.clone(),
+    ));
+    let mut line = None;
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(30), || {
+            line = turns_line(&c.status());
+            line.is_some()
+        })),
+        "no turns under connection-per-request load on one core: {}",
+        c.status()
+    );
+    let line = line.unwrap_or_default();
+    assert!(line.contains("to 1 worker(s) at a time"), "{line}");
+    // Meanwhile, a client's new connections come from one worker within a turn: at most one
+    // change of worker per turn (100 ms) begun, where connections spread at random change
+    // worker about every other one.
+    let (changes, asked, took) = tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        let mut last = None;
+        let mut changes = 0;
+        let mut asked = 0;
+        while asked < 40 && started.elapsed() < Duration::from_millis(250) {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let pid = pid_on(&mut s).expect("an answer");
+            changes += usize::from(last.is_some_and(|l| l != pid));
+            last = Some(pid);
+            asked += 1;
+        }
+        (changes, asked, started.elapsed())
+    });
+    let turns_begun = (took.as_millis() / 100) as usize + 1;
+    let still = turns_line(&tokio::task::block_in_place(|| c.status())).is_some();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = load.await.expect("the load task");
+    result.assert_none_failed("the connection-per-request load");
+    eprintln!(
+        "{} requests; {asked} new connections in {took:?}: {changes} change(s) of worker; {line}",
+        result.requests
+    );
+    if still {
+        assert!(
+            changes <= turns_begun,
+            "{changes} changes of worker in {asked} new connections over {took:?} ({turns_begun} turns)"
+        );
+    }
+    // Quiet again: the turns end, and a burst of keep-alive connections (a client opening its
+    // pool) is shared, not taken whole by the worker whose turn it was (it could pass on only
+    // what the other's inbox holds: 10).
+    assert!(
+        tokio::task::block_in_place(|| wait_until(DEADLINE, || turns_line(&c.status()).is_none())),
+        "the turns go on with nothing coming: {}",
+        c.status()
+    );
+    let by_pid = tokio::task::block_in_place(|| {
+        let mut streams: Vec<std::net::TcpStream> = (0..64)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+            .collect();
+        let mut by_pid = std::collections::BTreeMap::new();
+        for s in &mut streams {
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            *by_pid.entry(pid_on(s).expect("an answer")).or_insert(0usize) += 1;
+        }
+        by_pid
+    });
+    for pid in &pids {
+        let share = by_pid.get(pid).copied().unwrap_or(0);
+        assert!(
+            (20..=44).contains(&share),
+            "worker pid {pid} took {share} of 64 keep-alive connections after a quiet time: {by_pid:?}"
+        );
+    }
+}
+
+#[test]
+fn more_workers_than_cores_are_warned_about() {
+    // Pinned to one core (the first this test may use): 2 workers share it, 1 does not.
     for (workers, warned) in [("2", true), ("1", false)] {
         let dir = TempDir::new("cluster-cores");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gracedemo"));
         cmd.args(["-a0", "127.0.0.1:0", "-a1", "127.0.0.1:0", "-a2", "127.0.0.1:0"])
             .args(["--workers", workers, "--control-socket"])
             .arg(dir.path().join("control"));
-        let mut one = nix::sched::CpuSet::new();
-        one.set(cpu).expect("a core number within the set");
-        // SAFETY: sched_setaffinity is a plain system call, safe between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        pin_to_one_core(&mut cmd);
         let _sweep = grace_tests::Sweep::new(&mut cmd);
         let mut primary = ProcessGuard::spawn(cmd);
         primary.expect_log("Worker 0 serving ");

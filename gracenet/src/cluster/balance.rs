@@ -42,12 +42,15 @@ struct Entry {
     stamp: AtomicU64,
     /// The pid of the worker that stamped it last (the one a connection is passed to).
     pid: AtomicU64,
+    /// The connections that worker has accepted, as of its stamp.
+    accepted: AtomicU64,
 }
 
 const ENTRIES: usize = MAX_SLOTS + 1;
 const SIZE: usize = ENTRIES * std::mem::size_of::<Entry>();
 
-/// The shared table: entry 0 says how many slots there are, entry `1 + slot` is a slot's.
+/// The shared table: entry 0 says how many slots there are (`open`) and whether the workers
+/// take turns at new connections (`accepted`, 1 if so), entry `1 + slot` is a slot's.
 pub(crate) struct LoadTable {
     entries: NonNull<Entry>,
     fd: OwnedFd,
@@ -119,6 +122,16 @@ impl LoadTable {
         })
     }
 
+    /// Says whether the workers take turns at new connections (the primary, as it decides).
+    pub(crate) fn set_turns(&self, taking: bool) {
+        self.entry(0).accepted.store(u64::from(taking), Ordering::Relaxed);
+    }
+
+    /// Whether the workers take turns at new connections, as the primary last said.
+    pub(crate) fn turns_taken(&self) -> bool {
+        self.entry(0).accepted.load(Ordering::Relaxed) != 0
+    }
+
     /// The fd workers open it by (the primary's).
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -139,11 +152,15 @@ impl LoadTable {
             .store(n.min(MAX_SLOTS) as u64, Ordering::Relaxed);
     }
 
-    /// A serving worker's report: its `open` connections at `now_us`.
-    pub(crate) fn report(&self, slot: usize, open: u64, now_us: u64) {
+    /// A serving worker's report: its `open` connections at `now_us`, and the connections
+    /// it has `accepted` (`None`: left as it was).
+    pub(crate) fn report(&self, slot: usize, open: u64, accepted: Option<u64>, now_us: u64) {
         if slot < MAX_SLOTS {
             let e = self.entry(1 + slot);
             e.open.store(open, Ordering::Relaxed);
+            if let Some(accepted) = accepted {
+                e.accepted.store(accepted, Ordering::Relaxed);
+            }
             e.pid.store(u64::from(self.me), Ordering::Relaxed);
             e.stamp.store(now_us.max(1), Ordering::Relaxed);
         }
@@ -155,6 +172,17 @@ impl LoadTable {
     pub(crate) fn set_open(&self, slot: usize, open: u64) {
         if slot < MAX_SLOTS {
             self.entry(1 + slot).open.store(open, Ordering::Relaxed);
+        }
+    }
+
+    /// The open connections `slot`'s worker last said it holds, and the connections it has
+    /// accepted as of its last stamp (any values: it is shared memory).
+    pub(crate) fn load_of(&self, slot: usize) -> (u64, u64) {
+        if slot < MAX_SLOTS {
+            let e = self.entry(1 + slot);
+            (e.open.load(Ordering::Relaxed), e.accepted.load(Ordering::Relaxed))
+        } else {
+            (0, 0)
         }
     }
 
@@ -256,6 +284,14 @@ pub(crate) fn should_pass(mine: u64, other: u64) -> bool {
 /// The fewest open connections a worker passes a new one on from.
 pub(crate) const PASS_FROM: u64 = 8;
 
+/// The fewest open connections a worker passes a new one on from while the workers take
+/// turns at new connections (they share cores: `cluster::machine`'s `Turns`): passing one to
+/// a worker whose turn it is not would wake it, the switch the turns avoid. The primary ends
+/// the turns once this many per core are open. (A client opening a connection per request
+/// often opens its next one before the server has closed its last: 8 such clients were seen
+/// holding 16 at once in the worker whose turn it was.)
+pub(crate) const PASS_IN_TURNS_FROM: u64 = 4 * PASS_FROM;
+
 /// This worker's table and slot, once opened ([`open_for_worker`]).
 static WORKER_TABLE: OnceLock<Option<(LoadTable, usize)>> = OnceLock::new();
 
@@ -340,14 +376,14 @@ mod tests {
         let me = std::process::id();
         let now = now_us() + 10_000_000;
         assert!(!table.is_silent(0, me, now), "never stamped: nothing known");
-        table.report(0, 3, now - LIVE.as_micros() as u64);
+        table.report(0, 3, None, now - LIVE.as_micros() as u64);
         assert!(!table.is_silent(0, me, now), "exactly LIVE old: still live");
         assert!(table.is_silent(0, me, now + 1));
         assert!(
             !table.is_silent(0, me + 1, now + 1),
             "another pid's stamp (its predecessor's) says nothing of it"
         );
-        table.report(0, 3, now);
+        table.report(0, 3, None, now);
         assert!(!table.is_silent(0, me, now + 1));
         assert!(!table.is_silent(MAX_SLOTS, me, now), "beyond the table");
     }
@@ -405,8 +441,8 @@ mod tests {
         let other = LoadTable::open(std::process::id(), table.raw_fd()).expect("open by /proc");
         table.set_slots(3);
         let now = now_us();
-        other.report(0, 40, now);
-        other.report(1, 7, now);
+        other.report(0, 40, None, now);
+        other.report(1, 7, None, now);
         // Slot 2 never stamped: not live.
         let me = std::process::id();
         let open = |l: Option<Lightest>| l.map(|l| l.open);
@@ -421,7 +457,7 @@ mod tests {
         assert_eq!(open(table.lightest_other(1, now)), Some(40));
         // A second later, slot 1's stamp is stale: only slot 0 counts for slot 2.
         let later = now + 1_000_000;
-        table.report(0, 41, later);
+        table.report(0, 41, None, later);
         assert_eq!(open(table.lightest_other(2, later)), Some(41));
         assert_eq!(table.lightest_other(0, later), None);
         // Slots beyond the count are not looked at.
@@ -435,7 +471,7 @@ mod tests {
     fn the_table_cannot_be_resized_by_anyone_who_opens_it() {
         let table = LoadTable::create().expect("memfd");
         let other = LoadTable::open(std::process::id(), table.raw_fd()).expect("open by /proc");
-        other.report(0, 3, now_us());
+        other.report(0, 3, None, now_us());
         for fd in [table.fd.as_fd(), other.fd.as_fd()] {
             for len in [0, SIZE as libc::off_t * 2] {
                 let e = nix::unistd::ftruncate(fd, len).expect_err("a sealed table keeps its size");

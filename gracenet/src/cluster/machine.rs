@@ -48,6 +48,53 @@ pub(crate) struct Settings {
     /// How often workers send their heartbeat: the primary not running for twice that (at
     /// least [`MIN_STALL`]) longer than it meant to is its own stall, not their silence.
     pub heartbeat: Duration,
+    /// How many cores the workers may run on (at least 1): more steady workers than that
+    /// take turns at new connections while few are open ([`Event::Concurrency`]).
+    pub cores: usize,
+}
+
+/// How long a turn lasts, when workers that share cores take turns at new connections.
+pub(crate) const TURN: Duration = Duration::from_millis(100);
+
+/// Workers that share cores begin to take turns at new connections while fewer than this
+/// many, per core, are open in all, and stop once [`TURNS_END_PER_CORE`] are. With many open,
+/// a worker in its turn would hold enough connections to pass some on to the others
+/// ([`super::balance::PASS_IN_TURNS_FROM`]), waking them as often as sharing does; and many
+/// concurrent connections keep each worker busy for its whole scheduler slice anyway.
+pub(crate) const TURNS_BELOW_PER_CORE: u64 = TURNS_END_PER_CORE / 2;
+
+/// Workers that take turns stop once this many connections per core are open in all: twice
+/// [`TURNS_BELOW_PER_CORE`], so that the moments a client has opened its next connection
+/// before the server has closed its last (8 such clients were seen holding 16) do not end
+/// the turns each time; and the fewest a worker in its turn passes one on from.
+pub(crate) const TURNS_END_PER_CORE: u64 = super::balance::PASS_IN_TURNS_FROM;
+
+/// Workers that share cores take turns only while at least this many new connections a second
+/// come. Fewer cost few switches between workers; and a burst of long-lived connections after
+/// a quiet time (a client opening its pool) then finds every worker steered to, rather than one
+/// worker taking the whole burst in its turn (it can pass on only as many as the others' inboxes
+/// hold while it runs).
+pub(crate) const TURNS_FROM_PER_SECOND: u64 = 1_000;
+
+/// How long the rate of new connections is measured over, for [`TURNS_FROM_PER_SECOND`]:
+/// several of the workers' stamps of the load table (each says how many they accepted), which
+/// come every 100 ms, so that one late stamp does not read as a quiet time.
+pub(crate) const RATE_OVER: Duration = Duration::from_millis(500);
+
+/// Whether the steady workers take turns at new connections, whose turn it is, and how often
+/// new connections came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Turns {
+    /// Whether they take turns (else every steady worker gets new connections).
+    pub taking: bool,
+    /// The current turn (counts up; the window of slots it names rotates), and when it began.
+    pub turn: u64,
+    pub began: Option<Instant>,
+    /// When the rate of new connections was last measured, and how many connections the
+    /// serving workers had accepted then.
+    pub read: Option<(Instant, u64)>,
+    /// Whether at least [`TURNS_FROM_PER_SECOND`] came over the last [`RATE_OVER`].
+    pub often: bool,
 }
 
 /// Recycling: a worker is replaced (by its own graceful restart) once it has served
@@ -347,6 +394,8 @@ pub(crate) struct Cluster {
     now: Instant,
     /// The serving workers set aside, as last said ([`Action::SetAside`]).
     aside: Vec<u32>,
+    /// Whether steady workers that share cores take turns at new connections, and whose.
+    pub turns: Turns,
 }
 
 /// What reaches the primary.
@@ -367,6 +416,15 @@ pub(crate) enum Event {
     /// serving workers whose own stamp is older than 300 ms (stopped with `SIGSTOP`, or their
     /// thread blocked); every other one runs.
     Silence { silent: Vec<u32> },
+    /// The driver read how many connections the serving workers hold open in all (the load
+    /// table), as it does each time it wakes: it decides whether workers that share cores take
+    /// turns at new connections.
+    Concurrency {
+        /// Their open connections.
+        open: u64,
+        /// The connections they have accepted since each started.
+        accepted: u64,
+    },
     /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
     Exited { pid: u32, clean: bool },
     /// Time passed (the driver feeds it at [`Cluster::next_deadline`], once it has read the
@@ -517,6 +575,7 @@ impl Cluster {
             woke: None,
             now: Instant::now(),
             aside: Vec::new(),
+            turns: Turns::default(),
         }
     }
 
@@ -834,6 +893,7 @@ impl Cluster {
                     w.silent = silent.contains(&w.pid);
                 }
             }
+            Event::Concurrency { open, accepted } => self.take_turns(open, accepted, now),
             Event::Exited { pid, clean } => self.exited(pid, clean, now, &mut actions),
             Event::Tick => self.tick(now, &mut actions),
             Event::Sleep { .. } | Event::Woke => {}
@@ -902,13 +962,82 @@ impl Cluster {
             .collect()
     }
 
-    /// The slots new connections are steered to at `now`: those whose worker serves and is
+    /// The slots new connections are steered to at `now`: the [eligible](Self::eligible_slots)
+    /// ones, or while they [take turns](Self::take_turns), the cores' number of them whose
+    /// turn it is (a window that moves on by as many at each turn, so each slot has as many
+    /// turns as the others). Empty only when no worker serves.
+    pub(crate) fn steered_slots(&self, now: Instant) -> Vec<usize> {
+        let eligible = self.eligible_slots(now);
+        let cores = self.settings.cores.max(1);
+        if !self.turns.taking || eligible.len() <= cores {
+            return eligible;
+        }
+        let first = (self.turns.turn % eligible.len() as u64) as usize * cores % eligible.len();
+        let mut window: Vec<usize> = (0..cores)
+            .map(|k| eligible[(first + k) % eligible.len()])
+            .collect();
+        window.sort_unstable();
+        window
+    }
+
+    /// Workers that share cores take turns at new connections, each turn [`TURN`] long, while
+    /// more steady workers serve than there are cores, fewer than [`TURNS_BELOW_PER_CORE`] per
+    /// core connections are open (`open`, in all; they go on until [`TURNS_END_PER_CORE`]
+    /// are) and at least [`TURNS_FROM_PER_SECOND`] new
+    /// ones came over the last [`RATE_OVER`] (`accepted` counts up). Connections spread over
+    /// every worker at once make the workers on a core switch between themselves at nearly
+    /// every new connection, each switch costing more than the request (CPU per request 1.06
+    /// to 1.2 times one process's, measured with 2 workers on one core against 8 clients
+    /// opening a connection per request); in turns, one worker serves a whole turn while the
+    /// others finish what they hold (0.86 to 0.93 times). A turn moves on only when the driver
+    /// reads the table after it ended (it does at least every 100 ms while two or more serve);
+    /// too many open connections end the turns at once.
+    fn take_turns(&mut self, open: u64, accepted: u64, now: Instant) {
+        let t = &mut self.turns;
+        match t.read {
+            None => t.read = Some((now, accepted)),
+            Some((since, before)) if now.saturating_duration_since(since) >= RATE_OVER => {
+                // A worker replaced since counts from 0 again: none came, as far as this
+                // measure knows.
+                let came = u128::from(accepted.saturating_sub(before));
+                let lasted = now.saturating_duration_since(since).as_millis();
+                t.often = came * 1000 >= u128::from(TURNS_FROM_PER_SECOND) * lasted;
+                t.read = Some((now, accepted));
+            }
+            Some(_) => {}
+        }
+        let cores = self.settings.cores.max(1);
+        let share = self.eligible_slots(now).len() > cores;
+        let t = &mut self.turns;
+        let limit = if t.taking {
+            TURNS_END_PER_CORE
+        } else {
+            TURNS_BELOW_PER_CORE
+        };
+        let few = open < limit.saturating_mul(cores as u64);
+        t.taking = share && few && t.often;
+        t.began = match t.began {
+            _ if !t.taking => None,
+            // Turns taken again go on from the next worker's.
+            None => {
+                t.turn = t.turn.wrapping_add(1);
+                Some(now)
+            }
+            Some(began) if now.saturating_duration_since(began) >= TURN => {
+                t.turn = t.turn.wrapping_add(1);
+                Some(now)
+            }
+            Some(began) => Some(began),
+        };
+    }
+
+    /// The slots new connections may go to at `now`: those whose worker serves and is
     /// steady (not restarting, not recycling, a [taker](Self::takers)), as long as one of them
     /// was heard from within three heartbeats; else every serving slot (a worker that is
     /// restarting waits in `vfork` for its successor's `execve`, and what is queued at its
     /// listener is its successor's; a hung steady one would hold connections until the
     /// watchdog). Empty only when no worker serves.
-    pub(crate) fn steered_slots(&self, now: Instant) -> Vec<usize> {
+    pub(crate) fn eligible_slots(&self, now: Instant) -> Vec<usize> {
         let takers = self.takers();
         let serving: Vec<(usize, &Slot, Worker)> = self
             .slots
@@ -1597,6 +1726,7 @@ mod tests {
             crash_limit: 5,
             recycle: Recycle::default(),
             heartbeat: Duration::from_millis(2500),
+            cores: 64,
         }
     }
 
@@ -3092,6 +3222,179 @@ mod tests {
         assert_eq!(pids(&c), vec![300]);
     }
 
+    /// What the steering gets after the driver reads `open` connections at `now`, and 10,000
+    /// new ones a second since the last reading.
+    fn steered_after(c: &mut Cluster, open: u64, now: Instant) -> Vec<usize> {
+        let accepted = match c.turns.read {
+            Some((at, n)) => n + 10 * now.saturating_duration_since(at).as_millis() as u64,
+            None => 0,
+        };
+        assert!(c.handle(Event::Concurrency { open, accepted }, now).is_empty());
+        c.steered_slots(now)
+    }
+
+    #[test]
+    fn workers_that_share_a_core_take_turns_at_new_connections_while_many_come_and_few_are_open() {
+        let t0 = Instant::now();
+        let mut c = serving_with(
+            Settings {
+                cores: 1,
+                ..settings(2)
+            },
+            t0,
+        );
+        let both = vec![0, 1];
+        assert_eq!(c.steered_slots(t0), both, "before the driver reads the table");
+        assert_eq!(
+            steered_after(&mut c, 3, t0),
+            both,
+            "a first reading says nothing of the rate"
+        );
+        assert_eq!(
+            steered_after(&mut c, 3, t0 + RATE_OVER / 2),
+            both,
+            "nor one too soon"
+        );
+        let t1 = t0 + RATE_OVER;
+        let first = steered_after(&mut c, 3, t1);
+        assert_eq!(
+            first.len(),
+            1,
+            "10,000 new connections a second: one worker's turn: {first:?}"
+        );
+        assert_eq!(steered_after(&mut c, 7, t1 + TURN / 2), first, "a turn lasts");
+        let second = steered_after(&mut c, 0, t1 + TURN);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second, first, "then the other's");
+        assert_eq!(steered_after(&mut c, 5, t1 + TURN * 2), first);
+        // Many connections open: every worker at once again, at once; and they begin again
+        // only below fewer.
+        let t2 = t1 + TURN * 2 + TURN / 2;
+        assert_eq!(
+            steered_after(&mut c, TURNS_END_PER_CORE - 1, t2),
+            first,
+            "a moment's more"
+        );
+        assert_eq!(steered_after(&mut c, TURNS_END_PER_CORE, t2), both);
+        assert_eq!(steered_after(&mut c, TURNS_BELOW_PER_CORE, t2), both);
+        let again = steered_after(&mut c, TURNS_BELOW_PER_CORE - 1, t2);
+        assert_eq!(again, second, "few again: the next worker's turn");
+        // Few new connections: every worker, so that a burst after a quiet time is shared.
+        let (at, read) = c.turns.read.expect("a reading");
+        let t2 = at + RATE_OVER;
+        let quiet = read + TURNS_FROM_PER_SECOND / 2 - 1;
+        assert!(
+            c.handle(
+                Event::Concurrency {
+                    open: 0,
+                    accepted: quiet
+                },
+                t2
+            )
+            .is_empty()
+        );
+        assert_eq!(c.steered_slots(t2), both, "499 in 500 ms");
+        assert_eq!(
+            steered_after(&mut c, 0, t2 + TURN),
+            both,
+            "until the next measure"
+        );
+        assert_eq!(steered_after(&mut c, 0, t2 + RATE_OVER).len(), 1);
+        // A worker replaced (its count starts again from 0): no turns until the next measure.
+        let t3 = t2 + RATE_OVER * 2;
+        assert!(
+            c.handle(Event::Concurrency { open: 0, accepted: 0 }, t3)
+                .is_empty()
+        );
+        assert_eq!(c.steered_slots(t3), both);
+        // Workers on cores of their own never take turns.
+        let mut own = serving_with(
+            Settings {
+                cores: 2,
+                ..settings(2)
+            },
+            t0,
+        );
+        for k in 0..3 {
+            assert_eq!(steered_after(&mut own, 1, t0 + RATE_OVER * k), both);
+        }
+    }
+
+    #[test]
+    fn a_silent_worker_leaves_the_turns_to_the_others() {
+        let t0 = Instant::now();
+        let mut c = serving_with(
+            Settings {
+                cores: 1,
+                ..settings(3)
+            },
+            t0,
+        );
+        // Slot 0's worker is silent (its runtime stopped): the other two take turns.
+        c.handle(Event::Silence { silent: vec![100] }, t0);
+        steered_after(&mut c, 2, t0);
+        let mut seen = std::collections::BTreeSet::new();
+        for k in 1..5u32 {
+            let now = t0 + RATE_OVER + TURN * k;
+            let turn = steered_after(&mut c, 2, now);
+            assert_eq!(turn.len(), 1);
+            assert_ne!(turn, vec![0], "a silent worker has no turn");
+            seen.extend(turn);
+        }
+        assert_eq!(seen, std::collections::BTreeSet::from([1, 2]));
+        // Only one left that may take connections: it takes them all, no turns.
+        c.handle(
+            Event::Silence {
+                silent: vec![100, 101],
+            },
+            t0 + TURN * 6,
+        );
+        assert_eq!(steered_after(&mut c, 2, t0 + TURN * 6), vec![2]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_worker_gets_as_many_turns_as_the_others(
+            workers in 2usize..7,
+            cores in 1usize..4,
+            gaps in proptest::collection::vec(0u64..250, 1..60),
+        ) {
+            let t0 = Instant::now();
+            let mut c = serving_with(Settings { cores, ..settings(workers) }, t0);
+            steered_after(&mut c, 0, t0);
+            let mut now = t0;
+            let mut turns: Vec<Vec<usize>> = Vec::new();
+            let mut last = None;
+            for gap in gaps {
+                now += Duration::from_millis(gap);
+                let steered = steered_after(&mut c, 0, now);
+                proptest::prop_assert!(!steered.is_empty());
+                if workers <= cores {
+                    proptest::prop_assert_eq!(steered.len(), workers, "cores enough for all");
+                    continue;
+                }
+                if !c.turns.taking {
+                    // Before the first measure of the rate.
+                    proptest::prop_assert_eq!(steered.len(), workers);
+                    proptest::prop_assert!(now.saturating_duration_since(t0) < RATE_OVER);
+                    continue;
+                }
+                proptest::prop_assert_eq!(steered.len(), cores);
+                if last != Some(c.turns.turn) {
+                    last = Some(c.turns.turn);
+                    turns.push(steered);
+                }
+            }
+            // Over any `workers` consecutive turns, each slot has `cores` of them.
+            for run in turns.windows(workers) {
+                for slot in 0..workers {
+                    let had = run.iter().filter(|t| t.contains(&slot)).count();
+                    proptest::prop_assert_eq!(had, cores, "slot {} in {:?}", slot, run);
+                }
+            }
+        }
+    }
+
     fn recycling(n: usize, max_requests: Option<u64>, max_memory: Option<u64>) -> Settings {
         Settings {
             recycle: Recycle {
@@ -3388,6 +3691,8 @@ mod tests {
             Beat(usize, u64, u64, bool),
             /// The driver finds these live workers (bits, by index) silent in the load table.
             Silence(u8),
+            /// The driver reads this many open, and accepted, connections in the load table.
+            Concurrency(u64, u64),
             /// The driver sleeps until its next deadline at most (woken earlier after this many
             /// ms), wakes and ticks.
             Tick(u64),
@@ -3413,6 +3718,7 @@ mod tests {
                 2 => (any::<usize>(), 0u64..300, 0u64..300, proptest::bool::weighted(0.2))
                     .prop_map(|(i, r, m, full)| Step::Beat(i, r, m, full)),
                 1 => any::<u8>().prop_map(Step::Silence),
+                1 => (0u64..40, 0u64..2_000).prop_map(|(o, a)| Step::Concurrency(o, a)),
                 1 => (0u64..40_000).prop_map(Step::Tick),
                 1 => (0u64..12_000).prop_map(Step::Stall),
                 1 => (0u64..12_000).prop_map(Step::Busy),
@@ -3449,6 +3755,7 @@ mod tests {
                 6 => (any::<usize>(), 0u64..100, 0u64..100, proptest::bool::weighted(0.1))
                     .prop_map(|(i, r, m, full)| Step::Beat(i, r, m, full)),
                 1 => any::<u8>().prop_map(Step::Silence),
+                2 => (0u64..40, 0u64..2_000).prop_map(|(o, a)| Step::Concurrency(o, a)),
                 1 => (0u64..2_000).prop_map(Step::Tick),
                 1 => Just(Step::Restart),
                 1 => (1usize..5).prop_map(Step::Scale),
@@ -3634,7 +3941,7 @@ mod tests {
             check_takers(c, w);
             let restarting = c.slots.iter().filter(|s| s.restarting).count();
             assert!(restarting <= c.settings.surge, "at most the surge restarting");
-            let mut seen = BTreeSet::new();
+            let mut seen = std::collections::BTreeSet::new();
             for s in &c.slots {
                 if let Some(wk) = s.worker {
                     assert!(seen.insert(wk.pid), "a pid in two slots");
@@ -3890,6 +4197,7 @@ mod tests {
                     w.silent = silent.iter().copied().collect();
                     Event::Silence { silent }
                 }
+                Step::Concurrency(open, accepted) => Event::Concurrency { open, accepted },
                 Step::Tick(ms) => {
                     wait(c, w, ms, 0, 0);
                     check_invariants(c, w);
@@ -3974,12 +4282,26 @@ mod tests {
             if someone_takes {
                 assert!(!takers.is_empty(), "a worker that runs and accepts takes: {c:?}");
             }
-            let steered = c.steered_slots(w.now());
+            let steered = c.eligible_slots(w.now());
             assert_eq!(
                 steered.is_empty(),
                 serving.is_empty(),
                 "connections go where a worker serves: {c:?}"
             );
+            let in_turn = c.steered_slots(w.now());
+            let cores = c.settings.cores.max(1);
+            assert!(
+                in_turn.iter().all(|i| steered.contains(i)),
+                "a turn names only slots connections may go to: {c:?}"
+            );
+            if c.turns.taking && steered.len() > cores {
+                assert_eq!(in_turn.len(), cores, "a turn names one slot per core: {c:?}");
+            } else {
+                assert_eq!(
+                    in_turn, steered,
+                    "without turns, every slot they may go to: {c:?}"
+                );
+            }
             let steady: Vec<usize> = c
                 .slots
                 .iter()
@@ -4075,9 +4397,10 @@ mod tests {
                 stuck in any::<u64>(),
                 again in any::<bool>(),
                 binding in any::<bool>(),
+                cores in 1usize..4,
             ) {
                 let recycle = Recycle { max_requests, max_memory, seed };
-                let mut c = Cluster::new(Settings { surge, recycle, ..settings(workers) });
+                let mut c = Cluster::new(Settings { surge, recycle, cores, ..settings(workers) });
                 if binding {
                     c = c.binding_first();
                 }
@@ -4141,9 +4464,10 @@ mod tests {
                 max_memory in proptest::option::of(1u64..100),
                 seed in any::<u64>(),
                 steps in proptest::collection::vec(busy_step(), 0..200),
+                cores in 1usize..3,
             ) {
                 let recycle = Recycle { max_requests: Some(max_requests), max_memory, seed };
-                let mut c = Cluster::new(Settings { recycle, ..settings(workers) });
+                let mut c = Cluster::new(Settings { recycle, cores, ..settings(workers) });
                 let mut w = World::default();
                 let actions = c.start();
                 w.perform(actions);

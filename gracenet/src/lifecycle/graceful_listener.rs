@@ -171,8 +171,11 @@ impl GracefulListener {
         if mine < balance::PASS_FROM || *self.phase.borrow() != Phase::Serving {
             return false;
         }
+        if mine < balance::PASS_IN_TURNS_FROM && table.turns_taken() {
+            return false;
+        }
         let now = balance::now_us();
-        table.report(*slot, mine, now);
+        table.report(*slot, mine, None, now);
         let Some(lightest) = table.lightest_other(*slot, now) else {
             return false;
         };
@@ -229,7 +232,7 @@ impl GracefulListener {
             let now = crate::cluster::balance::now_us();
             let mine = self.shared.connections.receiver_count() as u64;
             if *self.phase.borrow() == Phase::Serving {
-                table.report(*slot, mine, now);
+                table.report(*slot, mine, None, now);
             }
             let lightest = table.lightest_other(*slot, now).map(|l| l.open);
             if !crate::cluster::balance::should_defer(mine, lightest) || tokio::time::Instant::now() >= until

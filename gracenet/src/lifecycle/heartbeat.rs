@@ -42,7 +42,8 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
         if let Some((table, slot)) = table
             && *shared.phase.borrow() == Phase::Serving
         {
-            table.report(*slot, connections as u64, balance::now_us());
+            let accepted = shared.accepted.load(Ordering::Relaxed);
+            table.report(*slot, connections as u64, Some(accepted), balance::now_us());
         }
         if Instant::now() >= next_beat {
             next_beat = Instant::now() + every;

@@ -60,7 +60,8 @@ impl Generation {
             // it serves (the runtime stamps it from then on): a worker that stops at once is
             // seen silent too, not taken for one that has not stamped yet.
             let open = self.shared.connections.receiver_count() as u64;
-            table.report(*slot, open, crate::cluster::balance::now_us());
+            let accepted = self.shared.accepted.load(std::sync::atomic::Ordering::Relaxed);
+            table.report(*slot, open, Some(accepted), crate::cluster::balance::now_us());
         }
         let addrs: Vec<String> = self.registry().addrs().iter().map(ToString::to_string).collect();
         let pid = std::process::id();

@@ -188,6 +188,7 @@ impl Primary {
                 seed: random_seed(),
             },
             heartbeat,
+            cores: super::default_workers(),
         });
         if activated.is_empty() {
             // The first worker binds the sockets: the machine holds the other starts until
@@ -347,7 +348,11 @@ impl Primary {
                 self.events.push_back(Event::Tick);
             }
             self.note_silent_workers();
+            self.note_concurrency();
             self.drain_events();
+            if let Some(table) = &self.load {
+                table.set_turns(self.machine.turns.taking);
+            }
             self.steer();
             self.pass_on_unpassed();
             self.take_from_workers_that_cannot_accept();
@@ -408,6 +413,21 @@ impl Primary {
             .collect();
         if silent != known {
             self.events.push_back(Event::Silence { silent });
+        }
+    }
+
+    /// Tells the machine how many connections the serving workers hold open, and have
+    /// accepted, in all, as their load table says (it decides whether workers that share cores take turns at new
+    /// connections): while two or more serve.
+    fn note_concurrency(&mut self) {
+        let Some(table) = &self.load else { return };
+        let serving = self.machine.serving();
+        if serving.len() >= 2 {
+            let (open, accepted) = serving.iter().fold((0u64, 0u64), |(open, accepted), &(slot, _)| {
+                let (o, a) = table.load_of(slot);
+                (open.saturating_add(o), accepted.saturating_add(a))
+            });
+            self.events.push_back(Event::Concurrency { open, accepted });
         }
     }
 

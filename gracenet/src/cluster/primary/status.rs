@@ -101,6 +101,15 @@ impl Primary {
             self.started.elapsed().as_secs(),
             self.machine.slots.len()
         );
+        if let Some(now) = self.in_turn() {
+            out.push_str(&format!(
+                "new connections: in turns of {} ms, to {} worker(s) at a time (more serve than the {} core(s) they may run on); now: worker {}\n",
+                crate::cluster::machine::TURN.as_millis(),
+                self.machine.settings.cores.max(1),
+                self.machine.settings.cores.max(1),
+                now.iter().map(usize::to_string).collect::<Vec<_>>().join(", worker "),
+            ));
+        }
         if let Some(r) = &self.machine.rollout {
             out.push_str(&format!(
                 "rolling restart: {} of {} worker(s) restarted\n",
@@ -147,8 +156,16 @@ impl Primary {
         out
     }
 
+    /// The slots whose turn it is, while workers that share cores take turns at new
+    /// connections.
+    fn in_turn(&self) -> Option<Vec<usize>> {
+        let now = Instant::now();
+        let turn = self.machine.steered_slots(now);
+        (self.machine.turns.taking && turn.len() < self.machine.eligible_slots(now).len()).then_some(turn)
+    }
+
     /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
-    /// `rolling_restart`, `workers`, `draining`); each worker with `slot`, `pid`,
+    /// `rolling_restart`, `turns`: the slots whose turn it is or null, `workers`, `draining`); each worker with `slot`, `pid`,
     /// `generation`, `phase`, `connections`, `accepted`, `requests`, `rss_bytes`,
     /// `uptime_seconds`, `restarts`, `recycles` and `last_recycle` (`requests`, `memory` or
     /// null).
@@ -194,6 +211,12 @@ impl Primary {
                 Json::Float(self.started.elapsed().as_secs_f64()),
             ),
             ("rolling_restart", rollout),
+            (
+                "turns",
+                self.in_turn().map_or(Json::Null, |slots| {
+                    Json::Array(slots.into_iter().map(|s| Json::Int(s as u64)).collect())
+                }),
+            ),
             ("workers", Json::Array(workers)),
             (
                 "draining",
