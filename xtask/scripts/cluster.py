@@ -22,6 +22,7 @@ every server process from /proc over the load. Figures:
 
     cargo build --release -p gracedemo
     python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5] [--standby] [--only throughput|restarts]
+    python3 xtask/scripts/cluster.py --only throughput --workers 4   # 4 workers on the one core
     python3 xtask/scripts/cluster.py --shared-queue   # figure 1 on one socket the workers share
 
 --shared-queue passes the port from systemd-socket-activate (as systemd's sockets, without
@@ -177,8 +178,11 @@ def server_counters(p):
     return user, system, vol, invol
 
 
+WORKERS = [2]
+
+
 def throughput(kind, seconds, conns, close, control):
-    workers, threads = (2, 1) if kind == "cluster" else (0, 2)
+    workers, threads = (WORKERS[0], 1) if kind == "cluster" else (0, 2)
     p, port = start(workers, threads, control)
     try:
         wrk(port, 1, conns, close)  # warm-up
@@ -207,9 +211,12 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--standby", action="store_true", help="workers keep their successor started ahead")
     ap.add_argument("--only", choices=["throughput", "restarts"], help="measure only these figures")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="workers of the cluster in the throughput figures (all on core 0)")
     ap.add_argument("--shared-queue", action="store_true",
                     help="throughput on one socket passed by systemd-socket-activate (shared by the workers)")
     a = ap.parse_args()
+    WORKERS[0] = max(a.workers, 1)
     if a.standby:
         EXTRA.append("--standby")
     if a.shared_queue:
