@@ -53,9 +53,17 @@ pub enum Error {
     /// [`Server::run`](crate::Server::run) (inside a runtime) instead of
     /// [`Server::serve`](crate::Server::serve).
     #[error(
-        "Server::workers needs Server::serve with a lifecycle builder (Server::lifecycle): the cluster's primary starts before any runtime or generation"
+        "Server::workers needs Server::serve (not Server::run) and a generation the server starts itself (not Server::generation): the cluster's primary starts before any runtime or generation"
     )]
     WorkersNeedServe,
+
+    /// The lifecycle builder given to [`Server::lifecycle`](crate::Server::lifecycle) hands
+    /// state of its own ([`hand_state`](gracenet::GenerationBuilder::hand_state)): the server
+    /// holds the next process's generation, so nothing there could read that state.
+    #[error(
+        "Server::lifecycle was given a builder that hands state (GenerationBuilder::hand_state), which nothing in the next process could read: the server holds its generation. To hand your own state, start the generation yourself and serve on it with Server::generation"
+    )]
+    UnreadableState,
 
     /// The tokio runtime could not be started.
     #[error("cannot start the tokio runtime: {0}")]

@@ -136,11 +136,11 @@ impl Server {
     /// How the process restarts and stops: gracenet's settings (stop and ready timeouts, PID
     /// file, control socket, standby, ...). The server starts the generation with them when it
     /// runs, and hands the TLS session ticket keys to the next process with
-    /// [`hand_state`](GenerationBuilder::hand_state), unless `builder` hands state of its own
-    /// (clients then make one full handshake with each new process). Only the process that
-    /// holds the [`Generation`] can read state handed to it: to hand your own, start the
-    /// generation yourself and serve on it with [`generation`](Self::generation) (gracehttp's
-    /// `store` example).
+    /// [`hand_state`](GenerationBuilder::hand_state). A `builder` that hands state of its own
+    /// is refused ([`Error::UnreadableState`], from [`run`](Self::run) and
+    /// [`serve`](Self::serve)): only the process that holds the [`Generation`] can read state
+    /// handed to it. To hand your own, start the generation yourself and serve on it with
+    /// [`generation`](Self::generation) (gracehttp's `store` example).
     pub fn lifecycle(mut self, builder: GenerationBuilder) -> Server {
         self.lifecycle = Lifecycle::Builder(builder);
         self
@@ -296,6 +296,15 @@ impl Server {
         self
     }
 
+    /// [`Error::UnreadableState`] if the lifecycle builder hands state: the server holds the
+    /// generation, so the next process could not read it.
+    fn refuse_unreadable_state(&self) -> Result<(), Error> {
+        match &self.lifecycle {
+            Lifecycle::Builder(builder) if builder.hands_state() => Err(Error::UnreadableState),
+            _ => Ok(()),
+        }
+    }
+
     /// Serves until this process is done (a restart handed over, or a stop), on a tokio
     /// runtime of its own: grace's `gracehttp.Serve`. As PID 1 (a container with no init), it
     /// runs as gracenet's supervisor, which stays PID 1 while the generations it starts serve
@@ -308,6 +317,7 @@ impl Server {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::InsideRuntime);
         }
+        self.refuse_unreadable_state()?;
         if let Some(n) = self.workers
             && gracenet::should_supervise(true)
         {
@@ -366,6 +376,7 @@ impl Server {
         if self.sites.is_empty() {
             return Err(Error::NoServers);
         }
+        self.refuse_unreadable_state()?;
         if self.workers.is_some() && gracenet::should_supervise(true) {
             return Err(Error::WorkersNeedServe);
         }
@@ -394,7 +405,8 @@ impl Server {
                 Lifecycle::Started(g) => (g, false),
                 Lifecycle::Builder(builder) => {
                     // gracehttp prints grace's own serving line (announce below): gracenet's is
-                    // not repeated.
+                    // not repeated. The state handed over is the server's own (refused above
+                    // otherwise).
                     let mut builder = builder.announce(false);
                     let ours = !builder.hands_state();
                     if let (Some(keys), true) = (handed_keys, ours) {
@@ -663,5 +675,47 @@ mod tests {
         let err = Server::new().http("127.0.0.1:0", app).serve().unwrap_err();
         assert!(matches!(err, Error::InsideRuntime), "{err}");
         assert!(err.to_string().contains("await Server::run instead"), "{err}");
+    }
+
+    fn empty_app() -> impl crate::HttpService {
+        crate::from_hyper(hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::new(),
+            )))
+        }))
+    }
+
+    /// A server whose lifecycle builder hands state nothing could read, listening on `addr`.
+    fn handing_unreadable_state(addr: std::net::SocketAddr) -> Server {
+        let builder = Generation::builder().hand_state(|| async { b"the application's".to_vec() });
+        Server::new()
+            .http(addr.to_string(), empty_app())
+            .lifecycle(builder)
+    }
+
+    #[tokio::test]
+    async fn a_lifecycle_builder_that_hands_state_is_refused_before_anything_listens() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let err = handing_unreadable_state(addr).run().await.unwrap_err();
+        assert!(matches!(err, Error::UnreadableState), "{err}");
+        assert!(err.to_string().contains("Server::generation"), "{err}");
+        std::net::TcpListener::bind(addr).expect("nothing listens at the address");
+    }
+
+    #[test]
+    fn serve_refuses_a_lifecycle_builder_that_hands_state_too() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        // On a thread of its own: a serve that did not refuse would serve on, not return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(handing_unreadable_state(addr).serve()));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("serve returned at once");
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::UnreadableState), "{err}");
     }
 }

@@ -294,6 +294,9 @@ fn lock_turns(state: &Mutex<TurnState>) -> MutexGuard<'_, TurnState> {
 struct Waiting {
     last_id: u64,
     answers: HashMap<u64, oneshot::Sender<Answer>>,
+    /// The connections being offered or taken, by socket (device and inode): one handed over
+    /// is the next generation's, and offering it again would have it served twice.
+    offered: std::collections::HashSet<(u64, u64)>,
     /// Set once no more offers go out (the channel ended or was given up).
     closed: bool,
 }
@@ -355,6 +358,19 @@ impl Handover {
                 .ok_or_else(|| io::Error::other(format!("more than {MAX_HANDED_BYTES} bytes to hand over")))
         };
         let (unread_len, state_len) = (len(unread)?, len(state)?);
+        let socket = connection_identity(conn)?;
+        let mut offered = Offered {
+            waiting: &self.waiting,
+            socket,
+            taken: false,
+        };
+        if !lock(&self.waiting).offered.insert(socket) {
+            offered.taken = true; // Not this offer's to forget.
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this connection was handed over already, or is being handed over: a connection goes to the next generation once",
+            ));
+        }
         let closed = || {
             io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -413,7 +429,10 @@ impl Handover {
             }
         };
         match answer {
-            Ok(Answer::Taken) => Ok(()),
+            Ok(Answer::Taken) => {
+                offered.taken = true;
+                Ok(())
+            }
             Ok(Answer::NotTaken(why)) => {
                 crate::log::warn!(
                     next = self.next,
@@ -986,6 +1005,46 @@ async fn answer(channel: &UnixStream, tag: u8, id: u64, why: u8) -> io::Result<(
     send_all(channel, &bytes).await
 }
 
+/// A connection being offered, forgotten again unless it was taken.
+struct Offered<'a> {
+    waiting: &'a Mutex<Waiting>,
+    socket: (u64, u64),
+    taken: bool,
+}
+
+impl Drop for Offered<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            lock(self.waiting).offered.remove(&self.socket);
+        }
+    }
+}
+
+/// Which socket `fd` is (its device and inode), if it is a connection that can be handed
+/// over: a stream socket, not listening. Anything else is refused here, before the next
+/// generation is bothered with it (it would refuse a file; a listening socket it would take
+/// for a connection and fail on).
+fn connection_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let refuse = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}: only a connected stream socket can be handed over"),
+        )
+    };
+    match socket2::SockRef::from(&fd).r#type() {
+        Ok(t) if t == socket2::Type::STREAM => {}
+        Ok(_) => return Err(refuse("not a stream socket")),
+        Err(_) => return Err(refuse("not a socket")),
+    }
+    if crate::sys::is_listening(fd)? {
+        return Err(refuse("a listening socket"));
+    }
+    let stat = nix::sys::stat::fstat(fd).map_err(io::Error::from)?;
+    // dev_t is signed on some systems (macOS): only its bits matter here.
+    #[allow(clippy::unnecessary_cast)]
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
+}
+
 /// A connected stream socket's fd as a tokio stream of the right kind.
 fn stream_from(fd: OwnedFd) -> io::Result<Stream> {
     if socket2::SockRef::from(&fd).r#type()? != socket2::Type::STREAM {
@@ -1185,19 +1244,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_the_receiver_cannot_use_stays_with_the_sender() {
+    async fn what_is_not_a_connection_is_refused_before_it_is_offered() {
         let (handover, mut inherited) = channel();
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
         let (_, received) = tokio::join!(
             async {
-                let refused = handover
-                    .offer(udp.as_fd(), b"", b"", Duration::from_secs(5))
-                    .await
-                    .expect_err("a datagram socket is not taken");
-                assert!(
-                    refused.to_string().contains("not a usable stream socket"),
-                    "{refused}"
-                );
+                for (what, fd, says) in [
+                    ("a datagram socket", udp.as_fd(), "not a stream socket"),
+                    ("a listening socket", listener.as_fd(), "a listening socket"),
+                    ("a file", file.as_fd(), "not a socket"),
+                ] {
+                    let refused = handover
+                        .offer(fd, b"", b"", Duration::from_secs(5))
+                        .await
+                        .expect_err(what);
+                    assert_eq!(
+                        refused.kind(),
+                        std::io::ErrorKind::InvalidInput,
+                        "{what}: {refused}"
+                    );
+                    assert!(refused.to_string().contains(says), "{what}: {refused}");
+                }
                 let (_client, server) = connection().await;
                 handover
                     .offer(server.as_fd(), b"", b"", Duration::from_secs(5))
@@ -1206,7 +1275,71 @@ mod tests {
             },
             inherited.next()
         );
-        assert!(received.is_some(), "the stream read on past the refused one");
+        assert!(received.is_some(), "the connection after the refused ones came");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_handed_over_once() {
+        let (handover, mut inherited) = channel();
+        let (mut client, server) = connection().await;
+        let (offered, received) = tokio::join!(
+            handover.offer(server.as_fd(), b"", b"first", Duration::from_secs(5)),
+            inherited.next()
+        );
+        offered.expect("taken");
+        let mut taken = received.expect("received");
+        // Again, by the same fd or another of the same socket: refused, not served twice.
+        let copy = server.as_fd().try_clone_to_owned().unwrap();
+        for fd in [server.as_fd(), copy.as_fd()] {
+            let again = handover
+                .offer(fd, b"", b"second", Duration::from_secs(5))
+                .await
+                .expect_err("handed over already");
+            assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "{again}");
+        }
+        drop((server, copy));
+        talk(&mut client, &mut taken.stream, b"served once\n").await;
+        // A connection whose offer failed is not held as handed: offered again, it fails for
+        // what it meets then (here the channel, given up after that failure), not as a
+        // connection handed over already.
+        let (_c, other) = connection().await;
+        let failed = handover
+            .offer(other.as_fd(), b"", b"", Duration::from_millis(1))
+            .await;
+        assert_eq!(
+            failed.expect_err("not answered").kind(),
+            std::io::ErrorKind::TimedOut
+        );
+        let again = handover
+            .offer(other.as_fd(), b"", b"", Duration::from_secs(5))
+            .await
+            .expect_err("the channel was given up");
+        assert_eq!(again.kind(), std::io::ErrorKind::BrokenPipe, "{again}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_receiver_cannot_use_is_answered_not_taken() {
+        // A sender that does not check (an older build): the receiver refuses the fd.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut inherited = InheritedConnections::new(theirs);
+        let receiving = tokio::spawn(async move { inherited.next().await.is_some() });
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut frame = header(super::FRAME, 0, 0, 9);
+        frame.truncate(super::FRAME_HEADER);
+        send_raw(&ours, &frame, &[udp.as_raw_fd()]);
+        let mut ours = ours;
+        let mut answer = [0u8; super::ANSWER];
+        ours.read_exact(&mut answer).await.unwrap();
+        assert_eq!(
+            (answer[0], answer[9]),
+            (super::NOT_TAKEN, super::Refusal::Unusable.code())
+        );
+        drop(ours);
+        let took = tokio::time::timeout(Duration::from_secs(5), receiving)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!took, "nothing was taken");
     }
 
     #[tokio::test]

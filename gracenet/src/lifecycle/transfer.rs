@@ -300,7 +300,10 @@ impl Generation {
     ///
     /// # Errors
     /// [`Error::NoSuccessor`] when no generation took over from this one; [`Error::Io`] when
-    /// the new process did not take it (see above). Either way: keep serving `stream`.
+    /// the new process did not take it (see above), when `stream` is no connection (a
+    /// listening socket, a datagram socket, a file: `InvalidInput`), or when the same
+    /// connection was handed over already or is being handed (`AlreadyExists`: the new
+    /// process would serve it twice). Either way: keep serving `stream`.
     pub async fn hand_over(
         &self,
         stream: impl std::os::fd::AsFd,
