@@ -172,8 +172,8 @@ pub use error::{EnvError, Error, thread_error};
 pub use lifecycle::{
     CLAIM_WINDOW, ConnectionGuard, DEFAULT_IDLE_START_LIMIT, DEFAULT_MAX_STATE, DEFAULT_READY_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, FinalState, Generation, GenerationBuilder, GracefulListener, HandedConnection,
-    InheritedConnections, InheritedState, Outcome, Phase, RestartError, RestartRequest, RestartResult,
-    StopReason, Successor,
+    InheritedConnections, InheritedState, MIN_READY_TIMEOUT, Outcome, Phase, RestartError, RestartRequest,
+    RestartResult, StopReason, Successor,
 };
 pub use socket::LocalAddr;
 pub use startup::registry;

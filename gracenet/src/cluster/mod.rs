@@ -125,9 +125,10 @@ impl ClusterBuilder {
     /// How long a worker the primary starts may take to be ready before it is replaced (and,
     /// twice over, how long a rolling restart waits for a worker's own restart); one too long
     /// for the clock to count to (`Duration::MAX`) never expires. Default
-    /// [`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT).
+    /// [`DEFAULT_READY_TIMEOUT`](crate::DEFAULT_READY_TIMEOUT); at least
+    /// [`MIN_READY_TIMEOUT`](crate::MIN_READY_TIMEOUT), as a generation's.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
+        self.ready_timeout = crate::lifecycle::at_least_min_ready(timeout);
         self
     }
 

@@ -67,9 +67,11 @@ impl Default for Settings {
 
 impl GenerationBuilder {
     /// How long the next generation may take to report ready before it is killed and this
-    /// one keeps serving. Default 30 s.
+    /// one keeps serving. Default 30 s. At least [`MIN_READY_TIMEOUT`](super::MIN_READY_TIMEOUT) (1 s): a shorter one
+    /// is taken as that, with a warning (0 made every restart fail before the new process
+    /// could say it serves).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.ready_timeout = timeout;
+        self.settings.ready_timeout = super::at_least_min_ready(timeout);
         self
     }
 
@@ -369,5 +371,25 @@ impl Generation {
     /// Settings: timeouts, PID file, signals.
     pub fn builder() -> GenerationBuilder {
         GenerationBuilder::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_timeout_too_short_for_any_process_is_taken_as_the_minimum() {
+        for (asked, taken) in [
+            (Duration::ZERO, super::super::MIN_READY_TIMEOUT),
+            (Duration::from_millis(999), super::super::MIN_READY_TIMEOUT),
+            (Duration::from_secs(2), Duration::from_secs(2)),
+            (Duration::MAX, Duration::MAX),
+        ] {
+            let builder = GenerationBuilder::default().ready_timeout(asked);
+            assert_eq!(builder.settings.ready_timeout, taken, "{asked:?}");
+            let cluster = crate::Cluster::builder().ready_timeout(asked);
+            assert_eq!(cluster.ready_timeout, taken, "{asked:?}");
+        }
     }
 }

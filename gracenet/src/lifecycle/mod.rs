@@ -50,6 +50,21 @@ pub use transfer::{FinalState, InheritedState};
 
 /// How long a new generation may take to report ready before it is killed.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest ready timeout taken (a generation's or a cluster worker's): no process
+/// starts, listens and says it serves in less on a loaded host.
+pub const MIN_READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `timeout`, or [`MIN_READY_TIMEOUT`] (said) if it is shorter.
+pub(crate) fn at_least_min_ready(timeout: Duration) -> Duration {
+    if timeout < MIN_READY_TIMEOUT {
+        crate::log::warn!(
+            asked_ms = timeout.as_millis() as u64,
+            "a ready timeout below 1 s would fail restarts before the new process could say it serves: 1 s is taken"
+        );
+    }
+    timeout.max(MIN_READY_TIMEOUT)
+}
+
 /// How long a stopping generation may drain (grace's httpdown default).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long after [`Generation::ready`] the connections the previous generation hands over
