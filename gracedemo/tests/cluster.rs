@@ -283,7 +283,10 @@ async fn answering_pids(port: u16, n: usize) -> std::collections::BTreeMap<u32, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_serve_the_same_sockets_and_status_lists_each() {
-    let c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    let mut c = tokio::task::block_in_place(|| TestCluster::start("2", &[]));
+    // A worker is no generation of a lone supervisor: nothing of its own is "ignored".
+    let seen = c.primary.seen().join("\n");
+    assert!(!seen.contains("is ignored"), "{seen}");
     let workers = tokio::task::block_in_place(|| c.workers());
     assert_eq!(workers.iter().map(|w| w.slot).collect::<Vec<_>>(), vec![0, 1]);
     let pids = c.pids();
@@ -1936,6 +1939,26 @@ async fn workers_on_one_core_take_turns_at_new_connections_while_many_come_and_s
             "worker pid {pid} took {share} of 64 keep-alive connections after a quiet time: {by_pid:?}"
         );
     }
+}
+
+#[test]
+fn a_worker_that_exits_by_itself_is_replaced_with_a_warning_not_an_error() {
+    let mut c = TestCluster::start("2", &[]);
+    let [victim, _] = c.pids()[..] else {
+        panic!("{}", c.status())
+    };
+    // SIGTERM to the worker alone: it drains and exits 0, its own choice.
+    grace_tests::signal(victim, Signal::SIGTERM);
+    let line = c.primary.expect_log("a worker exited by itself: replacing it");
+    assert!(line.contains("WARN") && line.contains("exit code 0"), "{line}");
+    assert!(
+        wait_until(DEADLINE, || {
+            let w = c.workers();
+            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(victim))
+        }),
+        "not replaced: {}",
+        c.status()
+    );
 }
 
 #[test]

@@ -341,8 +341,10 @@ impl Server {
             let code = cluster.run()?;
             std::process::exit(code);
         }
+        // (gracenet takes GRACE_WORKER out of the environment as it starts: a worker is known
+        // by its slot.)
         if self.workers.is_some()
-            && std::env::var_os(gracenet::vars::GRACE_WORKER).is_none()
+            && gracenet::cluster::worker_slot().is_none()
             && std::env::var_os(gracenet::vars::GRACE_SUPERVISOR).is_some()
         {
             crate::log::warn!(

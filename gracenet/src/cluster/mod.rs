@@ -88,6 +88,13 @@ impl Cluster {
     }
 }
 
+/// This process's slot in its cluster (from 0) when it is a cluster's worker, or a worker's
+/// successor; `None` otherwise (and when the inherited environment is malformed: the error
+/// comes from whatever reads it first).
+pub fn worker_slot() -> Option<usize> {
+    crate::startup::startup().ok()?.worker.map(|w| w.slot)
+}
+
 /// One worker per core the process may run on (at least 1).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

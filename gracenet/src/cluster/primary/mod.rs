@@ -1140,10 +1140,19 @@ impl Primary {
                 );
             }
             Some(slot) if self.exit.is_none() && !self.machine.stopping => {
-                crate::log::error!(
-                    primary = self.me,
-                    slot, pid, status = %shown, "cluster: a worker ended: replacing it"
-                );
+                if code == Some(0) {
+                    // Its own choice (Generation::shutdown, say): no crash, but the cluster
+                    // keeps its number of workers.
+                    crate::log::warn!(
+                        primary = self.me,
+                        slot, pid, status = %shown, "cluster: a worker exited by itself: replacing it"
+                    );
+                } else {
+                    crate::log::error!(
+                        primary = self.me,
+                        slot, pid, status = %shown, "cluster: a worker ended: replacing it"
+                    );
+                }
                 if let Some(r) = self.replaced.get_mut(slot) {
                     *r += 1;
                 }
