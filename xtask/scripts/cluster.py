@@ -23,6 +23,7 @@ every server process from /proc over the load. Figures:
     cargo build --release -p gracedemo
     python3 xtask/scripts/cluster.py [--rounds 3] [--seconds 5] [--standby] [--only throughput|restarts]
     python3 xtask/scripts/cluster.py --only throughput --workers 4   # 4 workers on the one core
+    python3 xtask/scripts/cluster.py --only throughput --hogs 3      # 3 CPU-bound processes on core 0 too
     python3 xtask/scripts/cluster.py --shared-queue   # figure 1 on one socket the workers share
 
 --shared-queue passes the port from systemd-socket-activate (as systemd's sockets, without
@@ -211,6 +212,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--standby", action="store_true", help="workers keep their successor started ahead")
     ap.add_argument("--only", choices=["throughput", "restarts"], help="measure only these figures")
+    ap.add_argument("--hogs", type=int, default=0,
+                    help="CPU-bound processes sharing core 0 with the server during the throughput figures")
     ap.add_argument("--workers", type=int, default=2,
                     help="workers of the cluster in the throughput figures (all on core 0)")
     ap.add_argument("--shared-queue", action="store_true",
@@ -226,6 +229,21 @@ def main():
     control = os.path.join(tmp, "control")
     result = {}
 
+    hogs = [subprocess.Popen(["taskset", "-c", "0", "python3", "-c", "while True: pass"])
+            for _ in range(max(a.hogs, 0))] if a.only != "restarts" else []
+    try:
+        throughput_figures(a, control, result)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    if a.only == "throughput":
+        print("result: " + " ".join(f"{k}={v}" for k, v in result.items()))
+        return
+    restart_figures(a, control, result)
+
+
+def throughput_figures(a, control, result):
     modes = [] if a.only == "restarts" else [
         ("keepalive", 64, False), ("per_request", 8, True), ("per_request_64", 64, True)]
     for mode, conns, close in modes:
@@ -252,9 +270,8 @@ def main():
         result[f"{mode}_min_share"] = min(min(s) for s in shares_all if s)
         result[f"{mode}_max_share"] = max(max(s) for s in shares_all if s)
 
-    if a.only == "throughput":
-        print("result: " + " ".join(f"{k}={v}" for k, v in result.items()))
-        return
+
+def restart_figures(a, control, result):
     # Rolling restarts under connection-per-request load, in pairs (the same load without
     # restarts, then with a rolling restart every 2 s, the order alternating), each restart
     # asked on the control socket from here: no client process started on either core.
