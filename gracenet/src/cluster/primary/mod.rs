@@ -97,6 +97,9 @@ pub(crate) struct Primary {
     started: Instant,
     /// The workers' open connections, for the balance (`None` if it could not be made).
     load: Option<super::balance::LoadTable>,
+    /// The connections the serving workers have accepted, counted up across their
+    /// replacements (a new worker counts from 0), and each slot's count as last read.
+    accepted: (u64, Vec<u64>),
     /// The cluster's secrets, handed to every worker (`None` if they could not be made).
     secrets: Option<OwnedFd>,
     /// The control socket is not accepted from until then (out of fds, or too many clients).
@@ -254,6 +257,7 @@ impl Primary {
             announced: false,
             started: Instant::now(),
             load,
+            accepted: (0, Vec::new()),
             secrets,
             control_paused_until: None,
             max_control_clients: control_clients_for_fd_limit(),
@@ -417,16 +421,22 @@ impl Primary {
     }
 
     /// Tells the machine how many connections the serving workers hold open, and have
-    /// accepted, in all, as their load table says (it decides whether workers that share cores take turns at new
+    /// accepted (counted up across their replacements: a rolling restart is no quiet time),
+    /// in all, as their load table says (it decides whether workers that share cores take turns at new
     /// connections): while two or more serve.
     fn note_concurrency(&mut self) {
         let Some(table) = &self.load else { return };
         let serving = self.machine.serving();
         if serving.len() >= 2 {
-            let (open, accepted) = serving.iter().fold((0u64, 0u64), |(open, accepted), &(slot, _)| {
-                let (o, a) = table.load_of(slot);
-                (open.saturating_add(o), accepted.saturating_add(a))
-            });
+            let readings: Vec<(usize, u64, u64)> = serving
+                .iter()
+                .map(|&(slot, _)| {
+                    let (open, accepted) = table.load_of(slot);
+                    (slot, open, accepted)
+                })
+                .collect();
+            let open = readings.iter().fold(0u64, |all, r| all.saturating_add(r.1));
+            let accepted = count_up(&mut self.accepted, readings.iter().map(|r| (r.0, r.2)));
             self.events.push_back(Event::Concurrency { open, accepted });
         }
     }
@@ -1535,6 +1545,23 @@ fn remove_dead_primaries_dirs(base: &std::path::Path) {
     }
 }
 
+/// Adds to `counted` (a total, and each slot's count as last read) what the slots' workers
+/// accepted since the last reading of `accepted` counts, and returns the total: a count below
+/// the slot's last is a new worker's, counting from 0. The total counts up across rolling
+/// restarts and replacements, which the machine would otherwise take for a quiet time.
+fn count_up(counted: &mut (u64, Vec<u64>), accepted: impl Iterator<Item = (usize, u64)>) -> u64 {
+    let (total, last) = counted;
+    for (slot, now) in accepted {
+        if last.len() <= slot {
+            last.resize(slot + 1, 0);
+        }
+        let came = now.checked_sub(last[slot]).unwrap_or(now);
+        last[slot] = now;
+        *total = total.saturating_add(came);
+    }
+    *total
+}
+
 /// How often the primary tries again to pass on the connections it holds for want of a
 /// worker with room ([`Primary::pass_on_unpassed`]).
 const UNPASSED_RETRY: Duration = Duration::from_millis(10);
@@ -1583,8 +1610,26 @@ fn raise_fd_limit(me: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::safe_base;
+    use super::{count_up, safe_base};
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn accepted_connections_count_up_across_a_workers_replacement() {
+        let mut counted = (0, Vec::new());
+        assert_eq!(count_up(&mut counted, [(0, 100), (1, 50)].into_iter()), 150);
+        assert_eq!(count_up(&mut counted, [(0, 160), (1, 90)].into_iter()), 250);
+        // Slot 1's worker replaced: its successor has accepted 7 so far.
+        assert_eq!(count_up(&mut counted, [(0, 200), (1, 7)].into_iter()), 297);
+        // Slot 1 restarting (not read), then a slot that was never read.
+        assert_eq!(count_up(&mut counted, [(0, 210)].into_iter()), 307);
+        assert_eq!(
+            count_up(&mut counted, [(0, 210), (1, 9), (3, 5)].into_iter()),
+            314
+        );
+        // At the top of the counter: it stays there.
+        let mut full = (u64::MAX - 1, vec![0]);
+        assert_eq!(count_up(&mut full, [(0, 5)].into_iter()), u64::MAX);
+    }
 
     #[test]
     fn the_private_directory_goes_only_where_no_other_user_can_replace_it() {
