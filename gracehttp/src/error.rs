@@ -65,6 +65,16 @@ pub enum Error {
     )]
     UnreadableState,
 
+    /// Two sites were given the same address (a fixed port, or the same Unix socket): the
+    /// second could only fail to listen, as if another process held it.
+    #[error(
+        "two sites listen on {addr}: an address is served by one site (serve both services from one, or give the second another address)"
+    )]
+    DuplicateSite {
+        /// The address, as the second site gave it.
+        addr: String,
+    },
+
     /// The tokio runtime could not be started.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),

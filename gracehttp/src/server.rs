@@ -296,6 +296,30 @@ impl Server {
         self
     }
 
+    /// [`Error::DuplicateSite`] if two sites listen on one address: a fixed port (port 0 gives
+    /// each its own), or the same Unix socket. An address gracenet cannot read is left to
+    /// the listen, which names what is wrong with it.
+    fn refuse_duplicate_sites(&self) -> Result<(), Error> {
+        use gracenet::ListenAddr;
+        let mut seen = std::collections::HashSet::new();
+        for site in self.sites.iter().filter(|s| s.make.is_none()) {
+            let Ok(addr) = site.addr.parse::<ListenAddr>() else {
+                continue;
+            };
+            let any_port = match &addr {
+                ListenAddr::AnyIp { port } | ListenAddr::Host { port, .. } => *port == 0,
+                ListenAddr::Ip(ip) => ip.port() == 0,
+                _ => false,
+            };
+            if !any_port && !seen.insert(addr) {
+                return Err(Error::DuplicateSite {
+                    addr: site.addr.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// [`Error::UnreadableState`] if the lifecycle builder hands state: the server holds the
     /// generation, so the next process could not read it.
     fn refuse_unreadable_state(&self) -> Result<(), Error> {
@@ -379,6 +403,7 @@ impl Server {
             return Err(Error::NoServers);
         }
         self.refuse_unreadable_state()?;
+        self.refuse_duplicate_sites()?;
         if self.workers.is_some() && gracenet::should_supervise(true) {
             return Err(Error::WorkersNeedServe);
         }
@@ -704,6 +729,39 @@ mod tests {
         assert!(matches!(err, Error::UnreadableState), "{err}");
         assert!(err.to_string().contains("Server::generation"), "{err}");
         std::net::TcpListener::bind(addr).expect("nothing listens at the address");
+    }
+
+    #[tokio::test]
+    async fn two_sites_on_one_address_are_refused_naming_it_and_port_0_twice_is_not() {
+        let dir = std::env::temp_dir().join(format!("gracehttp-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let sock = format!("unix:{}", dir.join("app.sock").display());
+        for addr in [
+            "127.0.0.1:48999",
+            ":48999",
+            "[::1]:48999",
+            "localhost:48999",
+            sock.as_str(),
+        ] {
+            let err = Server::new()
+                .http(addr, empty_app())
+                .http(addr, empty_app())
+                .run()
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::DuplicateSite { .. }), "{addr}: {err}");
+            assert!(err.to_string().contains(addr), "{err}");
+        }
+        assert!(
+            !dir.join("app.sock").exists(),
+            "refused before anything was bound, so no socket file is left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        // Port 0 twice: two ports, no conflict (refused here only by what follows: nothing).
+        let twice = Server::new()
+            .http("127.0.0.1:0", empty_app())
+            .http("127.0.0.1:0", empty_app());
+        assert!(twice.refuse_duplicate_sites().is_ok());
     }
 
     #[test]
