@@ -342,6 +342,8 @@ impl Server {
             return Err(Error::InsideRuntime);
         }
         self.refuse_unreadable_state()?;
+        // Before a cluster's primary starts: each worker would fail, one after the other.
+        self.refuse_duplicate_sites()?;
         if let Some(n) = self.workers
             && gracenet::should_supervise(true)
         {
