@@ -217,6 +217,12 @@ impl TestCluster {
             .collect()
     }
 
+    /// Whether `n` workers serve, `gone` not among them.
+    fn replaced(&self, n: usize, gone: u32) -> bool {
+        let w = self.workers();
+        w.len() == n && w.iter().all(|w| w.serving && w.pid != Some(gone))
+    }
+
     fn pids(&self) -> Vec<u32> {
         self.workers().iter().filter_map(|w| w.pid).collect()
     }
@@ -426,12 +432,7 @@ async fn a_worker_killed_under_load_refuses_nothing() {
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     grace_tests::signal(victim, Signal::SIGKILL);
-    let replaced = tokio::task::block_in_place(|| {
-        wait_until(DEADLINE, || {
-            let w = c.workers();
-            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(victim))
-        })
-    });
+    let replaced = tokio::task::block_in_place(|| wait_until(DEADLINE, || c.replaced(2, victim)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let load = load.await.expect("load task");
@@ -1952,10 +1953,7 @@ fn a_worker_that_exits_by_itself_is_replaced_with_a_warning_not_an_error() {
     let line = c.primary.expect_log("a worker exited by itself: replacing it");
     assert!(line.contains("WARN") && line.contains("exit code 0"), "{line}");
     assert!(
-        wait_until(DEADLINE, || {
-            let w = c.workers();
-            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(victim))
-        }),
+        wait_until(DEADLINE, || c.replaced(2, victim)),
         "not replaced: {}",
         c.status()
     );
@@ -2161,14 +2159,7 @@ fn a_worker_that_dies_before_it_is_ready_leaves_no_inbox_file() {
     );
     grace_tests::signal(silent, Signal::SIGKILL);
     // Its slot's next worker serves: the primary has seen it end.
-    assert!(
-        wait_until(DEADLINE, || {
-            let w = c.workers();
-            w.len() == 2 && w.iter().all(|w| w.serving && w.pid != Some(silent))
-        }),
-        "{}",
-        c.status()
-    );
+    assert!(wait_until(DEADLINE, || c.replaced(2, silent)), "{}", c.status());
     assert_eq!(inboxes(), Vec::<String>::new(), "its inbox files are left");
 }
 
