@@ -422,7 +422,8 @@ pub(crate) enum Event {
     Concurrency {
         /// Their open connections.
         open: u64,
-        /// The connections they have accepted since each started.
+        /// The connections they have accepted, counted up across the workers' replacements
+        /// (the driver adds a new worker's count, from 0, to what the slot had).
         accepted: u64,
     },
     /// A process exited; `clean` when it exited 0 (a drained worker, or one told to stop).
@@ -986,7 +987,7 @@ impl Cluster {
     /// are) and at least [`TURNS_FROM_PER_SECOND`] new
     /// ones came over the last [`RATE_OVER`] (`accepted` counts up). Connections spread over
     /// every worker at once make the workers on a core switch between themselves at nearly
-    /// every new connection, each switch costing more than the request (CPU per request 1.06
+    /// every new connection, each switch costing more than the request (CPU per request 0.95
     /// to 1.2 times one process's, measured with 2 workers on one core against 8 clients
     /// opening a connection per request); in turns, one worker serves a whole turn while the
     /// others finish what they hold (0.86 to 0.93 times). A turn moves on only when the driver
@@ -997,8 +998,8 @@ impl Cluster {
         match t.read {
             None => t.read = Some((now, accepted)),
             Some((since, before)) if now.saturating_duration_since(since) >= RATE_OVER => {
-                // A worker replaced since counts from 0 again: none came, as far as this
-                // measure knows.
+                // A count that went down (a driver that did not count up across a worker's
+                // replacement) reads as none came.
                 let came = u128::from(accepted.saturating_sub(before));
                 let lasted = now.saturating_duration_since(since).as_millis();
                 t.often = came * 1000 >= u128::from(TURNS_FROM_PER_SECOND) * lasted;
@@ -3300,7 +3301,8 @@ mod tests {
             "until the next measure"
         );
         assert_eq!(steered_after(&mut c, 0, t2 + RATE_OVER).len(), 1);
-        // A worker replaced (its count starts again from 0): no turns until the next measure.
+        // A count that goes down (as a replaced worker's own would, from 0): no turns until
+        // the next measure.
         let t3 = t2 + RATE_OVER * 2;
         assert!(
             c.handle(Event::Concurrency { open: 0, accepted: 0 }, t3)
