@@ -759,7 +759,7 @@ mod tests {
             "refused before anything was bound, so no socket file is left"
         );
         let _ = std::fs::remove_dir_all(&dir);
-        // Port 0 twice: two ports, no conflict (refused here only by what follows: nothing).
+        // Port 0 twice gives two ports: not a duplicate.
         let twice = Server::new()
             .http("127.0.0.1:0", empty_app())
             .http("127.0.0.1:0", empty_app());
