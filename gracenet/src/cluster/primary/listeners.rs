@@ -105,7 +105,7 @@ impl Primary {
     /// already queued for it waits for its next worker).
     pub(super) fn steer(&mut self) {
         self.tend_leaving();
-        if self.no_steering || self.next_index < 2 {
+        if !self.steers() {
             return;
         }
         let kept: Vec<u32> = self.group_index.iter().flatten().copied().collect();
@@ -129,6 +129,15 @@ impl Primary {
             crate::log::debug!(primary = self.me, live = ?program, "cluster: new connections steered");
         }
         self.steered = want;
+    }
+}
+
+impl Primary {
+    /// Whether new connections can be steered to chosen workers: the slots' listeners are in
+    /// `SO_REUSEPORT` groups of two or more, and steering has not failed. (Workers sharing
+    /// one socket, as systemd's without `ReusePort=yes`, take what each accepts.)
+    pub(super) fn steers(&self) -> bool {
+        !self.no_steering && self.next_index >= 2
     }
 }
 

@@ -355,7 +355,7 @@ impl Primary {
             self.note_concurrency();
             self.drain_events();
             if let Some(table) = &self.load {
-                table.set_turns(self.machine.turns.taking);
+                table.set_turns(self.machine.turns.taking && self.steers());
             }
             self.steer();
             self.pass_on_unpassed();
@@ -425,6 +425,10 @@ impl Primary {
     /// in all, as their load table says (it decides whether workers that share cores take turns at new
     /// connections): while two or more serve.
     fn note_concurrency(&mut self) {
+        // Turns are steering: without it, nothing to decide.
+        if !self.steers() {
+            return;
+        }
         let Some(table) = &self.load else { return };
         let serving = self.machine.serving();
         if serving.len() >= 2 {

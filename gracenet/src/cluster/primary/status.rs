@@ -161,7 +161,8 @@ impl Primary {
     fn in_turn(&self) -> Option<Vec<usize>> {
         let now = Instant::now();
         let turn = self.machine.steered_slots(now);
-        (self.machine.turns.taking && turn.len() < self.machine.eligible_slots(now).len()).then_some(turn)
+        (self.steers() && self.machine.turns.taking && turn.len() < self.machine.eligible_slots(now).len())
+            .then_some(turn)
     }
 
     /// `status json`: the same as one JSON object (`primary`, `uptime_seconds`,
