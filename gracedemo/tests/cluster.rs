@@ -608,20 +608,26 @@ fn answering_pid(stream: &mut impl std::io::Read) -> Option<u32> {
     grace_tests::load::pid_of(&String::from_utf8_lossy(&body))
 }
 
+/// Opens `n` connections to `port` at once (they wait in the accept queue together), then
+/// asks each which pid serves it: how many each pid took.
+fn burst_by_pid(port: u16, n: usize) -> std::collections::BTreeMap<u32, usize> {
+    let mut streams: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    let mut by_pid = std::collections::BTreeMap::new();
+    for s in &mut streams {
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        *by_pid.entry(pid_on(s).expect("an answer")).or_insert(0usize) += 1;
+    }
+    by_pid
+}
+
 #[test]
 fn a_burst_of_keep_alive_connections_is_shared_by_the_workers() {
     let c = TestCluster::start("2", &[]);
     let pids = c.pids();
     // 64 connections at once: they wait in the accept queue together.
-    let mut streams: Vec<std::net::TcpStream> = (0..64)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
-        .collect();
-    let mut by_pid = std::collections::BTreeMap::new();
-    for s in &mut streams {
-        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        let pid = pid_on(s).expect("an answer");
-        *by_pid.entry(pid).or_insert(0usize) += 1;
-    }
+    let by_pid = burst_by_pid(c.port, 64);
     assert_eq!(by_pid.values().sum::<usize>(), 64);
     // Without the balance one worker took 63 or 64 of them (the busiest wins every race);
     // with the kernel's random choice of listener alone, 40–60 % in most runs, not all (35/65
@@ -1922,17 +1928,7 @@ async fn workers_on_one_core_take_turns_at_new_connections_while_many_come_and_s
         "the turns go on with nothing coming: {}",
         c.status()
     );
-    let by_pid = tokio::task::block_in_place(|| {
-        let mut streams: Vec<std::net::TcpStream> = (0..64)
-            .map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
-            .collect();
-        let mut by_pid = std::collections::BTreeMap::new();
-        for s in &mut streams {
-            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
-            *by_pid.entry(pid_on(s).expect("an answer")).or_insert(0usize) += 1;
-        }
-        by_pid
-    });
+    let by_pid = tokio::task::block_in_place(|| burst_by_pid(c.port, 64));
     for pid in &pids {
         let share = by_pid.get(pid).copied().unwrap_or(0);
         assert!(
