@@ -738,13 +738,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gracehttp-dup-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temp dir");
         let sock = format!("unix:{}", dir.join("app.sock").display());
-        for addr in [
-            "127.0.0.1:48999",
-            ":48999",
-            "[::1]:48999",
-            "localhost:48999",
-            sock.as_str(),
-        ] {
+        // A port free now: were the check gone, the first site would bind it, not another
+        // test's.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addrs = [
+            format!("127.0.0.1:{port}"),
+            format!(":{port}"),
+            format!("[::1]:{port}"),
+            format!("localhost:{port}"),
+            sock,
+        ];
+        for addr in addrs.iter().map(String::as_str) {
             let err = Server::new()
                 .http(addr, empty_app())
                 .http(addr, empty_app())

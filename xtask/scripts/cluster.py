@@ -33,7 +33,7 @@ every load is bounded in time. Prints one `result:` line of key=value pairs last
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
-from loopback import ask_once, cpu_ticks, free_port
+from loopback import answers, cpu_ticks, free_port
 
 PATH = "/sleep/?duration=0s"
 TARGET = os.path.join(os.path.dirname(__file__), "../../target/release")
@@ -69,15 +69,8 @@ def start(workers, threads, control):
                 poked = True
             except OSError:
                 pass
-        if not workers or len(worker_pids(control)) == workers:
-            try:
-                # An answer, not only a connection: an activated socket takes connections
-                # before the server runs.
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    if ask_once(sock):
-                        return p, port
-            except OSError:
-                pass
+        if (not workers or len(worker_pids(control)) == workers) and answers(port):
+            return p, port
         time.sleep(0.05)
     stop(p)
     sys.exit("the server did not start")

@@ -21,9 +21,9 @@ Not run by `cargo xtask bench`, which does not install valgrind (the bench says 
 of a full run and in `cargo xtask --help`): run it by hand; BENCHMARKS.md keeps its last figures
 under "Measured apart from the bench".
 """
-import argparse, glob, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, glob, os, re, shutil, signal, subprocess, sys, tempfile, time
 
-from loopback import ask_once, free_port, server_command
+from loopback import answers, free_port, server_command
 
 PATH = "/sleep/?duration=0s"
 
@@ -32,12 +32,9 @@ def wait_answering(port, proc, deadline_s=60):
     while time.time() < deadline:
         if proc.poll() is not None:
             sys.exit("the server exited before answering")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if ask_once(s):
-                    return
-        except OSError:
-            time.sleep(0.1)
+        if answers(port):
+            return
+        time.sleep(0.1)
     sys.exit(f"nothing answered on port {port} within {deadline_s} s")
 
 def wrk(port, seconds):

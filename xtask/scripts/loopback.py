@@ -37,3 +37,12 @@ def ask_once(sock, host=b"x", limit=65536):
             break
         data += chunk
     return data
+
+def answers(port):
+    """Whether a server on 127.0.0.1:`port` answers gracedemo's quick request now (an answer,
+    not only a connection: an activated socket takes connections before its server runs)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            return bool(ask_once(sock))
+    except OSError:
+        return False

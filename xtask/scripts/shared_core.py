@@ -17,9 +17,9 @@ each round, the medians, and one `result:` line last.
 Needs wrk and taskset. Loopback only; every server is killed by pid at the end of its round;
 every load is bounded in time.
 """
-import argparse, os, re, socket, statistics, subprocess, sys, time
+import argparse, os, re, statistics, subprocess, sys, time
 
-from loopback import ask_once, cpu_ticks, free_port, server_command
+from loopback import answers, cpu_ticks, free_port, server_command
 
 TARGET = os.path.join(os.path.dirname(__file__), "../../target/release")
 PATH = "/sleep/?duration=0s"
@@ -32,12 +32,8 @@ def start(threads):
                          env=dict(os.environ, TOKIO_WORKER_THREADS=str(threads)))
     deadline = time.time() + 20
     while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if ask_once(sock):
-                    return p, port
-        except OSError:
-            pass
+        if answers(port):
+            return p, port
         time.sleep(0.05)
     p.kill()
     p.wait()
