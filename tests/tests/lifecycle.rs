@@ -382,7 +382,12 @@ fn all_threads(policies: &str, policy: &str) -> bool {
 
 #[test]
 fn the_next_generation_starts_at_idle_priority_and_serves_at_normal_priority() {
-    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_REPORT_POLICY", "1")]));
+    // An idle limit longer than any start: on a busy machine the default (100 ms) may return
+    // the starved new generation to normal priority before it prints its first line.
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[("PROBE_REPORT_POLICY", "1"), ("PROBE_IDLE_LIMIT_MS", "60000")],
+    ));
     let line = g.expect_line(&format!("probe ready pid={}", gen1.pid));
     assert!(all_threads(field(&line, "policy"), "normal"), "{line}");
 
@@ -464,7 +469,13 @@ fn a_next_generation_still_starting_at_the_idle_limit_is_returned_to_normal_prio
     let gen2 = parse_probe(&starting);
     let _gen2_guard = PidGuard(gen2.pid);
     if may_leave_idle_priority() {
-        assert!(all_threads(field(&starting, "policy"), "idle"), "{starting}");
+        // Idle, or already returned by the limit when a busy machine starved it that long
+        // (that it starts at idle priority is the test above's).
+        let policy = field(&starting, "policy");
+        assert!(
+            all_threads(policy, "idle") || all_threads(policy, "normal"),
+            "{starting}"
+        );
         let log = g.expect_log("still starting at idle CPU priority: returned it to normal priority next=2 ");
         assert!(log.contains(&format!(" pid={} after_s=0.3 ", gen2.pid)), "{log}");
     }
