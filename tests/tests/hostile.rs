@@ -539,6 +539,41 @@ fn a_second_stop_signal_ends_a_server_whose_runtime_is_blocked() {
     drop(blocked);
 }
 
+/// The same blocked runtime and a single `SIGTERM`: the stop timeout still holds. The process
+/// ends by the signal a few seconds (gracenet's grace) after the timeout, saying why, and not
+/// when the handler lets go two minutes later.
+#[test]
+fn a_single_sigterm_ends_a_server_whose_runtime_is_blocked_after_the_stop_timeout() {
+    let (mut g, Site { ports, .. }) = start_httpprobe(command(
+        HTTPPROBE,
+        &[],
+        &[("TOKIO_WORKER_THREADS", "1"), ("PROBE_STOP_TIMEOUT_MS", "1000")],
+    ));
+    let port = ports[0];
+    let blocked =
+        std::thread::spawn(move || exchange(port, b"GET /block?ms=120000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+    g.expect_log("block request started");
+    g.signal(Signal::SIGTERM);
+    let status = g
+        .wait_timeout(DEADLINE)
+        .expect("the stop timeout ends the process although its runtime is blocked");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "ended by the signal: {status}"
+    );
+    let said = g.output_after_exit();
+    assert!(
+        said.iter().any(
+            |l| l.contains("the drain has not ended (is the runtime blocked?)")
+                && l.contains("the stop timeout has passed since the stop signal")
+        ),
+        "{said:#?}"
+    );
+    drop(blocked);
+}
+
 /// `Server::workers` in a generation of gracenet's supervisor (a program that called
 /// `supervise()` itself) cannot make a cluster there: it says so, and serves alone.
 #[test]

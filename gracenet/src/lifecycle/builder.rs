@@ -76,7 +76,8 @@ impl GenerationBuilder {
     }
 
     /// How long a stopping generation may drain before unfinished work is abandoned.
-    /// Default 60 s.
+    /// Default 60 s. Kept even when the application blocks its runtime: 5 s past it, a
+    /// thread of gracenet's own ends the process by the stop signal's default action.
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.settings.stop_timeout = timeout;
         self
@@ -271,8 +272,15 @@ impl GenerationBuilder {
         }
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let standby = SharedStandby::default();
+        let backstop = super::backstop::DrainBackstop::default();
         if settings.handle_signals {
-            super::signals::forward(requests_tx.clone(), standby.clone(), &startup.registry)?;
+            super::signals::forward(
+                requests_tx.clone(),
+                standby.clone(),
+                &startup.registry,
+                backstop.clone(),
+                settings.stop_timeout,
+            )?;
         }
         let number = startup.generation;
         let (final_tx, final_rx) = tokio::sync::oneshot::channel();
@@ -296,6 +304,7 @@ impl GenerationBuilder {
             next_pid: std::sync::atomic::AtomicU32::new(0),
             standby_pid: std::sync::atomic::AtomicU32::new(0),
             standby,
+            backstop,
             requests: requests_tx,
             notifier: Notifier::from_env(),
             accepted: Arc::default(),

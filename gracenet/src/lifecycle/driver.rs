@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::backstop::BACKSTOP_GRACE;
 use super::child::{self, Child, IdleLimit};
 use super::machine::{Action, ChildFailure, Event, Machine, Me, Note, Pending, ReplyId, State, Timeouts};
 use super::shared::Shared;
@@ -227,10 +228,13 @@ impl Driver {
             }
             Action::BeginDrain { reason, deadline } => self.begin_drain(reason, deadline),
             Action::HandFinalState { successor } => {
+                // The runtime ran the drain to its end: what follows has timeouts of its own.
+                self.shared.backstop.ended();
                 let child = self.successor.as_ref().filter(|c| c.process.pid() == successor);
                 child::hand_final_state(&self.shared, child, successor).await;
             }
             Action::Finish { reason, forced } => {
+                self.shared.backstop.ended();
                 if let Some(began) = self.drain_began {
                     crate::metrics::drain_ended(began.elapsed(), forced);
                 }
@@ -439,6 +443,11 @@ impl Driver {
 
     fn begin_drain(&mut self, reason: StopReason, deadline: Instant) {
         self.drain_began = Some(Instant::now());
+        if let Some(at) = deadline.checked_add(BACKSTOP_GRACE) {
+            self.shared
+                .backstop
+                .arm(at, None, "the drain's deadline has passed");
+        }
         crate::metrics::drain_began();
         self.shared
             .draining

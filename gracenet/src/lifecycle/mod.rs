@@ -20,6 +20,7 @@
 //! | `graceful_listener` | an accept loop's end |
 //! | `signals`, `standby` | the signal thread, and the standby it may wake |
 
+mod backstop;
 mod builder;
 mod channel;
 mod child;

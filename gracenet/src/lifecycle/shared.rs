@@ -52,6 +52,8 @@ pub(super) struct Shared {
     /// One receiver per [`GracefulListener`](super::GracefulListener): "stopped accepting" is when they are all gone.
     pub accepting: watch::Sender<()>,
     pub outcome: watch::Sender<Option<Outcome>>,
+    /// Ends the process when a drain overruns its deadline because the runtime is blocked.
+    pub backstop: super::backstop::DrainBackstop,
     /// Set when the drain begins (with `phase`), for a cheap check per request.
     pub draining: AtomicBool,
     /// The channel to the generation that took over, for handing it live connections.

@@ -9,6 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::RestartResult;
+use super::backstop::{BACKSTOP_GRACE, DrainBackstop};
 use super::machine::StopCause;
 use super::standby::{SharedStandby, wake_at_signal};
 use crate::error::Error;
@@ -33,11 +34,15 @@ pub(crate) enum Request {
 
 /// Starts a thread that forwards the signals to `tx` until the receiver is gone. The
 /// handlers replace the default actions (so `SIGTERM` no longer kills the process outright).
-/// A `SIGUSR2` wakes the `standby`, if there is one, before it is forwarded.
+/// A `SIGUSR2` wakes the `standby`, if there is one, before it is forwarded. A stop signal
+/// arms the `backstop` at `stop_timeout` (and a grace) from now, a second one at the grace:
+/// the process ends then even if its runtime is blocked and never runs the drain.
 pub(crate) fn forward(
     tx: UnboundedSender<Request>,
     standby: SharedStandby,
     registry: &'static SocketRegistry,
+    backstop: DrainBackstop,
+    stop_timeout: std::time::Duration,
 ) -> Result<(), Error> {
     let mut signals =
         SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT]).map_err(|source| Error::Io {
@@ -58,8 +63,14 @@ pub(crate) fn forward(
             for origin in signals.forever() {
                 if origin.signal != SIGUSR2 {
                     stops += 1;
-                    if stops == 2 {
-                        force_after_second_stop(origin.signal);
+                    if stops == 1 {
+                        backstop.arm_after(
+                            stop_timeout.saturating_add(BACKSTOP_GRACE),
+                            Some(origin.signal),
+                            "the stop timeout has passed since the stop signal",
+                        );
+                    } else {
+                        backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
                     }
                 }
                 let event = match origin.signal {
@@ -86,35 +97,6 @@ pub(crate) fn forward(
             source: std::io::Error::new(e.kind(), crate::error::thread_error(&e)),
         })?;
     Ok(())
-}
-
-/// How long after a second stop signal the process is ended by the signal's default action,
-/// if it has not ended by itself: the lifecycle's task stops it at once when the runtime runs,
-/// but a runtime that the application blocks (a handler that sleeps on every worker thread)
-/// never runs it.
-const FORCE_AFTER_SECOND_STOP: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// After a second stop signal: a thread of its own gives `signal` its default action (the
-/// process ends by it) once [`FORCE_AFTER_SECOND_STOP`] has passed.
-fn force_after_second_stop(signal: libc::c_int) {
-    let forced = std::thread::Builder::new()
-        .name("gracenet-force-stop".into())
-        .spawn(move || {
-            std::thread::sleep(FORCE_AFTER_SECOND_STOP);
-            crate::log::warn!(
-                after_s = FORCE_AFTER_SECOND_STOP.as_secs(),
-                "still running after a second stop signal (is the runtime blocked?): ending the process"
-            );
-            if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
-                crate::log::warn!(error = %e, "cannot apply the default action of the signal");
-            }
-        });
-    if let Err(e) = forced {
-        crate::log::warn!(
-            error = %crate::error::thread_error(&e),
-            "cannot start the thread that ends the process after a second stop signal"
-        );
-    }
 }
 
 /// Gives `cause`'s signal its default action now (a stop that came after the drain ended:
