@@ -47,6 +47,33 @@ pub(crate) struct Startup {
     /// When this process's start was read (a standby's: when it was woken): what a
     /// generation's start-up time and uptime count from.
     pub started: Instant,
+    /// A standby's `SIGUSR2` action before it began to ignore the signal, put back when the
+    /// generation takes over the signals (see [`take_restart_signal`](Startup::take_restart_signal)).
+    pub sigusr2_before: Mutex<Option<nix::sys::signal::SigAction>>,
+}
+
+impl Startup {
+    /// The generation is about to take the signals over (install its handlers, or leave
+    /// them to the program): a standby discards a `SIGUSR2` that waited while the signal was
+    /// held (Linux queues a blocked signal even while it is ignored), and has the action it
+    /// had before put back when the program handles the signals itself (`restore`).
+    pub(crate) fn take_restart_signal(&self, restore: bool) {
+        let Some(before) = self
+            .sigusr2_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        // Ignoring it again discards the pending one.
+        if let Err(e) = crate::sys::ignore_sigusr2() {
+            crate::log::debug!(error = %e, "cannot discard a SIGUSR2 the standby was sent");
+        }
+        if restore && let Err(e) = crate::sys::restore_sigusr2(&before) {
+            crate::log::warn!(error = %e, "cannot put back the SIGUSR2 action the standby ignored");
+        }
+    }
 }
 
 /// How often a worker sends its heartbeat when its primary does not say.
@@ -211,6 +238,7 @@ fn read() -> Result<Startup, EnvError> {
             #[cfg(feature = "tokio")]
             secrets: None,
             started: Instant::now(),
+            sigusr2_before: Mutex::new(None),
         });
     }
     let generation = parse_generation(generation)?;
@@ -231,7 +259,16 @@ fn read() -> Result<Startup, EnvError> {
         // normal priority, which is where it must stay.
         crate::sys::follow_first_thread_to_idle_priority();
     }
+    let mut sigusr2_before = None;
     if standby {
+        // A SIGUSR2 that reaches the standby is the restart that wakes it, sent to every
+        // process of the program (`kill $(pgrep app)`, `systemctl kill -s USR2`), not one of
+        // its own: ignored until the generation takes the signals over (a held one is
+        // discarded then), it neither kills the standby nor restarts it again once it serves.
+        match crate::sys::ignore_sigusr2() {
+            Ok(before) => sigusr2_before = Some(before),
+            Err(e) => crate::log::debug!(error = %e, "the standby cannot ignore SIGUSR2"),
+        }
         // Started ahead of a restart: everything so far (exec, the loader, main's first steps)
         // is done; the rest waits for the restart itself.
         if !link.wait_for_restart() {
@@ -253,5 +290,6 @@ fn read() -> Result<Startup, EnvError> {
         #[cfg(feature = "tokio")]
         secrets,
         started: Instant::now(),
+        sigusr2_before: Mutex::new(sigusr2_before),
     })
 }

@@ -26,6 +26,7 @@
 //!   `Error::NoSuccessor`), `refused=other … <error>` or `taken`;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
+//! - `PROBE_HOLD_SIGNALS=1`: calls `gracenet::hold_signals()` first thing in `main`;
 //! - `PROBE_SUPERVISE_ANYWAY=1`: calls `gracenet::supervise()` and a cluster's `run` without
 //!   asking `should_supervise` first, prints `probe supervise refused: <error>` (or `ran`) and
 //!   the same for `cluster`, and exits;
@@ -49,6 +50,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Runs the probe; `version` is what it answers as its version.
 pub fn main(version: &'static str) -> ExitCode {
+    if std::env::var_os("PROBE_HOLD_SIGNALS").is_some() {
+        gracenet::hold_signals();
+    }
     if std::env::var_os("PROBE_STANDBY").is_some() {
         println!("probe main pid={}", std::process::id());
     }

@@ -220,3 +220,72 @@ fn a_standby_whose_server_was_killed_exits_by_itself() {
         "the orphaned standby started serving: {seen:#?}"
     );
 }
+
+/// Whether `pid` ignores `SIGUSR2`, as `/proc/PID/status` shows (its `SigIgn` mask).
+fn ignores_sigusr2(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s
+                .lines()
+                .find_map(|l| l.strip_prefix("SigIgn:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGUSR2 - 1)) != 0)
+}
+
+/// A `SIGUSR2` sent to every process of the program (`kill $(pgrep app)`, `systemctl kill -s
+/// USR2`, whose default is the whole cgroup) reaches the standby too: that one is the restart
+/// that wakes it, and must neither kill it (its default action, without `hold_signals`) nor
+/// restart it a second time once it serves (held, with `hold_signals`).
+fn restart_signal_to_every_process(hold_signals: bool) {
+    let mut env = vec![("PROBE_STANDBY", "1")];
+    if hold_signals {
+        env.push(("PROBE_HOLD_SIGNALS", "1"));
+    }
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &env));
+    let standby = standby_started(&mut g, 1);
+    let _standby_guard = PidGuard(standby);
+    assert!(
+        wait_until(DEADLINE, || ignores_sigusr2(standby)),
+        "the waiting standby does not ignore SIGUSR2"
+    );
+    // The standby's copy first: the one a restart of every process could deliver while the
+    // standby still waits.
+    signal(standby, Signal::SIGUSR2);
+    signal(gen1.pid, Signal::SIGUSR2);
+    let line = g.expect_line("probe version=");
+    let gen2 = parse_probe(&line);
+    assert_eq!(
+        gen2.pid, standby,
+        "the standby, still there, takes the restart: {line}"
+    );
+    assert!(!ignores_sigusr2(standby), "generation 2 handles SIGUSR2 again");
+    // Generation 2's logs come before generation 1's, which follows its readiness.
+    g.expect_log("stopped accepting generation=1 ");
+    let seen = g.seen();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("restart requested before this generation is ready")),
+        "the standby kept the signal and restarts again: {seen:#?}"
+    );
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), standby);
+    // And a restart asked of it now is one.
+    signal(standby, Signal::SIGUSR2);
+    let line = g.expect_line("probe version=");
+    assert_eq!(field(&line, "generation"), "3", "{line}");
+    let _gen3 = PidGuard(parse_probe(&line).pid);
+}
+
+#[test]
+fn a_restart_signal_to_every_process_restarts_once() {
+    restart_signal_to_every_process(false);
+}
+
+#[test]
+fn a_restart_signal_to_every_process_restarts_once_with_signals_held() {
+    restart_signal_to_every_process(true);
+}

@@ -273,6 +273,9 @@ impl GenerationBuilder {
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let standby = SharedStandby::default();
         let backstop = super::backstop::DrainBackstop::default();
+        // A standby ignored SIGUSR2 until now: one held meanwhile is discarded, then the
+        // handlers below replace the ignoring, or the program's own action is put back.
+        startup.take_restart_signal(!settings.handle_signals);
         if settings.handle_signals {
             super::signals::forward(
                 requests_tx.clone(),

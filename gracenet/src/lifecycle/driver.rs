@@ -408,7 +408,8 @@ impl Driver {
             .store(0, std::sync::atomic::Ordering::Relaxed);
         let status = match child.process.try_wait() {
             Ok(Some(status)) => status.to_string(),
-            _ => "running".to_owned(),
+            // Its channel may close a moment before it can be reaped: not "running".
+            _ => "not yet reaped".to_owned(),
         };
         if let Err(e) = child.process.kill_group() {
             crate::log::warn!(pid, error = %e, "cannot kill the standby's process group");

@@ -140,6 +140,25 @@ pub(crate) struct Received {
 /// The most fds one datagram may carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
+/// Ignores `SIGUSR2` from now on, which also discards one already pending (blocked or not),
+/// and returns the action it had, for [`restore_sigusr2`].
+pub(crate) fn ignore_sigusr2() -> io::Result<nix::sys::signal::SigAction> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs no handler (ignoring runs no code of ours), so nothing must be
+    // async-signal-safe; the action it replaces is returned to be put back as it was.
+    unsafe { sigaction(Signal::SIGUSR2, &ignore) }.map_err(io::Error::from)
+}
+
+/// Puts back the `SIGUSR2` action [`ignore_sigusr2`] replaced.
+pub(crate) fn restore_sigusr2(action: &nix::sys::signal::SigAction) -> io::Result<()> {
+    // SAFETY: the action is one this process had before (its default, or a handler the
+    // program installed, which was written to run as one).
+    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGUSR2, action) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
 /// The calling thread's `errno`. Async-signal-safe.
 pub(crate) fn errno() -> i32 {
     nix::errno::Errno::last_raw()
