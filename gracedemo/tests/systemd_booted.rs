@@ -29,6 +29,19 @@ fn boot_with_gracedemo_and(tag: &str, extra: &[&str]) -> (BootedSystemd, u32) {
 /// [`boot_with_gracedemo_and`], with `socket_lines` added to the socket unit's `[Socket]`
 /// section by a drop-in.
 fn boot_with_gracedemo_and_socket(tag: &str, extra: &[&str], socket_lines: &str) -> (BootedSystemd, u32) {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd");
+    let shipped = std::fs::read_to_string(units.join("gracedemo.service")).expect("the shipped unit");
+    let exec = shipped
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart in the shipped unit");
+    let exec = (!extra.is_empty()).then(|| format!("{exec} {}", extra.join(" ")));
+    boot_with_gracedemo_as(tag, exec.as_deref(), socket_lines)
+}
+
+/// [`boot_with_gracedemo_and_socket`], with the service's `ExecStart=` line replaced by
+/// `exec` (by a drop-in) when given.
+fn boot_with_gracedemo_as(tag: &str, exec: Option<&str>, socket_lines: &str) -> (BootedSystemd, u32) {
     let systemd = BootedSystemd::boot(tag);
     systemd.install(
         Path::new(env!("CARGO_BIN_EXE_gracedemo")),
@@ -39,15 +52,10 @@ fn boot_with_gracedemo_and_socket(tag: &str, extra: &[&str], socket_lines: &str)
     for unit in ["gracedemo.socket", "gracedemo.service"] {
         systemd.install(&units.join(unit), &format!("/etc/systemd/system/{unit}"), 0o644);
     }
-    if !extra.is_empty() {
-        let shipped = std::fs::read_to_string(units.join("gracedemo.service")).expect("the shipped unit");
-        let exec = shipped
-            .lines()
-            .find(|l| l.starts_with("ExecStart="))
-            .expect("ExecStart in the shipped unit");
+    if let Some(exec) = exec {
         systemd.write(
             "/etc/systemd/system/gracedemo.service.d/extra.conf",
-            &format!("[Service]\nExecStart=\n{exec} {}\n", extra.join(" ")),
+            &format!("[Service]\nExecStart=\n{exec}\n"),
         );
     }
     if !socket_lines.is_empty() {
@@ -168,6 +176,71 @@ fn reloads_under_load_then_a_stop_drains_the_request_in_flight() {
     let journal = systemd.journal(Some("gracedemo.service"));
     assert!(!journal.contains("SIGKILL"), "no SIGKILL:\n{journal}");
     assert!(!journal.contains("not our child"), "{journal}");
+}
+
+/// Without the supervisor (the shipped unit with `--supervise` taken out: `Type=notify`,
+/// `NotifyAccess=main`): each generation that hands over tells systemd, from the main pid
+/// systemd listens to, that the new one is the main process and ready. Before, the new
+/// process's own `MAINPID=` was discarded (not from the main pid), the reload waited for a
+/// `READY=1` systemd never took, and the service's main process was the one that exited.
+#[test]
+fn without_the_supervisor_each_reload_makes_the_new_generation_systemds_main_process() {
+    let (systemd, gen1) = boot_with_gracedemo_as(
+        "no-supervisor",
+        Some("ExecStart=/usr/local/bin/gracedemo --control-socket /run/gracedemo/control"),
+        "",
+    );
+    assert_eq!(
+        systemd.property("gracedemo.service", "MainPID"),
+        gen1.to_string(),
+        "generation 1 is the main process"
+    );
+    let mut previous = gen1;
+    for n in 2..=3 {
+        // `systemctl reload` waits for the reload to end (the control client's answer, and
+        // systemd's RELOADING=1 ended by a READY=1 it accepts).
+        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+        assert!(
+            out.status.success(),
+            "reload {n}: {out:?}\n{}",
+            systemd.journal(Some("gracedemo.service"))
+        );
+        let now = serving(&systemd);
+        assert_ne!(now, previous, "reload {n}: a new process answers");
+        assert!(
+            wait_until(grace_tests::DEADLINE, || systemd.property("gracedemo.service", "MainPID")
+                == now.to_string()),
+            "reload {n}: MainPID is {} and not the new generation {now}\n{}",
+            systemd.property("gracedemo.service", "MainPID"),
+            systemd.journal(Some("gracedemo.service"))
+        );
+        assert!(
+            wait_until(grace_tests::DEADLINE, || !running_inside(&systemd, previous)),
+            "reload {n}: the old generation {previous} drains and goes"
+        );
+        assert_eq!(systemd.property("gracedemo.service", "ActiveState"), "active");
+        assert_eq!(systemd.property("gracedemo.service", "SubState"), "running");
+        // The handed-over generation, not a fresh service socket activation started after
+        // systemd ended the old one.
+        let status = systemd.property("gracedemo.service", "StatusText");
+        assert!(
+            status.contains(&format!("Generation {n} serving")),
+            "reload {n}: {status}\n{}",
+            systemd.journal(Some("gracedemo.service"))
+        );
+        previous = now;
+    }
+    let journal = systemd.journal(Some("gracedemo.service"));
+    assert!(!journal.contains("refusing"), "systemd refused a notification:\n{journal}");
+    assert!(
+        !journal.contains("SIGKILL") && !journal.contains("Deactivated"),
+        "the service went on through the reloads:\n{journal}"
+    );
+    // A stop (systemd 252 does not wait for a main process that is not its child: the
+    // supervisor's reason to be; what it kills here has nothing in flight).
+    let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
+    assert!(out.status.success(), "stop: {out:?}");
+    assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
 }
 
 /// Replaces /usr/local/bin/gracedemo (keeping the good one as gracedemo.good) with a script.

@@ -200,6 +200,11 @@ impl Driver {
             }
             Action::HandOver { successor } => {
                 self.restart_ended(RestartOutcome::HandedOver);
+                if self.shared.startup.supervisor.is_none() && self.shared.startup.worker.is_none() {
+                    // Straight to systemd (a supervisor or a cluster's primary learns the
+                    // new main process from the successor itself).
+                    self.shared.notify(&sd_notify::handed_over(next, successor));
+                }
                 crate::log::info!(
                     generation = number,
                     next,

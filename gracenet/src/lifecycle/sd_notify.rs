@@ -16,6 +16,17 @@ pub(super) fn serving(number: u64, pid: u32, addrs: &str) -> Vec<String> {
     ]
 }
 
+/// This generation handed over to generation `next`, pid `pid`: said by the old main process,
+/// the one systemd takes notifications from with `NotifyAccess=main` (it discards the new
+/// process's own `MAINPID=`, and would end the service when the old one exits).
+pub(super) fn handed_over(next: u64, pid: u32) -> Vec<String> {
+    vec![
+        format!("MAINPID={pid}"),
+        "READY=1".into(),
+        format!("STATUS=Generation {next} serving with pid {pid}"),
+    ]
+}
+
 /// A restart began: generation `next` is being started.
 pub(super) fn reloading(next: u64) -> Vec<String> {
     vec![
