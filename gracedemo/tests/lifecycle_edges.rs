@@ -236,12 +236,22 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no new pid in {handoff:?}"));
     let _a2 = PidGuard(a2);
-    // A's second generation wrote the shared PID file when it became ready; B writes its own
-    // again (as an operator fixing it would), then A stops.
+    // A's second generation wrote the shared PID file when it became ready; B restarts, and
+    // its second generation writes its own (the file a process removes at its stop is the
+    // one it wrote: a file written by hand is left), then A stops.
     assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|s| s.trim() == a2.to_string())));
-    std::fs::remove_file(&pid_file).expect("remove");
-    std::fs::write(&pid_file, format!("{b_pid}\n")).expect("B's PID file");
+    b.process.signal(Signal::SIGUSR2);
+    let handoff = b.process.expect_log("Graceful handoff");
+    let b2: u32 = handoff
+        .split("new pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {handoff:?}"));
+    let _b2 = PidGuard(b2);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|s| s.trim() == b2.to_string())));
     kill(Pid::from_raw(a2 as i32), Signal::SIGTERM).expect("SIGTERM A");
     assert!(
         wait_until(DEADLINE, || !grace_tests::is_alive(a2)),
@@ -249,16 +259,23 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
     );
     assert!(control.exists(), "A's stop removed B's control socket");
     let answer = status(&control).expect("B answers on its control socket");
-    assert!(answer.contains(&format!("pid: {b_pid}")), "{answer}");
+    assert!(answer.contains(&format!("pid: {b2}")), "{answer}");
     assert_eq!(
         std::fs::read_to_string(&pid_file)
             .expect("B's PID file is kept")
             .trim(),
-        b_pid.to_string()
+        b2.to_string()
     );
     // B's own stop removes both.
-    b.process.signal(Signal::SIGTERM);
-    b.process.wait_timeout(DEADLINE).expect("B stops");
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(b_pid)),
+        "B's first generation drains and goes"
+    );
+    kill(Pid::from_raw(b2 as i32), Signal::SIGTERM).expect("SIGTERM B");
+    assert!(
+        wait_until(DEADLINE, || !grace_tests::is_alive(b2)),
+        "B's second generation did not stop"
+    );
     assert!(!control.exists(), "B's stop leaves its control socket");
     assert!(!pid_file.exists(), "B's stop leaves its PID file");
 }

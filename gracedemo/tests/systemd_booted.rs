@@ -208,7 +208,8 @@ fn without_the_supervisor_each_reload_makes_the_new_generation_systemds_main_pro
         let now = serving(&systemd);
         assert_ne!(now, previous, "reload {n}: a new process answers");
         assert!(
-            wait_until(grace_tests::DEADLINE, || systemd.property("gracedemo.service", "MainPID")
+            wait_until(grace_tests::DEADLINE, || systemd
+                .property("gracedemo.service", "MainPID")
                 == now.to_string()),
             "reload {n}: MainPID is {} and not the new generation {now}\n{}",
             systemd.property("gracedemo.service", "MainPID"),
@@ -231,7 +232,10 @@ fn without_the_supervisor_each_reload_makes_the_new_generation_systemds_main_pro
         previous = now;
     }
     let journal = systemd.journal(Some("gracedemo.service"));
-    assert!(!journal.contains("refusing"), "systemd refused a notification:\n{journal}");
+    assert!(
+        !journal.contains("refusing"),
+        "systemd refused a notification:\n{journal}"
+    );
     assert!(
         !journal.contains("SIGKILL") && !journal.contains("Deactivated"),
         "the service went on through the reloads:\n{journal}"
