@@ -504,7 +504,7 @@ fn log_note(number: u64, note: Note, connections: usize) {
         ),
         Note::Queued => crate::log::info!(
             generation = number,
-            "restart requested while one is under way: it runs after it (or, if that one hands over, is sent to the new generation)"
+            "restart requested while one is under way: queued; if that one fails, it runs next; if it hands over, the request is answered HandedOver (a control-socket client then asks the new generation)"
         ),
         Note::FromSuccessor { cause } => {
             crate::log::debug!(%cause, "ignoring a signal from the generation that took over")
