@@ -2328,6 +2328,38 @@ fn every_worker_resumes_the_others_sessions(
     panic!("{when}: only {issuers:?} of the workers {workers:?} answered 200 TLS connections");
 }
 
+/// `SIGUSR2` sent to every process of the cluster (`kill $(pgrep app)`, `systemctl kill -s
+/// USR2`, whose default is the whole cgroup): the workers ignore theirs, saying so, and the
+/// primary's rolling restart replaces each worker once. Each worker restarted by itself, and
+/// the rollout then restarted again those it had not yet reached.
+#[test]
+fn sigusr2_to_every_process_restarts_each_worker_once() {
+    let mut c = TestCluster::start("2", &[]);
+    let before = c.pids();
+    assert_eq!(before.len(), 2, "{}", c.status());
+    for &worker in &before {
+        grace_tests::signal(worker, Signal::SIGUSR2);
+    }
+    for _ in &before {
+        let line = c.primary.expect_log("ignoring SIGUSR2 to a cluster's worker");
+        assert!(line.contains(&format!("primary={}", c.primary.pid())), "{line}");
+    }
+    let out = c.ctl(&["--reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = c.status();
+    for slot in 0..2 {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("worker {slot}: ")))
+            .unwrap_or_else(|| panic!("no worker {slot}: {status}"));
+        assert!(
+            line.contains(", generation 2, serving"),
+            "restarted once: {status}"
+        );
+    }
+    assert!(c.pids().iter().all(|p| !before.contains(p)), "{status}");
+}
+
 #[test]
 fn every_worker_serves_one_self_signed_certificate_and_resumes_any_workers_tls_session_across_a_rolling_restart()
  {

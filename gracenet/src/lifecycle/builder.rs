@@ -277,13 +277,19 @@ impl GenerationBuilder {
         // handlers below replace the ignoring, or the program's own action is put back.
         startup.take_restart_signal(!settings.handle_signals);
         if settings.handle_signals {
-            super::signals::forward(
-                requests_tx.clone(),
-                standby.clone(),
-                &startup.registry,
-                backstop.clone(),
-                settings.stop_timeout,
-            )?;
+            let primary = startup
+                .worker
+                .as_ref()
+                .and(startup.supervisor.as_ref())
+                .and_then(|pid| pid.to_str()?.parse().ok());
+            super::signals::forward(super::signals::SignalRoutes {
+                tx: requests_tx.clone(),
+                standby: standby.clone(),
+                registry: &startup.registry,
+                backstop: backstop.clone(),
+                stop_timeout: settings.stop_timeout,
+                restarts_only_from: primary,
+            })?;
         }
         let number = startup.generation;
         let (final_tx, final_rx) = tokio::sync::oneshot::channel();

@@ -32,18 +32,39 @@ pub(crate) enum Request {
     Ready,
 }
 
-/// Starts a thread that forwards the signals to `tx` until the receiver is gone. The
+/// Where the signal thread sends what the signals ask, and what it needs besides.
+pub(crate) struct SignalRoutes {
+    /// The lifecycle's requests.
+    pub tx: UnboundedSender<Request>,
+    /// Woken at a `SIGUSR2`, if there is one.
+    pub standby: SharedStandby,
+    /// For the standby's wake (it checks the sockets are still those it was given).
+    pub registry: &'static SocketRegistry,
+    /// Armed at a stop signal.
+    pub backstop: DrainBackstop,
+    /// The generation's stop timeout, for the backstop.
+    pub stop_timeout: std::time::Duration,
+    /// A cluster's worker: the primary's pid, the only sender whose `SIGUSR2` is a restart.
+    pub restarts_only_from: Option<u32>,
+}
+
+/// Starts a thread that forwards the signals to `routes.tx` until the receiver is gone. The
 /// handlers replace the default actions (so `SIGTERM` no longer kills the process outright).
-/// A `SIGUSR2` wakes the `standby`, if there is one, before it is forwarded. A stop signal
-/// arms the `backstop` at `stop_timeout` (and a grace) from now, a second one at the grace:
-/// the process ends then even if its runtime is blocked and never runs the drain.
-pub(crate) fn forward(
-    tx: UnboundedSender<Request>,
-    standby: SharedStandby,
-    registry: &'static SocketRegistry,
-    backstop: DrainBackstop,
-    stop_timeout: std::time::Duration,
-) -> Result<(), Error> {
+/// A `SIGUSR2` wakes the standby, if there is one, before it is forwarded; in a cluster's
+/// worker, one from anyone but the primary is ignored (with a log line): a worker restarts
+/// when its primary asks, in a rolling restart, and a `SIGUSR2` sent to every process of the
+/// program would otherwise restart each worker by itself and then again in the rollout. A
+/// stop signal arms the backstop at the stop timeout (and a grace) from now, a second one at
+/// the grace: the process ends then even if its runtime is blocked and never runs the drain.
+pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
+    let SignalRoutes {
+        tx,
+        standby,
+        registry,
+        backstop,
+        stop_timeout,
+        restarts_only_from,
+    } = routes;
     let mut signals =
         SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT]).map_err(|source| Error::Io {
             what: "cannot install handlers for SIGUSR2, SIGTERM and SIGINT".into(),
@@ -73,6 +94,18 @@ pub(crate) fn forward(
                         backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
                     }
                 }
+                let sender = origin.process.map(|p| p.pid as u32);
+                if origin.signal == SIGUSR2
+                    && let Some(primary) = restarts_only_from
+                    && sender != Some(primary)
+                {
+                    crate::log::warn!(
+                        sender,
+                        primary,
+                        "ignoring SIGUSR2 to a cluster's worker: workers restart when their primary asks (SIGUSR2 to the primary restarts them one at a time)"
+                    );
+                    continue;
+                }
                 let event = match origin.signal {
                     SIGUSR2 => {
                         wake_at_signal(&standby, registry);
@@ -84,7 +117,7 @@ pub(crate) fn forward(
                         } else {
                             StopCause::Sigterm
                         },
-                        sender: origin.process.map(|p| p.pid as u32),
+                        sender,
                     },
                 };
                 if tx.send(event).is_err() {
