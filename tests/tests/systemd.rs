@@ -81,7 +81,21 @@ fn sd_notify_messages_follow_the_serving_pid_across_restarts_and_stop() {
         let pid: u32 = field(&line, "pid").parse().unwrap();
         guards.push(PidGuard(pid));
         g.expect_log(&format!("stopped accepting generation={} ", number - 1));
-        assert_ready(&next(&rx), pid, port);
+        // The new process's own word, then the old one's as it hands over (the main process
+        // systemd listens to with NotifyAccess=main).
+        let own = next(&rx);
+        assert_ready(&own, pid, port);
+        assert!(
+            value(&own, "STATUS").is_some_and(|s| s.contains(&format!(":{port}"))),
+            "{own:?}"
+        );
+        let handed = next(&rx);
+        assert_ready(&handed, pid, port);
+        assert_eq!(
+            value(&handed, "STATUS"),
+            Some(format!("Generation {number} serving with pid {pid}").as_str()),
+            "{handed:?}"
+        );
         serving = pid;
     }
     signal(serving, Signal::SIGTERM);
