@@ -228,13 +228,7 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
     let b_pid = b.pid();
     // A restarts: its second generation inherits the socket whose path is now B's.
     a.process.signal(Signal::SIGUSR2);
-    let handoff = a.process.expect_log("Graceful handoff");
-    let a2: u32 = handoff
-        .split("new pid ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no new pid in {handoff:?}"));
+    let a2 = grace_tests::new_pid_in_handoff(&a.process.expect_log("Graceful handoff"));
     let _a2 = PidGuard(a2);
     // A's second generation wrote the shared PID file when it became ready; B restarts, and
     // its second generation writes its own (the file a process removes at its stop is the
@@ -242,13 +236,7 @@ fn stopping_a_server_leaves_another_servers_control_socket_and_pid_file() {
     assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|s| s.trim() == a2.to_string())));
     b.process.signal(Signal::SIGUSR2);
-    let handoff = b.process.expect_log("Graceful handoff");
-    let b2: u32 = handoff
-        .split("new pid ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no new pid in {handoff:?}"));
+    let b2 = grace_tests::new_pid_in_handoff(&b.process.expect_log("Graceful handoff"));
     let _b2 = PidGuard(b2);
     assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pid_file)
         .is_ok_and(|s| s.trim() == b2.to_string())));

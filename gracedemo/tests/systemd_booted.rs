@@ -103,16 +103,21 @@ fn serving(systemd: &BootedSystemd) -> u32 {
     pid_in(&systemd.get(PORT, "/sleep/?duration=0s").expect("an answer"))
 }
 
+/// `systemctl reload`, which must succeed (`what` names it in the failure, with the journal).
+fn reload_ok(systemd: &BootedSystemd, what: &str) {
+    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
+    assert!(
+        out.status.success(),
+        "{what}: {out:?}\n{}",
+        systemd.journal(Some("gracedemo.service"))
+    );
+}
+
 /// `systemctl reload` to generation `n`, checked: it succeeds once the new generation serves
 /// (a new pid answers, named in the status), MainPID stays `main_pid`, and `previous` drains
 /// and goes. Returns the pid answering now.
 fn reload(systemd: &BootedSystemd, n: u32, main_pid: &str, previous: u32) -> u32 {
-    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
-    assert!(
-        out.status.success(),
-        "reload {n}: {out:?}\n{}",
-        systemd.journal(Some("gracedemo.service"))
-    );
+    reload_ok(systemd, &format!("reload {n}"));
     // The reload returned once the new generation served.
     let now = serving(systemd);
     assert_ne!(now, previous, "reload {n}: a new process answers");
@@ -199,12 +204,7 @@ fn without_the_supervisor_each_reload_makes_the_new_generation_systemds_main_pro
     for n in 2..=3 {
         // `systemctl reload` waits for the reload to end (the control client's answer, and
         // systemd's RELOADING=1 ended by a READY=1 it accepts).
-        let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
-        assert!(
-            out.status.success(),
-            "reload {n}: {out:?}\n{}",
-            systemd.journal(Some("gracedemo.service"))
-        );
+        reload_ok(&systemd, &format!("reload {n}"));
         let now = serving(&systemd);
         assert_ne!(now, previous, "reload {n}: a new process answers");
         assert!(
@@ -245,12 +245,7 @@ fn without_the_supervisor_each_reload_makes_the_new_generation_systemds_main_pro
     // `Result=signal`, having killed what was left; nothing was in flight here.
     let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
     assert!(out.status.success(), "stop: {out:?}");
-    let left = systemd.text(&[
-        "sh",
-        "-c",
-        "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
-    ]);
-    assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
+    assert_no_process_left(&systemd);
 }
 
 /// Replaces /usr/local/bin/gracedemo (keeping the good one as gracedemo.good) with a script.
@@ -426,13 +421,18 @@ fn stop_leaves_nothing(systemd: &BootedSystemd) -> String {
     let out = systemd.run(&["systemctl", "stop", "gracedemo.service"]);
     assert!(out.status.success(), "stop: {out:?}");
     assert_eq!(systemd.property("gracedemo.service", "Result"), "success");
+    assert_no_process_left(systemd);
+    systemd.journal(Some("gracedemo.service"))
+}
+
+/// No gracedemo process is left in the container.
+fn assert_no_process_left(systemd: &BootedSystemd) {
     let left = systemd.text(&[
         "sh",
         "-c",
         "grep -lx gracedemo /proc/[0-9]*/comm 2>/dev/null | wc -l",
     ]);
     assert_eq!(left.trim(), "0", "processes left after the stop: {left}");
-    systemd.journal(Some("gracedemo.service"))
 }
 
 /// The workers' pids, as `gracedemo --status` lists them (slot order).
@@ -465,12 +465,7 @@ fn a_cluster_reloads_one_worker_at_a_time_survives_a_kill_and_stops_clean() {
     );
     let load = NsLoad::start(&systemd, PORT, "/sleep/?duration=0s", 4);
     // A reload is a rolling restart: it returns once both workers are new.
-    let out = systemd.run(&["systemctl", "reload", "gracedemo.service"]);
-    assert!(
-        out.status.success(),
-        "reload: {out:?}\n{}",
-        systemd.journal(Some("gracedemo.service"))
-    );
+    reload_ok(&systemd, "reload");
     let after = worker_pids(&systemd);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(

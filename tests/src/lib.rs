@@ -886,6 +886,18 @@ pub fn new_pid_in_handoff(line: &str) -> u32 {
         .unwrap_or_else(|| panic!("no new pid in {line:?}"))
 }
 
+/// A hexadecimal mask field of `/proc/<process>/status` (`SigIgn`, `CapEff`, …), for
+/// `process` a pid or `self`.
+pub fn status_mask(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .to_owned();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
 /// The pids of zombie processes whose parent is `parent` (found by parent pid, so children of
 /// any of its threads count).
 pub fn zombies_of(parent: u32) -> Vec<u32> {

@@ -515,21 +515,28 @@ fn as_pid_1_serve_supervises_so_a_restart_keeps_the_container() {
     assert!(grace_tests::is_alive(init), "PID 1 is still there");
 }
 
+/// An HTTP server on one runtime thread with a stop timeout of `stop_ms`, whose thread a
+/// request's handler holds for two minutes (the request's client thread is returned).
+fn blocked_server(stop_ms: &str) -> (ProcessGuard, std::thread::JoinHandle<String>) {
+    let (mut g, Site { ports, .. }) = start_httpprobe(command(
+        HTTPPROBE,
+        &[],
+        &[("TOKIO_WORKER_THREADS", "1"), ("PROBE_STOP_TIMEOUT_MS", stop_ms)],
+    ));
+    let port = ports[0];
+    let blocked =
+        std::thread::spawn(move || exchange(port, b"GET /block?ms=120000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+    g.expect_log("block request started");
+    (g, blocked)
+}
+
 /// A handler that blocks the runtime (every worker thread asleep in a blocking call) keeps the
 /// lifecycle's task from running: a first `SIGTERM` cannot drain. A second stop signal still
 /// ends the process, within seconds, as "a second one stops at once" promises. (A `SIGINT`
 /// second: two `SIGTERM`s sent back to back may reach the process as one.)
 #[test]
 fn a_second_stop_signal_ends_a_server_whose_runtime_is_blocked() {
-    let (mut g, Site { ports, .. }) = start_httpprobe(command(
-        HTTPPROBE,
-        &[],
-        &[("TOKIO_WORKER_THREADS", "1"), ("PROBE_STOP_TIMEOUT_MS", "120000")],
-    ));
-    let port = ports[0];
-    let blocked =
-        std::thread::spawn(move || exchange(port, b"GET /block?ms=120000 HTTP/1.1\r\nHost: x\r\n\r\n"));
-    g.expect_log("block request started");
+    let (mut g, blocked) = blocked_server("120000");
     g.signal(Signal::SIGTERM);
     g.signal(Signal::SIGINT);
     let status = g
@@ -544,15 +551,7 @@ fn a_second_stop_signal_ends_a_server_whose_runtime_is_blocked() {
 /// when the handler lets go two minutes later.
 #[test]
 fn a_single_sigterm_ends_a_server_whose_runtime_is_blocked_after_the_stop_timeout() {
-    let (mut g, Site { ports, .. }) = start_httpprobe(command(
-        HTTPPROBE,
-        &[],
-        &[("TOKIO_WORKER_THREADS", "1"), ("PROBE_STOP_TIMEOUT_MS", "1000")],
-    ));
-    let port = ports[0];
-    let blocked =
-        std::thread::spawn(move || exchange(port, b"GET /block?ms=120000 HTTP/1.1\r\nHost: x\r\n\r\n"));
-    g.expect_log("block request started");
+    let (mut g, blocked) = blocked_server("1000");
     g.signal(Signal::SIGTERM);
     let status = g
         .wait_timeout(DEADLINE)

@@ -361,17 +361,7 @@ fn may_leave_idle_priority() -> bool {
     let initial_namespace = std::fs::read_to_string("/proc/self/uid_map")
         .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false);
-    let cap_sys_nice = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let hex = s
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))?
-                .trim()
-                .to_owned();
-            u64::from_str_radix(&hex, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << 23) != 0);
+    let cap_sys_nice = grace_tests::status_mask("self", "CapEff").is_some_and(|caps| caps & (1 << 23) != 0);
     let (nice_limit, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE).unwrap();
     (initial_namespace && cap_sys_nice) || nice_limit >= 20
 }
