@@ -287,8 +287,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error as one line, naming the flag to change when it is an address's fault.
+/// The error as one line, naming the flag to change when it is an address's fault, and the
+/// limit to raise when the process ran out of file descriptors.
 fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
+    let line = explain_address(e, matches);
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut out_of_fds = false;
+    while let Some(c) = cause {
+        out_of_fds |= c.downcast_ref::<std::io::Error>().is_some_and(is_out_of_fds);
+        cause = c.source();
+    }
+    if out_of_fds && !line.contains(RAISE_FDS) {
+        format!("{line}; {RAISE_FDS}")
+    } else {
+        line
+    }
+}
+
+/// What to do when the process ran out of file descriptors.
+const RAISE_FDS: &str = "raise the open files limit (ulimit -n, systemd's LimitNOFILE=)";
+
+fn is_out_of_fds(e: &std::io::Error) -> bool {
+    [nix::errno::Errno::EMFILE, nix::errno::Errno::ENFILE]
+        .iter()
+        .any(|&errno| e.raw_os_error() == Some(errno as i32))
+}
+
+/// [`explain`]'s line for an address's fault.
+fn explain_address(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
     if let gracehttp::Error::Net(gracenet::Error::Bind { addr, source }) = e {
         let flags: Vec<&str> = ["a0", "a1", "a2"]
             .into_iter()
@@ -298,7 +324,14 @@ fn explain(e: &gracehttp::Error, matches: &clap::ArgMatches) -> String {
                     .is_some_and(|v| addr_matches(v, addr))
             })
             .collect();
-        if let [first, .., last] = flags[..] {
+        if is_out_of_fds(source) {
+            // Not the address's fault: no other address would do better.
+            let flag = flags.first().map(|f| format!(" (-{f})")).unwrap_or_default();
+            return format!("cannot listen on {addr}{flag}: {source}; {RAISE_FDS}");
+        }
+        if let [first, .., last] = flags[..]
+            && source.kind() == std::io::ErrorKind::AddrInUse
+        {
             // The same address for two servers: the later one fails, as it is taken.
             return format!(
                 "cannot listen on {addr}: -{first} and -{last} both give this address, and one \
@@ -692,6 +725,33 @@ mod tests {
         let m = parse(&["-a0", "127.0.0.1:9"]).unwrap();
         let e = explain(&in_use("127.0.0.1:9"), &m);
         assert!(!e.contains("ephemeral"), "only Go's ports: {e}");
+    }
+
+    #[test]
+    fn out_of_fds_is_not_blamed_on_an_address_given_twice() {
+        let m = parse(&["-a0", "127.0.0.1:0", "-a2", "127.0.0.1:0"]).unwrap();
+        let e = explain(
+            &gracehttp::Error::Net(gracenet::Error::Bind {
+                addr: "127.0.0.1:0".into(),
+                source: std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32),
+            }),
+            &m,
+        );
+        assert!(!e.contains("both give this address"), "{e}");
+        assert!(!e.contains("choose another address"), "{e}");
+        assert!(e.contains("raise the open files limit"), "{e}");
+        // Out of fds anywhere, not only at the bind: the same advice.
+        let e = explain(
+            &gracehttp::Error::Net(gracenet::Error::Io {
+                what: "cannot duplicate the socket fd of 127.0.0.1:1".into(),
+                source: std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32),
+            }),
+            &m,
+        );
+        assert!(
+            e.ends_with("raise the open files limit (ulimit -n, systemd's LimitNOFILE=)"),
+            "{e}"
+        );
     }
 
     #[test]
