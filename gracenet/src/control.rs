@@ -440,8 +440,10 @@ fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
     nix::unistd::getpeereid(stream).map(|(uid, _)| uid.as_raw())
 }
 
-/// The longest answer a client reads.
-const MAX_ANSWER: usize = 64 * 1024;
+/// The longest answer a client reads: far above the longest `status` a server gives (a
+/// cluster of [`MAX_WORKERS`](crate::cluster::MAX_WORKERS), a few hundred bytes each), and
+/// a bound on what a socket that is not a server's can make the client hold.
+pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Whether the process answering on `stream` may be believed: it runs as this user, as
 /// root, or as the owner of the socket's directory (a service's runtime directory). In a

@@ -197,6 +197,16 @@ pub enum Error {
     )]
     NoSuccessor,
 
+    /// A cluster was asked for more workers than it can run (each has an entry in the
+    /// primary's shared load table, of [`MAX_WORKERS`](crate::cluster::MAX_WORKERS) entries).
+    #[error("{asked} workers asked for: a cluster runs at most {max}")]
+    TooManyWorkers {
+        /// The number asked for.
+        asked: usize,
+        /// The most a cluster runs.
+        max: usize,
+    },
+
     /// A system call on a socket or process failed.
     #[error("{what}: {source}")]
     Io {

@@ -1406,6 +1406,12 @@ impl Cluster {
             // The stop ends every worker: a scale would change nothing (and was ignored).
             return Some("the cluster is stopping: not scaling".to_owned());
         }
+        if workers > super::MAX_WORKERS {
+            return Some(format!(
+                "scaling to {workers}: a cluster runs at most {} workers",
+                super::MAX_WORKERS
+            ));
+        }
         if workers > self.slots.len() && workers > room {
             // Workers it cannot start would wait in their slots for ever, and the primary,
             // out of fds, could no longer answer its control socket nor replace a crash.
@@ -2088,6 +2094,30 @@ mod tests {
         assert_eq!(c.slots.len(), 2, "nothing changed");
         assert_eq!(c.refuse_scale(12, 12), None, "up to the room");
         assert_eq!(c.refuse_scale(1, 0), None, "scaling down needs no room");
+    }
+
+    #[test]
+    fn a_scale_beyond_the_most_workers_a_cluster_runs_is_refused_saying_so() {
+        let now = Instant::now();
+        let mut c = serving(2, now);
+        let max = super::super::MAX_WORKERS;
+        let why = c.refuse_scale(max + 1, usize::MAX).expect("refused");
+        assert!(why.contains(&format!("at most {max} workers")), "{why}");
+        assert_eq!(c.refuse_scale(max, usize::MAX), None);
+        // SIGTTIN at the most: refused, said so.
+        c.slots.resize(max, Slot::default());
+        let a = c.handle(
+            Event::ScaleStep {
+                more: true,
+                room: usize::MAX,
+            },
+            now,
+        );
+        assert!(
+            matches!(&a[..], [Action::ScaleRefused { workers, .. }] if *workers == max + 1),
+            "{a:?}"
+        );
+        assert_eq!(c.slots.len(), max);
     }
 
     #[test]

@@ -64,6 +64,10 @@ use crate::error::Error;
 /// ([`ClusterBuilder::worker_timeout`]): gunicorn's default.
 pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most workers a cluster runs ([`ClusterBuilder::workers`], `scale N`, `SIGTTIN`): each
+/// has an entry in the primary's shared load table.
+pub const MAX_WORKERS: usize = balance::MAX_SLOTS;
+
 /// How often a worker sends its heartbeat when no worker timeout asks for more often.
 pub(crate) const DEFAULT_HEARTBEAT: Duration = crate::startup::DEFAULT_HEARTBEAT;
 
@@ -115,7 +119,8 @@ pub struct ClusterBuilder {
 }
 
 impl ClusterBuilder {
-    /// How many workers serve (at least 1; 0 means one per core).
+    /// How many workers serve (at least 1; 0 means one per core; at most [`MAX_WORKERS`]:
+    /// [`run`](Self::run) refuses more with [`Error::TooManyWorkers`]).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = if n == 0 { default_workers() } else { n };
         self
@@ -208,10 +213,40 @@ impl ClusterBuilder {
     /// cannot be started; [`Error::AlreadySupervised`] in a process a supervisor or a
     /// primary started (a worker would start a cluster of its own in each worker).
     pub fn run(self) -> Result<i32, Error> {
+        if self.workers > MAX_WORKERS {
+            return Err(Error::TooManyWorkers {
+                asked: self.workers,
+                max: MAX_WORKERS,
+            });
+        }
         crate::supervisor::refuse_if_supervised()?;
         crate::hold_supervisor_signals();
         let primary = primary::Primary::new(self);
         crate::supervisor::release_signals();
         primary?.run()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_workers_than_a_cluster_runs_are_refused_before_anything_starts() {
+        let e = Cluster::builder()
+            .workers(MAX_WORKERS + 1)
+            .run()
+            .expect_err("refused");
+        assert!(
+            matches!(e, Error::TooManyWorkers { asked, max } if asked == MAX_WORKERS + 1 && max == MAX_WORKERS),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} workers asked for: a cluster runs at most {MAX_WORKERS}",
+                MAX_WORKERS + 1
+            )
+        );
     }
 }

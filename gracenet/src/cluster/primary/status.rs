@@ -118,31 +118,7 @@ impl Primary {
             ));
         }
         for w in self.rows() {
-            match w.pid {
-                Some(pid) => out.push_str(&format!(
-                    "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, requests {}{}, up {} s, restarts {}{}\n",
-                    w.slot,
-                    w.generation,
-                    w.phase,
-                    w.connections,
-                    w.accepted,
-                    w.requests,
-                    w.rss.map_or_else(String::new, |b| format!(", memory {:.1} MiB", b as f64 / 1048576.0)),
-                    w.uptime.as_secs(),
-                    w.restarts,
-                    recycled(&w),
-                )),
-                None => out.push_str(&format!(
-                    "worker {}: none ({}), restarts {}{}\n",
-                    w.slot,
-                    match w.next_start {
-                        Some(d) => format!("starting again in {:.1} s, backing off after failures", d.as_secs_f64()),
-                        None => w.phase.to_owned(),
-                    },
-                    w.restarts,
-                    recycled(&w)
-                )),
-            }
+            out.push_str(&line(&w));
         }
         let draining: Vec<String> = self.machine.retiring.iter().map(u32::to_string).collect();
         out.push_str(&format!(
@@ -172,33 +148,7 @@ impl Primary {
     /// null).
     pub(super) fn status_json(&self) -> crate::json::Json {
         use crate::json::Json;
-        let workers = self
-            .rows()
-            .into_iter()
-            .map(|w| {
-                Json::Object(vec![
-                    ("slot", Json::Int(w.slot as u64)),
-                    ("pid", w.pid.map_or(Json::Null, |p| Json::Int(p.into()))),
-                    ("generation", Json::Int(w.generation)),
-                    ("phase", Json::String(w.phase.to_owned())),
-                    ("connections", Json::Int(w.connections as u64)),
-                    ("accepted", Json::Int(w.accepted)),
-                    ("requests", Json::Int(w.requests)),
-                    ("rss_bytes", w.rss.map_or(Json::Null, Json::Int)),
-                    ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
-                    ("restarts", Json::Int(w.restarts)),
-                    ("recycles", Json::Int(w.recycles)),
-                    (
-                        "last_recycle",
-                        w.last_recycle.map_or(Json::Null, |r| Json::String(r.to_owned())),
-                    ),
-                    (
-                        "next_start_seconds",
-                        w.next_start.map_or(Json::Null, |d| Json::Float(d.as_secs_f64())),
-                    ),
-                ])
-            })
-            .collect();
+        let workers = self.rows().iter().map(json_row).collect();
         let rollout = self.machine.rollout.as_ref().map_or(Json::Null, |r| {
             Json::Object(vec![
                 ("restarted", Json::Int(r.done as u64)),
@@ -233,10 +183,109 @@ impl Primary {
     }
 }
 
+/// A worker's line of `status`.
+fn line(w: &WorkerRow) -> String {
+    match w.pid {
+        Some(pid) => format!(
+            "worker {}: pid {pid}, generation {}, {}, connections {}, accepted {}, requests {}{}, up {} s, restarts {}{}\n",
+            w.slot,
+            w.generation,
+            w.phase,
+            w.connections,
+            w.accepted,
+            w.requests,
+            w.rss.map_or_else(String::new, |b| format!(
+                ", memory {:.1} MiB",
+                b as f64 / 1048576.0
+            )),
+            w.uptime.as_secs(),
+            w.restarts,
+            recycled(w),
+        ),
+        None => format!(
+            "worker {}: none ({}), restarts {}{}\n",
+            w.slot,
+            match w.next_start {
+                Some(d) => format!(
+                    "starting again in {:.1} s, backing off after failures",
+                    d.as_secs_f64()
+                ),
+                None => w.phase.to_owned(),
+            },
+            w.restarts,
+            recycled(w)
+        ),
+    }
+}
+
+/// A worker's object in `status json`.
+fn json_row(w: &WorkerRow) -> crate::json::Json {
+    use crate::json::Json;
+    Json::Object(vec![
+        ("slot", Json::Int(w.slot as u64)),
+        ("pid", w.pid.map_or(Json::Null, |p| Json::Int(p.into()))),
+        ("generation", Json::Int(w.generation)),
+        ("phase", Json::String(w.phase.to_owned())),
+        ("connections", Json::Int(w.connections as u64)),
+        ("accepted", Json::Int(w.accepted)),
+        ("requests", Json::Int(w.requests)),
+        ("rss_bytes", w.rss.map_or(Json::Null, Json::Int)),
+        ("uptime_seconds", Json::Float(w.uptime.as_secs_f64())),
+        ("restarts", Json::Int(w.restarts)),
+        ("recycles", Json::Int(w.recycles)),
+        (
+            "last_recycle",
+            w.last_recycle.map_or(Json::Null, |r| Json::String(r.to_owned())),
+        ),
+        (
+            "next_start_seconds",
+            w.next_start.map_or(Json::Null, |d| Json::Float(d.as_secs_f64())),
+        ),
+    ])
+}
+
 /// `, recycled N (last: requests)` once the slot has recycled, else nothing.
 fn recycled(w: &WorkerRow) -> String {
     match (w.recycles, w.last_recycle) {
         (0, _) | (_, None) => String::new(),
         (n, Some(reason)) => format!(", recycled {n} (last: {reason})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest row there can be: every number at its widest, the longest phase.
+    fn widest(slot: usize) -> WorkerRow {
+        WorkerRow {
+            slot,
+            pid: Some(u32::MAX),
+            generation: u64::MAX,
+            phase: "serving (silent: its runtime does not run)",
+            connections: usize::MAX,
+            accepted: u64::MAX,
+            requests: u64::MAX,
+            rss: Some(u64::MAX),
+            uptime: Duration::from_secs(u64::MAX),
+            restarts: u64::MAX,
+            recycles: u64::MAX,
+            last_recycle: Some("requests"),
+            next_start: Some(Duration::from_secs(u64::MAX)),
+        }
+    }
+
+    #[test]
+    fn the_status_of_the_largest_cluster_fits_in_what_a_control_client_reads() {
+        let max = crate::cluster::MAX_WORKERS;
+        let rows: Vec<WorkerRow> = (0..max).map(widest).collect();
+        let text: usize = rows.iter().map(|w| line(w).len()).sum();
+        let json = crate::json::Json::Array(rows.iter().map(json_row).collect())
+            .render()
+            .len();
+        // The head and the draining list (as many pids again, retiring) besides.
+        let rest = 4096 + max * ", pid 4294967295".len();
+        assert!(text + rest < crate::control::MAX_ANSWER, "text {text} bytes");
+        assert!(json + rest < crate::control::MAX_ANSWER, "json {json} bytes");
     }
 }
