@@ -1206,7 +1206,7 @@ fn three_sigttins_delivered_before_the_primary_looks_add_three_workers_and_three
 
 #[test]
 fn workers_stop_when_their_primary_is_killed() {
-    let c = TestCluster::start("2", &["--worker-timeout", "400ms"]);
+    let mut c = TestCluster::start("2", &["--worker-timeout", "400ms"]);
     let pids = c.pids();
     c.primary.signal(Signal::SIGKILL);
     // Orphaned, they would serve on unsupervised beside a restarted service on the same port.
@@ -1214,6 +1214,15 @@ fn workers_stop_when_their_primary_is_killed() {
         wait_until(DEADLINE, || pids.iter().all(|&p| !grace_tests::is_alive(p))),
         "workers still running without their primary: {pids:?}"
     );
+    // Their drain's messages to the primary's notify socket go nowhere, expectedly: no
+    // warning that "systemd" cannot be told.
+    let said = c.primary.output_after_exit().join("\n");
+    assert_eq!(
+        said.matches("the cluster's primary is gone: stopping").count(),
+        2,
+        "{said}"
+    );
+    assert!(!said.contains("cannot notify"), "{said}");
 }
 
 #[test]

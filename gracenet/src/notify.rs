@@ -23,6 +23,9 @@ pub(crate) struct Notifier {
     shown: String,
     /// `NOTIFY_SOCKET` as it was set, for the next generation's.
     value: std::ffi::OsString,
+    /// The receiver is known to be gone (a cluster's primary that was killed): a failed send
+    /// is expected, and logged at debug level only.
+    receiver_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
@@ -64,6 +67,7 @@ impl Notifier {
                 addr,
                 shown,
                 value,
+                receiver_gone: std::sync::atomic::AtomicBool::new(false),
             }),
             Err(e) => {
                 crate::log::warn!(error = %e, "cannot create a socket to notify systemd");
@@ -116,9 +120,20 @@ impl Notifier {
 
     /// Sends one message (`KEY=VALUE` lines). A failure is logged: systemd being unreachable
     /// must not stop a server.
+    /// The receiver is gone (a cluster's primary that was killed): sends may fail from now
+    /// on without a warning.
+    pub(crate) fn receiver_gone(&self) {
+        self.receiver_gone
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn send(&self, lines: &[String]) {
         let message = lines.join("\n");
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.addr) {
+            if self.receiver_gone.load(std::sync::atomic::Ordering::Relaxed) {
+                crate::log::debug!(socket = %self.shown, error = %e, "the notify socket's receiver is gone");
+                return;
+            }
             crate::log::warn!(
                 socket = %self.shown,
                 lines = %message.replace('\n', " "),

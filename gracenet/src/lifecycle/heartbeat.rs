@@ -60,6 +60,10 @@ pub(super) async fn run(shared: Arc<Shared>, every: Duration) {
                 // What it left in its private directory (it was killed: no cleanup): its
                 // notify socket; the last worker's inbox to go removes the directory.
                 crate::cluster::transfer::primary_gone();
+                if let Some(notifier) = &shared.notifier {
+                    // Its notify socket went with it: the drain's messages go nowhere.
+                    notifier.receiver_gone();
+                }
                 let _ = shared.requests.send(super::signals::Request::Stop {
                     cause: super::machine::StopCause::Call,
                     sender: None,
