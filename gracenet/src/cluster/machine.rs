@@ -53,6 +53,12 @@ pub(crate) struct Settings {
     pub cores: usize,
 }
 
+/// How many workers per core may be starting at once (started by the primary and not yet
+/// ready): a start is mostly CPU (the program's own start-up, its runtime, its sockets), and a
+/// scale to hundreds of workers started together would take every core from the serving
+/// workers and from the primary itself, which then answers its control socket late.
+pub(crate) const STARTS_AT_ONCE_PER_CORE: usize = 2;
+
 /// How long a turn lasts, when workers that share cores take turns at new connections.
 pub(crate) const TURN: Duration = Duration::from_millis(100);
 
@@ -277,6 +283,9 @@ pub(crate) struct Slot {
     /// A worker is wanted here, and waits for the cluster's sockets (another worker binds
     /// them): its start is issued once they are known ([`Sockets`]).
     pub held: bool,
+    /// A worker is wanted here, and waits until fewer than [`Cluster::starts_at_once`] are
+    /// starting (a scale to hundreds of workers, many crashes at once).
+    pub queued: bool,
 }
 
 /// Why a cluster gave up (and exits with code 1).
@@ -589,7 +598,41 @@ impl Cluster {
 
     /// Starts a worker in `slot`; while the sockets are being bound by another worker, holds
     /// the start until they are known.
+    /// How many workers may be starting at once: [`STARTS_AT_ONCE_PER_CORE`] per core.
+    pub(crate) fn starts_at_once(&self) -> usize {
+        self.settings.cores.max(1) * STARTS_AT_ONCE_PER_CORE
+    }
+
+    /// Workers starting now: a start asked of the driver, or a worker it started that is not
+    /// ready yet.
+    fn starting_now(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.starting.is_some() || s.worker.is_some_and(|w| !w.ready && !w.killed))
+            .count()
+    }
+
+    /// Starts the queued slots, lowest first, while fewer than
+    /// [`starts_at_once`](Self::starts_at_once) workers are starting.
+    fn start_queued(&mut self, actions: &mut Vec<Action>) {
+        if self.stopping {
+            return;
+        }
+        while self.starting_now() < self.starts_at_once() {
+            let Some(slot) = self.slots.iter().position(|s| s.queued) else {
+                return;
+            };
+            self.slots[slot].queued = false;
+            self.start_slot(slot, actions);
+        }
+    }
+
     fn start_slot(&mut self, slot: usize, actions: &mut Vec<Action>) {
+        if self.starting_now() >= self.starts_at_once() {
+            self.slots[slot].queued = true;
+            return;
+        }
+        self.slots[slot].queued = false;
         let binds = match self.sockets {
             Sockets::Known => false,
             Sockets::Binding { binder: None } => true,
@@ -922,6 +965,7 @@ impl Cluster {
         if binder_lost {
             self.binder_lost(&mut actions);
         }
+        self.start_queued(&mut actions);
         self.note_set_aside(&mut actions);
         self.maybe_exit(&mut actions);
         actions
@@ -1320,6 +1364,7 @@ impl Cluster {
             s.recycling = None;
             s.starting = None;
             s.held = false;
+            s.queued = false;
             if let Some(w) = s.worker.take() {
                 self.retiring.push(w.pid);
                 actions.push(Action::Stop { pid: w.pid });
@@ -1745,7 +1790,13 @@ mod tests {
     /// A cluster of ready workers with `settings`, pids 100, 101, ...
     fn serving_with(settings: Settings, now: Instant) -> Cluster {
         let mut c = Cluster::new(settings);
-        for (slot, a) in c.start().into_iter().enumerate() {
+        // Slots start in order, at most `starts_at_once` together: a ready one lets the next
+        // start.
+        let mut starts: std::collections::VecDeque<Action> = c.start().into();
+        let mut next_slot = 0;
+        while let Some(a) = starts.pop_front() {
+            let slot = next_slot;
+            next_slot += 1;
             let pid = 100 + slot as u32;
             assert_eq!(
                 a,
@@ -1755,8 +1806,12 @@ mod tests {
                 }
             );
             assert!(c.handle(Event::Started { id: started(&a), pid }, now).is_empty());
-            assert!(c.handle(Event::Ready { slot, pid }, now).is_empty());
+            for more in c.handle(Event::Ready { slot, pid }, now) {
+                assert!(matches!(more, Action::Start { .. }), "{more:?}");
+                starts.push_back(more);
+            }
         }
+        assert_eq!(next_slot, c.slots.len(), "every slot started: {c:?}");
         c
     }
 
@@ -2094,6 +2149,60 @@ mod tests {
         assert_eq!(c.slots.len(), 2, "nothing changed");
         assert_eq!(c.refuse_scale(12, 12), None, "up to the room");
         assert_eq!(c.refuse_scale(1, 0), None, "scaling down needs no room");
+    }
+
+    #[test]
+    fn a_scale_to_many_workers_starts_two_per_core_at_a_time_in_slot_order() {
+        let now = Instant::now();
+        let mut c = serving_with(
+            Settings {
+                cores: 1,
+                ..settings(2)
+            },
+            now,
+        );
+        let a = c.handle(
+            Event::Scale {
+                workers: 7,
+                room: usize::MAX,
+            },
+            now,
+        );
+        let starts: Vec<usize> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, vec![2, 3], "{a:?}");
+        assert!(c.slots[4..].iter().all(|s| s.queued), "{c:?}");
+        // Each worker that is ready lets the next slot start; one that fails to start is
+        // tried again in its own slot, which waits its turn no more than the others.
+        assert!(
+            c.handle(
+                Event::Started {
+                    id: started(&a[2]),
+                    pid: 303
+                },
+                now
+            )
+            .is_empty()
+        );
+        let next = c.handle(Event::Ready { slot: 3, pid: 303 }, now);
+        assert!(matches!(next[..], [Action::Start { slot: 4, .. }]), "{next:?}");
+        c.handle(
+            Event::StartFailed {
+                id: started(&a[1]),
+                reason: "no".into(),
+            },
+            now,
+        );
+        assert!(c.starting_now() <= 2, "{c:?}");
+        assert!(c.slots[5].queued && c.slots[6].queued, "{c:?}");
+        // A stop forgets what waits.
+        c.handle(Event::StopRequested, now);
+        assert!(c.slots.iter().all(|s| !s.queued), "{c:?}");
     }
 
     #[test]
@@ -3790,7 +3899,7 @@ mod tests {
                 2 => (0u64..40, 0u64..2_000).prop_map(|(o, a)| Step::Concurrency(o, a)),
                 1 => (0u64..2_000).prop_map(Step::Tick),
                 1 => Just(Step::Restart),
-                1 => (1usize..5).prop_map(Step::Scale),
+                1 => (1usize..8).prop_map(Step::Scale),
             ]
         }
 
@@ -3981,13 +4090,33 @@ mod tests {
                 }
                 if !c.stopping {
                     assert!(
-                        s.worker.is_some() || s.starting.is_some() || s.restart_at.is_some() || s.held,
+                        s.worker.is_some()
+                            || s.starting.is_some()
+                            || s.restart_at.is_some()
+                            || s.held
+                            || s.queued,
                         "an empty slot is being refilled: {c:?}"
                     );
                 } else {
-                    assert!(!s.held, "nothing waits to start during a stop: {c:?}");
+                    assert!(
+                        !s.held && !s.queued,
+                        "nothing waits to start during a stop: {c:?}"
+                    );
                 }
+                assert!(
+                    !(s.queued && s.held),
+                    "a slot waits for one thing at a time: {c:?}"
+                );
             }
+            assert!(
+                c.starting_now() <= c.starts_at_once(),
+                "at most {} starting at once: {c:?}",
+                c.starts_at_once()
+            );
+            assert!(
+                c.stopping || c.starting_now() == c.starts_at_once() || c.slots.iter().all(|s| !s.queued),
+                "a start waits while there is room for it: {c:?}"
+            );
             match c.sockets {
                 Sockets::Known => assert!(
                     c.slots.iter().all(|s| !s.held),

@@ -4,6 +4,9 @@ use std::time::{Duration, Instant};
 
 use super::Primary;
 
+// The status names the number of starts at once per core in words.
+const _: () = assert!(crate::cluster::machine::STARTS_AT_ONCE_PER_CORE == 2);
+
 /// One worker's line of `status`.
 pub(super) struct WorkerRow {
     slot: usize,
@@ -41,6 +44,8 @@ impl Primary {
                         generation: 0,
                         phase: if s.held {
                             "waiting for the first worker to bind the sockets"
+                        } else if s.queued {
+                            "waiting: two workers per core start at a time"
                         } else {
                             "starting"
                         },
