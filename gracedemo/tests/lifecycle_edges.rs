@@ -645,3 +645,76 @@ fn a_supervisors_first_generation_does_not_claim_socket_activation() {
         demo.process.seen()
     );
 }
+
+/// A stop signal sent to every process of the server (`systemctl kill`, or a stop under
+/// systemd's default `KillMode=control-group`, `kill $(pgrep app)`) while a 2 s request is in
+/// flight: the request is answered. Under a supervisor or a cluster's primary, the serving
+/// process got the signal twice (its own, and the one forwarded) and took the second as "stop
+/// at once", cutting the request.
+fn a_stop_to_every_process_answers_the_request_in_flight(mode: &[&str]) {
+    let mut demo = Demo::start(mode, &[("RUST_LOG", "gracedemo=debug,gracenet=info")]);
+    let port = demo.ports[0];
+    assert!(
+        wait_until(DEADLINE, || get(port).is_some()),
+        "{mode:?} never served"
+    );
+    let slow = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(DEADLINE)).ok()?;
+        s.write_all(b"GET /sleep/?duration=2s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    });
+    let sleeping = demo.process.expect_log("sleeping for 2s from pid");
+    let serving: u32 = sleeping
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {sleeping:?}"));
+    let every = pids_with_env(MARK, &demo.marker);
+    assert!(every.len() >= 2, "{mode:?}: {every:?}");
+    // Every process but the first, the serving one among them, and once it has begun its
+    // drain, the first (the supervisor or primary, which forwards its copy: the case where the
+    // kernel cannot merge the two into one pending signal).
+    for &pid in every.iter().filter(|&&p| p != demo.pid()) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if serving != demo.pid() {
+        demo.process
+            .expect_log("stopping: draining connections and tasks");
+    }
+    let _ = kill(Pid::from_raw(demo.pid() as i32), Signal::SIGTERM);
+    let answer = slow.join().expect("the client thread");
+    assert!(
+        answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{mode:?}: the request in flight was cut: {answer:?}\n{}",
+        demo.process.seen().join("\n")
+    );
+    assert!(
+        demo.process.wait_timeout(DEADLINE).is_some(),
+        "{mode:?}: the server did not stop"
+    );
+}
+
+#[test]
+fn a_stop_to_every_process_of_a_supervised_server_answers_the_request_in_flight() {
+    a_stop_to_every_process_answers_the_request_in_flight(&["--supervise"]);
+}
+
+#[test]
+fn a_stop_to_every_process_of_a_supervised_server_with_a_standby_answers_the_request_in_flight() {
+    a_stop_to_every_process_answers_the_request_in_flight(&["--supervise", "--standby"]);
+}
+
+#[test]
+fn a_stop_to_every_process_of_a_cluster_answers_the_request_in_flight() {
+    a_stop_to_every_process_answers_the_request_in_flight(&["--workers", "2"]);
+}
+
+#[test]
+fn a_stop_to_every_process_of_a_server_with_a_standby_answers_the_request_in_flight() {
+    a_stop_to_every_process_answers_the_request_in_flight(&["--standby"]);
+}

@@ -53,6 +53,12 @@ pub(crate) struct Startup {
 }
 
 impl Startup {
+    /// The pid of the supervisor or cluster's primary this process runs under
+    /// (`GRACE_SUPERVISOR`), when it names one.
+    pub(crate) fn supervisor_pid(&self) -> Option<u32> {
+        self.supervisor.as_ref()?.to_str()?.parse().ok()
+    }
+
     /// The generation is about to take the signals over (install its handlers, or leave
     /// them to the program): a standby discards a `SIGUSR2` that waited while the signal was
     /// held (Linux queues a blocked signal even while it is ignored), and has the action it

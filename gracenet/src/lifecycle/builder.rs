@@ -277,18 +277,14 @@ impl GenerationBuilder {
         // handlers below replace the ignoring, or the program's own action is put back.
         startup.take_restart_signal(!settings.handle_signals);
         if settings.handle_signals {
-            let primary = startup
-                .worker
-                .as_ref()
-                .and(startup.supervisor.as_ref())
-                .and_then(|pid| pid.to_str()?.parse().ok());
             super::signals::forward(super::signals::SignalRoutes {
                 tx: requests_tx.clone(),
                 standby: standby.clone(),
                 registry: &startup.registry,
                 backstop: backstop.clone(),
                 stop_timeout: settings.stop_timeout,
-                restarts_only_from: primary,
+                supervisor: startup.supervisor_pid(),
+                worker: startup.worker.is_some(),
             })?;
         }
         let number = startup.generation;

@@ -61,6 +61,7 @@ impl Driver {
         let me = Me {
             generation: shared.number,
             pid: std::process::id(),
+            supervisor: shared.startup.supervisor_pid(),
         };
         let machine = Machine::new(me, timeouts, shared.settings.standby);
         Driver {
@@ -513,6 +514,12 @@ fn log_note(number: u64, note: Note, connections: usize) {
             generation = number,
             %cause,
             "stop signal while draining after a restart: finishing the drain (the same signal again stops at once)"
+        ),
+        Note::NotFromSupervisor { cause, sender } => crate::log::info!(
+            generation = number,
+            %cause,
+            sender,
+            "stop signal from outside the supervisor while draining: finishing the drain (a stop sent to every process reaches this one from the supervisor too; the supervisor's second stops at once)"
         ),
         Note::StoppedAccepting => crate::log::info!(generation = number, connections, "stopped accepting"),
         Note::SuccessorExited { pid, status } => {

@@ -24,6 +24,11 @@ pub(crate) struct Timeouts {
 pub(crate) struct Me {
     pub generation: u64,
     pub pid: u32,
+    /// The supervisor or cluster's primary this generation runs under, if any: it forwards
+    /// the stop signals it gets, so a signal sent to every process (a cgroup's stop) reaches
+    /// this generation twice. Only its own count as a second stop request (which stops at
+    /// once); a stop from anyone else begins a drain, never ends one.
+    pub supervisor: Option<u32>,
 }
 
 /// A restart request that waits for its result (`Generation::restart`, the control socket).
@@ -220,6 +225,9 @@ pub(crate) enum Note {
     FromSuccessor { cause: StopCause },
     /// A first stop request during a drain after a restart: the drain goes on.
     KeepDraining { cause: StopCause },
+    /// A stop signal from outside the supervisor during a drain (sent to every process of
+    /// the service, and forwarded by the supervisor too): the drain goes on.
+    NotFromSupervisor { cause: StopCause, sender: Option<u32> },
     /// Every listener is gone; connections may still be open.
     StoppedAccepting,
     /// The successor exited while we were still draining.
@@ -607,6 +615,8 @@ impl Machine {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        // Under a supervisor, whose own stop requests are the ones that count.
+        let outside = self.me.supervisor.is_some_and(|s| sender != Some(s));
         match self.state {
             State::Starting | State::Serving { .. } => {
                 match self.pending() {
@@ -628,8 +638,9 @@ impl Machine {
                     reason,
                     deadline,
                     accepting: true,
-                    // A drain that a stop began has had its first stop request.
-                    stop_asked: true,
+                    // A drain that a stop began has had its first stop request (the
+                    // supervisor's own is still to come when this one came from outside).
+                    stop_asked: !outside,
                     successor: None,
                 };
                 self.begin_drain(reason, deadline, actions);
@@ -647,6 +658,9 @@ impl Machine {
             State::Draining {
                 successor: Some(s), ..
             } if sender == Some(s) => actions.push(Action::Note(Note::FromSuccessor { cause })),
+            State::Draining { .. } if outside => {
+                actions.push(Action::Note(Note::NotFromSupervisor { cause, sender }))
+            }
             State::Draining {
                 reason,
                 deadline,
@@ -688,6 +702,7 @@ mod tests {
     const ME: Me = Me {
         generation: 1,
         pid: 100,
+        supervisor: None,
     };
 
     /// A ready generation, keeping a standby or not (none started yet).
@@ -1365,12 +1380,16 @@ mod tests {
             SuccessorExited,
         }
 
+        /// The supervisor's pid, when the generation has one; another process's.
+        const SUPERVISOR: u32 = 7;
+        const SOMEONE: u32 = 9;
+
         fn step() -> impl Strategy<Value = Step> {
             prop_oneof![
                 Just(Step::Ready),
                 any::<bool>().prop_map(Step::Restart),
                 Just(Step::Rejoin),
-                (0u8..3).prop_map(Step::Stop),
+                (0u8..5).prop_map(Step::Stop),
                 any::<bool>().prop_map(Step::Answer),
                 Just(Step::ChildReady),
                 Just(Step::ChildGone),
@@ -1465,17 +1484,43 @@ mod tests {
                     w.asked.insert(w.next_reply);
                     Event::RejoinRequested { reply: w.next_reply }
                 }
-                Step::Stop(from) => Event::StopRequested {
-                    cause: StopCause::Sigterm,
-                    sender: match (from, m.pending()) {
+                Step::Stop(from) => {
+                    let sender = match (from, m.pending()) {
                         (1, Some(Pending::Started { pid, .. })) => Some(pid),
                         (2, _) => match m.state {
                             State::Draining { successor, .. } => successor,
                             _ => None,
                         },
+                        // The supervisor (when there is one), or another process.
+                        (3, _) => Some(SUPERVISOR),
+                        (4, _) => Some(SOMEONE),
                         _ => None,
-                    },
-                },
+                    };
+                    let stop = Event::StopRequested {
+                        cause: StopCause::Sigterm,
+                        sender,
+                    };
+                    if let Some(supervisor) = m.me.supervisor
+                        && sender != Some(supervisor)
+                        && !matches!(m.pending(), Some(Pending::Started { pid, .. }) if sender == Some(pid))
+                    {
+                        // A stop from outside the supervisor (it forwards the same one) never
+                        // ends a drain, and begins one as a first stop would.
+                        let serving = matches!(m.state, State::Starting | State::Serving { .. });
+                        let actions = m.handle(stop, now);
+                        assert!(
+                            !actions.iter().any(|a| matches!(a, Action::Finish { .. })),
+                            "a stop from outside the supervisor ended the drain: {actions:?}"
+                        );
+                        assert!(
+                            !serving || actions.iter().any(|a| matches!(a, Action::BeginDrain { .. })),
+                            "a stop from outside the supervisor did not begin the drain: {actions:?}"
+                        );
+                        w.perform(&actions);
+                        return;
+                    }
+                    stop
+                }
                 Step::Answer(ok) => {
                     if let Some(pid) = w.abandon_asked.take() {
                         Event::Abandoned {
@@ -1557,10 +1602,12 @@ mod tests {
             #[test]
             fn any_history_keeps_the_invariants_and_a_stop_ends_everything(
                 standby in any::<bool>(),
+                supervised in any::<bool>(),
                 steps in proptest::collection::vec(step(), 0..80),
             ) {
                 let now = Instant::now();
-                let mut m = Machine::new(ME, T, standby);
+                let me = Me { supervisor: supervised.then_some(SUPERVISOR), ..ME };
+                let mut m = Machine::new(me, T, standby);
                 let mut w = World { accepting_stopped_at_success: true, ..World::default() };
                 for s in steps {
                     apply(&mut m, &mut w, s, now);

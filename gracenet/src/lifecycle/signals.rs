@@ -44,8 +44,12 @@ pub(crate) struct SignalRoutes {
     pub backstop: DrainBackstop,
     /// The generation's stop timeout, for the backstop.
     pub stop_timeout: std::time::Duration,
-    /// A cluster's worker: the primary's pid, the only sender whose `SIGUSR2` is a restart.
-    pub restarts_only_from: Option<u32>,
+    /// The supervisor or cluster's primary this generation runs under: it forwards the stop
+    /// signals it gets, so only its own count towards a second stop (see
+    /// [`Me::supervisor`](super::machine::Me::supervisor)).
+    pub supervisor: Option<u32>,
+    /// A cluster's worker: only its primary's `SIGUSR2` is a restart.
+    pub worker: bool,
 }
 
 /// Starts a thread that forwards the signals to `routes.tx` until the receiver is gone. The
@@ -63,8 +67,10 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
         registry,
         backstop,
         stop_timeout,
-        restarts_only_from,
+        supervisor,
+        worker,
     } = routes;
+    let restarts_only_from = supervisor.filter(|_| worker);
     let mut signals =
         SignalsInfo::<WithOrigin>::new([SIGUSR2, SIGTERM, SIGINT]).map_err(|source| Error::Io {
             what: "cannot install handlers for SIGUSR2, SIGTERM and SIGINT".into(),
@@ -80,21 +86,27 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
                 nix::sys::signal::Signal::SIGTERM,
                 nix::sys::signal::Signal::SIGINT,
             ]);
-            let mut stops = 0u32;
+            // Stop signals that count towards a second one: under a supervisor, only its
+            // own (it forwards what it gets, so a stop sent to every process of the service
+            // comes twice); any stop arms the backstop at the stop timeout.
+            let (mut stopping, mut counted) = (false, 0u32);
             for origin in signals.forever() {
+                let sender = origin.process.map(|p| p.pid as u32);
                 if origin.signal != SIGUSR2 {
-                    stops += 1;
-                    if stops == 1 {
+                    if !std::mem::replace(&mut stopping, true) {
                         backstop.arm_after(
                             stop_timeout.saturating_add(BACKSTOP_GRACE),
                             Some(origin.signal),
                             "the stop timeout has passed since the stop signal",
                         );
-                    } else {
-                        backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
+                    }
+                    if supervisor.is_none_or(|s| sender == Some(s)) {
+                        counted += 1;
+                        if counted >= 2 {
+                            backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
+                        }
                     }
                 }
-                let sender = origin.process.map(|p| p.pid as u32);
                 if origin.signal == SIGUSR2
                     && let Some(primary) = restarts_only_from
                     && sender != Some(primary)
