@@ -47,9 +47,10 @@ pub(crate) struct Startup {
     /// When this process's start was read (a standby's: when it was woken): what a
     /// generation's start-up time and uptime count from.
     pub started: Instant,
-    /// A standby's `SIGUSR2` action before it began to ignore the signal, put back when the
-    /// generation takes over the signals (see [`take_restart_signal`](Startup::take_restart_signal)).
-    pub sigusr2_before: Mutex<Option<nix::sys::signal::SigAction>>,
+    /// The signals a standby ignored while it waited, with their actions before, until the
+    /// generation takes the signals over (see
+    /// [`take_signals_from_standby`](Startup::take_signals_from_standby)).
+    pub standby_ignored: Mutex<Option<crate::sys::IgnoredSignals>>,
 }
 
 impl Startup {
@@ -60,24 +61,28 @@ impl Startup {
     }
 
     /// The generation is about to take the signals over (install its handlers, or leave
-    /// them to the program): a standby discards a `SIGUSR2` that waited while the signal was
-    /// held (Linux queues a blocked signal even while it is ignored), and has the action it
-    /// had before put back when the program handles the signals itself (`restore`).
-    pub(crate) fn take_restart_signal(&self, restore: bool) {
-        let Some(before) = self
-            .sigusr2_before
+    /// them to the program, `handles_signals` false): a standby discards the signals that
+    /// waited while they were held (Linux queues a blocked signal even while it is ignored:
+    /// they were meant for the processes of the service, and a stop or restart held so would
+    /// act on this one as soon as it serves), and puts back the actions it ignored that no
+    /// handler of gracenet's will replace (`SIGHUP`'s always; all of them for a program
+    /// that handles the signals itself), unless the program set its own meanwhile.
+    pub(crate) fn take_signals_from_standby(&self, handles_signals: bool) {
+        let Some(ignored) = self
+            .standby_ignored
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         else {
             return;
         };
-        // Ignoring it again discards the pending one.
-        if let Err(e) = crate::sys::ignore_sigusr2() {
-            crate::log::debug!(error = %e, "cannot discard a SIGUSR2 the standby was sent");
-        }
-        if restore && let Err(e) = crate::sys::restore_sigusr2(&before) {
-            crate::log::warn!(error = %e, "cannot put back the SIGUSR2 action the standby ignored");
+        use nix::sys::signal::Signal;
+        ignored.discard_pending();
+        ignored.restore(Signal::SIGHUP);
+        if !handles_signals {
+            for signal in [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT] {
+                ignored.restore(signal);
+            }
         }
     }
 }
@@ -244,7 +249,7 @@ fn read() -> Result<Startup, EnvError> {
             #[cfg(feature = "tokio")]
             secrets: None,
             started: Instant::now(),
-            sigusr2_before: Mutex::new(None),
+            standby_ignored: Mutex::new(None),
         });
     }
     let generation = parse_generation(generation)?;
@@ -265,16 +270,21 @@ fn read() -> Result<Startup, EnvError> {
         // normal priority, which is where it must stay.
         crate::sys::follow_first_thread_to_idle_priority();
     }
-    let mut sigusr2_before = None;
+    let mut standby_ignored = None;
     if standby {
-        // A SIGUSR2 that reaches the standby is the restart that wakes it, sent to every
-        // process of the program (`kill $(pgrep app)`, `systemctl kill -s USR2`), not one of
-        // its own: ignored until the generation takes the signals over (a held one is
-        // discarded then), it neither kills the standby nor restarts it again once it serves.
-        match crate::sys::ignore_sigusr2() {
-            Ok(before) => sigusr2_before = Some(before),
-            Err(e) => crate::log::debug!(error = %e, "the standby cannot ignore SIGUSR2"),
-        }
+        // A restart or stop signal that reaches the standby was meant for the processes of the
+        // service, sent to every one (`kill $(pgrep app)`, `systemctl kill`, a stop under
+        // `KillMode=control-group`): the generation that started it acts on its own copy, and
+        // stops or kills the standby itself. Ignored until the generation takes the signals
+        // over (those held meanwhile discarded then), they neither end the standby nor make
+        // it restart or stop again as soon as it serves.
+        use nix::sys::signal::Signal;
+        standby_ignored = Some(crate::sys::ignore_signals(&[
+            Signal::SIGUSR2,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ]));
         // Started ahead of a restart: everything so far (exec, the loader, main's first steps)
         // is done; the rest waits for the restart itself.
         if !link.wait_for_restart() {
@@ -296,6 +306,6 @@ fn read() -> Result<Startup, EnvError> {
         #[cfg(feature = "tokio")]
         secrets,
         started: Instant::now(),
-        sigusr2_before: Mutex::new(sigusr2_before),
+        standby_ignored: Mutex::new(standby_ignored),
     })
 }

@@ -221,25 +221,22 @@ fn a_standby_whose_server_was_killed_exits_by_itself() {
     );
 }
 
-/// Whether `pid` ignores `SIGUSR2`, as `/proc/PID/status` shows (its `SigIgn` mask).
-fn ignores_sigusr2(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let mask = s
-                .lines()
-                .find_map(|l| l.strip_prefix("SigIgn:"))?
-                .trim()
-                .to_owned();
-            u64::from_str_radix(&mask, 16).ok()
-        })
-        .is_some_and(|mask| mask & (1 << (libc::SIGUSR2 - 1)) != 0)
+/// Whether `pid` ignores every one of `signals`, as `/proc/PID/status` shows (its `SigIgn`
+/// mask).
+fn ignores(pid: u32, signals: &[i32]) -> bool {
+    grace_tests::status_mask(&pid.to_string(), "SigIgn")
+        .is_some_and(|mask| signals.iter().all(|s| mask & (1 << (s - 1)) != 0))
 }
+
+/// The restart and stop signals a standby ignores while it waits.
+const STANDBY_IGNORES: [i32; 4] = [libc::SIGUSR2, libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
 /// A `SIGUSR2` sent to every process of the program (`kill $(pgrep app)`, `systemctl kill -s
 /// USR2`, whose default is the whole cgroup) reaches the standby too: that one is the restart
 /// that wakes it, and must neither kill it (its default action, without `hold_signals`) nor
-/// restart it a second time once it serves (held, with `hold_signals`).
+/// restart it a second time once it serves (held, with `hold_signals`). So must a stop signal
+/// sent to the standby alone before it (`SIGTERM`, `SIGINT`, `SIGHUP`): held, it stopped the
+/// standby the moment it took over (nothing served), or failed the restart.
 fn restart_signal_to_every_process(hold_signals: bool) {
     let mut env = vec![("PROBE_STANDBY", "1")];
     if hold_signals {
@@ -249,9 +246,12 @@ fn restart_signal_to_every_process(hold_signals: bool) {
     let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     assert!(
-        wait_until(DEADLINE, || ignores_sigusr2(standby)),
-        "the waiting standby does not ignore SIGUSR2"
+        wait_until(DEADLINE, || ignores(standby, &STANDBY_IGNORES)),
+        "the waiting standby does not ignore the restart and stop signals"
     );
+    for stop in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signal(standby, stop);
+    }
     // The standby's copy first: the one a restart of every process could deliver while the
     // standby still waits.
     signal(standby, Signal::SIGUSR2);
@@ -262,7 +262,10 @@ fn restart_signal_to_every_process(hold_signals: bool) {
         gen2.pid, standby,
         "the standby, still there, takes the restart: {line}"
     );
-    assert!(!ignores_sigusr2(standby), "generation 2 handles SIGUSR2 again");
+    assert!(
+        !ignores(standby, &[libc::SIGUSR2]) && !ignores(standby, &[libc::SIGTERM]),
+        "generation 2 handles SIGUSR2 and SIGTERM again"
+    );
     // Generation 2's logs come before generation 1's, which follows its readiness.
     g.expect_log("stopped accepting generation=1 ");
     let seen = g.seen();
@@ -271,6 +274,12 @@ fn restart_signal_to_every_process(hold_signals: bool) {
             .iter()
             .any(|l| l.contains("restart requested before this generation is ready")),
         "the standby kept the signal and restarts again: {seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains(&format!("probe stopped-accepting pid={standby}"))),
+        "the standby kept a stop signal and stopped as it took over: {seen:#?}"
     );
     assert_eq!(answer_pid(&ask(gen1.port).unwrap()), standby);
     // And a restart asked of it now is one.

@@ -273,9 +273,10 @@ impl GenerationBuilder {
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let standby = SharedStandby::default();
         let backstop = super::backstop::DrainBackstop::default();
-        // A standby ignored SIGUSR2 until now: one held meanwhile is discarded, then the
-        // handlers below replace the ignoring, or the program's own action is put back.
-        startup.take_restart_signal(!settings.handle_signals);
+        // A standby ignored the restart and stop signals until now: those held meanwhile are
+        // discarded, then the handlers below replace the ignoring, or the program's own
+        // actions are put back.
+        startup.take_signals_from_standby(settings.handle_signals);
         if settings.handle_signals {
             super::signals::forward(super::signals::SignalRoutes {
                 tx: requests_tx.clone(),

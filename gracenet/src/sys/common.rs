@@ -140,23 +140,61 @@ pub(crate) struct Received {
 /// The most fds one datagram may carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
 
-/// Ignores `SIGUSR2` from now on, which also discards one already pending (blocked or not),
-/// and returns the action it had, for [`restore_sigusr2`].
-pub(crate) fn ignore_sigusr2() -> io::Result<nix::sys::signal::SigAction> {
-    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: installs no handler (ignoring runs no code of ours), so nothing must be
-    // async-signal-safe; the action it replaces is returned to be put back as it was.
-    unsafe { sigaction(Signal::SIGUSR2, &ignore) }.map_err(io::Error::from)
+/// Signals set to be ignored, with the action each had before ([`ignore_signals`]).
+#[derive(Debug)]
+pub(crate) struct IgnoredSignals(Vec<(nix::sys::signal::Signal, nix::sys::signal::SigAction)>);
+
+/// Ignores `signals` from now on (which also discards one already pending, blocked or not),
+/// keeping the action each had. One that cannot be set is left as it was.
+pub(crate) fn ignore_signals(signals: &[nix::sys::signal::Signal]) -> IgnoredSignals {
+    IgnoredSignals(
+        signals
+            .iter()
+            .filter_map(|&signal| Some((signal, set_ignored(signal).ok()?)))
+            .collect(),
+    )
 }
 
-/// Puts back the `SIGUSR2` action [`ignore_sigusr2`] replaced.
-pub(crate) fn restore_sigusr2(action: &nix::sys::signal::SigAction) -> io::Result<()> {
-    // SAFETY: the action is one this process had before (its default, or a handler the
-    // program installed, which was written to run as one).
-    unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGUSR2, action) }
-        .map(drop)
-        .map_err(io::Error::from)
+fn set_ignored(signal: nix::sys::signal::Signal) -> io::Result<nix::sys::signal::SigAction> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs no handler (ignoring runs no code of ours), so nothing must be
+    // async-signal-safe; the action it replaces is returned, to be put back as it was.
+    unsafe { sigaction(signal, &ignore) }.map_err(io::Error::from)
+}
+
+/// Whether `signal`'s action is "ignore" now.
+fn is_ignored(signal: nix::sys::signal::Signal) -> bool {
+    let mut now = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: a null new action only reads the current one into `now`, which the call fills.
+    let rc = unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), now.as_mut_ptr()) };
+    // SAFETY: filled by the successful call above.
+    rc == 0 && unsafe { now.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+impl IgnoredSignals {
+    /// Discards any of them that is pending (Linux queues a blocked signal even while it is
+    /// ignored; setting "ignore" again drops it).
+    pub(crate) fn discard_pending(&self) {
+        for &(signal, _) in &self.0 {
+            let _ = set_ignored(signal);
+        }
+    }
+
+    /// Puts back the action `signal` had, unless something has set another since.
+    pub(crate) fn restore(&self, signal: nix::sys::signal::Signal) {
+        let Some((_, before)) = self.0.iter().find(|(s, _)| *s == signal) else {
+            return;
+        };
+        if !is_ignored(signal) {
+            return;
+        }
+        // SAFETY: the action is one this process had before (its default, or a handler the
+        // program installed, which was written to run as one).
+        if let Err(e) = unsafe { nix::sys::signal::sigaction(signal, before) } {
+            crate::log::warn!(%signal, error = %e, "cannot put back the action the standby ignored");
+        }
+    }
 }
 
 /// The calling thread's `errno`. Async-signal-safe.
