@@ -26,6 +26,9 @@
 //!   `Error::NoSuccessor`), `refused=other … <error>` or `taken`;
 //! - `PROBE_STANDBY=1`: keeps a standby (`GenerationBuilder::standby`); every process then
 //!   prints `probe main pid=P` first thing in `main`, before its first call into gracenet;
+//! - `PROBE_LINGER_MS`: after its drain ended and its runtime was dropped, the process stays
+//!   this long (a program busy with its own work after `wait()`), printing
+//!   `probe lingering pid=P` first;
 //! - `PROBE_HOLD_SIGNALS=1`: calls `gracenet::hold_signals()` first thing in `main`;
 //! - `PROBE_SUPERVISE_ANYWAY=1`: calls `gracenet::supervise()` and a cluster's `run` without
 //!   asking `should_supervise` first, prints `probe supervise refused: <error>` (or `ran`) and
@@ -125,7 +128,16 @@ pub fn main(version: &'static str) -> ExitCode {
         };
     }
     match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(serve(version)),
+        Ok(rt) => {
+            let code = rt.block_on(serve(version));
+            if let Some(linger) = knob_ms("PROBE_LINGER_MS") {
+                // Busy after the drain, its runtime gone: gracenet's task cannot run.
+                drop(rt);
+                println!("probe lingering pid={}", std::process::id());
+                std::thread::sleep(linger);
+            }
+            code
+        }
         Err(e) => {
             eprintln!("lifeprobe: cannot start tokio: {e}");
             ExitCode::FAILURE

@@ -296,6 +296,27 @@ fn a_second_sigterm_during_the_drain_stops_at_once() {
     drop(held);
 }
 
+/// After the drain has ended, a stop signal gets its default action, as if no handler were
+/// installed, even once the program's runtime is gone (the lifecycle's task cannot run to
+/// give it): a program busy after `wait()` still ends at `SIGTERM`, by it.
+#[test]
+fn a_stop_after_the_drain_ended_gets_its_default_action_with_the_runtime_gone() {
+    let (mut g, _gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_LINGER_MS", "120000")]));
+    g.signal(Signal::SIGTERM);
+    g.expect_line("probe exiting");
+    g.expect_line("probe lingering");
+    g.signal(Signal::SIGTERM);
+    let status = g
+        .wait_timeout(DEADLINE)
+        .expect("a SIGTERM after the drain ends the process");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "ended by the signal: {status}"
+    );
+}
+
 #[test]
 fn the_stop_timeout_ends_a_drain_that_does_not_finish() {
     let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_STOP_TIMEOUT_MS", "300")]));

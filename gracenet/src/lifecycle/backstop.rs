@@ -81,9 +81,8 @@ impl DrainBackstop {
         wake.notify_all();
     }
 
-    /// Whether the backstop stood down (for the tests).
-    #[cfg(test)]
-    fn has_ended(&self) -> bool {
+    /// Whether the drain has ended (the backstop stood down).
+    pub(crate) fn has_ended(&self) -> bool {
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner()).ended
     }
 }

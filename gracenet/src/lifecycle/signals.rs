@@ -92,6 +92,14 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
             let (mut stopping, mut counted) = (false, 0u32);
             for origin in signals.forever() {
                 let sender = origin.process.map(|p| p.pid as u32);
+                if origin.signal != SIGUSR2 && backstop.has_ended() {
+                    // The drain has ended: what the program does now is its own, and a stop
+                    // signal gets its default action, as if no handler were installed (the
+                    // lifecycle's task may no longer run to give it: a runtime that ended,
+                    // or one the program blocks).
+                    end_by_default_action(origin.signal);
+                    continue;
+                }
                 if origin.signal != SIGUSR2 {
                     if !std::mem::replace(&mut stopping, true) {
                         backstop.arm_after(
@@ -132,8 +140,15 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
                         sender,
                     },
                 };
-                if tx.send(event).is_err() {
-                    break;
+                if let Err(unsent) = tx.send(event) {
+                    // The lifecycle's task is gone (its runtime ended): a stop gets its
+                    // default action; a restart has nobody to run it.
+                    match unsent.0 {
+                        Request::Stop { .. } => end_by_default_action(origin.signal),
+                        _ => crate::log::warn!(
+                            "SIGUSR2 after the generation's lifecycle ended: nothing to restart"
+                        ),
+                    }
                 }
             }
         })
@@ -142,6 +157,17 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
             source: std::io::Error::new(e.kind(), crate::error::thread_error(&e)),
         })?;
     Ok(())
+}
+
+/// Gives the stop signal `signal` its default action now (the process ends by it).
+fn end_by_default_action(signal: libc::c_int) {
+    crate::log::info!(
+        signal,
+        "stop signal after the drain ended: giving it its default action"
+    );
+    if let Err(e) = signal_hook::low_level::emulate_default_handler(signal) {
+        crate::log::warn!(signal, error = %e, "cannot apply the default action of the signal");
+    }
 }
 
 /// Gives `cause`'s signal its default action now (a stop that came after the drain ended:
