@@ -1204,6 +1204,42 @@ fn three_sigttins_delivered_before_the_primary_looks_add_three_workers_and_three
     assert_eq!(c.pids(), vec![first], "the first worker stays");
 }
 
+/// Under systemd (`NOTIFY_SOCKET`, read here), a stop: the primary says `STOPPING=1`, and
+/// passes on the workers' `EXTEND_TIMEOUT_USEC=`, which covers their stop timeout (60 s, and
+/// a margin): systemd then waits for the drain whatever its own `TimeoutStopSec=`.
+#[test]
+fn a_stop_under_systemd_asks_it_to_wait_for_the_workers_drain() {
+    let dir = TempDir::new("cluster-notify");
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+    socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let path_text = path.to_str().expect("utf-8").to_owned();
+    let mut c = TestCluster::start_with_env("2", &[], &[("NOTIFY_SOCKET", &path_text)]);
+    c.primary.signal(Signal::SIGTERM);
+    let mut buf = vec![0u8; 4096];
+    let (mut stopping, mut extend) = (false, None::<u64>);
+    for _ in 0..50 {
+        let Ok(n) = socket.recv(&mut buf) else { break };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        stopping |= text.lines().any(|l| l == "STOPPING=1");
+        if let Some(v) = text.lines().find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC=")) {
+            extend = v.parse().ok();
+            assert!(stopping, "EXTEND_TIMEOUT_USEC before STOPPING=1: {text:?}");
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    let extend = extend.expect("no EXTEND_TIMEOUT_USEC during the stop");
+    assert!(
+        extend >= 60_000_000,
+        "covers the workers' 60 s stop timeout: {extend}"
+    );
+    assert!(
+        c.primary.wait_timeout(DEADLINE).is_some(),
+        "the primary did not stop"
+    );
+}
+
 #[test]
 fn workers_stop_when_their_primary_is_killed() {
     let mut c = TestCluster::start("2", &["--worker-timeout", "400ms"]);

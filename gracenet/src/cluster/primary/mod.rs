@@ -992,6 +992,17 @@ impl Primary {
             }
             self.events.push_back(Event::Heartbeat { pid, load });
         }
+        if self.machine.stopping
+            && message.flag("STOPPING")
+            && let Some(extend) = message.value("EXTEND_TIMEOUT_USEC")
+            && extend.parse::<u64>().is_ok()
+            && let Some(up) = &self.upstream
+        {
+            // A worker's drain asks systemd to wait for it (its stop timeout, which the
+            // primary does not know): passed on, as the cluster's stop lasts as long as its
+            // longest drain.
+            up.send(&[format!("EXTEND_TIMEOUT_USEC={extend}")]);
+        }
         if let Some(reason) = message.value(protocol::RESTART_FAILED) {
             self.events.push_back(Event::RestartFailed {
                 pid,
