@@ -586,3 +586,50 @@ fn workers_under_the_supervisor_are_said_to_be_ignored() {
     assert!(line.contains("supervise()"), "{line}");
     assert_eq!(pid_answering(ports[0]), Some(g.pid()), "it serves alone");
 }
+
+/// A cluster's primary drains every worker on `SIGHUP` (a closed terminal signals its whole
+/// process group): a worker whose program does not handle `SIGHUP` ignores its own copy,
+/// which would end it at once with its requests (`SIGHUP`'s default action).
+#[test]
+fn a_clusters_workers_leave_sighup_to_their_primary() {
+    let dir = TempDir::new("workers-sighup");
+    let control = dir.path().join("control");
+    let control_env = control.to_string_lossy().into_owned();
+    let mut primary = ProcessGuard::spawn(command(
+        HTTPPROBE,
+        &[],
+        &[("PROBE_WORKERS", "2"), ("PROBE_CONTROL", &control_env)],
+    ));
+    primary.expect_log("Worker 0 serving ");
+    let client = gracenet::control::Client::new(&control);
+    let serving = || -> Vec<u32> {
+        let status = client.status().unwrap_or_default();
+        status
+            .lines()
+            .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
+            .filter_map(|l| l.split("pid ").nth(1)?.split(',').next()?.parse().ok())
+            .collect()
+    };
+    assert!(
+        wait_until(DEADLINE, || serving().len() == 2),
+        "{:?}",
+        client.status()
+    );
+    let workers = serving();
+    let _guards: Vec<PidGuard> = workers.iter().map(|&p| PidGuard(p)).collect();
+    let sighup = 1u64 << (Signal::SIGHUP as u64 - 1);
+    for &worker in &workers {
+        let ignored = grace_tests::status_mask(&worker.to_string(), "SigIgn").unwrap_or(0);
+        assert!(ignored & sighup != 0, "worker {worker} does not ignore SIGHUP");
+        grace_tests::signal(worker, Signal::SIGHUP);
+    }
+    // Still there, and serving: the primary's status lists them as before.
+    assert_eq!(serving(), workers, "{:?}", client.status());
+    assert!(workers.iter().all(|&w| grace_tests::is_alive(w)));
+    // The primary's own SIGHUP drains them all, and it exits.
+    primary.signal(Signal::SIGHUP);
+    let status = primary
+        .wait_timeout(DEADLINE)
+        .expect("the primary stops at SIGHUP");
+    assert!(status.success(), "{status}");
+}

@@ -296,6 +296,19 @@ fn a_second_sigterm_during_the_drain_stops_at_once() {
     drop(held);
 }
 
+/// `SIGHUP` is the program's: one that does not handle it, and called `hold_signals` (which
+/// holds it from the start), still ends at a `SIGHUP`, by it, as its default action says.
+/// Held for ever, it was ignored: a closed terminal no longer stopped the process.
+#[test]
+fn sighup_held_from_the_start_ends_a_program_that_does_not_handle_it() {
+    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &[("PROBE_HOLD_SIGNALS", "1")]));
+    assert_eq!(answer_pid(&ask(gen1.port).unwrap()), gen1.pid);
+    g.signal(Signal::SIGHUP);
+    let status = g.wait_timeout(DEADLINE).expect("SIGHUP ends it");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGHUP), "{status}");
+}
+
 /// After the drain has ended, a stop signal gets its default action, as if no handler were
 /// installed, even once the program's runtime is gone (the lifecycle's task cannot run to
 /// give it): a program busy after `wait()` still ends at `SIGTERM`, by it.

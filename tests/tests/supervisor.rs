@@ -831,3 +831,14 @@ fn supervising_inside_a_supervised_process_is_refused_not_a_chain() {
     let status = g.wait_timeout(DEADLINE).expect("it exits");
     assert!(status.success(), "{status}");
 }
+
+/// `SIGHUP` is the application's, which the supervisor passes on: a generation that does not
+/// handle it, and held it from the start (`hold_signals`), ends by it, as its default action
+/// says (held for ever, it was ignored), and the supervisor with that status.
+#[test]
+fn sighup_held_from_the_start_ends_a_supervised_generation_that_does_not_handle_it() {
+    let mut s = supervised(&[("PROBE_HOLD_SIGNALS", "1")]);
+    s.sup.signal(Signal::SIGHUP);
+    expect_forwarded(&mut s.sup, Signal::SIGHUP, s.gen1);
+    assert_eq!(s.sup.wait_timeout(DEADLINE).expect("exits").code(), Some(128 + 1));
+}

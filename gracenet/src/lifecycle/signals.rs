@@ -86,6 +86,7 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
                 nix::sys::signal::Signal::SIGTERM,
                 nix::sys::signal::Signal::SIGINT,
             ]);
+            leave_sighup_to_its_owner(worker);
             // Stop signals that count towards a second one: under a supervisor, only its
             // own (it forwards what it gets, so a stop sent to every process of the service
             // comes twice); any stop arms the backstop at the stop timeout.
@@ -157,6 +158,27 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
             source: std::io::Error::new(e.kind(), crate::error::thread_error(&e)),
         })?;
     Ok(())
+}
+
+/// `SIGHUP` is the program's (gracenet installs no handler for it), held since the start
+/// when the program called `hold_signals`. One the program handles is left as it is (it
+/// unblocks it where it handles it). One it does not handle ends the process at once, as its
+/// default action: unblocked here, where a `SIGHUP` that waited is delivered now (the
+/// supervisor passes its own on, for the same end). In a cluster's worker it is ignored
+/// instead: the primary drains every worker on `SIGHUP` (a closed terminal signals every
+/// process of its group), and the worker's own copy would end it with its requests.
+fn leave_sighup_to_its_owner(worker: bool) {
+    use nix::sys::signal::Signal;
+    if !crate::sys::has_default_action(Signal::SIGHUP) {
+        return;
+    }
+    if worker {
+        if let Err(e) = crate::sys::ignore(Signal::SIGHUP) {
+            crate::log::debug!(error = %e, "cannot ignore SIGHUP in a cluster's worker");
+        }
+    } else {
+        crate::supervisor::unblock_held(&[Signal::SIGHUP]);
+    }
 }
 
 /// Gives the stop signal `signal` its default action now (the process ends by it).

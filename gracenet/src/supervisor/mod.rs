@@ -109,8 +109,9 @@ pub fn hold_supervisor_signals() {
 ///
 /// Call it first thing in `main`, before any thread starts. `SIGHUP` stays blocked in every
 /// thread gracenet starts: a program that handles it unblocks it in the thread that does
-/// ([`unblock_in_this_thread`]); one that does not call this with `SIGHUP` held never sees its
-/// default action. A program that handles the signals itself
+/// ([`unblock_in_this_thread`]). For one that does not handle it, the generation's signal
+/// thread takes it (its default action ends the process), and a cluster's worker ignores it
+/// (its primary drains every worker on `SIGHUP`). A program that handles the signals itself
 /// ([`GenerationBuilder::handle_signals`](crate::GenerationBuilder::handle_signals)`(false)`)
 /// must not call it, or must unblock them where it handles them.
 pub fn hold_signals() {

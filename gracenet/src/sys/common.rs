@@ -165,11 +165,25 @@ fn set_ignored(signal: nix::sys::signal::Signal) -> io::Result<nix::sys::signal:
 
 /// Whether `signal`'s action is "ignore" now.
 fn is_ignored(signal: nix::sys::signal::Signal) -> bool {
+    action_is(signal, libc::SIG_IGN)
+}
+
+/// Whether `signal`'s action is its default one now (no handler installed, not ignored).
+pub(crate) fn has_default_action(signal: nix::sys::signal::Signal) -> bool {
+    action_is(signal, libc::SIG_DFL)
+}
+
+fn action_is(signal: nix::sys::signal::Signal, handler: libc::sighandler_t) -> bool {
     let mut now = std::mem::MaybeUninit::<libc::sigaction>::uninit();
     // SAFETY: a null new action only reads the current one into `now`, which the call fills.
     let rc = unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), now.as_mut_ptr()) };
     // SAFETY: filled by the successful call above.
-    rc == 0 && unsafe { now.assume_init() }.sa_sigaction == libc::SIG_IGN
+    rc == 0 && unsafe { now.assume_init() }.sa_sigaction == handler
+}
+
+/// Ignores `signal` from now on.
+pub(crate) fn ignore(signal: nix::sys::signal::Signal) -> io::Result<()> {
+    set_ignored(signal).map(drop)
 }
 
 impl IgnoredSignals {
