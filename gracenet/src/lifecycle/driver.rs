@@ -246,7 +246,7 @@ impl Driver {
                 }
                 let unfinished = self.shared.connections.receiver_count();
                 let pid = std::process::id();
-                if forced {
+                if forced && unfinished > 0 {
                     crate::log::info!(
                         generation = number,
                         pid,

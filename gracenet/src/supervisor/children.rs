@@ -137,6 +137,17 @@ impl Children {
             }
             !exited
         });
+        // One that exited after the last reap (its pidfd said so first): reaped now, for its
+        // status.
+        for (pid, code) in &mut gone {
+            if code.is_none() {
+                *code = match waitpid(Pid::from_raw(*pid as i32), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, c)) => Some(c),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+                    _ => None,
+                };
+            }
+        }
         gone
     }
 }
