@@ -614,13 +614,22 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
         // that server whatever its address.
         server = server.site(site.named(flag));
     }
-    stop_gracefully_on_sighup();
+    if matches.get_one::<usize>("workers").is_none() {
+        // Not in a cluster (its primary or a worker: --workers is passed on to them): the
+        // primary drains every worker on SIGHUP itself. Turned into a SIGTERM here too, one
+        // SIGHUP was two stops, and the second stops at once. GRACE_SUPERVISOR set: a
+        // supervisor's generation, to which the supervisor passes its SIGHUP on.
+        stop_gracefully_on_sighup(!gracenet::should_supervise(true));
+    }
     server.serve()
 }
 
 /// SIGHUP (a terminal closing, or an operator's habit) stops gracefully, as SIGTERM does,
-/// instead of killing the process with requests in flight (its default action).
-fn stop_gracefully_on_sighup() {
+/// instead of killing the process with requests in flight (its default action). Under a
+/// supervisor or a cluster's primary (`once`), only the first: a SIGHUP sent to every process
+/// reaches this one twice (its own, and the one the supervisor passes on), and a second
+/// SIGTERM stops at once.
+fn stop_gracefully_on_sighup(once: bool) {
     let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -633,7 +642,12 @@ fn stop_gracefully_on_sighup() {
         .spawn(move || {
             // Held since main's first line (gracenet::hold_signals): taken here from now on.
             gracenet::unblock_in_this_thread(signal_hook::consts::SIGHUP);
+            let mut converted = false;
             for _ in signals.forever() {
+                if once && std::mem::replace(&mut converted, true) {
+                    tracing::info!("SIGHUP again: already stopping (its supervisor passes on the same one)");
+                    continue;
+                }
                 tracing::info!("SIGHUP: stopping gracefully, as for SIGTERM");
                 let me = nix::unistd::Pid::this();
                 if let Err(e) = nix::sys::signal::kill(me, nix::sys::signal::Signal::SIGTERM) {

@@ -646,29 +646,83 @@ fn a_supervisors_first_generation_does_not_claim_socket_activation() {
     );
 }
 
-/// A stop signal sent to every process of the server (`systemctl kill`, or a stop under
-/// systemd's default `KillMode=control-group`, `kill $(pgrep app)`) while a 2 s request is in
-/// flight: the request is answered. Under a supervisor or a cluster's primary, the serving
-/// process got the signal twice (its own, and the one forwarded) and took the second as "stop
-/// at once", cutting the request.
-fn a_stop_to_every_process_answers_the_request_in_flight(mode: &[&str]) {
+/// gracedemo in `mode`, serving one request that sleeps `duration` (in flight once the
+/// handler has said so): the server, the request's client thread (its answer, if any), and
+/// the handler's line.
+fn serving_a_slow_request(
+    mode: &[&str],
+    duration: &str,
+) -> (Demo, std::thread::JoinHandle<Option<String>>, String) {
     let mut demo = Demo::start(mode, &[("RUST_LOG", "gracedemo=debug,gracenet=info")]);
     let port = demo.ports[0];
     assert!(
         wait_until(DEADLINE, || get(port).is_some()),
         "{mode:?} never served"
     );
+    let request = format!("GET /sleep/?duration={duration} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let slow = std::thread::spawn(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(DEADLINE)).ok()?;
-        s.write_all(b"GET /sleep/?duration=2s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
+        s.write_all(request.as_bytes()).ok()?;
         let mut answer = String::new();
         s.read_to_string(&mut answer).ok()?;
         Some(answer)
     });
-    let sleeping = demo.process.expect_log("sleeping for 2s from pid");
+    let sleeping = demo
+        .process
+        .expect_log(&format!("sleeping for {duration} from pid"));
+    (demo, slow, sleeping)
+}
+
+/// One `SIGHUP` to a cluster's primary drains the workers (the request in flight is
+/// answered), as `SIGTERM` does. gracedemo turned its SIGHUP into a SIGTERM to itself, and the
+/// primary drains on SIGHUP too: two stops, the second at once, cut every request.
+#[test]
+fn one_sighup_to_a_clusters_primary_drains_it() {
+    let (mut demo, slow, _) = serving_a_slow_request(&["--workers", "2"], "2s");
+    demo.process.signal(Signal::SIGHUP);
+    let answer = slow.join().expect("the client thread");
+    assert!(
+        answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the request in flight was cut: {answer:?}\n{}",
+        demo.process.seen().join("\n")
+    );
+    let status = demo.process.wait_timeout(DEADLINE).expect("the primary stops");
+    assert!(status.success(), "{status}");
+}
+
+/// Under the supervisor, `SIGHUP` (passed on to the generation, which drains on it) and then
+/// `SIGTERM`: the second stop, which stops at once, cutting the 10 s request. The generation's
+/// SIGHUP became a SIGTERM it sent itself, which did not count as a first stop.
+#[test]
+fn sighup_then_sigterm_to_the_supervisor_stops_at_once() {
+    let (mut demo, slow, _) = serving_a_slow_request(&["--supervise"], "10s");
+    demo.process.signal(Signal::SIGHUP);
+    demo.process
+        .expect_log("stopping: draining connections and tasks");
+    demo.process.signal(Signal::SIGTERM);
+    let status = demo.process.wait_timeout(DEADLINE).expect("the supervisor stops");
+    assert!(status.success(), "{status}");
+    let answer = slow.join().expect("the client thread");
+    assert!(
+        !answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the second stop waited for the request: {answer:?}"
+    );
+}
+
+/// A stop signal sent to every process of the server (`systemctl kill`, or a stop under
+/// systemd's default `KillMode=control-group`, `kill $(pgrep app)`) while a 2 s request is in
+/// flight: the request is answered. Under a supervisor or a cluster's primary, the serving
+/// process got the signal twice (its own, and the one forwarded) and took the second as "stop
+/// at once", cutting the request.
+fn a_stop_to_every_process_answers_the_request_in_flight(mode: &[&str]) {
+    a_signal_to_every_process_answers_the_request_in_flight(mode, Signal::SIGTERM);
+}
+
+/// [`a_stop_to_every_process_answers_the_request_in_flight`] with `stop` for the signal.
+fn a_signal_to_every_process_answers_the_request_in_flight(mode: &[&str], stop: Signal) {
+    let (mut demo, slow, sleeping) = serving_a_slow_request(mode, "2s");
     let serving: u32 = sleeping
         .rsplit(' ')
         .next()
@@ -680,13 +734,15 @@ fn a_stop_to_every_process_answers_the_request_in_flight(mode: &[&str]) {
     // drain, the first (the supervisor or primary, which forwards its copy: the case where the
     // kernel cannot merge the two into one pending signal).
     for &pid in every.iter().filter(|&&p| p != demo.pid()) {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid as i32), stop);
     }
-    if serving != demo.pid() {
+    // (A cluster's workers leave SIGHUP to the primary: their own copy begins nothing.)
+    let own_copy_drains = !(stop == Signal::SIGHUP && mode.contains(&"--workers"));
+    if serving != demo.pid() && own_copy_drains {
         demo.process
             .expect_log("stopping: draining connections and tasks");
     }
-    let _ = kill(Pid::from_raw(demo.pid() as i32), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(demo.pid() as i32), stop);
     let answer = slow.join().expect("the client thread");
     assert!(
         answer.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
@@ -717,4 +773,14 @@ fn a_stop_to_every_process_of_a_cluster_answers_the_request_in_flight() {
 #[test]
 fn a_stop_to_every_process_of_a_server_with_a_standby_answers_the_request_in_flight() {
     a_stop_to_every_process_answers_the_request_in_flight(&["--standby"]);
+}
+
+#[test]
+fn sighup_to_every_process_of_a_cluster_answers_the_request_in_flight() {
+    a_signal_to_every_process_answers_the_request_in_flight(&["--workers", "2"], Signal::SIGHUP);
+}
+
+#[test]
+fn sighup_to_every_process_of_a_supervised_server_answers_the_request_in_flight() {
+    a_signal_to_every_process_answers_the_request_in_flight(&["--supervise"], Signal::SIGHUP);
 }

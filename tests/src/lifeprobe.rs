@@ -29,6 +29,7 @@
 //! - `PROBE_LINGER_MS`: after its drain ended and its runtime was dropped, the process stays
 //!   this long (a program busy with its own work after `wait()`), printing
 //!   `probe lingering pid=P` first;
+//! - `PROBE_OWN_SIGNALS=1`: `handle_signals(false)` (and handles none itself);
 //! - `PROBE_HOLD_SIGNALS=1`: calls `gracenet::hold_signals()` first thing in `main`;
 //! - `PROBE_SUPERVISE_ANYWAY=1`: calls `gracenet::supervise()` and a cluster's `run` without
 //!   asking `should_supervise` first, prints `probe supervise refused: <error>` (or `ran`) and
@@ -234,6 +235,9 @@ async fn run(version: &'static str) -> Result<(), Box<dyn std::error::Error>> {
     }
     if std::env::var_os("PROBE_STANDBY").is_some() {
         builder = builder.standby(true);
+    }
+    if std::env::var_os("PROBE_OWN_SIGNALS").is_some() {
+        builder = builder.handle_signals(false);
     }
     let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
     if std::env::var_os("PROBE_STATE").is_some() {

@@ -309,6 +309,18 @@ fn sighup_held_from_the_start_ends_a_program_that_does_not_handle_it() {
     assert_eq!(status.signal(), Some(libc::SIGHUP), "{status}");
 }
 
+/// `hold_signals()` with `handle_signals(false)`: nobody takes the stop signals, which would
+/// stay pending for ever. Said at the start, with what to do.
+#[test]
+fn signals_held_that_gracenet_does_not_handle_are_warned_of() {
+    let (mut g, _gen1) = start_lifeprobe(lifeprobe(
+        LIFEPROBE,
+        &[("PROBE_HOLD_SIGNALS", "1"), ("PROBE_OWN_SIGNALS", "1")],
+    ));
+    let line = g.expect_log("gracenet does not handle them (handle_signals(false))");
+    assert!(line.contains("gracenet::unblock_in_this_thread"), "{line}");
+}
+
 /// After the drain has ended, a stop signal gets its default action, as if no handler were
 /// installed, even once the program's runtime is gone (the lifecycle's task cannot run to
 /// give it): a program busy after `wait()` still ends at `SIGTERM`, by it.

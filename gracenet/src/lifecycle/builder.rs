@@ -277,6 +277,15 @@ impl GenerationBuilder {
         // discarded, then the handlers below replace the ignoring, or the program's own
         // actions are put back.
         startup.take_signals_from_standby(settings.handle_signals);
+        if !settings.handle_signals
+            && nix::sys::signal::SigSet::thread_get_mask()
+                .is_ok_and(|held| held.contains(nix::sys::signal::Signal::SIGTERM))
+        {
+            // hold_signals() with handle_signals(false): nobody would ever take them.
+            crate::log::warn!(
+                "SIGTERM, SIGINT and SIGUSR2 are held (gracenet::hold_signals) and gracenet does not handle them (handle_signals(false)): unblock them where the program handles them (gracenet::unblock_in_this_thread), or they stay pending and the process never stops on them"
+            );
+        }
         if settings.handle_signals {
             super::signals::forward(super::signals::SignalRoutes {
                 tx: requests_tx.clone(),

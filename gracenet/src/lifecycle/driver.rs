@@ -513,7 +513,7 @@ fn log_note(number: u64, note: Note, connections: usize) {
         Note::KeepDraining { cause } => crate::log::info!(
             generation = number,
             %cause,
-            "stop signal while draining after a restart: finishing the drain (the same signal again stops at once)"
+            "stop signal while draining: finishing the drain (the same signal again stops at once)"
         ),
         Note::NotFromSupervisor { cause, sender } => crate::log::info!(
             generation = number,

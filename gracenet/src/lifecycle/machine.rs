@@ -26,8 +26,9 @@ pub(crate) struct Me {
     pub pid: u32,
     /// The supervisor or cluster's primary this generation runs under, if any: it forwards
     /// the stop signals it gets, so a signal sent to every process (a cgroup's stop) reaches
-    /// this generation twice. Only its own count as a second stop request (which stops at
-    /// once); a stop from anyone else begins a drain, never ends one.
+    /// this generation twice. Only its own (and this process's: a program that turns its
+    /// SIGHUP into a SIGTERM to itself) count as a second stop request (which stops at once);
+    /// a stop from anyone else begins a drain, never ends one.
     pub supervisor: Option<u32>,
 }
 
@@ -615,8 +616,12 @@ impl Machine {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        // Under a supervisor, whose own stop requests are the ones that count.
-        let outside = self.me.supervisor.is_some_and(|s| sender != Some(s));
+        // Under a supervisor, whose own stop requests are the ones that count (and this
+        // process's own: a program that turns its SIGHUP into a SIGTERM to itself).
+        let outside = self
+            .me
+            .supervisor
+            .is_some_and(|s| sender != Some(s) && sender != Some(self.me.pid));
         match self.state {
             State::Starting | State::Serving { .. } => {
                 match self.pending() {
@@ -1389,7 +1394,7 @@ mod tests {
                 Just(Step::Ready),
                 any::<bool>().prop_map(Step::Restart),
                 Just(Step::Rejoin),
-                (0u8..5).prop_map(Step::Stop),
+                (0u8..6).prop_map(Step::Stop),
                 any::<bool>().prop_map(Step::Answer),
                 Just(Step::ChildReady),
                 Just(Step::ChildGone),
@@ -1491,9 +1496,10 @@ mod tests {
                             State::Draining { successor, .. } => successor,
                             _ => None,
                         },
-                        // The supervisor (when there is one), or another process.
+                        // The supervisor (when there is one), this process, or another.
                         (3, _) => Some(SUPERVISOR),
                         (4, _) => Some(SOMEONE),
+                        (5, _) => Some(m.me.pid),
                         _ => None,
                     };
                     let stop = Event::StopRequested {
@@ -1502,6 +1508,7 @@ mod tests {
                     };
                     if let Some(supervisor) = m.me.supervisor
                         && sender != Some(supervisor)
+                        && sender != Some(m.me.pid)
                         && !matches!(m.pending(), Some(Pending::Started { pid, .. }) if sender == Some(pid))
                     {
                         // A stop from outside the supervisor (it forwards the same one) never

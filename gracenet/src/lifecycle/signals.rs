@@ -88,8 +88,9 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
             ]);
             leave_sighup_to_its_owner(worker);
             // Stop signals that count towards a second one: under a supervisor, only its
-            // own (it forwards what it gets, so a stop sent to every process of the service
-            // comes twice); any stop arms the backstop at the stop timeout.
+            // own and this process's (it forwards what it gets, so a stop sent to every
+            // process of the service comes twice); any stop arms the backstop at the stop
+            // timeout.
             let (mut stopping, mut counted) = (false, 0u32);
             for origin in signals.forever() {
                 let sender = origin.process.map(|p| p.pid as u32);
@@ -109,7 +110,7 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
                             "the stop timeout has passed since the stop signal",
                         );
                     }
-                    if supervisor.is_none_or(|s| sender == Some(s)) {
+                    if supervisor.is_none_or(|s| sender == Some(s) || sender == Some(std::process::id())) {
                         counted += 1;
                         if counted >= 2 {
                             backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
