@@ -1152,7 +1152,7 @@ fn a_second_sigterm_ends_a_stop_that_a_stopped_worker_holds() {
 
 #[test]
 fn a_second_sigterm_delivered_before_the_primary_looks_stops_at_once() {
-    let mut c = TestCluster::start("2", &[]);
+    let mut c = TestCluster::start_with_env("2", &[], &[("RUST_LOG", "info")]);
     // A request that takes 20 s: a graceful stop waits for it.
     let mut request = std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
     std::io::Write::write_all(
@@ -1180,6 +1180,14 @@ fn a_second_sigterm_delivered_before_the_primary_looks_stops_at_once() {
         "exited only {took:?} after two SIGTERMs: taken for one"
     );
     eprintln!("two SIGTERMs delivered together, a 20 s request open: the primary exited after {took:?}");
+    // The worker stopped at once by itself, at the primary's second SIGTERM, which waits for
+    // the first to be delivered (sent at once, the two merged into one pending signal, and
+    // the worker drained on until the primary killed it a second later).
+    let said = c.primary.output_after_exit().join("\n");
+    assert!(
+        said.contains("done: gave up on unfinished connections or tasks"),
+        "the worker holding the request did not stop at once by itself:\n{said}"
+    );
 }
 
 #[test]

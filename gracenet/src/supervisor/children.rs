@@ -162,9 +162,11 @@ pub(crate) fn signal_pid(me: u32, pid: u32, signal: Signal) {
 /// How long [`signal_pid_again`] waits for the kernel to deliver the previous `signal`.
 const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Sends `signal` to `pid` again: once the one sent before has been delivered (at most
-/// [`DELIVERY_WAIT`] later), since the kernel merges a signal sent while the same one still
-/// waits (a second `SIGTERM` forwarded at once would not be a second one).
+/// Sends `signal` to `pid` once the same signal, sent before by this process or another, is
+/// no longer pending there (at most [`DELIVERY_WAIT`] later): the kernel merges a signal sent
+/// while the same one still waits, keeping the first sender's (a second `SIGTERM` forwarded at
+/// once would not be a second one, and one forwarded onto a copy sent to every process would
+/// arrive as that copy's sender's).
 pub(crate) fn signal_pid_again(me: u32, pid: u32, signal: Signal) {
     let deadline = std::time::Instant::now() + DELIVERY_WAIT;
     for _ in 0..DELIVERY_WAIT.as_millis() {

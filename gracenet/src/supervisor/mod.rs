@@ -529,12 +529,11 @@ fn forward(me: u32, serving: &mut Serving, signal: Signal) {
         %signal,
         "forwarding a signal to the serving generation"
     );
-    if serving.forwarded.contains(&signal) {
-        // A second SIGTERM (or SIGINT) stops the generation at once: it must arrive as one.
-        signal_pid_again(me, pid, signal);
-    } else {
-        signal_pid(me, pid, signal);
-    }
+    // Once the same signal is no longer pending there: a second SIGTERM (or SIGINT) stops the
+    // generation at once, so it must arrive as one; and the first, sent while the generation's
+    // own copy of a signal sent to every process is pending, would merge with it and arrive
+    // as that other sender's, which does not count towards a second stop.
+    signal_pid_again(me, pid, signal);
     serving.forwarded.push(signal);
 }
 

@@ -648,7 +648,10 @@ impl Primary {
                         continue;
                     }
                     crate::log::info!(primary = self.me, pid, "cluster: stopping a worker");
-                    signal_pid(self.me, pid, Signal::SIGTERM);
+                    // Once the worker's own copy of a SIGTERM sent to every process is no
+                    // longer pending: merged with it, this one would arrive as that other
+                    // sender's, and the primary's second stop would count as the first.
+                    crate::supervisor::signal_pid_again(self.me, pid, Signal::SIGTERM);
                 }
                 Action::Kill { pid, why } => {
                     let why = match why {
@@ -698,7 +701,10 @@ impl Primary {
                 Action::TerminateAll => {
                     crate::log::info!(primary = self.me, "cluster: stopping at once");
                     for pid in self.cluster_pids() {
-                        signal_pid(self.me, pid, Signal::SIGTERM);
+                        // Once the first stop's SIGTERM has been delivered: sent while it is
+                        // still pending, the kernel merges the two, and the worker drains on
+                        // until it is killed (a second stop right after the first).
+                        crate::supervisor::signal_pid_again(self.me, pid, Signal::SIGTERM);
                     }
                 }
                 Action::KillAll => {
