@@ -1248,6 +1248,38 @@ fn a_stop_under_systemd_asks_it_to_wait_for_the_workers_drain() {
     );
 }
 
+/// A `SIGTERM` sent to one worker (not by its primary): it drains by itself, the primary says
+/// so, gives it no new connection, and replaces it when it exits. Its drain stops its
+/// runtime's stamps, which the primary took for a stopped or blocked runtime and warned of.
+#[test]
+fn a_worker_stopped_directly_drains_and_is_replaced_without_a_false_alarm() {
+    let mut c = TestCluster::start_with_env("2", &[], &[("RUST_LOG", "gracedemo=debug,gracenet=info")]);
+    // A 2 s request in flight on a worker this test knows.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let worker = pid_on(&mut s).expect("an answer");
+    std::io::Write::write_all(&mut s, b"GET /sleep/?duration=2s HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send");
+    c.primary
+        .expect_log(&format!("sleeping for 2s from pid {worker}"));
+    grace_tests::signal(worker, Signal::SIGTERM);
+    let said = c.primary.expect_log("cluster: a worker is draining by itself");
+    assert!(said.contains(&format!("pid={worker}")), "{said}");
+    assert_eq!(
+        answering_pid(&mut s),
+        Some(worker),
+        "its request in flight is answered"
+    );
+    drop(s);
+    assert!(
+        wait_until(DEADLINE, || c.replaced(2, worker)),
+        "not replaced: {}",
+        c.status()
+    );
+    let seen = c.primary.seen().join("\n");
+    assert!(!seen.contains("has not run for 300 ms"), "{seen}");
+}
+
 #[test]
 fn workers_stop_when_their_primary_is_killed() {
     let mut c = TestCluster::start("2", &["--worker-timeout", "400ms"]);

@@ -44,6 +44,9 @@ struct WorkerInfo {
     requests: u64,
     /// Resident memory in bytes, as its last heartbeat said.
     rss: Option<u64>,
+    /// It said `STOPPING=1` when the primary had not asked it to stop: it drains by itself
+    /// (a stop sent to it, or its program's own), and is replaced when it exits.
+    draining_by_itself: bool,
 }
 
 /// Who waits for a rolling restart's result.
@@ -771,6 +774,16 @@ impl Primary {
                     slot,
                     pid,
                     aside: true,
+                } if self.info.get(&pid).is_some_and(|i| i.draining_by_itself) => crate::log::info!(
+                    primary = self.me,
+                    slot,
+                    pid,
+                    "cluster: a worker draining by itself takes no new connection: they go to the others"
+                ),
+                Action::SetAside {
+                    slot,
+                    pid,
+                    aside: true,
                 } => crate::log::warn!(
                     primary = self.me,
                     slot,
@@ -889,6 +902,7 @@ impl Primary {
                         accepted: 0,
                         requests: 0,
                         rss: None,
+                        draining_by_itself: false,
                     },
                 );
                 crate::log::info!(primary = self.me, slot, pid, "cluster: started a worker");
@@ -997,6 +1011,18 @@ impl Primary {
                 info.rss = load.rss.or(info.rss);
             }
             self.events.push_back(Event::Heartbeat { pid, load });
+        }
+        if !self.machine.stopping
+            && message.flag("STOPPING")
+            && !self.machine.retiring.contains(&pid)
+            && let Some(info) = self.info.get_mut(&pid)
+            && !std::mem::replace(&mut info.draining_by_itself, true)
+        {
+            crate::log::info!(
+                primary = self.me,
+                pid,
+                "cluster: a worker is draining by itself (a stop sent to it, or its program's own): it gets no new connections once it stops taking them, and is replaced when it exits"
+            );
         }
         if self.machine.stopping
             && message.flag("STOPPING")
@@ -1109,6 +1135,7 @@ impl Primary {
             accepted: 0,
             requests: 0,
             rss: None,
+            draining_by_itself: false,
         });
         if let Some(g) = generation {
             info.generation = g;
