@@ -886,6 +886,18 @@ pub fn new_pid_in_handoff(line: &str) -> u32 {
         .unwrap_or_else(|| panic!("no new pid in {line:?}"))
 }
 
+/// The pids of the workers a cluster's `status` (from its control socket) lists as serving,
+/// in slot order; none when it does not answer.
+pub fn serving_workers(control: &gracenet::control::Client) -> Vec<u32> {
+    control
+        .status()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
+        .filter_map(|l| l.split("pid ").nth(1)?.split(',').next()?.parse().ok())
+        .collect()
+}
+
 /// A hexadecimal mask field of `/proc/<process>/status` (`SigIgn`, `CapEff`, …), for
 /// `process` a pid or `self`.
 pub fn status_mask(process: &str, field: &str) -> Option<u64> {

@@ -226,14 +226,7 @@ fn a_cluster_whose_new_version_listens_on_one_more_address_rolls_out_and_survive
     let mut primary = grace_tests::ProcessGuard::spawn(cmd);
     primary.expect_log("Worker 0 serving ");
     let client = gracenet::control::Client::new(&control);
-    let serving = || -> Vec<u32> {
-        let status = client.status().unwrap_or_default();
-        status
-            .lines()
-            .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
-            .filter_map(|l| l.split("pid ").nth(1)?.split(',').next()?.parse().ok())
-            .collect()
-    };
+    let serving = || grace_tests::serving_workers(&client);
     assert!(
         wait_until(DEADLINE, || serving().len() == 2),
         "{:?}",

@@ -602,14 +602,7 @@ fn a_clusters_workers_leave_sighup_to_their_primary() {
     ));
     primary.expect_log("Worker 0 serving ");
     let client = gracenet::control::Client::new(&control);
-    let serving = || -> Vec<u32> {
-        let status = client.status().unwrap_or_default();
-        status
-            .lines()
-            .filter(|l| l.starts_with("worker ") && l.contains(", serving,"))
-            .filter_map(|l| l.split("pid ").nth(1)?.split(',').next()?.parse().ok())
-            .collect()
-    };
+    let serving = || grace_tests::serving_workers(&client);
     assert!(
         wait_until(DEADLINE, || serving().len() == 2),
         "{:?}",

@@ -1787,6 +1787,17 @@ mod tests {
         serving_with(settings(n), now)
     }
 
+    /// A cluster of `n` ready workers that may run on one core only, pids 100, 101, ...
+    fn serving_on_one_core(n: usize, now: Instant) -> Cluster {
+        serving_with(
+            Settings {
+                cores: 1,
+                ..settings(n)
+            },
+            now,
+        )
+    }
+
     /// A cluster of ready workers with `settings`, pids 100, 101, ...
     fn serving_with(settings: Settings, now: Instant) -> Cluster {
         let mut c = Cluster::new(settings);
@@ -2154,13 +2165,7 @@ mod tests {
     #[test]
     fn a_scale_to_many_workers_starts_two_per_core_at_a_time_in_slot_order() {
         let now = Instant::now();
-        let mut c = serving_with(
-            Settings {
-                cores: 1,
-                ..settings(2)
-            },
-            now,
-        );
+        let mut c = serving_on_one_core(2, now);
         let a = c.handle(
             Event::Scale {
                 workers: 7,
@@ -3376,13 +3381,7 @@ mod tests {
     #[test]
     fn workers_that_share_a_core_take_turns_at_new_connections_while_many_come_and_few_are_open() {
         let t0 = Instant::now();
-        let mut c = serving_with(
-            Settings {
-                cores: 1,
-                ..settings(2)
-            },
-            t0,
-        );
+        let mut c = serving_on_one_core(2, t0);
         let both = vec![0, 1];
         assert_eq!(c.steered_slots(t0), both, "before the driver reads the table");
         assert_eq!(
@@ -3464,13 +3463,7 @@ mod tests {
     #[test]
     fn a_silent_worker_leaves_the_turns_to_the_others() {
         let t0 = Instant::now();
-        let mut c = serving_with(
-            Settings {
-                cores: 1,
-                ..settings(3)
-            },
-            t0,
-        );
+        let mut c = serving_on_one_core(3, t0);
         // Slot 0's worker is silent (its runtime stopped): the other two take turns.
         c.handle(Event::Silence { silent: vec![100] }, t0);
         steered_after(&mut c, 2, t0);
