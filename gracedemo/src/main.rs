@@ -625,10 +625,10 @@ fn run(matches: &clap::ArgMatches) -> Result<(), gracehttp::Error> {
 }
 
 /// SIGHUP (a terminal closing, or an operator's habit) stops gracefully, as SIGTERM does,
-/// instead of killing the process with requests in flight (its default action). Under a
-/// supervisor or a cluster's primary (`once`), only the first: a SIGHUP sent to every process
-/// reaches this one twice (its own, and the one the supervisor passes on), and a second
-/// SIGTERM stops at once.
+/// instead of killing the process with requests in flight (its default action). Under the
+/// supervisor (`once`), only the first: a SIGHUP sent to every process reaches this one twice
+/// (its own, and the one the supervisor passes on), and a second SIGTERM stops at once. Not
+/// in a cluster, whose primary drains every worker on SIGHUP.
 fn stop_gracefully_on_sighup(once: bool) {
     let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
         Ok(s) => s,
