@@ -151,7 +151,8 @@ impl Server {
     /// them one at a time on `SIGUSR2` (see [`gracenet::cluster`]). The lifecycle's control
     /// socket, PID file and ready timeout become the primary's. Needs
     /// [`serve`](Self::serve): in the primary, `serve` does not return (the process exits
-    /// with the cluster's exit code); in each worker, it serves as usual.
+    /// with the cluster's exit code); in each worker, it serves as usual. At most
+    /// [`gracenet::cluster::MAX_WORKERS`]: more is refused when `serve` starts the cluster.
     pub fn workers(mut self, n: usize) -> Server {
         self.workers = Some(n);
         self
