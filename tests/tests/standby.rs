@@ -242,7 +242,11 @@ fn restart_signal_to_every_process(hold_signals: bool) {
     if hold_signals {
         env.push(("PROBE_HOLD_SIGNALS", "1"));
     }
-    let (mut g, gen1) = start_lifeprobe(lifeprobe(LIFEPROBE, &env));
+    // Every process of the run, whatever this test fails to name (a generation started by a
+    // restart that should not have happened, and its standby), is killed at the end.
+    let mut cmd = lifeprobe(LIFEPROBE, &env);
+    let _sweep = grace_tests::Sweep::new(&mut cmd);
+    let (mut g, gen1) = start_lifeprobe(cmd);
     let standby = standby_started(&mut g, 1);
     let _standby_guard = PidGuard(standby);
     assert!(
