@@ -898,6 +898,16 @@ pub fn serving_workers(control: &gracenet::control::Client) -> Vec<u32> {
         .collect()
 }
 
+/// Waits until `n` workers serve (as [`serving_workers`] lists them), and returns their pids.
+pub fn wait_for_serving_workers(control: &gracenet::control::Client, n: usize) -> Vec<u32> {
+    assert!(
+        wait_until(DEADLINE, || serving_workers(control).len() == n),
+        "not {n} workers serving: {:?}",
+        control.status()
+    );
+    serving_workers(control)
+}
+
 /// A hexadecimal mask field of `/proc/<process>/status` (`SigIgn`, `CapEff`, …), for
 /// `process` a pid or `self`.
 pub fn status_mask(process: &str, field: &str) -> Option<u64> {

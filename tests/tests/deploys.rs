@@ -227,12 +227,7 @@ fn a_cluster_whose_new_version_listens_on_one_more_address_rolls_out_and_survive
     primary.expect_log("Worker 0 serving ");
     let client = gracenet::control::Client::new(&control);
     let serving = || grace_tests::serving_workers(&client);
-    assert!(
-        wait_until(DEADLINE, || serving().len() == 2),
-        "{:?}",
-        client.status()
-    );
-    let before = serving();
+    let before = grace_tests::wait_for_serving_workers(&client, 2);
     let new_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

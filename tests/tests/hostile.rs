@@ -603,12 +603,7 @@ fn a_clusters_workers_leave_sighup_to_their_primary() {
     primary.expect_log("Worker 0 serving ");
     let client = gracenet::control::Client::new(&control);
     let serving = || grace_tests::serving_workers(&client);
-    assert!(
-        wait_until(DEADLINE, || serving().len() == 2),
-        "{:?}",
-        client.status()
-    );
-    let workers = serving();
+    let workers = grace_tests::wait_for_serving_workers(&client, 2);
     let _guards: Vec<PidGuard> = workers.iter().map(|&p| PidGuard(p)).collect();
     let sighup = 1u64 << (Signal::SIGHUP as u64 - 1);
     for &worker in &workers {

@@ -32,6 +32,14 @@ pub(crate) struct Me {
     pub supervisor: Option<u32>,
 }
 
+/// Whether a stop signal from `sender` counts towards a second one (which stops at once), for
+/// a generation `me` under `supervisor`: with none, every one; under one, its own and this
+/// process's (see [`Me::supervisor`]). One rule for the machine and for the signal thread,
+/// which keeps the stop deadline when the runtime cannot run the machine.
+pub(crate) fn stop_counts(supervisor: Option<u32>, me: u32, sender: Option<u32>) -> bool {
+    supervisor.is_none_or(|s| sender == Some(s) || sender == Some(me))
+}
+
 /// A restart request that waits for its result (`Generation::restart`, the control socket).
 pub(crate) type ReplyId = u64;
 
@@ -618,10 +626,7 @@ impl Machine {
     ) {
         // Under a supervisor, whose own stop requests are the ones that count (and this
         // process's own: a program that turns its SIGHUP into a SIGTERM to itself).
-        let outside = self
-            .me
-            .supervisor
-            .is_some_and(|s| sender != Some(s) && sender != Some(self.me.pid));
+        let outside = !stop_counts(self.me.supervisor, self.me.pid, sender);
         match self.state {
             State::Starting | State::Serving { .. } => {
                 match self.pending() {

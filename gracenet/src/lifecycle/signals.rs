@@ -110,7 +110,7 @@ pub(crate) fn forward(routes: SignalRoutes) -> Result<(), Error> {
                             "the stop timeout has passed since the stop signal",
                         );
                     }
-                    if supervisor.is_none_or(|s| sender == Some(s) || sender == Some(std::process::id())) {
+                    if super::machine::stop_counts(supervisor, std::process::id(), sender) {
                         counted += 1;
                         if counted >= 2 {
                             backstop.arm_after(BACKSTOP_GRACE, Some(origin.signal), "a second stop signal came");
